@@ -41,15 +41,6 @@ pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     check(unsafe { libc::lchown(p.as_ptr(), uid, gid) })
 }
 
-pub fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
-    let s = CString::new(source).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let t = cstr(target)?;
-    let f = CString::new(fstype).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let d = data.map(|d| CString::new(d).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))).transpose()?;
-    let dp = d.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast());
-    // SAFETY: all pointers are valid NUL-terminated strings or null where the kernel allows it.
-    check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, dp) })
-}
 
 /// Changes propagation of an existing mount (MS_SHARED, MS_SLAVE, MS_PRIVATE, with MS_REC).
 pub fn mount_propagation(target: &Path, flags: libc::c_ulong) -> io::Result<()> {
@@ -76,10 +67,6 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::unshare(flags) })
 }
 
-pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
-    // SAFETY: setns on an fd we own; no memory is touched.
-    check(unsafe { libc::setns(fd, nstype) })
-}
 
 /// Exclusive advisory lock on an open file (released when the file is closed).
 pub fn flock_exclusive(fd: &impl AsRawFd) -> io::Result<()> {
@@ -96,16 +83,6 @@ pub fn flock_exclusive(fd: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
-/// Non-blocking attempt at an exclusive lock; Ok(false) if someone else holds it.
-pub fn try_flock_exclusive(fd: &impl AsRawFd) -> io::Result<bool> {
-    // SAFETY: flock on a valid fd.
-    let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(e) }
-}
 
 /// A pidfd for any process (not only children): lets us wait for a shim we did not spawn.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
@@ -145,3 +122,56 @@ pub fn process_exists(pid: i32) -> bool {
     pid > 0 && (kill(pid, 0).is_ok() || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
+
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    set
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (and threads it spawns later) so that one
+/// thread can take them with `wait_termination_signal`.
+pub fn block_termination_signals() {
+    let set = termination_set();
+    // SAFETY: set is valid; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Waits for SIGINT or SIGTERM (which must be blocked) and returns it.
+pub fn wait_termination_signal() -> i32 {
+    let set = termination_set();
+    let mut sig = 0;
+    // SAFETY: set and sig are valid for the call.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    sig
+}
+
+/// Makes `cmd` run in a private mount namespace (slave of ours) with every cgroup2 mount
+/// detached: how a bare runtime invocation copes with a hybrid cgroup host, as the shim does.
+pub fn run_in_private_mount_ns(cmd: &mut std::process::Command, hide: &[std::path::PathBuf]) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let targets: Vec<CString> = hide.iter().map(|p| cstr(p)).collect::<io::Result<_>>()?;
+    let root = CString::new("/").expect("static");
+    // SAFETY: the closure runs between fork and exec and only makes raw system calls on
+    // strings allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) < 0
+                || libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_SLAVE | libc::MS_REC, std::ptr::null()) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            for t in &targets {
+                libc::umount2(t.as_ptr(), libc::MNT_DETACH);
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}

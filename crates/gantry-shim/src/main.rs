@@ -1,3 +1,256 @@
-fn main() {
-    println!("Hello, world!");
+//! gantry-shim: the per-container supervisor (the conmon / containerd-shim pattern).
+//!
+//! `gantry-shim <container-dir>` reads shim.json there, detaches (fork + setsid, so it outlives
+//! whoever started it), becomes a child subreaper, mounts the container's overlay rootfs in a
+//! private mount namespace (which also hides the hybrid host's cgroup2 mount from crun, and
+//! makes the mount vanish with the shim whatever happens), creates the container with its
+//! stdio on pipes, starts it, and reports "ok <pid>" to the starter. It then logs output line
+//! by line, implements stop (stop signal, stop timeout, SIGKILL) on SIGTERM, reaps, records the
+//! exit (with OOM detection) in exit.json, deletes the container and exits.
+
+mod sys;
+
+use gantry_runtime::cgroup;
+use gantry_runtime::oci::{CliRuntime, Runtime, Stdio3};
+use gantry_runtime::shim::{self, ContainerExit, ShimSpec, ShimStarted};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Lines longer than this are split into partial (P) records.
+const MAX_LINE: usize = 16 * 1024;
+
+fn main() -> ExitCode {
+    let Some(dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
+        eprintln!("usage: gantry-shim <container-dir>");
+        return ExitCode::from(2);
+    };
+    let spec: ShimSpec = match shim::read_json(&dir.join(shim::SPEC_FILE)) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("gantry-shim: {} not found", dir.join(shim::SPEC_FILE).display());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("gantry-shim: reading {}: {e}", dir.join(shim::SPEC_FILE).display());
+            return ExitCode::from(2);
+        }
+    };
+    let (ready_r, ready_w) = match sys::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("gantry-shim: pipe: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match sys::fork() {
+        Err(e) => {
+            eprintln!("gantry-shim: fork: {e}");
+            ExitCode::from(1)
+        }
+        Ok(sys::Fork::Parent) => {
+            drop(ready_w);
+            let mut msg = String::new();
+            let _ = File::from(ready_r).read_to_string(&mut msg);
+            match msg.strip_prefix("ok ") {
+                Some(pid) => {
+                    println!("{}", pid.trim());
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    let m = msg.strip_prefix("err ").unwrap_or("shim exited before starting the container");
+                    eprintln!("{}", m.trim());
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Ok(sys::Fork::Child) => {
+            drop(ready_r);
+            let mut ready = File::from(ready_w);
+            if let Err(e) = supervise(&dir, &spec, &mut ready) {
+                let _ = write!(ready, "err {e}");
+                eprintln!("gantry-shim {}: {e}", spec.id);
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The shim's own diagnostics go to shim.log; stdin/stdout to /dev/null.
+fn redirect_stdio(dir: &Path) -> std::io::Result<()> {
+    let null = OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let log = OpenOptions::new().create(true).append(true).open(dir.join("shim.log"))?;
+    sys::dup2(&null, 0)?;
+    sys::dup2(&null, 1)?;
+    sys::dup2(&log, 2)
+}
+
+/// Hybrid hosts have a cgroup2 mount next to the v1 hierarchies, which crun refuses; detach
+/// every cgroup2 mount in our private namespace when /sys/fs/cgroup itself is not cgroup2.
+fn hide_hybrid_cgroup2() -> std::io::Result<()> {
+    if cgroup::version() == cgroup::CgroupVersion::V2 {
+        return Ok(());
+    }
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        if fields.get(sep + 1) == Some(&"cgroup2") {
+            sys::umount_detach(fields[4])?;
+        }
+    }
+    Ok(())
+}
+
+fn mount_rootfs(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
+    let lowers: Vec<String> = spec.lowers.iter().map(|p| p.display().to_string()).collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        dir.join("upper").display(),
+        dir.join("work").display()
+    );
+    if opts.len() >= 4096 {
+        return Err(format!("too many image layers for one overlay mount ({} bytes of options)", opts.len()));
+    }
+    let target = dir.join("rootfs");
+    sys::mount_overlay(&target.to_string_lossy(), &opts).map_err(|e| format!("mounting overlay rootfs: {e}"))
+}
+
+fn supervise(dir: &Path, spec: &ShimSpec, ready: &mut File) -> Result<(), String> {
+    sys::setsid().map_err(|e| format!("setsid: {e}"))?;
+    redirect_stdio(dir).map_err(|e| format!("redirecting stdio: {e}"))?;
+    sys::set_child_subreaper().map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+    sys::unshare_mount_ns().map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
+    // Slave: the host's unmounts (of task namespaces, say) still reach us; ours never leak out.
+    sys::make_rslave("/").map_err(|e| format!("making / rslave: {e}"))?;
+    hide_hybrid_cgroup2().map_err(|e| format!("hiding the hybrid cgroup2 mount: {e}"))?;
+    mount_rootfs(dir, spec)?;
+
+    let signals = sys::signal_set(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+    sys::block_signals(&signals).map_err(|e| format!("blocking signals: {e}"))?;
+
+    let log = Arc::new(Mutex::new(
+        OpenOptions::new().create(true).append(true).open(dir.join(shim::LOG_FILE)).map_err(|e| format!("opening log: {e}"))?,
+    ));
+    let (out_r, out_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let loggers = [spawn_logger(out_r, "stdout", log.clone()), spawn_logger(err_r, "stderr", log)];
+
+    let runtime = CliRuntime { kind: spec.runtime, root: spec.runtime_root.clone(), log: dir.join("runtime.log") };
+    let pid_file = dir.join("container.pid");
+    let stdio = Stdio3 { stdin: Stdio::null(), stdout: Stdio::from(out_w), stderr: Stdio::from(err_w) };
+    let fail = |e: String| {
+        let _ = runtime.delete(&spec.id);
+        e
+    };
+    runtime.create(&spec.id, dir, &pid_file, stdio).map_err(|e| fail(e.to_string()))?;
+    let container_pid: i32 = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| fail("runtime wrote no container pid".to_string()))?;
+    runtime.start(&spec.id).map_err(|e| fail(e.to_string()))?;
+    let started = ShimStarted { shim_pid: std::process::id() as i32, container_pid, started_at_ms: shim::now_ms() };
+    shim::write_json_atomic(&dir.join(shim::STARTED_FILE), &started).map_err(|e| fail(format!("writing started.json: {e}")))?;
+    let _ = write!(ready, "ok {container_pid}");
+    // Closing our end tells the starter we are up.
+    drop(std::mem::replace(ready, File::open("/dev/null").map_err(|e| e.to_string())?));
+
+    let mut stop_deadline: Option<Instant> = None;
+    let mut killed_after_timeout = false;
+    let (code, signal) = loop {
+        let timeout = stop_deadline.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64).unwrap_or(1000);
+        match sys::wait_signal(&signals, timeout.max(1)) {
+            Some(libc::SIGTERM) | Some(libc::SIGINT) if stop_deadline.is_none() => {
+                let _ = sys::kill(container_pid, spec.stop_signal);
+                stop_deadline = Some(Instant::now() + Duration::from_secs(spec.stop_timeout_secs));
+            }
+            _ => {}
+        }
+        if let Some(d) = stop_deadline {
+            if Instant::now() >= d && !killed_after_timeout {
+                let _ = sys::kill(container_pid, libc::SIGKILL);
+                killed_after_timeout = true;
+            }
+        }
+        let mut result = None;
+        loop {
+            match sys::reap() {
+                sys::Reaped::None => break,
+                sys::Reaped::Exited { pid, code } if pid == container_pid => result = Some((code, None)),
+                sys::Reaped::Signaled { pid, signal } if pid == container_pid => result = Some((128 + signal, Some(signal))),
+                _ => {}
+            }
+        }
+        if let Some(r) = result {
+            break r;
+        }
+    };
+    // The pid namespace is gone with its init, so the pipes close; don't wait forever anyway.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for l in loggers {
+        while !l.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let oom_killed = signal == Some(libc::SIGKILL) && cgroup::stats(&spec.cgroup_path).oom_kills.unwrap_or(0) > 0;
+    let _ = runtime.delete(&spec.id);
+    let exit = ContainerExit {
+        exit_code: if oom_killed { 137 } else { code },
+        signal,
+        oom_killed,
+        killed_after_timeout,
+        exited_at_ms: shim::now_ms(),
+    };
+    shim::write_json_atomic(&dir.join(shim::EXIT_FILE), &exit).map_err(|e| format!("writing exit.json: {e}"))?;
+    Ok(())
+}
+
+fn write_record(log: &Mutex<File>, stream: &str, partial: bool, content: &[u8]) {
+    let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let mut rec = Vec::with_capacity(content.len() + 48);
+    rec.extend_from_slice(ts.as_bytes());
+    rec.push(b' ');
+    rec.extend_from_slice(stream.as_bytes());
+    rec.extend_from_slice(if partial { b" P " } else { b" F " });
+    rec.extend_from_slice(content);
+    rec.push(b'\n');
+    let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = f.write_all(&rec);
+}
+
+/// Copies one stream into the log, a record per line.
+fn spawn_logger(fd: OwnedFd, stream: &'static str, log: Arc<Mutex<File>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = File::from(fd);
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            let mut start = 0;
+            while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
+                write_record(&log, stream, false, &pending[start..start + i]);
+                start += i + 1;
+            }
+            pending.drain(..start);
+            while pending.len() >= MAX_LINE {
+                write_record(&log, stream, true, &pending[..MAX_LINE]);
+                pending.drain(..MAX_LINE);
+            }
+        }
+        if !pending.is_empty() {
+            write_record(&log, stream, false, &pending);
+        }
+    })
 }

@@ -1,3 +1,138 @@
+//! `gantry`: the single binary. This subcommands: `image` (pull, load, ls, rm, gc) and
+//! `debug` (run one task in the foreground, sweep leftovers, benchmark task start).
+
+mod bench;
+mod debug_run;
+mod image_cmd;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use gantry_runtime::image::registry::{Credentials, RegistryConfig};
+use gantry_runtime::image::{ImageStoreConfig, UnpackLimits};
+use gantry_runtime::net::NetworkConfig;
+use gantry_runtime::oci::RuntimeKind;
+use gantry_runtime::task::{Node, NodeConfig};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "gantry", version, about = "Self-hosted serverless containers")]
+struct Cli {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct NodeArgs {
+    /// Where images, tasks and leases live.
+    #[arg(long, global = true, env = "GANTRY_DATA_DIR", default_value = "/var/lib/gantry")]
+    data_dir: PathBuf,
+    /// Runtime state (network namespaces, OCI runtime state).
+    #[arg(long, global = true, env = "GANTRY_RUN_DIR", default_value = "/run/gantry")]
+    run_dir: PathBuf,
+    /// OCI runtime: crun (default when installed), runc or runsc.
+    #[arg(long, global = true, env = "GANTRY_RUNTIME")]
+    runtime: Option<RuntimeKind>,
+    /// Subnet tasks get their addresses from; the first address is the bridge's.
+    #[arg(long, global = true, env = "GANTRY_SUBNET", default_value = "10.213.0.0/16")]
+    subnet: String,
+    /// Host bridge the task veths attach to.
+    #[arg(long, global = true, env = "GANTRY_BRIDGE", default_value = "gantry0")]
+    bridge: String,
+    /// Registries (host:port) to reach over plain HTTP / without TLS verification.
+    #[arg(long = "insecure-registry", global = true, env = "GANTRY_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// Registry credentials, host=user:password (repeatable).
+    #[arg(long = "registry-auth", global = true, env = "GANTRY_REGISTRY_AUTH", value_delimiter = ',', hide_env_values = true)]
+    registry_auth: Vec<String>,
+    /// Cap on the uncompressed size of one image layer, in MiB.
+    #[arg(long, global = true, env = "GANTRY_MAX_LAYER_MIB", default_value_t = 16384)]
+    max_layer_mib: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage the node's image store.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCmd),
+    /// Low-level tools for checking the node runtime by hand.
+    #[command(subcommand)]
+    Debug(DebugCmd),
+}
+
+#[derive(Subcommand)]
+enum DebugCmd {
+    /// Run one task in the foreground, print its output, exit with its exit code.
+    Run(debug_run::RunArgs),
+    /// Remove what crashed runs left behind (tasks, namespaces, leases, cgroups).
+    Sweep,
+    /// Benchmark task start to exit against `crun run` of an equivalent bundle.
+    Bench(bench::BenchArgs),
+}
+
+impl NodeArgs {
+    pub fn node_config(&self) -> Result<NodeConfig> {
+        let runtime = match self.runtime {
+            Some(r) => r,
+            None => RuntimeKind::detect().context("no OCI runtime found: install crun or runc")?,
+        };
+        let exe = std::env::current_exe().context("locating the gantry binary")?;
+        let shim_binary = exe.with_file_name("gantry-shim");
+        if !shim_binary.is_file() {
+            anyhow::bail!("gantry-shim not found next to {}", exe.display());
+        }
+        let mut credentials = std::collections::HashMap::new();
+        for a in &self.registry_auth {
+            let (host, up) = a.split_once('=').context("--registry-auth must be host=user:password")?;
+            let (u, p) = up.split_once(':').context("--registry-auth must be host=user:password")?;
+            credentials.insert(host.to_string(), Credentials { username: u.into(), password: p.into() });
+        }
+        Ok(NodeConfig {
+            data_dir: self.data_dir.clone(),
+            run_dir: self.run_dir.clone(),
+            runtime,
+            shim_binary,
+            images: ImageStoreConfig {
+                root: self.data_dir.join("images"),
+                limits: UnpackLimits { max_bytes: self.max_layer_mib << 20 },
+                registry: RegistryConfig { insecure: self.insecure_registries.clone(), credentials },
+            },
+            network: NetworkConfig {
+                bridge: self.bridge.clone(),
+                subnet: self.subnet.parse()?,
+                netns_dir: self.run_dir.join("netns"),
+                state_dir: self.data_dir.join("network"),
+            },
+        })
+    }
+
+    pub fn node(&self) -> Result<Node> {
+        Ok(Node::open(self.node_config()?)?)
+    }
+}
+
 fn main() {
-    println!("Hello, world!");
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::WARN).init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Image(c) => image_cmd::run(&cli.node, c),
+        Cmd::Debug(DebugCmd::Run(a)) => debug_run::run(&cli.node, a),
+        Cmd::Debug(DebugCmd::Sweep) => (|| {
+            let r = cli.node.node()?.sweep(|_| true)?;
+            println!(
+                "removed {} tasks, {} namespaces, {} runtime containers, {} cgroups",
+                r.tasks_removed, r.netns_removed, r.containers_removed, r.cgroups_removed
+            );
+            Ok(0)
+        })(),
+        Cmd::Debug(DebugCmd::Bench(a)) => bench::run(&cli.node, a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("gantry: {e:#}");
+            std::process::exit(125);
+        }
+    }
 }

@@ -1,0 +1,307 @@
+//! OCI bundle generation: the runtime-spec config.json for one container, with Docker's
+//! default hardening (capabilities, masked and read-only /proc paths, seccomp, no_new_privs).
+
+use crate::image::ImageConfig;
+use crate::net::Sandbox;
+use oci_spec::runtime::Spec;
+use serde_json::{Value, json};
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+];
+
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+];
+
+pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Syscalls refused with EPERM: those Docker's default profile denies to containers without
+/// extra capabilities (kernel modules, clocks, mounts, namespaces, keyrings, tracing, ...).
+pub const DENIED_SYSCALLS: &[&str] = &[
+    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module", "finit_module",
+    "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms", "get_mempolicy", "init_module", "ioperm", "iopl",
+    "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mbind", "mount", "mount_setattr",
+    "move_mount", "move_pages", "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
+    "perf_event_open", "pivot_root", "process_vm_readv", "process_vm_writev", "ptrace", "query_module", "quotactl",
+    "quotactl_fd", "reboot", "request_key", "set_mempolicy", "setns", "settimeofday", "stime", "swapoff", "swapon",
+    "sysfs", "_sysctl", "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat", "vm86", "vm86old",
+];
+
+/// CLONE_NEW* flags: clone(2) with any of them is refused, like unshare(2).
+const CLONE_NS_FLAGS: &[u64] = &[0x0002_0000, 0x0200_0000, 0x0400_0000, 0x0800_0000, 0x1000_0000, 0x2000_0000, 0x4000_0000, 0x80];
+
+pub fn default_seccomp() -> Value {
+    let mut syscalls = vec![json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM})];
+    for flag in CLONE_NS_FLAGS {
+        syscalls.push(json!({
+            "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM,
+            "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]
+        }));
+    }
+    // clone3 hides its flags in a struct seccomp cannot read: ENOSYS makes libc fall back to clone.
+    syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}));
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": syscalls,
+    })
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// ECS CPU units: 1024 = one core, turned into a CFS quota.
+    pub cpu_units: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub pids: Option<i64>,
+}
+
+/// What a container runs and how, on top of its image config.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: String,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("container has no command: the image defines no Entrypoint or Cmd and none was given")]
+    NoCommand,
+    #[error("user {user:?} not found in the image's /etc/passwd")]
+    UnknownUser { user: String },
+    #[error("group {group:?} not found in the image's /etc/group")]
+    UnknownGroup { group: String },
+    #[error("invalid environment variable name {name:?}")]
+    BadEnv { name: String },
+    #[error("generated spec is invalid: {0}")]
+    Spec(String),
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Docker's rules: an overridden entrypoint drops the image's Cmd; a given command replaces Cmd.
+pub fn resolve_args(img: &ImageConfig, spec: &ContainerSpec) -> Result<Vec<String>, BundleError> {
+    let entrypoint = spec.entrypoint.clone().unwrap_or_else(|| img.entrypoint.clone());
+    let cmd = match (&spec.command, &spec.entrypoint) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => vec![],
+        (None, None) => img.cmd.clone(),
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() { Err(BundleError::NoCommand) } else { Ok(args) }
+}
+
+/// Image env, then the overrides (same name replaces), PATH defaulted, HOSTNAME set.
+pub fn resolve_env(img: &ImageConfig, spec: &ContainerSpec) -> Result<Vec<String>, BundleError> {
+    let mut env: Vec<(String, String)> = img
+        .env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (e.clone(), String::new()),
+        })
+        .collect();
+    let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(e) => e.1 = v.to_string(),
+        None => env.push((k.to_string(), v.to_string())),
+    };
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(BundleError::BadEnv { name: k.clone() });
+        }
+        set(k, v);
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOSTNAME") {
+        env.push(("HOSTNAME".into(), spec.hostname.clone()));
+    }
+    Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
+}
+
+/// Reads a file from the image as the merged rootfs would show it: the topmost layer that has
+/// it wins, an overlay whiteout hides it.
+fn read_image_file(lowers_top_first: &[PathBuf], rel: &str) -> Option<String> {
+    for l in lowers_top_first {
+        let p = l.join(rel);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_char_device() => return None,
+            Ok(m) if m.is_file() => return fs::read_to_string(p).ok(),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// Resolves "user", "uid", "user:group", "uid:gid" against the image's passwd/group files.
+pub fn resolve_user(user: &str, lowers_top_first: &[PathBuf]) -> Result<(u32, u32), BundleError> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = read_image_file(lowers_top_first, "etc/passwd").unwrap_or_default();
+    let find_passwd = |pred: &dyn Fn(&[&str]) -> bool| -> Option<(u32, u32)> {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && pred(&f)).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?))).flatten()
+        })
+    };
+    let (uid, primary_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, find_passwd(&|f| f[2] == u).map(|(_, g)| g).unwrap_or(0)),
+        Err(_) => find_passwd(&|f| f[0] == u).ok_or_else(|| BundleError::UnknownUser { user: u.to_string() })?,
+    };
+    let gid = match g {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read_image_file(lowers_top_first, "etc/group")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok()).flatten()
+                })
+                .ok_or_else(|| BundleError::UnknownGroup { group: g.to_string() })?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// Builds config.json for a container whose rootfs will be mounted at `<bundle>/rootfs`.
+pub fn build_spec(
+    id: &str,
+    img: &ImageConfig,
+    spec: &ContainerSpec,
+    lowers_top_first: &[PathBuf],
+    sandbox: &Sandbox,
+    etc_dir: &Path,
+    cgroup_path: &str,
+) -> Result<Spec, BundleError> {
+    let args = resolve_args(img, spec)?;
+    let env = resolve_env(img, spec)?;
+    let user = spec.user.clone().unwrap_or_else(|| img.user.clone());
+    let (uid, gid) = resolve_user(&user, lowers_top_first)?;
+    let cwd = spec.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| {
+        if img.working_dir.is_empty() { "/".into() } else { img.working_dir.clone() }
+    });
+    if !cwd.starts_with('/') {
+        return Err(BundleError::Spec(format!("working directory {cwd:?} must be absolute")));
+    }
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(units) = spec.limits.cpu_units {
+        // 1024 units = one core = a full 100 ms period.
+        let quota = (units as i64 * 100_000 / 1024).max(1000);
+        resources["cpu"] = json!({"quota": quota, "period": 100_000u64, "shares": units.max(2) as u64});
+    }
+    if let Some(mib) = spec.limits.memory_mib {
+        let bytes = (mib * 1024 * 1024) as i64;
+        resources["memory"] = json!({"limit": bytes});
+    }
+    resources["pids"] = json!({"limit": spec.limits.pids.unwrap_or(4096)});
+    let bind = |src: PathBuf, dst: &str| json!({"destination": dst, "type": "bind", "source": src, "options": ["rbind", "rprivate"]});
+    let v = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": uid, "gid": gid},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": DEFAULT_CAPS, "effective": DEFAULT_CAPS, "permitted": DEFAULT_CAPS},
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": spec.hostname,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+            bind(etc_dir.join("hosts"), "/etc/hosts"),
+            bind(etc_dir.join("resolv.conf"), "/etc/resolv.conf"),
+            bind(etc_dir.join("hostname"), "/etc/hostname"),
+        ],
+        "linux": {
+            "cgroupsPath": cgroup_path,
+            "resources": resources,
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "network", "path": sandbox.path},
+            ],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+            "seccomp": default_seccomp(),
+        }
+    });
+    let _ = id;
+    serde_json::from_value::<Spec>(v).map_err(|e| BundleError::Spec(e.to_string()))
+}
+
+pub fn write_spec(spec: &Spec, bundle: &Path) -> Result<(), BundleError> {
+    let path = bundle.join("config.json");
+    let data = serde_json::to_vec_pretty(spec).map_err(|e| BundleError::Spec(e.to_string()))?;
+    fs::write(&path, data).map_err(|source| BundleError::Io { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img() -> ImageConfig {
+        ImageConfig { entrypoint: vec!["/bin/ep".into()], cmd: vec!["a".into()], env: vec!["PATH=/bin".into(), "X=1".into()], ..Default::default() }
+    }
+
+    #[test]
+    fn docker_arg_rules() {
+        let s = ContainerSpec::default();
+        assert_eq!(resolve_args(&img(), &s).unwrap(), ["/bin/ep", "a"]);
+        let s = ContainerSpec { command: Some(vec!["b".into()]), ..Default::default() };
+        assert_eq!(resolve_args(&img(), &s).unwrap(), ["/bin/ep", "b"]);
+        let s = ContainerSpec { entrypoint: Some(vec!["/bin/sh".into()]), ..Default::default() };
+        assert_eq!(resolve_args(&img(), &s).unwrap(), ["/bin/sh"]);
+        assert!(matches!(resolve_args(&ImageConfig::default(), &ContainerSpec::default()), Err(BundleError::NoCommand)));
+    }
+
+    #[test]
+    fn env_overrides() {
+        let s = ContainerSpec { env: vec![("X".into(), "2".into()), ("Y".into(), "3".into())], hostname: "h".into(), ..Default::default() };
+        assert_eq!(resolve_env(&img(), &s).unwrap(), ["PATH=/bin", "X=2", "Y=3", "HOSTNAME=h"]);
+        let s = ContainerSpec { env: vec![("A=B".into(), "2".into())], ..Default::default() };
+        assert!(resolve_env(&img(), &s).is_err());
+    }
+
+    #[test]
+    fn users_from_image_files() {
+        let d = tempfile::tempdir().unwrap();
+        let lower = d.path().join("l1");
+        fs::create_dir_all(lower.join("etc")).unwrap();
+        fs::write(lower.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/false\n").unwrap();
+        fs::write(lower.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let l = [lower];
+        assert_eq!(resolve_user("www", &l).unwrap(), (33, 34));
+        assert_eq!(resolve_user("www:staff", &l).unwrap(), (33, 50));
+        assert_eq!(resolve_user("1000:1000", &l).unwrap(), (1000, 1000));
+        assert_eq!(resolve_user("33", &l).unwrap(), (33, 34));
+        assert!(matches!(resolve_user("nobody", &l), Err(BundleError::UnknownUser { .. })));
+        assert!(matches!(resolve_user("www:nogroup", &l), Err(BundleError::UnknownGroup { .. })));
+    }
+}

@@ -1,0 +1,132 @@
+//! Reading a container's cgroup, on cgroup v1 (per-controller hierarchies, as on this host) and
+//! v2 (unified). The runtime creates and limits the cgroup from the bundle; Gantry reads usage,
+//! detects OOM kills and removes leftovers after a crash.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// v2 if /sys/fs/cgroup is the unified hierarchy itself; v1 (or hybrid, which Gantry treats as
+/// v1) otherwise.
+pub fn version() -> CgroupVersion {
+    if Path::new(ROOT).join("cgroup.controllers").exists() { CgroupVersion::V2 } else { CgroupVersion::V1 }
+}
+
+/// Usage and limits of one cgroup. Missing files read as None.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CgroupStats {
+    pub cpu_usage_ns: Option<u64>,
+    /// CFS quota and period in microseconds (None quota = unlimited).
+    pub cpu_quota_us: Option<i64>,
+    pub cpu_period_us: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids_current: Option<u64>,
+    pub pids_limit: Option<u64>,
+    pub oom_kills: Option<u64>,
+}
+
+fn read_u64(p: PathBuf) -> Option<u64> {
+    fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn keyed(p: PathBuf, key: &str) -> Option<u64> {
+    fs::read_to_string(p).ok()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// `path` is the cgroupsPath given to the runtime, e.g. `/gantry/<id>`.
+pub fn dirs(path: &str) -> Vec<PathBuf> {
+    let rel = path.trim_start_matches('/');
+    match version() {
+        CgroupVersion::V2 => vec![Path::new(ROOT).join(rel)],
+        CgroupVersion::V1 => ["cpu", "cpuacct", "memory", "pids", "cpuset", "devices", "freezer", "blkio", "net_cls", "net_prio", "perf_event", "hugetlb", "systemd"]
+            .iter()
+            .map(|c| Path::new(ROOT).join(c).join(rel))
+            .collect(),
+    }
+}
+
+pub fn stats(path: &str) -> CgroupStats {
+    let rel = path.trim_start_matches('/');
+    let r = Path::new(ROOT);
+    match version() {
+        CgroupVersion::V1 => {
+            let unlimited = |v: Option<u64>| v.filter(|&x| x < (1 << 62));
+            CgroupStats {
+                cpu_usage_ns: read_u64(r.join("cpuacct").join(rel).join("cpuacct.usage")),
+                cpu_quota_us: fs::read_to_string(r.join("cpu").join(rel).join("cpu.cfs_quota_us"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i64>().ok())
+                    .filter(|&q| q > 0),
+                cpu_period_us: read_u64(r.join("cpu").join(rel).join("cpu.cfs_period_us")),
+                memory_bytes: read_u64(r.join("memory").join(rel).join("memory.usage_in_bytes")),
+                memory_limit_bytes: unlimited(read_u64(r.join("memory").join(rel).join("memory.limit_in_bytes"))),
+                pids_current: read_u64(r.join("pids").join(rel).join("pids.current")),
+                pids_limit: read_u64(r.join("pids").join(rel).join("pids.max")),
+                oom_kills: keyed(r.join("memory").join(rel).join("memory.oom_control"), "oom_kill"),
+            }
+        }
+        CgroupVersion::V2 => {
+            let d = r.join(rel);
+            let (quota, period) = fs::read_to_string(d.join("cpu.max"))
+                .ok()
+                .and_then(|s| {
+                    let mut w = s.split_whitespace();
+                    let q = w.next()?.parse::<i64>().ok();
+                    let p = w.next()?.parse::<u64>().ok();
+                    Some((q, p))
+                })
+                .unwrap_or((None, None));
+            CgroupStats {
+                cpu_usage_ns: keyed(d.join("cpu.stat"), "usage_usec").map(|u| u * 1000),
+                cpu_quota_us: quota,
+                cpu_period_us: period,
+                memory_bytes: read_u64(d.join("memory.current")),
+                memory_limit_bytes: read_u64(d.join("memory.max")),
+                pids_current: read_u64(d.join("pids.current")),
+                pids_limit: read_u64(d.join("pids.max")),
+                oom_kills: keyed(d.join("memory.events"), "oom_kill"),
+            }
+        }
+    }
+}
+
+/// True if any hierarchy still has this cgroup.
+pub fn exists(path: &str) -> bool {
+    dirs(path).iter().any(|d| d.is_dir())
+}
+
+/// Removes an (empty) cgroup from every hierarchy; used after a crash left one behind.
+pub fn remove(path: &str) {
+    for d in dirs(path) {
+        let _ = fs::remove_dir(d);
+    }
+}
+
+/// Names of the children of the parent cgroup (e.g. all of `/gantry`), in any hierarchy.
+pub fn children(parent: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in dirs(parent) {
+        if let Ok(rd) = fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    if !out.contains(&n) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,176 @@
+//! IPv4 address leases from the node's task subnet, persisted in a JSON file under a lock so
+//! that concurrent processes never hand out the same address.
+
+use crate::sys;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error("invalid subnet {value:?}: expected an IPv4 CIDR with a prefix between /8 and /30")]
+    BadSubnet { value: String },
+    #[error("subnet {subnet} has no free addresses left ({leased} leased)")]
+    Exhausted { subnet: String, leased: usize },
+    #[error("lease file {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl std::str::FromStr for Subnet {
+    type Err = IpamError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || IpamError::BadSubnet { value: s.to_string() };
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Subnet { network: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl Subnet {
+    /// The first host address, used by the bridge as the tasks' gateway.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+
+    fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let base = u32::from(self.network);
+        let size = 1u32 << (32 - self.prefix);
+        // Skip network, gateway and broadcast.
+        (2..size - 1).map(move |i| Ipv4Addr::from(base + i))
+    }
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct LeaseFile {
+    subnet: String,
+    /// address -> owner (the sandbox's name)
+    leases: BTreeMap<Ipv4Addr, String>,
+}
+
+pub struct Ipam {
+    path: PathBuf,
+    subnet: Subnet,
+}
+
+impl Ipam {
+    pub fn new(path: &Path, subnet: Subnet) -> Ipam {
+        Ipam { path: path.to_path_buf(), subnet }
+    }
+
+    fn err(&self) -> impl Fn(io::Error) -> IpamError + '_ {
+        move |source| IpamError::Io { path: self.path.clone(), source }
+    }
+
+    /// Runs `f` on the lease table under an exclusive lock and saves it atomically.
+    fn with_leases<T>(&self, f: impl FnOnce(&mut BTreeMap<Ipv4Addr, String>) -> Result<T, IpamError>) -> Result<T, IpamError> {
+        let lock_path = self.path.with_extension("lock");
+        let lock = File::create(&lock_path).map_err(self.err())?;
+        sys::flock_exclusive(&lock).map_err(self.err())?;
+        let mut file: LeaseFile = match fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| IpamError::Io { path: self.path.clone(), source: io::Error::other(e) })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => LeaseFile::default(),
+            Err(e) => return Err(self.err()(e)),
+        };
+        if file.subnet != self.subnet.to_string() {
+            // A changed subnet makes old leases meaningless; only keep those inside it.
+            let s = self.subnet;
+            file.leases.retain(|ip, _| s.hosts().any(|h| h == *ip));
+            file.subnet = s.to_string();
+        }
+        let out = f(&mut file.leases)?;
+        let tmp = self.path.with_extension("tmp");
+        let mut t = File::create(&tmp).map_err(self.err())?;
+        t.write_all(&serde_json::to_vec_pretty(&file).expect("leases serialise")).map_err(self.err())?;
+        t.sync_all().map_err(self.err())?;
+        fs::rename(&tmp, &self.path).map_err(self.err())?;
+        Ok(out)
+    }
+
+    pub fn acquire(&self, owner: &str) -> Result<Ipv4Addr, IpamError> {
+        let subnet = self.subnet;
+        self.with_leases(|leases| {
+            if let Some((ip, _)) = leases.iter().find(|(_, o)| *o == owner) {
+                return Ok(*ip);
+            }
+            let ip = subnet
+                .hosts()
+                .find(|h| !leases.contains_key(h))
+                .ok_or(IpamError::Exhausted { subnet: subnet.to_string(), leased: leases.len() })?;
+            leases.insert(ip, owner.to_string());
+            Ok(ip)
+        })
+    }
+
+    pub fn release(&self, owner: &str) -> Result<(), IpamError> {
+        self.with_leases(|leases| {
+            leases.retain(|_, o| o != owner);
+            Ok(())
+        })
+    }
+
+    /// Drops every lease whose owner `keep` does not vouch for (crash recovery).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Result<usize, IpamError> {
+        self.with_leases(|leases| {
+            let before = leases.len();
+            leases.retain(|_, o| keep(o));
+            Ok(before - leases.len())
+        })
+    }
+
+    pub fn leases(&self) -> Result<BTreeMap<Ipv4Addr, String>, IpamError> {
+        self.with_leases(|l| Ok(l.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_are_unique_persisted_and_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::new(&dir.path().join("leases.json"), "10.1.2.0/29".parse().unwrap());
+        let a = ipam.acquire("a").unwrap();
+        let b = ipam.acquire("b").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, Ipv4Addr::new(10, 1, 2, 2));
+        assert_eq!(ipam.acquire("a").unwrap(), a, "same owner, same lease");
+        // A /29 has 6 hosts, one is the gateway: 5 leases.
+        for o in ["c", "d", "e"] {
+            ipam.acquire(o).unwrap();
+        }
+        assert!(matches!(ipam.acquire("f"), Err(IpamError::Exhausted { .. })));
+        let reopened = Ipam::new(&dir.path().join("leases.json"), "10.1.2.0/29".parse().unwrap());
+        reopened.release("b").unwrap();
+        assert_eq!(reopened.acquire("f").unwrap(), b);
+        assert_eq!(reopened.retain(|o| o == "f").unwrap(), 4);
+        assert_eq!(reopened.leases().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_subnets() {
+        for s in ["10.0.0.0", "10.0.0.0/31", "10.0.0.0/4", "x/16"] {
+            assert!(s.parse::<Subnet>().is_err(), "{s}");
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Task sandboxes: one network namespace per task, with `lo` and an `eth0` veth to the node's
+//! bridge, an address leased from the task subnet and a default route via the bridge. A warm
+//! pool of ready sandboxes keeps namespace creation off the task start path.
+
+pub mod ipam;
+pub mod netlink;
+
+use crate::sys;
+use ipam::{Ipam, IpamError, Subnet};
+use netlink::{Netlink, NetlinkError};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Interface index requested for the task's eth0 (lo is always 1 in a new namespace).
+const ETH0_INDEX: u32 = 2;
+
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub bridge: String,
+    pub subnet: Subnet,
+    /// Where namespaces are bind-mounted (like /run/netns for `ip netns`).
+    pub netns_dir: PathBuf,
+    /// Lease file and pool markers.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> NetworkError {
+    let context = context.into();
+    move |source| NetworkError::Io { context, source }
+}
+
+/// A ready network namespace and its address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sandbox {
+    pub name: String,
+    pub path: PathBuf,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub prefix: u8,
+    pub host_veth: String,
+}
+
+pub struct Network {
+    cfg: NetworkConfig,
+    ipam: Ipam,
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n.div_ceil(2)];
+    io::Read::read_exact(&mut File::open("/dev/urandom").expect("/dev/urandom"), &mut b).expect("/dev/urandom");
+    hex::encode(b)[..n].to_string()
+}
+
+/// True if `path` is itself a mount point (listed in our mountinfo).
+fn is_mount_point(path: &Path) -> bool {
+    let p = path.to_string_lossy();
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&p)))
+        .unwrap_or(false)
+}
+
+impl Network {
+    /// Prepares the node: bridge with the gateway address, and a shared mount for the
+    /// namespace directory so that unmounting a namespace also drops the copies that shims'
+    /// mount namespaces hold (otherwise they would pin every namespace alive).
+    pub fn new(cfg: NetworkConfig) -> Result<Network, NetworkError> {
+        for d in [&cfg.netns_dir, &cfg.state_dir.join("pool")] {
+            fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
+        }
+        if !is_mount_point(&cfg.netns_dir) {
+            sys::bind_mount(&cfg.netns_dir, &cfg.netns_dir).map_err(io_ctx("bind-mounting the netns directory"))?;
+        }
+        sys::mount_propagation(&cfg.netns_dir, libc::MS_SHARED | libc::MS_REC).map_err(io_ctx("making the netns directory shared"))?;
+        if netlink::link_index(&cfg.bridge).is_none() {
+            let mut nl = Netlink::open()?;
+            match nl.create_bridge(&cfg.bridge) {
+                Err(NetlinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {}
+                r => {
+                    r?;
+                    let idx = netlink::link_index(&cfg.bridge).ok_or_else(|| io_ctx("bridge")(io::Error::other("bridge vanished")))?;
+                    match nl.add_ipv4(idx, cfg.subnet.gateway(), cfg.subnet.prefix) {
+                        Err(NetlinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {}
+                        r => r?,
+                    }
+                    nl.set_up(idx)?;
+                }
+            }
+        }
+        let ipam = Ipam::new(&cfg.state_dir.join("leases.json"), cfg.subnet);
+        Ok(Network { cfg, ipam })
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.cfg
+    }
+
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+
+    /// Builds a new sandbox from scratch (~ a millisecond or two of netlink work).
+    pub fn create(&self) -> Result<Sandbox, NetworkError> {
+        let id = random_hex(12);
+        let name = format!("gn-{id}");
+        let host_veth = format!("gv{id}");
+        let path = self.cfg.netns_dir.join(&name);
+        let ip = self.ipam.acquire(&name)?;
+        let sb = Sandbox { name: name.clone(), path: path.clone(), ip, gateway: self.cfg.subnet.gateway(), prefix: self.cfg.subnet.prefix, host_veth };
+        match self.build(&sb) {
+            Ok(()) => Ok(sb),
+            Err(e) => {
+                let _ = self.destroy(&sb);
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&self, sb: &Sandbox) -> Result<(), NetworkError> {
+        // A short-lived thread enters a fresh namespace and opens a netlink socket there; the
+        // socket keeps acting in that namespace after the thread is gone.
+        let (nsfd, mut inside) = std::thread::spawn(|| -> Result<(OwnedFd, Netlink), NetworkError> {
+            sys::unshare(libc::CLONE_NEWNET).map_err(io_ctx("unshare(CLONE_NEWNET)"))?;
+            let fd = File::open("/proc/thread-self/ns/net").map_err(io_ctx("opening the new netns"))?;
+            Ok((fd.into(), Netlink::open()?))
+        })
+        .join()
+        .expect("netns thread panicked")?;
+        File::create(&sb.path).map_err(io_ctx(format!("creating {}", sb.path.display())))?;
+        let src = PathBuf::from(format!("/proc/self/fd/{}", nsfd.as_raw_fd()));
+        sys::bind_mount(&src, &sb.path).map_err(io_ctx(format!("bind-mounting netns at {}", sb.path.display())))?;
+
+        let bridge = netlink::link_index(&self.cfg.bridge)
+            .ok_or_else(|| io_ctx(format!("bridge {}", self.cfg.bridge))(io::Error::from(io::ErrorKind::NotFound)))?;
+        let mut host = Netlink::open()?;
+        host.create_veth(&sb.host_veth, bridge, "eth0", ETH0_INDEX, nsfd.as_raw_fd())?;
+        let hidx = netlink::link_index(&sb.host_veth)
+            .ok_or_else(|| io_ctx(format!("veth {}", sb.host_veth))(io::Error::from(io::ErrorKind::NotFound)))?;
+        host.set_up(hidx)?;
+        inside.set_up(1)?;
+        inside.set_up(ETH0_INDEX)?;
+        inside.add_ipv4(ETH0_INDEX, sb.ip, sb.prefix)?;
+        inside.add_default_route(sb.gateway, ETH0_INDEX)?;
+        Ok(())
+    }
+
+    /// Tears a sandbox down: the veth pair (synchronously, rather than waiting for the kernel's
+    /// asynchronous namespace cleanup), the namespace mount and file, and the lease.
+    pub fn destroy(&self, sb: &Sandbox) -> Result<(), NetworkError> {
+        if let Some(idx) = netlink::link_index(&sb.host_veth) {
+            Netlink::open()?.delete_link(idx)?;
+        }
+        self.remove_netns(&sb.name)?;
+        self.ipam.release(&sb.name)?;
+        let _ = fs::remove_file(self.pool_marker(&sb.name));
+        Ok(())
+    }
+
+    fn remove_netns(&self, name: &str) -> Result<(), NetworkError> {
+        let path = self.cfg.netns_dir.join(name);
+        match sys::umount(&path, libc::MNT_DETACH) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(io_ctx(format!("unmounting {}", path.display()))(e)),
+        }
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_ctx(format!("removing {}", path.display()))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn pool_marker(&self, name: &str) -> PathBuf {
+        self.cfg.state_dir.join("pool").join(name)
+    }
+
+    fn pool_names(&self) -> Vec<String> {
+        fs::read_dir(self.cfg.state_dir.join("pool"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn pool_len(&self) -> usize {
+        self.pool_names().len()
+    }
+
+    /// Creates sandboxes until `size` wait in the pool. Returns how many were added.
+    pub fn fill_pool(&self, size: usize) -> Result<usize, NetworkError> {
+        let mut added = 0;
+        while self.pool_len() < size {
+            let sb = self.create()?;
+            let data = serde_json::to_vec(&sb).expect("sandbox serialises");
+            let tmp = self.cfg.state_dir.join(format!(".{}", sb.name));
+            fs::write(&tmp, data).map_err(io_ctx("writing pool marker"))?;
+            fs::rename(&tmp, self.pool_marker(&sb.name)).map_err(io_ctx("writing pool marker"))?;
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// A ready sandbox: from the warm pool when one waits there, else built now. Claiming is
+    /// an unlink of the pool marker, which exactly one claimer wins.
+    pub fn acquire(&self) -> Result<Sandbox, NetworkError> {
+        for name in self.pool_names() {
+            let marker = self.pool_marker(&name);
+            let Ok(data) = fs::read(&marker) else { continue };
+            if fs::remove_file(&marker).is_ok() {
+                if let Ok(sb) = serde_json::from_slice::<Sandbox>(&data) {
+                    return Ok(sb);
+                }
+            }
+        }
+        self.create()
+    }
+
+    /// Removes pool sandboxes (used at shutdown and by tests).
+    pub fn drain_pool(&self) -> Result<usize, NetworkError> {
+        let mut n = 0;
+        for name in self.pool_names() {
+            let marker = self.pool_marker(&name);
+            if let Ok(data) = fs::read(&marker) {
+                if fs::remove_file(&marker).is_ok() {
+                    if let Ok(sb) = serde_json::from_slice::<Sandbox>(&data) {
+                        self.destroy(&sb)?;
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Crash recovery: destroys every sandbox neither in the pool nor vouched for by `live`,
+    /// and every lease whose namespace is gone. Returns the number of sandboxes removed.
+    pub fn sweep(&self, live: impl Fn(&str) -> bool) -> Result<usize, NetworkError> {
+        let pooled = self.pool_names();
+        let keep = |name: &str| pooled.iter().any(|p| p == name) || live(name);
+        let mut removed = 0;
+        let entries: Vec<String> = fs::read_dir(&self.cfg.netns_dir)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default();
+        for name in entries.iter().filter(|n| n.starts_with("gn-")) {
+            if keep(name) {
+                continue;
+            }
+            let veth = format!("gv{}", &name[3..]);
+            if let Some(idx) = netlink::link_index(&veth) {
+                Netlink::open()?.delete_link(idx)?;
+            }
+            self.remove_netns(name)?;
+            removed += 1;
+        }
+        let netns_dir = self.cfg.netns_dir.clone();
+        self.ipam.retain(|owner| keep(owner) && netns_dir.join(owner).exists())?;
+        // Host veths whose namespace is gone.
+        if let Ok(rd) = fs::read_dir("/sys/class/net") {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if let Some(id) = n.strip_prefix("gv") {
+                    let ns = format!("gn-{id}");
+                    if !keep(&ns) {
+                        if let Some(idx) = netlink::link_index(&n) {
+                            let _ = Netlink::open()?.delete_link(idx);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Writes the files a task's containers mount: /etc/hosts, /etc/resolv.conf, /etc/hostname.
+    pub fn write_etc_files(sb: &Sandbox, hostname: &str, dir: &Path) -> Result<(), NetworkError> {
+        fs::create_dir_all(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+        let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n", sb.ip);
+        fs::write(dir.join("hosts"), hosts).map_err(io_ctx("writing hosts"))?;
+        fs::write(dir.join("hostname"), format!("{hostname}\n")).map_err(io_ctx("writing hostname"))?;
+        // The host's resolvers minus loopback ones, which mean nothing inside the namespace.
+        let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv: String = host
+            .lines()
+            .filter(|l| {
+                let mut w = l.split_whitespace();
+                !(w.next() == Some("nameserver") && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(dir.join("resolv.conf"), resolv).map_err(io_ctx("writing resolv.conf"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! The OCI runtime driver: a `Runtime` trait and its implementation over the crun / runc /
+//! runsc command lines (create, start, kill, delete), as containerd and Podman drive them.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Crun,
+    Runc,
+    Runsc,
+}
+
+impl RuntimeKind {
+    pub fn binary(&self) -> &'static str {
+        match self {
+            RuntimeKind::Crun => "crun",
+            RuntimeKind::Runc => "runc",
+            RuntimeKind::Runsc => "runsc",
+        }
+    }
+
+    /// crun if installed, else runc.
+    pub fn detect() -> Option<RuntimeKind> {
+        [RuntimeKind::Crun, RuntimeKind::Runc].into_iter().find(|k| find_in_path(k.binary()).is_some())
+    }
+}
+
+impl std::str::FromStr for RuntimeKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "crun" => Ok(RuntimeKind::Crun),
+            "runc" => Ok(RuntimeKind::Runc),
+            "runsc" => Ok(RuntimeKind::Runsc),
+            other => Err(format!("unknown runtime {other:?}: expected crun, runc or runsc")),
+        }
+    }
+}
+
+pub fn find_in_path(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(bin)).find(|p| p.is_file()))
+        .unwrap_or(None)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{runtime} {op} {id}: {message}")]
+    Failed { runtime: &'static str, op: &'static str, id: String, message: String },
+    #[error("{runtime} {op} {id}: {source}")]
+    Spawn { runtime: &'static str, op: &'static str, id: String, source: io::Error },
+}
+
+/// The container's stdio handed to `create`.
+pub struct Stdio3 {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+}
+
+pub trait Runtime {
+    /// Creates the container; its init waits for `start`. stdio becomes the container's.
+    fn create(&self, id: &str, bundle: &Path, pid_file: &Path, stdio: Stdio3) -> Result<(), RuntimeError>;
+    fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
+    /// Force-deletes the container (killing what is left) and its cgroup.
+    fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+}
+
+/// Drives a runtime binary. State lives under `root`; the runtime's own diagnostics go to
+/// `log` so they never mix with the container's output.
+pub struct CliRuntime {
+    pub kind: RuntimeKind,
+    pub root: PathBuf,
+    pub log: PathBuf,
+}
+
+impl CliRuntime {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(self.kind.binary());
+        c.arg("--root").arg(&self.root).arg("--log").arg(&self.log);
+        c
+    }
+
+    fn last_log_line(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .ok()
+            .and_then(|s| s.lines().rev().find(|l| !l.trim().is_empty()).map(|l| {
+                // crun/runc log JSON lines: {"msg":"...","level":"error",...}
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
+                    .unwrap_or_else(|| l.to_string())
+            }))
+            .unwrap_or_default()
+    }
+
+    fn run(&self, op: &'static str, id: &str, mut c: Command) -> Result<(), RuntimeError> {
+        let rt = self.kind.binary();
+        let out = c.stdin(Stdio::null()).output().map_err(|source| RuntimeError::Spawn { runtime: rt, op, id: id.into(), source })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if message.is_empty() {
+            message = self.last_log_line();
+        }
+        if message.is_empty() {
+            message = format!("exited with {}", out.status);
+        }
+        Err(RuntimeError::Failed { runtime: rt, op, id: id.into(), message })
+    }
+}
+
+impl Runtime for CliRuntime {
+    fn create(&self, id: &str, bundle: &Path, pid_file: &Path, stdio: Stdio3) -> Result<(), RuntimeError> {
+        let rt = self.kind.binary();
+        let mut c = self.cmd();
+        c.arg("create").arg("--bundle").arg(bundle).arg("--pid-file").arg(pid_file).arg(id);
+        c.stdin(stdio.stdin).stdout(stdio.stdout).stderr(stdio.stderr);
+        let status = c.status().map_err(|source| RuntimeError::Spawn { runtime: rt, op: "create", id: id.into(), source })?;
+        if status.success() {
+            Ok(())
+        } else {
+            let m = self.last_log_line();
+            Err(RuntimeError::Failed { runtime: rt, op: "create", id: id.into(), message: if m.is_empty() { format!("exited with {status}") } else { m } })
+        }
+    }
+
+    fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut c = self.cmd();
+        c.arg("start").arg(id).stdout(Stdio::null());
+        self.run("start", id, c)
+    }
+
+    fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
+        let mut c = self.cmd();
+        c.arg("kill").arg(id).arg(signal.to_string()).stdout(Stdio::null());
+        self.run("kill", id, c)
+    }
+
+    fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut c = self.cmd();
+        c.arg("delete").arg("--force").arg(id).stdout(Stdio::null());
+        self.run("delete", id, c)
+    }
+}
+
+/// Opens /dev/null for a runtime's stdin.
+pub fn dev_null() -> io::Result<File> {
+    File::open("/dev/null")
+}
+
+/// Parses a StopSignal as images give it ("SIGTERM", "TERM", "15").
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Some(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "WINCH" => libc::SIGWINCH,
+        "PWR" => libc::SIGPWR,
+        _ => {
+            let n = name.strip_prefix("RTMIN+")?.parse::<i32>().ok()?;
+            libc::SIGRTMIN() + n
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("SIGTERM"), Some(15));
+        assert_eq!(parse_signal("quit"), Some(3));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGBOGUS"), None);
+        assert_eq!(parse_signal("0"), None);
+    }
+}

@@ -1,0 +1,101 @@
+//! The contract between Gantry and `gantry-shim`, the per-container supervisor: what it is
+//! told (shim.json in the container directory) and what it reports (started.json, exit.json,
+//! the log file). Files rather than a socket, so that anything that restarts can re-attach by
+//! reading them, and a pidfd on the shim tells when it is done.
+
+use crate::oci::RuntimeKind;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub const SPEC_FILE: &str = "shim.json";
+pub const STARTED_FILE: &str = "started.json";
+pub const EXIT_FILE: &str = "exit.json";
+pub const LOG_FILE: &str = "container.log";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimSpec {
+    pub id: String,
+    pub runtime: RuntimeKind,
+    /// The runtime's state directory (--root).
+    pub runtime_root: PathBuf,
+    /// Overlay lower directories, topmost first.
+    pub lowers: Vec<PathBuf>,
+    pub cgroup_path: String,
+    pub stop_signal: i32,
+    pub stop_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShimStarted {
+    pub shim_pid: i32,
+    pub container_pid: i32,
+    pub started_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerExit {
+    /// Exit code; 128+N for a signal, 137 for OOM kills.
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    /// The stop signal was ignored and SIGKILL followed after the stop timeout.
+    pub killed_after_timeout: bool,
+    pub exited_at_ms: i64,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Writes JSON atomically (temp file + fsync + rename): readers never see half a file, and
+/// a crash leaves either the old or the new content.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let data = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let f = fs::File::create(&tmp)?;
+    io::Write::write_all(&mut &f, &data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(io::Error::other),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One line of the container log, in the CRI format: `<RFC3339Nano> <stream> <P|F> <bytes>`.
+/// P marks a partial line (split because it was too long), F the end of one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine<'a> {
+    pub time: &'a str,
+    pub stream: &'a str,
+    pub partial: bool,
+    pub content: &'a [u8],
+}
+
+pub fn parse_log_line(line: &[u8]) -> Option<LogLine<'_>> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let time = std::str::from_utf8(parts.next()?).ok()?;
+    let stream = std::str::from_utf8(parts.next()?).ok()?;
+    let tag = parts.next()?;
+    let content = parts.next().unwrap_or(b"");
+    Some(LogLine { time, stream, partial: tag == b"P", content })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cri_lines() {
+        let l = parse_log_line(b"2026-01-01T00:00:00.000000001Z stdout F hello world").unwrap();
+        assert_eq!((l.stream, l.partial, l.content), ("stdout", false, &b"hello world"[..]));
+        let l = parse_log_line(b"2026-01-01T00:00:00Z stderr P ").unwrap();
+        assert!(l.partial && l.content.is_empty());
+    }
+}

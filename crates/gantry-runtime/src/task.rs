@@ -1,0 +1,364 @@
+//! Tasks on a node: a sandbox (network namespace) shared by one or more containers, each run
+//! by its own gantry-shim. Everything a task owns lives under `<data>/tasks/<task-id>/`, so
+//! recovery after a crash is a walk over that directory.
+
+use crate::bundle::{self, BundleError, ContainerSpec};
+use crate::cgroup::{self, CgroupStats};
+use crate::image::{ImageError, ImageRecord, ImageStore, ImageStoreConfig};
+use crate::net::{Network, NetworkConfig, NetworkError, Sandbox};
+use crate::oci::{CliRuntime, Runtime, RuntimeKind};
+use crate::shim::{self, ContainerExit, ShimSpec, ShimStarted};
+use crate::sys;
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Parent cgroup of every container Gantry runs.
+pub const CGROUP_PARENT: &str = "/gantry";
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub runtime: RuntimeKind,
+    pub shim_binary: PathBuf,
+    pub images: ImageStoreConfig,
+    pub network: NetworkConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("container {id} failed to start: {message}")]
+    Start { id: String, message: String },
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid { what: &'static str, value: String, reason: &'static str },
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> TaskError {
+    let context = context.into();
+    move |source| TaskError::Io { context, source }
+}
+
+/// Names that become path components and runtime ids: short, lowercase, no separators.
+pub fn validate_name(what: &'static str, s: &str) -> Result<(), TaskError> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(TaskError::Invalid { what, value: s.to_string(), reason: "must be 1-64 of [a-z0-9_-], starting with a letter or digit" })
+    }
+}
+
+pub fn new_task_id() -> String {
+    let mut b = [0u8; 16];
+    io::Read::read_exact(&mut fs::File::open("/dev/urandom").expect("/dev/urandom"), &mut b).expect("/dev/urandom");
+    hex::encode(b)
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    images: ImageStore,
+    network: Network,
+}
+
+/// A container as its shim reports it.
+#[derive(Debug)]
+pub enum ContainerState {
+    Running(ShimStarted),
+    Exited(ContainerExit),
+    /// The shim is gone without recording an exit (killed, or the node crashed).
+    Lost,
+}
+
+impl Node {
+    pub fn open(cfg: NodeConfig) -> Result<Node, TaskError> {
+        for d in [cfg.data_dir.join("tasks"), cfg.run_dir.join("runtime")] {
+            fs::create_dir_all(&d).map_err(io_ctx(format!("creating {}", d.display())))?;
+        }
+        let images = ImageStore::open(cfg.images.clone())?;
+        let network = Network::new(cfg.network.clone())?;
+        Ok(Node { cfg, images, network })
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    pub fn task_dir(&self, task: &str) -> PathBuf {
+        self.cfg.data_dir.join("tasks").join(task)
+    }
+
+    pub fn container_dir(&self, task: &str, name: &str) -> PathBuf {
+        self.task_dir(task).join(name)
+    }
+
+    pub fn runtime_id(task: &str, name: &str) -> String {
+        format!("{task}-{name}")
+    }
+
+    fn runtime(&self, dir: &Path) -> CliRuntime {
+        CliRuntime { kind: self.cfg.runtime, root: self.cfg.run_dir.join("runtime"), log: dir.join("runtime.log") }
+    }
+
+    /// Sets up a task's sandbox (from the warm pool when possible) and its /etc files.
+    pub fn create_task(&self, task: &str, hostname: &str) -> Result<Sandbox, TaskError> {
+        validate_name("task id", task)?;
+        let dir = self.task_dir(task);
+        fs::create_dir(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+        let sb = self.network.acquire()?;
+        let result = (|| {
+            shim::write_json_atomic(&dir.join("sandbox.json"), &sb).map_err(io_ctx("writing sandbox.json"))?;
+            Network::write_etc_files(&sb, hostname, &dir.join("etc"))?;
+            Ok(sb.clone())
+        })();
+        if result.is_err() {
+            let _ = self.network.destroy(&sb);
+            let _ = fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    pub fn sandbox(&self, task: &str) -> Option<Sandbox> {
+        shim::read_json(&self.task_dir(task).join("sandbox.json")).ok().flatten()
+    }
+
+    /// Prepares the bundle and starts one container of the task under a new shim. Returns once
+    /// the container's process is running.
+    pub fn start_container(
+        &self,
+        task: &str,
+        name: &str,
+        image: &ImageRecord,
+        spec: &ContainerSpec,
+        stop_timeout: Duration,
+    ) -> Result<ShimStarted, TaskError> {
+        validate_name("container name", name)?;
+        let sb = self.sandbox(task).ok_or_else(|| TaskError::Invalid { what: "task", value: task.into(), reason: "has no sandbox" })?;
+        let dir = self.container_dir(task, name);
+        let id = Self::runtime_id(task, name);
+        for d in ["rootfs", "upper", "work"] {
+            fs::create_dir_all(dir.join(d)).map_err(io_ctx(format!("creating {}", dir.join(d).display())))?;
+        }
+        let img = self.images.config(image)?;
+        let mut lowers = Vec::new();
+        for (i, l) in image.layers.iter().enumerate() {
+            lowers.push(self.images.ensure_layer(l, img.diff_ids.get(i))?);
+        }
+        lowers.reverse();
+        let cgroup_path = format!("{CGROUP_PARENT}/{id}");
+        let oci = bundle::build_spec(&id, &img, spec, &lowers, &sb, &self.task_dir(task).join("etc"), &cgroup_path)?;
+        bundle::write_spec(&oci, &dir)?;
+        let stop_signal = img.stop_signal.as_deref().and_then(crate::oci::parse_signal).unwrap_or(libc::SIGTERM);
+        let shim_spec = ShimSpec {
+            id: id.clone(),
+            runtime: self.cfg.runtime,
+            runtime_root: self.cfg.run_dir.join("runtime"),
+            lowers,
+            cgroup_path,
+            stop_signal,
+            stop_timeout_secs: stop_timeout.as_secs(),
+        };
+        shim::write_json_atomic(&dir.join(shim::SPEC_FILE), &shim_spec).map_err(io_ctx("writing shim.json"))?;
+        let out = Command::new(&self.cfg.shim_binary)
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(io_ctx(format!("running {}", self.cfg.shim_binary.display())))?;
+        if !out.status.success() {
+            return Err(TaskError::Start { id, message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        }
+        match shim::read_json::<ShimStarted>(&dir.join(shim::STARTED_FILE)) {
+            Ok(Some(s)) => Ok(s),
+            _ => Err(TaskError::Start { id, message: "shim reported success but wrote no started.json".into() }),
+        }
+    }
+
+    /// What the container's shim says now (works after a restart of the caller).
+    pub fn container_state(&self, task: &str, name: &str) -> ContainerState {
+        let dir = self.container_dir(task, name);
+        if let Ok(Some(exit)) = shim::read_json::<ContainerExit>(&dir.join(shim::EXIT_FILE)) {
+            return ContainerState::Exited(exit);
+        }
+        match shim::read_json::<ShimStarted>(&dir.join(shim::STARTED_FILE)) {
+            Ok(Some(s)) if shim_alive(s.shim_pid, &dir) => ContainerState::Running(s),
+            _ => {
+                // The shim may have written exit.json between our two reads.
+                match shim::read_json::<ContainerExit>(&dir.join(shim::EXIT_FILE)) {
+                    Ok(Some(exit)) => ContainerState::Exited(exit),
+                    _ => ContainerState::Lost,
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the container to end. None if it is still running.
+    pub fn wait_container(&self, task: &str, name: &str, timeout: Option<Duration>) -> Option<ContainerState> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let pidfd: OwnedFd = match self.container_state(task, name) {
+                ContainerState::Running(s) => match sys::pidfd_open(s.shim_pid) {
+                    Ok(fd) => fd,
+                    Err(_) => continue,
+                },
+                other => return Some(other),
+            };
+            let ms = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
+                None => -1,
+            };
+            match sys::poll_readable(&pidfd, ms) {
+                Ok(true) => continue,
+                _ => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the shim to stop its container: stop signal, then SIGKILL after the stop timeout.
+    pub fn stop_container(&self, task: &str, name: &str) {
+        if let ContainerState::Running(s) = self.container_state(task, name) {
+            let _ = sys::kill(s.shim_pid, libc::SIGTERM);
+        }
+    }
+
+    pub fn container_stats(&self, task: &str, name: &str) -> CgroupStats {
+        cgroup::stats(&format!("{CGROUP_PARENT}/{}", Self::runtime_id(task, name)))
+    }
+
+    pub fn log_path(&self, task: &str, name: &str) -> PathBuf {
+        self.container_dir(task, name).join(shim::LOG_FILE)
+    }
+
+    /// Removes everything the task owns. Containers still running are killed first.
+    pub fn remove_task(&self, task: &str) -> Result<(), TaskError> {
+        validate_name("task id", task)?;
+        let dir = self.task_dir(task);
+        let names: Vec<String> = fs::read_dir(&dir)
+            .map(|rd| rd.flatten().filter(|e| e.path().join(shim::SPEC_FILE).exists()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default();
+        for name in &names {
+            let cdir = self.container_dir(task, name);
+            if let ContainerState::Running(s) = self.container_state(task, name) {
+                let _ = sys::kill(s.shim_pid, libc::SIGKILL);
+                let _ = sys::kill(s.container_pid, libc::SIGKILL);
+            }
+            // Idempotent: removes the runtime's record and cgroup if a dead shim left them.
+            let id = Self::runtime_id(task, name);
+            let _ = self.runtime(&cdir).delete(&id);
+            cgroup::remove(&format!("{CGROUP_PARENT}/{id}"));
+        }
+        if let Some(sb) = self.sandbox(task) {
+            self.network.destroy(&sb)?;
+        }
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_ctx(format!("removing {}", dir.display()))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn task_ids(&self) -> Vec<String> {
+        fs::read_dir(self.cfg.data_dir.join("tasks"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// True if any container of the task has a live shim.
+    pub fn task_running(&self, task: &str) -> bool {
+        fs::read_dir(self.task_dir(task))
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    e.path().join(shim::SPEC_FILE).exists() && matches!(self.container_state(task, &n), ContainerState::Running(_))
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// Startup sweep: removes what a crash left behind. Tasks for which `keep` says true are
+    /// left alone while they run; every other ended task is removed, and so are namespaces,
+    /// leases, runtime containers and cgroups that belong to no task.
+    pub fn sweep(&self, keep: impl Fn(&str) -> bool) -> Result<SweepReport, TaskError> {
+        let mut report = SweepReport::default();
+        let mut live_tasks = Vec::new();
+        for t in self.task_ids() {
+            if validate_name("task id", &t).is_err() {
+                continue;
+            }
+            if self.task_running(&t) && keep(&t) {
+                live_tasks.push(t);
+            } else {
+                self.remove_task(&t)?;
+                report.tasks_removed += 1;
+            }
+        }
+        let live_netns: Vec<String> = live_tasks.iter().filter_map(|t| self.sandbox(t)).map(|s| s.name).collect();
+        report.netns_removed = self.network.sweep(|n| live_netns.iter().any(|l| l == n))?;
+        // Runtime containers and cgroups named for tasks that are gone.
+        let is_live = |id: &str| live_tasks.iter().any(|t| id.starts_with(&format!("{t}-")));
+        let state_dir = self.cfg.run_dir.join("runtime");
+        if let Ok(rd) = fs::read_dir(&state_dir) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().to_string();
+                if !is_live(&id) {
+                    let _ = self.runtime(&state_dir).delete(&id);
+                    report.containers_removed += 1;
+                }
+            }
+        }
+        for id in cgroup::children(CGROUP_PARENT) {
+            if !is_live(&id) {
+                cgroup::remove(&format!("{CGROUP_PARENT}/{id}"));
+                report.cgroups_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    pub tasks_removed: usize,
+    pub netns_removed: usize,
+    pub containers_removed: usize,
+    pub cgroups_removed: usize,
+}
+
+/// A live process that is this container's shim (guards against pid reuse).
+fn shim_alive(pid: i32, dir: &Path) -> bool {
+    if !sys::process_exists(pid) {
+        return false;
+    }
+    // A zombie shim (exited, not yet reaped by its starter) is not alive.
+    if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+        if stat.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false) {
+            return false;
+        }
+    }
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let d = dir.as_os_str().as_encoded_bytes();
+            c.split(|b| *b == 0).any(|arg| arg == d)
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,126 @@
+//! The shim's system calls. All of the shim's `unsafe` lives here.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid array of two ints for pipe2 to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: the kernel just gave us these two descriptors.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub enum Fork {
+    Parent,
+    Child,
+}
+
+/// fork(2). Only called while the process is single-threaded.
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: the shim forks before it starts any thread, so the child is a faithful copy.
+    let pid = check(unsafe { libc::fork() })?;
+    Ok(if pid == 0 { Fork::Child } else { Fork::Parent })
+}
+
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: no memory-safety preconditions.
+    check(unsafe { libc::setsid() }).map(|_| ())
+}
+
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map(|_| ())
+}
+
+pub fn dup2(from: &impl AsRawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: both are valid descriptor numbers; dup2 replaces `to` atomically.
+    check(unsafe { libc::dup2(from.as_raw_fd(), to) }).map(|_| ())
+}
+
+pub fn signal_set(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for s in signals {
+        // SAFETY: set is valid and initialised.
+        unsafe { libc::sigaddset(&mut set, *s) };
+    }
+    set
+}
+
+/// Blocks the signals so that they queue for `wait_signal` (threads inherit the mask; children
+/// get it reset by std's spawn).
+pub fn block_signals(set: &libc::sigset_t) -> io::Result<()> {
+    // SAFETY: set is a valid sigset_t.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
+    if rc != 0 { Err(io::Error::from_raw_os_error(rc)) } else { Ok(()) }
+}
+
+/// Waits for one of the blocked signals, up to `timeout_ms`. None on timeout.
+pub fn wait_signal(set: &libc::sigset_t, timeout_ms: u64) -> Option<i32> {
+    let ts = libc::timespec { tv_sec: (timeout_ms / 1000) as libc::time_t, tv_nsec: ((timeout_ms % 1000) * 1_000_000) as libc::c_long };
+    // SAFETY: set and ts are valid for the duration of the call; siginfo may be null.
+    let rc = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (rc > 0).then_some(rc)
+}
+
+pub enum Reaped {
+    None,
+    Exited { pid: i32, code: i32 },
+    Signaled { pid: i32, signal: i32 },
+}
+
+/// Reaps one child or re-parented orphan without blocking.
+pub fn reap() -> Reaped {
+    let mut status = 0;
+    // SAFETY: status is a valid int to write the wait status into.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if pid <= 0 {
+        return Reaped::None;
+    }
+    if libc::WIFEXITED(status) {
+        Reaped::Exited { pid, code: libc::WEXITSTATUS(status) }
+    } else if libc::WIFSIGNALED(status) {
+        Reaped::Signaled { pid, signal: libc::WTERMSIG(status) }
+    } else {
+        Reaped::Exited { pid, code: -1 }
+    }
+}
+
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: no memory-safety preconditions.
+    check(unsafe { libc::kill(pid, sig) }).map(|_| ())
+}
+
+pub fn unshare_mount_ns() -> io::Result<()> {
+    // SAFETY: no memory-safety preconditions; the shim is single-threaded here.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }).map(|_| ())
+}
+
+fn cstr(s: &str) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+pub fn make_rslave(target: &str) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: t is valid; null source/fstype/data are allowed for propagation changes.
+    check(unsafe { libc::mount(std::ptr::null(), t.as_ptr(), std::ptr::null(), libc::MS_SLAVE | libc::MS_REC, std::ptr::null()) }).map(|_| ())
+}
+
+pub fn umount_detach(target: &str) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: t is valid.
+    check(unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) }).map(|_| ())
+}
+
+pub fn mount_overlay(target: &str, options: &str) -> io::Result<()> {
+    let (s, t, f, d) = (cstr("overlay")?, cstr(target)?, cstr("overlay")?, cstr(options)?);
+    // SAFETY: all strings are valid for the call.
+    check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, d.as_ptr().cast()) }).map(|_| ())
+}

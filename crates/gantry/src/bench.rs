@@ -1,0 +1,135 @@
+//! `gantry debug bench`: task start-to-exit latency of Gantry against `crun run` of an
+//! equivalent bundle (same rootfs layers, same spec, a warm network namespace), measured
+//! interleaved in one process so both see the same machine noise.
+
+use crate::NodeArgs;
+use anyhow::Result;
+use gantry_runtime::bundle::{self, ContainerSpec};
+use gantry_runtime::task::{ContainerState, new_task_id};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Image to run (must contain the command).
+    #[arg(long)]
+    image: String,
+    /// Iterations of each side.
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Warm namespace pool size.
+    #[arg(long, default_value_t = 4)]
+    pool: usize,
+    /// Command to run.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let (m, p90) = (percentile(&v, 0.5), percentile(&v, 0.9));
+    println!("{name:<34} n={:<4} median {m:>7.2} ms   p90 {p90:>7.2} ms   min {:>7.2} ms", v.len(), v[0]);
+    (m, p90)
+}
+
+fn cgroup2_mounts() -> Vec<PathBuf> {
+    if gantry_runtime::cgroup::version() == gantry_runtime::cgroup::CgroupVersion::V2 {
+        return vec![];
+    }
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            (f.get(sep + 1) == Some(&"cgroup2")).then(|| PathBuf::from(f[4]))
+        })
+        .collect()
+}
+
+pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
+    let cfg = args.node_config()?;
+    let node = args.node()?;
+    let image = node.images().resolve(&a.image, false)?;
+    let command = if a.command.is_empty() { vec!["/bin/true".to_string()] } else { a.command.clone() };
+    let spec = ContainerSpec { command: Some(command.clone()), hostname: "bench".into(), ..Default::default() };
+
+    // Baseline bundle: the same layers as a read-only overlay, the same generated spec.
+    let base = cfg.data_dir.join("bench");
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(base.join("rootfs"))?;
+    let img = node.images().config(&image)?;
+    let mut lowers: Vec<PathBuf> = image.layers.iter().map(|l| node.images().layer_path(l)).collect();
+    lowers.reverse();
+    let base_sb = node.network().create()?;
+    gantry_runtime::net::Network::write_etc_files(&base_sb, "bench", &base.join("etc"))?;
+    let mut oci = bundle::build_spec("bench", &img, &spec, &lowers, &base_sb, &base.join("etc"), "/gantry/bench-crun")?;
+    if let Some(r) = oci.root_mut() {
+        r.set_readonly(Some(true));
+    }
+    bundle::write_spec(&oci, &base)?;
+    let lower_opt: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    // A single lower dir cannot be an overlay on its own; bind it read-only instead.
+    let mnt = if lowers.len() == 1 {
+        Command::new("mount").args(["--bind", "-o", "ro"]).arg(&lowers[0]).arg(base.join("rootfs")).status()?
+    } else {
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &format!("lowerdir={}", lower_opt.join(":"))])
+            .arg(base.join("rootfs"))
+            .status()?
+    };
+    anyhow::ensure!(mnt.success(), "mounting the baseline rootfs failed");
+    let hide = cgroup2_mounts();
+    let runtime_root = cfg.run_dir.join("bench-runtime");
+
+    let mut crun_ms = Vec::new();
+    let mut gantry_ms = Vec::new();
+    let mut cleanup_ms = Vec::new();
+    let result = (|| -> Result<()> {
+        for i in 0..a.runs {
+            // Baseline: crun run, wall time from spawn to exit.
+            let mut c = Command::new(cfg.runtime.binary());
+            c.arg("--root").arg(&runtime_root).args(["run", "--bundle"]).arg(&base).arg(format!("bench-crun-{i}"));
+            c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            gantry_runtime::run_in_private_mount_ns(&mut c, &hide)?;
+            let t = Instant::now();
+            let st = c.status()?;
+            crun_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            anyhow::ensure!(st.success(), "baseline {} run failed: {st}", cfg.runtime.binary());
+
+            // Gantry: sandbox from the warm pool, bundle, shim, container, exit observed.
+            node.network().fill_pool(a.pool)?;
+            let task = new_task_id();
+            let t = Instant::now();
+            node.create_task(&task, "bench")?;
+            node.start_container(&task, "main", &image, &spec, Duration::from_secs(10))?;
+            let state = node.wait_container(&task, "main", Some(Duration::from_secs(30)));
+            gantry_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            match state {
+                Some(ContainerState::Exited(e)) if e.exit_code == 0 => {}
+                other => anyhow::bail!("gantry run {i} did not exit 0: {other:?}"),
+            }
+            let t = Instant::now();
+            node.remove_task(&task)?;
+            cleanup_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(())
+    })();
+    let _ = Command::new("umount").arg(base.join("rootfs")).status();
+    node.network().destroy(&base_sb)?;
+    node.network().drain_pool()?;
+    let _ = std::fs::remove_dir_all(&base);
+    result?;
+    println!("task start to exit, {:?}, warm namespace pool of {}", command, a.pool);
+    let (cm, cp) = summary(&format!("{} run (baseline)", cfg.runtime.binary()), crun_ms);
+    let (gm, gp) = summary("gantry task (shim, netns, overlay)", gantry_ms);
+    summary("gantry cleanup (not in the above)", cleanup_ms);
+    println!("ratio gantry/{}: median {:.2}x, p90 {:.2}x", cfg.runtime.binary(), gm / cm, gp / cp);
+    Ok(0)
+}
