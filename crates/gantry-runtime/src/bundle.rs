@@ -4,7 +4,7 @@
 use crate::image::ImageConfig;
 use crate::net::Sandbox;
 use oci_spec::runtime::Spec;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
@@ -12,13 +12,34 @@ use std::path::{Path, PathBuf};
 
 /// Docker's default capability set.
 pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
 ];
 
 pub const MASKED_PATHS: &[&str] = &[
-    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 
 pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
@@ -26,17 +47,76 @@ pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/pr
 /// Syscalls refused with EPERM: those Docker's default profile denies to containers without
 /// extra capabilities (kernel modules, clocks, mounts, namespaces, keyrings, tracing, ...).
 pub const DENIED_SYSCALLS: &[&str] = &[
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module", "finit_module",
-    "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms", "get_mempolicy", "init_module", "ioperm", "iopl",
-    "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mbind", "mount", "mount_setattr",
-    "move_mount", "move_pages", "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
-    "perf_event_open", "pivot_root", "process_vm_readv", "process_vm_writev", "ptrace", "query_module", "quotactl",
-    "quotactl_fd", "reboot", "request_key", "set_mempolicy", "setns", "settimeofday", "stime", "swapoff", "swapon",
-    "sysfs", "_sysctl", "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat", "vm86", "vm86old",
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "stime",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "_sysctl",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
 ];
 
 /// CLONE_NEW* flags: clone(2) with any of them is refused, like unshare(2).
-const CLONE_NS_FLAGS: &[u64] = &[0x0002_0000, 0x0200_0000, 0x0400_0000, 0x0800_0000, 0x1000_0000, 0x2000_0000, 0x4000_0000, 0x80];
+const CLONE_NS_FLAGS: &[u64] = &[
+    0x0002_0000,
+    0x0200_0000,
+    0x0400_0000,
+    0x0800_0000,
+    0x1000_0000,
+    0x2000_0000,
+    0x4000_0000,
+    0x80,
+];
 
 pub fn default_seccomp() -> Value {
     let mut syscalls = vec![json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM})];
@@ -100,7 +180,11 @@ pub fn resolve_args(img: &ImageConfig, spec: &ContainerSpec) -> Result<Vec<Strin
         (None, None) => img.cmd.clone(),
     };
     let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
-    if args.is_empty() { Err(BundleError::NoCommand) } else { Ok(args) }
+    if args.is_empty() {
+        Err(BundleError::NoCommand)
+    } else {
+        Ok(args)
+    }
 }
 
 /// Image env, then the overrides (same name replaces), PATH defaulted, HOSTNAME set.
@@ -124,7 +208,10 @@ pub fn resolve_env(img: &ImageConfig, spec: &ContainerSpec) -> Result<Vec<String
         set(k, v);
     }
     if !env.iter().any(|(k, _)| k == "PATH") {
-        env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+        env.push((
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ));
     }
     if !env.iter().any(|(k, _)| k == "HOSTNAME") {
         env.push(("HOSTNAME".into(), spec.hostname.clone()));
@@ -159,7 +246,9 @@ pub fn resolve_user(user: &str, lowers_top_first: &[PathBuf]) -> Result<(u32, u3
     let find_passwd = |pred: &dyn Fn(&[&str]) -> bool| -> Option<(u32, u32)> {
         passwd.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 4 && pred(&f)).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?))).flatten()
+            (f.len() >= 4 && pred(&f))
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
         })
     };
     let (uid, primary_gid) = match u.parse::<u32>() {
@@ -198,7 +287,11 @@ pub fn build_spec(
     let user = spec.user.clone().unwrap_or_else(|| img.user.clone());
     let (uid, gid) = resolve_user(&user, lowers_top_first)?;
     let cwd = spec.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| {
-        if img.working_dir.is_empty() { "/".into() } else { img.working_dir.clone() }
+        if img.working_dir.is_empty() {
+            "/".into()
+        } else {
+            img.working_dir.clone()
+        }
     });
     if !cwd.starts_with('/') {
         return Err(BundleError::Spec(format!("working directory {cwd:?} must be absolute")));
@@ -267,25 +360,49 @@ mod tests {
     use super::*;
 
     fn img() -> ImageConfig {
-        ImageConfig { entrypoint: vec!["/bin/ep".into()], cmd: vec!["a".into()], env: vec!["PATH=/bin".into(), "X=1".into()], ..Default::default() }
+        ImageConfig {
+            entrypoint: vec!["/bin/ep".into()],
+            cmd: vec!["a".into()],
+            env: vec!["PATH=/bin".into(), "X=1".into()],
+            ..Default::default()
+        }
     }
 
     #[test]
     fn docker_arg_rules() {
         let s = ContainerSpec::default();
         assert_eq!(resolve_args(&img(), &s).unwrap(), ["/bin/ep", "a"]);
-        let s = ContainerSpec { command: Some(vec!["b".into()]), ..Default::default() };
+        let s = ContainerSpec {
+            command: Some(vec!["b".into()]),
+            ..Default::default()
+        };
         assert_eq!(resolve_args(&img(), &s).unwrap(), ["/bin/ep", "b"]);
-        let s = ContainerSpec { entrypoint: Some(vec!["/bin/sh".into()]), ..Default::default() };
+        let s = ContainerSpec {
+            entrypoint: Some(vec!["/bin/sh".into()]),
+            ..Default::default()
+        };
         assert_eq!(resolve_args(&img(), &s).unwrap(), ["/bin/sh"]);
-        assert!(matches!(resolve_args(&ImageConfig::default(), &ContainerSpec::default()), Err(BundleError::NoCommand)));
+        assert!(matches!(
+            resolve_args(&ImageConfig::default(), &ContainerSpec::default()),
+            Err(BundleError::NoCommand)
+        ));
     }
 
     #[test]
     fn env_overrides() {
-        let s = ContainerSpec { env: vec![("X".into(), "2".into()), ("Y".into(), "3".into())], hostname: "h".into(), ..Default::default() };
-        assert_eq!(resolve_env(&img(), &s).unwrap(), ["PATH=/bin", "X=2", "Y=3", "HOSTNAME=h"]);
-        let s = ContainerSpec { env: vec![("A=B".into(), "2".into())], ..Default::default() };
+        let s = ContainerSpec {
+            env: vec![("X".into(), "2".into()), ("Y".into(), "3".into())],
+            hostname: "h".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_env(&img(), &s).unwrap(),
+            ["PATH=/bin", "X=2", "Y=3", "HOSTNAME=h"]
+        );
+        let s = ContainerSpec {
+            env: vec![("A=B".into(), "2".into())],
+            ..Default::default()
+        };
         assert!(resolve_env(&img(), &s).is_err());
     }
 
@@ -294,14 +411,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let lower = d.path().join("l1");
         fs::create_dir_all(lower.join("etc")).unwrap();
-        fs::write(lower.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/false\n").unwrap();
+        fs::write(
+            lower.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/false\n",
+        )
+        .unwrap();
         fs::write(lower.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         let l = [lower];
         assert_eq!(resolve_user("www", &l).unwrap(), (33, 34));
         assert_eq!(resolve_user("www:staff", &l).unwrap(), (33, 50));
         assert_eq!(resolve_user("1000:1000", &l).unwrap(), (1000, 1000));
         assert_eq!(resolve_user("33", &l).unwrap(), (33, 34));
-        assert!(matches!(resolve_user("nobody", &l), Err(BundleError::UnknownUser { .. })));
-        assert!(matches!(resolve_user("www:nogroup", &l), Err(BundleError::UnknownGroup { .. })));
+        assert!(matches!(
+            resolve_user("nobody", &l),
+            Err(BundleError::UnknownUser { .. })
+        ));
+        assert!(matches!(
+            resolve_user("www:nogroup", &l),
+            Err(BundleError::UnknownGroup { .. })
+        ));
     }
 }

@@ -16,7 +16,11 @@ pub enum CgroupVersion {
 /// v2 if /sys/fs/cgroup is the unified hierarchy itself; v1 (or hybrid, which Gantry treats as
 /// v1) otherwise.
 pub fn version() -> CgroupVersion {
-    if Path::new(ROOT).join("cgroup.controllers").exists() { CgroupVersion::V2 } else { CgroupVersion::V1 }
+    if Path::new(ROOT).join("cgroup.controllers").exists() {
+        CgroupVersion::V2
+    } else {
+        CgroupVersion::V1
+    }
 }
 
 /// Usage and limits of one cgroup. Missing files read as None.
@@ -49,10 +53,24 @@ pub fn dirs(path: &str) -> Vec<PathBuf> {
     let rel = path.trim_start_matches('/');
     match version() {
         CgroupVersion::V2 => vec![Path::new(ROOT).join(rel)],
-        CgroupVersion::V1 => ["cpu", "cpuacct", "memory", "pids", "cpuset", "devices", "freezer", "blkio", "net_cls", "net_prio", "perf_event", "hugetlb", "systemd"]
-            .iter()
-            .map(|c| Path::new(ROOT).join(c).join(rel))
-            .collect(),
+        CgroupVersion::V1 => [
+            "cpu",
+            "cpuacct",
+            "memory",
+            "pids",
+            "cpuset",
+            "devices",
+            "freezer",
+            "blkio",
+            "net_cls",
+            "net_prio",
+            "perf_event",
+            "hugetlb",
+            "systemd",
+        ]
+        .iter()
+        .map(|c| Path::new(ROOT).join(c).join(rel))
+        .collect(),
     }
 }
 

@@ -79,7 +79,11 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), count: 0 }
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     pub fn count(&self) -> u64 {
@@ -110,7 +114,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), count: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     pub fn finish(self) -> (Digest, u64, W) {
@@ -139,7 +147,12 @@ mod tests {
     fn parses_only_sha256_hex() {
         let good = format!("sha256:{}", "a".repeat(64));
         assert!(good.parse::<Digest>().is_ok());
-        for bad in ["sha256:abc", "md5:aaaa", &format!("sha256:{}", "A".repeat(64)), &format!("sha256:../{}", "a".repeat(61))] {
+        for bad in [
+            "sha256:abc",
+            "md5:aaaa",
+            &format!("sha256:{}", "A".repeat(64)),
+            &format!("sha256:../{}", "a".repeat(61)),
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }

@@ -25,7 +25,9 @@ impl RuntimeKind {
 
     /// crun if installed, else runc.
     pub fn detect() -> Option<RuntimeKind> {
-        [RuntimeKind::Crun, RuntimeKind::Runc].into_iter().find(|k| find_in_path(k.binary()).is_some())
+        [RuntimeKind::Crun, RuntimeKind::Runc]
+            .into_iter()
+            .find(|k| find_in_path(k.binary()).is_some())
     }
 }
 
@@ -50,9 +52,19 @@ pub fn find_in_path(bin: &str) -> Option<PathBuf> {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("{runtime} {op} {id}: {message}")]
-    Failed { runtime: &'static str, op: &'static str, id: String, message: String },
+    Failed {
+        runtime: &'static str,
+        op: &'static str,
+        id: String,
+        message: String,
+    },
     #[error("{runtime} {op} {id}: {source}")]
-    Spawn { runtime: &'static str, op: &'static str, id: String, source: io::Error },
+    Spawn {
+        runtime: &'static str,
+        op: &'static str,
+        id: String,
+        source: io::Error,
+    },
 }
 
 /// The container's stdio handed to `create`.
@@ -77,31 +89,71 @@ pub struct CliRuntime {
     pub kind: RuntimeKind,
     pub root: PathBuf,
     pub log: PathBuf,
+    /// cgroup2 mounts to hide from the runtime on a hybrid host (see `hybrid_cgroup2_mounts`).
+    hide: Vec<PathBuf>,
+}
+
+/// On a hybrid host (v1 hierarchies plus a cgroup2 mount), the cgroup2 mount points: crun
+/// refuses such hosts, so every runtime invocation runs in a private mount namespace where
+/// they are detached. Empty on pure v1 or v2 hosts, and inside the shim's own namespace.
+pub fn hybrid_cgroup2_mounts() -> Vec<PathBuf> {
+    if crate::cgroup::version() == crate::cgroup::CgroupVersion::V2 {
+        return vec![];
+    }
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            (f.get(sep + 1) == Some(&"cgroup2")).then(|| PathBuf::from(f[4]))
+        })
+        .collect()
 }
 
 impl CliRuntime {
+    pub fn new(kind: RuntimeKind, root: PathBuf, log: PathBuf) -> CliRuntime {
+        CliRuntime {
+            kind,
+            root,
+            log,
+            hide: hybrid_cgroup2_mounts(),
+        }
+    }
+
     fn cmd(&self) -> Command {
         let mut c = Command::new(self.kind.binary());
         c.arg("--root").arg(&self.root).arg("--log").arg(&self.log);
+        if !self.hide.is_empty() {
+            // Only fails on paths with NUL bytes, which mountinfo cannot contain.
+            let _ = crate::sys::run_in_private_mount_ns(&mut c, &self.hide);
+        }
         c
     }
 
     fn last_log_line(&self) -> String {
         std::fs::read_to_string(&self.log)
             .ok()
-            .and_then(|s| s.lines().rev().find(|l| !l.trim().is_empty()).map(|l| {
-                // crun/runc log JSON lines: {"msg":"...","level":"error",...}
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
-                    .unwrap_or_else(|| l.to_string())
-            }))
+            .and_then(|s| {
+                s.lines().rev().find(|l| !l.trim().is_empty()).map(|l| {
+                    // crun/runc log JSON lines: {"msg":"...","level":"error",...}
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
+                        .unwrap_or_else(|| l.to_string())
+                })
+            })
             .unwrap_or_default()
     }
 
     fn run(&self, op: &'static str, id: &str, mut c: Command) -> Result<(), RuntimeError> {
         let rt = self.kind.binary();
-        let out = c.stdin(Stdio::null()).output().map_err(|source| RuntimeError::Spawn { runtime: rt, op, id: id.into(), source })?;
+        let out = c.stdin(Stdio::null()).output().map_err(|source| RuntimeError::Spawn {
+            runtime: rt,
+            op,
+            id: id.into(),
+            source,
+        })?;
         if out.status.success() {
             return Ok(());
         }
@@ -112,7 +164,12 @@ impl CliRuntime {
         if message.is_empty() {
             message = format!("exited with {}", out.status);
         }
-        Err(RuntimeError::Failed { runtime: rt, op, id: id.into(), message })
+        Err(RuntimeError::Failed {
+            runtime: rt,
+            op,
+            id: id.into(),
+            message,
+        })
     }
 }
 
@@ -120,14 +177,33 @@ impl Runtime for CliRuntime {
     fn create(&self, id: &str, bundle: &Path, pid_file: &Path, stdio: Stdio3) -> Result<(), RuntimeError> {
         let rt = self.kind.binary();
         let mut c = self.cmd();
-        c.arg("create").arg("--bundle").arg(bundle).arg("--pid-file").arg(pid_file).arg(id);
+        c.arg("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id);
         c.stdin(stdio.stdin).stdout(stdio.stdout).stderr(stdio.stderr);
-        let status = c.status().map_err(|source| RuntimeError::Spawn { runtime: rt, op: "create", id: id.into(), source })?;
+        let status = c.status().map_err(|source| RuntimeError::Spawn {
+            runtime: rt,
+            op: "create",
+            id: id.into(),
+            source,
+        })?;
         if status.success() {
             Ok(())
         } else {
             let m = self.last_log_line();
-            Err(RuntimeError::Failed { runtime: rt, op: "create", id: id.into(), message: if m.is_empty() { format!("exited with {status}") } else { m } })
+            Err(RuntimeError::Failed {
+                runtime: rt,
+                op: "create",
+                id: id.into(),
+                message: if m.is_empty() {
+                    format!("exited with {status}")
+                } else {
+                    m
+                },
+            })
         }
     }
 

@@ -84,7 +84,12 @@ pub fn parse_log_line(line: &[u8]) -> Option<LogLine<'_>> {
     let stream = std::str::from_utf8(parts.next()?).ok()?;
     let tag = parts.next()?;
     let content = parts.next().unwrap_or(b"");
-    Some(LogLine { time, stream, partial: tag == b"P", content })
+    Some(LogLine {
+        time,
+        stream,
+        partial: tag == b"P",
+        content,
+    })
 }
 
 #[cfg(test)]

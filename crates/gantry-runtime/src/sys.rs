@@ -12,14 +12,18 @@ fn cstr(p: &Path) -> io::Result<CString> {
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Creates an overlayfs whiteout: a character device with number 0/0.
 pub fn mknod_whiteout(path: &Path) -> io::Result<()> {
     let p = cstr(path)?;
     // SAFETY: p is a valid NUL-terminated string for the duration of the call.
-    check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o000, libc::makedev(0, 0)) })
+    check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) })
 }
 
 pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
@@ -41,7 +45,6 @@ pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     check(unsafe { libc::lchown(p.as_ptr(), uid, gid) })
 }
 
-
 /// Changes propagation of an existing mount (MS_SHARED, MS_SLAVE, MS_PRIVATE, with MS_REC).
 pub fn mount_propagation(target: &Path, flags: libc::c_ulong) -> io::Result<()> {
     let t = cstr(target)?;
@@ -53,7 +56,15 @@ pub fn bind_mount(source: &Path, target: &Path) -> io::Result<()> {
     let s = cstr(source)?;
     let t = cstr(target)?;
     // SAFETY: both strings are valid.
-    check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) })
+    check(unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })
 }
 
 pub fn umount(target: &Path, flags: libc::c_int) -> io::Result<()> {
@@ -66,7 +77,6 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: unshare has no memory-safety preconditions.
     check(unsafe { libc::unshare(flags) })
 }
-
 
 /// Exclusive advisory lock on an open file (released when the file is closed).
 pub fn flock_exclusive(fd: &impl AsRawFd) -> io::Result<()> {
@@ -83,7 +93,6 @@ pub fn flock_exclusive(fd: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
-
 /// A pidfd for any process (not only children): lets us wait for a shim we did not spawn.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: raw syscall with integer arguments.
@@ -98,7 +107,11 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// Waits until the fd is readable (a pidfd becomes readable when its process exits).
 /// Returns false on timeout.
 pub fn poll_readable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     loop {
         // SAFETY: p is a valid pollfd for the duration of the call.
         let rc = unsafe { libc::poll(&mut p, 1, timeout_ms) };
@@ -121,7 +134,6 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
 pub fn process_exists(pid: i32) -> bool {
     pid > 0 && (kill(pid, 0).is_ok() || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
-
 
 fn termination_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
@@ -163,7 +175,13 @@ pub fn run_in_private_mount_ns(cmd: &mut std::process::Command, hide: &[std::pat
     unsafe {
         cmd.pre_exec(move || {
             if libc::unshare(libc::CLONE_NEWNS) < 0
-                || libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_SLAVE | libc::MS_REC, std::ptr::null()) < 0
+                || libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_SLAVE | libc::MS_REC,
+                    std::ptr::null(),
+                ) < 0
             {
                 return Err(io::Error::last_os_error());
             }

@@ -40,7 +40,11 @@ pub enum TaskError {
     #[error("container {id} failed to start: {message}")]
     Start { id: String, message: String },
     #[error("invalid {what} {value:?}: {reason}")]
-    Invalid { what: &'static str, value: String, reason: &'static str },
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -54,12 +58,17 @@ fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> TaskError {
 pub fn validate_name(what: &'static str, s: &str) -> Result<(), TaskError> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && s.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
     } else {
-        Err(TaskError::Invalid { what, value: s.to_string(), reason: "must be 1-64 of [a-z0-9_-], starting with a letter or digit" })
+        Err(TaskError::Invalid {
+            what,
+            value: s.to_string(),
+            reason: "must be 1-64 of [a-z0-9_-], starting with a letter or digit",
+        })
     }
 }
 
@@ -115,7 +124,11 @@ impl Node {
     }
 
     fn runtime(&self, dir: &Path) -> CliRuntime {
-        CliRuntime { kind: self.cfg.runtime, root: self.cfg.run_dir.join("runtime"), log: dir.join("runtime.log") }
+        CliRuntime::new(
+            self.cfg.runtime,
+            self.cfg.run_dir.join("runtime"),
+            dir.join("runtime.log"),
+        )
     }
 
     /// Sets up a task's sandbox (from the warm pool when possible) and its /etc files.
@@ -137,7 +150,9 @@ impl Node {
     }
 
     pub fn sandbox(&self, task: &str) -> Option<Sandbox> {
-        shim::read_json(&self.task_dir(task).join("sandbox.json")).ok().flatten()
+        shim::read_json(&self.task_dir(task).join("sandbox.json"))
+            .ok()
+            .flatten()
     }
 
     /// Prepares the bundle and starts one container of the task under a new shim. Returns once
@@ -151,7 +166,11 @@ impl Node {
         stop_timeout: Duration,
     ) -> Result<ShimStarted, TaskError> {
         validate_name("container name", name)?;
-        let sb = self.sandbox(task).ok_or_else(|| TaskError::Invalid { what: "task", value: task.into(), reason: "has no sandbox" })?;
+        let sb = self.sandbox(task).ok_or_else(|| TaskError::Invalid {
+            what: "task",
+            value: task.into(),
+            reason: "has no sandbox",
+        })?;
         let dir = self.container_dir(task, name);
         let id = Self::runtime_id(task, name);
         for d in ["rootfs", "upper", "work"] {
@@ -164,9 +183,21 @@ impl Node {
         }
         lowers.reverse();
         let cgroup_path = format!("{CGROUP_PARENT}/{id}");
-        let oci = bundle::build_spec(&id, &img, spec, &lowers, &sb, &self.task_dir(task).join("etc"), &cgroup_path)?;
+        let oci = bundle::build_spec(
+            &id,
+            &img,
+            spec,
+            &lowers,
+            &sb,
+            &self.task_dir(task).join("etc"),
+            &cgroup_path,
+        )?;
         bundle::write_spec(&oci, &dir)?;
-        let stop_signal = img.stop_signal.as_deref().and_then(crate::oci::parse_signal).unwrap_or(libc::SIGTERM);
+        let stop_signal = img
+            .stop_signal
+            .as_deref()
+            .and_then(crate::oci::parse_signal)
+            .unwrap_or(libc::SIGTERM);
         let shim_spec = ShimSpec {
             id: id.clone(),
             runtime: self.cfg.runtime,
@@ -183,11 +214,17 @@ impl Node {
             .output()
             .map_err(io_ctx(format!("running {}", self.cfg.shim_binary.display())))?;
         if !out.status.success() {
-            return Err(TaskError::Start { id, message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+            return Err(TaskError::Start {
+                id,
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
         match shim::read_json::<ShimStarted>(&dir.join(shim::STARTED_FILE)) {
             Ok(Some(s)) => Ok(s),
-            _ => Err(TaskError::Start { id, message: "shim reported success but wrote no started.json".into() }),
+            _ => Err(TaskError::Start {
+                id,
+                message: "shim reported success but wrote no started.json".into(),
+            }),
         }
     }
 
@@ -221,7 +258,10 @@ impl Node {
                 other => return Some(other),
             };
             let ms = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32,
                 None => -1,
             };
             match sys::poll_readable(&pidfd, ms) {
@@ -255,7 +295,12 @@ impl Node {
         validate_name("task id", task)?;
         let dir = self.task_dir(task);
         let names: Vec<String> = fs::read_dir(&dir)
-            .map(|rd| rd.flatten().filter(|e| e.path().join(shim::SPEC_FILE).exists()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().join(shim::SPEC_FILE).exists())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         for name in &names {
             let cdir = self.container_dir(task, name);
@@ -279,7 +324,11 @@ impl Node {
 
     pub fn task_ids(&self) -> Vec<String> {
         fs::read_dir(self.cfg.data_dir.join("tasks"))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -289,7 +338,8 @@ impl Node {
             .map(|rd| {
                 rd.flatten().any(|e| {
                     let n = e.file_name().to_string_lossy().to_string();
-                    e.path().join(shim::SPEC_FILE).exists() && matches!(self.container_state(task, &n), ContainerState::Running(_))
+                    e.path().join(shim::SPEC_FILE).exists()
+                        && matches!(self.container_state(task, &n), ContainerState::Running(_))
                 })
             })
             .unwrap_or(false)
@@ -312,7 +362,11 @@ impl Node {
                 report.tasks_removed += 1;
             }
         }
-        let live_netns: Vec<String> = live_tasks.iter().filter_map(|t| self.sandbox(t)).map(|s| s.name).collect();
+        let live_netns: Vec<String> = live_tasks
+            .iter()
+            .filter_map(|t| self.sandbox(t))
+            .map(|s| s.name)
+            .collect();
         report.netns_removed = self.network.sweep(|n| live_netns.iter().any(|l| l == n))?;
         // Runtime containers and cgroups named for tasks that are gone.
         let is_live = |id: &str| live_tasks.iter().any(|t| id.starts_with(&format!("{t}-")));
@@ -351,7 +405,11 @@ fn shim_alive(pid: i32, dir: &Path) -> bool {
     }
     // A zombie shim (exited, not yet reaped by its starter) is not alive.
     if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
-        if stat.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false) {
+        if stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().starts_with('Z'))
+            .unwrap_or(false)
+        {
             return false;
         }
     }

@@ -62,7 +62,9 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 None => {
-                    let m = msg.strip_prefix("err ").unwrap_or("shim exited before starting the container");
+                    let m = msg
+                        .strip_prefix("err ")
+                        .unwrap_or("shim exited before starting the container");
                     eprintln!("{}", m.trim());
                     ExitCode::from(1)
                 }
@@ -84,7 +86,10 @@ fn main() -> ExitCode {
 /// The shim's own diagnostics go to shim.log; stdin/stdout to /dev/null.
 fn redirect_stdio(dir: &Path) -> std::io::Result<()> {
     let null = OpenOptions::new().read(true).write(true).open("/dev/null")?;
-    let log = OpenOptions::new().create(true).append(true).open(dir.join("shim.log"))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("shim.log"))?;
     sys::dup2(&null, 0)?;
     sys::dup2(&null, 1)?;
     sys::dup2(&log, 2)
@@ -99,7 +104,9 @@ fn hide_hybrid_cgroup2() -> std::io::Result<()> {
     let info = fs::read_to_string("/proc/self/mountinfo")?;
     for line in info.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
         if fields.get(sep + 1) == Some(&"cgroup2") {
             sys::umount_detach(fields[4])?;
         }
@@ -116,7 +123,10 @@ fn mount_rootfs(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
         dir.join("work").display()
     );
     if opts.len() >= 4096 {
-        return Err(format!("too many image layers for one overlay mount ({} bytes of options)", opts.len()));
+        return Err(format!(
+            "too many image layers for one overlay mount ({} bytes of options)",
+            opts.len()
+        ));
     }
     let target = dir.join("rootfs");
     sys::mount_overlay(&target.to_string_lossy(), &opts).map_err(|e| format!("mounting overlay rootfs: {e}"))
@@ -136,35 +146,58 @@ fn supervise(dir: &Path, spec: &ShimSpec, ready: &mut File) -> Result<(), String
     sys::block_signals(&signals).map_err(|e| format!("blocking signals: {e}"))?;
 
     let log = Arc::new(Mutex::new(
-        OpenOptions::new().create(true).append(true).open(dir.join(shim::LOG_FILE)).map_err(|e| format!("opening log: {e}"))?,
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(shim::LOG_FILE))
+            .map_err(|e| format!("opening log: {e}"))?,
     ));
     let (out_r, out_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let loggers = [spawn_logger(out_r, "stdout", log.clone()), spawn_logger(err_r, "stderr", log)];
+    let loggers = [
+        spawn_logger(out_r, "stdout", log.clone()),
+        spawn_logger(err_r, "stderr", log),
+    ];
 
-    let runtime = CliRuntime { kind: spec.runtime, root: spec.runtime_root.clone(), log: dir.join("runtime.log") };
+    let runtime = CliRuntime::new(spec.runtime, spec.runtime_root.clone(), dir.join("runtime.log"));
     let pid_file = dir.join("container.pid");
-    let stdio = Stdio3 { stdin: Stdio::null(), stdout: Stdio::from(out_w), stderr: Stdio::from(err_w) };
+    let stdio = Stdio3 {
+        stdin: Stdio::null(),
+        stdout: Stdio::from(out_w),
+        stderr: Stdio::from(err_w),
+    };
     let fail = |e: String| {
         let _ = runtime.delete(&spec.id);
         e
     };
-    runtime.create(&spec.id, dir, &pid_file, stdio).map_err(|e| fail(e.to_string()))?;
+    runtime
+        .create(&spec.id, dir, &pid_file, stdio)
+        .map_err(|e| fail(e.to_string()))?;
     let container_pid: i32 = fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| fail("runtime wrote no container pid".to_string()))?;
     runtime.start(&spec.id).map_err(|e| fail(e.to_string()))?;
-    let started = ShimStarted { shim_pid: std::process::id() as i32, container_pid, started_at_ms: shim::now_ms() };
-    shim::write_json_atomic(&dir.join(shim::STARTED_FILE), &started).map_err(|e| fail(format!("writing started.json: {e}")))?;
+    let started = ShimStarted {
+        shim_pid: std::process::id() as i32,
+        container_pid,
+        started_at_ms: shim::now_ms(),
+    };
+    shim::write_json_atomic(&dir.join(shim::STARTED_FILE), &started)
+        .map_err(|e| fail(format!("writing started.json: {e}")))?;
     let _ = write!(ready, "ok {container_pid}");
     // Closing our end tells the starter we are up.
-    drop(std::mem::replace(ready, File::open("/dev/null").map_err(|e| e.to_string())?));
+    drop(std::mem::replace(
+        ready,
+        File::open("/dev/null").map_err(|e| e.to_string())?,
+    ));
 
     let mut stop_deadline: Option<Instant> = None;
     let mut killed_after_timeout = false;
     let (code, signal) = loop {
-        let timeout = stop_deadline.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64).unwrap_or(1000);
+        let timeout = stop_deadline
+            .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)
+            .unwrap_or(1000);
         match sys::wait_signal(&signals, timeout.max(1)) {
             Some(libc::SIGTERM) | Some(libc::SIGINT) if stop_deadline.is_none() => {
                 let _ = sys::kill(container_pid, spec.stop_signal);
@@ -183,7 +216,9 @@ fn supervise(dir: &Path, spec: &ShimSpec, ready: &mut File) -> Result<(), String
             match sys::reap() {
                 sys::Reaped::None => break,
                 sys::Reaped::Exited { pid, code } if pid == container_pid => result = Some((code, None)),
-                sys::Reaped::Signaled { pid, signal } if pid == container_pid => result = Some((128 + signal, Some(signal))),
+                sys::Reaped::Signaled { pid, signal } if pid == container_pid => {
+                    result = Some((128 + signal, Some(signal)))
+                }
                 _ => {}
             }
         }

@@ -4,7 +4,11 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -59,12 +63,19 @@ pub fn signal_set(signals: &[i32]) -> libc::sigset_t {
 pub fn block_signals(set: &libc::sigset_t) -> io::Result<()> {
     // SAFETY: set is a valid sigset_t.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
-    if rc != 0 { Err(io::Error::from_raw_os_error(rc)) } else { Ok(()) }
+    if rc != 0 {
+        Err(io::Error::from_raw_os_error(rc))
+    } else {
+        Ok(())
+    }
 }
 
 /// Waits for one of the blocked signals, up to `timeout_ms`. None on timeout.
 pub fn wait_signal(set: &libc::sigset_t, timeout_ms: u64) -> Option<i32> {
-    let ts = libc::timespec { tv_sec: (timeout_ms / 1000) as libc::time_t, tv_nsec: ((timeout_ms % 1000) * 1_000_000) as libc::c_long };
+    let ts = libc::timespec {
+        tv_sec: (timeout_ms / 1000) as libc::time_t,
+        tv_nsec: ((timeout_ms % 1000) * 1_000_000) as libc::c_long,
+    };
     // SAFETY: set and ts are valid for the duration of the call; siginfo may be null.
     let rc = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     (rc > 0).then_some(rc)
@@ -85,9 +96,15 @@ pub fn reap() -> Reaped {
         return Reaped::None;
     }
     if libc::WIFEXITED(status) {
-        Reaped::Exited { pid, code: libc::WEXITSTATUS(status) }
+        Reaped::Exited {
+            pid,
+            code: libc::WEXITSTATUS(status),
+        }
     } else if libc::WIFSIGNALED(status) {
-        Reaped::Signaled { pid, signal: libc::WTERMSIG(status) }
+        Reaped::Signaled {
+            pid,
+            signal: libc::WTERMSIG(status),
+        }
     } else {
         Reaped::Exited { pid, code: -1 }
     }
@@ -110,7 +127,16 @@ fn cstr(s: &str) -> io::Result<std::ffi::CString> {
 pub fn make_rslave(target: &str) -> io::Result<()> {
     let t = cstr(target)?;
     // SAFETY: t is valid; null source/fstype/data are allowed for propagation changes.
-    check(unsafe { libc::mount(std::ptr::null(), t.as_ptr(), std::ptr::null(), libc::MS_SLAVE | libc::MS_REC, std::ptr::null()) }).map(|_| ())
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_SLAVE | libc::MS_REC,
+            std::ptr::null(),
+        )
+    })
+    .map(|_| ())
 }
 
 pub fn umount_detach(target: &str) -> io::Result<()> {

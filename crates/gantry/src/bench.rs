@@ -5,7 +5,7 @@
 use crate::NodeArgs;
 use anyhow::Result;
 use gantry_runtime::bundle::{self, ContainerSpec};
-use gantry_runtime::task::{ContainerState, new_task_id};
+use gantry_runtime::task::{new_task_id, ContainerState};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,31 +34,28 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn summary(name: &str, mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     let (m, p90) = (percentile(&v, 0.5), percentile(&v, 0.9));
-    println!("{name:<34} n={:<4} median {m:>7.2} ms   p90 {p90:>7.2} ms   min {:>7.2} ms", v.len(), v[0]);
+    println!(
+        "{name:<34} n={:<4} median {m:>7.2} ms   p90 {p90:>7.2} ms   min {:>7.2} ms",
+        v.len(),
+        v[0]
+    );
     (m, p90)
-}
-
-fn cgroup2_mounts() -> Vec<PathBuf> {
-    if gantry_runtime::cgroup::version() == gantry_runtime::cgroup::CgroupVersion::V2 {
-        return vec![];
-    }
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            (f.get(sep + 1) == Some(&"cgroup2")).then(|| PathBuf::from(f[4]))
-        })
-        .collect()
 }
 
 pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     let cfg = args.node_config()?;
     let node = args.node()?;
     let image = node.images().resolve(&a.image, false)?;
-    let command = if a.command.is_empty() { vec!["/bin/true".to_string()] } else { a.command.clone() };
-    let spec = ContainerSpec { command: Some(command.clone()), hostname: "bench".into(), ..Default::default() };
+    let command = if a.command.is_empty() {
+        vec!["/bin/true".to_string()]
+    } else {
+        a.command.clone()
+    };
+    let spec = ContainerSpec {
+        command: Some(command.clone()),
+        hostname: "bench".into(),
+        ..Default::default()
+    };
 
     // Baseline bundle: the same layers as a read-only overlay, the same generated spec.
     let base = cfg.data_dir.join("bench");
@@ -69,23 +66,32 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     lowers.reverse();
     let base_sb = node.network().create()?;
     gantry_runtime::net::Network::write_etc_files(&base_sb, "bench", &base.join("etc"))?;
-    let mut oci = bundle::build_spec("bench", &img, &spec, &lowers, &base_sb, &base.join("etc"), "/gantry/bench-crun")?;
-    if let Some(r) = oci.root_mut() {
-        r.set_readonly(Some(true));
-    }
+    let oci = bundle::build_spec(
+        "bench",
+        &img,
+        &spec,
+        &lowers,
+        &base_sb,
+        &base.join("etc"),
+        "/gantry/bench-crun",
+    )?;
     bundle::write_spec(&oci, &base)?;
+    // The same layers as an overlay with its own upper dir, prepared once: crun only runs.
+    std::fs::create_dir_all(base.join("upper"))?;
+    std::fs::create_dir_all(base.join("work"))?;
     let lower_opt: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-    // A single lower dir cannot be an overlay on its own; bind it read-only instead.
-    let mnt = if lowers.len() == 1 {
-        Command::new("mount").args(["--bind", "-o", "ro"]).arg(&lowers[0]).arg(base.join("rootfs")).status()?
-    } else {
-        Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &format!("lowerdir={}", lower_opt.join(":"))])
-            .arg(base.join("rootfs"))
-            .status()?
-    };
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower_opt.join(":"),
+        base.join("upper").display(),
+        base.join("work").display()
+    );
+    let mnt = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(base.join("rootfs"))
+        .status()?;
     anyhow::ensure!(mnt.success(), "mounting the baseline rootfs failed");
-    let hide = cgroup2_mounts();
+    let hide = gantry_runtime::oci::hybrid_cgroup2_mounts();
     let runtime_root = cfg.run_dir.join("bench-runtime");
 
     let mut crun_ms = Vec::new();
@@ -95,8 +101,12 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
         for i in 0..a.runs {
             // Baseline: crun run, wall time from spawn to exit.
             let mut c = Command::new(cfg.runtime.binary());
-            c.arg("--root").arg(&runtime_root).args(["run", "--bundle"]).arg(&base).arg(format!("bench-crun-{i}"));
-            c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            c.arg("--root")
+                .arg(&runtime_root)
+                .args(["run", "--bundle"])
+                .arg(&base)
+                .arg(format!("bench-crun-{i}"));
+            c.stdout(std::process::Stdio::null());
             gantry_runtime::run_in_private_mount_ns(&mut c, &hide)?;
             let t = Instant::now();
             let st = c.status()?;
@@ -130,6 +140,11 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     let (cm, cp) = summary(&format!("{} run (baseline)", cfg.runtime.binary()), crun_ms);
     let (gm, gp) = summary("gantry task (shim, netns, overlay)", gantry_ms);
     summary("gantry cleanup (not in the above)", cleanup_ms);
-    println!("ratio gantry/{}: median {:.2}x, p90 {:.2}x", cfg.runtime.binary(), gm / cm, gp / cp);
+    println!(
+        "ratio gantry/{}: median {:.2}x, p90 {:.2}x",
+        cfg.runtime.binary(),
+        gm / cm,
+        gp / cp
+    );
     Ok(0)
 }

@@ -4,7 +4,7 @@ use crate::NodeArgs;
 use anyhow::{Context, Result};
 use gantry_runtime::bundle::{ContainerSpec, Limits};
 use gantry_runtime::shim::parse_log_line;
-use gantry_runtime::task::{ContainerState, new_task_id};
+use gantry_runtime::task::{new_task_id, ContainerState};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
@@ -48,7 +48,9 @@ impl RunArgs {
     pub fn container_spec(&self, hostname: &str) -> Result<ContainerSpec> {
         let mut env = Vec::new();
         for e in &self.env {
-            let (k, v) = e.split_once('=').with_context(|| format!("--env {e:?} must be KEY=VALUE"))?;
+            let (k, v) = e
+                .split_once('=')
+                .with_context(|| format!("--env {e:?} must be KEY=VALUE"))?;
             env.push((k.to_string(), v.to_string()));
         }
         if !(2..=120).contains(&self.stop_timeout) && self.stop_timeout != 0 {
@@ -61,7 +63,11 @@ impl RunArgs {
             working_dir: self.workdir.clone(),
             user: self.user.clone(),
             hostname: hostname.to_string(),
-            limits: Limits { cpu_units: self.cpu, memory_mib: self.memory, pids: self.pids },
+            limits: Limits {
+                cpu_units: self.cpu,
+                memory_mib: self.memory,
+                pids: self.pids,
+            },
         })
     }
 }
@@ -110,11 +116,9 @@ pub fn run(args: &NodeArgs, a: RunArgs) -> Result<i32> {
     {
         let node = node.clone();
         let task = task.clone();
-        std::thread::spawn(move || {
-            loop {
-                gantry_runtime::wait_termination_signal();
-                node.stop_container(&task, "main");
-            }
+        std::thread::spawn(move || loop {
+            gantry_runtime::wait_termination_signal();
+            node.stop_container(&task, "main");
         });
     }
     let mut reader = BufReader::new(File::open(node.log_path(&task, "main")).context("opening the container log")?);
@@ -131,7 +135,10 @@ pub fn run(args: &NodeArgs, a: RunArgs) -> Result<i32> {
             if e.oom_killed {
                 eprintln!("gantry: container killed: out of memory (OutOfMemoryError)");
             } else if e.killed_after_timeout {
-                eprintln!("gantry: container ignored its stop signal and was killed after {}s", a.stop_timeout);
+                eprintln!(
+                    "gantry: container ignored its stop signal and was killed after {}s",
+                    a.stop_timeout
+                );
             }
             e.exit_code
         }

@@ -41,7 +41,12 @@ pub fn run(args: &NodeArgs, cmd: ImageCmd) -> Result<i32> {
         ImageCmd::Ls => {
             println!("{:<60} {:<19} {:>10}", "NAME", "MANIFEST", "SIZE");
             for r in store.list()? {
-                println!("{:<60} {:<19} {:>10}", r.name, &r.manifest.as_str()[..19], human(r.size));
+                println!(
+                    "{:<60} {:<19} {:>10}",
+                    r.name,
+                    &r.manifest.as_str()[..19],
+                    human(r.size)
+                );
             }
         }
         ImageCmd::Rm { reference } => {
@@ -54,7 +59,9 @@ pub fn run(args: &NodeArgs, cmd: ImageCmd) -> Result<i32> {
             let mut in_use = HashSet::new();
             for t in node.task_ids() {
                 for e in std::fs::read_dir(node.task_dir(&t)).into_iter().flatten().flatten() {
-                    if let Ok(Some(s)) = gantry_runtime::shim::read_json::<gantry_runtime::shim::ShimSpec>(&e.path().join("shim.json")) {
+                    if let Ok(Some(s)) =
+                        gantry_runtime::shim::read_json::<gantry_runtime::shim::ShimSpec>(&e.path().join("shim.json"))
+                    {
                         for l in s.lowers {
                             if let Some(n) = l.file_name() {
                                 if let Ok(d) = format!("sha256:{}", n.to_string_lossy()).parse() {
@@ -66,7 +73,12 @@ pub fn run(args: &NodeArgs, cmd: ImageCmd) -> Result<i32> {
                 }
             }
             let rep = node.images().gc(&in_use)?;
-            println!("removed {} blobs and {} layers, freed {}", rep.blobs_removed, rep.layers_removed, human(rep.bytes_freed));
+            println!(
+                "removed {} blobs and {} layers, freed {}",
+                rep.blobs_removed,
+                rep.layers_removed,
+                human(rep.bytes_freed)
+            );
         }
     }
     Ok(0)

@@ -41,10 +41,21 @@ pub struct NodeArgs {
     #[arg(long, global = true, env = "GANTRY_BRIDGE", default_value = "gantry0")]
     bridge: String,
     /// Registries (host:port) to reach over plain HTTP / without TLS verification.
-    #[arg(long = "insecure-registry", global = true, env = "GANTRY_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        env = "GANTRY_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     insecure_registries: Vec<String>,
     /// Registry credentials, host=user:password (repeatable).
-    #[arg(long = "registry-auth", global = true, env = "GANTRY_REGISTRY_AUTH", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "registry-auth",
+        global = true,
+        env = "GANTRY_REGISTRY_AUTH",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     registry_auth: Vec<String>,
     /// Cap on the uncompressed size of one image layer, in MiB.
     #[arg(long, global = true, env = "GANTRY_MAX_LAYER_MIB", default_value_t = 16384)]
@@ -84,9 +95,19 @@ impl NodeArgs {
         }
         let mut credentials = std::collections::HashMap::new();
         for a in &self.registry_auth {
-            let (host, up) = a.split_once('=').context("--registry-auth must be host=user:password")?;
-            let (u, p) = up.split_once(':').context("--registry-auth must be host=user:password")?;
-            credentials.insert(host.to_string(), Credentials { username: u.into(), password: p.into() });
+            let (host, up) = a
+                .split_once('=')
+                .context("--registry-auth must be host=user:password")?;
+            let (u, p) = up
+                .split_once(':')
+                .context("--registry-auth must be host=user:password")?;
+            credentials.insert(
+                host.to_string(),
+                Credentials {
+                    username: u.into(),
+                    password: p.into(),
+                },
+            );
         }
         Ok(NodeConfig {
             data_dir: self.data_dir.clone(),
@@ -95,8 +116,13 @@ impl NodeArgs {
             shim_binary,
             images: ImageStoreConfig {
                 root: self.data_dir.join("images"),
-                limits: UnpackLimits { max_bytes: self.max_layer_mib << 20 },
-                registry: RegistryConfig { insecure: self.insecure_registries.clone(), credentials },
+                limits: UnpackLimits {
+                    max_bytes: self.max_layer_mib << 20,
+                },
+                registry: RegistryConfig {
+                    insecure: self.insecure_registries.clone(),
+                    credentials,
+                },
             },
             network: NetworkConfig {
                 bridge: self.bridge.clone(),
@@ -113,7 +139,10 @@ impl NodeArgs {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::WARN).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Image(c) => image_cmd::run(&cli.node, c),

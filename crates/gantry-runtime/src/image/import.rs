@@ -42,7 +42,11 @@ impl ImageStore {
     /// Imports every image in a `docker save` archive or an OCI layout (directory or tar).
     /// `name` names an image whose archive carries no usable name. Returns the images stored.
     pub fn load(&self, path: &Path, name: Option<&str>) -> Result<Vec<ImageRecord>, ImageError> {
-        let files = if path.is_dir() { self.read_layout_dir(path)? } else { self.read_archive(path)? };
+        let files = if path.is_dir() {
+            self.read_layout_dir(path)?
+        } else {
+            self.read_archive(path)?
+        };
         if let Some((d, _)) = files.get("manifest.json") {
             return self.load_docker_save(&files, d, name);
         }
@@ -57,13 +61,20 @@ impl ImageStore {
 
     fn read_archive(&self, path: &Path) -> Result<ArchiveFiles, ImageError> {
         let f = File::open(path).map_err(io_ctx(format!("opening {}", path.display())))?;
-        let mut archive = tar::Archive::new(unpack::decompressed(io::BufReader::new(f)).map_err(io_ctx("reading archive"))?);
-        let mut out = ArchiveFiles { files: HashMap::new(), links: HashMap::new() };
+        let mut archive =
+            tar::Archive::new(unpack::decompressed(io::BufReader::new(f)).map_err(io_ctx("reading archive"))?);
+        let mut out = ArchiveFiles {
+            files: HashMap::new(),
+            links: HashMap::new(),
+        };
         for entry in archive.entries().map_err(io_ctx("reading archive"))? {
             let mut entry = entry.map_err(io_ctx("reading archive"))?;
             let raw = entry.path().map_err(io_ctx("reading archive"))?.into_owned();
             let Some(rel) = unpack::clean_relative(&raw) else {
-                return Err(ImageError::Malformed { what: path.display().to_string(), reason: format!("entry {raw:?} escapes the archive") });
+                return Err(ImageError::Malformed {
+                    what: path.display().to_string(),
+                    reason: format!("entry {raw:?} escapes the archive"),
+                });
             };
             match entry.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -94,19 +105,25 @@ impl ImageStore {
     }
 
     fn read_layout_dir(&self, dir: &Path) -> Result<ArchiveFiles, ImageError> {
-        let mut out = ArchiveFiles { files: HashMap::new(), links: HashMap::new() };
+        let mut out = ArchiveFiles {
+            files: HashMap::new(),
+            links: HashMap::new(),
+        };
         for name in ["index.json", "oci-layout"] {
             let p = dir.join(name);
             if p.is_file() {
                 let f = File::open(&p).map_err(io_ctx(format!("opening {}", p.display())))?;
-                out.files.insert(PathBuf::from(name), self.put_blob(f, None, Some(MAX_MANIFEST_BYTES))?);
+                out.files
+                    .insert(PathBuf::from(name), self.put_blob(f, None, Some(MAX_MANIFEST_BYTES))?);
             }
         }
         let blobs = dir.join("blobs/sha256");
         if let Ok(rd) = fs::read_dir(&blobs) {
             for e in rd {
                 let e = e.map_err(io_ctx("listing layout blobs"))?;
-                let Ok(d) = format!("sha256:{}", e.file_name().to_string_lossy()).parse::<Digest>() else { continue };
+                let Ok(d) = format!("sha256:{}", e.file_name().to_string_lossy()).parse::<Digest>() else {
+                    continue;
+                };
                 let f = File::open(e.path()).map_err(io_ctx(format!("opening {}", e.path().display())))?;
                 // Blobs are verified against the name the layout gives them.
                 let stored = self.put_blob(f, Some(&d), None)?;
@@ -116,10 +133,21 @@ impl ImageStore {
         Ok(out)
     }
 
-    fn load_docker_save(&self, files: &ArchiveFiles, manifest_json: &Digest, name: Option<&str>) -> Result<Vec<ImageRecord>, ImageError> {
+    fn load_docker_save(
+        &self,
+        files: &ArchiveFiles,
+        manifest_json: &Digest,
+        name: Option<&str>,
+    ) -> Result<Vec<ImageRecord>, ImageError> {
         let entries: Vec<DockerSaveEntry> = serde_json::from_slice(&self.read_blob(manifest_json, MAX_MANIFEST_BYTES)?)
-            .map_err(|e| ImageError::Malformed { what: "docker save manifest.json".into(), reason: e.to_string() })?;
-        let missing = |p: &str| ImageError::Malformed { what: "docker save archive".into(), reason: format!("{p} is listed in manifest.json but not in the archive") };
+            .map_err(|e| ImageError::Malformed {
+                what: "docker save manifest.json".into(),
+                reason: e.to_string(),
+            })?;
+        let missing = |p: &str| ImageError::Malformed {
+            what: "docker save archive".into(),
+            reason: format!("{p} is listed in manifest.json but not in the archive"),
+        };
         let mut out = Vec::new();
         for entry in entries {
             let (config, config_size) = files.get(&entry.config).ok_or_else(|| missing(&entry.config))?.clone();
@@ -127,13 +155,29 @@ impl ImageStore {
             for l in &entry.layers {
                 let (d, size) = files.get(l).ok_or_else(|| missing(l))?.clone();
                 let head = self.read_blob_head(&d)?;
-                let media_type = if head.starts_with(&[0x1f, 0x8b]) { MEDIA_OCI_LAYER_GZIP } else { MEDIA_OCI_LAYER };
-                layers.push(Descriptor { media_type: media_type.into(), digest: d, size, platform: None, annotations: None });
+                let media_type = if head.starts_with(&[0x1f, 0x8b]) {
+                    MEDIA_OCI_LAYER_GZIP
+                } else {
+                    MEDIA_OCI_LAYER
+                };
+                layers.push(Descriptor {
+                    media_type: media_type.into(),
+                    digest: d,
+                    size,
+                    platform: None,
+                    annotations: None,
+                });
             }
             let manifest = Manifest {
                 schema_version: 2,
                 media_type: Some(MEDIA_OCI_MANIFEST.into()),
-                config: Descriptor { media_type: MEDIA_OCI_CONFIG.into(), digest: config.clone(), size: config_size, platform: None, annotations: None },
+                config: Descriptor {
+                    media_type: MEDIA_OCI_CONFIG.into(),
+                    digest: config.clone(),
+                    size: config_size,
+                    platform: None,
+                    annotations: None,
+                },
                 layers,
             };
             let mdigest = self.put_blob_bytes(&serde_json::to_vec(&manifest).expect("manifest serialises"))?;
@@ -162,25 +206,42 @@ impl ImageStore {
         Ok(buf)
     }
 
-    fn load_oci_layout(&self, files: &ArchiveFiles, index_json: &Digest, name: Option<&str>) -> Result<Vec<ImageRecord>, ImageError> {
-        let index: Index = serde_json::from_slice(&self.read_blob(index_json, MAX_MANIFEST_BYTES)?)
-            .map_err(|e| ImageError::Malformed { what: "OCI layout index.json".into(), reason: e.to_string() })?;
+    fn load_oci_layout(
+        &self,
+        files: &ArchiveFiles,
+        index_json: &Digest,
+        name: Option<&str>,
+    ) -> Result<Vec<ImageRecord>, ImageError> {
+        let index: Index = serde_json::from_slice(&self.read_blob(index_json, MAX_MANIFEST_BYTES)?).map_err(|e| {
+            ImageError::Malformed {
+                what: "OCI layout index.json".into(),
+                reason: e.to_string(),
+            }
+        })?;
         let mut out = Vec::new();
         for desc in &index.manifests {
             // Blobs must be in the layout under their own digest.
             let blob = |d: &Digest| -> Result<(), ImageError> {
                 match files.get(&format!("blobs/sha256/{}", d.hex())) {
                     Some((actual, _)) if actual == d => Ok(()),
-                    Some((actual, _)) => Err(ImageError::DigestMismatch { digest: d.clone(), actual: actual.clone() }),
-                    None => Err(ImageError::Malformed { what: "OCI layout".into(), reason: format!("blob {d} is missing") }),
+                    Some((actual, _)) => Err(ImageError::DigestMismatch {
+                        digest: d.clone(),
+                        actual: actual.clone(),
+                    }),
+                    None => Err(ImageError::Malformed {
+                        what: "OCI layout".into(),
+                        reason: format!("blob {d} is missing"),
+                    }),
                 }
             };
             blob(&desc.digest)?;
             let mut mdigest = desc.digest.clone();
             let mut bytes = self.read_blob(&mdigest, MAX_MANIFEST_BYTES)?;
             if desc.media_type == MEDIA_OCI_INDEX || desc.media_type == MEDIA_DOCKER_LIST {
-                let nested: Index = serde_json::from_slice(&bytes)
-                    .map_err(|e| ImageError::Malformed { what: format!("index {mdigest}"), reason: e.to_string() })?;
+                let nested: Index = serde_json::from_slice(&bytes).map_err(|e| ImageError::Malformed {
+                    what: format!("index {mdigest}"),
+                    reason: e.to_string(),
+                })?;
                 let chosen = nested.select_linux_amd64().ok_or_else(|| ImageError::Malformed {
                     what: format!("index {mdigest}"),
                     reason: "no linux/amd64 image".into(),
@@ -194,16 +255,26 @@ impl ImageStore {
             for l in &manifest.layers {
                 blob(&l.digest)?;
             }
-            let ref_name = desc.annotations.as_ref().and_then(|a| a.get(ANNOTATION_REF_NAME)).cloned();
+            let ref_name = desc
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_REF_NAME))
+                .cloned();
             let full = match (name, ref_name) {
                 (Some(n), _) => Reference::parse(n)?.to_string(),
-                (None, Some(r)) if r.contains('/') || r.contains(':') || !r.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) => {
+                (None, Some(r))
+                    if r.contains('/')
+                        || r.contains(':')
+                        || !r.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+                {
                     Reference::parse(&r)?.to_string()
                 }
-                (None, Some(tag)) => return Err(ImageError::Malformed {
-                    what: "OCI layout".into(),
-                    reason: format!("image is tagged only {tag:?}; give it a name (--name)"),
-                }),
+                (None, Some(tag)) => {
+                    return Err(ImageError::Malformed {
+                        what: "OCI layout".into(),
+                        reason: format!("image is tagged only {tag:?}; give it a name (--name)"),
+                    })
+                }
                 (None, None) => mdigest.to_string(),
             };
             out.push(self.commit_image(&full, &mdigest, &manifest)?);

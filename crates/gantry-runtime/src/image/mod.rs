@@ -112,8 +112,10 @@ struct RawRootfs {
 
 impl ImageConfig {
     pub fn parse(bytes: &[u8]) -> Result<ImageConfig, ImageError> {
-        let raw: RawImageConfig = serde_json::from_slice(bytes)
-            .map_err(|e| ImageError::Malformed { what: "image config".into(), reason: e.to_string() })?;
+        let raw: RawImageConfig = serde_json::from_slice(bytes).map_err(|e| ImageError::Malformed {
+            what: "image config".into(),
+            reason: e.to_string(),
+        })?;
         let c = raw.config.unwrap_or_default();
         Ok(ImageConfig {
             entrypoint: c.entrypoint.unwrap_or_default(),
@@ -171,17 +173,24 @@ pub struct Index {
 impl Index {
     /// The linux/amd64 entry, as the node runs amd64.
     pub fn select_linux_amd64(&self) -> Option<&Descriptor> {
-        self.manifests
-            .iter()
-            .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
+        self.manifests.iter().find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        })
     }
 }
 
 pub(crate) fn parse_manifest(bytes: &[u8], what: &str) -> Result<Manifest, ImageError> {
-    let m: Manifest = serde_json::from_slice(bytes)
-        .map_err(|e| ImageError::Malformed { what: what.to_string(), reason: e.to_string() })?;
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| ImageError::Malformed {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })?;
     if m.schema_version != 2 {
-        return Err(ImageError::Malformed { what: what.to_string(), reason: format!("schemaVersion {} is not supported", m.schema_version) });
+        return Err(ImageError::Malformed {
+            what: what.to_string(),
+            reason: format!("schemaVersion {} is not supported", m.schema_version),
+        });
     }
     Ok(m)
 }
@@ -207,12 +216,17 @@ pub struct GcReport {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn random_suffix() -> String {
     let mut b = [0u8; 8];
-    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).expect("/dev/urandom is readable");
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom is readable");
     hex::encode(b)
 }
 
@@ -221,7 +235,11 @@ impl ImageStore {
         for d in ["blobs/sha256", "layers", "tmp", "locks"] {
             fs::create_dir_all(cfg.root.join(d)).map_err(io_ctx(format!("creating {}", cfg.root.join(d).display())))?;
         }
-        Ok(ImageStore { root: cfg.root, limits: cfg.limits, registry: cfg.registry })
+        Ok(ImageStore {
+            root: cfg.root,
+            limits: cfg.limits,
+            registry: cfg.registry,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -254,7 +272,12 @@ impl ImageStore {
 
     /// Streams `reader` into the blob store. With `expected`, the content must hash to it
     /// (otherwise nothing is stored); `max` bounds the size.
-    pub fn put_blob(&self, reader: impl Read, expected: Option<&Digest>, max: Option<u64>) -> Result<(Digest, u64), ImageError> {
+    pub fn put_blob(
+        &self,
+        reader: impl Read,
+        expected: Option<&Digest>,
+        max: Option<u64>,
+    ) -> Result<(Digest, u64), ImageError> {
         if let Some(d) = expected {
             if self.has_blob(d) {
                 let size = fs::metadata(self.blob_path(d)).map(|m| m.len()).unwrap_or(0);
@@ -272,16 +295,28 @@ impl ImageStore {
         };
         copied.map_err(io_ctx("writing blob")).map_err(cleanup)?;
         let (digest, size, buf) = w.finish();
-        buf.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(io_ctx("flushing blob")).map_err(cleanup)?;
+        buf.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(io_ctx("flushing blob"))
+            .map_err(cleanup)?;
         if size > limit {
-            return Err(cleanup(ImageError::TooLarge { what: format!("blob {}", expected.map(|d| d.to_string()).unwrap_or_default()), limit }));
+            return Err(cleanup(ImageError::TooLarge {
+                what: format!("blob {}", expected.map(|d| d.to_string()).unwrap_or_default()),
+                limit,
+            }));
         }
         if let Some(e) = expected {
             if *e != digest {
-                return Err(cleanup(ImageError::DigestMismatch { digest: e.clone(), actual: digest }));
+                return Err(cleanup(ImageError::DigestMismatch {
+                    digest: e.clone(),
+                    actual: digest,
+                }));
             }
         }
-        fs::rename(&tmp, self.blob_path(&digest)).map_err(io_ctx("storing blob")).map_err(cleanup)?;
+        fs::rename(&tmp, self.blob_path(&digest))
+            .map_err(io_ctx("storing blob"))
+            .map_err(cleanup)?;
         Ok((digest, size))
     }
 
@@ -293,9 +328,14 @@ impl ImageStore {
         let p = self.blob_path(d);
         let f = File::open(&p).map_err(io_ctx(format!("reading blob {d}")))?;
         let mut buf = Vec::new();
-        f.take(max + 1).read_to_end(&mut buf).map_err(io_ctx(format!("reading blob {d}")))?;
+        f.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(io_ctx(format!("reading blob {d}")))?;
         if buf.len() as u64 > max {
-            return Err(ImageError::TooLarge { what: format!("blob {d}"), limit: max });
+            return Err(ImageError::TooLarge {
+                what: format!("blob {d}"),
+                limit: max,
+            });
         }
         Ok(buf)
     }
@@ -318,7 +358,12 @@ impl ImageStore {
             let actual = unpack::unpack_layer(io::BufReader::new(f), &tmp, blob.as_str(), self.limits)?;
             if let Some(expected) = diff_id {
                 if *expected != actual {
-                    return Err(unpack::UnpackError::DiffIdMismatch { layer: blob.to_string(), expected: expected.clone(), actual }.into());
+                    return Err(unpack::UnpackError::DiffIdMismatch {
+                        layer: blob.to_string(),
+                        expected: expected.clone(),
+                        actual,
+                    }
+                    .into());
                 }
             }
             fs::rename(&tmp, &dest).map_err(io_ctx("storing layer"))
@@ -335,7 +380,10 @@ impl ImageStore {
 
     fn read_refs(&self) -> Result<BTreeMap<String, ImageRecord>, ImageError> {
         match fs::read(self.refs_path()) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| ImageError::Malformed { what: "refs.json".into(), reason: e.to_string() }),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| ImageError::Malformed {
+                what: "refs.json".into(),
+                reason: e.to_string(),
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(io_ctx("reading refs.json")(e)),
         }
@@ -348,19 +396,30 @@ impl ImageStore {
         let tmp = self.tmp_path();
         let data = serde_json::to_vec_pretty(&refs).expect("records serialise");
         let mut file = File::create(&tmp).map_err(io_ctx("writing refs.json"))?;
-        file.write_all(&data).and_then(|_| file.sync_all()).map_err(io_ctx("writing refs.json"))?;
+        file.write_all(&data)
+            .and_then(|_| file.sync_all())
+            .map_err(io_ctx("writing refs.json"))?;
         fs::rename(&tmp, self.refs_path()).map_err(io_ctx("writing refs.json"))
     }
 
     /// Records `name` for an image whose manifest, config and layer blobs are all stored, and
     /// unpacks its layers so a container can start from it.
-    pub(crate) fn commit_image(&self, name: &str, manifest_digest: &Digest, manifest: &Manifest) -> Result<ImageRecord, ImageError> {
+    pub(crate) fn commit_image(
+        &self,
+        name: &str,
+        manifest_digest: &Digest,
+        manifest: &Manifest,
+    ) -> Result<ImageRecord, ImageError> {
         let cfg_bytes = self.read_blob(&manifest.config.digest, MAX_MANIFEST_BYTES)?;
         let cfg = ImageConfig::parse(&cfg_bytes)?;
         if !cfg.diff_ids.is_empty() && cfg.diff_ids.len() != manifest.layers.len() {
             return Err(ImageError::Malformed {
                 what: format!("image {name}"),
-                reason: format!("config lists {} diff_ids for {} layers", cfg.diff_ids.len(), manifest.layers.len()),
+                reason: format!(
+                    "config lists {} diff_ids for {} layers",
+                    cfg.diff_ids.len(),
+                    manifest.layers.len()
+                ),
             });
         }
         for (i, l) in manifest.layers.iter().enumerate() {
@@ -443,7 +502,9 @@ impl ImageStore {
             for e in fs::read_dir(&dir).map_err(io_ctx(format!("listing {}", dir.display())))? {
                 let e = e.map_err(io_ctx("listing store"))?;
                 let name = e.file_name().to_string_lossy().to_string();
-                let Ok(d) = format!("sha256:{name}").parse::<Digest>() else { continue };
+                let Ok(d) = format!("sha256:{name}").parse::<Digest>() else {
+                    continue;
+                };
                 if keep.contains(&d) {
                     continue;
                 }

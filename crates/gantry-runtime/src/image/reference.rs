@@ -23,12 +23,18 @@ pub const DEFAULT_REGISTRY: &str = "docker.io";
 
 impl Reference {
     pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
-        let err = |reason| ReferenceError { value: s.to_string(), reason };
+        let err = |reason| ReferenceError {
+            value: s.to_string(),
+            reason,
+        };
         if s.is_empty() || s.len() > 512 {
             return Err(err("must be 1-512 characters"));
         }
         let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|_| err("digest must be sha256:<64 hex>"))?)),
+            Some((r, d)) => (
+                r,
+                Some(d.parse::<Digest>().map_err(|_| err("digest must be sha256:<64 hex>"))?),
+            ),
             None => (s, None),
         };
         // The first component is a registry if it looks like a host: has '.', ':' or is localhost.
@@ -54,16 +60,21 @@ impl Reference {
         }
         for comp in repository.split('/') {
             let valid = !comp.is_empty()
-                && comp.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+                && comp
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
                 && comp.as_bytes()[0].is_ascii_alphanumeric();
             if !valid {
-                return Err(err("repository components must be lowercase alphanumerics separated by '.', '_' or '-'"));
+                return Err(err(
+                    "repository components must be lowercase alphanumerics separated by '.', '_' or '-'",
+                ));
             }
         }
         if let Some(t) = &tag {
             let valid = !t.is_empty()
                 && t.len() <= 128
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
                 && (t.as_bytes()[0].is_ascii_alphanumeric() || t.as_bytes()[0] == b'_');
             if !valid {
                 return Err(err("tag must be up to 128 characters of [A-Za-z0-9_.-]"));
@@ -74,8 +85,17 @@ impl Reference {
         } else {
             repository.to_string()
         };
-        let tag = if tag.is_none() && digest.is_none() { Some("latest".to_string()) } else { tag };
-        Ok(Reference { registry, repository, tag, digest })
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".to_string())
+        } else {
+            tag
+        };
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 
     /// What to ask the registry for: the digest if pinned, else the tag.
@@ -120,17 +140,31 @@ mod tests {
         let r = Reference::parse("busybox").unwrap();
         assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
         let r = Reference::parse("127.0.0.1:5000/team/app:v1").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "team/app", Some("v1")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "team/app", Some("v1"))
+        );
         assert!(r.is_loopback_registry());
         let d = format!("sha256:{}", "b".repeat(64));
         let r = Reference::parse(&format!("localhost/app@{d}")).unwrap();
         assert_eq!(r.reference_for_pull(), d);
-        assert!(!Reference::parse("registry.example.com/app").unwrap().is_loopback_registry());
+        assert!(!Reference::parse("registry.example.com/app")
+            .unwrap()
+            .is_loopback_registry());
     }
 
     #[test]
     fn rejects_bad_references() {
-        for bad in ["", "UPPER", "a//b", "app:bad/tag", "app@sha256:zz", "../etc", "app:", ":tag"] {
+        for bad in [
+            "",
+            "UPPER",
+            "a//b",
+            "app:bad/tag",
+            "app@sha256:zz",
+            "../etc",
+            "app:",
+            ":tag",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
     }

@@ -37,7 +37,11 @@ pub enum RegistryError {
     #[error("{url}: registry answered {status}: {body}")]
     Status { url: String, status: u16, body: String },
     #[error("{url}: access denied (HTTP {status}){hint}")]
-    Unauthorized { url: String, status: u16, hint: &'static str },
+    Unauthorized {
+        url: String,
+        status: u16,
+        hint: &'static str,
+    },
     #[error("{url}: manifest unknown (HTTP 404): the image or tag does not exist")]
     ManifestUnknown { url: String },
     #[error("{url}: unsupported authentication challenge {challenge:?}")]
@@ -89,7 +93,11 @@ impl Client {
             .tls_config(tls)
             .build()
             .into();
-        let host = if r.registry == reference::DEFAULT_REGISTRY { "registry-1.docker.io" } else { &r.registry };
+        let host = if r.registry == reference::DEFAULT_REGISTRY {
+            "registry-1.docker.io"
+        } else {
+            &r.registry
+        };
         let scheme = if insecure { "http" } else { "https" };
         Client {
             agent,
@@ -102,16 +110,27 @@ impl Client {
 
     fn basic(&self) -> Option<String> {
         self.creds.as_ref().map(|c| {
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password)))
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password))
+            )
         })
     }
 
-    fn send(&self, url: &str, accept: &str, auth: Option<&str>) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+    fn send(
+        &self,
+        url: &str,
+        accept: &str,
+        auth: Option<&str>,
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let mut req = self.agent.get(url).header("Accept", accept);
         if let Some(a) = auth {
             req = req.header("Authorization", a);
         }
-        req.call().map_err(|e| RegistryError::Transport { url: url.to_string(), source: Box::new(e) })
+        req.call().map_err(|e| RegistryError::Transport {
+            url: url.to_string(),
+            source: Box::new(e),
+        })
     }
 
     /// GET with authentication: try what worked before, answer one challenge, try again.
@@ -121,7 +140,12 @@ impl Client {
         if resp.status() != 401 {
             return Ok(resp);
         }
-        let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let (scheme, params) = parse_challenge(&challenge);
         let header = match scheme.as_str() {
             "basic" => self.basic().ok_or(RegistryError::Unauthorized {
@@ -130,19 +154,34 @@ impl Client {
                 hint: ": the registry wants credentials and none are configured for it",
             })?,
             "bearer" => format!("Bearer {}", self.token(url, &params)?),
-            _ => return Err(RegistryError::Challenge { url: url.into(), challenge }),
+            _ => {
+                return Err(RegistryError::Challenge {
+                    url: url.into(),
+                    challenge,
+                })
+            }
         };
         let resp = self.send(url, accept, Some(&header))?;
         if resp.status() == 401 || resp.status() == 403 {
-            return Err(RegistryError::Unauthorized { url: url.into(), status: resp.status().as_u16(), hint: ": credentials were refused" });
+            return Err(RegistryError::Unauthorized {
+                url: url.into(),
+                status: resp.status().as_u16(),
+                hint: ": credentials were refused",
+            });
         }
         *self.auth.lock().expect("auth lock") = Some(header);
         Ok(resp)
     }
 
     fn token(&self, url: &str, params: &HashMap<String, String>) -> Result<String, RegistryError> {
-        let realm = params.get("realm").ok_or_else(|| RegistryError::Challenge { url: url.into(), challenge: "Bearer without realm".into() })?;
-        let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+        let realm = params.get("realm").ok_or_else(|| RegistryError::Challenge {
+            url: url.into(),
+            challenge: "Bearer without realm".into(),
+        })?;
+        let scope = params
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
         let mut req = self.agent.get(realm).query("scope", &scope);
         if let Some(s) = params.get("service") {
             req = req.query("service", s);
@@ -150,9 +189,16 @@ impl Client {
         if let Some(b) = self.basic() {
             req = req.header("Authorization", &b);
         }
-        let mut resp = req.call().map_err(|e| RegistryError::Transport { url: realm.clone(), source: Box::new(e) })?;
+        let mut resp = req.call().map_err(|e| RegistryError::Transport {
+            url: realm.clone(),
+            source: Box::new(e),
+        })?;
         if !resp.status().is_success() {
-            return Err(RegistryError::Unauthorized { url: realm.clone(), status: resp.status().as_u16(), hint: ": the token service refused" });
+            return Err(RegistryError::Unauthorized {
+                url: realm.clone(),
+                status: resp.status().as_u16(),
+                hint: ": the token service refused",
+            });
         }
         #[derive(Deserialize)]
         struct Token {
@@ -164,10 +210,20 @@ impl Client {
             .with_config()
             .limit(1 << 20)
             .read_to_vec()
-            .map_err(|e| RegistryError::Transport { url: realm.clone(), source: Box::new(e) })?;
-        let t: Token = serde_json::from_slice(&body)
-            .map_err(|e| RegistryError::Status { url: realm.clone(), status: 200, body: format!("bad token response: {e}") })?;
-        t.token.or(t.access_token).ok_or_else(|| RegistryError::Status { url: realm.clone(), status: 200, body: "token response has no token".into() })
+            .map_err(|e| RegistryError::Transport {
+                url: realm.clone(),
+                source: Box::new(e),
+            })?;
+        let t: Token = serde_json::from_slice(&body).map_err(|e| RegistryError::Status {
+            url: realm.clone(),
+            status: 200,
+            body: format!("bad token response: {e}"),
+        })?;
+        t.token.or(t.access_token).ok_or_else(|| RegistryError::Status {
+            url: realm.clone(),
+            status: 200,
+            body: "token response has no token".into(),
+        })
     }
 
     fn check(url: &str, resp: &mut ureq::http::Response<ureq::Body>) -> Result<(), RegistryError> {
@@ -175,14 +231,27 @@ impl Client {
         if (200..300).contains(&status) {
             return Ok(());
         }
-        let body = resp.body_mut().with_config().limit(4096).read_to_string().unwrap_or_default();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(4096)
+            .read_to_string()
+            .unwrap_or_default();
         if status == 404 && url.contains("/manifests/") {
             return Err(RegistryError::ManifestUnknown { url: url.into() });
         }
         if status == 401 || status == 403 {
-            return Err(RegistryError::Unauthorized { url: url.into(), status, hint: "" });
+            return Err(RegistryError::Unauthorized {
+                url: url.into(),
+                status,
+                hint: "",
+            });
         }
-        Err(RegistryError::Status { url: url.into(), status, body: body.chars().take(300).collect() })
+        Err(RegistryError::Status {
+            url: url.into(),
+            status,
+            body: body.chars().take(300).collect(),
+        })
     }
 
     /// Fetches a manifest or index; returns (bytes, media type).
@@ -190,13 +259,21 @@ impl Client {
         let url = format!("{}/manifests/{reference}", self.base);
         let mut resp = self.get(&url, MANIFEST_ACCEPT)?;
         Self::check(&url, &mut resp)?;
-        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let body = resp
             .body_mut()
             .with_config()
             .limit(MAX_MANIFEST_BYTES)
             .read_to_vec()
-            .map_err(|e| RegistryError::Transport { url: url.clone(), source: Box::new(e) })?;
+            .map_err(|e| RegistryError::Transport {
+                url: url.clone(),
+                source: Box::new(e),
+            })?;
         Ok((body, ct))
     }
 
@@ -204,7 +281,11 @@ impl Client {
         let url = format!("{}/blobs/{d}", self.base);
         let mut resp = self.get(&url, "*/*")?;
         Self::check(&url, &mut resp)?;
-        Ok(resp.into_body().into_with_config().limit(size.saturating_add(1)).reader())
+        Ok(resp
+            .into_body()
+            .into_with_config()
+            .limit(size.saturating_add(1))
+            .reader())
     }
 }
 
@@ -233,7 +314,10 @@ impl ImageStore {
         let mut mdigest = Digest::of_bytes(&bytes);
         if let Some(want) = &r.digest {
             if *want != mdigest {
-                return Err(ImageError::DigestMismatch { digest: want.clone(), actual: mdigest });
+                return Err(ImageError::DigestMismatch {
+                    digest: want.clone(),
+                    actual: mdigest,
+                });
             }
         }
         let media = |bytes: &[u8], ct: &str| -> String {
@@ -245,15 +329,19 @@ impl ImageStore {
             }
             let m: Option<M> = serde_json::from_slice(bytes).ok();
             match m {
-                Some(M { media_type: Some(t), .. }) => t,
+                Some(M {
+                    media_type: Some(t), ..
+                }) => t,
                 Some(M { manifests: Some(_), .. }) => MEDIA_OCI_INDEX.into(),
                 _ => ct.split(';').next().unwrap_or("").trim().to_string(),
             }
         };
         let t = media(&bytes, &ct);
         if t == MEDIA_OCI_INDEX || t == MEDIA_DOCKER_LIST {
-            let index: Index = serde_json::from_slice(&bytes)
-                .map_err(|e| ImageError::Malformed { what: format!("index of {r}"), reason: e.to_string() })?;
+            let index: Index = serde_json::from_slice(&bytes).map_err(|e| ImageError::Malformed {
+                what: format!("index of {r}"),
+                reason: e.to_string(),
+            })?;
             let chosen = index.select_linux_amd64().ok_or_else(|| ImageError::Malformed {
                 what: format!("index of {r}"),
                 reason: "no linux/amd64 image in the index".into(),
@@ -263,17 +351,24 @@ impl ImageStore {
             (bytes, ct) = client.manifest(want.as_str())?;
             mdigest = Digest::of_bytes(&bytes);
             if mdigest != want {
-                return Err(ImageError::DigestMismatch { digest: want, actual: mdigest });
+                return Err(ImageError::DigestMismatch {
+                    digest: want,
+                    actual: mdigest,
+                });
             }
         }
         let t = media(&bytes, &ct);
         if t != MEDIA_OCI_MANIFEST && t != MEDIA_DOCKER_MANIFEST {
-            return Err(ImageError::Malformed { what: format!("manifest of {r}"), reason: format!("unsupported media type {t:?}") });
+            return Err(ImageError::Malformed {
+                what: format!("manifest of {r}"),
+                reason: format!("unsupported media type {t:?}"),
+            });
         }
         let manifest = parse_manifest(&bytes, &format!("manifest of {r}"))?;
         self.put_blob_bytes(&bytes)?;
 
-        let multi = (progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(indicatif::MultiProgress::new);
+        let multi =
+            (progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(indicatif::MultiProgress::new);
         let mut wanted = vec![&manifest.config];
         wanted.extend(manifest.layers.iter());
         let results: Vec<Result<(), ImageError>> = std::thread::scope(|s| {
@@ -293,7 +388,10 @@ impl ImageStore {
                     s.spawn(move || self.fetch_blob(client, desc, bar))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("pull thread panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("pull thread panicked"))
+                .collect()
         });
         for res in results {
             res?;
@@ -303,7 +401,12 @@ impl ImageStore {
 
     /// Downloads one blob unless it is stored; a per-blob lock makes concurrent pulls of the
     /// same blob (in this process or another) wait for one download instead of racing.
-    fn fetch_blob(&self, client: &Client, desc: &Descriptor, bar: Option<indicatif::ProgressBar>) -> Result<(), ImageError> {
+    fn fetch_blob(
+        &self,
+        client: &Client,
+        desc: &Descriptor,
+        bar: Option<indicatif::ProgressBar>,
+    ) -> Result<(), ImageError> {
         if self.has_blob(&desc.digest) {
             if let Some(b) = bar {
                 b.finish_with_message("exists");
@@ -313,7 +416,10 @@ impl ImageStore {
         let _lock = self.lock(&format!("blob-{}", desc.digest.hex()))?;
         if !self.has_blob(&desc.digest) {
             let reader = client.blob_reader(&desc.digest, desc.size)?;
-            let reader = ProgressReader { inner: reader, bar: bar.clone() };
+            let reader = ProgressReader {
+                inner: reader,
+                bar: bar.clone(),
+            };
             self.put_blob(reader, Some(&desc.digest), Some(desc.size))?;
         }
         if let Some(b) = bar {
@@ -329,7 +435,9 @@ mod tests {
 
     #[test]
     fn parses_bearer_challenge() {
-        let (s, p) = parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#);
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#,
+        );
         assert_eq!(s, "bearer");
         assert_eq!(p["realm"], "https://auth.example/token");
         assert_eq!(p["service"], "registry.example");

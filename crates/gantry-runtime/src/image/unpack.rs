@@ -28,11 +28,19 @@ impl Default for UnpackLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("layer {layer}: entry {path:?} refused: {reason}")]
-    Refused { layer: String, path: String, reason: String },
+    Refused {
+        layer: String,
+        path: String,
+        reason: String,
+    },
     #[error("layer {layer}: uncompressed size exceeds the limit of {limit} bytes (decompression bomb?)")]
     TooLarge { layer: String, limit: u64 },
     #[error("layer {layer}: uncompressed digest {actual} does not match the image config's diff_id {expected}")]
-    DiffIdMismatch { layer: String, expected: Digest, actual: Digest },
+    DiffIdMismatch {
+        layer: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("layer {layer}: {source}")]
     Io { layer: String, source: io::Error },
 }
@@ -82,19 +90,32 @@ pub fn decompressed<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a
 pub fn unpack_layer(reader: impl Read, dest: &Path, layer: &str, limits: UnpackLimits) -> Result<Digest, UnpackError> {
     let io_err = |source: io::Error| {
         if source.get_ref().is_some_and(|e| e.is::<CapExceeded>()) {
-            UnpackError::TooLarge { layer: layer.to_string(), limit: limits.max_bytes }
+            UnpackError::TooLarge {
+                layer: layer.to_string(),
+                limit: limits.max_bytes,
+            }
         } else {
-            UnpackError::Io { layer: layer.to_string(), source }
+            UnpackError::Io {
+                layer: layer.to_string(),
+                source,
+            }
         }
     };
     let plain = decompressed(reader).map_err(io_err)?;
-    let hashing = HashingReader::new(CappedReader { inner: plain, remaining: limits.max_bytes });
+    let hashing = HashingReader::new(CappedReader {
+        inner: plain,
+        remaining: limits.max_bytes,
+    });
     let mut archive = tar::Archive::new(hashing);
     let mut u = Unpacker { dest, layer };
     for entry in archive.entries().map_err(io_err)? {
         let mut entry = entry.map_err(io_err)?;
         u.entry(&mut entry).map_err(|e| match e {
-            EntryError::Refused { path, reason } => UnpackError::Refused { layer: layer.to_string(), path, reason },
+            EntryError::Refused { path, reason } => UnpackError::Refused {
+                layer: layer.to_string(),
+                path,
+                reason,
+            },
             EntryError::Io(e) => io_err(e),
         })?;
     }
@@ -161,7 +182,10 @@ fn symlink_stays_inside(link_dir: &Path, target: &Path) -> bool {
 
 impl Unpacker<'_> {
     fn refuse<T>(&self, path: &Path, reason: impl Into<String>) -> Result<T, EntryError> {
-        Err(EntryError::Refused { path: path.display().to_string(), reason: reason.into() })
+        Err(EntryError::Refused {
+            path: path.display().to_string(),
+            reason: reason.into(),
+        })
     }
 
     /// Makes sure every parent directory of `rel` exists as a real directory (never a symlink),
@@ -256,7 +280,10 @@ impl Unpacker<'_> {
                 fs::set_permissions(&full, fs::Permissions::from_mode(mode))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name()?.ok_or_else(|| io::Error::other("symlink without target"))?.into_owned();
+                let target = entry
+                    .link_name()?
+                    .ok_or_else(|| io::Error::other("symlink without target"))?
+                    .into_owned();
                 let dir = rel.parent().unwrap_or(Path::new(""));
                 if !symlink_stays_inside(dir, &target) {
                     return self.refuse(&rel, format!("symlink target {target:?} escapes the layer"));
@@ -266,7 +293,10 @@ impl Unpacker<'_> {
                 sys::lchown(&full, uid, gid)?;
             }
             tar::EntryType::Link => {
-                let target = entry.link_name()?.ok_or_else(|| io::Error::other("hardlink without target"))?.into_owned();
+                let target = entry
+                    .link_name()?
+                    .ok_or_else(|| io::Error::other("hardlink without target"))?
+                    .into_owned();
                 let Some(trel) = clean_relative(&target) else {
                     return self.refuse(&rel, format!("hardlink target {target:?} escapes the layer"));
                 };

@@ -36,7 +36,10 @@ impl std::str::FromStr for Subnet {
             return Err(bad());
         }
         let mask = u32::MAX << (32 - prefix);
-        Ok(Subnet { network: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+        Ok(Subnet {
+            network: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
     }
 }
 
@@ -74,20 +77,32 @@ pub struct Ipam {
 
 impl Ipam {
     pub fn new(path: &Path, subnet: Subnet) -> Ipam {
-        Ipam { path: path.to_path_buf(), subnet }
+        Ipam {
+            path: path.to_path_buf(),
+            subnet,
+        }
     }
 
     fn err(&self) -> impl Fn(io::Error) -> IpamError + '_ {
-        move |source| IpamError::Io { path: self.path.clone(), source }
+        move |source| IpamError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Runs `f` on the lease table under an exclusive lock and saves it atomically.
-    fn with_leases<T>(&self, f: impl FnOnce(&mut BTreeMap<Ipv4Addr, String>) -> Result<T, IpamError>) -> Result<T, IpamError> {
+    fn with_leases<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<Ipv4Addr, String>) -> Result<T, IpamError>,
+    ) -> Result<T, IpamError> {
         let lock_path = self.path.with_extension("lock");
         let lock = File::create(&lock_path).map_err(self.err())?;
         sys::flock_exclusive(&lock).map_err(self.err())?;
         let mut file: LeaseFile = match fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| IpamError::Io { path: self.path.clone(), source: io::Error::other(e) })?,
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| IpamError::Io {
+                path: self.path.clone(),
+                source: io::Error::other(e),
+            })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => LeaseFile::default(),
             Err(e) => return Err(self.err()(e)),
         };
@@ -100,7 +115,8 @@ impl Ipam {
         let out = f(&mut file.leases)?;
         let tmp = self.path.with_extension("tmp");
         let mut t = File::create(&tmp).map_err(self.err())?;
-        t.write_all(&serde_json::to_vec_pretty(&file).expect("leases serialise")).map_err(self.err())?;
+        t.write_all(&serde_json::to_vec_pretty(&file).expect("leases serialise"))
+            .map_err(self.err())?;
         t.sync_all().map_err(self.err())?;
         fs::rename(&tmp, &self.path).map_err(self.err())?;
         Ok(out)
@@ -115,7 +131,10 @@ impl Ipam {
             let ip = subnet
                 .hosts()
                 .find(|h| !leases.contains_key(h))
-                .ok_or(IpamError::Exhausted { subnet: subnet.to_string(), leased: leases.len() })?;
+                .ok_or(IpamError::Exhausted {
+                    subnet: subnet.to_string(),
+                    leased: leases.len(),
+                })?;
             leases.insert(ip, owner.to_string());
             Ok(ip)
         })

@@ -84,14 +84,16 @@ impl Network {
         if !is_mount_point(&cfg.netns_dir) {
             sys::bind_mount(&cfg.netns_dir, &cfg.netns_dir).map_err(io_ctx("bind-mounting the netns directory"))?;
         }
-        sys::mount_propagation(&cfg.netns_dir, libc::MS_SHARED | libc::MS_REC).map_err(io_ctx("making the netns directory shared"))?;
+        sys::mount_propagation(&cfg.netns_dir, libc::MS_SHARED | libc::MS_REC)
+            .map_err(io_ctx("making the netns directory shared"))?;
         if netlink::link_index(&cfg.bridge).is_none() {
             let mut nl = Netlink::open()?;
             match nl.create_bridge(&cfg.bridge) {
                 Err(NetlinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {}
                 r => {
                     r?;
-                    let idx = netlink::link_index(&cfg.bridge).ok_or_else(|| io_ctx("bridge")(io::Error::other("bridge vanished")))?;
+                    let idx = netlink::link_index(&cfg.bridge)
+                        .ok_or_else(|| io_ctx("bridge")(io::Error::other("bridge vanished")))?;
                     match nl.add_ipv4(idx, cfg.subnet.gateway(), cfg.subnet.prefix) {
                         Err(NetlinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {}
                         r => r?,
@@ -119,7 +121,14 @@ impl Network {
         let host_veth = format!("gv{id}");
         let path = self.cfg.netns_dir.join(&name);
         let ip = self.ipam.acquire(&name)?;
-        let sb = Sandbox { name: name.clone(), path: path.clone(), ip, gateway: self.cfg.subnet.gateway(), prefix: self.cfg.subnet.prefix, host_veth };
+        let sb = Sandbox {
+            name: name.clone(),
+            path: path.clone(),
+            ip,
+            gateway: self.cfg.subnet.gateway(),
+            prefix: self.cfg.subnet.prefix,
+            host_veth,
+        };
         match self.build(&sb) {
             Ok(()) => Ok(sb),
             Err(e) => {
@@ -188,7 +197,11 @@ impl Network {
 
     fn pool_names(&self) -> Vec<String> {
         fs::read_dir(self.cfg.state_dir.join("pool"))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -249,7 +262,11 @@ impl Network {
         let keep = |name: &str| pooled.iter().any(|p| p == name) || live(name);
         let mut removed = 0;
         let entries: Vec<String> = fs::read_dir(&self.cfg.netns_dir)
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         for name in entries.iter().filter(|n| n.starts_with("gn-")) {
             if keep(name) {
@@ -263,7 +280,8 @@ impl Network {
             removed += 1;
         }
         let netns_dir = self.cfg.netns_dir.clone();
-        self.ipam.retain(|owner| keep(owner) && netns_dir.join(owner).exists())?;
+        self.ipam
+            .retain(|owner| keep(owner) && netns_dir.join(owner).exists())?;
         // Host veths whose namespace is gone.
         if let Ok(rd) = fs::read_dir("/sys/class/net") {
             for e in rd.flatten() {
@@ -284,7 +302,10 @@ impl Network {
     /// Writes the files a task's containers mount: /etc/hosts, /etc/resolv.conf, /etc/hostname.
     pub fn write_etc_files(sb: &Sandbox, hostname: &str, dir: &Path) -> Result<(), NetworkError> {
         fs::create_dir_all(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
-        let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n", sb.ip);
+        let hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
+            sb.ip
+        );
         fs::write(dir.join("hosts"), hosts).map_err(io_ctx("writing hosts"))?;
         fs::write(dir.join("hostname"), format!("{hostname}\n")).map_err(io_ctx("writing hostname"))?;
         // The host's resolvers minus loopback ones, which mean nothing inside the namespace.

@@ -118,9 +118,18 @@ impl Netlink {
     /// Opens a socket in the calling thread's current network namespace.
     pub fn open() -> Result<Netlink, NetlinkError> {
         // SAFETY: plain socket(2) call; the returned fd is checked and then owned.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
         if fd < 0 {
-            return Err(NetlinkError::Io { op: "socket", source: io::Error::last_os_error() });
+            return Err(NetlinkError::Io {
+                op: "socket",
+                source: io::Error::last_os_error(),
+            });
         }
         // SAFETY: fd is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -159,7 +168,11 @@ impl Netlink {
                 }
                 if ty == NLMSG_ERROR && rseq == seq {
                     let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4 bytes"));
-                    return if code == 0 { Ok(()) } else { Err(err(io::Error::from_raw_os_error(-code))) };
+                    return if code == 0 {
+                        Ok(())
+                    } else {
+                        Err(err(io::Error::from_raw_os_error(-code)))
+                    };
                 }
                 off += align(len);
             }
@@ -179,7 +192,14 @@ impl Netlink {
     /// Creates a veth pair: `host_name` here, attached to `master`, and its peer `peer_name`
     /// created directly inside the namespace `peer_netns` (no slow move between namespaces)
     /// with interface index `peer_index`.
-    pub fn create_veth(&mut self, host_name: &str, master: u32, peer_name: &str, peer_index: u32, peer_netns: RawFd) -> Result<(), NetlinkError> {
+    pub fn create_veth(
+        &mut self,
+        host_name: &str,
+        master: u32,
+        peer_name: &str,
+        peer_index: u32,
+        peer_netns: RawFd,
+    ) -> Result<(), NetlinkError> {
         let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
         m.ifinfo(0, 0, 0);
         m.attr_str(IFLA_IFNAME, host_name);

@@ -1,0 +1,397 @@
+//! Real containers from a real image on this node (root, crun, busybox): exit codes, image
+//! config, limits, networking between tasks, isolation, stop semantics, re-attach, sweep.
+
+mod common;
+
+use common::*;
+use gantry_runtime::bundle::{ContainerSpec, Limits};
+use gantry_runtime::task::{ContainerState, Node};
+use std::time::{Duration, Instant};
+
+#[test]
+fn exit_codes_are_reported() {
+    let t = TestNode::new();
+    let (e, out, _) = t.run(
+        &t.image,
+        ContainerSpec {
+            hostname: "x".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        (e.exit_code, out.as_str()),
+        (0, "hello from busybox\n"),
+        "image Cmd runs by default"
+    );
+    let (e, _, err) = t.run(&t.image, sh("echo oops >&2; exit 7"));
+    assert_eq!((e.exit_code, e.oom_killed, err.as_str()), (7, false, "oops\n"));
+    // Killed by a signal from outside: 128 + signal.
+    let task = t.start(&t.image, sh("sleep 300"), Duration::from_secs(2));
+    let ContainerState::Running(s) = t.node.container_state(&task, "main") else {
+        panic!("not running")
+    };
+    unsafe_kill(s.container_pid, 9);
+    let e = t.wait(&task, 10);
+    t.node.remove_task(&task).unwrap();
+    assert_eq!((e.exit_code, e.signal, e.oom_killed), (137, Some(9), false));
+}
+
+#[test]
+fn image_config_is_honoured_and_overridable() {
+    let t = TestNode::new();
+    let img = t.load(
+        "gantry-test/configured:v1",
+        &[
+            "--entrypoint",
+            r#"["sh", "-c"]"#,
+            "--cmd",
+            r#"["echo $GREETING from $(pwd) as $(id -u):$(id -g)"]"#,
+            "--env",
+            "GREETING=hi",
+            "--workdir",
+            "/app",
+            "--user",
+            "www",
+        ],
+    );
+    let (e, out, _) = t.run(
+        &img,
+        ContainerSpec {
+            hostname: "h".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!((e.exit_code, out.as_str()), (0, "hi from /app as 33:34\n"));
+    let spec = ContainerSpec {
+        command: Some(vec![
+            "echo $GREETING from $(pwd) as $(id -u):$(id -g) on $(hostname)".into()
+        ]),
+        env: vec![("GREETING".into(), "yo".into())],
+        working_dir: Some("/tmp".into()),
+        user: Some("nobody:staff".into()),
+        hostname: "myhost".into(),
+        ..Default::default()
+    };
+    let (_, out, _) = t.run(&img, spec);
+    assert_eq!(out, "yo from /tmp as 65534:50 on myhost\n");
+    let spec = ContainerSpec {
+        entrypoint: Some(vec!["/bin/echo".into()]),
+        hostname: "h".into(),
+        ..Default::default()
+    };
+    let (_, out, _) = t.run(&img, spec);
+    assert_eq!(out, "\n", "an overridden entrypoint drops the image's Cmd");
+    // Layer two's whiteouts hide layer one's files.
+    let (_, out, _) = t.run(
+        &t.image,
+        sh("ls /opq; test -e /deleteme || echo gone; cat /app/hello.txt"),
+    );
+    assert_eq!(out, "new\ngone\nlayer two\n");
+}
+
+#[test]
+fn unknown_user_fails_clearly() {
+    let t = TestNode::new();
+    let task = gantry_runtime::task::new_task_id();
+    t.node.create_task(&task, "h").unwrap();
+    let spec = ContainerSpec {
+        user: Some("ghost".into()),
+        ..sh("true")
+    };
+    let err = t
+        .node
+        .start_container(&task, "main", &t.image, &spec, Duration::from_secs(5))
+        .unwrap_err();
+    assert!(err.to_string().contains("user \"ghost\" not found"), "{err}");
+    t.node.remove_task(&task).unwrap();
+}
+
+#[test]
+fn memory_limit_oom_is_reported_as_137() {
+    let t = TestNode::new();
+    let spec = sh_limited(
+        "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived",
+        Limits {
+            memory_mib: Some(16),
+            ..Default::default()
+        },
+    );
+    let (e, out, _) = t.run(&t.image, spec);
+    assert!(e.oom_killed, "{e:?}");
+    assert_eq!(e.exit_code, 137);
+    assert!(!out.contains("survived"));
+}
+
+#[test]
+fn pids_limit_holds_against_a_fork_loop() {
+    let t = TestNode::new();
+    // 100 background sleeps against a limit of 16; then pid 1 blocks on a fifo, which needs no fork.
+    let spec = sh_limited(
+        "mkfifo /tmp/f; (for i in $(seq 1 100); do sleep 30 & done); read x < /tmp/f",
+        Limits {
+            pids: Some(16),
+            ..Default::default()
+        },
+    );
+    let task = t.start(&t.image, spec, Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = t.node.container_stats(&task, "main");
+    t.node.stop_container(&task, "main");
+    t.wait(&task, 10);
+    let (_, err) = t.logs(&task);
+    t.node.remove_task(&task).unwrap();
+    assert_eq!(stats.pids_limit, Some(16));
+    let current = stats.pids_current.expect("pids.current readable");
+    assert!((10..=16).contains(&current), "pids in use {current}");
+    assert!(err.contains("can't fork"), "forks beyond the limit fail: {err}");
+}
+
+#[test]
+fn cpu_quota_is_in_the_cgroup() {
+    let t = TestNode::new();
+    let spec = sh_limited(
+        "sleep 30",
+        Limits {
+            cpu_units: Some(512),
+            memory_mib: Some(64),
+            ..Default::default()
+        },
+    );
+    let task = t.start(&t.image, spec, Duration::from_secs(2));
+    let stats = t.node.container_stats(&task, "main");
+    t.node.stop_container(&task, "main");
+    t.wait(&task, 10);
+    t.node.remove_task(&task).unwrap();
+    assert_eq!(
+        (stats.cpu_quota_us, stats.cpu_period_us),
+        (Some(50_000), Some(100_000)),
+        "512 units = half a core"
+    );
+    assert_eq!(stats.memory_limit_bytes, Some(64 << 20));
+    assert!(stats.pids_current.unwrap_or(0) >= 1);
+    assert!(stats.memory_bytes.unwrap_or(0) > 0);
+}
+
+#[test]
+fn a_task_reaches_another_tasks_http_server_by_ip() {
+    let t = TestNode::new();
+    let server = t.start(
+        &t.image,
+        sh("trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"),
+        Duration::from_secs(2),
+    );
+    let ip = t.node.sandbox(&server).unwrap().ip;
+    let (e, out, err) = t.run(
+        &t.image,
+        sh(&format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://{ip}/index.html && exit 0; sleep 0.2; done; exit 1"
+        )),
+    );
+    t.node.stop_container(&server, "main");
+    t.wait(&server, 10);
+    t.node.remove_task(&server).unwrap();
+    assert_eq!((e.exit_code, out.as_str()), (0, "hello from gantry httpd\n"), "{err}");
+}
+
+#[test]
+fn tasks_are_isolated_from_the_host_and_each_other() {
+    let t = TestNode::new();
+    let marker = format!("/tmp/gantry-host-marker-{}", std::process::id());
+    std::fs::write(&marker, "host secret").unwrap();
+    let a = t.start(
+        &t.image,
+        sh("echo a-secret > /tmp/a-secret; trap 'exit 0' TERM; while :; do sleep 0.1; done"),
+        Duration::from_secs(2),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, out, _) = t.run(
+        &t.image,
+        sh(&format!(
+            "ls -d /proc/[0-9]* | wc -l; test -e {marker} && echo HOST''VISIBLE; test -e /tmp/a-secret && echo A''VISIBLE; \
+             cat /proc/1/cmdline | tr '\\0' ' '; echo; mount -t tmpfs none /mnt 2>&1 && echo MOUNT''OK; true"
+        )),
+    );
+    t.node.stop_container(&a, "main");
+    t.wait(&a, 10);
+    t.node.remove_task(&a).unwrap();
+    std::fs::remove_file(&marker).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    let nprocs: usize = lines[0].trim().parse().unwrap();
+    assert!(
+        nprocs <= 4,
+        "only the task's own processes are visible, saw {nprocs}: {out}"
+    );
+    assert!(!out.contains("HOSTVISIBLE"), "host files must not be reachable: {out}");
+    assert!(
+        !out.contains("AVISIBLE"),
+        "another task's files must not be reachable: {out}"
+    );
+    assert!(
+        out.contains("sh -c ls -d /proc"),
+        "pid 1 is the task's own command: {out}"
+    );
+    assert!(!out.contains("MOUNTOK"), "mount must be refused: {out}");
+}
+
+#[test]
+fn stop_kills_a_task_that_ignores_sigterm_after_the_timeout() {
+    let t = TestNode::new();
+    let task = t.start(
+        &t.image,
+        sh("trap 'echo ignoring' TERM; while :; do sleep 0.1; done"),
+        Duration::from_secs(2),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    t.node.stop_container(&task, "main");
+    let e = t.wait(&task, 20);
+    let took = t0.elapsed();
+    let (out, _) = t.logs(&task);
+    t.node.remove_task(&task).unwrap();
+    assert!(e.killed_after_timeout && e.exit_code == 137, "{e:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "took {took:?}"
+    );
+    assert!(out.contains("ignoring"), "the stop signal was delivered first: {out}");
+
+    // A task that honours SIGTERM stops at once with its own code.
+    let task = t.start(
+        &t.image,
+        sh("trap 'exit 3' TERM; while :; do sleep 0.1; done"),
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    t.node.stop_container(&task, "main");
+    let e = t.wait(&task, 20);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!((e.exit_code, e.killed_after_timeout), (3, false));
+    t.node.remove_task(&task).unwrap();
+}
+
+#[test]
+fn image_stop_signal_is_used() {
+    let t = TestNode::new();
+    let img = t.load(
+        "gantry-test/quit:v1",
+        &[
+            "--stop-signal",
+            "SIGQUIT",
+            "--cmd",
+            r#"["sh", "-c", "trap 'echo got quit; exit 0' QUIT; while :; do sleep 0.1; done"]"#,
+        ],
+    );
+    let task = t.start(
+        &img,
+        ContainerSpec {
+            hostname: "q".into(),
+            ..Default::default()
+        },
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    t.node.stop_container(&task, "main");
+    let e = t.wait(&task, 20);
+    let (out, _) = t.logs(&task);
+    t.node.remove_task(&task).unwrap();
+    assert_eq!((e.exit_code, out.as_str()), (0, "got quit\n"));
+}
+
+#[test]
+fn logs_keep_partial_and_binary_output() {
+    let t = TestNode::new();
+    // 40 KiB without a newline is split into partial records; binary bytes pass through.
+    let task = t.start(
+        &t.image,
+        sh("head -c 40000 /dev/zero | tr '\\0' x; printf '\\001\\377 end'"),
+        Duration::from_secs(2),
+    );
+    t.wait(&task, 10);
+    let log = std::fs::read(t.node.log_path(&task, "main")).unwrap();
+    t.node.remove_task(&task).unwrap();
+    let records: Vec<_> = log
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| gantry_runtime::shim::parse_log_line(l).unwrap())
+        .collect();
+    let partial = records.iter().filter(|r| r.partial).count();
+    assert_eq!(
+        partial, 2,
+        "40006 bytes without a newline = two 16 KiB partial records and a final one"
+    );
+    let content: Vec<u8> = records.iter().flat_map(|r| r.content.iter().copied()).collect();
+    assert_eq!(content.len(), 40006);
+    assert!(content.ends_with(b"\x01\xff end"));
+    assert!(records.iter().all(|r| r.stream == "stdout" && r.time.ends_with('Z')));
+}
+
+#[test]
+fn a_restarted_node_reattaches_to_running_containers() {
+    let t = TestNode::new();
+    let task = t.start(
+        &t.image,
+        sh("trap 'exit 5' TERM; echo up; while :; do sleep 0.1; done"),
+        Duration::from_secs(5),
+    );
+    // A fresh Node over the same directories: what an agent sees after a restart.
+    let again = Node::open(t.cfg.clone()).unwrap();
+    assert!(matches!(
+        again.container_state(&task, "main"),
+        ContainerState::Running(_)
+    ));
+    again.stop_container(&task, "main");
+    match again.wait_container(&task, "main", Some(Duration::from_secs(10))) {
+        Some(ContainerState::Exited(e)) => assert_eq!(e.exit_code, 5),
+        other => panic!("{other:?}"),
+    }
+    again.remove_task(&task).unwrap();
+}
+
+#[test]
+fn sweep_removes_what_a_crash_left_behind() {
+    let t = TestNode::new();
+    let task = t.start(&t.image, sh("sleep 300"), Duration::from_secs(2));
+    let ContainerState::Running(s) = t.node.container_state(&task, "main") else {
+        panic!("not running")
+    };
+    let sb = t.node.sandbox(&task).unwrap();
+    // Crash: the shim dies hard; the container is orphaned.
+    unsafe_kill(s.shim_pid, 9);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(matches!(t.node.container_state(&task, "main"), ContainerState::Lost));
+    let report = t.node.sweep(|_| true).unwrap();
+    assert_eq!(report.tasks_removed, 1);
+    assert!(!t.node.task_dir(&task).exists());
+    assert!(!sb.path.exists(), "netns file removed");
+    assert!(
+        gone_within(s.container_pid, Duration::from_secs(3)),
+        "orphaned container killed"
+    );
+    assert!(t.node.network().ipam().leases().unwrap().is_empty());
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{}", sb.host_veth)).exists());
+}
+
+/// True once the process is gone or a zombie (its new parent may take a moment to reap it).
+fn gone_within(pid: i32, d: Duration) -> bool {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(st)
+                if st
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z')) =>
+            {
+                return true
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
