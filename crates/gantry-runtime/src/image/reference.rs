@@ -48,7 +48,12 @@ impl Reference {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
             && (registry.as_bytes()[0].is_ascii_alphanumeric() || registry.starts_with('['));
-        if !host_ok {
+        let port_ok = match registry.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') && h.contains(':') => false,
+            Some((_, p)) => !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()),
+            None => true,
+        };
+        if !host_ok || !port_ok {
             return Err(err("registry must be a host name or address with an optional port"));
         }
         let (repository, tag) = match path.rsplit_once(':') {

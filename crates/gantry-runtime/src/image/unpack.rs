@@ -210,6 +210,20 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// Checks, without creating anything, that every parent of `rel` is a real directory.
+    fn existing_real_dirs(&self, rel: &Path) -> Result<(), String> {
+        let mut cur = self.dest.to_path_buf();
+        for c in rel.parent().unwrap_or(Path::new("")).components() {
+            cur.push(c);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => return Err(format!("traverses the symlink {:?}", c.as_os_str())),
+                _ => return Err("is not in this layer".into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Removes whatever is at `full` unless it is a directory we are about to reuse.
     fn clear(full: &Path, keep_dir: bool) -> io::Result<()> {
         match fs::symlink_metadata(full) {
@@ -300,7 +314,9 @@ impl Unpacker<'_> {
                 let Some(trel) = clean_relative(&target) else {
                     return self.refuse(&rel, format!("hardlink target {target:?} escapes the layer"));
                 };
-                self.ensure_parents(&trel)?;
+                if let Err(why) = self.existing_real_dirs(&trel) {
+                    return self.refuse(&rel, format!("hardlink target {target:?} {why}"));
+                }
                 let tfull = self.dest.join(&trel);
                 match fs::symlink_metadata(&tfull) {
                     Ok(m) if m.is_file() => {}
