@@ -1,7 +1,7 @@
 //! Hostile image layers: every escape is refused with an error naming the layer and the path,
 //! and nothing is written outside the destination. Needs root (lchown, overlay whiteouts).
 
-use gantry_runtime::image::unpack::{UnpackError, UnpackLimits, unpack_layer};
+use gantry_runtime::image::unpack::{unpack_layer, UnpackError, UnpackLimits};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -71,9 +71,16 @@ impl Sandbox {
     fn outside_untouched(&self) {
         let mut seen = Vec::new();
         walk(&self.root, &mut seen);
-        let stray: Vec<_> = seen.iter().filter(|p| !p.starts_with(&self.dest) && !p.ends_with("store") && !p.ends_with("outside")).collect();
+        let stray: Vec<_> = seen
+            .iter()
+            .filter(|p| !p.starts_with(&self.dest) && !p.ends_with("store") && !p.ends_with("outside"))
+            .collect();
         assert!(stray.is_empty(), "written outside the layer: {stray:?}");
-        assert_eq!(std::fs::read_dir(self.root.join("outside")).unwrap().count(), 0, "written into outside/");
+        assert_eq!(
+            std::fs::read_dir(self.root.join("outside")).unwrap().count(),
+            0,
+            "written into outside/"
+        );
     }
 }
 
@@ -88,11 +95,20 @@ fn walk(p: &Path, out: &mut Vec<PathBuf>) {
 
 fn assert_refused(r: Result<(), UnpackError>, path: &str, reason: &str) {
     match r {
-        Err(UnpackError::Refused { layer, path: p, reason: why }) => {
+        Err(UnpackError::Refused {
+            layer,
+            path: p,
+            reason: why,
+        }) => {
             assert_eq!(layer, "sha256:test");
             assert_eq!(p, path);
             assert!(why.contains(reason), "reason {why:?} should mention {reason:?}");
-            let msg = UnpackError::Refused { layer, path: p, reason: why }.to_string();
+            let msg = UnpackError::Refused {
+                layer,
+                path: p,
+                reason: why,
+            }
+            .to_string();
             assert!(msg.starts_with("layer sha256:test: entry"), "{msg}");
         }
         other => panic!("expected refusal of {path}, got {other:?}"),
@@ -124,7 +140,14 @@ fn writing_through_a_symlink_is_refused() {
     let s = Sandbox::new();
     let mut t = Vec::new();
     // An absolute symlink is legal (it resolves inside the container)...
-    entry(&mut t, "evil", b'2', &format!("{}/outside", s.root.display()), b"", 0o777);
+    entry(
+        &mut t,
+        "evil",
+        b'2',
+        &format!("{}/outside", s.root.display()),
+        b"",
+        0o777,
+    );
     // ...but the unpacker never follows it.
     file(&mut t, "evil/pwned", b"pwned");
     assert_refused(s.unpack(&finish(t)), "evil/pwned", "traverses the symlink");
@@ -142,7 +165,11 @@ fn symlinks_climbing_out_of_the_layer_are_refused() {
 
 #[test]
 fn hardlink_escapes_are_refused() {
-    for (target, reason) in [("../outside/x", "escapes the layer"), ("/etc/passwd", "escapes the layer"), ("missing", "not in this layer")] {
+    for (target, reason) in [
+        ("../outside/x", "escapes the layer"),
+        ("/etc/passwd", "escapes the layer"),
+        ("missing", "not in this layer"),
+    ] {
         let s = Sandbox::new();
         let mut t = Vec::new();
         entry(&mut t, "hl", b'1', target, b"", 0o644);
@@ -194,7 +221,9 @@ fn decompression_bombs_hit_the_cap() {
     let data = gz.finish().unwrap();
     assert!(data.len() < 1 << 20);
     match s.unpack(&data) {
-        Err(e @ UnpackError::TooLarge { .. }) => assert!(e.to_string().contains("exceeds the limit of 10485760 bytes"), "{e}"),
+        Err(e @ UnpackError::TooLarge { .. }) => {
+            assert!(e.to_string().contains("exceeds the limit of 10485760 bytes"), "{e}")
+        }
         other => panic!("expected TooLarge, got {other:?}"),
     }
     s.outside_untouched();
@@ -233,7 +262,18 @@ fn whiteouts_become_overlay_whiteouts() {
     let mut buf = [0u8; 8];
     let name = std::ffi::CString::new(s.dest.join("dir").to_str().unwrap()).unwrap();
     // SAFETY: valid path and buffer.
-    let n = unsafe { libc::lgetxattr(name.as_ptr(), c"trusted.overlay.opaque".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::lgetxattr(
+            name.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     assert_eq!(&buf[..n.max(0) as usize], b"y");
-    assert_eq!(std::fs::metadata(s.dest.join("setuid")).unwrap().mode() & 0o7777, 0o4755, "modes kept");
+    assert_eq!(
+        std::fs::metadata(s.dest.join("setuid")).unwrap().mode() & 0o7777,
+        0o4755,
+        "modes kept"
+    );
 }

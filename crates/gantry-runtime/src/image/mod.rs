@@ -519,10 +519,17 @@ impl ImageStore {
                 }
             }
         }
-        // Partial downloads of crashed pulls.
+        // Partial downloads of crashed pulls; recent ones may belong to a pull in progress.
         if let Ok(rd) = fs::read_dir(self.root.join("tmp")) {
             for e in rd.flatten() {
-                let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                let stale = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| t.elapsed().unwrap_or_default() > std::time::Duration::from_secs(3600))
+                    .unwrap_or(true);
+                if stale {
+                    let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                }
             }
         }
         Ok(report)

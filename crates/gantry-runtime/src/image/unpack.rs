@@ -217,7 +217,9 @@ impl Unpacker<'_> {
             cur.push(c);
             match fs::symlink_metadata(&cur) {
                 Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => return Err(format!("traverses the symlink {:?}", c.as_os_str())),
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(format!("traverses the symlink {:?}", c.as_os_str()))
+                }
                 _ => return Err("is not in this layer".into()),
             }
         }

@@ -3,6 +3,8 @@
 //! Missing prerequisites fail loudly: these tests must never skip in CI.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use gantry_runtime::bundle::{ContainerSpec, Limits};
 use gantry_runtime::image::registry::RegistryConfig;
 use gantry_runtime::image::{ImageRecord, ImageStoreConfig, UnpackLimits};
