@@ -200,10 +200,10 @@ fn tasks_are_isolated_from_the_host_and_each_other() {
     std::fs::write(&marker, "host secret").unwrap();
     let a = t.start(
         &t.image,
-        sh("echo a-secret > /tmp/a-secret; trap 'exit 0' TERM; while :; do sleep 0.1; done"),
+        sh("echo a-secret > /tmp/a-secret; trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done"),
         Duration::from_secs(2),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    t.wait_for_output(&a, "ready");
     let (_, out, _) = t.run(
         &t.image,
         sh(&format!(
@@ -238,10 +238,10 @@ fn stop_kills_a_task_that_ignores_sigterm_after_the_timeout() {
     let t = TestNode::new();
     let task = t.start(
         &t.image,
-        sh("trap 'echo ignoring' TERM; while :; do sleep 0.1; done"),
+        sh("trap 'echo ignoring' TERM; echo ready; while :; do sleep 0.1; done"),
         Duration::from_secs(2),
     );
-    std::thread::sleep(Duration::from_millis(200));
+    t.wait_for_output(&task, "ready");
     let t0 = Instant::now();
     t.node.stop_container(&task, "main");
     let e = t.wait(&task, 20);
@@ -258,10 +258,10 @@ fn stop_kills_a_task_that_ignores_sigterm_after_the_timeout() {
     // A task that honours SIGTERM stops at once with its own code.
     let task = t.start(
         &t.image,
-        sh("trap 'exit 3' TERM; while :; do sleep 0.1; done"),
+        sh("trap 'exit 3' TERM; echo ready; while :; do sleep 0.1; done"),
         Duration::from_secs(30),
     );
-    std::thread::sleep(Duration::from_millis(200));
+    t.wait_for_output(&task, "ready");
     let t0 = Instant::now();
     t.node.stop_container(&task, "main");
     let e = t.wait(&task, 20);
@@ -279,7 +279,7 @@ fn image_stop_signal_is_used() {
             "--stop-signal",
             "SIGQUIT",
             "--cmd",
-            r#"["sh", "-c", "trap 'echo got quit; exit 0' QUIT; while :; do sleep 0.1; done"]"#,
+            r#"["sh", "-c", "trap 'echo got quit; exit 0' QUIT; echo ready; while :; do sleep 0.1; done"]"#,
         ],
     );
     let task = t.start(
@@ -290,12 +290,12 @@ fn image_stop_signal_is_used() {
         },
         Duration::from_secs(10),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    t.wait_for_output(&task, "ready");
     t.node.stop_container(&task, "main");
     let e = t.wait(&task, 20);
     let (out, _) = t.logs(&task);
     t.node.remove_task(&task).unwrap();
-    assert_eq!((e.exit_code, out.as_str()), (0, "got quit\n"));
+    assert_eq!((e.exit_code, out.as_str()), (0, "ready\ngot quit\n"));
 }
 
 #[test]
@@ -331,9 +331,10 @@ fn a_restarted_node_reattaches_to_running_containers() {
     let t = TestNode::new();
     let task = t.start(
         &t.image,
-        sh("trap 'exit 5' TERM; echo up; while :; do sleep 0.1; done"),
+        sh("trap 'exit 5' TERM; echo ready; while :; do sleep 0.1; done"),
         Duration::from_secs(5),
     );
+    t.wait_for_output(&task, "ready");
     // A fresh Node over the same directories: what an agent sees after a restart.
     let again = Node::open(t.cfg.clone()).unwrap();
     assert!(matches!(

@@ -144,6 +144,15 @@ impl TestNode {
         (out, err)
     }
 
+    /// Waits until the task's stdout contains `needle` (e.g. a trap is installed).
+    pub fn wait_for_output(&self, task: &str, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.logs(task).0.contains(needle) {
+            assert!(std::time::Instant::now() < deadline, "task {task} never printed {needle:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn wait(&self, task: &str, secs: u64) -> gantry_runtime::shim::ContainerExit {
         match self.node.wait_container(task, "main", Some(Duration::from_secs(secs))) {
             Some(ContainerState::Exited(e)) => e,
