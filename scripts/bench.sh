@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Task start-to-exit benchmark: Gantry vs `crun run` of an equivalent bundle, interleaved in
+# one process (release build, cached image, warm namespace pool). Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-100}
+scripts/install-deps.sh
+cargo build --release --workspace
+work=$(mktemp -d /var/tmp/gantry-bench.XXXXXX)
+args=(--data-dir "$work/data" --run-dir "$work/run" --bridge gbench0 --subnet 10.216.0.0/24)
+cleanup() {
+  target/release/gantry "${args[@]}" debug sweep >/dev/null || true
+  ip link del gbench0 2>/dev/null || true
+  umount "$work/run/netns" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+python3 tests/fixtures/mkimage.py "$work/img" >/dev/null
+target/release/gantry "${args[@]}" image load "$work/img/oci" >/dev/null
+target/release/gantry "${args[@]}" debug bench --image gantry-test/busybox:latest --runs "$RUNS" -- /bin/true
