@@ -9,7 +9,11 @@ use std::path::Path;
 use std::time::Duration;
 
 fn count_lines_containing(path: &str, needle: &str) -> usize {
-    std::fs::read_to_string(path).unwrap().lines().filter(|l| l.contains(needle)).count()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
 }
 
 fn processes_mentioning(needle: &str) -> Vec<String> {
@@ -50,9 +54,15 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
     // A long-running witness: its shim's mount namespace got copies of the netns mounts that
     // existed when it started; those must go when the namespaces do, or they pin them alive.
     t.node.network().fill_pool(3).unwrap();
-    let witness = t.start(&t.image, sh("trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done"), Duration::from_secs(5));
+    let witness = t.start(
+        &t.image,
+        sh("trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done"),
+        Duration::from_secs(5),
+    );
     t.wait_for_output(&witness, "ready");
-    let ContainerState::Running(w) = t.node.container_state(&witness, "main") else { panic!("witness not running") };
+    let ContainerState::Running(w) = t.node.container_state(&witness, "main") else {
+        panic!("witness not running")
+    };
     let witness_ns = t.node.sandbox(&witness).unwrap().name;
 
     for i in 0..200 {
@@ -65,7 +75,11 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
             assert_eq!((e.exit_code, out.as_str()), (0, "cycle\n"), "cycle {i}");
         } else {
             // Long-running, stopped from outside.
-            let task = t.start(&t.image, sh("trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done"), Duration::from_secs(5));
+            let task = t.start(
+                &t.image,
+                sh("trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done"),
+                Duration::from_secs(5),
+            );
             t.wait_for_output(&task, "ready");
             t.node.stop_container(&task, "main");
             match t.node.wait_container(&task, "main", Some(Duration::from_secs(10))) {
@@ -92,10 +106,23 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
 
     // Mounts: only the netns directory's own bind mount remains.
     let mounts_after = count_lines_containing("/proc/self/mountinfo", &dir);
-    assert_eq!(mounts_after, mounts_before, "leaked mounts:\n{}", std::fs::read_to_string("/proc/self/mountinfo").unwrap());
-    assert_eq!(count_lines_containing("/proc/self/mountinfo", " overlay "), overlays_before, "leaked overlay mounts");
+    assert_eq!(
+        mounts_after,
+        mounts_before,
+        "leaked mounts:\n{}",
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+    );
+    assert_eq!(
+        count_lines_containing("/proc/self/mountinfo", " overlay "),
+        overlays_before,
+        "leaked overlay mounts"
+    );
     // Namespaces: no nsfs mount files, no veths, nothing on the bridge.
-    assert_eq!(std::fs::read_dir(&t.cfg.network.netns_dir).unwrap().count(), 0, "leaked netns files");
+    assert_eq!(
+        std::fs::read_dir(&t.cfg.network.netns_dir).unwrap().count(),
+        0,
+        "leaked netns files"
+    );
     assert_eq!(veths(), veths_before, "leaked veths");
     let brif = format!("/sys/class/net/{}/brif", t.cfg.network.bridge);
     assert_eq!(std::fs::read_dir(&brif).unwrap().count(), 0, "ports left on the bridge");
@@ -104,12 +131,25 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
     assert!(left.is_empty(), "leaked cgroups: {left:?}");
     // Leases, task dirs (upper dirs live there), runtime state.
     assert!(t.node.network().ipam().leases().unwrap().is_empty(), "leaked leases");
-    assert_eq!(std::fs::read_dir(t.cfg.data_dir.join("tasks")).unwrap().count(), 0, "leaked task dirs");
-    assert_eq!(std::fs::read_dir(t.cfg.run_dir.join("runtime")).unwrap().count(), 0, "leaked runtime state");
+    assert_eq!(
+        std::fs::read_dir(t.cfg.data_dir.join("tasks")).unwrap().count(),
+        0,
+        "leaked task dirs"
+    );
+    assert_eq!(
+        std::fs::read_dir(t.cfg.run_dir.join("runtime")).unwrap().count(),
+        0,
+        "leaked runtime state"
+    );
     // Processes: no shim or container process refers to this node's directories.
     std::thread::sleep(Duration::from_millis(200));
     let procs = processes_mentioning(&dir);
     assert!(procs.is_empty(), "leaked processes: {procs:?}");
-    assert!(open_fds() <= fds_before + 2, "fd leak: {} -> {}", fds_before, open_fds());
+    assert!(
+        open_fds() <= fds_before + 2,
+        "fd leak: {} -> {}",
+        fds_before,
+        open_fds()
+    );
     assert!(Path::new(&t.cfg.network.netns_dir).is_dir());
 }

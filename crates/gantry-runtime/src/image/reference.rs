@@ -49,7 +49,7 @@ impl Reference {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
             && (registry.as_bytes()[0].is_ascii_alphanumeric() || registry.starts_with('['));
         let port_ok = match registry.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') && h.contains(':') => false,
+            Some((h, _)) if !h.ends_with(']') && h.contains(':') => false,
             Some((_, p)) => !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()),
             None => true,
         };

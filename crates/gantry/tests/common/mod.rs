@@ -148,7 +148,10 @@ impl TestNode {
     pub fn wait_for_output(&self, task: &str, needle: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !self.logs(task).0.contains(needle) {
-            assert!(std::time::Instant::now() < deadline, "task {task} never printed {needle:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "task {task} never printed {needle:?}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
