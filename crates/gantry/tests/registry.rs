@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::registry::Registry;
+use common::registry::{Auth, Registry};
 use common::*;
 use gantry_runtime::bundle::ContainerSpec;
 use gantry_runtime::image::registry::{Credentials, RegistryConfig};
@@ -172,4 +172,20 @@ fn concurrent_pulls_of_one_image_all_succeed_and_store_each_blob_once() {
     let blobs = std::fs::read_dir(s.root().join("blobs/sha256")).unwrap().count();
     assert_eq!(blobs, 4, "manifest, config and two layers, each once");
     assert_eq!(std::fs::read_dir(s.root().join("layers")).unwrap().count(), 2);
+}
+
+#[test]
+fn bearer_token_auth_gets_a_token_from_the_realm() {
+    let t = TestNode::new();
+    let reg = Registry::start_with(Auth::Token("bob", "hunter2"));
+    let layout = build_image(&t.dir.path().join("src"), &[]);
+    reg.push(&layout, "private/tok:v1", &[]);
+    let name = format!("{}/private/tok:v1", reg.addr);
+
+    let anon = store(&t.dir.path().join("anon"), None);
+    let err = anon.pull(&name, false).unwrap_err();
+    assert!(err.to_string().contains("token service refused"), "{err}");
+    let good = store(&t.dir.path().join("good"), Some((&reg.addr, "bob", "hunter2")));
+    let rec = good.pull(&name, false).unwrap();
+    assert_eq!(rec.layers.len(), 2);
 }

@@ -396,3 +396,28 @@ fn unsafe_kill(pid: i32, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
 }
+
+#[test]
+fn runc_works_as_the_fallback_runtime() {
+    let t = TestNode::with_runtime(gantry_runtime::oci::RuntimeKind::Runc);
+    let (e, out, _) = t.run(&t.image, sh("echo from runc; exit 6"));
+    assert_eq!((e.exit_code, out.as_str()), (6, "from runc\n"));
+    let spec = sh_limited(
+        "x=$(head -c 100000000 /dev/zero | tr '\\0' a)",
+        Limits {
+            memory_mib: Some(16),
+            ..Default::default()
+        },
+    );
+    let (e, _, _) = t.run(&t.image, spec);
+    assert!(e.oom_killed && e.exit_code == 137, "{e:?}");
+    let task = t.start(
+        &t.image,
+        sh("trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done"),
+        Duration::from_secs(5),
+    );
+    t.wait_for_output(&task, "ready");
+    t.node.stop_container(&task, "main");
+    assert_eq!(t.wait(&task, 10).exit_code, 0);
+    t.node.remove_task(&task).unwrap();
+}

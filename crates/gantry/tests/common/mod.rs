@@ -77,7 +77,16 @@ pub struct TestNode {
 
 impl TestNode {
     pub fn new() -> TestNode {
+        Self::with_runtime(RuntimeKind::Crun)
+    }
+
+    pub fn with_runtime(runtime: RuntimeKind) -> TestNode {
         require_prerequisites();
+        assert!(
+            gantry_runtime::oci::find_in_path(runtime.binary()).is_some(),
+            "{} is not installed: run scripts/install-deps.sh",
+            runtime.binary()
+        );
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id() % 10000;
         let dir = tempfile::Builder::new()
@@ -87,7 +96,7 @@ impl TestNode {
         let cfg = NodeConfig {
             data_dir: dir.path().join("data"),
             run_dir: dir.path().join("run"),
-            runtime: RuntimeKind::Crun,
+            runtime,
             shim_binary: shim_binary(),
             images: ImageStoreConfig {
                 root: dir.path().join("data/images"),

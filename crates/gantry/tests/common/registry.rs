@@ -6,36 +6,129 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub enum Auth<'a> {
+    None,
+    /// htpasswd basic auth.
+    Basic(&'a str, &'a str),
+    /// Bearer tokens from a token service (tests/fixtures/token_server.py) that checks these
+    /// basic credentials.
+    Token(&'a str, &'a str),
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_listening(addr: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not come up on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed when dropped, so a failing test never leaves it running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Registry {
     pub addr: String,
-    child: Child,
+    _child: KillOnDrop,
+    _token_server: Option<KillOnDrop>,
     pub dir: tempfile::TempDir,
     pub creds: Option<(String, String)>,
 }
 
 impl Registry {
     pub fn start(auth: Option<(&str, &str)>) -> Registry {
-        for bin in ["docker-registry", "skopeo", "htpasswd"] {
+        match auth {
+            Some((u, p)) => Self::start_with(Auth::Basic(u, p)),
+            None => Self::start_with(Auth::None),
+        }
+    }
+
+    pub fn start_with(auth: Auth) -> Registry {
+        for bin in ["docker-registry", "skopeo", "htpasswd", "openssl", "python3"] {
             assert!(
                 gantry_runtime::oci::find_in_path(bin).is_some(),
                 "{bin} is not installed: run scripts/install-deps.sh"
             );
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{}", free_port());
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("storage").display()
         );
-        if let Some((u, p)) = auth {
-            let out = Command::new("htpasswd").args(["-Bbn", u, p]).output().unwrap();
-            assert!(out.status.success());
-            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
-            cfg.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: gantry-test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
-            ));
+        let mut token_server = None;
+        let mut creds = None;
+        match auth {
+            Auth::None => {}
+            Auth::Basic(u, p) => {
+                let out = Command::new("htpasswd").args(["-Bbn", u, p]).output().unwrap();
+                assert!(out.status.success());
+                std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+                cfg.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: gantry-test\n    path: {}\n",
+                    dir.path().join("htpasswd").display()
+                ));
+                creds = Some((u.to_string(), p.to_string()));
+            }
+            Auth::Token(u, p) => {
+                let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+                let st = Command::new("openssl")
+                    .args([
+                        "req",
+                        "-x509",
+                        "-newkey",
+                        "rsa:2048",
+                        "-nodes",
+                        "-days",
+                        "1",
+                        "-subj",
+                        "/CN=gantry-test-token",
+                    ])
+                    .arg("-keyout")
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&cert)
+                    .stderr(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "openssl req failed");
+                let tport = free_port();
+                let child = Command::new("python3")
+                    .arg(crate::common::repo_root().join("tests/fixtures/token_server.py"))
+                    .args([
+                        "--port",
+                        &tport.to_string(),
+                        "--user",
+                        u,
+                        "--password",
+                        p,
+                        "--issuer",
+                        "gantry-test-issuer",
+                    ])
+                    .arg("--key")
+                    .arg(&key)
+                    .arg("--cert")
+                    .arg(&cert)
+                    .spawn()
+                    .expect("starting the token server");
+                token_server = Some(KillOnDrop(child));
+                wait_listening(&format!("127.0.0.1:{tport}"), "token server");
+                cfg.push_str(&format!(
+                    "auth:\n  token:\n    realm: http://127.0.0.1:{tport}/token\n    service: gantry-test-registry\n    issuer: gantry-test-issuer\n    rootcertbundle: {}\n",
+                    cert.display()
+                ));
+                creds = Some((u.to_string(), p.to_string()));
+            }
         }
         std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
         let child = Command::new("docker-registry")
@@ -47,15 +140,12 @@ impl Registry {
             .expect("starting docker-registry");
         let r = Registry {
             addr,
-            child,
+            _child: KillOnDrop(child),
+            _token_server: token_server,
             dir,
-            creds: auth.map(|(u, p)| (u.into(), p.into())),
+            creds,
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(&r.addr).is_err() {
-            assert!(Instant::now() < deadline, "registry did not come up on {}", r.addr);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&r.addr, "registry");
         r
     }
 
@@ -83,12 +173,5 @@ impl Registry {
             "storage/docker/registry/v2/blobs/sha256/{}/{digest_hex}/data",
             &digest_hex[..2]
         ))
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
