@@ -421,3 +421,28 @@ fn runc_works_as_the_fallback_runtime() {
     assert_eq!(t.wait(&task, 10).exit_code, 0);
     t.node.remove_task(&task).unwrap();
 }
+
+#[test]
+fn containers_of_one_task_share_its_network_namespace() {
+    let t = TestNode::new();
+    let task = gantry_runtime::task::new_task_id();
+    t.node.create_task(&task, "pair").unwrap();
+    let web = sh("trap 'exit 0' TERM; httpd -f -p 8080 -h /www & echo ready; wait");
+    t.node
+        .start_container(&task, "web", &t.image, &web, Duration::from_secs(5))
+        .unwrap();
+    let client = sh("for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://127.0.0.1:8080/index.html && exit 0; sleep 0.2; done; exit 1");
+    t.node
+        .start_container(&task, "client", &t.image, &client, Duration::from_secs(5))
+        .unwrap();
+    let client_exit = match t.node.wait_container(&task, "client", Some(Duration::from_secs(20))) {
+        Some(ContainerState::Exited(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    let out = std::fs::read_to_string(t.node.log_path(&task, "client")).unwrap();
+    t.node.stop_container(&task, "web");
+    t.node.wait_container(&task, "web", Some(Duration::from_secs(10)));
+    t.node.remove_task(&task).unwrap();
+    assert_eq!(client_exit.exit_code, 0, "{out}");
+    assert!(out.contains("hello from gantry httpd"), "{out}");
+}
