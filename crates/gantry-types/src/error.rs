@@ -1,0 +1,40 @@
+//! Domain errors, one variant per ECS error type. gantry-aws maps them to `__type` and status.
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EcsError {
+    /// The request is wrong in a way the client can fix (ECS's catch-all).
+    #[error("{0}")]
+    Client(String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("{0}")]
+    ClusterNotFound(String),
+    #[error("{0}")]
+    ClusterContainsTasks(String),
+    #[error("{0}")]
+    ResourceNotFound(String),
+    #[error("{0}")]
+    Server(String),
+}
+
+impl EcsError {
+    pub fn client(m: impl Into<String>) -> EcsError {
+        EcsError::Client(m.into())
+    }
+    pub fn invalid(m: impl Into<String>) -> EcsError {
+        EcsError::InvalidParameter(m.into())
+    }
+    pub fn aws_type(&self) -> &'static str {
+        match self {
+            EcsError::Client(_) => "ClientException",
+            EcsError::InvalidParameter(_) => "InvalidParameterException",
+            EcsError::ClusterNotFound(_) => "ClusterNotFoundException",
+            EcsError::ClusterContainsTasks(_) => "ClusterContainsTasksException",
+            EcsError::ResourceNotFound(_) => "ResourceNotFoundException",
+            EcsError::Server(_) => "ServerException",
+        }
+    }
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, EcsError::Server(_))
+    }
+}

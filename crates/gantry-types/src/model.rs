@@ -1,0 +1,204 @@
+//! Clusters, tasks and containers, serialised exactly as ECS's wire shapes (camelCase,
+//! timestamps as epoch seconds, absent fields omitted).
+
+use crate::taskdef::KeyValuePair;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Tag {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterSetting {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    pub cluster_arn: String,
+    pub cluster_name: String,
+    pub status: String,
+    pub registered_container_instances_count: i64,
+    pub running_tasks_count: i64,
+    pub pending_tasks_count: i64,
+    pub active_services_count: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistics: Option<Vec<KeyValuePair>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<Tag>>,
+    #[serde(default)]
+    pub settings: Vec<ClusterSetting>,
+    #[serde(default)]
+    pub capacity_providers: Vec<String>,
+    #[serde(default)]
+    pub default_capacity_provider_strategy: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkInterface {
+    pub attachment_id: String,
+    pub private_ipv4_address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    pub container_arn: String,
+    pub task_arn: String,
+    pub name: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_id: Option<String>,
+    pub last_status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub network_bindings: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub network_interfaces: Vec<NetworkInterface>,
+    pub health_status: String,
+    pub cpu: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reservation: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub details: Vec<KeyValuePair>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub task_arn: String,
+    pub cluster_arn: String,
+    pub task_definition_arn: String,
+    pub containers: Vec<Container>,
+    pub cpu: String,
+    pub memory: String,
+    pub desired_status: String,
+    pub last_status: String,
+    pub launch_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_provider_name: Option<String>,
+    pub platform_version: String,
+    pub platform_family: String,
+    pub availability_zone: String,
+    pub connectivity: String,
+    pub created_at: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connectivity_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_started_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_stopped_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_stopped_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub version: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<Tag>>,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    #[serde(default)]
+    pub overrides: serde_json::Value,
+    pub health_status: String,
+    #[serde(default)]
+    pub enable_execute_command: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<crate::taskdef::EphemeralStorage>,
+}
+
+/// ECS's task lifecycle, in order.
+pub const LIFECYCLE: [&str; 8] = [
+    "PROVISIONING",
+    "PENDING",
+    "ACTIVATING",
+    "RUNNING",
+    "DEACTIVATING",
+    "STOPPING",
+    "DEPROVISIONING",
+    "STOPPED",
+];
+
+/// Position of a lastStatus in the lifecycle (unknown strings sort first).
+pub fn lifecycle_rank(s: &str) -> usize {
+    LIFECYCLE.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+/// A status may only move forward.
+pub fn can_move(from: &str, to: &str) -> bool {
+    lifecycle_rank(to) >= lifecycle_rank(from)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+pub mod stop_code {
+    pub const TASK_FAILED_TO_START: &str = "TaskFailedToStart";
+    pub const ESSENTIAL_CONTAINER_EXITED: &str = "EssentialContainerExited";
+    pub const USER_INITIATED: &str = "UserInitiated";
+    pub const SERVICE_SCHEDULER_INITIATED: &str = "ServiceSchedulerInitiated";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_only_moves_forward() {
+        assert!(can_move("PROVISIONING", "RUNNING"));
+        assert!(can_move("RUNNING", "STOPPED"));
+        assert!(!can_move("STOPPED", "RUNNING"));
+    }
+
+    #[test]
+    fn shapes_use_ecs_names() {
+        let t = Task {
+            task_arn: "a".into(),
+            created_at: 1.5,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["taskArn"], "a");
+        assert_eq!(v["createdAt"], 1.5);
+        assert!(v.get("stoppedAt").is_none(), "absent fields are omitted");
+    }
+}
