@@ -1,0 +1,245 @@
+//! Clusters: create (idempotent, as in ECS), describe with statistics and tags, list, update
+//! settings, delete (refused while tasks are active). The `default` cluster exists on demand.
+
+use crate::{prefix, store_err, Control};
+use gantry_store::StoreError;
+use gantry_types::arn::{cluster_name, Scope};
+use gantry_types::model::{Cluster, ClusterSetting, Failure, Tag};
+use gantry_types::taskdef::KeyValuePair;
+use gantry_types::EcsError;
+
+fn valid_cluster_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 255 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Control {
+    fn cluster_key(scope: &Scope, name: &str) -> String {
+        format!("{}clusters/{name}", prefix(scope))
+    }
+
+    pub async fn create_cluster(
+        &self,
+        scope: &Scope,
+        name: Option<&str>,
+        tags: Option<Vec<Tag>>,
+        settings: Option<Vec<ClusterSetting>>,
+    ) -> Result<Cluster, EcsError> {
+        let name = name.unwrap_or("default");
+        if !valid_cluster_name(name) {
+            return Err(EcsError::invalid(
+                "Cluster name must be 1-255 characters: letters (uppercase and lowercase), numbers, underscores and hyphens.",
+            ));
+        }
+        let key = Self::cluster_key(scope, name);
+        if let Some((existing, rev)) = self.get_json::<Cluster>(&key).await? {
+            if existing.status == "ACTIVE" {
+                return Ok(existing);
+            }
+            // An INACTIVE cluster of the same name is replaced by a new one.
+            self.store.delete(&key, Some(rev)).await.map_err(store_err)?;
+        }
+        let cluster = Cluster {
+            cluster_arn: scope.cluster_arn(name),
+            cluster_name: name.to_string(),
+            status: "ACTIVE".into(),
+            tags: Some(tags.unwrap_or_default()),
+            settings: settings.unwrap_or_else(|| {
+                vec![ClusterSetting {
+                    name: "containerInsights".into(),
+                    value: "disabled".into(),
+                }]
+            }),
+            capacity_providers: vec!["FARGATE".into(), "FARGATE_SPOT".into()],
+            ..Default::default()
+        };
+        match self
+            .store
+            .create(&key, &serde_json::to_vec(&cluster).expect("serialises"))
+            .await
+        {
+            Ok(_) => Ok(cluster),
+            Err(StoreError::AlreadyExists { .. }) => {
+                Ok(self.get_json::<Cluster>(&key).await?.map(|c| c.0).unwrap_or(cluster))
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// The named ACTIVE cluster; the `default` cluster is created on first use, as ECS does.
+    pub async fn active_cluster(&self, scope: &Scope, name_or_arn: Option<&str>) -> Result<Cluster, EcsError> {
+        let name = cluster_name(name_or_arn.unwrap_or("default"));
+        match self.get_json::<Cluster>(&Self::cluster_key(scope, name)).await? {
+            Some((c, _)) if c.status == "ACTIVE" => Ok(c),
+            _ if name == "default" => self.create_cluster(scope, Some("default"), None, None).await,
+            _ => Err(EcsError::ClusterNotFound("Cluster not found.".into())),
+        }
+    }
+
+    async fn with_counts(&self, scope: &Scope, mut c: Cluster, include: &[String]) -> Result<Cluster, EcsError> {
+        let tasks = self.list_task_records(scope, &c.cluster_name).await?;
+        c.running_tasks_count = tasks.iter().filter(|t| t.task.last_status == "RUNNING").count() as i64;
+        c.pending_tasks_count = tasks
+            .iter()
+            .filter(|t| t.task.last_status != "RUNNING" && t.task.last_status != "STOPPED")
+            .count() as i64;
+        if include.iter().any(|i| i == "STATISTICS") {
+            let stat = |n: &str, v: i64| KeyValuePair {
+                name: Some(n.into()),
+                value: Some(v.to_string()),
+            };
+            c.statistics = Some(vec![
+                stat("runningFargateTasksCount", c.running_tasks_count),
+                stat("pendingFargateTasksCount", c.pending_tasks_count),
+                stat("runningEC2TasksCount", 0),
+                stat("pendingEC2TasksCount", 0),
+                stat("activeFargateServiceCount", 0),
+                stat("drainingFargateServiceCount", 0),
+            ]);
+        }
+        if !include.iter().any(|i| i == "TAGS") {
+            c.tags = None;
+        }
+        Ok(c)
+    }
+
+    pub async fn describe_clusters(
+        &self,
+        scope: &Scope,
+        names: Option<Vec<String>>,
+        include: &[String],
+    ) -> Result<(Vec<Cluster>, Vec<Failure>), EcsError> {
+        let names = names.unwrap_or_else(|| vec!["default".into()]);
+        if names.len() > 100 {
+            return Err(EcsError::invalid("Clusters cannot have more than 100 elements."));
+        }
+        let (mut found, mut failures) = (Vec::new(), Vec::new());
+        for n in names {
+            let name = cluster_name(&n);
+            match self.get_json::<Cluster>(&Self::cluster_key(scope, name)).await? {
+                Some((c, _)) => found.push(self.with_counts(scope, c, include).await?),
+                None => failures.push(Failure {
+                    arn: Some(scope.cluster_arn(name)),
+                    reason: Some("MISSING".into()),
+                    detail: None,
+                }),
+            }
+        }
+        Ok((found, failures))
+    }
+
+    pub async fn list_clusters(
+        &self,
+        scope: &Scope,
+        next_token: Option<&str>,
+        max: Option<i64>,
+    ) -> Result<(Vec<String>, Option<String>), EcsError> {
+        let size = crate::page_size(max, 100)?;
+        let after = next_token.map(crate::decode_token).transpose()?;
+        let all = self
+            .list_json::<Cluster>(&format!("{}clusters/", prefix(scope)))
+            .await?;
+        let active: Vec<_> = all
+            .into_iter()
+            .filter(|(k, c, _)| c.status == "ACTIVE" && after.as_ref().is_none_or(|a| k > a))
+            .collect();
+        let token = (active.len() > size).then(|| crate::encode_token(&active[size - 1].0));
+        Ok((
+            active.into_iter().take(size).map(|(_, c, _)| c.cluster_arn).collect(),
+            token,
+        ))
+    }
+
+    pub async fn update_cluster_settings(
+        &self,
+        scope: &Scope,
+        name: &str,
+        settings: Vec<ClusterSetting>,
+    ) -> Result<Cluster, EcsError> {
+        let key = Self::cluster_key(scope, cluster_name(name));
+        loop {
+            let Some((mut c, rev)) = self
+                .get_json::<Cluster>(&key)
+                .await?
+                .filter(|(c, _)| c.status == "ACTIVE")
+            else {
+                return Err(EcsError::ClusterNotFound("Cluster not found.".into()));
+            };
+            for s in &settings {
+                if s.name != "containerInsights" || !["enabled", "disabled", "enhanced"].contains(&s.value.as_str()) {
+                    return Err(EcsError::invalid(format!(
+                        "Invalid cluster setting {}={}: only containerInsights (enabled, disabled, enhanced) is supported.",
+                        s.name, s.value
+                    )));
+                }
+                c.settings.retain(|x| x.name != s.name);
+                c.settings.push(s.clone());
+            }
+            match self
+                .store
+                .update(&key, &serde_json::to_vec(&c).expect("serialises"), rev)
+                .await
+            {
+                Ok(_) => return self.with_counts(scope, c, &[]).await,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+    }
+
+    pub async fn delete_cluster(&self, scope: &Scope, name: &str) -> Result<Cluster, EcsError> {
+        let name = cluster_name(name);
+        let key = Self::cluster_key(scope, name);
+        let Some((mut c, rev)) = self
+            .get_json::<Cluster>(&key)
+            .await?
+            .filter(|(c, _)| c.status == "ACTIVE")
+        else {
+            return Err(EcsError::ClusterNotFound("Cluster not found.".into()));
+        };
+        let active = self
+            .list_task_records(scope, name)
+            .await?
+            .into_iter()
+            .filter(|t| t.task.last_status != "STOPPED")
+            .count();
+        if active > 0 {
+            return Err(EcsError::ClusterContainsTasks(format!(
+                "The Cluster cannot be deleted while Tasks are active ({active} active)."
+            )));
+        }
+        c.status = "INACTIVE".into();
+        self.store
+            .update(&key, &serde_json::to_vec(&c).expect("serialises"), rev)
+            .await
+            .map_err(store_err)?;
+        Ok(c)
+    }
+
+    pub async fn set_cluster_tags(&self, scope: &Scope, name: &str, f: impl Fn(&mut Vec<Tag>)) -> Result<(), EcsError> {
+        let key = Self::cluster_key(scope, name);
+        loop {
+            let Some((mut c, rev)) = self.get_json::<Cluster>(&key).await? else {
+                return Err(EcsError::ResourceNotFound("The specified cluster is not found.".into()));
+            };
+            let mut tags = c.tags.take().unwrap_or_default();
+            f(&mut tags);
+            c.tags = Some(tags);
+            match self
+                .store
+                .update(&key, &serde_json::to_vec(&c).expect("serialises"), rev)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+    }
+
+    pub async fn cluster_tags(&self, scope: &Scope, name: &str) -> Result<Vec<Tag>, EcsError> {
+        match self.get_json::<Cluster>(&Self::cluster_key(scope, name)).await? {
+            Some((c, _)) => Ok(c.tags.unwrap_or_default()),
+            None => Err(EcsError::ResourceNotFound("The specified cluster is not found.".into())),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The control plane: ECS's clusters, task definitions and tasks as records in the store, and
+//! the operations on them. Level-triggered: the agent watches task records and moves them
+//! through the lifecycle; every write is compare-and-swap on the record's revision.
+
+mod clusters;
+mod taskdefs;
+mod tasks;
+
+pub use tasks::{RunTaskRequest, TaskRecord, TaskSpecContainer};
+
+use gantry_store::{Store, StoreError};
+use gantry_types::arn::Scope;
+use gantry_types::EcsError;
+use std::sync::Arc;
+
+/// Time comes in through here so tests can fix it.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+pub fn store_err(e: StoreError) -> EcsError {
+    EcsError::Server(format!("state store: {e}"))
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut b = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom is readable");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[derive(Clone)]
+pub struct Control {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// The node tasks are placed on (single-node `gantry dev`).
+    pub node: String,
+}
+
+pub(crate) fn prefix(scope: &Scope) -> String {
+    format!("/ecs/{}/{}/", scope.account, scope.region)
+}
+
+impl Control {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, node: &str) -> Control {
+        Control {
+            store,
+            clock,
+            node: node.to_string(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> f64 {
+        self.clock.now_ms() as f64 / 1000.0
+    }
+
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, i64)>, EcsError> {
+        match self.store.get(key).await.map_err(store_err)? {
+            None => Ok(None),
+            Some(kv) => {
+                let v = serde_json::from_slice(&kv.value)
+                    .map_err(|e| EcsError::Server(format!("corrupt record {key}: {e}")))?;
+                Ok(Some((v, kv.mod_revision)))
+            }
+        }
+    }
+
+    pub(crate) async fn list_json<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T, i64)>, EcsError> {
+        let (kvs, _) = self.store.list(prefix).await.map_err(store_err)?;
+        kvs.into_iter()
+            .map(|kv| {
+                let v = serde_json::from_slice(&kv.value)
+                    .map_err(|e| EcsError::Server(format!("corrupt record {}: {e}", kv.key)))?;
+                Ok((kv.key, v, kv.mod_revision))
+            })
+            .collect()
+    }
+}
+
+/// Pagination tokens: the last key returned, opaque to clients.
+pub(crate) fn encode_token(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn decode_token(t: &str) -> Result<String, EcsError> {
+    let bad = || EcsError::invalid("Invalid nextToken.");
+    if t.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes: Result<Vec<u8>, _> = (0..t.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&t[i..i + 2], 16))
+        .collect();
+    String::from_utf8(bytes.map_err(|_| bad())?).map_err(|_| bad())
+}
+
+/// maxResults as ECS bounds it.
+pub(crate) fn page_size(max: Option<i64>, default: i64) -> Result<usize, EcsError> {
+    match max {
+        None => Ok(default as usize),
+        Some(n) if (1..=100).contains(&n) => Ok(n as usize),
+        Some(_) => Err(EcsError::invalid("maxResults must be between 1 and 100.")),
+    }
+}

@@ -1,0 +1,556 @@
+//! Tasks: RunTask creates PROVISIONING records placed on the node; the agent moves them
+//! through the lifecycle; StopTask sets desiredStatus STOPPED. Every change bumps `version`.
+
+use crate::{prefix, random_hex, store_err, Control};
+use gantry_store::StoreError;
+use gantry_types::arn::{task_id, Scope};
+use gantry_types::fargate;
+use gantry_types::model::{stop_code, Attachment, Container, Failure, Tag, Task};
+use gantry_types::taskdef::{ContainerDefinition, KeyValuePair};
+use gantry_types::EcsError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A container as the agent runs it: its definition with RunTask's overrides applied.
+pub type TaskSpecContainer = ContainerDefinition;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskRecord {
+    pub task: Task,
+    pub cluster: String,
+    pub node: String,
+    pub containers: Vec<TaskSpecContainer>,
+    pub cpu_units: i64,
+    pub memory_mib: i64,
+    #[serde(default)]
+    pub account: String,
+    #[serde(default)]
+    pub region: String,
+}
+
+impl TaskRecord {
+    pub fn id(&self) -> &str {
+        task_id(&self.task.task_arn)
+    }
+    pub fn scope(&self) -> Scope {
+        Scope {
+            account: self.account.clone(),
+            region: self.region.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerOverride {
+    pub name: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub environment: Option<Vec<KeyValuePair>>,
+    pub cpu: Option<i64>,
+    pub memory: Option<i64>,
+    pub memory_reservation: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOverride {
+    pub container_overrides: Option<Vec<ContainerOverride>>,
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub ephemeral_storage: Option<gantry_types::taskdef::EphemeralStorage>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RunTaskRequest {
+    pub cluster: Option<String>,
+    pub task_definition: Option<String>,
+    pub count: Option<i64>,
+    pub launch_type: Option<String>,
+    pub capacity_provider_strategy: Option<Vec<Value>>,
+    pub network_configuration: Option<Value>,
+    pub overrides: Option<Value>,
+    pub started_by: Option<String>,
+    pub group: Option<String>,
+    pub tags: Option<Vec<Tag>>,
+    pub client_token: Option<String>,
+    pub platform_version: Option<String>,
+    pub enable_execute_command: Option<bool>,
+}
+
+const MAX_STARTED_BY: usize = 128;
+
+impl Control {
+    fn task_key(scope: &Scope, cluster: &str, id: &str) -> String {
+        format!("{}tasks/{cluster}/{id}", prefix(scope))
+    }
+
+    pub(crate) async fn list_task_records(&self, scope: &Scope, cluster: &str) -> Result<Vec<TaskRecord>, EcsError> {
+        Ok(self
+            .list_json::<TaskRecord>(&format!("{}tasks/{cluster}/", prefix(scope)))
+            .await?
+            .into_iter()
+            .map(|(_, r, _)| r)
+            .collect())
+    }
+
+    /// Every task record in the store with its key and revision (for the agent).
+    pub async fn all_tasks(&self) -> Result<Vec<(String, TaskRecord, i64)>, EcsError> {
+        let all = self.list_json::<Value>("/ecs/").await?;
+        Ok(all
+            .into_iter()
+            .filter(|(k, _, _)| k.contains("/tasks/"))
+            .filter_map(|(k, v, r)| serde_json::from_value(v).ok().map(|t| (k, t, r)))
+            .collect())
+    }
+
+    pub fn key_of(rec: &TaskRecord) -> String {
+        Self::task_key(&rec.scope(), &rec.cluster, rec.id())
+    }
+
+    /// Read-modify-write of a task record; `f` returns false to leave it unchanged. Bumps
+    /// `version` on every change. Returns the record as stored.
+    pub async fn update_task(
+        &self,
+        key: &str,
+        mut f: impl FnMut(&mut TaskRecord) -> bool,
+    ) -> Result<Option<TaskRecord>, EcsError> {
+        loop {
+            let Some((mut rec, rev)) = self.get_json::<TaskRecord>(key).await? else {
+                return Ok(None);
+            };
+            let before = rec.clone();
+            if !f(&mut rec) || rec == before {
+                return Ok(Some(rec));
+            }
+            rec.task.version += 1;
+            match self
+                .store
+                .update(key, &serde_json::to_vec(&rec).expect("serialises"), rev)
+                .await
+            {
+                Ok(_) => return Ok(Some(rec)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+    }
+
+    pub async fn run_task(&self, scope: &Scope, req: RunTaskRequest) -> Result<(Vec<Task>, Vec<Failure>), EcsError> {
+        let count = req.count.unwrap_or(1);
+        if !(1..=10).contains(&count) {
+            return Err(EcsError::invalid("count must be between 1 and 10."));
+        }
+        if req.launch_type.is_some() && req.capacity_provider_strategy.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(EcsError::invalid(
+                "Specifying both a launch type and capacity provider strategy is not supported.",
+            ));
+        }
+        let mut capacity_provider = None;
+        match req.launch_type.as_deref() {
+            None | Some("FARGATE") => {}
+            Some(other) => {
+                return Err(EcsError::invalid(format!(
+                    "Gantry runs tasks on FARGATE only; launchType {other} is not supported."
+                )));
+            }
+        }
+        if let Some(cps) = &req.capacity_provider_strategy {
+            for cp in cps {
+                let name = cp["capacityProvider"].as_str().unwrap_or("");
+                if name != "FARGATE" && name != "FARGATE_SPOT" {
+                    return Err(EcsError::invalid(format!(
+                        "The specified capacity provider strategy cannot contain a capacity provider that is not associated with the cluster: {name}."
+                    )));
+                }
+                capacity_provider.get_or_insert(name.to_string());
+            }
+        }
+        if let Some(s) = &req.started_by {
+            if s.len() > MAX_STARTED_BY {
+                return Err(EcsError::invalid("startedBy can be up to 128 characters."));
+            }
+        }
+        let awsvpc = req
+            .network_configuration
+            .as_ref()
+            .and_then(|n| n.get("awsvpcConfiguration"));
+        let Some(awsvpc) = awsvpc else {
+            return Err(EcsError::invalid(
+                "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
+            ));
+        };
+        let subnets = awsvpc["subnets"].as_array().cloned().unwrap_or_default();
+        if subnets.is_empty() || subnets.len() > 16 {
+            return Err(EcsError::invalid(
+                "subnets can not be empty and can have at most 16 items.",
+            ));
+        }
+        let subnet = subnets[0].as_str().unwrap_or("subnet-gantry").to_string();
+        let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
+        let td_ref = req
+            .task_definition
+            .as_deref()
+            .ok_or_else(|| EcsError::invalid("taskDefinition can not be blank."))?;
+        let (td, _, _) = self.task_definition(scope, td_ref).await?;
+        if td.status() != "ACTIVE" {
+            return Err(EcsError::client("TaskDefinition is inactive"));
+        }
+        if let Some(token) = &req.client_token {
+            if token.is_empty() || token.len() > 64 {
+                return Err(EcsError::invalid("clientToken must be 1 to 64 characters."));
+            }
+            let tkey = format!("{}client-tokens/{token}", prefix(scope));
+            if let Some((arns, _)) = self.get_json::<Vec<String>>(&tkey).await? {
+                let (tasks, _) = self
+                    .describe_tasks(scope, Some(&cluster.cluster_name), &arns, &[])
+                    .await?;
+                return Ok((tasks, vec![]));
+            }
+        }
+        let def: Vec<ContainerDefinition> = serde_json::from_value(td.definition["containerDefinitions"].clone())
+            .map_err(|e| EcsError::Server(format!("stored task definition is corrupt: {e}")))?;
+        let overrides: TaskOverride = match &req.overrides {
+            Some(o) => {
+                serde_json::from_value(o.clone()).map_err(|e| EcsError::invalid(format!("Invalid overrides: {e}")))?
+            }
+            None => TaskOverride::default(),
+        };
+        let mut cpu = td.definition["cpu"]
+            .as_str()
+            .and_then(fargate::parse_cpu)
+            .unwrap_or(256);
+        let mut memory = td.definition["memory"]
+            .as_str()
+            .and_then(fargate::parse_memory)
+            .unwrap_or(512);
+        if let Some(c) = &overrides.cpu {
+            cpu = fargate::parse_cpu(c).ok_or_else(|| EcsError::invalid(format!("Invalid cpu override {c:?}.")))?;
+        }
+        if let Some(m) = &overrides.memory {
+            memory =
+                fargate::parse_memory(m).ok_or_else(|| EcsError::invalid(format!("Invalid memory override {m:?}.")))?;
+        }
+        if !fargate::is_valid_size(cpu, memory) {
+            return Err(EcsError::client(format!(
+                "No Fargate configuration exists for given values: {cpu} CPU, {memory} memory. See the Amazon ECS documentation for the valid values."
+            )));
+        }
+        if let Some(e) = &overrides.ephemeral_storage {
+            if !(21..=200).contains(&e.size_in_gi_b) {
+                return Err(EcsError::invalid(
+                    "ephemeralStorage sizeInGiB must be between 21 and 200.",
+                ));
+            }
+        }
+        let mut containers = def.clone();
+        for o in overrides.container_overrides.iter().flatten() {
+            let name = o.name.as_deref().unwrap_or("");
+            let c = containers.iter_mut().find(|c| c.name() == name).ok_or_else(|| {
+                EcsError::invalid(format!(
+                    "Override for container named {name} is not a container in the TaskDefinition."
+                ))
+            })?;
+            if let Some(cmd) = &o.command {
+                c.command = Some(cmd.clone());
+            }
+            if let Some(env) = &o.environment {
+                let mut merged = c.environment.clone().unwrap_or_default();
+                for kv in env {
+                    merged.retain(|e| e.name != kv.name);
+                    merged.push(kv.clone());
+                }
+                c.environment = Some(merged);
+            }
+            if o.cpu.is_some() {
+                c.cpu = o.cpu;
+            }
+            if o.memory.is_some() {
+                c.memory = o.memory;
+            }
+            if o.memory_reservation.is_some() {
+                c.memory_reservation = o.memory_reservation;
+            }
+        }
+        let td_arn = td.definition["taskDefinitionArn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let now = self.now();
+        let mut tasks = Vec::new();
+        for _ in 0..count {
+            let id = random_hex(16);
+            let task_arn = scope.task_arn(&cluster.cluster_name, &id);
+            let attachment_id = format!(
+                "{}-{}-{}-{}-{}",
+                random_hex(4),
+                random_hex(2),
+                random_hex(2),
+                random_hex(2),
+                random_hex(6)
+            );
+            let task = Task {
+                task_arn: task_arn.clone(),
+                cluster_arn: cluster.cluster_arn.clone(),
+                task_definition_arn: td_arn.clone(),
+                containers: containers
+                    .iter()
+                    .map(|c| Container {
+                        container_arn: scope.container_arn(&cluster.cluster_name, &id, &random_hex(16)),
+                        task_arn: task_arn.clone(),
+                        name: c.name().to_string(),
+                        image: c.image.clone().unwrap_or_default(),
+                        last_status: "PENDING".into(),
+                        health_status: "UNKNOWN".into(),
+                        cpu: c.cpu.unwrap_or(0).to_string(),
+                        memory: c.memory.map(|m| m.to_string()),
+                        memory_reservation: c.memory_reservation.map(|m| m.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                cpu: cpu.to_string(),
+                memory: memory.to_string(),
+                desired_status: "RUNNING".into(),
+                last_status: "PROVISIONING".into(),
+                launch_type: if capacity_provider.is_some() {
+                    String::new()
+                } else {
+                    "FARGATE".into()
+                },
+                capacity_provider_name: capacity_provider.clone(),
+                platform_version: req
+                    .platform_version
+                    .clone()
+                    .filter(|p| p != "LATEST")
+                    .unwrap_or_else(|| "1.4.0".into()),
+                platform_family: "Linux".into(),
+                availability_zone: format!("{}a", scope.region),
+                connectivity: "CONNECTING".into(),
+                created_at: now,
+                started_by: req.started_by.clone(),
+                group: Some(
+                    req.group
+                        .clone()
+                        .unwrap_or_else(|| format!("family:{}", td.definition["family"].as_str().unwrap_or(""))),
+                ),
+                version: 1,
+                tags: Some(req.tags.clone().unwrap_or_default()),
+                attachments: vec![Attachment {
+                    id: attachment_id,
+                    kind: "ElasticNetworkInterface".into(),
+                    status: "PRECREATED".into(),
+                    details: vec![KeyValuePair {
+                        name: Some("subnetId".into()),
+                        value: Some(subnet.clone()),
+                    }],
+                }],
+                overrides: req.overrides.clone().unwrap_or_else(
+                    || serde_json::json!({"containerOverrides": [], "inferenceAcceleratorOverrides": []}),
+                ),
+                health_status: "UNKNOWN".into(),
+                enable_execute_command: req.enable_execute_command.unwrap_or(false),
+                ephemeral_storage: Some(
+                    overrides
+                        .ephemeral_storage
+                        .clone()
+                        .unwrap_or(gantry_types::taskdef::EphemeralStorage { size_in_gi_b: 20 }),
+                ),
+                ..Default::default()
+            };
+            // ECS fills the launch type even with a capacity provider strategy.
+            let mut task = task;
+            if task.launch_type.is_empty() {
+                task.launch_type = "FARGATE".into();
+            }
+            let rec = TaskRecord {
+                task: task.clone(),
+                cluster: cluster.cluster_name.clone(),
+                node: self.node.clone(),
+                containers: containers.clone(),
+                cpu_units: cpu,
+                memory_mib: memory,
+                account: scope.account.clone(),
+                region: scope.region.clone(),
+            };
+            self.store
+                .create(
+                    &Self::task_key(scope, &cluster.cluster_name, &id),
+                    &serde_json::to_vec(&rec).expect("serialises"),
+                )
+                .await
+                .map_err(store_err)?;
+            tasks.push(task);
+        }
+        if let Some(token) = &req.client_token {
+            let arns: Vec<String> = tasks.iter().map(|t| t.task_arn.clone()).collect();
+            let _ = self
+                .store
+                .create(
+                    &format!("{}client-tokens/{token}", prefix(scope)),
+                    &serde_json::to_vec(&arns).expect("serialises"),
+                )
+                .await;
+        }
+        for t in &mut tasks {
+            t.tags = None;
+        }
+        Ok((tasks, vec![]))
+    }
+
+    pub async fn describe_tasks(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        ids: &[String],
+        include: &[String],
+    ) -> Result<(Vec<Task>, Vec<Failure>), EcsError> {
+        if ids.is_empty() || ids.len() > 100 {
+            return Err(EcsError::invalid(
+                "Tasks cannot be empty and can have at most 100 items.",
+            ));
+        }
+        let cluster = self.active_cluster(scope, cluster).await?;
+        let (mut found, mut failures) = (Vec::new(), Vec::new());
+        for i in ids {
+            let id = task_id(i);
+            match self
+                .get_json::<TaskRecord>(&Self::task_key(scope, &cluster.cluster_name, id))
+                .await?
+            {
+                Some((mut rec, _)) => {
+                    if !include.iter().any(|x| x == "TAGS") {
+                        rec.task.tags = None;
+                    }
+                    found.push(rec.task)
+                }
+                None => failures.push(Failure {
+                    arn: Some(if i.starts_with("arn:") {
+                        i.clone()
+                    } else {
+                        scope.task_arn(&cluster.cluster_name, id)
+                    }),
+                    reason: Some("MISSING".into()),
+                    detail: None,
+                }),
+            }
+        }
+        Ok((found, failures))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn list_tasks(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        family: Option<&str>,
+        started_by: Option<&str>,
+        desired_status: Option<&str>,
+        next_token: Option<&str>,
+        max: Option<i64>,
+    ) -> Result<(Vec<String>, Option<String>), EcsError> {
+        let desired = desired_status.unwrap_or("RUNNING");
+        if !["RUNNING", "PENDING", "STOPPED"].contains(&desired) {
+            return Err(EcsError::invalid("desiredStatus must be RUNNING, PENDING or STOPPED."));
+        }
+        let size = crate::page_size(max, 100)?;
+        let cluster = self.active_cluster(scope, cluster).await?;
+        let after = next_token.map(crate::decode_token).transpose()?;
+        let mut all = self
+            .list_json::<TaskRecord>(&format!("{}tasks/{}/", prefix(scope), cluster.cluster_name))
+            .await?;
+        all.retain(|(k, r, _)| {
+            let status_ok = match desired {
+                "STOPPED" => r.task.desired_status == "STOPPED",
+                "PENDING" => r.task.desired_status == "RUNNING" && r.task.last_status != "RUNNING",
+                _ => r.task.desired_status == "RUNNING",
+            };
+            let fam_ok = family.is_none_or(|f| {
+                r.task.group.as_deref() == Some(&format!("family:{f}"))
+                    || r.task.task_definition_arn.contains(&format!("task-definition/{f}:"))
+            });
+            let by_ok = started_by.is_none_or(|s| r.task.started_by.as_deref() == Some(s));
+            status_ok && fam_ok && by_ok && after.as_ref().is_none_or(|a| k > a)
+        });
+        let token = (all.len() > size).then(|| crate::encode_token(&all[size - 1].0));
+        Ok((
+            all.into_iter().take(size).map(|(_, r, _)| r.task.task_arn).collect(),
+            token,
+        ))
+    }
+
+    pub async fn stop_task(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        task: &str,
+        reason: Option<&str>,
+    ) -> Result<Task, EcsError> {
+        if reason.is_some_and(|r| r.len() > 255) {
+            return Err(EcsError::invalid("reason can be up to 255 characters."));
+        }
+        let cluster = self.active_cluster(scope, cluster).await?;
+        let key = Self::task_key(scope, &cluster.cluster_name, task_id(task));
+        let now = self.now();
+        let rec = self
+            .update_task(&key, |r| {
+                if r.task.desired_status == "STOPPED" {
+                    return false;
+                }
+                r.task.desired_status = "STOPPED".into();
+                r.task.stopping_at.get_or_insert(now);
+                r.task.stop_code = Some(stop_code::USER_INITIATED.into());
+                r.task.stopped_reason = Some(
+                    reason
+                        .map(str::to_string)
+                        .unwrap_or_else(|| "Task stopped by user".into()),
+                );
+                true
+            })
+            .await?
+            .ok_or_else(|| EcsError::invalid("The referenced task was not found."))?;
+        let mut t = rec.task;
+        t.tags = None;
+        Ok(t)
+    }
+
+    pub async fn set_task_tags(
+        &self,
+        scope: &Scope,
+        cluster: &str,
+        id: &str,
+        f: impl Fn(&mut Vec<Tag>),
+    ) -> Result<(), EcsError> {
+        let key = Self::task_key(scope, cluster, id);
+        let r = self
+            .update_task(&key, |r| {
+                let mut tags = r.task.tags.take().unwrap_or_default();
+                f(&mut tags);
+                r.task.tags = Some(tags);
+                true
+            })
+            .await?;
+        r.map(|_| ())
+            .ok_or_else(|| EcsError::ResourceNotFound("The specified task is not found.".into()))
+    }
+
+    pub async fn task_tags(&self, scope: &Scope, cluster: &str, id: &str) -> Result<Vec<Tag>, EcsError> {
+        match self.get_json::<TaskRecord>(&Self::task_key(scope, cluster, id)).await? {
+            Some((r, _)) => Ok(r.task.tags.unwrap_or_default()),
+            None => Err(EcsError::ResourceNotFound("The specified task is not found.".into())),
+        }
+    }
+
+    /// Deletes STOPPED tasks older than `keep_secs` (ECS keeps them visible about an hour).
+    pub async fn expire_stopped_tasks(&self, keep_secs: f64) -> Result<usize, EcsError> {
+        let now = self.now();
+        let mut n = 0;
+        for (key, rec, rev) in self.all_tasks().await? {
+            if rec.task.last_status == "STOPPED" && rec.task.stopped_at.is_some_and(|t| now - t > keep_secs) {
+                if self.store.delete(&key, Some(rev)).await.is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
