@@ -1,0 +1,309 @@
+//! Amazon ECS operations (AWS JSON 1.1, target prefix AmazonEC2ContainerServiceV20141113).
+//! Inputs and outputs are shaped as botocore's ECS model defines them.
+
+use crate::server::{Api, ApiError};
+use gantry_types::arn::Scope;
+use gantry_types::model::{ClusterSetting, Tag};
+use gantry_types::EcsError;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+fn field<T: DeserializeOwned>(input: &Value, name: &str) -> Result<Option<T>, ApiError> {
+    match input.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| ApiError::client("InvalidParameterException", format!("Invalid value for {name}: {e}"))),
+    }
+}
+
+fn required<T: DeserializeOwned>(input: &Value, name: &str) -> Result<T, ApiError> {
+    field(input, name)?
+        .ok_or_else(|| ApiError::client("InvalidParameterException", format!("{name} can not be blank.")))
+}
+
+fn validate_tags(tags: &[Tag]) -> Result<(), EcsError> {
+    if tags.len() > 50 {
+        return Err(EcsError::invalid("A resource can have at most 50 tags."));
+    }
+    for t in tags {
+        let k = t.key.as_deref().unwrap_or("");
+        if k.is_empty() || k.len() > 128 {
+            return Err(EcsError::invalid("Tag keys must be 1-128 characters."));
+        }
+        if t.value.as_deref().unwrap_or("").len() > 256 {
+            return Err(EcsError::invalid("Tag values can be at most 256 characters."));
+        }
+        if k.to_ascii_lowercase().starts_with("aws:") {
+            return Err(EcsError::invalid(
+                "Tag keys may not start with the reserved prefix aws:.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+const ACCOUNT_SETTINGS: &[(&str, &str)] = &[
+    ("serviceLongArnFormat", "enabled"),
+    ("taskLongArnFormat", "enabled"),
+    ("containerInstanceLongArnFormat", "enabled"),
+    ("awsvpcTrunking", "disabled"),
+    ("containerInsights", "disabled"),
+    ("fargateFIPSMode", "disabled"),
+    ("tagResourceAuthorization", "on"),
+    ("fargateTaskRetirementWaitPeriod", "7"),
+    ("guardDutyActivate", "off"),
+    ("defaultLogDriverMode", "non-blocking"),
+];
+
+/// What a resource ARN names: (kind, cluster, id).
+fn parse_resource_arn(scope: &Scope, arn: &str) -> Result<(&'static str, String, String), EcsError> {
+    let prefix = format!("arn:aws:ecs:{}:{}:", scope.region, scope.account);
+    let rest = arn
+        .strip_prefix(&prefix)
+        .ok_or_else(|| EcsError::invalid(format!("Invalid resource ARN {arn:?} for this account and region.")))?;
+    if let Some(name) = rest.strip_prefix("cluster/") {
+        return Ok(("cluster", name.to_string(), String::new()));
+    }
+    if let Some(td) = rest.strip_prefix("task-definition/") {
+        return Ok(("task-definition", String::new(), td.to_string()));
+    }
+    if let Some(t) = rest.strip_prefix("task/") {
+        if let Some((c, id)) = t.split_once('/') {
+            return Ok(("task", c.to_string(), id.to_string()));
+        }
+    }
+    Err(EcsError::invalid(format!("Unsupported resource ARN {arn:?}.")))
+}
+
+pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Value, ApiError> {
+    let c = &api.control;
+    Ok(match op {
+        "CreateCluster" => {
+            let tags: Option<Vec<Tag>> = field(&input, "tags")?;
+            if let Some(t) = &tags {
+                validate_tags(t)?;
+            }
+            let name: Option<String> = field(&input, "clusterName")?;
+            let settings: Option<Vec<ClusterSetting>> = field(&input, "settings")?;
+            let cl = c.create_cluster(scope, name.as_deref(), tags, settings).await?;
+            json!({"cluster": cl})
+        }
+        "DescribeClusters" => {
+            let include: Vec<String> = field(&input, "include")?.unwrap_or_default();
+            let (clusters, failures) = c.describe_clusters(scope, field(&input, "clusters")?, &include).await?;
+            json!({"clusters": clusters, "failures": failures})
+        }
+        "ListClusters" => {
+            let token: Option<String> = field(&input, "nextToken")?;
+            let (arns, next) = c
+                .list_clusters(scope, token.as_deref(), field(&input, "maxResults")?)
+                .await?;
+            json!({"clusterArns": arns, "nextToken": next})
+        }
+        "UpdateCluster" => {
+            let name: String = required(&input, "cluster")?;
+            let settings: Vec<ClusterSetting> = field(&input, "settings")?.unwrap_or_default();
+            json!({"cluster": c.update_cluster_settings(scope, &name, settings).await?})
+        }
+        "UpdateClusterSettings" => {
+            let name: String = required(&input, "cluster")?;
+            let settings: Vec<ClusterSetting> = required(&input, "settings")?;
+            json!({"cluster": c.update_cluster_settings(scope, &name, settings).await?})
+        }
+        "DeleteCluster" => {
+            let name: String = required(&input, "cluster")?;
+            json!({"cluster": c.delete_cluster(scope, &name).await?})
+        }
+        "RegisterTaskDefinition" => {
+            if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
+                validate_tags(&t)?;
+            }
+            let rec = c.register_task_definition(scope, input).await?;
+            json!({"taskDefinition": rec.definition, "tags": rec.tags})
+        }
+        "DescribeTaskDefinition" => {
+            let r: String = required(&input, "taskDefinition")?;
+            let include: Vec<String> = field(&input, "include")?.unwrap_or_default();
+            let (rec, _, _) = c.task_definition(scope, &r).await?;
+            let mut out = json!({"taskDefinition": rec.definition});
+            if include.iter().any(|i| i == "TAGS") {
+                out["tags"] = json!(rec.tags);
+            }
+            out
+        }
+        "ListTaskDefinitions" => {
+            let fam: Option<String> = field(&input, "familyPrefix")?;
+            let status: Option<String> = field(&input, "status")?;
+            let sort: Option<String> = field(&input, "sort")?;
+            let token: Option<String> = field(&input, "nextToken")?;
+            let (arns, next) = c
+                .list_task_definitions(
+                    scope,
+                    fam.as_deref(),
+                    status.as_deref(),
+                    sort.as_deref(),
+                    token.as_deref(),
+                    field(&input, "maxResults")?,
+                )
+                .await?;
+            json!({"taskDefinitionArns": arns, "nextToken": next})
+        }
+        "ListTaskDefinitionFamilies" => {
+            let fam: Option<String> = field(&input, "familyPrefix")?;
+            let status: Option<String> = field(&input, "status")?;
+            let token: Option<String> = field(&input, "nextToken")?;
+            let (families, next) = c
+                .list_task_definition_families(
+                    scope,
+                    fam.as_deref(),
+                    status.as_deref(),
+                    token.as_deref(),
+                    field(&input, "maxResults")?,
+                )
+                .await?;
+            json!({"families": families, "nextToken": next})
+        }
+        "DeregisterTaskDefinition" => {
+            let r: String = required(&input, "taskDefinition")?;
+            json!({"taskDefinition": c.deregister_task_definition(scope, &r).await?.definition})
+        }
+        "DeleteTaskDefinitions" => {
+            let refs: Vec<String> = required(&input, "taskDefinitions")?;
+            let (ok, failures) = c.delete_task_definitions(scope, &refs).await?;
+            let defs: Vec<Value> = ok.into_iter().map(|r| r.definition).collect();
+            json!({"taskDefinitions": defs, "failures": failures})
+        }
+        "RunTask" => {
+            if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
+                validate_tags(&t)?;
+            }
+            let req = serde_json::from_value(input)
+                .map_err(|e| ApiError::client("InvalidParameterException", format!("Invalid RunTask request: {e}")))?;
+            let (tasks, failures) = c.run_task(scope, req).await?;
+            json!({"tasks": tasks, "failures": failures})
+        }
+        "DescribeTasks" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let tasks: Vec<String> = required(&input, "tasks")?;
+            let include: Vec<String> = field(&input, "include")?.unwrap_or_default();
+            let (found, failures) = c.describe_tasks(scope, cluster.as_deref(), &tasks, &include).await?;
+            json!({"tasks": found, "failures": failures})
+        }
+        "ListTasks" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let family: Option<String> = field(&input, "family")?;
+            let started_by: Option<String> = field(&input, "startedBy")?;
+            let desired: Option<String> = field(&input, "desiredStatus")?;
+            let token: Option<String> = field(&input, "nextToken")?;
+            if field::<String>(&input, "launchType")?.is_some_and(|l| l != "FARGATE") {
+                return Ok(json!({"taskArns": []}));
+            }
+            let (arns, next) = c
+                .list_tasks(
+                    scope,
+                    cluster.as_deref(),
+                    family.as_deref(),
+                    started_by.as_deref(),
+                    desired.as_deref(),
+                    token.as_deref(),
+                    field(&input, "maxResults")?,
+                )
+                .await?;
+            json!({"taskArns": arns, "nextToken": next})
+        }
+        "StopTask" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let task: String = required(&input, "task")?;
+            let reason: Option<String> = field(&input, "reason")?;
+            json!({"task": c.stop_task(scope, cluster.as_deref(), &task, reason.as_deref()).await?})
+        }
+        "TagResource" | "UntagResource" | "ListTagsForResource" => {
+            let arn: String = required(&input, "resourceArn")?;
+            let (kind, cluster, id) = parse_resource_arn(scope, &arn)?;
+            if op == "ListTagsForResource" {
+                let tags = match kind {
+                    "cluster" => c.cluster_tags(scope, &cluster).await?,
+                    "task" => c.task_tags(scope, &cluster, &id).await?,
+                    _ => c.task_definition(scope, &arn).await?.0.tags,
+                };
+                return Ok(json!({"tags": tags}));
+            }
+            let (add, remove): (Vec<Tag>, Vec<String>) = if op == "TagResource" {
+                let t: Vec<Tag> = required(&input, "tags")?;
+                validate_tags(&t)?;
+                (t, vec![])
+            } else {
+                (vec![], required(&input, "tagKeys")?)
+            };
+            let apply = |tags: &mut Vec<Tag>| {
+                for t in &add {
+                    tags.retain(|x| x.key != t.key);
+                    tags.push(t.clone());
+                }
+                tags.retain(|x| !remove.iter().any(|k| Some(k) == x.key.as_ref()));
+            };
+            match kind {
+                "cluster" => c.set_cluster_tags(scope, &cluster, apply).await?,
+                "task" => c.set_task_tags(scope, &cluster, &id, apply).await?,
+                _ => c.set_taskdef_tags(scope, &arn, apply).await?,
+            }
+            json!({})
+        }
+        "DescribeCapacityProviders" => {
+            let wanted: Option<Vec<String>> = field(&input, "capacityProviders")?;
+            let mut providers = Vec::new();
+            let mut failures = Vec::new();
+            let all = ["FARGATE", "FARGATE_SPOT"];
+            for name in wanted
+                .clone()
+                .unwrap_or_else(|| all.iter().map(|s| s.to_string()).collect())
+            {
+                let short = name.rsplit('/').next().unwrap_or(&name).to_string();
+                if all.contains(&short.as_str()) {
+                    providers.push(json!({"capacityProviderArn": scope.capacity_provider_arn(&short), "name": short, "status": "ACTIVE", "tags": []}));
+                } else {
+                    failures.push(json!({"arn": name, "reason": "MISSING"}));
+                }
+            }
+            json!({"capacityProviders": providers, "failures": failures})
+        }
+        "ListAccountSettings" | "PutAccountSetting" | "PutAccountSettingDefault" => {
+            let principal = format!("arn:aws:iam::{}:root", scope.account);
+            let key = |n: &str| format!("/ecs/{}/{}/account-settings/{n}", scope.account, scope.region);
+            if op == "ListAccountSettings" {
+                let name: Option<String> = field(&input, "name")?;
+                let mut settings = Vec::new();
+                for (n, default) in ACCOUNT_SETTINGS {
+                    if name.as_deref().is_some_and(|x| x != *n) {
+                        continue;
+                    }
+                    let v = match c.store.get(&key(n)).await.map_err(gantry_control::store_err)? {
+                        Some(kv) => String::from_utf8_lossy(&kv.value).into_owned(),
+                        None => default.to_string(),
+                    };
+                    settings.push(json!({"name": n, "value": v, "principalArn": principal}));
+                }
+                return Ok(json!({"settings": settings}));
+            }
+            let name: String = required(&input, "name")?;
+            let value: String = required(&input, "value")?;
+            if !ACCOUNT_SETTINGS.iter().any(|(n, _)| *n == name) {
+                return Err(EcsError::invalid(format!("Invalid account setting name {name:?}.")).into());
+            }
+            let k = key(&name);
+            match c.store.get(&k).await.map_err(gantry_control::store_err)? {
+                Some(kv) => c.store.update(&k, value.as_bytes(), kv.mod_revision).await.map(|_| ()),
+                None => c.store.create(&k, value.as_bytes()).await.map(|_| ()),
+            }
+            .map_err(gantry_control::store_err)?;
+            json!({"setting": {"name": name, "value": value, "principalArn": principal}})
+        }
+        other => {
+            return Err(ApiError::client(
+                "InvalidAction",
+                format!("The action {other} is not valid for this web service (Gantry does not implement it yet)."),
+            ));
+        }
+    })
+}
