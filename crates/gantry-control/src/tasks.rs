@@ -545,10 +545,9 @@ impl Control {
         let now = self.now();
         let mut n = 0;
         for (key, rec, rev) in self.all_tasks().await? {
-            if rec.task.last_status == "STOPPED" && rec.task.stopped_at.is_some_and(|t| now - t > keep_secs) {
-                if self.store.delete(&key, Some(rev)).await.is_ok() {
-                    n += 1;
-                }
+            let expired = rec.task.last_status == "STOPPED" && rec.task.stopped_at.is_some_and(|t| now - t > keep_secs);
+            if expired && self.store.delete(&key, Some(rev)).await.is_ok() {
+                n += 1;
             }
         }
         Ok(n)

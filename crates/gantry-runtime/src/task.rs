@@ -346,8 +346,9 @@ impl Node {
     }
 
     /// Startup sweep: removes what a crash left behind. Tasks for which `keep` says true are
-    /// left alone while they run; every other ended task is removed, and so are namespaces,
-    /// leases, runtime containers and cgroups that belong to no task.
+    /// left alone (a control plane keeps the tasks it still tracks, to collect their exit
+    /// codes; `gantry debug sweep` keeps the running ones); every other task is removed, and
+    /// so are namespaces, leases, runtime containers and cgroups that belong to no kept task.
     pub fn sweep(&self, keep: impl Fn(&str) -> bool) -> Result<SweepReport, TaskError> {
         let mut report = SweepReport::default();
         let mut live_tasks = Vec::new();
@@ -355,7 +356,7 @@ impl Node {
             if validate_name("task id", &t).is_err() {
                 continue;
             }
-            if self.task_running(&t) && keep(&t) {
+            if keep(&t) {
                 live_tasks.push(t);
             } else {
                 self.remove_task(&t)?;

@@ -428,7 +428,8 @@ mod tests {
 
     #[test]
     fn refuses_every_class_of_invalid_definition() {
-        let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|v| v["family"] = json!("bad name!")),
                 "Family contains invalid characters",

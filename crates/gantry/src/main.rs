@@ -3,6 +3,7 @@
 
 mod bench;
 mod debug_run;
+mod dev;
 mod image_cmd;
 
 use anyhow::{Context, Result};
@@ -64,6 +65,9 @@ pub struct NodeArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the whole platform on this machine: ECS and CloudWatch Logs APIs, control plane
+    /// (SQLite), and the node agent.
+    Dev(dev::DevArgs),
     /// Manage the node's image store.
     #[command(subcommand)]
     Image(image_cmd::ImageCmd),
@@ -145,10 +149,12 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
+        Cmd::Dev(a) => dev::run(&cli.node, a),
         Cmd::Image(c) => image_cmd::run(&cli.node, c),
         Cmd::Debug(DebugCmd::Run(a)) => debug_run::run(&cli.node, a),
         Cmd::Debug(DebugCmd::Sweep) => (|| {
-            let r = cli.node.node()?.sweep(|_| true)?;
+            let node = cli.node.node()?;
+            let r = node.sweep(|t| node.task_running(t))?;
             println!(
                 "removed {} tasks, {} namespaces, {} runtime containers, {} cgroups",
                 r.tasks_removed, r.netns_removed, r.containers_removed, r.cgroups_removed

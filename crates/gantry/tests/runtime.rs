@@ -361,7 +361,7 @@ fn sweep_removes_what_a_crash_left_behind() {
     unsafe_kill(s.shim_pid, 9);
     std::thread::sleep(Duration::from_millis(200));
     assert!(matches!(t.node.container_state(&task, "main"), ContainerState::Lost));
-    let report = t.node.sweep(|_| true).unwrap();
+    let report = t.node.sweep(|id| t.node.task_running(id)).unwrap();
     assert_eq!(report.tasks_removed, 1);
     assert!(!t.node.task_dir(&task).exists());
     assert!(!sb.path.exists(), "netns file removed");

@@ -1,0 +1,84 @@
+//! The node agent: watches the task records placed on this node and drives each through the
+//! ECS lifecycle with gantry-runtime (pull, sandbox, containers in dependsOn order, health,
+//! stop, cleanup), shipping awslogs output to the log store. Re-attaches after a restart:
+//! containers keep running under their shims and the agent picks them up from disk.
+
+mod logship;
+mod supervise;
+
+use gantry_control::logstore::LogStore;
+use gantry_control::Control;
+use gantry_runtime::task::Node;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Agent {
+    pub control: Control,
+    pub node: Arc<Node>,
+    pub logs: Arc<LogStore>,
+    supervised: Mutex<HashSet<String>>,
+}
+
+impl Agent {
+    pub fn new(control: Control, node: Arc<Node>, logs: Arc<LogStore>) -> Arc<Agent> {
+        Arc::new(Agent {
+            control,
+            node,
+            logs,
+            supervised: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Runs until `shutdown` flips to true. Reacts to task record changes through a watch and
+    /// re-checks every second in any case (level-triggered).
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut watch = match self.control.store.revision().await {
+            Ok(rev) => self.control.store.watch("/ecs/", rev).await.ok(),
+            Err(_) => None,
+        };
+        loop {
+            self.reconcile().await;
+            let event = async {
+                match &mut watch {
+                    Some(w) => {
+                        w.events.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = event => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn reconcile(self: &Arc<Self>) {
+        let tasks = match self.control.all_tasks().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing tasks");
+                return;
+            }
+        };
+        for (key, rec, _) in tasks {
+            if rec.node != self.control.node || rec.task.last_status == "STOPPED" {
+                continue;
+            }
+            if !self.supervised.lock().expect("lock").insert(key.clone()) {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = supervise::supervise(&me, &key).await {
+                    tracing::error!(task = %key, error = %e, "task supervision failed");
+                }
+                me.supervised.lock().expect("lock").remove(&key);
+            });
+        }
+        // Stopped tasks are visible for an hour or more, as in ECS; then they go.
+        let _ = self.control.expire_stopped_tasks(3.0 * 3600.0).await;
+    }
+}

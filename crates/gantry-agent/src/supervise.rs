@@ -1,0 +1,496 @@
+//! One task's journey on this node: launch (pull, sandbox, containers in dependsOn order),
+//! watch (exits, StopTask, essential container exits), and finish (exit codes, cleanup,
+//! STOPPED). Every step is written to the task record, so a restarted agent resumes.
+
+use crate::logship::{Shipper, Target};
+use crate::Agent;
+use gantry_control::{Control, TaskRecord, TaskSpecContainer};
+use gantry_runtime::bundle::{ContainerSpec, Limits};
+use gantry_runtime::image::ImageRecord;
+use gantry_runtime::task::ContainerState;
+use gantry_types::model::{stop_code, NetworkInterface};
+use gantry_types::taskdef::{start_order, KeyValuePair};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const OOM_REASON: &str = "OutOfMemoryError: Container killed due to memory usage";
+
+fn now(c: &Control) -> f64 {
+    c.clock.now_ms() as f64 / 1000.0
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+async fn update(a: &Agent, key: &str, f: impl FnMut(&mut TaskRecord) -> bool) -> Result<TaskRecord> {
+    a.control
+        .update_task(key, f)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("task {key} vanished"))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
+}
+
+fn awslogs_target(rec: &TaskRecord, c: &TaskSpecContainer) -> Option<(Target, bool)> {
+    let lc = c.log_configuration.as_ref().filter(|l| l.log_driver == "awslogs")?;
+    let group = lc.options.get("awslogs-group")?.clone();
+    let stream = match lc.options.get("awslogs-stream-prefix") {
+        Some(p) => format!("{p}/{}/{}", c.name(), rec.id()),
+        None => format!("{}/{}", c.name(), rec.id()),
+    };
+    let region = lc
+        .options
+        .get("awslogs-region")
+        .cloned()
+        .unwrap_or_else(|| rec.region.clone());
+    let create = lc.options.get("awslogs-create-group").is_some_and(|v| v == "true");
+    Some((
+        Target {
+            account: rec.account.clone(),
+            region,
+            group,
+            stream,
+        },
+        create,
+    ))
+}
+
+pub async fn supervise(a: &Arc<Agent>, key: &str) -> Result<()> {
+    let Some((rec, _)) = get(a, key).await? else {
+        return Ok(());
+    };
+    let id = rec.id().to_string();
+    let started_here = a.node.task_dir(&id).exists();
+    let mut shippers: HashMap<String, Shipper> = HashMap::new();
+    if !started_here {
+        match rec.task.last_status.as_str() {
+            "PROVISIONING" | "PENDING" | "ACTIVATING" if rec.task.desired_status == "RUNNING" => {
+                if let Err(reason) = launch(a, key, &rec, &mut shippers).await {
+                    return fail(a, key, &id, &reason, shippers).await;
+                }
+            }
+            "PROVISIONING" | "PENDING" | "ACTIVATING" => {
+                // Stopped before it ever started.
+                return finish(a, key, &id, shippers).await;
+            }
+            _ => {
+                // Its containers are gone (the node rebooted or its directory was removed).
+                update(a, key, |r| {
+                    r.task.desired_status = "STOPPED".into();
+                    r.task
+                        .stopped_reason
+                        .get_or_insert_with(|| "Task stopped: its containers were lost on the node".into());
+                    true
+                })
+                .await?;
+                return finish(a, key, &id, shippers).await;
+            }
+        }
+    } else {
+        // Re-attach: resume shipping logs of containers still running.
+        for c in &rec.containers {
+            if let Some((t, _)) = awslogs_target(&rec, c) {
+                if a.node.container_dir(&id, &container_dir_name(c.name())).exists() {
+                    shippers.insert(
+                        c.name().to_string(),
+                        Shipper::start(a.logs.clone(), a.node.log_path(&id, &container_dir_name(c.name())), t),
+                    );
+                }
+            }
+        }
+    }
+    watch(a, key, &id, shippers).await
+}
+
+/// Container names in ECS allow upper case; runtime directory names are lowercase-safe.
+pub fn container_dir_name(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if s.len() > 40 {
+        s.truncate(40);
+    }
+    // Keep distinct ECS names distinct after lowering.
+    let h: u32 = name
+        .bytes()
+        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
+    format!("{s}-{h:08x}")
+}
+
+async fn get(a: &Agent, key: &str) -> Result<Option<(TaskRecord, i64)>> {
+    match a.control.store.get(key).await.map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some(kv) => Ok(Some((
+            serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?,
+            kv.mod_revision,
+        ))),
+    }
+}
+
+async fn launch(
+    a: &Arc<Agent>,
+    key: &str,
+    rec: &TaskRecord,
+    shippers: &mut HashMap<String, Shipper>,
+) -> std::result::Result<(), String> {
+    let t = now(&a.control);
+    update(a, key, |r| {
+        r.task.last_status = "PENDING".into();
+        r.task.pull_started_at.get_or_insert(t);
+        true
+    })
+    .await?;
+    // Pull every image first: a task whose image cannot be pulled never gets a sandbox.
+    let mut images: HashMap<String, ImageRecord> = HashMap::new();
+    for c in &rec.containers {
+        let image = c.image.clone().unwrap_or_default();
+        if images.contains_key(&image) {
+            continue;
+        }
+        let node = a.node.clone();
+        let im = image.clone();
+        match blocking(move || node.images().resolve(&im, false)).await {
+            Ok(r) => {
+                images.insert(image, r);
+            }
+            Err(e) => return Err(format!("CannotPullContainerError: pull image manifest has been retried 1 time(s): failed to resolve ref {image}: {e}")),
+        }
+    }
+    // awslogs destinations must exist (or be creatable) before anything starts.
+    for c in &rec.containers {
+        if let Some((t, create)) = awslogs_target(rec, c) {
+            let scope = (t.account.as_str(), t.region.as_str());
+            if let Err(e) = a
+                .logs
+                .ensure_stream(scope, &t.group, &t.stream, create, a.control.clock.now_ms())
+            {
+                return Err(format!(
+                    "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times: failed to create Cloudwatch log stream: {e}"
+                ));
+            }
+        }
+    }
+    let t = now(&a.control);
+    let digests: HashMap<String, String> = images
+        .iter()
+        .map(|(k, v)| (k.clone(), v.manifest.to_string()))
+        .collect();
+    update(a, key, |r| {
+        r.task.pull_stopped_at.get_or_insert(t);
+        for c in &mut r.task.containers {
+            c.image_digest = digests.get(&c.image).cloned();
+        }
+        true
+    })
+    .await?;
+
+    let id = rec.id().to_string();
+    let hostname = format!("ip-{}", &id[..12]);
+    let node = a.node.clone();
+    let (tid, hn) = (id.clone(), hostname.clone());
+    let sandbox = blocking(move || node.create_task(&tid, &hn))
+        .await
+        .map_err(|e| format!("ResourceInitializationError: {e}"))?;
+    let t = now(&a.control);
+    let ip = sandbox.ip.to_string();
+    let mac_seed = &id[..10];
+    update(a, key, |r| {
+        r.task.last_status = "ACTIVATING".into();
+        r.task.connectivity = "CONNECTED".into();
+        r.task.connectivity_at.get_or_insert(t);
+        if let Some(att) = r.task.attachments.first_mut() {
+            att.status = "ATTACHED".into();
+            att.details.retain(|d| d.name.as_deref() == Some("subnetId"));
+            for (n, v) in [
+                ("networkInterfaceId", format!("eni-{}", &id[..17])),
+                (
+                    "macAddress",
+                    format!(
+                        "02:{}:{}:{}:{}:{}",
+                        &mac_seed[0..2],
+                        &mac_seed[2..4],
+                        &mac_seed[4..6],
+                        &mac_seed[6..8],
+                        &mac_seed[8..10]
+                    ),
+                ),
+                ("privateDnsName", format!("{hostname}.ec2.internal")),
+                ("privateIPv4Address", ip.clone()),
+            ] {
+                att.details.push(KeyValuePair {
+                    name: Some(n.into()),
+                    value: Some(v),
+                });
+            }
+            let aid = att.id.clone();
+            for c in &mut r.task.containers {
+                c.network_interfaces = vec![NetworkInterface {
+                    attachment_id: aid.clone(),
+                    private_ipv4_address: ip.clone(),
+                }];
+            }
+        }
+        true
+    })
+    .await?;
+
+    let by_name: HashMap<&str, &TaskSpecContainer> = rec.containers.iter().map(|c| (c.name(), c)).collect();
+    for name in start_order(&rec.containers) {
+        let c = by_name[name.as_str()];
+        // dependsOn: wait for each dependency's condition.
+        for d in c.depends_on.iter().flatten() {
+            let dep = container_dir_name(&d.container_name);
+            match d.condition.as_str() {
+                "START" => {}
+                "COMPLETE" | "SUCCESS" => {
+                    let node = a.node.clone();
+                    let (tid, dn) = (id.clone(), dep.clone());
+                    let state = blocking(move || node.wait_container(&tid, &dn, None)).await;
+                    if let (Some(ContainerState::Exited(e)), "SUCCESS") = (&state, d.condition.as_str()) {
+                        if e.exit_code != 0 {
+                            return Err(format!(
+                                "CannotStartContainerError: dependency {} of container {} exited with code {} (condition SUCCESS)",
+                                d.container_name, name, e.exit_code
+                            ));
+                        }
+                    }
+                }
+                "HEALTHY" => {
+                    return Err(format!(
+                        "CannotStartContainerError: container {name} depends on {} being HEALTHY, and container health checks are not implemented yet",
+                        d.container_name
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let image = images[c.image.as_deref().unwrap_or_default()].clone();
+        let spec = ContainerSpec {
+            entrypoint: c.entry_point.clone(),
+            command: c.command.clone(),
+            env: c
+                .environment
+                .iter()
+                .flatten()
+                .filter_map(|kv| Some((kv.name.clone()?, kv.value.clone().unwrap_or_default())))
+                .collect(),
+            working_dir: c.working_directory.clone(),
+            user: c.user.clone(),
+            hostname: hostname.clone(),
+            limits: Limits {
+                cpu_units: Some(rec.cpu_units as u32),
+                memory_mib: Some(c.memory.unwrap_or(rec.memory_mib) as u64),
+                pids: None,
+            },
+        };
+        let stop_timeout = Duration::from_secs(c.stop_timeout.unwrap_or(30) as u64);
+        let node = a.node.clone();
+        let (tid, dn) = (id.clone(), container_dir_name(&name));
+        let started = blocking(move || node.start_container(&tid, &dn, &image, &spec, stop_timeout)).await;
+        if let Err(e) = started {
+            return Err(format!("CannotStartContainerError: {e}"));
+        }
+        if let Some((t, _)) = awslogs_target(rec, c) {
+            shippers.insert(
+                name.clone(),
+                Shipper::start(a.logs.clone(), a.node.log_path(&id, &container_dir_name(&name)), t),
+            );
+        }
+        let runtime_id = gantry_runtime::task::Node::runtime_id(&id, &container_dir_name(&name));
+        update(a, key, |r| {
+            if let Some(ct) = r.task.containers.iter_mut().find(|x| x.name == name) {
+                ct.last_status = "RUNNING".into();
+                ct.runtime_id = Some(runtime_id.clone());
+            }
+            true
+        })
+        .await?;
+    }
+    let t = now(&a.control);
+    update(a, key, |r| {
+        if r.task.last_status != "ACTIVATING" {
+            return false;
+        }
+        r.task.last_status = "RUNNING".into();
+        r.task.started_at.get_or_insert(t);
+        true
+    })
+    .await?;
+    Ok(())
+}
+
+async fn fail(a: &Arc<Agent>, key: &str, id: &str, reason: &str, shippers: HashMap<String, Shipper>) -> Result<()> {
+    let t = now(&a.control);
+    update(a, key, |r| {
+        r.task.desired_status = "STOPPED".into();
+        r.task.stopping_at.get_or_insert(t);
+        r.task.stop_code = Some(stop_code::TASK_FAILED_TO_START.into());
+        r.task.stopped_reason = Some(reason.to_string());
+        for c in &mut r.task.containers {
+            if c.last_status != "RUNNING" {
+                c.reason.get_or_insert_with(|| reason.to_string());
+            }
+        }
+        true
+    })
+    .await?;
+    // Stop whatever did start.
+    watch(a, key, id, shippers).await
+}
+
+/// Watches the containers until the task is over, then finishes it.
+async fn watch(a: &Arc<Agent>, key: &str, id: &str, mut shippers: HashMap<String, Shipper>) -> Result<()> {
+    let mut stop_sent = false;
+    loop {
+        let Some((rec, _)) = get(a, key).await? else {
+            return Ok(());
+        };
+        let mut all_done = true;
+        let mut essential_exited = None;
+        let mut exits = Vec::new();
+        for c in &rec.containers {
+            let dn = container_dir_name(c.name());
+            if !a
+                .node
+                .container_dir(id, &dn)
+                .join(gantry_runtime::shim::SPEC_FILE)
+                .exists()
+            {
+                continue; // never started
+            }
+            match a.node.container_state(id, &dn) {
+                ContainerState::Running(_) => all_done = false,
+                ContainerState::Exited(e) => {
+                    if c.is_essential() {
+                        essential_exited.get_or_insert(c.name().to_string());
+                    }
+                    exits.push((c.name().to_string(), Some(e)));
+                }
+                ContainerState::Lost => {
+                    if c.is_essential() {
+                        essential_exited.get_or_insert(c.name().to_string());
+                    }
+                    exits.push((c.name().to_string(), None));
+                }
+            }
+        }
+        // Record exits as they happen.
+        let t = now(&a.control);
+        let stopping_for_essential = essential_exited.is_some() && rec.task.desired_status == "RUNNING";
+        update(a, key, |r| {
+            for (name, e) in &exits {
+                if let Some(ct) = r.task.containers.iter_mut().find(|x| &x.name == name) {
+                    if ct.last_status != "STOPPED" {
+                        ct.last_status = "STOPPED".into();
+                        match e {
+                            Some(e) => {
+                                ct.exit_code = Some(e.exit_code);
+                                if e.oom_killed {
+                                    ct.reason = Some(OOM_REASON.into());
+                                }
+                            }
+                            None => {
+                                ct.reason =
+                                    Some("The container's supervisor exited without recording an exit code".into())
+                            }
+                        }
+                    }
+                }
+            }
+            if stopping_for_essential {
+                r.task.desired_status = "STOPPED".into();
+                r.task.stopping_at.get_or_insert(t);
+                r.task
+                    .stop_code
+                    .get_or_insert_with(|| stop_code::ESSENTIAL_CONTAINER_EXITED.into());
+                r.task
+                    .stopped_reason
+                    .get_or_insert_with(|| "Essential container in task exited".into());
+            }
+            true
+        })
+        .await?;
+        let desired_stop = rec.task.desired_status == "STOPPED" || stopping_for_essential;
+        if desired_stop && !stop_sent {
+            stop_sent = true;
+            let t = now(&a.control);
+            update(a, key, |r| {
+                if lifecycle_before(&r.task.last_status, "DEACTIVATING") {
+                    r.task.last_status = "DEACTIVATING".into();
+                }
+                r.task.stopping_at.get_or_insert(t);
+                true
+            })
+            .await?;
+            for c in &rec.containers {
+                let node = a.node.clone();
+                let (tid, dn) = (id.to_string(), container_dir_name(c.name()));
+                blocking(move || node.stop_container(&tid, &dn)).await;
+            }
+            update(a, key, |r| {
+                if lifecycle_before(&r.task.last_status, "STOPPING") {
+                    r.task.last_status = "STOPPING".into();
+                }
+                true
+            })
+            .await?;
+        }
+        if all_done && (desired_stop || rec.containers.iter().all(|c| !c.is_essential())) {
+            for (_, s) in shippers.drain() {
+                blocking(move || s.finish()).await;
+            }
+            return finish(a, key, id, HashMap::new()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn lifecycle_before(cur: &str, target: &str) -> bool {
+    gantry_types::model::lifecycle_rank(cur) < gantry_types::model::lifecycle_rank(target)
+}
+
+async fn finish(a: &Arc<Agent>, key: &str, id: &str, shippers: HashMap<String, Shipper>) -> Result<()> {
+    for (_, s) in shippers {
+        blocking(move || s.finish()).await;
+    }
+    let t = now(&a.control);
+    update(a, key, |r| {
+        if lifecycle_before(&r.task.last_status, "DEPROVISIONING") {
+            r.task.last_status = "DEPROVISIONING".into();
+        }
+        r.task.desired_status = "STOPPED".into();
+        r.task.execution_stopped_at.get_or_insert(t);
+        true
+    })
+    .await?;
+    let node = a.node.clone();
+    let tid = id.to_string();
+    if let Err(e) = blocking(move || node.remove_task(&tid)).await {
+        tracing::warn!(task = %id, error = %e, "cleaning up task");
+    }
+    let t = now(&a.control);
+    update(a, key, |r| {
+        r.task.last_status = "STOPPED".into();
+        r.task.stopped_at.get_or_insert(t);
+        r.task.stopping_at.get_or_insert(t);
+        for c in &mut r.task.containers {
+            c.last_status = "STOPPED".into();
+        }
+        for att in &mut r.task.attachments {
+            att.status = "DELETED".into();
+        }
+        true
+    })
+    .await?;
+    Ok(())
+}

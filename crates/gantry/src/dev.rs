@@ -1,0 +1,276 @@
+//! `gantry dev`: the whole platform in one process on one machine: the AWS API front, the
+//! control plane over an embedded SQLite store, and an in-process node agent.
+
+use crate::NodeArgs;
+use anyhow::{Context, Result};
+use gantry_aws::server::{key_path, StoredKey};
+use gantry_control::logstore::LogStore;
+use gantry_control::{Control, SystemClock};
+use gantry_store::{SqliteStore, Store};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Address the API listens on.
+    #[arg(long, env = "GANTRY_LISTEN", default_value = "127.0.0.1:4566")]
+    listen: SocketAddr,
+    /// Region the written AWS profile uses.
+    #[arg(long, env = "GANTRY_REGION", default_value = "us-east-1")]
+    region: String,
+    /// Ready network namespaces kept warm.
+    #[arg(long, env = "GANTRY_WARM_POOL", default_value_t = 4)]
+    warm_pool: usize,
+    /// Do not write the `gantry` profile into the AWS config files.
+    #[arg(long)]
+    no_profile: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct DevCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    account_id: String,
+}
+
+fn random_from(alphabet: &[u8], n: usize) -> String {
+    let hex = gantry_control::random_hex(n);
+    hex.as_bytes()
+        .chunks(2)
+        .map(|c| {
+            alphabet
+                [u8::from_str_radix(std::str::from_utf8(c).unwrap_or("0"), 16).unwrap_or(0) as usize % alphabet.len()]
+                as char
+        })
+        .collect()
+}
+
+/// Credentials: from the environment if set (scripts, CI), else those made on first start.
+async fn credentials(store: &dyn Store) -> Result<DevCredentials> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let creds = match (env("GANTRY_ACCESS_KEY_ID"), env("GANTRY_SECRET_ACCESS_KEY")) {
+        (Some(a), Some(s)) => DevCredentials {
+            access_key_id: a,
+            secret_access_key: s,
+            account_id: env("GANTRY_ACCOUNT_ID").unwrap_or_else(|| "000000000000".into()),
+        },
+        _ => match store.get("/iam/dev-credentials").await? {
+            Some(kv) => serde_json::from_slice(&kv.value)?,
+            None => {
+                let c = DevCredentials {
+                    access_key_id: format!("AKIA{}", random_from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)),
+                    secret_access_key: random_from(
+                        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+                        40,
+                    ),
+                    account_id: env("GANTRY_ACCOUNT_ID").unwrap_or_else(|| {
+                        format!(
+                            "{}",
+                            100_000_000_000u64
+                                + u64::from_str_radix(&gantry_control::random_hex(5), 16).unwrap_or(0)
+                                    % 899_999_999_999
+                        )
+                    }),
+                };
+                store.create("/iam/dev-credentials", &serde_json::to_vec(&c)?).await?;
+                c
+            }
+        },
+    };
+    if creds.account_id.len() != 12 || !creds.account_id.bytes().all(|b| b.is_ascii_digit()) {
+        anyhow::bail!("GANTRY_ACCOUNT_ID must be 12 digits");
+    }
+    let key = StoredKey {
+        secret_access_key: creds.secret_access_key.clone(),
+        account_id: creds.account_id.clone(),
+        session_token: None,
+    };
+    let path = key_path(&creds.access_key_id);
+    let data = serde_json::to_vec(&key)?;
+    match store.get(&path).await? {
+        Some(kv) if kv.value != data => {
+            store.update(&path, &data, kv.mod_revision).await?;
+        }
+        Some(_) => {}
+        None => {
+            store.create(&path, &data).await?;
+        }
+    }
+    Ok(creds)
+}
+
+/// Replaces one `[section]` of an INI file, keeping every other section as it was.
+pub fn merge_ini(existing: &str, section: &str, body: &[(&str, String)]) -> String {
+    let header = format!("[{section}]");
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in existing.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            skipping = t == header;
+            if skipping {
+                continue;
+            }
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !out.is_empty() && !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    out.push_str(&header);
+    out.push('\n');
+    for (k, v) in body {
+        out.push_str(&format!("{k} = {v}\n"));
+    }
+    out
+}
+
+fn aws_file(env: &str, name: &str) -> PathBuf {
+    match std::env::var_os(env) {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".aws")
+            .join(name),
+    }
+}
+
+fn write_profile(creds: &DevCredentials, region: &str, endpoint: &str) -> Result<(PathBuf, PathBuf)> {
+    let cred_file = aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials");
+    let conf_file = aws_file("AWS_CONFIG_FILE", "config");
+    let write = |p: &Path, section: &str, body: &[(&str, String)], mode: u32| -> Result<()> {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let existing = std::fs::read_to_string(p).unwrap_or_default();
+        let tmp = p.with_extension("gantry-tmp");
+        std::fs::write(&tmp, merge_ini(&existing, section, body))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, p)?;
+        Ok(())
+    };
+    write(
+        &cred_file,
+        "gantry",
+        &[
+            ("aws_access_key_id", creds.access_key_id.clone()),
+            ("aws_secret_access_key", creds.secret_access_key.clone()),
+        ],
+        0o600,
+    )?;
+    write(
+        &conf_file,
+        "profile gantry",
+        &[
+            ("region", region.to_string()),
+            ("output", "json".into()),
+            ("endpoint_url", endpoint.to_string()),
+        ],
+        0o644,
+    )?;
+    Ok((cred_file, conf_file))
+}
+
+pub fn run(args: &NodeArgs, a: DevArgs) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(args, a))
+}
+
+async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&args.data_dir.join("state.db"))?);
+    let logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
+    let creds = credentials(store.as_ref()).await?;
+    let node = Arc::new(args.node()?);
+    let control = Control::new(store.clone(), Arc::new(SystemClock), "local");
+
+    // Startup sweep: keep tasks the control plane still tracks (their exit codes are
+    // collected by the agent); remove everything else a crash left behind.
+    let tracked: std::collections::HashSet<String> = control
+        .all_tasks()
+        .await?
+        .into_iter()
+        .filter(|(_, r, _)| r.task.last_status != "STOPPED")
+        .map(|(_, r, _)| r.id().to_string())
+        .collect();
+    let report = node.sweep(|t| tracked.contains(t))?;
+    if report.tasks_removed + report.netns_removed + report.cgroups_removed > 0 {
+        eprintln!(
+            "gantry: startup sweep removed {} tasks, {} namespaces, {} cgroups left by a crash",
+            report.tasks_removed, report.netns_removed, report.cgroups_removed
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    let endpoint = format!("http://{addr}");
+    if !a.no_profile {
+        let (c, f) = write_profile(&creds, &a.region, &endpoint)?;
+        eprintln!("gantry: wrote profile 'gantry' to {} and {}", c.display(), f.display());
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent = gantry_agent::Agent::new(control.clone(), node.clone(), logs.clone());
+    let agent_task = tokio::spawn(agent.run(stop_rx.clone()));
+    {
+        // Keep the namespace pool warm and expire logs past their retention.
+        let node = node.clone();
+        let logs = logs.clone();
+        let pool = a.warm_pool;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let n = node.clone();
+                let _ = tokio::task::spawn_blocking(move || n.network().fill_pool(pool)).await;
+                let _ = logs.expire(chrono::Utc::now().timestamp_millis());
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+    let api = gantry_aws::Api { control, logs };
+    println!(
+        "gantry dev: listening on {endpoint} (account {}, region {})",
+        creds.account_id, a.region
+    );
+    println!("  try: aws --profile gantry ecs list-clusters");
+    let shutdown = async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("gantry dev: shutting down (tasks keep running under their shims)");
+    };
+    axum::serve(listener, gantry_aws::router(api))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_ini;
+
+    #[test]
+    fn profile_merge_keeps_other_profiles() {
+        let existing = "[default]\naws_access_key_id = A\n\n[gantry]\naws_access_key_id = OLD\n\n[other]\nx = 1\n";
+        let out = merge_ini(existing, "gantry", &[("aws_access_key_id", "NEW".into())]);
+        assert!(out.contains("[default]\naws_access_key_id = A"));
+        assert!(out.contains("[other]\nx = 1"));
+        assert!(out.contains("[gantry]\naws_access_key_id = NEW"));
+        assert!(!out.contains("OLD"));
+        assert_eq!(merge_ini("", "gantry", &[("k", "v".into())]), "[gantry]\nk = v\n");
+    }
+}
