@@ -34,7 +34,7 @@ impl Agent {
     /// re-checks every second in any case (level-triggered).
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut watch = match self.control.store.revision().await {
-            Ok(rev) => self.control.store.watch("/ecs/", rev).await.ok(),
+            Ok(rev) => self.control.store.watch(gantry_control::TASKS_PREFIX, rev).await.ok(),
             Err(_) => None,
         };
         loop {

@@ -7,7 +7,7 @@ pub mod logstore;
 mod taskdefs;
 mod tasks;
 
-pub use tasks::{RunTaskRequest, TaskRecord, TaskSpecContainer};
+pub use tasks::{RunTaskRequest, TaskRecord, TaskSpecContainer, TASKS_PREFIX};
 
 use gantry_store::{Store, StoreError};
 use gantry_types::arn::Scope;

@@ -80,14 +80,18 @@ pub struct RunTaskRequest {
 
 const MAX_STARTED_BY: usize = 128;
 
+/// Key prefix of every task record.
+pub const TASKS_PREFIX: &str = "/tasks/";
+
 impl Control {
+    /// Tasks live under their own top-level prefix so the agent can list and watch them all.
     fn task_key(scope: &Scope, cluster: &str, id: &str) -> String {
-        format!("{}tasks/{cluster}/{id}", prefix(scope))
+        format!("{TASKS_PREFIX}{}/{}/{cluster}/{id}", scope.account, scope.region)
     }
 
     pub(crate) async fn list_task_records(&self, scope: &Scope, cluster: &str) -> Result<Vec<TaskRecord>, EcsError> {
         Ok(self
-            .list_json::<TaskRecord>(&format!("{}tasks/{cluster}/", prefix(scope)))
+            .list_json::<TaskRecord>(&format!("{TASKS_PREFIX}{}/{}/{cluster}/", scope.account, scope.region))
             .await?
             .into_iter()
             .map(|(_, r, _)| r)
@@ -96,12 +100,7 @@ impl Control {
 
     /// Every task record in the store with its key and revision (for the agent).
     pub async fn all_tasks(&self) -> Result<Vec<(String, TaskRecord, i64)>, EcsError> {
-        let all = self.list_json::<Value>("/ecs/").await?;
-        Ok(all
-            .into_iter()
-            .filter(|(k, _, _)| k.contains("/tasks/"))
-            .filter_map(|(k, v, r)| serde_json::from_value(v).ok().map(|t| (k, t, r)))
-            .collect())
+        self.list_json::<TaskRecord>(TASKS_PREFIX).await
     }
 
     pub fn key_of(rec: &TaskRecord) -> String {
@@ -456,7 +455,10 @@ impl Control {
         let cluster = self.active_cluster(scope, cluster).await?;
         let after = next_token.map(crate::decode_token).transpose()?;
         let mut all = self
-            .list_json::<TaskRecord>(&format!("{}tasks/{}/", prefix(scope), cluster.cluster_name))
+            .list_json::<TaskRecord>(&format!(
+                "{TASKS_PREFIX}{}/{}/{}/",
+                scope.account, scope.region, cluster.cluster_name
+            ))
             .await?;
         all.retain(|(k, r, _)| {
             let status_ok = match desired {

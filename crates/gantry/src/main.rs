@@ -81,7 +81,11 @@ enum DebugCmd {
     /// Run one task in the foreground, print its output, exit with its exit code.
     Run(debug_run::RunArgs),
     /// Remove what crashed runs left behind (tasks, namespaces, leases, cgroups).
-    Sweep,
+    Sweep {
+        /// Also kill and remove tasks that are still running.
+        #[arg(long)]
+        all: bool,
+    },
     /// Benchmark task start to exit against `crun run` of an equivalent bundle.
     Bench(bench::BenchArgs),
 }
@@ -152,9 +156,12 @@ fn main() {
         Cmd::Dev(a) => dev::run(&cli.node, a),
         Cmd::Image(c) => image_cmd::run(&cli.node, c),
         Cmd::Debug(DebugCmd::Run(a)) => debug_run::run(&cli.node, a),
-        Cmd::Debug(DebugCmd::Sweep) => (|| {
+        Cmd::Debug(DebugCmd::Sweep { all }) => (|| {
             let node = cli.node.node()?;
-            let r = node.sweep(|t| node.task_running(t))?;
+            let r = node.sweep(|t| !all && node.task_running(t))?;
+            if all {
+                node.network().drain_pool()?;
+            }
             println!(
                 "removed {} tasks, {} namespaces, {} runtime containers, {} cgroups",
                 r.tasks_removed, r.netns_removed, r.containers_removed, r.cgroups_removed

@@ -1,0 +1,148 @@
+"""End-to-end harness: a real `gantry dev` (built by cargo) on a loopback port with its own
+data dir, bridge and subnet, driven by the real AWS CLI and boto3 from PyPI. Root required."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import boto3
+import botocore.config
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+GANTRY = os.path.join(ROOT, "target", "debug", "gantry")
+AWS = os.path.join(os.path.dirname(sys.executable), "aws")
+KEY, SECRET, ACCOUNT = "AKIDGANTRYE2ETEST01", "e2e-secret-key-for-gantry-tests", "123456789012"
+REGION = "us-east-1"
+IMAGE = "gantry-test/busybox:latest"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gantry:
+    def __init__(self):
+        assert os.geteuid() == 0, "e2e tests need root (CI runs as root)"
+        assert os.path.exists(GANTRY), f"{GANTRY} not built: run cargo build --workspace"
+        self.dir = tempfile.mkdtemp(prefix="gantry-e2e-", dir="/var/tmp")
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.bridge = f"ge{os.getpid() % 100000}"
+        self.node_args = ["--data-dir", f"{self.dir}/data", "--run-dir", f"{self.dir}/run",
+                          "--bridge", self.bridge, "--subnet", "10.217.0.0/24"]
+        self.env = dict(os.environ, GANTRY_ACCESS_KEY_ID=KEY, GANTRY_SECRET_ACCESS_KEY=SECRET,
+                        GANTRY_ACCOUNT_ID=ACCOUNT, GANTRY_WARM_POOL="2")
+        self.proc = None
+        img = os.path.join(self.dir, "img")
+        subprocess.run([sys.executable, os.path.join(ROOT, "tests/fixtures/mkimage.py"), img], check=True,
+                       stdout=subprocess.DEVNULL)
+        self.cli("image", "load", os.path.join(img, "oci"))
+
+    def cli(self, *args, check=True):
+        return subprocess.run([GANTRY, *self.node_args, *args], check=check, capture_output=True, text=True, env=self.env)
+
+    def start(self):
+        log = open(os.path.join(self.dir, "dev.log"), "a")
+        self.proc = subprocess.Popen([GANTRY, *self.node_args, "dev", "--listen", f"127.0.0.1:{self.port}", "--no-profile"],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None, f"gantry dev exited: {self.log()}"
+                time.sleep(0.05)
+        raise AssertionError(f"gantry dev did not listen: {self.log()}")
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self):
+        try:
+            return open(os.path.join(self.dir, "dev.log")).read()[-4000:]
+        except OSError:
+            return ""
+
+    def cleanup(self):
+        self.stop()
+        self.cli("debug", "sweep", "--all", check=False)
+        subprocess.run(["ip", "link", "del", self.bridge], stderr=subprocess.DEVNULL)
+        subprocess.run(["umount", f"{self.dir}/run/netns"], stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def client(self, service, **kw):
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
+                            aws_access_key_id=kw.pop("key", KEY), aws_secret_access_key=kw.pop("secret", SECRET),
+                            config=botocore.config.Config(retries={"max_attempts": 1}), **kw)
+
+    def aws(self, *args, check=True):
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION=REGION,
+                   AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+        p = subprocess.run([AWS, "--endpoint-url", self.endpoint, "--output", "json", *args], capture_output=True,
+                           text=True, env=env, timeout=300)
+        if check and p.returncode != 0:
+            raise AssertionError(f"aws {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+        return json.loads(p.stdout) if p.stdout.strip() else None, p
+
+
+@pytest.fixture(scope="session")
+def gantry():
+    g = Gantry()
+    g.start()
+    yield g
+    g.cleanup()
+
+
+@pytest.fixture
+def ecs(gantry):
+    return gantry.client("ecs")
+
+
+@pytest.fixture
+def logs(gantry):
+    return gantry.client("logs")
+
+
+NETWORK = {"awsvpcConfiguration": {"subnets": ["subnet-gantry1"], "assignPublicIp": "DISABLED"}}
+
+
+def register(ecs, family, containers, cpu="256", memory="512"):
+    for c in containers:
+        c.setdefault("image", IMAGE)
+    return ecs.register_task_definition(family=family, networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+                                        cpu=cpu, memory=memory, containerDefinitions=containers)["taskDefinition"]
+
+
+def run(ecs, cluster, td, **kw):
+    r = ecs.run_task(cluster=cluster, taskDefinition=td, networkConfiguration=NETWORK, launchType="FARGATE", **kw)
+    assert r["failures"] == [], r["failures"]
+    return r["tasks"]
+
+
+def wait_stopped(ecs, cluster, arns):
+    ecs.get_waiter("tasks_stopped").wait(cluster=cluster, tasks=arns, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+    return ecs.describe_tasks(cluster=cluster, tasks=arns)["tasks"]
+
+
+def awslogs(group, prefix="ecs"):
+    return {"logDriver": "awslogs", "options": {"awslogs-group": group, "awslogs-stream-prefix": prefix,
+                                                "awslogs-create-group": "true", "awslogs-region": REGION}}

@@ -1,0 +1,184 @@
+"""Clusters, task definitions, tags, account settings, errors and authentication, through
+boto3 and the AWS CLI."""
+import pytest
+import requests
+from botocore.exceptions import ClientError
+
+from conftest import ACCOUNT, IMAGE, register
+
+
+def error_code(excinfo):
+    return excinfo.value.response["Error"]["Code"]
+
+
+def test_cli_profile_free_calls(gantry):
+    out, _ = gantry.aws("ecs", "create-cluster", "--cluster-name", "cli")
+    assert out["cluster"]["clusterArn"] == f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/cli"
+    out, _ = gantry.aws("ecs", "list-clusters")
+    assert f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/cli" in out["clusterArns"]
+
+
+def test_cluster_lifecycle(ecs):
+    c = ecs.create_cluster(clusterName="life", tags=[{"key": "team", "value": "a"}])["cluster"]
+    assert (c["status"], c["clusterName"]) == ("ACTIVE", "life")
+    again = ecs.create_cluster(clusterName="life")["cluster"]
+    assert again["clusterArn"] == c["clusterArn"], "CreateCluster is idempotent"
+    d = ecs.describe_clusters(clusters=["life", "nope"], include=["STATISTICS", "TAGS"])
+    assert [x["clusterName"] for x in d["clusters"]] == ["life"]
+    assert d["clusters"][0]["tags"] == [{"key": "team", "value": "a"}]
+    stats = {s["name"]: s["value"] for s in d["clusters"][0]["statistics"]}
+    assert stats["runningFargateTasksCount"] == "0"
+    assert d["failures"] == [{"arn": f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/nope", "reason": "MISSING"}]
+    u = ecs.update_cluster(cluster="life", settings=[{"name": "containerInsights", "value": "enabled"}])["cluster"]
+    assert {"name": "containerInsights", "value": "enabled"} in u["settings"]
+    ecs.tag_resource(resourceArn=c["clusterArn"], tags=[{"key": "env", "value": "dev"}])
+    ecs.untag_resource(resourceArn=c["clusterArn"], tagKeys=["team"])
+    assert ecs.list_tags_for_resource(resourceArn=c["clusterArn"])["tags"] == [{"key": "env", "value": "dev"}]
+    assert ecs.delete_cluster(cluster="life")["cluster"]["status"] == "INACTIVE"
+    assert c["clusterArn"] not in ecs.list_clusters()["clusterArns"]
+    with pytest.raises(ClientError) as e:
+        ecs.delete_cluster(cluster="life")
+    assert error_code(e) == "ClusterNotFoundException"
+    with pytest.raises(ClientError) as e:
+        ecs.create_cluster(clusterName="bad name!")
+    assert error_code(e) == "InvalidParameterException"
+
+
+def test_list_clusters_paginates(ecs):
+    for i in range(5):
+        ecs.create_cluster(clusterName=f"page-{i}")
+    pages = list(ecs.get_paginator("list_clusters").paginate(PaginationConfig={"PageSize": 2}))
+    arns = [a for p in pages for a in p["clusterArns"]]
+    assert len(pages) >= 3
+    assert len(arns) == len(set(arns))
+    assert all(any(a.endswith(f"cluster/page-{i}") for a in arns) for i in range(5))
+
+
+def test_task_definition_revisions_and_lookup(ecs):
+    a = register(ecs, "revs", [{"name": "app", "command": ["true"]}])
+    b = register(ecs, "revs", [{"name": "app", "command": ["false"]}], cpu="1 vCPU", memory="2 GB")
+    assert (a["revision"], b["revision"]) == (1, 2)
+    assert (b["cpu"], b["memory"]) == ("1024", "2048"), "sizes are normalised"
+    assert b["compatibilities"] == ["EC2", "FARGATE"] and b["status"] == "ACTIVE"
+    assert b["containerDefinitions"][0]["essential"] is True
+    assert ecs.describe_task_definition(taskDefinition="revs")["taskDefinition"]["revision"] == 2
+    assert ecs.describe_task_definition(taskDefinition="revs:1")["taskDefinition"]["containerDefinitions"][0]["command"] == ["true"]
+    assert ecs.describe_task_definition(taskDefinition=a["taskDefinitionArn"])["taskDefinition"]["revision"] == 1
+    pages = list(ecs.get_paginator("list_task_definitions").paginate(familyPrefix="revs", PaginationConfig={"PageSize": 1}))
+    assert [p["taskDefinitionArns"] for p in pages if p["taskDefinitionArns"]] == [[a["taskDefinitionArn"]], [b["taskDefinitionArn"]]]
+    desc = ecs.list_task_definitions(familyPrefix="revs", sort="DESC")["taskDefinitionArns"]
+    assert desc == [b["taskDefinitionArn"], a["taskDefinitionArn"]]
+    assert "revs" in ecs.list_task_definition_families(familyPrefix="rev")["families"]
+    d = ecs.deregister_task_definition(taskDefinition="revs:2")["taskDefinition"]
+    assert d["status"] == "INACTIVE" and "deregisteredAt" in d
+    assert ecs.describe_task_definition(taskDefinition="revs")["taskDefinition"]["revision"] == 1
+    assert ecs.list_task_definitions(familyPrefix="revs", status="INACTIVE")["taskDefinitionArns"] == [b["taskDefinitionArn"]]
+    r = ecs.delete_task_definitions(taskDefinitions=["revs:2", "revs:1"])
+    assert [x["status"] for x in r["taskDefinitions"]] == ["DELETE_IN_PROGRESS"]
+    assert len(r["failures"]) == 1 and "ACTIVE" in r["failures"][0]["reason"]
+    with pytest.raises(ClientError) as e:
+        ecs.describe_task_definition(taskDefinition="no-such-family")
+    assert error_code(e) == "ClientException"
+
+
+BAD_DEFINITIONS = [
+    ({"cpu": "256", "memory": "4096"}, "No Fargate configuration exists"),
+    ({"cpu": "300", "memory": "512"}, "No Fargate configuration exists"),
+    ({"networkMode": "bridge"}, "awsvpc"),
+    ({"containerDefinitions": []}, "Container list cannot be empty"),
+    ({"containerDefinitions": [{"name": "a", "image": IMAGE, "essential": False}]}, "at least one essential"),
+    ({"containerDefinitions": [{"name": "a", "image": IMAGE, "cpu": 512}]}, "sum of container cpu"),
+    ({"containerDefinitions": [{"name": "a", "image": IMAGE, "memory": 1024}]}, "sum of container memory"),
+    ({"containerDefinitions": [{"name": "a", "image": IMAGE, "stopTimeout": 1}]}, "stopTimeout"),
+    ({"containerDefinitions": [{"name": "a", "image": IMAGE, "healthCheck": {"command": ["CMD-SHELL", "true"], "retries": 11}}]}, "retries"),
+    ({"containerDefinitions": [{"name": "a", "image": IMAGE, "dependsOn": [{"containerName": "zz", "condition": "START"}]}]}, "not in the task definition"),
+    ({"containerDefinitions": [{"name": "a", "image": IMAGE}, {"name": "b", "image": IMAGE, "dependsOn": [{"containerName": "a", "condition": "SUCCESS"}]}]}, "essential container a"),
+    ({"containerDefinitions": [{"name": "a", "image": IMAGE}, {"name": "b", "image": IMAGE, "dependsOn": [{"containerName": "a", "condition": "HEALTHY"}]}]}, "health check"),
+    ({"containerDefinitions": [{"name": f"c{i}", "image": IMAGE} for i in range(11)]}, "at most 10"),
+    ({"ephemeralStorage": {"sizeInGiB": 201}}, "between 21 and 200"),
+    ({"family": "bad family"}, "Family contains invalid characters"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_DEFINITIONS)
+def test_invalid_task_definitions_are_refused(ecs, change, message):
+    req = {"family": "bad", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"], "cpu": "256", "memory": "512",
+           "containerDefinitions": [{"name": "a", "image": IMAGE}]}
+    req.update(change)
+    with pytest.raises(ClientError) as e:
+        ecs.register_task_definition(**req)
+    assert error_code(e) == "ClientException"
+    assert message in e.value.response["Error"]["Message"]
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_run_task_request_errors(ecs):
+    register(ecs, "reqerr", [{"name": "a", "command": ["true"]}])
+    base = {"cluster": "default", "taskDefinition": "reqerr",
+            "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}}
+    for change, code in [({"count": 11}, "InvalidParameterException"),
+                         ({"networkConfiguration": None}, "InvalidParameterException"),
+                         ({"launchType": "EC2"}, "InvalidParameterException"),
+                         ({"taskDefinition": "missing-family"}, "ClientException"),
+                         ({"cluster": "no-such-cluster"}, "ClusterNotFoundException"),
+                         ({"overrides": {"containerOverrides": [{"name": "ghost", "command": ["x"]}]}}, "InvalidParameterException"),
+                         ({"launchType": "FARGATE", "capacityProviderStrategy": [{"capacityProvider": "FARGATE"}]}, "InvalidParameterException")]:
+        req = {k: v for k, v in {**base, **change}.items() if v is not None}
+        with pytest.raises(ClientError) as e:
+            ecs.run_task(**req)
+        assert error_code(e) == code, (change, e.value.response["Error"])
+    with pytest.raises(ClientError) as e:
+        ecs.describe_tasks(cluster="default", tasks=[])
+    assert error_code(e) == "InvalidParameterException"
+    d = ecs.describe_tasks(cluster="default", tasks=["0" * 32])
+    assert d["failures"][0]["reason"] == "MISSING"
+
+
+def test_capacity_providers_and_account_settings(ecs):
+    names = [c["name"] for c in ecs.describe_capacity_providers()["capacityProviders"]]
+    assert names == ["FARGATE", "FARGATE_SPOT"]
+    s = ecs.put_account_setting(name="containerInsights", value="enabled")["setting"]
+    assert s["value"] == "enabled"
+    got = {x["name"]: x["value"] for x in ecs.list_account_settings()["settings"]}
+    assert got["containerInsights"] == "enabled" and got["taskLongArnFormat"] == "enabled"
+    with pytest.raises(ClientError) as e:
+        ecs.put_account_setting(name="notASetting", value="x")
+    assert error_code(e) == "InvalidParameterException"
+
+
+def test_unsigned_and_badly_signed_requests_are_refused(gantry):
+    r = requests.post(gantry.endpoint, data="{}", headers={"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.ListClusters",
+                                                          "Content-Type": "application/x-amz-json-1.1"})
+    assert r.status_code == 403 and r.json()["__type"] == "MissingAuthenticationTokenException"
+    for kw, code in [({"secret": "wrong-secret"}, "InvalidSignatureException"),
+                     ({"key": "AKIDUNKNOWN00000000"}, "UnrecognizedClientException")]:
+        with pytest.raises(ClientError) as e:
+            gantry.client("ecs", **kw).list_clusters()
+        assert error_code(e) == code
+    # Clock skew beyond 15 minutes: a correct signature over a 20-minute-old date.
+    import datetime
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+    from conftest import KEY, SECRET
+    req = botocore.awsrequest.AWSRequest(method="POST", url=gantry.endpoint + "/", data=b"{}",
+                                         headers={"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.ListClusters",
+                                                  "Content-Type": "application/x-amz-json-1.1"})
+    auth = botocore.auth.SigV4Auth(botocore.credentials.Credentials(KEY, SECRET), "ecs", "us-east-1")
+    old = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=20)).strftime("%Y%m%dT%H%M%SZ")
+    req.context["timestamp"] = old
+    req.headers["X-Amz-Date"] = old
+    signed = auth.signed_headers(auth.headers_to_sign(req))
+    sig = auth.signature(auth.string_to_sign(req, auth.canonical_request(req)), req)
+    req.headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={KEY}/{old[:8]}/us-east-1/ecs/aws4_request, "
+                                    f"SignedHeaders={signed}, Signature={sig}")
+    r = requests.post(gantry.endpoint + "/", data=b"{}", headers=dict(req.headers))
+    assert r.status_code == 400 and r.json()["__type"] == "InvalidSignatureException", r.text
+    assert "Signature expired" in r.json()["message"]
+
+
+def test_unknown_operation(gantry):
+    ecs = gantry.client("ecs")
+    with pytest.raises(ClientError) as e:
+        ecs.list_container_instances(cluster="default")
+    assert error_code(e) in ("InvalidAction", "ClusterNotFoundException")

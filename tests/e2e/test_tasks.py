@@ -1,0 +1,145 @@
+"""Running tasks: lifecycle, exit codes, logs, stop, OOM, pull failures, sidecars."""
+import time
+
+from conftest import REGION, awslogs, register, run, wait_stopped
+
+
+def test_task_runs_to_completion_with_logs_via_cli(gantry, ecs):
+    register(ecs, "cli-hello", [{"name": "app", "command": ["sh", "-c", "echo hello from gantry; echo to stderr >&2; sleep 2; exit 3"],
+                                 "logConfiguration": awslogs("/e2e/cli-hello")}])
+    out, _ = gantry.aws("ecs", "run-task", "--cluster", "default", "--task-definition", "cli-hello", "--launch-type", "FARGATE",
+                        "--network-configuration", "awsvpcConfiguration={subnets=[subnet-1]}")
+    arn = out["tasks"][0]["taskArn"]
+    assert out["tasks"][0]["lastStatus"] == "PROVISIONING" and out["tasks"][0]["desiredStatus"] == "RUNNING"
+    gantry.aws("ecs", "wait", "tasks-running", "--cluster", "default", "--tasks", arn)
+    gantry.aws("ecs", "wait", "tasks-stopped", "--cluster", "default", "--tasks", arn)
+    out, _ = gantry.aws("ecs", "describe-tasks", "--cluster", "default", "--tasks", arn)
+    t = out["tasks"][0]
+    assert (t["lastStatus"], t["stopCode"], t["stoppedReason"]) == ("STOPPED", "EssentialContainerExited", "Essential container in task exited")
+    assert t["containers"][0]["exitCode"] == 3
+    tid = arn.rsplit("/", 1)[1]
+    out, _ = gantry.aws("logs", "get-log-events", "--log-group-name", "/e2e/cli-hello",
+                        "--log-stream-name", f"ecs/app/{tid}", "--start-from-head")
+    # stdout and stderr are separate pipes: their relative order is not defined (as in Docker).
+    assert sorted(e["message"] for e in out["events"]) == ["hello from gantry", "to stderr"]
+
+
+def test_lifecycle_fields_and_timestamps(ecs):
+    td = register(ecs, "life-fields", [{"name": "app", "command": ["sh", "-c", "sleep 1"]}])
+    task = run(ecs, "default", "life-fields", startedBy="e2e", tags=[{"key": "k", "value": "v"}])[0]
+    assert task["taskDefinitionArn"] == td["taskDefinitionArn"]
+    assert task["group"] == "family:life-fields" and task["startedBy"] == "e2e"
+    t = wait_stopped(ecs, "default", [task["taskArn"]])[0]
+    order = ["createdAt", "pullStartedAt", "pullStoppedAt", "connectivityAt", "startedAt", "stoppingAt", "executionStoppedAt", "stoppedAt"]
+    stamps = [t[k] for k in order]
+    assert stamps == sorted(stamps), dict(zip(order, stamps))
+    assert t["version"] > task["version"]
+    att = t["attachments"][0]
+    details = {d["name"]: d["value"] for d in att["details"]}
+    assert att["type"] == "ElasticNetworkInterface" and details["privateIPv4Address"].startswith("10.217.0.")
+    c = t["containers"][0]
+    assert c["networkInterfaces"][0]["privateIpv4Address"] == details["privateIPv4Address"]
+    assert c["imageDigest"].startswith("sha256:") and c["runtimeId"] and c["exitCode"] == 0
+    tags = ecs.describe_tasks(cluster="default", tasks=[task["taskArn"]], include=["TAGS"])["tasks"][0]["tags"]
+    assert tags == [{"key": "k", "value": "v"}]
+
+
+def test_stop_task_with_reason(ecs):
+    register(ecs, "stopper", [{"name": "app", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"], "stopTimeout": 5}])
+    task = run(ecs, "default", "stopper")[0]
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=[task["taskArn"]], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    running = ecs.list_tasks(cluster="default", desiredStatus="RUNNING")["taskArns"]
+    assert task["taskArn"] in running
+    time.sleep(0.5)
+    stopped = ecs.stop_task(cluster="default", task=task["taskArn"], reason="maintenance window")["task"]
+    assert stopped["desiredStatus"] == "STOPPED"
+    t = wait_stopped(ecs, "default", [task["taskArn"]])[0]
+    assert (t["stopCode"], t["stoppedReason"]) == ("UserInitiated", "maintenance window")
+    assert t["containers"][0]["exitCode"] == 0
+    assert task["taskArn"] in ecs.list_tasks(cluster="default", desiredStatus="STOPPED")["taskArns"]
+    # Default reason.
+    task = run(ecs, "default", "stopper")[0]
+    ecs.stop_task(cluster="default", task=task["taskArn"])
+    t = wait_stopped(ecs, "default", [task["taskArn"]])[0]
+    assert t["stoppedReason"] == "Task stopped by user"
+
+
+def test_oom_is_reported(ecs):
+    register(ecs, "oom", [{"name": "hog", "memory": 16, "command": ["sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a)"]}])
+    task = run(ecs, "default", "oom")[0]
+    t = wait_stopped(ecs, "default", [task["taskArn"]])[0]
+    c = t["containers"][0]
+    assert c["exitCode"] == 137 and c["reason"] == "OutOfMemoryError: Container killed due to memory usage"
+    assert t["stopCode"] == "EssentialContainerExited"
+
+
+def test_image_that_cannot_be_pulled_fails_to_start(ecs):
+    register(ecs, "nopull", [{"name": "app", "image": "127.0.0.1:9/nope/missing:1"}])
+    task = run(ecs, "default", "nopull")[0]
+    t = wait_stopped(ecs, "default", [task["taskArn"]])[0]
+    assert t["stopCode"] == "TaskFailedToStart"
+    assert t["stoppedReason"].startswith("CannotPullContainerError:"), t["stoppedReason"]
+
+
+def test_sidecar_reaches_app_on_localhost(ecs, logs):
+    register(ecs, "sidecar", [
+        {"name": "web", "essential": False, "command": ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"]},
+        {"name": "probe", "command": ["sh", "-c", "for i in $(seq 1 50); do wget -qO- http://localhost:8080/index.html && exit 0; sleep 0.1; done; exit 1"],
+         "dependsOn": [{"containerName": "web", "condition": "START"}], "logConfiguration": awslogs("/e2e/sidecar")},
+    ])
+    task = run(ecs, "default", "sidecar")[0]
+    t = wait_stopped(ecs, "default", [task["taskArn"]])[0]
+    codes = {c["name"]: c.get("exitCode") for c in t["containers"]}
+    assert codes["probe"] == 0, t
+    tid = task["taskArn"].rsplit("/", 1)[1]
+    ev = logs.get_log_events(logGroupName="/e2e/sidecar", logStreamName=f"ecs/probe/{tid}", startFromHead=True)["events"]
+    assert [e["message"] for e in ev] == ["hello from gantry httpd"]
+
+
+def test_overrides_and_list_tasks_pagination(ecs):
+    register(ecs, "many", [{"name": "app", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"], "stopTimeout": 2}])
+    tasks = run(ecs, "default", "many", count=3, startedBy="pager")
+    arns = [t["taskArn"] for t in tasks]
+    pages = list(ecs.get_paginator("list_tasks").paginate(cluster="default", startedBy="pager", PaginationConfig={"PageSize": 1}))
+    listed = [a for p in pages for a in p["taskArns"]]
+    assert sorted(listed) == sorted(arns) and len(pages) >= 3
+    for a in arns:
+        ecs.stop_task(cluster="default", task=a)
+    wait_stopped(ecs, "default", arns)
+    register(ecs, "ovr", [{"name": "app", "command": ["sh", "-c", "exit 1"], "environment": [{"name": "CODE", "value": "1"}]}])
+    task = run(ecs, "default", "ovr", overrides={"containerOverrides": [{"name": "app", "command": ["sh", "-c", "exit $CODE"],
+                                                                         "environment": [{"name": "CODE", "value": "9"}]}]})[0]
+    t = wait_stopped(ecs, "default", [task["taskArn"]])[0]
+    assert t["containers"][0]["exitCode"] == 9
+
+
+def test_logs_api(logs):
+    logs.create_log_group(logGroupName="/e2e/api")
+    logs.create_log_stream(logGroupName="/e2e/api", logStreamName="s1")
+    now = int(time.time() * 1000)
+    logs.put_log_events(logGroupName="/e2e/api", logStreamName="s1",
+                        logEvents=[{"timestamp": now + i, "message": m} for i, m in enumerate(["ERROR disk", "INFO ok", "ERROR cpu"])])
+    got = logs.filter_log_events(logGroupName="/e2e/api", filterPattern="ERROR")["events"]
+    assert [e["message"] for e in got] == ["ERROR disk", "ERROR cpu"]
+    page1 = logs.get_log_events(logGroupName="/e2e/api", logStreamName="s1", startFromHead=True, limit=2)
+    page2 = logs.get_log_events(logGroupName="/e2e/api", logStreamName="s1", startFromHead=True, nextToken=page1["nextForwardToken"])
+    assert [e["message"] for e in page1["events"] + page2["events"]] == ["ERROR disk", "INFO ok", "ERROR cpu"]
+    end = logs.get_log_events(logGroupName="/e2e/api", logStreamName="s1", startFromHead=True, nextToken=page2["nextForwardToken"])
+    assert end["events"] == [] and end["nextForwardToken"] == page2["nextForwardToken"]
+    logs.put_retention_policy(logGroupName="/e2e/api", retentionInDays=7)
+    g = logs.describe_log_groups(logGroupNamePrefix="/e2e/api")["logGroups"][0]
+    assert g["retentionInDays"] == 7
+    s = logs.describe_log_streams(logGroupName="/e2e/api")["logStreams"][0]
+    assert s["logStreamName"] == "s1" and s["lastEventTimestamp"] == now + 2
+    import pytest
+    from botocore.exceptions import ClientError
+    with pytest.raises(ClientError) as e:
+        logs.create_log_group(logGroupName="/e2e/api")
+    assert e.value.response["Error"]["Code"] == "ResourceAlreadyExistsException"
+    with pytest.raises(ClientError) as e:
+        logs.put_log_events(logGroupName="/e2e/api", logStreamName="s1",
+                            logEvents=[{"timestamp": now + 5, "message": "b"}, {"timestamp": now, "message": "a"}])
+    assert e.value.response["Error"]["Code"] == "InvalidParameterException"
+    with pytest.raises(ClientError) as e:
+        logs.get_log_events(logGroupName="/e2e/none", logStreamName="s1")
+    assert e.value.response["Error"]["Code"] == "ResourceNotFoundException"
