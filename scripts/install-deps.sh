@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Gantry and its tests need on Debian 12. Idempotent; needs root.
 set -euo pipefail
-PKGS=(crun runc skopeo docker-registry busybox-static iproute2 apache2-utils python3 openssl ca-certificates)
+PKGS=(crun runc skopeo docker-registry busybox-static iproute2 apache2-utils python3 python3-venv openssl ca-certificates)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,3 +13,12 @@ if ((${#missing[@]})); then
 fi
 # docker-registry's package may start a registry on :5000; Gantry's tests start their own.
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+# The real AWS CLI and boto3 for the end-to-end tests, in a venv beside the sources.
+cd "$(dirname "$0")/.."
+req=tests/e2e/requirements.txt
+if [ ! -x .venv/bin/python ] || ! cmp -s "$req" .venv/requirements.txt; then
+  rm -rf .venv
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" .venv/requirements.txt
+fi

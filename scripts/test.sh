@@ -7,12 +7,21 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --workspace --all-targets
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+
 set +e
 cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# End-to-end: the real AWS CLI and boto3 against `gantry dev`.
+e2elog=$(mktemp)
+trap 'rm -f "$log" "$e2elog"' EXIT
+(cd tests/e2e && ../../.venv/bin/python -m pytest -q -p no:cacheprovider) 2>&1 | tee "$e2elog"
+e2e=${PIPESTATUS[0]}
 set -e
-passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+count() { grep -Eo "[0-9]+ $2" <<<"$1" | awk '{s+=$1} END {print s+0}'; }
+cargo_results=$(grep -E '^test result: ' "$log" || true)
+pytest_summary=$(tail -n 1 "$e2elog")
+passed=$(( $(count "$cargo_results" passed) + $(count "$pytest_summary" passed) ))
+failed=$(( $(count "$cargo_results" failed) + $(count "$pytest_summary" failed) + $(count "$pytest_summary" error) ))
+echo "cargo test: $(count "$cargo_results" passed) passed; e2e: ${pytest_summary}"
 echo "${passed} passed, ${failed} failed"
-exit "$status"
+[ "$status" = 0 ] && [ "$e2e" = 0 ]

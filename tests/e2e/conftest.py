@@ -29,15 +29,15 @@ def free_port():
 
 
 class Gantry:
-    def __init__(self):
+    def __init__(self, instance=0):
         assert os.geteuid() == 0, "e2e tests need root (CI runs as root)"
         assert os.path.exists(GANTRY), f"{GANTRY} not built: run cargo build --workspace"
         self.dir = tempfile.mkdtemp(prefix="gantry-e2e-", dir="/var/tmp")
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.bridge = f"ge{os.getpid() % 100000}"
+        self.bridge = f"ge{os.getpid() % 100000}x{instance}"
         self.node_args = ["--data-dir", f"{self.dir}/data", "--run-dir", f"{self.dir}/run",
-                          "--bridge", self.bridge, "--subnet", "10.217.0.0/24"]
+                          "--bridge", self.bridge, "--subnet", f"10.217.{instance}.0/24"]
         self.env = dict(os.environ, GANTRY_ACCESS_KEY_ID=KEY, GANTRY_SECRET_ACCESS_KEY=SECRET,
                         GANTRY_ACCOUNT_ID=ACCOUNT, GANTRY_WARM_POOL="2")
         self.proc = None

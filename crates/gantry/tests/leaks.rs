@@ -93,7 +93,7 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
     let seen_by_witness: Vec<String> = std::fs::read_to_string(format!("/proc/{}/mountinfo", w.shim_pid))
         .unwrap()
         .lines()
-        .filter(|l| l.contains("/gn-"))
+        .filter(|l| l.contains(&format!("{}/gn-", t.cfg.network.netns_dir.display())))
         .map(str::to_string)
         .collect();
     assert!(
