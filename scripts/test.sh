@@ -17,7 +17,7 @@ trap 'rm -f "$log" "$e2elog"' EXIT
 (cd tests/e2e && ../../.venv/bin/python -m pytest -q -p no:cacheprovider) 2>&1 | tee "$e2elog"
 e2e=${PIPESTATUS[0]}
 set -e
-count() { grep -Eo "[0-9]+ $2" <<<"$1" | awk '{s+=$1} END {print s+0}'; }
+count() { { grep -Eo "[0-9]+ $2" <<<"$1" || true; } | awk '{s+=$1} END {print s+0}'; }
 cargo_results=$(grep -E '^test result: ' "$log" || true)
 pytest_summary=$(tail -n 1 "$e2elog")
 passed=$(( $(count "$cargo_results" passed) + $(count "$pytest_summary" passed) ))

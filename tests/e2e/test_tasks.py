@@ -143,3 +143,40 @@ def test_logs_api(logs):
     with pytest.raises(ClientError) as e:
         logs.get_log_events(logGroupName="/e2e/none", logStreamName="s1")
     assert e.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_gantry_cli_run_ps_logs_stop(gantry):
+    import subprocess
+    from conftest import GANTRY, IMAGE, KEY, SECRET
+    env = dict(gantry.env, GANTRY_ENDPOINT=gantry.endpoint, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET,
+               AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+
+    def g(*args):
+        return subprocess.run([GANTRY, *args], capture_output=True, text=True, env=env, timeout=120)
+
+    r = g("run", IMAGE, "--", "sh", "-c", "echo one; echo two; exit 4")
+    assert r.returncode == 4, r.stderr
+    assert r.stdout == "one\ntwo\n"
+    again = g("run", IMAGE, "--", "sh", "-c", "echo one; echo two; exit 4")
+    assert again.returncode == 4
+    fams = gantry.client("ecs").list_task_definitions(familyPrefix="gantry-run-busybox")["taskDefinitionArns"]
+    assert len(fams) == 1, "an identical run reuses the task definition"
+    r = g("run", "-d", IMAGE, "--", "sh", "-c", "trap 'exit 0' TERM; echo started; while :; do sleep 0.1; done")
+    assert r.returncode == 0, r.stderr
+    tid = r.stdout.strip()
+    ecs = gantry.client("ecs")
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=[tid], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    ps = g("ps")
+    assert tid in ps.stdout and "RUNNING" in ps.stdout, ps.stdout
+    import time
+    deadline = time.time() + 10
+    while "started" not in g("logs", tid).stdout:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert g("stop", tid).returncode == 0
+    r = g("logs", "-f", tid)
+    assert r.returncode == 0 and "started" in r.stdout
+    ps = g("ps", "-a")
+    assert tid in ps.stdout and "STOPPED" in ps.stdout
+    bad = g("run", "127.0.0.1:9/missing/image:1", "--", "true")
+    assert bad.returncode == 125 and "CannotPullContainerError" in bad.stderr

@@ -2,9 +2,11 @@
 //! `debug` (run one task in the foreground, sweep leftovers, benchmark task start).
 
 mod bench;
+mod client;
 mod debug_run;
 mod dev;
 mod image_cmd;
+mod tasks_cmd;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -68,6 +70,34 @@ enum Cmd {
     /// Run the whole platform on this machine: ECS and CloudWatch Logs APIs, control plane
     /// (SQLite), and the node agent.
     Dev(dev::DevArgs),
+    /// Run an image as a task (registers or reuses a task definition), stream its output and
+    /// exit with its exit code, like `docker run`.
+    Run(tasks_cmd::RunArgs),
+    /// List tasks.
+    Ps {
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Include stopped tasks.
+        #[arg(long, short = 'a')]
+        all: bool,
+    },
+    /// Print a task's output.
+    Logs {
+        task: String,
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Keep printing until the task stops.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Stop a task.
+    Stop {
+        task: String,
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Manage the node's image store.
     #[command(subcommand)]
     Image(image_cmd::ImageCmd),
@@ -154,6 +184,10 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Dev(a) => dev::run(&cli.node, a),
+        Cmd::Run(a) => tasks_cmd::run(a),
+        Cmd::Ps { cluster, all } => tasks_cmd::ps(&cluster, all),
+        Cmd::Logs { task, cluster, follow } => tasks_cmd::logs(&cluster, &task, follow),
+        Cmd::Stop { task, cluster, reason } => tasks_cmd::stop(&cluster, &task, reason.as_deref()),
         Cmd::Image(c) => image_cmd::run(&cli.node, c),
         Cmd::Debug(DebugCmd::Run(a)) => debug_run::run(&cli.node, a),
         Cmd::Debug(DebugCmd::Sweep { all }) => (|| {
