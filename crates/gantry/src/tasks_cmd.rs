@@ -251,10 +251,7 @@ pub fn ps(cluster: &str, all: bool) -> Result<i32> {
             }
         }
     }
-    println!(
-        "{:<34} {:<28} {:<14} {:<16} {}",
-        "TASK", "DEFINITION", "STATUS", "IP", "EXIT"
-    );
+    println!("{:<34} {:<28} {:<14} {:<16} EXIT", "TASK", "DEFINITION", "STATUS", "IP");
     for chunk in arns.chunks(100) {
         let r = c.ecs("DescribeTasks", json!({"cluster": cluster, "tasks": chunk}))?;
         for t in r["tasks"].as_array().into_iter().flatten() {
