@@ -180,3 +180,39 @@ def test_gantry_cli_run_ps_logs_stop(gantry):
     assert tid in ps.stdout and "STOPPED" in ps.stdout
     bad = g("run", "127.0.0.1:9/missing/image:1", "--", "true")
     assert bad.returncode == 125 and "CannotPullContainerError" in bad.stderr
+
+
+def test_depends_on_healthy_and_health_rollup(ecs):
+    import time as _t
+    register(ecs, "healthy-dep", [
+        {"name": "db", "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 1; touch /tmp/ready; while :; do sleep 0.1; done"],
+         "healthCheck": {"command": ["CMD-SHELL", "test -f /tmp/ready"], "interval": 5, "timeout": 2, "retries": 1}, "stopTimeout": 2},
+        {"name": "app", "essential": False, "command": ["sh", "-c", "echo app started"],
+         "dependsOn": [{"containerName": "db", "condition": "HEALTHY"}], "logConfiguration": awslogs("/e2e/healthy")},
+    ])
+    task = run(ecs, "default", "healthy-dep")[0]
+    deadline = _t.time() + 60
+    while True:
+        t = ecs.describe_tasks(cluster="default", tasks=[task["taskArn"]])["tasks"][0]
+        app = [c for c in t["containers"] if c["name"] == "app"][0]
+        if app.get("exitCode") is not None:
+            break
+        assert _t.time() < deadline, t
+        _t.sleep(0.5)
+    db = [c for c in t["containers"] if c["name"] == "db"][0]
+    assert db["healthStatus"] == "HEALTHY" and t["healthStatus"] == "HEALTHY"
+    assert app["exitCode"] == 0
+    ecs.stop_task(cluster="default", task=task["taskArn"])
+    wait_stopped(ecs, "default", [task["taskArn"]])
+
+    register(ecs, "sick", [{"name": "app", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"],
+                            "healthCheck": {"command": ["CMD", "false"], "interval": 5, "retries": 1}, "stopTimeout": 2}])
+    task = run(ecs, "default", "sick")[0]
+    deadline = _t.time() + 30
+    while ecs.describe_tasks(cluster="default", tasks=[task["taskArn"]])["tasks"][0]["healthStatus"] != "UNHEALTHY":
+        assert _t.time() < deadline
+        _t.sleep(0.5)
+    t = ecs.describe_tasks(cluster="default", tasks=[task["taskArn"]])["tasks"][0]
+    assert t["lastStatus"] == "RUNNING" and t["containers"][0]["healthStatus"] == "UNHEALTHY"
+    ecs.stop_task(cluster="default", task=task["taskArn"])
+    wait_stopped(ecs, "default", [task["taskArn"]])

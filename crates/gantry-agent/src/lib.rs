@@ -3,6 +3,7 @@
 //! stop, cleanup), shipping awslogs output to the log store. Re-attaches after a restart:
 //! containers keep running under their shims and the agent picks them up from disk.
 
+mod health;
 mod logship;
 mod supervise;
 

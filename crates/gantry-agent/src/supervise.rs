@@ -90,8 +90,14 @@ pub async fn supervise(a: &Arc<Agent>, key: &str) -> Result<()> {
             }
         }
     } else {
-        // Re-attach: resume shipping logs of containers still running.
+        // Re-attach: resume shipping logs and health checks of containers still running.
         for c in &rec.containers {
+            if matches!(
+                a.node.container_state(&id, &container_dir_name(c.name())),
+                ContainerState::Running(_)
+            ) {
+                crate::health::spawn(a, key, &id, c);
+            }
             if let Some((t, _)) = awslogs_target(&rec, c) {
                 if a.node.container_dir(&id, &container_dir_name(c.name())).exists() {
                     shippers.insert(
@@ -266,10 +272,44 @@ async fn launch(
                     }
                 }
                 "HEALTHY" => {
-                    return Err(format!(
-                        "CannotStartContainerError: container {name} depends on {} being HEALTHY, and container health checks are not implemented yet",
-                        d.container_name
-                    ));
+                    // Bounded by the dependent container's startTimeout (ECS's rule).
+                    let limit = Duration::from_secs(c.start_timeout.unwrap_or(120).max(1) as u64);
+                    let deadline = std::time::Instant::now() + limit;
+                    loop {
+                        let Some((cur, _)) = get(a, key).await? else {
+                            return Err("task vanished".into());
+                        };
+                        let h = cur
+                            .task
+                            .containers
+                            .iter()
+                            .find(|x| x.name == d.container_name)
+                            .map(|x| x.health_status.clone());
+                        match h.as_deref() {
+                            Some("HEALTHY") => break,
+                            Some("UNHEALTHY") => {
+                                return Err(format!(
+                                    "CannotStartContainerError: dependency {} of container {name} is UNHEALTHY (condition HEALTHY)",
+                                    d.container_name
+                                ));
+                            }
+                            _ => {}
+                        }
+                        if !matches!(a.node.container_state(&id, &dep), ContainerState::Running(_)) {
+                            return Err(format!(
+                                "CannotStartContainerError: dependency {} of container {name} exited before becoming HEALTHY",
+                                d.container_name
+                            ));
+                        }
+                        if std::time::Instant::now() >= deadline {
+                            return Err(format!(
+                                "CannotStartContainerError: dependency {} of container {name} did not become HEALTHY within {}s",
+                                d.container_name,
+                                limit.as_secs()
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
                 _ => {}
             }
@@ -306,6 +346,7 @@ async fn launch(
                 Shipper::start(a.logs.clone(), a.node.log_path(&id, &container_dir_name(&name)), t),
             );
         }
+        crate::health::spawn(a, key, &id, c);
         let runtime_id = gantry_runtime::task::Node::runtime_id(&id, &container_dir_name(&name));
         update(a, key, |r| {
             if let Some(ct) = r.task.containers.iter_mut().find(|x| x.name == name) {

@@ -81,6 +81,9 @@ pub trait Runtime {
     fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
     /// Force-deletes the container (killing what is left) and its cgroup.
     fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Runs a process inside the running container; its exit code, or None if it outlived
+    /// `timeout` (it is then killed).
+    fn exec(&self, id: &str, args: &[String], timeout: std::time::Duration) -> Result<Option<i32>, RuntimeError>;
 }
 
 /// Drives a runtime binary. State lives under `root`; the runtime's own diagnostics go to
@@ -223,6 +226,47 @@ impl Runtime for CliRuntime {
         let mut c = self.cmd();
         c.arg("delete").arg("--force").arg(id).stdout(Stdio::null());
         self.run("delete", id, c)
+    }
+
+    fn exec(&self, id: &str, args: &[String], timeout: std::time::Duration) -> Result<Option<i32>, RuntimeError> {
+        let rt = self.kind.binary();
+        let mut c = self.cmd();
+        c.arg("exec")
+            .arg(id)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().map_err(|source| RuntimeError::Spawn {
+            runtime: rt,
+            op: "exec",
+            id: id.into(),
+            source,
+        })?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => {
+                    return Ok(Some(st.code().unwrap_or(
+                        128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0),
+                    )))
+                }
+                Ok(None) if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(None);
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(source) => {
+                    return Err(RuntimeError::Spawn {
+                        runtime: rt,
+                        op: "exec",
+                        id: id.into(),
+                        source,
+                    })
+                }
+            }
+        }
     }
 }
 

@@ -282,6 +282,18 @@ impl Node {
         }
     }
 
+    /// Runs a command inside a running container (health checks): its exit code, or None if
+    /// it ran past `timeout`.
+    pub fn exec(&self, task: &str, name: &str, args: &[String], timeout: Duration) -> Result<Option<i32>, TaskError> {
+        let id = Self::runtime_id(task, name);
+        self.runtime(&self.container_dir(task, name))
+            .exec(&id, args, timeout)
+            .map_err(|e| TaskError::Start {
+                id,
+                message: e.to_string(),
+            })
+    }
+
     pub fn container_stats(&self, task: &str, name: &str) -> CgroupStats {
         cgroup::stats(&format!("{CGROUP_PARENT}/{}", Self::runtime_id(task, name)))
     }
