@@ -182,3 +182,54 @@ def test_unknown_operation(gantry):
     with pytest.raises(ClientError) as e:
         ecs.list_container_instances(cluster="default")
     assert error_code(e) in ("InvalidAction", "ClusterNotFoundException")
+
+
+def test_resources_are_scoped_per_region(gantry):
+    east = gantry.client("ecs")
+    import boto3
+    from conftest import KEY, SECRET
+    west = boto3.client("ecs", endpoint_url=gantry.endpoint, region_name="us-west-2", aws_access_key_id=KEY, aws_secret_access_key=SECRET)
+    east.create_cluster(clusterName="scoped-east")
+    assert not any(a.endswith("/scoped-east") for a in west.list_clusters()["clusterArns"])
+    c = west.create_cluster(clusterName="scoped-west")["cluster"]
+    assert c["clusterArn"].startswith("arn:aws:ecs:us-west-2:")
+    assert not any(a.endswith("/scoped-west") for a in east.list_clusters()["clusterArns"])
+
+
+def test_dev_writes_a_working_aws_profile(tmp_path):
+    """A fresh `gantry dev` merges a `gantry` profile into the AWS files, keeping the others,
+    and `aws --profile gantry` works with nothing else set."""
+    import os
+    import subprocess
+    from conftest import AWS, Gantry
+    creds, conf = tmp_path / "credentials", tmp_path / "config"
+    creds.write_text("[default]\naws_access_key_id = KEEP\naws_secret_access_key = ME\n")
+    conf.write_text("[profile other]\nregion = eu-west-1\n")
+    g = Gantry(instance=2)
+    for k in ("GANTRY_ACCESS_KEY_ID", "GANTRY_SECRET_ACCESS_KEY", "GANTRY_ACCOUNT_ID"):
+        g.env.pop(k, None)
+    g.env.update(AWS_SHARED_CREDENTIALS_FILE=str(creds), AWS_CONFIG_FILE=str(conf))
+    log = open(os.path.join(g.dir, "dev.log"), "a")
+    from conftest import GANTRY
+    g.proc = subprocess.Popen([GANTRY, *g.node_args, "dev", "--listen", f"127.0.0.1:{g.port}"],
+                              env=g.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import socket
+        import time
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", g.port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.time() < deadline, g.log()
+                time.sleep(0.05)
+        assert "aws_access_key_id = KEEP" in creds.read_text() and "[gantry]" in creds.read_text()
+        assert "[profile other]" in conf.read_text() and f"endpoint_url = http://127.0.0.1:{g.port}" in conf.read_text()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_SHARED_CREDENTIALS_FILE=str(creds), AWS_CONFIG_FILE=str(conf))
+        p = subprocess.run([AWS, "--profile", "gantry", "ecs", "list-clusters"], capture_output=True, text=True, env=env)
+        assert p.returncode == 0, p.stderr
+        assert '"clusterArns"' in p.stdout
+    finally:
+        g.cleanup()
