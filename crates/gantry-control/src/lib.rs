@@ -3,6 +3,7 @@
 //! through the lifecycle; every write is compare-and-swap on the record's revision.
 
 mod clusters;
+pub mod deploy;
 pub mod logstore;
 mod taskdefs;
 mod tasks;
