@@ -68,6 +68,11 @@ fn parse_resource_arn(scope: &Scope, arn: &str) -> Result<(&'static str, String,
     if let Some(td) = rest.strip_prefix("task-definition/") {
         return Ok(("task-definition", String::new(), td.to_string()));
     }
+    if let Some(t) = rest.strip_prefix("service/") {
+        if let Some((c, name)) = t.split_once('/') {
+            return Ok(("service", c.to_string(), name.to_string()));
+        }
+    }
     if let Some(t) = rest.strip_prefix("task/") {
         if let Some((c, id)) = t.split_once('/') {
             return Ok(("task", c.to_string(), id.to_string()));
@@ -218,12 +223,67 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             let reason: Option<String> = field(&input, "reason")?;
             json!({"task": c.stop_task(scope, cluster.as_deref(), &task, reason.as_deref()).await?})
         }
+        "CreateService" => {
+            if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
+                validate_tags(&t)?;
+            }
+            let req = serde_json::from_value(input).map_err(|e| {
+                ApiError::client(
+                    "InvalidParameterException",
+                    format!("Invalid CreateService request: {e}"),
+                )
+            })?;
+            json!({"service": c.create_service(scope, req).await?})
+        }
+        "UpdateService" => {
+            let req = serde_json::from_value(input).map_err(|e| {
+                ApiError::client(
+                    "InvalidParameterException",
+                    format!("Invalid UpdateService request: {e}"),
+                )
+            })?;
+            json!({"service": c.update_service(scope, req).await?})
+        }
+        "DeleteService" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let service: String = required(&input, "service")?;
+            let force: bool = field(&input, "force")?.unwrap_or(false);
+            json!({"service": c.delete_service(scope, cluster.as_deref(), &service, force).await?})
+        }
+        "DescribeServices" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let services: Vec<String> = required(&input, "services")?;
+            let include: Vec<String> = field(&input, "include")?.unwrap_or_default();
+            let (found, failures) = c
+                .describe_services(scope, cluster.as_deref(), &services, &include)
+                .await?;
+            json!({"services": found, "failures": failures})
+        }
+        "ListServices" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let token: Option<String> = field(&input, "nextToken")?;
+            if field::<String>(&input, "launchType")?.is_some_and(|l| l != "FARGATE")
+                || field::<String>(&input, "schedulingStrategy")?.is_some_and(|s| s != "REPLICA")
+            {
+                return Ok(json!({"serviceArns": []}));
+            }
+            let (arns, next) = c
+                .list_services(
+                    scope,
+                    cluster.as_deref(),
+                    token.as_deref(),
+                    field(&input, "maxResults")?,
+                )
+                .await?;
+            json!({"serviceArns": arns, "nextToken": next})
+        }
         "TagResource" | "UntagResource" | "ListTagsForResource" => {
             let arn: String = required(&input, "resourceArn")?;
             let (kind, cluster, id) = parse_resource_arn(scope, &arn)?;
             if op == "ListTagsForResource" {
                 let tags = match kind {
                     "cluster" => c.cluster_tags(scope, &cluster).await?,
+                    "service" => c.service_tags(scope, &cluster, &id).await?,
                     "task" => c.task_tags(scope, &cluster, &id).await?,
                     _ => c.task_definition(scope, &arn).await?.0.tags,
                 };
@@ -245,6 +305,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             };
             match kind {
                 "cluster" => c.set_cluster_tags(scope, &cluster, apply).await?,
+                "service" => c.set_service_tags(scope, &cluster, &id, apply).await?,
                 "task" => c.set_task_tags(scope, &cluster, &id, apply).await?,
                 _ => c.set_taskdef_tags(scope, &arn, apply).await?,
             }

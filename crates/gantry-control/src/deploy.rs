@@ -32,8 +32,10 @@ pub struct Snapshot {
     pub primary: String,
     /// Whether new tasks may be launched now (crash-loop backoff, failed deployment).
     pub launch_allowed: bool,
-    /// Tasks that are not STOPPED.
+    /// Tasks that are not STOPPED and not already told to stop.
     pub tasks: Vec<TaskView>,
+    /// Tasks told to stop that have not stopped yet: they still count against the maximum.
+    pub stopping: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +72,7 @@ pub fn plan(s: &Snapshot) -> Plan {
     // With a desired count, at least one task may always exist.
     let max_total = max_tasks(s).max(s.desired.min(1));
     let min_h = min_healthy(s);
-    let mut total = s.tasks.len() as u32;
+    let mut total = s.tasks.len() as u32 + s.stopping;
     let mut healthy = s.tasks.iter().filter(|t| t.health == TaskHealth::Healthy).count() as u32;
     let mut stopped: Vec<&str> = Vec::new();
     let is_primary = |t: &TaskView| t.deployment == s.primary;
@@ -80,13 +82,20 @@ pub fn plan(s: &Snapshot) -> Plan {
         stop(t, StopReason::FailedHealthChecks, &mut p, &mut total, &mut stopped);
     }
     // 2. Old deployments' tasks that are not healthy yet are obsolete.
-    for t in s.tasks.iter().filter(|t| !is_primary(t) && !t.protected && matches!(t.health, TaskHealth::Pending | TaskHealth::Starting)) {
+    for t in s
+        .tasks
+        .iter()
+        .filter(|t| !is_primary(t) && !t.protected && matches!(t.health, TaskHealth::Pending | TaskHealth::Starting))
+    {
         stop(t, StopReason::Replaced, &mut p, &mut total, &mut stopped);
     }
     // 3. The primary above the desired count scales in: least useful first, protected never,
     //    healthy ones only while the floor holds.
-    let mut primary: Vec<&TaskView> =
-        s.tasks.iter().filter(|t| is_primary(t) && t.health != TaskHealth::Unhealthy).collect();
+    let mut primary: Vec<&TaskView> = s
+        .tasks
+        .iter()
+        .filter(|t| is_primary(t) && t.health != TaskHealth::Unhealthy)
+        .collect();
     let mut primary_live = primary.len() as u32;
     if primary_live > s.desired {
         primary.sort_by_key(|t| match t.health {
@@ -119,15 +128,29 @@ pub fn plan(s: &Snapshot) -> Plan {
     }
     // 4. Old healthy tasks go once the primary covers for them, or to make room for it, never
     //    below the healthy floor.
-    let primary_healthy =
-        s.tasks.iter().filter(|t| is_primary(t) && t.health == TaskHealth::Healthy && !stopped.contains(&t.arn.as_str())).count() as u32;
-    let old_healthy: Vec<&TaskView> =
-        s.tasks.iter().filter(|t| !is_primary(t) && t.health == TaskHealth::Healthy && !t.protected).collect();
-    let old_healthy_all = s.tasks.iter().filter(|t| !is_primary(t) && t.health == TaskHealth::Healthy).count() as u32;
+    let primary_healthy = s
+        .tasks
+        .iter()
+        .filter(|t| is_primary(t) && t.health == TaskHealth::Healthy && !stopped.contains(&t.arn.as_str()))
+        .count() as u32;
+    let old_healthy: Vec<&TaskView> = s
+        .tasks
+        .iter()
+        .filter(|t| !is_primary(t) && t.health == TaskHealth::Healthy && !t.protected)
+        .collect();
+    let old_healthy_all = s
+        .tasks
+        .iter()
+        .filter(|t| !is_primary(t) && t.health == TaskHealth::Healthy)
+        .count() as u32;
     let missing = s.desired.saturating_sub(primary_live);
     let room = max_total.saturating_sub(total);
     let surplus = old_healthy_all.saturating_sub(s.desired.saturating_sub(primary_healthy));
-    let want = surplus.max(if s.launch_allowed { missing.saturating_sub(room) } else { 0 });
+    let want = surplus.max(if s.launch_allowed {
+        missing.saturating_sub(room)
+    } else {
+        0
+    });
     let can = want.min(healthy.saturating_sub(min_h)).min(old_healthy.len() as u32);
     for t in old_healthy.iter().take(can as usize) {
         stop(t, StopReason::Replaced, &mut p, &mut total, &mut stopped);
@@ -142,8 +165,12 @@ pub fn plan(s: &Snapshot) -> Plan {
             p.start = missing.min(room);
         }
     }
-    let converged = s.tasks.iter().all(|t| is_primary(t) && t.health == TaskHealth::Healthy) && s.tasks.len() as u32 == s.desired;
-    let waiting = s.tasks.iter().any(|t| matches!(t.health, TaskHealth::Pending | TaskHealth::Starting));
+    let converged =
+        s.tasks.iter().all(|t| is_primary(t) && t.health == TaskHealth::Healthy) && s.tasks.len() as u32 == s.desired;
+    let waiting = s.stopping > 0
+        || s.tasks
+            .iter()
+            .any(|t| matches!(t.health, TaskHealth::Pending | TaskHealth::Starting));
     if p.start == 0 && p.stop.is_empty() && !converged && !waiting && p.blocked.is_none() {
         p.blocked = Some(format!(
             "no task can start or stop: {total} tasks (maximumPercent {} allows {max_total}), {healthy} healthy (minimumHealthyPercent {} needs {min_h}), protected tasks are kept",
@@ -159,11 +186,24 @@ mod tests {
     use proptest::prelude::*;
 
     fn task(i: usize, dep: &str, h: TaskHealth) -> TaskView {
-        TaskView { arn: format!("t{i}"), deployment: dep.into(), health: h, protected: false }
+        TaskView {
+            arn: format!("t{i}"),
+            deployment: dep.into(),
+            health: h,
+            protected: false,
+        }
     }
 
     fn snap(desired: u32, min: u32, max: u32, tasks: Vec<TaskView>) -> Snapshot {
-        Snapshot { desired, minimum_healthy_percent: min, maximum_percent: max, primary: "new".into(), launch_allowed: true, tasks }
+        Snapshot {
+            desired,
+            minimum_healthy_percent: min,
+            maximum_percent: max,
+            primary: "new".into(),
+            launch_allowed: true,
+            tasks,
+            stopping: 0,
+        }
     }
 
     #[test]
@@ -196,7 +236,10 @@ mod tests {
 
     #[test]
     fn unhealthy_tasks_are_replaced() {
-        let t = vec![task(0, "new", TaskHealth::Healthy), task(1, "new", TaskHealth::Unhealthy)];
+        let t = vec![
+            task(0, "new", TaskHealth::Healthy),
+            task(1, "new", TaskHealth::Unhealthy),
+        ];
         let p = plan(&snap(2, 100, 200, t));
         assert_eq!(p.stop, vec![("t1".to_string(), StopReason::FailedHealthChecks)]);
         assert_eq!(p.start, 1);
@@ -221,7 +264,12 @@ mod tests {
     }
 
     fn health() -> impl Strategy<Value = TaskHealth> {
-        prop_oneof![Just(TaskHealth::Pending), Just(TaskHealth::Starting), Just(TaskHealth::Healthy), Just(TaskHealth::Unhealthy)]
+        prop_oneof![
+            Just(TaskHealth::Pending),
+            Just(TaskHealth::Starting),
+            Just(TaskHealth::Healthy),
+            Just(TaskHealth::Unhealthy)
+        ]
     }
 
     proptest! {

@@ -5,6 +5,8 @@
 mod clusters;
 pub mod deploy;
 pub mod logstore;
+pub mod service_controller;
+pub mod services;
 mod taskdefs;
 mod tasks;
 

@@ -76,6 +76,9 @@ pub struct RunTaskRequest {
     pub client_token: Option<String>,
     pub platform_version: Option<String>,
     pub enable_execute_command: Option<bool>,
+    /// Services keep running a task definition that was deregistered after they started.
+    #[serde(skip)]
+    pub allow_inactive: bool,
 }
 
 const MAX_STARTED_BY: usize = 128;
@@ -192,7 +195,7 @@ impl Control {
             .as_deref()
             .ok_or_else(|| EcsError::invalid("taskDefinition can not be blank."))?;
         let (td, _, _) = self.task_definition(scope, td_ref).await?;
-        if td.status() != "ACTIVE" {
+        if td.status() != "ACTIVE" && !(req.allow_inactive && td.status() == "INACTIVE") {
             return Err(EcsError::client("TaskDefinition is inactive"));
         }
         if let Some(token) = &req.client_token {

@@ -14,6 +14,10 @@ pub enum EcsError {
     #[error("{0}")]
     ResourceNotFound(String),
     #[error("{0}")]
+    ServiceNotFound(String),
+    #[error("{0}")]
+    ServiceNotActive(String),
+    #[error("{0}")]
     Server(String),
 }
 
@@ -31,6 +35,8 @@ impl EcsError {
             EcsError::ClusterNotFound(_) => "ClusterNotFoundException",
             EcsError::ClusterContainsTasks(_) => "ClusterContainsTasksException",
             EcsError::ResourceNotFound(_) => "ResourceNotFoundException",
+            EcsError::ServiceNotFound(_) => "ServiceNotFoundException",
+            EcsError::ServiceNotActive(_) => "ServiceNotActiveException",
             EcsError::Server(_) => "ServerException",
         }
     }

@@ -202,3 +202,123 @@ mod tests {
         assert!(v.get("stoppedAt").is_none(), "absent fields are omitted");
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ThresholdConfiguration {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentCircuitBreaker {
+    pub enable: bool,
+    pub rollback: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_on_healthy_task: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_configuration: Option<ThresholdConfiguration>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentConfiguration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_circuit_breaker: Option<DeploymentCircuitBreaker>,
+    #[serde(default = "default_max")]
+    pub maximum_percent: i64,
+    #[serde(default = "default_min")]
+    pub minimum_healthy_percent: i64,
+}
+
+fn default_max() -> i64 {
+    200
+}
+
+fn default_min() -> i64 {
+    100
+}
+
+impl Default for DeploymentConfiguration {
+    fn default() -> Self {
+        DeploymentConfiguration {
+            deployment_circuit_breaker: Some(DeploymentCircuitBreaker::default()),
+            maximum_percent: 200,
+            minimum_healthy_percent: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub id: String,
+    pub status: String,
+    pub task_definition: String,
+    pub desired_count: i64,
+    pub pending_count: i64,
+    pub running_count: i64,
+    pub failed_tasks: i64,
+    pub created_at: f64,
+    pub updated_at: f64,
+    pub launch_type: String,
+    pub platform_version: String,
+    pub platform_family: String,
+    #[serde(default)]
+    pub network_configuration: serde_json::Value,
+    pub rollout_state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_state_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEvent {
+    pub id: String,
+    pub created_at: f64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub service_arn: String,
+    pub service_name: String,
+    pub cluster_arn: String,
+    #[serde(default)]
+    pub load_balancers: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub service_registries: Vec<serde_json::Value>,
+    pub status: String,
+    pub desired_count: i64,
+    pub running_count: i64,
+    pub pending_count: i64,
+    pub launch_type: String,
+    pub platform_version: String,
+    pub platform_family: String,
+    pub task_definition: String,
+    pub deployment_configuration: DeploymentConfiguration,
+    pub deployments: Vec<Deployment>,
+    pub events: Vec<ServiceEvent>,
+    pub created_at: f64,
+    #[serde(default)]
+    pub placement_constraints: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub placement_strategy: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub network_configuration: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_grace_period_seconds: Option<i64>,
+    pub scheduling_strategy: String,
+    pub deployment_controller: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<Tag>>,
+    pub created_by: String,
+    #[serde(default, rename = "enableECSManagedTags")]
+    pub enable_ecs_managed_tags: bool,
+    pub propagate_tags: String,
+    #[serde(default)]
+    pub enable_execute_command: bool,
+}

@@ -236,6 +236,20 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
             }
         });
     }
+    {
+        // The service controller: level-triggered, every 250 ms.
+        let control = control.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                control.reconcile_services().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
     let api = gantry_aws::Api { control, logs };
     println!(
         "gantry dev: listening on {endpoint} (account {}, region {})",

@@ -1,0 +1,420 @@
+//! The service controller: level-triggered reconciliation of each service towards its desired
+//! count and its primary deployment, with the planner from `deploy` deciding what to start and
+//! stop, a crash-loop backoff, the deployment circuit breaker with rollback, and the service
+//! events ECS users grep for. All state is in the service and task records, so a restarted
+//! server resumes a deployment where it was.
+
+use crate::deploy::{self, Snapshot, StopReason, TaskHealth, TaskView};
+use crate::services::{new_deployment_id, ServiceRecord};
+use crate::tasks::{RunTaskRequest, TaskRecord};
+use crate::Control;
+use gantry_types::model::{stop_code, Deployment};
+use gantry_types::EcsError;
+
+const HEALTH_REASON: &str = "Task failed container health checks";
+/// Failures in a row before launches back off, and the cap of the backoff.
+const BACKOFF_AFTER: i64 = 3;
+const BACKOFF_MAX_SECS: f64 = 60.0;
+
+fn short_id(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
+/// Whether a stopped task counts as a failure of its deployment.
+fn failed(t: &TaskRecord) -> bool {
+    match t.task.stop_code.as_deref() {
+        Some(stop_code::USER_INITIATED) => false,
+        Some(stop_code::SERVICE_SCHEDULER_INITIATED) => t.task.stopped_reason.as_deref() == Some(HEALTH_REASON),
+        _ => true,
+    }
+}
+
+fn has_health_check(t: &TaskRecord) -> bool {
+    t.containers.iter().any(|c| {
+        c.is_essential()
+            && c.health_check
+                .as_ref()
+                .is_some_and(|h| h.command.first().map(String::as_str) != Some("NONE"))
+    })
+}
+
+fn threshold(rec: &ServiceRecord) -> i64 {
+    let desired = rec.service.desired_count.max(1);
+    let cfg = rec
+        .service
+        .deployment_configuration
+        .deployment_circuit_breaker
+        .as_ref()
+        .and_then(|b| b.threshold_configuration.clone());
+    match cfg {
+        Some(t) if t.kind == "COUNT" => t.value.max(1),
+        Some(t) if t.kind == "UNBOUNDED_PERCENT" => ((desired * t.value) as f64 / 100.0).ceil().max(1.0) as i64,
+        Some(t) => (((desired * t.value) as f64 / 100.0).ceil() as i64).clamp(10, 200),
+        None => ((desired as f64 * 0.5).ceil() as i64).clamp(10, 200),
+    }
+}
+
+impl Control {
+    /// One pass over every service. Errors of one service do not stop the others.
+    pub async fn reconcile_services(&self) {
+        let services = match self.all_services().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing services");
+                return;
+            }
+        };
+        for (key, rec, _) in services {
+            if rec.service.status == "INACTIVE" {
+                continue;
+            }
+            if let Err(e) = self.reconcile_service(&key).await {
+                tracing::warn!(service = %key, error = %e, "reconciling service");
+            }
+        }
+    }
+
+    async fn scheduler_stop(&self, t: &TaskRecord, reason: &str) -> Result<(), EcsError> {
+        let now = self.now();
+        self.update_task(&Self::key_of(t), |r| {
+            if r.task.desired_status == "STOPPED" {
+                return false;
+            }
+            r.task.desired_status = "STOPPED".into();
+            r.task.stopping_at.get_or_insert(now);
+            r.task.stop_code = Some(stop_code::SERVICE_SCHEDULER_INITIATED.into());
+            r.task.stopped_reason = Some(reason.to_string());
+            true
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn reconcile_service(&self, key: &str) -> Result<(), EcsError> {
+        let Some((rec, _)) = self.get_json::<ServiceRecord>(key).await? else {
+            return Ok(());
+        };
+        let scope = rec.scope();
+        let now = self.now();
+        let name = rec.service.service_name.clone();
+        let group = rec.group();
+        let tasks: Vec<TaskRecord> = self
+            .list_task_records(&scope, &rec.cluster)
+            .await?
+            .into_iter()
+            .filter(|t| t.task.group.as_deref() == Some(&group))
+            .collect();
+        let deployment_of = |t: &TaskRecord| t.task.started_by.clone().unwrap_or_default();
+        let grace = rec.service.health_check_grace_period_seconds.unwrap_or(0) as f64;
+        let primary = rec.primary().cloned();
+
+        // Classify live tasks.
+        let mut views = Vec::new();
+        let mut stopping = 0u32;
+        let mut last_healthy = rec.last_healthy_at.clone();
+        for t in tasks.iter().filter(|t| t.task.last_status != "STOPPED") {
+            if t.task.desired_status == "STOPPED" {
+                stopping += 1;
+                continue;
+            }
+            let health = if t.task.last_status != "RUNNING" {
+                TaskHealth::Pending
+            } else if has_health_check(t) {
+                let in_grace = t.task.started_at.is_some_and(|s| now - s < grace);
+                match t.task.health_status.as_str() {
+                    "HEALTHY" => TaskHealth::Healthy,
+                    "UNHEALTHY" if !in_grace => TaskHealth::Unhealthy,
+                    _ => TaskHealth::Starting,
+                }
+            } else {
+                TaskHealth::Healthy
+            };
+            if health == TaskHealth::Healthy {
+                last_healthy.insert(deployment_of(t), now);
+            }
+            views.push(TaskView {
+                arn: t.task.task_arn.clone(),
+                deployment: deployment_of(t),
+                health,
+                protected: false,
+            });
+        }
+
+        // Failures per deployment since its last healthy task (resetOnHealthyTask, default true).
+        let reset = rec
+            .service
+            .deployment_configuration
+            .deployment_circuit_breaker
+            .as_ref()
+            .and_then(|b| b.reset_on_healthy_task)
+            .unwrap_or(true);
+        let failures = |dep: &str, since_healthy: bool| -> (i64, f64) {
+            let since = if since_healthy {
+                last_healthy.get(dep).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            };
+            let fs: Vec<&TaskRecord> = tasks
+                .iter()
+                .filter(|t| {
+                    t.task.last_status == "STOPPED"
+                        && deployment_of(t) == dep
+                        && failed(t)
+                        && t.task.stopped_at.unwrap_or(0.0) > since
+                })
+                .collect();
+            (
+                fs.len() as i64,
+                fs.iter().filter_map(|t| t.task.stopped_at).fold(0.0, f64::max),
+            )
+        };
+
+        let mut events: Vec<String> = Vec::new();
+        let mut new_primary: Option<Deployment> = None;
+        let mut primary_failed_now = false;
+        let mut launch_allowed = rec.service.status == "ACTIVE";
+        let mut backoff_streak = 0;
+        if let Some(p) = &primary {
+            let (fail_total, _) = failures(&p.id, reset);
+            let (streak, last_fail) = failures(&p.id, true);
+            backoff_streak = streak;
+            if p.rollout_state == "FAILED" {
+                launch_allowed = false;
+            }
+            let breaker = rec
+                .service
+                .deployment_configuration
+                .deployment_circuit_breaker
+                .clone()
+                .unwrap_or_default();
+            if breaker.enable && p.rollout_state == "IN_PROGRESS" && fail_total >= threshold(&rec) {
+                primary_failed_now = true;
+                launch_allowed = false;
+                events.push(format!(
+                    "(service {name}) deployment {} deployment failed: tasks failed to start.",
+                    p.id
+                ));
+                if breaker.rollback {
+                    if let Some(done) = &rec.last_completed {
+                        let id = new_deployment_id();
+                        events.push(format!("(service {name}) rolling back to deployment {}.", done.id));
+                        new_primary = Some(Deployment {
+                            id: id.clone(),
+                            status: "PRIMARY".into(),
+                            task_definition: done.task_definition.clone(),
+                            desired_count: rec.service.desired_count,
+                            created_at: now,
+                            updated_at: now,
+                            launch_type: "FARGATE".into(),
+                            platform_version: done.platform_version.clone(),
+                            platform_family: "Linux".into(),
+                            network_configuration: done.network_configuration.clone(),
+                            rollout_state: "IN_PROGRESS".into(),
+                            rollout_state_reason: Some(format!("ECS deployment {id} in progress.")),
+                            ..Default::default()
+                        });
+                        launch_allowed = true;
+                    }
+                }
+            } else if streak >= BACKOFF_AFTER {
+                let delay = (2f64.powi((streak - BACKOFF_AFTER) as i32)).min(BACKOFF_MAX_SECS);
+                if now < last_fail + delay {
+                    launch_allowed = false;
+                }
+                if rec.backoff_announced != streak && streak == BACKOFF_AFTER {
+                    events.push(format!(
+                        "(service {name}) is unable to consistently start tasks successfully. Relaunching with exponential backoff (next attempt in {delay:.0}s)."
+                    ));
+                }
+            }
+        }
+        let primary_id = new_primary
+            .as_ref()
+            .map(|d| d.id.clone())
+            .or_else(|| primary.as_ref().map(|d| d.id.clone()))
+            .unwrap_or_default();
+
+        let snap = Snapshot {
+            desired: rec.service.desired_count.max(0) as u32,
+            minimum_healthy_percent: rec.service.deployment_configuration.minimum_healthy_percent as u32,
+            maximum_percent: rec.service.deployment_configuration.maximum_percent as u32,
+            primary: primary_id.clone(),
+            launch_allowed,
+            tasks: views.clone(),
+            stopping,
+        };
+        let plan = deploy::plan(&snap);
+
+        // Apply: stops first, then launches.
+        let mut stopped_ids = Vec::new();
+        for (arn, why) in &plan.stop {
+            let Some(t) = tasks.iter().find(|t| &t.task.task_arn == arn) else {
+                continue;
+            };
+            let reason = match why {
+                StopReason::FailedHealthChecks => HEALTH_REASON.to_string(),
+                _ => format!("Scaling activity initiated by (deployment {primary_id})"),
+            };
+            self.scheduler_stop(t, &reason).await?;
+            stopped_ids.push(short_id(arn).to_string());
+        }
+        if !stopped_ids.is_empty() {
+            events.push(format!(
+                "(service {name}) has stopped {} running tasks: {}.",
+                stopped_ids.len(),
+                stopped_ids
+                    .iter()
+                    .map(|i| format!("(task {i})"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+        let mut started_ids = Vec::new();
+        if plan.start > 0 {
+            let td = new_primary
+                .as_ref()
+                .map(|d| d.task_definition.clone())
+                .or_else(|| primary.as_ref().map(|d| d.task_definition.clone()))
+                .unwrap_or_else(|| rec.service.task_definition.clone());
+            let network = new_primary
+                .as_ref()
+                .map(|d| d.network_configuration.clone())
+                .unwrap_or_else(|| rec.service.network_configuration.clone());
+            let mut left = plan.start;
+            while left > 0 {
+                let n = left.min(10);
+                let req = RunTaskRequest {
+                    cluster: Some(rec.cluster.clone()),
+                    task_definition: Some(td.clone()),
+                    count: Some(n as i64),
+                    launch_type: Some("FARGATE".into()),
+                    network_configuration: Some(network.clone()),
+                    started_by: Some(primary_id.clone()),
+                    group: Some(group.clone()),
+                    allow_inactive: true,
+                    ..Default::default()
+                };
+                let (started, _) = self.run_task(&scope, req).await?;
+                started_ids.extend(started.iter().map(|t| short_id(&t.task_arn).to_string()));
+                left -= n;
+            }
+            events.push(format!(
+                "(service {name}) has started {} tasks: {}.",
+                started_ids.len(),
+                started_ids
+                    .iter()
+                    .map(|i| format!("(task {i})"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+
+        // Counts and rollout state, written back with CAS.
+        let live: Vec<&TaskRecord> = tasks.iter().filter(|t| t.task.last_status != "STOPPED").collect();
+        let count = |dep: Option<&str>, running: bool| -> i64 {
+            live.iter()
+                .filter(|t| dep.is_none_or(|d| deployment_of(t) == d))
+                .filter(|t| {
+                    if running {
+                        t.task.last_status == "RUNNING"
+                    } else {
+                        t.task.last_status != "RUNNING"
+                    }
+                })
+                .count() as i64
+                + if running {
+                    0
+                } else {
+                    started_ids.len() as i64 * dep.is_none_or(|d| d == primary_id) as i64
+                }
+        };
+        let primary_healthy = views
+            .iter()
+            .filter(|v| v.deployment == primary_id && v.health == TaskHealth::Healthy)
+            .count() as i64;
+        let others_live = live.iter().filter(|t| deployment_of(t) != primary_id).count();
+        let converged = new_primary.is_none()
+            && !primary_failed_now
+            && primary_healthy == rec.service.desired_count
+            && others_live == 0
+            && stopping == 0
+            && plan.start == 0
+            && plan.stop.is_empty()
+            && views.iter().filter(|v| v.deployment == primary_id).count() as i64 == rec.service.desired_count;
+        let draining_done = rec.service.status == "DRAINING" && live.is_empty();
+        let fail_counts: std::collections::BTreeMap<String, i64> = rec
+            .service
+            .deployments
+            .iter()
+            .map(|d| (d.id.clone(), failures(&d.id, false).0))
+            .collect();
+        self.update_service_record(key, |r| {
+            let mut events_out = events.clone();
+            r.last_healthy_at = last_healthy.clone();
+            if backoff_streak >= BACKOFF_AFTER {
+                r.backoff_announced = backoff_streak;
+            }
+            for d in &mut r.service.deployments {
+                d.running_count = count(Some(&d.id), true);
+                d.pending_count = count(Some(&d.id), false);
+                d.failed_tasks = fail_counts.get(&d.id).copied().unwrap_or(0);
+                if d.status != "PRIMARY" {
+                    d.desired_count = d.running_count + d.pending_count;
+                }
+            }
+            if primary_failed_now {
+                if let Some(p) = r.service.deployments.iter_mut().find(|d| d.status == "PRIMARY") {
+                    p.rollout_state = "FAILED".into();
+                    p.rollout_state_reason = Some("ECS deployment circuit breaker: tasks failed to start.".into());
+                    p.updated_at = now;
+                    if new_primary.is_some() {
+                        p.status = "ACTIVE".into();
+                    }
+                }
+            }
+            if let Some(np) = &new_primary {
+                r.service.task_definition = np.task_definition.clone();
+                r.service.deployments.insert(0, np.clone());
+            }
+            r.service.running_count = count(None, true);
+            r.service.pending_count = count(None, false);
+            if !stopped_ids.is_empty() || !started_ids.is_empty() {
+                r.steady = false;
+            }
+            if converged {
+                let completed_id = r
+                    .service
+                    .deployments
+                    .iter()
+                    .find(|d| d.status == "PRIMARY" && d.rollout_state == "IN_PROGRESS")
+                    .map(|d| d.id.clone());
+                if let Some(id) = completed_id {
+                    if let Some(p) = r.service.deployments.iter_mut().find(|d| d.id == id) {
+                        p.rollout_state = "COMPLETED".into();
+                        p.rollout_state_reason = Some(format!("ECS deployment {id} completed."));
+                        p.updated_at = now;
+                        r.last_completed = Some(p.clone());
+                    }
+                    events_out.push(format!("(service {name}) deployment {id} deployment completed."));
+                }
+                r.service.deployments.retain(|d| d.status == "PRIMARY");
+                if !r.steady {
+                    events_out.push(format!("(service {name}) has reached a steady state."));
+                    r.steady = true;
+                }
+            }
+            if draining_done && r.service.status == "DRAINING" {
+                r.service.status = "INACTIVE".into();
+                r.service.deployments.clear();
+                r.service.running_count = 0;
+                r.service.pending_count = 0;
+            }
+            for m in events_out {
+                r.event(now, m);
+            }
+            Ok(true)
+        })
+        .await?;
+        Ok(())
+    }
+}

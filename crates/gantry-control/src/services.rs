@@ -1,0 +1,576 @@
+//! Services: the API side (create, update, delete, describe, list). The controller that keeps
+//! them at their desired count lives in `service_controller`.
+
+use crate::{random_hex, store_err, Control};
+use gantry_store::StoreError;
+use gantry_types::arn::Scope;
+use gantry_types::model::{Deployment, DeploymentConfiguration, Failure, Service, ServiceEvent, Tag};
+use gantry_types::EcsError;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// A service as stored: its ECS shape plus the controller's bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceRecord {
+    pub service: Service,
+    pub cluster: String,
+    pub account: String,
+    pub region: String,
+    /// Last deployment that completed: the rollback target.
+    #[serde(default)]
+    pub last_completed: Option<Deployment>,
+    /// A steady-state event was emitted and nothing changed since.
+    #[serde(default)]
+    pub steady: bool,
+    /// When a task of each deployment was last seen healthy (circuit breaker reset).
+    #[serde(default)]
+    pub last_healthy_at: std::collections::BTreeMap<String, f64>,
+    /// The failure streak the backoff event was emitted for.
+    #[serde(default)]
+    pub backoff_announced: i64,
+}
+
+impl ServiceRecord {
+    pub fn scope(&self) -> Scope {
+        Scope {
+            account: self.account.clone(),
+            region: self.region.clone(),
+        }
+    }
+    pub fn group(&self) -> String {
+        format!("service:{}", self.service.service_name)
+    }
+    pub fn event(&mut self, now: f64, message: String) {
+        let h = random_hex(16);
+        let id = format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        );
+        self.service.events.insert(
+            0,
+            ServiceEvent {
+                id,
+                created_at: now,
+                message,
+            },
+        );
+        self.service.events.truncate(100);
+    }
+    pub fn primary(&self) -> Option<&Deployment> {
+        self.service.deployments.iter().find(|d| d.status == "PRIMARY")
+    }
+}
+
+/// Key prefix of every service record (the controller lists them all).
+pub const SERVICES_PREFIX: &str = "/services/";
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateServiceRequest {
+    pub cluster: Option<String>,
+    pub service_name: Option<String>,
+    pub task_definition: Option<String>,
+    pub desired_count: Option<i64>,
+    pub launch_type: Option<String>,
+    pub capacity_provider_strategy: Option<Vec<Value>>,
+    pub platform_version: Option<String>,
+    pub deployment_configuration: Option<DeploymentConfiguration>,
+    pub network_configuration: Option<Value>,
+    pub health_check_grace_period_seconds: Option<i64>,
+    pub scheduling_strategy: Option<String>,
+    pub deployment_controller: Option<Value>,
+    pub tags: Option<Vec<Tag>>,
+    pub enable_execute_command: Option<bool>,
+    pub propagate_tags: Option<String>,
+    pub load_balancers: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateServiceRequest {
+    pub cluster: Option<String>,
+    pub service: Option<String>,
+    pub desired_count: Option<i64>,
+    pub task_definition: Option<String>,
+    pub deployment_configuration: Option<DeploymentConfiguration>,
+    pub network_configuration: Option<Value>,
+    pub force_new_deployment: Option<bool>,
+    pub health_check_grace_period_seconds: Option<i64>,
+    pub platform_version: Option<String>,
+}
+
+pub fn new_deployment_id() -> String {
+    let digits: String = random_hex(10).bytes().map(|b| char::from(b'0' + b % 10)).collect();
+    let more: String = random_hex(5).bytes().map(|b| char::from(b'0' + b % 10)).collect();
+    format!("ecs-svc/{}", &format!("{digits}{more}")[..19])
+}
+
+fn validate_config(c: &DeploymentConfiguration) -> Result<(), EcsError> {
+    if !(0..=100).contains(&c.minimum_healthy_percent) {
+        return Err(EcsError::invalid("minimumHealthyPercent must be between 0 and 100."));
+    }
+    if !(100..=200).contains(&c.maximum_percent) {
+        return Err(EcsError::invalid("maximumPercent must be between 100 and 200."));
+    }
+    if let Some(t) = c
+        .deployment_circuit_breaker
+        .as_ref()
+        .and_then(|b| b.threshold_configuration.as_ref())
+    {
+        if !["COUNT", "BOUNDED_PERCENT", "UNBOUNDED_PERCENT"].contains(&t.kind.as_str()) || t.value < 1 {
+            return Err(EcsError::invalid("thresholdConfiguration needs type COUNT, BOUNDED_PERCENT or UNBOUNDED_PERCENT and a value of at least 1."));
+        }
+    }
+    Ok(())
+}
+
+fn validate_network(n: &Option<Value>) -> Result<Value, EcsError> {
+    let n = n.clone().ok_or_else(|| {
+        EcsError::invalid("Network Configuration must be provided when networkMode 'awsvpc' is specified.")
+    })?;
+    let subnets = n["awsvpcConfiguration"]["subnets"]
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0);
+    if subnets == 0 || subnets > 16 {
+        return Err(EcsError::invalid(
+            "subnets can not be empty and can have at most 16 items.",
+        ));
+    }
+    Ok(n)
+}
+
+impl Control {
+    pub(crate) fn service_key(scope: &Scope, cluster: &str, name: &str) -> String {
+        format!("{SERVICES_PREFIX}{}/{}/{cluster}/{name}", scope.account, scope.region)
+    }
+
+    fn deployment(&self, id: String, td: &str, desired: i64, network: &Value, platform: &str) -> Deployment {
+        let now = self.now();
+        Deployment {
+            rollout_state_reason: Some(format!("ECS deployment {id} in progress.")),
+            id,
+            status: "PRIMARY".into(),
+            task_definition: td.to_string(),
+            desired_count: desired,
+            created_at: now,
+            updated_at: now,
+            launch_type: "FARGATE".into(),
+            platform_version: platform.to_string(),
+            platform_family: "Linux".into(),
+            network_configuration: network.clone(),
+            rollout_state: "IN_PROGRESS".into(),
+            ..Default::default()
+        }
+    }
+
+    pub async fn create_service(&self, scope: &Scope, req: CreateServiceRequest) -> Result<Service, EcsError> {
+        let name = req
+            .service_name
+            .clone()
+            .ok_or_else(|| EcsError::invalid("serviceName can not be blank."))?;
+        if name.is_empty()
+            || name.len() > 255
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(EcsError::invalid(
+                "Service name must be 1-255 letters, numbers, hyphens and underscores.",
+            ));
+        }
+        let desired = req
+            .desired_count
+            .ok_or_else(|| EcsError::invalid("desiredCount must be specified for the REPLICA scheduling strategy."))?;
+        if !(0..=5000).contains(&desired) {
+            return Err(EcsError::invalid("desiredCount must be between 0 and 5000."));
+        }
+        if req.scheduling_strategy.as_deref().is_some_and(|s| s != "REPLICA") {
+            return Err(EcsError::invalid(
+                "Gantry supports the REPLICA scheduling strategy only.",
+            ));
+        }
+        if req
+            .deployment_controller
+            .as_ref()
+            .is_some_and(|d| d["type"].as_str().is_some_and(|t| t != "ECS"))
+        {
+            return Err(EcsError::invalid("Gantry supports the ECS deployment controller only."));
+        }
+        if req.launch_type.as_deref().is_some_and(|l| l != "FARGATE") {
+            return Err(EcsError::invalid("Gantry runs services on FARGATE only."));
+        }
+        if req.launch_type.is_some() && req.capacity_provider_strategy.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(EcsError::invalid(
+                "Specifying both a launch type and capacity provider strategy is not supported.",
+            ));
+        }
+        if req
+            .health_check_grace_period_seconds
+            .is_some_and(|g| !(0..=2_147_483_647).contains(&g))
+        {
+            return Err(EcsError::invalid(
+                "healthCheckGracePeriodSeconds must be between 0 and 2147483647.",
+            ));
+        }
+        if req.load_balancers.as_ref().is_some_and(|l| !l.is_empty()) {
+            return Err(EcsError::invalid("Load balancers are not supported by Gantry yet."));
+        }
+        let config = req.deployment_configuration.clone().unwrap_or_default();
+        validate_config(&config)?;
+        let network = validate_network(&req.network_configuration)?;
+        let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
+        let td_ref = req
+            .task_definition
+            .clone()
+            .ok_or_else(|| EcsError::invalid("taskDefinition can not be blank."))?;
+        let (td, _, _) = self.task_definition(scope, &td_ref).await?;
+        if td.status() != "ACTIVE" {
+            return Err(EcsError::client("TaskDefinition is inactive"));
+        }
+        let td_arn = td.definition["taskDefinitionArn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let key = Self::service_key(scope, &cluster.cluster_name, &name);
+        if let Some((existing, rev)) = self.get_json::<ServiceRecord>(&key).await? {
+            if existing.service.status != "INACTIVE" {
+                return Err(EcsError::invalid("Creation of service was not idempotent."));
+            }
+            self.store.delete(&key, Some(rev)).await.map_err(store_err)?;
+        }
+        let platform = req
+            .platform_version
+            .clone()
+            .filter(|p| p != "LATEST")
+            .unwrap_or_else(|| "1.4.0".into());
+        let dep = self.deployment(new_deployment_id(), &td_arn, desired, &network, &platform);
+        let service = Service {
+            service_arn: format!(
+                "arn:aws:ecs:{}:{}:service/{}/{name}",
+                scope.region, scope.account, cluster.cluster_name
+            ),
+            service_name: name.clone(),
+            cluster_arn: cluster.cluster_arn.clone(),
+            status: "ACTIVE".into(),
+            desired_count: desired,
+            launch_type: "FARGATE".into(),
+            platform_version: platform,
+            platform_family: "Linux".into(),
+            task_definition: td_arn,
+            deployment_configuration: config,
+            deployments: vec![dep],
+            events: vec![],
+            created_at: self.now(),
+            network_configuration: network,
+            health_check_grace_period_seconds: req.health_check_grace_period_seconds,
+            scheduling_strategy: "REPLICA".into(),
+            deployment_controller: json!({"type": "ECS"}),
+            tags: Some(req.tags.clone().unwrap_or_default()),
+            created_by: format!("arn:aws:iam::{}:root", scope.account),
+            propagate_tags: req.propagate_tags.clone().unwrap_or_else(|| "NONE".into()),
+            enable_execute_command: req.enable_execute_command.unwrap_or(false),
+            ..Default::default()
+        };
+        let rec = ServiceRecord {
+            service: service.clone(),
+            cluster: cluster.cluster_name.clone(),
+            account: scope.account.clone(),
+            region: scope.region.clone(),
+            last_completed: None,
+            steady: false,
+            last_healthy_at: Default::default(),
+            backoff_announced: 0,
+        };
+        match self
+            .store
+            .create(&key, &serde_json::to_vec(&rec).expect("serialises"))
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::AlreadyExists { .. }) => {
+                return Err(EcsError::invalid("Creation of service was not idempotent."))
+            }
+            Err(e) => return Err(store_err(e)),
+        }
+        let mut s = service;
+        s.tags = None;
+        Ok(s)
+    }
+
+    async fn service_record(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        name: &str,
+    ) -> Result<(String, ServiceRecord, i64), EcsError> {
+        let cluster = self.active_cluster(scope, cluster).await?;
+        let name = name.rsplit('/').next().unwrap_or(name);
+        let key = Self::service_key(scope, &cluster.cluster_name, name);
+        match self.get_json::<ServiceRecord>(&key).await? {
+            Some((r, rev)) => Ok((key, r, rev)),
+            None => Err(EcsError::ServiceNotFound("Service not found.".into())),
+        }
+    }
+
+    /// Read-modify-write of a service record.
+    pub async fn update_service_record(
+        &self,
+        key: &str,
+        mut f: impl FnMut(&mut ServiceRecord) -> Result<bool, EcsError>,
+    ) -> Result<Option<ServiceRecord>, EcsError> {
+        loop {
+            let Some((mut rec, rev)) = self.get_json::<ServiceRecord>(key).await? else {
+                return Ok(None);
+            };
+            let before = rec.clone();
+            if !f(&mut rec)? || rec == before {
+                return Ok(Some(rec));
+            }
+            match self
+                .store
+                .update(key, &serde_json::to_vec(&rec).expect("serialises"), rev)
+                .await
+            {
+                Ok(_) => return Ok(Some(rec)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+    }
+
+    pub async fn update_service(&self, scope: &Scope, req: UpdateServiceRequest) -> Result<Service, EcsError> {
+        let name = req
+            .service
+            .clone()
+            .ok_or_else(|| EcsError::invalid("service can not be blank."))?;
+        let (key, _, _) = self.service_record(scope, req.cluster.as_deref(), &name).await?;
+        if let Some(d) = req.desired_count {
+            if !(0..=5000).contains(&d) {
+                return Err(EcsError::invalid("desiredCount must be between 0 and 5000."));
+            }
+        }
+        if let Some(c) = &req.deployment_configuration {
+            validate_config(c)?;
+        }
+        let network = match &req.network_configuration {
+            Some(_) => Some(validate_network(&req.network_configuration)?),
+            None => None,
+        };
+        let new_td = match &req.task_definition {
+            Some(r) => {
+                let (td, _, _) = self.task_definition(scope, r).await?;
+                if td.status() != "ACTIVE" {
+                    return Err(EcsError::client("TaskDefinition is inactive"));
+                }
+                Some(
+                    td.definition["taskDefinitionArn"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            }
+            None => None,
+        };
+        let now = self.now();
+        let rec = self
+            .update_service_record(&key, |r| {
+                if r.service.status != "ACTIVE" {
+                    return Err(EcsError::ServiceNotActive("Service was not ACTIVE.".into()));
+                }
+                if let Some(d) = req.desired_count {
+                    if d != r.service.desired_count {
+                        r.steady = false;
+                    }
+                    r.service.desired_count = d;
+                    if let Some(p) = r.service.deployments.iter_mut().find(|d| d.status == "PRIMARY") {
+                        p.desired_count = d;
+                    }
+                }
+                if let Some(c) = &req.deployment_configuration {
+                    r.service.deployment_configuration = c.clone();
+                }
+                if let Some(g) = req.health_check_grace_period_seconds {
+                    r.service.health_check_grace_period_seconds = Some(g);
+                }
+                let td_changed = new_td.as_ref().is_some_and(|t| *t != r.service.task_definition);
+                let net_changed = network.as_ref().is_some_and(|n| *n != r.service.network_configuration);
+                if td_changed || net_changed || req.force_new_deployment.unwrap_or(false) {
+                    if let Some(t) = &new_td {
+                        r.service.task_definition = t.clone();
+                    }
+                    if let Some(n) = &network {
+                        r.service.network_configuration = n.clone();
+                    }
+                    for d in r.service.deployments.iter_mut().filter(|d| d.status == "PRIMARY") {
+                        d.status = "ACTIVE".into();
+                        d.updated_at = now;
+                    }
+                    let id = new_deployment_id();
+                    let mut d = Deployment {
+                        id: id.clone(),
+                        status: "PRIMARY".into(),
+                        task_definition: r.service.task_definition.clone(),
+                        desired_count: r.service.desired_count,
+                        created_at: now,
+                        updated_at: now,
+                        launch_type: "FARGATE".into(),
+                        platform_version: r.service.platform_version.clone(),
+                        platform_family: "Linux".into(),
+                        network_configuration: r.service.network_configuration.clone(),
+                        rollout_state: "IN_PROGRESS".into(),
+                        ..Default::default()
+                    };
+                    d.rollout_state_reason = Some(format!("ECS deployment {id} in progress."));
+                    r.service.deployments.insert(0, d);
+                    r.steady = false;
+                    r.backoff_announced = 0;
+                }
+                Ok(true)
+            })
+            .await?
+            .ok_or_else(|| EcsError::ServiceNotFound("Service not found.".into()))?;
+        let mut s = rec.service;
+        s.tags = None;
+        Ok(s)
+    }
+
+    pub async fn delete_service(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        name: &str,
+        force: bool,
+    ) -> Result<Service, EcsError> {
+        let (key, _, _) = self.service_record(scope, cluster, name).await?;
+        let now = self.now();
+        let rec = self
+            .update_service_record(&key, |r| {
+                match r.service.status.as_str() {
+                    "ACTIVE" => {}
+                    "DRAINING" => return Ok(false),
+                    _ => return Err(EcsError::ServiceNotActive("Service was not ACTIVE.".into())),
+                }
+                if r.service.desired_count > 0 && !force {
+                    return Err(EcsError::invalid(
+                        "The service cannot be stopped while it is scaled above 0.",
+                    ));
+                }
+                r.service.status = "DRAINING".into();
+                r.service.desired_count = 0;
+                for d in &mut r.service.deployments {
+                    d.desired_count = 0;
+                    d.updated_at = now;
+                }
+                r.steady = false;
+                Ok(true)
+            })
+            .await?
+            .ok_or_else(|| EcsError::ServiceNotFound("Service not found.".into()))?;
+        let mut s = rec.service;
+        s.tags = None;
+        Ok(s)
+    }
+
+    pub async fn describe_services(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        names: &[String],
+        include: &[String],
+    ) -> Result<(Vec<Service>, Vec<Failure>), EcsError> {
+        if names.is_empty() || names.len() > 10 {
+            return Err(EcsError::invalid("services must list 1 to 10 services."));
+        }
+        let cluster = self.active_cluster(scope, cluster).await?;
+        let (mut found, mut failures) = (Vec::new(), Vec::new());
+        for n in names {
+            let name = n.rsplit('/').next().unwrap_or(n);
+            match self
+                .get_json::<ServiceRecord>(&Self::service_key(scope, &cluster.cluster_name, name))
+                .await?
+            {
+                Some((mut r, _)) => {
+                    if !include.iter().any(|i| i == "TAGS") {
+                        r.service.tags = None;
+                    }
+                    found.push(r.service)
+                }
+                None => failures.push(Failure {
+                    arn: Some(format!(
+                        "arn:aws:ecs:{}:{}:service/{}/{name}",
+                        scope.region, scope.account, cluster.cluster_name
+                    )),
+                    reason: Some("MISSING".into()),
+                    detail: None,
+                }),
+            }
+        }
+        Ok((found, failures))
+    }
+
+    pub async fn list_services(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        next_token: Option<&str>,
+        max: Option<i64>,
+    ) -> Result<(Vec<String>, Option<String>), EcsError> {
+        let size = crate::page_size(max, 10)?;
+        let cluster = self.active_cluster(scope, cluster).await?;
+        let after = next_token.map(crate::decode_token).transpose()?;
+        let mut all = self
+            .list_json::<ServiceRecord>(&format!(
+                "{SERVICES_PREFIX}{}/{}/{}/",
+                scope.account, scope.region, cluster.cluster_name
+            ))
+            .await?;
+        all.retain(|(k, r, _)| r.service.status != "INACTIVE" && after.as_ref().is_none_or(|a| k > a));
+        let token = (all.len() > size).then(|| crate::encode_token(&all[size - 1].0));
+        Ok((
+            all.into_iter()
+                .take(size)
+                .map(|(_, r, _)| r.service.service_arn)
+                .collect(),
+            token,
+        ))
+    }
+
+    pub async fn all_services(&self) -> Result<Vec<(String, ServiceRecord, i64)>, EcsError> {
+        self.list_json::<ServiceRecord>(SERVICES_PREFIX).await
+    }
+
+    pub async fn set_service_tags(
+        &self,
+        scope: &Scope,
+        cluster: &str,
+        name: &str,
+        f: impl Fn(&mut Vec<Tag>),
+    ) -> Result<(), EcsError> {
+        let key = Self::service_key(scope, cluster, name);
+        let r = self
+            .update_service_record(&key, |r| {
+                let mut tags = r.service.tags.take().unwrap_or_default();
+                f(&mut tags);
+                r.service.tags = Some(tags);
+                Ok(true)
+            })
+            .await?;
+        r.map(|_| ())
+            .ok_or_else(|| EcsError::ResourceNotFound("The specified service is not found.".into()))
+    }
+
+    pub async fn service_tags(&self, scope: &Scope, cluster: &str, name: &str) -> Result<Vec<Tag>, EcsError> {
+        match self
+            .get_json::<ServiceRecord>(&Self::service_key(scope, cluster, name))
+            .await?
+        {
+            Some((r, _)) => Ok(r.service.tags.unwrap_or_default()),
+            None => Err(EcsError::ResourceNotFound("The specified service is not found.".into())),
+        }
+    }
+}
