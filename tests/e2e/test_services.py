@@ -153,3 +153,29 @@ def test_scale_to_zero_delete_and_wait_inactive(ecs):
     assert e.value.response["Error"]["Code"] == "ServiceNotFoundException"
     d = ecs.describe_services(cluster="default", services=["nosuch"])
     assert d["failures"][0]["reason"] == "MISSING"
+
+
+def test_scale_in_honours_task_protection(ecs):
+    register(ecs, "svc-prot", [{"name": "app", "command": ["sh", "-c", LOOP], "stopTimeout": 2}])
+    ecs.create_service(serviceName="prot", taskDefinition="svc-prot", desiredCount=3, networkConfiguration=NET)
+    stable(ecs, "prot")
+    tasks = service_tasks(ecs, "prot")
+    keep = tasks[0]["taskArn"]
+    r = ecs.update_task_protection(cluster="default", tasks=[keep], protectionEnabled=True, expiresInMinutes=10)
+    assert r["protectedTasks"][0]["protectionEnabled"] is True and "expirationDate" in r["protectedTasks"][0]
+    assert ecs.get_task_protection(cluster="default", tasks=[keep])["protectedTasks"][0]["protectionEnabled"] is True
+    ecs.update_service(service="prot", desiredCount=1)
+    s = stable(ecs, "prot")
+    live = service_tasks(ecs, "prot")
+    assert [t["taskArn"] for t in live] == [keep], "the protected task survives scale-in"
+    ecs.update_task_protection(cluster="default", tasks=[keep], protectionEnabled=False)
+    assert ecs.get_task_protection(cluster="default", tasks=[keep])["protectedTasks"][0]["protectionEnabled"] is False
+    import pytest
+    from botocore.exceptions import ClientError
+    with pytest.raises(ClientError) as e:
+        ecs.update_task_protection(cluster="default", tasks=[keep], protectionEnabled=True, expiresInMinutes=3000)
+    assert e.value.response["Error"]["Code"] == "InvalidParameterException"
+    with pytest.raises(ClientError) as e:
+        ecs.delete_cluster(cluster="default")
+    assert e.value.response["Error"]["Code"] == "ClusterContainsServicesException"
+    ecs.delete_service(service="prot", force=True)

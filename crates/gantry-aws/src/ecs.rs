@@ -223,6 +223,20 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             let reason: Option<String> = field(&input, "reason")?;
             json!({"task": c.stop_task(scope, cluster.as_deref(), &task, reason.as_deref()).await?})
         }
+        "GetTaskProtection" | "UpdateTaskProtection" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let tasks: Vec<String> = required(&input, "tasks")?;
+            let enable: Option<bool> = if op == "UpdateTaskProtection" {
+                Some(required(&input, "protectionEnabled")?)
+            } else {
+                None
+            };
+            let minutes: Option<i64> = field(&input, "expiresInMinutes")?;
+            let (p, failures) = c
+                .task_protection(scope, cluster.as_deref(), &tasks, enable, minutes)
+                .await?;
+            json!({"protectedTasks": p, "failures": failures})
+        }
         "CreateService" => {
             if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
                 validate_tags(&t)?;

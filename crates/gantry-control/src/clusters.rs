@@ -196,6 +196,22 @@ impl Control {
         else {
             return Err(EcsError::ClusterNotFound("Cluster not found.".into()));
         };
+        let services = self
+            .list_json::<crate::services::ServiceRecord>(&format!(
+                "{}{}/{}/{name}/",
+                crate::services::SERVICES_PREFIX,
+                scope.account,
+                scope.region
+            ))
+            .await?
+            .into_iter()
+            .filter(|(_, s, _)| s.service.status != "INACTIVE")
+            .count();
+        if services > 0 {
+            return Err(EcsError::ClusterContainsServices(format!(
+                "The Cluster cannot be deleted while Services are active ({services} active)."
+            )));
+        }
         let active = self
             .list_task_records(scope, name)
             .await?

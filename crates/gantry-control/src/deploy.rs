@@ -311,3 +311,33 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod protection_tests {
+    use super::*;
+
+    #[test]
+    fn scale_in_keeps_the_protected_task() {
+        let mut tasks: Vec<TaskView> = (0..3)
+            .map(|i| TaskView {
+                arn: format!("t{i}"),
+                deployment: "new".into(),
+                health: TaskHealth::Healthy,
+                protected: false,
+            })
+            .collect();
+        tasks[0].protected = true;
+        let s = Snapshot {
+            desired: 1,
+            minimum_healthy_percent: 100,
+            maximum_percent: 200,
+            primary: "new".into(),
+            launch_allowed: true,
+            tasks,
+            stopping: 0,
+        };
+        let p = plan(&s);
+        let stopped: Vec<&str> = p.stop.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(stopped, ["t1", "t2"]);
+    }
+}

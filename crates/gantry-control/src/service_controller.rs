@@ -136,7 +136,7 @@ impl Control {
                 arn: t.task.task_arn.clone(),
                 deployment: deployment_of(t),
                 health,
-                protected: false,
+                protected: t.protected_at(now),
             });
         }
 

@@ -26,9 +26,16 @@ pub struct TaskRecord {
     pub account: String,
     #[serde(default)]
     pub region: String,
+    /// Scale-in protection until this time (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_until: Option<f64>,
 }
 
 impl TaskRecord {
+    pub fn protected_at(&self, now: f64) -> bool {
+        self.protected_until.is_some_and(|t| t > now)
+    }
+
     pub fn id(&self) -> &str {
         task_id(&self.task.task_arn)
     }
@@ -373,6 +380,7 @@ impl Control {
                 memory_mib: memory,
                 account: scope.account.clone(),
                 region: scope.region.clone(),
+                protected_until: None,
             };
             self.store
                 .create(
@@ -543,6 +551,64 @@ impl Control {
             Some((r, _)) => Ok(r.task.tags.unwrap_or_default()),
             None => Err(EcsError::ResourceNotFound("The specified task is not found.".into())),
         }
+    }
+
+    /// GetTaskProtection / UpdateTaskProtection: `enable` None reads, Some(on) writes.
+    pub async fn task_protection(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        tasks: &[String],
+        enable: Option<bool>,
+        expires_in_minutes: Option<i64>,
+    ) -> Result<(Vec<Value>, Vec<Failure>), EcsError> {
+        if tasks.is_empty() || tasks.len() > 10 {
+            return Err(EcsError::invalid("tasks must list 1 to 10 tasks."));
+        }
+        let minutes = expires_in_minutes.unwrap_or(120);
+        if !(1..=2880).contains(&minutes) {
+            return Err(EcsError::invalid("expiresInMinutes must be between 1 and 2880."));
+        }
+        let cluster = self.active_cluster(scope, cluster).await?;
+        let now = self.now();
+        let (mut out, mut failures) = (Vec::new(), Vec::new());
+        for t in tasks {
+            let key = Self::task_key(scope, &cluster.cluster_name, task_id(t));
+            let rec = match enable {
+                None => self.get_json::<TaskRecord>(&key).await?.map(|(r, _)| r),
+                Some(on) => {
+                    self.update_task(&key, |r| {
+                        if r.task.last_status == "STOPPED" {
+                            return false;
+                        }
+                        r.protected_until = on.then_some(now + minutes as f64 * 60.0);
+                        true
+                    })
+                    .await?
+                }
+            };
+            match rec {
+                Some(r) if r.task.last_status != "STOPPED" => {
+                    let on = r.protected_at(now);
+                    let mut v = serde_json::json!({"taskArn": r.task.task_arn, "protectionEnabled": on});
+                    if on {
+                        v["expirationDate"] = serde_json::json!(r.protected_until);
+                    }
+                    out.push(v);
+                }
+                Some(r) => failures.push(Failure {
+                    arn: Some(r.task.task_arn),
+                    reason: Some("TASK_NOT_VALID".into()),
+                    detail: Some("The task is stopped.".into()),
+                }),
+                None => failures.push(Failure {
+                    arn: Some(t.clone()),
+                    reason: Some("MISSING".into()),
+                    detail: None,
+                }),
+            }
+        }
+        Ok((out, failures))
     }
 
     /// Deletes STOPPED tasks older than `keep_secs` (ECS keeps them visible about an hour).

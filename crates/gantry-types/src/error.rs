@@ -12,6 +12,8 @@ pub enum EcsError {
     #[error("{0}")]
     ClusterContainsTasks(String),
     #[error("{0}")]
+    ClusterContainsServices(String),
+    #[error("{0}")]
     ResourceNotFound(String),
     #[error("{0}")]
     ServiceNotFound(String),
@@ -34,6 +36,7 @@ impl EcsError {
             EcsError::InvalidParameter(_) => "InvalidParameterException",
             EcsError::ClusterNotFound(_) => "ClusterNotFoundException",
             EcsError::ClusterContainsTasks(_) => "ClusterContainsTasksException",
+            EcsError::ClusterContainsServices(_) => "ClusterContainsServicesException",
             EcsError::ResourceNotFound(_) => "ResourceNotFoundException",
             EcsError::ServiceNotFound(_) => "ServiceNotFoundException",
             EcsError::ServiceNotActive(_) => "ServiceNotActiveException",
