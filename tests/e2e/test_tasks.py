@@ -216,3 +216,47 @@ def test_depends_on_healthy_and_health_rollup(ecs):
     assert t["lastStatus"] == "RUNNING" and t["containers"][0]["healthStatus"] == "UNHEALTHY"
     ecs.stop_task(cluster="default", task=task["taskArn"])
     wait_stopped(ecs, "default", [task["taskArn"]])
+
+
+def test_task_metadata_endpoint_v4(ecs, logs):
+    import json as _json
+    import time as _t
+    register(ecs, "meta-a", [{"name": "app", "stopTimeout": 2, "logConfiguration": awslogs("/e2e/meta"),
+                              "command": ["sh", "-c", "echo $ECS_CONTAINER_METADATA_URI_V4; trap 'exit 0' TERM; while :; do sleep 0.1; done"]}])
+    a = run(ecs, "default", "meta-a", tags=[{"key": "team", "value": "blue"}])[0]
+    aid = a["taskArn"].rsplit("/", 1)[1]
+    deadline = _t.time() + 30
+    while True:
+        try:
+            ev = logs.get_log_events(logGroupName="/e2e/meta", logStreamName=f"ecs/app/{aid}", startFromHead=True)["events"]
+        except Exception:
+            ev = []
+        if ev:
+            break
+        assert _t.time() < deadline
+        _t.sleep(0.2)
+    a_uri = ev[0]["message"]
+    assert a_uri.startswith("http://169.254.170.2/v4/")
+    script = ("for p in '' /task /taskWithTags /stats /task/stats; do wget -qO- $ECS_CONTAINER_METADATA_URI_V4$p; echo; done; "
+              "wget -qO- $OTHER/task >/dev/null 2>&1 && echo OTHER-READABLE || echo OTHER-REFUSED")
+    register(ecs, "meta-b", [{"name": "probe", "logConfiguration": awslogs("/e2e/meta"), "command": ["sh", "-c", script],
+                              "environment": [{"name": "OTHER", "value": a_uri}]}])
+    b = run(ecs, "default", "meta-b", tags=[{"key": "team", "value": "green"}])[0]
+    t = wait_stopped(ecs, "default", [b["taskArn"]])[0]
+    assert t["containers"][0]["exitCode"] == 0, t
+    bid = b["taskArn"].rsplit("/", 1)[1]
+    lines = [e["message"] for e in logs.get_log_events(logGroupName="/e2e/meta", logStreamName=f"ecs/probe/{bid}", startFromHead=True)["events"]]
+    container, task, tagged, stats, task_stats = (_json.loads(l) for l in lines[:5])
+    assert container["Name"] == "probe" and container["Labels"]["com.amazonaws.ecs.task-arn"] == b["taskArn"]
+    assert container["Networks"][0]["IPv4Addresses"][0] == t["containers"][0]["networkInterfaces"][0]["privateIpv4Address"]
+    assert task["TaskARN"] == b["taskArn"] and task["Family"] == "meta-b" and task["LaunchType"] == "FARGATE"
+    assert task["Limits"]["CPU"] == 0.25 and task["Limits"]["Memory"] == 512
+    assert [c["Name"] for c in task["Containers"]] == ["probe"]
+    assert tagged["TaskTags"] == {"team": "green"}
+    assert stats["memory_stats"]["usage"] > 0 and stats["pids_stats"]["current"] >= 1
+    assert stats["cpu_stats"]["cpu_usage"]["total_usage"] > 0
+    assert "eth0" in stats["networks"] and stats["networks"]["eth0"]["tx_packets"] >= 0
+    assert list(task_stats.keys()) == [container["DockerId"]]
+    assert lines[5] == "OTHER-REFUSED", "one task cannot read another's metadata"
+    ecs.stop_task(cluster="default", task=a["taskArn"])
+    wait_stopped(ecs, "default", [a["taskArn"]])

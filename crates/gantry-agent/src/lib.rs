@@ -5,6 +5,7 @@
 
 mod health;
 mod logship;
+mod metadata;
 mod supervise;
 
 use gantry_control::logstore::LogStore;
@@ -19,6 +20,8 @@ pub struct Agent {
     pub node: Arc<Node>,
     pub logs: Arc<LogStore>,
     supervised: Mutex<HashSet<String>>,
+    /// Running metadata endpoints by task id.
+    metadata: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl Agent {
@@ -28,6 +31,7 @@ impl Agent {
             node,
             logs,
             supervised: Mutex::new(HashSet::new()),
+            metadata: Mutex::new(Default::default()),
         })
     }
 
@@ -53,6 +57,26 @@ impl Agent {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+
+    /// Starts the task's metadata endpoint (idempotent).
+    pub(crate) fn start_metadata(self: &Arc<Self>, key: &str, task_id: &str) {
+        let mut m = self.metadata.lock().expect("lock");
+        if m.contains_key(task_id) {
+            return;
+        }
+        match metadata::serve(self, key, task_id) {
+            Ok(h) => {
+                m.insert(task_id.to_string(), h);
+            }
+            Err(e) => tracing::warn!(task = %task_id, error = %e, "starting the metadata endpoint"),
+        }
+    }
+
+    pub(crate) fn stop_metadata(&self, task_id: &str) {
+        if let Some(h) = self.metadata.lock().expect("lock").remove(task_id) {
+            h.abort();
         }
     }
 

@@ -90,6 +90,7 @@ pub async fn supervise(a: &Arc<Agent>, key: &str) -> Result<()> {
             }
         }
     } else {
+        a.start_metadata(key, &id);
         // Re-attach: resume shipping logs and health checks of containers still running.
         for c in &rec.containers {
             if matches!(
@@ -207,6 +208,7 @@ async fn launch(
     let sandbox = blocking(move || node.create_task(&tid, &hn))
         .await
         .map_err(|e| format!("ResourceInitializationError: {e}"))?;
+    a.start_metadata(key, &id);
     let t = now(&a.control);
     let ip = sandbox.ip.to_string();
     let mac_seed = &id[..10];
@@ -318,12 +320,18 @@ async fn launch(
         let spec = ContainerSpec {
             entrypoint: c.entry_point.clone(),
             command: c.command.clone(),
-            env: c
-                .environment
-                .iter()
-                .flatten()
-                .filter_map(|kv| Some((kv.name.clone()?, kv.value.clone().unwrap_or_default())))
-                .collect(),
+            env: {
+                let mut env = crate::metadata::env_for(&id, &name);
+                env.push(("AWS_REGION".into(), rec.region.clone()));
+                env.push(("AWS_DEFAULT_REGION".into(), rec.region.clone()));
+                env.extend(
+                    c.environment
+                        .iter()
+                        .flatten()
+                        .filter_map(|kv| Some((kv.name.clone()?, kv.value.clone().unwrap_or_default()))),
+                );
+                env
+            },
             working_dir: c.working_directory.clone(),
             user: c.user.clone(),
             hostname: hostname.clone(),
@@ -514,6 +522,7 @@ async fn finish(a: &Arc<Agent>, key: &str, id: &str, shippers: HashMap<String, S
         true
     })
     .await?;
+    a.stop_metadata(id);
     let node = a.node.clone();
     let tid = id.to_string();
     if let Err(e) = blocking(move || node.remove_task(&tid)).await {

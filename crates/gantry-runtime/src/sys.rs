@@ -73,6 +73,11 @@ pub fn umount(target: &Path, flags: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::umount2(t.as_ptr(), flags) })
 }
 
+pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns on a descriptor the caller keeps open; no memory is touched.
+    check(unsafe { libc::setns(fd, nstype) })
+}
+
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: unshare has no memory-safety preconditions.
     check(unsafe { libc::unshare(flags) })

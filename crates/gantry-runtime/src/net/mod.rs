@@ -299,6 +299,26 @@ impl Network {
         Ok(removed)
     }
 
+    /// A TCP listener inside the sandbox's namespace on `addr:port`, with `addr` added to its
+    /// `lo`: reachable from that task's containers only (the task metadata endpoint). A
+    /// short-lived thread enters the namespace to create it; the socket stays there.
+    pub fn listen_in(sb: &Sandbox, addr: Ipv4Addr, port: u16) -> Result<std::net::TcpListener, NetworkError> {
+        let path = sb.path.clone();
+        std::thread::spawn(move || -> Result<std::net::TcpListener, NetworkError> {
+            let ns = File::open(&path).map_err(io_ctx(format!("opening {}", path.display())))?;
+            sys::setns(ns.as_raw_fd(), libc::CLONE_NEWNET).map_err(io_ctx("entering the task namespace"))?;
+            let mut nl = Netlink::open()?;
+            match nl.add_ipv4(1, addr, 32) {
+                Err(NetlinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {}
+                r => r?,
+            }
+            std::net::TcpListener::bind((addr, port))
+                .map_err(io_ctx(format!("binding {addr}:{port} in the task namespace")))
+        })
+        .join()
+        .expect("listener thread panicked")
+    }
+
     /// Writes the files a task's containers mount: /etc/hosts, /etc/resolv.conf, /etc/hostname.
     pub fn write_etc_files(sb: &Sandbox, hostname: &str, dir: &Path) -> Result<(), NetworkError> {
         fs::create_dir_all(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
