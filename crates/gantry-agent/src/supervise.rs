@@ -89,6 +89,17 @@ pub async fn supervise(a: &Arc<Agent>, key: &str) -> Result<()> {
                 return finish(a, key, &id, shippers).await;
             }
         }
+    } else if rec.task.desired_status == "RUNNING" && lifecycle_before(&rec.task.last_status, "RUNNING") {
+        // The agent went away halfway through starting this task: some containers may be up,
+        // others never started. Fail it cleanly (a service replaces it).
+        return fail(
+            a,
+            key,
+            &id,
+            "TaskFailedToStart: the node agent restarted while the task was starting",
+            shippers,
+        )
+        .await;
     } else {
         a.start_metadata(key, &id);
         // Re-attach: resume shipping logs and health checks of containers still running.
