@@ -148,3 +148,11 @@ pub fn children(parent: &str) -> Vec<String> {
     }
     out
 }
+
+/// How long ago the cgroup was created (by its directory's change time in any hierarchy).
+pub fn age(path: &str) -> Option<std::time::Duration> {
+    dirs(path)
+        .iter()
+        .filter_map(|d| d.metadata().ok()?.modified().ok()?.elapsed().ok())
+        .min()
+}

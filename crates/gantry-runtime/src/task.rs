@@ -394,7 +394,12 @@ impl Node {
             }
         }
         for id in cgroup::children(CGROUP_PARENT) {
-            if !is_live(&id) {
+            // The cgroup tree is shared by every Gantry node on the host: only empty cgroups
+            // can go (rmdir refuses others), and only old ones, so that a container another
+            // node is creating right now keeps its fresh cgroup.
+            if !is_live(&id)
+                && cgroup::age(&format!("{CGROUP_PARENT}/{id}")).is_some_and(|a| a > Duration::from_secs(60))
+            {
                 cgroup::remove(&format!("{CGROUP_PARENT}/{id}"));
                 report.cgroups_removed += 1;
             }

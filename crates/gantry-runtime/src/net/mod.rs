@@ -282,10 +282,17 @@ impl Network {
         let netns_dir = self.cfg.netns_dir.clone();
         self.ipam
             .retain(|owner| keep(owner) && netns_dir.join(owner).exists())?;
-        // Host veths whose namespace is gone.
+        // Host veths on our bridge whose namespace is gone. Veths on other bridges belong to
+        // other Gantry nodes on this host (or other tests) and are none of our business.
         if let Ok(rd) = fs::read_dir("/sys/class/net") {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().to_string();
+                let master = fs::read_link(e.path().join("master"))
+                    .ok()
+                    .and_then(|m| m.file_name().map(|f| f.to_string_lossy().to_string()));
+                if master.as_deref() != Some(self.cfg.bridge.as_str()) {
+                    continue;
+                }
                 if let Some(id) = n.strip_prefix("gv") {
                     let ns = format!("gn-{id}");
                     if !keep(&ns) {
