@@ -5,7 +5,7 @@
 //! server resumes a deployment where it was.
 
 use crate::deploy::{self, Snapshot, StopReason, TaskHealth, TaskView};
-use crate::services::{new_deployment_id, ServiceRecord};
+use crate::services::{new_deployment, ServiceRecord};
 use crate::tasks::{RunTaskRequest, TaskRecord};
 use crate::Control;
 use gantry_types::model::{stop_code, Deployment};
@@ -196,23 +196,14 @@ impl Control {
                 ));
                 if breaker.rollback {
                     if let Some(done) = &rec.last_completed {
-                        let id = new_deployment_id();
                         events.push(format!("(service {name}) rolling back to deployment {}.", done.id));
-                        new_primary = Some(Deployment {
-                            id: id.clone(),
-                            status: "PRIMARY".into(),
-                            task_definition: done.task_definition.clone(),
-                            desired_count: rec.service.desired_count,
-                            created_at: now,
-                            updated_at: now,
-                            launch_type: "FARGATE".into(),
-                            platform_version: done.platform_version.clone(),
-                            platform_family: "Linux".into(),
-                            network_configuration: done.network_configuration.clone(),
-                            rollout_state: "IN_PROGRESS".into(),
-                            rollout_state_reason: Some(format!("ECS deployment {id} in progress.")),
-                            ..Default::default()
-                        });
+                        new_primary = Some(new_deployment(
+                            &done.task_definition,
+                            rec.service.desired_count,
+                            &done.network_configuration,
+                            &done.platform_version,
+                            now,
+                        ));
                         launch_allowed = true;
                     }
                 }

@@ -103,6 +103,26 @@ pub struct UpdateServiceRequest {
     pub platform_version: Option<String>,
 }
 
+/// A new PRIMARY deployment, IN_PROGRESS, created at `now`.
+pub fn new_deployment(td: &str, desired: i64, network: &Value, platform: &str, now: f64) -> Deployment {
+    let id = new_deployment_id();
+    Deployment {
+        rollout_state_reason: Some(format!("ECS deployment {id} in progress.")),
+        id,
+        status: "PRIMARY".into(),
+        task_definition: td.to_string(),
+        desired_count: desired,
+        created_at: now,
+        updated_at: now,
+        launch_type: "FARGATE".into(),
+        platform_version: platform.to_string(),
+        platform_family: "Linux".into(),
+        network_configuration: network.clone(),
+        rollout_state: "IN_PROGRESS".into(),
+        ..Default::default()
+    }
+}
+
 pub fn new_deployment_id() -> String {
     let digits: String = random_hex(10).bytes().map(|b| char::from(b'0' + b % 10)).collect();
     let more: String = random_hex(5).bytes().map(|b| char::from(b'0' + b % 10)).collect();
@@ -147,25 +167,6 @@ fn validate_network(n: &Option<Value>) -> Result<Value, EcsError> {
 impl Control {
     pub(crate) fn service_key(scope: &Scope, cluster: &str, name: &str) -> String {
         format!("{SERVICES_PREFIX}{}/{}/{cluster}/{name}", scope.account, scope.region)
-    }
-
-    fn deployment(&self, id: String, td: &str, desired: i64, network: &Value, platform: &str) -> Deployment {
-        let now = self.now();
-        Deployment {
-            rollout_state_reason: Some(format!("ECS deployment {id} in progress.")),
-            id,
-            status: "PRIMARY".into(),
-            task_definition: td.to_string(),
-            desired_count: desired,
-            created_at: now,
-            updated_at: now,
-            launch_type: "FARGATE".into(),
-            platform_version: platform.to_string(),
-            platform_family: "Linux".into(),
-            network_configuration: network.clone(),
-            rollout_state: "IN_PROGRESS".into(),
-            ..Default::default()
-        }
     }
 
     pub async fn create_service(&self, scope: &Scope, req: CreateServiceRequest) -> Result<Service, EcsError> {
@@ -248,7 +249,7 @@ impl Control {
             .clone()
             .filter(|p| p != "LATEST")
             .unwrap_or_else(|| "1.4.0".into());
-        let dep = self.deployment(new_deployment_id(), &td_arn, desired, &network, &platform);
+        let dep = new_deployment(&td_arn, desired, &network, &platform, self.now());
         let service = Service {
             service_arn: format!(
                 "arn:aws:ecs:{}:{}:service/{}/{name}",
@@ -410,22 +411,13 @@ impl Control {
                         d.status = "ACTIVE".into();
                         d.updated_at = now;
                     }
-                    let id = new_deployment_id();
-                    let mut d = Deployment {
-                        id: id.clone(),
-                        status: "PRIMARY".into(),
-                        task_definition: r.service.task_definition.clone(),
-                        desired_count: r.service.desired_count,
-                        created_at: now,
-                        updated_at: now,
-                        launch_type: "FARGATE".into(),
-                        platform_version: r.service.platform_version.clone(),
-                        platform_family: "Linux".into(),
-                        network_configuration: r.service.network_configuration.clone(),
-                        rollout_state: "IN_PROGRESS".into(),
-                        ..Default::default()
-                    };
-                    d.rollout_state_reason = Some(format!("ECS deployment {id} in progress."));
+                    let d = new_deployment(
+                        &r.service.task_definition,
+                        r.service.desired_count,
+                        &r.service.network_configuration,
+                        &r.service.platform_version,
+                        now,
+                    );
                     r.service.deployments.insert(0, d);
                     r.steady = false;
                     r.backoff_announced = 0;
