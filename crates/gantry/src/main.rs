@@ -160,6 +160,7 @@ impl NodeArgs {
                 registry: RegistryConfig {
                     insecure: self.insecure_registries.clone(),
                     credentials,
+                    stall_timeout: None,
                 },
             },
             network: NetworkConfig {

@@ -27,6 +27,7 @@ fn store(dir: &std::path::Path, creds: Option<(&str, &str, &str)>) -> ImageStore
         registry: RegistryConfig {
             insecure: vec![],
             credentials,
+            stall_timeout: None,
         },
     })
     .unwrap()
@@ -188,4 +189,39 @@ fn bearer_token_auth_gets_a_token_from_the_realm() {
     let good = store(&t.dir.path().join("good"), Some((&reg.addr, "bob", "hunter2")));
     let rec = good.pull(&name, false).unwrap();
     assert_eq!(rec.layers.len(), 2);
+}
+
+#[test]
+fn a_stalled_registry_fails_the_pull_instead_of_hanging() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            h.lock().unwrap().push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let s = ImageStore::open(ImageStoreConfig {
+        root: dir.path().to_path_buf(),
+        limits: UnpackLimits::default(),
+        registry: RegistryConfig {
+            stall_timeout: Some(std::time::Duration::from_secs(1)),
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let err = s.pull(&format!("{addr}/stalled/app:1"), false).unwrap_err();
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        err.to_string().to_lowercase().contains("timeout") || err.to_string().to_lowercase().contains("timed out"),
+        "{err}"
+    );
 }

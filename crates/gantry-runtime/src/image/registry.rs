@@ -16,6 +16,9 @@ pub struct RegistryConfig {
     pub insecure: Vec<String>,
     /// Credentials by registry host[:port].
     pub credentials: HashMap<String, Credentials>,
+    /// How long a registry may stay silent (connect, response, any read) before the pull
+    /// fails: a stalled registry must not hang a task start. Default 60 s.
+    pub stall_timeout: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -86,9 +89,12 @@ impl Client {
     fn new(r: &Reference, cfg: &RegistryConfig) -> Client {
         let insecure = r.is_loopback_registry() || cfg.insecure.iter().any(|h| h == &r.registry);
         let tls = ureq::tls::TlsConfig::builder().disable_verification(insecure).build();
+        let stall = cfg.stall_timeout.unwrap_or(Duration::from_secs(60));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_connect(Some(stall.min(Duration::from_secs(15))))
+            .timeout_recv_response(Some(stall))
+            .timeout_per_read(Some(stall))
             .timeout_global(Some(Duration::from_secs(30 * 60)))
             .tls_config(tls)
             .build()
