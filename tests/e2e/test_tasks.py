@@ -260,3 +260,21 @@ def test_task_metadata_endpoint_v4(ecs, logs):
     assert lines[5] == "OTHER-REFUSED", "one task cannot read another's metadata"
     ecs.stop_task(cluster="default", task=a["taskArn"])
     wait_stopped(ecs, "default", [a["taskArn"]])
+
+
+def test_dependency_waits_are_bounded_and_stoppable(ecs):
+    never_exits = {"name": "init", "essential": False, "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"], "stopTimeout": 2}
+    register(ecs, "dep-timeout", [never_exits, {"name": "app", "command": ["true"], "startTimeout": 2,
+                                                "dependsOn": [{"containerName": "init", "condition": "COMPLETE"}]}])
+    t = wait_stopped(ecs, "default", [run(ecs, "default", "dep-timeout")[0]["taskArn"]])[0]
+    assert t["stopCode"] == "TaskFailedToStart" and "did not exit within 2s" in t["stoppedReason"], t["stoppedReason"]
+    register(ecs, "dep-stop", [never_exits, {"name": "app", "command": ["true"], "startTimeout": 120,
+                                             "dependsOn": [{"containerName": "init", "condition": "SUCCESS"}]}])
+    arn = run(ecs, "default", "dep-stop")[0]["taskArn"]
+    import time as _t
+    _t.sleep(1.5)
+    ecs.stop_task(cluster="default", task=arn, reason="changed my mind")
+    t0 = _t.time()
+    t = wait_stopped(ecs, "default", [arn])[0]
+    assert _t.time() - t0 < 30
+    assert (t["stopCode"], t["stoppedReason"]) == ("UserInitiated", "changed my mind")

@@ -272,9 +272,32 @@ async fn launch(
             match d.condition.as_str() {
                 "START" => {}
                 "COMPLETE" | "SUCCESS" => {
-                    let node = a.node.clone();
-                    let (tid, dn) = (id.clone(), dep.clone());
-                    let state = blocking(move || node.wait_container(&tid, &dn, None)).await;
+                    // Bounded by the dependent container's startTimeout, and by StopTask.
+                    let limit = Duration::from_secs(c.start_timeout.unwrap_or(120).max(1) as u64);
+                    let deadline = std::time::Instant::now() + limit;
+                    let state = loop {
+                        match a.node.container_state(&id, &dep) {
+                            ContainerState::Running(_) => {}
+                            other => break Some(other),
+                        }
+                        if get(a, key)
+                            .await?
+                            .is_none_or(|(r, _)| r.task.desired_status == "STOPPED")
+                        {
+                            return Err(
+                                "CannotStartContainerError: the task was stopped while waiting for a dependency".into(),
+                            );
+                        }
+                        if std::time::Instant::now() >= deadline {
+                            return Err(format!(
+                                "CannotStartContainerError: dependency {} of container {name} did not exit within {}s (condition {})",
+                                d.container_name,
+                                limit.as_secs(),
+                                d.condition
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    };
                     if let (Some(ContainerState::Exited(e)), "SUCCESS") = (&state, d.condition.as_str()) {
                         if e.exit_code != 0 {
                             return Err(format!(
@@ -292,6 +315,11 @@ async fn launch(
                         let Some((cur, _)) = get(a, key).await? else {
                             return Err("task vanished".into());
                         };
+                        if cur.task.desired_status == "STOPPED" {
+                            return Err(
+                                "CannotStartContainerError: the task was stopped while waiting for a dependency".into(),
+                            );
+                        }
                         let h = cur
                             .task
                             .containers
@@ -392,10 +420,14 @@ async fn launch(
 async fn fail(a: &Arc<Agent>, key: &str, id: &str, reason: &str, shippers: HashMap<String, Shipper>) -> Result<()> {
     let t = now(&a.control);
     update(a, key, |r| {
+        // A StopTask that interrupted the start keeps its own code and reason.
+        let user_stopped = r.task.desired_status == "STOPPED" && r.task.stop_code.is_some();
         r.task.desired_status = "STOPPED".into();
         r.task.stopping_at.get_or_insert(t);
-        r.task.stop_code = Some(stop_code::TASK_FAILED_TO_START.into());
-        r.task.stopped_reason = Some(reason.to_string());
+        if !user_stopped {
+            r.task.stop_code = Some(stop_code::TASK_FAILED_TO_START.into());
+            r.task.stopped_reason = Some(reason.to_string());
+        }
         for c in &mut r.task.containers {
             if c.last_status != "RUNNING" {
                 c.reason.get_or_insert_with(|| reason.to_string());
