@@ -233,3 +233,30 @@ def test_dev_writes_a_working_aws_profile(tmp_path):
         assert '"clusterArns"' in p.stdout
     finally:
         g.cleanup()
+
+
+def signed_post(gantry, body, target="AmazonEC2ContainerServiceV20141113.ListClusters"):
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+    from conftest import KEY, SECRET
+    req = botocore.awsrequest.AWSRequest(method="POST", url=gantry.endpoint + "/", data=body,
+                                         headers={"X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1"})
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(KEY, SECRET), "ecs", "us-east-1").add_auth(req)
+    return requests.post(gantry.endpoint + "/", data=body, headers=dict(req.headers))
+
+
+def test_malformed_oversized_and_unknown_requests_get_aws_errors(gantry):
+    r = signed_post(gantry, b"{not json")
+    assert r.status_code == 400 and r.json()["__type"] == "SerializationException", r.text
+    r = signed_post(gantry, b"[1, 2]")
+    assert r.status_code == 400 and r.json()["__type"] == "SerializationException"
+    r = signed_post(gantry, b'{"clusterName": 5}', target="AmazonEC2ContainerServiceV20141113.CreateCluster")
+    assert r.status_code == 400 and r.json()["__type"] == "InvalidParameterException", r.text
+    big = b'{"clusterName": "' + b"a" * (2 << 20) + b'"}'
+    r = signed_post(gantry, big, target="AmazonEC2ContainerServiceV20141113.CreateCluster")
+    assert r.status_code == 413 and r.json()["__type"] == "RequestEntityTooLargeException", r.text[:200]
+    r = signed_post(gantry, b"{}", target="NoSuchService_2020.DoThing")
+    assert r.status_code == 400 and r.json()["__type"] == "UnknownOperationException"
+    r = signed_post(gantry, b'{"family": "x"}', target="AmazonEC2ContainerServiceV20141113.RegisterTaskDefinition")
+    assert r.status_code == 400 and r.json()["__type"] == "ClientException" and r.json()["message"]

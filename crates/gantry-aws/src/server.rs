@@ -12,8 +12,11 @@ use gantry_types::EcsError;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// Largest request body accepted (ECS's own limit is far lower for most calls).
+/// Largest request body accepted, answered with an AWS-shaped error above it (ECS's own
+/// limits are lower for most calls).
 pub const MAX_BODY: usize = 1 << 20;
+/// Bodies beyond this are cut off by the HTTP layer before they are read at all.
+const HARD_BODY_LIMIT: usize = 16 << 20;
 
 #[derive(Clone)]
 pub struct Api {
@@ -143,6 +146,13 @@ pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: H
             )
         })
         .collect();
+    if body.len() > MAX_BODY {
+        return error_response(ApiError::new(
+            "RequestEntityTooLargeException",
+            format!("Request of {} bytes exceeds the limit of {MAX_BODY} bytes.", body.len()),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ));
+    }
     let key = find_key(&api, &hdrs).await;
     let req = SignedRequest {
         method: method.as_str(),
@@ -195,6 +205,6 @@ pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: H
 pub fn router(api: Api) -> axum::Router {
     axum::Router::new()
         .fallback(handle)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
         .with_state(api)
 }
