@@ -179,3 +179,24 @@ def test_scale_in_honours_task_protection(ecs):
         ecs.delete_cluster(cluster="default")
     assert e.value.response["Error"]["Code"] == "ClusterContainsServicesException"
     ecs.delete_service(service="prot", force=True)
+
+
+def test_crash_looping_tasks_back_off_and_the_service_says_so(ecs):
+    register(ecs, "svc-crash", [{"name": "app", "command": ["sh", "-c", "exit 1"]}])
+    ecs.create_service(serviceName="crash", taskDefinition="svc-crash", desiredCount=1, networkConfiguration=NET,
+                       deploymentConfiguration={"deploymentCircuitBreaker": {"enable": False, "rollback": False}})
+    deadline = time.time() + 60
+    while True:
+        s = ecs.describe_services(cluster="default", services=["crash"])["services"][0]
+        msgs = [e["message"] for e in s["events"]]
+        if any("is unable to consistently start tasks successfully" in m for m in msgs):
+            break
+        assert time.time() < deadline, msgs[:6]
+        time.sleep(0.5)
+    # With backoff, launches slow down: far fewer than one every reconcile pass.
+    before = len(service_tasks(ecs, "crash", status="STOPPED"))
+    time.sleep(8)
+    after = len(service_tasks(ecs, "crash", status="STOPPED"))
+    assert after - before <= 6, f"{after - before} launches in 8 s: no backoff"
+    assert s["deployments"][0]["failedTasks"] >= 3
+    ecs.delete_service(service="crash", force=True)
