@@ -68,15 +68,7 @@ impl From<AuthError> for ApiError {
 }
 
 fn request_id() -> String {
-    let h = gantry_control::random_hex(16);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    gantry_control::random_uuid()
 }
 
 fn json_response(status: StatusCode, mut body: Value) -> Response {

@@ -34,6 +34,19 @@ pub fn store_err(e: StoreError) -> EcsError {
     EcsError::Server(format!("state store: {e}"))
 }
 
+/// A random id in UUID form (8-4-4-4-12 hex), as AWS request, event and attachment ids look.
+pub fn random_uuid() -> String {
+    let h = random_hex(16);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 pub fn random_hex(bytes: usize) -> String {
     use std::io::Read;
     let mut b = vec![0u8; bytes];

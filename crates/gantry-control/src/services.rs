@@ -41,15 +41,7 @@ impl ServiceRecord {
         format!("service:{}", self.service.service_name)
     }
     pub fn event(&mut self, now: f64, message: String) {
-        let h = random_hex(16);
-        let id = format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        );
+        let id = crate::random_uuid();
         self.service.events.insert(
             0,
             ServiceEvent {

@@ -290,14 +290,7 @@ impl Control {
         for _ in 0..count {
             let id = random_hex(16);
             let task_arn = scope.task_arn(&cluster.cluster_name, &id);
-            let attachment_id = format!(
-                "{}-{}-{}-{}-{}",
-                random_hex(4),
-                random_hex(2),
-                random_hex(2),
-                random_hex(2),
-                random_hex(6)
-            );
+            let attachment_id = crate::random_uuid();
             let task = Task {
                 task_arn: task_arn.clone(),
                 cluster_arn: cluster.cluster_arn.clone(),

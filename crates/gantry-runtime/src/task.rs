@@ -73,9 +73,7 @@ pub fn validate_name(what: &'static str, s: &str) -> Result<(), TaskError> {
 }
 
 pub fn new_task_id() -> String {
-    let mut b = [0u8; 16];
-    io::Read::read_exact(&mut fs::File::open("/dev/urandom").expect("/dev/urandom"), &mut b).expect("/dev/urandom");
-    hex::encode(b)
+    crate::random_hex(32)
 }
 
 pub struct Node {

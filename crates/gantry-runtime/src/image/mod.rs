@@ -222,14 +222,6 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-fn random_suffix() -> String {
-    let mut b = [0u8; 8];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("/dev/urandom is readable");
-    hex::encode(b)
-}
-
 impl ImageStore {
     pub fn open(cfg: ImageStoreConfig) -> Result<ImageStore, ImageError> {
         for d in ["blobs/sha256", "layers", "tmp", "locks"] {
@@ -259,7 +251,7 @@ impl ImageStore {
     }
 
     fn tmp_path(&self) -> PathBuf {
-        self.root.join("tmp").join(random_suffix())
+        self.root.join("tmp").join(crate::random_hex(16))
     }
 
     /// Holds an exclusive lock named `name` until the returned file is dropped.

@@ -59,12 +59,6 @@ pub struct Network {
     ipam: Ipam,
 }
 
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n.div_ceil(2)];
-    io::Read::read_exact(&mut File::open("/dev/urandom").expect("/dev/urandom"), &mut b).expect("/dev/urandom");
-    hex::encode(b)[..n].to_string()
-}
-
 /// True if `path` is itself a mount point (listed in our mountinfo).
 fn is_mount_point(path: &Path) -> bool {
     let p = path.to_string_lossy();
@@ -116,7 +110,7 @@ impl Network {
 
     /// Builds a new sandbox from scratch (~ a millisecond or two of netlink work).
     pub fn create(&self) -> Result<Sandbox, NetworkError> {
-        let id = random_hex(12);
+        let id = crate::random_hex(12);
         let name = format!("gn-{id}");
         let host_veth = format!("gv{id}");
         let path = self.cfg.netns_dir.join(&name);
