@@ -156,34 +156,27 @@ impl Control {
         settings: Vec<ClusterSetting>,
     ) -> Result<Cluster, EcsError> {
         let key = Self::cluster_key(scope, cluster_name(name));
-        loop {
-            let Some((mut c, rev)) = self
-                .get_json::<Cluster>(&key)
-                .await?
-                .filter(|(c, _)| c.status == "ACTIVE")
-            else {
-                return Err(EcsError::ClusterNotFound("Cluster not found.".into()));
-            };
-            for s in &settings {
-                if s.name != "containerInsights" || !["enabled", "disabled", "enhanced"].contains(&s.value.as_str()) {
-                    return Err(EcsError::invalid(format!(
-                        "Invalid cluster setting {}={}: only containerInsights (enabled, disabled, enhanced) is supported.",
-                        s.name, s.value
-                    )));
+        let not_found = || EcsError::ClusterNotFound("Cluster not found.".into());
+        let c = self
+            .update_json(&key, |c: &mut Cluster| {
+                if c.status != "ACTIVE" {
+                    return Err(not_found());
                 }
-                c.settings.retain(|x| x.name != s.name);
-                c.settings.push(s.clone());
-            }
-            match self
-                .store
-                .update(&key, &serde_json::to_vec(&c).expect("serialises"), rev)
-                .await
-            {
-                Ok(_) => return self.with_counts(scope, c, &[]).await,
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_err(e)),
-            }
-        }
+                for s in &settings {
+                    if s.name != "containerInsights" || !["enabled", "disabled", "enhanced"].contains(&s.value.as_str()) {
+                        return Err(EcsError::invalid(format!(
+                            "Invalid cluster setting {}={}: only containerInsights (enabled, disabled, enhanced) is supported.",
+                            s.name, s.value
+                        )));
+                    }
+                    c.settings.retain(|x| x.name != s.name);
+                    c.settings.push(s.clone());
+                }
+                Ok(true)
+            })
+            .await?
+            .ok_or_else(not_found)?;
+        self.with_counts(scope, c, &[]).await
     }
 
     pub async fn delete_cluster(&self, scope: &Scope, name: &str) -> Result<Cluster, EcsError> {
@@ -232,24 +225,15 @@ impl Control {
     }
 
     pub async fn set_cluster_tags(&self, scope: &Scope, name: &str, f: impl Fn(&mut Vec<Tag>)) -> Result<(), EcsError> {
-        let key = Self::cluster_key(scope, name);
-        loop {
-            let Some((mut c, rev)) = self.get_json::<Cluster>(&key).await? else {
-                return Err(EcsError::ResourceNotFound("The specified cluster is not found.".into()));
-            };
+        self.update_json(&Self::cluster_key(scope, name), |c: &mut Cluster| {
             let mut tags = c.tags.take().unwrap_or_default();
             f(&mut tags);
             c.tags = Some(tags);
-            match self
-                .store
-                .update(&key, &serde_json::to_vec(&c).expect("serialises"), rev)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_err(e)),
-            }
-        }
+            Ok(true)
+        })
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| EcsError::ResourceNotFound("The specified cluster is not found.".into()))
     }
 
     pub async fn cluster_tags(&self, scope: &Scope, name: &str) -> Result<Vec<Tag>, EcsError> {

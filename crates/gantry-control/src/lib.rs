@@ -95,6 +95,37 @@ impl Control {
         }
     }
 
+    /// Read-modify-write of a JSON record, compare-and-swap on its revision, retried on
+    /// conflict. `f` returns Ok(false) to leave the record alone; nothing is written unless it
+    /// changed. Ok(None) if the key does not exist.
+    pub async fn update_json<T>(
+        &self,
+        key: &str,
+        mut f: impl FnMut(&mut T) -> Result<bool, EcsError>,
+    ) -> Result<Option<T>, EcsError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq,
+    {
+        loop {
+            let Some((mut rec, rev)) = self.get_json::<T>(key).await? else {
+                return Ok(None);
+            };
+            let before = rec.clone();
+            if !f(&mut rec)? || rec == before {
+                return Ok(Some(rec));
+            }
+            match self
+                .store
+                .update(key, &serde_json::to_vec(&rec).expect("records serialise"), rev)
+                .await
+            {
+                Ok(_) => return Ok(Some(rec)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+    }
+
     pub(crate) async fn list_json<T: serde::de::DeserializeOwned>(
         &self,
         prefix: &str,

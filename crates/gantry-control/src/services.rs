@@ -314,26 +314,9 @@ impl Control {
     pub async fn update_service_record(
         &self,
         key: &str,
-        mut f: impl FnMut(&mut ServiceRecord) -> Result<bool, EcsError>,
+        f: impl FnMut(&mut ServiceRecord) -> Result<bool, EcsError>,
     ) -> Result<Option<ServiceRecord>, EcsError> {
-        loop {
-            let Some((mut rec, rev)) = self.get_json::<ServiceRecord>(key).await? else {
-                return Ok(None);
-            };
-            let before = rec.clone();
-            if !f(&mut rec)? || rec == before {
-                return Ok(Some(rec));
-            }
-            match self
-                .store
-                .update(key, &serde_json::to_vec(&rec).expect("serialises"), rev)
-                .await
-            {
-                Ok(_) => return Ok(Some(rec)),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_err(e)),
-            }
-        }
+        self.update_json(key, f).await
     }
 
     pub async fn update_service(&self, scope: &Scope, req: UpdateServiceRequest) -> Result<Service, EcsError> {

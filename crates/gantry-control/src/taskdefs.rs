@@ -10,7 +10,7 @@ use gantry_types::EcsError;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskDefRecord {
     #[serde(rename = "taskDefinition")]
     pub definition: Value,
@@ -229,27 +229,17 @@ impl Control {
             task_definition_ref(reference).ok_or_else(|| EcsError::client("Unable to describe task definition."))?;
         let rev =
             rev.ok_or_else(|| EcsError::client("A revision is required: use family:revision or the full ARN."))?;
-        let key = Self::taskdef_key(scope, &family, rev);
-        loop {
-            let (mut rec, mod_rev) = self
-                .get_json::<TaskDefRecord>(&key)
-                .await?
-                .ok_or_else(|| EcsError::client("Unable to describe task definition."))?;
+        let now = self.now();
+        self.update_json(&Self::taskdef_key(scope, &family, rev), |rec: &mut TaskDefRecord| {
             if status == "DELETE_IN_PROGRESS" && rec.status() == "ACTIVE" {
                 return Err(EcsError::client("The specified task definition is still in ACTIVE status. Please deregister the target and try again."));
             }
             rec.definition["status"] = json!(status);
-            rec.definition[at_field] = json!(self.now());
-            match self
-                .store
-                .update(&key, &serde_json::to_vec(&rec).expect("serialises"), mod_rev)
-                .await
-            {
-                Ok(_) => return Ok(rec),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_err(e)),
-            }
-        }
+            rec.definition[at_field] = json!(now);
+            Ok(true)
+        })
+        .await?
+        .ok_or_else(|| EcsError::client("Unable to describe task definition."))
     }
 
     pub async fn deregister_task_definition(&self, scope: &Scope, reference: &str) -> Result<TaskDefRecord, EcsError> {
@@ -290,22 +280,12 @@ impl Control {
         f: impl Fn(&mut Vec<Tag>),
     ) -> Result<(), EcsError> {
         let (_, family, rev) = self.task_definition(scope, reference).await?;
-        let key = Self::taskdef_key(scope, &family, rev);
-        loop {
-            let (mut rec, mod_rev) = self
-                .get_json::<TaskDefRecord>(&key)
-                .await?
-                .ok_or_else(|| EcsError::ResourceNotFound("The specified task definition is not found.".into()))?;
+        self.update_json(&Self::taskdef_key(scope, &family, rev), |rec: &mut TaskDefRecord| {
             f(&mut rec.tags);
-            match self
-                .store
-                .update(&key, &serde_json::to_vec(&rec).expect("serialises"), mod_rev)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_err(e)),
-            }
-        }
+            Ok(true)
+        })
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| EcsError::ResourceNotFound("The specified task definition is not found.".into()))
     }
 }

@@ -2,7 +2,6 @@
 //! through the lifecycle; StopTask sets desiredStatus STOPPED. Every change bumps `version`.
 
 use crate::{prefix, random_hex, store_err, Control};
-use gantry_store::StoreError;
 use gantry_types::arn::{task_id, Scope};
 use gantry_types::fargate;
 use gantry_types::model::{stop_code, Attachment, Container, Failure, Tag, Task};
@@ -124,25 +123,15 @@ impl Control {
         key: &str,
         mut f: impl FnMut(&mut TaskRecord) -> bool,
     ) -> Result<Option<TaskRecord>, EcsError> {
-        loop {
-            let Some((mut rec, rev)) = self.get_json::<TaskRecord>(key).await? else {
-                return Ok(None);
-            };
-            let before = rec.clone();
-            if !f(&mut rec) || rec == before {
-                return Ok(Some(rec));
+        self.update_json(key, |r: &mut TaskRecord| {
+            let before = r.clone();
+            if !f(r) || *r == before {
+                return Ok(false);
             }
-            rec.task.version += 1;
-            match self
-                .store
-                .update(key, &serde_json::to_vec(&rec).expect("serialises"), rev)
-                .await
-            {
-                Ok(_) => return Ok(Some(rec)),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_err(e)),
-            }
-        }
+            r.task.version += 1;
+            Ok(true)
+        })
+        .await
     }
 
     pub async fn run_task(&self, scope: &Scope, req: RunTaskRequest) -> Result<(Vec<Task>, Vec<Failure>), EcsError> {
