@@ -88,7 +88,7 @@ impl Agent {
                 return;
             }
         };
-        for (key, rec, _) in tasks {
+        for (key, rec, _) in &tasks {
             if rec.node != self.control.node || rec.task.last_status == "STOPPED" {
                 continue;
             }
@@ -96,6 +96,7 @@ impl Agent {
                 continue;
             }
             let me = self.clone();
+            let key = key.clone();
             tokio::spawn(async move {
                 if let Err(e) = supervise::supervise(&me, &key).await {
                     tracing::error!(task = %key, error = %e, "task supervision failed");
@@ -104,6 +105,7 @@ impl Agent {
             });
         }
         // Stopped tasks are visible for an hour or more, as in ECS; then they go.
-        let _ = self.control.expire_stopped_tasks(3.0 * 3600.0).await;
+        // from the same listing: no second scan of every task each second.
+        let _ = self.control.expire_stopped_tasks(&tasks, 3.0 * 3600.0).await;
     }
 }

@@ -594,12 +594,17 @@ impl Control {
     }
 
     /// Deletes STOPPED tasks older than `keep_secs` (ECS keeps them visible about an hour).
-    pub async fn expire_stopped_tasks(&self, keep_secs: f64) -> Result<usize, EcsError> {
+    /// `tasks` is a listing from `all_tasks` the caller already has.
+    pub async fn expire_stopped_tasks(
+        &self,
+        tasks: &[(String, TaskRecord, i64)],
+        keep_secs: f64,
+    ) -> Result<usize, EcsError> {
         let now = self.now();
         let mut n = 0;
-        for (key, rec, rev) in self.all_tasks().await? {
+        for (key, rec, rev) in tasks {
             let expired = rec.task.last_status == "STOPPED" && rec.task.stopped_at.is_some_and(|t| now - t > keep_secs);
-            if expired && self.store.delete(&key, Some(rev)).await.is_ok() {
+            if expired && self.store.delete(key, Some(*rev)).await.is_ok() {
                 n += 1;
             }
         }
