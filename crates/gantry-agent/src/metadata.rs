@@ -178,33 +178,42 @@ fn task_json(ctx: &Ctx, rec: &TaskRecord) -> Value {
     })
 }
 
+/// This task's record and the ECS name of the container `id` names, or a 404 for any id that
+/// is not one of this task's containers.
+async fn lookup(ctx: &Ctx, id: &str) -> Result<(TaskRecord, String), Response> {
+    let rec = record(ctx).await.ok_or_else(|| not_found(id))?;
+    let name = container_of(ctx, &rec, id)
+        .map(|c| c.name().to_string())
+        .ok_or_else(|| not_found(id))?;
+    Ok((rec, name))
+}
+
 async fn container_doc(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
-    let Some(rec) = record(&ctx).await else {
-        return not_found(&id);
-    };
-    match container_of(&ctx, &rec, &id) {
-        Some(c) => axum::Json(container_json(&ctx, &rec, c)).into_response(),
-        None => not_found(&id),
+    match lookup(&ctx, &id).await {
+        Ok((rec, name)) => {
+            let c = rec
+                .containers
+                .iter()
+                .find(|c| c.name() == name)
+                .expect("lookup found it");
+            axum::Json(container_json(&ctx, &rec, c)).into_response()
+        }
+        Err(r) => r,
     }
 }
 
 async fn task_doc(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
-    let Some(rec) = record(&ctx).await else {
-        return not_found(&id);
-    };
-    if container_of(&ctx, &rec, &id).is_none() {
-        return not_found(&id);
+    match lookup(&ctx, &id).await {
+        Ok((rec, _)) => axum::Json(task_json(&ctx, &rec)).into_response(),
+        Err(r) => r,
     }
-    axum::Json(task_json(&ctx, &rec)).into_response()
 }
 
 async fn task_with_tags(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
-    let Some(rec) = record(&ctx).await else {
-        return not_found(&id);
+    let rec = match lookup(&ctx, &id).await {
+        Ok((rec, _)) => rec,
+        Err(r) => return r,
     };
-    if container_of(&ctx, &rec, &id).is_none() {
-        return not_found(&id);
-    }
     let mut v = task_json(&ctx, &rec);
     let tags: HashMap<String, String> = rec
         .task
@@ -290,22 +299,17 @@ fn stats_json(ctx: &Ctx, container: &str) -> Value {
 }
 
 async fn container_stats(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
-    let Some(rec) = record(&ctx).await else {
-        return not_found(&id);
-    };
-    match container_of(&ctx, &rec, &id) {
-        Some(c) => axum::Json(stats_json(&ctx, c.name())).into_response(),
-        None => not_found(&id),
+    match lookup(&ctx, &id).await {
+        Ok((_, name)) => axum::Json(stats_json(&ctx, &name)).into_response(),
+        Err(r) => r,
     }
 }
 
 async fn task_stats(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
-    let Some(rec) = record(&ctx).await else {
-        return not_found(&id);
+    let rec = match lookup(&ctx, &id).await {
+        Ok((rec, _)) => rec,
+        Err(r) => return r,
     };
-    if container_of(&ctx, &rec, &id).is_none() {
-        return not_found(&id);
-    }
     let all: serde_json::Map<String, Value> = rec
         .containers
         .iter()
