@@ -64,11 +64,34 @@ impl Control {
                 return;
             }
         };
-        for (key, rec, _) in services {
-            if rec.service.status == "INACTIVE" {
-                continue;
+        let active: Vec<_> = services
+            .into_iter()
+            .filter(|(_, r, _)| r.service.status != "INACTIVE")
+            .collect();
+        if active.is_empty() {
+            return;
+        }
+        // One listing of the tasks per pass, shared by every service.
+        let tasks = match self.all_tasks().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing tasks");
+                return;
             }
-            if let Err(e) = self.reconcile_service(&key).await {
+        };
+        for (key, rec, _) in active {
+            let group = rec.group();
+            let mine: Vec<TaskRecord> = tasks
+                .iter()
+                .filter(|(_, t, _)| {
+                    t.account == rec.account
+                        && t.region == rec.region
+                        && t.cluster == rec.cluster
+                        && t.task.group.as_deref() == Some(&group)
+                })
+                .map(|(_, t, _)| t.clone())
+                .collect();
+            if let Err(e) = self.reconcile_service(&key, rec, mine).await {
                 tracing::warn!(service = %key, error = %e, "reconciling service");
             }
         }
@@ -90,20 +113,12 @@ impl Control {
         Ok(())
     }
 
-    pub async fn reconcile_service(&self, key: &str) -> Result<(), EcsError> {
-        let Some((rec, _)) = self.get_json::<ServiceRecord>(key).await? else {
-            return Ok(());
-        };
+    /// One service, given its record and its tasks (group `service:NAME`) as just listed.
+    async fn reconcile_service(&self, key: &str, rec: ServiceRecord, tasks: Vec<TaskRecord>) -> Result<(), EcsError> {
         let scope = rec.scope();
         let now = self.now();
         let name = rec.service.service_name.clone();
         let group = rec.group();
-        let tasks: Vec<TaskRecord> = self
-            .list_task_records(&scope, &rec.cluster)
-            .await?
-            .into_iter()
-            .filter(|t| t.task.group.as_deref() == Some(&group))
-            .collect();
         let deployment_of = |t: &TaskRecord| t.task.started_by.clone().unwrap_or_default();
         let grace = rec.service.health_check_grace_period_seconds.unwrap_or(0) as f64;
         let primary = rec.primary().cloned();
