@@ -34,7 +34,8 @@ fn ini_section(path: &std::path::Path, section: &str) -> HashMap<String, String>
     out
 }
 
-fn aws_file(env: &str, name: &str) -> std::path::PathBuf {
+/// An AWS config file: `$ENV` if set, else `~/.aws/NAME` (as the AWS CLI looks for it).
+pub(crate) fn aws_file(env: &str, name: &str) -> std::path::PathBuf {
     std::env::var_os(env).map(Into::into).unwrap_or_else(|| {
         std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
             .join(".aws")

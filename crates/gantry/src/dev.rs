@@ -130,18 +130,9 @@ pub fn merge_ini(existing: &str, section: &str, body: &[(&str, String)]) -> Stri
     out
 }
 
-fn aws_file(env: &str, name: &str) -> PathBuf {
-    match std::env::var_os(env) {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".aws")
-            .join(name),
-    }
-}
-
 fn write_profile(creds: &DevCredentials, region: &str, endpoint: &str) -> Result<(PathBuf, PathBuf)> {
-    let cred_file = aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials");
-    let conf_file = aws_file("AWS_CONFIG_FILE", "config");
+    let cred_file = crate::client::aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials");
+    let conf_file = crate::client::aws_file("AWS_CONFIG_FILE", "config");
     let write = |p: &Path, section: &str, body: &[(&str, String)], mode: u32| -> Result<()> {
         if let Some(d) = p.parent() {
             std::fs::create_dir_all(d)?;
