@@ -200,3 +200,45 @@ def test_crash_looping_tasks_back_off_and_the_service_says_so(ecs):
     assert after - before <= 6, f"{after - before} launches in 8 s: no backoff"
     assert s["deployments"][0]["failedTasks"] >= 3
     ecs.delete_service(service="crash", force=True)
+
+
+def test_deployment_while_tasks_are_starting_keeps_capacity(ecs):
+    """The reported defect: a new revision deployed while the service's tasks are still starting
+    (health UNKNOWN) must not stop them before new tasks have passed their checks."""
+    check = {"command": ["CMD-SHELL", "test -f /tmp/ready"], "interval": 5, "timeout": 2, "retries": 2}
+    for v in (1, 2):
+        register(ecs, "svc-warm", [{"name": "app", "stopTimeout": 2, "healthCheck": check,
+                                    "command": ["sh", "-c", f"echo v{v}; (sleep 2; touch /tmp/ready) & {LOOP}"]}])
+    ecs.create_service(serviceName="warm", taskDefinition="svc-warm:1", desiredCount=3, networkConfiguration=NET,
+                       deploymentConfiguration={"minimumHealthyPercent": 100, "maximumPercent": 200})
+    deadline = time.time() + 30
+    while len([t for t in service_tasks(ecs, "warm") if t["lastStatus"] == "RUNNING"]) < 3:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    first = service_tasks(ecs, "warm")
+    assert all(t["healthStatus"] == "UNKNOWN" for t in first), "the checks should not have run yet"
+    ecs.stop_task(cluster="default", task=first[0]["taskArn"], reason="replace me")
+    deadline = time.time() + 10
+    while len(service_tasks(ecs, "warm")) < 3:
+        assert time.time() < deadline, "the stopped task was not replaced"
+        time.sleep(0.1)
+    old = service_tasks(ecs, "warm")
+    assert any(t["healthStatus"] == "UNKNOWN" for t in old)
+    ecs.update_service(service="warm", taskDefinition="svc-warm:2")
+    samples = []
+    deadline = time.time() + 90
+    while True:
+        s = ecs.describe_services(cluster="default", services=["warm"])["services"][0]
+        tasks = service_tasks(ecs, "warm")
+        old_wanted = [t for t in tasks if t["taskDefinitionArn"].endswith("svc-warm:1")]
+        new_healthy = [t for t in tasks if t["taskDefinitionArn"].endswith("svc-warm:2") and t["healthStatus"] == "HEALTHY"]
+        samples.append((len(old_wanted), len(new_healthy)))
+        if len(s["deployments"]) == 1 and s["deployments"][0]["rolloutState"] == "COMPLETED" and len(new_healthy) == 3:
+            break
+        assert time.time() < deadline, (s["events"][:5], samples[-5:])
+        time.sleep(0.1)
+    assert min(o + n for o, n in samples) >= 3, f"capacity given up before it was replaced: {samples}"
+    # The counts DescribeServices gives match what ListTasks shows once settled.
+    s = stable(ecs, "warm")
+    assert (s["runningCount"], s["pendingCount"]) == (len(service_tasks(ecs, "warm")), 0)
+    ecs.delete_service(service="warm", force=True)

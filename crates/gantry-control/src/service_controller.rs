@@ -126,7 +126,7 @@ impl Control {
         // Classify live tasks.
         let mut views = Vec::new();
         let mut stopping = 0u32;
-        let mut last_healthy = rec.last_healthy_at.clone();
+        let mut healthy_deps = std::collections::BTreeSet::new();
         for t in tasks.iter().filter(|t| t.task.last_status != "STOPPED") {
             if t.task.desired_status == "STOPPED" {
                 stopping += 1;
@@ -145,7 +145,7 @@ impl Control {
                 TaskHealth::Healthy
             };
             if health == TaskHealth::Healthy {
-                last_healthy.insert(deployment_of(t), now);
+                healthy_deps.insert(deployment_of(t));
             }
             views.push(TaskView {
                 arn: t.task.task_arn.clone(),
@@ -155,6 +155,21 @@ impl Control {
             });
         }
 
+        // A healthy task resets its deployment's failure count (resetOnHealthyTask). The time
+        // only moves when there is a failure to reset, so a steady service is not rewritten.
+        let mut last_healthy = rec.last_healthy_at.clone();
+        for dep in healthy_deps {
+            let since = last_healthy.get(&dep).copied();
+            let failed_since = tasks.iter().any(|t| {
+                t.task.last_status == "STOPPED"
+                    && deployment_of(t) == dep
+                    && failed(t)
+                    && since.is_none_or(|s| t.task.stopped_at.unwrap_or(0.0) > s)
+            });
+            if since.is_none() || failed_since {
+                last_healthy.insert(dep, now);
+            }
+        }
         // Failures per deployment since its last healthy task (resetOnHealthyTask, default true).
         let reset = rec
             .service
@@ -315,24 +330,22 @@ impl Control {
             ));
         }
 
-        // Counts and rollout state, written back with CAS.
+        // Counts and rollout state, written back with CAS. As ListTasks shows them: tasks told
+        // to stop are neither running nor pending.
         let live: Vec<&TaskRecord> = tasks.iter().filter(|t| t.task.last_status != "STOPPED").collect();
+        let wanted: Vec<&&TaskRecord> = live.iter().filter(|t| t.task.desired_status == "RUNNING").collect();
         let count = |dep: Option<&str>, running: bool| -> i64 {
-            live.iter()
+            let listed = wanted
+                .iter()
                 .filter(|t| dep.is_none_or(|d| deployment_of(t) == d))
-                .filter(|t| {
-                    if running {
-                        t.task.last_status == "RUNNING"
-                    } else {
-                        t.task.last_status != "RUNNING"
-                    }
-                })
-                .count() as i64
-                + if running {
-                    0
-                } else {
-                    started_ids.len() as i64 * dep.is_none_or(|d| d == primary_id) as i64
-                }
+                .filter(|t| (t.task.last_status == "RUNNING") == running)
+                .count() as i64;
+            let launched = if running || dep.is_some_and(|d| d != primary_id) {
+                0
+            } else {
+                started_ids.len() as i64
+            };
+            listed + launched
         };
         let primary_healthy = views
             .iter()

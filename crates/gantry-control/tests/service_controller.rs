@@ -1,0 +1,121 @@
+//! The service controller over a real (in-memory SQLite) store with a fake clock and a fake
+//! node: the test plays the agent by moving task records through the lifecycle.
+
+use gantry_control::services::CreateServiceRequest;
+use gantry_control::{Clock, Control};
+use gantry_store::{SqliteStore, Store};
+use gantry_types::arn::Scope;
+use serde_json::json;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+struct FakeClock(AtomicI64);
+
+impl Clock for FakeClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn scope() -> Scope {
+    Scope {
+        account: "123456789012".into(),
+        region: "us-east-1".into(),
+    }
+}
+
+async fn setup(desired: i64) -> (Control, Arc<FakeClock>) {
+    let clock = Arc::new(FakeClock(AtomicI64::new(1_800_000_000_000)));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let c = Control::new(store, clock.clone(), "node-1");
+    c.create_cluster(&scope(), Some("default"), None, None).await.unwrap();
+    c.register_task_definition(
+        &scope(),
+        json!({"family": "web", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
+               "cpu": "256", "memory": "512", "containerDefinitions": [{"name": "app", "image": "busybox"}]}),
+    )
+    .await
+    .unwrap();
+    let req: CreateServiceRequest = serde_json::from_value(json!({
+        "cluster": "default", "serviceName": "svc", "taskDefinition": "web", "desiredCount": desired,
+        "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
+    }))
+    .unwrap();
+    c.create_service(&scope(), req).await.unwrap();
+    (c, clock)
+}
+
+/// The fake node: every task that is wanted runs, every task told to stop stops.
+async fn agent_pass(c: &Control, stop_too: bool) {
+    for (key, t, _) in c.all_tasks().await.unwrap() {
+        c.update_task(&key, |r| {
+            if r.task.desired_status == "STOPPED" {
+                if !stop_too {
+                    return false;
+                }
+                r.task.last_status = "STOPPED".into();
+                r.task.stopped_at = Some(1_800_000_000.0);
+            } else {
+                r.task.last_status = "RUNNING".into();
+                r.task.started_at = Some(1_800_000_000.0);
+            }
+            true
+        })
+        .await
+        .unwrap();
+        let _ = t;
+    }
+}
+
+async fn service(c: &Control) -> gantry_types::model::Service {
+    let (s, _) = c
+        .describe_services(&scope(), Some("default"), &["svc".to_string()], &[])
+        .await
+        .unwrap();
+    s.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn a_steady_service_is_not_rewritten() {
+    let (c, clock) = setup(2).await;
+    for _ in 0..4 {
+        c.reconcile_services().await;
+        agent_pass(&c, true).await;
+    }
+    c.reconcile_services().await;
+    assert_eq!(service(&c).await.running_count, 2);
+    let rev = c.store.revision().await.unwrap();
+    for _ in 0..20 {
+        clock.0.fetch_add(250, Ordering::SeqCst);
+        c.reconcile_services().await;
+    }
+    assert_eq!(
+        c.store.revision().await.unwrap(),
+        rev,
+        "a steady service was written again"
+    );
+}
+
+#[tokio::test]
+async fn counts_match_list_tasks_and_exclude_stopping_tasks() {
+    let (c, _) = setup(3).await;
+    c.reconcile_services().await;
+    agent_pass(&c, true).await;
+    c.reconcile_services().await;
+    // Scale in to 1: two tasks are told to stop but have not stopped yet.
+    let req = serde_json::from_value(json!({"cluster": "default", "service": "svc", "desiredCount": 1})).unwrap();
+    c.update_service(&scope(), req).await.unwrap();
+    c.reconcile_services().await;
+    c.reconcile_services().await;
+    let s = service(&c).await;
+    let (listed, _) = c
+        .list_tasks(&scope(), Some("default"), None, None, None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "ListTasks shows only the task still wanted");
+    assert_eq!(
+        (s.running_count, s.pending_count),
+        (1, 0),
+        "stopping tasks are neither running nor pending"
+    );
+}
