@@ -137,12 +137,42 @@ def test_run_task_request_errors(ecs):
 def test_capacity_providers_and_account_settings(ecs):
     names = [c["name"] for c in ecs.describe_capacity_providers()["capacityProviders"]]
     assert names == ["FARGATE", "FARGATE_SPOT"]
+    root = f"arn:aws:iam::{ACCOUNT}:root"
     s = ecs.put_account_setting(name="containerInsights", value="enabled")["setting"]
-    assert s["value"] == "enabled"
+    assert (s["value"], s["principalArn"]) == ("enabled", root)
+    # Without effectiveSettings only explicit settings are listed; with it, every setting.
     got = {x["name"]: x["value"] for x in ecs.list_account_settings()["settings"]}
-    assert got["containerInsights"] == "enabled" and got["taskLongArnFormat"] == "enabled"
+    assert got == {"containerInsights": "enabled"}
+    eff = ecs.list_account_settings(effectiveSettings=True, maxResults=10)
+    got = {x["name"]: x["value"] for x in eff["settings"]}
+    assert got["containerInsights"] == "enabled" and got["taskLongArnFormat"] == "enabled" and "nextToken" not in eff
+    page = ecs.list_account_settings(effectiveSettings=True, maxResults=3)
+    assert len(page["settings"]) == 3 and page["nextToken"]
+    rest = ecs.list_account_settings(effectiveSettings=True, maxResults=10, nextToken=page["nextToken"])["settings"]
+    assert len(page["settings"]) + len(rest) == len(eff["settings"])
+    # A role's own setting overrides the account default; deleting it falls back.
+    role = root.replace(":root", ":role/app")
+    ecs.put_account_setting_default(name="awsvpcTrunking", value="enabled")
+    ecs.put_account_setting(name="awsvpcTrunking", value="disabled", principalArn=role)
+    one = lambda p: ecs.list_account_settings(name="awsvpcTrunking", principalArn=p, effectiveSettings=True)["settings"][0]["value"]
+    assert (one(role), one(root)) == ("disabled", "enabled")
+    assert ecs.list_account_settings(name="awsvpcTrunking", value="disabled", principalArn=role)["settings"][0]["principalArn"] == role
+    d = ecs.delete_account_setting(name="awsvpcTrunking", principalArn=role)["setting"]
+    assert d["value"] == "disabled" and one(role) == "enabled"
+    ecs.delete_account_setting(name="awsvpcTrunking")
+    ecs.delete_account_setting(name="containerInsights")
+    assert one(root) == "disabled"
+    for bad in [dict(name="notASetting", value="x"), dict(name="containerInsights", value="maybe"),
+                dict(name="containerInsights", value="enabled", principalArn="arn:aws:iam::999999999999:root"),
+                dict(name="containerInsights", value="enabled", principalArn="not-an-arn")]:
+        with pytest.raises(ClientError) as e:
+            ecs.put_account_setting(**bad)
+        assert error_code(e) == "InvalidParameterException", bad
     with pytest.raises(ClientError) as e:
-        ecs.put_account_setting(name="notASetting", value="x")
+        ecs.delete_account_setting(name="containerInsights")
+    assert error_code(e) == "InvalidParameterException"
+    with pytest.raises(ClientError) as e:
+        ecs.list_account_settings(value="enabled")
     assert error_code(e) == "InvalidParameterException"
 
 

@@ -173,6 +173,13 @@ def test_gantry_cli_run_ps_logs_stop(gantry):
     while "started" not in g("logs", tid).stdout:
         assert time.time() < deadline
         time.sleep(0.2)
+    # A closed pipe ends the CLI quietly (SIGPIPE), never with a panic.
+    ticker = g("run", "-d", IMAGE, "--", "sh", "-c", "trap 'exit 0' TERM; while :; do echo tick; sleep 0.1; done").stdout.strip()
+    p = subprocess.run(f"set -o pipefail; {GANTRY} logs -f {ticker} | head -n 3", shell=True, executable="/bin/bash",
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.stdout == "tick\ntick\ntick\n" and p.returncode == 141, (p.returncode, p.stderr)
+    assert "panicked" not in p.stderr and "Broken pipe" not in p.stderr, p.stderr
+    assert g("stop", ticker).returncode == 0
     assert g("stop", tid).returncode == 0
     r = g("logs", "-f", tid)
     assert r.returncode == 0 and "started" in r.stdout

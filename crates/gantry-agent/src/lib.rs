@@ -7,13 +7,13 @@ mod health;
 mod logship;
 mod metadata;
 mod supervise;
+mod wake;
 
 use gantry_control::logstore::LogStore;
 use gantry_control::Control;
 use gantry_runtime::task::Node;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 pub struct Agent {
     pub control: Control,
@@ -38,23 +38,11 @@ impl Agent {
     /// Runs until `shutdown` flips to true. Reacts to task record changes through a watch and
     /// re-checks every second in any case (level-triggered).
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut watch = match self.control.store.revision().await {
-            Ok(rev) => self.control.store.watch(gantry_control::TASKS_PREFIX, rev).await.ok(),
-            Err(_) => None,
-        };
+        let mut wake = wake::Wake::new(gantry_control::TASKS_PREFIX);
         loop {
             self.reconcile().await;
-            let event = async {
-                match &mut watch {
-                    Some(w) => {
-                        w.events.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
             tokio::select! {
-                _ = event => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = wake.wait(self.control.store.as_ref()) => {}
                 _ = shutdown.changed() => return,
             }
         }

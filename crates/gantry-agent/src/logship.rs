@@ -5,7 +5,7 @@
 use gantry_control::logstore::LogStore;
 use gantry_runtime::shim::parse_log_line;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,76 @@ fn parse_ms(ts: &str) -> i64 {
         .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis())
 }
 
+/// Where reading the container's log file has got to. Advanced only once a batch is stored,
+/// so a failed put is retried from the same place instead of losing the batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Cursor {
+    offset: u64,
+    /// Content of CRI partial records not yet completed by a full one.
+    partial: String,
+}
+
+/// Reads complete records after `at`: the batch (at most 5000 events) and the cursor after it.
+fn read_batch(file: &Path, at: &Cursor) -> (Vec<(i64, String)>, Cursor) {
+    let mut next = at.clone();
+    let mut batch = Vec::new();
+    let Ok(mut f) = std::fs::File::open(file) else {
+        return (batch, next);
+    };
+    if f.seek(SeekFrom::Start(at.offset)).is_err() {
+        return (batch, next);
+    }
+    let mut r = BufReader::new(f);
+    let mut line = Vec::new();
+    while let Ok(n) = r.read_until(b'\n', &mut line) {
+        if n == 0 || !line.ends_with(b"\n") {
+            break;
+        }
+        next.offset += n as u64;
+        if let Some(l) = parse_log_line(&line[..line.len() - 1]) {
+            next.partial.push_str(&String::from_utf8_lossy(l.content));
+            if !l.partial || next.partial.len() >= 256 * 1024 - 26 {
+                batch.push((parse_ms(l.time), std::mem::take(&mut next.partial)));
+            }
+        }
+        line.clear();
+        if batch.len() >= 5000 {
+            break;
+        }
+    }
+    batch.sort_by_key(|e| e.0);
+    (batch, next)
+}
+
+/// Failed puts in a row after which a finishing shipper gives up (the task must stop).
+const GIVE_UP_AFTER: u32 = 20;
+
+/// One step: ships the next batch with `put`. Returns whether there was anything to ship.
+fn ship_once(
+    file: &Path,
+    cursor: &mut Cursor,
+    failures: &mut u32,
+    put: &mut impl FnMut(&[(i64, String)]) -> Result<(), String>,
+) -> bool {
+    let (batch, next) = read_batch(file, cursor);
+    if batch.is_empty() {
+        // Only partial records were read: keep them, nothing to store yet.
+        *cursor = next;
+        return false;
+    }
+    match put(&batch) {
+        Ok(()) => {
+            *cursor = next;
+            *failures = 0;
+        }
+        Err(e) => {
+            *failures += 1;
+            tracing::warn!(file = %file.display(), error = %e, attempt = *failures, "shipping logs (will retry)");
+        }
+    }
+    true
+}
+
 impl Shipper {
     pub fn start(logs: Arc<LogStore>, file: PathBuf, target: Target) -> Shipper {
         let done = Arc::new(AtomicBool::new(false));
@@ -35,52 +105,39 @@ impl Shipper {
         let offset_file = file.with_extension("shipped");
         let handle = std::thread::spawn(move || {
             let scope = (target.account.as_str(), target.region.as_str());
-            let mut offset: u64 = std::fs::read_to_string(&offset_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            let mut partial = String::new();
+            let mut cursor = Cursor {
+                offset: std::fs::read_to_string(&offset_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0),
+                partial: String::new(),
+            };
+            let mut failures = 0;
+            let mut put = |batch: &[(i64, String)]| {
+                logs.put(
+                    scope,
+                    &target.group,
+                    &target.stream,
+                    batch,
+                    chrono::Utc::now().timestamp_millis(),
+                )
+                .map_err(|e| e.to_string())
+            };
             loop {
                 let finishing = d.load(Ordering::SeqCst);
-                let mut batch: Vec<(i64, String)> = Vec::new();
-                if let Ok(mut f) = std::fs::File::open(&file) {
-                    if f.seek(SeekFrom::Start(offset)).is_ok() {
-                        let mut r = BufReader::new(f);
-                        let mut line = Vec::new();
-                        while let Ok(n) = r.read_until(b'\n', &mut line) {
-                            if n == 0 || !line.ends_with(b"\n") {
-                                break;
-                            }
-                            offset += n as u64;
-                            if let Some(l) = parse_log_line(&line[..line.len() - 1]) {
-                                partial.push_str(&String::from_utf8_lossy(l.content));
-                                if !l.partial || partial.len() >= 256 * 1024 - 26 {
-                                    batch.push((parse_ms(l.time), std::mem::take(&mut partial)));
-                                }
-                            }
-                            line.clear();
-                            if batch.len() >= 5000 {
-                                break;
-                            }
-                        }
+                let shipped_from = cursor.offset;
+                if ship_once(&file, &mut cursor, &mut failures, &mut put) {
+                    if cursor.offset != shipped_from {
+                        let _ = std::fs::write(&offset_file, cursor.offset.to_string());
                     }
-                }
-                if !batch.is_empty() {
-                    batch.sort_by_key(|e| e.0);
-                    match logs.put(
-                        scope,
-                        &target.group,
-                        &target.stream,
-                        &batch,
-                        chrono::Utc::now().timestamp_millis(),
-                    ) {
-                        Ok(()) => {
-                            let _ = std::fs::write(&offset_file, offset.to_string());
-                        }
-                        Err(e) => {
-                            tracing::warn!(group = %target.group, stream = %target.stream, error = %e, "shipping logs")
-                        }
+                    if failures == 0 {
+                        continue;
                     }
+                    if finishing && failures >= GIVE_UP_AFTER {
+                        tracing::error!(group = %target.group, stream = %target.stream, "giving up shipping logs of a stopped container");
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100 * failures.min(10) as u64));
                     continue;
                 }
                 if finishing {
@@ -101,5 +158,59 @@ impl Shipper {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: usize) -> String {
+        format!("2026-11-28T09:00:00.{i:09}Z stdout F line {i}\n")
+    }
+
+    #[test]
+    fn a_failed_put_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("container.log");
+        std::fs::write(&file, (0..3).map(record).collect::<String>()).unwrap();
+        let mut stored: Vec<String> = Vec::new();
+        let mut fail_next = true;
+        let mut put = |b: &[(i64, String)]| {
+            if std::mem::take(&mut fail_next) {
+                return Err("store unavailable".to_string());
+            }
+            stored.extend(b.iter().map(|e| e.1.clone()));
+            Ok(())
+        };
+        let (mut cursor, mut failures) = (Cursor::default(), 0);
+        assert!(ship_once(&file, &mut cursor, &mut failures, &mut put));
+        assert_eq!(
+            (cursor.offset, failures),
+            (0, 1),
+            "the cursor stays put after a failure"
+        );
+        assert!(ship_once(&file, &mut cursor, &mut failures, &mut put));
+        assert!(!ship_once(&file, &mut cursor, &mut failures, &mut put));
+        assert_eq!(stored, ["line 0", "line 1", "line 2"]);
+        assert_eq!(failures, 0);
+    }
+
+    #[test]
+    fn partial_records_are_joined_across_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("container.log");
+        std::fs::write(&file, "2026-11-28T09:00:00Z stdout P hel\n").unwrap();
+        let mut stored: Vec<String> = Vec::new();
+        let mut put = |b: &[(i64, String)]| {
+            stored.extend(b.iter().map(|e| e.1.clone()));
+            Ok(())
+        };
+        let (mut cursor, mut failures) = (Cursor::default(), 0);
+        assert!(!ship_once(&file, &mut cursor, &mut failures, &mut put));
+        let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+        std::io::Write::write_all(&mut f, b"2026-11-28T09:00:01Z stdout F lo\n").unwrap();
+        assert!(ship_once(&file, &mut cursor, &mut failures, &mut put));
+        assert_eq!(stored, ["hello"]);
     }
 }

@@ -43,19 +43,6 @@ fn validate_tags(tags: &[Tag]) -> Result<(), EcsError> {
     Ok(())
 }
 
-const ACCOUNT_SETTINGS: &[(&str, &str)] = &[
-    ("serviceLongArnFormat", "enabled"),
-    ("taskLongArnFormat", "enabled"),
-    ("containerInstanceLongArnFormat", "enabled"),
-    ("awsvpcTrunking", "disabled"),
-    ("containerInsights", "disabled"),
-    ("fargateFIPSMode", "disabled"),
-    ("tagResourceAuthorization", "on"),
-    ("fargateTaskRetirementWaitPeriod", "7"),
-    ("guardDutyActivate", "off"),
-    ("defaultLogDriverMode", "non-blocking"),
-];
-
 /// What a resource ARN names: (kind, cluster, id).
 fn parse_resource_arn(scope: &Scope, arn: &str) -> Result<(&'static str, String, String), EcsError> {
     let prefix = format!("arn:aws:ecs:{}:{}:", scope.region, scope.account);
@@ -343,36 +330,29 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             }
             json!({"capacityProviders": providers, "failures": failures})
         }
-        "ListAccountSettings" | "PutAccountSetting" | "PutAccountSettingDefault" => {
-            let principal = format!("arn:aws:iam::{}:root", scope.account);
-            let key = |n: &str| format!("/ecs/{}/{}/account-settings/{n}", scope.account, scope.region);
-            if op == "ListAccountSettings" {
-                let name: Option<String> = field(&input, "name")?;
-                let mut settings = Vec::new();
-                for (n, default) in ACCOUNT_SETTINGS {
-                    if name.as_deref().is_some_and(|x| x != *n) {
-                        continue;
-                    }
-                    let v = match c.store.get(&key(n)).await.map_err(gantry_control::store_err)? {
-                        Some(kv) => String::from_utf8_lossy(&kv.value).into_owned(),
-                        None => default.to_string(),
-                    };
-                    settings.push(json!({"name": n, "value": v, "principalArn": principal}));
-                }
-                return Ok(json!({"settings": settings}));
-            }
+        "ListAccountSettings" => {
+            let q: gantry_control::account_settings::ListAccountSettings = serde_json::from_value(input)
+                .map_err(|e| ApiError::client("InvalidParameterException", format!("Invalid request: {e}")))?;
+            let (settings, next) = c.list_account_settings(scope, q).await?;
+            json!({"settings": settings, "nextToken": next})
+        }
+        "PutAccountSetting" | "PutAccountSettingDefault" => {
             let name: String = required(&input, "name")?;
             let value: String = required(&input, "value")?;
-            if !ACCOUNT_SETTINGS.iter().any(|(n, _)| *n == name) {
-                return Err(EcsError::invalid(format!("Invalid account setting name {name:?}.")).into());
+            let principal: Option<String> = field(&input, "principalArn")?;
+            if op == "PutAccountSettingDefault" && principal.is_some() {
+                return Err(EcsError::invalid("PutAccountSettingDefault takes no principalArn.").into());
             }
-            let k = key(&name);
-            match c.store.get(&k).await.map_err(gantry_control::store_err)? {
-                Some(kv) => c.store.update(&k, value.as_bytes(), kv.mod_revision).await.map(|_| ()),
-                None => c.store.create(&k, value.as_bytes()).await.map(|_| ()),
-            }
-            .map_err(gantry_control::store_err)?;
-            json!({"setting": {"name": name, "value": value, "principalArn": principal}})
+            let default = op == "PutAccountSettingDefault";
+            let setting = c
+                .put_account_setting(scope, &name, &value, principal.as_deref(), default)
+                .await?;
+            json!({"setting": setting})
+        }
+        "DeleteAccountSetting" => {
+            let name: String = required(&input, "name")?;
+            let principal: Option<String> = field(&input, "principalArn")?;
+            json!({"setting": c.delete_account_setting(scope, &name, principal.as_deref()).await?})
         }
         other => {
             return Err(ApiError::client(

@@ -2,6 +2,7 @@
 //! the operations on them. Level-triggered: the agent watches task records and moves them
 //! through the lifecycle; every write is compare-and-swap on the record's revision.
 
+pub mod account_settings;
 mod clusters;
 pub mod deploy;
 pub mod logstore;

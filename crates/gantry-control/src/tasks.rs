@@ -375,13 +375,23 @@ impl Control {
         }
         if let Some(token) = &req.client_token {
             let arns: Vec<String> = tasks.iter().map(|t| t.task_arn.clone()).collect();
-            let _ = self
+            // The tasks exist; a lost token would let a retry start them twice, so say so.
+            match self
                 .store
                 .create(
                     &format!("{}client-tokens/{token}", prefix(scope)),
                     &serde_json::to_vec(&arns).expect("serialises"),
                 )
-                .await;
+                .await
+            {
+                Ok(_) => {}
+                Err(gantry_store::StoreError::AlreadyExists { .. }) => {
+                    return Err(EcsError::invalid(
+                        "clientToken was used by a concurrent RunTask request with the same token.",
+                    ))
+                }
+                Err(e) => return Err(store_err(e)),
+            }
         }
         for t in &mut tasks {
             t.tags = None;

@@ -140,6 +140,14 @@ pub fn process_exists(pid: i32) -> bool {
     pid > 0 && (kill(pid, 0).is_ok() || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
+/// Restores the default SIGPIPE action (the Rust runtime ignores it), so a command line tool
+/// whose output pipe closes (`gantry logs -f T | head`) ends quietly as Unix tools do, instead
+/// of failing its next write. Not for servers: a peer closing a socket must not kill them.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn termination_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };

@@ -76,3 +76,19 @@ pub trait Store: Send + Sync {
     /// The latest revision.
     async fn revision(&self) -> Result<i64>;
 }
+
+/// Revisions of history kept by `compact_history`: enough for any watcher that is a little
+/// behind to catch up; one further behind gets `Compacted` and re-lists.
+pub const HISTORY_KEPT: i64 = 10_000;
+
+/// Compacts everything older than the newest `keep` revisions. Returns the revision compacted
+/// to, or None when there was nothing to compact. Call it on a schedule (etcd's periodic
+/// auto-compaction does the same).
+pub async fn compact_history(store: &dyn Store, keep: i64) -> Result<Option<i64>> {
+    let to = store.revision().await? - keep;
+    if to <= 0 {
+        return Ok(None);
+    }
+    store.compact(to).await?;
+    Ok(Some(to))
+}

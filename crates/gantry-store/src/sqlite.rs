@@ -379,4 +379,54 @@ mod tests {
             "revisions continue after reopen"
         );
     }
+
+    /// A long churn with compaction on a schedule: the database file stops growing (freed
+    /// pages are reused), and watchers that fell behind are told to re-list.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn churn_with_compaction_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let value = vec![b'x'; 2048];
+        let size = || {
+            let db = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let wal = std::fs::metadata(path.with_extension("db-wal"))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            db + wal
+        };
+        let churn = |rounds: usize| {
+            let s = &s;
+            let value = &value;
+            async move {
+                for i in 0..rounds {
+                    let key = format!("/tasks/{}", i % 50);
+                    match s.get(&key).await.unwrap() {
+                        None => s.create(&key, value).await.unwrap(),
+                        Some(kv) if i % 7 == 0 => s.delete(&key, Some(kv.mod_revision)).await.unwrap(),
+                        Some(kv) => s.update(&key, value, kv.mod_revision).await.unwrap(),
+                    };
+                    if i % 500 == 0 {
+                        crate::compact_history(s, 1000).await.unwrap();
+                    }
+                }
+            }
+        };
+        churn(6000).await;
+        let early = size();
+        churn(24000).await;
+        let late = size();
+        assert!(
+            late < early + early / 4,
+            "state grew from {early} to {late} bytes under compaction"
+        );
+        let (count,): (i64,) = {
+            let c = s.inner.conn();
+            c.query_row("SELECT COUNT(*) FROM log", [], |r| Ok((r.get(0)?,)))
+                .unwrap()
+        };
+        assert!(count <= 1500, "history kept {count} revisions, expected about 1000");
+        let err = s.watch("/tasks/", 1).await.err();
+        assert!(matches!(err, Some(StoreError::Compacted { .. })), "{err:?}");
+    }
 }

@@ -228,6 +228,22 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         });
     }
     {
+        // The store's history is bounded: compact all but the newest revisions every 30 s.
+        let store = store.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = gantry_store::compact_history(store.as_ref(), gantry_store::HISTORY_KEPT).await {
+                    tracing::warn!(error = %e, "compacting the state store");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+    {
         // The service controller: level-triggered, every 250 ms.
         let control = control.clone();
         let mut stop = stop_rx.clone();

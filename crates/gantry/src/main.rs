@@ -183,6 +183,12 @@ fn main() {
         .with_max_level(tracing::Level::WARN)
         .init();
     let cli = Cli::parse();
+    if matches!(
+        cli.cmd,
+        Cmd::Run(_) | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Stop { .. } | Cmd::Image(_)
+    ) {
+        gantry_runtime::default_sigpipe();
+    }
     let result = match cli.cmd {
         Cmd::Dev(a) => dev::run(&cli.node, a),
         Cmd::Run(a) => tasks_cmd::run(a),
