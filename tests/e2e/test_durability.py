@@ -61,3 +61,34 @@ def test_kill9_restart_loses_nothing(fresh):
     ecs.stop_task(cluster="default", task=long_arn, reason="after restart")
     long = wait_stopped(ecs, "default", [long_arn])[0]
     assert (long["containers"][0]["exitCode"], long["stoppedReason"]) == (0, "after restart")
+
+
+def test_clean_exit_keeps_tasks_says_so_and_sweep_all_removes_everything(fresh):
+    import subprocess
+    g = fresh
+    ecs = g.client("ecs")
+    register(ecs, "keep", [{"name": "app", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"], "stopTimeout": 2}])
+    arn = run(ecs, "default", "keep")[0]["taskArn"]
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=[arn], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    pids = container_pids(g, arn)
+    tid = arn.rsplit("/", 1)[1]
+    g.stop()  # SIGTERM, as Ctrl-C
+    log = g.log()
+    assert "1 task(s) keep running under their shims" in log and "debug sweep --all" in log, log
+    for _, (shim, ctr) in pids.items():
+        assert os.path.exists(f"/proc/{ctr}"), "the task survives a clean exit"
+    # The warm pool is gone; only the task's own namespace is left.
+    left = [n for n in os.listdir(f"{g.dir}/run/netns") if n.startswith("gn-")]
+    assert len(left) == 1, left
+    r = g.cli("debug", "sweep", "--all")
+    assert "removed 1 tasks" in r.stdout, r.stdout
+    for _, (shim, ctr) in pids.items():
+        deadline = time.time() + 10
+        while os.path.exists(f"/proc/{ctr}") and time.time() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{ctr}"), "sweep --all stops every task"
+    assert not [n for n in os.listdir(f"{g.dir}/run/netns") if n.startswith("gn-")]
+    assert subprocess.run(["ip", "link", "show", g.bridge], capture_output=True).returncode != 0, "the bridge is gone"
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert f"gantry_{g.bridge}" not in tables, tables
+    assert not os.path.exists(f"{g.dir}/data/tasks/{tid}")

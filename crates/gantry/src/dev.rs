@@ -257,6 +257,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
             }
         });
     }
+    let control_for_exit = control.clone();
     let api = gantry_aws::Api { control, logs };
     println!(
         "gantry dev: listening on {endpoint} (account {}, region {})",
@@ -270,14 +271,40 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("gantry dev: shutting down (tasks keep running under their shims)");
+        eprintln!("gantry dev: shutting down");
     };
     axum::serve(listener, gantry_aws::router(api))
         .with_graceful_shutdown(shutdown)
         .await?;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
+    shutdown_report(&control_for_exit, &node, args).await;
     Ok(0)
+}
+
+/// A clean exit is like an agent restart: tasks keep running under their shims and the next
+/// `gantry dev` picks them up. Say so, with the count and how to stop them; the warm pool's
+/// namespaces are not tasks and go now.
+async fn shutdown_report(control: &Control, node: &gantry_runtime::task::Node, args: &NodeArgs) {
+    if let Err(e) = node.network().drain_pool() {
+        eprintln!("gantry dev: removing the warm pool: {e}");
+    }
+    let running = control
+        .all_tasks()
+        .await
+        .map(|ts| ts.iter().filter(|(_, r, _)| r.task.last_status != "STOPPED").count())
+        .unwrap_or(0);
+    if running == 0 {
+        eprintln!("gantry dev: stopped; no tasks are running");
+        return;
+    }
+    eprintln!(
+        "gantry dev: stopped; {running} task(s) keep running under their shims and are picked up by the next `gantry dev`.\n  \
+         To stop them all and remove everything Gantry made on this node: gantry --data-dir {} --run-dir {} --bridge {} debug sweep --all",
+        args.data_dir.display(),
+        args.run_dir.display(),
+        args.bridge
+    );
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ enum DebugCmd {
     Run(debug_run::RunArgs),
     /// Remove what crashed runs left behind (tasks, namespaces, leases, cgroups).
     Sweep {
-        /// Also kill and remove tasks that are still running.
+        /// Also kill and remove running tasks, the warm pool, the bridge and its firewall.
         #[arg(long)]
         all: bool,
     },
@@ -200,12 +200,19 @@ fn main() {
         Cmd::Debug(DebugCmd::Sweep { all }) => (|| {
             let node = cli.node.node()?;
             let r = node.sweep(|t| !all && node.task_running(t))?;
+            let mut pooled = 0;
             if all {
-                node.network().drain_pool()?;
+                // Everything the node made: warm pool, bridge and its firewall table too.
+                pooled = node.network().drain_pool()?;
+                node.network().remove_bridge()?;
             }
             println!(
-                "removed {} tasks, {} namespaces, {} runtime containers, {} cgroups",
-                r.tasks_removed, r.netns_removed, r.containers_removed, r.cgroups_removed
+                "removed {} tasks, {} namespaces ({} from the warm pool), {} runtime containers, {} cgroups",
+                r.tasks_removed,
+                r.netns_removed + pooled,
+                pooled,
+                r.containers_removed,
+                r.cgroups_removed
             );
             Ok(0)
         })(),

@@ -193,6 +193,60 @@ fn a_task_reaches_another_tasks_http_server_by_ip() {
     assert_eq!((e.exit_code, out.as_str()), (0, "hello from gantry httpd\n"), "{err}");
 }
 
+/// Fargate tasks cannot reach their host: a server the node binds on 0.0.0.0 or on the
+/// bridge's own address is out of reach from a task, while the node can still reach tasks.
+#[test]
+fn tasks_cannot_reach_the_node() {
+    use std::io::{Read, Write};
+    let t = TestNode::new();
+    let gw = t.cfg.network.subnet.gateway();
+    let any = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let on_bridge = std::net::TcpListener::bind((gw, 0)).unwrap();
+    let ports = [any.local_addr().unwrap().port(), on_bridge.local_addr().unwrap().port()];
+    for l in [&any, &on_bridge] {
+        let l = l.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let mut buf = [0u8; 512];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nnode secret\n");
+            }
+        });
+    }
+    let (_, out, _) = t.run(
+        &t.image,
+        sh(&format!(
+            "for p in {} {}; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {gw} $p 2>&1 && echo REACHED$p; done; echo done",
+            ports[0], ports[1]
+        )),
+    );
+    assert!(
+        !out.contains("node secret") && !out.contains("REACHED"),
+        "a task reached the node: {out}"
+    );
+    assert!(out.contains("done"), "{out}");
+    // The node still reaches a task's server (the replies are let back in).
+    let server = t.start(
+        &t.image,
+        sh("trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"),
+        Duration::from_secs(2),
+    );
+    let ip = t.node.sandbox(&server).unwrap().ip;
+    let mut got = String::new();
+    for _ in 0..25 {
+        if let Ok(mut c) = std::net::TcpStream::connect_timeout(&(ip, 80).into(), Duration::from_secs(1)) {
+            let _ = c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+            let _ = c.read_to_string(&mut got);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.node.stop_container(&server, "main");
+    t.wait(&server, 10);
+    t.node.remove_task(&server).unwrap();
+    assert!(got.contains("hello from gantry httpd"), "{got}");
+}
+
 #[test]
 fn tasks_are_isolated_from_the_host_and_each_other() {
     let t = TestNode::new();

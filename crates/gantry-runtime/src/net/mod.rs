@@ -2,6 +2,7 @@
 //! bridge, an address leased from the task subnet and a default route via the bridge. A warm
 //! pool of ready sandboxes keeps namespace creation off the task start path.
 
+pub mod firewall;
 pub mod ipam;
 pub mod netlink;
 
@@ -34,6 +35,8 @@ pub enum NetworkError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Firewall(#[from] firewall::FirewallError),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -96,6 +99,7 @@ impl Network {
                 }
             }
         }
+        firewall::isolate_node(&cfg.bridge)?;
         let ipam = Ipam::new(&cfg.state_dir.join("leases.json"), cfg.subnet);
         Ok(Network { cfg, ipam })
     }
@@ -230,6 +234,19 @@ impl Network {
             }
         }
         self.create()
+    }
+
+    /// Removes what the node made on the host beyond its sandboxes: the bridge and its
+    /// firewall table (for `gantry debug sweep --all` and tests). Absent is fine.
+    pub fn remove_bridge(&self) -> Result<(), NetworkError> {
+        firewall::remove(&self.cfg.bridge)?;
+        if let Some(idx) = netlink::link_index(&self.cfg.bridge) {
+            match Netlink::open()?.delete_link(idx) {
+                Err(NetlinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {}
+                r => r?,
+            }
+        }
+        Ok(())
     }
 
     /// Removes pool sandboxes (used at shutdown and by tests).

@@ -190,10 +190,7 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         let _ = self.node.sweep(|_| false);
         let _ = self.node.network().drain_pool();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.cfg.network.bridge])
-            .stderr(std::process::Stdio::null())
-            .status();
+        let _ = self.node.network().remove_bridge();
         let netns = self.cfg.network.netns_dir.clone();
         let _ = Command::new("umount")
             .arg(&netns)
