@@ -118,7 +118,8 @@ def test_run_task_request_errors(ecs):
             "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}}
     for change, code in [({"count": 11}, "InvalidParameterException"),
                          ({"networkConfiguration": None}, "InvalidParameterException"),
-                         ({"launchType": "EC2"}, "InvalidParameterException"),
+                         ({"launchType": "EXTERNAL"}, "ClientException"),
+                         ({"cluster": "no-such-cluster", "count": 11}, "ClusterNotFoundException"),
                          ({"taskDefinition": "missing-family"}, "ClientException"),
                          ({"cluster": "no-such-cluster"}, "ClusterNotFoundException"),
                          ({"overrides": {"containerOverrides": [{"name": "ghost", "command": ["x"]}]}}, "InvalidParameterException"),

@@ -243,7 +243,7 @@ def test_task_metadata_endpoint_v4(ecs, logs):
         assert _t.time() < deadline
         _t.sleep(0.2)
     a_uri = ev[0]["message"]
-    assert a_uri.startswith("http://169.254.170.2/v4/")
+    assert a_uri.startswith("http://169.254.170.2:51679/v4/")
     script = ("for p in '' /task /taskWithTags /stats /task/stats; do wget -qO- $ECS_CONTAINER_METADATA_URI_V4$p; echo; done; "
               "wget -qO- $OTHER/task >/dev/null 2>&1 && echo OTHER-READABLE || echo OTHER-REFUSED")
     register(ecs, "meta-b", [{"name": "probe", "logConfiguration": awslogs("/e2e/meta"), "command": ["sh", "-c", script],

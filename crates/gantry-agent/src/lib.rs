@@ -6,6 +6,7 @@
 mod health;
 mod logship;
 mod metadata;
+mod ports;
 mod supervise;
 mod wake;
 
@@ -22,6 +23,8 @@ pub struct Agent {
     supervised: Mutex<HashSet<String>>,
     /// Running metadata endpoints by task id.
     metadata: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
+    /// Port relays of bridge-mode tasks by task id.
+    published: Mutex<std::collections::HashMap<String, Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Agent {
@@ -32,6 +35,7 @@ impl Agent {
             logs,
             supervised: Mutex::new(HashSet::new()),
             metadata: Mutex::new(Default::default()),
+            published: Mutex::new(Default::default()),
         })
     }
 
@@ -59,6 +63,40 @@ impl Agent {
                 m.insert(task_id.to_string(), h);
             }
             Err(e) => tracing::warn!(task = %task_id, error = %e, "starting the metadata endpoint"),
+        }
+    }
+
+    /// Publishes a bridge-mode task's ports (`wanted`: from its definition, or the bindings
+    /// recorded before a restart). Returns the bindings per container.
+    pub(crate) async fn publish_ports(
+        &self,
+        task_id: &str,
+        ip: std::net::Ipv4Addr,
+        wanted: &[(String, Vec<ports::Binding>)],
+    ) -> Result<Vec<(String, Vec<ports::Binding>)>, String> {
+        let mut out = Vec::new();
+        for (container, w) in wanted {
+            let (bindings, handles) = match ports::publish(ip, w).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.unpublish_ports(task_id);
+                    return Err(e);
+                }
+            };
+            self.published
+                .lock()
+                .expect("lock")
+                .entry(task_id.to_string())
+                .or_default()
+                .extend(handles);
+            out.push((container.clone(), bindings));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn unpublish_ports(&self, task_id: &str) {
+        for h in self.published.lock().expect("lock").remove(task_id).unwrap_or_default() {
+            h.abort();
         }
     }
 

@@ -17,13 +17,24 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 pub const ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 2);
+/// The endpoint's port inside the task. Not 80: a listener on 169.254.170.2:80 in the task's
+/// namespace would keep the task's own server from binding 0.0.0.0:80. 51679 is the port the
+/// ECS agent serves metadata on (ECS forwards 169.254.170.2:80 there); the URIs carry it, so
+/// SDKs and scripts that read them find it.
+pub const PORT: u16 = 51679;
 
 /// The environment a container gets to find its metadata.
 pub fn env_for(task_id: &str, container: &str) -> Vec<(String, String)> {
     let id = Node::runtime_id(task_id, &container_dir_name(container));
     vec![
-        ("ECS_CONTAINER_METADATA_URI_V4".into(), format!("http://{ADDR}/v4/{id}")),
-        ("ECS_CONTAINER_METADATA_URI".into(), format!("http://{ADDR}/v3/{id}")),
+        (
+            "ECS_CONTAINER_METADATA_URI_V4".into(),
+            format!("http://{ADDR}:{PORT}/v4/{id}"),
+        ),
+        (
+            "ECS_CONTAINER_METADATA_URI".into(),
+            format!("http://{ADDR}:{PORT}/v3/{id}"),
+        ),
         ("AWS_EXECUTION_ENV".into(), "AWS_ECS_FARGATE".into()),
     ]
 }
@@ -40,7 +51,7 @@ struct Ctx {
 /// Starts the endpoint for a task; the server stops when the returned handle is aborted.
 pub fn serve(a: &Arc<Agent>, key: &str, task_id: &str) -> Result<tokio::task::AbortHandle, String> {
     let sb = a.node.sandbox(task_id).ok_or("task has no sandbox")?;
-    let listener = Network::listen_in(&sb, ADDR, 80).map_err(|e| e.to_string())?;
+    let listener = Network::listen_in(&sb, ADDR, PORT).map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
     let ctx = Ctx {

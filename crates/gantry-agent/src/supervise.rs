@@ -3,12 +3,14 @@
 //! STOPPED). Every step is written to the task record, so a restarted agent resumes.
 
 use crate::logship::{Shipper, Target};
-use crate::Agent;
+use crate::{ports, Agent};
 use gantry_control::{Control, TaskRecord, TaskSpecContainer};
-use gantry_runtime::bundle::{ContainerSpec, Limits};
+use gantry_runtime::bundle::{ContainerSpec, Limits, Rlimit};
 use gantry_runtime::image::ImageRecord;
+use gantry_runtime::net::SandboxKind;
 use gantry_runtime::task::ContainerState;
 use gantry_types::model::{stop_code, NetworkInterface};
+use gantry_types::taskdef::NetworkMode;
 use gantry_types::taskdef::{start_order, KeyValuePair};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,7 +103,10 @@ pub async fn supervise(a: &Arc<Agent>, key: &str) -> Result<()> {
         )
         .await;
     } else {
-        a.start_metadata(key, &id);
+        if rec.network_mode != NetworkMode::Host {
+            a.start_metadata(key, &id);
+        }
+        republish(a, &rec, &id).await;
         // Re-attach: resume shipping logs and health checks of containers still running.
         for c in &rec.containers {
             if matches!(
@@ -216,10 +221,23 @@ async fn launch(
     let hostname = format!("ip-{}", &id[..12]);
     let node = a.node.clone();
     let (tid, hn) = (id.clone(), hostname.clone());
-    let sandbox = blocking(move || node.create_task(&tid, &hn))
+    let kind = sandbox_kind(rec.network_mode);
+    let sandbox = blocking(move || node.create_task_with(&tid, &hn, kind))
         .await
         .map_err(|e| format!("ResourceInitializationError: {e}"))?;
-    a.start_metadata(key, &id);
+    if kind != SandboxKind::Host {
+        a.start_metadata(key, &id);
+    }
+    let bindings = network_bindings(a, rec, &id, sandbox.ip).await?;
+    update(a, key, |r| {
+        for c in &mut r.task.containers {
+            if let Some((_, b)) = bindings.iter().find(|(n, _)| *n == c.name) {
+                c.network_bindings = b.iter().map(ports::Binding::to_json).collect();
+            }
+        }
+        true
+    })
+    .await?;
     let t = now(&a.control);
     let ip = sandbox.ip.to_string();
     let mac_seed = &id[..10];
@@ -360,7 +378,18 @@ async fn launch(
             entrypoint: c.entry_point.clone(),
             command: c.command.clone(),
             env: {
-                let mut env = crate::metadata::env_for(&id, &name);
+                let mut env = if kind == SandboxKind::Host {
+                    vec![]
+                } else {
+                    crate::metadata::env_for(&id, &name)
+                };
+                let exec_env = match rec.task.launch_type.as_str() {
+                    "FARGATE" => "AWS_ECS_FARGATE",
+                    "EXTERNAL" => "AWS_ECS_EXTERNAL",
+                    _ => "AWS_ECS_EC2",
+                };
+                env.retain(|(k, _)| k != "AWS_EXECUTION_ENV");
+                env.push(("AWS_EXECUTION_ENV".into(), exec_env.into()));
                 env.push(("AWS_REGION".into(), rec.region.clone()));
                 env.push(("AWS_DEFAULT_REGION".into(), rec.region.clone()));
                 env.extend(
@@ -374,11 +403,23 @@ async fn launch(
             working_dir: c.working_directory.clone(),
             user: c.user.clone(),
             hostname: hostname.clone(),
-            limits: Limits {
-                cpu_units: Some(rec.cpu_units as u32),
-                memory_mib: Some(c.memory.unwrap_or(rec.memory_mib) as u64),
-                pids: None,
-            },
+            limits: container_limits(rec, c),
+            init: c
+                .linux_parameters
+                .as_ref()
+                .and_then(|l| l.init_process_enabled)
+                .unwrap_or(false),
+            readonly_rootfs: c.readonly_root_filesystem.unwrap_or(false),
+            rlimits: c
+                .ulimits
+                .iter()
+                .flatten()
+                .map(|u| Rlimit {
+                    name: u.name.clone(),
+                    soft: u.soft_limit.max(0) as u64,
+                    hard: u.hard_limit.max(0) as u64,
+                })
+                .collect(),
         };
         let stop_timeout = Duration::from_secs(c.stop_timeout.unwrap_or(30) as u64);
         let node = a.node.clone();
@@ -566,6 +607,7 @@ async fn finish(a: &Arc<Agent>, key: &str, id: &str, shippers: HashMap<String, S
     })
     .await?;
     a.stop_metadata(id);
+    a.unpublish_ports(id);
     let node = a.node.clone();
     let tid = id.to_string();
     if let Err(e) = blocking(move || node.remove_task(&tid)).await {
@@ -586,4 +628,96 @@ async fn finish(a: &Arc<Agent>, key: &str, id: &str, shippers: HashMap<String, S
     })
     .await?;
     Ok(())
+}
+
+fn sandbox_kind(mode: NetworkMode) -> SandboxKind {
+    match mode {
+        NetworkMode::Awsvpc | NetworkMode::Bridge => SandboxKind::Bridged,
+        NetworkMode::None => SandboxKind::Loopback,
+        NetworkMode::Host => SandboxKind::Host,
+    }
+}
+
+/// The ports a task's containers answer on at the node: published (bridge mode) or the
+/// container ports themselves (host mode).
+async fn network_bindings(
+    a: &Arc<Agent>,
+    rec: &TaskRecord,
+    id: &str,
+    ip: std::net::Ipv4Addr,
+) -> Result<Vec<(String, Vec<ports::Binding>)>> {
+    let wanted: Vec<(String, Vec<ports::Binding>)> = rec
+        .containers
+        .iter()
+        .map(|c| {
+            (
+                c.name().to_string(),
+                ports::wanted(c.port_mappings.as_deref().unwrap_or_default()),
+            )
+        })
+        .filter(|(_, w)| !w.is_empty())
+        .collect();
+    match rec.network_mode {
+        NetworkMode::Bridge => a
+            .publish_ports(id, ip, &wanted)
+            .await
+            .map_err(|e| format!("ResourceInitializationError: publishing ports: {e}")),
+        NetworkMode::Host => Ok(wanted
+            .into_iter()
+            .map(|(n, w)| {
+                let b = w
+                    .into_iter()
+                    .map(|b| ports::Binding {
+                        host_port: b.container_port,
+                        ..b
+                    })
+                    .collect();
+                (n, b)
+            })
+            .collect()),
+        _ => Ok(vec![]),
+    }
+}
+
+/// After an agent restart: the bridge-mode relays went with the old process; bind the same
+/// host ports again.
+async fn republish(a: &Arc<Agent>, rec: &TaskRecord, id: &str) {
+    if rec.network_mode != NetworkMode::Bridge {
+        return;
+    }
+    let Some(sb) = a.node.sandbox(id) else { return };
+    let recorded: Vec<(String, Vec<ports::Binding>)> = rec
+        .task
+        .containers
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.network_bindings
+                    .iter()
+                    .filter_map(ports::Binding::from_json)
+                    .collect(),
+            )
+        })
+        .filter(|(_, b): &(String, Vec<ports::Binding>)| !b.is_empty())
+        .collect();
+    if let Err(e) = a.publish_ports(id, sb.ip, &recorded).await {
+        tracing::warn!(task = %id, error = %e, "re-publishing ports after a restart");
+    }
+}
+
+/// A container's cgroup limits: the task's CPU as the quota (if it has one), the container's
+/// `cpu` as its weight, its `memory` as the hard limit (else the task's), `memoryReservation`
+/// as the soft one.
+fn container_limits(rec: &TaskRecord, c: &TaskSpecContainer) -> Limits {
+    Limits {
+        cpu_units: (rec.cpu_units > 0).then_some(rec.cpu_units as u32),
+        cpu_shares: c.cpu.filter(|x| *x > 0).map(|x| x as u32),
+        memory_mib: c
+            .memory
+            .or(rec.task_memory_limit.then_some(rec.memory_mib))
+            .map(|m| m as u64),
+        memory_reservation_mib: c.memory_reservation.map(|m| m as u64),
+        pids: None,
+    }
 }

@@ -17,6 +17,12 @@ fn field<T: DeserializeOwned>(input: &Value, name: &str) -> Result<Option<T>, Ap
     }
 }
 
+/// The whole request as a typed input.
+fn parse<T: DeserializeOwned>(input: Value) -> Result<T, ApiError> {
+    serde_json::from_value(input)
+        .map_err(|e| ApiError::client("InvalidParameterException", format!("Invalid request: {e}")))
+}
+
 fn required<T: DeserializeOwned>(input: &Value, name: &str) -> Result<T, ApiError> {
     field(input, name)?
         .ok_or_else(|| ApiError::client("InvalidParameterException", format!("{name} can not be blank.")))
@@ -183,25 +189,8 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             json!({"tasks": found, "failures": failures})
         }
         "ListTasks" => {
-            let cluster: Option<String> = field(&input, "cluster")?;
-            let family: Option<String> = field(&input, "family")?;
-            let started_by: Option<String> = field(&input, "startedBy")?;
-            let desired: Option<String> = field(&input, "desiredStatus")?;
-            let token: Option<String> = field(&input, "nextToken")?;
-            if field::<String>(&input, "launchType")?.is_some_and(|l| l != "FARGATE") {
-                return Ok(json!({"taskArns": []}));
-            }
-            let (arns, next) = c
-                .list_tasks(
-                    scope,
-                    cluster.as_deref(),
-                    family.as_deref(),
-                    started_by.as_deref(),
-                    desired.as_deref(),
-                    token.as_deref(),
-                    field(&input, "maxResults")?,
-                )
-                .await?;
+            let q: gantry_control::ListTasks = parse(input)?;
+            let (arns, next) = c.list_tasks(scope, q).await?;
             json!({"taskArns": arns, "nextToken": next})
         }
         "StopTask" => {
@@ -261,21 +250,8 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             json!({"services": found, "failures": failures})
         }
         "ListServices" => {
-            let cluster: Option<String> = field(&input, "cluster")?;
-            let token: Option<String> = field(&input, "nextToken")?;
-            if field::<String>(&input, "launchType")?.is_some_and(|l| l != "FARGATE")
-                || field::<String>(&input, "schedulingStrategy")?.is_some_and(|s| s != "REPLICA")
-            {
-                return Ok(json!({"serviceArns": []}));
-            }
-            let (arns, next) = c
-                .list_services(
-                    scope,
-                    cluster.as_deref(),
-                    token.as_deref(),
-                    field(&input, "maxResults")?,
-                )
-                .await?;
+            let q: gantry_control::services::ListServices = parse(input)?;
+            let (arns, next) = c.list_services(scope, q).await?;
             json!({"serviceArns": arns, "nextToken": next})
         }
         "TagResource" | "UntagResource" | "ListTagsForResource" => {
@@ -331,8 +307,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             json!({"capacityProviders": providers, "failures": failures})
         }
         "ListAccountSettings" => {
-            let q: gantry_control::account_settings::ListAccountSettings = serde_json::from_value(input)
-                .map_err(|e| ApiError::client("InvalidParameterException", format!("Invalid request: {e}")))?;
+            let q: gantry_control::account_settings::ListAccountSettings = parse(input)?;
             let (settings, next) = c.list_account_settings(scope, q).await?;
             json!({"settings": settings, "nextToken": next})
         }

@@ -43,12 +43,12 @@ impl Control {
             cluster_name: name.to_string(),
             status: "ACTIVE".into(),
             tags: Some(tags.unwrap_or_default()),
-            settings: settings.unwrap_or_else(|| {
+            settings: Some(settings.unwrap_or_else(|| {
                 vec![ClusterSetting {
                     name: "containerInsights".into(),
                     value: "disabled".into(),
                 }]
-            }),
+            })),
             capacity_providers: vec!["FARGATE".into(), "FARGATE_SPOT".into()],
             ..Default::default()
         };
@@ -75,29 +75,58 @@ impl Control {
         }
     }
 
+    /// The cluster with its live counts, and the optional parts only when `include` asks for
+    /// them (as ECS: STATISTICS, TAGS, SETTINGS, CONFIGURATIONS, ATTACHMENTS).
     async fn with_counts(&self, scope: &Scope, mut c: Cluster, include: &[String]) -> Result<Cluster, EcsError> {
         let tasks = self.list_task_records(scope, &c.cluster_name).await?;
-        c.running_tasks_count = tasks.iter().filter(|t| t.task.last_status == "RUNNING").count() as i64;
-        c.pending_tasks_count = tasks
-            .iter()
-            .filter(|t| t.task.last_status != "RUNNING" && t.task.last_status != "STOPPED")
-            .count() as i64;
+        let services = self.cluster_services(scope, &c.cluster_name).await?;
+        let count = |launch: Option<&str>, running: bool| {
+            tasks
+                .iter()
+                .filter(|t| launch.is_none_or(|l| t.task.launch_type == l))
+                .filter(|t| match running {
+                    true => t.task.last_status == "RUNNING",
+                    false => t.task.last_status != "RUNNING" && t.task.last_status != "STOPPED",
+                })
+                .count() as i64
+        };
+        c.running_tasks_count = count(None, true);
+        c.pending_tasks_count = count(None, false);
+        c.active_services_count = services.iter().filter(|s| s.status == "ACTIVE").count() as i64;
         if include.iter().any(|i| i == "STATISTICS") {
             let stat = |n: &str, v: i64| KeyValuePair {
                 name: Some(n.into()),
                 value: Some(v.to_string()),
             };
+            let svc = |launch: &str, status: &str| {
+                services
+                    .iter()
+                    .filter(|s| {
+                        s.status == status
+                            && (s.launch_type == launch || (launch == "FARGATE" && s.launch_type.is_empty()))
+                    })
+                    .count() as i64
+            };
             c.statistics = Some(vec![
-                stat("runningFargateTasksCount", c.running_tasks_count),
-                stat("pendingFargateTasksCount", c.pending_tasks_count),
-                stat("runningEC2TasksCount", 0),
-                stat("pendingEC2TasksCount", 0),
-                stat("activeFargateServiceCount", 0),
-                stat("drainingFargateServiceCount", 0),
+                stat("runningEC2TasksCount", count(Some("EC2"), true)),
+                stat("runningFargateTasksCount", count(Some("FARGATE"), true)),
+                stat("pendingEC2TasksCount", count(Some("EC2"), false)),
+                stat("pendingFargateTasksCount", count(Some("FARGATE"), false)),
+                stat("runningExternalTasksCount", count(Some("EXTERNAL"), true)),
+                stat("pendingExternalTasksCount", count(Some("EXTERNAL"), false)),
+                stat("activeEC2ServiceCount", svc("EC2", "ACTIVE")),
+                stat("activeFargateServiceCount", svc("FARGATE", "ACTIVE")),
+                stat("drainingEC2ServiceCount", svc("EC2", "DRAINING")),
+                stat("drainingFargateServiceCount", svc("FARGATE", "DRAINING")),
+                stat("activeExternalServiceCount", svc("EXTERNAL", "ACTIVE")),
+                stat("drainingExternalServiceCount", svc("EXTERNAL", "DRAINING")),
             ]);
         }
         if !include.iter().any(|i| i == "TAGS") {
             c.tags = None;
+        }
+        if !include.iter().any(|i| i == "SETTINGS") {
+            c.settings = None;
         }
         Ok(c)
     }
@@ -169,14 +198,15 @@ impl Control {
                             s.name, s.value
                         )));
                     }
-                    c.settings.retain(|x| x.name != s.name);
-                    c.settings.push(s.clone());
+                    let all = c.settings.get_or_insert_with(Vec::new);
+                    all.retain(|x| x.name != s.name);
+                    all.push(s.clone());
                 }
                 Ok(true)
             })
             .await?
             .ok_or_else(not_found)?;
-        self.with_counts(scope, c, &[]).await
+        self.with_counts(scope, c, &["SETTINGS".into()]).await
     }
 
     pub async fn delete_cluster(&self, scope: &Scope, name: &str) -> Result<Cluster, EcsError> {

@@ -11,7 +11,7 @@ pub mod services;
 mod taskdefs;
 mod tasks;
 
-pub use tasks::{RunTaskRequest, TaskRecord, TaskSpecContainer, TASKS_PREFIX};
+pub use tasks::{ListTasks, RunTaskRequest, TaskRecord, TaskSpecContainer, TASKS_PREFIX};
 
 use gantry_store::{Store, StoreError};
 use gantry_types::arn::Scope;

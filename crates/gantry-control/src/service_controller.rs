@@ -228,10 +228,10 @@ impl Control {
                     if let Some(done) = &rec.last_completed {
                         events.push(format!("(service {name}) rolling back to deployment {}.", done.id));
                         new_primary = Some(new_deployment(
+                            &rec.service,
                             &done.task_definition,
                             rec.service.desired_count,
                             &done.network_configuration,
-                            &done.platform_version,
                             now,
                         ));
                         launch_allowed = true;
@@ -304,12 +304,16 @@ impl Control {
             let mut left = plan.start;
             while left > 0 {
                 let n = left.min(10);
+                let svc = &rec.service;
                 let req = RunTaskRequest {
                     cluster: Some(rec.cluster.clone()),
                     task_definition: Some(td.clone()),
                     count: Some(n as i64),
-                    launch_type: Some("FARGATE".into()),
-                    network_configuration: Some(network.clone()),
+                    launch_type: (!svc.launch_type.is_empty()).then(|| svc.launch_type.clone()),
+                    capacity_provider_strategy: (!svc.capacity_provider_strategy.is_empty())
+                        .then(|| svc.capacity_provider_strategy.clone()),
+                    platform_version: (!svc.platform_version.is_empty()).then(|| svc.platform_version.clone()),
+                    network_configuration: (!network.is_null()).then(|| network.clone()),
                     started_by: Some(primary_id.clone()),
                     group: Some(group.clone()),
                     allow_inactive: true,

@@ -1,10 +1,12 @@
 //! Services: the API side (create, update, delete, describe, list). The controller that keeps
 //! them at their desired count lives in `service_controller`.
 
+use crate::tasks::{compatibilities, resolve_launch};
 use crate::{random_hex, store_err, Control};
 use gantry_store::StoreError;
 use gantry_types::arn::Scope;
 use gantry_types::model::{Deployment, DeploymentConfiguration, Failure, Service, ServiceEvent, Tag};
+use gantry_types::taskdef::NetworkMode;
 use gantry_types::EcsError;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -81,6 +83,18 @@ pub struct CreateServiceRequest {
     pub load_balancers: Option<Vec<Value>>,
 }
 
+/// ListServices' filters.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ListServices {
+    pub cluster: Option<String>,
+    pub next_token: Option<String>,
+    pub max_results: Option<i64>,
+    pub launch_type: Option<String>,
+    pub scheduling_strategy: Option<String>,
+    pub resource_management_type: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateServiceRequest {
@@ -96,7 +110,8 @@ pub struct UpdateServiceRequest {
 }
 
 /// A new PRIMARY deployment, IN_PROGRESS, created at `now`.
-pub fn new_deployment(td: &str, desired: i64, network: &Value, platform: &str, now: f64) -> Deployment {
+/// A new PRIMARY deployment of the service's current launch settings.
+pub fn new_deployment(svc: &Service, td: &str, desired: i64, network: &Value, now: f64) -> Deployment {
     let id = new_deployment_id();
     Deployment {
         rollout_state_reason: Some(format!("ECS deployment {id} in progress.")),
@@ -106,8 +121,8 @@ pub fn new_deployment(td: &str, desired: i64, network: &Value, platform: &str, n
         desired_count: desired,
         created_at: now,
         updated_at: now,
-        launch_type: "FARGATE".into(),
-        platform_version: platform.to_string(),
+        launch_type: svc.launch_type.clone(),
+        platform_version: svc.platform_version.clone(),
         platform_family: "Linux".into(),
         network_configuration: network.clone(),
         rollout_state: "IN_PROGRESS".into(),
@@ -140,20 +155,12 @@ fn validate_config(c: &DeploymentConfiguration) -> Result<(), EcsError> {
     Ok(())
 }
 
-fn validate_network(n: &Option<Value>) -> Result<Value, EcsError> {
-    let n = n.clone().ok_or_else(|| {
-        EcsError::invalid("Network Configuration must be provided when networkMode 'awsvpc' is specified.")
-    })?;
-    let subnets = n["awsvpcConfiguration"]["subnets"]
-        .as_array()
-        .map(|a| a.len())
-        .unwrap_or(0);
-    if subnets == 0 || subnets > 16 {
-        return Err(EcsError::invalid(
-            "subnets can not be empty and can have at most 16 items.",
-        ));
-    }
-    Ok(n)
+/// A service's networkConfiguration checked against its task definition's network mode:
+/// required for awsvpc, refused otherwise (Null then).
+fn service_network(def: &Value, cfg: Option<&Value>) -> Result<Value, EcsError> {
+    let mode = NetworkMode::parse(def["networkMode"].as_str())?;
+    crate::tasks::network_for(mode, cfg)?;
+    Ok(cfg.cloned().unwrap_or(Value::Null))
 }
 
 impl Control {
@@ -162,6 +169,8 @@ impl Control {
     }
 
     pub async fn create_service(&self, scope: &Scope, req: CreateServiceRequest) -> Result<Service, EcsError> {
+        // ECS answers for the cluster before anything else.
+        let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
         let name = req
             .service_name
             .clone()
@@ -194,14 +203,6 @@ impl Control {
         {
             return Err(EcsError::invalid("Gantry supports the ECS deployment controller only."));
         }
-        if req.launch_type.as_deref().is_some_and(|l| l != "FARGATE") {
-            return Err(EcsError::invalid("Gantry runs services on FARGATE only."));
-        }
-        if req.launch_type.is_some() && req.capacity_provider_strategy.as_ref().is_some_and(|c| !c.is_empty()) {
-            return Err(EcsError::invalid(
-                "Specifying both a launch type and capacity provider strategy is not supported.",
-            ));
-        }
         if req
             .health_check_grace_period_seconds
             .is_some_and(|g| !(0..=2_147_483_647).contains(&g))
@@ -215,8 +216,6 @@ impl Control {
         }
         let config = req.deployment_configuration.clone().unwrap_or_default();
         validate_config(&config)?;
-        let network = validate_network(&req.network_configuration)?;
-        let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
         let td_ref = req
             .task_definition
             .clone()
@@ -225,6 +224,13 @@ impl Control {
         if td.status() != "ACTIVE" {
             return Err(EcsError::client("TaskDefinition is inactive"));
         }
+        let launch = resolve_launch(
+            req.launch_type.as_deref(),
+            req.capacity_provider_strategy.as_deref(),
+            &cluster.default_capacity_provider_strategy,
+            &compatibilities(&td.definition),
+        )?;
+        let network = service_network(&td.definition, req.network_configuration.as_ref())?;
         let td_arn = td.definition["taskDefinitionArn"]
             .as_str()
             .unwrap_or_default()
@@ -236,13 +242,16 @@ impl Control {
             }
             self.store.delete(&key, Some(rev)).await.map_err(store_err)?;
         }
-        let platform = req
-            .platform_version
-            .clone()
-            .filter(|p| p != "LATEST")
-            .unwrap_or_else(|| "1.4.0".into());
-        let dep = new_deployment(&td_arn, desired, &network, &platform, self.now());
-        let service = Service {
+        // Platform versions are Fargate's.
+        let platform = if launch.launch_type == "FARGATE" {
+            req.platform_version
+                .clone()
+                .filter(|p| p != "LATEST")
+                .unwrap_or_else(|| "1.4.0".into())
+        } else {
+            String::new()
+        };
+        let mut service = Service {
             service_arn: format!(
                 "arn:aws:ecs:{}:{}:service/{}/{name}",
                 scope.region, scope.account, cluster.cluster_name
@@ -251,12 +260,17 @@ impl Control {
             cluster_arn: cluster.cluster_arn.clone(),
             status: "ACTIVE".into(),
             desired_count: desired,
-            launch_type: "FARGATE".into(),
+            launch_type: if launch.capacity_provider.is_some() {
+                String::new()
+            } else {
+                launch.launch_type.clone()
+            },
+            capacity_provider_strategy: req.capacity_provider_strategy.clone().unwrap_or_default(),
             platform_version: platform,
             platform_family: "Linux".into(),
             task_definition: td_arn,
             deployment_configuration: config,
-            deployments: vec![dep],
+            deployments: vec![],
             events: vec![],
             created_at: self.now(),
             network_configuration: network,
@@ -269,6 +283,14 @@ impl Control {
             enable_execute_command: req.enable_execute_command.unwrap_or(false),
             ..Default::default()
         };
+        let dep = new_deployment(
+            &service,
+            &service.task_definition,
+            desired,
+            &service.network_configuration,
+            self.now(),
+        );
+        service.deployments = vec![dep];
         let rec = ServiceRecord {
             service: service.clone(),
             cluster: cluster.cluster_name.clone(),
@@ -324,7 +346,10 @@ impl Control {
             .service
             .clone()
             .ok_or_else(|| EcsError::invalid("service can not be blank."))?;
-        let (key, _, _) = self.service_record(scope, req.cluster.as_deref(), &name).await?;
+        let (key, current, _) = self.service_record(scope, req.cluster.as_deref(), &name).await?;
+        if current.service.status != "ACTIVE" {
+            return Err(EcsError::ServiceNotActive("Service was not ACTIVE.".into()));
+        }
         if let Some(d) = req.desired_count {
             if !(0..=5000).contains(&d) {
                 return Err(EcsError::invalid("desiredCount must be between 0 and 5000."));
@@ -333,25 +358,46 @@ impl Control {
         if let Some(c) = &req.deployment_configuration {
             validate_config(c)?;
         }
-        let network = match &req.network_configuration {
-            Some(_) => Some(validate_network(&req.network_configuration)?),
-            None => None,
-        };
         let new_td = match &req.task_definition {
             Some(r) => {
                 let (td, _, _) = self.task_definition(scope, r).await?;
                 if td.status() != "ACTIVE" {
                     return Err(EcsError::client("TaskDefinition is inactive"));
                 }
-                Some(
-                    td.definition["taskDefinitionArn"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
+                Some(td)
             }
             None => None,
         };
+        // The definition the service will run must suit its launch type and network.
+        let target = match &new_td {
+            Some(td) => td.clone(),
+            None => self.task_definition(scope, &current.service.task_definition).await?.0,
+        };
+        let launch_type = (!current.service.launch_type.is_empty()).then_some(current.service.launch_type.as_str());
+        let strategy = (!current.service.capacity_provider_strategy.is_empty())
+            .then_some(current.service.capacity_provider_strategy.as_slice());
+        resolve_launch(launch_type, strategy, &[], &compatibilities(&target.definition))?;
+        let network = match &req.network_configuration {
+            Some(n) => Some(service_network(&target.definition, Some(n))?),
+            None => {
+                service_network(
+                    &target.definition,
+                    Some(&current.service.network_configuration).filter(|n| !n.is_null()),
+                )?;
+                None
+            }
+        };
+        let new_td = new_td.map(|td| {
+            td.definition["taskDefinitionArn"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        });
+        let platform = req
+            .platform_version
+            .clone()
+            .filter(|_| !current.service.platform_version.is_empty())
+            .map(|p| if p == "LATEST" { "1.4.0".to_string() } else { p });
         let now = self.now();
         let rec = self
             .update_service_record(&key, |r| {
@@ -375,7 +421,11 @@ impl Control {
                 }
                 let td_changed = new_td.as_ref().is_some_and(|t| *t != r.service.task_definition);
                 let net_changed = network.as_ref().is_some_and(|n| *n != r.service.network_configuration);
-                if td_changed || net_changed || req.force_new_deployment.unwrap_or(false) {
+                let platform_changed = platform.as_ref().is_some_and(|p| *p != r.service.platform_version);
+                if td_changed || net_changed || platform_changed || req.force_new_deployment.unwrap_or(false) {
+                    if let Some(p) = &platform {
+                        r.service.platform_version = p.clone();
+                    }
                     if let Some(t) = &new_td {
                         r.service.task_definition = t.clone();
                     }
@@ -387,10 +437,10 @@ impl Control {
                         d.updated_at = now;
                     }
                     let d = new_deployment(
+                        &r.service,
                         &r.service.task_definition,
                         r.service.desired_count,
                         &r.service.network_configuration,
-                        &r.service.platform_version,
                         now,
                     );
                     r.service.deployments.insert(0, d);
@@ -450,10 +500,10 @@ impl Control {
         names: &[String],
         include: &[String],
     ) -> Result<(Vec<Service>, Vec<Failure>), EcsError> {
+        let cluster = self.active_cluster(scope, cluster).await?;
         if names.is_empty() || names.len() > 10 {
             return Err(EcsError::invalid("services must list 1 to 10 services."));
         }
-        let cluster = self.active_cluster(scope, cluster).await?;
         let (mut found, mut failures) = (Vec::new(), Vec::new());
         for n in names {
             let name = n.rsplit('/').next().unwrap_or(n);
@@ -483,20 +533,46 @@ impl Control {
     pub async fn list_services(
         &self,
         scope: &Scope,
-        cluster: Option<&str>,
-        next_token: Option<&str>,
-        max: Option<i64>,
+        q: ListServices,
     ) -> Result<(Vec<String>, Option<String>), EcsError> {
-        let size = crate::page_size(max, 10)?;
-        let cluster = self.active_cluster(scope, cluster).await?;
-        let after = next_token.map(crate::decode_token).transpose()?;
+        let cluster = self.active_cluster(scope, q.cluster.as_deref()).await?;
+        let size = crate::page_size(q.max_results, 10)?;
+        if let Some(lt) = q.launch_type.as_deref() {
+            if !["EC2", "FARGATE", "EXTERNAL"].contains(&lt) {
+                return Err(EcsError::invalid(format!(
+                    "launchType {lt} is not valid: EC2, FARGATE or EXTERNAL."
+                )));
+            }
+        }
+        if let Some(st) = q.scheduling_strategy.as_deref() {
+            if !["REPLICA", "DAEMON"].contains(&st) {
+                return Err(EcsError::invalid(format!(
+                    "schedulingStrategy {st} is not valid: REPLICA or DAEMON."
+                )));
+            }
+        }
+        let after = q.next_token.as_deref().map(crate::decode_token).transpose()?;
         let mut all = self
             .list_json::<ServiceRecord>(&format!(
                 "{SERVICES_PREFIX}{}/{}/{}/",
                 scope.account, scope.region, cluster.cluster_name
             ))
             .await?;
-        all.retain(|(k, r, _)| r.service.status != "INACTIVE" && after.as_ref().is_none_or(|a| k > a));
+        all.retain(|(k, r, _)| {
+            let s = &r.service;
+            // A service whose strategy chose the launch type runs on FARGATE (Gantry's providers).
+            let launch = if s.launch_type.is_empty() {
+                "FARGATE"
+            } else {
+                s.launch_type.as_str()
+            };
+            s.status != "INACTIVE"
+                && q.launch_type.as_deref().is_none_or(|l| l == launch)
+                && q.scheduling_strategy
+                    .as_deref()
+                    .is_none_or(|st| st == s.scheduling_strategy)
+                && after.as_ref().is_none_or(|a| k > a)
+        });
         let token = (all.len() > size).then(|| crate::encode_token(&all[size - 1].0));
         Ok((
             all.into_iter()
@@ -505,6 +581,19 @@ impl Control {
                 .collect(),
             token,
         ))
+    }
+
+    /// Every service record of a cluster (any status).
+    pub(crate) async fn cluster_services(&self, scope: &Scope, cluster: &str) -> Result<Vec<Service>, EcsError> {
+        Ok(self
+            .list_json::<ServiceRecord>(&format!(
+                "{SERVICES_PREFIX}{}/{}/{cluster}/",
+                scope.account, scope.region
+            ))
+            .await?
+            .into_iter()
+            .map(|(_, r, _)| r.service)
+            .collect())
     }
 
     pub async fn all_services(&self) -> Result<Vec<(String, ServiceRecord, i64)>, EcsError> {

@@ -5,7 +5,7 @@ use crate::{prefix, store_err, Control};
 use gantry_store::StoreError;
 use gantry_types::arn::{task_definition_ref, Scope};
 use gantry_types::model::{Failure, Tag};
-use gantry_types::taskdef::{validate, RegisterTaskDefinition, ValidTaskDefinition};
+use gantry_types::taskdef::{validate_json, ValidTaskDefinition};
 use gantry_types::EcsError;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -53,9 +53,7 @@ impl Control {
     }
 
     pub async fn register_task_definition(&self, scope: &Scope, raw: Value) -> Result<TaskDefRecord, EcsError> {
-        let req: RegisterTaskDefinition = serde_json::from_value(raw.clone())
-            .map_err(|e| EcsError::client(format!("Invalid task definition: {e}")))?;
-        let valid: ValidTaskDefinition = validate(&req)?;
+        let valid: ValidTaskDefinition = validate_json(&raw)?;
         let tags: Vec<Tag> = match raw.get("tags") {
             Some(t) => {
                 serde_json::from_value(t.clone()).map_err(|e| EcsError::invalid(format!("Invalid tags: {e}")))?
@@ -74,9 +72,13 @@ impl Control {
         );
         obj.insert("revision".into(), json!(revision));
         obj.insert("status".into(), json!("ACTIVE"));
-        obj.insert("cpu".into(), json!(valid.cpu.to_string()));
-        obj.insert("memory".into(), json!(valid.memory.to_string()));
-        obj.insert("compatibilities".into(), json!(["EC2", "FARGATE"]));
+        if let Some(cpu) = valid.cpu {
+            obj.insert("cpu".into(), json!(cpu.to_string()));
+        }
+        if let Some(memory) = valid.memory {
+            obj.insert("memory".into(), json!(memory.to_string()));
+        }
+        obj.insert("compatibilities".into(), json!(valid.compatibilities));
         obj.insert("requiresAttributes".into(), json!([]));
         obj.insert(
             "placementConstraints".into(),

@@ -5,7 +5,7 @@ use crate::{prefix, random_hex, store_err, Control};
 use gantry_types::arn::{task_id, Scope};
 use gantry_types::fargate;
 use gantry_types::model::{stop_code, Attachment, Container, Failure, Tag, Task};
-use gantry_types::taskdef::{ContainerDefinition, KeyValuePair};
+use gantry_types::taskdef::{ContainerDefinition, KeyValuePair, NetworkMode};
 use gantry_types::EcsError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,6 +28,104 @@ pub struct TaskRecord {
     /// Scale-in protection until this time (epoch seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protected_until: Option<f64>,
+    /// How the agent networks the task (records from before network modes were awsvpc).
+    #[serde(default = "awsvpc")]
+    pub network_mode: NetworkMode,
+    /// Whether `memory_mib` is a hard limit for the task (a task-level size), or only the sum
+    /// of its containers' (EC2 definitions without one).
+    #[serde(default = "yes")]
+    pub task_memory_limit: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn awsvpc() -> NetworkMode {
+    NetworkMode::Awsvpc
+}
+
+/// Where and how a task runs: the launch type, and the capacity provider it came through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub launch_type: String,
+    pub capacity_provider: Option<String>,
+}
+
+/// The launch type and capacity provider of a RunTask or CreateService request, as ECS
+/// resolves them: launchType, else the strategy, else the cluster's default strategy, else
+/// EC2. The task definition must be compatible with the result.
+pub fn resolve_launch(
+    launch_type: Option<&str>,
+    strategy: Option<&[Value]>,
+    cluster_default: &[Value],
+    compatibilities: &[String],
+) -> Result<Launch, EcsError> {
+    let strategy = strategy.filter(|s| !s.is_empty());
+    if launch_type.is_some() && strategy.is_some() {
+        return Err(EcsError::invalid(
+            "Specifying both a launch type and capacity provider strategy is not supported.",
+        ));
+    }
+    let launch = match (launch_type, strategy) {
+        (Some(lt), _) => {
+            if !["EC2", "FARGATE", "EXTERNAL"].contains(&lt) {
+                return Err(EcsError::invalid(format!(
+                    "launchType {lt} is not valid: EC2, FARGATE or EXTERNAL."
+                )));
+            }
+            Launch {
+                launch_type: lt.to_string(),
+                capacity_provider: None,
+            }
+        }
+        (None, Some(s)) => from_strategy(s)?,
+        (None, None) if !cluster_default.is_empty() => from_strategy(cluster_default)?,
+        (None, None) => Launch {
+            launch_type: "EC2".into(),
+            capacity_provider: None,
+        },
+    };
+    if !compatibilities.contains(&launch.launch_type) {
+        return Err(EcsError::client(format!(
+            "Task definition does not support launch_type {}.",
+            launch.launch_type
+        )));
+    }
+    Ok(launch)
+}
+
+/// Gantry's capacity providers are FARGATE and FARGATE_SPOT: both run tasks on Fargate's
+/// terms. The first provider with a weight (or the base) is the one reported.
+fn from_strategy(s: &[Value]) -> Result<Launch, EcsError> {
+    let mut first = None;
+    for cp in s {
+        let name = cp["capacityProvider"].as_str().unwrap_or("");
+        if name != "FARGATE" && name != "FARGATE_SPOT" {
+            return Err(EcsError::invalid(format!(
+                "The specified capacity provider strategy cannot contain a capacity provider that is not associated with the cluster: {name}."
+            )));
+        }
+        let weight = cp["weight"].as_i64().unwrap_or(0);
+        let base = cp["base"].as_i64().unwrap_or(0);
+        if !(0..=1000).contains(&weight) || !(0..=100000).contains(&base) {
+            return Err(EcsError::invalid(
+                "capacity provider weight must be 0-1000 and base 0-100000.",
+            ));
+        }
+        if first.is_none() && (weight > 0 || base > 0) {
+            first = Some(name.to_string());
+        }
+    }
+    let name = first.ok_or_else(|| {
+        EcsError::invalid(
+            "The capacity provider strategy must contain at least one provider with a weight greater than zero.",
+        )
+    })?;
+    Ok(Launch {
+        launch_type: "FARGATE".into(),
+        capacity_provider: Some(name),
+    })
 }
 
 impl TaskRecord {
@@ -89,6 +187,53 @@ pub struct RunTaskRequest {
 
 const MAX_STARTED_BY: usize = 128;
 
+/// ListTasks' filters.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ListTasks {
+    pub cluster: Option<String>,
+    pub container_instance: Option<String>,
+    pub family: Option<String>,
+    pub next_token: Option<String>,
+    pub max_results: Option<i64>,
+    pub started_by: Option<String>,
+    pub service_name: Option<String>,
+    pub desired_status: Option<String>,
+    pub launch_type: Option<String>,
+    pub daemon_name: Option<String>,
+}
+
+impl ListTasks {
+    fn matches(&self, r: &TaskRecord, desired: &str) -> bool {
+        let t = &r.task;
+        let status_ok = match desired {
+            "STOPPED" => t.desired_status == "STOPPED",
+            "PENDING" => t.desired_status == "RUNNING" && t.last_status != "RUNNING",
+            _ => t.desired_status == "RUNNING",
+        };
+        let family_ok = self.family.as_deref().is_none_or(|f| {
+            t.task_definition_arn
+                .rsplit_once("task-definition/")
+                .and_then(|(_, fr)| fr.rsplit_once(':'))
+                .is_some_and(|(fam, _)| fam == f)
+        });
+        let service_ok = self.service_name.as_deref().is_none_or(|s| {
+            let name = s.rsplit('/').next().unwrap_or(s);
+            t.group.as_deref() == Some(&format!("service:{name}"))
+        });
+        // Gantry's node is not a registered container instance yet: no task is on one.
+        let instance_ok = self.container_instance.is_none();
+        // Daemons do not exist in Gantry: no task belongs to one.
+        let daemon_ok = self.daemon_name.is_none();
+        let launch_ok = self.launch_type.as_deref().is_none_or(|l| t.launch_type == l);
+        let by_ok = self
+            .started_by
+            .as_deref()
+            .is_none_or(|s| t.started_by.as_deref() == Some(s));
+        status_ok && family_ok && service_ok && instance_ok && daemon_ok && launch_ok && by_ok
+    }
+}
+
 /// Key prefix of every task record.
 pub const TASKS_PREFIX: &str = "/tasks/";
 
@@ -135,57 +280,17 @@ impl Control {
     }
 
     pub async fn run_task(&self, scope: &Scope, req: RunTaskRequest) -> Result<(Vec<Task>, Vec<Failure>), EcsError> {
+        // ECS answers for the cluster before anything else.
+        let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
         let count = req.count.unwrap_or(1);
         if !(1..=10).contains(&count) {
             return Err(EcsError::invalid("count must be between 1 and 10."));
-        }
-        if req.launch_type.is_some() && req.capacity_provider_strategy.as_ref().is_some_and(|c| !c.is_empty()) {
-            return Err(EcsError::invalid(
-                "Specifying both a launch type and capacity provider strategy is not supported.",
-            ));
-        }
-        let mut capacity_provider = None;
-        match req.launch_type.as_deref() {
-            None | Some("FARGATE") => {}
-            Some(other) => {
-                return Err(EcsError::invalid(format!(
-                    "Gantry runs tasks on FARGATE only; launchType {other} is not supported."
-                )));
-            }
-        }
-        if let Some(cps) = &req.capacity_provider_strategy {
-            for cp in cps {
-                let name = cp["capacityProvider"].as_str().unwrap_or("");
-                if name != "FARGATE" && name != "FARGATE_SPOT" {
-                    return Err(EcsError::invalid(format!(
-                        "The specified capacity provider strategy cannot contain a capacity provider that is not associated with the cluster: {name}."
-                    )));
-                }
-                capacity_provider.get_or_insert(name.to_string());
-            }
         }
         if let Some(s) = &req.started_by {
             if s.len() > MAX_STARTED_BY {
                 return Err(EcsError::invalid("startedBy can be up to 128 characters."));
             }
         }
-        let awsvpc = req
-            .network_configuration
-            .as_ref()
-            .and_then(|n| n.get("awsvpcConfiguration"));
-        let Some(awsvpc) = awsvpc else {
-            return Err(EcsError::invalid(
-                "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
-            ));
-        };
-        let subnets = awsvpc["subnets"].as_array().cloned().unwrap_or_default();
-        if subnets.is_empty() || subnets.len() > 16 {
-            return Err(EcsError::invalid(
-                "subnets can not be empty and can have at most 16 items.",
-            ));
-        }
-        let subnet = subnets[0].as_str().unwrap_or("subnet-gantry").to_string();
-        let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
         let td_ref = req
             .task_definition
             .as_deref()
@@ -206,68 +311,24 @@ impl Control {
                 return Ok((tasks, vec![]));
             }
         }
+        let launch = resolve_launch(
+            req.launch_type.as_deref(),
+            req.capacity_provider_strategy.as_deref(),
+            &cluster.default_capacity_provider_strategy,
+            &compatibilities(&td.definition),
+        )?;
+        let network_mode = NetworkMode::parse(td.definition["networkMode"].as_str())?;
+        let subnet = network_for(network_mode, req.network_configuration.as_ref())?;
         let def: Vec<ContainerDefinition> = serde_json::from_value(td.definition["containerDefinitions"].clone())
             .map_err(|e| EcsError::Server(format!("stored task definition is corrupt: {e}")))?;
-        let overrides: TaskOverride = match &req.overrides {
-            Some(o) => {
-                serde_json::from_value(o.clone()).map_err(|e| EcsError::invalid(format!("Invalid overrides: {e}")))?
-            }
-            None => TaskOverride::default(),
-        };
-        let mut cpu = td.definition["cpu"]
-            .as_str()
-            .and_then(fargate::parse_cpu)
-            .unwrap_or(256);
-        let mut memory = td.definition["memory"]
-            .as_str()
-            .and_then(fargate::parse_memory)
-            .unwrap_or(512);
-        if let Some(c) = &overrides.cpu {
-            cpu = fargate::parse_cpu(c).ok_or_else(|| EcsError::invalid(format!("Invalid cpu override {c:?}.")))?;
-        }
-        if let Some(m) = &overrides.memory {
-            memory =
-                fargate::parse_memory(m).ok_or_else(|| EcsError::invalid(format!("Invalid memory override {m:?}.")))?;
-        }
-        if !fargate::is_valid_size(cpu, memory) {
-            return Err(EcsError::client(format!(
-                "No Fargate configuration exists for given values: {cpu} CPU, {memory} memory. See the Amazon ECS documentation for the valid values."
-            )));
-        }
+        let overrides = parse_overrides(req.overrides.as_ref())?;
+        let containers = apply_container_overrides(def, &overrides)?;
+        let (cpu, memory, task_memory_limit) = task_size(&td.definition, &overrides, &containers, &launch)?;
         if let Some(e) = &overrides.ephemeral_storage {
             if !(21..=200).contains(&e.size_in_gi_b) {
                 return Err(EcsError::invalid(
                     "ephemeralStorage sizeInGiB must be between 21 and 200.",
                 ));
-            }
-        }
-        let mut containers = def.clone();
-        for o in overrides.container_overrides.iter().flatten() {
-            let name = o.name.as_deref().unwrap_or("");
-            let c = containers.iter_mut().find(|c| c.name() == name).ok_or_else(|| {
-                EcsError::invalid(format!(
-                    "Override for container named {name} is not a container in the TaskDefinition."
-                ))
-            })?;
-            if let Some(cmd) = &o.command {
-                c.command = Some(cmd.clone());
-            }
-            if let Some(env) = &o.environment {
-                let mut merged = c.environment.clone().unwrap_or_default();
-                for kv in env {
-                    merged.retain(|e| e.name != kv.name);
-                    merged.push(kv.clone());
-                }
-                c.environment = Some(merged);
-            }
-            if o.cpu.is_some() {
-                c.cpu = o.cpu;
-            }
-            if o.memory.is_some() {
-                c.memory = o.memory;
-            }
-            if o.memory_reservation.is_some() {
-                c.memory_reservation = o.memory_reservation;
             }
         }
         let td_arn = td.definition["taskDefinitionArn"]
@@ -303,20 +364,20 @@ impl Control {
                 memory: memory.to_string(),
                 desired_status: "RUNNING".into(),
                 last_status: "PROVISIONING".into(),
-                launch_type: if capacity_provider.is_some() {
-                    String::new()
+                // ECS fills the launch type even when a capacity provider chose it.
+                launch_type: launch.launch_type.clone(),
+                capacity_provider_name: launch.capacity_provider.clone(),
+                // Platform versions are Fargate's.
+                platform_version: if launch.launch_type == "FARGATE" {
+                    req.platform_version
+                        .clone()
+                        .filter(|p| p != "LATEST")
+                        .unwrap_or_else(|| "1.4.0".into())
                 } else {
-                    "FARGATE".into()
+                    String::new()
                 },
-                capacity_provider_name: capacity_provider.clone(),
-                platform_version: req
-                    .platform_version
-                    .clone()
-                    .filter(|p| p != "LATEST")
-                    .unwrap_or_else(|| "1.4.0".into()),
                 platform_family: "Linux".into(),
                 availability_zone: format!("{}a", scope.region),
-                connectivity: "CONNECTING".into(),
                 created_at: now,
                 started_by: req.started_by.clone(),
                 group: Some(
@@ -326,15 +387,19 @@ impl Control {
                 ),
                 version: 1,
                 tags: Some(req.tags.clone().unwrap_or_default()),
-                attachments: vec![Attachment {
-                    id: attachment_id,
-                    kind: "ElasticNetworkInterface".into(),
-                    status: "PRECREATED".into(),
-                    details: vec![KeyValuePair {
-                        name: Some("subnetId".into()),
-                        value: Some(subnet.clone()),
-                    }],
-                }],
+                // An ENI only in awsvpc mode.
+                attachments: subnet
+                    .iter()
+                    .map(|subnet| Attachment {
+                        id: attachment_id.clone(),
+                        kind: "ElasticNetworkInterface".into(),
+                        status: "PRECREATED".into(),
+                        details: vec![KeyValuePair {
+                            name: Some("subnetId".into()),
+                            value: Some(subnet.clone()),
+                        }],
+                    })
+                    .collect(),
                 overrides: req.overrides.clone().unwrap_or_else(
                     || serde_json::json!({"containerOverrides": [], "inferenceAcceleratorOverrides": []}),
                 ),
@@ -348,11 +413,6 @@ impl Control {
                 ),
                 ..Default::default()
             };
-            // ECS fills the launch type even with a capacity provider strategy.
-            let mut task = task;
-            if task.launch_type.is_empty() {
-                task.launch_type = "FARGATE".into();
-            }
             let rec = TaskRecord {
                 task: task.clone(),
                 cluster: cluster.cluster_name.clone(),
@@ -363,6 +423,8 @@ impl Control {
                 account: scope.account.clone(),
                 region: scope.region.clone(),
                 protected_until: None,
+                network_mode,
+                task_memory_limit,
             };
             self.store
                 .create(
@@ -406,12 +468,12 @@ impl Control {
         ids: &[String],
         include: &[String],
     ) -> Result<(Vec<Task>, Vec<Failure>), EcsError> {
+        let cluster = self.active_cluster(scope, cluster).await?;
         if ids.is_empty() || ids.len() > 100 {
             return Err(EcsError::invalid(
                 "Tasks cannot be empty and can have at most 100 items.",
             ));
         }
-        let cluster = self.active_cluster(scope, cluster).await?;
         let (mut found, mut failures) = (Vec::new(), Vec::new());
         for i in ids {
             let id = task_id(i);
@@ -439,43 +501,38 @@ impl Control {
         Ok((found, failures))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub async fn list_tasks(
-        &self,
-        scope: &Scope,
-        cluster: Option<&str>,
-        family: Option<&str>,
-        started_by: Option<&str>,
-        desired_status: Option<&str>,
-        next_token: Option<&str>,
-        max: Option<i64>,
-    ) -> Result<(Vec<String>, Option<String>), EcsError> {
-        let desired = desired_status.unwrap_or("RUNNING");
+    pub async fn list_tasks(&self, scope: &Scope, q: ListTasks) -> Result<(Vec<String>, Option<String>), EcsError> {
+        let cluster = self.active_cluster(scope, q.cluster.as_deref()).await?;
+        let desired = q.desired_status.as_deref().unwrap_or("RUNNING");
         if !["RUNNING", "PENDING", "STOPPED"].contains(&desired) {
             return Err(EcsError::invalid("desiredStatus must be RUNNING, PENDING or STOPPED."));
         }
-        let size = crate::page_size(max, 100)?;
-        let cluster = self.active_cluster(scope, cluster).await?;
-        let after = next_token.map(crate::decode_token).transpose()?;
+        let others = q.family.is_some()
+            || q.service_name.is_some()
+            || q.container_instance.is_some()
+            || q.launch_type.is_some()
+            || q.desired_status.is_some();
+        if q.started_by.is_some() && others {
+            return Err(EcsError::invalid(
+                "When you specify startedBy as the filter, it must be the only filter that you use.",
+            ));
+        }
+        if let Some(lt) = q.launch_type.as_deref() {
+            if !["EC2", "FARGATE", "EXTERNAL"].contains(&lt) {
+                return Err(EcsError::invalid(format!(
+                    "launchType {lt} is not valid: EC2, FARGATE or EXTERNAL."
+                )));
+            }
+        }
+        let size = crate::page_size(q.max_results, 100)?;
+        let after = q.next_token.as_deref().map(crate::decode_token).transpose()?;
         let mut all = self
             .list_json::<TaskRecord>(&format!(
                 "{TASKS_PREFIX}{}/{}/{}/",
                 scope.account, scope.region, cluster.cluster_name
             ))
             .await?;
-        all.retain(|(k, r, _)| {
-            let status_ok = match desired {
-                "STOPPED" => r.task.desired_status == "STOPPED",
-                "PENDING" => r.task.desired_status == "RUNNING" && r.task.last_status != "RUNNING",
-                _ => r.task.desired_status == "RUNNING",
-            };
-            let fam_ok = family.is_none_or(|f| {
-                r.task.group.as_deref() == Some(&format!("family:{f}"))
-                    || r.task.task_definition_arn.contains(&format!("task-definition/{f}:"))
-            });
-            let by_ok = started_by.is_none_or(|s| r.task.started_by.as_deref() == Some(s));
-            status_ok && fam_ok && by_ok && after.as_ref().is_none_or(|a| k > a)
-        });
+        all.retain(|(k, r, _)| q.matches(r, desired) && after.as_ref().is_none_or(|a| k > a));
         let token = (all.len() > size).then(|| crate::encode_token(&all[size - 1].0));
         Ok((
             all.into_iter().take(size).map(|(_, r, _)| r.task.task_arn).collect(),
@@ -490,10 +547,10 @@ impl Control {
         task: &str,
         reason: Option<&str>,
     ) -> Result<Task, EcsError> {
+        let cluster = self.active_cluster(scope, cluster).await?;
         if reason.is_some_and(|r| r.len() > 255) {
             return Err(EcsError::invalid("reason can be up to 255 characters."));
         }
-        let cluster = self.active_cluster(scope, cluster).await?;
         let key = Self::task_key(scope, &cluster.cluster_name, task_id(task));
         let now = self.now();
         let rec = self
@@ -554,6 +611,7 @@ impl Control {
         enable: Option<bool>,
         expires_in_minutes: Option<i64>,
     ) -> Result<(Vec<Value>, Vec<Failure>), EcsError> {
+        let cluster = self.active_cluster(scope, cluster).await?;
         if tasks.is_empty() || tasks.len() > 10 {
             return Err(EcsError::invalid("tasks must list 1 to 10 tasks."));
         }
@@ -561,7 +619,6 @@ impl Control {
         if !(1..=2880).contains(&minutes) {
             return Err(EcsError::invalid("expiresInMinutes must be between 1 and 2880."));
         }
-        let cluster = self.active_cluster(scope, cluster).await?;
         let now = self.now();
         let (mut out, mut failures) = (Vec::new(), Vec::new());
         for t in tasks {
@@ -620,4 +677,150 @@ impl Control {
         }
         Ok(n)
     }
+}
+
+/// The definition's compatibilities (records from before they were computed ran anywhere).
+pub(crate) fn compatibilities(def: &Value) -> Vec<String> {
+    match def["compatibilities"].as_array() {
+        Some(a) => a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect(),
+        None => vec!["EC2".into(), "FARGATE".into()],
+    }
+}
+
+/// networkConfiguration is required for awsvpc and refused otherwise, as ECS does. Returns
+/// the subnet the task's ENI is in (awsvpc only).
+pub(crate) fn network_for(mode: NetworkMode, cfg: Option<&Value>) -> Result<Option<String>, EcsError> {
+    let awsvpc = cfg.and_then(|n| n.get("awsvpcConfiguration"));
+    if mode != NetworkMode::Awsvpc {
+        if awsvpc.is_some() {
+            return Err(EcsError::invalid(
+                "Network Configuration is not valid for the given networkMode of this task definition.",
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(awsvpc) = awsvpc else {
+        return Err(EcsError::invalid(
+            "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
+        ));
+    };
+    let subnets = awsvpc["subnets"].as_array().cloned().unwrap_or_default();
+    if subnets.is_empty() || subnets.len() > 16 {
+        return Err(EcsError::invalid(
+            "subnets can not be empty and can have at most 16 items.",
+        ));
+    }
+    Ok(Some(subnets[0].as_str().unwrap_or("subnet-gantry").to_string()))
+}
+
+/// Override members Gantry cannot apply: refused, never echoed while ignored.
+const UNSUPPORTED_OVERRIDES: &[(&str, &str)] = &[
+    ("taskRoleArn", "task roles arrive with IAM"),
+    ("executionRoleArn", "execution roles arrive with IAM"),
+    (
+        "inferenceAcceleratorOverrides",
+        "inference accelerators are not supported",
+    ),
+];
+const UNSUPPORTED_CONTAINER_OVERRIDES: &[(&str, &str)] = &[
+    ("environmentFiles", "environment files from S3 are not supported"),
+    (
+        "resourceRequirements",
+        "GPU and accelerator resource requirements are not supported",
+    ),
+];
+
+fn parse_overrides(raw: Option<&Value>) -> Result<TaskOverride, EcsError> {
+    let Some(raw) = raw else {
+        return Ok(TaskOverride::default());
+    };
+    let set = |v: &Value| !(v.is_null() || v.as_array().is_some_and(|a| a.is_empty()) || v.as_str() == Some(""));
+    for (k, why) in UNSUPPORTED_OVERRIDES {
+        if raw.get(*k).is_some_and(set) {
+            return Err(EcsError::invalid(format!("overrides.{k} is not supported yet: {why}.")));
+        }
+    }
+    for c in raw["containerOverrides"].as_array().into_iter().flatten() {
+        for (k, why) in UNSUPPORTED_CONTAINER_OVERRIDES {
+            if c.get(*k).is_some_and(set) {
+                return Err(EcsError::invalid(format!(
+                    "containerOverrides.{k} is not supported: {why}."
+                )));
+            }
+        }
+    }
+    serde_json::from_value(raw.clone()).map_err(|e| EcsError::invalid(format!("Invalid overrides: {e}")))
+}
+
+fn apply_container_overrides(
+    mut containers: Vec<ContainerDefinition>,
+    overrides: &TaskOverride,
+) -> Result<Vec<ContainerDefinition>, EcsError> {
+    for o in overrides.container_overrides.iter().flatten() {
+        let name = o.name.as_deref().unwrap_or("");
+        let c = containers.iter_mut().find(|c| c.name() == name).ok_or_else(|| {
+            EcsError::invalid(format!(
+                "Override for container named {name} is not a container in the TaskDefinition."
+            ))
+        })?;
+        if let Some(cmd) = &o.command {
+            c.command = Some(cmd.clone());
+        }
+        if let Some(env) = &o.environment {
+            let mut merged = c.environment.clone().unwrap_or_default();
+            for kv in env {
+                merged.retain(|e| e.name != kv.name);
+                merged.push(kv.clone());
+            }
+            c.environment = Some(merged);
+        }
+        if o.cpu.is_some() {
+            c.cpu = o.cpu;
+        }
+        if o.memory.is_some() {
+            c.memory = o.memory;
+        }
+        if o.memory_reservation.is_some() {
+            c.memory_reservation = o.memory_reservation;
+        }
+    }
+    Ok(containers)
+}
+
+/// The task's CPU units and MiB: the definition's or the overrides'; on Fargate one of its
+/// sizes, on EC2 the containers' sums when the task sets none. The flag says whether the
+/// memory is the task's own limit.
+fn task_size(
+    def: &Value,
+    overrides: &TaskOverride,
+    containers: &[ContainerDefinition],
+    launch: &Launch,
+) -> Result<(i64, i64, bool), EcsError> {
+    let mut cpu = def["cpu"].as_str().and_then(fargate::parse_cpu);
+    let mut memory = def["memory"].as_str().and_then(fargate::parse_memory);
+    if let Some(c) = &overrides.cpu {
+        cpu = Some(fargate::parse_cpu(c).ok_or_else(|| EcsError::invalid(format!("Invalid cpu override {c:?}.")))?);
+    }
+    if let Some(m) = &overrides.memory {
+        memory =
+            Some(fargate::parse_memory(m).ok_or_else(|| EcsError::invalid(format!("Invalid memory override {m:?}.")))?);
+    }
+    if launch.launch_type == "FARGATE" {
+        let (c, m) = (cpu.unwrap_or(0), memory.unwrap_or(0));
+        if !fargate::is_valid_size(c, m) {
+            return Err(EcsError::client(format!(
+                "No Fargate configuration exists for given values: {c} CPU, {m} memory. See the Amazon ECS documentation for the valid values."
+            )));
+        }
+        return Ok((c, m, true));
+    }
+    let limited = memory.is_some();
+    let cpu = cpu.unwrap_or_else(|| containers.iter().map(|c| c.cpu.unwrap_or(0)).sum());
+    let memory = memory.unwrap_or_else(|| {
+        containers
+            .iter()
+            .map(|c| c.memory.or(c.memory_reservation).unwrap_or(0))
+            .sum()
+    });
+    Ok((cpu, memory, limited))
 }

@@ -109,7 +109,13 @@ async fn counts_match_list_tasks_and_exclude_stopping_tasks() {
     c.reconcile_services().await;
     let s = service(&c).await;
     let (listed, _) = c
-        .list_tasks(&scope(), Some("default"), None, None, None, None, None)
+        .list_tasks(
+            &scope(),
+            gantry_control::ListTasks {
+                service_name: Some("svc".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(listed.len(), 1, "ListTasks shows only the task still wanted");

@@ -2,7 +2,7 @@
 //! default hardening (capabilities, masked and read-only /proc paths, seccomp, no_new_privs).
 
 use crate::image::ImageConfig;
-use crate::net::Sandbox;
+use crate::net::{Sandbox, SandboxKind};
 use oci_spec::runtime::Spec;
 use serde_json::{json, Value};
 use std::fs;
@@ -139,8 +139,35 @@ pub fn default_seccomp() -> Value {
 pub struct Limits {
     /// ECS CPU units: 1024 = one core, turned into a CFS quota.
     pub cpu_units: Option<u32>,
+    /// Relative weight against the task's other containers (ECS container `cpu`); defaults
+    /// to `cpu_units`.
+    pub cpu_shares: Option<u32>,
+    /// Hard limit: the container is OOM-killed above it.
     pub memory_mib: Option<u64>,
+    /// Soft limit (ECS memoryReservation): reclaimed towards it under memory pressure.
+    pub memory_reservation_mib: Option<u64>,
     pub pids: Option<i64>,
+}
+
+/// A resource limit for the container's processes (ECS ulimits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rlimit {
+    /// Lowercase name as ECS spells it: nofile, nproc, core, ...
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Where a container's init sees its process ID 1 helper (ECS initProcessEnabled).
+pub const INIT_PATH: &str = "/dev/init";
+
+/// The init Gantry injects: tini, statically linked (as Docker's --init), so it runs in any
+/// image.
+pub fn init_binary() -> Option<PathBuf> {
+    ["/usr/bin/tini-static", "/usr/local/bin/tini-static"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
 }
 
 /// What a container runs and how, on top of its image config.
@@ -153,6 +180,10 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     pub hostname: String,
     pub limits: Limits,
+    /// Run a minimal init as PID 1 that forwards signals and reaps zombies.
+    pub init: bool,
+    pub readonly_rootfs: bool,
+    pub rlimits: Vec<Rlimit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +194,10 @@ pub enum BundleError {
     UnknownUser { user: String },
     #[error("group {group:?} not found in the image's /etc/group")]
     UnknownGroup { group: String },
+    #[error("initProcessEnabled needs tini-static on the node: install the tini package")]
+    NoInit,
+    #[error("invalid ulimit {name:?}")]
+    BadRlimit { name: String },
     #[error("invalid environment variable name {name:?}")]
     BadEnv { name: String },
     #[error("generated spec is invalid: {0}")]
@@ -282,8 +317,25 @@ pub fn build_spec(
     etc_dir: &Path,
     cgroup_path: &str,
 ) -> Result<Spec, BundleError> {
-    let args = resolve_args(img, spec)?;
+    let mut args = resolve_args(img, spec)?;
     let env = resolve_env(img, spec)?;
+    let mut extra_mounts = Vec::new();
+    if spec.init {
+        let init = init_binary().ok_or(BundleError::NoInit)?;
+        args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
+        extra_mounts.push(json!({"destination": INIT_PATH, "type": "bind", "source": init, "options": ["bind", "ro", "nosuid", "nodev"]}));
+    }
+    let rlimits = spec
+        .rlimits
+        .iter()
+        .map(|r| {
+            let ok = !r.name.is_empty() && r.name.bytes().all(|b| b.is_ascii_lowercase());
+            if !ok {
+                return Err(BundleError::BadRlimit { name: r.name.clone() });
+            }
+            Ok(json!({"type": format!("RLIMIT_{}", r.name.to_ascii_uppercase()), "soft": r.soft, "hard": r.hard}))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let user = spec.user.clone().unwrap_or_else(|| img.user.clone());
     let (uid, gid) = resolve_user(&user, lowers_top_first)?;
     let cwd = spec.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| {
@@ -297,18 +349,41 @@ pub fn build_spec(
         return Err(BundleError::Spec(format!("working directory {cwd:?} must be absolute")));
     }
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let mut cpu = serde_json::Map::new();
     if let Some(units) = spec.limits.cpu_units {
         // 1024 units = one core = a full 100 ms period.
         let quota = (units as i64 * 100_000 / 1024).max(1000);
-        resources["cpu"] = json!({"quota": quota, "period": 100_000u64, "shares": units.max(2) as u64});
+        cpu.insert("quota".into(), json!(quota));
+        cpu.insert("period".into(), json!(100_000u64));
     }
+    if let Some(shares) = spec.limits.cpu_shares.or(spec.limits.cpu_units) {
+        cpu.insert("shares".into(), json!(shares.max(2) as u64));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    let mut memory = serde_json::Map::new();
     if let Some(mib) = spec.limits.memory_mib {
-        let bytes = (mib * 1024 * 1024) as i64;
-        resources["memory"] = json!({"limit": bytes});
+        memory.insert("limit".into(), json!((mib * 1024 * 1024) as i64));
+    }
+    if let Some(mib) = spec.limits.memory_reservation_mib {
+        memory.insert("reservation".into(), json!((mib * 1024 * 1024) as i64));
+    }
+    if !memory.is_empty() {
+        resources["memory"] = Value::Object(memory);
     }
     resources["pids"] = json!({"limit": spec.limits.pids.unwrap_or(4096)});
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    if sandbox.kind != SandboxKind::Host {
+        namespaces.push(json!({"type": "network", "path": sandbox.path}));
+    }
     let bind = |src: PathBuf, dst: &str| json!({"destination": dst, "type": "bind", "source": src, "options": ["rbind", "rprivate"]});
-    let v = json!({
+    let mut v = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -317,9 +392,10 @@ pub fn build_spec(
             "env": env,
             "cwd": cwd,
             "capabilities": {"bounding": DEFAULT_CAPS, "effective": DEFAULT_CAPS, "permitted": DEFAULT_CAPS},
+            "rlimits": rlimits,
             "noNewPrivileges": true
         },
-        "root": {"path": "rootfs", "readonly": false},
+        "root": {"path": "rootfs", "readonly": spec.readonly_rootfs},
         "hostname": spec.hostname,
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
@@ -336,16 +412,16 @@ pub fn build_spec(
         "linux": {
             "cgroupsPath": cgroup_path,
             "resources": resources,
-            "namespaces": [
-                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
-                {"type": "network", "path": sandbox.path},
-            ],
+            "namespaces": namespaces,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
             "seccomp": default_seccomp(),
         }
     });
     let _ = id;
+    if let Some(m) = v["mounts"].as_array_mut() {
+        m.extend(extra_mounts);
+    }
     serde_json::from_value::<Spec>(v).map_err(|e| BundleError::Spec(e.to_string()))
 }
 

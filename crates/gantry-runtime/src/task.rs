@@ -5,7 +5,7 @@
 use crate::bundle::{self, BundleError, ContainerSpec};
 use crate::cgroup::{self, CgroupStats};
 use crate::image::{ImageError, ImageRecord, ImageStore, ImageStoreConfig};
-use crate::net::{Network, NetworkConfig, NetworkError, Sandbox};
+use crate::net::{Network, NetworkConfig, NetworkError, Sandbox, SandboxKind};
 use crate::oci::{CliRuntime, Runtime, RuntimeKind};
 use crate::shim::{self, ContainerExit, ShimSpec, ShimStarted};
 use crate::sys;
@@ -131,10 +131,26 @@ impl Node {
 
     /// Sets up a task's sandbox (from the warm pool when possible) and its /etc files.
     pub fn create_task(&self, task: &str, hostname: &str) -> Result<Sandbox, TaskError> {
+        self.create_task_with(task, hostname, SandboxKind::Bridged)
+    }
+
+    /// As `create_task`, with the kind of network the task gets.
+    pub fn create_task_with(&self, task: &str, hostname: &str, kind: SandboxKind) -> Result<Sandbox, TaskError> {
         validate_name("task id", task)?;
         let dir = self.task_dir(task);
         fs::create_dir(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
-        let sb = self.network.acquire()?;
+        let sb = match kind {
+            SandboxKind::Bridged => self.network.acquire(),
+            SandboxKind::Loopback => self.network.create_loopback(),
+            SandboxKind::Host => Ok(Sandbox::host()),
+        };
+        let sb = match sb {
+            Ok(sb) => sb,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        };
         let result = (|| {
             shim::write_json_atomic(&dir.join("sandbox.json"), &sb).map_err(io_ctx("writing sandbox.json"))?;
             Network::write_etc_files(&sb, hostname, &dir.join("etc"))?;
@@ -376,6 +392,7 @@ impl Node {
         let live_netns: Vec<String> = live_tasks
             .iter()
             .filter_map(|t| self.sandbox(t))
+            .filter(|s| s.kind != SandboxKind::Host)
             .map(|s| s.name)
             .collect();
         report.netns_removed = self.network.sweep(|n| live_netns.iter().any(|l| l == n))?;

@@ -32,8 +32,10 @@ pub struct Cluster {
     pub statistics: Option<Vec<KeyValuePair>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<Tag>>,
-    #[serde(default)]
-    pub settings: Vec<ClusterSetting>,
+    /// Shown only when DescribeClusters includes SETTINGS (CreateCluster and UpdateCluster
+    /// always return them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Vec<ClusterSetting>>,
     #[serde(default)]
     pub capacity_providers: Vec<String>,
     #[serde(default)]
@@ -98,9 +100,12 @@ pub struct Task {
     pub launch_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_provider_name: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub platform_version: String,
     pub platform_family: String,
     pub availability_zone: String,
+    /// CONNECTED once the task's network is up (ECS leaves it out before).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub connectivity: String,
     pub created_at: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,7 +268,9 @@ pub struct Deployment {
     pub failed_tasks: i64,
     pub created_at: f64,
     pub updated_at: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub launch_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub platform_version: String,
     pub platform_family: String,
     #[serde(default)]
@@ -295,7 +302,12 @@ pub struct Service {
     pub desired_count: i64,
     pub running_count: i64,
     pub pending_count: i64,
+    /// Empty when a capacity provider strategy chose the launch type (as ECS shows it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub launch_type: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capacity_provider_strategy: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub platform_version: String,
     pub platform_family: String,
     pub task_definition: String,

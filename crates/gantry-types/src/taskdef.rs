@@ -79,6 +79,148 @@ pub struct ContainerDefinition {
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub depends_on: Option<Vec<ContainerDependency>>,
+    #[serde(default)]
+    pub port_mappings: Option<Vec<PortMapping>>,
+    #[serde(default)]
+    pub linux_parameters: Option<LinuxParameters>,
+    #[serde(default)]
+    pub ulimits: Option<Vec<Ulimit>>,
+    #[serde(default)]
+    pub readonly_root_filesystem: Option<bool>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub docker_labels: Option<BTreeMap<String, String>>,
+    /// Every other member, kept as sent so the definition round-trips. Validation refuses
+    /// the ones Gantry cannot honour (`UNSUPPORTED_CONTAINER_FIELDS`).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    #[serde(default)]
+    pub container_port: Option<i64>,
+    #[serde(default)]
+    pub host_port: Option<i64>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+    #[serde(default)]
+    pub container_port_range: Option<String>,
+}
+
+impl PortMapping {
+    pub fn protocol(&self) -> &str {
+        self.protocol.as_deref().unwrap_or("tcp")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LinuxParameters {
+    #[serde(default)]
+    pub init_process_enabled: Option<bool>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Ulimit {
+    pub name: String,
+    pub soft_limit: i64,
+    pub hard_limit: i64,
+}
+
+/// Container members ECS defines that Gantry cannot honour yet: refused when set (an empty
+/// list or object is the same as absent), never accepted and ignored.
+pub const UNSUPPORTED_CONTAINER_FIELDS: &[(&str, &str)] = &[
+    (
+        "repositoryCredentials",
+        "private registry credentials from Secrets Manager are not supported yet",
+    ),
+    ("links", "container links are not supported"),
+    ("restartPolicy", "container restart policies are not supported yet"),
+    ("environmentFiles", "environment files from S3 are not supported"),
+    ("mountPoints", "volumes are not supported yet"),
+    ("volumesFrom", "volumes are not supported yet"),
+    (
+        "secrets",
+        "secrets from Secrets Manager and SSM Parameter Store are not supported yet",
+    ),
+    ("disableNetworking", "disableNetworking is not supported"),
+    ("privileged", "privileged containers are not supported"),
+    ("dnsServers", "custom DNS servers are not supported"),
+    ("dnsSearchDomains", "custom DNS search domains are not supported"),
+    ("extraHosts", "extraHosts is not supported"),
+    ("dockerSecurityOptions", "dockerSecurityOptions is not supported"),
+    ("interactive", "interactive containers are not supported"),
+    ("pseudoTerminal", "pseudo terminals are not supported"),
+    ("systemControls", "systemControls is not supported"),
+    (
+        "resourceRequirements",
+        "GPU and accelerator resource requirements are not supported",
+    ),
+    ("firelensConfiguration", "FireLens log routing is not supported"),
+    ("credentialSpecs", "credential specs are not supported"),
+];
+
+/// Task-level members likewise.
+pub const UNSUPPORTED_TASK_FIELDS: &[(&str, &str)] = &[
+    ("volumes", "volumes are not supported yet"),
+    ("pidMode", "pidMode is not supported yet"),
+    ("ipcMode", "ipcMode is not supported"),
+    ("proxyConfiguration", "App Mesh proxy configuration is not supported"),
+    ("inferenceAccelerators", "inference accelerators are not supported"),
+    ("trustedExecutionConfiguration", "trusted execution is not supported"),
+];
+
+fn is_set(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+        serde_json::Value::Array(a) => !a.is_empty(),
+        serde_json::Value::Object(o) => !o.is_empty(),
+        _ => true,
+    }
+}
+
+/// Refuses members Gantry cannot honour, naming the member and the container.
+pub fn refuse_unsupported(raw: &serde_json::Value) -> Result<(), EcsError> {
+    for (field, why) in UNSUPPORTED_TASK_FIELDS {
+        if raw.get(*field).is_some_and(is_set) {
+            return Err(EcsError::client(format!(
+                "Gantry cannot run this task definition: {field}: {why}."
+            )));
+        }
+    }
+    if raw.get("enableFaultInjection").and_then(serde_json::Value::as_bool) == Some(true) {
+        return Err(EcsError::client(
+            "Gantry cannot run this task definition: enableFaultInjection: fault injection is not supported.",
+        ));
+    }
+    for c in raw["containerDefinitions"].as_array().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or("");
+        for (field, why) in UNSUPPORTED_CONTAINER_FIELDS {
+            if c.get(*field).is_some_and(is_set) {
+                return Err(EcsError::client(format!(
+                    "Gantry cannot run container {name}: {field}: {why}."
+                )));
+            }
+        }
+        if let Some(lp) = c.get("linuxParameters").and_then(serde_json::Value::as_object) {
+            if let Some((k, _)) = lp.iter().find(|(k, v)| k.as_str() != "initProcessEnabled" && is_set(v)) {
+                return Err(EcsError::client(format!(
+                    "Gantry cannot run container {name}: linuxParameters.{k} is not supported yet (initProcessEnabled is)."
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ContainerDefinition {
@@ -114,14 +256,70 @@ pub struct RegisterTaskDefinition {
     pub requires_compatibilities: Option<Vec<String>>,
     #[serde(default)]
     pub ephemeral_storage: Option<EphemeralStorage>,
+    #[serde(default)]
+    pub runtime_platform: Option<RuntimePlatform>,
 }
 
-/// The validated result: sizes in units/MiB.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimePlatform {
+    #[serde(default)]
+    pub cpu_architecture: Option<String>,
+    #[serde(default)]
+    pub operating_system_family: Option<String>,
+}
+
+/// How a task's containers are networked (ECS networkMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Its own namespace and address, reported as an ENI attachment (Fargate's only mode).
+    Awsvpc,
+    /// Its own namespace on the node's bridge; port mappings published on the node.
+    #[default]
+    Bridge,
+    /// The node's own network namespace.
+    Host,
+    /// Its own namespace with loopback only.
+    None,
+}
+
+impl NetworkMode {
+    pub fn parse(s: Option<&str>) -> Result<NetworkMode, EcsError> {
+        Ok(match s {
+            // EC2 Linux's default.
+            None => NetworkMode::Bridge,
+            Some("awsvpc") => NetworkMode::Awsvpc,
+            Some("bridge") => NetworkMode::Bridge,
+            Some("host") => NetworkMode::Host,
+            Some("none") => NetworkMode::None,
+            Some(other) => {
+                return Err(EcsError::client(format!(
+                    "Invalid networkMode {other}: valid values are bridge, host, awsvpc and none."
+                )))
+            }
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Awsvpc => "awsvpc",
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::Host => "host",
+            NetworkMode::None => "none",
+        }
+    }
+}
+
+/// The validated result: sizes in units/MiB where the definition sets them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidTaskDefinition {
     pub family: String,
-    pub cpu: i64,
-    pub memory: i64,
+    pub cpu: Option<i64>,
+    pub memory: Option<i64>,
+    pub network_mode: NetworkMode,
+    /// Where it can run: EC2 always, FARGATE when it meets Fargate's rules, EXTERNAL when
+    /// asked for.
+    pub compatibilities: Vec<String>,
     pub containers: Vec<ContainerDefinition>,
 }
 
@@ -129,10 +327,20 @@ fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Validates a RegisterTaskDefinition request as ECS does: the rules every definition must
+/// meet, then Fargate's only when FARGATE is required.
+pub fn validate_json(raw: &serde_json::Value) -> Result<ValidTaskDefinition, EcsError> {
+    let req: RegisterTaskDefinition =
+        serde_json::from_value(raw.clone()).map_err(|e| EcsError::client(format!("Invalid task definition: {e}")))?;
+    refuse_unsupported(raw)?;
+    validate(&req)
+}
+
 pub fn validate(req: &RegisterTaskDefinition) -> Result<ValidTaskDefinition, EcsError> {
     let family = req
         .family
         .clone()
+        .filter(|f| !f.is_empty())
         .ok_or_else(|| EcsError::client("Family must not be empty."))?;
     if !valid_name(&family, 255) {
         return Err(EcsError::client(
@@ -145,55 +353,41 @@ pub fn validate(req: &RegisterTaskDefinition) -> Result<ValidTaskDefinition, Ecs
     }
     if containers.len() > 10 {
         return Err(EcsError::client(format!(
-            "Too many containers: a Fargate task definition may have at most 10, got {}.",
+            "Too many containers: a task definition may have at most 10, got {}.",
             containers.len()
         )));
     }
-    match req.network_mode.as_deref() {
-        Some("awsvpc") => {}
-        Some(other) => {
-            return Err(EcsError::client(format!(
-                "Fargate only supports network mode 'awsvpc'. Gantry runs every task on Fargate semantics; got '{other}'."
-            )));
-        }
-        None => {
-            return Err(EcsError::client(
-                "Fargate only supports network mode 'awsvpc': set networkMode to awsvpc.",
-            ));
-        }
-    }
-    if let Some(rc) = &req.requires_compatibilities {
-        if let Some(bad) = rc.iter().find(|c| c.as_str() != "FARGATE") {
-            return Err(EcsError::client(format!(
-                "Gantry runs tasks with Fargate compatibility only; requiresCompatibilities contains {bad}."
-            )));
-        }
-    }
-    let cpu_s = req.cpu.as_deref().ok_or_else(|| {
-        EcsError::client(
-            "Fargate requires task definition to have cpu value set (for example \"256\" or \"0.25 vCPU\").",
-        )
-    })?;
-    let mem_s = req.memory.as_deref().ok_or_else(|| {
-        EcsError::client(
-            "Fargate requires task definition to have memory value set (for example \"512\" or \"0.5 GB\").",
-        )
-    })?;
-    let cpu = fargate::parse_cpu(cpu_s)
-        .ok_or_else(|| EcsError::client(format!("Invalid 'cpu' setting for task: {cpu_s:?}.")))?;
-    let memory = fargate::parse_memory(mem_s)
-        .ok_or_else(|| EcsError::client(format!("Invalid 'memory' setting for task: {mem_s:?}.")))?;
-    if !fargate::is_valid_size(cpu, memory) {
-        let opts = fargate::memory_options(cpu);
-        let hint = if opts.is_empty() {
-            "valid cpu values are 256, 512, 1024, 2048, 4096, 8192 and 16384".to_string()
-        } else {
-            format!("for {cpu} CPU units memory must be one of {opts:?} MiB")
-        };
+    let network_mode = NetworkMode::parse(req.network_mode.as_deref())?;
+    let required = req.requires_compatibilities.clone().unwrap_or_default();
+    if let Some(bad) = required
+        .iter()
+        .find(|c| !["EC2", "FARGATE", "EXTERNAL", "MANAGED_INSTANCES"].contains(&c.as_str()))
+    {
         return Err(EcsError::client(format!(
-            "No Fargate configuration exists for given values: {cpu} CPU, {memory} memory. See the Amazon ECS documentation for the valid values ({hint})."
+            "Invalid requiresCompatibilities value {bad}: valid values are EC2, FARGATE, EXTERNAL and MANAGED_INSTANCES."
         )));
     }
+    if required.iter().any(|c| c == "MANAGED_INSTANCES") {
+        return Err(EcsError::client(
+            "Gantry does not offer ECS Managed Instances: require EC2, FARGATE or EXTERNAL.",
+        ));
+    }
+    let cpu = match req.cpu.as_deref() {
+        None => None,
+        Some(s) => Some(
+            fargate::parse_cpu(s)
+                .filter(|c| (128..=196_608).contains(c))
+                .ok_or_else(|| EcsError::client(format!("Invalid 'cpu' setting for task: {s:?}.")))?,
+        ),
+    };
+    let memory = match req.memory.as_deref() {
+        None => None,
+        Some(s) => Some(
+            fargate::parse_memory(s)
+                .filter(|m| *m >= 6)
+                .ok_or_else(|| EcsError::client(format!("Invalid 'memory' setting for task: {s:?}.")))?,
+        ),
+    };
     if let Some(e) = &req.ephemeral_storage {
         if !(21..=200).contains(&e.size_in_gi_b) {
             return Err(EcsError::client(format!(
@@ -202,13 +396,72 @@ pub fn validate(req: &RegisterTaskDefinition) -> Result<ValidTaskDefinition, Ecs
             )));
         }
     }
+    if let Some(p) = &req.runtime_platform {
+        validate_platform(p)?;
+    }
+    validate_containers(&containers, network_mode, cpu, memory)?;
+    validate_depends_on(&containers)?;
 
+    let fargate_problem = fargate_problem(req, network_mode, cpu, memory, &containers);
+    if required.iter().any(|c| c == "FARGATE") {
+        if let Some(problem) = fargate_problem.clone() {
+            return Err(EcsError::client(problem));
+        }
+    }
+    let mut compatibilities = vec!["EC2".to_string()];
+    if fargate_problem.is_none() {
+        compatibilities.push("FARGATE".into());
+    }
+    if required.iter().any(|c| c == "EXTERNAL") {
+        compatibilities.push("EXTERNAL".into());
+    }
+    Ok(ValidTaskDefinition {
+        family,
+        cpu,
+        memory,
+        network_mode,
+        compatibilities,
+        containers,
+    })
+}
+
+fn validate_platform(p: &RuntimePlatform) -> Result<(), EcsError> {
+    let host_arch = match std::env::consts::ARCH {
+        "aarch64" => "ARM64",
+        _ => "X86_64",
+    };
+    if let Some(a) = &p.cpu_architecture {
+        if a != host_arch {
+            return Err(EcsError::client(format!(
+                "runtimePlatform.cpuArchitecture {a} is not available: Gantry's nodes are {host_arch}."
+            )));
+        }
+    }
+    if let Some(os) = &p.operating_system_family {
+        if os != "LINUX" {
+            return Err(EcsError::client(format!(
+                "runtimePlatform.operatingSystemFamily {os} is not available: Gantry runs LINUX tasks."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The rules every container meets, whatever it runs on.
+fn validate_containers(
+    containers: &[ContainerDefinition],
+    mode: NetworkMode,
+    task_cpu: Option<i64>,
+    task_memory: Option<i64>,
+) -> Result<(), EcsError> {
     let mut names = HashSet::new();
+    let mut host_ports = HashSet::new();
     let (mut cpu_sum, mut mem_sum) = (0i64, 0i64);
-    for c in &containers {
+    for c in containers {
         let name = c
             .name
             .as_deref()
+            .filter(|n| !n.is_empty())
             .ok_or_else(|| EcsError::client("Container.name should not be null or empty."))?;
         if !valid_name(name, 255) {
             return Err(EcsError::client(format!(
@@ -221,23 +474,26 @@ pub fn validate(req: &RegisterTaskDefinition) -> Result<ValidTaskDefinition, Ecs
             )));
         }
         if c.image.as_deref().is_none_or(str::is_empty) {
-            return Err(EcsError::client(format!(
-                "Container.image should not be null or empty (container {name})."
-            )));
+            return Err(EcsError::client("Container.image should not be null or empty."));
         }
         if let Some(t) = c.stop_timeout {
             if !(2..=120).contains(&t) {
                 return Err(EcsError::client(format!(
-                    "Invalid stopTimeout value for container {name}: {t}. Fargate allows 2 to 120 seconds."
+                    "Invalid stopTimeout value for container {name}: {t}. It must be between 2 and 120 seconds."
                 )));
             }
         }
-        if let Some(m) = c.memory {
-            if m < 6 {
+        for (what, v) in [("memory", c.memory), ("memoryReservation", c.memory_reservation)] {
+            if v.is_some_and(|m| m < 6) {
                 return Err(EcsError::client(format!(
-                    "Invalid 'memory' setting for container '{name}'. The memory must be at least 6 MiB."
+                    "Invalid '{what}' setting for container '{name}'. The memory must be at least 6 MiB."
                 )));
             }
+        }
+        if task_memory.is_none() && c.memory.is_none() && c.memory_reservation.is_none() {
+            return Err(EcsError::client(format!(
+                "Invalid setting for container '{name}'. At least one of 'memory' or 'memoryReservation' must be specified."
+            )));
         }
         if let (Some(m), Some(r)) = (c.memory, c.memory_reservation) {
             if r > m {
@@ -246,23 +502,28 @@ pub fn validate(req: &RegisterTaskDefinition) -> Result<ValidTaskDefinition, Ecs
                 )));
             }
         }
+        if c.cpu.is_some_and(|x| x < 0) {
+            return Err(EcsError::client(format!(
+                "Invalid 'cpu' setting for container '{name}'."
+            )));
+        }
         cpu_sum += c.cpu.unwrap_or(0);
         mem_sum += c.memory.or(c.memory_reservation).unwrap_or(0);
+        if c.hostname.is_some() && matches!(mode, NetworkMode::Awsvpc | NetworkMode::Host) {
+            return Err(EcsError::client(format!(
+                "Container {name}: hostname is not supported with network mode {}.",
+                mode.as_str()
+            )));
+        }
+        validate_ports(name, c, mode, &mut host_ports)?;
+        for u in c.ulimits.iter().flatten() {
+            validate_ulimit(name, u)?;
+        }
         if let Some(h) = &c.health_check {
             validate_health_check(name, h)?;
         }
         if let Some(l) = &c.log_configuration {
-            if l.log_driver != "awslogs" {
-                return Err(EcsError::client(format!(
-                    "Log driver {} is not supported for container {name}: Gantry supports awslogs.",
-                    l.log_driver
-                )));
-            }
-            if l.options.get("awslogs-group").is_none_or(|g| g.is_empty()) {
-                return Err(EcsError::client(format!(
-                    "Log driver awslogs requires options: awslogs-group (container {name})."
-                )));
-            }
+            validate_log_configuration(name, l)?;
         }
     }
     if !containers.iter().any(ContainerDefinition::is_essential) {
@@ -270,23 +531,172 @@ pub fn validate(req: &RegisterTaskDefinition) -> Result<ValidTaskDefinition, Ecs
             "Task definition must have at least one essential container.",
         ));
     }
-    if cpu_sum > cpu {
+    if let Some(cpu) = task_cpu.filter(|cpu| cpu_sum > *cpu) {
         return Err(EcsError::client(format!(
             "The sum of container cpu ({cpu_sum}) is greater than the task cpu ({cpu})."
         )));
     }
-    if mem_sum > memory {
+    if let Some(memory) = task_memory.filter(|m| mem_sum > *m) {
         return Err(EcsError::client(format!(
             "The sum of container memory ({mem_sum} MiB) is greater than the task memory ({memory} MiB)."
         )));
     }
-    validate_depends_on(&containers)?;
-    Ok(ValidTaskDefinition {
-        family,
-        cpu,
-        memory,
-        containers,
-    })
+    Ok(())
+}
+
+fn validate_ports(
+    name: &str,
+    c: &ContainerDefinition,
+    mode: NetworkMode,
+    host_ports: &mut HashSet<(i64, String)>,
+) -> Result<(), EcsError> {
+    for p in c.port_mappings.iter().flatten() {
+        if p.container_port_range.is_some() {
+            return Err(EcsError::client(format!(
+                "Container {name}: containerPortRange is not supported yet; map each port."
+            )));
+        }
+        let cp = p
+            .container_port
+            .ok_or_else(|| EcsError::client(format!("Container {name}: a port mapping needs a containerPort.")))?;
+        if !(1..=65535).contains(&cp) {
+            return Err(EcsError::client(format!(
+                "Container {name}: invalid containerPort {cp}: it must be between 1 and 65535."
+            )));
+        }
+        if !["tcp", "udp"].contains(&p.protocol()) {
+            return Err(EcsError::client(format!(
+                "Container {name}: invalid protocol {}: tcp or udp.",
+                p.protocol()
+            )));
+        }
+        if let Some(hp) = p.host_port {
+            if !(0..=65535).contains(&hp) {
+                return Err(EcsError::client(format!(
+                    "Container {name}: invalid hostPort {hp}: it must be between 0 and 65535."
+                )));
+            }
+            if matches!(mode, NetworkMode::Awsvpc | NetworkMode::Host) && hp != cp {
+                return Err(EcsError::client(format!(
+                    "When networkMode={}, the host ports and container ports in port mappings must match.",
+                    mode.as_str()
+                )));
+            }
+        }
+        if mode == NetworkMode::None {
+            return Err(EcsError::client(format!(
+                "Container {name}: port mappings are not valid with network mode none."
+            )));
+        }
+        let published = match mode {
+            NetworkMode::Bridge => p.host_port.filter(|h| *h != 0),
+            _ => Some(cp),
+        };
+        if let Some(hp) = published {
+            if !host_ports.insert((hp, p.protocol().to_string())) {
+                return Err(EcsError::client(format!(
+                    "Host port {hp}/{} is mapped more than once in the task definition.",
+                    p.protocol()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_ulimit(name: &str, u: &Ulimit) -> Result<(), EcsError> {
+    const NAMES: &[&str] = &[
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    ];
+    if !NAMES.contains(&u.name.as_str()) {
+        return Err(EcsError::client(format!(
+            "Container {name}: invalid ulimit name {}.",
+            u.name
+        )));
+    }
+    if u.soft_limit < 0 || u.hard_limit < 0 || u.soft_limit > u.hard_limit {
+        return Err(EcsError::client(format!(
+            "Container {name}: ulimit {} needs 0 <= softLimit <= hardLimit.",
+            u.name
+        )));
+    }
+    Ok(())
+}
+
+fn validate_log_configuration(name: &str, l: &LogConfiguration) -> Result<(), EcsError> {
+    if l.log_driver != "awslogs" {
+        return Err(EcsError::client(format!(
+            "Log driver {} is not supported for container {name}: Gantry supports awslogs.",
+            l.log_driver
+        )));
+    }
+    if l.options.get("awslogs-group").is_none_or(|g| g.is_empty()) {
+        return Err(EcsError::client(format!(
+            "Log driver awslogs requires options: awslogs-group (container {name})."
+        )));
+    }
+    Ok(())
+}
+
+/// Why the definition cannot run on Fargate, if it cannot (Fargate's rules on top of ECS's).
+fn fargate_problem(
+    req: &RegisterTaskDefinition,
+    mode: NetworkMode,
+    cpu: Option<i64>,
+    memory: Option<i64>,
+    containers: &[ContainerDefinition],
+) -> Option<String> {
+    if mode != NetworkMode::Awsvpc {
+        return Some(format!(
+            "Fargate only supports network mode 'awsvpc'; this task definition uses '{}'.",
+            req.network_mode.as_deref().unwrap_or("bridge")
+        ));
+    }
+    let Some(cpu) = cpu else {
+        return Some(
+            "Fargate requires task definition to have cpu value set (for example \"256\" or \"0.25 vCPU\").".into(),
+        );
+    };
+    let Some(memory) = memory else {
+        return Some(
+            "Fargate requires task definition to have memory value set (for example \"512\" or \"0.5 GB\").".into(),
+        );
+    };
+    if !fargate::is_valid_size(cpu, memory) {
+        let opts = fargate::memory_options(cpu);
+        let hint = if opts.is_empty() {
+            "valid cpu values are 256, 512, 1024, 2048, 4096, 8192 and 16384".to_string()
+        } else {
+            format!("for {cpu} CPU units memory must be one of {opts:?} MiB")
+        };
+        return Some(format!(
+            "No Fargate configuration exists for given values: {cpu} CPU, {memory} memory. See the Amazon ECS documentation for the valid values ({hint})."
+        ));
+    }
+    if let Some(c) = containers
+        .iter()
+        .find(|c| c.ulimits.iter().flatten().any(|u| u.name != "nofile"))
+    {
+        return Some(format!(
+            "Fargate only supports the nofile ulimit (container {}).",
+            c.name()
+        ));
+    }
+    None
 }
 
 fn validate_health_check(name: &str, h: &HealthCheck) -> Result<(), EcsError> {
@@ -400,7 +810,7 @@ mod tests {
     use serde_json::json;
 
     fn td(v: serde_json::Value) -> Result<ValidTaskDefinition, EcsError> {
-        validate(&serde_json::from_value(v).unwrap())
+        validate_json(&v)
     }
 
     fn base() -> serde_json::Value {
@@ -417,13 +827,14 @@ mod tests {
     #[test]
     fn accepts_a_minimal_fargate_definition() {
         let v = td(base()).unwrap();
-        assert_eq!((v.cpu, v.memory, v.family.as_str()), (256, 512, "web"));
+        assert_eq!((v.cpu, v.memory, v.family.as_str()), (Some(256), Some(512), "web"));
+        assert_eq!(v.compatibilities, ["EC2", "FARGATE"]);
         let v = with(|v| {
             v["cpu"] = json!("1 vCPU");
             v["memory"] = json!("2 GB");
         })
         .unwrap();
-        assert_eq!((v.cpu, v.memory), (1024, 2048));
+        assert_eq!((v.cpu, v.memory), (Some(1024), Some(2048)));
     }
 
     #[test]
@@ -524,6 +935,102 @@ mod tests {
                 other => panic!("case {i}: expected ClientException containing {msg:?}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn definitions_ecs_registers_for_ec2_are_accepted() {
+        // No requiresCompatibilities, bridge by default, memory only at container level.
+        let v = td(json!({"family": "ec2", "containerDefinitions": [
+            {"name": "web", "image": "x", "memory": 128, "portMappings": [{"containerPort": 80, "hostPort": 0}]}]}))
+        .unwrap();
+        assert_eq!((v.network_mode, v.cpu, v.memory), (NetworkMode::Bridge, None, None));
+        assert_eq!(v.compatibilities, ["EC2"]);
+        for mode in ["host", "none"] {
+            let v = td(json!({"family": "m", "networkMode": mode, "containerDefinitions": [
+                {"name": "a", "image": "x", "memoryReservation": 64}]}))
+            .unwrap();
+            assert_eq!(v.network_mode.as_str(), mode);
+        }
+        // A Fargate-shaped definition without requiresCompatibilities can run on both.
+        let mut b = base();
+        b.as_object_mut().unwrap().remove("requiresCompatibilities");
+        assert_eq!(td(b).unwrap().compatibilities, ["EC2", "FARGATE"]);
+        let v = td(
+            json!({"family": "e", "requiresCompatibilities": ["EXTERNAL"], "cpu": "128", "memory": "64",
+                          "containerDefinitions": [{"name": "a", "image": "x"}]}),
+        )
+        .unwrap();
+        assert_eq!(v.compatibilities, ["EC2", "EXTERNAL"]);
+    }
+
+    #[test]
+    fn ec2_and_port_rules() {
+        let err = |v: serde_json::Value| match td(v) {
+            Err(EcsError::Client(m)) => m,
+            other => panic!("expected ClientException, got {other:?}"),
+        };
+        let m = err(json!({"family": "f", "containerDefinitions": [{"name": "a", "image": "x"}]}));
+        assert_eq!(
+            m,
+            "Invalid setting for container 'a'. At least one of 'memory' or 'memoryReservation' must be specified."
+        );
+        let m = err(json!({"family": "f", "containerDefinitions": [{"name": "", "image": "x", "memory": 64}]}));
+        assert_eq!(m, "Container.name should not be null or empty.");
+        let m = err(json!({"family": "f", "containerDefinitions": [{"name": "a", "memory": 64}]}));
+        assert_eq!(m, "Container.image should not be null or empty.");
+        let m =
+            with(|v| v["containerDefinitions"][0]["portMappings"] = json!([{"containerPort": 80, "hostPort": 8080}]))
+                .unwrap_err();
+        assert_eq!(
+            m.to_string(),
+            "When networkMode=awsvpc, the host ports and container ports in port mappings must match."
+        );
+        let m = err(json!({"family": "f", "networkMode": "bridge", "containerDefinitions": [
+            {"name": "a", "image": "x", "memory": 64, "portMappings": [{"containerPort": 80, "hostPort": 8080}, {"containerPort": 81, "hostPort": 8080}]}]}));
+        assert!(m.contains("Host port 8080/tcp is mapped more than once"), "{m}");
+        let m = err(
+            json!({"family": "f", "networkMode": "bridge", "requiresCompatibilities": ["FARGATE"], "cpu": "256", "memory": "512",
+                           "containerDefinitions": [{"name": "a", "image": "x"}]}),
+        );
+        assert!(m.starts_with("Fargate only supports network mode 'awsvpc'"), "{m}");
+        let m = err(
+            json!({"family": "f", "networkMode": "mesh", "containerDefinitions": [{"name": "a", "image": "x", "memory": 64}]}),
+        );
+        assert!(m.contains("Invalid networkMode mesh"), "{m}");
+    }
+
+    #[test]
+    fn fields_gantry_cannot_honour_are_refused_and_unknown_ones_kept() {
+        let mut v = base();
+        v["containerDefinitions"][0]["secrets"] =
+            json!([{"name": "DB", "valueFrom": "arn:aws:ssm:us-east-1:1:parameter/db"}]);
+        let m = validate_json(&v).unwrap_err().to_string();
+        assert!(
+            m.contains("container app: secrets: secrets from Secrets Manager"),
+            "{m}"
+        );
+        let mut v = base();
+        v["containerDefinitions"][0]["linuxParameters"] =
+            json!({"initProcessEnabled": true, "capabilities": {"add": ["NET_ADMIN"]}});
+        assert!(validate_json(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("linuxParameters.capabilities"));
+        let mut v = base();
+        v["volumes"] = json!([{"name": "data"}]);
+        assert!(validate_json(&v).unwrap_err().to_string().contains("volumes"));
+        // Empty lists are the same as absent (the console and CLI send them).
+        let mut v = base();
+        v["volumes"] = json!([]);
+        v["containerDefinitions"][0]["mountPoints"] = json!([]);
+        v["containerDefinitions"][0]["secrets"] = json!([]);
+        v["containerDefinitions"][0]["linuxParameters"] = json!({"initProcessEnabled": true});
+        v["containerDefinitions"][0]["futureField"] = json!({"x": 1});
+        let ok = validate_json(&v).unwrap();
+        let c = &ok.containers[0];
+        assert_eq!(c.linux_parameters.as_ref().unwrap().init_process_enabled, Some(true));
+        let back = serde_json::to_value(c).unwrap();
+        assert_eq!(back["futureField"], json!({"x": 1}), "unknown members round-trip");
     }
 
     #[test]

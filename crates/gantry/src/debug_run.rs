@@ -67,7 +67,9 @@ impl RunArgs {
                 cpu_units: self.cpu,
                 memory_mib: self.memory,
                 pids: self.pids,
+                ..Default::default()
             },
+            ..Default::default()
         })
     }
 }

@@ -46,6 +46,19 @@ fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> NetworkError 
     move |source| NetworkError::Io { context, source }
 }
 
+/// How a task's network is set up (ECS network modes map onto these).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    /// Its own namespace with a veth on the node bridge and an address (awsvpc, bridge).
+    #[default]
+    Bridged,
+    /// Its own namespace with loopback only (none).
+    Loopback,
+    /// No namespace of its own: the node's (host).
+    Host,
+}
+
 /// A ready network namespace and its address.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Sandbox {
@@ -55,6 +68,23 @@ pub struct Sandbox {
     pub gateway: Ipv4Addr,
     pub prefix: u8,
     pub host_veth: String,
+    #[serde(default)]
+    pub kind: SandboxKind,
+}
+
+impl Sandbox {
+    /// The node's own network: nothing to create or destroy.
+    pub fn host() -> Sandbox {
+        Sandbox {
+            name: "host".into(),
+            path: PathBuf::new(),
+            ip: Ipv4Addr::LOCALHOST,
+            gateway: Ipv4Addr::UNSPECIFIED,
+            prefix: 8,
+            host_veth: String::new(),
+            kind: SandboxKind::Host,
+        }
+    }
 }
 
 pub struct Network {
@@ -126,6 +156,7 @@ impl Network {
             gateway: self.cfg.subnet.gateway(),
             prefix: self.cfg.subnet.prefix,
             host_veth,
+            kind: SandboxKind::Bridged,
         };
         match self.build(&sb) {
             Ok(()) => Ok(sb),
@@ -136,10 +167,32 @@ impl Network {
         }
     }
 
-    fn build(&self, sb: &Sandbox) -> Result<(), NetworkError> {
+    /// A namespace with loopback only (network mode none): no veth, no address lease.
+    pub fn create_loopback(&self) -> Result<Sandbox, NetworkError> {
+        let name = format!("gn-{}", crate::random_hex(12));
+        let sb = Sandbox {
+            path: self.cfg.netns_dir.join(&name),
+            name,
+            ip: Ipv4Addr::LOCALHOST,
+            gateway: Ipv4Addr::UNSPECIFIED,
+            prefix: 8,
+            host_veth: String::new(),
+            kind: SandboxKind::Loopback,
+        };
+        match self.new_netns(&sb).and_then(|(_, mut inside)| Ok(inside.set_up(1)?)) {
+            Ok(()) => Ok(sb),
+            Err(e) => {
+                let _ = self.destroy(&sb);
+                Err(e)
+            }
+        }
+    }
+
+    /// A fresh namespace mounted at the sandbox's path, and a netlink socket acting inside it.
+    fn new_netns(&self, sb: &Sandbox) -> Result<(OwnedFd, Netlink), NetworkError> {
         // A short-lived thread enters a fresh namespace and opens a netlink socket there; the
         // socket keeps acting in that namespace after the thread is gone.
-        let (nsfd, mut inside) = std::thread::spawn(|| -> Result<(OwnedFd, Netlink), NetworkError> {
+        let (nsfd, inside) = std::thread::spawn(|| -> Result<(OwnedFd, Netlink), NetworkError> {
             sys::unshare(libc::CLONE_NEWNET).map_err(io_ctx("unshare(CLONE_NEWNET)"))?;
             let fd = File::open("/proc/thread-self/ns/net").map_err(io_ctx("opening the new netns"))?;
             Ok((fd.into(), Netlink::open()?))
@@ -149,7 +202,11 @@ impl Network {
         File::create(&sb.path).map_err(io_ctx(format!("creating {}", sb.path.display())))?;
         let src = PathBuf::from(format!("/proc/self/fd/{}", nsfd.as_raw_fd()));
         sys::bind_mount(&src, &sb.path).map_err(io_ctx(format!("bind-mounting netns at {}", sb.path.display())))?;
+        Ok((nsfd, inside))
+    }
 
+    fn build(&self, sb: &Sandbox) -> Result<(), NetworkError> {
+        let (nsfd, mut inside) = self.new_netns(sb)?;
         let bridge = netlink::link_index(&self.cfg.bridge)
             .ok_or_else(|| io_ctx(format!("bridge {}", self.cfg.bridge))(io::Error::from(io::ErrorKind::NotFound)))?;
         let mut host = Netlink::open()?;
@@ -167,7 +224,13 @@ impl Network {
     /// Tears a sandbox down: the veth pair (synchronously, rather than waiting for the kernel's
     /// asynchronous namespace cleanup), the namespace mount and file, and the lease.
     pub fn destroy(&self, sb: &Sandbox) -> Result<(), NetworkError> {
-        if let Some(idx) = netlink::link_index(&sb.host_veth) {
+        if sb.kind == SandboxKind::Host {
+            return Ok(());
+        }
+        if let Some(idx) = (!sb.host_veth.is_empty())
+            .then(|| netlink::link_index(&sb.host_veth))
+            .flatten()
+        {
             Netlink::open()?.delete_link(idx)?;
         }
         self.remove_netns(&sb.name)?;
@@ -346,13 +409,16 @@ impl Network {
         );
         fs::write(dir.join("hosts"), hosts).map_err(io_ctx("writing hosts"))?;
         fs::write(dir.join("hostname"), format!("{hostname}\n")).map_err(io_ctx("writing hostname"))?;
-        // The host's resolvers minus loopback ones, which mean nothing inside the namespace.
+        // The host's resolvers minus loopback ones, which mean nothing inside a namespace of
+        // its own (in the host's network they do).
         let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let resolv: String = host
             .lines()
             .filter(|l| {
                 let mut w = l.split_whitespace();
-                !(w.next() == Some("nameserver") && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
+                sb.kind == SandboxKind::Host
+                    || !(w.next() == Some("nameserver")
+                        && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
             })
             .map(|l| format!("{l}\n"))
             .collect();

@@ -1,0 +1,139 @@
+"""Launch types and network modes: what ECS registers for EC2, where each definition can run,
+bridge/host/none networking on Gantry's own nodes (its ECS container instances), container
+limits, ulimits, read-only root filesystems and initProcessEnabled."""
+import time
+import urllib.request
+
+import pytest
+from botocore.exceptions import ClientError
+
+from conftest import IMAGE, NETWORK, wait_stopped
+
+HTTPD = "trap 'exit 0' TERM; echo up; httpd -f -p {port} -h /www & wait"
+
+
+def code(e):
+    return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]
+
+
+def ec2_task(ecs, family, containers, **kw):
+    for c in containers:
+        c.setdefault("image", IMAGE)
+    return ecs.register_task_definition(family=family, containerDefinitions=containers, **kw)["taskDefinition"]
+
+
+def running(ecs, arn):
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=[arn], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    return ecs.describe_tasks(cluster="default", tasks=[arn])["tasks"][0]
+
+
+def get(url, attempts=40):
+    for _ in range(attempts):
+        try:
+            return urllib.request.urlopen(url, timeout=2).read().decode()
+        except OSError:
+            time.sleep(0.25)
+    raise AssertionError(f"{url} never answered")
+
+
+def stop(ecs, arn):
+    ecs.stop_task(cluster="default", task=arn)
+    return wait_stopped(ecs, "default", [arn])[0]
+
+
+def test_ec2_definitions_register_and_fargate_refuses_them(ecs):
+    td = ec2_task(ecs, "ec2-bridge", [{"name": "web", "memory": 64, "portMappings": [{"containerPort": 80}]}])
+    assert td["compatibilities"] == ["EC2"] and "requiresCompatibilities" not in td and "cpu" not in td
+    fargate_ok = ecs.register_task_definition(family="both", networkMode="awsvpc", cpu="256", memory="512",
+                                              containerDefinitions=[{"name": "a", "image": IMAGE}])["taskDefinition"]
+    assert fargate_ok["compatibilities"] == ["EC2", "FARGATE"]
+    with pytest.raises(ClientError) as e:
+        ecs.run_task(cluster="default", taskDefinition="ec2-bridge", launchType="FARGATE")
+    assert code(e) == ("ClientException", "Task definition does not support launch_type FARGATE.")
+    with pytest.raises(ClientError) as e:
+        ecs.create_service(serviceName="nope", taskDefinition="ec2-bridge", desiredCount=1, launchType="FARGATE")
+    assert code(e) == ("ClientException", "Task definition does not support launch_type FARGATE.")
+    with pytest.raises(ClientError) as e:
+        ecs.run_task(cluster="default", taskDefinition="ec2-bridge", launchType="EC2", networkConfiguration=NETWORK)
+    assert code(e)[0] == "InvalidParameterException" and "not valid for the given networkMode" in code(e)[1]
+    with pytest.raises(ClientError) as e:
+        ecs.run_task(cluster="default", taskDefinition="both", launchType="EC2")
+    assert code(e) == ("InvalidParameterException", "Network Configuration must be provided when networkMode 'awsvpc' is specified.")
+    with pytest.raises(ClientError) as e:
+        ecs.register_task_definition(family="nomem", containerDefinitions=[{"name": "a", "image": IMAGE}])
+    assert code(e) == ("ClientException", "Invalid setting for container 'a'. At least one of 'memory' or 'memoryReservation' must be specified.")
+    with pytest.raises(ClientError) as e:
+        ecs.register_task_definition(family="sec", containerDefinitions=[{"name": "a", "image": IMAGE, "memory": 64,
+                                     "secrets": [{"name": "X", "valueFrom": "arn:aws:ssm:us-east-1:123456789012:parameter/x"}]}])
+    assert code(e)[0] == "ClientException" and "secrets" in code(e)[1]
+    with pytest.raises(ClientError) as e:
+        ecs.register_task_definition(family="fg", networkMode="bridge", requiresCompatibilities=["FARGATE"], cpu="256",
+                                     memory="512", containerDefinitions=[{"name": "a", "image": IMAGE}])
+    assert code(e)[0] == "ClientException" and "Fargate only supports network mode 'awsvpc'" in code(e)[1]
+
+
+def test_bridge_mode_publishes_dynamic_and_fixed_host_ports(ecs):
+    ec2_task(ecs, "bridge-web", [
+        {"name": "dyn", "memory": 32, "command": ["sh", "-c", HTTPD.format(port=80)], "stopTimeout": 2,
+         "portMappings": [{"containerPort": 80, "hostPort": 0}]},
+        {"name": "fixed", "memory": 32, "command": ["sh", "-c", HTTPD.format(port=8080)], "stopTimeout": 2,
+         "portMappings": [{"containerPort": 8080, "hostPort": 38123, "protocol": "tcp"}]}])
+    r = ecs.run_task(cluster="default", taskDefinition="bridge-web")  # no launch type: EC2, as ECS
+    assert r["failures"] == []
+    t = running(ecs, r["tasks"][0]["taskArn"])
+    assert t["launchType"] == "EC2" and t["attachments"] == [] and "platformVersion" not in t
+    by = {c["name"]: c for c in t["containers"]}
+    dyn = by["dyn"]["networkBindings"][0]
+    assert dyn["containerPort"] == 80 and 32768 <= dyn["hostPort"] <= 60999 and dyn["protocol"] == "tcp"
+    assert by["fixed"]["networkBindings"] == [{"bindIP": "0.0.0.0", "containerPort": 8080, "hostPort": 38123, "protocol": "tcp"}]
+    assert "hello from gantry httpd" in get(f"http://127.0.0.1:{dyn['hostPort']}/index.html")
+    assert "hello from gantry httpd" in get("http://127.0.0.1:38123/index.html")
+    # The fixed host port is taken while the task runs: a second copy cannot start.
+    second = ecs.run_task(cluster="default", taskDefinition="bridge-web")["tasks"][0]["taskArn"]
+    s = wait_stopped(ecs, "default", [second])[0]
+    assert s["stopCode"] == "TaskFailedToStart" and "38123/tcp is not available" in s["stoppedReason"], s["stoppedReason"]
+    stop(ecs, t["taskArn"])
+    with pytest.raises(OSError):
+        urllib.request.urlopen("http://127.0.0.1:38123/index.html", timeout=2)
+
+
+def test_host_and_none_network_modes(ecs):
+    ec2_task(ecs, "hostnet", [{"name": "web", "memory": 32, "command": ["sh", "-c", HTTPD.format(port=38125)],
+                               "stopTimeout": 2, "portMappings": [{"containerPort": 38125}]}], networkMode="host")
+    t = running(ecs, ecs.run_task(cluster="default", taskDefinition="hostnet", launchType="EC2")["tasks"][0]["taskArn"])
+    assert t["containers"][0]["networkBindings"][0]["hostPort"] == 38125
+    assert "hello from gantry httpd" in get("http://127.0.0.1:38125/index.html")
+    stop(ecs, t["taskArn"])
+    ec2_task(ecs, "nonet", [{"name": "app", "memory": 32, "command": ["sh", "-c", "ls /sys/class/net | tr '\\n' ' '"]}],
+             networkMode="none")
+    arn = ecs.run_task(cluster="default", taskDefinition="nonet")["tasks"][0]["taskArn"]
+    t = wait_stopped(ecs, "default", [arn])[0]
+    assert t["containers"][0]["exitCode"] == 0, t
+
+
+def test_container_limits_ulimits_readonly_root_and_init(ecs, logs):
+    from conftest import awslogs
+    ec2_task(ecs, "limits", [
+        {"name": "hog", "memory": 16, "essential": False,
+         "command": ["sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a)"]},
+        {"name": "probe", "memoryReservation": 32, "readonlyRootFilesystem": True,
+         "ulimits": [{"name": "nofile", "softLimit": 1234, "hardLimit": 2345}],
+         "logConfiguration": awslogs("/e2e/limits"),
+         "command": ["sh", "-c", "echo nofile=$(ulimit -n); touch /x 2>/dev/null && echo writable || echo readonly; sleep 1"]}],
+        memory="256")
+    arn = ecs.run_task(cluster="default", taskDefinition="limits")["tasks"][0]["taskArn"]
+    t = wait_stopped(ecs, "default", [arn])[0]
+    by = {c["name"]: c for c in t["containers"]}
+    assert by["hog"]["exitCode"] == 137 and "OutOfMemoryError" in by["hog"].get("reason", ""), by["hog"]
+    tid = arn.rsplit("/", 1)[1]
+    out = [e["message"] for e in logs.get_log_events(logGroupName="/e2e/limits", logStreamName=f"ecs/probe/{tid}")["events"]]
+    assert out == ["nofile=1234", "readonly"], out
+    # initProcessEnabled: PID 1 is an init that forwards SIGTERM, so a shell loop without a
+    # trap stops at once instead of waiting out its stopTimeout.
+    ec2_task(ecs, "init", [{"name": "app", "memory": 32, "stopTimeout": 20, "linuxParameters": {"initProcessEnabled": True},
+                            "command": ["sh", "-c", "while :; do sleep 0.2; done"]}])
+    t = running(ecs, ecs.run_task(cluster="default", taskDefinition="init")["tasks"][0]["taskArn"])
+    began = time.time()
+    s = stop(ecs, t["taskArn"])
+    assert time.time() - began < 10, "the init did not forward SIGTERM"
+    assert s["containers"][0]["exitCode"] == 143, s["containers"][0]
