@@ -291,3 +291,59 @@ def test_malformed_oversized_and_unknown_requests_get_aws_errors(gantry):
     assert r.status_code == 400 and r.json()["__type"] == "UnknownOperationException"
     r = signed_post(gantry, b'{"family": "x"}', target="AmazonEC2ContainerServiceV20141113.RegisterTaskDefinition")
     assert r.status_code == 400 and r.json()["__type"] == "ClientException" and r.json()["message"]
+
+
+def test_describe_clusters_include_counts_filters_and_error_precedence(ecs):
+    from conftest import NETWORK
+    ecs.create_cluster(clusterName="shapes", tags=[{"key": "k", "value": "v"}])
+    register(ecs, "shape-fg", [{"name": "a", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"], "stopTimeout": 2}])
+    ecs.register_task_definition(family="shape-ec2", containerDefinitions=[
+        {"name": "a", "image": IMAGE, "memory": 32, "stopTimeout": 2,
+         "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"]}])
+    fg = ecs.run_task(cluster="shapes", taskDefinition="shape-fg", launchType="FARGATE", networkConfiguration=NETWORK,
+                      startedBy="me")["tasks"][0]["taskArn"]
+    ec2 = ecs.run_task(cluster="shapes", taskDefinition="shape-ec2")["tasks"][0]["taskArn"]
+    ecs.create_service(cluster="shapes", serviceName="s-ec2", taskDefinition="shape-ec2", desiredCount=1)
+    ecs.get_waiter("tasks_running").wait(cluster="shapes", tasks=[fg, ec2], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    ecs.get_waiter("services_stable").wait(cluster="shapes", services=["s-ec2"], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    # Optional parts only when asked for; counts are real.
+    plain = ecs.describe_clusters(clusters=["shapes"])["clusters"][0]
+    assert "settings" not in plain and "tags" not in plain and "statistics" not in plain, plain
+    assert (plain["runningTasksCount"], plain["activeServicesCount"]) == (3, 1)
+    full = ecs.describe_clusters(clusters=["shapes"], include=["SETTINGS", "STATISTICS", "TAGS"])["clusters"][0]
+    stats = {s["name"]: s["value"] for s in full["statistics"]}
+    assert (stats["runningFargateTasksCount"], stats["runningEC2TasksCount"], stats["activeEC2ServiceCount"]) == ("1", "2", "1")
+    assert full["settings"] == [{"name": "containerInsights", "value": "disabled"}] and full["tags"] == [{"key": "k", "value": "v"}]
+    # ListTasks filters.
+    lt = lambda **kw: sorted(ecs.list_tasks(cluster="shapes", **kw)["taskArns"])
+    svc_tasks = lt(serviceName="s-ec2")
+    assert len(svc_tasks) == 1 and svc_tasks[0] not in (fg, ec2)
+    assert lt(launchType="FARGATE") == [fg]
+    assert lt(launchType="EC2") == sorted([ec2] + svc_tasks)
+    assert lt(family="shape-fg") == [fg] and lt(startedBy="me") == [fg]
+    assert lt(containerInstance="arn:aws:ecs:us-east-1:123456789012:container-instance/shapes/none") == []
+    with pytest.raises(ClientError) as e:
+        ecs.list_tasks(cluster="shapes", startedBy="me", family="shape-fg")
+    assert error_code(e) == "InvalidParameterException"
+    assert len(ecs.list_services(cluster="shapes", launchType="EC2")["serviceArns"]) == 1
+    assert ecs.list_services(cluster="shapes", launchType="FARGATE")["serviceArns"] == []
+    assert ecs.list_services(cluster="shapes", schedulingStrategy="DAEMON")["serviceArns"] == []
+    # A cluster that does not exist is reported before anything else is looked at.
+    for call in [lambda: ecs.describe_tasks(cluster="ghost", tasks=[]),
+                 lambda: ecs.stop_task(cluster="ghost", task="x", reason="r" * 300),
+                 lambda: ecs.describe_services(cluster="ghost", services=[]),
+                 lambda: ecs.list_tasks(cluster="ghost", desiredStatus="STOPPED", startedBy="x"),
+                 lambda: ecs.update_service(cluster="ghost", service="nope", desiredCount=-1),
+                 lambda: ecs.create_service(cluster="ghost", serviceName="x", taskDefinition="nope", desiredCount=-1)]:
+        with pytest.raises(ClientError) as e:
+            call()
+        assert error_code(e) == "ClusterNotFoundException", e.value.response["Error"]
+    with pytest.raises(ClientError) as e:
+        ecs.update_service(cluster="shapes", service="nope", desiredCount=-1)
+    assert error_code(e) == "ServiceNotFoundException"
+    ecs.delete_service(cluster="shapes", service="s-ec2", force=True)
+    with pytest.raises(ClientError) as e:
+        ecs.update_service(cluster="shapes", service="s-ec2", desiredCount=-1)
+    assert error_code(e) == "ServiceNotActiveException"
+    for t in (fg, ec2):
+        ecs.stop_task(cluster="shapes", task=t)
