@@ -211,8 +211,8 @@ def test_unsigned_and_badly_signed_requests_are_refused(gantry):
 def test_unknown_operation(gantry):
     ecs = gantry.client("ecs")
     with pytest.raises(ClientError) as e:
-        ecs.list_container_instances(cluster="default")
-    assert error_code(e) in ("InvalidAction", "ClusterNotFoundException")
+        ecs.describe_task_sets(cluster="default", service="none")
+    assert error_code(e) == "InvalidAction"
 
 
 def test_resources_are_scoped_per_region(gantry):

@@ -88,11 +88,20 @@ def test_bridge_mode_publishes_dynamic_and_fixed_host_ports(ecs):
     assert by["fixed"]["networkBindings"] == [{"bindIP": "0.0.0.0", "containerPort": 8080, "hostPort": 38123, "protocol": "tcp"}]
     assert "hello from gantry httpd" in get(f"http://127.0.0.1:{dyn['hostPort']}/index.html")
     assert "hello from gantry httpd" in get("http://127.0.0.1:38123/index.html")
-    # The fixed host port is taken while the task runs: a second copy cannot start.
-    second = ecs.run_task(cluster="default", taskDefinition="bridge-web")["tasks"][0]["taskArn"]
-    s = wait_stopped(ecs, "default", [second])[0]
-    assert s["stopCode"] == "TaskFailedToStart" and "38123/tcp is not available" in s["stoppedReason"], s["stoppedReason"]
+    # The fixed host port is taken while the task runs: a second copy is not placed.
+    r = ecs.run_task(cluster="default", taskDefinition="bridge-web")
+    assert r["tasks"] == [] and r["failures"][0]["reason"] == "RESOURCE:PORTS", r["failures"]
     stop(ecs, t["taskArn"])
+    # A port something else on the node holds fails the start, with the reason.
+    import socket
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 38124))
+        held.listen()
+        ec2_task(ecs, "bridge-held", [{"name": "a", "memory": 16, "command": ["sleep", "30"],
+                                       "portMappings": [{"containerPort": 80, "hostPort": 38124}]}])
+        arn = ecs.run_task(cluster="default", taskDefinition="bridge-held")["tasks"][0]["taskArn"]
+        s = wait_stopped(ecs, "default", [arn])[0]
+    assert s["stopCode"] == "TaskFailedToStart" and "38124/tcp is not available" in s["stoppedReason"], s["stoppedReason"]
     with pytest.raises(OSError):
         urllib.request.urlopen("http://127.0.0.1:38123/index.html", timeout=2)
 

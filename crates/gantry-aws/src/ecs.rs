@@ -17,6 +17,39 @@ fn field<T: DeserializeOwned>(input: &Value, name: &str) -> Result<Option<T>, Ap
     }
 }
 
+/// Members of a request Gantry cannot act on yet: refused when set, never ignored.
+fn refuse_unsupported(input: &Value, members: &[(&str, &str)]) -> Result<(), ApiError> {
+    for (m, why) in members {
+        let set = match input.get(*m) {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(_) => true,
+        };
+        if set {
+            return Err(ApiError::client(
+                "InvalidParameterException",
+                format!("{m} is not supported by Gantry yet: {why}."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+const SERVICE_UNSUPPORTED: &[(&str, &str)] = &[
+    ("loadBalancers", "load balancers arrive with ELBv2"),
+    (
+        "serviceRegistries",
+        "Cloud Map service discovery arrives with the traffic work",
+    ),
+    ("serviceConnectConfiguration", "Service Connect is not offered"),
+    ("volumeConfigurations", "volumes are not supported yet"),
+    ("vpcLatticeConfigurations", "VPC Lattice is not offered"),
+    ("gatewayConnectors", "gateways are not offered"),
+    ("monitoring", "service monitoring configuration is not offered"),
+];
+
 /// The whole request as a typed input.
 fn parse<T: DeserializeOwned>(input: Value) -> Result<T, ApiError> {
     serde_json::from_value(input)
@@ -173,6 +206,13 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             json!({"taskDefinitions": defs, "failures": failures})
         }
         "RunTask" => {
+            refuse_unsupported(
+                &input,
+                &[
+                    ("volumeConfigurations", "volumes are not supported yet"),
+                    ("referenceId", "reference ids belong to service deployments"),
+                ],
+            )?;
             if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
                 validate_tags(&t)?;
             }
@@ -214,6 +254,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             json!({"protectedTasks": p, "failures": failures})
         }
         "CreateService" => {
+            refuse_unsupported(&input, SERVICE_UNSUPPORTED)?;
             if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
                 validate_tags(&t)?;
             }
@@ -226,6 +267,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             json!({"service": c.create_service(scope, req).await?})
         }
         "UpdateService" => {
+            refuse_unsupported(&input, SERVICE_UNSUPPORTED)?;
             let req = serde_json::from_value(input).map_err(|e| {
                 ApiError::client(
                     "InvalidParameterException",
@@ -305,6 +347,50 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
                 }
             }
             json!({"capacityProviders": providers, "failures": failures})
+        }
+        "RegisterContainerInstance" => {
+            let q: gantry_control::instances::RegisterContainerInstance = parse(input)?;
+            json!({"containerInstance": c.register_container_instance(scope, q).await?})
+        }
+        "DeregisterContainerInstance" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let ci: String = required(&input, "containerInstance")?;
+            let force: bool = field(&input, "force")?.unwrap_or(false);
+            json!({"containerInstance": c.deregister_container_instance(scope, cluster.as_deref(), &ci, force).await?})
+        }
+        "DescribeContainerInstances" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let names: Vec<String> = required(&input, "containerInstances")?;
+            let include: Vec<String> = field(&input, "include")?.unwrap_or_default();
+            let (found, failures) = c
+                .describe_container_instances(scope, cluster.as_deref(), &names, &include)
+                .await?;
+            json!({"containerInstances": found, "failures": failures})
+        }
+        "ListContainerInstances" => {
+            let q: gantry_control::instances::ListContainerInstances = parse(input)?;
+            let (arns, next) = c.list_container_instances(scope, q).await?;
+            json!({"containerInstanceArns": arns, "nextToken": next})
+        }
+        "UpdateContainerInstancesState" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let names: Vec<String> = required(&input, "containerInstances")?;
+            let status: String = required(&input, "status")?;
+            let (found, failures) = c
+                .update_container_instances_state(scope, cluster.as_deref(), &names, &status)
+                .await?;
+            json!({"containerInstances": found, "failures": failures})
+        }
+        "PutAttributes" | "DeleteAttributes" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let attrs: Vec<gantry_types::model::Attribute> = required(&input, "attributes")?;
+            let put = op == "PutAttributes";
+            json!({"attributes": c.change_attributes(scope, cluster.as_deref(), &attrs, put).await?})
+        }
+        "ListAttributes" => {
+            let q: gantry_control::instances::ListAttributes = parse(input)?;
+            let (attrs, next) = c.list_attributes(scope, q).await?;
+            json!({"attributes": attrs, "nextToken": next})
         }
         "ListAccountSettings" => {
             let q: gantry_control::account_settings::ListAccountSettings = parse(input)?;

@@ -93,6 +93,7 @@ impl Control {
         c.running_tasks_count = count(None, true);
         c.pending_tasks_count = count(None, false);
         c.active_services_count = services.iter().filter(|s| s.status == "ACTIVE").count() as i64;
+        c.registered_container_instances_count = self.registered_instances(scope, &c.cluster_name).await?;
         if include.iter().any(|i| i == "STATISTICS") {
             let stat = |n: &str, v: i64| KeyValuePair {
                 name: Some(n.into()),

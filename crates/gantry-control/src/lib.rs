@@ -5,7 +5,9 @@
 pub mod account_settings;
 mod clusters;
 pub mod deploy;
+pub mod instances;
 pub mod logstore;
+pub mod placement;
 pub mod service_controller;
 pub mod services;
 mod taskdefs;
@@ -63,6 +65,8 @@ pub struct Control {
     pub clock: Arc<dyn Clock>,
     /// The node tasks are placed on (single-node `gantry dev`).
     pub node: String,
+    /// What the node offers EC2 and EXTERNAL tasks.
+    pub capacity: instances::NodeCapacity,
 }
 
 pub(crate) fn prefix(scope: &Scope) -> String {
@@ -75,6 +79,7 @@ impl Control {
             store,
             clock,
             node: node.to_string(),
+            capacity: Default::default(),
         }
     }
 

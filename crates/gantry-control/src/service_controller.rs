@@ -55,6 +55,50 @@ fn threshold(rec: &ServiceRecord) -> i64 {
 }
 
 impl Control {
+    /// Services under the CODE_DEPLOY or EXTERNAL controller get their tasks from task sets,
+    /// which Gantry does not offer yet: the service says so once instead of staying silent.
+    async fn announce_external(&self, key: &str, rec: &ServiceRecord, controller: &str) -> Result<(), EcsError> {
+        let m = format!(
+            "(service {}) uses the {controller} deployment controller: its tasks come from task sets (CreateTaskSet), which Gantry does not offer yet; no tasks are started.",
+            rec.service.service_name
+        );
+        if rec.service.events.iter().any(|e| e.message == m) {
+            return Ok(());
+        }
+        let now = self.now();
+        self.update_service_record(key, |r| {
+            r.event(now, m.clone());
+            Ok(true)
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// ECS's event when a task cannot be placed.
+fn unplaced_event(name: &str, f: &gantry_types::model::Failure) -> String {
+    let instance = f.arn.as_deref().map(short_id).unwrap_or("");
+    let why = match f.reason.as_deref().unwrap_or("") {
+        "RESOURCE:MEMORY" => {
+            format!("The closest matching (container-instance {instance}) has insufficient memory available.")
+        }
+        "RESOURCE:CPU" => {
+            format!("The closest matching (container-instance {instance}) has insufficient CPU units available.")
+        }
+        "RESOURCE:PORTS" => format!(
+            "The closest matching (container-instance {instance}) is already using a port required by your task."
+        ),
+        "ATTRIBUTE" => {
+            format!("The closest matching (container-instance {instance}) does not meet the placement constraints.")
+        }
+        other => other.to_string(),
+    };
+    format!(
+        "(service {name}) was unable to place a task because no container instance met all of its requirements. {why}"
+    )
+}
+
+impl Control {
     /// One pass over every service. Errors of one service do not stop the others.
     pub async fn reconcile_services(&self) {
         let services = match self.all_services().await {
@@ -114,8 +158,28 @@ impl Control {
     }
 
     /// One service, given its record and its tasks (group `service:NAME`) as just listed.
-    async fn reconcile_service(&self, key: &str, rec: ServiceRecord, tasks: Vec<TaskRecord>) -> Result<(), EcsError> {
+    async fn reconcile_service(
+        &self,
+        key: &str,
+        mut rec: ServiceRecord,
+        tasks: Vec<TaskRecord>,
+    ) -> Result<(), EcsError> {
         let scope = rec.scope();
+        let controller = rec.service.deployment_controller["type"]
+            .as_str()
+            .unwrap_or("ECS")
+            .to_string();
+        if controller != "ECS" {
+            return self.announce_external(key, &rec, &controller).await;
+        }
+        // A daemon service runs one task on each ACTIVE container instance.
+        let daemon_desired = if rec.service.scheduling_strategy == "DAEMON" && rec.service.status == "ACTIVE" {
+            let n = self.active_instances(&scope, &rec.cluster).await?;
+            rec.service.desired_count = n;
+            Some(n)
+        } else {
+            None
+        };
         let now = self.now();
         let name = rec.service.service_name.clone();
         let group = rec.group();
@@ -301,6 +365,8 @@ impl Control {
                 .as_ref()
                 .map(|d| d.network_configuration.clone())
                 .unwrap_or_else(|| rec.service.network_configuration.clone());
+            let rec_tags = rec.service.tags.clone().unwrap_or_default();
+            let mut unplaced = None;
             let mut left = plan.start;
             while left > 0 {
                 let n = left.min(10);
@@ -313,25 +379,41 @@ impl Control {
                     capacity_provider_strategy: (!svc.capacity_provider_strategy.is_empty())
                         .then(|| svc.capacity_provider_strategy.clone()),
                     platform_version: (!svc.platform_version.is_empty()).then(|| svc.platform_version.clone()),
+                    placement_constraints: Some(svc.placement_constraints.clone()),
+                    placement_strategy: Some(svc.placement_strategy.clone()),
+                    // Service tags are copied here; the task definition's by RunTask.
+                    tags: (svc.propagate_tags == "SERVICE").then(|| rec_tags.clone()),
+                    propagate_tags: (svc.propagate_tags == "TASK_DEFINITION").then(|| "TASK_DEFINITION".to_string()),
+                    enable_ecs_managed_tags: Some(svc.enable_ecs_managed_tags),
                     network_configuration: (!network.is_null()).then(|| network.clone()),
                     started_by: Some(primary_id.clone()),
                     group: Some(group.clone()),
                     allow_inactive: true,
                     ..Default::default()
                 };
-                let (started, _) = self.run_task(&scope, req).await?;
+                let (started, failures) = self.run_task(&scope, req).await?;
                 started_ids.extend(started.iter().map(|t| short_id(&t.task_arn).to_string()));
+                unplaced = unplaced.or(failures.into_iter().next());
                 left -= n;
             }
-            events.push(format!(
-                "(service {name}) has started {} tasks: {}.",
-                started_ids.len(),
-                started_ids
-                    .iter()
-                    .map(|i| format!("(task {i})"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ));
+            if !started_ids.is_empty() {
+                events.push(format!(
+                    "(service {name}) has started {} tasks: {}.",
+                    started_ids.len(),
+                    started_ids
+                        .iter()
+                        .map(|i| format!("(task {i})"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+            }
+            if let Some(f) = unplaced {
+                let m = unplaced_event(&name, &f);
+                // Said once while it lasts, not on every pass.
+                if rec.service.events.first().map(|e| &e.message) != Some(&m) {
+                    events.push(m);
+                }
+            }
         }
 
         // Counts and rollout state, written back with CAS. As ListTasks shows them: tasks told
@@ -373,6 +455,12 @@ impl Control {
             .collect();
         self.update_service_record(key, |r| {
             let mut events_out = events.clone();
+            if let Some(n) = daemon_desired {
+                r.service.desired_count = n;
+                if let Some(p) = r.service.deployments.iter_mut().find(|d| d.status == "PRIMARY") {
+                    p.desired_count = n;
+                }
+            }
             r.last_healthy_at = last_healthy.clone();
             if backoff_streak >= BACKOFF_AFTER {
                 r.backoff_announced = backoff_streak;

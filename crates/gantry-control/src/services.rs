@@ -30,6 +30,9 @@ pub struct ServiceRecord {
     /// The failure streak the backoff event was emitted for.
     #[serde(default)]
     pub backoff_announced: i64,
+    /// CreateService's clientToken: a retry with it returns this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
 }
 
 impl ServiceRecord {
@@ -81,6 +84,13 @@ pub struct CreateServiceRequest {
     pub enable_execute_command: Option<bool>,
     pub propagate_tags: Option<String>,
     pub load_balancers: Option<Vec<Value>>,
+    pub placement_constraints: Option<Vec<Value>>,
+    pub placement_strategy: Option<Vec<Value>>,
+    pub role: Option<String>,
+    #[serde(rename = "enableECSManagedTags")]
+    pub enable_ecs_managed_tags: Option<bool>,
+    pub client_token: Option<String>,
+    pub availability_zone_rebalancing: Option<String>,
 }
 
 /// ListServices' filters.
@@ -107,9 +117,17 @@ pub struct UpdateServiceRequest {
     pub force_new_deployment: Option<bool>,
     pub health_check_grace_period_seconds: Option<i64>,
     pub platform_version: Option<String>,
+    pub capacity_provider_strategy: Option<Vec<Value>>,
+    pub placement_constraints: Option<Vec<Value>>,
+    pub placement_strategy: Option<Vec<Value>>,
+    pub propagate_tags: Option<String>,
+    #[serde(rename = "enableECSManagedTags")]
+    pub enable_ecs_managed_tags: Option<bool>,
+    pub enable_execute_command: Option<bool>,
+    pub deployment_controller: Option<Value>,
+    pub availability_zone_rebalancing: Option<String>,
 }
 
-/// A new PRIMARY deployment, IN_PROGRESS, created at `now`.
 /// A new PRIMARY deployment of the service's current launch settings.
 pub fn new_deployment(svc: &Service, td: &str, desired: i64, network: &Value, now: f64) -> Deployment {
     let id = new_deployment_id();
@@ -185,24 +203,61 @@ impl Control {
                 "Service name must be 1-255 letters, numbers, hyphens and underscores.",
             ));
         }
-        let desired = req
-            .desired_count
-            .ok_or_else(|| EcsError::invalid("desiredCount must be specified for the REPLICA scheduling strategy."))?;
+        let strategy = req.scheduling_strategy.clone().unwrap_or_else(|| "REPLICA".into());
+        let desired = match strategy.as_str() {
+            "REPLICA" => req
+                .desired_count
+                .ok_or_else(|| EcsError::invalid("desiredCount must be specified for the REPLICA scheduling strategy."))?,
+            "DAEMON" if req.desired_count.is_some() => {
+                return Err(EcsError::invalid(
+                    "desiredCount must not be specified for the DAEMON scheduling strategy: one task runs on each container instance.",
+                ))
+            }
+            // The controller keeps it at the number of ACTIVE container instances.
+            "DAEMON" => self.active_instances(scope, &cluster.cluster_name).await?,
+            other => return Err(EcsError::invalid(format!("schedulingStrategy {other} is not valid: REPLICA or DAEMON."))),
+        };
         if !(0..=5000).contains(&desired) {
             return Err(EcsError::invalid("desiredCount must be between 0 and 5000."));
         }
-        if req.scheduling_strategy.as_deref().is_some_and(|s| s != "REPLICA") {
-            return Err(EcsError::invalid(
-                "Gantry supports the REPLICA scheduling strategy only.",
-            ));
-        }
-        if req
+        let controller = req
             .deployment_controller
             .as_ref()
-            .is_some_and(|d| d["type"].as_str().is_some_and(|t| t != "ECS"))
-        {
-            return Err(EcsError::invalid("Gantry supports the ECS deployment controller only."));
+            .map(|d| d["type"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| "ECS".into());
+        if !["ECS", "CODE_DEPLOY", "EXTERNAL"].contains(&controller.as_str()) {
+            return Err(EcsError::invalid(format!(
+                "deploymentController type {controller} is not valid: ECS, CODE_DEPLOY or EXTERNAL."
+            )));
         }
+        if strategy == "DAEMON" && controller != "ECS" {
+            return Err(EcsError::invalid(
+                "The DAEMON scheduling strategy needs the ECS deployment controller.",
+            ));
+        }
+        if let Some(p) = &req.propagate_tags {
+            if !["TASK_DEFINITION", "SERVICE", "NONE"].contains(&p.as_str()) {
+                return Err(EcsError::invalid(
+                    "propagateTags must be TASK_DEFINITION, SERVICE or NONE.",
+                ));
+            }
+        }
+        if let Some(z) = &req.availability_zone_rebalancing {
+            if !["ENABLED", "DISABLED"].contains(&z.as_str()) {
+                return Err(EcsError::invalid(
+                    "availabilityZoneRebalancing must be ENABLED or DISABLED.",
+                ));
+            }
+        }
+        if let Some(r) = &req.role {
+            if !r.starts_with("arn:aws:iam::") && (r.is_empty() || r.contains(':')) {
+                return Err(EcsError::invalid(format!(
+                    "role {r:?} is not a role name or IAM role ARN."
+                )));
+            }
+        }
+        crate::tasks::validate_constraints(req.placement_constraints.as_deref())?;
+        crate::tasks::validate_strategy(req.placement_strategy.as_deref())?;
         if req
             .health_check_grace_period_seconds
             .is_some_and(|g| !(0..=2_147_483_647).contains(&g))
@@ -210,9 +265,6 @@ impl Control {
             return Err(EcsError::invalid(
                 "healthCheckGracePeriodSeconds must be between 0 and 2147483647.",
             ));
-        }
-        if req.load_balancers.as_ref().is_some_and(|l| !l.is_empty()) {
-            return Err(EcsError::invalid("Load balancers are not supported by Gantry yet."));
         }
         let config = req.deployment_configuration.clone().unwrap_or_default();
         validate_config(&config)?;
@@ -230,6 +282,11 @@ impl Control {
             &cluster.default_capacity_provider_strategy,
             &compatibilities(&td.definition),
         )?;
+        if strategy == "DAEMON" && launch.launch_type == "FARGATE" {
+            return Err(EcsError::invalid(
+                "The DAEMON scheduling strategy is not supported with the FARGATE launch type.",
+            ));
+        }
         let network = service_network(&td.definition, req.network_configuration.as_ref())?;
         let td_arn = td.definition["taskDefinitionArn"]
             .as_str()
@@ -237,6 +294,15 @@ impl Control {
             .to_string();
         let key = Self::service_key(scope, &cluster.cluster_name, &name);
         if let Some((existing, rev)) = self.get_json::<ServiceRecord>(&key).await? {
+            // A retry with the same clientToken gets the service it created.
+            if existing.service.status != "INACTIVE"
+                && req.client_token.is_some()
+                && existing.client_token == req.client_token
+            {
+                let mut s = existing.service;
+                s.tags = None;
+                return Ok(s);
+            }
             if existing.service.status != "INACTIVE" {
                 return Err(EcsError::invalid("Creation of service was not idempotent."));
             }
@@ -275,12 +341,23 @@ impl Control {
             created_at: self.now(),
             network_configuration: network,
             health_check_grace_period_seconds: req.health_check_grace_period_seconds,
-            scheduling_strategy: "REPLICA".into(),
-            deployment_controller: json!({"type": "ECS"}),
+            scheduling_strategy: strategy,
+            deployment_controller: json!({"type": controller}),
             tags: Some(req.tags.clone().unwrap_or_default()),
             created_by: format!("arn:aws:iam::{}:root", scope.account),
             propagate_tags: req.propagate_tags.clone().unwrap_or_else(|| "NONE".into()),
+            enable_ecs_managed_tags: req.enable_ecs_managed_tags.unwrap_or(false),
             enable_execute_command: req.enable_execute_command.unwrap_or(false),
+            placement_constraints: req.placement_constraints.clone().unwrap_or_default(),
+            placement_strategy: req.placement_strategy.clone().unwrap_or_default(),
+            role_arn: req.role.as_ref().map(|r| {
+                if r.starts_with("arn:") {
+                    r.clone()
+                } else {
+                    format!("arn:aws:iam::{}:role/{r}", scope.account)
+                }
+            }),
+            availability_zone_rebalancing: req.availability_zone_rebalancing.clone(),
             ..Default::default()
         };
         let dep = new_deployment(
@@ -300,6 +377,7 @@ impl Control {
             steady: false,
             last_healthy_at: Default::default(),
             backoff_announced: 0,
+            client_token: req.client_token.clone(),
         };
         match self
             .store
@@ -350,6 +428,34 @@ impl Control {
         if current.service.status != "ACTIVE" {
             return Err(EcsError::ServiceNotActive("Service was not ACTIVE.".into()));
         }
+        if current.service.scheduling_strategy == "DAEMON" && req.desired_count.is_some() {
+            return Err(EcsError::invalid(
+                "desiredCount cannot be set on a DAEMON service: one task runs on each container instance.",
+            ));
+        }
+        if let Some(d) = &req.deployment_controller {
+            if *d != current.service.deployment_controller {
+                return Err(EcsError::invalid(
+                    "Changing the deployment controller of a service is not supported by Gantry.",
+                ));
+            }
+        }
+        if let Some(p) = &req.propagate_tags {
+            if !["TASK_DEFINITION", "SERVICE", "NONE"].contains(&p.as_str()) {
+                return Err(EcsError::invalid(
+                    "propagateTags must be TASK_DEFINITION, SERVICE or NONE.",
+                ));
+            }
+        }
+        if let Some(z) = &req.availability_zone_rebalancing {
+            if !["ENABLED", "DISABLED"].contains(&z.as_str()) {
+                return Err(EcsError::invalid(
+                    "availabilityZoneRebalancing must be ENABLED or DISABLED.",
+                ));
+            }
+        }
+        crate::tasks::validate_constraints(req.placement_constraints.as_deref())?;
+        crate::tasks::validate_strategy(req.placement_strategy.as_deref())?;
         if let Some(d) = req.desired_count {
             if !(0..=5000).contains(&d) {
                 return Err(EcsError::invalid("desiredCount must be between 0 and 5000."));
@@ -374,8 +480,18 @@ impl Control {
             None => self.task_definition(scope, &current.service.task_definition).await?.0,
         };
         let launch_type = (!current.service.launch_type.is_empty()).then_some(current.service.launch_type.as_str());
-        let strategy = (!current.service.capacity_provider_strategy.is_empty())
-            .then_some(current.service.capacity_provider_strategy.as_slice());
+        let strategy = match &req.capacity_provider_strategy {
+            Some(s) if !s.is_empty() => {
+                if launch_type.is_some() {
+                    return Err(EcsError::invalid(
+                        "A service with a launch type cannot switch to a capacity provider strategy in Gantry; recreate it.",
+                    ));
+                }
+                Some(s.as_slice())
+            }
+            _ => (!current.service.capacity_provider_strategy.is_empty())
+                .then_some(current.service.capacity_provider_strategy.as_slice()),
+        };
         resolve_launch(launch_type, strategy, &[], &compatibilities(&target.definition))?;
         let network = match &req.network_configuration {
             Some(n) => Some(service_network(&target.definition, Some(n))?),
@@ -422,7 +538,38 @@ impl Control {
                 let td_changed = new_td.as_ref().is_some_and(|t| *t != r.service.task_definition);
                 let net_changed = network.as_ref().is_some_and(|n| *n != r.service.network_configuration);
                 let platform_changed = platform.as_ref().is_some_and(|p| *p != r.service.platform_version);
-                if td_changed || net_changed || platform_changed || req.force_new_deployment.unwrap_or(false) {
+                let svc = &mut r.service;
+                let mut placement_changed = false;
+                if let Some(c) = &req.placement_constraints {
+                    placement_changed |= *c != svc.placement_constraints;
+                    svc.placement_constraints = c.clone();
+                }
+                if let Some(c) = &req.placement_strategy {
+                    placement_changed |= *c != svc.placement_strategy;
+                    svc.placement_strategy = c.clone();
+                }
+                if let Some(c) = req.capacity_provider_strategy.as_ref().filter(|c| !c.is_empty()) {
+                    placement_changed |= *c != svc.capacity_provider_strategy;
+                    svc.capacity_provider_strategy = c.clone();
+                }
+                if let Some(p) = &req.propagate_tags {
+                    svc.propagate_tags = p.clone();
+                }
+                if let Some(m) = req.enable_ecs_managed_tags {
+                    svc.enable_ecs_managed_tags = m;
+                }
+                if let Some(e) = req.enable_execute_command {
+                    svc.enable_execute_command = e;
+                }
+                if let Some(z) = &req.availability_zone_rebalancing {
+                    svc.availability_zone_rebalancing = Some(z.clone());
+                }
+                if td_changed
+                    || net_changed
+                    || platform_changed
+                    || placement_changed
+                    || req.force_new_deployment.unwrap_or(false)
+                {
                     if let Some(p) = &platform {
                         r.service.platform_version = p.clone();
                     }

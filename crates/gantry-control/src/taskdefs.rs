@@ -54,6 +54,16 @@ impl Control {
 
     pub async fn register_task_definition(&self, scope: &Scope, raw: Value) -> Result<TaskDefRecord, EcsError> {
         let valid: ValidTaskDefinition = validate_json(&raw)?;
+        for c in raw["placementConstraints"].as_array().into_iter().flatten() {
+            match (c["type"].as_str(), c["expression"].as_str()) {
+                (Some("memberOf"), Some(e)) => crate::placement::validate_expression(e).map_err(EcsError::client)?,
+                _ => {
+                    return Err(EcsError::client(format!(
+                        "Invalid placement constraint {c}: a task definition takes memberOf constraints with an expression."
+                    )))
+                }
+            }
+        }
         let tags: Vec<Tag> = match raw.get("tags") {
             Some(t) => {
                 serde_json::from_value(t.clone()).map_err(|e| EcsError::invalid(format!("Invalid tags: {e}")))?

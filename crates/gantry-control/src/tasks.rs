@@ -1,6 +1,7 @@
 //! Tasks: RunTask creates PROVISIONING records placed on the node; the agent moves them
 //! through the lifecycle; StopTask sets desiredStatus STOPPED. Every change bumps `version`.
 
+use crate::placement::{Demand, Placement};
 use crate::{prefix, random_hex, store_err, Control};
 use gantry_types::arn::{task_id, Scope};
 use gantry_types::fargate;
@@ -180,6 +181,11 @@ pub struct RunTaskRequest {
     pub client_token: Option<String>,
     pub platform_version: Option<String>,
     pub enable_execute_command: Option<bool>,
+    pub placement_constraints: Option<Vec<Value>>,
+    pub placement_strategy: Option<Vec<Value>>,
+    pub propagate_tags: Option<String>,
+    #[serde(rename = "enableECSManagedTags")]
+    pub enable_ecs_managed_tags: Option<bool>,
     /// Services keep running a task definition that was deregistered after they started.
     #[serde(skip)]
     pub allow_inactive: bool,
@@ -221,8 +227,12 @@ impl ListTasks {
             let name = s.rsplit('/').next().unwrap_or(s);
             t.group.as_deref() == Some(&format!("service:{name}"))
         });
-        // Gantry's node is not a registered container instance yet: no task is on one.
-        let instance_ok = self.container_instance.is_none();
+        let instance_ok = self.container_instance.as_deref().is_none_or(|ci| {
+            let id = ci.rsplit('/').next().unwrap_or(ci);
+            t.container_instance_arn
+                .as_deref()
+                .is_some_and(|a| a.rsplit('/').next() == Some(id))
+        });
         // Daemons do not exist in Gantry: no task belongs to one.
         let daemon_ok = self.daemon_name.is_none();
         let launch_ok = self.launch_type.as_deref().is_none_or(|l| t.launch_type == l);
@@ -335,9 +345,58 @@ impl Control {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        let group = req
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("family:{}", td.definition["family"].as_str().unwrap_or("")));
+        let tags = task_tags(&req, &td.tags, &cluster.cluster_name, &group)?;
+        let (member_of, distinct_instance) =
+            placement_constraints(&td.definition, req.placement_constraints.as_deref())?;
+        validate_strategy(req.placement_strategy.as_deref())?;
+        // Fargate provisions capacity per task; EC2 and EXTERNAL tasks need room on an instance.
+        let placements = if launch.launch_type == "FARGATE" {
+            vec![Placement::On(String::new()); count as usize]
+        } else {
+            let mut probe = TaskRecord {
+                task: Task {
+                    group: Some(group.clone()),
+                    ..Default::default()
+                },
+                cluster: cluster.cluster_name.clone(),
+                node: self.node.clone(),
+                containers: containers.clone(),
+                cpu_units: cpu,
+                memory_mib: memory,
+                account: scope.account.clone(),
+                region: scope.region.clone(),
+                protected_until: None,
+                network_mode,
+                task_memory_limit,
+            };
+            probe.task.launch_type = launch.launch_type.clone();
+            let demand = Demand {
+                member_of,
+                distinct_instance,
+                ..crate::instances::demand_of(&probe)
+            };
+            self.place_tasks(scope, &cluster.cluster_name, &demand, count as usize)
+                .await?
+        };
         let now = self.now();
         let mut tasks = Vec::new();
-        for _ in 0..count {
+        let mut failures = Vec::new();
+        for placed in placements {
+            let instance = match placed {
+                Placement::On(arn) => (!arn.is_empty()).then_some(arn),
+                Placement::Failed { arn, reason } => {
+                    failures.push(Failure {
+                        arn,
+                        reason: Some(reason),
+                        detail: None,
+                    });
+                    continue;
+                }
+            };
             let id = random_hex(16);
             let task_arn = scope.task_arn(&cluster.cluster_name, &id);
             let attachment_id = crate::random_uuid();
@@ -345,6 +404,7 @@ impl Control {
                 task_arn: task_arn.clone(),
                 cluster_arn: cluster.cluster_arn.clone(),
                 task_definition_arn: td_arn.clone(),
+                container_instance_arn: instance,
                 containers: containers
                     .iter()
                     .map(|c| Container {
@@ -380,13 +440,9 @@ impl Control {
                 availability_zone: format!("{}a", scope.region),
                 created_at: now,
                 started_by: req.started_by.clone(),
-                group: Some(
-                    req.group
-                        .clone()
-                        .unwrap_or_else(|| format!("family:{}", td.definition["family"].as_str().unwrap_or(""))),
-                ),
+                group: Some(group.clone()),
                 version: 1,
-                tags: Some(req.tags.clone().unwrap_or_default()),
+                tags: Some(tags.clone()),
                 // An ENI only in awsvpc mode.
                 attachments: subnet
                     .iter()
@@ -458,7 +514,7 @@ impl Control {
         for t in &mut tasks {
             t.tags = None;
         }
-        Ok((tasks, vec![]))
+        Ok((tasks, failures))
     }
 
     pub async fn describe_tasks(
@@ -677,6 +733,110 @@ impl Control {
         }
         Ok(n)
     }
+}
+
+/// The tags a new task gets: the request's, the task definition's when propagated, and ECS's
+/// managed tags when enabled.
+fn task_tags(req: &RunTaskRequest, td_tags: &[Tag], cluster: &str, group: &str) -> Result<Vec<Tag>, EcsError> {
+    let mut tags = req.tags.clone().unwrap_or_default();
+    let mut add = |k: &str, v: &str| {
+        if !tags.iter().any(|t| t.key.as_deref() == Some(k)) {
+            tags.push(Tag {
+                key: Some(k.into()),
+                value: Some(v.into()),
+            });
+        }
+    };
+    match req.propagate_tags.as_deref() {
+        None | Some("NONE") => {}
+        Some("TASK_DEFINITION") => {
+            for t in td_tags {
+                add(t.key.as_deref().unwrap_or(""), t.value.as_deref().unwrap_or(""));
+            }
+        }
+        Some("SERVICE") => {
+            return Err(EcsError::invalid(
+                "propagateTags SERVICE is only valid for services; RunTask takes TASK_DEFINITION or NONE.",
+            ))
+        }
+        Some(other) => return Err(EcsError::invalid(format!("propagateTags {other} is not valid."))),
+    }
+    if req.enable_ecs_managed_tags.unwrap_or(false) {
+        add("aws:ecs:clusterName", cluster);
+        if let Some(svc) = group.strip_prefix("service:") {
+            add("aws:ecs:serviceName", svc);
+        }
+    }
+    if tags.len() > 50 {
+        return Err(EcsError::invalid(
+            "A task can have at most 50 tags, counting propagated and managed ones.",
+        ));
+    }
+    Ok(tags)
+}
+
+/// Checks placementConstraints (CreateService, UpdateService).
+pub(crate) fn validate_constraints(c: Option<&[Value]>) -> Result<(), EcsError> {
+    placement_constraints(&Value::Null, c).map(|_| ())
+}
+
+/// memberOf expressions and whether distinctInstance applies, from the task definition's and
+/// the request's placementConstraints (at most 10, as ECS).
+fn placement_constraints(def: &Value, request: Option<&[Value]>) -> Result<(Vec<String>, bool), EcsError> {
+    let from_def = def["placementConstraints"].as_array().cloned().unwrap_or_default();
+    let all: Vec<Value> = from_def
+        .into_iter()
+        .chain(request.unwrap_or_default().iter().cloned())
+        .collect();
+    if all.len() > 10 {
+        return Err(EcsError::invalid("A task can have at most 10 placement constraints."));
+    }
+    let (mut member_of, mut distinct) = (Vec::new(), false);
+    for c in &all {
+        match (c["type"].as_str(), c["expression"].as_str()) {
+            (Some("memberOf"), Some(e)) => {
+                crate::placement::validate_expression(e).map_err(EcsError::invalid)?;
+                member_of.push(e.to_string());
+            }
+            (Some("distinctInstance"), None) => distinct = true,
+            (Some("distinctInstance"), Some(_)) => {
+                return Err(EcsError::invalid(
+                    "A distinctInstance placement constraint takes no expression.",
+                ))
+            }
+            (t, _) => {
+                return Err(EcsError::invalid(format!(
+                    "Invalid placement constraint {c}: type memberOf with an expression, or distinctInstance{}.",
+                    t.map(|t| format!(" (got {t})")).unwrap_or_default()
+                )))
+            }
+        }
+    }
+    Ok((member_of, distinct))
+}
+
+/// placementStrategy: random, spread (by an attribute or instanceId) or binpack (cpu or memory).
+/// Gantry's single node makes every strategy place the same way; invalid ones are refused.
+pub(crate) fn validate_strategy(s: Option<&[Value]>) -> Result<(), EcsError> {
+    let s = s.unwrap_or_default();
+    if s.len() > 5 {
+        return Err(EcsError::invalid("A placement strategy can have at most 5 rules."));
+    }
+    for r in s {
+        let field = r["field"].as_str();
+        let ok = match r["type"].as_str() {
+            Some("random") => field.is_none(),
+            Some("spread") => field.is_some_and(|f| f == "instanceId" || f == "host" || f.starts_with("attribute:")),
+            Some("binpack") => field.is_some_and(|f| f == "cpu" || f == "memory"),
+            _ => false,
+        };
+        if !ok {
+            return Err(EcsError::invalid(format!(
+                "Invalid placement strategy {r}: random (no field), spread (instanceId or attribute:NAME) or binpack (cpu or memory)."
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The definition's compatibilities (records from before they were computed ran anywhere).

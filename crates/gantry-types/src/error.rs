@@ -20,6 +20,10 @@ pub enum EcsError {
     #[error("{0}")]
     ServiceNotActive(String),
     #[error("{0}")]
+    TargetNotFound(String),
+    #[error("{0}")]
+    AttributeLimitExceeded(String),
+    #[error("{0}")]
     Server(String),
 }
 
@@ -40,6 +44,8 @@ impl EcsError {
             EcsError::ResourceNotFound(_) => "ResourceNotFoundException",
             EcsError::ServiceNotFound(_) => "ServiceNotFoundException",
             EcsError::ServiceNotActive(_) => "ServiceNotActiveException",
+            EcsError::TargetNotFound(_) => "TargetNotFoundException",
+            EcsError::AttributeLimitExceeded(_) => "AttributeLimitExceededException",
             EcsError::Server(_) => "ServerException",
         }
     }

@@ -92,6 +92,9 @@ pub struct Task {
     pub task_arn: String,
     pub cluster_arn: String,
     pub task_definition_arn: String,
+    /// The container instance an EC2 or EXTERNAL task was placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_instance_arn: Option<String>,
     pub containers: Vec<Container>,
     pub cpu: String,
     pub memory: String,
@@ -333,4 +336,72 @@ pub struct Service {
     pub propagate_tags: String,
     #[serde(default)]
     pub enable_execute_command: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone_rebalancing: Option<String>,
+}
+
+/// A container instance as ECS describes it: a Gantry node registered in a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerInstance {
+    pub container_instance_arn: String,
+    pub ec2_instance_id: String,
+    pub version: i64,
+    pub version_info: serde_json::Value,
+    pub remaining_resources: Vec<Resource>,
+    pub registered_resources: Vec<Resource>,
+    pub status: String,
+    pub agent_connected: bool,
+    pub running_tasks_count: i64,
+    pub pending_tasks_count: i64,
+    pub attributes: Vec<Attribute>,
+    pub registered_at: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<Tag>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Resource {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub double_value: f64,
+    pub long_value: i64,
+    pub integer_value: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub string_set_value: Option<Vec<String>>,
+}
+
+impl Resource {
+    pub fn integer(name: &str, v: i64) -> Resource {
+        Resource {
+            name: name.into(),
+            kind: "INTEGER".into(),
+            integer_value: v,
+            ..Default::default()
+        }
+    }
+    pub fn string_set(name: &str, v: Vec<String>) -> Resource {
+        Resource {
+            name: name.into(),
+            kind: "STRINGSET".into(),
+            string_set_value: Some(v),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Attribute {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
 }

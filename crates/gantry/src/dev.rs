@@ -26,6 +26,31 @@ pub struct DevArgs {
     /// Do not write the `gantry` profile into the AWS config files.
     #[arg(long)]
     no_profile: bool,
+    /// CPU units the node offers EC2 tasks (default: 1024 per core).
+    #[arg(long, env = "GANTRY_NODE_CPU")]
+    cpu: Option<i64>,
+    /// Memory in MiB the node offers EC2 tasks (default: the machine's, less 256 MiB).
+    #[arg(long, env = "GANTRY_NODE_MEMORY")]
+    memory: Option<i64>,
+}
+
+/// What this machine offers: 1024 CPU units per core, its memory less what the node itself
+/// keeps (as the ECS agent reserves memory for the OS).
+fn node_capacity(a: &DevArgs) -> gantry_control::instances::NodeCapacity {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64;
+    let mem_kib: i64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1 << 20);
+    gantry_control::instances::NodeCapacity {
+        cpu: a.cpu.unwrap_or(cores * 1024),
+        memory: a.memory.unwrap_or((mem_kib / 1024 - 256).max(256)),
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
@@ -178,7 +203,8 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
     let creds = credentials(store.as_ref()).await?;
     let node = Arc::new(args.node()?);
-    let control = Control::new(store.clone(), Arc::new(SystemClock), "local");
+    let mut control = Control::new(store.clone(), Arc::new(SystemClock), "local");
+    control.capacity = node_capacity(&a);
 
     // Startup sweep: keep tasks the control plane still tracks (their exit codes are
     // collected by the agent); remove everything else a crash left behind.

@@ -1,0 +1,687 @@
+//! Container instances: Gantry's nodes as ECS sees them. A node is registered in a cluster the
+//! first time the cluster needs it (as an ECS agent registers on start), stays until
+//! DeregisterContainerInstance, and can be drained. EC2 and EXTERNAL tasks are placed on
+//! instances (`placement`); their resources, ports and attributes are what placement reads.
+
+use crate::placement::{self, Demand, InstanceView, Placement};
+use crate::tasks::TaskRecord;
+use crate::{prefix, store_err, Control};
+use gantry_store::StoreError;
+use gantry_types::arn::{cluster_name, Scope};
+use gantry_types::model::{Attribute, ContainerInstance, Failure, Resource, Tag};
+use gantry_types::taskdef::NetworkMode;
+use gantry_types::EcsError;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{BTreeMap, HashSet};
+
+/// What a node offers (CPU units: 1024 per core; memory in MiB).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeCapacity {
+    pub cpu: i64,
+    pub memory: i64,
+}
+
+impl Default for NodeCapacity {
+    fn default() -> Self {
+        NodeCapacity {
+            cpu: 4096,
+            memory: 8192,
+        }
+    }
+}
+
+/// Ports ECS reserves on every container instance (ssh, docker, the ECS agent).
+const RESERVED_PORTS: [u16; 5] = [22, 2375, 2376, 51678, 51679];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstanceRecord {
+    pub arn: String,
+    pub ec2_instance_id: String,
+    pub node: String,
+    pub cluster: String,
+    /// ACTIVE, DRAINING or INACTIVE (deregistered).
+    pub status: String,
+    /// Custom attributes (PutAttributes), name -> value.
+    pub attributes: BTreeMap<String, Option<String>>,
+    pub registered_at: f64,
+    pub tags: Vec<Tag>,
+    pub version: i64,
+}
+
+/// A stable 32-hex id for a node (the same in every cluster, as the ARN carries the cluster).
+fn node_id(node: &str) -> String {
+    let h = |seed: u64| {
+        node.bytes()
+            .fold(seed, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    };
+    format!("{:016x}{:016x}", h(0xcbf29ce484222325), h(0x84222325cbf29ce4))
+}
+
+impl InstanceRecord {
+    pub fn id(&self) -> &str {
+        self.arn.rsplit('/').next().unwrap_or("")
+    }
+
+    /// Attributes ECS sets itself, then the custom ones.
+    pub fn all_attributes(&self, scope: &Scope) -> BTreeMap<String, Option<String>> {
+        let mut a: BTreeMap<String, Option<String>> = [
+            ("ecs.os-type", "linux"),
+            ("ecs.os-family", "LINUX"),
+            (
+                "ecs.cpu-architecture",
+                if cfg!(target_arch = "aarch64") {
+                    "arm64"
+                } else {
+                    "x86_64"
+                },
+            ),
+            ("ecs.instance-type", "gantry.node"),
+            ("ecs.availability-zone", &format!("{}a", scope.region)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+        .collect();
+        for cap in [
+            "ecs.capability.task-eni",
+            "ecs.capability.container-health-check",
+            "ecs.capability.task-cpu-mem-limit",
+        ] {
+            a.insert(cap.into(), None);
+        }
+        a.extend(self.attributes.clone());
+        a
+    }
+}
+
+/// What a task takes from its instance: CPU and memory reservations and fixed host ports.
+pub fn demand_of(t: &TaskRecord) -> Demand {
+    let ports = match t.network_mode {
+        NetworkMode::Bridge | NetworkMode::Host => t
+            .containers
+            .iter()
+            .flat_map(|c| c.port_mappings.iter().flatten())
+            .filter_map(|p| {
+                let hp = match t.network_mode {
+                    NetworkMode::Host => p.container_port,
+                    _ => p.host_port.filter(|h| *h != 0),
+                }?;
+                Some((hp as u16, p.protocol().to_string()))
+            })
+            .collect(),
+        _ => vec![],
+    };
+    Demand {
+        cpu: t.cpu_units,
+        memory: t.memory_mib,
+        ports,
+        group: t.task.group.clone().unwrap_or_default(),
+        member_of: vec![],
+        distinct_instance: false,
+    }
+}
+
+impl Control {
+    fn instance_key(scope: &Scope, cluster: &str, id: &str) -> String {
+        format!("{}container-instances/{cluster}/{id}", prefix(scope))
+    }
+
+    /// This node's instance in the cluster, registered on first need (INACTIVE once
+    /// deregistered, until RegisterContainerInstance).
+    pub async fn node_instance(&self, scope: &Scope, cluster: &str) -> Result<InstanceRecord, EcsError> {
+        let id = node_id(&self.node);
+        let key = Self::instance_key(scope, cluster, &id);
+        if let Some((r, _)) = self.get_json::<InstanceRecord>(&key).await? {
+            return Ok(r);
+        }
+        let rec = InstanceRecord {
+            arn: format!(
+                "arn:aws:ecs:{}:{}:container-instance/{cluster}/{id}",
+                scope.region, scope.account
+            ),
+            ec2_instance_id: format!("i-{}", &id[..17]),
+            node: self.node.clone(),
+            cluster: cluster.to_string(),
+            status: "ACTIVE".into(),
+            attributes: BTreeMap::new(),
+            registered_at: self.now(),
+            tags: vec![],
+            version: 1,
+        };
+        match self
+            .store
+            .create(&key, &serde_json::to_vec(&rec).expect("serialises"))
+            .await
+        {
+            Ok(_) => Ok(rec),
+            Err(StoreError::AlreadyExists { .. }) => {
+                Ok(self.get_json::<InstanceRecord>(&key).await?.map(|r| r.0).unwrap_or(rec))
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// The cluster's instances (the node's registered on first need).
+    pub(crate) async fn cluster_instances(
+        &self,
+        scope: &Scope,
+        cluster: &str,
+    ) -> Result<Vec<(String, InstanceRecord)>, EcsError> {
+        self.node_instance(scope, cluster).await?;
+        Ok(self
+            .list_json::<InstanceRecord>(&format!("{}container-instances/{cluster}/", prefix(scope)))
+            .await?
+            .into_iter()
+            .map(|(k, r, _)| (k, r))
+            .collect())
+    }
+
+    /// The instance named by id or ARN, with its key.
+    async fn instance(
+        &self,
+        scope: &Scope,
+        cluster: &str,
+        name: &str,
+    ) -> Result<Option<(String, InstanceRecord)>, EcsError> {
+        let id = name.rsplit('/').next().unwrap_or(name);
+        Ok(self
+            .cluster_instances(scope, cluster)
+            .await?
+            .into_iter()
+            .find(|(_, r)| r.id() == id))
+    }
+
+    /// Tasks on instances of this node, across every cluster (they share its resources).
+    async fn node_tasks(&self) -> Result<Vec<TaskRecord>, EcsError> {
+        Ok(self
+            .all_tasks()
+            .await?
+            .into_iter()
+            .map(|(_, r, _)| r)
+            .filter(|r| {
+                r.node == self.node && r.task.container_instance_arn.is_some() && r.task.last_status != "STOPPED"
+            })
+            .collect())
+    }
+
+    fn view(&self, scope: &Scope, r: &InstanceRecord, tasks: &[TaskRecord]) -> InstanceView {
+        let mut v = InstanceView {
+            arn: r.arn.clone(),
+            active: r.status == "ACTIVE",
+            cpu: self.capacity.cpu,
+            memory: self.capacity.memory,
+            used_cpu: 0,
+            used_memory: 0,
+            used_ports: RESERVED_PORTS
+                .iter()
+                .map(|p| (*p, "tcp".to_string()))
+                .collect::<HashSet<_>>(),
+            attributes: r.all_attributes(scope),
+            groups: vec![],
+        };
+        for t in tasks.iter().filter(|t| t.node == r.node) {
+            let d = demand_of(t);
+            v.used_cpu += d.cpu;
+            v.used_memory += d.memory;
+            v.used_ports.extend(d.ports);
+            if t.task.container_instance_arn.as_deref() == Some(&r.arn) {
+                v.groups.push(d.group);
+            }
+        }
+        v
+    }
+
+    fn describe_instance(&self, scope: &Scope, r: &InstanceRecord, tasks: &[TaskRecord]) -> ContainerInstance {
+        let v = self.view(scope, r, tasks);
+        let ports = |used: &HashSet<(u16, String)>, proto: &str| {
+            let mut p: Vec<u16> = used.iter().filter(|(_, pr)| pr == proto).map(|(n, _)| *n).collect();
+            p.sort();
+            p.into_iter().map(|n| n.to_string()).collect::<Vec<_>>()
+        };
+        let reserved: HashSet<(u16, String)> = RESERVED_PORTS.iter().map(|p| (*p, "tcp".to_string())).collect();
+        let mine: Vec<&TaskRecord> = tasks
+            .iter()
+            .filter(|t| t.task.container_instance_arn.as_deref() == Some(&r.arn))
+            .collect();
+        ContainerInstance {
+            container_instance_arn: r.arn.clone(),
+            ec2_instance_id: r.ec2_instance_id.clone(),
+            version: r.version,
+            version_info: json!({"agentVersion": env!("CARGO_PKG_VERSION"), "agentHash": "gantry", "dockerVersion": "crun"}),
+            registered_resources: vec![
+                Resource::integer("CPU", v.cpu),
+                Resource::integer("MEMORY", v.memory),
+                Resource::string_set("PORTS", ports(&reserved, "tcp")),
+                Resource::string_set("PORTS_UDP", vec![]),
+            ],
+            remaining_resources: vec![
+                Resource::integer("CPU", (v.cpu - v.used_cpu).max(0)),
+                Resource::integer("MEMORY", (v.memory - v.used_memory).max(0)),
+                Resource::string_set("PORTS", ports(&v.used_ports, "tcp")),
+                Resource::string_set("PORTS_UDP", ports(&v.used_ports, "udp")),
+            ],
+            status: r.status.clone(),
+            agent_connected: r.status != "INACTIVE",
+            running_tasks_count: mine.iter().filter(|t| t.task.last_status == "RUNNING").count() as i64,
+            pending_tasks_count: mine.iter().filter(|t| t.task.last_status != "RUNNING").count() as i64,
+            attributes: v
+                .attributes
+                .iter()
+                .map(|(k, val)| Attribute {
+                    name: k.clone(),
+                    value: val.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            registered_at: r.registered_at,
+            tags: Some(r.tags.clone()),
+        }
+    }
+
+    /// Places `count` tasks of `demand` on the cluster's instances.
+    pub(crate) async fn place_tasks(
+        &self,
+        scope: &Scope,
+        cluster: &str,
+        demand: &Demand,
+        count: usize,
+    ) -> Result<Vec<Placement>, EcsError> {
+        let tasks = self.node_tasks().await?;
+        let mut views: Vec<InstanceView> = self
+            .cluster_instances(scope, cluster)
+            .await?
+            .iter()
+            .filter(|(_, r)| r.status != "INACTIVE")
+            .map(|(_, r)| self.view(scope, r, &tasks))
+            .collect();
+        Ok(placement::place(&mut views, demand, count))
+    }
+
+    pub async fn describe_container_instances(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        names: &[String],
+        include: &[String],
+    ) -> Result<(Vec<ContainerInstance>, Vec<Failure>), EcsError> {
+        let cluster = self.active_cluster(scope, cluster).await?;
+        if names.is_empty() || names.len() > 100 {
+            return Err(EcsError::invalid(
+                "containerInstances must list 1 to 100 container instances.",
+            ));
+        }
+        let all = self.cluster_instances(scope, &cluster.cluster_name).await?;
+        let tasks = self.node_tasks().await?;
+        let (mut found, mut failures) = (Vec::new(), Vec::new());
+        for n in names {
+            let id = n.rsplit('/').next().unwrap_or(n);
+            match all.iter().find(|(_, r)| r.id() == id) {
+                Some((_, r)) => {
+                    let mut ci = self.describe_instance(scope, r, &tasks);
+                    if !include.iter().any(|i| i == "TAGS") {
+                        ci.tags = None;
+                    }
+                    found.push(ci);
+                }
+                None => failures.push(Failure {
+                    arn: Some(n.clone()),
+                    reason: Some("MISSING".into()),
+                    detail: None,
+                }),
+            }
+        }
+        Ok((found, failures))
+    }
+
+    pub async fn list_container_instances(
+        &self,
+        scope: &Scope,
+        q: ListContainerInstances,
+    ) -> Result<(Vec<String>, Option<String>), EcsError> {
+        let cluster = self.active_cluster(scope, q.cluster.as_deref()).await?;
+        let size = crate::page_size(q.max_results, 100)?;
+        if let Some(st) = q.status.as_deref() {
+            if ![
+                "ACTIVE",
+                "DRAINING",
+                "REGISTERING",
+                "DEREGISTERING",
+                "REGISTRATION_FAILED",
+            ]
+            .contains(&st)
+            {
+                return Err(EcsError::invalid(format!("Invalid status {st}.")));
+            }
+        }
+        if let Some(f) = q.filter.as_deref() {
+            placement::validate_expression(f).map_err(EcsError::invalid)?;
+        }
+        let after = q.next_token.as_deref().map(crate::decode_token).transpose()?;
+        let mut all = self.cluster_instances(scope, &cluster.cluster_name).await?;
+        all.retain(|(k, r)| {
+            let status_ok = match q.status.as_deref() {
+                Some(s) => r.status == s,
+                None => r.status != "INACTIVE",
+            };
+            let filter_ok = q
+                .filter
+                .as_deref()
+                .is_none_or(|f| placement::matches(f, &r.all_attributes(scope)).unwrap_or(false));
+            status_ok && filter_ok && after.as_ref().is_none_or(|a| k > a)
+        });
+        let token = (all.len() > size).then(|| crate::encode_token(&all[size - 1].0));
+        Ok((all.into_iter().take(size).map(|(_, r)| r.arn).collect(), token))
+    }
+
+    async fn update_instance(
+        &self,
+        key: &str,
+        f: impl FnMut(&mut InstanceRecord) -> Result<bool, EcsError>,
+    ) -> Result<InstanceRecord, EcsError> {
+        self.update_json(key, f)
+            .await?
+            .ok_or_else(|| EcsError::invalid("The referenced container instance was not found."))
+    }
+
+    /// RegisterContainerInstance: (re-)registers this node in the cluster.
+    pub async fn register_container_instance(
+        &self,
+        scope: &Scope,
+        q: RegisterContainerInstance,
+    ) -> Result<ContainerInstance, EcsError> {
+        let cluster = self.active_cluster(scope, q.cluster.as_deref()).await?;
+        if q.total_resources.as_ref().is_some_and(|r| !r.is_empty())
+            || q.platform_devices.as_ref().is_some_and(|d| !d.is_empty())
+        {
+            return Err(EcsError::invalid(
+                "Gantry measures its nodes' resources itself: totalResources and platformDevices are not accepted.",
+            ));
+        }
+        let attrs = validate_attributes(q.attributes.as_deref().unwrap_or_default())?;
+        let r = self.node_instance(scope, &cluster.cluster_name).await?;
+        let key = Self::instance_key(scope, &cluster.cluster_name, r.id());
+        let now = self.now();
+        let r = self
+            .update_instance(&key, |r| {
+                if r.status == "INACTIVE" {
+                    r.registered_at = now;
+                }
+                r.status = "ACTIVE".into();
+                for (k, v) in &attrs {
+                    r.attributes.insert(k.clone(), v.clone());
+                }
+                if let Some(t) = &q.tags {
+                    r.tags = t.clone();
+                }
+                r.version += 1;
+                Ok(true)
+            })
+            .await?;
+        Ok(self.describe_instance(scope, &r, &self.node_tasks().await?))
+    }
+
+    /// DeregisterContainerInstance: refused while tasks run there unless forced; forced, its
+    /// tasks are stopped (services place replacements elsewhere, or say they cannot).
+    pub async fn deregister_container_instance(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        name: &str,
+        force: bool,
+    ) -> Result<ContainerInstance, EcsError> {
+        let cluster = self.active_cluster(scope, cluster).await?;
+        let (key, r) = self
+            .instance(scope, &cluster.cluster_name, name)
+            .await?
+            .ok_or_else(|| EcsError::invalid("The referenced container instance was not found."))?;
+        let running: Vec<TaskRecord> = self
+            .node_tasks()
+            .await?
+            .into_iter()
+            .filter(|t| t.task.container_instance_arn.as_deref() == Some(&r.arn))
+            .collect();
+        if !running.is_empty() && !force {
+            return Err(EcsError::invalid(format!(
+                "The container instance has {} running or pending tasks: stop them first, or deregister with force.",
+                running.len()
+            )));
+        }
+        for t in &running {
+            self.stop_task(
+                scope,
+                Some(&cluster.cluster_name),
+                &t.task.task_arn,
+                Some("Container instance deregistration forced by user"),
+            )
+            .await?;
+        }
+        let r = self
+            .update_instance(&key, |r| {
+                r.status = "INACTIVE".into();
+                r.version += 1;
+                Ok(true)
+            })
+            .await?;
+        Ok(self.describe_instance(scope, &r, &self.node_tasks().await?))
+    }
+
+    /// UpdateContainerInstancesState: ACTIVE or DRAINING (no new tasks are placed there).
+    pub async fn update_container_instances_state(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        names: &[String],
+        status: &str,
+    ) -> Result<(Vec<ContainerInstance>, Vec<Failure>), EcsError> {
+        let cluster = self.active_cluster(scope, cluster).await?;
+        if !["ACTIVE", "DRAINING"].contains(&status) {
+            return Err(EcsError::invalid("status must be ACTIVE or DRAINING."));
+        }
+        if names.is_empty() || names.len() > 10 {
+            return Err(EcsError::invalid(
+                "containerInstances must list 1 to 10 container instances.",
+            ));
+        }
+        let (mut out, mut failures) = (Vec::new(), Vec::new());
+        for n in names {
+            match self.instance(scope, &cluster.cluster_name, n).await? {
+                Some((key, r)) if r.status != "INACTIVE" => {
+                    let r = self
+                        .update_instance(&key, |r| {
+                            r.status = status.to_string();
+                            r.version += 1;
+                            Ok(true)
+                        })
+                        .await?;
+                    out.push(self.describe_instance(scope, &r, &self.node_tasks().await?));
+                }
+                _ => failures.push(Failure {
+                    arn: Some(n.clone()),
+                    reason: Some("MISSING".into()),
+                    detail: None,
+                }),
+            }
+        }
+        Ok((out, failures))
+    }
+
+    /// PutAttributes / DeleteAttributes (`put` false) on container instances.
+    pub async fn change_attributes(
+        &self,
+        scope: &Scope,
+        cluster: Option<&str>,
+        attributes: &[Attribute],
+        put: bool,
+    ) -> Result<Vec<Attribute>, EcsError> {
+        let cluster = self.active_cluster(scope, cluster).await?;
+        if attributes.is_empty() || attributes.len() > 10 {
+            return Err(EcsError::invalid("attributes must list 1 to 10 attributes."));
+        }
+        for a in attributes {
+            validate_attributes(std::slice::from_ref(a))?;
+            if a.target_type.as_deref().is_some_and(|t| t != "container-instance") {
+                return Err(EcsError::invalid("targetType must be container-instance."));
+            }
+            let target = a
+                .target_id
+                .as_deref()
+                .ok_or_else(|| EcsError::invalid("targetId is required: the container instance's ID or ARN."))?;
+            let Some((key, _)) = self.instance(scope, &cluster.cluster_name, target).await? else {
+                return Err(EcsError::TargetNotFound(format!(
+                    "Could not find {target}. Check the target and try again."
+                )));
+            };
+            self.update_instance(&key, |r| {
+                if put {
+                    if r.attributes.len() >= 10 && !r.attributes.contains_key(&a.name) {
+                        return Err(EcsError::AttributeLimitExceeded(
+                            "A container instance can have at most 10 custom attributes.".into(),
+                        ));
+                    }
+                    r.attributes.insert(a.name.clone(), a.value.clone());
+                } else {
+                    r.attributes.remove(&a.name);
+                }
+                Ok(true)
+            })
+            .await?;
+        }
+        Ok(attributes.to_vec())
+    }
+
+    pub async fn list_attributes(
+        &self,
+        scope: &Scope,
+        q: ListAttributes,
+    ) -> Result<(Vec<Attribute>, Option<String>), EcsError> {
+        let cluster = self.active_cluster(scope, q.cluster.as_deref()).await?;
+        if q.target_type.as_deref() != Some("container-instance") {
+            return Err(EcsError::invalid("targetType must be container-instance."));
+        }
+        if q.attribute_value.is_some() && q.attribute_name.is_none() {
+            return Err(EcsError::invalid("attributeValue can only be used with attributeName."));
+        }
+        let size = crate::page_size(q.max_results, 100)?;
+        let mut out = Vec::new();
+        for (_, r) in self.cluster_instances(scope, &cluster.cluster_name).await? {
+            if r.status == "INACTIVE" {
+                continue;
+            }
+            for (k, v) in r.all_attributes(scope) {
+                let name_ok = q.attribute_name.as_deref().is_none_or(|n| n == k);
+                let value_ok = q.attribute_value.as_deref().is_none_or(|x| v.as_deref() == Some(x));
+                if name_ok && value_ok {
+                    out.push(Attribute {
+                        name: k,
+                        value: v,
+                        target_type: Some("container-instance".into()),
+                        target_id: Some(r.arn.clone()),
+                    });
+                }
+            }
+        }
+        let pos = |a: &Attribute| format!("{}\u{0}{}", a.target_id.as_deref().unwrap_or(""), a.name);
+        if let Some(t) = &q.next_token {
+            let after = crate::decode_token(t)?;
+            out.retain(|a| pos(a) > after);
+        }
+        let token = (out.len() > size).then(|| crate::encode_token(&pos(&out[size - 1])));
+        out.truncate(size);
+        Ok((out, token))
+    }
+
+    /// ACTIVE container instances of a cluster (what a daemon service runs on).
+    pub(crate) async fn active_instances(&self, scope: &Scope, cluster: &str) -> Result<i64, EcsError> {
+        Ok(self
+            .cluster_instances(scope, cluster)
+            .await?
+            .iter()
+            .filter(|(_, r)| r.status == "ACTIVE")
+            .count() as i64)
+    }
+
+    /// Registered container instances of a cluster (DescribeClusters).
+    pub(crate) async fn registered_instances(&self, scope: &Scope, cluster: &str) -> Result<i64, EcsError> {
+        Ok(self
+            .cluster_instances(scope, cluster)
+            .await?
+            .iter()
+            .filter(|(_, r)| r.status != "INACTIVE")
+            .count() as i64)
+    }
+}
+
+fn validate_attributes(attrs: &[Attribute]) -> Result<BTreeMap<String, Option<String>>, EcsError> {
+    let ok = |s: &str, max: usize| {
+        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./@:".contains(&b))
+    };
+    let mut out = BTreeMap::new();
+    for a in attrs {
+        if !ok(&a.name, 128) {
+            return Err(EcsError::invalid(format!(
+                "Invalid attribute name {:?}: up to 128 letters, numbers, hyphens, underscores, periods, at signs, forward slashes and colons.",
+                a.name
+            )));
+        }
+        if a.name.starts_with("ecs.") {
+            return Err(EcsError::invalid(format!(
+                "Attribute names starting with ecs. are reserved: {}.",
+                a.name
+            )));
+        }
+        if let Some(v) = &a.value {
+            let ok_value = !v.is_empty()
+                && v.len() <= 128
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b" -_./@:".contains(&b));
+            if !ok_value {
+                return Err(EcsError::invalid(format!(
+                    "Invalid attribute value {v:?} for {}.",
+                    a.name
+                )));
+            }
+        }
+        out.insert(a.name.clone(), a.value.clone());
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListContainerInstances {
+    pub cluster: Option<String>,
+    pub filter: Option<String>,
+    pub next_token: Option<String>,
+    pub max_results: Option<i64>,
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterContainerInstance {
+    pub cluster: Option<String>,
+    pub instance_identity_document: Option<String>,
+    pub instance_identity_document_signature: Option<String>,
+    pub total_resources: Option<Vec<serde_json::Value>>,
+    pub version_info: Option<serde_json::Value>,
+    pub container_instance_arn: Option<String>,
+    pub attributes: Option<Vec<Attribute>>,
+    pub platform_devices: Option<Vec<serde_json::Value>>,
+    pub tags: Option<Vec<Tag>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListAttributes {
+    pub cluster: Option<String>,
+    pub target_type: Option<String>,
+    pub attribute_name: Option<String>,
+    pub attribute_value: Option<String>,
+    pub next_token: Option<String>,
+    pub max_results: Option<i64>,
+}
+
+/// The cluster name of a container instance ARN, if it is one.
+pub fn instance_cluster(arn: &str) -> Option<&str> {
+    let rest = arn.split_once(":container-instance/")?.1;
+    Some(cluster_name(rest.split('/').next()?))
+}
