@@ -347,3 +347,35 @@ def test_describe_clusters_include_counts_filters_and_error_precedence(ecs):
     assert error_code(e) == "ServiceNotActiveException"
     for t in (fg, ec2):
         ecs.stop_task(cluster="shapes", task=t)
+
+
+def test_long_arn_format_settings_change_the_arns_issued(ecs):
+    from conftest import NETWORK
+    register(ecs, "short-arn", [{"name": "a", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"], "stopTimeout": 2}])
+    for s in ("taskLongArnFormat", "serviceLongArnFormat", "containerInstanceLongArnFormat"):
+        ecs.put_account_setting_default(name=s, value="disabled")
+    try:
+        ecs.create_cluster(clusterName="shortarn")
+        t = ecs.run_task(cluster="shortarn", taskDefinition="short-arn", launchType="FARGATE", networkConfiguration=NETWORK)["tasks"][0]
+        tid = t["taskArn"].rsplit("/", 1)[1]
+        assert t["taskArn"] == f"arn:aws:ecs:us-east-1:{ACCOUNT}:task/{tid}"
+        assert t["containers"][0]["containerArn"].count("/") == 1
+        s = ecs.create_service(cluster="shortarn", serviceName="old", taskDefinition="short-arn", desiredCount=0,
+                               launchType="FARGATE", networkConfiguration=NETWORK)["service"]
+        assert s["serviceArn"] == f"arn:aws:ecs:us-east-1:{ACCOUNT}:service/old"
+        ci = ecs.list_container_instances(cluster="shortarn")["containerInstanceArns"][0]
+        assert ci.count("/") == 1
+        # Short ARNs work everywhere an ARN is taken.
+        assert ecs.describe_tasks(cluster="shortarn", tasks=[t["taskArn"]])["tasks"][0]["taskArn"] == t["taskArn"]
+        ecs.tag_resource(resourceArn=t["taskArn"], tags=[{"key": "a", "value": "b"}])
+        ecs.tag_resource(resourceArn=s["serviceArn"], tags=[{"key": "c", "value": "d"}])
+        assert ecs.list_tags_for_resource(resourceArn=t["taskArn"])["tags"] == [{"key": "a", "value": "b"}]
+        assert ecs.list_tags_for_resource(resourceArn=s["serviceArn"])["tags"] == [{"key": "c", "value": "d"}]
+        ecs.stop_task(cluster="shortarn", task=t["taskArn"])
+        ecs.delete_service(cluster="shortarn", service=s["serviceArn"], force=True)
+    finally:
+        for s in ("taskLongArnFormat", "serviceLongArnFormat", "containerInstanceLongArnFormat"):
+            ecs.delete_account_setting(name=s)
+    t = ecs.run_task(cluster="shortarn", taskDefinition="short-arn", launchType="FARGATE", networkConfiguration=NETWORK)["tasks"][0]
+    assert "/shortarn/" in t["taskArn"]
+    ecs.stop_task(cluster="shortarn", task=t["taskArn"])

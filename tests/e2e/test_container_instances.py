@@ -161,3 +161,54 @@ def test_service_scheduling_tags_controllers_and_unplaceable_tasks(ecs):
                            serviceRegistries=[{"registryArn": "arn:aws:servicediscovery:us-east-1:123456789012:service/srv-1"}])
     assert code(e) == "InvalidParameterException" and "serviceRegistries" in e.value.response["Error"]["Message"]
     ecs.delete_service(cluster="svcx", service="tok", force=True)
+
+
+def test_capacity_providers_and_cluster_default_strategy(ecs):
+    from conftest import NETWORK
+    asg = {"autoScalingGroupArn": "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:1:autoScalingGroupName/pool",
+           "managedScaling": {"status": "ENABLED", "targetCapacity": 90}, "managedTerminationProtection": "DISABLED"}
+    cp = ecs.create_capacity_provider(name="pool", autoScalingGroupProvider=asg, tags=[{"key": "k", "value": "v"}])["capacityProvider"]
+    assert (cp["name"], cp["status"], cp["updateStatus"]) == ("pool", "ACTIVE", "CREATE_COMPLETE")
+    for bad in [dict(name="fargate-x", autoScalingGroupProvider=asg), dict(name="pool", autoScalingGroupProvider=asg),
+                dict(name="p2", autoScalingGroupProvider=dict(asg, managedScaling={"targetCapacity": 101}))]:
+        with pytest.raises(ClientError) as e:
+            ecs.create_capacity_provider(**bad)
+        assert code(e) == "InvalidParameterException", bad
+    u = ecs.update_capacity_provider(name="pool", autoScalingGroupProvider={"managedScaling": {"targetCapacity": 50}})["capacityProvider"]
+    assert u["autoScalingGroupProvider"]["managedScaling"]["targetCapacity"] == 50 and u["updateStatus"] == "UPDATE_COMPLETE"
+    d = ecs.describe_capacity_providers(capacityProviders=["pool", "FARGATE", "nope"], include=["TAGS"])
+    assert [p["name"] for p in d["capacityProviders"]] == ["pool", "FARGATE"] and d["failures"][0]["reason"] == "MISSING"
+    assert d["capacityProviders"][0]["tags"] == [{"key": "k", "value": "v"}]
+
+    ecs.create_cluster(clusterName="cpx")
+    ecs.register_task_definition(family="cpx-ec2", containerDefinitions=[{"name": "a", "image": IMAGE, "memory": 16, "command": ["true"]}])
+    ecs.register_task_definition(family="cpx-fg", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+                                 containerDefinitions=[{"name": "a", "image": IMAGE, "command": ["true"]}])
+    with pytest.raises(ClientError) as e:
+        ecs.run_task(cluster="cpx", taskDefinition="cpx-ec2", capacityProviderStrategy=[{"capacityProvider": "pool", "weight": 1}])
+    assert "not associated with the cluster" in e.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as e:
+        ecs.put_cluster_capacity_providers(cluster="cpx", capacityProviders=["FARGATE", "pool"],
+                                           defaultCapacityProviderStrategy=[{"capacityProvider": "FARGATE", "weight": 1},
+                                                                            {"capacityProvider": "pool", "weight": 1}])
+    assert "mix of capacity providers" in e.value.response["Error"]["Message"]
+    c = ecs.put_cluster_capacity_providers(cluster="cpx", capacityProviders=["FARGATE_SPOT", "pool"],
+                                           defaultCapacityProviderStrategy=[{"capacityProvider": "pool", "weight": 1}])["cluster"]
+    assert c["capacityProviders"] == ["FARGATE_SPOT", "pool"] and c["defaultCapacityProviderStrategy"][0]["capacityProvider"] == "pool"
+    # Neither launch type nor strategy: the cluster's default strategy decides.
+    t = ecs.run_task(cluster="cpx", taskDefinition="cpx-ec2")["tasks"][0]
+    assert (t["launchType"], t["capacityProviderName"]) == ("EC2", "pool") and "containerInstanceArn" in t
+    t = ecs.run_task(cluster="cpx", taskDefinition="cpx-fg", networkConfiguration=NETWORK,
+                     capacityProviderStrategy=[{"capacityProvider": "FARGATE_SPOT", "weight": 1}])["tasks"][0]
+    assert (t["launchType"], t["capacityProviderName"]) == ("FARGATE", "FARGATE_SPOT") and "containerInstanceArn" not in t
+    with pytest.raises(ClientError) as e:
+        ecs.run_task(cluster="cpx", taskDefinition="cpx-fg", networkConfiguration=NETWORK, launchType="FARGATE",
+                     capacityProviderStrategy=[{"capacityProvider": "FARGATE_SPOT", "weight": 1}])
+    assert code(e) == "InvalidParameterException"
+    with pytest.raises(ClientError) as e:
+        ecs.delete_capacity_provider(capacityProvider="pool")
+    assert "in use" in e.value.response["Error"]["Message"]
+    ecs.put_cluster_capacity_providers(cluster="cpx", capacityProviders=[], defaultCapacityProviderStrategy=[])
+    assert ecs.delete_capacity_provider(capacityProvider="pool")["capacityProvider"]["status"] == "INACTIVE"
+    names = [p["name"] for p in ecs.describe_capacity_providers()["capacityProviders"]]
+    assert names[:2] == ["FARGATE", "FARGATE_SPOT"] and "pool" not in names

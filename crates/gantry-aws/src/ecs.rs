@@ -94,15 +94,14 @@ fn parse_resource_arn(scope: &Scope, arn: &str) -> Result<(&'static str, String,
     if let Some(td) = rest.strip_prefix("task-definition/") {
         return Ok(("task-definition", String::new(), td.to_string()));
     }
+    // The short ARN formats (no cluster) leave the cluster to be looked up.
     if let Some(t) = rest.strip_prefix("service/") {
-        if let Some((c, name)) = t.split_once('/') {
-            return Ok(("service", c.to_string(), name.to_string()));
-        }
+        let (c, name) = t.split_once('/').unwrap_or(("", t));
+        return Ok(("service", c.to_string(), name.to_string()));
     }
     if let Some(t) = rest.strip_prefix("task/") {
-        if let Some((c, id)) = t.split_once('/') {
-            return Ok(("task", c.to_string(), id.to_string()));
-        }
+        let (c, id) = t.split_once('/').unwrap_or(("", t));
+        return Ok(("task", c.to_string(), id.to_string()));
     }
     Err(EcsError::invalid(format!("Unsupported resource ARN {arn:?}.")))
 }
@@ -111,13 +110,27 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
     let c = &api.control;
     Ok(match op {
         "CreateCluster" => {
+            refuse_unsupported(
+                &input,
+                &[
+                    (
+                        "configuration",
+                        "execute command and managed storage configuration arrive with ECS Exec",
+                    ),
+                    ("serviceConnectDefaults", "Service Connect is not offered"),
+                ],
+            )?;
             let tags: Option<Vec<Tag>> = field(&input, "tags")?;
             if let Some(t) = &tags {
                 validate_tags(t)?;
             }
             let name: Option<String> = field(&input, "clusterName")?;
             let settings: Option<Vec<ClusterSetting>> = field(&input, "settings")?;
-            let cl = c.create_cluster(scope, name.as_deref(), tags, settings).await?;
+            let providers: Option<Vec<String>> = field(&input, "capacityProviders")?;
+            let strategy: Vec<Value> = field(&input, "defaultCapacityProviderStrategy")?.unwrap_or_default();
+            let cl = c
+                .create_cluster_with(scope, name.as_deref(), tags, settings, providers, strategy)
+                .await?;
             json!({"cluster": cl})
         }
         "DescribeClusters" => {
@@ -298,7 +311,13 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
         }
         "TagResource" | "UntagResource" | "ListTagsForResource" => {
             let arn: String = required(&input, "resourceArn")?;
-            let (kind, cluster, id) = parse_resource_arn(scope, &arn)?;
+            let (kind, mut cluster, id) = parse_resource_arn(scope, &arn)?;
+            if cluster.is_empty() && (kind == "task" || kind == "service") {
+                cluster = c
+                    .cluster_of(scope, kind, &id)
+                    .await?
+                    .ok_or_else(|| EcsError::ResourceNotFound(format!("The specified {kind} is not found.")))?;
+            }
             if op == "ListTagsForResource" {
                 let tags = match kind {
                     "cluster" => c.cluster_tags(scope, &cluster).await?,
@@ -331,22 +350,56 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             json!({})
         }
         "DescribeCapacityProviders" => {
-            let wanted: Option<Vec<String>> = field(&input, "capacityProviders")?;
-            let mut providers = Vec::new();
-            let mut failures = Vec::new();
-            let all = ["FARGATE", "FARGATE_SPOT"];
-            for name in wanted
-                .clone()
-                .unwrap_or_else(|| all.iter().map(|s| s.to_string()).collect())
-            {
-                let short = name.rsplit('/').next().unwrap_or(&name).to_string();
-                if all.contains(&short.as_str()) {
-                    providers.push(json!({"capacityProviderArn": scope.capacity_provider_arn(&short), "name": short, "status": "ACTIVE", "tags": []}));
-                } else {
-                    failures.push(json!({"arn": name, "reason": "MISSING"}));
-                }
-            }
-            json!({"capacityProviders": providers, "failures": failures})
+            let names: Option<Vec<String>> = field(&input, "capacityProviders")?;
+            let include: Vec<String> = field(&input, "include")?.unwrap_or_default();
+            let token: Option<String> = field(&input, "nextToken")?;
+            let (providers, failures, next) = c
+                .describe_capacity_providers(
+                    scope,
+                    names.as_deref(),
+                    &include,
+                    field(&input, "maxResults")?,
+                    token.as_deref(),
+                )
+                .await?;
+            json!({"capacityProviders": providers, "failures": failures, "nextToken": next})
+        }
+        "CreateCapacityProvider" => {
+            refuse_unsupported(
+                &input,
+                &[
+                    ("managedInstancesProvider", "ECS Managed Instances are not offered"),
+                    ("cluster", "capacity providers are account-wide in Gantry"),
+                ],
+            )?;
+            let name: String = required(&input, "name")?;
+            let tags: Vec<Tag> = field(&input, "tags")?.unwrap_or_default();
+            validate_tags(&tags)?;
+            let asg: Option<Value> = field(&input, "autoScalingGroupProvider")?;
+            json!({"capacityProvider": c.create_capacity_provider(scope, &name, asg.as_ref(), tags).await?})
+        }
+        "UpdateCapacityProvider" => {
+            refuse_unsupported(
+                &input,
+                &[
+                    ("managedInstancesProvider", "ECS Managed Instances are not offered"),
+                    ("cluster", "capacity providers are account-wide in Gantry"),
+                ],
+            )?;
+            let name: String = required(&input, "name")?;
+            let asg: Value = required(&input, "autoScalingGroupProvider")?;
+            json!({"capacityProvider": c.update_capacity_provider(scope, &name, &asg).await?})
+        }
+        "DeleteCapacityProvider" => {
+            refuse_unsupported(&input, &[("cluster", "capacity providers are account-wide in Gantry")])?;
+            let name: String = required(&input, "capacityProvider")?;
+            json!({"capacityProvider": c.delete_capacity_provider(scope, &name).await?})
+        }
+        "PutClusterCapacityProviders" => {
+            let cluster: String = required(&input, "cluster")?;
+            let providers: Vec<String> = required(&input, "capacityProviders")?;
+            let strategy: Vec<Value> = required(&input, "defaultCapacityProviderStrategy")?;
+            json!({"cluster": c.put_cluster_capacity_providers(scope, &cluster, providers, strategy).await?})
         }
         "RegisterContainerInstance" => {
             let q: gantry_control::instances::RegisterContainerInstance = parse(input)?;

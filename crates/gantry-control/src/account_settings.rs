@@ -236,3 +236,11 @@ pub struct ListAccountSettings {
     pub next_token: Option<String>,
     pub max_results: Option<i64>,
 }
+
+impl Control {
+    /// Whether the caller's ARNs of this kind use ECS's long format (with the cluster):
+    /// `serviceLongArnFormat`, `taskLongArnFormat` or `containerInstanceLongArnFormat`.
+    pub async fn long_arns(&self, scope: &Scope, setting: &str) -> Result<bool, EcsError> {
+        Ok(self.effective_setting(scope, &root_arn(scope), setting).await?.value == "enabled")
+    }
+}

@@ -24,6 +24,23 @@ impl Control {
         tags: Option<Vec<Tag>>,
         settings: Option<Vec<ClusterSetting>>,
     ) -> Result<Cluster, EcsError> {
+        self.create_cluster_with(scope, name, tags, settings, None, vec![])
+            .await
+    }
+
+    /// CreateCluster with the capacity providers it uses (default: Fargate's two) and the
+    /// default strategy.
+    pub async fn create_cluster_with(
+        &self,
+        scope: &Scope,
+        name: Option<&str>,
+        tags: Option<Vec<Tag>>,
+        settings: Option<Vec<ClusterSetting>>,
+        providers: Option<Vec<String>>,
+        strategy: Vec<serde_json::Value>,
+    ) -> Result<Cluster, EcsError> {
+        let providers = providers.unwrap_or_else(|| vec!["FARGATE".into(), "FARGATE_SPOT".into()]);
+        self.validate_cluster_providers(scope, &providers, &strategy).await?;
         let name = name.unwrap_or("default");
         if !valid_cluster_name(name) {
             return Err(EcsError::invalid(
@@ -49,7 +66,8 @@ impl Control {
                     value: "disabled".into(),
                 }]
             })),
-            capacity_providers: vec!["FARGATE".into(), "FARGATE_SPOT".into()],
+            capacity_providers: providers,
+            default_capacity_provider_strategy: strategy,
             ..Default::default()
         };
         match self
@@ -203,6 +221,28 @@ impl Control {
                     all.retain(|x| x.name != s.name);
                     all.push(s.clone());
                 }
+                Ok(true)
+            })
+            .await?
+            .ok_or_else(not_found)?;
+        self.with_counts(scope, c, &["SETTINGS".into()]).await
+    }
+
+    pub(crate) async fn set_cluster_providers(
+        &self,
+        scope: &Scope,
+        name: &str,
+        providers: Vec<String>,
+        strategy: Vec<serde_json::Value>,
+    ) -> Result<Cluster, EcsError> {
+        let not_found = || EcsError::ClusterNotFound("Cluster not found.".into());
+        let c = self
+            .update_json(&Self::cluster_key(scope, name), |c: &mut Cluster| {
+                if c.status != "ACTIVE" {
+                    return Err(not_found());
+                }
+                c.capacity_providers = providers.clone();
+                c.default_capacity_provider_strategy = strategy.clone();
                 Ok(true)
             })
             .await?

@@ -135,9 +135,11 @@ impl Control {
             return Ok(r);
         }
         let rec = InstanceRecord {
-            arn: format!(
-                "arn:aws:ecs:{}:{}:container-instance/{cluster}/{id}",
-                scope.region, scope.account
+            arn: scope.container_instance_arn(
+                self.long_arns(scope, "containerInstanceLongArnFormat")
+                    .await?
+                    .then_some(cluster),
+                &id,
             ),
             ec2_instance_id: format!("i-{}", &id[..17]),
             node: self.node.clone(),

@@ -3,6 +3,7 @@
 //! through the lifecycle; every write is compare-and-swap on the record's revision.
 
 pub mod account_settings;
+pub mod capacity_providers;
 mod clusters;
 pub mod deploy;
 pub mod instances;

@@ -93,6 +93,18 @@ pub struct CreateServiceRequest {
     pub availability_zone_rebalancing: Option<String>,
 }
 
+/// The launch type a (valid) capacity provider strategy means.
+pub fn strategy_launch_type(s: &[Value]) -> &'static str {
+    let fargate = s
+        .iter()
+        .any(|i| crate::capacity_providers::FARGATE_PROVIDERS.contains(&i["capacityProvider"].as_str().unwrap_or("")));
+    if fargate {
+        "FARGATE"
+    } else {
+        "EC2"
+    }
+}
+
 /// ListServices' filters.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -279,7 +291,7 @@ impl Control {
         let launch = resolve_launch(
             req.launch_type.as_deref(),
             req.capacity_provider_strategy.as_deref(),
-            &cluster.default_capacity_provider_strategy,
+            &cluster,
             &compatibilities(&td.definition),
         )?;
         if strategy == "DAEMON" && launch.launch_type == "FARGATE" {
@@ -318,9 +330,11 @@ impl Control {
             String::new()
         };
         let mut service = Service {
-            service_arn: format!(
-                "arn:aws:ecs:{}:{}:service/{}/{name}",
-                scope.region, scope.account, cluster.cluster_name
+            service_arn: scope.service_arn(
+                self.long_arns(scope, "serviceLongArnFormat")
+                    .await?
+                    .then_some(cluster.cluster_name.as_str()),
+                &name,
             ),
             service_name: name.clone(),
             cluster_arn: cluster.cluster_arn.clone(),
@@ -492,7 +506,8 @@ impl Control {
             _ => (!current.service.capacity_provider_strategy.is_empty())
                 .then_some(current.service.capacity_provider_strategy.as_slice()),
         };
-        resolve_launch(launch_type, strategy, &[], &compatibilities(&target.definition))?;
+        let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
+        resolve_launch(launch_type, strategy, &cluster, &compatibilities(&target.definition))?;
         let network = match &req.network_configuration {
             Some(n) => Some(service_network(&target.definition, Some(n))?),
             None => {

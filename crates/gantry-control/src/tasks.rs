@@ -1,11 +1,12 @@
 //! Tasks: RunTask creates PROVISIONING records placed on the node; the agent moves them
 //! through the lifecycle; StopTask sets desiredStatus STOPPED. Every change bumps `version`.
 
+use crate::capacity_providers::launch_for_strategy;
 use crate::placement::{Demand, Placement};
 use crate::{prefix, random_hex, store_err, Control};
 use gantry_types::arn::{task_id, Scope};
 use gantry_types::fargate;
-use gantry_types::model::{stop_code, Attachment, Container, Failure, Tag, Task};
+use gantry_types::model::{stop_code, Attachment, Cluster, Container, Failure, Tag, Task};
 use gantry_types::taskdef::{ContainerDefinition, KeyValuePair, NetworkMode};
 use gantry_types::EcsError;
 use serde::{Deserialize, Serialize};
@@ -59,7 +60,7 @@ pub struct Launch {
 pub fn resolve_launch(
     launch_type: Option<&str>,
     strategy: Option<&[Value]>,
-    cluster_default: &[Value],
+    cluster: &Cluster,
     compatibilities: &[String],
 ) -> Result<Launch, EcsError> {
     let strategy = strategy.filter(|s| !s.is_empty());
@@ -80,8 +81,10 @@ pub fn resolve_launch(
                 capacity_provider: None,
             }
         }
-        (None, Some(s)) => from_strategy(s)?,
-        (None, None) if !cluster_default.is_empty() => from_strategy(cluster_default)?,
+        (None, Some(s)) => launch_for_strategy(s, &cluster.capacity_providers)?,
+        (None, None) if !cluster.default_capacity_provider_strategy.is_empty() => {
+            launch_for_strategy(&cluster.default_capacity_provider_strategy, &cluster.capacity_providers)?
+        }
         (None, None) => Launch {
             launch_type: "EC2".into(),
             capacity_provider: None,
@@ -94,39 +97,6 @@ pub fn resolve_launch(
         )));
     }
     Ok(launch)
-}
-
-/// Gantry's capacity providers are FARGATE and FARGATE_SPOT: both run tasks on Fargate's
-/// terms. The first provider with a weight (or the base) is the one reported.
-fn from_strategy(s: &[Value]) -> Result<Launch, EcsError> {
-    let mut first = None;
-    for cp in s {
-        let name = cp["capacityProvider"].as_str().unwrap_or("");
-        if name != "FARGATE" && name != "FARGATE_SPOT" {
-            return Err(EcsError::invalid(format!(
-                "The specified capacity provider strategy cannot contain a capacity provider that is not associated with the cluster: {name}."
-            )));
-        }
-        let weight = cp["weight"].as_i64().unwrap_or(0);
-        let base = cp["base"].as_i64().unwrap_or(0);
-        if !(0..=1000).contains(&weight) || !(0..=100000).contains(&base) {
-            return Err(EcsError::invalid(
-                "capacity provider weight must be 0-1000 and base 0-100000.",
-            ));
-        }
-        if first.is_none() && (weight > 0 || base > 0) {
-            first = Some(name.to_string());
-        }
-    }
-    let name = first.ok_or_else(|| {
-        EcsError::invalid(
-            "The capacity provider strategy must contain at least one provider with a weight greater than zero.",
-        )
-    })?;
-    Ok(Launch {
-        launch_type: "FARGATE".into(),
-        capacity_provider: Some(name),
-    })
 }
 
 impl TaskRecord {
@@ -262,6 +232,23 @@ impl Control {
             .collect())
     }
 
+    /// The cluster of a task or service named by a short-format ARN (which has none).
+    pub async fn cluster_of(&self, scope: &Scope, kind: &str, id: &str) -> Result<Option<String>, EcsError> {
+        let base = match kind {
+            "task" => TASKS_PREFIX,
+            _ => crate::services::SERVICES_PREFIX,
+        };
+        let (kvs, _) = self
+            .store
+            .list(&format!("{base}{}/{}/", scope.account, scope.region))
+            .await
+            .map_err(store_err)?;
+        Ok(kvs.iter().find_map(|kv| {
+            let (cluster_path, last) = kv.key.rsplit_once('/')?;
+            (last == id).then(|| cluster_path.rsplit('/').next().unwrap_or("").to_string())
+        }))
+    }
+
     /// Every task record in the store with its key and revision (for the agent).
     pub async fn all_tasks(&self) -> Result<Vec<(String, TaskRecord, i64)>, EcsError> {
         self.list_json::<TaskRecord>(TASKS_PREFIX).await
@@ -324,7 +311,7 @@ impl Control {
         let launch = resolve_launch(
             req.launch_type.as_deref(),
             req.capacity_provider_strategy.as_deref(),
-            &cluster.default_capacity_provider_strategy,
+            &cluster,
             &compatibilities(&td.definition),
         )?;
         let network_mode = NetworkMode::parse(td.definition["networkMode"].as_str())?;
@@ -382,6 +369,7 @@ impl Control {
             self.place_tasks(scope, &cluster.cluster_name, &demand, count as usize)
                 .await?
         };
+        let long_arns = self.long_arns(scope, "taskLongArnFormat").await?;
         let now = self.now();
         let mut tasks = Vec::new();
         let mut failures = Vec::new();
@@ -398,7 +386,11 @@ impl Control {
                 }
             };
             let id = random_hex(16);
-            let task_arn = scope.task_arn(&cluster.cluster_name, &id);
+            let task_arn = if long_arns {
+                scope.task_arn(&cluster.cluster_name, &id)
+            } else {
+                scope.short_task_arn(&id)
+            };
             let attachment_id = crate::random_uuid();
             let task = Task {
                 task_arn: task_arn.clone(),
@@ -408,7 +400,11 @@ impl Control {
                 containers: containers
                     .iter()
                     .map(|c| Container {
-                        container_arn: scope.container_arn(&cluster.cluster_name, &id, &random_hex(16)),
+                        container_arn: if long_arns {
+                            scope.container_arn(&cluster.cluster_name, &id, &random_hex(16))
+                        } else {
+                            scope.short_container_arn(&crate::random_uuid())
+                        },
                         task_arn: task_arn.clone(),
                         name: c.name().to_string(),
                         image: c.image.clone().unwrap_or_default(),

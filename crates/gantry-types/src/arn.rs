@@ -25,6 +25,29 @@ impl Scope {
             self.region, self.account
         )
     }
+    /// The ARN formats before ECS's long format (account settings `*LongArnFormat` disabled):
+    /// no cluster in task, container, service and container instance ARNs.
+    pub fn short_task_arn(&self, id: &str) -> String {
+        format!("arn:aws:ecs:{}:{}:task/{id}", self.region, self.account)
+    }
+    pub fn short_container_arn(&self, container_id: &str) -> String {
+        format!("arn:aws:ecs:{}:{}:container/{container_id}", self.region, self.account)
+    }
+    pub fn service_arn(&self, cluster: Option<&str>, name: &str) -> String {
+        match cluster {
+            Some(c) => format!("arn:aws:ecs:{}:{}:service/{c}/{name}", self.region, self.account),
+            None => format!("arn:aws:ecs:{}:{}:service/{name}", self.region, self.account),
+        }
+    }
+    pub fn container_instance_arn(&self, cluster: Option<&str>, id: &str) -> String {
+        match cluster {
+            Some(c) => format!(
+                "arn:aws:ecs:{}:{}:container-instance/{c}/{id}",
+                self.region, self.account
+            ),
+            None => format!("arn:aws:ecs:{}:{}:container-instance/{id}", self.region, self.account),
+        }
+    }
     pub fn capacity_provider_arn(&self, name: &str) -> String {
         format!("arn:aws:ecs:{}:{}:capacity-provider/{name}", self.region, self.account)
     }

@@ -22,6 +22,8 @@ pub enum EcsError {
     #[error("{0}")]
     TargetNotFound(String),
     #[error("{0}")]
+    ResourceInUse(String),
+    #[error("{0}")]
     AttributeLimitExceeded(String),
     #[error("{0}")]
     Server(String),
@@ -45,6 +47,7 @@ impl EcsError {
             EcsError::ServiceNotFound(_) => "ServiceNotFoundException",
             EcsError::ServiceNotActive(_) => "ServiceNotActiveException",
             EcsError::TargetNotFound(_) => "TargetNotFoundException",
+            EcsError::ResourceInUse(_) => "ResourceInUseException",
             EcsError::AttributeLimitExceeded(_) => "AttributeLimitExceededException",
             EcsError::Server(_) => "ServerException",
         }
