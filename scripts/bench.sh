@@ -9,8 +9,7 @@ cargo build --release --workspace
 work=$(mktemp -d /var/tmp/gantry-bench.XXXXXX)
 args=(--data-dir "$work/data" --run-dir "$work/run" --bridge gbench0 --subnet 10.216.0.0/24)
 cleanup() {
-  target/release/gantry "${args[@]}" debug sweep >/dev/null || true
-  ip link del gbench0 2>/dev/null || true
+  target/release/gantry "${args[@]}" debug sweep --all >/dev/null || true
   umount "$work/run/netns" 2>/dev/null || true
   rm -rf "$work"
 }

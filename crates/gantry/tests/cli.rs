@@ -38,11 +38,8 @@ impl Cli {
 
 impl Drop for Cli {
     fn drop(&mut self) {
-        let _ = self.run(&["debug", "sweep"]);
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(std::process::Stdio::null())
-            .status();
+        // --all: also the warm pool, the bridge and its firewall table.
+        let _ = self.run(&["debug", "sweep", "--all"]);
         let _ = Command::new("umount")
             .arg(self.dir.path().join("run/netns"))
             .stderr(std::process::Stdio::null())

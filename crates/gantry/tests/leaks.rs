@@ -152,4 +152,20 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
         open_fds()
     );
     assert!(Path::new(&t.cfg.network.netns_dir).is_dir());
+    // The node's own state goes with it: bridge and firewall table.
+    let bridge = t.cfg.network.bridge.clone();
+    drop(t);
+    let tables = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let table = gantry_runtime::net::firewall::table_name(&bridge).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains(&format!("{table}\n")),
+        "leaked nftables table {table}"
+    );
+    assert!(
+        !Path::new(&format!("/sys/class/net/{bridge}")).exists(),
+        "leaked bridge {bridge}"
+    );
 }
