@@ -44,7 +44,8 @@ def main():
         for r in range(a.rounds):
             name = f"bench-{r}"
             t0 = time.perf_counter()
-            ecs.create_service(serviceName=name, taskDefinition="bsvc:1", desiredCount=a.tasks, networkConfiguration=conftest.NETWORK)
+            ecs.create_service(serviceName=name, taskDefinition="bsvc:1", desiredCount=a.tasks, networkConfiguration=conftest.NETWORK,
+                               launchType="FARGATE")
             wait_steady(ecs, name, ":1", a.tasks)
             create.append(time.perf_counter() - t0)
             t0 = time.perf_counter()

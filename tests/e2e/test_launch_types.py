@@ -128,7 +128,7 @@ def test_container_limits_ulimits_readonly_root_and_init(ecs, logs):
         {"name": "probe", "memoryReservation": 32, "readonlyRootFilesystem": True,
          "ulimits": [{"name": "nofile", "softLimit": 1234, "hardLimit": 2345}],
          "logConfiguration": awslogs("/e2e/limits"),
-         "command": ["sh", "-c", "echo nofile=$(ulimit -n); touch /x 2>/dev/null && echo writable || echo readonly; sleep 1"]}],
+         "command": ["sh", "-c", "echo nofile=$(ulimit -n); touch /x 2>/dev/null && echo writable || echo readonly; echo $AWS_EXECUTION_ENV; sleep 1"]}],
         memory="256")
     arn = ecs.run_task(cluster="default", taskDefinition="limits")["tasks"][0]["taskArn"]
     t = wait_stopped(ecs, "default", [arn])[0]
@@ -136,7 +136,7 @@ def test_container_limits_ulimits_readonly_root_and_init(ecs, logs):
     assert by["hog"]["exitCode"] == 137 and "OutOfMemoryError" in by["hog"].get("reason", ""), by["hog"]
     tid = arn.rsplit("/", 1)[1]
     out = [e["message"] for e in logs.get_log_events(logGroupName="/e2e/limits", logStreamName=f"ecs/probe/{tid}")["events"]]
-    assert out == ["nofile=1234", "readonly"], out
+    assert out == ["nofile=1234", "readonly", "AWS_ECS_EC2"], out
     # initProcessEnabled: PID 1 is an init that forwards SIGTERM, so a shell loop without a
     # trap stops at once instead of waiting out its stopTimeout.
     ec2_task(ecs, "init", [{"name": "app", "memory": 32, "stopTimeout": 20, "linuxParameters": {"initProcessEnabled": True},

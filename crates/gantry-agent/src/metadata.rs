@@ -35,7 +35,6 @@ pub fn env_for(task_id: &str, container: &str) -> Vec<(String, String)> {
             "ECS_CONTAINER_METADATA_URI".into(),
             format!("http://{ADDR}:{PORT}/v3/{id}"),
         ),
-        ("AWS_EXECUTION_ENV".into(), "AWS_ECS_FARGATE".into()),
     ]
 }
 

@@ -374,53 +374,7 @@ async fn launch(
             }
         }
         let image = images[c.image.as_deref().unwrap_or_default()].clone();
-        let spec = ContainerSpec {
-            entrypoint: c.entry_point.clone(),
-            command: c.command.clone(),
-            env: {
-                let mut env = if kind == SandboxKind::Host {
-                    vec![]
-                } else {
-                    crate::metadata::env_for(&id, &name)
-                };
-                let exec_env = match rec.task.launch_type.as_str() {
-                    "FARGATE" => "AWS_ECS_FARGATE",
-                    "EXTERNAL" => "AWS_ECS_EXTERNAL",
-                    _ => "AWS_ECS_EC2",
-                };
-                env.retain(|(k, _)| k != "AWS_EXECUTION_ENV");
-                env.push(("AWS_EXECUTION_ENV".into(), exec_env.into()));
-                env.push(("AWS_REGION".into(), rec.region.clone()));
-                env.push(("AWS_DEFAULT_REGION".into(), rec.region.clone()));
-                env.extend(
-                    c.environment
-                        .iter()
-                        .flatten()
-                        .filter_map(|kv| Some((kv.name.clone()?, kv.value.clone().unwrap_or_default()))),
-                );
-                env
-            },
-            working_dir: c.working_directory.clone(),
-            user: c.user.clone(),
-            hostname: hostname.clone(),
-            limits: container_limits(rec, c),
-            init: c
-                .linux_parameters
-                .as_ref()
-                .and_then(|l| l.init_process_enabled)
-                .unwrap_or(false),
-            readonly_rootfs: c.readonly_root_filesystem.unwrap_or(false),
-            rlimits: c
-                .ulimits
-                .iter()
-                .flatten()
-                .map(|u| Rlimit {
-                    name: u.name.clone(),
-                    soft: u.soft_limit.max(0) as u64,
-                    hard: u.hard_limit.max(0) as u64,
-                })
-                .collect(),
-        };
+        let spec = container_spec(rec, c, &id, kind, &hostname);
         let stop_timeout = Duration::from_secs(c.stop_timeout.unwrap_or(30) as u64);
         let node = a.node.clone();
         let (tid, dn) = (id.clone(), container_dir_name(&name));
@@ -703,6 +657,56 @@ async fn republish(a: &Arc<Agent>, rec: &TaskRecord, id: &str) {
         .collect();
     if let Err(e) = a.publish_ports(id, sb.ip, &recorded).await {
         tracing::warn!(task = %id, error = %e, "re-publishing ports after a restart");
+    }
+}
+
+/// What the runtime runs for a container: its definition, the environment ECS gives every
+/// container (metadata URIs where there is a task namespace for the endpoint, execution
+/// environment, region), limits, init, read-only root and ulimits.
+fn container_spec(rec: &TaskRecord, c: &TaskSpecContainer, id: &str, kind: SandboxKind, hostname: &str) -> ContainerSpec {
+    let mut env = if kind == SandboxKind::Host {
+        vec![]
+    } else {
+        crate::metadata::env_for(id, c.name())
+    };
+    let exec_env = match rec.task.launch_type.as_str() {
+        "FARGATE" => "AWS_ECS_FARGATE",
+        "EXTERNAL" => "AWS_ECS_EXTERNAL",
+        _ => "AWS_ECS_EC2",
+    };
+    env.push(("AWS_EXECUTION_ENV".into(), exec_env.into()));
+    env.push(("AWS_REGION".into(), rec.region.clone()));
+    env.push(("AWS_DEFAULT_REGION".into(), rec.region.clone()));
+    env.extend(
+        c.environment
+            .iter()
+            .flatten()
+            .filter_map(|kv| Some((kv.name.clone()?, kv.value.clone().unwrap_or_default()))),
+    );
+    ContainerSpec {
+        entrypoint: c.entry_point.clone(),
+        command: c.command.clone(),
+        env,
+        working_dir: c.working_directory.clone(),
+        user: c.user.clone(),
+        hostname: hostname.to_string(),
+        limits: container_limits(rec, c),
+        init: c
+            .linux_parameters
+            .as_ref()
+            .and_then(|l| l.init_process_enabled)
+            .unwrap_or(false),
+        readonly_rootfs: c.readonly_root_filesystem.unwrap_or(false),
+        rlimits: c
+            .ulimits
+            .iter()
+            .flatten()
+            .map(|u| Rlimit {
+                name: u.name.clone(),
+                soft: u.soft_limit.max(0) as u64,
+                hard: u.hard_limit.max(0) as u64,
+            })
+            .collect(),
     }
 }
 
