@@ -663,7 +663,13 @@ async fn republish(a: &Arc<Agent>, rec: &TaskRecord, id: &str) {
 /// What the runtime runs for a container: its definition, the environment ECS gives every
 /// container (metadata URIs where there is a task namespace for the endpoint, execution
 /// environment, region), limits, init, read-only root and ulimits.
-fn container_spec(rec: &TaskRecord, c: &TaskSpecContainer, id: &str, kind: SandboxKind, hostname: &str) -> ContainerSpec {
+fn container_spec(
+    rec: &TaskRecord,
+    c: &TaskSpecContainer,
+    id: &str,
+    kind: SandboxKind,
+    hostname: &str,
+) -> ContainerSpec {
     let mut env = if kind == SandboxKind::Host {
         vec![]
     } else {

@@ -9,7 +9,7 @@ use crate::{prefix, store_err, Control};
 use gantry_store::StoreError;
 use gantry_types::arn::{cluster_name, Scope};
 use gantry_types::model::{Attribute, ContainerInstance, Failure, Resource, Tag};
-use gantry_types::taskdef::NetworkMode;
+use gantry_types::taskdef::{ContainerDefinition, NetworkMode};
 use gantry_types::EcsError;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -96,26 +96,34 @@ impl InstanceRecord {
 
 /// What a task takes from its instance: CPU and memory reservations and fixed host ports.
 pub fn demand_of(t: &TaskRecord) -> Demand {
-    let ports = match t.network_mode {
-        NetworkMode::Bridge | NetworkMode::Host => t
-            .containers
-            .iter()
-            .flat_map(|c| c.port_mappings.iter().flatten())
-            .filter_map(|p| {
-                let hp = match t.network_mode {
-                    NetworkMode::Host => p.container_port,
-                    _ => p.host_port.filter(|h| *h != 0),
-                }?;
-                Some((hp as u16, p.protocol().to_string()))
-            })
-            .collect(),
-        _ => vec![],
-    };
+    demand_for(
+        t.cpu_units,
+        t.memory_mib,
+        &t.containers,
+        t.network_mode,
+        t.task.group.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The same, from a task's parts before it exists (placement of a new task).
+pub fn demand_for(cpu: i64, memory: i64, containers: &[ContainerDefinition], mode: NetworkMode, group: &str) -> Demand {
+    let ports = containers
+        .iter()
+        .flat_map(|c| c.port_mappings.iter().flatten())
+        .filter_map(|p| {
+            let hp = match mode {
+                NetworkMode::Host => p.container_port,
+                NetworkMode::Bridge => p.host_port.filter(|h| *h != 0),
+                _ => None,
+            }?;
+            Some((hp as u16, p.protocol().to_string()))
+        })
+        .collect();
     Demand {
-        cpu: t.cpu_units,
-        memory: t.memory_mib,
+        cpu,
+        memory,
         ports,
-        group: t.task.group.clone().unwrap_or_default(),
+        group: group.to_string(),
         member_of: vec![],
         distinct_instance: false,
     }

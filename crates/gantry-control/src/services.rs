@@ -193,6 +193,27 @@ fn service_network(def: &Value, cfg: Option<&Value>) -> Result<Value, EcsError> 
     Ok(cfg.cloned().unwrap_or(Value::Null))
 }
 
+/// The options CreateService and UpdateService share.
+fn validate_service_options(
+    propagate_tags: Option<&str>,
+    az_rebalancing: Option<&str>,
+    constraints: Option<&[Value]>,
+    strategy: Option<&[Value]>,
+) -> Result<(), EcsError> {
+    if propagate_tags.is_some_and(|p| !["TASK_DEFINITION", "SERVICE", "NONE"].contains(&p)) {
+        return Err(EcsError::invalid(
+            "propagateTags must be TASK_DEFINITION, SERVICE or NONE.",
+        ));
+    }
+    if az_rebalancing.is_some_and(|z| !["ENABLED", "DISABLED"].contains(&z)) {
+        return Err(EcsError::invalid(
+            "availabilityZoneRebalancing must be ENABLED or DISABLED.",
+        ));
+    }
+    crate::tasks::validate_constraints(constraints)?;
+    crate::tasks::validate_strategy(strategy)
+}
+
 impl Control {
     pub(crate) fn service_key(scope: &Scope, cluster: &str, name: &str) -> String {
         format!("{SERVICES_PREFIX}{}/{}/{cluster}/{name}", scope.account, scope.region)
@@ -247,20 +268,12 @@ impl Control {
                 "The DAEMON scheduling strategy needs the ECS deployment controller.",
             ));
         }
-        if let Some(p) = &req.propagate_tags {
-            if !["TASK_DEFINITION", "SERVICE", "NONE"].contains(&p.as_str()) {
-                return Err(EcsError::invalid(
-                    "propagateTags must be TASK_DEFINITION, SERVICE or NONE.",
-                ));
-            }
-        }
-        if let Some(z) = &req.availability_zone_rebalancing {
-            if !["ENABLED", "DISABLED"].contains(&z.as_str()) {
-                return Err(EcsError::invalid(
-                    "availabilityZoneRebalancing must be ENABLED or DISABLED.",
-                ));
-            }
-        }
+        validate_service_options(
+            req.propagate_tags.as_deref(),
+            req.availability_zone_rebalancing.as_deref(),
+            req.placement_constraints.as_deref(),
+            req.placement_strategy.as_deref(),
+        )?;
         if let Some(r) = &req.role {
             if !r.starts_with("arn:aws:iam::") && (r.is_empty() || r.contains(':')) {
                 return Err(EcsError::invalid(format!(
@@ -268,8 +281,6 @@ impl Control {
                 )));
             }
         }
-        crate::tasks::validate_constraints(req.placement_constraints.as_deref())?;
-        crate::tasks::validate_strategy(req.placement_strategy.as_deref())?;
         if req
             .health_check_grace_period_seconds
             .is_some_and(|g| !(0..=2_147_483_647).contains(&g))
@@ -454,22 +465,12 @@ impl Control {
                 ));
             }
         }
-        if let Some(p) = &req.propagate_tags {
-            if !["TASK_DEFINITION", "SERVICE", "NONE"].contains(&p.as_str()) {
-                return Err(EcsError::invalid(
-                    "propagateTags must be TASK_DEFINITION, SERVICE or NONE.",
-                ));
-            }
-        }
-        if let Some(z) = &req.availability_zone_rebalancing {
-            if !["ENABLED", "DISABLED"].contains(&z.as_str()) {
-                return Err(EcsError::invalid(
-                    "availabilityZoneRebalancing must be ENABLED or DISABLED.",
-                ));
-            }
-        }
-        crate::tasks::validate_constraints(req.placement_constraints.as_deref())?;
-        crate::tasks::validate_strategy(req.placement_strategy.as_deref())?;
+        validate_service_options(
+            req.propagate_tags.as_deref(),
+            req.availability_zone_rebalancing.as_deref(),
+            req.placement_constraints.as_deref(),
+            req.placement_strategy.as_deref(),
+        )?;
         if let Some(d) = req.desired_count {
             if !(0..=5000).contains(&d) {
                 return Err(EcsError::invalid("desiredCount must be between 0 and 5000."));

@@ -344,27 +344,10 @@ impl Control {
         let placements = if launch.launch_type == "FARGATE" {
             vec![Placement::On(String::new()); count as usize]
         } else {
-            let mut probe = TaskRecord {
-                task: Task {
-                    group: Some(group.clone()),
-                    ..Default::default()
-                },
-                cluster: cluster.cluster_name.clone(),
-                node: self.node.clone(),
-                containers: containers.clone(),
-                cpu_units: cpu,
-                memory_mib: memory,
-                account: scope.account.clone(),
-                region: scope.region.clone(),
-                protected_until: None,
-                network_mode,
-                task_memory_limit,
-            };
-            probe.task.launch_type = launch.launch_type.clone();
             let demand = Demand {
                 member_of,
                 distinct_instance,
-                ..crate::instances::demand_of(&probe)
+                ..crate::instances::demand_for(cpu, memory, &containers, network_mode, &group)
             };
             self.place_tasks(scope, &cluster.cluster_name, &demand, count as usize)
                 .await?
