@@ -149,6 +149,7 @@ def test_service_scheduling_tags_controllers_and_unplaceable_tasks(ecs):
         time.sleep(0.3)
     assert ecs.list_tasks(cluster="svcx", serviceName="ext")["taskArns"] == []
     ecs.delete_service(cluster="svcx", service="ext", force=True)
+    ecs.get_waiter("services_inactive").wait(cluster="svcx", services=["ext"], WaiterConfig={"Delay": 1, "MaxAttempts": 30})
     # clientToken makes CreateService idempotent; features Gantry lacks are refused, not ignored.
     a = ecs.create_service(cluster="svcx", serviceName="tok", taskDefinition="svcx-loop", desiredCount=0, clientToken="t-1")["service"]
     b = ecs.create_service(cluster="svcx", serviceName="tok", taskDefinition="svcx-loop", desiredCount=0, clientToken="t-1")["service"]

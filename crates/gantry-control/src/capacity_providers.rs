@@ -3,7 +3,7 @@
 //! cluster work gives them), and a cluster lists the providers it uses with a default strategy
 //! that RunTask and CreateService follow when given neither a launch type nor a strategy.
 
-use crate::tasks::Launch;
+use crate::run_task::Launch;
 use crate::{prefix, store_err, Control};
 use gantry_store::StoreError;
 use gantry_types::arn::Scope;

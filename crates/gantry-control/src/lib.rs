@@ -9,12 +9,14 @@ pub mod deploy;
 pub mod instances;
 pub mod logstore;
 pub mod placement;
+pub mod run_task;
 pub mod service_controller;
 pub mod services;
 mod taskdefs;
 mod tasks;
 
-pub use tasks::{ListTasks, RunTaskRequest, TaskRecord, TaskSpecContainer, TASKS_PREFIX};
+pub use run_task::RunTaskRequest;
+pub use tasks::{ListTasks, TaskRecord, TaskSpecContainer, TASKS_PREFIX};
 
 use gantry_store::{Store, StoreError};
 use gantry_types::arn::Scope;

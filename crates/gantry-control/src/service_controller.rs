@@ -5,8 +5,9 @@
 //! server resumes a deployment where it was.
 
 use crate::deploy::{self, Snapshot, StopReason, TaskHealth, TaskView};
+use crate::run_task::RunTaskRequest;
 use crate::services::{new_deployment, ServiceRecord};
-use crate::tasks::{RunTaskRequest, TaskRecord};
+use crate::tasks::TaskRecord;
 use crate::Control;
 use gantry_types::model::{stop_code, Deployment};
 use gantry_types::EcsError;
@@ -169,7 +170,8 @@ impl Control {
             .as_str()
             .unwrap_or("ECS")
             .to_string();
-        if controller != "ECS" {
+        // A deleted one still drains to INACTIVE below.
+        if controller != "ECS" && rec.service.status == "ACTIVE" {
             return self.announce_external(key, &rec, &controller).await;
         }
         // A daemon service runs one task on each ACTIVE container instance.

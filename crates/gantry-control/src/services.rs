@@ -1,7 +1,7 @@
 //! Services: the API side (create, update, delete, describe, list). The controller that keeps
 //! them at their desired count lives in `service_controller`.
 
-use crate::tasks::{compatibilities, resolve_launch};
+use crate::run_task::{compatibilities, resolve_launch};
 use crate::{random_hex, store_err, Control};
 use gantry_store::StoreError;
 use gantry_types::arn::Scope;
@@ -189,7 +189,7 @@ fn validate_config(c: &DeploymentConfiguration) -> Result<(), EcsError> {
 /// required for awsvpc, refused otherwise (Null then).
 fn service_network(def: &Value, cfg: Option<&Value>) -> Result<Value, EcsError> {
     let mode = NetworkMode::parse(def["networkMode"].as_str())?;
-    crate::tasks::network_for(mode, cfg)?;
+    crate::run_task::network_for(mode, cfg)?;
     Ok(cfg.cloned().unwrap_or(Value::Null))
 }
 
@@ -210,8 +210,8 @@ fn validate_service_options(
             "availabilityZoneRebalancing must be ENABLED or DISABLED.",
         ));
     }
-    crate::tasks::validate_constraints(constraints)?;
-    crate::tasks::validate_strategy(strategy)
+    crate::run_task::validate_constraints(constraints)?;
+    crate::run_task::validate_strategy(strategy)
 }
 
 impl Control {

@@ -1,0 +1,642 @@
+//! RunTask: from a request to task records, as ECS decides them: the launch type (launchType,
+//! strategy, the cluster's default, EC2), the network (awsvpc needs a configuration, the other
+//! modes refuse one), overrides applied or refused, the task's size, its tags, and placement
+//! on a container instance for EC2 and EXTERNAL tasks (failures reported, not thrown).
+
+use crate::capacity_providers::launch_for_strategy;
+use crate::placement::{Demand, Placement};
+use crate::tasks::TaskRecord;
+use crate::{prefix, random_hex, store_err, Control};
+use gantry_types::arn::Scope;
+use gantry_types::fargate;
+use gantry_types::model::{Attachment, Cluster, Container, Failure, Tag, Task};
+use gantry_types::taskdef::{ContainerDefinition, KeyValuePair, NetworkMode};
+use gantry_types::EcsError;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Where and how a task runs: the launch type, and the capacity provider it came through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub launch_type: String,
+    pub capacity_provider: Option<String>,
+}
+
+/// The launch type and capacity provider of a RunTask or CreateService request, as ECS
+/// resolves them: launchType, else the strategy, else the cluster's default strategy, else
+/// EC2. The task definition must be compatible with the result.
+pub fn resolve_launch(
+    launch_type: Option<&str>,
+    strategy: Option<&[Value]>,
+    cluster: &Cluster,
+    compatibilities: &[String],
+) -> Result<Launch, EcsError> {
+    let strategy = strategy.filter(|s| !s.is_empty());
+    if launch_type.is_some() && strategy.is_some() {
+        return Err(EcsError::invalid(
+            "Specifying both a launch type and capacity provider strategy is not supported.",
+        ));
+    }
+    let launch = match (launch_type, strategy) {
+        (Some(lt), _) => {
+            if !["EC2", "FARGATE", "EXTERNAL"].contains(&lt) {
+                return Err(EcsError::invalid(format!(
+                    "launchType {lt} is not valid: EC2, FARGATE or EXTERNAL."
+                )));
+            }
+            Launch {
+                launch_type: lt.to_string(),
+                capacity_provider: None,
+            }
+        }
+        (None, Some(s)) => launch_for_strategy(s, &cluster.capacity_providers)?,
+        (None, None) if !cluster.default_capacity_provider_strategy.is_empty() => {
+            launch_for_strategy(&cluster.default_capacity_provider_strategy, &cluster.capacity_providers)?
+        }
+        (None, None) => Launch {
+            launch_type: "EC2".into(),
+            capacity_provider: None,
+        },
+    };
+    if !compatibilities.contains(&launch.launch_type) {
+        return Err(EcsError::client(format!(
+            "Task definition does not support launch_type {}.",
+            launch.launch_type
+        )));
+    }
+    Ok(launch)
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerOverride {
+    pub name: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub environment: Option<Vec<KeyValuePair>>,
+    pub cpu: Option<i64>,
+    pub memory: Option<i64>,
+    pub memory_reservation: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOverride {
+    pub container_overrides: Option<Vec<ContainerOverride>>,
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub ephemeral_storage: Option<gantry_types::taskdef::EphemeralStorage>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RunTaskRequest {
+    pub cluster: Option<String>,
+    pub task_definition: Option<String>,
+    pub count: Option<i64>,
+    pub launch_type: Option<String>,
+    pub capacity_provider_strategy: Option<Vec<Value>>,
+    pub network_configuration: Option<Value>,
+    pub overrides: Option<Value>,
+    pub started_by: Option<String>,
+    pub group: Option<String>,
+    pub tags: Option<Vec<Tag>>,
+    pub client_token: Option<String>,
+    pub platform_version: Option<String>,
+    pub enable_execute_command: Option<bool>,
+    pub placement_constraints: Option<Vec<Value>>,
+    pub placement_strategy: Option<Vec<Value>>,
+    pub propagate_tags: Option<String>,
+    #[serde(rename = "enableECSManagedTags")]
+    pub enable_ecs_managed_tags: Option<bool>,
+    /// Services keep running a task definition that was deregistered after they started.
+    #[serde(skip)]
+    pub allow_inactive: bool,
+}
+
+const MAX_STARTED_BY: usize = 128;
+
+impl Control {
+    pub async fn run_task(&self, scope: &Scope, req: RunTaskRequest) -> Result<(Vec<Task>, Vec<Failure>), EcsError> {
+        // ECS answers for the cluster before anything else.
+        let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
+        let count = req.count.unwrap_or(1);
+        if !(1..=10).contains(&count) {
+            return Err(EcsError::invalid("count must be between 1 and 10."));
+        }
+        if let Some(s) = &req.started_by {
+            if s.len() > MAX_STARTED_BY {
+                return Err(EcsError::invalid("startedBy can be up to 128 characters."));
+            }
+        }
+        let td_ref = req
+            .task_definition
+            .as_deref()
+            .ok_or_else(|| EcsError::invalid("taskDefinition can not be blank."))?;
+        let (td, _, _) = self.task_definition(scope, td_ref).await?;
+        if td.status() != "ACTIVE" && !(req.allow_inactive && td.status() == "INACTIVE") {
+            return Err(EcsError::client("TaskDefinition is inactive"));
+        }
+        if let Some(token) = &req.client_token {
+            if token.is_empty() || token.len() > 64 {
+                return Err(EcsError::invalid("clientToken must be 1 to 64 characters."));
+            }
+            let tkey = format!("{}client-tokens/{token}", prefix(scope));
+            if let Some((arns, _)) = self.get_json::<Vec<String>>(&tkey).await? {
+                let (tasks, _) = self
+                    .describe_tasks(scope, Some(&cluster.cluster_name), &arns, &[])
+                    .await?;
+                return Ok((tasks, vec![]));
+            }
+        }
+        let launch = resolve_launch(
+            req.launch_type.as_deref(),
+            req.capacity_provider_strategy.as_deref(),
+            &cluster,
+            &compatibilities(&td.definition),
+        )?;
+        let network_mode = NetworkMode::parse(td.definition["networkMode"].as_str())?;
+        let subnet = network_for(network_mode, req.network_configuration.as_ref())?;
+        let def: Vec<ContainerDefinition> = serde_json::from_value(td.definition["containerDefinitions"].clone())
+            .map_err(|e| EcsError::Server(format!("stored task definition is corrupt: {e}")))?;
+        let overrides = parse_overrides(req.overrides.as_ref())?;
+        let containers = apply_container_overrides(def, &overrides)?;
+        let (cpu, memory, task_memory_limit) = task_size(&td.definition, &overrides, &containers, &launch)?;
+        if let Some(e) = &overrides.ephemeral_storage {
+            if !(21..=200).contains(&e.size_in_gi_b) {
+                return Err(EcsError::invalid(
+                    "ephemeralStorage sizeInGiB must be between 21 and 200.",
+                ));
+            }
+        }
+        let td_arn = td.definition["taskDefinitionArn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let group = req
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("family:{}", td.definition["family"].as_str().unwrap_or("")));
+        let tags = task_tags(&req, &td.tags, &cluster.cluster_name, &group)?;
+        let (member_of, distinct_instance) =
+            placement_constraints(&td.definition, req.placement_constraints.as_deref())?;
+        validate_strategy(req.placement_strategy.as_deref())?;
+        // Fargate provisions capacity per task; EC2 and EXTERNAL tasks need room on an instance.
+        let placements = if launch.launch_type == "FARGATE" {
+            vec![Placement::On(String::new()); count as usize]
+        } else {
+            let demand = Demand {
+                member_of,
+                distinct_instance,
+                ..crate::instances::demand_for(cpu, memory, &containers, network_mode, &group)
+            };
+            self.place_tasks(scope, &cluster.cluster_name, &demand, count as usize)
+                .await?
+        };
+        let template = TaskTemplate {
+            scope,
+            cluster: &cluster,
+            td_arn: &td_arn,
+            containers: &containers,
+            cpu,
+            memory,
+            task_memory_limit,
+            network_mode,
+            launch: &launch,
+            req: &req,
+            group: &group,
+            tags: &tags,
+            subnet: subnet.as_deref(),
+            ephemeral_storage: overrides.ephemeral_storage.clone(),
+            long_arns: self.long_arns(scope, "taskLongArnFormat").await?,
+            node: &self.node,
+        };
+        let now = self.now();
+        let mut tasks = Vec::new();
+        let mut failures = Vec::new();
+        for placed in placements {
+            let instance = match placed {
+                Placement::On(arn) => (!arn.is_empty()).then_some(arn),
+                Placement::Failed { arn, reason } => {
+                    failures.push(Failure {
+                        arn,
+                        reason: Some(reason),
+                        detail: None,
+                    });
+                    continue;
+                }
+            };
+            let id = random_hex(16);
+            let rec = template.instantiate(&id, instance, now);
+            let task = rec.task.clone();
+            self.store
+                .create(
+                    &Self::task_key(scope, &cluster.cluster_name, &id),
+                    &serde_json::to_vec(&rec).expect("serialises"),
+                )
+                .await
+                .map_err(store_err)?;
+            tasks.push(task);
+        }
+        if let Some(token) = &req.client_token {
+            self.save_client_token(scope, token, &tasks).await?;
+        }
+        for t in &mut tasks {
+            t.tags = None;
+        }
+        Ok((tasks, failures))
+    }
+}
+
+impl Control {
+    /// Remembers which tasks a clientToken started. The tasks exist already; a lost token
+    /// would let a retry start them twice, so a failure here is reported.
+    async fn save_client_token(&self, scope: &Scope, token: &str, tasks: &[Task]) -> Result<(), EcsError> {
+        let arns: Vec<&str> = tasks.iter().map(|t| t.task_arn.as_str()).collect();
+        let key = format!("{}client-tokens/{token}", prefix(scope));
+        match self
+            .store
+            .create(&key, &serde_json::to_vec(&arns).expect("serialises"))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(gantry_store::StoreError::AlreadyExists { .. }) => Err(EcsError::invalid(
+                "clientToken was used by a concurrent RunTask request with the same token.",
+            )),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+}
+
+/// Everything a RunTask request decided that each of its new tasks shares.
+struct TaskTemplate<'a> {
+    scope: &'a Scope,
+    cluster: &'a Cluster,
+    td_arn: &'a str,
+    containers: &'a [ContainerDefinition],
+    cpu: i64,
+    memory: i64,
+    task_memory_limit: bool,
+    network_mode: NetworkMode,
+    launch: &'a Launch,
+    req: &'a RunTaskRequest,
+    group: &'a str,
+    tags: &'a [Tag],
+    subnet: Option<&'a str>,
+    ephemeral_storage: Option<gantry_types::taskdef::EphemeralStorage>,
+    long_arns: bool,
+    node: &'a str,
+}
+
+impl TaskTemplate<'_> {
+    /// A new PROVISIONING task record with this id, on this container instance (if any).
+    fn instantiate(&self, id: &str, instance: Option<String>, now: f64) -> TaskRecord {
+        let (scope, cluster) = (self.scope, &self.cluster.cluster_name);
+        let task_arn = if self.long_arns {
+            scope.task_arn(cluster, id)
+        } else {
+            scope.short_task_arn(id)
+        };
+        let containers = self
+            .containers
+            .iter()
+            .map(|c| Container {
+                container_arn: if self.long_arns {
+                    scope.container_arn(cluster, id, &random_hex(16))
+                } else {
+                    scope.short_container_arn(&crate::random_uuid())
+                },
+                task_arn: task_arn.clone(),
+                name: c.name().to_string(),
+                image: c.image.clone().unwrap_or_default(),
+                last_status: "PENDING".into(),
+                health_status: "UNKNOWN".into(),
+                cpu: c.cpu.unwrap_or(0).to_string(),
+                memory: c.memory.map(|m| m.to_string()),
+                memory_reservation: c.memory_reservation.map(|m| m.to_string()),
+                ..Default::default()
+            })
+            .collect();
+        // An ENI only in awsvpc mode.
+        let attachments = self
+            .subnet
+            .iter()
+            .map(|subnet| Attachment {
+                id: crate::random_uuid(),
+                kind: "ElasticNetworkInterface".into(),
+                status: "PRECREATED".into(),
+                details: vec![KeyValuePair {
+                    name: Some("subnetId".into()),
+                    value: Some(subnet.to_string()),
+                }],
+            })
+            .collect();
+        let fargate = self.launch.launch_type == "FARGATE";
+        let task =
+            Task {
+                task_arn,
+                cluster_arn: self.cluster.cluster_arn.clone(),
+                task_definition_arn: self.td_arn.to_string(),
+                container_instance_arn: instance,
+                containers,
+                cpu: self.cpu.to_string(),
+                memory: self.memory.to_string(),
+                desired_status: "RUNNING".into(),
+                last_status: "PROVISIONING".into(),
+                // ECS fills the launch type even when a capacity provider chose it.
+                launch_type: self.launch.launch_type.clone(),
+                capacity_provider_name: self.launch.capacity_provider.clone(),
+                // Platform versions are Fargate's.
+                platform_version: if fargate {
+                    self.req
+                        .platform_version
+                        .clone()
+                        .filter(|p| p != "LATEST")
+                        .unwrap_or_else(|| "1.4.0".into())
+                } else {
+                    String::new()
+                },
+                platform_family: "Linux".into(),
+                availability_zone: format!("{}a", scope.region),
+                created_at: now,
+                started_by: self.req.started_by.clone(),
+                group: Some(self.group.to_string()),
+                version: 1,
+                tags: Some(self.tags.to_vec()),
+                attachments,
+                overrides: self.req.overrides.clone().unwrap_or_else(
+                    || serde_json::json!({"containerOverrides": [], "inferenceAcceleratorOverrides": []}),
+                ),
+                health_status: "UNKNOWN".into(),
+                enable_execute_command: self.req.enable_execute_command.unwrap_or(false),
+                ephemeral_storage: Some(
+                    self.ephemeral_storage
+                        .clone()
+                        .unwrap_or(gantry_types::taskdef::EphemeralStorage { size_in_gi_b: 20 }),
+                ),
+                ..Default::default()
+            };
+        TaskRecord {
+            task,
+            cluster: cluster.clone(),
+            node: self.node.to_string(),
+            containers: self.containers.to_vec(),
+            cpu_units: self.cpu,
+            memory_mib: self.memory,
+            account: scope.account.clone(),
+            region: scope.region.clone(),
+            protected_until: None,
+            network_mode: self.network_mode,
+            task_memory_limit: self.task_memory_limit,
+        }
+    }
+}
+
+/// The tags a new task gets: the request's, the task definition's when propagated, and ECS's
+/// managed tags when enabled.
+fn task_tags(req: &RunTaskRequest, td_tags: &[Tag], cluster: &str, group: &str) -> Result<Vec<Tag>, EcsError> {
+    let mut tags = req.tags.clone().unwrap_or_default();
+    let mut add = |k: &str, v: &str| {
+        if !tags.iter().any(|t| t.key.as_deref() == Some(k)) {
+            tags.push(Tag {
+                key: Some(k.into()),
+                value: Some(v.into()),
+            });
+        }
+    };
+    match req.propagate_tags.as_deref() {
+        None | Some("NONE") => {}
+        Some("TASK_DEFINITION") => {
+            for t in td_tags {
+                add(t.key.as_deref().unwrap_or(""), t.value.as_deref().unwrap_or(""));
+            }
+        }
+        Some("SERVICE") => {
+            return Err(EcsError::invalid(
+                "propagateTags SERVICE is only valid for services; RunTask takes TASK_DEFINITION or NONE.",
+            ))
+        }
+        Some(other) => return Err(EcsError::invalid(format!("propagateTags {other} is not valid."))),
+    }
+    if req.enable_ecs_managed_tags.unwrap_or(false) {
+        add("aws:ecs:clusterName", cluster);
+        if let Some(svc) = group.strip_prefix("service:") {
+            add("aws:ecs:serviceName", svc);
+        }
+    }
+    if tags.len() > 50 {
+        return Err(EcsError::invalid(
+            "A task can have at most 50 tags, counting propagated and managed ones.",
+        ));
+    }
+    Ok(tags)
+}
+
+/// Checks placementConstraints (CreateService, UpdateService).
+pub(crate) fn validate_constraints(c: Option<&[Value]>) -> Result<(), EcsError> {
+    placement_constraints(&Value::Null, c).map(|_| ())
+}
+
+/// memberOf expressions and whether distinctInstance applies, from the task definition's and
+/// the request's placementConstraints (at most 10, as ECS).
+fn placement_constraints(def: &Value, request: Option<&[Value]>) -> Result<(Vec<String>, bool), EcsError> {
+    let from_def = def["placementConstraints"].as_array().cloned().unwrap_or_default();
+    let all: Vec<Value> = from_def
+        .into_iter()
+        .chain(request.unwrap_or_default().iter().cloned())
+        .collect();
+    if all.len() > 10 {
+        return Err(EcsError::invalid("A task can have at most 10 placement constraints."));
+    }
+    let (mut member_of, mut distinct) = (Vec::new(), false);
+    for c in &all {
+        match (c["type"].as_str(), c["expression"].as_str()) {
+            (Some("memberOf"), Some(e)) => {
+                crate::placement::validate_expression(e).map_err(EcsError::invalid)?;
+                member_of.push(e.to_string());
+            }
+            (Some("distinctInstance"), None) => distinct = true,
+            (Some("distinctInstance"), Some(_)) => {
+                return Err(EcsError::invalid(
+                    "A distinctInstance placement constraint takes no expression.",
+                ))
+            }
+            (t, _) => {
+                return Err(EcsError::invalid(format!(
+                    "Invalid placement constraint {c}: type memberOf with an expression, or distinctInstance{}.",
+                    t.map(|t| format!(" (got {t})")).unwrap_or_default()
+                )))
+            }
+        }
+    }
+    Ok((member_of, distinct))
+}
+
+/// placementStrategy: random, spread (by an attribute or instanceId) or binpack (cpu or memory).
+/// Gantry's single node makes every strategy place the same way; invalid ones are refused.
+pub(crate) fn validate_strategy(s: Option<&[Value]>) -> Result<(), EcsError> {
+    let s = s.unwrap_or_default();
+    if s.len() > 5 {
+        return Err(EcsError::invalid("A placement strategy can have at most 5 rules."));
+    }
+    for r in s {
+        let field = r["field"].as_str();
+        let ok = match r["type"].as_str() {
+            Some("random") => field.is_none(),
+            Some("spread") => field.is_some_and(|f| f == "instanceId" || f == "host" || f.starts_with("attribute:")),
+            Some("binpack") => field.is_some_and(|f| f == "cpu" || f == "memory"),
+            _ => false,
+        };
+        if !ok {
+            return Err(EcsError::invalid(format!(
+                "Invalid placement strategy {r}: random (no field), spread (instanceId or attribute:NAME) or binpack (cpu or memory)."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The definition's compatibilities (records from before they were computed ran anywhere).
+pub(crate) fn compatibilities(def: &Value) -> Vec<String> {
+    match def["compatibilities"].as_array() {
+        Some(a) => a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect(),
+        None => vec!["EC2".into(), "FARGATE".into()],
+    }
+}
+
+/// networkConfiguration is required for awsvpc and refused otherwise, as ECS does. Returns
+/// the subnet the task's ENI is in (awsvpc only).
+pub(crate) fn network_for(mode: NetworkMode, cfg: Option<&Value>) -> Result<Option<String>, EcsError> {
+    let awsvpc = cfg.and_then(|n| n.get("awsvpcConfiguration"));
+    if mode != NetworkMode::Awsvpc {
+        if awsvpc.is_some() {
+            return Err(EcsError::invalid(
+                "Network Configuration is not valid for the given networkMode of this task definition.",
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(awsvpc) = awsvpc else {
+        return Err(EcsError::invalid(
+            "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
+        ));
+    };
+    let subnets = awsvpc["subnets"].as_array().cloned().unwrap_or_default();
+    if subnets.is_empty() || subnets.len() > 16 {
+        return Err(EcsError::invalid(
+            "subnets can not be empty and can have at most 16 items.",
+        ));
+    }
+    Ok(Some(subnets[0].as_str().unwrap_or("subnet-gantry").to_string()))
+}
+
+/// Override members Gantry cannot apply: refused, never echoed while ignored.
+const UNSUPPORTED_OVERRIDES: &[(&str, &str)] = &[
+    ("taskRoleArn", "task roles arrive with IAM"),
+    ("executionRoleArn", "execution roles arrive with IAM"),
+    (
+        "inferenceAcceleratorOverrides",
+        "inference accelerators are not supported",
+    ),
+];
+const UNSUPPORTED_CONTAINER_OVERRIDES: &[(&str, &str)] = &[
+    ("environmentFiles", "environment files from S3 are not supported"),
+    (
+        "resourceRequirements",
+        "GPU and accelerator resource requirements are not supported",
+    ),
+];
+
+fn parse_overrides(raw: Option<&Value>) -> Result<TaskOverride, EcsError> {
+    let Some(raw) = raw else {
+        return Ok(TaskOverride::default());
+    };
+    let set = |v: &Value| !(v.is_null() || v.as_array().is_some_and(|a| a.is_empty()) || v.as_str() == Some(""));
+    for (k, why) in UNSUPPORTED_OVERRIDES {
+        if raw.get(*k).is_some_and(set) {
+            return Err(EcsError::invalid(format!("overrides.{k} is not supported yet: {why}.")));
+        }
+    }
+    for c in raw["containerOverrides"].as_array().into_iter().flatten() {
+        for (k, why) in UNSUPPORTED_CONTAINER_OVERRIDES {
+            if c.get(*k).is_some_and(set) {
+                return Err(EcsError::invalid(format!(
+                    "containerOverrides.{k} is not supported: {why}."
+                )));
+            }
+        }
+    }
+    serde_json::from_value(raw.clone()).map_err(|e| EcsError::invalid(format!("Invalid overrides: {e}")))
+}
+
+fn apply_container_overrides(
+    mut containers: Vec<ContainerDefinition>,
+    overrides: &TaskOverride,
+) -> Result<Vec<ContainerDefinition>, EcsError> {
+    for o in overrides.container_overrides.iter().flatten() {
+        let name = o.name.as_deref().unwrap_or("");
+        let c = containers.iter_mut().find(|c| c.name() == name).ok_or_else(|| {
+            EcsError::invalid(format!(
+                "Override for container named {name} is not a container in the TaskDefinition."
+            ))
+        })?;
+        if let Some(cmd) = &o.command {
+            c.command = Some(cmd.clone());
+        }
+        if let Some(env) = &o.environment {
+            let mut merged = c.environment.clone().unwrap_or_default();
+            for kv in env {
+                merged.retain(|e| e.name != kv.name);
+                merged.push(kv.clone());
+            }
+            c.environment = Some(merged);
+        }
+        if o.cpu.is_some() {
+            c.cpu = o.cpu;
+        }
+        if o.memory.is_some() {
+            c.memory = o.memory;
+        }
+        if o.memory_reservation.is_some() {
+            c.memory_reservation = o.memory_reservation;
+        }
+    }
+    Ok(containers)
+}
+
+/// The task's CPU units and MiB: the definition's or the overrides'; on Fargate one of its
+/// sizes, on EC2 the containers' sums when the task sets none. The flag says whether the
+/// memory is the task's own limit.
+fn task_size(
+    def: &Value,
+    overrides: &TaskOverride,
+    containers: &[ContainerDefinition],
+    launch: &Launch,
+) -> Result<(i64, i64, bool), EcsError> {
+    let mut cpu = def["cpu"].as_str().and_then(fargate::parse_cpu);
+    let mut memory = def["memory"].as_str().and_then(fargate::parse_memory);
+    if let Some(c) = &overrides.cpu {
+        cpu = Some(fargate::parse_cpu(c).ok_or_else(|| EcsError::invalid(format!("Invalid cpu override {c:?}.")))?);
+    }
+    if let Some(m) = &overrides.memory {
+        memory =
+            Some(fargate::parse_memory(m).ok_or_else(|| EcsError::invalid(format!("Invalid memory override {m:?}.")))?);
+    }
+    if launch.launch_type == "FARGATE" {
+        let (c, m) = (cpu.unwrap_or(0), memory.unwrap_or(0));
+        if !fargate::is_valid_size(c, m) {
+            return Err(EcsError::client(format!(
+                "No Fargate configuration exists for given values: {c} CPU, {m} memory. See the Amazon ECS documentation for the valid values."
+            )));
+        }
+        return Ok((c, m, true));
+    }
+    let limited = memory.is_some();
+    let cpu = cpu.unwrap_or_else(|| containers.iter().map(|c| c.cpu.unwrap_or(0)).sum());
+    let memory = memory.unwrap_or_else(|| {
+        containers
+            .iter()
+            .map(|c| c.memory.or(c.memory_reservation).unwrap_or(0))
+            .sum()
+    });
+    Ok((cpu, memory, limited))
+}
