@@ -213,3 +213,17 @@ def test_capacity_providers_and_cluster_default_strategy(ecs):
     assert ecs.delete_capacity_provider(capacityProvider="pool")["capacityProvider"]["status"] == "INACTIVE"
     names = [p["name"] for p in ecs.describe_capacity_providers()["capacityProviders"]]
     assert names[:2] == ["FARGATE", "FARGATE_SPOT"] and "pool" not in names
+
+
+def test_start_task_places_on_the_named_instances(ecs):
+    ecs.create_cluster(clusterName="start")
+    ci = ecs.list_container_instances(cluster="start")["containerInstanceArns"][0]
+    ecs.register_task_definition(family="start-one", containerDefinitions=[{"name": "a", "image": IMAGE, "memory": 16, "command": ["true"]}])
+    r = ecs.start_task(cluster="start", taskDefinition="start-one", containerInstances=[ci, "0" * 32], startedBy="me")
+    assert len(r["tasks"]) == 1 and r["tasks"][0]["containerInstanceArn"] == ci and r["tasks"][0]["launchType"] == "EC2"
+    assert r["failures"] == [{"arn": "0" * 32, "reason": "MISSING"}]
+    t = wait_stopped(ecs, "start", [r["tasks"][0]["taskArn"]])[0]
+    assert t["containers"][0]["exitCode"] == 0 and t["startedBy"] == "me"
+    with pytest.raises(ClientError) as e:
+        ecs.start_task(cluster="start", taskDefinition="start-one", containerInstances=[])
+    assert code(e) == "InvalidParameterException"

@@ -92,3 +92,33 @@ def test_clean_exit_keeps_tasks_says_so_and_sweep_all_removes_everything(fresh):
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert f"gantry_{g.bridge}" not in tables, tables
     assert not os.path.exists(f"{g.dir}/data/tasks/{tid}")
+
+
+def test_bridge_ports_are_published_again_after_a_restart(fresh):
+    import urllib.request
+    g = fresh
+    ecs = g.client("ecs")
+    from conftest import IMAGE
+    ecs.register_task_definition(family="pub", containerDefinitions=[
+        {"name": "web", "image": IMAGE, "memory": 32, "stopTimeout": 2,
+         "command": ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"],
+         "portMappings": [{"containerPort": 80, "hostPort": 0}]}])
+    arn = ecs.run_task(cluster="default", taskDefinition="pub")["tasks"][0]["taskArn"]
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=[arn], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    port = ecs.describe_tasks(cluster="default", tasks=[arn])["tasks"][0]["containers"][0]["networkBindings"][0]["hostPort"]
+
+    def fetch():
+        for _ in range(40):
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.25)
+        raise AssertionError(f"port {port} does not answer")
+
+    assert "hello from gantry httpd" in fetch()
+    g.kill9()
+    g.start()
+    assert "hello from gantry httpd" in fetch(), "the relay is bound again by the restarted agent"
+    ecs = g.client("ecs")
+    ecs.stop_task(cluster="default", task=arn)
+    wait_stopped(ecs, "default", [arn])

@@ -234,6 +234,25 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             let (tasks, failures) = c.run_task(scope, req).await?;
             json!({"tasks": tasks, "failures": failures})
         }
+        "StartTask" => {
+            refuse_unsupported(
+                &input,
+                &[
+                    ("volumeConfigurations", "volumes are not supported yet"),
+                    ("referenceId", "reference ids belong to service deployments"),
+                ],
+            )?;
+            if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
+                validate_tags(&t)?;
+            }
+            let on: Vec<String> = required(&input, "containerInstances")?;
+            let mut req: gantry_control::RunTaskRequest = parse(input)?;
+            // StartTask places on the named container instances: the EC2 launch type.
+            req.launch_type = Some("EC2".into());
+            req.on_instances = Some(on);
+            let (tasks, failures) = c.run_task(scope, req).await?;
+            json!({"tasks": tasks, "failures": failures})
+        }
         "DescribeTasks" => {
             let cluster: Option<String> = field(&input, "cluster")?;
             let tasks: Vec<String> = required(&input, "tasks")?;

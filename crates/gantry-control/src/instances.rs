@@ -289,12 +289,15 @@ impl Control {
     }
 
     /// Places `count` tasks of `demand` on the cluster's instances.
+    /// `on`: StartTask's named instances, one task on each; else RunTask's `count` tasks
+    /// wherever they fit.
     pub(crate) async fn place_tasks(
         &self,
         scope: &Scope,
         cluster: &str,
         demand: &Demand,
         count: usize,
+        on: Option<&[String]>,
     ) -> Result<Vec<Placement>, EcsError> {
         let tasks = self.node_tasks().await?;
         let mut views: Vec<InstanceView> = self
@@ -304,7 +307,21 @@ impl Control {
             .filter(|(_, r)| r.status != "INACTIVE")
             .map(|(_, r)| self.view(scope, r, &tasks))
             .collect();
-        Ok(placement::place(&mut views, demand, count))
+        let Some(named) = on else {
+            return Ok(placement::place(&mut views, demand, count));
+        };
+        let mut out = Vec::new();
+        for n in named {
+            let id = n.rsplit('/').next().unwrap_or(n);
+            match views.iter().position(|v| v.arn.rsplit('/').next() == Some(id)) {
+                Some(i) => out.extend(placement::place(&mut views[i..=i], demand, 1)),
+                None => out.push(Placement::Failed {
+                    arn: Some(n.clone()),
+                    reason: "MISSING".into(),
+                }),
+            }
+        }
+        Ok(out)
     }
 
     pub async fn describe_container_instances(

@@ -111,6 +111,9 @@ pub struct RunTaskRequest {
     /// Services keep running a task definition that was deregistered after they started.
     #[serde(skip)]
     pub allow_inactive: bool,
+    /// StartTask: one task on each of these container instances (EC2 only).
+    #[serde(skip)]
+    pub on_instances: Option<Vec<String>>,
 }
 
 const MAX_STARTED_BY: usize = 128;
@@ -119,7 +122,15 @@ impl Control {
     pub async fn run_task(&self, scope: &Scope, req: RunTaskRequest) -> Result<(Vec<Task>, Vec<Failure>), EcsError> {
         // ECS answers for the cluster before anything else.
         let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
-        let count = req.count.unwrap_or(1);
+        let count = match &req.on_instances {
+            Some(on) if on.is_empty() || on.len() > 10 => {
+                return Err(EcsError::invalid(
+                    "containerInstances must list 1 to 10 container instances.",
+                ))
+            }
+            Some(on) => on.len() as i64,
+            None => req.count.unwrap_or(1),
+        };
         if !(1..=10).contains(&count) {
             return Err(EcsError::invalid("count must be between 1 and 10."));
         }
@@ -189,8 +200,14 @@ impl Control {
                 distinct_instance,
                 ..crate::instances::demand_for(cpu, memory, &containers, network_mode, &group)
             };
-            self.place_tasks(scope, &cluster.cluster_name, &demand, count as usize)
-                .await?
+            self.place_tasks(
+                scope,
+                &cluster.cluster_name,
+                &demand,
+                count as usize,
+                req.on_instances.as_deref(),
+            )
+            .await?
         };
         let template = TaskTemplate {
             scope,
@@ -639,4 +656,193 @@ fn task_size(
             .sum()
     });
     Ok((cpu, memory, limited))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cluster(providers: &[&str], default: Value) -> Cluster {
+        Cluster {
+            capacity_providers: providers.iter().map(|p| p.to_string()).collect(),
+            default_capacity_provider_strategy: default.as_array().cloned().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    fn both() -> Vec<String> {
+        vec!["EC2".into(), "FARGATE".into()]
+    }
+
+    #[test]
+    fn launch_type_is_resolved_as_ecs_does() {
+        let c = cluster(&["FARGATE", "FARGATE_SPOT", "pool"], json!([]));
+        assert_eq!(resolve_launch(None, None, &c, &both()).unwrap().launch_type, "EC2");
+        let l = resolve_launch(
+            None,
+            Some(&[json!({"capacityProvider": "FARGATE_SPOT", "weight": 1})]),
+            &c,
+            &both(),
+        )
+        .unwrap();
+        assert_eq!(
+            (l.launch_type.as_str(), l.capacity_provider.as_deref()),
+            ("FARGATE", Some("FARGATE_SPOT"))
+        );
+        let l = resolve_launch(
+            None,
+            Some(&[json!({"capacityProvider": "pool", "base": 1})]),
+            &c,
+            &both(),
+        )
+        .unwrap();
+        assert_eq!(
+            (l.launch_type.as_str(), l.capacity_provider.as_deref()),
+            ("EC2", Some("pool"))
+        );
+        let d = cluster(&["FARGATE"], json!([{"capacityProvider": "FARGATE", "weight": 1}]));
+        assert_eq!(resolve_launch(None, None, &d, &both()).unwrap().launch_type, "FARGATE");
+        let err = |r: Result<Launch, EcsError>| r.unwrap_err().to_string();
+        assert_eq!(
+            err(resolve_launch(Some("FARGATE"), None, &c, &["EC2".into()])),
+            "Task definition does not support launch_type FARGATE."
+        );
+        assert!(err(resolve_launch(
+            Some("EC2"),
+            Some(&[json!({"capacityProvider": "FARGATE"})]),
+            &c,
+            &both()
+        ))
+        .contains("both"));
+        assert!(err(resolve_launch(
+            None,
+            Some(&[json!({"capacityProvider": "other", "weight": 1})]),
+            &c,
+            &both()
+        ))
+        .contains("not associated"));
+        let mixed = [
+            json!({"capacityProvider": "FARGATE", "weight": 1}),
+            json!({"capacityProvider": "pool", "weight": 1}),
+        ];
+        assert!(err(resolve_launch(None, Some(&mixed), &c, &both())).contains("mix"));
+        assert!(err(resolve_launch(
+            None,
+            Some(&[json!({"capacityProvider": "FARGATE"})]),
+            &c,
+            &both()
+        ))
+        .contains("weight"));
+        assert!(err(resolve_launch(Some("GPU"), None, &c, &both())).contains("not valid"));
+    }
+
+    #[test]
+    fn network_configuration_follows_the_mode() {
+        let cfg = json!({"awsvpcConfiguration": {"subnets": ["s-1", "s-2"]}});
+        assert_eq!(
+            network_for(NetworkMode::Awsvpc, Some(&cfg)).unwrap().as_deref(),
+            Some("s-1")
+        );
+        assert!(network_for(NetworkMode::Awsvpc, None).is_err());
+        assert!(network_for(
+            NetworkMode::Awsvpc,
+            Some(&json!({"awsvpcConfiguration": {"subnets": []}}))
+        )
+        .is_err());
+        assert_eq!(network_for(NetworkMode::Bridge, None).unwrap(), None);
+        assert!(network_for(NetworkMode::Host, Some(&cfg)).is_err());
+    }
+
+    #[test]
+    fn tags_propagate_and_managed_tags_are_added() {
+        let td = vec![Tag {
+            key: Some("td".into()),
+            value: Some("1".into()),
+        }];
+        let req = |p: Option<&str>, managed: bool| RunTaskRequest {
+            tags: Some(vec![Tag {
+                key: Some("mine".into()),
+                value: Some("x".into()),
+            }]),
+            propagate_tags: p.map(str::to_string),
+            enable_ecs_managed_tags: Some(managed),
+            ..Default::default()
+        };
+        let keys = |t: Vec<Tag>| t.into_iter().map(|t| t.key.unwrap()).collect::<Vec<_>>();
+        assert_eq!(
+            keys(task_tags(&req(None, false), &td, "c", "family:f").unwrap()),
+            ["mine"]
+        );
+        assert_eq!(
+            keys(task_tags(&req(Some("TASK_DEFINITION"), false), &td, "c", "family:f").unwrap()),
+            ["mine", "td"]
+        );
+        assert_eq!(
+            keys(task_tags(&req(None, true), &td, "c", "service:web").unwrap()),
+            ["mine", "aws:ecs:clusterName", "aws:ecs:serviceName"]
+        );
+        assert!(task_tags(&req(Some("SERVICE"), false), &td, "c", "family:f").is_err());
+    }
+
+    #[test]
+    fn placement_constraints_and_strategies_are_checked() {
+        let def = json!({"placementConstraints": [{"type": "memberOf", "expression": "attribute:a == b"}]});
+        let (m, d) = placement_constraints(&def, Some(&[json!({"type": "distinctInstance"})])).unwrap();
+        assert_eq!((m, d), (vec!["attribute:a == b".to_string()], true));
+        assert!(placement_constraints(&Value::Null, Some(&[json!({"type": "memberOf"})])).is_err());
+        assert!(placement_constraints(
+            &Value::Null,
+            Some(&[json!({"type": "distinctInstance", "expression": "x"})])
+        )
+        .is_err());
+        assert!(validate_strategy(Some(&[
+            json!({"type": "spread", "field": "attribute:ecs.availability-zone"}),
+            json!({"type": "binpack", "field": "memory"})
+        ]))
+        .is_ok());
+        assert!(validate_strategy(Some(&[json!({"type": "binpack", "field": "disk"})])).is_err());
+        assert!(validate_strategy(Some(&[json!({"type": "random", "field": "cpu"})])).is_err());
+    }
+
+    #[test]
+    fn ec2_tasks_are_sized_from_their_containers_when_the_task_sets_no_size() {
+        let c: Vec<ContainerDefinition> = serde_json::from_value(json!([
+            {"name": "a", "image": "x", "cpu": 128, "memory": 64},
+            {"name": "b", "image": "x", "memoryReservation": 32}
+        ]))
+        .unwrap();
+        let ec2 = Launch {
+            launch_type: "EC2".into(),
+            capacity_provider: None,
+        };
+        let fargate = Launch {
+            launch_type: "FARGATE".into(),
+            capacity_provider: None,
+        };
+        assert_eq!(
+            task_size(&json!({}), &TaskOverride::default(), &c, &ec2).unwrap(),
+            (128, 96, false)
+        );
+        assert_eq!(
+            task_size(
+                &json!({"cpu": "256", "memory": "512"}),
+                &TaskOverride::default(),
+                &c,
+                &ec2
+            )
+            .unwrap(),
+            (256, 512, true)
+        );
+        assert!(task_size(&json!({}), &TaskOverride::default(), &c, &fargate).is_err());
+        let o = TaskOverride {
+            cpu: Some("1024".into()),
+            memory: Some("2048".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            task_size(&json!({"cpu": "256", "memory": "512"}), &o, &c, &fargate).unwrap(),
+            (1024, 2048, true)
+        );
+    }
 }
