@@ -1,11 +1,13 @@
 //! The state store: a revisioned key-value store with watch, shaped like etcd's API and kept
 //! small (get, list by prefix, create, update-if-revision, delete-if-revision, watch from a
-//! revision, compact), as k3s's kine does. Backends: SQLite (embedded, `gantry dev`), and etcd
-//! later; both must pass the `conformance` suite.
+//! revision, compact), as k3s's kine does. Backends: SQLite (embedded, `gantry dev`) and etcd
+//! (clusters); both pass the `conformance` suite.
 
 pub mod conformance;
+mod etcd;
 mod sqlite;
 
+pub use etcd::EtcdStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

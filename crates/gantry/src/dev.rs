@@ -1,5 +1,6 @@
 //! `gantry dev`: the whole platform in one process on one machine: the AWS API front, the
-//! control plane over an embedded SQLite store, and an in-process node agent.
+//! control plane over an embedded SQLite store (or etcd with `--store`), and an in-process
+//! node agent.
 
 use crate::NodeArgs;
 use anyhow::{Context, Result};
@@ -32,6 +33,36 @@ pub struct DevArgs {
     /// Memory in MiB the node offers EC2 tasks (default: the machine's, less 256 MiB).
     #[arg(long, env = "GANTRY_NODE_MEMORY")]
     memory: Option<i64>,
+    /// Where the state lives: `sqlite:PATH` (default: state.db in the data dir) or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.
+    #[arg(long, env = "GANTRY_STORE")]
+    store: Option<String>,
+}
+
+/// Opens the state store a `--store` names.
+async fn open_store(spec: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Store>> {
+    let spec = spec.unwrap_or("");
+    if let Some(rest) = spec.strip_prefix("etcd://") {
+        let (hosts, prefix) = match rest.split_once('/') {
+            Some((h, p)) => (h, format!("/{}", p.trim_end_matches('/'))),
+            None => (rest, String::new()),
+        };
+        let endpoints: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect();
+        anyhow::ensure!(!endpoints.is_empty(), "--store etcd:// needs at least one HOST:PORT");
+        let store = gantry_store::EtcdStore::connect(&endpoints, &prefix).await?;
+        // Fail now, clearly, rather than on the first request.
+        store
+            .revision()
+            .await
+            .with_context(|| format!("reaching etcd at {hosts}"))?;
+        return Ok(Arc::new(store));
+    }
+    let path = match spec.strip_prefix("sqlite:") {
+        Some(p) => PathBuf::from(p),
+        None if spec.is_empty() => data_dir.join("state.db"),
+        None => anyhow::bail!("--store must be sqlite:PATH or etcd://HOST:PORT[,...][/PREFIX], got {spec:?}"),
+    };
+    Ok(Arc::new(SqliteStore::open(&path)?))
 }
 
 /// What this machine offers: 1024 CPU units per core, its memory less what the node itself
@@ -199,7 +230,7 @@ pub fn run(args: &NodeArgs, a: DevArgs) -> Result<i32> {
 
 async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&args.data_dir.join("state.db"))?);
+    let store = open_store(a.store.as_deref(), &args.data_dir).await?;
     let logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
     let creds = credentials(store.as_ref()).await?;
     let node = Arc::new(args.node()?);

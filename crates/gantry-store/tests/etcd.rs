@@ -1,0 +1,136 @@
+//! The store conformance suite against a real 3-member etcd cluster (Debian's etcd-server),
+//! started on free loopback ports in temporary directories and killed afterwards. Also: a
+//! member can be lost without losing reads or writes.
+
+use gantry_store::{EtcdStore, Store};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct EtcdCluster {
+    members: Vec<Child>,
+    clients: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl EtcdCluster {
+    fn start(size: usize) -> EtcdCluster {
+        let etcd = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).is_file())
+            .expect("etcd is not installed: run scripts/install-deps.sh (Debian's etcd-server)");
+        let dir = tempfile::tempdir().unwrap();
+        let peers: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let clients: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let initial: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let token = format!("gantry-test-{}-{}", std::process::id(), rand_suffix());
+        let members = (0..size)
+            .map(|i| {
+                let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+                Command::new(etcd)
+                    .args(["--name", &format!("m{i}")])
+                    .arg("--data-dir")
+                    .arg(dir.path().join(format!("m{i}")))
+                    .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", clients[i])])
+                    .args(["--advertise-client-urls", &format!("http://127.0.0.1:{}", clients[i])])
+                    .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", peers[i])])
+                    .args([
+                        "--initial-advertise-peer-urls",
+                        &format!("http://127.0.0.1:{}", peers[i]),
+                    ])
+                    .args(["--initial-cluster", &initial.join(",")])
+                    .args(["--initial-cluster-token", &token, "--initial-cluster-state", "new"])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("starting etcd")
+            })
+            .collect();
+        EtcdCluster {
+            members,
+            clients: clients.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+            _dir: dir,
+        }
+    }
+
+    async fn store(&self, namespace: &str) -> EtcdStore {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(s) = EtcdStore::connect(&self.clients, namespace).await {
+                if s.revision().await.is_ok() {
+                    return s;
+                }
+            }
+            assert!(Instant::now() < deadline, "etcd did not become ready in 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_passes_the_store_conformance_suite() {
+    let cluster = Arc::new(EtcdCluster::start(3));
+    cluster.store("/warmup/").await;
+    let n = Arc::new(AtomicU32::new(0));
+    gantry_store::conformance::run(|| {
+        let cluster = cluster.clone();
+        let n = n.clone();
+        async move {
+            let ns = format!("/conformance-{}/", n.fetch_add(1, Ordering::SeqCst));
+            Arc::new(cluster.store(&ns).await) as Arc<dyn Store>
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_one_member_of_three_keeps_reads_and_writes() {
+    let mut cluster = EtcdCluster::start(3);
+    let s = cluster.store("/quorum/").await;
+    let r = s.create("/k", b"1").await.unwrap();
+    let mut lost = cluster.members.remove(2);
+    lost.kill().unwrap();
+    lost.wait().unwrap();
+    // The client fails over to the members left; a write may need a retry while it does.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let r2 = loop {
+        match s.update("/k", b"2", r).await {
+            Ok(r2) => break r2,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no write within 20 s of losing one member: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(s.get("/k").await.unwrap().unwrap().mod_revision, r2);
+}

@@ -1,0 +1,85 @@
+"""`gantry dev --store etcd://...`: the whole control plane on a real etcd (Debian's
+etcd-server, one member on loopback ports), surviving a kill -9 of gantry like the SQLite
+store does."""
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import GANTRY, Gantry, register, run, wait_stopped
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def etcd():
+    assert shutil.which("etcd"), "etcd is not installed: run scripts/install-deps.sh (Debian's etcd-server)"
+    d = tempfile.mkdtemp(prefix="gantry-etcd-", dir="/var/tmp")
+    client, peer = free_port(), free_port()
+    p = subprocess.Popen(["etcd", "--name", "e2e", "--data-dir", f"{d}/data",
+                          "--listen-client-urls", f"http://127.0.0.1:{client}",
+                          "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                          "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                          "--initial-cluster", f"e2e=http://127.0.0.1:{peer}"],
+                         stdout=subprocess.DEVNULL, stderr=open(f"{d}/etcd.log", "w"))
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", client), timeout=0.2).close()
+            break
+        except OSError:
+            assert p.poll() is None and time.time() < deadline, open(f"{d}/etcd.log").read()[-2000:]
+            time.sleep(0.1)
+    yield f"127.0.0.1:{client}"
+    p.kill()
+    p.wait()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_gantry_dev_on_etcd_runs_services_and_survives_kill9(etcd):
+    g = Gantry(instance=2)
+    g.env["GANTRY_STORE"] = f"etcd://{etcd}/gantry-e2e"
+    try:
+        g.start()
+        ecs = g.client("ecs")
+        loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+        register(ecs, "on-etcd", [{"name": "app", "command": ["sh", "-c", loop], "stopTimeout": 2}])
+        ecs.create_service(serviceName="etcd-svc", taskDefinition="on-etcd", desiredCount=2, launchType="FARGATE",
+                           networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-etcd"]}})
+        ecs.get_waiter("services_stable").wait(cluster="default", services=["etcd-svc"], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        before = sorted(ecs.list_tasks(cluster="default", serviceName="etcd-svc")["taskArns"])
+        assert len(before) == 2
+        g.kill9()
+        g.start()
+        ecs = g.client("ecs")
+        s = ecs.describe_services(cluster="default", services=["etcd-svc"])["services"][0]
+        assert s["runningCount"] == 2
+        assert sorted(ecs.list_tasks(cluster="default", serviceName="etcd-svc")["taskArns"]) == before, "the same tasks, not replacements"
+        one = run(ecs, "default", "on-etcd")[0]
+        ecs.stop_task(cluster="default", task=one["taskArn"])
+        assert wait_stopped(ecs, "default", [one["taskArn"]])[0]["containers"][0]["exitCode"] == 0
+        ecs.update_service(service="etcd-svc", desiredCount=0)
+        ecs.delete_service(service="etcd-svc")
+        ecs.get_waiter("services_inactive").wait(cluster="default", services=["etcd-svc"], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    finally:
+        g.cleanup()
+
+
+def test_a_bad_store_is_refused_clearly():
+    g = Gantry(instance=2)
+    try:
+        for store, message in [("etcd://127.0.0.1:9", "reaching etcd"), ("mysql://x", "--store must be")]:
+            p = subprocess.run([GANTRY, *g.node_args, "dev",
+                                "--listen", "127.0.0.1:0", "--no-profile", "--store", store],
+                               env=g.env, capture_output=True, text=True, timeout=60)
+            assert p.returncode != 0 and message in p.stderr, (store, p.stderr)
+    finally:
+        g.cleanup()
