@@ -298,6 +298,7 @@ impl Control {
         demand: &Demand,
         count: usize,
         on: Option<&[String]>,
+        strategy: &[placement::Strategy],
     ) -> Result<Vec<Placement>, EcsError> {
         let tasks = self.node_tasks().await?;
         let mut views: Vec<InstanceView> = self
@@ -308,13 +309,14 @@ impl Control {
             .map(|(_, r)| self.view(scope, r, &tasks))
             .collect();
         let Some(named) = on else {
-            return Ok(placement::place(&mut views, demand, count));
+            let seed = u64::from_str_radix(&crate::random_hex(8), 16).unwrap_or(0);
+            return Ok(placement::place(&mut views, demand, count, strategy, seed));
         };
         let mut out = Vec::new();
         for n in named {
             let id = n.rsplit('/').next().unwrap_or(n);
             match views.iter().position(|v| v.arn.rsplit('/').next() == Some(id)) {
-                Some(i) => out.extend(placement::place(&mut views[i..=i], demand, 1)),
+                Some(i) => out.extend(placement::place(&mut views[i..=i], demand, 1, strategy, 0)),
                 None => out.push(Placement::Failed {
                     arn: Some(n.clone()),
                     reason: "MISSING".into(),

@@ -33,45 +33,107 @@ pub struct Demand {
 }
 
 /// Where a task goes, or why it could not go anywhere.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Placement {
     On(String),
     Failed { arn: Option<String>, reason: String },
 }
 
-/// Places `count` copies of `demand`, each reducing what is left for the next.
-pub fn place(instances: &mut [InstanceView], demand: &Demand, count: usize) -> Vec<Placement> {
-    let mut out = Vec::new();
-    for _ in 0..count {
-        if instances.is_empty() {
-            out.push(Placement::Failed {
-                arn: None,
-                reason: "No Container Instances were found in your cluster.".into(),
-            });
-            continue;
-        }
-        let mut last_reason = None;
-        let mut placed = None;
+/// A placementStrategy rule. Rules are applied in order: the first decides, the next break
+/// its ties (as ECS evaluates them).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strategy {
+    Random,
+    /// Evenly over the values of an attribute (`attribute:NAME`), or over instances
+    /// (`instanceId` / `host`), counting the tasks of the same group.
+    Spread(String),
+    /// Fewest instances: the one with the least of this resource left that still fits.
+    BinpackCpu,
+    BinpackMemory,
+}
+
+/// What ECS does for a service without a strategy: spread over availability zones, then over
+/// instances.
+pub fn default_strategy() -> Vec<Strategy> {
+    vec![
+        Strategy::Spread("attribute:ecs.availability-zone".into()),
+        Strategy::Spread("instanceId".into()),
+    ]
+}
+
+/// Parses placementStrategy rules (already validated by the API layer).
+pub fn parse_strategy(rules: &[serde_json::Value]) -> Vec<Strategy> {
+    let rules: Vec<Strategy> = rules
+        .iter()
+        .filter_map(|r| match (r["type"].as_str(), r["field"].as_str()) {
+            (Some("random"), _) => Some(Strategy::Random),
+            (Some("spread"), Some(f)) => Some(Strategy::Spread(f.to_string())),
+            (Some("binpack"), Some("cpu")) => Some(Strategy::BinpackCpu),
+            (Some("binpack"), Some("memory")) => Some(Strategy::BinpackMemory),
+            _ => None,
+        })
+        .collect();
+    if rules.is_empty() {
+        default_strategy()
+    } else {
+        rules
+    }
+}
+
+/// The most rules a strategy may have (ECS's limit).
+const MAX_RULES: usize = 5;
+
+/// Places `count` copies of `demand`, each reducing what is left for the next, choosing among
+/// the instances that fit by `strategy`. `seed` makes `random` reproducible.
+pub fn place(
+    instances: &mut [InstanceView],
+    demand: &Demand,
+    count: usize,
+    strategy: &[Strategy],
+    seed: u64,
+) -> Vec<Placement> {
+    if instances.is_empty() {
+        let none = Placement::Failed {
+            arn: None,
+            reason: "No Container Instances were found in your cluster.".into(),
+        };
+        return vec![none; count];
+    }
+    // What does not change while placing: status and memberOf, per instance.
+    let fixed: Vec<Result<(), String>> = instances.iter().map(|i| fixed_fit(i, demand)).collect();
+    let mut state = SpreadState::new(instances, demand, strategy);
+    let mut out = Vec::with_capacity(count);
+    for task in 0..count {
+        let mut best: Option<([i64; MAX_RULES], usize)> = None;
+        let mut closest = None;
         for (i, inst) in instances.iter().enumerate() {
-            match fits(inst, demand) {
-                Ok(()) => {
-                    placed = Some(i);
-                    break;
+            let fit = fixed[i].clone().and_then(|_| {
+                if demand.distinct_instance && state.on_instance[i] > 0 {
+                    return Err("ATTRIBUTE".to_string());
                 }
-                Err(reason) => last_reason = Some((inst.arn.clone(), reason)),
+                resource_fit(inst, demand)
+            });
+            if let Err(reason) = fit {
+                closest = Some((inst.arn.clone(), reason));
+                continue;
+            }
+            let key = state.key(i, inst, demand, strategy, seed ^ task as u64);
+            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                best = Some((key, i));
             }
         }
-        match placed {
-            Some(i) => {
+        match best {
+            Some((_, i)) => {
                 let inst = &mut instances[i];
                 inst.used_cpu += demand.cpu;
                 inst.used_memory += demand.memory;
                 inst.used_ports.extend(demand.ports.iter().cloned());
                 inst.groups.push(demand.group.clone());
+                state.placed(i);
                 out.push(Placement::On(inst.arn.clone()));
             }
             None => {
-                let (arn, reason) = last_reason.expect("at least one instance was tried");
+                let (arn, reason) = closest.expect("at least one instance was tried");
                 out.push(Placement::Failed { arn: Some(arn), reason });
             }
         }
@@ -79,8 +141,83 @@ pub fn place(instances: &mut [InstanceView], demand: &Demand, count: usize) -> V
     out
 }
 
-/// Why a task does not fit an instance, in ECS's failure reasons.
-fn fits(inst: &InstanceView, d: &Demand) -> Result<(), String> {
+/// Counts the spread rules need: this group's tasks per instance and per attribute value.
+struct SpreadState {
+    on_instance: Vec<i64>,
+    /// For each spread-by-attribute rule: the instance's value index, and tasks per value.
+    by_attribute: Vec<(Vec<usize>, Vec<i64>)>,
+}
+
+impl SpreadState {
+    fn new(instances: &[InstanceView], demand: &Demand, strategy: &[Strategy]) -> SpreadState {
+        let on_instance: Vec<i64> = instances
+            .iter()
+            .map(|i| i.groups.iter().filter(|g| **g == demand.group).count() as i64)
+            .collect();
+        let by_attribute = strategy
+            .iter()
+            .filter_map(|s| match s {
+                Strategy::Spread(f) => f.strip_prefix("attribute:"),
+                _ => None,
+            })
+            .map(|name| {
+                let mut values: Vec<Option<&str>> = Vec::new();
+                let index: Vec<usize> = instances
+                    .iter()
+                    .map(|i| {
+                        let v = i.attributes.get(name).and_then(|v| v.as_deref());
+                        values.iter().position(|x| *x == v).unwrap_or_else(|| {
+                            values.push(v);
+                            values.len() - 1
+                        })
+                    })
+                    .collect();
+                let mut counts = vec![0i64; values.len()];
+                for (i, n) in on_instance.iter().enumerate() {
+                    counts[index[i]] += n;
+                }
+                (index, counts)
+            })
+            .collect();
+        SpreadState {
+            on_instance,
+            by_attribute,
+        }
+    }
+
+    fn placed(&mut self, i: usize) {
+        self.on_instance[i] += 1;
+        for (index, counts) in &mut self.by_attribute {
+            counts[index[i]] += 1;
+        }
+    }
+
+    /// Lower is better, rule by rule.
+    fn key(&self, i: usize, inst: &InstanceView, d: &Demand, strategy: &[Strategy], seed: u64) -> [i64; MAX_RULES] {
+        let mut key = [0i64; MAX_RULES];
+        let mut attribute_rule = 0;
+        for (k, rule) in strategy.iter().take(MAX_RULES).enumerate() {
+            key[k] = match rule {
+                Strategy::Spread(f) if f.starts_with("attribute:") => {
+                    let (index, counts) = &self.by_attribute[attribute_rule];
+                    attribute_rule += 1;
+                    counts[index[i]]
+                }
+                Strategy::Spread(_) => self.on_instance[i],
+                Strategy::BinpackCpu => inst.cpu - inst.used_cpu - d.cpu,
+                Strategy::BinpackMemory => inst.memory - inst.used_memory - d.memory,
+                Strategy::Random => {
+                    let h = (i as u64 ^ seed.rotate_left(17)).wrapping_mul(0x9E3779B97F4A7C15);
+                    (h >> 1) as i64
+                }
+            };
+        }
+        key
+    }
+}
+
+/// What placement cannot change: the instance's status and the memberOf constraints.
+fn fixed_fit(inst: &InstanceView, d: &Demand) -> Result<(), String> {
     if !inst.active {
         return Err("The container instance is not ACTIVE (it is draining or deregistered).".into());
     }
@@ -89,9 +226,11 @@ fn fits(inst: &InstanceView, d: &Demand) -> Result<(), String> {
             return Err("ATTRIBUTE".into());
         }
     }
-    if d.distinct_instance && inst.groups.contains(&d.group) {
-        return Err("ATTRIBUTE".into());
-    }
+    Ok(())
+}
+
+/// Whether what is left on the instance takes the task, in ECS's failure reasons.
+fn resource_fit(inst: &InstanceView, d: &Demand) -> Result<(), String> {
     if inst.cpu - inst.used_cpu < d.cpu {
         return Err("RESOURCE:CPU".into());
     }
@@ -225,7 +364,7 @@ mod tests {
             group: "family:x".into(),
             ..Default::default()
         };
-        let p = place(&mut n, &d, 3);
+        let p = place(&mut n, &d, 3, &default_strategy(), 0);
         assert_eq!(p[0], Placement::On("ci-1".into()));
         assert_eq!(p[1], Placement::On("ci-1".into()));
         assert_eq!(
@@ -240,8 +379,13 @@ mod tests {
             memory: 1,
             ..Default::default()
         };
-        assert!(matches!(&place(&mut n, &d, 1)[0], Placement::Failed { reason, .. } if reason == "RESOURCE:CPU"));
-        assert!(matches!(&place(&mut [], &d, 1)[0], Placement::Failed { arn: None, .. }));
+        assert!(
+            matches!(&place(&mut n, &d, 1, &[], 0)[0], Placement::Failed { reason, .. } if reason == "RESOURCE:CPU")
+        );
+        assert!(matches!(
+            &place(&mut [], &d, 1, &[], 0)[0],
+            Placement::Failed { arn: None, .. }
+        ));
     }
 
     #[test]
@@ -252,14 +396,14 @@ mod tests {
             group: "g".into(),
             ..Default::default()
         };
-        let p = place(&mut n, &d, 2);
+        let p = place(&mut n, &d, 2, &[], 0);
         assert!(matches!(&p[1], Placement::Failed { reason, .. } if reason == "RESOURCE:PORTS"));
         let d = Demand {
             group: "g".into(),
             distinct_instance: true,
             ..Default::default()
         };
-        assert!(matches!(&place(&mut n, &d, 1)[0], Placement::Failed { reason, .. } if reason == "ATTRIBUTE"));
+        assert!(matches!(&place(&mut n, &d, 1, &[], 0)[0], Placement::Failed { reason, .. } if reason == "ATTRIBUTE"));
     }
 
     #[test]
@@ -280,6 +424,200 @@ mod tests {
         }
         for bad in ["", "stack == prod", "attribute:stack ~= x", "attribute:stack in dev"] {
             assert!(validate_expression(bad).is_err(), "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod strategy_tests {
+    use super::{default_strategy, place, Demand, InstanceView, Placement, Strategy as Rule};
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, HashSet};
+
+    fn zone_node(i: usize, zone: &str, cpu: i64, memory: i64) -> InstanceView {
+        InstanceView {
+            arn: format!("ci-{i}"),
+            active: true,
+            cpu,
+            memory,
+            used_cpu: 0,
+            used_memory: 0,
+            used_ports: HashSet::new(),
+            attributes: [("ecs.availability-zone".to_string(), Some(zone.to_string()))]
+                .into_iter()
+                .collect(),
+            groups: vec![],
+        }
+    }
+
+    fn per_instance(p: &[Placement]) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for x in p {
+            if let Placement::On(a) = x {
+                *m.entry(a.clone()).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn services_spread_over_zones_by_default() {
+        let mut n: Vec<_> = ["a", "b", "c", "a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, z)| zone_node(i, z, 4096, 4096))
+            .collect();
+        let d = Demand {
+            cpu: 10,
+            memory: 10,
+            group: "service:web".into(),
+            ..Default::default()
+        };
+        let p = place(&mut n, &d, 6, &default_strategy(), 0);
+        // Two per zone, and within a zone one per instance.
+        assert_eq!(per_instance(&p).values().copied().collect::<Vec<_>>(), vec![1; 6]);
+        let p = place(&mut n, &d, 3, &default_strategy(), 0);
+        let zones: Vec<&str> = p
+            .iter()
+            .map(|x| match x {
+                Placement::On(a) => n.iter().find(|i| &i.arn == a).unwrap().attributes["ecs.availability-zone"]
+                    .as_deref()
+                    .unwrap(),
+                _ => panic!("{x:?}"),
+            })
+            .collect();
+        let mut z = zones.clone();
+        z.sort();
+        assert_eq!(z, ["a", "b", "c"], "the next three go one to each zone");
+    }
+
+    #[test]
+    fn binpack_fills_the_fullest_instance_first() {
+        let mut n = vec![zone_node(0, "a", 4096, 2000), zone_node(1, "a", 4096, 1000)];
+        let d = Demand {
+            cpu: 1,
+            memory: 300,
+            group: "g".into(),
+            ..Default::default()
+        };
+        let p = place(&mut n, &d, 4, &[Rule::BinpackMemory], 0);
+        let on: Vec<String> = p.iter().map(|x| format!("{x:?}")).collect();
+        assert!(
+            on[..3].iter().all(|x| x.contains("ci-1")) && on[3].contains("ci-0"),
+            "{on:?}"
+        );
+    }
+
+    #[test]
+    fn random_is_reproducible_by_seed_and_varies_with_it() {
+        let nodes: Vec<_> = (0..10).map(|i| zone_node(i, "a", 4096, 4096)).collect();
+        let d = Demand {
+            cpu: 1,
+            memory: 1,
+            group: "g".into(),
+            ..Default::default()
+        };
+        let run = |seed| place(&mut nodes.clone(), &d, 5, &[Rule::Random], seed);
+        assert_eq!(run(7), run(7));
+        assert!((0..5).map(run).collect::<std::collections::HashSet<_>>().len() > 1);
+    }
+
+    fn arb_nodes() -> impl Strategy<Value = Vec<InstanceView>> {
+        proptest::collection::vec((0usize..3, 1i64..4, 1i64..4, any::<bool>(), 0u16..3), 0..8).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (zone, cpu, mem, active, port))| {
+                    let mut n = zone_node(i, ["a", "b", "c"][zone], cpu * 512, mem * 512);
+                    n.active = active || i == 0;
+                    if port > 0 {
+                        n.used_ports.insert((8000 + port, "tcp".into()));
+                    }
+                    n
+                })
+                .collect()
+        })
+    }
+
+    fn arb_strategy() -> impl Strategy<Value = Vec<Rule>> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just(Rule::Random),
+                Just(Rule::Spread("attribute:ecs.availability-zone".into())),
+                Just(Rule::Spread("instanceId".into())),
+                Just(Rule::BinpackCpu),
+                Just(Rule::BinpackMemory),
+            ],
+            0..3,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn placement_never_overcommits_and_fails_only_when_nothing_fits(
+            nodes in arb_nodes(),
+            strategy in arb_strategy(),
+            cpu in 0i64..1024,
+            memory in 1i64..1024,
+            port in prop_oneof![Just(None), (8001u16..8003).prop_map(Some)],
+            distinct in any::<bool>(),
+            zone_only in prop_oneof![Just(None), Just(Some("a")), Just(Some("b"))],
+            count in 1usize..12,
+            seed in any::<u64>(),
+        ) {
+            let d = Demand {
+                cpu,
+                memory,
+                ports: port.iter().map(|p| (*p, "tcp".to_string())).collect(),
+                group: "g".into(),
+                member_of: zone_only.iter().map(|z| format!("attribute:ecs.availability-zone == {z}")).collect(),
+                distinct_instance: distinct,
+            };
+            let mut after = nodes.clone();
+            let p = place(&mut after, &d, count, &strategy, seed);
+            prop_assert_eq!(p.len(), count);
+            for n in &after {
+                prop_assert!(n.used_cpu <= n.cpu && n.used_memory <= n.memory, "overcommitted {n:?}");
+                let mine = n.groups.iter().filter(|g| *g == "g").count();
+                if distinct {
+                    prop_assert!(mine <= 1, "distinctInstance broken on {}", n.arn);
+                }
+                if port.is_some() {
+                    prop_assert!(mine <= 1, "a host port placed twice on {}", n.arn);
+                }
+                if mine > 0 {
+                    prop_assert!(n.active, "placed on an inactive instance");
+                    if let Some(z) = zone_only {
+                        prop_assert_eq!(n.attributes["ecs.availability-zone"].as_deref(), Some(z));
+                    }
+                }
+            }
+            // Failures come only once nothing fits any more: every later task fails too.
+            if let Some(first) = p.iter().position(|x| matches!(x, Placement::Failed { .. })) {
+                let all_failed = p[first..].iter().all(|x| matches!(x, Placement::Failed { .. }));
+                prop_assert!(all_failed, "{:?}", p);
+                let mut again = after.clone();
+                let retry = place(&mut again, &d, 1, &strategy, seed);
+                let failed = matches!(retry[0], Placement::Failed { .. });
+                prop_assert!(failed, "a retry placed what had failed: {:?}", retry);
+            }
+        }
+
+        #[test]
+        fn spreading_over_zones_stays_within_one(
+            per_zone in 1usize..4,
+            count in 1usize..30,
+        ) {
+            let mut nodes: Vec<_> = (0..3 * per_zone)
+                .map(|i| zone_node(i, ["a", "b", "c"][i % 3], 1 << 20, 1 << 20))
+                .collect();
+            let d = Demand { cpu: 1, memory: 1, group: "service:s".into(), ..Default::default() };
+            place(&mut nodes, &d, count, &default_strategy(), 0);
+            let mut by_zone = BTreeMap::new();
+            for n in &nodes {
+                *by_zone.entry(n.attributes["ecs.availability-zone"].clone()).or_insert(0usize) += n.groups.len();
+            }
+            let (lo, hi) = (by_zone.values().min().unwrap(), by_zone.values().max().unwrap());
+            prop_assert!(hi - lo <= 1, "{by_zone:?}");
         }
     }
 }

@@ -206,6 +206,7 @@ impl Control {
                 &demand,
                 count as usize,
                 req.on_instances.as_deref(),
+                &crate::placement::parse_strategy(req.placement_strategy.as_deref().unwrap_or_default()),
             )
             .await?
         };

@@ -2,6 +2,7 @@
 //! `debug` (run one task in the foreground, sweep leftovers, benchmark task start).
 
 mod bench;
+mod bench_placement;
 mod client;
 mod debug_run;
 mod dev;
@@ -118,6 +119,8 @@ enum DebugCmd {
     },
     /// Benchmark task start to exit against `crun run` of an equivalent bundle.
     Bench(bench::BenchArgs),
+    /// Benchmark the scheduler alone over a simulated cluster of many nodes.
+    BenchPlacement(bench_placement::BenchPlacementArgs),
 }
 
 impl NodeArgs {
@@ -217,6 +220,7 @@ fn main() {
             Ok(0)
         })(),
         Cmd::Debug(DebugCmd::Bench(a)) => bench::run(&cli.node, a),
+        Cmd::Debug(DebugCmd::BenchPlacement(a)) => bench_placement::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),
