@@ -11,16 +11,18 @@ mod supervise;
 mod wake;
 
 use gantry_control::logstore::LogStore;
-use gantry_control::Control;
+use gantry_control::{Control, TaskRecord};
 use gantry_runtime::task::Node;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 pub struct Agent {
     pub control: Control,
     pub node: Arc<Node>,
     pub logs: Arc<LogStore>,
-    supervised: Mutex<HashSet<String>>,
+    /// Supervised tasks by key, each with what wakes its supervisor when its record changes.
+    supervised: Mutex<HashMap<String, Arc<Notify>>>,
     /// Running metadata endpoints by task id.
     metadata: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// Port relays of bridge-mode tasks by task id.
@@ -33,23 +35,64 @@ impl Agent {
             control,
             node,
             logs,
-            supervised: Mutex::new(HashSet::new()),
+            supervised: Mutex::new(HashMap::new()),
             metadata: Mutex::new(Default::default()),
             published: Mutex::new(Default::default()),
         })
     }
 
-    /// Runs until `shutdown` flips to true. Reacts to task record changes through a watch and
-    /// re-checks every second in any case (level-triggered).
+    /// Runs until `shutdown` flips to true. Watch events say which task records changed: new
+    /// ones get a supervisor, supervised ones wake theirs. A full re-list (at start, after a
+    /// watch is re-established, and every few seconds as a safety net) keeps it
+    /// level-triggered. An idle task costs nothing between events.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut wake = wake::Wake::new(gantry_control::TASKS_PREFIX);
+        self.reconcile().await;
         loop {
-            self.reconcile().await;
-            tokio::select! {
-                _ = wake.wait(self.control.store.as_ref()) => {}
+            let woke = tokio::select! {
+                w = wake.wait(self.control.store.as_ref()) => w,
                 _ = shutdown.changed() => return,
+            };
+            match woke {
+                wake::Woke::Resync => self.reconcile().await,
+                wake::Woke::Changed(events) => {
+                    for e in events {
+                        if e.kind != gantry_store::EventKind::Put {
+                            continue;
+                        }
+                        match serde_json::from_slice::<TaskRecord>(&e.kv.value) {
+                            Ok(rec) => self.consider(&e.kv.key, &rec),
+                            Err(err) => tracing::warn!(key = %e.kv.key, error = %err, "unreadable task record"),
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// A task record as it is now: its supervisor is woken, or started if it has none.
+    fn consider(self: &Arc<Self>, key: &str, rec: &TaskRecord) {
+        if rec.node != self.control.node {
+            return;
+        }
+        let mut supervised = self.supervised.lock().expect("lock");
+        if let Some(n) = supervised.get(key) {
+            n.notify_one();
+            return;
+        }
+        if rec.task.last_status == "STOPPED" {
+            return;
+        }
+        let notify = Arc::new(Notify::new());
+        supervised.insert(key.to_string(), notify.clone());
+        let me = self.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = supervise::supervise(&me, &key, &notify).await {
+                tracing::error!(task = %key, error = %e, "task supervision failed");
+            }
+            me.supervised.lock().expect("lock").remove(&key);
+        });
     }
 
     /// Starts the task's metadata endpoint (idempotent).
@@ -115,23 +158,10 @@ impl Agent {
             }
         };
         for (key, rec, _) in &tasks {
-            if rec.node != self.control.node || rec.task.last_status == "STOPPED" {
-                continue;
-            }
-            if !self.supervised.lock().expect("lock").insert(key.clone()) {
-                continue;
-            }
-            let me = self.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                if let Err(e) = supervise::supervise(&me, &key).await {
-                    tracing::error!(task = %key, error = %e, "task supervision failed");
-                }
-                me.supervised.lock().expect("lock").remove(&key);
-            });
+            self.consider(key, rec);
         }
-        // Stopped tasks are visible for an hour or more, as in ECS; then they go.
-        // from the same listing: no second scan of every task each second.
+        // Stopped tasks are visible for an hour or more, as in ECS; then they go (from the same
+        // listing: no second scan of every task).
         let _ = self.control.expire_stopped_tasks(&tasks, 3.0 * 3600.0).await;
     }
 }

@@ -13,8 +13,12 @@ use gantry_types::model::{stop_code, NetworkInterface};
 use gantry_types::taskdef::NetworkMode;
 use gantry_types::taskdef::{start_order, KeyValuePair};
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::Notify;
 
 const OOM_REASON: &str = "OutOfMemoryError: Container killed due to memory usage";
 
@@ -60,7 +64,7 @@ fn awslogs_target(rec: &TaskRecord, c: &TaskSpecContainer) -> Option<(Target, bo
     ))
 }
 
-pub async fn supervise(a: &Arc<Agent>, key: &str) -> Result<()> {
+pub async fn supervise(a: &Arc<Agent>, key: &str, changed: &Notify) -> Result<()> {
     let Some((rec, _)) = get(a, key).await? else {
         return Ok(());
     };
@@ -71,7 +75,7 @@ pub async fn supervise(a: &Arc<Agent>, key: &str) -> Result<()> {
         match rec.task.last_status.as_str() {
             "PROVISIONING" | "PENDING" | "ACTIVATING" if rec.task.desired_status == "RUNNING" => {
                 if let Err(reason) = launch(a, key, &rec, &mut shippers).await {
-                    return fail(a, key, &id, &reason, shippers).await;
+                    return fail(a, key, &id, &reason, shippers, changed).await;
                 }
             }
             "PROVISIONING" | "PENDING" | "ACTIVATING" => {
@@ -100,6 +104,7 @@ pub async fn supervise(a: &Arc<Agent>, key: &str) -> Result<()> {
             &id,
             "TaskFailedToStart: the node agent restarted while the task was starting",
             shippers,
+            changed,
         )
         .await;
     } else {
@@ -125,7 +130,7 @@ pub async fn supervise(a: &Arc<Agent>, key: &str) -> Result<()> {
             }
         }
     }
-    watch(a, key, &id, shippers).await
+    watch(a, key, &id, shippers, changed).await
 }
 
 /// Container names in ECS allow upper case; runtime directory names are lowercase-safe.
@@ -412,7 +417,14 @@ async fn launch(
     Ok(())
 }
 
-async fn fail(a: &Arc<Agent>, key: &str, id: &str, reason: &str, shippers: HashMap<String, Shipper>) -> Result<()> {
+async fn fail(
+    a: &Arc<Agent>,
+    key: &str,
+    id: &str,
+    reason: &str,
+    shippers: HashMap<String, Shipper>,
+    changed: &Notify,
+) -> Result<()> {
     let t = now(&a.control);
     update(a, key, |r| {
         // A StopTask that interrupted the start keeps its own code and reason.
@@ -432,11 +444,17 @@ async fn fail(a: &Arc<Agent>, key: &str, id: &str, reason: &str, shippers: HashM
     })
     .await?;
     // Stop whatever did start.
-    watch(a, key, id, shippers).await
+    watch(a, key, id, shippers, changed).await
 }
 
 /// Watches the containers until the task is over, then finishes it.
-async fn watch(a: &Arc<Agent>, key: &str, id: &str, mut shippers: HashMap<String, Shipper>) -> Result<()> {
+async fn watch(
+    a: &Arc<Agent>,
+    key: &str,
+    id: &str,
+    mut shippers: HashMap<String, Shipper>,
+    changed: &Notify,
+) -> Result<()> {
     let mut stop_sent = false;
     loop {
         let Some((rec, _)) = get(a, key).await? else {
@@ -538,7 +556,38 @@ async fn watch(a: &Arc<Agent>, key: &str, id: &str, mut shippers: HashMap<String
             }
             return finish(a, key, id, HashMap::new()).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for_change(a, id, &rec, changed).await;
+    }
+}
+
+/// Registers a pidfd with the runtime's reactor, to await its readiness (the process's exit).
+fn watch_readable(fd: OwnedFd) -> Option<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor is open, is the same one, and
+    // stays so for as long as the AsyncFd lives.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+}
+
+/// A task's supervisor sleeps until its record changes (StopTask, health), one of its
+/// containers exits, or a safety interval passes: an idle task costs nothing meanwhile.
+async fn wait_for_change(a: &Agent, id: &str, rec: &TaskRecord, changed: &Notify) {
+    const SAFETY: Duration = Duration::from_secs(5);
+    let exits: Vec<AsyncFd<OwnedFd>> = rec
+        .containers
+        .iter()
+        .filter_map(|c| a.node.exit_fd(id, &container_dir_name(c.name())))
+        .filter_map(watch_readable)
+        .collect();
+    let any_exit = std::future::poll_fn(|cx| {
+        if exits.iter().any(|fd| fd.poll_read_ready(cx).is_ready()) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    });
+    tokio::select! {
+        _ = changed.notified() => {}
+        _ = any_exit => {}
+        _ = tokio::time::sleep(SAFETY) => {}
     }
 }
 

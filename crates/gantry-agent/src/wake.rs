@@ -1,13 +1,26 @@
 //! What wakes the agent: a store watch on the task records, and a periodic resync. A watch
 //! that ends (an etcd watch ends routinely; a watcher that fell behind a compaction is cut off)
 //! is re-established with backoff; meanwhile the resync keeps the agent level-triggered, and
-//! nothing spins.
+//! nothing spins. With a live watch the full resync is rare: the events say what changed.
 
-use gantry_store::{Store, Watch};
+use gantry_store::{Event, Store, Watch};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Full re-list while the watch is down, and as a safety net while it is up.
 const RESYNC: Duration = Duration::from_secs(1);
+const RESYNC_WATCHED: Duration = Duration::from_secs(10);
+/// Events taken at once after the first (a burst of writes wakes the agent once).
+const BATCH: usize = 512;
+
+/// Why the agent woke.
+#[derive(Debug)]
+pub enum Woke {
+    /// These records changed (puts carry the new value).
+    Changed(Vec<Event>),
+    /// Time for a full re-list (the resync, or a watch that was just (re)established).
+    Resync,
+}
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -28,38 +41,58 @@ impl Wake {
         }
     }
 
-    /// Returns on a change under the prefix or after the resync period, whichever is first.
-    pub async fn wait(&mut self, store: &dyn Store) {
+    /// Returns on changes under the prefix or when a full re-list is due, whichever is first.
+    pub async fn wait(&mut self, store: &dyn Store) -> Woke {
         if self.watch.is_none() && Instant::now() >= self.retry_at {
-            self.subscribe(store).await;
+            // Whatever happened while there was no watch, only a re-list can tell.
+            if self.subscribe(store).await {
+                return Woke::Resync;
+            }
         }
-        let resync = tokio::time::sleep(RESYNC);
+        let period = if self.watch.is_some() { RESYNC_WATCHED } else { RESYNC };
+        let resync = tokio::time::sleep(period);
         let Some(w) = &mut self.watch else {
-            return resync.await;
+            resync.await;
+            return Woke::Resync;
         };
         tokio::select! {
             ev = w.events.recv() => match ev {
-                Some(Ok(_)) => self.backoff = BACKOFF_MIN,
+                Some(Ok(first)) => {
+                    self.backoff = BACKOFF_MIN;
+                    let mut events = vec![first];
+                    while events.len() < BATCH {
+                        match w.events.try_recv() {
+                            Ok(Ok(e)) => events.push(e),
+                            _ => break,
+                        }
+                    }
+                    Woke::Changed(events)
+                }
                 ended => {
                     tracing::warn!(prefix = %self.prefix, error = ?ended.and_then(|e| e.err()), "store watch ended; re-watching after {:?}", self.backoff);
                     self.lost();
+                    Woke::Resync
                 }
             },
-            _ = resync => {}
+            _ = resync => Woke::Resync,
         }
     }
 
-    /// From the current revision: the caller re-lists on every wake anyway.
-    async fn subscribe(&mut self, store: &dyn Store) {
+    /// From the current revision (the caller re-lists right after). True if it worked.
+    async fn subscribe(&mut self, store: &dyn Store) -> bool {
         let w = match store.revision().await {
             Ok(rev) => store.watch(&self.prefix, rev).await,
             Err(e) => Err(e),
         };
         match w {
-            Ok(w) => self.watch = Some(w),
+            Ok(w) => {
+                self.watch = Some(w);
+                true
+            }
             Err(e) => {
                 tracing::warn!(prefix = %self.prefix, error = %e, "store watch failed; retrying after {:?}", self.backoff);
                 self.lost();
+                false
             }
         }
     }
@@ -128,9 +161,10 @@ mod tests {
             wake.wait(store.as_ref()).await;
             wakes += 1;
         }
-        // Resync once a second plus one early wake per re-watch; re-watches double their delay.
+        // Resync once a second plus two wakes per re-watch (the re-list, the end); re-watches
+        // double their delay.
         let watches = store.watches.load(Ordering::SeqCst);
-        assert!(wakes <= 60 + watches + 1, "{wakes} wakes in 60 s");
+        assert!(wakes <= 60 + 2 * watches + 1, "{wakes} wakes in 60 s");
         assert!((4..=9).contains(&watches), "{watches} re-watches in 60 s");
     }
 
@@ -138,10 +172,25 @@ mod tests {
     async fn a_live_watch_wakes_on_changes() {
         let store = SqliteStore::in_memory().unwrap();
         let mut wake = Wake::new("/tasks/");
-        wake.wait(&store).await; // subscribes, then resyncs after a second
+        assert!(
+            matches!(wake.wait(&store).await, Woke::Resync),
+            "a new watch starts with a re-list"
+        );
         let t = Instant::now();
         store.create("/tasks/a", b"1").await.unwrap();
-        wake.wait(&store).await;
+        store.create("/tasks/b", b"2").await.unwrap();
+        tokio::task::yield_now().await;
+        match wake.wait(&store).await {
+            Woke::Changed(events) => {
+                let keys: Vec<&str> = events.iter().map(|e| e.kv.key.as_str()).collect();
+                assert!(keys == ["/tasks/a", "/tasks/b"] || keys == ["/tasks/a"], "{keys:?}");
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(t.elapsed() < Duration::from_millis(100), "woke after {:?}", t.elapsed());
+        // With a live watch, the full re-list is the rare safety net.
+        let t = Instant::now();
+        while !matches!(wake.wait(&store).await, Woke::Resync) {}
+        assert!(t.elapsed() >= RESYNC_WATCHED, "re-listed after {:?}", t.elapsed());
     }
 }

@@ -261,6 +261,16 @@ impl Node {
     }
 
     /// Waits up to `timeout` for the container to end. None if it is still running.
+    /// A pidfd of the container's shim, readable once the shim has exited (after recording
+    /// the container's exit): for event loops that wait on many containers at once. None if
+    /// the container is not running.
+    pub fn exit_fd(&self, task: &str, name: &str) -> Option<OwnedFd> {
+        match self.container_state(task, name) {
+            ContainerState::Running(s) => sys::pidfd_open(s.shim_pid).ok(),
+            _ => None,
+        }
+    }
+
     pub fn wait_container(&self, task: &str, name: &str, timeout: Option<Duration>) -> Option<ContainerState> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {

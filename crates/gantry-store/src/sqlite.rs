@@ -110,7 +110,8 @@ impl Inner {
         .map_err(backend)
     }
 
-    /// Appends to the log and applies to kv in one transaction; publishes the event after commit.
+    /// Appends to the log and applies to kv in one transaction; publishes the event after commit,
+    /// still holding the lock.
     fn write(
         &self,
         key: &str,
@@ -172,8 +173,11 @@ impl Inner {
             }
         };
         tx.commit().map_err(backend)?;
-        drop(c);
+        // Published under the connection lock, so events leave in revision order: a watcher
+        // drops anything older than what it has seen, and two writers publishing out of order
+        // would lose one of them.
         let _ = self.events.send(event);
+        drop(c);
         Ok(rev)
     }
 
