@@ -115,6 +115,8 @@ pub fn wanted(mappings: &[PortMapping]) -> Vec<Binding> {
 async fn relay_tcp(listener: TcpListener, target: SocketAddr) {
     loop {
         let Ok((mut inbound, _)) = listener.accept().await else {
+            // Out of descriptors or the like: back off rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         tokio::spawn(async move {
@@ -125,36 +127,46 @@ async fn relay_tcp(listener: TcpListener, target: SocketAddr) {
     }
 }
 
-/// UDP: one upstream socket per client, relaying replies back to it.
+/// Clients a UDP relay remembers; the least recently active go first beyond it.
+const UDP_CLIENTS: usize = 1024;
+
+/// UDP: one upstream socket per client, relaying replies back to it. Clients idle longest are
+/// forgotten once there are too many (their reply relays end with them).
 async fn relay_udp(socket: Arc<UdpSocket>, target: SocketAddr) {
-    let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut upstreams: HashMap<SocketAddr, (Arc<UdpSocket>, std::time::Instant, AbortHandle)> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((n, client)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let up = match upstreams.get(&client) {
-            Some(u) => u.clone(),
-            None => {
-                let Ok(u) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
-                    continue;
-                };
-                if u.connect(target).await.is_err() {
-                    continue;
+        if !upstreams.contains_key(&client) {
+            if upstreams.len() >= UDP_CLIENTS {
+                let oldest = upstreams.iter().min_by_key(|(_, (_, t, _))| *t).map(|(a, _)| *a);
+                if let Some((_, _, h)) = oldest.and_then(|a| upstreams.remove(&a)) {
+                    h.abort();
                 }
-                let u = Arc::new(u);
-                let (back, reply_to, up) = (socket.clone(), client, u.clone());
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65536];
-                    while let Ok(n) = up.recv(&mut buf).await {
-                        let _ = back.send_to(&buf[..n], reply_to).await;
-                    }
-                });
-                upstreams.insert(client, u.clone());
-                u
             }
-        };
-        let _ = up.send(&buf[..n]).await;
+            let Ok(u) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
+                continue;
+            };
+            if u.connect(target).await.is_err() {
+                continue;
+            }
+            let u = Arc::new(u);
+            let (back, up) = (socket.clone(), u.clone());
+            let replies = tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = up.recv(&mut buf).await {
+                    let _ = back.send_to(&buf[..n], client).await;
+                }
+            });
+            upstreams.insert(client, (u, std::time::Instant::now(), replies.abort_handle()));
+        }
+        if let Some((up, seen, _)) = upstreams.get_mut(&client) {
+            *seen = std::time::Instant::now();
+            let _ = up.send(&buf[..n]).await;
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub enum NetworkError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Firewall(#[from] firewall::FirewallError),
+    #[error("bridge {bridge} already has 1024 ports, the Linux limit: no more bridged tasks fit on this node")]
+    BridgeFull { bridge: String },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -210,7 +212,14 @@ impl Network {
         let bridge = netlink::link_index(&self.cfg.bridge)
             .ok_or_else(|| io_ctx(format!("bridge {}", self.cfg.bridge))(io::Error::from(io::ErrorKind::NotFound)))?;
         let mut host = Netlink::open()?;
-        host.create_veth(&sb.host_veth, bridge, "eth0", ETH0_INDEX, nsfd.as_raw_fd())?;
+        match host.create_veth(&sb.host_veth, bridge, "eth0", ETH0_INDEX, nsfd.as_raw_fd()) {
+            Err(NetlinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::EXFULL) => {
+                return Err(NetworkError::BridgeFull {
+                    bridge: self.cfg.bridge.clone(),
+                })
+            }
+            r => r?,
+        }
         let hidx = netlink::link_index(&sb.host_veth)
             .ok_or_else(|| io_ctx(format!("veth {}", sb.host_veth))(io::Error::from(io::ErrorKind::NotFound)))?;
         host.set_up(hidx)?;
