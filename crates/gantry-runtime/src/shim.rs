@@ -13,6 +13,8 @@ pub const SPEC_FILE: &str = "shim.json";
 pub const STARTED_FILE: &str = "started.json";
 pub const EXIT_FILE: &str = "exit.json";
 pub const LOG_FILE: &str = "container.log";
+/// Where the shim binds its task's network namespace in its own mount namespace.
+pub const NETNS_FILE: &str = "netns";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShimSpec {
@@ -25,6 +27,12 @@ pub struct ShimSpec {
     pub cgroup_path: String,
     pub stop_signal: i32,
     pub stop_timeout_secs: u64,
+    /// The task's network namespace (None: the node's own) and the shared directory of every
+    /// task's namespace mounts, which the shim detaches after binding its own privately.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    #[serde(default)]
+    pub netns_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

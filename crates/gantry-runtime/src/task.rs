@@ -197,12 +197,20 @@ impl Node {
         }
         lowers.reverse();
         let cgroup_path = format!("{CGROUP_PARENT}/{id}");
+        // The container joins its namespace through the shim's private bind of it (see the
+        // shim's `isolate_netns`), not through the shared directory every task's mount is in.
+        let netns = (sb.kind != SandboxKind::Host).then(|| sb.path.clone());
+        let mut private = sb.clone();
+        if netns.is_some() {
+            private.path = dir.join(shim::NETNS_FILE);
+            fs::File::create(&private.path).map_err(io_ctx(format!("creating {}", private.path.display())))?;
+        }
         let oci = bundle::build_spec(
             &id,
             &img,
             spec,
             &lowers,
-            &sb,
+            &private,
             &self.task_dir(task).join("etc"),
             &cgroup_path,
         )?;
@@ -220,6 +228,8 @@ impl Node {
             cgroup_path,
             stop_signal,
             stop_timeout_secs: stop_timeout.as_secs(),
+            netns,
+            netns_dir: Some(self.cfg.network.netns_dir.clone()),
         };
         shim::write_json_atomic(&dir.join(shim::SPEC_FILE), &shim_spec).map_err(io_ctx("writing shim.json"))?;
         let out = Command::new(&self.cfg.shim_binary)

@@ -114,6 +114,22 @@ fn hide_hybrid_cgroup2() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Binds the task's network namespace privately (the container's config.json names that
+/// bind), then detaches the shared directory of every task's namespace mounts from this mount
+/// namespace. Otherwise each shim's namespace would copy every other task's namespace mount
+/// and receive every later one by propagation: starting a task cost more with every task
+/// already running (3.9 ms instead of 1.3 ms per mount namespace with 700 tasks).
+fn isolate_netns(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
+    let Some(netns) = &spec.netns else { return Ok(()) };
+    let private = dir.join(shim::NETNS_FILE);
+    sys::bind_mount(&netns.to_string_lossy(), &private.to_string_lossy())
+        .map_err(|e| format!("binding the task's network namespace: {e}"))?;
+    if let Some(shared) = &spec.netns_dir {
+        sys::umount_detach(&shared.to_string_lossy()).map_err(|e| format!("detaching {}: {e}", shared.display()))?;
+    }
+    Ok(())
+}
+
 fn mount_rootfs(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
     let lowers: Vec<String> = spec.lowers.iter().map(|p| p.display().to_string()).collect();
     let opts = format!(
@@ -140,6 +156,7 @@ fn supervise(dir: &Path, spec: &ShimSpec, ready: &mut File) -> Result<(), String
     // Slave: the host's unmounts (of task namespaces, say) still reach us; ours never leak out.
     sys::make_rslave("/").map_err(|e| format!("making / rslave: {e}"))?;
     hide_hybrid_cgroup2().map_err(|e| format!("hiding the hybrid cgroup2 mount: {e}"))?;
+    isolate_netns(dir, spec)?;
     mount_rootfs(dir, spec)?;
 
     let signals = sys::signal_set(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);

@@ -90,15 +90,22 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
         }
     }
     t.node.network().drain_pool().unwrap();
-    let seen_by_witness: Vec<String> = std::fs::read_to_string(format!("/proc/{}/mountinfo", w.shim_pid))
-        .unwrap()
+    // The witness shim holds its own task's namespace (bound privately) and nobody else's:
+    // the shared namespace directory is detached from its mount namespace.
+    let witness_mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", w.shim_pid)).unwrap();
+    let seen_by_witness: Vec<&str> = witness_mounts
         .lines()
-        .filter(|l| l.contains(&format!("{}/gn-", t.cfg.network.netns_dir.display())))
-        .map(str::to_string)
+        .filter(|l| l.contains(&format!("{}/", t.cfg.network.netns_dir.display())))
         .collect();
     assert!(
-        seen_by_witness.len() == 1 && seen_by_witness[0].contains(&witness_ns),
+        seen_by_witness.is_empty(),
         "the witness shim still holds other tasks' namespaces: {seen_by_witness:?}"
+    );
+    let own = t.node.container_dir(&witness, "main").join("netns");
+    assert!(
+        witness_mounts.lines().any(|l| l.contains(&format!(" {} ", own.display()))),
+        "the witness shim holds its own namespace ({witness_ns}) at {}",
+        own.display()
     );
     t.node.stop_container(&witness, "main");
     t.wait(&witness, 10);
