@@ -103,7 +103,9 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
     );
     let own = t.node.container_dir(&witness, "main").join("netns");
     assert!(
-        witness_mounts.lines().any(|l| l.contains(&format!(" {} ", own.display()))),
+        witness_mounts
+            .lines()
+            .any(|l| l.contains(&format!(" {} ", own.display()))),
         "the witness shim holds its own namespace ({witness_ns}) at {}",
         own.display()
     );
