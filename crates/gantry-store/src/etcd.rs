@@ -9,7 +9,7 @@ use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp,
 use tokio::sync::mpsc;
 
 pub struct EtcdStore {
-    client: Client,
+    pub(crate) client: Client,
     namespace: String,
 }
 
@@ -46,7 +46,7 @@ impl EtcdStore {
         })
     }
 
-    fn key(&self, k: &str) -> String {
+    pub(crate) fn key(&self, k: &str) -> String {
         format!("{}{k}", self.namespace)
     }
 

@@ -4,6 +4,7 @@
 //! (clusters); both pass the `conformance` suite.
 
 pub mod conformance;
+pub mod election;
 mod etcd;
 mod sqlite;
 

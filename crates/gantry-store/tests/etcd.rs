@@ -134,3 +134,64 @@ async fn losing_one_member_of_three_keeps_reads_and_writes() {
     };
     assert_eq!(s.get("/k").await.unwrap().unwrap().mod_revision, r2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_leader_and_the_next_takes_over_when_it_dies() {
+    let cluster = EtcdCluster::start(3);
+    let (a, b) = (cluster.store("/elect/").await, Arc::new(cluster.store("/elect/").await));
+    let ttl = Duration::from_secs(3);
+    let first = a.campaign("controllers", "server-a", ttl).await.unwrap();
+    // While the first holds the role, the second waits.
+    let b2 = b.clone();
+    let second = tokio::spawn(async move { b2.campaign("controllers", "server-b", ttl).await });
+    tokio::time::sleep(Duration::from_secs(2 * ttl.as_secs())).await;
+    assert!(!second.is_finished(), "two leaders at once");
+    assert!(!*first.lost().borrow(), "a live leader keeps its role");
+    // The leader dies (no resignation): the role moves within the lease's ttl and a bit.
+    let died = Instant::now();
+    drop(first);
+    let next = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("a new leader within 10 s of the old one's death")
+        .unwrap()
+        .unwrap();
+    assert!(
+        died.elapsed() >= Duration::from_secs(1),
+        "took over before the lease could expire"
+    );
+    // Resigning hands over at once.
+    let a2 = Arc::new(a);
+    let c = a2.clone();
+    let third = tokio::spawn(async move { c.campaign("controllers", "server-a", ttl).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resigned = Instant::now();
+    next.resign().await.unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        resigned.elapsed() < Duration::from_secs(3),
+        "resigning hands over without waiting for the ttl"
+    );
+    third.resign().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_learns_when_it_lost_the_role() {
+    let mut cluster = EtcdCluster::start(1);
+    let s = cluster.store("/lost/").await;
+    let leader = s.campaign("controllers", "me", Duration::from_secs(2)).await.unwrap();
+    let mut lost = leader.lost();
+    assert!(!*lost.borrow());
+    // Its etcd goes away: the lease cannot be renewed.
+    for m in &mut cluster.members {
+        m.kill().unwrap();
+        m.wait().unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), lost.wait_for(|l| *l))
+        .await
+        .expect("the leader notices within 10 s")
+        .unwrap();
+}
