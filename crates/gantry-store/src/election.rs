@@ -52,7 +52,10 @@ impl EtcdStore {
         let ttl_secs = ttl.as_secs().max(2) as i64;
         let mut client = self.client.clone();
         loop {
-            let lease = client.lease_grant(ttl_secs, None).await.map_err(backend)?.id();
+            let lease = crate::etcd::retrying(&client, |mut c| async move { c.lease_grant(ttl_secs, None).await })
+                .await
+                .map_err(backend)?
+                .id();
             let txn = Txn::new()
                 .when(vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then(vec![TxnOp::put(
@@ -60,7 +63,12 @@ impl EtcdStore {
                     id.as_bytes().to_vec(),
                     Some(PutOptions::new().with_lease(lease)),
                 )]);
-            let resp = client.txn(txn).await.map_err(backend)?;
+            let resp = crate::etcd::retrying(&client, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(backend)?;
             if resp.succeeded() {
                 return self.hold(lease, ttl_secs).await;
             }

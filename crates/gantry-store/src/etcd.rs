@@ -17,6 +17,33 @@ fn backend(e: etcd_client::Error) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
 }
 
+/// The request never reached etcd (the client picked a member that is down): repeating it,
+/// whatever it is, cannot apply anything twice.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("tcp connect error")
+}
+
+/// Runs `op` again, with a short backoff, while it could not reach etcd at all: with one
+/// member down, the balanced client keeps picking it for a while. About 3 s at most.
+pub(crate) async fn retrying<T, F, Fut>(client: &Client, mut op: F) -> std::result::Result<T, etcd_client::Error>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut attempt = 0;
+    loop {
+        match op(client.clone()).await {
+            Err(e) if never_sent(&e) && attempt < 10 => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_millis(500));
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn is_compacted(e: &etcd_client::Error) -> bool {
     e.to_string().contains("required revision has been compacted")
 }
@@ -61,7 +88,12 @@ impl EtcdStore {
             .when(when)
             .and_then(vec![op])
             .or_else(vec![TxnOp::get(k, None)]);
-        let resp = self.client.clone().txn(txn).await.map_err(backend)?;
+        let resp = retrying(&self.client, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(backend)?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         if resp.succeeded() {
             return Ok(rev);
@@ -85,17 +117,24 @@ impl EtcdStore {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let resp = self.client.clone().get(self.key(key), None).await.map_err(backend)?;
+        let k = self.key(key);
+        let resp = retrying(&self.client, |mut c| {
+            let k = k.clone();
+            async move { c.get(k, None).await }
+        })
+        .await
+        .map_err(backend)?;
         resp.kvs().first().map(|kv| self.to_kv(kv)).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        let resp = self
-            .client
-            .clone()
-            .get(self.key(prefix), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(backend)?;
+        let k = self.key(prefix);
+        let resp = retrying(&self.client, |mut c| {
+            let k = k.clone();
+            async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+        .map_err(backend)?;
         let kvs = resp.kvs().iter().map(|kv| self.to_kv(kv)).collect::<Result<Vec<_>>>()?;
         Ok((kvs, resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
@@ -193,7 +232,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: i64) -> Result<()> {
-        match self.client.clone().compact(revision, None).await {
+        match retrying(&self.client, |mut c| async move { c.compact(revision, None).await }).await {
             Ok(_) => Ok(()),
             // Compacting to where it already is, or before, is done already.
             Err(e) if is_compacted(&e) => Ok(()),
@@ -202,12 +241,13 @@ impl Store for EtcdStore {
     }
 
     async fn revision(&self) -> Result<i64> {
-        let resp = self
-            .client
-            .clone()
-            .get(self.key(""), Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(backend)?;
+        let k = self.key("");
+        let resp = retrying(&self.client, |mut c| {
+            let k = k.clone();
+            async move { c.get(k, Some(GetOptions::new().with_count_only())).await }
+        })
+        .await
+        .map_err(backend)?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 }

@@ -66,17 +66,24 @@ impl EtcdCluster {
         }
     }
 
+    /// A store on the whole cluster, once every member answers on its own.
     async fn store(&self, namespace: &str) -> EtcdStore {
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(s) = EtcdStore::connect(&self.clients, namespace).await {
-                if s.revision().await.is_ok() {
-                    return s;
+        for member in self.clients.iter().take(self.members.len()) {
+            loop {
+                if let Ok(s) = EtcdStore::connect(std::slice::from_ref(member), namespace).await {
+                    if s.revision().await.is_ok() {
+                        break;
+                    }
                 }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {member} did not become ready in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(Instant::now() < deadline, "etcd did not become ready in 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        EtcdStore::connect(&self.clients, namespace).await.unwrap()
     }
 }
 
