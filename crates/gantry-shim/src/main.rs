@@ -122,8 +122,7 @@ fn hide_hybrid_cgroup2() -> std::io::Result<()> {
 fn isolate_netns(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
     let Some(netns) = &spec.netns else { return Ok(()) };
     let private = dir.join(shim::NETNS_FILE);
-    sys::bind_mount(&netns.to_string_lossy(), &private.to_string_lossy())
-        .map_err(|e| format!("binding the task's network namespace: {e}"))?;
+    gantry_runtime::bind_mount(netns, &private).map_err(|e| format!("binding the task's network namespace: {e}"))?;
     if let Some(shared) = &spec.netns_dir {
         sys::umount_detach(&shared.to_string_lossy()).map_err(|e| format!("detaching {}: {e}", shared.display()))?;
     }

@@ -139,22 +139,6 @@ pub fn make_rslave(target: &str) -> io::Result<()> {
     .map(|_| ())
 }
 
-/// Bind-mounts `source` onto `target` (a file onto a file, here).
-pub fn bind_mount(source: &str, target: &str) -> io::Result<()> {
-    let (s, t) = (cstr(source)?, cstr(target)?);
-    // SAFETY: both strings are valid NUL-terminated C strings for the duration of the call.
-    check(unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    })
-    .map(|_| ())
-}
-
 pub fn umount_detach(target: &str) -> io::Result<()> {
     let t = cstr(target)?;
     // SAFETY: t is valid.
