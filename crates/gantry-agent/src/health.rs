@@ -82,19 +82,14 @@ pub fn spawn(a: &Arc<Agent>, key: &str, task_id: &str, c: &TaskSpecContainer) {
             };
             if next != status {
                 status = next.clone();
-                let r = a
-                    .control
-                    .update_task(&key, |r| {
-                        if r.task.last_status == "STOPPED" {
-                            return false;
-                        }
-                        if let Some(ct) = r.task.containers.iter_mut().find(|x| x.name == name) {
-                            ct.health_status = next.clone();
-                        }
-                        r.task.health_status = rollup(r);
-                        true
-                    })
-                    .await;
+                let r = crate::supervise::update(&a, &key, |r| {
+                    if let Some(ct) = r.task.containers.iter_mut().find(|x| x.name == name) {
+                        ct.health_status = next.clone();
+                    }
+                    r.task.health_status = rollup(r);
+                    true
+                })
+                .await;
                 if let Err(e) = r {
                     tracing::warn!(task = %task_id, error = %e, "recording health");
                 }

@@ -1,26 +1,46 @@
 //! The node agent: watches the task records placed on this node and drives each through the
 //! ECS lifecycle with gantry-runtime (pull, sandbox, containers in dependsOn order, health,
-//! stop, cleanup), shipping awslogs output to the log store. Re-attaches after a restart:
-//! containers keep running under their shims and the agent picks them up from disk.
+//! stop, cleanup), shipping awslogs output. Everything it knows of the control plane comes
+//! through one `ControlLink` (in-process or remote). Re-attaches after a restart: containers
+//! keep running under their shims and the agent picks them up from disk.
 
 mod health;
+pub mod link;
 mod logship;
 mod metadata;
 mod ports;
 mod supervise;
 mod wake;
 
-use gantry_control::logstore::LogStore;
-use gantry_control::{Control, TaskRecord};
+use gantry_control::nodes::NodeSpec;
+use gantry_control::TaskRecord;
 use gantry_runtime::task::Node;
+use link::ControlLink;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
+/// Keeps `size` network namespaces ready so a task start never waits for one.
+pub async fn keep_pool_warm(node: Arc<Node>, size: usize, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let n = node.clone();
+        let _ = tokio::task::spawn_blocking(move || n.network().fill_pool(size)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// How often the agent says it is alive (the server declares a node lost after 15 s by
+/// default).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct Agent {
-    pub control: Control,
+    pub link: Arc<dyn ControlLink>,
     pub node: Arc<Node>,
-    pub logs: Arc<LogStore>,
+    /// What this node offers; registered on start and again after being fenced.
+    spec: NodeSpec,
     /// Supervised tasks by key, each with what wakes its supervisor when its record changes.
     supervised: Mutex<HashMap<String, Arc<Notify>>>,
     /// Running metadata endpoints by task id.
@@ -30,28 +50,32 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(control: Control, node: Arc<Node>, logs: Arc<LogStore>) -> Arc<Agent> {
+    pub fn new(link: Arc<dyn ControlLink>, node: Arc<Node>, spec: NodeSpec) -> Arc<Agent> {
         Arc::new(Agent {
-            control,
+            link,
             node,
-            logs,
+            spec,
             supervised: Mutex::new(HashMap::new()),
             metadata: Mutex::new(Default::default()),
             published: Mutex::new(Default::default()),
         })
     }
 
-    /// Runs until `shutdown` flips to true. Watch events say which task records changed: new
+    /// Runs until `shutdown` flips to true (call `register` first). Watch events say which task records changed: new
     /// ones get a supervisor, supervised ones wake theirs. A full re-list (at start, after a
     /// watch is re-established, and every few seconds as a safety net) keeps it
     /// level-triggered. An idle task costs nothing between events.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut wake = wake::Wake::new(gantry_control::TASKS_PREFIX);
+        let heartbeats = tokio::spawn(self.clone().heartbeat());
+        let mut wake = wake::Wake::new();
         self.reconcile().await;
         loop {
             let woke = tokio::select! {
-                w = wake.wait(self.control.store.as_ref()) => w,
-                _ = shutdown.changed() => return,
+                w = wake.wait(self.link.as_ref()) => w,
+                _ = shutdown.changed() => {
+                    heartbeats.abort();
+                    return;
+                }
             };
             match woke {
                 wake::Woke::Resync => self.reconcile().await,
@@ -72,7 +96,7 @@ impl Agent {
 
     /// A task record as it is now: its supervisor is woken, or started if it has none.
     fn consider(self: &Arc<Self>, key: &str, rec: &TaskRecord) {
-        if rec.node != self.control.node {
+        if rec.node != self.link.node() {
             return;
         }
         let mut supervised = self.supervised.lock().expect("lock");
@@ -150,18 +174,44 @@ impl Agent {
     }
 
     async fn reconcile(self: &Arc<Self>) {
-        let tasks = match self.control.all_tasks().await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing tasks");
-                return;
+        match self.link.list_assigned().await {
+            Ok(tasks) => {
+                for (key, rec) in &tasks {
+                    self.consider(key, rec);
+                }
             }
-        };
-        for (key, rec, _) in &tasks {
-            self.consider(key, rec);
+            Err(e) => tracing::warn!(error = %e, "listing this node's tasks"),
         }
-        // Stopped tasks are visible for an hour or more, as in ECS; then they go (from the same
-        // listing: no second scan of every task).
-        let _ = self.control.expire_stopped_tasks(&tasks, 3.0 * 3600.0).await;
+    }
+
+    /// Registers the node, retrying until the control plane answers.
+    pub async fn register(&self) {
+        let mut delay = std::time::Duration::from_millis(200);
+        loop {
+            match self.link.register(&self.spec).await {
+                Ok(r) => {
+                    tracing::info!(node = %r.spec.name, epoch = r.epoch, "node registered");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "registering the node; retrying in {delay:?}"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
+
+    /// Heartbeats; a fenced node (declared lost while it was silent) registers again. Its
+    /// tasks were stopped meanwhile: their supervisors see the STOPPED records and clean up.
+    async fn heartbeat(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            if let Err(e) = self.link.heartbeat().await {
+                tracing::warn!(error = %e, "heartbeat refused or failed");
+                if e.contains(gantry_control::nodes::FENCED) {
+                    self.register().await;
+                    self.reconcile().await;
+                }
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! would: stream `prefix/container/task-id` in the configured group. Runs on a thread; after
 //! the container has exited, `finish` drains to the end of the file and stops.
 
-use gantry_control::logstore::LogStore;
+use crate::link::{ControlLink, LogTarget};
 use gantry_runtime::shim::parse_log_line;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -13,13 +13,6 @@ use std::time::Duration;
 pub struct Shipper {
     done: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<()>>,
-}
-
-pub struct Target {
-    pub account: String,
-    pub region: String,
-    pub group: String,
-    pub stream: String,
 }
 
 fn parse_ms(ts: &str) -> i64 {
@@ -99,12 +92,13 @@ fn ship_once(
 }
 
 impl Shipper {
-    pub fn start(logs: Arc<LogStore>, file: PathBuf, target: Target) -> Shipper {
+    /// Ships from a thread of its own; puts go through the link on the caller's runtime.
+    pub fn start(link: Arc<dyn ControlLink>, file: PathBuf, target: LogTarget) -> Shipper {
         let done = Arc::new(AtomicBool::new(false));
         let d = done.clone();
+        let rt = tokio::runtime::Handle::current();
         let offset_file = file.with_extension("shipped");
         let handle = std::thread::spawn(move || {
-            let scope = (target.account.as_str(), target.region.as_str());
             let mut cursor = Cursor {
                 offset: std::fs::read_to_string(&offset_file)
                     .ok()
@@ -113,16 +107,7 @@ impl Shipper {
                 partial: String::new(),
             };
             let mut failures = 0;
-            let mut put = |batch: &[(i64, String)]| {
-                logs.put(
-                    scope,
-                    &target.group,
-                    &target.stream,
-                    batch,
-                    chrono::Utc::now().timestamp_millis(),
-                )
-                .map_err(|e| e.to_string())
-            };
+            let mut put = |batch: &[(i64, String)]| rt.block_on(link.put_log_events(&target, batch));
             loop {
                 let finishing = d.load(Ordering::SeqCst);
                 let shipped_from = cursor.offset;

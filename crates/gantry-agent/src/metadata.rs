@@ -83,8 +83,7 @@ fn not_found(id: &str) -> Response {
 }
 
 async fn record(ctx: &Ctx) -> Option<TaskRecord> {
-    let kv = ctx.agent.control.store.get(&ctx.key).await.ok()??;
-    serde_json::from_slice(&kv.value).ok()
+    ctx.agent.link.get_task(&ctx.key).await.ok()?.map(|(rec, _)| rec)
 }
 
 /// The ECS container name whose runtime id is `id`, if it belongs to this task.

@@ -2,9 +2,10 @@
 //! watch (exits, StopTask, essential container exits), and finish (exit codes, cleanup,
 //! STOPPED). Every step is written to the task record, so a restarted agent resumes.
 
-use crate::logship::{Shipper, Target};
+use crate::link::{LogTarget as Target, Written};
+use crate::logship::Shipper;
 use crate::{ports, Agent};
-use gantry_control::{Control, TaskRecord, TaskSpecContainer};
+use gantry_control::{TaskRecord, TaskSpecContainer};
 use gantry_runtime::bundle::{ContainerSpec, Limits, Rlimit};
 use gantry_runtime::image::ImageRecord;
 use gantry_runtime::net::SandboxKind;
@@ -22,18 +23,34 @@ use tokio::sync::Notify;
 
 const OOM_REASON: &str = "OutOfMemoryError: Container killed due to memory usage";
 
-fn now(c: &Control) -> f64 {
-    c.clock.now_ms() as f64 / 1000.0
+fn now() -> f64 {
+    chrono::Utc::now().timestamp_millis() as f64 / 1000.0
 }
 
 type Result<T> = std::result::Result<T, String>;
 
-async fn update(a: &Agent, key: &str, f: impl FnMut(&mut TaskRecord) -> bool) -> Result<TaskRecord> {
-    a.control
-        .update_task(key, f)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("task {key} vanished"))
+/// Read-modify-write of the task record through the link, retried on conflict; bumps
+/// `version` when `f` changed something. A record the control plane has already STOPPED
+/// (its node was declared lost) is final: nothing is written, the agent only cleans up.
+pub(crate) async fn update(a: &Agent, key: &str, mut f: impl FnMut(&mut TaskRecord) -> bool) -> Result<TaskRecord> {
+    loop {
+        let Some((mut rec, rev)) = get(a, key).await? else {
+            return Err(format!("task {key} vanished"));
+        };
+        if rec.task.last_status == "STOPPED" {
+            return Ok(rec);
+        }
+        let before = rec.clone();
+        if !f(&mut rec) || rec == before {
+            return Ok(rec);
+        }
+        rec.task.version += 1;
+        match a.link.put_task(key, &rec, rev).await? {
+            Written::Ok(_) => return Ok(rec),
+            Written::Conflict => continue,
+            Written::Gone => return Err(format!("task {key} vanished")),
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -124,7 +141,7 @@ pub async fn supervise(a: &Arc<Agent>, key: &str, changed: &Notify) -> Result<()
                 if a.node.container_dir(&id, &container_dir_name(c.name())).exists() {
                     shippers.insert(
                         c.name().to_string(),
-                        Shipper::start(a.logs.clone(), a.node.log_path(&id, &container_dir_name(c.name())), t),
+                        Shipper::start(a.link.clone(), a.node.log_path(&id, &container_dir_name(c.name())), t),
                     );
                 }
             }
@@ -156,13 +173,7 @@ pub fn container_dir_name(name: &str) -> String {
 }
 
 async fn get(a: &Agent, key: &str) -> Result<Option<(TaskRecord, i64)>> {
-    match a.control.store.get(key).await.map_err(|e| e.to_string())? {
-        None => Ok(None),
-        Some(kv) => Ok(Some((
-            serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?,
-            kv.mod_revision,
-        ))),
-    }
+    a.link.get_task(key).await
 }
 
 async fn launch(
@@ -171,7 +182,7 @@ async fn launch(
     rec: &TaskRecord,
     shippers: &mut HashMap<String, Shipper>,
 ) -> std::result::Result<(), String> {
-    let t = now(&a.control);
+    let t = now();
     update(a, key, |r| {
         r.task.last_status = "PENDING".into();
         r.task.pull_started_at.get_or_insert(t);
@@ -197,18 +208,14 @@ async fn launch(
     // awslogs destinations must exist (or be creatable) before anything starts.
     for c in &rec.containers {
         if let Some((t, create)) = awslogs_target(rec, c) {
-            let scope = (t.account.as_str(), t.region.as_str());
-            if let Err(e) = a
-                .logs
-                .ensure_stream(scope, &t.group, &t.stream, create, a.control.clock.now_ms())
-            {
+            if let Err(e) = a.link.ensure_log_stream(&t, create).await {
                 return Err(format!(
                     "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times: failed to create Cloudwatch log stream: {e}"
                 ));
             }
         }
     }
-    let t = now(&a.control);
+    let t = now();
     let digests: HashMap<String, String> = images
         .iter()
         .map(|(k, v)| (k.clone(), v.manifest.to_string()))
@@ -243,7 +250,7 @@ async fn launch(
         true
     })
     .await?;
-    let t = now(&a.control);
+    let t = now();
     let ip = sandbox.ip.to_string();
     let mac_seed = &id[..10];
     update(a, key, |r| {
@@ -390,7 +397,7 @@ async fn launch(
         if let Some((t, _)) = awslogs_target(rec, c) {
             shippers.insert(
                 name.clone(),
-                Shipper::start(a.logs.clone(), a.node.log_path(&id, &container_dir_name(&name)), t),
+                Shipper::start(a.link.clone(), a.node.log_path(&id, &container_dir_name(&name)), t),
             );
         }
         crate::health::spawn(a, key, &id, c);
@@ -404,7 +411,7 @@ async fn launch(
         })
         .await?;
     }
-    let t = now(&a.control);
+    let t = now();
     update(a, key, |r| {
         if r.task.last_status != "ACTIVATING" {
             return false;
@@ -425,7 +432,7 @@ async fn fail(
     shippers: HashMap<String, Shipper>,
     changed: &Notify,
 ) -> Result<()> {
-    let t = now(&a.control);
+    let t = now();
     update(a, key, |r| {
         // A StopTask that interrupted the start keeps its own code and reason.
         let user_stopped = r.task.desired_status == "STOPPED" && r.task.stop_code.is_some();
@@ -490,7 +497,7 @@ async fn watch(
             }
         }
         // Record exits as they happen.
-        let t = now(&a.control);
+        let t = now();
         let stopping_for_essential = essential_exited.is_some() && rec.task.desired_status == "RUNNING";
         update(a, key, |r| {
             for (name, e) in &exits {
@@ -528,7 +535,7 @@ async fn watch(
         let desired_stop = rec.task.desired_status == "STOPPED" || stopping_for_essential;
         if desired_stop && !stop_sent {
             stop_sent = true;
-            let t = now(&a.control);
+            let t = now();
             update(a, key, |r| {
                 if lifecycle_before(&r.task.last_status, "DEACTIVATING") {
                     r.task.last_status = "DEACTIVATING".into();
@@ -599,7 +606,7 @@ async fn finish(a: &Arc<Agent>, key: &str, id: &str, shippers: HashMap<String, S
     for (_, s) in shippers {
         blocking(move || s.finish()).await;
     }
-    let t = now(&a.control);
+    let t = now();
     update(a, key, |r| {
         if lifecycle_before(&r.task.last_status, "DEPROVISIONING") {
             r.task.last_status = "DEPROVISIONING".into();
@@ -616,7 +623,7 @@ async fn finish(a: &Arc<Agent>, key: &str, id: &str, shippers: HashMap<String, S
     if let Err(e) = blocking(move || node.remove_task(&tid)).await {
         tracing::warn!(task = %id, error = %e, "cleaning up task");
     }
-    let t = now(&a.control);
+    let t = now();
     update(a, key, |r| {
         r.task.last_status = "STOPPED".into();
         r.task.stopped_at.get_or_insert(t);

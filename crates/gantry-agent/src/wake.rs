@@ -1,9 +1,12 @@
-//! What wakes the agent: a store watch on the task records, and a periodic resync. A watch
-//! that ends (an etcd watch ends routinely; a watcher that fell behind a compaction is cut off)
-//! is re-established with backoff; meanwhile the resync keeps the agent level-triggered, and
-//! nothing spins. With a live watch the full resync is rare: the events say what changed.
+//! What wakes the agent: a watch on the node's task records, and a periodic resync. A watch
+//! that ends (an etcd watch ends routinely; a watcher that fell behind a compaction is cut off;
+//! a remote link breaks) is re-established with backoff; meanwhile the resync keeps the agent
+//! level-triggered, and nothing spins. With a live watch the full resync is rare: the events
+//! say what changed.
 
-use gantry_store::{Event, Store, Watch};
+use crate::link::ControlLink;
+use async_trait::async_trait;
+use gantry_store::{Event, Watch};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -24,28 +27,39 @@ pub enum Woke {
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Where watches come from (the link; a store in tests).
+#[async_trait]
+pub trait WatchSource: Send + Sync {
+    async fn watch(&self) -> Result<Watch, String>;
+}
+
+#[async_trait]
+impl<T: ControlLink + ?Sized> WatchSource for T {
+    async fn watch(&self) -> Result<Watch, String> {
+        self.watch_assigned().await
+    }
+}
+
 pub struct Wake {
-    prefix: String,
     watch: Option<Watch>,
     retry_at: Instant,
     backoff: Duration,
 }
 
 impl Wake {
-    pub fn new(prefix: &str) -> Wake {
+    pub fn new() -> Wake {
         Wake {
-            prefix: prefix.to_string(),
             watch: None,
             retry_at: Instant::now(),
             backoff: BACKOFF_MIN,
         }
     }
 
-    /// Returns on changes under the prefix or when a full re-list is due, whichever is first.
-    pub async fn wait(&mut self, store: &dyn Store) -> Woke {
+    /// Returns on changes or when a full re-list is due, whichever is first.
+    pub async fn wait<S: WatchSource + ?Sized>(&mut self, source: &S) -> Woke {
         if self.watch.is_none() && Instant::now() >= self.retry_at {
             // Whatever happened while there was no watch, only a re-list can tell.
-            if self.subscribe(store).await {
+            if self.subscribe(source).await {
                 return Woke::Resync;
             }
         }
@@ -69,7 +83,7 @@ impl Wake {
                     Woke::Changed(events)
                 }
                 ended => {
-                    tracing::warn!(prefix = %self.prefix, error = ?ended.and_then(|e| e.err()), "store watch ended; re-watching after {:?}", self.backoff);
+                    tracing::warn!(error = ?ended.and_then(|e| e.err()), "store watch ended; re-watching after {:?}", self.backoff);
                     self.lost();
                     Woke::Resync
                 }
@@ -78,19 +92,15 @@ impl Wake {
         }
     }
 
-    /// From the current revision (the caller re-lists right after). True if it worked.
-    async fn subscribe(&mut self, store: &dyn Store) -> bool {
-        let w = match store.revision().await {
-            Ok(rev) => store.watch(&self.prefix, rev).await,
-            Err(e) => Err(e),
-        };
-        match w {
+    /// From now on (the caller re-lists right after). True if it worked.
+    async fn subscribe<S: WatchSource + ?Sized>(&mut self, source: &S) -> bool {
+        match source.watch().await {
             Ok(w) => {
                 self.watch = Some(w);
                 true
             }
             Err(e) => {
-                tracing::warn!(prefix = %self.prefix, error = %e, "store watch failed; retrying after {:?}", self.backoff);
+                tracing::warn!(error = %e, "watch failed; retrying after {:?}", self.backoff);
                 self.lost();
                 false
             }
@@ -107,8 +117,7 @@ impl Wake {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use async_trait::async_trait;
-    use gantry_store::{KeyValue, Result, SqliteStore};
+    use gantry_store::{KeyValue, Result, SqliteStore, Store};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -148,39 +157,51 @@ mod tests {
         }
     }
 
+    /// Watches on a store's task records.
+    struct Source<S>(Arc<S>);
+
+    #[async_trait]
+    impl<S: Store> WatchSource for Source<S> {
+        async fn watch(&self) -> std::result::Result<Watch, String> {
+            let rev = self.0.revision().await.map_err(|e| e.to_string())?;
+            self.0.watch("/tasks/", rev).await.map_err(|e| e.to_string())
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_ending_watch_backs_off_instead_of_spinning() {
-        let store = Arc::new(EndingWatches {
+        let store = Source(Arc::new(EndingWatches {
             inner: SqliteStore::in_memory().unwrap(),
             watches: AtomicUsize::new(0),
-        });
-        let mut wake = Wake::new("/tasks/");
+        }));
+        let mut wake = Wake::new();
         let start = Instant::now();
         let mut wakes = 0;
         while start.elapsed() < Duration::from_secs(60) {
-            wake.wait(store.as_ref()).await;
+            wake.wait(&store).await;
             wakes += 1;
         }
         // Resync once a second plus two wakes per re-watch (the re-list, the end); re-watches
         // double their delay.
-        let watches = store.watches.load(Ordering::SeqCst);
+        let watches = store.0.watches.load(Ordering::SeqCst);
         assert!(wakes <= 60 + 2 * watches + 1, "{wakes} wakes in 60 s");
         assert!((4..=9).contains(&watches), "{watches} re-watches in 60 s");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_live_watch_wakes_on_changes() {
-        let store = SqliteStore::in_memory().unwrap();
-        let mut wake = Wake::new("/tasks/");
+        let source = Source(Arc::new(SqliteStore::in_memory().unwrap()));
+        let store = source.0.clone();
+        let mut wake = Wake::new();
         assert!(
-            matches!(wake.wait(&store).await, Woke::Resync),
+            matches!(wake.wait(&source).await, Woke::Resync),
             "a new watch starts with a re-list"
         );
         let t = Instant::now();
         store.create("/tasks/a", b"1").await.unwrap();
         store.create("/tasks/b", b"2").await.unwrap();
         tokio::task::yield_now().await;
-        match wake.wait(&store).await {
+        match wake.wait(&source).await {
             Woke::Changed(events) => {
                 let keys: Vec<&str> = events.iter().map(|e| e.kv.key.as_str()).collect();
                 assert!(keys == ["/tasks/a", "/tasks/b"] || keys == ["/tasks/a"], "{keys:?}");
@@ -190,7 +211,7 @@ mod tests {
         assert!(t.elapsed() < Duration::from_millis(100), "woke after {:?}", t.elapsed());
         // With a live watch, the full re-list is the rare safety net.
         let t = Instant::now();
-        while !matches!(wake.wait(&store).await, Woke::Resync) {}
+        while !matches!(wake.wait(&source).await, Woke::Resync) {}
         assert!(t.elapsed() >= RESYNC_WATCHED, "re-listed after {:?}", t.elapsed());
     }
 }

@@ -31,6 +31,12 @@ impl Default for NodeCapacity {
     }
 }
 
+/// Nodes by name, and the tasks on container instances (not STOPPED).
+struct NodeSnapshot {
+    tasks: Vec<TaskRecord>,
+    nodes: std::collections::HashMap<String, crate::nodes::NodeRecord>,
+}
+
 /// Ports ECS reserves on every container instance (ssh, docker, the ECS agent).
 const RESERVED_PORTS: [u16; 5] = [22, 2375, 2376, 51678, 51679];
 
@@ -63,8 +69,8 @@ impl InstanceRecord {
         self.arn.rsplit('/').next().unwrap_or("")
     }
 
-    /// Attributes ECS sets itself, then the custom ones.
-    pub fn all_attributes(&self, scope: &Scope) -> BTreeMap<String, Option<String>> {
+    /// Attributes ECS sets itself (the zone is the node's), then the custom ones.
+    pub fn all_attributes(&self, zone: &str) -> BTreeMap<String, Option<String>> {
         let mut a: BTreeMap<String, Option<String>> = [
             ("ecs.os-type", "linux"),
             ("ecs.os-family", "LINUX"),
@@ -77,7 +83,7 @@ impl InstanceRecord {
                 },
             ),
             ("ecs.instance-type", "gantry.node"),
-            ("ecs.availability-zone", &format!("{}a", scope.region)),
+            ("ecs.availability-zone", zone),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), Some(v.to_string())))
@@ -134,10 +140,10 @@ impl Control {
         format!("{}container-instances/{cluster}/{id}", prefix(scope))
     }
 
-    /// This node's instance in the cluster, registered on first need (INACTIVE once
+    /// A node's instance in the cluster, registered on first need (INACTIVE once
     /// deregistered, until RegisterContainerInstance).
-    pub async fn node_instance(&self, scope: &Scope, cluster: &str) -> Result<InstanceRecord, EcsError> {
-        let id = node_id(&self.node);
+    async fn node_instance(&self, scope: &Scope, cluster: &str, node: &str) -> Result<InstanceRecord, EcsError> {
+        let id = node_id(node);
         let key = Self::instance_key(scope, cluster, &id);
         if let Some((r, _)) = self.get_json::<InstanceRecord>(&key).await? {
             return Ok(r);
@@ -150,7 +156,7 @@ impl Control {
                 &id,
             ),
             ec2_instance_id: format!("i-{}", &id[..17]),
-            node: self.node.clone(),
+            node: node.to_string(),
             cluster: cluster.to_string(),
             status: "ACTIVE".into(),
             attributes: BTreeMap::new(),
@@ -171,19 +177,49 @@ impl Control {
         }
     }
 
-    /// The cluster's instances (the node's registered on first need).
+    /// The cluster's instances (every node's registered on first need).
     pub(crate) async fn cluster_instances(
         &self,
         scope: &Scope,
         cluster: &str,
     ) -> Result<Vec<(String, InstanceRecord)>, EcsError> {
-        self.node_instance(scope, cluster).await?;
+        let nodes = self.nodes().await?;
+        let known: HashSet<String> = self
+            .list_json::<InstanceRecord>(&format!("{}container-instances/{cluster}/", prefix(scope)))
+            .await?
+            .into_iter()
+            .map(|(_, r, _)| r.node)
+            .collect();
+        for n in nodes.iter().filter(|n| !known.contains(&n.spec.name)) {
+            self.node_instance(scope, cluster, &n.spec.name).await?;
+        }
         Ok(self
             .list_json::<InstanceRecord>(&format!("{}container-instances/{cluster}/", prefix(scope)))
             .await?
             .into_iter()
             .map(|(k, r, _)| (k, r))
             .collect())
+    }
+
+    /// The node RegisterContainerInstance means: the one its containerInstanceArn names, or
+    /// the only one.
+    async fn node_to_register(&self, arn: Option<&str>) -> Result<String, EcsError> {
+        let nodes = self.nodes().await?;
+        if let Some(arn) = arn {
+            let id = arn.rsplit('/').next().unwrap_or(arn);
+            return nodes
+                .into_iter()
+                .find(|n| node_id(&n.spec.name) == id)
+                .map(|n| n.spec.name)
+                .ok_or_else(|| EcsError::invalid("The referenced container instance was not found."));
+        }
+        match nodes.as_slice() {
+            [only] => Ok(only.spec.name.clone()),
+            [] => Err(EcsError::client("No node has joined: start a node agent first.")),
+            _ => Err(EcsError::invalid(
+                "containerInstanceArn is required: several nodes can be registered.",
+            )),
+        }
     }
 
     /// The instance named by id or ARN, with its key.
@@ -201,32 +237,43 @@ impl Control {
             .find(|(_, r)| r.id() == id))
     }
 
-    /// Tasks on instances of this node, across every cluster (they share its resources).
-    async fn node_tasks(&self) -> Result<Vec<TaskRecord>, EcsError> {
-        Ok(self
+    /// What placement and DescribeContainerInstances read: every node, and the tasks on
+    /// instances, across every cluster (a node's instances share its resources).
+    async fn node_snapshot(&self) -> Result<NodeSnapshot, EcsError> {
+        let tasks = self
             .all_tasks()
             .await?
             .into_iter()
             .map(|(_, r, _)| r)
-            .filter(|r| {
-                r.node == self.node && r.task.container_instance_arn.is_some() && r.task.last_status != "STOPPED"
-            })
-            .collect())
+            .filter(|r| r.task.container_instance_arn.is_some() && r.task.last_status != "STOPPED")
+            .collect();
+        let nodes = self
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.spec.name.clone(), n))
+            .collect();
+        Ok(NodeSnapshot { tasks, nodes })
     }
 
-    fn view(&self, scope: &Scope, r: &InstanceRecord, tasks: &[TaskRecord]) -> InstanceView {
+    fn view(&self, scope: &Scope, r: &InstanceRecord, snap: &NodeSnapshot) -> InstanceView {
+        let node = snap.nodes.get(&r.node);
+        let (cpu, memory) = node.map_or((0, 0), |n| (n.spec.cpu, n.spec.memory));
+        let zone = node.map_or_else(|| format!("{}a", scope.region), |n| n.zone(&scope.region));
+        let tasks = &snap.tasks;
         let mut v = InstanceView {
             arn: r.arn.clone(),
-            active: r.status == "ACTIVE",
-            cpu: self.capacity.cpu,
-            memory: self.capacity.memory,
+            // A lost node takes nothing new, as a disconnected instance in ECS.
+            active: r.status == "ACTIVE" && node.is_some_and(|n| n.live()),
+            cpu,
+            memory,
             used_cpu: 0,
             used_memory: 0,
             used_ports: RESERVED_PORTS
                 .iter()
                 .map(|p| (*p, "tcp".to_string()))
                 .collect::<HashSet<_>>(),
-            attributes: r.all_attributes(scope),
+            attributes: r.all_attributes(&zone),
             groups: vec![],
         };
         for t in tasks.iter().filter(|t| t.node == r.node) {
@@ -241,8 +288,9 @@ impl Control {
         v
     }
 
-    fn describe_instance(&self, scope: &Scope, r: &InstanceRecord, tasks: &[TaskRecord]) -> ContainerInstance {
-        let v = self.view(scope, r, tasks);
+    fn describe_instance(&self, scope: &Scope, r: &InstanceRecord, snap: &NodeSnapshot) -> ContainerInstance {
+        let v = self.view(scope, r, snap);
+        let tasks = &snap.tasks;
         let ports = |used: &HashSet<(u16, String)>, proto: &str| {
             let mut p: Vec<u16> = used.iter().filter(|(_, pr)| pr == proto).map(|(n, _)| *n).collect();
             p.sort();
@@ -271,7 +319,7 @@ impl Control {
                 Resource::string_set("PORTS_UDP", ports(&v.used_ports, "udp")),
             ],
             status: r.status.clone(),
-            agent_connected: r.status != "INACTIVE",
+            agent_connected: r.status != "INACTIVE" && snap.nodes.get(&r.node).is_some_and(|n| n.live()),
             running_tasks_count: mine.iter().filter(|t| t.task.last_status == "RUNNING").count() as i64,
             pending_tasks_count: mine.iter().filter(|t| t.task.last_status != "RUNNING").count() as i64,
             attributes: v
@@ -288,29 +336,43 @@ impl Control {
         }
     }
 
-    /// Places `count` tasks of `demand` on the cluster's instances.
-    /// `on`: StartTask's named instances, one task on each; else RunTask's `count` tasks
-    /// wherever they fit.
+    /// Places `count` tasks of `demand` on the cluster's instances whose nodes are in the
+    /// capacity provider's pool. `on`: StartTask's named instances, one task on each; else
+    /// RunTask's `count` tasks wherever they fit. Returns each placement with its node.
     pub(crate) async fn place_tasks(
         &self,
         scope: &Scope,
         cluster: &str,
-        demand: &Demand,
-        count: usize,
+        (demand, count): (&Demand, usize),
         on: Option<&[String]>,
         strategy: &[placement::Strategy],
-    ) -> Result<Vec<Placement>, EcsError> {
-        let tasks = self.node_tasks().await?;
-        let mut views: Vec<InstanceView> = self
+        provider: Option<&str>,
+    ) -> Result<Vec<(Placement, String)>, EcsError> {
+        let snap = self.node_snapshot().await?;
+        let instances: Vec<InstanceRecord> = self
             .cluster_instances(scope, cluster)
             .await?
-            .iter()
-            .filter(|(_, r)| r.status != "INACTIVE")
-            .map(|(_, r)| self.view(scope, r, &tasks))
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.status != "INACTIVE" && snap.nodes.get(&r.node).is_some_and(|n| n.serves(provider)))
             .collect();
+        let node_of = |p: &Placement| match p {
+            Placement::On(arn) => instances
+                .iter()
+                .find(|i| &i.arn == arn)
+                .map(|i| i.node.clone())
+                .unwrap_or_default(),
+            Placement::Failed { .. } => String::new(),
+        };
+        let mut views: Vec<InstanceView> = instances.iter().map(|r| self.view(scope, r, &snap)).collect();
         let Some(named) = on else {
             let seed = u64::from_str_radix(&crate::random_hex(8), 16).unwrap_or(0);
-            return Ok(placement::place(&mut views, demand, count, strategy, seed));
+            let placed = placement::place(&mut views, demand, count, strategy, seed);
+            return Ok(placed
+                .into_iter()
+                .map(|p| (node_of(&p), p))
+                .map(|(n, p)| (p, n))
+                .collect());
         };
         let mut out = Vec::new();
         for n in named {
@@ -323,7 +385,73 @@ impl Control {
                 }),
             }
         }
-        Ok(out)
+        Ok(out.into_iter().map(|p| (node_of(&p), p)).map(|(n, p)| (p, n)).collect())
+    }
+
+    /// Places Fargate tasks on the nodes of the provider's pool: spread over zones, then over
+    /// nodes, counting the group's tasks. Fargate sizes are not reserved against a node's
+    /// registered resources (they are the task's own cgroup limits), so only a pool without
+    /// a live node fails, with Fargate's capacity wording.
+    pub(crate) async fn place_fargate(
+        &self,
+        scope: &Scope,
+        group: &str,
+        count: usize,
+        provider: Option<&str>,
+    ) -> Result<Vec<(Placement, String)>, EcsError> {
+        let tasks: Vec<TaskRecord> = self
+            .all_tasks()
+            .await?
+            .into_iter()
+            .map(|(_, r, _)| r)
+            .filter(|r| r.task.last_status != "STOPPED")
+            .collect();
+        let mut views: Vec<InstanceView> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.live() && n.serves(provider))
+            .map(|n| InstanceView {
+                arn: n.spec.name.clone(),
+                active: true,
+                cpu: 0,
+                memory: 0,
+                used_cpu: 0,
+                used_memory: 0,
+                used_ports: HashSet::new(),
+                attributes: [("ecs.availability-zone".to_string(), Some(n.zone(&scope.region)))].into(),
+                groups: tasks
+                    .iter()
+                    .filter(|t| t.node == n.spec.name)
+                    .filter_map(|t| t.task.group.clone())
+                    .collect(),
+            })
+            .collect();
+        if views.is_empty() {
+            let none = Placement::Failed {
+                arn: None,
+                reason:
+                    "Capacity is unavailable at this time. Please try again later or in a different availability zone"
+                        .into(),
+            };
+            return Ok(vec![(none, String::new()); count]);
+        }
+        let demand = Demand {
+            group: group.to_string(),
+            ..Default::default()
+        };
+        let seed = u64::from_str_radix(&crate::random_hex(8), 16).unwrap_or(0);
+        let placed = placement::place(&mut views, &demand, count, &placement::default_strategy(), seed);
+        Ok(placed
+            .into_iter()
+            .map(|p| {
+                let node = match &p {
+                    Placement::On(n) => n.clone(),
+                    Placement::Failed { .. } => String::new(),
+                };
+                (p, node)
+            })
+            .collect())
     }
 
     pub async fn describe_container_instances(
@@ -340,7 +468,7 @@ impl Control {
             ));
         }
         let all = self.cluster_instances(scope, &cluster.cluster_name).await?;
-        let tasks = self.node_tasks().await?;
+        let tasks = self.node_snapshot().await?;
         let (mut found, mut failures) = (Vec::new(), Vec::new());
         for n in names {
             let id = n.rsplit('/').next().unwrap_or(n);
@@ -387,6 +515,7 @@ impl Control {
         }
         let after = q.next_token.as_deref().map(crate::decode_token).transpose()?;
         let mut all = self.cluster_instances(scope, &cluster.cluster_name).await?;
+        let snap = self.node_snapshot().await?;
         all.retain(|(k, r)| {
             let status_ok = match q.status.as_deref() {
                 Some(s) => r.status == s,
@@ -395,7 +524,7 @@ impl Control {
             let filter_ok = q
                 .filter
                 .as_deref()
-                .is_none_or(|f| placement::matches(f, &r.all_attributes(scope)).unwrap_or(false));
+                .is_none_or(|f| placement::matches(f, &self.view(scope, r, &snap).attributes).unwrap_or(false));
             status_ok && filter_ok && after.as_ref().is_none_or(|a| k > a)
         });
         let token = (all.len() > size).then(|| crate::encode_token(&all[size - 1].0));
@@ -427,7 +556,8 @@ impl Control {
             ));
         }
         let attrs = validate_attributes(q.attributes.as_deref().unwrap_or_default())?;
-        let r = self.node_instance(scope, &cluster.cluster_name).await?;
+        let node = self.node_to_register(q.container_instance_arn.as_deref()).await?;
+        let r = self.node_instance(scope, &cluster.cluster_name, &node).await?;
         let key = Self::instance_key(scope, &cluster.cluster_name, r.id());
         let now = self.now();
         let r = self
@@ -446,7 +576,7 @@ impl Control {
                 Ok(true)
             })
             .await?;
-        Ok(self.describe_instance(scope, &r, &self.node_tasks().await?))
+        Ok(self.describe_instance(scope, &r, &self.node_snapshot().await?))
     }
 
     /// DeregisterContainerInstance: refused while tasks run there unless forced; forced, its
@@ -464,8 +594,9 @@ impl Control {
             .await?
             .ok_or_else(|| EcsError::invalid("The referenced container instance was not found."))?;
         let running: Vec<TaskRecord> = self
-            .node_tasks()
+            .node_snapshot()
             .await?
+            .tasks
             .into_iter()
             .filter(|t| t.task.container_instance_arn.as_deref() == Some(&r.arn))
             .collect();
@@ -491,7 +622,7 @@ impl Control {
                 Ok(true)
             })
             .await?;
-        Ok(self.describe_instance(scope, &r, &self.node_tasks().await?))
+        Ok(self.describe_instance(scope, &r, &self.node_snapshot().await?))
     }
 
     /// UpdateContainerInstancesState: ACTIVE or DRAINING (no new tasks are placed there).
@@ -522,7 +653,7 @@ impl Control {
                             Ok(true)
                         })
                         .await?;
-                    out.push(self.describe_instance(scope, &r, &self.node_tasks().await?));
+                    out.push(self.describe_instance(scope, &r, &self.node_snapshot().await?));
                 }
                 _ => failures.push(Failure {
                     arn: Some(n.clone()),
@@ -592,11 +723,12 @@ impl Control {
         }
         let size = crate::page_size(q.max_results, 100)?;
         let mut out = Vec::new();
+        let snap = self.node_snapshot().await?;
         for (_, r) in self.cluster_instances(scope, &cluster.cluster_name).await? {
             if r.status == "INACTIVE" {
                 continue;
             }
-            for (k, v) in r.all_attributes(scope) {
+            for (k, v) in self.view(scope, &r, &snap).attributes {
                 let name_ok = q.attribute_name.as_deref().is_none_or(|n| n == k);
                 let value_ok = q.attribute_value.as_deref().is_none_or(|x| v.as_deref() == Some(x));
                 if name_ok && value_ok {

@@ -5,15 +5,17 @@
 pub mod account_settings;
 pub mod capacity_providers;
 mod clusters;
+pub mod controllers;
 pub mod deploy;
 pub mod instances;
 pub mod logstore;
+pub mod nodes;
 pub mod placement;
 pub mod run_task;
 pub mod service_controller;
 pub mod services;
 mod taskdefs;
-mod tasks;
+pub mod tasks;
 
 pub use run_task::RunTaskRequest;
 pub use tasks::{ListTasks, TaskRecord, TaskSpecContainer, TASKS_PREFIX};
@@ -66,10 +68,6 @@ pub fn random_hex(bytes: usize) -> String {
 pub struct Control {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    /// The node tasks are placed on (single-node `gantry dev`).
-    pub node: String,
-    /// What the node offers EC2 and EXTERNAL tasks.
-    pub capacity: instances::NodeCapacity,
 }
 
 pub(crate) fn prefix(scope: &Scope) -> String {
@@ -77,13 +75,8 @@ pub(crate) fn prefix(scope: &Scope) -> String {
 }
 
 impl Control {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, node: &str) -> Control {
-        Control {
-            store,
-            clock,
-            node: node.to_string(),
-            capacity: Default::default(),
-        }
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Control {
+        Control { store, clock }
     }
 
     pub(crate) fn now(&self) -> f64 {

@@ -193,7 +193,8 @@ impl Control {
         validate_strategy(req.placement_strategy.as_deref())?;
         // Fargate provisions capacity per task; EC2 and EXTERNAL tasks need room on an instance.
         let placements = if launch.launch_type == "FARGATE" {
-            vec![Placement::On(String::new()); count as usize]
+            self.place_fargate(scope, &group, count as usize, launch.capacity_provider.as_deref())
+                .await?
         } else {
             let demand = Demand {
                 member_of,
@@ -203,10 +204,10 @@ impl Control {
             self.place_tasks(
                 scope,
                 &cluster.cluster_name,
-                &demand,
-                count as usize,
+                (&demand, count as usize),
                 req.on_instances.as_deref(),
                 &crate::placement::parse_strategy(req.placement_strategy.as_deref().unwrap_or_default()),
+                launch.capacity_provider.as_deref(),
             )
             .await?
         };
@@ -226,14 +227,20 @@ impl Control {
             subnet: subnet.as_deref(),
             ephemeral_storage: overrides.ephemeral_storage.clone(),
             long_arns: self.long_arns(scope, "taskLongArnFormat").await?,
-            node: &self.node,
         };
+        let zones: std::collections::HashMap<String, String> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.spec.name.clone(), n.zone(&scope.region)))
+            .collect();
         let now = self.now();
         let mut tasks = Vec::new();
         let mut failures = Vec::new();
-        for placed in placements {
+        for (placed, node) in placements {
             let instance = match placed {
-                Placement::On(arn) => (!arn.is_empty()).then_some(arn),
+                Placement::On(_) if launch.launch_type == "FARGATE" => None,
+                Placement::On(arn) => Some(arn),
                 Placement::Failed { arn, reason } => {
                     failures.push(Failure {
                         arn,
@@ -244,7 +251,11 @@ impl Control {
                 }
             };
             let id = random_hex(16);
-            let rec = template.instantiate(&id, instance, now);
+            let zone = zones
+                .get(&node)
+                .cloned()
+                .unwrap_or_else(|| format!("{}a", scope.region));
+            let rec = template.instantiate(&id, instance, (&node, &zone), now);
             let task = rec.task.clone();
             self.store
                 .create(
@@ -302,12 +313,12 @@ struct TaskTemplate<'a> {
     subnet: Option<&'a str>,
     ephemeral_storage: Option<gantry_types::taskdef::EphemeralStorage>,
     long_arns: bool,
-    node: &'a str,
 }
 
 impl TaskTemplate<'_> {
-    /// A new PROVISIONING task record with this id, on this container instance (if any).
-    fn instantiate(&self, id: &str, instance: Option<String>, now: f64) -> TaskRecord {
+    /// A new PROVISIONING task record with this id, on this node (and its zone) and container
+    /// instance (if any).
+    fn instantiate(&self, id: &str, instance: Option<String>, (node, zone): (&str, &str), now: f64) -> TaskRecord {
         let (scope, cluster) = (self.scope, &self.cluster.cluster_name);
         let task_arn = if self.long_arns {
             scope.task_arn(cluster, id)
@@ -374,7 +385,7 @@ impl TaskTemplate<'_> {
                     String::new()
                 },
                 platform_family: "Linux".into(),
-                availability_zone: format!("{}a", scope.region),
+                availability_zone: zone.to_string(),
                 created_at: now,
                 started_by: self.req.started_by.clone(),
                 group: Some(self.group.to_string()),
@@ -396,7 +407,7 @@ impl TaskTemplate<'_> {
         TaskRecord {
             task,
             cluster: cluster.clone(),
-            node: self.node.to_string(),
+            node: node.to_string(),
             containers: self.containers.to_vec(),
             cpu_units: self.cpu,
             memory_mib: self.memory,

@@ -390,3 +390,119 @@ impl Control {
         Ok(n)
     }
 }
+
+/// What a node may change in one of its task records: the status it observes (lastStatus,
+/// timestamps, containers' state, attachments, health, why it stopped) and desiredStatus only
+/// towards STOPPED. What the control plane decided (where, what, how big, who started it) is
+/// not the node's to change, and a record already STOPPED is final: a node that was declared
+/// lost cannot bring its tasks back.
+pub fn agent_may_write(current: &TaskRecord, new: &TaskRecord) -> Result<(), String> {
+    if current.task.last_status == "STOPPED" {
+        return Err(format!("task {} is already STOPPED", current.id()));
+    }
+    let (c, n) = (&current.task, &new.task);
+    let same_spec = current.node == new.node
+        && current.cluster == new.cluster
+        && current.containers == new.containers
+        && current.cpu_units == new.cpu_units
+        && current.memory_mib == new.memory_mib
+        && current.account == new.account
+        && current.region == new.region
+        && current.protected_until == new.protected_until
+        && current.network_mode == new.network_mode
+        && current.task_memory_limit == new.task_memory_limit
+        && c.task_arn == n.task_arn
+        && c.cluster_arn == n.cluster_arn
+        && c.task_definition_arn == n.task_definition_arn
+        && c.container_instance_arn == n.container_instance_arn
+        && c.cpu == n.cpu
+        && c.memory == n.memory
+        && c.launch_type == n.launch_type
+        && c.capacity_provider_name == n.capacity_provider_name
+        && c.started_by == n.started_by
+        && c.group == n.group
+        && c.tags == n.tags
+        && c.overrides == n.overrides
+        && c.created_at == n.created_at
+        && c.containers.len() == n.containers.len()
+        && c.containers
+            .iter()
+            .zip(&n.containers)
+            .all(|(a, b)| a.container_arn == b.container_arn && a.name == b.name && a.image == b.image);
+    if !same_spec {
+        return Err(format!(
+            "task {}: a node may change only the task's status",
+            current.id()
+        ));
+    }
+    if c.desired_status != n.desired_status && n.desired_status != "STOPPED" {
+        return Err(format!(
+            "task {}: a node may only set desiredStatus to STOPPED",
+            current.id()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod agent_write_tests {
+    use super::*;
+
+    fn rec() -> TaskRecord {
+        TaskRecord {
+            task: Task {
+                task_arn: "arn:aws:ecs:us-east-1:123456789012:task/c/abc".into(),
+                desired_status: "RUNNING".into(),
+                last_status: "PENDING".into(),
+                ..Default::default()
+            },
+            cluster: "c".into(),
+            node: "n1".into(),
+            containers: vec![],
+            cpu_units: 256,
+            memory_mib: 512,
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+            protected_until: None,
+            network_mode: NetworkMode::Awsvpc,
+            task_memory_limit: true,
+        }
+    }
+
+    #[test]
+    fn a_node_writes_status_only() {
+        let cur = rec();
+        let mut ok = cur.clone();
+        ok.task.last_status = "RUNNING".into();
+        ok.task.started_at = Some(1.0);
+        ok.task.desired_status = "STOPPED".into();
+        assert_eq!(agent_may_write(&cur, &ok), Ok(()));
+
+        let mut moved = cur.clone();
+        moved.node = "n2".into();
+        assert!(
+            agent_may_write(&cur, &moved).is_err(),
+            "a node cannot hand a task to another"
+        );
+        let mut bigger = cur.clone();
+        bigger.memory_mib = 4096;
+        assert!(agent_may_write(&cur, &bigger).is_err());
+        let mut revived = cur.clone();
+        revived.task.desired_status = "STOPPED".into();
+        let mut back = revived.clone();
+        back.task.desired_status = "RUNNING".into();
+        assert!(
+            agent_may_write(&revived, &back).is_err(),
+            "desiredStatus goes only towards STOPPED"
+        );
+    }
+
+    #[test]
+    fn a_stopped_record_is_final() {
+        let mut cur = rec();
+        cur.task.last_status = "STOPPED".into();
+        let mut again = cur.clone();
+        again.task.last_status = "RUNNING".into();
+        assert!(agent_may_write(&cur, &again).unwrap_err().contains("already STOPPED"));
+    }
+}

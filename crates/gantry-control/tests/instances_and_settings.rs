@@ -24,11 +24,16 @@ fn scope() -> Scope {
 
 async fn control() -> Control {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-    let mut c = Control::new(store, Arc::new(FixedClock), "node-1");
-    c.capacity = gantry_control::instances::NodeCapacity {
+    let c = Control::new(store, Arc::new(FixedClock));
+    c.register_node(gantry_control::nodes::NodeSpec {
+        name: "node-1".into(),
+        zone: None,
+        capacity_provider: None,
         cpu: 2048,
         memory: 1024,
-    };
+    })
+    .await
+    .unwrap();
     c.create_cluster(&scope(), Some("c1"), None, None).await.unwrap();
     c.register_task_definition(
         &scope(),

@@ -27,7 +27,16 @@ fn scope() -> Scope {
 async fn setup(desired: i64) -> (Control, Arc<FakeClock>) {
     let clock = Arc::new(FakeClock(AtomicI64::new(1_800_000_000_000)));
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-    let c = Control::new(store, clock.clone(), "node-1");
+    let c = Control::new(store, clock.clone());
+    c.register_node(gantry_control::nodes::NodeSpec {
+        name: "node-1".into(),
+        zone: None,
+        capacity_provider: None,
+        cpu: 4096,
+        memory: 8192,
+    })
+    .await
+    .unwrap();
     c.create_cluster(&scope(), Some("default"), None, None).await.unwrap();
     c.register_task_definition(
         &scope(),

@@ -184,6 +184,8 @@ pub mod stop_code {
     pub const ESSENTIAL_CONTAINER_EXITED: &str = "EssentialContainerExited";
     pub const USER_INITIATED: &str = "UserInitiated";
     pub const SERVICE_SCHEDULER_INITIATED: &str = "ServiceSchedulerInitiated";
+    pub const SPOT_INTERRUPTION: &str = "SpotInterruption";
+    pub const TERMINATION_NOTICE: &str = "TerminationNotice";
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 
 use crate::NodeArgs;
 use anyhow::{Context, Result};
+use gantry_agent::link::LocalLink;
 use gantry_aws::server::{key_path, StoredKey};
 use gantry_control::logstore::LogStore;
+use gantry_control::nodes::NodeSpec;
 use gantry_control::{Control, SystemClock};
 use gantry_store::{SqliteStore, Store};
 use std::net::SocketAddr;
@@ -67,7 +69,7 @@ async fn open_store(spec: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Store
 
 /// What this machine offers: 1024 CPU units per core, its memory less what the node itself
 /// keeps (as the ECS agent reserves memory for the OS).
-fn node_capacity(a: &DevArgs) -> gantry_control::instances::NodeCapacity {
+pub fn node_capacity(cpu: Option<i64>, memory: Option<i64>) -> (i64, i64) {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as i64;
     let mem_kib: i64 = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -78,10 +80,10 @@ fn node_capacity(a: &DevArgs) -> gantry_control::instances::NodeCapacity {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(1 << 20);
-    gantry_control::instances::NodeCapacity {
-        cpu: a.cpu.unwrap_or(cores * 1024),
-        memory: a.memory.unwrap_or((mem_kib / 1024 - 256).max(256)),
-    }
+    (
+        cpu.unwrap_or(cores * 1024),
+        memory.unwrap_or((mem_kib / 1024 - 256).max(256)),
+    )
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
@@ -234,8 +236,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
     let creds = credentials(store.as_ref()).await?;
     let node = Arc::new(args.node()?);
-    let mut control = Control::new(store.clone(), Arc::new(SystemClock), "local");
-    control.capacity = node_capacity(&a);
+    let control = Control::new(store.clone(), Arc::new(SystemClock));
 
     // Startup sweep: keep tasks the control plane still tracks (their exit codes are
     // collected by the agent); remove everything else a crash left behind.
@@ -264,56 +265,27 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         eprintln!("gantry: wrote profile 'gantry' to {} and {}", c.display(), f.display());
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let agent = gantry_agent::Agent::new(control.clone(), node.clone(), logs.clone());
+    // The node: registered as "local", driven by an in-process agent over the local link.
+    let (cpu, memory) = node_capacity(a.cpu, a.memory);
+    let spec = NodeSpec {
+        name: LOCAL_NODE.into(),
+        zone: None,
+        capacity_provider: None,
+        cpu,
+        memory,
+    };
+    let link = Arc::new(LocalLink::new(control.clone(), logs.clone(), LOCAL_NODE));
+    let agent = gantry_agent::Agent::new(link, node.clone(), spec);
+    // Registered before anything can place a task, and before the controllers judge it.
+    agent.register().await;
     let agent_task = tokio::spawn(agent.run(stop_rx.clone()));
-    {
-        // Keep the namespace pool warm and expire logs past their retention.
-        let node = node.clone();
-        let logs = logs.clone();
-        let pool = a.warm_pool;
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let n = node.clone();
-                let _ = tokio::task::spawn_blocking(move || n.network().fill_pool(pool)).await;
-                let _ = logs.expire(chrono::Utc::now().timestamp_millis());
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        });
-    }
-    {
-        // The store's history is bounded: compact all but the newest revisions every 30 s.
-        let store = store.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = gantry_store::compact_history(store.as_ref(), gantry_store::HISTORY_KEPT).await {
-                    tracing::warn!(error = %e, "compacting the state store");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        });
-    }
-    {
-        // The service controller: level-triggered, every 250 ms.
-        let control = control.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                control.reconcile_services().await;
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        });
-    }
+    tokio::spawn(gantry_agent::keep_pool_warm(node.clone(), a.warm_pool, stop_rx.clone()));
+    tokio::spawn(expire_logs(logs.clone(), stop_rx.clone()));
+    tokio::spawn(gantry_control::controllers::run(
+        control.clone(),
+        Default::default(),
+        stop_rx.clone(),
+    ));
     let control_for_exit = control.clone();
     let api = gantry_aws::Api { control, logs };
     println!(
@@ -337,6 +309,20 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
     shutdown_report(&control_for_exit, &node, args).await;
     Ok(0)
+}
+
+/// The node `gantry dev` runs its tasks on (the name its task records have always carried).
+const LOCAL_NODE: &str = "local";
+
+/// Expires log events past their groups' retention.
+pub async fn expire_logs(logs: Arc<LogStore>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let _ = logs.expire(chrono::Utc::now().timestamp_millis());
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// A clean exit is like an agent restart: tasks keep running under their shims and the next

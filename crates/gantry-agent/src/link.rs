@@ -1,0 +1,205 @@
+//! The agent's one seam to the control plane. Everything a node needs goes through
+//! `ControlLink`: register and heartbeat, its own task records (list, watch, read, write),
+//! and log shipping. `LocalLink` is the in-process implementation (`gantry dev`); the remote
+//! one (`gantry agent`) speaks the same operations over mutual TLS (gantry-link). The agent
+//! never sees the store.
+
+use async_trait::async_trait;
+use gantry_control::logstore::LogStore;
+use gantry_control::nodes::{NodeRecord, NodeSpec};
+use gantry_control::{Control, TaskRecord, TASKS_PREFIX};
+use gantry_store::{Event, EventKind, Watch};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Where one container's awslogs output goes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogTarget {
+    pub account: String,
+    pub region: String,
+    pub group: String,
+    pub stream: String,
+}
+
+/// The outcome of a conditional write of a task record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Written {
+    /// Stored at this revision.
+    Ok(i64),
+    /// The record changed since it was read: read it again.
+    Conflict,
+    /// The record is gone.
+    Gone,
+}
+
+pub type LinkResult<T> = Result<T, String>;
+
+#[async_trait]
+pub trait ControlLink: Send + Sync {
+    /// The node this link speaks for.
+    fn node(&self) -> &str;
+    /// Registers the node (or registers it again): a new epoch, under which it writes.
+    async fn register(&self, spec: &NodeSpec) -> LinkResult<NodeRecord>;
+    /// Says the node is alive. Fails once the node has been declared lost (fenced).
+    async fn heartbeat(&self) -> LinkResult<()>;
+    /// Every task record placed on this node, with its store key.
+    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord)>>;
+    /// Changes to this node's task records from now on (puts carry the new record). The
+    /// watch ends when the link breaks; the agent re-lists and watches again.
+    async fn watch_assigned(&self) -> LinkResult<Watch>;
+    /// One of this node's task records and its revision.
+    async fn get_task(&self, key: &str) -> LinkResult<Option<(TaskRecord, i64)>>;
+    /// Writes a record read at `rev`. Only status the node owns may change (see
+    /// `gantry_control::tasks::agent_may_write`); a record already STOPPED is final.
+    async fn put_task(&self, key: &str, rec: &TaskRecord, rev: i64) -> LinkResult<Written>;
+    /// Makes sure the stream exists (creating the group if `create_group`).
+    async fn ensure_log_stream(&self, target: &LogTarget, create_group: bool) -> LinkResult<()>;
+    /// Appends events (time ms, message) to a stream.
+    async fn put_log_events(&self, target: &LogTarget, events: &[(i64, String)]) -> LinkResult<()>;
+}
+
+/// The in-process link: the control plane and log store of this very process.
+pub struct LocalLink {
+    control: Control,
+    logs: Arc<LogStore>,
+    node: String,
+    epoch: AtomicU64,
+}
+
+impl LocalLink {
+    pub fn new(control: Control, logs: Arc<LogStore>, node: &str) -> LocalLink {
+        LocalLink {
+            control,
+            logs,
+            node: node.to_string(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl ControlLink for LocalLink {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    async fn register(&self, spec: &NodeSpec) -> LinkResult<NodeRecord> {
+        let rec = self
+            .control
+            .register_node(spec.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.epoch.store(rec.epoch, Ordering::SeqCst);
+        Ok(rec)
+    }
+
+    async fn heartbeat(&self) -> LinkResult<()> {
+        self.control
+            .heartbeat(&self.node, self.epoch.load(Ordering::SeqCst))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord)>> {
+        assigned(&self.control, &self.node).await
+    }
+
+    async fn watch_assigned(&self) -> LinkResult<Watch> {
+        watch_assigned(&self.control, &self.node).await
+    }
+
+    async fn get_task(&self, key: &str) -> LinkResult<Option<(TaskRecord, i64)>> {
+        get_assigned(&self.control, &self.node, key).await
+    }
+
+    async fn put_task(&self, key: &str, rec: &TaskRecord, rev: i64) -> LinkResult<Written> {
+        put_assigned(&self.control, &self.node, key, rec, rev).await
+    }
+
+    async fn ensure_log_stream(&self, t: &LogTarget, create_group: bool) -> LinkResult<()> {
+        let now = self.control.clock.now_ms();
+        self.logs
+            .ensure_stream((&t.account, &t.region), &t.group, &t.stream, create_group, now)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn put_log_events(&self, t: &LogTarget, events: &[(i64, String)]) -> LinkResult<()> {
+        let now = self.control.clock.now_ms();
+        self.logs
+            .put((&t.account, &t.region), &t.group, &t.stream, events, now)
+            .map_err(|e| e.to_string())
+    }
+}
+
+// The server side of each operation, shared by the local link and the remote one's server:
+// a node sees and writes only its own records.
+
+/// The node's task records.
+pub async fn assigned(control: &Control, node: &str) -> LinkResult<Vec<(String, TaskRecord)>> {
+    Ok(control
+        .all_tasks()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|(_, r, _)| r.node == node)
+        .map(|(k, r, _)| (k, r))
+        .collect())
+}
+
+/// A watch on the task records, passing on only the node's (deletes pass: the key alone
+/// does not say whose record it was, and the agent ignores keys it does not supervise).
+pub async fn watch_assigned(control: &Control, node: &str) -> LinkResult<Watch> {
+    let store = control.store.clone();
+    let rev = store.revision().await.map_err(|e| e.to_string())?;
+    let mut inner = store.watch(TASKS_PREFIX, rev).await.map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let node = node.to_string();
+    tokio::spawn(async move {
+        while let Some(ev) = inner.events.recv().await {
+            let keep = match &ev {
+                Ok(Event {
+                    kind: EventKind::Put,
+                    kv,
+                }) => serde_json::from_slice::<TaskRecord>(&kv.value).is_ok_and(|r| r.node == node),
+                _ => true,
+            };
+            if keep && tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Watch { events: rx })
+}
+
+pub async fn get_assigned(control: &Control, node: &str, key: &str) -> LinkResult<Option<(TaskRecord, i64)>> {
+    if !key.starts_with(TASKS_PREFIX) {
+        return Err(format!("{key} is not a task record"));
+    }
+    match control.store.get(key).await.map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some(kv) => {
+            let rec: TaskRecord = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
+            if rec.node != node {
+                return Err(format!("task {key} is not placed on node {node}"));
+            }
+            Ok(Some((rec, kv.mod_revision)))
+        }
+    }
+}
+
+pub async fn put_assigned(control: &Control, node: &str, key: &str, rec: &TaskRecord, rev: i64) -> LinkResult<Written> {
+    let Some((current, current_rev)) = get_assigned(control, node, key).await? else {
+        return Ok(Written::Gone);
+    };
+    if current_rev != rev {
+        return Ok(Written::Conflict);
+    }
+    gantry_control::tasks::agent_may_write(&current, rec)?;
+    let data = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+    match control.store.update(key, &data, rev).await {
+        Ok(r) => Ok(Written::Ok(r)),
+        Err(gantry_store::StoreError::Conflict { .. }) => Ok(Written::Conflict),
+        Err(gantry_store::StoreError::NotFound { .. }) => Ok(Written::Gone),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -1,0 +1,60 @@
+//! The control plane's background work, run by exactly one process at a time (`gantry dev`,
+//! or the elected leader among `gantry server`s): the service controller, the sweep that
+//! declares silent nodes lost, expiry of long-stopped tasks, and store compaction.
+
+use crate::Control;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// A node silent for this long is lost.
+    pub node_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            node_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Stopped tasks stay visible this long, as in ECS (an hour or more).
+const KEEP_STOPPED_SECS: f64 = 3.0 * 3600.0;
+
+/// Runs every controller until `stop` flips (or its sender goes).
+pub async fn run(control: Control, settings: Settings, mut stop: watch::Receiver<bool>) {
+    let mut services = tokio::time::interval(Duration::from_millis(250));
+    let mut nodes = tokio::time::interval(Duration::from_secs(1));
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(30));
+    for t in [&mut services, &mut nodes, &mut housekeeping] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let mut liveness = crate::nodes::Liveness::default();
+    loop {
+        tokio::select! {
+            _ = services.tick() => control.reconcile_services().await,
+            _ = nodes.tick() => {
+                if let Err(e) = control.sweep_lost_nodes(&mut liveness, settings.node_timeout.as_millis() as i64).await {
+                    tracing::warn!(error = %e, "sweeping lost nodes");
+                }
+            }
+            _ = housekeeping.tick() => housekeep(&control).await,
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+        }
+    }
+}
+
+async fn housekeep(control: &Control) {
+    match control.all_tasks().await {
+        Ok(tasks) => {
+            let _ = control.expire_stopped_tasks(&tasks, KEEP_STOPPED_SECS).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "listing tasks to expire"),
+    }
+    // The store's history is bounded: compact all but the newest revisions.
+    if let Err(e) = gantry_store::compact_history(control.store.as_ref(), gantry_store::HISTORY_KEPT).await {
+        tracing::warn!(error = %e, "compacting the state store");
+    }
+}

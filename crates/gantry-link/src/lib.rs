@@ -1,0 +1,3 @@
+//! The agent protocol over the network (see ARCHITECTURE.md, "Cluster mode").
+
+pub mod pki;

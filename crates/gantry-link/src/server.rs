@@ -1,0 +1,281 @@
+//! The server end of the agent protocol: JSON over HTTP/2 (or HTTP/1.1) with TLS. A client
+//! certificate is optional at the handshake (a joining agent has none yet) and required by
+//! every route but `/v1/join`: the node a request speaks for is the certificate's, never a
+//! name in the request. Refusals are logged with the peer address.
+
+use crate::pki::{self, Ca};
+use crate::wire::*;
+use axum::extract::{Extension, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gantry_agent::link::{self as ops, Written};
+use gantry_control::nodes::{validate_node_name, FENCED};
+use gantry_control::Control;
+use gantry_control::logstore::LogStore;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct LinkServer {
+    pub control: Control,
+    pub logs: Arc<LogStore>,
+    pub ca: Ca,
+}
+
+/// Who is calling: the node of a verified certificate, if any.
+#[derive(Clone)]
+struct Peer {
+    node: Option<String>,
+    addr: SocketAddr,
+}
+
+type Refusal = (StatusCode, String);
+
+fn refuse(peer: &Peer, status: StatusCode, why: String) -> Refusal {
+    tracing::warn!(peer = %peer.addr, node = ?peer.node, "agent request refused: {why}");
+    (status, why)
+}
+
+/// The calling node, or 401.
+fn node(peer: &Peer) -> Result<&str, Refusal> {
+    peer.node
+        .as_deref()
+        .ok_or_else(|| refuse(peer, StatusCode::UNAUTHORIZED, "a node certificate is required".into()))
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// A link operation's error: fencing is a conflict, a foreign task is forbidden, the rest is
+/// the control plane being unavailable.
+fn op_err(peer: &Peer, e: String) -> Refusal {
+    if e.contains(FENCED) {
+        (StatusCode::CONFLICT, e)
+    } else if e.contains("is not placed on node") || e.contains("may only") || e.contains("may change only") || e.contains("not a task record") {
+        refuse(peer, StatusCode::FORBIDDEN, e)
+    } else if e.contains("already STOPPED") {
+        (StatusCode::CONFLICT, e)
+    } else {
+        internal(e)
+    }
+}
+
+impl LinkServer {
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/join", post(join))
+            .route("/v1/register", post(register))
+            .route("/v1/heartbeat", post(heartbeat))
+            .route("/v1/tasks", get(list))
+            .route("/v1/watch", get(watch))
+            .route("/v1/task", get(get_task).put(put_task))
+            .route("/v1/logs/stream", post(ensure_stream))
+            .route("/v1/logs/events", post(put_events))
+            .with_state(Arc::new(self))
+    }
+
+    /// TLS with this serving certificate chain; client certificates from the cluster CA are
+    /// verified when presented.
+    pub fn tls_config(&self, chain_pem: &str, key_pem: &str) -> anyhow::Result<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(pki::first_der(&self.ca.cert_pem)?))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()?;
+        let chain = pem_chain(chain_pem)?;
+        let key = PrivateKeyDer::try_from(pem_key(key_pem)?).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+
+    /// Serves until the listener fails.
+    pub async fn serve(self, listener: tokio::net::TcpListener, tls: rustls::ServerConfig) -> anyhow::Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let app = self.router();
+        loop {
+            let (tcp, addr) = listener.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(peer = %addr, "agent TLS handshake refused: {e}");
+                        return;
+                    }
+                };
+                let node = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| pki::node_of_cert(c));
+                let svc = TowerToHyperService::new(app.layer(Extension(Peer { node, addr })));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    }
+}
+
+pub fn pem_chain(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let mut out = Vec::new();
+    for p in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        out.push(CertificateDer::from(p?.contents));
+    }
+    anyhow::ensure!(!out.is_empty(), "no certificate in PEM");
+    Ok(out)
+}
+
+pub fn pem_key(pem: &str) -> anyhow::Result<Vec<u8>> {
+    let p = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no key in PEM"))??;
+    Ok(p.contents)
+}
+
+type S = State<Arc<LinkServer>>;
+
+async fn join(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<JoinRequest>) -> Result<Json<JoinResponse>, Refusal> {
+    validate_node_name(&q.node).map_err(|e| refuse(&peer, StatusCode::BAD_REQUEST, e))?;
+    let now = s.control.clock.now_ms();
+    pki::check_token(s.control.store.as_ref(), &s.ca, &q.token, now)
+        .await
+        .map_err(|e| refuse(&peer, StatusCode::FORBIDDEN, e))?;
+    // A live node's name is taken: joining as it would be impersonating it.
+    if s.control.node(&q.node).await.map_err(internal)?.is_some_and(|n| n.live()) {
+        return Err(refuse(
+            &peer,
+            StatusCode::CONFLICT,
+            format!("node {} is registered and alive: a node cannot join under another's name", q.node),
+        ));
+    }
+    let cert_pem = s
+        .ca
+        .sign_node(&q.csr_pem, &q.node, pki::NODE_CERT_DAYS)
+        .map_err(|e| refuse(&peer, StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    tracing::info!(node = %q.node, peer = %peer.addr, "node joined");
+    Ok(Json(JoinResponse {
+        cert_pem,
+        ca_pem: s.ca.cert_pem.clone(),
+    }))
+}
+
+async fn register(State(s): S, Extension(peer): Extension<Peer>, Json(spec): Json<gantry_control::nodes::NodeSpec>) -> Result<Response, Refusal> {
+    let me = node(&peer)?;
+    if spec.name != me {
+        return Err(refuse(
+            &peer,
+            StatusCode::FORBIDDEN,
+            format!("node {me} cannot register as {}", spec.name),
+        ));
+    }
+    let rec = s.control.register_node(spec).await.map_err(|e| internal(e.to_string()))?;
+    Ok(Json(rec).into_response())
+}
+
+async fn heartbeat(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<Epoch>) -> Result<StatusCode, Refusal> {
+    let me = node(&peer)?;
+    s.control
+        .heartbeat(me, q.epoch)
+        .await
+        .map_err(|e| op_err(&peer, e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list(State(s): S, Extension(peer): Extension<Peer>) -> Result<Json<Vec<(String, gantry_control::TaskRecord)>>, Refusal> {
+    let me = node(&peer)?;
+    Ok(Json(ops::assigned(&s.control, me).await.map_err(|e| op_err(&peer, e))?))
+}
+
+/// Watch events as JSON lines, and an empty line every few seconds so a dead connection is
+/// noticed by the agent.
+async fn watch(State(s): S, Extension(peer): Extension<Peer>) -> Result<Response, Refusal> {
+    let me = node(&peer)?.to_string();
+    let mut w = ops::watch_assigned(&s.control, &me).await.map_err(|e| op_err(&peer, e))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
+    tokio::spawn(async move {
+        // Say the watch is live before the first event.
+        if tx.send(Ok(b"\n".to_vec())).await.is_err() {
+            return;
+        }
+        loop {
+            let line = tokio::select! {
+                ev = w.events.recv() => match ev {
+                    Some(Ok(e)) => WatchLine::from_event(&e),
+                    _ => return, // the store watch ended: the agent re-lists and watches again
+                },
+                _ = tokio::time::sleep(KEEPALIVE) => None,
+            };
+            let mut bytes = line.map(|l| serde_json::to_vec(&l).expect("serialises")).unwrap_or_default();
+            bytes.push(b'\n');
+            if tx.send(Ok(bytes)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream_from(rx));
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .expect("valid response"))
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn get_task(State(s): S, Extension(peer): Extension<Peer>, Query(q): Query<KeyQuery>) -> Result<Json<Option<(gantry_control::TaskRecord, i64)>>, Refusal> {
+    let me = node(&peer)?;
+    Ok(Json(ops::get_assigned(&s.control, me, &q.key).await.map_err(|e| op_err(&peer, e))?))
+}
+
+async fn put_task(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<PutTask>) -> Result<Json<Written>, Refusal> {
+    let me = node(&peer)?;
+    // Fencing: a node declared lost writes nothing until it has registered again.
+    s.control
+        .check_epoch(me, q.epoch)
+        .await
+        .map_err(|e| op_err(&peer, e.to_string()))?;
+    Ok(Json(
+        ops::put_assigned(&s.control, me, &q.key, &q.record, q.rev)
+            .await
+            .map_err(|e| op_err(&peer, e))?,
+    ))
+}
+
+async fn ensure_stream(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<EnsureStream>) -> Result<StatusCode, Refusal> {
+    node(&peer)?;
+    let t = &q.target;
+    s.logs
+        .ensure_stream((&t.account, &t.region), &t.group, &t.stream, q.create_group, s.control.clock.now_ms())
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_events(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<PutEvents>) -> Result<StatusCode, Refusal> {
+    node(&peer)?;
+    if q.events.len() > 10_000 {
+        return Err(refuse(&peer, StatusCode::PAYLOAD_TOO_LARGE, "at most 10000 events per batch".into()));
+    }
+    let t = &q.target;
+    s.logs
+        .put((&t.account, &t.region), &t.group, &t.stream, &q.events, s.control.clock.now_ms())
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}
