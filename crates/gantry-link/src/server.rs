@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gantry_agent::link::{self as ops, Written};
+use gantry_control::logstore::LogStore;
 use gantry_control::nodes::{validate_node_name, FENCED};
 use gantry_control::Control;
-use gantry_control::logstore::LogStore;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -58,7 +58,11 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
 fn op_err(peer: &Peer, e: String) -> Refusal {
     if e.contains(FENCED) {
         (StatusCode::CONFLICT, e)
-    } else if e.contains("is not placed on node") || e.contains("may only") || e.contains("may change only") || e.contains("not a task record") {
+    } else if e.contains("is not placed on node")
+        || e.contains("may only")
+        || e.contains("may change only")
+        || e.contains("not a task record")
+    {
         refuse(peer, StatusCode::FORBIDDEN, e)
     } else if e.contains("already STOPPED") {
         (StatusCode::CONFLICT, e)
@@ -149,24 +153,35 @@ pub fn pem_key(pem: &str) -> anyhow::Result<Vec<u8>> {
 
 type S = State<Arc<LinkServer>>;
 
-async fn join(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<JoinRequest>) -> Result<Json<JoinResponse>, Refusal> {
+async fn join(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Json(q): Json<JoinRequest>,
+) -> Result<Json<JoinResponse>, Refusal> {
     validate_node_name(&q.node).map_err(|e| refuse(&peer, StatusCode::BAD_REQUEST, e))?;
     let now = s.control.clock.now_ms();
     pki::check_token(s.control.store.as_ref(), &s.ca, &q.token, now)
         .await
         .map_err(|e| refuse(&peer, StatusCode::FORBIDDEN, e))?;
     // A live node's name is taken: joining as it would be impersonating it.
-    if s.control.node(&q.node).await.map_err(internal)?.is_some_and(|n| n.live()) {
+    if s.control
+        .node(&q.node)
+        .await
+        .map_err(internal)?
+        .is_some_and(|n| n.live())
+    {
         return Err(refuse(
             &peer,
             StatusCode::CONFLICT,
-            format!("node {} is registered and alive: a node cannot join under another's name", q.node),
+            format!(
+                "node {} is registered and alive: a node cannot join under another's name",
+                q.node
+            ),
         ));
     }
-    let cert_pem = s
-        .ca
-        .sign_node(&q.csr_pem, &q.node, pki::NODE_CERT_DAYS)
-        .map_err(|e| refuse(&peer, StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    let cert_pem =
+        s.ca.sign_node(&q.csr_pem, &q.node, pki::NODE_CERT_DAYS)
+            .map_err(|e| refuse(&peer, StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     tracing::info!(node = %q.node, peer = %peer.addr, "node joined");
     Ok(Json(JoinResponse {
         cert_pem,
@@ -174,7 +189,11 @@ async fn join(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<JoinR
     }))
 }
 
-async fn register(State(s): S, Extension(peer): Extension<Peer>, Json(spec): Json<gantry_control::nodes::NodeSpec>) -> Result<Response, Refusal> {
+async fn register(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Json(spec): Json<gantry_control::nodes::NodeSpec>,
+) -> Result<Response, Refusal> {
     let me = node(&peer)?;
     if spec.name != me {
         return Err(refuse(
@@ -183,7 +202,11 @@ async fn register(State(s): S, Extension(peer): Extension<Peer>, Json(spec): Jso
             format!("node {me} cannot register as {}", spec.name),
         ));
     }
-    let rec = s.control.register_node(spec).await.map_err(|e| internal(e.to_string()))?;
+    let rec = s
+        .control
+        .register_node(spec)
+        .await
+        .map_err(|e| internal(e.to_string()))?;
     Ok(Json(rec).into_response())
 }
 
@@ -196,7 +219,10 @@ async fn heartbeat(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list(State(s): S, Extension(peer): Extension<Peer>) -> Result<Json<Vec<(String, gantry_control::TaskRecord)>>, Refusal> {
+async fn list(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<Vec<(String, gantry_control::TaskRecord)>>, Refusal> {
     let me = node(&peer)?;
     Ok(Json(ops::assigned(&s.control, me).await.map_err(|e| op_err(&peer, e))?))
 }
@@ -205,7 +231,9 @@ async fn list(State(s): S, Extension(peer): Extension<Peer>) -> Result<Json<Vec<
 /// noticed by the agent.
 async fn watch(State(s): S, Extension(peer): Extension<Peer>) -> Result<Response, Refusal> {
     let me = node(&peer)?.to_string();
-    let mut w = ops::watch_assigned(&s.control, &me).await.map_err(|e| op_err(&peer, e))?;
+    let mut w = ops::watch_assigned(&s.control, &me)
+        .await
+        .map_err(|e| op_err(&peer, e))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
     tokio::spawn(async move {
         // Say the watch is live before the first event.
@@ -220,7 +248,9 @@ async fn watch(State(s): S, Extension(peer): Extension<Peer>) -> Result<Response
                 },
                 _ = tokio::time::sleep(KEEPALIVE) => None,
             };
-            let mut bytes = line.map(|l| serde_json::to_vec(&l).expect("serialises")).unwrap_or_default();
+            let mut bytes = line
+                .map(|l| serde_json::to_vec(&l).expect("serialises"))
+                .unwrap_or_default();
             bytes.push(b'\n');
             if tx.send(Ok(bytes)).await.is_err() {
                 return;
@@ -240,12 +270,24 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-async fn get_task(State(s): S, Extension(peer): Extension<Peer>, Query(q): Query<KeyQuery>) -> Result<Json<Option<(gantry_control::TaskRecord, i64)>>, Refusal> {
+async fn get_task(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<Option<(gantry_control::TaskRecord, i64)>>, Refusal> {
     let me = node(&peer)?;
-    Ok(Json(ops::get_assigned(&s.control, me, &q.key).await.map_err(|e| op_err(&peer, e))?))
+    Ok(Json(
+        ops::get_assigned(&s.control, me, &q.key)
+            .await
+            .map_err(|e| op_err(&peer, e))?,
+    ))
 }
 
-async fn put_task(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<PutTask>) -> Result<Json<Written>, Refusal> {
+async fn put_task(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Json(q): Json<PutTask>,
+) -> Result<Json<Written>, Refusal> {
     let me = node(&peer)?;
     // Fencing: a node declared lost writes nothing until it has registered again.
     s.control
@@ -259,23 +301,47 @@ async fn put_task(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<P
     ))
 }
 
-async fn ensure_stream(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<EnsureStream>) -> Result<StatusCode, Refusal> {
+async fn ensure_stream(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Json(q): Json<EnsureStream>,
+) -> Result<StatusCode, Refusal> {
     node(&peer)?;
     let t = &q.target;
     s.logs
-        .ensure_stream((&t.account, &t.region), &t.group, &t.stream, q.create_group, s.control.clock.now_ms())
+        .ensure_stream(
+            (&t.account, &t.region),
+            &t.group,
+            &t.stream,
+            q.create_group,
+            s.control.clock.now_ms(),
+        )
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn put_events(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<PutEvents>) -> Result<StatusCode, Refusal> {
+async fn put_events(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Json(q): Json<PutEvents>,
+) -> Result<StatusCode, Refusal> {
     node(&peer)?;
     if q.events.len() > 10_000 {
-        return Err(refuse(&peer, StatusCode::PAYLOAD_TOO_LARGE, "at most 10000 events per batch".into()));
+        return Err(refuse(
+            &peer,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "at most 10000 events per batch".into(),
+        ));
     }
     let t = &q.target;
     s.logs
-        .put((&t.account, &t.region), &t.group, &t.stream, &q.events, s.control.clock.now_ms())
+        .put(
+            (&t.account, &t.region),
+            &t.group,
+            &t.stream,
+            &q.events,
+            s.control.clock.now_ms(),
+        )
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)
 }

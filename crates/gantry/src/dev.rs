@@ -41,8 +41,14 @@ pub struct DevArgs {
     store: Option<String>,
 }
 
+/// The state store a `--store` names, and the etcd client when it is etcd (for elections).
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+    pub etcd: Option<Arc<gantry_store::EtcdStore>>,
+}
+
 /// Opens the state store a `--store` names.
-async fn open_store(spec: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Store>> {
+pub async fn open_store(spec: Option<&str>, data_dir: &Path) -> Result<Opened> {
     let spec = spec.unwrap_or("");
     if let Some(rest) = spec.strip_prefix("etcd://") {
         let (hosts, prefix) = match rest.split_once('/') {
@@ -57,14 +63,21 @@ async fn open_store(spec: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Store
             .revision()
             .await
             .with_context(|| format!("reaching etcd at {hosts}"))?;
-        return Ok(Arc::new(store));
+        let store = Arc::new(store);
+        return Ok(Opened {
+            store: store.clone(),
+            etcd: Some(store),
+        });
     }
     let path = match spec.strip_prefix("sqlite:") {
         Some(p) => PathBuf::from(p),
         None if spec.is_empty() => data_dir.join("state.db"),
         None => anyhow::bail!("--store must be sqlite:PATH or etcd://HOST:PORT[,...][/PREFIX], got {spec:?}"),
     };
-    Ok(Arc::new(SqliteStore::open(&path)?))
+    Ok(Opened {
+        store: Arc::new(SqliteStore::open(&path)?),
+        etcd: None,
+    })
 }
 
 /// What this machine offers: 1024 CPU units per core, its memory less what the node itself
@@ -87,10 +100,10 @@ pub fn node_capacity(cpu: Option<i64>, memory: Option<i64>) -> (i64, i64) {
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
-struct DevCredentials {
-    access_key_id: String,
-    secret_access_key: String,
-    account_id: String,
+pub struct DevCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub account_id: String,
 }
 
 fn random_from(alphabet: &[u8], n: usize) -> String {
@@ -106,7 +119,7 @@ fn random_from(alphabet: &[u8], n: usize) -> String {
 }
 
 /// Credentials: from the environment if set (scripts, CI), else those made on first start.
-async fn credentials(store: &dyn Store) -> Result<DevCredentials> {
+pub async fn credentials(store: &dyn Store) -> Result<DevCredentials> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let creds = match (env("GANTRY_ACCESS_KEY_ID"), env("GANTRY_SECRET_ACCESS_KEY")) {
         (Some(a), Some(s)) => DevCredentials {
@@ -132,8 +145,17 @@ async fn credentials(store: &dyn Store) -> Result<DevCredentials> {
                         )
                     }),
                 };
-                store.create("/iam/dev-credentials", &serde_json::to_vec(&c)?).await?;
-                c
+                match store.create("/iam/dev-credentials", &serde_json::to_vec(&c)?).await {
+                    Ok(_) => c,
+                    // Another server made them at the same moment: use those.
+                    Err(gantry_store::StoreError::AlreadyExists { .. }) => {
+                        match store.get("/iam/dev-credentials").await? {
+                            Some(kv) => serde_json::from_slice(&kv.value)?,
+                            None => anyhow::bail!("the bootstrap credentials vanished while starting"),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         },
     };
@@ -152,9 +174,10 @@ async fn credentials(store: &dyn Store) -> Result<DevCredentials> {
             store.update(&path, &data, kv.mod_revision).await?;
         }
         Some(_) => {}
-        None => {
-            store.create(&path, &data).await?;
-        }
+        None => match store.create(&path, &data).await {
+            Ok(_) | Err(gantry_store::StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        },
     }
     Ok(creds)
 }
@@ -188,7 +211,7 @@ pub fn merge_ini(existing: &str, section: &str, body: &[(&str, String)]) -> Stri
     out
 }
 
-fn write_profile(creds: &DevCredentials, region: &str, endpoint: &str) -> Result<(PathBuf, PathBuf)> {
+pub fn write_profile(creds: &DevCredentials, region: &str, endpoint: &str) -> Result<(PathBuf, PathBuf)> {
     let cred_file = crate::client::aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials");
     let conf_file = crate::client::aws_file("AWS_CONFIG_FILE", "config");
     let write = |p: &Path, section: &str, body: &[(&str, String)], mode: u32| -> Result<()> {
@@ -232,7 +255,7 @@ pub fn run(args: &NodeArgs, a: DevArgs) -> Result<i32> {
 
 async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let store = open_store(a.store.as_deref(), &args.data_dir).await?;
+    let store = open_store(a.store.as_deref(), &args.data_dir).await?.store;
     let logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
     let creds = credentials(store.as_ref()).await?;
     let node = Arc::new(args.node()?);

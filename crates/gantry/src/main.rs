@@ -1,12 +1,14 @@
-//! `gantry`: the single binary. This subcommands: `image` (pull, load, ls, rm, gc) and
-//! `debug` (run one task in the foreground, sweep leftovers, benchmark task start).
+//! `gantry`: the single binary: `dev` (everything on one machine), `server` and `agent` (a
+//! cluster), task commands for users, `image`, and `debug` tools.
 
+mod agent_cmd;
 mod bench;
 mod bench_placement;
 mod client;
 mod debug_run;
 mod dev;
 mod image_cmd;
+mod server;
 mod tasks_cmd;
 
 use anyhow::{Context, Result};
@@ -71,6 +73,11 @@ enum Cmd {
     /// Run the whole platform on this machine: ECS and CloudWatch Logs APIs, control plane
     /// (SQLite), and the node agent.
     Dev(dev::DevArgs),
+    /// Serve the AWS APIs and the control plane of a cluster (state in etcd), and the agent
+    /// protocol for its nodes. `gantry server token create` prints a join token.
+    Server(server::ServerArgs),
+    /// Run one node of a cluster: join with a token, run the tasks the servers place here.
+    Agent(agent_cmd::AgentArgs),
     /// Run an image as a task (registers or reuses a task definition), stream its output and
     /// exit with its exit code, like `docker run`.
     Run(tasks_cmd::RunArgs),
@@ -194,6 +201,8 @@ fn main() {
     }
     let result = match cli.cmd {
         Cmd::Dev(a) => dev::run(&cli.node, a),
+        Cmd::Server(a) => server::run(&cli.node, a),
+        Cmd::Agent(a) => agent_cmd::run(&cli.node, a),
         Cmd::Run(a) => tasks_cmd::run(a),
         Cmd::Ps { cluster, all } => tasks_cmd::ps(&cluster, all),
         Cmd::Logs { task, cluster, follow } => tasks_cmd::logs(&cluster, &task, follow),

@@ -1,0 +1,125 @@
+//! `gantry agent`: one node of a cluster. Joins with a token on first start (its key and
+//! certificate stay in `<data-dir>/identity`), then runs the tasks the servers place on it,
+//! over the agent protocol (mutual TLS). It never touches the store.
+
+use crate::NodeArgs;
+use anyhow::{bail, Context, Result};
+use gantry_agent::link::ControlLink;
+use gantry_control::nodes::{validate_node_name, NodeSpec};
+use gantry_link::client::{join, Identity, RemoteLink};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// Servers' agent addresses, e.g. https://10.0.0.1:4567,https://10.0.0.2:4567.
+    #[arg(long, env = "GANTRY_SERVER", value_delimiter = ',', required = true)]
+    server: Vec<String>,
+    /// File holding the join token (needed on first start only).
+    #[arg(long, env = "GANTRY_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
+    /// The node's name (default: the host name).
+    #[arg(long, env = "GANTRY_NODE")]
+    node: Option<String>,
+    /// Availability zone (ecs.availability-zone); default: the region's first.
+    #[arg(long, env = "GANTRY_ZONE")]
+    zone: Option<String>,
+    /// The capacity provider whose pool this node is in (FARGATE, FARGATE_SPOT or an Auto
+    /// Scaling group provider's name); default: every launch type.
+    #[arg(long, env = "GANTRY_CAPACITY_PROVIDER")]
+    capacity_provider: Option<String>,
+    /// CPU units offered to EC2 tasks (default: 1024 per core).
+    #[arg(long, env = "GANTRY_NODE_CPU")]
+    cpu: Option<i64>,
+    /// Memory in MiB offered to EC2 tasks (default: the machine's, less 256 MiB).
+    #[arg(long, env = "GANTRY_NODE_MEMORY")]
+    memory: Option<i64>,
+    /// Ready network namespaces kept warm.
+    #[arg(long, env = "GANTRY_WARM_POOL", default_value_t = 4)]
+    warm_pool: usize,
+}
+
+pub fn run(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(args, a))
+}
+
+/// The node's identity: from its data dir, or by joining now.
+async fn identity(args: &NodeArgs, a: &AgentArgs, name: &str) -> Result<Identity> {
+    let dir = args.data_dir.join("identity");
+    if let Some(id) = Identity::load(&dir)? {
+        if id.node()? != name {
+            bail!(
+                "this data dir belongs to node {}, not {name}: use another --data-dir",
+                id.node()?
+            );
+        }
+        return Ok(id);
+    }
+    let Some(f) = &a.join_token_file else {
+        bail!("this node has not joined yet: give it --join-token-file (from `gantry server token create`)");
+    };
+    let token = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+    let id = join(&a.server, &token, name).await.context("joining the cluster")?;
+    id.save(&dir)?;
+    eprintln!("gantry agent: joined as {name}");
+    Ok(id)
+}
+
+async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let name = a.node.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    });
+    validate_node_name(&name).map_err(anyhow::Error::msg)?;
+    let id = identity(args, &a, &name).await?;
+    let link: Arc<dyn ControlLink> = Arc::new(RemoteLink::new(a.server.clone(), &id)?);
+    let node = Arc::new(args.node()?);
+
+    // Startup sweep: keep what the servers still track as running here.
+    let tracked = loop {
+        match link.list_assigned().await {
+            Ok(t) => break t,
+            Err(e) => {
+                eprintln!("gantry agent: reaching the servers: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let tracked: std::collections::HashSet<String> = tracked
+        .into_iter()
+        .filter(|(_, r)| r.task.last_status != "STOPPED")
+        .map(|(_, r)| r.id().to_string())
+        .collect();
+    node.sweep(|t| tracked.contains(t))?;
+
+    let (cpu, memory) = crate::dev::node_capacity(a.cpu, a.memory);
+    let spec = NodeSpec {
+        name: name.clone(),
+        zone: a.zone.clone(),
+        capacity_provider: a.capacity_provider.clone(),
+        cpu,
+        memory,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent = gantry_agent::Agent::new(link, node.clone(), spec);
+    agent.register().await;
+    tokio::spawn(gantry_agent::keep_pool_warm(node.clone(), a.warm_pool, stop_rx.clone()));
+    let running = tokio::spawn(agent.run(stop_rx));
+    println!("gantry agent: node {name} running tasks for {}", a.server.join(","));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), running).await;
+    if let Err(e) = node.network().drain_pool() {
+        eprintln!("gantry agent: removing the warm pool: {e}");
+    }
+    eprintln!("gantry agent: stopped; tasks keep running under their shims until the next start");
+    Ok(0)
+}

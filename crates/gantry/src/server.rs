@@ -1,0 +1,197 @@
+//! `gantry server`: the AWS APIs and the control plane over a shared store, with the agent
+//! protocol for remote nodes. Any number of servers may share one etcd: each answers the APIs;
+//! the controllers run only on the one holding the etcd lease (`--store sqlite:` means a single
+//! server, always leading).
+
+use crate::dev::{credentials, open_store, write_profile};
+use crate::NodeArgs;
+use anyhow::{Context, Result};
+use gantry_control::controllers::{self, Settings};
+use gantry_control::logstore::LogStore;
+use gantry_control::{Control, SystemClock};
+use gantry_link::pki::{self, Ca};
+use gantry_link::server::LinkServer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerArgs {
+    #[command(subcommand)]
+    cmd: Option<ServerCmd>,
+    /// Where the state lives: `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (shared by every
+    /// server) or `sqlite:PATH` (one server).
+    #[arg(long, env = "GANTRY_STORE", global = true)]
+    store: Option<String>,
+    /// Address the AWS APIs listen on.
+    #[arg(long, env = "GANTRY_LISTEN", default_value = "127.0.0.1:4566")]
+    listen: SocketAddr,
+    /// Address agents connect to (mutual TLS).
+    #[arg(long, env = "GANTRY_AGENT_LISTEN", default_value = "127.0.0.1:4567")]
+    agent_listen: SocketAddr,
+    /// Names and addresses agents dial this server by (its certificate's); the agent
+    /// address, localhost and 127.0.0.1 are always included.
+    #[arg(long = "agent-san", value_delimiter = ',')]
+    agent_san: Vec<String>,
+    /// Seconds without a heartbeat after which a node is lost.
+    #[arg(long, env = "GANTRY_NODE_TIMEOUT", default_value_t = 15)]
+    node_timeout: u64,
+    /// Region the written AWS profile uses.
+    #[arg(long, env = "GANTRY_REGION", default_value = "us-east-1")]
+    region: String,
+    /// Do not write the `gantry` profile into the AWS config files.
+    #[arg(long)]
+    no_profile: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum ServerCmd {
+    /// Join tokens for agents.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(clap::Subcommand)]
+enum TokenCmd {
+    /// Print a new join token.
+    Create {
+        /// How long it can be used, in hours.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: u64,
+    },
+}
+
+pub fn run(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        match a.cmd {
+            Some(ServerCmd::Token(TokenCmd::Create { ttl_hours })) => {
+                let store = open_store(a.store.as_deref(), &args.data_dir).await?.store;
+                let ca = Ca::load_or_create(store.as_ref()).await?;
+                let ttl = Duration::from_secs(ttl_hours * 3600);
+                let now = chrono::Utc::now().timestamp_millis();
+                println!("{}", pki::create_token(store.as_ref(), &ca, ttl, now).await?);
+                Ok(0)
+            }
+            None => serve(args, a).await,
+        }
+    })
+}
+
+async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let opened = open_store(a.store.as_deref(), &args.data_dir).await?;
+    let store = opened.store.clone();
+    let logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
+    let creds = credentials(store.as_ref()).await?;
+    let control = Control::new(store.clone(), Arc::new(SystemClock));
+    let ca = Ca::load_or_create(store.as_ref()).await?;
+
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !a.agent_listen.ip().is_unspecified() {
+        names.push(a.agent_listen.ip().to_string());
+    }
+    names.extend(a.agent_san.iter().cloned());
+    let (chain, key) = ca.server_cert(&names)?;
+    let link = LinkServer {
+        control: control.clone(),
+        logs: logs.clone(),
+        ca,
+    };
+    let tls = link.tls_config(&chain, &key)?;
+    let agent_listener = tokio::net::TcpListener::bind(a.agent_listen)
+        .await
+        .with_context(|| format!("binding {}", a.agent_listen))?;
+    let link_task = tokio::spawn(link.serve(agent_listener, tls));
+
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    if !a.no_profile {
+        write_profile(&creds, &a.region, &endpoint)?;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let settings = Settings {
+        node_timeout: Duration::from_secs(a.node_timeout),
+    };
+    let leading = tokio::spawn(lead(control.clone(), opened.etcd.clone(), settings, stop_rx.clone()));
+    tokio::spawn(crate::dev::expire_logs(logs.clone(), stop_rx.clone()));
+    println!(
+        "gantry server: APIs on {endpoint}, agents on https://{} (account {}, region {})",
+        a.agent_listen, creds.account_id, a.region
+    );
+    let api = gantry_aws::Api { control, logs };
+    let shutdown = async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("gantry server: shutting down");
+    };
+    axum::serve(listener, gantry_aws::router(api))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), leading).await;
+    link_task.abort();
+    Ok(0)
+}
+
+/// How long a dead leader keeps the role: the lease's TTL. Another server takes the
+/// controllers over within this, plus its campaign.
+const LEADER_TTL: Duration = Duration::from_secs(5);
+
+/// Runs the controllers while this server leads. With etcd: campaign, run until the lease is
+/// lost (or shutdown, which resigns so the next leader need not wait), campaign again.
+async fn lead(
+    control: Control,
+    etcd: Option<Arc<gantry_store::EtcdStore>>,
+    settings: Settings,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(etcd) = etcd else {
+        controllers::run(control, settings, stop).await;
+        return;
+    };
+    let id = format!("{}-{}", hostname(), std::process::id());
+    loop {
+        let leader = tokio::select! {
+            l = etcd.campaign("controllers", &id, LEADER_TTL) => l,
+            _ = stop.changed() => return,
+        };
+        let leader = match leader {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "campaigning for the controllers; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        eprintln!("gantry server: {id} leads the controllers");
+        let (run_tx, run_rx) = watch::channel(false);
+        let running = tokio::spawn(controllers::run(control.clone(), settings, run_rx));
+        let mut lost = leader.lost();
+        let shutting_down = tokio::select! {
+            _ = lost.wait_for(|l| *l) => false,
+            _ = stop.changed() => true,
+        };
+        let _ = run_tx.send(true);
+        let _ = running.await;
+        if shutting_down {
+            let _ = leader.resign().await;
+            return;
+        }
+        eprintln!("gantry server: {id} lost the lead; campaigning again");
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "server".into())
+}

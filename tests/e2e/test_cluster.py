@@ -1,0 +1,212 @@
+"""Cluster mode on one machine: two `gantry server`s on a real etcd and three `gantry agent`s,
+each agent with its own data dir, run dir, bridge and subnet, joined with a token and talking
+mutual TLS. Placement over zones, a killed agent's tasks replaced elsewhere and its stale
+containers stopped on return, a killed leader's controllers taken over, and the protocol's
+refusals (no certificate, a wrong or foreign token, another node's name)."""
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import GANTRY, Gantry, free_port, register
+from test_etcd import etcd  # noqa: F401  (fixture)
+
+NODE_TIMEOUT = "5"
+
+
+class Server:
+    def __init__(self, store, name):
+        self.dir = tempfile.mkdtemp(prefix=f"gantry-{name}-", dir="/var/tmp")
+        self.port, self.agent_port = free_port(), free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.agent_url = f"https://127.0.0.1:{self.agent_port}"
+        self.store = store
+        self.proc = None
+
+    def start(self, env):
+        log = open(os.path.join(self.dir, "server.log"), "a")
+        self.proc = subprocess.Popen([GANTRY, "--data-dir", f"{self.dir}/data", "server", "--store", self.store,
+                                      "--listen", f"127.0.0.1:{self.port}", "--agent-listen", f"127.0.0.1:{self.agent_port}",
+                                      "--node-timeout", NODE_TIMEOUT, "--no-profile"],
+                                     env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self):
+        return open(os.path.join(self.dir, "server.log")).read()
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Agent(Gantry):
+    """A node: Gantry's per-instance dirs, bridge and subnet, running `gantry agent`."""
+
+    def start_agent(self, servers, token_file, name, zone):
+        self.name = name
+        log = open(os.path.join(self.dir, "dev.log"), "a")
+        self.proc = subprocess.Popen([GANTRY, *self.node_args, "agent", "--server", ",".join(servers),
+                                      "--join-token-file", token_file, "--node", name, "--zone", zone],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def ecs_of(agent, server):
+    agent.endpoint = server.endpoint
+    return agent.client("ecs")
+
+
+def wait_for(what, check, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = check()
+        if v:
+            return v
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def cluster(etcd):  # noqa: F811
+    servers = [Server(f"etcd://{etcd}/cluster-e2e", n) for n in ("s1", "s2")]
+    agents = []
+    try:
+        agents = [Agent(instance=5 + i) for i in range(3)]
+        env = agents[0].env
+        for s in servers:
+            s.start(env)
+        for s in servers:
+            wait_for("the server to listen", lambda: _listening(s.port), 30)
+        token = subprocess.run([GANTRY, "--data-dir", f"{servers[0].dir}/data", "server", "token", "create",
+                                "--store", servers[0].store], check=True, capture_output=True, text=True, env=env).stdout.strip()
+        token_file = os.path.join(servers[0].dir, "token")
+        open(token_file, "w").write(token)
+        for i, a in enumerate(agents):
+            a.start_agent([s.agent_url for s in servers], token_file, f"node-{i}", f"us-east-1{'abc'[i]}")
+        yield servers, agents, token_file
+    finally:
+        for a in agents:
+            a.cleanup()
+        for s in servers:
+            s.stop()
+
+
+def _listening(port):
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _zones(ecs, service):
+    arns = ecs.list_tasks(cluster="default", serviceName=service, desiredStatus="RUNNING")["taskArns"]
+    if not arns:
+        return {}
+    out = {}
+    for t in ecs.describe_tasks(cluster="default", tasks=arns)["tasks"]:
+        if t["lastStatus"] == "RUNNING":
+            out[t["availabilityZone"]] = out.get(t["availabilityZone"], 0) + 1
+    return out
+
+
+def test_a_cluster_spreads_replaces_lost_nodes_and_fails_over(cluster):
+    servers, agents, token_file = cluster
+    ecs = ecs_of(agents[0], servers[1])
+    wait_for("three nodes", lambda: len(ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
+    loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+    register(ecs, "spread", [{"name": "app", "command": ["sh", "-c", loop], "stopTimeout": 2}])
+    ecs.create_service(serviceName="web", taskDefinition="spread", desiredCount=6, launchType="FARGATE",
+                       networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})
+    wait_for("2/2/2 over three zones", lambda: sorted(_zones(ecs, "web").values()) == [2, 2, 2], 60)
+
+    # kill -9 one agent: its tasks are stopped as ECS words a lost host and replaced elsewhere.
+    lost = agents[2]
+    lost_tasks = os.listdir(os.path.join(lost.dir, "data", "tasks"))
+    assert len(lost_tasks) == 2
+    lost.kill9()
+    t0 = time.time()
+    wait_for("replacements on the other nodes",
+             lambda: sorted(_zones(ecs, "web").items()) == [("us-east-1a", 3), ("us-east-1b", 3)], 30)
+    assert time.time() - t0 < 30
+    stopped = ecs.list_tasks(cluster="default", serviceName="web", desiredStatus="STOPPED")["taskArns"]
+    described = ecs.describe_tasks(cluster="default", tasks=stopped)["tasks"]
+    assert {t["stopCode"] for t in described} == {"TerminationNotice"}
+    assert {t["stoppedReason"] for t in described} == {"Host EC2 (instance node-2) stopped/terminated"}
+
+    # It comes back: the replaced tasks' containers are stopped and removed, not run twice.
+    lost.start_agent([s.agent_url for s in servers], token_file, "node-2", "us-east-1c")
+    wait_for("the stale tasks removed", lambda: not any(
+        os.path.exists(os.path.join(lost.dir, "data", "tasks", t)) for t in lost_tasks), 30)
+    assert sum(_zones(ecs, "web").values()) == 6
+
+    # kill -9 the leading server: the other takes the controllers over and scales the service.
+    leader = next(s for s in servers if "leads the controllers" in s.log())
+    other = next(s for s in servers if s is not leader)
+    leader.kill9()
+    ecs = ecs_of(agents[0], other)
+    t0 = time.time()
+    wait_for("the other server to lead", lambda: "leads the controllers" in other.log(), 15)
+    assert time.time() - t0 < 10, "controllers moved within 10 s"
+    ecs.update_service(cluster="default", service="web", desiredCount=3)
+    wait_for("scale-in by the new leader", lambda: sum(_zones(ecs, "web").values()) == 3, 30)
+    ecs.update_service(cluster="default", service="web", desiredCount=0)
+    wait_for("scale to zero", lambda: sum(_zones(ecs, "web").values()) == 0, 30)
+
+
+def _get(url, ctx):
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_the_agent_protocol_refuses_strangers(cluster):
+    servers, agents, token_file = cluster
+    s = servers[0]
+    wait_for("node-0 to join", lambda: os.path.exists(os.path.join(agents[0].dir, "data", "identity", "node.pem")), 30)
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    # No client certificate: nothing but joining.
+    status, body = _get(f"{s.agent_url}/v1/tasks", insecure)
+    assert status == 401 and "certificate" in body
+    # A certificate from another CA does not pass the handshake.
+    d = tempfile.mkdtemp(dir="/var/tmp")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", f"{d}/k.pem", "-out", f"{d}/c.pem", "-days", "1", "-subj", "/CN=node-0/O=gantry:nodes"],
+                   check=True, capture_output=True)
+    forged = ssl.create_default_context()
+    forged.check_hostname = False
+    forged.verify_mode = ssl.CERT_NONE
+    forged.load_cert_chain(f"{d}/c.pem", f"{d}/k.pem")
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
+        urllib.request.urlopen(f"{s.agent_url}/v1/tasks", context=forged, timeout=5).read()
+    # Wrong and foreign tokens, and a live node's name, are refused.
+    good = open(token_file).read().strip()
+    wrong = good[:-1] + ("0" if good[-1] != "0" else "1")
+    foreign = "GANTRY1-" + "ab" * 32 + good[len("GANTRY1-") + 64:]
+    for token, name, message in [(wrong, "node-x", "wrong join token"), (foreign, "node-y", "CA is not the one"),
+                                 (good, "node-0", "cannot join under another's name")]:
+        tf = os.path.join(d, "t")
+        open(tf, "w").write(token)
+        a = agents[1]
+        p = subprocess.run([GANTRY, "--data-dir", f"{d}/{name}", "--run-dir", f"{d}/run-{name}", "agent",
+                            "--server", s.agent_url, "--join-token-file", tf, "--node", name],
+                           capture_output=True, text=True, env=a.env, timeout=30)
+        assert p.returncode != 0 and message in p.stderr, (name, p.stderr)
+    assert "agent request refused" in s.log()
+    shutil.rmtree(d, ignore_errors=True)
