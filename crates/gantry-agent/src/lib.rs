@@ -61,8 +61,8 @@ impl Agent {
         })
     }
 
-    /// Runs until `shutdown` flips to true (call `register` first). Watch events say which task records changed: new
-    /// ones get a supervisor, supervised ones wake theirs. A full re-list (at start, after a
+    /// Runs until `shutdown` flips to true (call `register` first). Watch events say which
+    /// task records changed: new ones get a supervisor, supervised ones wake theirs. A full re-list (at start, after a
     /// watch is re-established, and every few seconds as a safety net) keeps it
     /// level-triggered. An idle task costs nothing between events.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
