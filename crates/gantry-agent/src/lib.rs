@@ -207,7 +207,7 @@ impl Agent {
             tokio::time::sleep(HEARTBEAT).await;
             if let Err(e) = self.link.heartbeat().await {
                 tracing::warn!(error = %e, "heartbeat refused or failed");
-                if e.contains(gantry_control::nodes::FENCED) {
+                if matches!(e, link::LinkError::Fenced(_)) {
                     self.register().await;
                     self.reconcile().await;
                 }

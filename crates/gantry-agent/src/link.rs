@@ -32,7 +32,48 @@ pub enum Written {
     Gone,
 }
 
-pub type LinkResult<T> = Result<T, String>;
+/// Why a link operation failed: what the agent does next depends on the kind.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum LinkError {
+    /// The node's epoch is stale (it was declared lost): register again.
+    Fenced(String),
+    /// Not this node's to read or write: a bug or an impostor, never retried into success.
+    Forbidden(String),
+    /// The control plane or the network could not do it now: retry.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Fenced(m) | LinkError::Forbidden(m) | LinkError::Unavailable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<LinkError> for String {
+    fn from(e: LinkError) -> String {
+        e.to_string()
+    }
+}
+
+impl LinkError {
+    /// The control plane's answer to a node operation: fenced, or unavailable.
+    pub fn from_control(e: gantry_types::EcsError) -> LinkError {
+        let m = e.to_string();
+        if m == gantry_control::nodes::FENCED {
+            LinkError::Fenced(m)
+        } else {
+            LinkError::Unavailable(m)
+        }
+    }
+
+    pub fn unavailable(e: impl std::fmt::Display) -> LinkError {
+        LinkError::Unavailable(e.to_string())
+    }
+}
+
+pub type LinkResult<T> = Result<T, LinkError>;
 
 #[async_trait]
 pub trait ControlLink: Send + Sync {
@@ -88,7 +129,7 @@ impl ControlLink for LocalLink {
             .control
             .register_node(spec.clone())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(LinkError::from_control)?;
         self.epoch.store(rec.epoch, Ordering::SeqCst);
         Ok(rec)
     }
@@ -97,7 +138,7 @@ impl ControlLink for LocalLink {
         self.control
             .heartbeat(&self.node, self.epoch.load(Ordering::SeqCst))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(LinkError::from_control)
     }
 
     async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord)>> {
@@ -120,14 +161,14 @@ impl ControlLink for LocalLink {
         let now = self.control.clock.now_ms();
         self.logs
             .ensure_stream((&t.account, &t.region), &t.group, &t.stream, create_group, now)
-            .map_err(|e| e.to_string())
+            .map_err(LinkError::unavailable)
     }
 
     async fn put_log_events(&self, t: &LogTarget, events: &[(i64, String)]) -> LinkResult<()> {
         let now = self.control.clock.now_ms();
         self.logs
             .put((&t.account, &t.region), &t.group, &t.stream, events, now)
-            .map_err(|e| e.to_string())
+            .map_err(LinkError::unavailable)
     }
 }
 
@@ -139,7 +180,7 @@ pub async fn assigned(control: &Control, node: &str) -> LinkResult<Vec<(String, 
     Ok(control
         .all_tasks()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(LinkError::from_control)?
         .into_iter()
         .filter(|(_, r, _)| r.node == node)
         .map(|(k, r, _)| (k, r))
@@ -150,8 +191,8 @@ pub async fn assigned(control: &Control, node: &str) -> LinkResult<Vec<(String, 
 /// does not say whose record it was, and the agent ignores keys it does not supervise).
 pub async fn watch_assigned(control: &Control, node: &str) -> LinkResult<Watch> {
     let store = control.store.clone();
-    let rev = store.revision().await.map_err(|e| e.to_string())?;
-    let mut inner = store.watch(TASKS_PREFIX, rev).await.map_err(|e| e.to_string())?;
+    let rev = store.revision().await.map_err(LinkError::unavailable)?;
+    let mut inner = store.watch(TASKS_PREFIX, rev).await.map_err(LinkError::unavailable)?;
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let node = node.to_string();
     tokio::spawn(async move {
@@ -173,14 +214,14 @@ pub async fn watch_assigned(control: &Control, node: &str) -> LinkResult<Watch> 
 
 pub async fn get_assigned(control: &Control, node: &str, key: &str) -> LinkResult<Option<(TaskRecord, i64)>> {
     if !key.starts_with(TASKS_PREFIX) {
-        return Err(format!("{key} is not a task record"));
+        return Err(LinkError::Forbidden(format!("{key} is not a task record")));
     }
-    match control.store.get(key).await.map_err(|e| e.to_string())? {
+    match control.store.get(key).await.map_err(LinkError::unavailable)? {
         None => Ok(None),
         Some(kv) => {
-            let rec: TaskRecord = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
+            let rec: TaskRecord = serde_json::from_slice(&kv.value).map_err(LinkError::unavailable)?;
             if rec.node != node {
-                return Err(format!("task {key} is not placed on node {node}"));
+                return Err(LinkError::Forbidden(format!("task {key} is not placed on node {node}")));
             }
             Ok(Some((rec, kv.mod_revision)))
         }
@@ -194,12 +235,12 @@ pub async fn put_assigned(control: &Control, node: &str, key: &str, rec: &TaskRe
     if current_rev != rev {
         return Ok(Written::Conflict);
     }
-    gantry_control::tasks::agent_may_write(&current, rec)?;
-    let data = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+    gantry_control::tasks::agent_may_write(&current, rec).map_err(LinkError::Forbidden)?;
+    let data = serde_json::to_vec(rec).map_err(LinkError::unavailable)?;
     match control.store.update(key, &data, rev).await {
         Ok(r) => Ok(Written::Ok(r)),
         Err(gantry_store::StoreError::Conflict { .. }) => Ok(Written::Conflict),
         Err(gantry_store::StoreError::NotFound { .. }) => Ok(Written::Gone),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(LinkError::unavailable(e)),
     }
 }

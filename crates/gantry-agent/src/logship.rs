@@ -107,7 +107,8 @@ impl Shipper {
                 partial: String::new(),
             };
             let mut failures = 0;
-            let mut put = |batch: &[(i64, String)]| rt.block_on(link.put_log_events(&target, batch));
+            let mut put =
+                |batch: &[(i64, String)]| rt.block_on(link.put_log_events(&target, batch)).map_err(String::from);
             loop {
                 let finishing = d.load(Ordering::SeqCst);
                 let shipped_from = cursor.offset;

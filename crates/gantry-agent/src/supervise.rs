@@ -173,7 +173,7 @@ pub fn container_dir_name(name: &str) -> String {
 }
 
 async fn get(a: &Agent, key: &str) -> Result<Option<(TaskRecord, i64)>> {
-    a.link.get_task(key).await
+    Ok(a.link.get_task(key).await?)
 }
 
 async fn launch(

@@ -36,7 +36,7 @@ pub trait WatchSource: Send + Sync {
 #[async_trait]
 impl<T: ControlLink + ?Sized> WatchSource for T {
     async fn watch(&self) -> Result<Watch, String> {
-        self.watch_assigned().await
+        self.watch_assigned().await.map_err(|e| e.to_string())
     }
 }
 

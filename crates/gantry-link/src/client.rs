@@ -7,7 +7,7 @@ use crate::wire::*;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use gantry_agent::link::{ControlLink, LinkResult, LogTarget, Written};
+use gantry_agent::link::{ControlLink, LinkError, LinkResult, LogTarget, Written};
 use gantry_control::nodes::{NodeRecord, NodeSpec};
 use gantry_control::TaskRecord;
 use gantry_store::Watch;
@@ -235,13 +235,19 @@ impl RemoteLink {
                         return Ok(r);
                     }
                     let status = r.status();
-                    return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
+                    let m = format!("{status}: {}", r.text().await.unwrap_or_default());
+                    // The server's kinds (see server::op_err), back from their statuses.
+                    return Err(match status.as_u16() {
+                        409 => LinkError::Fenced(m),
+                        401 | 403 => LinkError::Forbidden(m),
+                        _ => LinkError::Unavailable(m),
+                    });
                 }
                 Err(e) if e.is_connect() || e.is_timeout() => last = format!("{}: {}", self.servers[idx], causes(&e)),
-                Err(e) => return Err(format!("{}: {}", self.servers[idx], causes(&e))),
+                Err(e) => return Err(LinkError::unavailable(format!("{}: {}", self.servers[idx], causes(&e)))),
             }
         }
-        Err(format!("no server reachable ({last})"))
+        Err(LinkError::Unavailable(format!("no server reachable ({last})")))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -258,7 +264,7 @@ impl RemoteLink {
                     .json(body)
             })
             .await?;
-        r.json().await.map_err(|e| e.to_string())
+        r.json().await.map_err(LinkError::unavailable)
     }
 
     async fn call_empty(&self, path: &str, body: &impl Serialize) -> LinkResult<()> {
@@ -294,7 +300,7 @@ impl ControlLink for RemoteLink {
         let r = self
             .send(|s| self.client.get(format!("{s}/v1/tasks")).timeout(REQUEST_TIMEOUT))
             .await?;
-        r.json().await.map_err(|e| e.to_string())
+        r.json().await.map_err(LinkError::unavailable)
     }
 
     async fn watch_assigned(&self) -> LinkResult<Watch> {
@@ -335,7 +341,7 @@ impl ControlLink for RemoteLink {
                     .timeout(REQUEST_TIMEOUT)
             })
             .await?;
-        r.json().await.map_err(|e| e.to_string())
+        r.json().await.map_err(LinkError::unavailable)
     }
 
     async fn put_task(&self, key: &str, rec: &TaskRecord, rev: i64) -> LinkResult<Written> {

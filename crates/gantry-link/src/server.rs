@@ -10,9 +10,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gantry_agent::link::{self as ops, Written};
+use gantry_agent::link::{self as ops, LinkError, Written};
 use gantry_control::logstore::LogStore;
-use gantry_control::nodes::{validate_node_name, FENCED};
+use gantry_control::nodes::validate_node_name;
 use gantry_control::Control;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
@@ -53,21 +53,12 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
-/// A link operation's error: fencing is a conflict, a foreign task is forbidden, the rest is
-/// the control plane being unavailable.
-fn op_err(peer: &Peer, e: String) -> Refusal {
-    if e.contains(FENCED) {
-        (StatusCode::CONFLICT, e)
-    } else if e.contains("is not placed on node")
-        || e.contains("may only")
-        || e.contains("may change only")
-        || e.contains("not a task record")
-    {
-        refuse(peer, StatusCode::FORBIDDEN, e)
-    } else if e.contains("already STOPPED") {
-        (StatusCode::CONFLICT, e)
-    } else {
-        internal(e)
+/// A link operation's error as an HTTP answer: the client maps the status back to the kind.
+fn op_err(peer: &Peer, e: LinkError) -> Refusal {
+    match e {
+        LinkError::Fenced(m) => (StatusCode::CONFLICT, m),
+        LinkError::Forbidden(m) => refuse(peer, StatusCode::FORBIDDEN, m),
+        LinkError::Unavailable(m) => internal(m),
     }
 }
 
@@ -215,7 +206,7 @@ async fn heartbeat(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<
     s.control
         .heartbeat(me, q.epoch)
         .await
-        .map_err(|e| op_err(&peer, e.to_string()))?;
+        .map_err(|e| op_err(&peer, LinkError::from_control(e)))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -293,7 +284,7 @@ async fn put_task(
     s.control
         .check_epoch(me, q.epoch)
         .await
-        .map_err(|e| op_err(&peer, e.to_string()))?;
+        .map_err(|e| op_err(&peer, LinkError::from_control(e)))?;
     Ok(Json(
         ops::put_assigned(&s.control, me, &q.key, &q.record, q.rev)
             .await
