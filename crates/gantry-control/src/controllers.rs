@@ -53,6 +53,9 @@ async fn housekeep(control: &Control) {
         }
         Err(e) => tracing::warn!(error = %e, "listing tasks to expire"),
     }
+    if let Err(e) = control.stop_tasks_on_lost_nodes().await {
+        tracing::warn!(error = %e, "stopping tasks left on lost nodes");
+    }
     // The store's history is bounded: compact all but the newest revisions.
     if let Err(e) = gantry_store::compact_history(control.store.as_ref(), gantry_store::HISTORY_KEPT).await {
         tracing::warn!(error = %e, "compacting the state store");

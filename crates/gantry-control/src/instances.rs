@@ -183,22 +183,31 @@ impl Control {
         scope: &Scope,
         cluster: &str,
     ) -> Result<Vec<(String, InstanceRecord)>, EcsError> {
+        let prefix = format!("{}container-instances/{cluster}/", prefix(scope));
+        let list = || async {
+            Ok::<_, EcsError>(
+                self.list_json::<InstanceRecord>(&prefix)
+                    .await?
+                    .into_iter()
+                    .map(|(k, r, _)| (k, r))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let instances = list().await?;
+        let known: HashSet<&str> = instances.iter().map(|(_, r)| r.node.as_str()).collect();
         let nodes = self.nodes().await?;
-        let known: HashSet<String> = self
-            .list_json::<InstanceRecord>(&format!("{}container-instances/{cluster}/", prefix(scope)))
-            .await?
-            .into_iter()
-            .map(|(_, r, _)| r.node)
+        let new: Vec<&str> = nodes
+            .iter()
+            .map(|n| n.spec.name.as_str())
+            .filter(|n| !known.contains(n))
             .collect();
-        for n in nodes.iter().filter(|n| !known.contains(&n.spec.name)) {
-            self.node_instance(scope, cluster, &n.spec.name).await?;
+        if new.is_empty() {
+            return Ok(instances);
         }
-        Ok(self
-            .list_json::<InstanceRecord>(&format!("{}container-instances/{cluster}/", prefix(scope)))
-            .await?
-            .into_iter()
-            .map(|(k, r, _)| (k, r))
-            .collect())
+        for n in new {
+            self.node_instance(scope, cluster, n).await?;
+        }
+        list().await
     }
 
     /// The node RegisterContainerInstance means: the one its containerInstanceArn names, or
@@ -399,18 +408,40 @@ impl Control {
         count: usize,
         provider: Option<&str>,
     ) -> Result<Vec<(Placement, String)>, EcsError> {
-        let tasks: Vec<TaskRecord> = self
-            .all_tasks()
-            .await?
-            .into_iter()
-            .map(|(_, r, _)| r)
-            .filter(|r| r.task.last_status != "STOPPED")
-            .collect();
-        let mut views: Vec<InstanceView> = self
+        let nodes: Vec<crate::nodes::NodeRecord> = self
             .nodes()
             .await?
             .into_iter()
             .filter(|n| n.live() && n.serves(provider))
+            .collect();
+        match nodes.as_slice() {
+            [] => {
+                let none = Placement::Failed {
+                    arn: None,
+                    reason:
+                        "Capacity is unavailable at this time. Please try again later or in a different availability zone"
+                            .into(),
+                };
+                return Ok(vec![(none, String::new()); count]);
+            }
+            // One node (`gantry dev`): nothing to spread over, no need to count tasks.
+            [only] => {
+                return Ok(vec![
+                    (Placement::On(only.spec.name.clone()), only.spec.name.clone());
+                    count
+                ])
+            }
+            _ => {}
+        }
+        // Spreading counts the group's live tasks on each node.
+        let mut on_node: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (_, t, _) in self.all_tasks().await? {
+            if t.task.last_status != "STOPPED" && t.task.group.as_deref() == Some(group) {
+                on_node.entry(t.node).or_default().push(group.to_string());
+            }
+        }
+        let mut views: Vec<InstanceView> = nodes
+            .into_iter()
             .map(|n| InstanceView {
                 arn: n.spec.name.clone(),
                 active: true,
@@ -420,22 +451,9 @@ impl Control {
                 used_memory: 0,
                 used_ports: HashSet::new(),
                 attributes: [("ecs.availability-zone".to_string(), Some(n.zone(&scope.region)))].into(),
-                groups: tasks
-                    .iter()
-                    .filter(|t| t.node == n.spec.name)
-                    .filter_map(|t| t.task.group.clone())
-                    .collect(),
+                groups: on_node.remove(&n.spec.name).unwrap_or_default(),
             })
             .collect();
-        if views.is_empty() {
-            let none = Placement::Failed {
-                arn: None,
-                reason:
-                    "Capacity is unavailable at this time. Please try again later or in a different availability zone"
-                        .into(),
-            };
-            return Ok(vec![(none, String::new()); count]);
-        }
         let demand = Demand {
             group: group.to_string(),
             ..Default::default()

@@ -183,7 +183,9 @@ impl Control {
     /// process saw a heartbeat change, not by the time written in it, a new leader gives every
     /// node a full timeout (after an outage of every server, agents had no one to report to)
     /// and servers' clocks need not agree (Kubernetes' node controller does the same).
-    /// Returns the nodes declared lost now. A lost node's stragglers are stopped every sweep.
+    /// Returns the nodes declared lost now. Stragglers (a task placed while its node was
+    /// being declared lost) are left to `stop_tasks_on_lost_nodes`, which runs less often: a
+    /// task list every second for a node that stays lost would be waste.
     pub async fn sweep_lost_nodes(&self, liveness: &mut Liveness, timeout_ms: i64) -> Result<Vec<String>, EcsError> {
         let now = self.clock.now_ms();
         let nodes = self.list_json::<NodeRecord>(NODES_PREFIX).await?;
@@ -208,16 +210,25 @@ impl Control {
                 lost_now.push(rec.spec.name.clone());
             }
         }
-        let lost: Vec<String> = nodes
-            .iter()
-            .map(|(_, n, _)| n)
-            .filter(|n| !n.live() || lost_now.contains(&n.spec.name))
-            .map(|n| n.spec.name.clone())
-            .collect();
-        if !lost.is_empty() {
-            self.stop_tasks_of_lost(&lost).await?;
+        if !lost_now.is_empty() {
+            self.stop_tasks_of_lost(&lost_now).await?;
         }
         Ok(lost_now)
+    }
+
+    /// Stops whatever is still live on a lost node.
+    pub async fn stop_tasks_on_lost_nodes(&self) -> Result<(), EcsError> {
+        let lost: Vec<String> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| !n.live())
+            .map(|n| n.spec.name)
+            .collect();
+        if lost.is_empty() {
+            return Ok(());
+        }
+        self.stop_tasks_of_lost(&lost).await
     }
 
     async fn stop_tasks_of_lost(&self, lost: &[String]) -> Result<(), EcsError> {

@@ -1,30 +1,18 @@
 //! Container instances, placement failures and account settings over an in-memory store (no
 //! root, no agent: task records are what RunTask writes).
 
-use gantry_control::{Clock, Control, RunTaskRequest};
+use gantry_control::{Control, RunTaskRequest};
 use gantry_store::{SqliteStore, Store};
-use gantry_types::arn::Scope;
 use serde_json::json;
 use std::sync::Arc;
 
-struct FixedClock;
+mod common;
 
-impl Clock for FixedClock {
-    fn now_ms(&self) -> i64 {
-        1_800_000_000_000
-    }
-}
-
-fn scope() -> Scope {
-    Scope {
-        account: "123456789012".into(),
-        region: "us-east-1".into(),
-    }
-}
+use common::{scope, FakeClock};
 
 async fn control() -> Control {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-    let c = Control::new(store, Arc::new(FixedClock));
+    let c = Control::new(store, Arc::new(FakeClock::new()));
     c.register_node(gantry_control::nodes::NodeSpec {
         name: "node-1".into(),
         zone: None,

@@ -4,28 +4,15 @@
 
 use gantry_control::nodes::{Liveness, NodeSpec, FENCED};
 use gantry_control::services::CreateServiceRequest;
-use gantry_control::{Clock, Control};
+use gantry_control::Control;
 use gantry_store::SqliteStore;
-use gantry_types::arn::Scope;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-struct FakeClock(AtomicI64);
+mod common;
 
-impl Clock for FakeClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-fn scope() -> Scope {
-    Scope {
-        account: "123456789012".into(),
-        region: "us-east-1".into(),
-    }
-}
+use common::{scope, FakeClock};
 
 fn spec(name: &str, zone: &str, pool: Option<&str>) -> NodeSpec {
     NodeSpec {
@@ -38,7 +25,7 @@ fn spec(name: &str, zone: &str, pool: Option<&str>) -> NodeSpec {
 }
 
 async fn setup(nodes: &[(&str, &str)]) -> (Control, Arc<FakeClock>) {
-    let clock = Arc::new(FakeClock(AtomicI64::new(1_800_000_000_000)));
+    let clock = Arc::new(FakeClock::new());
     let c = Control::new(Arc::new(SqliteStore::in_memory().unwrap()), clock.clone());
     for (n, z) in nodes {
         c.register_node(spec(n, z, None)).await.unwrap();
@@ -117,7 +104,7 @@ async fn a_service_spreads_over_zones_and_a_lost_nodes_tasks_are_replaced_elsewh
     let mut liveness = Liveness::default();
     assert!(c.sweep_lost_nodes(&mut liveness, 15_000).await.unwrap().is_empty());
     for _ in 0..6 {
-        clock.0.fetch_add(3_000, Ordering::SeqCst);
+        clock.advance(3_000);
         c.heartbeat("n1", 1).await.unwrap();
         c.heartbeat("n2", 1).await.unwrap();
         c.sweep_lost_nodes(&mut liveness, 15_000).await.unwrap();
@@ -149,6 +136,34 @@ async fn a_service_spreads_over_zones_and_a_lost_nodes_tasks_are_replaced_elsewh
     assert_eq!(spread.values().sum::<usize>(), 6);
     assert_eq!((spread["n1"], spread["n2"]), (3, 3));
 
+    // A straggler (placed on n3 while it was being declared lost) is stopped by housekeeping.
+    let (key, _, _) = c
+        .all_tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(_, r, _)| r.node == "n1")
+        .unwrap();
+    c.update_task(&key, |r| {
+        r.node = "n3".into();
+        true
+    })
+    .await
+    .unwrap();
+    c.stop_tasks_on_lost_nodes().await.unwrap();
+    let (_, r) = c
+        .all_tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, r, _)| (k, r))
+        .find(|(k, _)| *k == key)
+        .unwrap();
+    assert_eq!(
+        (r.task.last_status.as_str(), r.task.stop_code.as_deref()),
+        ("STOPPED", Some("TerminationNotice"))
+    );
+
     // n3 comes back: its old epoch is fenced; registering again gives it a new one.
     assert!(c.heartbeat("n3", 1).await.unwrap_err().to_string().contains(FENCED));
     let again = c.register_node(spec("n3", "us-east-1c", None)).await.unwrap();
@@ -161,16 +176,16 @@ async fn a_service_spreads_over_zones_and_a_lost_nodes_tasks_are_replaced_elsewh
 async fn a_new_leader_gives_every_node_a_full_timeout() {
     let (c, clock) = setup(&[("n1", "us-east-1a")]).await;
     // Every server was down for a minute: the stored heartbeat is old, the node is not.
-    clock.0.fetch_add(60_000, Ordering::SeqCst);
+    clock.advance(60_000);
     let mut liveness = Liveness::default();
     assert!(c.sweep_lost_nodes(&mut liveness, 15_000).await.unwrap().is_empty());
-    clock.0.fetch_add(3_000, Ordering::SeqCst);
+    clock.advance(3_000);
     c.heartbeat("n1", 1).await.unwrap();
     // The sweep (every second) sees the heartbeat move.
     assert!(c.sweep_lost_nodes(&mut liveness, 15_000).await.unwrap().is_empty());
-    clock.0.fetch_add(14_000, Ordering::SeqCst);
+    clock.advance(14_000);
     assert!(c.sweep_lost_nodes(&mut liveness, 15_000).await.unwrap().is_empty());
-    clock.0.fetch_add(2_000, Ordering::SeqCst);
+    clock.advance(2_000);
     assert_eq!(c.sweep_lost_nodes(&mut liveness, 15_000).await.unwrap(), ["n1"]);
 }
 

@@ -2,30 +2,17 @@
 //! node: the test plays the agent by moving task records through the lifecycle.
 
 use gantry_control::services::CreateServiceRequest;
-use gantry_control::{Clock, Control};
+use gantry_control::Control;
 use gantry_store::{SqliteStore, Store};
-use gantry_types::arn::Scope;
 use serde_json::json;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-struct FakeClock(AtomicI64);
+mod common;
 
-impl Clock for FakeClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-fn scope() -> Scope {
-    Scope {
-        account: "123456789012".into(),
-        region: "us-east-1".into(),
-    }
-}
+use common::{scope, FakeClock};
 
 async fn setup(desired: i64) -> (Control, Arc<FakeClock>) {
-    let clock = Arc::new(FakeClock(AtomicI64::new(1_800_000_000_000)));
+    let clock = Arc::new(FakeClock::new());
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
     let c = Control::new(store, clock.clone());
     c.register_node(gantry_control::nodes::NodeSpec {
@@ -95,7 +82,7 @@ async fn a_steady_service_is_not_rewritten() {
     assert_eq!(service(&c).await.running_count, 2);
     let rev = c.store.revision().await.unwrap();
     for _ in 0..20 {
-        clock.0.fetch_add(250, Ordering::SeqCst);
+        clock.advance(250);
         c.reconcile_services().await;
     }
     assert_eq!(

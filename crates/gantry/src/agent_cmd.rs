@@ -110,11 +110,7 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
     tokio::spawn(gantry_agent::keep_pool_warm(node.clone(), a.warm_pool, stop_rx.clone()));
     let running = tokio::spawn(agent.run(stop_rx));
     println!("gantry agent: node {name} running tasks for {}", a.server.join(","));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    crate::shutdown_signal("gantry agent").await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), running).await;
     if let Err(e) = node.network().drain_pool() {

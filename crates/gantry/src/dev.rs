@@ -316,17 +316,8 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         creds.account_id, a.region
     );
     println!("  try: aws --profile gantry ecs list-clusters");
-    let shutdown = async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("gantry dev: shutting down");
-    };
     axum::serve(listener, gantry_aws::router(api))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(crate::shutdown_signal("gantry dev"))
         .await?;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;

@@ -20,6 +20,16 @@ use gantry_runtime::oci::RuntimeKind;
 use gantry_runtime::task::{Node, NodeConfig};
 use std::path::PathBuf;
 
+/// Resolves on Ctrl-C or SIGTERM, saying `who` is shutting down.
+pub async fn shutdown_signal(who: &str) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("{who}: shutting down");
+}
+
 #[derive(Parser)]
 #[command(name = "gantry", version, about = "Self-hosted serverless containers")]
 struct Cli {

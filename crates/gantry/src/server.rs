@@ -124,17 +124,8 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         a.agent_listen, creds.account_id, a.region
     );
     let api = gantry_aws::Api { control, logs };
-    let shutdown = async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("gantry server: shutting down");
-    };
     axum::serve(listener, gantry_aws::router(api))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(crate::shutdown_signal("gantry server"))
         .await?;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), leading).await;

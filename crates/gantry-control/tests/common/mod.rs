@@ -1,0 +1,32 @@
+//! What the control plane's tests share: a clock the test moves, and the scope they act in.
+#![allow(dead_code)] // each test binary uses a part
+
+use gantry_control::Clock;
+use gantry_types::arn::Scope;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Starts at 2027-01-15 and moves only when the test says so.
+pub struct FakeClock(pub AtomicI64);
+
+impl FakeClock {
+    pub fn new() -> FakeClock {
+        FakeClock(AtomicI64::new(1_800_000_000_000))
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub fn scope() -> Scope {
+    Scope {
+        account: "123456789012".into(),
+        region: "us-east-1".into(),
+    }
+}
