@@ -92,7 +92,7 @@ class Gantry:
     def client(self, service, **kw):
         return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
                             aws_access_key_id=kw.pop("key", KEY), aws_secret_access_key=kw.pop("secret", SECRET),
-                            config=botocore.config.Config(retries={"max_attempts": 1}), **kw)
+                            config=kw.pop("config", botocore.config.Config(retries={"max_attempts": 1})), **kw)
 
     def aws(self, *args, check=True):
         env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION=REGION,

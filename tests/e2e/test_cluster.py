@@ -13,10 +13,12 @@ import time
 import urllib.error
 import urllib.request
 
+import botocore.config
+import botocore.exceptions
 import pytest
 
-from conftest import GANTRY, Gantry, free_port, register
-from test_etcd import etcd  # noqa: F401  (fixture)
+from conftest import ACCOUNT, GANTRY, KEY, SECRET, Gantry, free_port, register
+from test_etcd import etcd, etcd_member  # noqa: F401  (fixtures)
 
 NODE_TIMEOUT = "5"
 
@@ -210,3 +212,40 @@ def test_the_agent_protocol_refuses_strangers(cluster):
         assert p.returncode != 0 and message in p.stderr, (name, p.stderr)
     assert "agent request refused" in s.log()
     shutil.rmtree(d, ignore_errors=True)
+
+
+def test_losing_etcd_answers_503_class_errors_and_recovers(etcd_member):  # noqa: F811
+    """With its store gone the API answers a server error at once (never a wrong or empty
+    answer), and it serves again, from the same data, when the store returns."""
+    g = Gantry.__new__(Gantry)  # only its credentials: no node, no image
+    g.env = dict(os.environ, GANTRY_ACCESS_KEY_ID=KEY, GANTRY_SECRET_ACCESS_KEY=SECRET, GANTRY_ACCOUNT_ID=ACCOUNT)
+    server = Server(f"etcd://{etcd_member.address}/outage", "outage")
+    try:
+        server.start(g.env)
+        wait_for("the server to listen", lambda: _listening(server.port), 30)
+        g.endpoint = server.endpoint
+        ecs = g.client("ecs", config=botocore.config.Config(retries={"max_attempts": 1}, read_timeout=20))
+        ecs.create_cluster(clusterName="kept")
+        etcd_member.kill()
+        t0 = time.time()
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ecs.list_clusters()
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] >= 500, e.value.response
+        assert time.time() - t0 < 15, "the error comes within the store's request timeout"
+        with pytest.raises(botocore.exceptions.ClientError):
+            ecs.create_cluster(clusterName="not-stored")
+        etcd_member.start()
+        names = wait_for("the API to serve again", lambda: _clusters(ecs), 60)
+        assert "kept" in names and "not-stored" not in names, names
+        # The lease could not be kept through the outage: the controllers stopped, and run again.
+        assert "lost the lead" in server.log()
+        wait_for("the controllers led again", lambda: server.log().count("leads the controllers") == 2, 30)
+    finally:
+        server.stop()
+
+
+def _clusters(ecs):
+    try:
+        return [a.split("/")[-1] for a in ecs.list_clusters()["clusterArns"]] or None
+    except botocore.exceptions.ClientError:
+        return None

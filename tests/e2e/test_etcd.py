@@ -18,30 +18,57 @@ def free_port():
         return s.getsockname()[1]
 
 
+class Etcd:
+    """One etcd member on free loopback ports in a temporary directory; it can be killed and
+    started again on the same data."""
+
+    def __init__(self):
+        assert shutil.which("etcd"), "etcd is not installed: run scripts/install-deps.sh (Debian's etcd-server)"
+        self.dir = tempfile.mkdtemp(prefix="gantry-etcd-", dir="/var/tmp")
+        self.client, self.peer = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.client}"
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["etcd", "--name", "e2e", "--data-dir", f"{self.dir}/data",
+                                      "--listen-client-urls", f"http://127.0.0.1:{self.client}",
+                                      "--advertise-client-urls", f"http://127.0.0.1:{self.client}",
+                                      "--listen-peer-urls", f"http://127.0.0.1:{self.peer}",
+                                      "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
+                                      "--initial-cluster", f"e2e=http://127.0.0.1:{self.peer}"],
+                                     stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/etcd.log", "a"))
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.client), timeout=0.2).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None and time.time() < deadline, open(f"{self.dir}/etcd.log").read()[-2000:]
+                time.sleep(0.1)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def remove(self):
+        if self.proc and self.proc.poll() is None:
+            self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @pytest.fixture
-def etcd():
-    assert shutil.which("etcd"), "etcd is not installed: run scripts/install-deps.sh (Debian's etcd-server)"
-    d = tempfile.mkdtemp(prefix="gantry-etcd-", dir="/var/tmp")
-    client, peer = free_port(), free_port()
-    p = subprocess.Popen(["etcd", "--name", "e2e", "--data-dir", f"{d}/data",
-                          "--listen-client-urls", f"http://127.0.0.1:{client}",
-                          "--advertise-client-urls", f"http://127.0.0.1:{client}",
-                          "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                          "--initial-cluster", f"e2e=http://127.0.0.1:{peer}"],
-                         stdout=subprocess.DEVNULL, stderr=open(f"{d}/etcd.log", "w"))
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", client), timeout=0.2).close()
-            break
-        except OSError:
-            assert p.poll() is None and time.time() < deadline, open(f"{d}/etcd.log").read()[-2000:]
-            time.sleep(0.1)
-    yield f"127.0.0.1:{client}"
-    p.kill()
-    p.wait()
-    shutil.rmtree(d, ignore_errors=True)
+def etcd_member():
+    e = Etcd()
+    try:
+        e.start()
+        yield e
+    finally:
+        e.remove()
+
+
+@pytest.fixture
+def etcd(etcd_member):
+    yield etcd_member.address
 
 
 def test_gantry_dev_on_etcd_runs_services_and_survives_kill9(etcd):

@@ -108,24 +108,40 @@ pub struct StoredKey {
     pub session_token: Option<String>,
 }
 
-async fn find_key(api: &Api, headers: &[(String, String)]) -> Option<SecretKey> {
+/// The signing key the request names. `Ok(None)` when there is no such key (the verifier then
+/// answers as AWS does); an error when the store cannot say, so an outage is a server error,
+/// never "the security token is invalid".
+async fn find_key(api: &Api, headers: &[(String, String)]) -> Result<Option<SecretKey>, ApiError> {
+    let Some(akid) = access_key_id(headers) else {
+        return Ok(None);
+    };
+    let kv = api.control.store.get(&key_path(akid)).await.map_err(|e| {
+        ApiError::new(
+            "ServiceUnavailableException",
+            format!("The service is unavailable: {e}. Retry the request."),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+    })?;
+    let Some(kv) = kv else { return Ok(None) };
+    let Ok(k) = serde_json::from_slice::<StoredKey>(&kv.value) else {
+        return Ok(None);
+    };
+    Ok(Some(SecretKey {
+        secret: k.secret_access_key,
+        session_token: k.session_token,
+        account_id: k.account_id,
+    }))
+}
+
+fn access_key_id(headers: &[(String, String)]) -> Option<&str> {
     let auth = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))?
         .1
         .as_str();
-    let cred = auth.split("Credential=").nth(1)?;
-    let akid = cred.split('/').next()?;
-    if akid.is_empty() || akid.len() > 128 || !akid.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
-    }
-    let kv = api.control.store.get(&key_path(akid)).await.ok()??;
-    let k: StoredKey = serde_json::from_slice(&kv.value).ok()?;
-    Some(SecretKey {
-        secret: k.secret_access_key,
-        session_token: k.session_token,
-        account_id: k.account_id,
-    })
+    let akid = auth.split("Credential=").nth(1)?.split('/').next()?;
+    let valid = !akid.is_empty() && akid.len() <= 128 && akid.bytes().all(|b| b.is_ascii_alphanumeric());
+    valid.then_some(akid)
 }
 
 pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -145,7 +161,10 @@ pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: H
             StatusCode::PAYLOAD_TOO_LARGE,
         ));
     }
-    let key = find_key(&api, &hdrs).await;
+    let key = match find_key(&api, &hdrs).await {
+        Ok(k) => k,
+        Err(e) => return error_response(e),
+    };
     let req = SignedRequest {
         method: method.as_str(),
         path: uri.path(),

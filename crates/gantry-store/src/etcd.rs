@@ -5,8 +5,14 @@
 
 use crate::{Event, EventKind, KeyValue, Result, Store, StoreError, Watch};
 use async_trait::async_trait;
-use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use std::time::Duration;
 use tokio::sync::mpsc;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct EtcdStore {
     pub(crate) client: Client,
@@ -66,7 +72,14 @@ fn to_kv(namespace: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
 impl EtcdStore {
     /// Connects to the cluster's members (`host:port` or URLs); keys are kept under `namespace`.
     pub async fn connect(endpoints: &[String], namespace: &str) -> Result<EtcdStore> {
-        let client = Client::connect(endpoints, None).await.map_err(backend)?;
+        // Bounded requests: with every member gone a call fails within REQUEST_TIMEOUT (the
+        // API answers a server error) instead of waiting for a member to come back.
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_require_leader(true);
+        let client = Client::connect(endpoints, Some(options)).await.map_err(backend)?;
         Ok(EtcdStore {
             client,
             namespace: namespace.to_string(),
