@@ -168,6 +168,73 @@ def test_a_cluster_spreads_replaces_lost_nodes_and_fails_over(cluster):
     wait_for("scale to zero", lambda: sum(_zones(ecs, "web").values()) == 0, 30)
 
 
+def _instance_in(ecs, zone):
+    """The container instance of the node in `zone` (one node per zone here)."""
+    arns = ecs.list_container_instances(cluster="default")["containerInstanceArns"]
+    for ci in ecs.describe_container_instances(cluster="default", containerInstances=arns)["containerInstances"]:
+        if {"name": "ecs.availability-zone", "value": zone} in ci["attributes"]:
+            return ci["containerInstanceArn"]
+    raise AssertionError(f"no container instance in {zone}")
+
+
+def _revisions(ecs, service):
+    arns = ecs.list_tasks(cluster="default", serviceName=service, desiredStatus="RUNNING")["taskArns"]
+    tasks = ecs.describe_tasks(cluster="default", tasks=arns)["tasks"] if arns else []
+    return sorted(t["taskDefinitionArn"].split(":")[-1] for t in tasks if t["lastStatus"] == "RUNNING")
+
+
+def test_draining_a_paused_agent_and_a_deployment_across_leader_death(cluster):
+    servers, agents, token_file = cluster
+    ecs = ecs_of(agents[0], servers[0])
+    wait_for("three nodes", lambda: len(ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
+    loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
+    register(ecs, "chaos", [{"name": "app", "command": ["sh", "-c", loop], "stopTimeout": 2}])
+    ecs.create_service(serviceName="svc", taskDefinition="chaos", desiredCount=3, launchType="EC2",
+                       networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})
+    wait_for("1/1/1", lambda: sorted(_zones(ecs, "svc").values()) == [1, 1, 1], 60)
+
+    # Draining node-0 moves its task to the others, the replacement first (100% minimum healthy).
+    ecs.update_container_instances_state(cluster="default", containerInstances=[_instance_in(ecs, "us-east-1a")],
+                                         status="DRAINING")
+    wait_for("node-0 drained", lambda: sorted(_zones(ecs, "svc").items()) in
+             ([("us-east-1b", 1), ("us-east-1c", 2)], [("us-east-1b", 2), ("us-east-1c", 1)]), 60)
+
+    # node-1's agent paused past the node timeout: its task is replaced on node-2; resumed, the
+    # agent is fenced (its epoch is stale), registers again and stops the replaced container.
+    paused = agents[1]
+    paused_tasks = os.listdir(os.path.join(paused.dir, "data", "tasks"))
+    assert paused_tasks
+    paused.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for("node-1's tasks replaced", lambda: sorted(_zones(ecs, "svc").items()) == [("us-east-1c", 3)], 40)
+    finally:
+        paused.proc.send_signal(signal.SIGCONT)
+    wait_for("the paused node's stale containers removed", lambda: not any(
+        os.path.exists(os.path.join(paused.dir, "data", "tasks", t)) for t in paused_tasks), 30)
+    assert "declared lost and must register again" in paused.log(), "the resumed agent was fenced"
+    wait_for("node-1 ACTIVE again", lambda: ecs.describe_container_instances(
+        cluster="default", containerInstances=[_instance_in(ecs, "us-east-1b")])["containerInstances"][0]["agentConnected"], 30)
+    assert sum(_zones(ecs, "svc").values()) == 3
+
+    # A rolling deployment whose leader dies midway completes under the next leader. One task
+    # more than desired at a time (134% of 3 is 4), so it takes several steps.
+    register(ecs, "chaos", [{"name": "app", "command": ["sh", "-c", loop], "stopTimeout": 2}])
+    ecs.update_service(cluster="default", service="svc", taskDefinition="chaos",
+                       deploymentConfiguration={"maximumPercent": 134, "minimumHealthyPercent": 100})
+    leader = next(s for s in servers if "leads the controllers" in s.log())
+    other = next(s for s in servers if s is not leader)
+    midway = wait_for("the deployment to start", lambda: (lambda r: "2" in r and r)(_revisions(ecs, "svc")), 30)
+    leader.kill9()
+    assert "1" in midway, f"the deployment was still in progress when its leader died: {midway}"
+    ecs = ecs_of(agents[0], other)
+    wait_for("the deployment completed", lambda: _revisions(ecs, "svc") == ["2", "2", "2"], 60)
+    svc = wait_for("one deployment left", lambda: [s for s in ecs.describe_services(
+        cluster="default", services=["svc"])["services"] if len(s["deployments"]) == 1], 30)[0]
+    assert svc["deployments"][0]["rolloutState"] == "COMPLETED"
+    ecs.update_service(cluster="default", service="svc", desiredCount=0)
+    wait_for("scale to zero", lambda: sum(_zones(ecs, "svc").values()) == 0, 30)
+
+
 def _get(url, ctx):
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=5) as r:

@@ -21,6 +21,8 @@ pub struct TaskView {
     pub health: TaskHealth,
     /// Scale-in protection (UpdateTaskProtection).
     pub protected: bool,
+    /// On a DRAINING container instance: replaced like an old deployment's task.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -66,11 +68,18 @@ pub fn min_healthy(s: &Snapshot) -> u32 {
 /// chooses never takes this below the healthy floor (Kubernetes' deployment controller budget:
 /// all pods - minAvailable - the new replica set's unavailable pods).
 pub fn proven(s: &Snapshot, t: &TaskView) -> bool {
-    if t.deployment == s.primary {
+    if in_primary(s, t) {
         t.health == TaskHealth::Healthy
     } else {
         t.health != TaskHealth::Unhealthy
     }
+}
+
+/// A task the primary deployment keeps. A task on a draining instance is not: like an old
+/// deployment's task it stays until a replacement covers for it (ECS drains within
+/// minimumHealthyPercent and maximumPercent).
+pub fn in_primary(s: &Snapshot, t: &TaskView) -> bool {
+    t.deployment == s.primary && !t.draining
 }
 
 /// The plan as it is built: what is stopped so far and what is left.
@@ -120,7 +129,7 @@ pub fn plan(s: &Snapshot) -> Plan {
     };
     // With a desired count, at least one task may always exist.
     let max_total = max_tasks(s).max(s.desired.min(1));
-    let is_primary = |t: &TaskView| t.deployment == s.primary;
+    let is_primary = |t: &TaskView| in_primary(s, t);
 
     // 1. Tasks failing health checks are replaced; they are no capacity anyway.
     for t in s.tasks.iter().filter(|t| t.health == TaskHealth::Unhealthy) {
@@ -221,6 +230,7 @@ mod tests {
             deployment: dep.into(),
             health: h,
             protected: false,
+            draining: false,
         }
     }
 
@@ -297,6 +307,22 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_instance_s_task_is_replaced_within_the_bounds() {
+        let mut tasks: Vec<TaskView> = (0..3).map(|i| task(i, "new", TaskHealth::Healthy)).collect();
+        tasks[0].draining = true;
+        // 100/200: the replacement starts first; the drained task stays until it is healthy.
+        let p = plan(&snap(3, 100, 200, tasks.clone()));
+        assert_eq!((p.start, p.stop.len()), (1, 0));
+        tasks.push(task(3, "new", TaskHealth::Healthy));
+        let p = plan(&snap(3, 100, 200, tasks.clone()));
+        assert_eq!((p.start, p.stop), (0, vec![("t0".to_string(), StopReason::Replaced)]));
+        // 0/100: no room above the desired count, so the drained task stops first.
+        tasks.pop();
+        let p = plan(&snap(3, 0, 100, tasks));
+        assert_eq!((p.start, p.stop), (0, vec![("t0".to_string(), StopReason::Replaced)]));
+    }
+
+    #[test]
     fn unhealthy_tasks_are_replaced() {
         let t = vec![
             task(0, "new", TaskHealth::Healthy),
@@ -340,10 +366,16 @@ mod tests {
             desired in 0u32..12,
             min in 0u32..=100,
             max in 100u32..=200,
-            tasks in proptest::collection::vec((health(), any::<bool>(), any::<bool>()), 0..20),
+            tasks in proptest::collection::vec((health(), any::<bool>(), any::<bool>(), any::<bool>()), 0..20),
         ) {
             let tasks: Vec<TaskView> = tasks.iter().enumerate()
-                .map(|(i, (h, primary, protected))| TaskView { arn: format!("t{i}"), deployment: if *primary { "new".into() } else { "old".into() }, health: *h, protected: *protected })
+                .map(|(i, (h, primary, protected, draining))| TaskView {
+                    arn: format!("t{i}"),
+                    deployment: if *primary { "new".into() } else { "old".into() },
+                    health: *h,
+                    protected: *protected,
+                    draining: *draining,
+                })
                 .collect();
             let s = snap(desired, min, max, tasks.clone());
             let p = plan(&s);
@@ -387,6 +419,7 @@ mod protection_tests {
                 deployment: "new".into(),
                 health: TaskHealth::Healthy,
                 protected: false,
+                draining: false,
             })
             .collect();
         tasks[0].protected = true;
@@ -501,6 +534,7 @@ mod simulation {
                     deployment: primary.into(),
                     health: TaskHealth::Pending,
                     protected: false,
+                    draining: false,
                 });
             }
             Ok(p)

@@ -779,6 +779,17 @@ impl Control {
             .count() as i64)
     }
 
+    /// The ARNs of a cluster's DRAINING container instances.
+    pub(crate) async fn draining_instances(&self, scope: &Scope, cluster: &str) -> Result<HashSet<String>, EcsError> {
+        Ok(self
+            .cluster_instances(scope, cluster)
+            .await?
+            .into_iter()
+            .filter(|(_, r)| r.status == "DRAINING")
+            .map(|(_, r)| r.arn)
+            .collect())
+    }
+
     /// Registered container instances of a cluster (DescribeClusters).
     pub(crate) async fn registered_instances(&self, scope: &Scope, cluster: &str) -> Result<i64, EcsError> {
         Ok(self

@@ -189,6 +189,13 @@ impl Control {
         let grace = rec.service.health_check_grace_period_seconds.unwrap_or(0) as f64;
         let primary = rec.primary().cloned();
 
+        // Tasks on draining instances are replaced (EC2 tasks only: Fargate has no instances).
+        let draining = if tasks.iter().any(|t| t.task.container_instance_arn.is_some()) {
+            self.draining_instances(&scope, &rec.cluster).await?
+        } else {
+            Default::default()
+        };
+
         // Classify live tasks.
         let mut views = Vec::new();
         let mut stopping = 0u32;
@@ -218,6 +225,11 @@ impl Control {
                 deployment: deployment_of(t),
                 health,
                 protected: t.protected_at(now),
+                draining: t
+                    .task
+                    .container_instance_arn
+                    .as_ref()
+                    .is_some_and(|a| draining.contains(a)),
             });
         }
 
