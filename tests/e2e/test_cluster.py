@@ -17,7 +17,7 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import ACCOUNT, GANTRY, KEY, SECRET, Gantry, free_port, register
+from conftest import ACCOUNT, GANTRY, KEY, SECRET, Gantry, awslogs, free_port, register, run
 from test_etcd import etcd, etcd_member  # noqa: F401  (fixtures)
 
 NODE_TIMEOUT = "5"
@@ -233,6 +233,53 @@ def test_draining_a_paused_agent_and_a_deployment_across_leader_death(cluster):
     assert svc["deployments"][0]["rolloutState"] == "COMPLETED"
     ecs.update_service(cluster="default", service="svc", desiredCount=0)
     wait_for("scale to zero", lambda: sum(_zones(ecs, "svc").values()) == 0, 30)
+
+
+def test_logs_are_read_from_any_server_and_outlive_their_node(cluster):
+    """Every server holds a copy of the logs: what a task shipped is read from either server,
+    paging tokens from one work on the other, and the lines stay after the node is lost."""
+    servers, agents, token_file = cluster
+    ecs = ecs_of(agents[0], servers[0])
+    wait_for("three nodes", lambda: len(ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
+    lines = "; ".join(f"echo line-{i}" for i in range(5))
+    register(ecs, "talker", [{"name": "app", "command": ["sh", "-c", f"trap 'exit 0' TERM; {lines}; while :; do sleep 0.1; done"],
+                              "logConfiguration": awslogs("/cluster/talker"), "stopTimeout": 2}])
+    task = run(ecs, "default", "talker")[0]
+    tid = task["taskArn"].split("/")[-1]
+    stream = f"ecs/app/{tid}"
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=[tid], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+    def messages(server, **kw):
+        agents[0].endpoint = server.endpoint
+        logs = agents[0].client("logs")
+        try:
+            r = logs.get_log_events(logGroupName="/cluster/talker", logStreamName=stream, startFromHead=True, **kw)
+        except botocore.exceptions.ClientError:
+            return None
+        return [e["message"] for e in r["events"]], r["nextForwardToken"]
+
+    want = [f"line-{i}" for i in range(5)]
+    for s in servers:
+        wait_for(f"the lines on {s.endpoint}", lambda: (messages(s) or [[]])[0] == want, 30)
+    # A page from one server, the next from the other.
+    first, token = messages(servers[0], limit=2)
+    assert first == want[:2]
+    assert messages(servers[1], limit=2, nextToken=token)[0] == want[2:4]
+    agents[0].endpoint = servers[1].endpoint
+    filtered = agents[0].client("logs").filter_log_events(logGroupName="/cluster/talker", filterPattern="line-3")
+    assert [e["message"] for e in filtered["events"]] == ["line-3"]
+
+    # The task's node is lost: its task stops, its lines stay, and `gantry logs -f` on the
+    # other server prints them and returns once the task is STOPPED.
+    zone = ecs.describe_tasks(cluster="default", tasks=[tid])["tasks"][0]["availabilityZone"]
+    agents["abc".index(zone[-1])].kill9()
+    env = dict(agents[0].env, GANTRY_ENDPOINT=servers[1].endpoint, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET,
+               AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    p = subprocess.run([GANTRY, "logs", "-f", tid], capture_output=True, text=True, env=env, timeout=90)
+    assert p.returncode == 0 and p.stdout.split() == want, (p.returncode, p.stdout, p.stderr)
+    ecs = ecs_of(agents[0], servers[1])
+    assert ecs.describe_tasks(cluster="default", tasks=[tid])["tasks"][0]["stopCode"] == "TerminationNotice"
+    assert messages(servers[0])[0] == want
 
 
 def _get(url, ctx):

@@ -5,7 +5,8 @@
 //! never sees the store.
 
 use async_trait::async_trait;
-use gantry_control::logstore::LogStore;
+use gantry_control::logfeed::Logs;
+use gantry_control::logstore::{LogOp, LogWrite};
 use gantry_control::nodes::{NodeRecord, NodeSpec};
 use gantry_control::{Control, TaskRecord, TASKS_PREFIX};
 use gantry_store::{Event, EventKind, Watch};
@@ -102,13 +103,13 @@ pub trait ControlLink: Send + Sync {
 /// The in-process link: the control plane and log store of this very process.
 pub struct LocalLink {
     control: Control,
-    logs: Arc<LogStore>,
+    logs: Arc<Logs>,
     node: String,
     epoch: AtomicU64,
 }
 
 impl LocalLink {
-    pub fn new(control: Control, logs: Arc<LogStore>, node: &str) -> LocalLink {
+    pub fn new(control: Control, logs: Arc<Logs>, node: &str) -> LocalLink {
         LocalLink {
             control,
             logs,
@@ -158,17 +159,21 @@ impl ControlLink for LocalLink {
     }
 
     async fn ensure_log_stream(&self, t: &LogTarget, create_group: bool) -> LinkResult<()> {
-        let now = self.control.clock.now_ms();
-        self.logs
-            .ensure_stream((&t.account, &t.region), &t.group, &t.stream, create_group, now)
-            .map_err(LinkError::unavailable)
+        let op = LogOp::EnsureStream {
+            stream: t.stream.clone(),
+            create_group,
+        };
+        let w = LogWrite::new((&t.account, &t.region), &t.group, self.control.clock.now_ms(), op);
+        self.logs.write(w).await.map_err(LinkError::unavailable)
     }
 
     async fn put_log_events(&self, t: &LogTarget, events: &[(i64, String)]) -> LinkResult<()> {
-        let now = self.control.clock.now_ms();
-        self.logs
-            .put((&t.account, &t.region), &t.group, &t.stream, events, now)
-            .map_err(LinkError::unavailable)
+        let op = LogOp::Put {
+            stream: t.stream.clone(),
+            events: events.to_vec(),
+        };
+        let w = LogWrite::new((&t.account, &t.region), &t.group, self.control.clock.now_ms(), op);
+        self.logs.write(w).await.map_err(LinkError::unavailable)
     }
 }
 

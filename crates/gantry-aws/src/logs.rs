@@ -1,7 +1,7 @@
 //! CloudWatch Logs operations (AWS JSON 1.1, target prefix Logs_20140328).
 
 use crate::server::{Api, ApiError};
-use gantry_control::logstore::{matches_filter, LogStore, LogsError};
+use gantry_control::logstore::{matches_filter, LogOp, LogStore, LogWrite, LogsError};
 use gantry_types::arn::Scope;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -58,37 +58,39 @@ const EVENT_OVERHEAD: usize = 26;
 const MAX_EVENT_BYTES: usize = 262_144 - EVENT_OVERHEAD;
 
 pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Value, ApiError> {
-    let l: &LogStore = &api.logs;
     let s = (scope.account.as_str(), scope.region.as_str());
+    let write = |group: &str, op: LogOp| api.logs.write(LogWrite::new(s, group, now_ms(), op));
+    let read = || -> Result<&LogStore, ApiError> { Ok(api.logs.read()?) };
     let group_arn = |g: &str| format!("arn:aws:logs:{}:{}:log-group:{g}", scope.region, scope.account);
     Ok(match op {
         "CreateLogGroup" => {
             let g: String = required(&input, "logGroupName")?;
-            l.create_group(s, &g, now_ms())?;
+            LogStore::validate_group_name(&g)?;
+            write(&g, LogOp::CreateGroup).await?;
             json!({})
         }
         "DeleteLogGroup" => {
             let g: String = required(&input, "logGroupName")?;
-            l.delete_group(s, &g)?;
+            write(&g, LogOp::DeleteGroup).await?;
             json!({})
         }
         "PutRetentionPolicy" => {
             let g: String = required(&input, "logGroupName")?;
             let d: i64 = required(&input, "retentionInDays")?;
-            l.set_retention(s, &g, Some(d))?;
-            l.expire(now_ms())?;
+            write(&g, LogOp::SetRetention { days: Some(d) }).await?;
+            api.logs.local_copy().expire(now_ms())?;
             json!({})
         }
         "DeleteRetentionPolicy" => {
             let g: String = required(&input, "logGroupName")?;
-            l.set_retention(s, &g, None)?;
+            write(&g, LogOp::SetRetention { days: None }).await?;
             json!({})
         }
         "DescribeLogGroups" => {
             let prefix: String = field(&input, "logGroupNamePrefix")?.unwrap_or_default();
             let lim = limit(&input, 50, 50)?;
             let after: Option<String> = field(&input, "nextToken")?;
-            let mut groups = l.groups(s, &prefix, after.as_deref(), lim + 1)?;
+            let mut groups = read()?.groups(s, &prefix, after.as_deref(), lim + 1)?;
             let next = (groups.len() > lim).then(|| groups[lim - 1].name.clone());
             groups.truncate(lim);
             let out: Vec<Value> = groups
@@ -114,13 +116,14 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
         "CreateLogStream" => {
             let g: String = required(&input, "logGroupName")?;
             let st: String = required(&input, "logStreamName")?;
-            l.create_stream(s, &g, &st, now_ms())?;
+            LogStore::validate_stream_name(&st)?;
+            write(&g, LogOp::CreateStream { stream: st }).await?;
             json!({})
         }
         "DeleteLogStream" => {
             let g: String = required(&input, "logGroupName")?;
             let st: String = required(&input, "logStreamName")?;
-            l.delete_stream(s, &g, &st)?;
+            write(&g, LogOp::DeleteStream { stream: st }).await?;
             json!({})
         }
         "DescribeLogStreams" => {
@@ -140,7 +143,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             let start: usize = field::<String>(&input, "nextToken")?
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0);
-            let all = l.streams(s, &g, &prefix, by_time, desc)?;
+            let all = read()?.streams(s, &g, &prefix, by_time, desc)?;
             let page: Vec<Value> = all
                 .iter()
                 .skip(start)
@@ -210,8 +213,17 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
                 }
             }
             if !accepted.is_empty() {
-                l.put(s, &g, &st, &accepted, now)?;
-            } else if !l.group_exists(s, &g)? {
+                let w = LogWrite::new(
+                    s,
+                    &g,
+                    now,
+                    LogOp::Put {
+                        stream: st,
+                        events: accepted,
+                    },
+                );
+                api.logs.write(w).await?;
+            } else if !read()?.group_exists(s, &g)? {
                 return Err(LogsError::NoGroup.into());
             }
             let mut r = json!({"nextSequenceToken": now.to_string()});
@@ -259,7 +271,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
                     }
                 }
             };
-            let events = l.stream_events(s, &g, &st, start, end, head, cursor, lim)?;
+            let events = read()?.stream_events(s, &g, &st, start, end, head, cursor, lim)?;
             // With no events, the tokens stay where they were (how clients detect the end).
             let (fwd, back) = match (events.first(), events.last()) {
                 (Some(f), Some(last)) => (format!("f/{}", last.id), format!("b/{}", f.id)),
@@ -302,7 +314,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
                     ))
                 }
             };
-            let (events, more) = l.group_events(
+            let (events, more) = read()?.group_events(
                 s,
                 &g,
                 streams.as_deref(),

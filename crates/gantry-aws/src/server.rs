@@ -21,7 +21,7 @@ const HARD_BODY_LIMIT: usize = 16 << 20;
 #[derive(Clone)]
 pub struct Api {
     pub control: Control,
-    pub logs: Arc<gantry_control::logstore::LogStore>,
+    pub logs: Arc<gantry_control::logfeed::Logs>,
 }
 
 /// An error in a service's terms: type name, message, whether it is the server's fault.

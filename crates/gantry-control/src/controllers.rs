@@ -1,6 +1,7 @@
 //! The control plane's background work, run by exactly one process at a time (`gantry dev`,
 //! or the elected leader among `gantry server`s): the service controller, the sweep that
-//! declares silent nodes lost, expiry of long-stopped tasks, and store compaction.
+//! declares silent nodes lost, expiry of long-stopped tasks, trimming the logs feed, and store
+//! compaction.
 
 use crate::Control;
 use std::time::Duration;
@@ -10,12 +11,16 @@ use tokio::sync::watch;
 pub struct Settings {
     /// A node silent for this long is lost.
     pub node_timeout: Duration,
+    /// With replicated logs (a cluster): how long the feed keeps entries for a server that is
+    /// away (`logfeed`).
+    pub log_feed_window: Option<Duration>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             node_timeout: Duration::from_secs(15),
+            log_feed_window: None,
         }
     }
 }
@@ -32,6 +37,9 @@ pub async fn run(control: Control, settings: Settings, mut stop: watch::Receiver
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     let mut liveness = crate::nodes::Liveness::default();
+    let mut feed = tokio::time::interval(Duration::from_secs(5));
+    feed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut window = RevisionWindow::default();
     loop {
         tokio::select! {
             _ = services.tick() => control.reconcile_services().await,
@@ -41,6 +49,12 @@ pub async fn run(control: Control, settings: Settings, mut stop: watch::Receiver
                 }
             }
             _ = housekeeping.tick() => housekeep(&control).await,
+            _ = feed.tick(), if settings.log_feed_window.is_some() => {
+                let span = settings.log_feed_window.unwrap_or_default();
+                if let Err(e) = trim_log_feed(&control, &mut window, span).await {
+                    tracing::warn!(error = %e, "trimming the logs feed");
+                }
+            }
             r = stop.changed() => if r.is_err() || *stop.borrow() { return },
         }
     }
@@ -60,4 +74,41 @@ async fn housekeep(control: &Control) {
     if let Err(e) = gantry_store::compact_history(control.store.as_ref(), gantry_store::HISTORY_KEPT).await {
         tracing::warn!(error = %e, "compacting the state store");
     }
+}
+
+/// Store revisions sampled over time, to tell which revision is older than a span (revisions
+/// have no time of their own).
+#[derive(Default)]
+struct RevisionWindow {
+    samples: std::collections::VecDeque<(std::time::Instant, i64)>,
+}
+
+impl RevisionWindow {
+    /// Records `rev` now; returns the newest revision sampled at least `span` ago (0: none).
+    fn older_than(&mut self, rev: i64, span: Duration) -> i64 {
+        let now = std::time::Instant::now();
+        self.samples.push_back((now, rev));
+        let old_enough = |at: std::time::Instant| now.duration_since(at) >= span;
+        while self.samples.len() >= 2 && old_enough(self.samples[1].0) {
+            self.samples.pop_front();
+        }
+        match self.samples.front() {
+            Some(&(at, r)) if old_enough(at) => r,
+            _ => 0,
+        }
+    }
+}
+
+async fn trim_log_feed(
+    control: &Control,
+    window: &mut RevisionWindow,
+    span: Duration,
+) -> Result<(), gantry_store::StoreError> {
+    let rev = control.store.revision().await?;
+    let oldest_kept = window.older_than(rev, span);
+    let n = crate::logfeed::trim(control.store.as_ref(), oldest_kept).await?;
+    if n > 0 {
+        tracing::debug!(entries = n, "trimmed the logs feed");
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ mod clusters;
 pub mod controllers;
 pub mod deploy;
 pub mod instances;
+pub mod logfeed;
 pub mod logstore;
 pub mod nodes;
 pub mod placement;

@@ -1,6 +1,8 @@
 //! Gantry's CloudWatch Logs data: log groups, streams and events in their own SQLite file
 //! (append-heavy, queried by time; kept out of the revisioned state store). Retention is
-//! enforced by `expire`, which the server runs periodically.
+//! enforced by `expire`, which the server runs periodically. Every write is also a `LogWrite`
+//! value, so a cluster's servers can each apply the same writes in the same order
+//! (`logfeed`).
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -68,6 +70,54 @@ pub struct LogEvent {
     pub message: String,
 }
 
+/// One write to the logs, as a value: applied directly (one server) or through the cluster's
+/// feed (every server, in the same order). `now_ms` is the submitting server's clock, so
+/// every copy records the same creation and ingestion times.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogWrite {
+    pub account: String,
+    pub region: String,
+    pub group: String,
+    pub now_ms: i64,
+    pub op: LogOp,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum LogOp {
+    CreateGroup,
+    DeleteGroup,
+    SetRetention {
+        days: Option<i64>,
+    },
+    CreateStream {
+        stream: String,
+    },
+    DeleteStream {
+        stream: String,
+    },
+    /// The agent's streams (and awslogs-create-group): created if missing.
+    EnsureStream {
+        stream: String,
+        create_group: bool,
+    },
+    Put {
+        stream: String,
+        events: Vec<(i64, String)>,
+    },
+}
+
+impl LogWrite {
+    pub fn new(s: Scope, group: &str, now_ms: i64, op: LogOp) -> LogWrite {
+        LogWrite {
+            account: s.0.to_string(),
+            region: s.1.to_string(),
+            group: group.to_string(),
+            now_ms,
+            op,
+        }
+    }
+}
+
 pub struct LogStore {
     conn: Mutex<Connection>,
 }
@@ -91,7 +141,8 @@ impl LogStore {
              CREATE TABLE IF NOT EXISTS streams (acct TEXT, region TEXT, grp TEXT, name TEXT, created INTEGER, PRIMARY KEY (acct, region, grp, name));
              CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, acct TEXT, region TEXT, grp TEXT, stream TEXT, ts INTEGER, ingested INTEGER, message TEXT);
              CREATE INDEX IF NOT EXISTS events_stream ON events (acct, region, grp, stream, ts, id);
-             CREATE INDEX IF NOT EXISTS events_group ON events (acct, region, grp, ts, id);",
+             CREATE INDEX IF NOT EXISTS events_group ON events (acct, region, grp, ts, id);
+             CREATE TABLE IF NOT EXISTS replica (k TEXT PRIMARY KEY, v INTEGER);",
         )
         .map_err(be)?;
         Ok(LogStore { conn: Mutex::new(conn) })
@@ -326,6 +377,20 @@ impl LogStore {
         events: &[(i64, String)],
         now_ms: i64,
     ) -> Result<(), LogsError> {
+        self.put_with_ids(s, group, stream, events, now_ms, None)
+    }
+
+    /// `put`, the events numbered from `first_id` when given (a replicated write: every copy
+    /// numbers them alike, so paging tokens work on any server; a repeat is ignored).
+    fn put_with_ids(
+        &self,
+        s: Scope,
+        group: &str,
+        stream: &str,
+        events: &[(i64, String)],
+        now_ms: i64,
+        first_id: Option<i64>,
+    ) -> Result<(), LogsError> {
         let mut c = self.conn();
         if !self.group_exists_in(&c, s, group)? {
             return Err(LogsError::NoGroup);
@@ -336,10 +401,11 @@ impl LogStore {
         let tx = c.transaction().map_err(be)?;
         {
             let mut stmt = tx
-                .prepare("INSERT INTO events (acct, region, grp, stream, ts, ingested, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                .prepare("INSERT OR IGNORE INTO events (id, acct, region, grp, stream, ts, ingested, message) VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7)")
                 .map_err(be)?;
-            for (ts, m) in events {
-                stmt.execute(params![s.0, s.1, group, stream, ts, now_ms, m])
+            for (i, (ts, m)) in events.iter().enumerate() {
+                let id = first_id.map(|f| f + i as i64);
+                stmt.execute(params![s.0, s.1, group, stream, ts, now_ms, m, id])
                     .map_err(be)?;
             }
         }
@@ -493,6 +559,40 @@ impl LogStore {
             out.push(e);
         }
         Ok((out, false))
+    }
+
+    /// Applies one write. `first_id` numbers a Put's events (see `put_with_ids`).
+    pub fn apply(&self, w: &LogWrite, first_id: Option<i64>) -> Result<(), LogsError> {
+        let s = (w.account.as_str(), w.region.as_str());
+        let g = w.group.as_str();
+        match &w.op {
+            LogOp::CreateGroup => self.create_group(s, g, w.now_ms),
+            LogOp::DeleteGroup => self.delete_group(s, g),
+            LogOp::SetRetention { days } => self.set_retention(s, g, *days),
+            LogOp::CreateStream { stream } => self.create_stream(s, g, stream, w.now_ms),
+            LogOp::DeleteStream { stream } => self.delete_stream(s, g, stream),
+            LogOp::EnsureStream { stream, create_group } => self.ensure_stream(s, g, stream, *create_group, w.now_ms),
+            LogOp::Put { stream, events } => self.put_with_ids(s, g, stream, events, w.now_ms, first_id),
+        }
+    }
+
+    /// The last feed revision this copy has applied (0: none).
+    pub fn applied_revision(&self) -> Result<i64, LogsError> {
+        self.conn()
+            .query_row("SELECT v FROM replica WHERE k = 'applied'", [], |r| r.get(0))
+            .optional()
+            .map(|v| v.unwrap_or(0))
+            .map_err(be)
+    }
+
+    pub fn set_applied_revision(&self, rev: i64) -> Result<(), LogsError> {
+        self.conn()
+            .execute(
+                "INSERT INTO replica (k, v) VALUES ('applied', ?1) ON CONFLICT (k) DO UPDATE SET v = MAX(v, ?1)",
+                params![rev],
+            )
+            .map(|_| ())
+            .map_err(be)
     }
 
     /// Deletes events older than each group's retention. Returns how many went.

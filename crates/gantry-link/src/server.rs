@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gantry_agent::link::{self as ops, LinkError, Written};
-use gantry_control::logstore::LogStore;
+use gantry_control::logfeed::Logs;
+use gantry_control::logstore::{LogOp, LogWrite};
 use gantry_control::nodes::validate_node_name;
 use gantry_control::Control;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,7 +25,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct LinkServer {
     pub control: Control,
-    pub logs: Arc<LogStore>,
+    pub logs: Arc<Logs>,
     pub ca: Ca,
 }
 
@@ -59,6 +60,14 @@ fn op_err(peer: &Peer, e: LinkError) -> Refusal {
         LinkError::Fenced(m) => (StatusCode::CONFLICT, m),
         LinkError::Forbidden(m) => refuse(peer, StatusCode::FORBIDDEN, m),
         LinkError::Unavailable(m) => internal(m),
+    }
+}
+
+/// A log write's failure: the store or this server's copy (retry) or the request (do not).
+fn log_refusal(e: gantry_control::logstore::LogsError) -> Refusal {
+    match e {
+        gantry_control::logstore::LogsError::Backend(m) => internal(m),
+        e => (StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 
@@ -299,15 +308,12 @@ async fn ensure_stream(
 ) -> Result<StatusCode, Refusal> {
     node(&peer)?;
     let t = &q.target;
-    s.logs
-        .ensure_stream(
-            (&t.account, &t.region),
-            &t.group,
-            &t.stream,
-            q.create_group,
-            s.control.clock.now_ms(),
-        )
-        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let op = LogOp::EnsureStream {
+        stream: t.stream.clone(),
+        create_group: q.create_group,
+    };
+    let w = LogWrite::new((&t.account, &t.region), &t.group, s.control.clock.now_ms(), op);
+    s.logs.write(w).await.map_err(log_refusal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -325,14 +331,11 @@ async fn put_events(
         ));
     }
     let t = &q.target;
-    s.logs
-        .put(
-            (&t.account, &t.region),
-            &t.group,
-            &t.stream,
-            &q.events,
-            s.control.clock.now_ms(),
-        )
-        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let op = LogOp::Put {
+        stream: t.stream.clone(),
+        events: q.events,
+    };
+    let w = LogWrite::new((&t.account, &t.region), &t.group, s.control.clock.now_ms(), op);
+    s.logs.write(w).await.map_err(log_refusal)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,7 +1,7 @@
 //! The behaviour every backend must have. Backends call `run` from their tests with a factory
 //! that makes a fresh, empty store.
 
-use crate::{EventKind, Store, StoreError};
+use crate::{EventKind, KeyValue, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +121,13 @@ async fn list_by_prefix(s: Arc<dyn Store>) {
     assert_eq!(rev, s.revision().await.unwrap());
     assert_eq!(s.list("/zzz").await.unwrap().0.len(), 0);
     assert_eq!(s.list("").await.unwrap().0.len(), 6);
+    let (keys_only, rev2) = s.list_keys("/a/").await.unwrap();
+    let revs = |v: &[KeyValue]| v.iter().map(|k| (k.key.clone(), k.mod_revision)).collect::<Vec<_>>();
+    assert_eq!((revs(&keys_only), rev2), (revs(&kvs), rev));
+    assert!(
+        keys_only.iter().all(|k| k.value.is_empty()),
+        "list_keys leaves the values out"
+    );
 }
 
 async fn revisions_only_move_on_success(s: Arc<dyn Store>) {

@@ -152,6 +152,18 @@ impl Store for EtcdStore {
         Ok((kvs, resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
 
+    async fn list_keys(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        let k = self.key(prefix);
+        let resp = retrying(&self.client, |mut c| {
+            let k = k.clone();
+            async move { c.get(k, Some(GetOptions::new().with_prefix().with_keys_only())).await }
+        })
+        .await
+        .map_err(backend)?;
+        let kvs = resp.kvs().iter().map(|kv| self.to_kv(kv)).collect::<Result<Vec<_>>>()?;
+        Ok((kvs, resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
     async fn create(&self, key: &str, value: &[u8]) -> Result<i64> {
         let k = self.key(key);
         let when = vec![Compare::create_revision(k.clone(), CompareOp::Equal, 0)];

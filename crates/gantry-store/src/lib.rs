@@ -66,6 +66,15 @@ pub trait Store: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     /// All keys starting with `prefix`, sorted by key, and the store revision they were read at.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)>;
+    /// `list` without the values (keys and revisions; `value` is empty): for sweeps over
+    /// large values.
+    async fn list_keys(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        let (mut kvs, rev) = self.list(prefix).await?;
+        for kv in &mut kvs {
+            kv.value = Vec::new();
+        }
+        Ok((kvs, rev))
+    }
     /// Creates a key that must not exist. Returns the new revision.
     async fn create(&self, key: &str, value: &[u8]) -> Result<i64>;
     /// Replaces a key's value if its mod_revision is still `expected`. Returns the new revision.

@@ -6,6 +6,7 @@ use crate::NodeArgs;
 use anyhow::{Context, Result};
 use gantry_agent::link::LocalLink;
 use gantry_aws::server::{key_path, StoredKey};
+use gantry_control::logfeed::Logs;
 use gantry_control::logstore::LogStore;
 use gantry_control::nodes::NodeSpec;
 use gantry_control::{Control, SystemClock};
@@ -256,7 +257,7 @@ pub fn run(args: &NodeArgs, a: DevArgs) -> Result<i32> {
 async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let store = open_store(a.store.as_deref(), &args.data_dir).await?.store;
-    let logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
+    let logs = Arc::new(Logs::local(Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?)));
     let creds = credentials(store.as_ref()).await?;
     let node = Arc::new(args.node()?);
     let control = Control::new(store.clone(), Arc::new(SystemClock));
@@ -328,10 +329,11 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
 /// The node `gantry dev` runs its tasks on (the name its task records have always carried).
 const LOCAL_NODE: &str = "local";
 
-/// Expires log events past their groups' retention.
-pub async fn expire_logs(logs: Arc<LogStore>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Expires log events past their groups' retention (each copy on its own: expiry only
+/// deletes, so copies agree again once each has swept).
+pub async fn expire_logs(logs: Arc<Logs>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        let _ = logs.expire(chrono::Utc::now().timestamp_millis());
+        let _ = logs.local_copy().expire(chrono::Utc::now().timestamp_millis());
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             _ = stop.changed() => return,

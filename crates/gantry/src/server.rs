@@ -7,6 +7,7 @@ use crate::dev::{credentials, open_store, write_profile};
 use crate::NodeArgs;
 use anyhow::{Context, Result};
 use gantry_control::controllers::{self, Settings};
+use gantry_control::logfeed::Logs;
 use gantry_control::logstore::LogStore;
 use gantry_control::{Control, SystemClock};
 use gantry_link::pki::{self, Ca};
@@ -38,6 +39,10 @@ pub struct ServerArgs {
     /// Seconds without a heartbeat after which a node is lost.
     #[arg(long, env = "GANTRY_NODE_TIMEOUT", default_value_t = 15)]
     node_timeout: u64,
+    /// With etcd: how long, in seconds, the logs feed keeps entries for a server that is away
+    /// (a server away longer must be re-seeded with another's logs.db).
+    #[arg(long, env = "GANTRY_LOG_FEED_WINDOW", default_value_t = 3600)]
+    log_feed_window: u64,
     /// Region the written AWS profile uses.
     #[arg(long, env = "GANTRY_REGION", default_value = "us-east-1")]
     region: String,
@@ -84,7 +89,12 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let opened = open_store(a.store.as_deref(), &args.data_dir).await?;
     let store = opened.store.clone();
-    let logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
+    let local_logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
+    // With etcd every server holds a copy of the logs, kept identical through the feed.
+    let logs = Arc::new(match &opened.etcd {
+        Some(_) => Logs::replicated(local_logs, store.clone(), &replica_id(&args.data_dir)?),
+        None => Logs::local(local_logs),
+    });
     let creds = credentials(store.as_ref()).await?;
     let control = Control::new(store.clone(), Arc::new(SystemClock));
     let ca = Ca::load_or_create(store.as_ref()).await?;
@@ -116,9 +126,13 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let settings = Settings {
         node_timeout: Duration::from_secs(a.node_timeout),
+        log_feed_window: opened.etcd.is_some().then(|| Duration::from_secs(a.log_feed_window)),
     };
     let leading = tokio::spawn(lead(control.clone(), opened.etcd.clone(), settings, stop_rx.clone()));
     tokio::spawn(crate::dev::expire_logs(logs.clone(), stop_rx.clone()));
+    let following = logs.clone();
+    let follow_stop = stop_rx.clone();
+    tokio::spawn(async move { following.follow(follow_stop).await });
     println!(
         "gantry server: APIs on {endpoint}, agents on https://{} (account {}, region {})",
         a.agent_listen, creds.account_id, a.region
@@ -178,6 +192,19 @@ async fn lead(
             return;
         }
         eprintln!("gantry server: {id} lost the lead; campaigning again");
+    }
+}
+
+/// This server's name for its logs copy: made once, kept in the data dir with logs.db.
+fn replica_id(data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = gantry_control::random_uuid();
+            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
+        }
     }
 }
 

@@ -1,0 +1,132 @@
+//! Replicated logs: copies that follow one feed hold the same groups, streams and events with
+//! the same ids (so paging tokens work on any server); trimming keeps the feed short; a copy
+//! that missed trimmed entries refuses reads instead of answering from a partial copy.
+
+use gantry_control::logfeed::{self, Logs};
+use gantry_control::logstore::{LogOp, LogStore, LogWrite, LogsError};
+use gantry_store::{SqliteStore, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const S: (&str, &str) = ("123456789012", "us-east-1");
+
+fn copy(store: &Arc<dyn Store>, id: &str, stop: &watch::Receiver<bool>) -> Arc<Logs> {
+    let logs = Arc::new(Logs::replicated(
+        Arc::new(LogStore::in_memory().unwrap()),
+        store.clone(),
+        id,
+    ));
+    let (l, stop) = (logs.clone(), stop.clone());
+    tokio::spawn(async move { l.follow(stop).await });
+    logs
+}
+
+fn w(group: &str, op: LogOp) -> LogWrite {
+    LogWrite::new(S, group, 1_000, op)
+}
+
+fn put(stream: &str, messages: &[&str]) -> LogOp {
+    LogOp::Put {
+        stream: stream.into(),
+        events: messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (i as i64, m.to_string()))
+            .collect(),
+    }
+}
+
+fn events(l: &Logs) -> Vec<(i64, String)> {
+    l.read()
+        .unwrap()
+        .stream_events(S, "/app", "s", None, None, true, None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id, e.message))
+        .collect()
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn copies_agree_and_a_copy_with_a_gap_refuses_reads() {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let (_stop_tx, stop) = watch::channel(false);
+    let (a, b) = (copy(&store, "a", &stop), copy(&store, "b", &stop));
+
+    a.write(w("/app", LogOp::CreateGroup)).await.unwrap();
+    // Refusals come back to the writer, from its own copy, as on one server.
+    assert_eq!(
+        b.write(w("/app", LogOp::CreateGroup)).await,
+        Err(LogsError::GroupExists)
+    );
+    b.write(w("/app", LogOp::CreateStream { stream: "s".into() }))
+        .await
+        .unwrap();
+    a.write(w("/app", put("s", &["one", "two"]))).await.unwrap();
+    b.write(w("/app", put("s", &["three"]))).await.unwrap();
+    assert_eq!(a.write(w("/none", put("s", &["x"]))).await, Err(LogsError::NoGroup));
+
+    until("both copies to hold the three events", || {
+        events(&a).len() == 3 && events(&b).len() == 3
+    })
+    .await;
+    assert_eq!(
+        events(&a),
+        events(&b),
+        "the same events with the same ids on both copies"
+    );
+
+    // Once both copies have applied everything (and reported it), trimming empties the feed.
+    let feed_len = || async { store.list("/logs/feed/").await.unwrap().0.len() };
+    assert!(feed_len().await >= 5);
+    let applied = store.revision().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reported(&store, 2, applied).await {
+        assert!(Instant::now() < deadline, "timed out waiting for both copies to report");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let trimmed = logfeed::trim(store.as_ref(), 0).await.unwrap();
+    assert!(trimmed >= 5, "trimmed {trimmed}");
+    assert_eq!(feed_len().await, 1, "only the trim mark is left");
+
+    // A new copy now starts behind the mark: it has a gap and says so.
+    let late = copy(&store, "late", &stop);
+    until("the late copy to see the gap", || late.read().is_err()).await;
+    assert!(matches!(late.read(), Err(LogsError::Backend(m)) if m.contains("re-seed")));
+    // The others are whole and keep serving and applying.
+    a.write(w("/app", put("s", &["four"]))).await.unwrap();
+    until("b to apply the write after the trim", || events(&b).len() == 4).await;
+}
+
+/// Whether `copies` copies have reported positions of at least `rev`.
+async fn reported(store: &Arc<dyn Store>, copies: usize, rev: i64) -> bool {
+    let (replicas, _) = store.list("/logs/replicas/").await.unwrap();
+    let position = |v: &[u8]| String::from_utf8_lossy(v).parse::<i64>().unwrap_or(0);
+    replicas.len() == copies && replicas.iter().all(|kv| position(&kv.value) >= rev)
+}
+
+#[tokio::test]
+async fn a_copy_far_behind_is_left_behind_after_the_window() {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let (_stop_tx, stop) = watch::channel(false);
+    let a = copy(&store, "a", &stop);
+    a.write(w("/app", LogOp::CreateGroup)).await.unwrap();
+    // A copy that reported long ago and never again holds the feed only within the window.
+    store.create("/logs/replicas/gone", b"0").await.unwrap();
+    let before = store.list("/logs/feed/").await.unwrap().0.len();
+    assert_eq!(
+        logfeed::trim(store.as_ref(), 0).await.unwrap(),
+        0,
+        "held back by the absent copy"
+    );
+    let oldest_kept = store.revision().await.unwrap() + 1;
+    assert_eq!(logfeed::trim(store.as_ref(), oldest_kept).await.unwrap(), before);
+}
