@@ -56,11 +56,12 @@ class Server:
 class Agent(Gantry):
     """A node: Gantry's per-instance dirs, bridge and subnet, running `gantry agent`."""
 
-    def start_agent(self, servers, token_file, name, zone):
+    def start_agent(self, servers, token_file, name, zone, pool=None):
         self.name = name
         log = open(os.path.join(self.dir, "dev.log"), "a")
+        extra = ["--capacity-provider", pool] if pool else []
         self.proc = subprocess.Popen([GANTRY, *self.node_args, "agent", "--server", ",".join(servers),
-                                      "--join-token-file", token_file, "--node", name, "--zone", zone],
+                                      "--join-token-file", token_file, "--node", name, "--zone", zone, *extra],
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -280,6 +281,55 @@ def test_logs_are_read_from_any_server_and_outlive_their_node(cluster):
     ecs = ecs_of(agents[0], servers[1])
     assert ecs.describe_tasks(cluster="default", tasks=[tid])["tasks"][0]["stopCode"] == "TerminationNotice"
     assert messages(servers[0])[0] == want
+
+
+def test_reclaiming_a_spot_node_interrupts_its_tasks(cluster):
+    servers, agents, token_file = cluster
+    spot = agents[2]
+    spot.kill9()
+    spot.start_agent([s.agent_url for s in servers], token_file, "node-2", "us-east-1c", pool="FARGATE_SPOT")
+    ecs = ecs_of(agents[0], servers[0])
+    store = ["--store", servers[0].store]
+
+    def node_line(name):
+        out = subprocess.run([GANTRY, "node", "ls", *store], capture_output=True, text=True, env=spot.env, check=True).stdout
+        return next((line.split() for line in out.splitlines() if line.startswith(name + " ")), None)
+
+    wait_for("node-2 in the Spot pool", lambda: (node_line("node-2") or [""] * 6)[2:6:3] == ["FARGATE_SPOT", "ACTIVE"], 30)
+    wait_for("three nodes", lambda: len(ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
+    loop = "trap 'echo interrupted; exit 0' TERM; echo up; while :; do sleep 0.1; done"
+    register(ecs, "spotty", [{"name": "app", "command": ["sh", "-c", loop], "logConfiguration": awslogs("/cluster/spot"),
+                              "stopTimeout": 5}])
+    tasks = ecs.run_task(cluster="default", taskDefinition="spotty", count=3,
+                         capacityProviderStrategy=[{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
+                         networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})["tasks"]
+    arns = [t["taskArn"] for t in tasks]
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=arns, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    on_spot = [t["taskArn"] for t in ecs.describe_tasks(cluster="default", tasks=arns)["tasks"]
+               if t["availabilityZone"] == "us-east-1c"]
+    assert len(on_spot) == 1, "spread over the three nodes"
+
+    # Only Spot capacity is reclaimed.
+    p = subprocess.run([GANTRY, "node", "reclaim", "node-0", *store], capture_output=True, text=True, env=spot.env)
+    assert p.returncode != 0 and "only Spot capacity is reclaimed" in p.stderr, p.stderr
+    p = subprocess.run([GANTRY, "node", "reclaim", "node-2", *store], capture_output=True, text=True, env=spot.env)
+    assert p.returncode == 0 and on_spot[0] in p.stdout, (p.stdout, p.stderr)
+    assert node_line("node-2")[5] == "RECLAIMING"
+    ecs.get_waiter("tasks_stopped").wait(cluster="default", tasks=on_spot, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    t = ecs.describe_tasks(cluster="default", tasks=on_spot)["tasks"][0]
+    assert (t["stopCode"], t["stoppedReason"]) == ("SpotInterruption", "Your Spot Task was interrupted.")
+    assert t["containers"][0]["exitCode"] == 0, "it got SIGTERM and exited by its trap"
+    agents[0].endpoint = servers[1].endpoint
+    events = agents[0].client("logs").get_log_events(logGroupName="/cluster/spot", startFromHead=True,
+                                                     logStreamName=f"ecs/app/{on_spot[0].split('/')[-1]}")["events"]
+    assert [e["message"] for e in events] == ["up", "interrupted"]
+    # Nothing new lands on it during the warning.
+    more = ecs.run_task(cluster="default", taskDefinition="spotty", count=2,
+                        capacityProviderStrategy=[{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
+                        networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})["tasks"]
+    assert all(t["availabilityZone"] != "us-east-1c" for t in more)
+    for arn in arns + [t["taskArn"] for t in more]:
+        ecs.stop_task(cluster="default", task=arn)
 
 
 def _get(url, ctx):

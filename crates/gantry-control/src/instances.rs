@@ -273,7 +273,7 @@ impl Control {
         let mut v = InstanceView {
             arn: r.arn.clone(),
             // A lost node takes nothing new, as a disconnected instance in ECS.
-            active: r.status == "ACTIVE" && node.is_some_and(|n| n.live()),
+            active: r.status == "ACTIVE" && node.is_some_and(|n| n.placeable(self.clock.now_ms())),
             cpu,
             memory,
             used_cpu: 0,
@@ -412,7 +412,7 @@ impl Control {
             .nodes()
             .await?
             .into_iter()
-            .filter(|n| n.live() && n.serves(provider))
+            .filter(|n| n.placeable(self.clock.now_ms()) && n.serves(provider))
             .collect();
         match nodes.as_slice() {
             [] => {

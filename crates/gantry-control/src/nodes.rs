@@ -36,11 +36,20 @@ pub struct NodeRecord {
     pub heartbeat_ms: i64,
     /// ACTIVE, or LOST once silent past the timeout (until it registers again).
     pub status: String,
+    /// Spot capacity being reclaimed (`gantry node reclaim`): nothing is placed here until
+    /// then (the warning's two minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaimed_until_ms: Option<i64>,
 }
 
 impl NodeRecord {
     pub fn live(&self) -> bool {
         self.status == "ACTIVE"
+    }
+
+    /// Whether new tasks may be placed here now.
+    pub fn placeable(&self, now_ms: i64) -> bool {
+        self.live() && self.reclaimed_until_ms.is_none_or(|until| now_ms >= until)
     }
 
     pub fn zone(&self, region: &str) -> String {
@@ -80,6 +89,12 @@ pub fn lost_reason(node: &str) -> String {
     format!("Host EC2 (instance {node}) stopped/terminated")
 }
 
+/// The capacity provider whose nodes can be reclaimed, and the warning Fargate Spot gives.
+pub const SPOT_PROVIDER: &str = "FARGATE_SPOT";
+pub const SPOT_WARNING_MS: i64 = 120_000;
+/// Fargate Spot's stoppedReason for an interrupted task.
+pub const SPOT_REASON: &str = "Your Spot Task was interrupted.";
+
 /// When this process last saw each node's heartbeat change (by its own clock).
 #[derive(Debug, Default)]
 pub struct Liveness {
@@ -117,6 +132,8 @@ impl Control {
                 epoch: current.as_ref().map_or(1, |(r, _)| r.epoch + 1),
                 heartbeat_ms: self.clock.now_ms(),
                 status: "ACTIVE".into(),
+                // A reclaim outlives a restart of the agent: the capacity is going away.
+                reclaimed_until_ms: current.as_ref().and_then(|(r, _)| r.reclaimed_until_ms),
             };
             let data = serde_json::to_vec(&rec).expect("serialises");
             let res = match current {
@@ -214,6 +231,56 @@ impl Control {
             self.stop_tasks_of_lost(&lost_now).await?;
         }
         Ok(lost_now)
+    }
+
+    /// Reclaims a FARGATE_SPOT node as Fargate Spot does: its tasks get the interruption
+    /// (stopCode SpotInterruption, SIGTERM now, then their stopTimeout), services replace them
+    /// elsewhere, and nothing is placed on the node for the two-minute warning. Returns the
+    /// ARNs of the tasks interrupted.
+    pub async fn reclaim_node(&self, name: &str) -> Result<Vec<String>, EcsError> {
+        let node = self
+            .node(name)
+            .await?
+            .ok_or_else(|| EcsError::invalid(format!("node {name} is not registered")))?;
+        if node.spec.capacity_provider.as_deref() != Some(SPOT_PROVIDER) {
+            return Err(EcsError::invalid(format!(
+                "node {name} is not in the {SPOT_PROVIDER} pool (--capacity-provider): only Spot capacity is reclaimed"
+            )));
+        }
+        if !node.live() {
+            return Err(EcsError::invalid(format!(
+                "node {name} is lost: there is nothing to reclaim"
+            )));
+        }
+        let until = self.clock.now_ms() + SPOT_WARNING_MS;
+        self.update_json(&Self::node_key(name), |r: &mut NodeRecord| {
+            r.reclaimed_until_ms = Some(until);
+            Ok(true)
+        })
+        .await?;
+        let now = self.now();
+        let mut interrupted = Vec::new();
+        for (key, rec, _) in self.all_tasks().await? {
+            if rec.node != name || rec.task.desired_status == "STOPPED" {
+                continue;
+            }
+            let stopped = self
+                .update_task(&key, |r| {
+                    if r.task.desired_status == "STOPPED" {
+                        return false;
+                    }
+                    r.task.desired_status = "STOPPED".into();
+                    r.task.stopping_at.get_or_insert(now);
+                    r.task.stop_code = Some(stop_code::SPOT_INTERRUPTION.into());
+                    r.task.stopped_reason = Some(SPOT_REASON.into());
+                    true
+                })
+                .await?;
+            if stopped.is_some() {
+                interrupted.push(rec.task.task_arn);
+            }
+        }
+        Ok(interrupted)
     }
 
     /// Stops whatever is still live on a lost node.

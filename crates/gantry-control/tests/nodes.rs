@@ -13,6 +13,7 @@ use std::sync::Arc;
 mod common;
 
 use common::{scope, FakeClock};
+use gantry_control::Clock;
 
 fn spec(name: &str, zone: &str, pool: Option<&str>) -> NodeSpec {
     NodeSpec {
@@ -222,4 +223,66 @@ async fn node_names_are_validated() {
     for bad in ["", "-x", "a/b", "a b", &"x".repeat(64)] {
         assert!(c.register_node(spec(bad, "z", None)).await.is_err(), "{bad:?}");
     }
+}
+
+#[tokio::test]
+async fn reclaiming_spot_capacity_interrupts_its_tasks_and_places_nothing_there_for_two_minutes() {
+    let (c, clock) = setup(&[]).await;
+    c.register_node(spec("plain", "us-east-1a", Some("FARGATE")))
+        .await
+        .unwrap();
+    for n in ["spot-1", "spot-2"] {
+        c.register_node(spec(n, "us-east-1b", Some("FARGATE_SPOT")))
+            .await
+            .unwrap();
+    }
+    let req: CreateServiceRequest = serde_json::from_value(json!({
+        "cluster": "default", "serviceName": "svc", "taskDefinition": "web", "desiredCount": 4,
+        "capacityProviderStrategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
+        "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
+    }))
+    .unwrap();
+    c.create_service(&scope(), req).await.unwrap();
+    c.reconcile_services().await;
+    agents_pass(&c, &[]).await;
+    assert_eq!(
+        per_node(&c).await,
+        BTreeMap::from([("spot-1".into(), 2), ("spot-2".into(), 2)])
+    );
+
+    // Only Spot capacity is reclaimed, and only a registered node.
+    assert!(c
+        .reclaim_node("plain")
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("FARGATE_SPOT"));
+    assert!(c.reclaim_node("nope").await.is_err());
+    let interrupted = c.reclaim_node("spot-1").await.unwrap();
+    assert_eq!(interrupted.len(), 2);
+    for (_, r, _) in c.all_tasks().await.unwrap() {
+        if r.node == "spot-1" {
+            assert_eq!(r.task.desired_status, "STOPPED");
+            assert_eq!(r.task.stop_code.as_deref(), Some("SpotInterruption"));
+            assert_eq!(
+                r.task.stopped_reason.as_deref(),
+                Some("Your Spot Task was interrupted.")
+            );
+        }
+    }
+    // The replacements go to the other Spot node, never the reclaimed one (its agent stops
+    // the interrupted tasks meanwhile).
+    for _ in 0..3 {
+        c.reconcile_services().await;
+        agents_pass(&c, &[]).await;
+    }
+    assert_eq!(per_node(&c).await, BTreeMap::from([("spot-2".into(), 4)]));
+    // A restart of its agent does not end the warning; two minutes do.
+    c.register_node(spec("spot-1", "us-east-1b", Some("FARGATE_SPOT")))
+        .await
+        .unwrap();
+    let node = c.node("spot-1").await.unwrap().unwrap();
+    assert!(!node.placeable(clock.now_ms()));
+    clock.advance(120_000);
+    assert!(node.placeable(clock.now_ms()));
 }

@@ -8,6 +8,7 @@ mod client;
 mod debug_run;
 mod dev;
 mod image_cmd;
+mod node_cmd;
 mod server;
 mod tasks_cmd;
 
@@ -88,6 +89,8 @@ enum Cmd {
     Server(server::ServerArgs),
     /// Run one node of a cluster: join with a token, run the tasks the servers place here.
     Agent(agent_cmd::AgentArgs),
+    /// A cluster's nodes: list them, reclaim Spot capacity.
+    Node(node_cmd::NodeCmdArgs),
     /// Run an image as a task (registers or reuses a task definition), stream its output and
     /// exit with its exit code, like `docker run`.
     Run(tasks_cmd::RunArgs),
@@ -213,6 +216,7 @@ fn main() {
         Cmd::Dev(a) => dev::run(&cli.node, a),
         Cmd::Server(a) => server::run(&cli.node, a),
         Cmd::Agent(a) => agent_cmd::run(&cli.node, a),
+        Cmd::Node(a) => node_cmd::run(&cli.node, a),
         Cmd::Run(a) => tasks_cmd::run(a),
         Cmd::Ps { cluster, all } => tasks_cmd::ps(&cluster, all),
         Cmd::Logs { task, cluster, follow } => tasks_cmd::logs(&cluster, &task, follow),
