@@ -47,6 +47,9 @@ pub struct Agent {
     metadata: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// Port relays of bridge-mode tasks by task id.
     published: Mutex<std::collections::HashMap<String, Vec<tokio::task::AbortHandle>>>,
+    /// Each supervised task's record as this agent last wrote it, with its revision: the next
+    /// write is tried against it without reading first (a conflict reads and retries).
+    written: Mutex<HashMap<String, (TaskRecord, i64)>>,
 }
 
 impl Agent {
@@ -58,6 +61,7 @@ impl Agent {
             supervised: Mutex::new(HashMap::new()),
             metadata: Mutex::new(Default::default()),
             published: Mutex::new(Default::default()),
+            written: Mutex::new(HashMap::new()),
         })
     }
 
@@ -116,6 +120,7 @@ impl Agent {
                 tracing::error!(task = %key, error = %e, "task supervision failed");
             }
             me.supervised.lock().expect("lock").remove(&key);
+            me.written.lock().expect("lock").remove(&key);
         });
     }
 

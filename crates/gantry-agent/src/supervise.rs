@@ -32,21 +32,36 @@ type Result<T> = std::result::Result<T, String>;
 /// Read-modify-write of the task record through the link, retried on conflict; bumps
 /// `version` when `f` changed something. A record the control plane has already STOPPED
 /// (its node was declared lost) is final: nothing is written, the agent only cleans up.
+/// The first try starts from the record as this agent last wrote it (no read: one round trip
+/// to the server instead of two); the revision check catches any change since, and then the
+/// record is read. Deciding *not* to write is only ever done on a freshly read record.
 pub(crate) async fn update(a: &Agent, key: &str, mut f: impl FnMut(&mut TaskRecord) -> bool) -> Result<TaskRecord> {
+    let mut last_written = a.written.lock().expect("lock").remove(key);
     loop {
-        let Some((mut rec, rev)) = get(a, key).await? else {
-            return Err(format!("task {key} vanished"));
+        let from_cache = last_written.is_some();
+        let (mut rec, rev) = match last_written.take() {
+            Some(w) => w,
+            None => get(a, key).await?.ok_or_else(|| format!("task {key} vanished"))?,
         };
         if rec.task.last_status == "STOPPED" {
             return Ok(rec);
         }
         let before = rec.clone();
         if !f(&mut rec) || rec == before {
+            if from_cache {
+                continue;
+            }
             return Ok(rec);
         }
         rec.task.version += 1;
         match a.link.put_task(key, &rec, rev).await? {
-            Written::Ok(_) => return Ok(rec),
+            Written::Ok(new_rev) => {
+                a.written
+                    .lock()
+                    .expect("lock")
+                    .insert(key.to_string(), (rec.clone(), new_rev));
+                return Ok(rec);
+            }
             Written::Conflict => continue,
             Written::Gone => return Err(format!("task {key} vanished")),
         }
@@ -215,19 +230,13 @@ async fn launch(
             }
         }
     }
-    let t = now();
+    // Written with ACTIVATING below: each write is a round trip to the server and a
+    // replicated write in etcd, so the start writes PENDING, ACTIVATING and RUNNING only.
+    let pulled_at = now();
     let digests: HashMap<String, String> = images
         .iter()
         .map(|(k, v)| (k.clone(), v.manifest.to_string()))
         .collect();
-    update(a, key, |r| {
-        r.task.pull_stopped_at.get_or_insert(t);
-        for c in &mut r.task.containers {
-            c.image_digest = digests.get(&c.image).cloned();
-        }
-        true
-    })
-    .await?;
 
     let id = rec.id().to_string();
     let hostname = format!("ip-{}", &id[..12]);
@@ -241,19 +250,17 @@ async fn launch(
         a.start_metadata(key, &id);
     }
     let bindings = network_bindings(a, rec, &id, sandbox.ip).await?;
-    update(a, key, |r| {
-        for c in &mut r.task.containers {
-            if let Some((_, b)) = bindings.iter().find(|(n, _)| *n == c.name) {
-                c.network_bindings = b.iter().map(ports::Binding::to_json).collect();
-            }
-        }
-        true
-    })
-    .await?;
     let t = now();
     let ip = sandbox.ip.to_string();
     let mac_seed = &id[..10];
     update(a, key, |r| {
+        r.task.pull_stopped_at.get_or_insert(pulled_at);
+        for c in &mut r.task.containers {
+            c.image_digest = digests.get(&c.image).cloned();
+            if let Some((_, b)) = bindings.iter().find(|(n, _)| *n == c.name) {
+                c.network_bindings = b.iter().map(ports::Binding::to_json).collect();
+            }
+        }
         r.task.last_status = "ACTIVATING".into();
         r.task.connectivity = "CONNECTED".into();
         r.task.connectivity_at.get_or_insert(t);
@@ -294,8 +301,14 @@ async fn launch(
     .await?;
 
     let by_name: HashMap<&str, &TaskSpecContainer> = rec.containers.iter().map(|c| (c.name(), c)).collect();
+    // Containers started and not yet recorded RUNNING: written before any wait on a
+    // dependency, else together with the task's RUNNING.
+    let mut running: Vec<(String, String)> = Vec::new();
     for name in start_order(&rec.containers) {
         let c = by_name[name.as_str()];
+        if c.depends_on.iter().flatten().any(|d| d.condition != "START") {
+            record_running(a, key, &mut running).await?;
+        }
         // dependsOn: wait for each dependency's condition.
         for d in c.depends_on.iter().flatten() {
             let dep = container_dir_name(&d.container_name);
@@ -402,25 +415,41 @@ async fn launch(
         }
         crate::health::spawn(a, key, &id, c);
         let runtime_id = gantry_runtime::task::Node::runtime_id(&id, &container_dir_name(&name));
-        update(a, key, |r| {
-            if let Some(ct) = r.task.containers.iter_mut().find(|x| x.name == name) {
-                ct.last_status = "RUNNING".into();
-                ct.runtime_id = Some(runtime_id.clone());
-            }
-            true
-        })
-        .await?;
+        running.push((name.clone(), runtime_id));
     }
     let t = now();
     update(a, key, |r| {
-        if r.task.last_status != "ACTIVATING" {
-            return false;
+        mark_running(r, &running);
+        if r.task.last_status == "ACTIVATING" {
+            r.task.last_status = "RUNNING".into();
+            r.task.started_at.get_or_insert(t);
         }
-        r.task.last_status = "RUNNING".into();
-        r.task.started_at.get_or_insert(t);
         true
     })
     .await?;
+    Ok(())
+}
+
+fn mark_running(r: &mut TaskRecord, started: &[(String, String)]) {
+    for (name, runtime_id) in started {
+        if let Some(ct) = r.task.containers.iter_mut().find(|x| &x.name == name) {
+            ct.last_status = "RUNNING".into();
+            ct.runtime_id = Some(runtime_id.clone());
+        }
+    }
+}
+
+/// Records the containers started so far as RUNNING.
+async fn record_running(a: &Agent, key: &str, started: &mut Vec<(String, String)>) -> std::result::Result<(), String> {
+    if started.is_empty() {
+        return Ok(());
+    }
+    update(a, key, |r| {
+        mark_running(r, started);
+        true
+    })
+    .await?;
+    started.clear();
     Ok(())
 }
 
