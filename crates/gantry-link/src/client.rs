@@ -195,7 +195,8 @@ pub async fn join(servers: &[String], token: &str, node: &str) -> Result<Identit
 pub struct RemoteLink {
     servers: Vec<String>,
     current: AtomicUsize,
-    client: reqwest::Client,
+    /// HTTP/2 with this node's certificate; replaced when the certificate is renewed.
+    client: std::sync::RwLock<reqwest::Client>,
     node: String,
     epoch: AtomicU64,
 }
@@ -203,6 +204,17 @@ pub struct RemoteLink {
 impl RemoteLink {
     pub fn new(servers: Vec<String>, id: &Identity) -> Result<RemoteLink> {
         anyhow::ensure!(!servers.is_empty(), "at least one server is needed");
+        Ok(RemoteLink {
+            servers,
+            current: AtomicUsize::new(0),
+            client: std::sync::RwLock::new(Self::client_for(id)?),
+            node: id.node()?,
+            epoch: AtomicU64::new(0),
+        })
+    }
+
+    /// An HTTP client that trusts the cluster CA and presents the node's certificate.
+    fn client_for(id: &Identity) -> Result<reqwest::Client> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(pki::first_der(&id.ca_pem)?))?;
         let key = PrivateKeyDer::try_from(pem_key(&id.key_pem)?).map_err(|e| anyhow!("{e}"))?;
@@ -211,13 +223,39 @@ impl RemoteLink {
             .with_root_certificates(roots)
             .with_client_auth_cert(pem_chain(&id.cert_pem)?, key)?;
         tls.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(RemoteLink {
-            servers,
-            current: AtomicUsize::new(0),
-            client: http(tls)?,
-            node: id.node()?,
-            epoch: AtomicU64::new(0),
-        })
+        http(tls)
+    }
+
+    fn client(&self) -> reqwest::Client {
+        self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Renews the node's certificate with a new key, saves the identity in `dir` and uses it
+    /// from now on. The old certificate stays valid until it expires.
+    pub async fn renew(&self, dir: &Path) -> Result<Identity> {
+        let (key_pem, csr_pem) = pki::node_csr(&self.node)?;
+        let r = self
+            .send(|s| {
+                self.client()
+                    .post(format!("{s}/v1/renew"))
+                    .timeout(REQUEST_TIMEOUT)
+                    .json(&RenewRequest {
+                        csr_pem: csr_pem.clone(),
+                    })
+            })
+            .await
+            .map_err(|e| anyhow!("renewing the node certificate: {e}"))?;
+        let j: JoinResponse = r.json().await?;
+        let id = Identity {
+            ca_pem: j.ca_pem,
+            cert_pem: j.cert_pem,
+            key_pem,
+        };
+        anyhow::ensure!(id.node()? == self.node, "the renewed certificate names another node");
+        let client = Self::client_for(&id)?;
+        id.save(dir)?;
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        Ok(id)
     }
 
     /// Sends to the current server, moving on to the next ones while a server cannot be
@@ -258,7 +296,7 @@ impl RemoteLink {
     ) -> LinkResult<T> {
         let r = self
             .send(|s| {
-                self.client
+                self.client()
                     .request(method.clone(), format!("{s}{path}"))
                     .timeout(REQUEST_TIMEOUT)
                     .json(body)
@@ -269,7 +307,7 @@ impl RemoteLink {
 
     async fn call_empty(&self, path: &str, body: &impl Serialize) -> LinkResult<()> {
         self.send(|s| {
-            self.client
+            self.client()
                 .post(format!("{s}{path}"))
                 .timeout(REQUEST_TIMEOUT)
                 .json(body)
@@ -298,13 +336,13 @@ impl ControlLink for RemoteLink {
 
     async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord)>> {
         let r = self
-            .send(|s| self.client.get(format!("{s}/v1/tasks")).timeout(REQUEST_TIMEOUT))
+            .send(|s| self.client().get(format!("{s}/v1/tasks")).timeout(REQUEST_TIMEOUT))
             .await?;
         r.json().await.map_err(LinkError::unavailable)
     }
 
     async fn watch_assigned(&self) -> LinkResult<Watch> {
-        let r = self.send(|s| self.client.get(format!("{s}/v1/watch"))).await?;
+        let r = self.send(|s| self.client().get(format!("{s}/v1/watch"))).await?;
         let mut body = r.bytes_stream();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move {
@@ -335,7 +373,7 @@ impl ControlLink for RemoteLink {
     async fn get_task(&self, key: &str) -> LinkResult<Option<(TaskRecord, i64)>> {
         let r = self
             .send(|s| {
-                self.client
+                self.client()
                     .get(format!("{s}/v1/task"))
                     .query(&[("key", key)])
                     .timeout(REQUEST_TIMEOUT)

@@ -128,6 +128,18 @@ pub fn node_csr(node: &str) -> Result<(String, String)> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// Whether a certificate is due for renewal at `now_unix` (seconds): when less than a third of
+/// its lifetime is left, as kubelet's certificate manager judges (it picks 70-90%).
+pub fn renewal_due(cert_pem: &str, now_unix: i64) -> Result<bool> {
+    let der = first_der(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| anyhow!("reading the certificate: {e}"))?;
+    let (from, to) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    Ok(now_unix >= to - (to - from) / 3)
+}
+
 /// The node a verified client certificate speaks for: its Common Name, if the certificate is
 /// a node certificate (Organization gantry:nodes), else None.
 pub fn node_of_cert(der: &[u8]) -> Option<String> {

@@ -75,6 +75,7 @@ impl LinkServer {
     pub fn router(self) -> Router {
         Router::new()
             .route("/v1/join", post(join))
+            .route("/v1/renew", post(renew))
             .route("/v1/register", post(register))
             .route("/v1/heartbeat", post(heartbeat))
             .route("/v1/tasks", get(list))
@@ -183,6 +184,23 @@ async fn join(
         s.ca.sign_node(&q.csr_pem, &q.node, pki::NODE_CERT_DAYS)
             .map_err(|e| refuse(&peer, StatusCode::BAD_REQUEST, format!("{e:#}")))?;
     tracing::info!(node = %q.node, peer = %peer.addr, "node joined");
+    Ok(Json(JoinResponse {
+        cert_pem,
+        ca_pem: s.ca.cert_pem.clone(),
+    }))
+}
+
+/// A new certificate for the node presenting its current, valid one (same name, new key).
+async fn renew(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Json(q): Json<RenewRequest>,
+) -> Result<Json<JoinResponse>, Refusal> {
+    let me = node(&peer)?.to_string();
+    let cert_pem =
+        s.ca.sign_node(&q.csr_pem, &me, pki::NODE_CERT_DAYS)
+            .map_err(|e| refuse(&peer, StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    tracing::info!(node = %me, peer = %peer.addr, "node certificate renewed");
     Ok(Json(JoinResponse {
         cert_pem,
         ca_pem: s.ca.cert_pem.clone(),

@@ -23,6 +23,12 @@ pub struct JoinResponse {
     pub ca_pem: String,
 }
 
+/// A node's renewal: a CSR for a new key; the certificate names the node that asked.
+#[derive(Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct Epoch {
     pub epoch: u64,

@@ -45,6 +45,25 @@ pub fn run(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
     rt.block_on(serve(args, a))
 }
 
+/// Renews the node's certificate when a third of its lifetime is left (checked hourly, and
+/// at start); a failed renewal is retried at the next check.
+async fn renew_certificate(link: Arc<RemoteLink>, mut cert_pem: String, dir: std::path::PathBuf) {
+    loop {
+        match gantry_link::pki::renewal_due(&cert_pem, chrono::Utc::now().timestamp()) {
+            Ok(true) => match link.renew(&dir).await {
+                Ok(id) => {
+                    eprintln!("gantry agent: node certificate renewed");
+                    cert_pem = id.cert_pem;
+                }
+                Err(e) => eprintln!("gantry agent: {e:#}; retrying within the hour"),
+            },
+            Ok(false) => {}
+            Err(e) => eprintln!("gantry agent: checking the node certificate: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
 /// The node's identity: from its data dir, or by joining now.
 async fn identity(args: &NodeArgs, a: &AgentArgs, name: &str) -> Result<Identity> {
     let dir = args.data_dir.join("identity");
@@ -76,7 +95,13 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
     });
     validate_node_name(&name).map_err(anyhow::Error::msg)?;
     let id = identity(args, &a, &name).await?;
-    let link: Arc<dyn ControlLink> = Arc::new(RemoteLink::new(a.server.clone(), &id)?);
+    let remote = Arc::new(RemoteLink::new(a.server.clone(), &id)?);
+    tokio::spawn(renew_certificate(
+        remote.clone(),
+        id.cert_pem.clone(),
+        args.data_dir.join("identity"),
+    ));
+    let link: Arc<dyn ControlLink> = remote;
     let node = Arc::new(args.node()?);
 
     // Startup sweep: keep what the servers still track as running here.
