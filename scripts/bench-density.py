@@ -2,13 +2,19 @@
 """Does the cost of launching grow with what is already running? `gantry dev` (release) on an
 empty node, then with N idle tasks live: the launch rate of a burst of tasks (RunTask calls of
 10 until all are RUNNING) in both, their ratio, the CPU the idle node burns, and host memory
-per idle task (all processes' RSS and the shims' share).
+per idle task: what the host lost (MemAvailable before and after, so kernel objects such as
+namespaces, veths, cgroups and mounts count too), the shims' and the tasks' own processes'
+proportional share (PSS: a page shared by N processes counts 1/N to each; RSS would count the
+shim binary's shared pages once per shim). `--perf DIR` records a system-wide profile of both
+bursts (perf record -a -g) to compare where the time goes.
 
 Usage (root, after `cargo build --release --workspace`):
-    .venv/bin/python scripts/bench-density.py [--idle 1000] [--burst 200]
+    .venv/bin/python scripts/bench-density.py [--idle 1000] [--burst 200] [--perf DIR]
 """
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -52,7 +58,8 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_kib(match):
+def pss_kib(match):
+    """Summed PSS of the processes whose command line matches."""
     total = 0
     for p in os.listdir("/proc"):
         if not p.isdigit():
@@ -61,17 +68,38 @@ def rss_kib(match):
             with open(f"/proc/{p}/cmdline", "rb") as f:
                 cmd = f.read()
             if match(cmd):
-                with open(f"/proc/{p}/status") as f:
-                    total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+                with open(f"/proc/{p}/smaps_rollup") as f:
+                    total += next(int(l.split()[1]) for l in f if l.startswith("Pss:"))
         except (OSError, StopIteration):
             continue
     return total
+
+
+def mem_available_kib():
+    with open("/proc/meminfo") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("MemAvailable:"))
+
+
+def profiled(perf_dir, name, fn):
+    """fn() under a system-wide perf record when perf_dir is given."""
+    if not perf_dir:
+        return fn()
+    os.makedirs(perf_dir, exist_ok=True)
+    rec = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "499", "-o", os.path.join(perf_dir, f"{name}.data")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    try:
+        return fn()
+    finally:
+        rec.send_signal(signal.SIGINT)
+        rec.wait()
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--burst", type=int, default=200)
+    ap.add_argument("--perf", help="directory for perf profiles of the two bursts")
     a = ap.parse_args()
     g = conftest.Gantry(instance=9)
     # Room for the idle tasks' addresses.
@@ -83,10 +111,11 @@ def main():
         for fam, cmd in (("burst", ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]), ("idle", ["sleep", "86400"])):
             conftest.register(ecs, fam, [{"name": "app", "command": cmd, "stopTimeout": 2}])
         time.sleep(3)  # pool warm
-        empty, arns = launch(ecs, "burst", a.burst)
+        empty, arns = profiled(a.perf, "empty", lambda: launch(ecs, "burst", a.burst))
         for t in arns:
             ecs.stop_task(cluster="default", task=t)
         time.sleep(5)
+        available = mem_available_kib()
         t0 = time.perf_counter()
         launch(ecs, "idle", a.idle)
         print(f"{a.idle} idle tasks RUNNING in {time.perf_counter() - t0:.1f} s")
@@ -94,14 +123,18 @@ def main():
         c0, w0 = cpu_seconds(g.proc.pid), time.perf_counter()
         time.sleep(10)
         idle_cpu = (cpu_seconds(g.proc.pid) - c0) / (time.perf_counter() - w0) * 100
-        shims = rss_kib(lambda c: c.startswith(b"gantry-shim") or b"/gantry-shim" in c.split(b"\0")[0])
-        sleeps = rss_kib(lambda c: c.startswith(b"sleep\x0086400"))
-        busy, _ = launch(ecs, "burst", a.burst)
+        lost = available - mem_available_kib()
+        shims = pss_kib(lambda c: c.startswith(b"gantry-shim") or b"/gantry-shim" in c.split(b"\0")[0])
+        sleeps = pss_kib(lambda c: c.startswith(b"sleep\x0086400"))
+        busy, _ = profiled(a.perf, "busy", lambda: launch(ecs, "burst", a.burst))
         print(f"burst of {a.burst} on an empty node:       {a.burst / empty:6.1f} tasks/s")
         print(f"burst of {a.burst} with {a.idle} idle tasks: {a.burst / busy:6.1f} tasks/s")
         print(f"ratio busy/empty: {empty / busy:.2f}")
         print(f"gantry dev CPU with {a.idle} idle tasks: {idle_cpu:.1f}% of one core")
-        print(f"host memory per idle task: shims {shims / a.idle / 1024:.2f} MiB, the task's own process {sleeps / a.idle / 1024:.2f} MiB")
+        per = lambda kib: kib / a.idle / 1024  # noqa: E731
+        print(f"host memory per idle task (MemAvailable lost): {per(lost):.2f} MiB; of it the task's own process "
+              f"{per(sleeps):.2f} MiB (PSS), so Gantry's overhead {per(lost - sleeps):.2f} MiB, "
+              f"of which the shim {per(shims):.2f} MiB (PSS)")
     finally:
         g.stop()
         g.cleanup()

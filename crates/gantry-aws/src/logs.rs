@@ -77,6 +77,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
         "PutRetentionPolicy" => {
             let g: String = required(&input, "logGroupName")?;
             let d: i64 = required(&input, "retentionInDays")?;
+            LogStore::validate_retention(d)?;
             write(&g, LogOp::SetRetention { days: Some(d) }).await?;
             api.logs.local_copy().expire(now_ms())?;
             json!({})

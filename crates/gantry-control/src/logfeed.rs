@@ -11,7 +11,7 @@
 //! trimmed entries knows it (the trim mark is listed with the feed, in the same snapshot) and
 //! refuses log reads until it is re-seeded from another server's logs.db.
 
-use crate::logstore::{LogStore, LogWrite, LogsError};
+use crate::logstore::{LogOp, LogStore, LogWrite, LogsError};
 use gantry_store::{EventKind, KeyValue, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -27,6 +27,9 @@ const REPLICAS: &str = "/logs/replicas/";
 /// Events of one Put are numbered `revision * ID_STRIDE + i` on every copy (at most 10,000
 /// events per batch), so paging tokens work on any server.
 const ID_STRIDE: i64 = 16_384;
+/// etcd refuses requests over 1.5 MiB; a PutLogEvents batch is at most 1 MiB of messages, but
+/// JSON escaping can grow it, so bigger entries are split.
+const MAX_ENTRY_BYTES: usize = 1_200_000;
 /// A submitter waits this long for its own copy to apply the write.
 const APPLY_WAIT: Duration = Duration::from_secs(10);
 /// How often a copy reports its position (trimming lags by about this much).
@@ -123,9 +126,30 @@ fn mark_of(kv: &KeyValue) -> i64 {
 }
 
 impl Feed {
+    /// Puts the write in the feed (a batch too big for one entry as several, each applied in
+    /// order) and returns this copy's result.
     async fn submit(&self, w: LogWrite) -> Result<(), LogsError> {
-        let key = format!("{FEED}{}", crate::random_uuid());
         let value = serde_json::to_vec(&w).map_err(|e| LogsError::Backend(e.to_string()))?;
+        if value.len() > MAX_ENTRY_BYTES {
+            if let LogOp::Put { stream, events } = &w.op {
+                if events.len() > 1 {
+                    let (a, b) = events.split_at(events.len() / 2);
+                    for half in [a, b] {
+                        let op = LogOp::Put {
+                            stream: stream.clone(),
+                            events: half.to_vec(),
+                        };
+                        Box::pin(self.submit(LogWrite { op, ..w.clone() })).await?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.submit_entry(value).await
+    }
+
+    async fn submit_entry(&self, value: Vec<u8>) -> Result<(), LogsError> {
+        let key = format!("{FEED}{}", crate::random_uuid());
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().unwrap().insert(key.clone(), tx);
         if let Err(e) = self.store.create(&key, &value).await {

@@ -227,13 +227,18 @@ impl LogStore {
         tx.commit().map_err(be)
     }
 
+    pub fn validate_retention(days: i64) -> Result<(), LogsError> {
+        if RETENTION_DAYS.contains(&days) {
+            return Ok(());
+        }
+        Err(LogsError::Invalid(format!(
+            "1 validation error detected: Value '{days}' at 'retentionInDays' failed to satisfy constraint: Member must satisfy enum value set: {RETENTION_DAYS:?}"
+        )))
+    }
+
     pub fn set_retention(&self, s: Scope, name: &str, days: Option<i64>) -> Result<(), LogsError> {
         if let Some(d) = days {
-            if !RETENTION_DAYS.contains(&d) {
-                return Err(LogsError::Invalid(format!(
-                    "1 validation error detected: Value '{d}' at 'retentionInDays' failed to satisfy constraint: Member must satisfy enum value set: {RETENTION_DAYS:?}"
-                )));
-            }
+            Self::validate_retention(d)?;
         }
         let n = self
             .conn()

@@ -130,3 +130,27 @@ async fn a_copy_far_behind_is_left_behind_after_the_window() {
     let oldest_kept = store.revision().await.unwrap() + 1;
     assert_eq!(logfeed::trim(store.as_ref(), oldest_kept).await.unwrap(), before);
 }
+
+#[tokio::test]
+async fn a_batch_too_big_for_one_entry_is_split_and_kept_in_order() {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let (_stop_tx, stop) = watch::channel(false);
+    let (a, b) = (copy(&store, "a", &stop), copy(&store, "b", &stop));
+    a.write(w("/app", LogOp::CreateGroup)).await.unwrap();
+    a.write(w("/app", LogOp::CreateStream { stream: "s".into() }))
+        .await
+        .unwrap();
+    // Control characters are escaped as \u0001 in JSON: 6 bytes each, 30 KiB events.
+    let messages: Vec<String> = (0..40).map(|i| format!("{i:02}{}", "\u{1}".repeat(30_000))).collect();
+    let refs: Vec<&str> = messages.iter().map(String::as_str).collect();
+    let entries_before = store.list("/logs/feed/").await.unwrap().0.len();
+    a.write(w("/app", put("s", &refs))).await.unwrap();
+    let entries = store.list("/logs/feed/").await.unwrap().0;
+    assert!(entries.len() - entries_before > 1, "split into several entries");
+    assert!(entries.iter().all(|kv| kv.value.len() <= 1_200_000));
+    until("b to hold the 40 events", || events(&b).len() == 40).await;
+    let got: Vec<String> = events(&b).into_iter().map(|(_, m)| m[..2].to_string()).collect();
+    let want: Vec<String> = (0..40).map(|i| format!("{i:02}")).collect();
+    assert_eq!(got, want, "in order");
+    assert_eq!(events(&a), events(&b));
+}
