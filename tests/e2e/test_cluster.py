@@ -190,6 +190,23 @@ def test_draining_a_paused_agent_and_a_deployment_across_leader_death(cluster):
     wait_for("three nodes", lambda: len(ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
     loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
     register(ecs, "chaos", [{"name": "app", "command": ["sh", "-c", loop], "stopTimeout": 2}])
+
+    # Placement as ECS documents it: distinctInstance puts each task on its own instance (a
+    # fourth finds none); binpack on memory fills one instance before the next.
+    net = {"awsvpcConfiguration": {"subnets": ["subnet-a"]}}
+    r = ecs.run_task(cluster="default", taskDefinition="chaos", count=4, launchType="EC2", networkConfiguration=net,
+                     placementConstraints=[{"type": "distinctInstance"}])
+    assert len(r["tasks"]) == 3 and len(r["failures"]) == 1, r["failures"]
+    assert len({t["containerInstanceArn"] for t in r["tasks"]}) == 3
+    placed = [t["taskArn"] for t in r["tasks"]]
+    r = ecs.run_task(cluster="default", taskDefinition="chaos", count=3, launchType="EC2", networkConfiguration=net,
+                     placementStrategy=[{"type": "binpack", "field": "memory"}])
+    assert r["failures"] == [] and len({t["containerInstanceArn"] for t in r["tasks"]}) == 1
+    placed += [t["taskArn"] for t in r["tasks"]]
+    for arn in placed:
+        ecs.stop_task(cluster="default", task=arn)
+    ecs.get_waiter("tasks_stopped").wait(cluster="default", tasks=placed, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
     ecs.create_service(serviceName="svc", taskDefinition="chaos", desiredCount=3, launchType="EC2",
                        networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})
     wait_for("1/1/1", lambda: sorted(_zones(ecs, "svc").values()) == [1, 1, 1], 60)
