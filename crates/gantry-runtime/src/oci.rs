@@ -75,9 +75,10 @@ pub struct Stdio3 {
 }
 
 pub trait Runtime {
-    /// Creates the container; its init waits for `start`. stdio becomes the container's.
-    fn create(&self, id: &str, bundle: &Path, pid_file: &Path, stdio: Stdio3) -> Result<(), RuntimeError>;
-    fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Creates and starts the container in one runtime process (`run --detach`: one exec of
+    /// the runtime instead of two for create and start); its pid is in `pid_file` on return.
+    /// stdio becomes the container's.
+    fn run_detached(&self, id: &str, bundle: &Path, pid_file: &Path, stdio: Stdio3) -> Result<(), RuntimeError>;
     fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
     /// Force-deletes the container (killing what is left) and its cgroup.
     fn delete(&self, id: &str) -> Result<(), RuntimeError>;
@@ -177,10 +178,11 @@ impl CliRuntime {
 }
 
 impl Runtime for CliRuntime {
-    fn create(&self, id: &str, bundle: &Path, pid_file: &Path, stdio: Stdio3) -> Result<(), RuntimeError> {
+    fn run_detached(&self, id: &str, bundle: &Path, pid_file: &Path, stdio: Stdio3) -> Result<(), RuntimeError> {
         let rt = self.kind.binary();
         let mut c = self.cmd();
-        c.arg("create")
+        c.arg("run")
+            .arg("--detach")
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
@@ -189,7 +191,7 @@ impl Runtime for CliRuntime {
         c.stdin(stdio.stdin).stdout(stdio.stdout).stderr(stdio.stderr);
         let status = c.status().map_err(|source| RuntimeError::Spawn {
             runtime: rt,
-            op: "create",
+            op: "run",
             id: id.into(),
             source,
         })?;
@@ -199,7 +201,7 @@ impl Runtime for CliRuntime {
             let m = self.last_log_line();
             Err(RuntimeError::Failed {
                 runtime: rt,
-                op: "create",
+                op: "run",
                 id: id.into(),
                 message: if m.is_empty() {
                     format!("exited with {status}")
@@ -208,12 +210,6 @@ impl Runtime for CliRuntime {
                 },
             })
         }
-    }
-
-    fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        let mut c = self.cmd();
-        c.arg("start").arg(id).stdout(Stdio::null());
-        self.run("start", id, c)
     }
 
     fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {

@@ -189,13 +189,12 @@ fn supervise(dir: &Path, spec: &ShimSpec, ready: &mut File) -> Result<(), String
         e
     };
     runtime
-        .create(&spec.id, dir, &pid_file, stdio)
+        .run_detached(&spec.id, dir, &pid_file, stdio)
         .map_err(|e| fail(e.to_string()))?;
     let container_pid: i32 = fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| fail("runtime wrote no container pid".to_string()))?;
-    runtime.start(&spec.id).map_err(|e| fail(e.to_string()))?;
     let started = ShimStarted {
         shim_pid: std::process::id() as i32,
         container_pid,
