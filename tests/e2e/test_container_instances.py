@@ -29,7 +29,14 @@ def test_node_is_a_container_instance_with_resources_attributes_and_placement(ec
     assert attrs["ecs.os-type"] == "linux"
     assert ecs.describe_clusters(clusters=["ci"])["clusters"][0]["registeredContainerInstancesCount"] == 1
 
-    # An EC2 task takes its reservation and its fixed host port from the instance.
+    # An EC2 task takes its reservation and its fixed host port from the instance. Other
+    # tests' tasks may still be stopping on this shared node: wait until it is empty.
+    import time
+    deadline = time.time() + 90
+    while resources(ecs.describe_container_instances(cluster="ci", containerInstances=arns)["containerInstances"][0],
+                    "remainingResources")["CPU"] != reg["CPU"]:
+        assert time.time() < deadline, "other tests' tasks did not stop within 90 s"
+        time.sleep(0.5)
     ecs.register_task_definition(family="ci-web", containerDefinitions=[
         {"name": "a", "image": IMAGE, "memory": 64, "cpu": 128, "stopTimeout": 2, "command": ["sh", "-c", LOOP],
          "portMappings": [{"containerPort": 80, "hostPort": 38201}]}])

@@ -9,7 +9,7 @@ use gantry_control::logfeed::Logs;
 use gantry_control::logstore::{LogOp, LogWrite};
 use gantry_control::nodes::{NodeRecord, NodeSpec};
 use gantry_control::{Control, TaskRecord, TASKS_PREFIX};
-use gantry_store::{Event, EventKind, Watch};
+use gantry_store::Watch;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -195,26 +195,11 @@ pub async fn assigned(control: &Control, node: &str) -> LinkResult<Vec<(String, 
 /// A watch on the task records, passing on only the node's (deletes pass: the key alone
 /// does not say whose record it was, and the agent ignores keys it does not supervise).
 pub async fn watch_assigned(control: &Control, node: &str) -> LinkResult<Watch> {
-    let store = control.store.clone();
-    let rev = store.revision().await.map_err(LinkError::unavailable)?;
-    let mut inner = store.watch(TASKS_PREFIX, rev).await.map_err(LinkError::unavailable)?;
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let node = node.to_string();
-    tokio::spawn(async move {
-        while let Some(ev) = inner.events.recv().await {
-            let keep = match &ev {
-                Ok(Event {
-                    kind: EventKind::Put,
-                    kv,
-                }) => serde_json::from_slice::<TaskRecord>(&kv.value).is_ok_and(|r| r.node == node),
-                _ => true,
-            };
-            if keep && tx.send(ev).await.is_err() {
-                return;
-            }
-        }
-    });
-    Ok(Watch { events: rx })
+    control
+        .task_watches
+        .subscribe(node)
+        .await
+        .map_err(LinkError::unavailable)
 }
 
 pub async fn get_assigned(control: &Control, node: &str, key: &str) -> LinkResult<Option<(TaskRecord, i64)>> {

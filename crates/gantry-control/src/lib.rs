@@ -7,6 +7,7 @@ pub mod capacity_providers;
 mod clusters;
 pub mod controllers;
 pub mod deploy;
+pub mod fanout;
 pub mod instances;
 pub mod logfeed;
 pub mod logstore;
@@ -69,6 +70,8 @@ pub fn random_hex(bytes: usize) -> String {
 pub struct Control {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
+    /// The nodes' watches of their task records, over one store watch.
+    pub task_watches: fanout::TaskFanout,
 }
 
 pub(crate) fn prefix(scope: &Scope) -> String {
@@ -77,7 +80,11 @@ pub(crate) fn prefix(scope: &Scope) -> String {
 
 impl Control {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Control {
-        Control { store, clock }
+        Control {
+            task_watches: fanout::TaskFanout::new(store.clone()),
+            store,
+            clock,
+        }
     }
 
     pub(crate) fn now(&self) -> f64 {
