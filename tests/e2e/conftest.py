@@ -87,6 +87,8 @@ class Gantry:
         self.cli("debug", "sweep", "--all", check=False)
         subprocess.run(["ip", "link", "del", self.bridge], stderr=subprocess.DEVNULL)
         subprocess.run(["umount", f"{self.dir}/run/netns"], stderr=subprocess.DEVNULL)
+        for m in ("mntns/template", "mntns"):  # the shims' template mount namespace (sweep --all removes it)
+            subprocess.run(["umount", "-l", f"{self.dir}/run/{m}"], stderr=subprocess.DEVNULL)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def client(self, service, **kw):

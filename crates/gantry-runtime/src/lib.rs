@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod cgroup;
 pub mod digest;
 pub mod image;
+pub mod mntns;
 pub mod net;
 pub mod oci;
 pub mod shim;

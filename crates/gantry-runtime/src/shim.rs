@@ -33,6 +33,10 @@ pub struct ShimSpec {
     pub netns: Option<PathBuf>,
     #[serde(default)]
     pub netns_dir: Option<PathBuf>,
+    /// The node's template mount namespace (`mntns`): joined, then copied, instead of copying
+    /// the node's namespace and detaching what a task must not see.
+    #[serde(default)]
+    pub mount_template: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -80,6 +80,9 @@ pub struct Node {
     cfg: NodeConfig,
     images: ImageStore,
     network: Network,
+    /// The shims' template mount namespace, made on the first start (None: it could not be,
+    /// and shims copy the node's namespace instead).
+    mount_template: std::sync::OnceLock<Option<PathBuf>>,
 }
 
 /// A container as its shim reports it.
@@ -98,7 +101,32 @@ impl Node {
         }
         let images = ImageStore::open(cfg.images.clone())?;
         let network = Network::new(cfg.network.clone())?;
-        Ok(Node { cfg, images, network })
+        Ok(Node {
+            cfg,
+            images,
+            network,
+            mount_template: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The shims' template mount namespace, made on first need.
+    pub fn mount_template(&self) -> Option<PathBuf> {
+        self.mount_template
+            .get_or_init(
+                || match crate::mntns::ensure(&self.cfg.run_dir, &self.cfg.network.netns_dir) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no template mount namespace; shims copy the node's");
+                        None
+                    }
+                },
+            )
+            .clone()
+    }
+
+    /// Removes the template mount namespace (`debug sweep --all`, tests' teardown).
+    pub fn remove_mount_template(&self) -> std::io::Result<()> {
+        crate::mntns::remove(&self.cfg.run_dir)
     }
 
     pub fn images(&self) -> &ImageStore {
@@ -230,6 +258,7 @@ impl Node {
             stop_timeout_secs: stop_timeout.as_secs(),
             netns,
             netns_dir: Some(self.cfg.network.netns_dir.clone()),
+            mount_template: self.mount_template(),
         };
         shim::write_json_atomic(&dir.join(shim::SPEC_FILE), &shim_spec).map_err(io_ctx("writing shim.json"))?;
         let out = Command::new(&self.cfg.shim_binary)

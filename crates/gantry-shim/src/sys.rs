@@ -120,6 +120,14 @@ pub fn unshare_mount_ns() -> io::Result<()> {
     check(unsafe { libc::unshare(libc::CLONE_NEWNS) }).map(|_| ())
 }
 
+/// Joins the mount namespace the file names (the shim is single-threaded here, as setns of a
+/// mount namespace requires).
+pub fn join_mount_ns(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns on a descriptor we hold open; no memory is touched.
+    check(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNS) }).map(|_| ())
+}
+
 fn cstr(s: &str) -> io::Result<std::ffi::CString> {
     std::ffi::CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }

@@ -231,6 +231,7 @@ fn main() {
                 // Everything the node made: warm pool, bridge and its firewall table too.
                 pooled = node.network().drain_pool()?;
                 node.network().remove_bridge()?;
+                node.remove_mount_template()?;
             }
             println!(
                 "removed {} tasks, {} namespaces ({} from the warm pool), {} runtime containers, {} cgroups",

@@ -46,13 +46,18 @@ fn open_fds() -> usize {
 fn two_hundred_run_stop_cycles_leak_nothing() {
     let t = TestNode::new();
     let dir = t.dir.path().to_string_lossy().to_string();
+    // The node's template mount namespace is made once and kept: count from after it.
+    assert!(
+        t.node.mount_template().is_some(),
+        "the template mount namespace could not be made"
+    );
     let mounts_before = count_lines_containing("/proc/self/mountinfo", &dir);
     let overlays_before = count_lines_containing("/proc/self/mountinfo", " overlay ");
     let veths_before = veths();
     let fds_before = open_fds();
 
-    // A long-running witness: its shim's mount namespace got copies of the netns mounts that
-    // existed when it started; those must go when the namespaces do, or they pin them alive.
+    // A long-running witness: its shim's mount namespace must hold no other task's netns
+    // mount (it starts from the template, which has none), or it would pin them alive.
     t.node.network().fill_pool(3).unwrap();
     let witness = t.start(
         &t.image,

@@ -94,7 +94,6 @@ pub struct Network {
     ipam: Ipam,
 }
 
-/// True if `path` is itself a mount point (listed in our mountinfo).
 /// Turns IPv6 off on an interface (or, with "default", on interfaces created later) of the
 /// calling thread's network namespace. Tasks get IPv4 only; with IPv6 on, every new veth
 /// sends duplicate-address, router and multicast-listener packets that the bridge floods to
@@ -109,7 +108,8 @@ fn disable_ipv6(interface: &str) -> Result<(), NetworkError> {
     }
 }
 
-fn is_mount_point(path: &Path) -> bool {
+/// True if `path` is itself a mount point (listed in our mountinfo).
+pub(crate) fn is_mount_point(path: &Path) -> bool {
     let p = path.to_string_lossy();
     fs::read_to_string("/proc/self/mountinfo")
         .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&p)))

@@ -191,6 +191,7 @@ impl Drop for TestNode {
         let _ = self.node.sweep(|_| false);
         let _ = self.node.network().drain_pool();
         let _ = self.node.network().remove_bridge();
+        let _ = self.node.remove_mount_template();
         let netns = self.cfg.network.netns_dir.clone();
         let _ = Command::new("umount")
             .arg(&netns)
