@@ -18,25 +18,10 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
-import conftest  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+from benchlib import conftest, wait_running  # noqa: E402
 
-conftest.GANTRY = os.path.join(conftest.ROOT, "target", "release", "gantry")
 NET = {"awsvpcConfiguration": {"subnets": ["subnet-bench"]}}
-
-
-def running(ecs, arns, timeout=600):
-    pending = set(arns)
-    deadline = time.time() + timeout
-    while pending:
-        assert time.time() < deadline, f"{len(pending)} tasks never reached RUNNING"
-        chunk = list(pending)[:100]
-        for t in ecs.describe_tasks(cluster="default", tasks=chunk)["tasks"]:
-            if t["lastStatus"] == "RUNNING":
-                pending.discard(t["taskArn"])
-            elif t["lastStatus"] == "STOPPED":
-                raise AssertionError(f"task stopped: {t.get('stoppedReason')}")
-        time.sleep(0.02)
 
 
 def launch(ecs, family, n):
@@ -48,7 +33,7 @@ def launch(ecs, family, n):
                          launchType="FARGATE", networkConfiguration=NET)
         assert not r["failures"], r["failures"]
         arns += [t["taskArn"] for t in r["tasks"]]
-    running(ecs, arns)
+    wait_running(ecs, arns, timeout=600, poll=0.02)
     return time.perf_counter() - t0, arns
 
 

@@ -105,6 +105,11 @@ def cluster(etcd):  # noqa: F811
             s.stop()
 
 
+def wait_for_nodes(ecs, n):
+    """Until n nodes are container instances of the default cluster."""
+    wait_for(f"{n} nodes", lambda: len(ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == n, 60)
+
+
 def _listening(port):
     import socket
     try:
@@ -128,7 +133,7 @@ def _zones(ecs, service):
 def test_a_cluster_spreads_replaces_lost_nodes_and_fails_over(cluster):
     servers, agents, token_file = cluster
     ecs = ecs_of(agents[0], servers[1])
-    wait_for("three nodes", lambda: len(ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
+    wait_for_nodes(ecs, 3)
     loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
     register(ecs, "spread", [{"name": "app", "command": ["sh", "-c", loop], "stopTimeout": 2}])
     ecs.create_service(serviceName="web", taskDefinition="spread", desiredCount=6, launchType="FARGATE",
@@ -187,7 +192,7 @@ def _revisions(ecs, service):
 def test_draining_a_paused_agent_and_a_deployment_across_leader_death(cluster):
     servers, agents, token_file = cluster
     ecs = ecs_of(agents[0], servers[0])
-    wait_for("three nodes", lambda: len(ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
+    wait_for_nodes(ecs, 3)
     loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
     register(ecs, "chaos", [{"name": "app", "command": ["sh", "-c", loop], "stopTimeout": 2}])
 
@@ -258,7 +263,7 @@ def test_logs_are_read_from_any_server_and_outlive_their_node(cluster):
     paging tokens from one work on the other, and the lines stay after the node is lost."""
     servers, agents, token_file = cluster
     ecs = ecs_of(agents[0], servers[0])
-    wait_for("three nodes", lambda: len(ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
+    wait_for_nodes(ecs, 3)
     lines = "; ".join(f"echo line-{i}" for i in range(5))
     register(ecs, "talker", [{"name": "app", "command": ["sh", "-c", f"trap 'exit 0' TERM; {lines}; while :; do sleep 0.1; done"],
                               "logConfiguration": awslogs("/cluster/talker"), "stopTimeout": 2}])
@@ -313,7 +318,7 @@ def test_reclaiming_a_spot_node_interrupts_its_tasks(cluster):
         return next((line.split() for line in out.splitlines() if line.startswith(name + " ")), None)
 
     wait_for("node-2 in the Spot pool", lambda: (node_line("node-2") or [""] * 6)[2:6:3] == ["FARGATE_SPOT", "ACTIVE"], 30)
-    wait_for("three nodes", lambda: len(ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
+    wait_for_nodes(ecs, 3)
     loop = "trap 'echo interrupted; exit 0' TERM; echo up; while :; do sleep 0.1; done"
     register(ecs, "spotty", [{"name": "app", "command": ["sh", "-c", loop], "logConfiguration": awslogs("/cluster/spot"),
                               "stopTimeout": 5}])

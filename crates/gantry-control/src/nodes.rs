@@ -258,25 +258,16 @@ impl Control {
             Ok(true)
         })
         .await?;
-        let now = self.now();
         let mut interrupted = Vec::new();
         for (key, rec, _) in self.all_tasks().await? {
             if rec.node != name || rec.task.desired_status == "STOPPED" {
                 continue;
             }
-            let stopped = self
-                .update_task(&key, |r| {
-                    if r.task.desired_status == "STOPPED" {
-                        return false;
-                    }
-                    r.task.desired_status = "STOPPED".into();
-                    r.task.stopping_at.get_or_insert(now);
-                    r.task.stop_code = Some(stop_code::SPOT_INTERRUPTION.into());
-                    r.task.stopped_reason = Some(SPOT_REASON.into());
-                    true
-                })
-                .await?;
-            if stopped.is_some() {
+            if self
+                .request_stop(&key, stop_code::SPOT_INTERRUPTION, SPOT_REASON)
+                .await?
+                .is_some()
+            {
                 interrupted.push(rec.task.task_arn);
             }
         }

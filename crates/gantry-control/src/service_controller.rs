@@ -11,6 +11,7 @@ use crate::tasks::TaskRecord;
 use crate::Control;
 use gantry_types::model::{stop_code, Deployment};
 use gantry_types::EcsError;
+use std::collections::{HashMap, HashSet};
 
 const HEALTH_REASON: &str = "Task failed container health checks";
 /// Failures in a row before launches back off, and the cap of the backoff.
@@ -124,6 +125,9 @@ impl Control {
                 return;
             }
         };
+        // DRAINING instances, read once per cluster per pass (EC2 tasks only: Fargate tasks
+        // have no instance to drain).
+        let mut draining: HashMap<(String, String, String), HashSet<String>> = HashMap::new();
         for (key, rec, _) in active {
             let group = rec.group();
             let mine: Vec<TaskRecord> = tasks
@@ -136,25 +140,29 @@ impl Control {
                 })
                 .map(|(_, t, _)| t.clone())
                 .collect();
-            if let Err(e) = self.reconcile_service(&key, rec, mine).await {
+            let cluster = (rec.account.clone(), rec.region.clone(), rec.cluster.clone());
+            if !draining.contains_key(&cluster) && mine.iter().any(|t| t.task.container_instance_arn.is_some()) {
+                match self.draining_instances(&rec.scope(), &rec.cluster).await {
+                    Ok(d) => {
+                        draining.insert(cluster.clone(), d);
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %key, error = %e, "listing draining instances");
+                        continue;
+                    }
+                }
+            }
+            let none = HashSet::new();
+            let drained = draining.get(&cluster).unwrap_or(&none);
+            if let Err(e) = self.reconcile_service(&key, rec, mine, drained).await {
                 tracing::warn!(service = %key, error = %e, "reconciling service");
             }
         }
     }
 
     async fn scheduler_stop(&self, t: &TaskRecord, reason: &str) -> Result<(), EcsError> {
-        let now = self.now();
-        self.update_task(&Self::key_of(t), |r| {
-            if r.task.desired_status == "STOPPED" {
-                return false;
-            }
-            r.task.desired_status = "STOPPED".into();
-            r.task.stopping_at.get_or_insert(now);
-            r.task.stop_code = Some(stop_code::SERVICE_SCHEDULER_INITIATED.into());
-            r.task.stopped_reason = Some(reason.to_string());
-            true
-        })
-        .await?;
+        self.request_stop(&Self::key_of(t), stop_code::SERVICE_SCHEDULER_INITIATED, reason)
+            .await?;
         Ok(())
     }
 
@@ -164,6 +172,7 @@ impl Control {
         key: &str,
         mut rec: ServiceRecord,
         tasks: Vec<TaskRecord>,
+        draining: &HashSet<String>,
     ) -> Result<(), EcsError> {
         let scope = rec.scope();
         let controller = rec.service.deployment_controller["type"]
@@ -188,13 +197,6 @@ impl Control {
         let deployment_of = |t: &TaskRecord| t.task.started_by.clone().unwrap_or_default();
         let grace = rec.service.health_check_grace_period_seconds.unwrap_or(0) as f64;
         let primary = rec.primary().cloned();
-
-        // Tasks on draining instances are replaced (EC2 tasks only: Fargate has no instances).
-        let draining = if tasks.iter().any(|t| t.task.container_instance_arn.is_some()) {
-            self.draining_instances(&scope, &rec.cluster).await?
-        } else {
-            Default::default()
-        };
 
         // Classify live tasks.
         let mut views = Vec::new();

@@ -173,6 +173,29 @@ impl Control {
         .await
     }
 
+    /// Asks a task to stop (desiredStatus STOPPED, with ECS's stop code and reason); its node's
+    /// agent does the stopping. A task already asked keeps the first code and reason. The
+    /// record as it is now, None if there is none.
+    pub(crate) async fn request_stop(
+        &self,
+        key: &str,
+        code: &str,
+        reason: &str,
+    ) -> Result<Option<TaskRecord>, EcsError> {
+        let now = self.now();
+        self.update_task(key, |r| {
+            if r.task.desired_status == "STOPPED" {
+                return false;
+            }
+            r.task.desired_status = "STOPPED".into();
+            r.task.stopping_at.get_or_insert(now);
+            r.task.stop_code = Some(code.into());
+            r.task.stopped_reason = Some(reason.into());
+            true
+        })
+        .await
+    }
+
     pub async fn describe_tasks(
         &self,
         scope: &Scope,
@@ -264,22 +287,9 @@ impl Control {
             return Err(EcsError::invalid("reason can be up to 255 characters."));
         }
         let key = Self::task_key(scope, &cluster.cluster_name, task_id(task));
-        let now = self.now();
+        let reason = reason.unwrap_or("Task stopped by user");
         let rec = self
-            .update_task(&key, |r| {
-                if r.task.desired_status == "STOPPED" {
-                    return false;
-                }
-                r.task.desired_status = "STOPPED".into();
-                r.task.stopping_at.get_or_insert(now);
-                r.task.stop_code = Some(stop_code::USER_INITIATED.into());
-                r.task.stopped_reason = Some(
-                    reason
-                        .map(str::to_string)
-                        .unwrap_or_else(|| "Task stopped by user".into()),
-                );
-                true
-            })
+            .request_stop(&key, stop_code::USER_INITIATED, reason)
             .await?
             .ok_or_else(|| EcsError::invalid("The referenced task was not found."))?;
         let mut t = rec.task;

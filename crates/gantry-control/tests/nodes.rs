@@ -31,14 +31,7 @@ async fn setup(nodes: &[(&str, &str)]) -> (Control, Arc<FakeClock>) {
     for (n, z) in nodes {
         c.register_node(spec(n, z, None)).await.unwrap();
     }
-    c.create_cluster(&scope(), Some("default"), None, None).await.unwrap();
-    c.register_task_definition(
-        &scope(),
-        json!({"family": "web", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
-               "cpu": "256", "memory": "512", "containerDefinitions": [{"name": "app", "image": "busybox"}]}),
-    )
-    .await
-    .unwrap();
+    common::default_cluster_with_web(&c).await;
     (c, clock)
 }
 

@@ -24,14 +24,7 @@ async fn setup(desired: i64) -> (Control, Arc<FakeClock>) {
     })
     .await
     .unwrap();
-    c.create_cluster(&scope(), Some("default"), None, None).await.unwrap();
-    c.register_task_definition(
-        &scope(),
-        json!({"family": "web", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
-               "cpu": "256", "memory": "512", "containerDefinitions": [{"name": "app", "image": "busybox"}]}),
-    )
-    .await
-    .unwrap();
+    common::default_cluster_with_web(&c).await;
     let req: CreateServiceRequest = serde_json::from_value(json!({
         "cluster": "default", "serviceName": "svc", "taskDefinition": "web", "desiredCount": desired,
         "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}

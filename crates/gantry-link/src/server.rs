@@ -63,12 +63,14 @@ fn op_err(peer: &Peer, e: LinkError) -> Refusal {
     }
 }
 
-/// A log write's failure: the store or this server's copy (retry) or the request (do not).
-fn log_refusal(e: gantry_control::logstore::LogsError) -> Refusal {
-    match e {
+/// An agent's log write to its target's group. A failure of the store or of this server's
+/// copy is worth retrying (503); a refused request is not (400).
+async fn write_log(s: &LinkServer, t: &gantry_agent::link::LogTarget, op: LogOp) -> Result<(), Refusal> {
+    let w = LogWrite::new((&t.account, &t.region), &t.group, s.control.clock.now_ms(), op);
+    s.logs.write(w).await.map_err(|e| match e {
         gantry_control::logstore::LogsError::Backend(m) => internal(m),
         e => (StatusCode::BAD_REQUEST, e.to_string()),
-    }
+    })
 }
 
 impl LinkServer {
@@ -325,13 +327,11 @@ async fn ensure_stream(
     Json(q): Json<EnsureStream>,
 ) -> Result<StatusCode, Refusal> {
     node(&peer)?;
-    let t = &q.target;
     let op = LogOp::EnsureStream {
-        stream: t.stream.clone(),
+        stream: q.target.stream.clone(),
         create_group: q.create_group,
     };
-    let w = LogWrite::new((&t.account, &t.region), &t.group, s.control.clock.now_ms(), op);
-    s.logs.write(w).await.map_err(log_refusal)?;
+    write_log(&s, &q.target, op).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -348,12 +348,10 @@ async fn put_events(
             "at most 10000 events per batch".into(),
         ));
     }
-    let t = &q.target;
     let op = LogOp::Put {
-        stream: t.stream.clone(),
+        stream: q.target.stream.clone(),
         events: q.events,
     };
-    let w = LogWrite::new((&t.account, &t.region), &t.group, s.control.clock.now_ms(), op);
-    s.logs.write(w).await.map_err(log_refusal)?;
+    write_log(&s, &q.target, op).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -95,7 +95,7 @@ async fn expired_certificates_are_refused_and_nodes_renew_theirs() {
     again.register(&spec("n1")).await.unwrap();
 
     // Without a node certificate there is nothing to renew.
-    let anonymous = reqwest_insecure();
+    let anonymous = without_certificate(&ca);
     let r = anonymous
         .post(format!("{url}/v1/renew"))
         .json(&serde_json::json!({"csr_pem": csr_pem}))
@@ -112,48 +112,18 @@ fn chrono_now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// A client without a certificate that trusts any server (the server is ours, on loopback).
-fn reqwest_insecure() -> reqwest::Client {
-    #[derive(Debug)]
-    struct Any;
-    impl rustls::client::danger::ServerCertVerifier for Any {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
+/// A client that trusts the cluster CA and presents no certificate.
+fn without_certificate(ca: &Ca) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            pki::first_der(&ca.cert_pem).unwrap(),
+        ))
+        .unwrap();
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Any))
+        .with_root_certificates(roots)
         .with_no_client_auth();
     reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap()
 }

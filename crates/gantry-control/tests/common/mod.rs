@@ -30,3 +30,15 @@ pub fn scope() -> Scope {
         region: "us-east-1".into(),
     }
 }
+
+/// The default cluster and the `web` Fargate task definition (256 CPU, 512 MiB) the tests run.
+pub async fn default_cluster_with_web(c: &gantry_control::Control) {
+    c.create_cluster(&scope(), Some("default"), None, None).await.unwrap();
+    c.register_task_definition(
+        &scope(),
+        serde_json::json!({"family": "web", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
+               "cpu": "256", "memory": "512", "containerDefinitions": [{"name": "app", "image": "busybox"}]}),
+    )
+    .await
+    .unwrap();
+}

@@ -1,0 +1,81 @@
+"""What the API benchmarks share: percentiles and their summary line, waiting for tasks to
+run, the two launch patterns (one task at a time, a burst of RunTask calls of 10), and the
+`crun run` baseline from scripts/bench.sh."""
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
+import conftest  # noqa: E402  (the e2e harness starts and cleans up gantry)
+
+conftest.GANTRY = os.path.join(conftest.ROOT, "target", "release", "gantry")
+
+
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, round((len(v) - 1) * p))]
+
+
+def summary(name, ms, width=44):
+    """Prints a sample's median and p90; returns them."""
+    print(f"{name:<{width}} n={len(ms):<4} median {statistics.median(ms):8.1f} ms   p90 {pct(ms, 0.9):8.1f} ms")
+    return statistics.median(ms), pct(ms, 0.9)
+
+
+def wait_running(ecs, arns, timeout=120, poll=0.005):
+    pending = set(arns)
+    deadline = time.time() + timeout
+    while pending:
+        assert time.time() < deadline, f"{len(pending)} tasks never reached RUNNING"
+        for chunk in [list(pending)[i:i + 100] for i in range(0, len(pending), 100)]:
+            for t in ecs.describe_tasks(cluster="default", tasks=chunk)["tasks"]:
+                if t["lastStatus"] == "RUNNING":
+                    pending.discard(t["taskArn"])
+                elif t["lastStatus"] == "STOPPED":
+                    raise AssertionError(f"task stopped: {t.get('stoppedReason')}")
+        time.sleep(poll)
+
+
+def one_at_a_time(ecs, family, n):
+    """Client-observed RunTask -> RUNNING of n tasks, one at a time, in ms."""
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        arn = conftest.run(ecs, "default", family)[0]["taskArn"]
+        wait_running(ecs, [arn])
+        lat.append((time.perf_counter() - t0) * 1000)
+        ecs.stop_task(cluster="default", task=arn)
+        time.sleep(0.1)  # let the namespace pool refill between samples
+    if lat:
+        conftest.wait_stopped(ecs, "default", [arn])
+    return lat
+
+
+def burst(ecs, family, n):
+    """Seconds for n tasks launched in RunTask calls of 10 to all be RUNNING (then stopped)."""
+    t0 = time.perf_counter()
+    arns = []
+    for _ in range(n // 10):
+        arns += [t["taskArn"] for t in conftest.run(ecs, "default", family, count=10)]
+    wait_running(ecs, arns, timeout=600)
+    took = time.perf_counter() - t0
+    for arn in arns:
+        ecs.stop_task(cluster="default", task=arn)
+    for chunk in [arns[i:i + 100] for i in range(0, len(arns), 100)]:
+        conftest.wait_stopped(ecs, "default", chunk)
+    return took
+
+
+def crun_baseline(runs=30):
+    """`crun run` of an equivalent bundle (scripts/bench.sh): (median, p90) in ms, or None
+    after printing why not."""
+    out = subprocess.run(["bash", os.path.join(conftest.ROOT, "scripts", "bench.sh")], env=dict(os.environ, RUNS=str(runs)),
+                         capture_output=True, text=True)
+    m = re.search(r"crun run \(baseline\)\s+n=\d+\s+median\s+([\d.]+) ms\s+p90\s+([\d.]+)", out.stdout)
+    if not m:
+        print("crun baseline failed:", out.stdout[-500:], out.stderr[-500:])
+        return None
+    return float(m.group(1)), float(m.group(2))
