@@ -1,7 +1,8 @@
 //! Amazon ECS operations (AWS JSON 1.1, target prefix AmazonEC2ContainerServiceV20141113).
 //! Inputs and outputs are shaped as botocore's ECS model defines them.
 
-use crate::server::{Api, ApiError};
+use crate::api::{Api, ApiError};
+use crate::protocol::Reply;
 use gantry_types::arn::Scope;
 use gantry_types::model::{ClusterSetting, Tag};
 use gantry_types::EcsError;
@@ -104,6 +105,11 @@ fn parse_resource_arn(scope: &Scope, arn: &str) -> Result<(&'static str, String,
         return Ok(("task", c.to_string(), id.to_string()));
     }
     Err(EcsError::invalid(format!("Unsupported resource ARN {arn:?}.")))
+}
+
+/// The registry's entry point.
+pub fn handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value) -> Reply<'a> {
+    Box::pin(dispatch(api, scope, op, input))
 }
 
 pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Value, ApiError> {

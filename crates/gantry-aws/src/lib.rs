@@ -1,9 +1,13 @@
-//! The AWS wire protocols: SigV4, AWS JSON 1.1, error shapes, and the per-service handlers.
-//! The only crate that knows HTTP headers and AWS error names.
+//! The AWS wire protocols: SigV4, the model-driven JSON and Query codecs, error shapes, and the
+//! per-service handlers. The only crate that knows HTTP headers and AWS error names.
 
+pub mod api;
 pub mod ecs;
+pub mod elbv2;
 pub mod logs;
+pub mod protocol;
 pub mod server;
 pub mod sigv4;
 
-pub use server::{router, Api, ApiError};
+pub use api::{Api, ApiError};
+pub use server::router;

@@ -1,6 +1,7 @@
 //! CloudWatch Logs operations (AWS JSON 1.1, target prefix Logs_20140328).
 
-use crate::server::{Api, ApiError};
+use crate::api::{Api, ApiError};
+use crate::protocol::Reply;
 use gantry_control::logstore::{matches_filter, LogOp, LogStore, LogWrite, LogsError};
 use gantry_types::arn::Scope;
 use serde::de::DeserializeOwned;
@@ -56,6 +57,11 @@ const MAX_BATCH_EVENTS: usize = 10_000;
 const MAX_BATCH_BYTES: usize = 1_048_576;
 const EVENT_OVERHEAD: usize = 26;
 const MAX_EVENT_BYTES: usize = 262_144 - EVENT_OVERHEAD;
+
+/// The registry's entry point.
+pub fn handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value) -> Reply<'a> {
+    Box::pin(dispatch(api, scope, op, input))
+}
 
 pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Value, ApiError> {
     let s = (scope.account.as_str(), scope.region.as_str());

@@ -1,16 +1,15 @@
-//! The HTTP front: SigV4 first, then dispatch by X-Amz-Target to a service's handler, then the
-//! AWS JSON 1.1 response or error shape.
+//! The HTTP front: SigV4 first, then the protocol layer routes the request to a service's
+//! handler and frames the answer or error as the request's protocol wants.
 
-use crate::sigv4::{self, AuthError, KeyLookup, SecretKey, SignedRequest};
+use crate::api::{Api, ApiError};
+use crate::protocol::{self, query, Call, Wire};
+use crate::sigv4::{self, KeyLookup, SecretKey, SignedRequest};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use gantry_control::Control;
 use gantry_types::arn::Scope;
-use gantry_types::EcsError;
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 /// Largest request body accepted, answered with an AWS-shaped error above it (ECS's own
 /// limits are lower for most calls).
@@ -18,73 +17,66 @@ pub const MAX_BODY: usize = 1 << 20;
 /// Bodies beyond this are cut off by the HTTP layer before they are read at all.
 const HARD_BODY_LIMIT: usize = 16 << 20;
 
-#[derive(Clone)]
-pub struct Api {
-    pub control: Control,
-    pub logs: Arc<gantry_control::logfeed::Logs>,
-}
-
-/// An error in a service's terms: type name, message, whether it is the server's fault.
-#[derive(Debug)]
-pub struct ApiError {
-    pub kind: String,
-    pub message: String,
-    pub status: StatusCode,
-}
-
-impl ApiError {
-    pub fn new(kind: &str, message: impl Into<String>, status: StatusCode) -> ApiError {
-        ApiError {
-            kind: kind.into(),
-            message: message.into(),
-            status,
-        }
-    }
-    pub fn client(kind: &str, message: impl Into<String>) -> ApiError {
-        Self::new(kind, message, StatusCode::BAD_REQUEST)
-    }
-}
-
-impl From<EcsError> for ApiError {
-    fn from(e: EcsError) -> ApiError {
-        let status = if e.is_server_fault() {
-            StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        ApiError::new(e.aws_type(), e.to_string(), status)
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> ApiError {
-        let status = if matches!(e, AuthError::Missing) {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        ApiError::new(e.aws_type(), e.to_string(), status)
-    }
-}
-
 fn request_id() -> String {
     gantry_control::random_uuid()
 }
 
-fn json_response(status: StatusCode, mut body: Value) -> Response {
+/// How one request is answered: its protocol and, for Query, the service's namespace.
+struct Framing {
+    wire: Wire,
+    model: Option<&'static protocol::model::Model>,
+}
+
+impl Framing {
+    fn ok(&self, call: &Call, body: Value) -> Response {
+        match &self.wire {
+            Wire::Json { version } => json_response(version, StatusCode::OK, body),
+            Wire::Query => {
+                let id = request_id();
+                xml_response(
+                    StatusCode::OK,
+                    query::encode(&call.service.model, call.op, &body, &id),
+                    &id,
+                )
+            }
+        }
+    }
+
+    fn error(&self, e: ApiError) -> Response {
+        match &self.wire {
+            Wire::Json { version } => json_response(version, e.status, json!({"__type": e.kind, "message": e.message})),
+            Wire::Query => {
+                let (code, status) = protocol::query_code(self.model, &e.kind);
+                let status = status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(e.status);
+                let id = request_id();
+                let sender = status.is_client_error();
+                let namespace = self.model.and_then(|m| m.metadata.xml_namespace.as_deref());
+                let body = query::encode_error(namespace, &code, &e.message, sender, &id);
+                xml_response(status, body, &id)
+            }
+        }
+    }
+}
+
+fn json_response(version: &str, status: StatusCode, mut body: Value) -> Response {
     // Absent optional members are omitted, not sent as null.
     if let Value::Object(m) = &mut body {
         m.retain(|_, v| !v.is_null());
     }
     let mut r = (status, body.to_string()).into_response();
     let h = r.headers_mut();
-    h.insert("content-type", "application/x-amz-json-1.1".parse().expect("static"));
+    let ct = format!("application/x-amz-json-{version}");
+    h.insert("content-type", ct.parse().expect("static"));
     h.insert("x-amzn-requestid", request_id().parse().expect("hex"));
     r
 }
 
-pub fn error_response(e: ApiError) -> Response {
-    json_response(e.status, json!({"__type": e.kind, "message": e.message}))
+fn xml_response(status: StatusCode, body: String, id: &str) -> Response {
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert("content-type", "text/xml".parse().expect("static"));
+    h.insert("x-amzn-requestid", id.parse().expect("hex"));
+    r
 }
 
 struct OneKey(Option<SecretKey>);
@@ -154,8 +146,15 @@ pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: H
             )
         })
         .collect();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let target = header("x-amz-target");
+    let query_string = uri.query().unwrap_or("");
+    let framing = Framing {
+        wire: Wire::of(target, header("content-type").unwrap_or(""), query_string),
+        model: protocol::namespace_model(credential_service(&hdrs)),
+    };
     if body.len() > MAX_BODY {
-        return error_response(ApiError::new(
+        return framing.error(ApiError::new(
             "RequestEntityTooLargeException",
             format!("Request of {} bytes exceeds the limit of {MAX_BODY} bytes.", body.len()),
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -163,54 +162,53 @@ pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: H
     }
     let key = match find_key(&api, &hdrs).await {
         Ok(k) => k,
-        Err(e) => return error_response(e),
+        Err(e) => return framing.error(e),
     };
     let req = SignedRequest {
         method: method.as_str(),
         path: uri.path(),
-        query: uri.query().unwrap_or(""),
+        query: query_string,
         headers: &hdrs,
         body: &body,
     };
     let verified = match sigv4::verify(&req, &OneKey(key), chrono::Utc::now()) {
         Ok(v) => v,
-        Err(e) => return error_response(e.into()),
+        Err(e) => return framing.error(e.into()),
+    };
+    let call = match protocol::resolve(
+        &verified.service,
+        &framing.wire,
+        target.unwrap_or(""),
+        &body,
+        query_string,
+    ) {
+        Ok(c) => c,
+        Err(e) => return framing.error(e),
     };
     let scope = Scope {
         account: verified.account_id.clone(),
         region: verified.region.clone(),
     };
-    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let input: Value = if body.is_empty() {
-        json!({})
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                return error_response(ApiError::client(
-                    "SerializationException",
-                    "Request body is not a JSON object.",
-                ))
-            }
-        }
-    };
-    let result = match target.split_once('.') {
-        Some(("AmazonEC2ContainerServiceV20141113", op)) => crate::ecs::dispatch(&api, &scope, op, input).await,
-        Some(("Logs_20140328", op)) => crate::logs::dispatch(&api, &scope, op, input).await,
-        _ => Err(ApiError::client(
-            "UnknownOperationException",
-            format!("Unknown operation {target:?}"),
-        )),
-    };
-    match result {
-        Ok(v) => json_response(StatusCode::OK, v),
+    match (call.service.handler)(&api, &scope, &call.op.name, call.input.clone()).await {
+        Ok(v) => framing.ok(&call, v),
         Err(e) => {
             if e.status.is_server_error() {
-                tracing::error!(target, error = %e.message, "request failed");
+                tracing::error!(operation = %call.op.name, error = %e.message, "request failed");
             }
-            error_response(e)
+            framing.error(e)
         }
     }
+}
+
+/// The service named in the Authorization header's credential scope, before verification
+/// (only to frame errors in that service's terms).
+fn credential_service(headers: &[(String, String)]) -> Option<&str> {
+    let auth = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))?
+        .1
+        .as_str();
+    auth.split("Credential=").nth(1)?.split(',').next()?.split('/').nth(3)
 }
 
 pub fn router(api: Api) -> axum::Router {

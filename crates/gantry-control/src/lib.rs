@@ -7,6 +7,7 @@ pub mod capacity_providers;
 mod clusters;
 pub mod controllers;
 pub mod deploy;
+pub mod elb;
 pub mod fanout;
 pub mod instances;
 pub mod logfeed;

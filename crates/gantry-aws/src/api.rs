@@ -1,0 +1,56 @@
+//! What every service's handlers share: the state they act on and the error they answer with.
+
+use crate::sigv4::AuthError;
+use axum::http::StatusCode;
+use gantry_control::Control;
+use gantry_types::EcsError;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct Api {
+    pub control: Control,
+    pub logs: Arc<gantry_control::logfeed::Logs>,
+}
+
+/// An error in a service's terms: type name, message, whether it is the server's fault.
+#[derive(Debug)]
+pub struct ApiError {
+    pub kind: String,
+    pub message: String,
+    pub status: StatusCode,
+}
+
+impl ApiError {
+    pub fn new(kind: &str, message: impl Into<String>, status: StatusCode) -> ApiError {
+        ApiError {
+            kind: kind.into(),
+            message: message.into(),
+            status,
+        }
+    }
+    pub fn client(kind: &str, message: impl Into<String>) -> ApiError {
+        Self::new(kind, message, StatusCode::BAD_REQUEST)
+    }
+}
+
+impl From<EcsError> for ApiError {
+    fn from(e: EcsError) -> ApiError {
+        let status = if e.is_server_fault() {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(e.aws_type(), e.to_string(), status)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        let status = if matches!(e, AuthError::Missing) {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(e.aws_type(), e.to_string(), status)
+    }
+}

@@ -1,0 +1,65 @@
+//! Elastic Load Balancing v2 (AWS Query, version 2015-12-01): the operations Gantry serves,
+//! over `gantry_control::elb`. Inputs arrive decoded by the Query codec from the model.
+
+use crate::api::{Api, ApiError};
+use crate::protocol::Reply;
+use axum::http::StatusCode;
+use gantry_control::elb::Elb;
+use gantry_types::arn::Scope;
+use gantry_types::elbv2::ElbError;
+use serde_json::Value;
+
+impl From<ElbError> for ApiError {
+    fn from(e: ElbError) -> ApiError {
+        let status = match e.shape {
+            "InternalFailure" => StatusCode::INTERNAL_SERVER_ERROR,
+            "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(e.shape, e.message, status)
+    }
+}
+
+/// The registry's entry point.
+pub fn handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value) -> Reply<'a> {
+    Box::pin(dispatch(api, scope, op, input))
+}
+
+async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Value, ApiError> {
+    let elb = Elb::new(api.control.store.clone(), api.control.clock.clone());
+    let out = match op {
+        "CreateLoadBalancer" => elb.create_load_balancer(scope, input).await,
+        "DescribeLoadBalancers" => elb.describe_load_balancers(scope, input).await,
+        "DeleteLoadBalancer" => elb.delete_load_balancer(scope, input).await,
+        "DescribeLoadBalancerAttributes" => elb.describe_load_balancer_attributes(scope, input).await,
+        "ModifyLoadBalancerAttributes" => elb.modify_load_balancer_attributes(scope, input).await,
+        "CreateTargetGroup" => elb.create_target_group(scope, input).await,
+        "DescribeTargetGroups" => elb.describe_target_groups(scope, input).await,
+        "ModifyTargetGroup" => elb.modify_target_group(scope, input).await,
+        "DeleteTargetGroup" => elb.delete_target_group(scope, input).await,
+        "DescribeTargetGroupAttributes" => elb.describe_target_group_attributes(scope, input).await,
+        "ModifyTargetGroupAttributes" => elb.modify_target_group_attributes(scope, input).await,
+        "CreateListener" => elb.create_listener(scope, input).await,
+        "DescribeListeners" => elb.describe_listeners(scope, input).await,
+        "ModifyListener" => elb.modify_listener(scope, input).await,
+        "DeleteListener" => elb.delete_listener(scope, input).await,
+        "CreateRule" => elb.create_rule(scope, input).await,
+        "DescribeRules" => elb.describe_rules(scope, input).await,
+        "ModifyRule" => elb.modify_rule(scope, input).await,
+        "DeleteRule" => elb.delete_rule(scope, input).await,
+        "SetRulePriorities" => elb.set_rule_priorities(scope, input).await,
+        "RegisterTargets" => elb.register_targets(scope, input).await,
+        "DeregisterTargets" => elb.deregister_targets(scope, input).await,
+        "DescribeTargetHealth" => elb.describe_target_health(scope, input).await,
+        "AddTags" => elb.add_tags(scope, input).await,
+        "RemoveTags" => elb.remove_tags(scope, input).await,
+        "DescribeTags" => elb.describe_tags(scope, input).await,
+        other => {
+            return Err(ApiError::client(
+                "InvalidAction",
+                format!("The action {other} is not valid for this web service (Gantry does not implement it yet)."),
+            ))
+        }
+    };
+    Ok(out?)
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Vendor the AWS service models Gantry serves, from the installed botocore, as data.
+
+The models (botocore/data/<service>/<version>/service-2.json, Apache-2.0, see
+crates/gantry-aws/models/NOTICE) drive Gantry's generic protocol codecs. Documentation strings
+are dropped: they are most of each file and nothing reads them.
+
+Usage: .venv/bin/python scripts/vendor-models.py   (rewrites crates/gantry-aws/models/*.json)
+"""
+import gzip
+import json
+import os
+
+import botocore
+
+SERVICES = {"ecs": "ecs", "logs": "logs", "elbv2": "elbv2"}
+OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "gantry-aws", "models")
+
+
+def strip(node):
+    if isinstance(node, dict):
+        return {k: strip(v) for k, v in node.items() if k not in ("documentation", "documentationUrl")}
+    if isinstance(node, list):
+        return [strip(v) for v in node]
+    return node
+
+
+def load(service):
+    root = os.path.join(os.path.dirname(botocore.__file__), "data", service)
+    version = sorted(os.listdir(root))[-1]
+    base = os.path.join(root, version, "service-2.json")
+    if os.path.exists(base):
+        with open(base) as f:
+            return json.load(f)
+    with gzip.open(base + ".gz") as f:
+        return json.load(f)
+
+
+def main():
+    for service, name in SERVICES.items():
+        model = strip(load(service))
+        model["metadata"]["botocoreVersion"] = botocore.__version__
+        with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+            json.dump(model, f, separators=(",", ":"), sort_keys=True)
+            f.write("\n")
+        print(f"{name}: {len(model['operations'])} operations, {len(model['shapes'])} shapes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""ELBv2's API over the AWS Query protocol, with boto3 and awscli unchanged: load balancers,
+target groups, listeners, rules, targets, tags and attributes, with ELBv2's errors."""
+import botocore.exceptions
+import pytest
+import requests
+
+from conftest import KEY
+
+
+@pytest.fixture
+def elb(gantry):
+    return gantry.client("elbv2")
+
+
+def code_of(call, *args, **kw):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call(*args, **kw)
+    return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]
+
+
+def test_load_balancer_lifecycle_with_attributes_and_idempotent_create(elb):
+    lb = elb.create_load_balancer(Name="web-lb", Subnets=["subnet-a", "subnet-b"], SecurityGroups=["sg-1"],
+                                  Tags=[{"Key": "team", "Value": "web"}])["LoadBalancers"][0]
+    assert lb["LoadBalancerArn"].startswith("arn:aws:elasticloadbalancing:us-east-1:")
+    assert ":loadbalancer/app/web-lb/" in lb["LoadBalancerArn"]
+    assert lb["Type"] == "application" and lb["Scheme"] == "internet-facing" and lb["State"]["Code"] == "active"
+    assert [z["SubnetId"] for z in lb["AvailabilityZones"]] == ["subnet-a", "subnet-b"]
+    assert lb["CreatedTime"].year >= 2024  # a timestamp botocore parsed from ISO 8601
+    again = elb.create_load_balancer(Name="web-lb", Subnets=["subnet-a"])["LoadBalancers"][0]
+    assert again["LoadBalancerArn"] == lb["LoadBalancerArn"]
+    assert code_of(elb.create_load_balancer, Name="web-lb", Type="network")[0] == "DuplicateLoadBalancerName"
+
+    found = elb.describe_load_balancers(Names=["web-lb"])["LoadBalancers"]
+    assert [f["LoadBalancerArn"] for f in found] == [lb["LoadBalancerArn"]]
+    code, msg = code_of(elb.describe_load_balancers, Names=["nope"])
+    assert code == "LoadBalancerNotFound" and "nope" in msg
+
+    attrs = {a["Key"]: a["Value"] for a in elb.describe_load_balancer_attributes(
+        LoadBalancerArn=lb["LoadBalancerArn"])["Attributes"]}
+    assert attrs["idle_timeout.timeout_seconds"] == "60" and attrs["deletion_protection.enabled"] == "false"
+    elb.modify_load_balancer_attributes(LoadBalancerArn=lb["LoadBalancerArn"], Attributes=[
+        {"Key": "deletion_protection.enabled", "Value": "true"}, {"Key": "idle_timeout.timeout_seconds", "Value": "120"}])
+    assert code_of(elb.delete_load_balancer, LoadBalancerArn=lb["LoadBalancerArn"])[0] == "OperationNotPermitted"
+    code, msg = code_of(elb.modify_load_balancer_attributes, LoadBalancerArn=lb["LoadBalancerArn"],
+                        Attributes=[{"Key": "access_logs.s3.enabled", "Value": "true"}])
+    assert code == "InvalidConfigurationRequest" and "S3 access logs" in msg
+    assert code_of(elb.modify_load_balancer_attributes, LoadBalancerArn=lb["LoadBalancerArn"],
+                   Attributes=[{"Key": "no.such.key", "Value": "1"}])[0] == "InvalidConfigurationRequest"
+    elb.modify_load_balancer_attributes(LoadBalancerArn=lb["LoadBalancerArn"],
+                                        Attributes=[{"Key": "deletion_protection.enabled", "Value": "false"}])
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])  # already gone: succeeds, as in ELBv2
+    assert code_of(elb.describe_load_balancers, LoadBalancerArns=[lb["LoadBalancerArn"]])[0] == "LoadBalancerNotFound"
+
+
+def test_listeners_rules_and_target_groups_fit_together(elb):
+    lb = elb.create_load_balancer(Name="shop", Subnets=["subnet-a"])["LoadBalancers"][0]["LoadBalancerArn"]
+    blue = elb.create_target_group(Name="shop-blue", Protocol="HTTP", Port=8080, VpcId="vpc-gantry", TargetType="ip",
+                                   HealthCheckPath="/health", Matcher={"HttpCode": "200-299"})["TargetGroups"][0]
+    assert blue["HealthCheckIntervalSeconds"] == 30 and blue["HealthyThresholdCount"] == 5
+    assert blue["HealthCheckPath"] == "/health" and blue["LoadBalancerArns"] == []
+    green = elb.create_target_group(Name="shop-green", Protocol="HTTP", Port=8080, TargetType="ip")["TargetGroups"][0]
+
+    listener = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=80, DefaultActions=[
+        {"Type": "forward", "TargetGroupArn": blue["TargetGroupArn"]}])["Listeners"][0]
+    assert listener["DefaultActions"][0]["ForwardConfig"]["TargetGroups"][0]["Weight"] == 1
+    assert code_of(elb.create_listener, LoadBalancerArn=lb, Protocol="HTTP", Port=80, DefaultActions=[
+        {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}])[0] == "DuplicateListener"
+    code, msg = code_of(elb.create_listener, LoadBalancerArn=lb, Protocol="HTTPS", Port=443, DefaultActions=[
+        {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}])
+    assert code == "UnsupportedProtocol" and "ACM" in msg
+    assert code_of(elb.create_listener, LoadBalancerArn=lb, Protocol="HTTP", Port=81, DefaultActions=[
+        {"Type": "redirect", "RedirectConfig": {"StatusCode": "HTTP_301"}}])[1] == \
+        "The redirect configuration is not valid because it creates a loop."
+    assert code_of(elb.create_listener, LoadBalancerArn=lb, Protocol="HTTP", Port=82, DefaultActions=[
+        {"Type": "authenticate-oidc", "AuthenticateOidcConfig": {
+            "Issuer": "i", "AuthorizationEndpoint": "a", "TokenEndpoint": "t", "UserInfoEndpoint": "u",
+            "ClientId": "c"}}])[0] == "ValidationError"
+
+    tg = elb.describe_target_groups(TargetGroupArns=[blue["TargetGroupArn"]])["TargetGroups"][0]
+    assert tg["LoadBalancerArns"] == [lb]
+    assert code_of(elb.delete_target_group, TargetGroupArn=blue["TargetGroupArn"])[0] == "ResourceInUse"
+
+    rule = elb.create_rule(ListenerArn=listener["ListenerArn"], Priority=10,
+                           Conditions=[{"Field": "path-pattern", "Values": ["/api/*"]}],
+                           Actions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": [
+                               {"TargetGroupArn": blue["TargetGroupArn"], "Weight": 90},
+                               {"TargetGroupArn": green["TargetGroupArn"], "Weight": 10}]}}])["Rules"][0]
+    assert rule["Priority"] == "10" and rule["IsDefault"] is False
+    assert rule["Conditions"][0]["PathPatternConfig"]["Values"] == ["/api/*"]
+    assert code_of(elb.create_rule, ListenerArn=listener["ListenerArn"], Priority=10,
+                   Conditions=[{"Field": "host-header", "Values": ["a.example"]}],
+                   Actions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503"}}])[0] == "PriorityInUse"
+    second = elb.create_rule(ListenerArn=listener["ListenerArn"], Priority=20,
+                             Conditions=[{"Field": "http-request-method",
+                                          "HttpRequestMethodConfig": {"Values": ["POST"]}}],
+                             Actions=[{"Type": "fixed-response", "FixedResponseConfig": {
+                                 "StatusCode": "405", "ContentType": "text/plain", "MessageBody": "no"}}])["Rules"][0]
+    rules = elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]
+    assert [r["Priority"] for r in rules] == ["10", "20", "default"]
+    swapped = elb.set_rule_priorities(RulePriorities=[{"RuleArn": rule["RuleArn"], "Priority": 20},
+                                                      {"RuleArn": second["RuleArn"], "Priority": 10}])["Rules"]
+    assert {r["RuleArn"]: r["Priority"] for r in swapped} == {rule["RuleArn"]: "20", second["RuleArn"]: "10"}
+    default = rules[-1]
+    assert code_of(elb.delete_rule, RuleArn=default["RuleArn"])[0] == "OperationNotPermitted"
+    elb.modify_rule(RuleArn=default["RuleArn"], Actions=[{"Type": "forward", "TargetGroupArn": green["TargetGroupArn"]}])
+    got = elb.describe_listeners(ListenerArns=[listener["ListenerArn"]])["Listeners"][0]
+    assert got["DefaultActions"][0]["TargetGroupArn"] == green["TargetGroupArn"]
+
+    other = elb.create_load_balancer(Name="other", Subnets=["subnet-a"])["LoadBalancers"][0]["LoadBalancerArn"]
+    assert code_of(elb.create_listener, LoadBalancerArn=other, Protocol="HTTP", Port=80, DefaultActions=[
+        {"Type": "forward", "TargetGroupArn": blue["TargetGroupArn"]}])[0] == "TargetGroupAssociationLimit"
+
+    elb.delete_rule(RuleArn=rule["RuleArn"])
+    assert code_of(elb.describe_rules, RuleArns=[rule["RuleArn"]])[0] == "RuleNotFound"
+    elb.delete_listener(ListenerArn=listener["ListenerArn"])
+    assert code_of(elb.describe_listeners, ListenerArns=[listener["ListenerArn"]])[0] == "ListenerNotFound"
+    elb.delete_target_group(TargetGroupArn=blue["TargetGroupArn"])
+    for arn in (lb, other):
+        elb.delete_load_balancer(LoadBalancerArn=arn)
+    elb.delete_target_group(TargetGroupArn=green["TargetGroupArn"])
+
+
+def test_targets_register_drain_and_report_health(elb):
+    tg = elb.create_target_group(Name="api", Protocol="HTTP", Port=80, TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "10.0.0.5"}, {"Id": "10.0.0.6", "Port": 8080}])
+    health = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+    assert sorted((h["Target"]["Id"], h["Target"]["Port"], h["TargetHealth"]["Reason"]) for h in health) == [
+        ("10.0.0.5", 80, "Target.NotInUse"), ("10.0.0.6", 8080, "Target.NotInUse")]
+    assert code_of(elb.register_targets, TargetGroupArn=tg, Targets=[{"Id": "8.8.8.8"}])[0] == "InvalidTarget"
+    assert code_of(elb.register_targets, TargetGroupArn=tg, Targets=[{"Id": "not-an-ip"}])[0] == "InvalidTarget"
+
+    lb = elb.create_load_balancer(Name="api-lb", Subnets=["subnet-a"])["LoadBalancers"][0]["LoadBalancerArn"]
+    elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=8000,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    health = elb.describe_target_health(TargetGroupArn=tg, Targets=[{"Id": "10.0.0.5"}])["TargetHealthDescriptions"]
+    assert health[0]["TargetHealth"] == {"State": "initial", "Reason": "Elb.RegistrationInProgress",
+                                         "Description": "Target registration is in progress"}
+    assert health[0]["HealthCheckPort"] == "80"
+    elb.deregister_targets(TargetGroupArn=tg, Targets=[{"Id": "10.0.0.5"}])
+    health = elb.describe_target_health(TargetGroupArn=tg, Targets=[{"Id": "10.0.0.5"}])["TargetHealthDescriptions"]
+    assert health[0]["TargetHealth"]["State"] == "draining"
+    assert code_of(elb.deregister_targets, TargetGroupArn=tg, Targets=[{"Id": "10.0.0.99"}])[0] == "InvalidTarget"
+    unknown = elb.describe_target_health(TargetGroupArn=tg, Targets=[{"Id": "10.0.0.7"}])["TargetHealthDescriptions"]
+    assert unknown[0]["TargetHealth"]["Reason"] == "Target.NotRegistered"
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "0"}])
+    elb.deregister_targets(TargetGroupArn=tg, Targets=[{"Id": "10.0.0.6", "Port": 8080}])
+    assert [h["Target"]["Id"] for h in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]] == \
+        ["10.0.0.5"]
+    elb.delete_load_balancer(LoadBalancerArn=lb)
+    elb.delete_target_group(TargetGroupArn=tg)
+
+
+def test_tags_on_every_resource_kind(elb):
+    lb = elb.create_load_balancer(Name="tagged", Subnets=["subnet-a"])["LoadBalancers"][0]["LoadBalancerArn"]
+    tg = elb.create_target_group(Name="tagged", Protocol="HTTP", Port=80)["TargetGroups"][0]["TargetGroupArn"]
+    listener = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=80, DefaultActions=[
+        {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "200"}}])["Listeners"][0]["ListenerArn"]
+    elb.add_tags(ResourceArns=[lb, tg, listener], Tags=[{"Key": "env", "Value": "prod"}, {"Key": "x", "Value": "1"}])
+    elb.remove_tags(ResourceArns=[tg], TagKeys=["x"])
+    got = {d["ResourceArn"]: {t["Key"]: t["Value"] for t in d["Tags"]}
+           for d in elb.describe_tags(ResourceArns=[lb, tg, listener])["TagDescriptions"]}
+    assert got == {lb: {"env": "prod", "x": "1"}, tg: {"env": "prod"}, listener: {"env": "prod", "x": "1"}}
+    assert code_of(elb.add_tags, ResourceArns=[lb], Tags=[{"Key": "aws:no", "Value": "1"}])[0] == "ValidationError"
+    assert code_of(elb.add_tags, ResourceArns=[lb], Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(51)])[0] \
+        == "TooManyTags"
+    elb.delete_load_balancer(LoadBalancerArn=lb)
+    elb.delete_target_group(TargetGroupArn=tg)
+
+
+def test_model_validation_and_unknown_actions_answer_in_query_xml(gantry, elb):
+    code, msg = code_of(elb.create_target_group, Name="x" * 33, Protocol="HTTP", Port=80)
+    assert code == "ValidationError" and "between 1 and 32" in msg
+    code, msg = code_of(elb.create_target_group, Name="hc", Protocol="HTTP", Port=80, HealthCheckIntervalSeconds=5,
+                        HealthCheckTimeoutSeconds=10)
+    assert code == "ValidationError" and "smaller than the interval" in msg
+    code, msg = code_of(elb.describe_load_balancers, PageSize=401)
+    assert code == "ValidationError" and msg.startswith("1 validation error detected: Value '401' at 'pageSize'")
+    # A raw request, signed by botocore's own signer, with an action the model does not have.
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+    req = botocore.awsrequest.AWSRequest(method="POST", url=gantry.endpoint,
+                                         data="Action=LaunchRockets&Version=2015-12-01",
+                                         headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    from conftest import SECRET
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(KEY, SECRET), "elasticloadbalancing",
+                            "us-east-1").add_auth(req)
+    r = requests.post(gantry.endpoint, data=req.body, headers=dict(req.headers))
+    assert r.status_code == 400 and r.headers["content-type"] == "text/xml"
+    assert "<Code>InvalidAction</Code>" in r.text and "<ErrorResponse xmlns=" in r.text
+    # The same request unsigned: a Query-shaped authentication error.
+    r = requests.post(gantry.endpoint, data="Action=DescribeLoadBalancers&Version=2015-12-01",
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 403 and "<Code>MissingAuthenticationToken</Code>" in r.text
+
+
+def test_awscli_elbv2_round_trip(gantry):
+    out, _ = gantry.aws("elbv2", "create-target-group", "--name", "cli-tg", "--protocol", "HTTP", "--port", "80",
+                        "--target-type", "ip")
+    tg = out["TargetGroups"][0]["TargetGroupArn"]
+    out, _ = gantry.aws("elbv2", "describe-target-groups", "--names", "cli-tg")
+    assert out["TargetGroups"][0]["TargetGroupArn"] == tg
+    _, p = gantry.aws("elbv2", "describe-target-groups", "--names", "missing-tg", check=False)
+    assert p.returncode != 0 and "TargetGroupNotFound" in p.stderr
+    gantry.aws("elbv2", "delete-target-group", "--target-group-arn", tg)
