@@ -28,6 +28,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def remove_hosts_lines(tag):
+    """Drops the /etc/hosts lines a Gantry instance tagged (a killed one cannot)."""
+    mark = f"# gantry-lb {tag}"
+    with open("/etc/hosts") as f:
+        lines = f.readlines()
+    kept = [line for line in lines if not line.rstrip("\n").endswith(mark)]
+    if kept != lines:
+        with open("/etc/hosts", "w") as f:
+            f.writelines(kept)
+
+
 class Gantry:
     def __init__(self, instance=0):
         assert os.geteuid() == 0, "e2e tests need root (CI runs as root)"
@@ -38,8 +49,11 @@ class Gantry:
         self.bridge = f"ge{os.getpid() % 100000}x{instance}"
         self.node_args = ["--data-dir", f"{self.dir}/data", "--run-dir", f"{self.dir}/run",
                           "--bridge", self.bridge, "--subnet", f"10.217.{instance}.0/24"]
+        # Load balancers listen on this instance's own loopback block; their names go into
+        # /etc/hosts tagged with it.
+        self.lb_network = f"127.{100 + os.getpid() % 100}.{instance}.0/24"
         self.env = dict(os.environ, GANTRY_ACCESS_KEY_ID=KEY, GANTRY_SECRET_ACCESS_KEY=SECRET,
-                        GANTRY_ACCOUNT_ID=ACCOUNT, GANTRY_WARM_POOL="2")
+                        GANTRY_ACCOUNT_ID=ACCOUNT, GANTRY_WARM_POOL="2", GANTRY_LB_NETWORK=self.lb_network)
         self.proc = None
         img = os.path.join(self.dir, "img")
         subprocess.run([sys.executable, os.path.join(ROOT, "tests/fixtures/mkimage.py"), img], check=True,
@@ -89,6 +103,7 @@ class Gantry:
         subprocess.run(["umount", f"{self.dir}/run/netns"], stderr=subprocess.DEVNULL)
         for m in ("mntns/template", "mntns"):  # the shims' template mount namespace (sweep --all removes it)
             subprocess.run(["umount", "-l", f"{self.dir}/run/{m}"], stderr=subprocess.DEVNULL)
+        remove_hosts_lines(self.lb_network)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def client(self, service, **kw):

@@ -154,7 +154,7 @@ def test_targets_register_drain_and_report_health(elb):
 
 def test_tags_on_every_resource_kind(elb):
     lb = elb.create_load_balancer(Name="tagged", Subnets=["subnet-a"])["LoadBalancers"][0]["LoadBalancerArn"]
-    tg = elb.create_target_group(Name="tagged", Protocol="HTTP", Port=80)["TargetGroups"][0]["TargetGroupArn"]
+    tg = elb.create_target_group(Name="tagged", Protocol="HTTP", Port=80, TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
     listener = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=80, DefaultActions=[
         {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "200"}}])["Listeners"][0]["ListenerArn"]
     elb.add_tags(ResourceArns=[lb, tg, listener], Tags=[{"Key": "env", "Value": "prod"}, {"Key": "x", "Value": "1"}])
@@ -170,9 +170,9 @@ def test_tags_on_every_resource_kind(elb):
 
 
 def test_model_validation_and_unknown_actions_answer_in_query_xml(gantry, elb):
-    code, msg = code_of(elb.create_target_group, Name="x" * 33, Protocol="HTTP", Port=80)
+    code, msg = code_of(elb.create_target_group, Name="x" * 33, Protocol="HTTP", Port=80, TargetType="ip")
     assert code == "ValidationError" and "between 1 and 32" in msg
-    code, msg = code_of(elb.create_target_group, Name="hc", Protocol="HTTP", Port=80, HealthCheckIntervalSeconds=5,
+    code, msg = code_of(elb.create_target_group, Name="hc", Protocol="HTTP", Port=80, TargetType="ip", HealthCheckIntervalSeconds=5,
                         HealthCheckTimeoutSeconds=10)
     assert code == "ValidationError" and "smaller than the interval" in msg
     code, msg = code_of(elb.describe_load_balancers, PageSize=401)
@@ -205,3 +205,124 @@ def test_awscli_elbv2_round_trip(gantry):
     _, p = gantry.aws("elbv2", "describe-target-groups", "--names", "missing-tg", check=False)
     assert p.returncode != 0 and "TargetGroupNotFound" in p.stderr
     gantry.aws("elbv2", "delete-target-group", "--target-group-arn", tg)
+
+
+# A task that serves "<colour> <random>" at /, a /health file, and a CGI script echoing its
+# environment (busybox httpd), on port 8080.
+SERVE = ("trap 'exit 0' TERM; mkdir -p /tmp/w/cgi-bin; echo \"{colour} $RANDOM$RANDOM\" > /tmp/w/index.html; "
+         "echo {colour} > /tmp/w/{colour}; echo ok > /tmp/w/health; "
+         "printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > /tmp/w/cgi-bin/env; "
+         "chmod +x /tmp/w/cgi-bin/env; httpd -f -p 8080 -h /tmp/w & wait")
+
+
+def start_tasks(ecs, colour, count):
+    from conftest import register, run
+    ecs.create_cluster(clusterName="default")
+    td = register(ecs, f"lb-{colour}", [{"name": "web", "command": ["sh", "-c", SERVE.format(colour=colour)]}])
+    tasks = run(ecs, "default", td["taskDefinitionArn"], count=count)
+    arns = [t["taskArn"] for t in tasks]
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=arns, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    described = ecs.describe_tasks(cluster="default", tasks=arns)["tasks"]
+    return arns, [t["containers"][0]["networkInterfaces"][0]["privateIpv4Address"] for t in described]
+
+
+def wait_health(elb, tg, want, count, timeout=60):
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = [h["TargetHealth"]["State"] for h in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]]
+        if states.count(want) == count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"targets of {tg} did not become {want}: {states}")
+
+
+def target_group(elb, name, **kw):
+    return elb.create_target_group(Name=name, Protocol=kw.pop("Protocol", "HTTP"), Port=8080, TargetType="ip",
+                                   HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2,
+                                   HealthyThresholdCount=2, UnhealthyThresholdCount=2, **kw)["TargetGroups"][0]["TargetGroupArn"]
+
+
+def test_a_load_balancer_serves_tasks_by_its_dns_name(gantry, elb, ecs):
+    import socket
+    import time
+    blue_arns, blue_ips = start_tasks(ecs, "blue", 2)
+    green_arns, green_ips = start_tasks(ecs, "green", 1)
+    blue = target_group(elb, "e2e-blue", HealthCheckPath="/health")
+    green = target_group(elb, "e2e-green", HealthCheckPath="/health")
+    elb.register_targets(TargetGroupArn=blue, Targets=[{"Id": ip} for ip in blue_ips])
+    elb.register_targets(TargetGroupArn=green, Targets=[{"Id": ip} for ip in green_ips])
+    lb = elb.create_load_balancer(Name="e2e-web", Subnets=["subnet-a"])["LoadBalancers"][0]
+    listener = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80, DefaultActions=[
+        {"Type": "forward", "TargetGroupArn": blue}])["Listeners"][0]["ListenerArn"]
+    rule = lambda prio, cond, action: elb.create_rule(ListenerArn=listener, Priority=prio, Conditions=[cond],  # noqa: E731
+                                                      Actions=[action])
+    rule(10, {"Field": "path-pattern", "Values": ["/green*"]}, {"Type": "forward", "TargetGroupArn": green})
+    rule(20, {"Field": "path-pattern", "Values": ["/fixed"]},
+         {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain",
+                                                            "MessageBody": "down for maintenance"}})
+    rule(30, {"Field": "path-pattern", "Values": ["/old*"]},
+         {"Type": "redirect", "RedirectConfig": {"Path": "/new", "StatusCode": "HTTP_301"}})
+    wait_health(elb, blue, "healthy", 2)
+    wait_health(elb, green, "healthy", 1)
+
+    dns = lb["DNSName"]
+    address = socket.gethostbyname(dns)
+    assert address.startswith(gantry.lb_network.rsplit(".", 2)[0] + "."), (dns, address)
+    base = f"http://{dns}"
+    bodies = {requests.get(f"{base}/", timeout=5).text for _ in range(6)}
+    assert len(bodies) == 2 and all(b.startswith("blue ") for b in bodies), bodies  # both blue tasks, in turn
+    assert requests.get(f"{base}/green", timeout=5).text.strip() == "green"
+    fixed = requests.get(f"{base}/fixed", timeout=5)
+    assert (fixed.status_code, fixed.text, fixed.headers["content-type"]) == (503, "down for maintenance", "text/plain")
+    moved = requests.get(f"{base}/old/page?x=1", allow_redirects=False, timeout=5)
+    assert moved.status_code == 301 and moved.headers["location"] == f"http://{dns}/new?x=1"
+    env = requests.get(f"{base}/cgi-bin/env", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=5).text
+    assert "HTTP_X_FORWARDED_FOR=203.0.113.9, 127.0.0.1" in env, env
+    assert "HTTP_X_FORWARDED_PROTO=http" in env and "HTTP_X_FORWARDED_PORT=80" in env
+
+    # A stopped task fails its checks and gets no more requests.
+    ecs.stop_task(cluster="default", task=blue_arns[0])
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        health = {h["Target"]["Id"]: h["TargetHealth"] for h in
+                  elb.describe_target_health(TargetGroupArn=blue)["TargetHealthDescriptions"]}
+        if health[blue_ips[0]]["State"] == "unhealthy":
+            break
+        time.sleep(0.5)
+    assert health[blue_ips[0]]["Reason"] in ("Target.FailedHealthChecks", "Target.Timeout"), health
+    assert health[blue_ips[1]]["State"] == "healthy"
+    assert len({requests.get(f"{base}/", timeout=5).text for _ in range(4)}) == 1
+
+    # A group with no registered targets answers ALB's 503.
+    elb.deregister_targets(TargetGroupArn=green, Targets=[{"Id": ip} for ip in green_ips])
+    deadline = time.time() + 5  # the data plane follows the store within milliseconds
+    while (gone := requests.get(f"{base}/green", timeout=5)).status_code == 200 and time.time() < deadline:
+        time.sleep(0.05)
+    assert gone.status_code == 503 and "503 Service Temporarily Unavailable" in gone.text
+
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    deadline = time.time() + 10
+    while time.time() < deadline and dns in open("/etc/hosts").read():
+        time.sleep(0.2)
+    assert dns not in open("/etc/hosts").read()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://{address}/", timeout=5)
+    for tg in (blue, green):
+        elb.delete_target_group(TargetGroupArn=tg)
+    ecs.stop_task(cluster="default", task=blue_arns[1])
+    ecs.stop_task(cluster="default", task=green_arns[0])
+
+
+def test_a_network_load_balancer_forwards_tcp(gantry, elb, ecs):
+    arns, ips = start_tasks(ecs, "tcp", 1)
+    tg = target_group(elb, "e2e-tcp", Protocol="TCP")
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ips[0]}])
+    lb = elb.create_load_balancer(Name="e2e-nlb", Type="network", Subnets=["subnet-a"])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TCP", Port=9000,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    wait_health(elb, tg, "healthy", 1)
+    assert requests.get(f"http://{lb['DNSName']}:9000/tcp", timeout=5).text.strip() == "tcp"
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    elb.delete_target_group(TargetGroupArn=tg)
+    ecs.stop_task(cluster="default", task=arns[0])

@@ -10,6 +10,7 @@ use std::sync::Arc;
 pub struct Api {
     pub control: Control,
     pub logs: Arc<gantry_control::logfeed::Logs>,
+    pub elb: gantry_control::elb::Elb,
 }
 
 /// An error in a service's terms: type name, message, whether it is the server's fault.

@@ -4,7 +4,6 @@
 use crate::api::{Api, ApiError};
 use crate::protocol::Reply;
 use axum::http::StatusCode;
-use gantry_control::elb::Elb;
 use gantry_types::arn::Scope;
 use gantry_types::elbv2::ElbError;
 use serde_json::Value;
@@ -26,7 +25,7 @@ pub fn handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value) ->
 }
 
 async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Value, ApiError> {
-    let elb = Elb::new(api.control.store.clone(), api.control.clock.clone());
+    let elb = &api.elb;
     let out = match op {
         "CreateLoadBalancer" => elb.create_load_balancer(scope, input).await,
         "DescribeLoadBalancers" => elb.describe_load_balancers(scope, input).await,

@@ -1,6 +1,6 @@
 //! ARNs: `arn:aws:ecs:<region>:<account>:<type>/<...>`.
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Scope {
     pub account: String,
     pub region: String,

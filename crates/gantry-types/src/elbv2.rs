@@ -295,6 +295,9 @@ pub struct Record<T> {
     pub tags: Vec<Tag>,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    /// A load balancer's listening address on the hosts that serve it (not part of the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl<T> Record<T> {
@@ -303,6 +306,7 @@ impl<T> Record<T> {
             item,
             tags,
             attributes: BTreeMap::new(),
+            address: None,
         }
     }
 }

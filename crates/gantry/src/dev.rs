@@ -40,6 +40,39 @@ pub struct DevArgs {
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.
     #[arg(long, env = "GANTRY_STORE")]
     store: Option<String>,
+    #[command(flatten)]
+    lb: LbArgs,
+}
+
+/// Where load balancers listen and how their names resolve.
+#[derive(clap::Args, Clone)]
+pub struct LbArgs {
+    /// Loopback block load balancers get their addresses from; each Gantry instance sharing
+    /// a host needs its own.
+    #[arg(long, env = "GANTRY_LB_NETWORK", default_value = "127.77.0.0/16")]
+    pub lb_network: gantry_control::elb::LbNetwork,
+    /// Hosts file the load balancers' DNS names are written to.
+    #[arg(long, env = "GANTRY_HOSTS_FILE", default_value = "/etc/hosts")]
+    pub hosts_file: PathBuf,
+}
+
+impl LbArgs {
+    pub fn elb(&self, control: &Control) -> gantry_control::elb::Elb {
+        gantry_control::elb::Elb::new(control.store.clone(), control.clock.clone()).with_network(self.lb_network)
+    }
+
+    /// Runs the load balancer data plane until `stop`.
+    pub fn spawn_data_plane(
+        &self,
+        control: &Control,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let opts = gantry_lb::Options {
+            hosts_file: Some(self.hosts_file.clone()),
+            tag: self.lb_network.to_string(),
+        };
+        tokio::spawn(gantry_lb::run(self.elb(control), control.store.clone(), opts, stop))
+    }
 }
 
 /// The state store a `--store` names, and the etcd client when it is etcd (for elections).
@@ -310,8 +343,10 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         Default::default(),
         stop_rx.clone(),
     ));
+    let data_plane = a.lb.spawn_data_plane(&control, stop_rx.clone());
     let control_for_exit = control.clone();
-    let api = gantry_aws::Api { control, logs };
+    let elb = a.lb.elb(&control);
+    let api = gantry_aws::Api { control, logs, elb };
     println!(
         "gantry dev: listening on {endpoint} (account {}, region {})",
         creds.account_id, a.region
@@ -322,6 +357,8 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         .await?;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
+    // Its hosts file lines are removed on the way out.
+    let _ = tokio::time::timeout(Duration::from_secs(5), data_plane).await;
     shutdown_report(&control_for_exit, &node, args).await;
     Ok(0)
 }

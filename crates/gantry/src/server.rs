@@ -46,6 +46,11 @@ pub struct ServerArgs {
     /// Region the written AWS profile uses.
     #[arg(long, env = "GANTRY_REGION", default_value = "us-east-1")]
     region: String,
+    #[command(flatten)]
+    lb: crate::dev::LbArgs,
+    /// Serve the load balancers' listeners on this host (one server per host can).
+    #[arg(long)]
+    serve_load_balancers: bool,
     /// Do not write the `gantry` profile into the AWS config files.
     #[arg(long)]
     no_profile: bool,
@@ -137,11 +142,18 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         "gantry server: APIs on {endpoint}, agents on https://{} (account {}, region {})",
         a.agent_listen, creds.account_id, a.region
     );
-    let api = gantry_aws::Api { control, logs };
+    let data_plane = a
+        .serve_load_balancers
+        .then(|| a.lb.spawn_data_plane(&control, stop_rx.clone()));
+    let elb = a.lb.elb(&control);
+    let api = gantry_aws::Api { control, logs, elb };
     axum::serve(listener, gantry_aws::router(api))
         .with_graceful_shutdown(crate::shutdown_signal("gantry server"))
         .await?;
     let _ = stop_tx.send(true);
+    if let Some(d) = data_plane {
+        let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), leading).await;
     link_task.abort();
     Ok(0)

@@ -10,8 +10,6 @@ use std::collections::BTreeMap;
 enum Accepts {
     Bool,
     Int(i64, i64),
-    /// 0, or a number in the range (slow start).
-    ZeroOr(i64, i64),
     OneOf(&'static [&'static str]),
     /// Only the default: the feature behind other values is not offered.
     DefaultOnly(&'static str),
@@ -110,7 +108,11 @@ pub fn tg_attribute_defaults(protocol: &str) -> Table {
     use Accepts::*;
     let mut rows = vec![
         ("deregistration_delay.timeout_seconds", "300", Int(0, 3600)),
-        ("stickiness.enabled", "false", Bool),
+        (
+            "stickiness.enabled",
+            "false",
+            DefaultOnly("sticky sessions are not offered yet"),
+        ),
         (
             "load_balancing.cross_zone.enabled",
             "use_load_balancer_configuration",
@@ -136,7 +138,11 @@ pub fn tg_attribute_defaults(protocol: &str) -> Table {
         rows.extend([
             ("stickiness.type", "lb_cookie", OneOf(&["lb_cookie"])),
             ("stickiness.lb_cookie.duration_seconds", "86400", Int(1, 604800)),
-            ("slow_start.duration_seconds", "0", ZeroOr(30, 900)),
+            (
+                "slow_start.duration_seconds",
+                "0",
+                DefaultOnly("slow start is not offered yet"),
+            ),
             (
                 "load_balancing.algorithm.type",
                 "round_robin",
@@ -181,9 +187,6 @@ fn check(table: &Table, what: &str, key: &str, value: &str) -> Result<(), ElbErr
         Accepts::Bool if !matches!(value, "true" | "false") => bad("must be 'true' or 'false'".into()),
         Accepts::Int(lo, hi) if !matches!(int, Ok(n) if (lo..=hi).contains(&n)) => {
             bad(format!("must be an integer between {lo} and {hi}"))
-        }
-        Accepts::ZeroOr(lo, hi) if !matches!(int, Ok(n) if n == 0 || (lo..=hi).contains(&n)) => {
-            bad(format!("must be 0 or an integer between {lo} and {hi}"))
         }
         Accepts::OneOf(allowed) if !allowed.contains(&value) => bad(format!("must be one of: {}", allowed.join(", "))),
         Accepts::DefaultOnly(why) if value != attr.default => bad(format!("cannot be '{value}' in Gantry: {why}")),

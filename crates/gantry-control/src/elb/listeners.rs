@@ -380,17 +380,10 @@ impl Elb {
             enabled: Some(false),
             duration_seconds: None,
         });
-        stick.enabled.get_or_insert(false);
         if stick.enabled == Some(true) {
-            let d = stick.duration_seconds.ok_or_else(|| {
-                ElbError::validation("A stickiness duration must be given when stickiness is enabled")
-            })?;
-            if !(1..=604800).contains(&d) {
-                return Err(ElbError::validation(format!(
-                    "Stickiness duration '{d}' must be between 1 and 604800 seconds"
-                )));
-            }
+            return Err(ElbError::action("Target group stickiness is not offered by Gantry yet"));
         }
+        stick.enabled = Some(false);
         let single = (fc.target_groups.len() == 1).then(|| fc.target_groups[0].target_group_arn.clone());
         Ok(Action {
             kind: "forward".into(),

@@ -114,11 +114,7 @@ impl Elb {
             ip_address_type: "ipv4".into(),
         };
         let key = Self::lb_key(scope, &input.name);
-        if !self.create(&key, &Record::new(lb.clone(), input.tags)).await? {
-            let (existing, _) = self
-                .load::<Record<LoadBalancer>>(&key)
-                .await?
-                .ok_or_else(|| ElbError::server("vanished"))?;
+        if let Some((existing, _)) = self.load::<Record<LoadBalancer>>(&key).await? {
             // Creating the same load balancer again succeeds, as in ELBv2.
             let same = existing.item.kind == lb.kind && existing.item.scheme == lb.scheme;
             if !same {
@@ -128,6 +124,17 @@ impl Elb {
                 ));
             }
             return Ok(json!({"LoadBalancers": [existing.item]}));
+        }
+        let address = self.take_address(&lb.load_balancer_arn).await?;
+        let mut record = Record::new(lb.clone(), input.tags);
+        record.address = Some(address);
+        if !self.create(&key, &record).await? {
+            // Another create of the same name won the race: give the address back.
+            self.delete_key(&Self::address_key(address)).await?;
+            return Err(ElbError::new(
+                "DuplicateLoadBalancerNameException",
+                format!("A load balancer with the name '{}' already exists.", input.name),
+            ));
         }
         Ok(json!({"LoadBalancers": [lb]}))
     }
@@ -267,6 +274,33 @@ impl Elb {
             })
             .await?;
         Ok(json!({"Attributes": attributes::described(&defaults, &attrs)}))
+    }
+
+    /// Addresses are taken across accounts: they share the host.
+    fn address_key(ip: std::net::Ipv4Addr) -> String {
+        format!("/elbv2-addresses/{ip}")
+    }
+
+    /// The lowest free address of the network, taken with an atomic create.
+    async fn take_address(&self, owner: &str) -> Result<std::net::Ipv4Addr, ElbError> {
+        let (taken, _) = self
+            .store
+            .list_keys("/elbv2-addresses/")
+            .await
+            .map_err(super::store_err)?;
+        let taken: std::collections::BTreeSet<&str> = taken.iter().filter_map(|kv| kv.key.rsplit('/').next()).collect();
+        for ip in self.network.hosts() {
+            if taken.contains(ip.to_string().as_str()) {
+                continue;
+            }
+            if self.create(&Self::address_key(ip), &owner).await? {
+                return Ok(ip);
+            }
+        }
+        Err(ElbError::new(
+            "TooManyLoadBalancersException",
+            format!("No address is left for another load balancer in {}", self.network),
+        ))
     }
 
     pub(super) async fn lb_tags(&self, scope: &Scope, arn: &str, edit: TagEdit<'_>) -> Result<Vec<Tag>, ElbError> {

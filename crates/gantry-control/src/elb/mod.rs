@@ -16,10 +16,13 @@ mod load_balancers;
 mod rules;
 mod target_groups;
 mod targets;
+mod view;
 
 pub use attributes::{lb_attribute_defaults, tg_attribute_defaults};
+pub use listeners::forwarded_groups;
 pub use rules::{check_conditions, parse_cidr};
 pub use targets::{target_state, TargetState};
+pub use view::{GroupView, ListenerView, View};
 
 use crate::{random_hex, Clock};
 use gantry_store::{Store, StoreError};
@@ -41,9 +44,60 @@ const MAX_TAGS: usize = 50;
 pub struct Elb {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    network: LbNetwork,
 }
 
-fn store_err(e: StoreError) -> ElbError {
+/// The loopback block load balancers get their addresses from. Loopback because the data
+/// plane serves them on this host only; every Gantry instance sharing a host needs its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbNetwork {
+    base: u32,
+    prefix: u8,
+}
+
+impl Default for LbNetwork {
+    fn default() -> LbNetwork {
+        "127.77.0.0/16".parse().expect("static")
+    }
+}
+
+impl std::str::FromStr for LbNetwork {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LbNetwork, String> {
+        let bad = || format!("{s:?} is not a block of 127.0.0.0/8 between /8 and /30 (for example 127.77.0.0/16)");
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: std::net::Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) || addr.octets()[0] != 127 {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(LbNetwork {
+            base: u32::from(addr) & mask,
+            prefix,
+        })
+    }
+}
+
+impl std::fmt::Display for LbNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", std::net::Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
+impl LbNetwork {
+    /// Host addresses, lowest first (network and broadcast excluded).
+    pub fn hosts(&self) -> impl Iterator<Item = std::net::Ipv4Addr> + use<> {
+        let (base, size) = (self.base, 1u32 << (32 - self.prefix));
+        (1..size - 1).map(move |i| std::net::Ipv4Addr::from(base + i))
+    }
+
+    pub fn contains(&self, ip: std::net::Ipv4Addr) -> bool {
+        u32::from(ip) & (u32::MAX << (32 - self.prefix)) == self.base
+    }
+}
+
+pub(crate) fn store_err(e: StoreError) -> ElbError {
     match e {
         StoreError::Backend(m) => ElbError::new("ServiceUnavailable", format!("The service is unavailable: {m}")),
         other => ElbError::server(format!("state store: {other}")),
@@ -98,7 +152,16 @@ pub enum Named {
 
 impl Elb {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Elb {
-        Elb { store, clock }
+        Elb {
+            store,
+            clock,
+            network: LbNetwork::default(),
+        }
+    }
+
+    pub fn with_network(mut self, network: LbNetwork) -> Elb {
+        self.network = network;
+        self
     }
 
     fn now(&self) -> f64 {

@@ -1,0 +1,340 @@
+//! An application load balancer listener: HTTP/1.1 and HTTP/2 (h2c) from clients on hyper,
+//! rules evaluated per request, then a fixed response, a redirect, or the request forwarded
+//! over HTTP/1.1 to a target with X-Forwarded-For/Proto/Port, as ALB does.
+
+use crate::matching::{route, Facts};
+use crate::Shared;
+use bytes::Bytes;
+use gantry_control::elb::ListenerView;
+use gantry_types::elbv2::{Action, FixedResponseConfig, RedirectConfig};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, HOST, LOCATION};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|never| match never {}).boxed()
+}
+
+/// ALB's own error pages.
+fn error_page(status: StatusCode) -> Response<Body> {
+    let reason = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "Service Temporarily Unavailable",
+        s => s.canonical_reason().unwrap_or(""),
+    };
+    let title = format!("{} {reason}", status.as_u16());
+    let html = format!("<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n</body>\r\n</html>\r\n");
+    let mut r = Response::new(full(html));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/html"));
+    r.headers_mut().insert("server", HeaderValue::from_static("awselb/2.0"));
+    r
+}
+
+/// Serves one listener's socket until `stop` says so; open connections finish their requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%local, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Some(view) = shared.listener(local) else { return };
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let idle = Duration::from_secs(view.lb_attribute("idle_timeout.timeout_seconds").parse().unwrap_or(60));
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(idle);
+            if view.lb_attribute("routing.http2.enabled") == "false" {
+                builder = builder.http1_only();
+            }
+            let keep_alive =
+                Duration::from_secs(view.lb_attribute("client_keep_alive.seconds").parse().unwrap_or(3600));
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&shared, local, peer, req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                // Client keep-alive: the connection is closed (gracefully) after this long.
+                _ = tokio::time::sleep(keep_alive) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+async fn handle(shared: &Shared, local: SocketAddr, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let Some(view) = shared.listener(local) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let facts = Facts {
+        host: &host,
+        path: req.uri().path(),
+        method: req.method().as_str(),
+        query: req.uri().query().unwrap_or(""),
+        headers: req.headers(),
+        source: peer.ip(),
+    };
+    let Some(action) = route(&view, &facts).first().cloned() else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    match action.kind.as_str() {
+        "fixed-response" => fixed(action.fixed_response_config.as_ref()),
+        "redirect" => redirect(action.redirect_config.as_ref(), &host, local.port(), req.uri()),
+        "forward" => forward(shared, &view, &action, peer, host, req).await,
+        _ => error_page(StatusCode::INTERNAL_SERVER_ERROR),
+    }
+}
+
+fn fixed(c: Option<&FixedResponseConfig>) -> Response<Body> {
+    let Some(c) = c else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    let mut r = Response::new(full(c.message_body.clone().unwrap_or_default()));
+    *r.status_mut() = c.status_code.parse().unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let ct = c.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
+    if let Ok(v) = HeaderValue::from_str(ct) {
+        r.headers_mut().insert("content-type", v);
+    }
+    r.headers_mut().insert("server", HeaderValue::from_static("awselb/2.0"));
+    r
+}
+
+/// The Location of a redirect: each part either given or `#{part}` from the request.
+pub fn redirect_location(
+    c: &RedirectConfig,
+    host: &str,
+    listener_port: u16,
+    path: &str,
+    query: Option<&str>,
+) -> String {
+    let host_only = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    let sub = |s: &str| {
+        s.replace("#{protocol}", "http")
+            .replace("#{host}", host_only)
+            .replace("#{port}", &listener_port.to_string())
+            .replace("#{path}", path.trim_start_matches('/'))
+            .replace("#{query}", query.unwrap_or(""))
+    };
+    let protocol = sub(c.protocol.as_deref().unwrap_or("#{protocol}")).to_lowercase();
+    let port = sub(c.port.as_deref().unwrap_or("#{port}"));
+    let default_port = (protocol == "http" && port == "80") || (protocol == "https" && port == "443");
+    let mut out = format!("{protocol}://{}", sub(c.host.as_deref().unwrap_or("#{host}")));
+    if !default_port {
+        out.push(':');
+        out.push_str(&port);
+    }
+    out.push_str(&sub(c.path.as_deref().unwrap_or("/#{path}")));
+    let q = sub(c.query.as_deref().unwrap_or("#{query}"));
+    if !q.is_empty() {
+        out.push('?');
+        out.push_str(&q);
+    }
+    out
+}
+
+fn redirect(c: Option<&RedirectConfig>, host: &str, port: u16, uri: &hyper::Uri) -> Response<Body> {
+    let Some(c) = c else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    let location = redirect_location(c, host, port, uri.path(), uri.query());
+    let status = if c.status_code == "HTTP_301" {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::FOUND
+    };
+    let mut r = error_page(status);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r
+}
+
+/// Headers that belong to one connection, never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// X-Forwarded-* and the Host header as the load balancer's attributes say.
+fn forwarded_headers(view: &ListenerView, h: &mut hyper::HeaderMap, peer: SocketAddr, host: &str, port: u16) {
+    let client = if view.lb_attribute("routing.http.xff_client_port.enabled") == "true" {
+        peer.to_string()
+    } else {
+        peer.ip().to_string()
+    };
+    match view.lb_attribute("routing.http.xff_header_processing.mode").as_str() {
+        "remove" => {
+            h.remove("x-forwarded-for");
+        }
+        "preserve" => {}
+        _ => {
+            let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {client}"),
+                None => client,
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                h.insert("x-forwarded-for", v);
+            }
+        }
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    h.insert("x-forwarded-port", HeaderValue::from(port));
+    if view.lb_attribute("routing.http.preserve_host_header.enabled") != "true" {
+        // Without preservation, the Host header's port is the listener's.
+        if let Some((name, p)) = host.rsplit_once(':') {
+            if p.parse::<u16>().is_ok_and(|p| p != port) {
+                if let Ok(v) = HeaderValue::from_str(&format!("{name}:{port}")) {
+                    h.insert(HOST, v);
+                }
+            }
+        }
+    }
+    if view.lb_attribute("routing.http.drop_invalid_header_fields.enabled") == "true" {
+        let invalid: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| !k.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            .cloned()
+            .collect();
+        for k in invalid {
+            h.remove(k);
+        }
+    }
+}
+
+async fn forward(
+    shared: &Shared,
+    view: &ListenerView,
+    action: &Action,
+    peer: SocketAddr,
+    host: String,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let Some(group) = shared.balancer.choose_group(action).and_then(|arn| shared.group(arn)) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let Some(pick) = shared.balancer.choose_target(&group) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let Ok(uri) = format!("http://{}{path}", pick.addr).parse() else {
+        return error_page(StatusCode::BAD_REQUEST);
+    };
+    parts.uri = uri;
+    parts.version = hyper::Version::HTTP_11;
+    if !parts.headers.contains_key(HOST) {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            parts.headers.insert(HOST, v);
+        }
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    forwarded_headers(view, &mut parts.headers, peer, &host, view.listener.port as u16);
+    let idle = Duration::from_secs(view.lb_attribute("idle_timeout.timeout_seconds").parse().unwrap_or(60));
+    let sent = tokio::time::timeout(idle, shared.client.request(Request::from_parts(parts, body))).await;
+    let resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(target = %pick.addr, error = %e, "target failed");
+            return error_page(StatusCode::BAD_GATEWAY);
+        }
+        Err(_) => return error_page(StatusCode::GATEWAY_TIMEOUT),
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // The target counts as outstanding until its response body has been sent on.
+    let body = body.map_frame(move |f| {
+        let _held = &pick;
+        f
+    });
+    Response::from_parts(parts, body.boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(protocol: Option<&str>, host: Option<&str>, port: Option<&str>, path: Option<&str>) -> RedirectConfig {
+        RedirectConfig {
+            protocol: protocol.map(Into::into),
+            port: port.map(Into::into),
+            host: host.map(Into::into),
+            path: path.map(Into::into),
+            query: None,
+            status_code: "HTTP_301".into(),
+        }
+    }
+
+    #[test]
+    fn redirect_locations_substitute_request_parts() {
+        let c = cfg(Some("HTTPS"), None, Some("443"), None);
+        assert_eq!(
+            redirect_location(&c, "shop.example:80", 80, "/a/b", Some("x=1")),
+            "https://shop.example/a/b?x=1"
+        );
+        let c = cfg(None, Some("new.example"), None, Some("/v2/#{path}"));
+        assert_eq!(
+            redirect_location(&c, "old.example", 8080, "/items", None),
+            "http://new.example:8080/v2/items"
+        );
+    }
+}

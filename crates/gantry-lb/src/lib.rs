@@ -1,0 +1,221 @@
+//! The load balancer data plane: serves every ELBv2 listener in the store on its load
+//! balancer's loopback address (HTTP for application load balancers, TCP for network ones),
+//! checks target health, and keeps the load balancers' DNS names in /etc/hosts. It follows the
+//! store with a watch: a change to any load balancer, listener, rule, target group, target or
+//! health verdict is live within milliseconds.
+//!
+//! It runs inside `gantry dev` and `gantry server` (see ARCHITECTURE "The load balancer data
+//! plane" for why there and not in the agents).
+
+mod balance;
+mod health;
+pub mod hosts;
+mod http;
+mod matching;
+mod tcp;
+
+pub use matching::wildcard;
+
+use gantry_control::elb::{forwarded_groups, Elb, GroupView, ListenerView, View};
+use gantry_store::Store;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub struct Options {
+    /// The hosts file DNS names go into (/etc/hosts), or None to leave it alone.
+    pub hosts_file: Option<PathBuf>,
+    /// What this instance's hosts lines are tagged with (its load balancer network).
+    pub tag: String,
+}
+
+/// What every listener and the health checker share: the current view and the clients.
+pub struct Shared {
+    view: RwLock<Arc<Snapshot>>,
+    balancer: balance::Balancer,
+    client: Client<HttpConnector, hyper::body::Incoming>,
+    elb: Elb,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    listeners: HashMap<SocketAddr, Arc<ListenerView>>,
+    groups: HashMap<String, Arc<GroupView>>,
+}
+
+impl Snapshot {
+    fn from(view: View) -> Snapshot {
+        Snapshot {
+            listeners: view
+                .listeners
+                .into_iter()
+                .map(|l| (SocketAddr::new(l.address.into(), l.listener.port as u16), Arc::new(l)))
+                .collect(),
+            groups: view.groups.into_iter().map(|(k, g)| (k, Arc::new(g))).collect(),
+        }
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Snapshot> {
+        self.view.read().expect("not poisoned").clone()
+    }
+
+    fn listener(&self, local: SocketAddr) -> Option<Arc<ListenerView>> {
+        self.current().listeners.get(&local).cloned()
+    }
+
+    fn group(&self, arn: &str) -> Option<Arc<GroupView>> {
+        self.current().groups.get(arn).cloned()
+    }
+
+    /// Groups some listener or rule forwards to: the ones worth health checking.
+    fn groups_in_use(&self) -> Vec<Arc<GroupView>> {
+        let snap = self.current();
+        let used: BTreeSet<String> = snap
+            .listeners
+            .values()
+            .flat_map(|l| {
+                let mut g = forwarded_groups(l.default_actions());
+                for r in &l.rules {
+                    g.extend(forwarded_groups(&r.actions));
+                }
+                g
+            })
+            .collect();
+        used.iter().filter_map(|arn| snap.groups.get(arn).cloned()).collect()
+    }
+}
+
+/// A bound listener socket and how to stop serving it.
+struct Bound {
+    protocol: String,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Runs the data plane until `stop`.
+pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let shared = Arc::new(Shared {
+        view: RwLock::new(Arc::new(Snapshot::default())),
+        balancer: balance::Balancer::default(),
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        elb: elb.clone(),
+    });
+    tokio::spawn(health::run(shared.clone(), stop.clone()));
+    let mut bound: HashMap<SocketAddr, Bound> = HashMap::new();
+    let mut hosts_written: Option<Vec<(std::net::Ipv4Addr, String)>> = None;
+    loop {
+        let view = match elb.data_plane_view().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading load balancer configuration");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.changed() => break,
+                }
+            }
+        };
+        let revision = view.revision;
+        let names = dns_entries(&view);
+        *shared.view.write().expect("not poisoned") = Arc::new(Snapshot::from(view));
+        reconcile(&shared, &mut bound).await;
+        if let Some(path) = &opts.hosts_file {
+            if hosts_written.as_ref() != Some(&names) {
+                match hosts::sync(path, &opts.tag, &names) {
+                    Ok(()) => hosts_written = Some(names),
+                    Err(e) => tracing::warn!(error = %e, path = %path.display(), "writing load balancer names"),
+                }
+            }
+        }
+        if wait_for_change(store.as_ref(), revision, &mut stop).await {
+            break;
+        }
+    }
+    for (_, b) in bound.drain() {
+        let _ = b.stop.send(true);
+    }
+    if let Some(path) = &opts.hosts_file {
+        if let Err(e) = hosts::sync(path, &opts.tag, &[]) {
+            tracing::warn!(error = %e, "removing load balancer names");
+        }
+    }
+}
+
+/// Every load balancer's DNS name and address, once each.
+fn dns_entries(view: &View) -> Vec<(std::net::Ipv4Addr, String)> {
+    let mut names: Vec<(std::net::Ipv4Addr, String)> = view
+        .listeners
+        .iter()
+        .map(|l| (l.address, l.load_balancer.dns_name.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Binds listeners that are new, stops those that are gone (their open connections finish).
+async fn reconcile(shared: &Arc<Shared>, bound: &mut HashMap<SocketAddr, Bound>) {
+    let snap = shared.current();
+    bound.retain(|addr, b| {
+        let keep = snap
+            .listeners
+            .get(addr)
+            .is_some_and(|l| l.listener.protocol == b.protocol);
+        if !keep {
+            let _ = b.stop.send(true);
+        }
+        keep
+    });
+    for (addr, l) in &snap.listeners {
+        if bound.contains_key(addr) {
+            continue;
+        }
+        let socket = match tokio::net::TcpListener::bind(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(%addr, error = %e, load_balancer = %l.load_balancer.load_balancer_name, "cannot listen");
+                continue;
+            }
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        if l.listener.protocol == "TCP" {
+            tokio::spawn(tcp::serve(socket, shared.clone(), rx));
+        } else {
+            tokio::spawn(http::serve(socket, shared.clone(), rx));
+        }
+        bound.insert(
+            *addr,
+            Bound {
+                protocol: l.listener.protocol.clone(),
+                stop: tx,
+            },
+        );
+    }
+}
+
+/// Waits until the configuration changes after `revision` (a short pause gathers a burst of
+/// changes into one reload), 30 s pass (a safety re-read), or `stop`. True on stop.
+async fn wait_for_change(store: &dyn Store, revision: i64, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    let mut watch = match store.watch("/elbv2/", revision).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "watching load balancer configuration");
+            return tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+                _ = stop.changed() => true,
+            };
+        }
+    };
+    tokio::select! {
+        _ = watch.events.recv() => {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            false
+        }
+        _ = tokio::time::sleep(Duration::from_secs(30)) => false,
+        _ = stop.changed() => true,
+    }
+}
