@@ -326,3 +326,79 @@ def test_a_network_load_balancer_forwards_tcp(gantry, elb, ecs):
     elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
     elb.delete_target_group(TargetGroupArn=tg)
     ecs.stop_task(cluster="default", task=arns[0])
+
+
+def test_a_service_behind_a_load_balancer_rolls_out_without_losing_a_request(gantry, elb, ecs):
+    import threading
+    import time
+    from conftest import NETWORK, register
+    ecs.create_cluster(clusterName="default")
+    defs = [register(ecs, "lb-svc", [{"name": "web", "portMappings": [{"containerPort": 8080}],
+                                      "command": ["sh", "-c", SERVE.format(colour=colour)]}])["taskDefinitionArn"]
+            for colour in ("one", "two")]
+    tg = target_group(elb, "e2e-svc", HealthCheckPath="/health")
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "3"}])
+    lb = elb.create_load_balancer(Name="e2e-svc", Subnets=["subnet-a"])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    bad = botocore.exceptions.ClientError
+    with pytest.raises(bad, match="did not have a container port 9090 defined"):
+        ecs.create_service(cluster="default", serviceName="lbsvc", taskDefinition=defs[0], desiredCount=2,
+                           networkConfiguration=NETWORK, launchType="FARGATE",
+                           loadBalancers=[{"targetGroupArn": tg, "containerName": "web", "containerPort": 9090}])
+    ecs.create_service(cluster="default", serviceName="lbsvc", taskDefinition=defs[0], desiredCount=2,
+                       networkConfiguration=NETWORK, launchType="FARGATE", healthCheckGracePeriodSeconds=10,
+                       deploymentConfiguration={"minimumHealthyPercent": 100, "maximumPercent": 200},
+                       loadBalancers=[{"targetGroupArn": tg, "containerName": "web", "containerPort": 8080}])
+    ecs.get_waiter("services_stable").wait(cluster="default", services=["lbsvc"],
+                                           WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    wait_health(elb, tg, "healthy", 2)
+
+    # Constant load through the rollout: one client, requests back to back, bounded in time.
+    url = f"http://{lb['DNSName']}/"
+    seen, bad_codes, stop = [], [], threading.Event()
+
+    def load():
+        s = requests.Session()
+        deadline = time.time() + 90
+        while not stop.is_set() and time.time() < deadline:
+            try:
+                r = s.get(url, timeout=5)
+                seen.append(r.text.split()[0] if r.status_code == 200 else None)
+                if r.status_code != 200:
+                    bad_codes.append((r.status_code, round(time.time() - t0, 2)))
+            except requests.RequestException as e:
+                bad_codes.append(repr(e))
+    t0 = time.time()
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        time.sleep(1)
+        ecs.update_service(cluster="default", service="lbsvc", taskDefinition=defs[1])
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            svc = ecs.describe_services(cluster="default", services=["lbsvc"])["services"][0]
+            if [d["rolloutState"] for d in svc["deployments"]] == ["COMPLETED"] and svc["runningCount"] == 2:
+                break
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join()
+    assert svc["deployments"][0]["rolloutState"] == "COMPLETED", svc["deployments"]
+    assert bad_codes == [], f"{len(bad_codes)} failed of {len(seen)}: {bad_codes[:5]}\n{gantry.log()}"
+    assert len(seen) > 50 and "one" in seen and seen[-1] == "two", (len(seen), seen[:3], seen[-3:])
+    messages = [e["message"] for e in svc["events"]]
+    assert any("has begun draining connections on" in m for m in messages), messages
+    assert any("registered 2 targets in (target-group" in m for m in messages), messages
+    health = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+    assert sorted(h["TargetHealth"]["State"] for h in health) == ["healthy", "healthy"], health
+
+    ecs.delete_service(cluster="default", service="lbsvc", force=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]:
+        time.sleep(0.5)
+    assert elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"] == []
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    elb.delete_target_group(TargetGroupArn=tg)

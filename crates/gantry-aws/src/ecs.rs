@@ -39,7 +39,6 @@ fn refuse_unsupported(input: &Value, members: &[(&str, &str)]) -> Result<(), Api
 }
 
 const SERVICE_UNSUPPORTED: &[(&str, &str)] = &[
-    ("loadBalancers", "load balancers arrive with ELBv2"),
     (
         "serviceRegistries",
         "Cloud Map service discovery arrives with the traffic work",

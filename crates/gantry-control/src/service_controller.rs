@@ -26,7 +26,11 @@ fn short_id(arn: &str) -> &str {
 fn failed(t: &TaskRecord) -> bool {
     match t.task.stop_code.as_deref() {
         Some(stop_code::USER_INITIATED) => false,
-        Some(stop_code::SERVICE_SCHEDULER_INITIATED) => t.task.stopped_reason.as_deref() == Some(HEALTH_REASON),
+        Some(stop_code::SERVICE_SCHEDULER_INITIATED) => t
+            .task
+            .stopped_reason
+            .as_deref()
+            .is_some_and(|r| r == HEALTH_REASON || r.starts_with(crate::service_lb::ELB_HEALTH_REASON)),
         _ => true,
     }
 }
@@ -74,6 +78,17 @@ impl Control {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// A task's health from its containers' checks and its targets' together.
+fn combine(containers: TaskHealth, targets: TaskHealth) -> TaskHealth {
+    use TaskHealth::*;
+    match (containers, targets) {
+        (Unhealthy, _) | (_, Unhealthy) => Unhealthy,
+        (Healthy, Healthy) => Healthy,
+        (Pending, _) => Pending,
+        _ => Starting,
     }
 }
 
@@ -197,20 +212,30 @@ impl Control {
         let deployment_of = |t: &TaskRecord| t.task.started_by.clone().unwrap_or_default();
         let grace = rec.service.health_check_grace_period_seconds.unwrap_or(0) as f64;
         let primary = rec.primary().cloned();
+        // Load balancing: the service's target groups as they are now, and the tasks waiting
+        // for their connections to drain before they are stopped.
+        let lbs = crate::service_lb::parse(&rec.service.load_balancers);
+        let mut lb = if lbs.is_empty() && rec.lb_registered.is_empty() {
+            None
+        } else {
+            Some(self.lb_pass(&scope, lbs).await)
+        };
+        let mut deregistering = rec.deregistering.clone();
+        let mut elb_failures = HashMap::new();
 
         // Classify live tasks.
         let mut views = Vec::new();
         let mut stopping = 0u32;
         let mut healthy_deps = std::collections::BTreeSet::new();
         for t in tasks.iter().filter(|t| t.task.last_status != "STOPPED") {
-            if t.task.desired_status == "STOPPED" {
+            if t.task.desired_status == "STOPPED" || deregistering.contains_key(&t.task.task_arn) {
                 stopping += 1;
                 continue;
             }
+            let in_grace = t.task.started_at.is_some_and(|s| now - s < grace);
             let health = if t.task.last_status != "RUNNING" {
                 TaskHealth::Pending
             } else if has_health_check(t) {
-                let in_grace = t.task.started_at.is_some_and(|s| now - s < grace);
                 match t.task.health_status.as_str() {
                     "HEALTHY" => TaskHealth::Healthy,
                     "UNHEALTHY" if !in_grace => TaskHealth::Unhealthy,
@@ -218,6 +243,17 @@ impl Control {
                 }
             } else {
                 TaskHealth::Healthy
+            };
+            // Behind a load balancer a task is healthy once its targets are too.
+            let health = match &lb {
+                Some(p) if health != TaskHealth::Pending && !p.lbs.is_empty() => {
+                    let (targets, failing) = crate::service_lb::target_health(t, &p.lbs, &p.groups, now, in_grace);
+                    if let Some(f) = failing {
+                        elb_failures.insert(t.task.task_arn.clone(), f);
+                    }
+                    combine(health, targets)
+                }
+                _ => health,
             };
             if health == TaskHealth::Healthy {
                 healthy_deps.insert(deployment_of(t));
@@ -346,19 +382,77 @@ impl Control {
         };
         let plan = deploy::plan(&snap);
 
-        // Apply: stops first, then launches.
+        // Apply: stops first, then launches. A task behind a load balancer is deregistered
+        // first and stopped once its connections have drained.
         let mut stopped_ids = Vec::new();
+        let mut draining_ids = Vec::new();
         for (arn, why) in &plan.stop {
             let Some(t) = tasks.iter().find(|t| &t.task.task_arn == arn) else {
                 continue;
             };
-            let reason = match why {
-                StopReason::FailedHealthChecks => HEALTH_REASON.to_string(),
+            let reason = match (why, elb_failures.get(arn)) {
+                (StopReason::FailedHealthChecks, Some((group, port, cause))) => {
+                    events.push(format!(
+                        "(service {name}) (task {}) (port {port}) is unhealthy in (target-group {group}) due to (reason {cause}).",
+                        short_id(arn)
+                    ));
+                    format!("{} (target-group {group})", crate::service_lb::ELB_HEALTH_REASON)
+                }
+                (StopReason::FailedHealthChecks, None) => HEALTH_REASON.to_string(),
                 _ => format!("Scaling activity initiated by (deployment {primary_id})"),
             };
+            if let Some(p) = &lb {
+                let until = self.begin_draining(&scope, p, t, now).await;
+                if until > now {
+                    deregistering.insert(arn.clone(), (until, reason));
+                    draining_ids.push(short_id(arn).to_string());
+                    continue;
+                }
+            }
             self.scheduler_stop(t, &reason).await?;
             stopped_ids.push(short_id(arn).to_string());
         }
+        if !draining_ids.is_empty() {
+            events.push(format!(
+                "(service {name}) has begun draining connections on {} tasks.",
+                draining_ids.len()
+            ));
+        }
+        // Drained tasks are stopped now; ones that stopped meanwhile are forgotten.
+        let mut stopping_now: HashSet<String> = plan.stop.iter().map(|(a, _)| a.clone()).collect();
+        for (arn, (until, reason)) in deregistering.clone() {
+            let live = tasks.iter().find(|t| {
+                t.task.task_arn == arn && t.task.last_status != "STOPPED" && t.task.desired_status != "STOPPED"
+            });
+            match live {
+                Some(t) if now >= until => {
+                    self.scheduler_stop(t, &reason).await?;
+                    stopped_ids.push(short_id(&arn).to_string());
+                    deregistering.remove(&arn);
+                    stopping_now.insert(arn);
+                }
+                Some(_) => {}
+                None => {
+                    deregistering.remove(&arn);
+                }
+            }
+        }
+        // Running tasks are registered; targets of tasks gone are deregistered.
+        let registered = match lb.as_mut() {
+            Some(p) => {
+                let running: Vec<&TaskRecord> = tasks
+                    .iter()
+                    .filter(|t| t.task.last_status == "RUNNING" && t.task.desired_status == "RUNNING")
+                    .filter(|t| {
+                        !deregistering.contains_key(&t.task.task_arn) && !stopping_now.contains(&t.task.task_arn)
+                    })
+                    .collect();
+                let r = self.sync_targets(&scope, &name, p, &running, &rec.lb_registered).await;
+                events.append(&mut p.events);
+                Some(r)
+            }
+            None => None,
+        };
         if !stopped_ids.is_empty() {
             events.push(format!(
                 "(service {name}) has stopped {} running tasks: {}.",
@@ -471,6 +565,10 @@ impl Control {
             .collect();
         self.update_service_record(key, |r| {
             let mut events_out = events.clone();
+            r.deregistering = deregistering.clone();
+            if let Some(reg) = &registered {
+                r.lb_registered = reg.clone();
+            }
             if let Some(n) = daemon_desired {
                 r.service.desired_count = n;
                 if let Some(p) = r.service.deployments.iter_mut().find(|d| d.status == "PRIMARY") {

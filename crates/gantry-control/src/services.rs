@@ -33,6 +33,13 @@ pub struct ServiceRecord {
     /// CreateService's clientToken: a retry with it returns this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_token: Option<String>,
+    /// Tasks deregistered from their target groups, to be stopped once their connections
+    /// have drained: task ARN -> (when, the stop reason).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub deregistering: std::collections::BTreeMap<String, (f64, String)>,
+    /// Targets the service registered, as "group ARN|ip:port".
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub lb_registered: std::collections::BTreeSet<String>,
 }
 
 impl ServiceRecord {
@@ -138,6 +145,7 @@ pub struct UpdateServiceRequest {
     pub enable_execute_command: Option<bool>,
     pub deployment_controller: Option<Value>,
     pub availability_zone_rebalancing: Option<String>,
+    pub load_balancers: Option<Vec<Value>>,
 }
 
 /// A new PRIMARY deployment of the service's current launch settings.
@@ -311,6 +319,10 @@ impl Control {
             ));
         }
         let network = service_network(&td.definition, req.network_configuration.as_ref())?;
+        let load_balancers = match req.load_balancers.as_deref() {
+            Some(l) if !l.is_empty() => self.validate_load_balancers(scope, l, &td.definition).await?,
+            _ => vec![],
+        };
         let td_arn = td.definition["taskDefinitionArn"]
             .as_str()
             .unwrap_or_default()
@@ -383,6 +395,7 @@ impl Control {
                 }
             }),
             availability_zone_rebalancing: req.availability_zone_rebalancing.clone(),
+            load_balancers,
             ..Default::default()
         };
         let dep = new_deployment(
@@ -403,6 +416,8 @@ impl Control {
             last_healthy_at: Default::default(),
             backoff_announced: 0,
             client_token: req.client_token.clone(),
+            deregistering: Default::default(),
+            lb_registered: Default::default(),
         };
         match self
             .store
@@ -519,6 +534,17 @@ impl Control {
                 None
             }
         };
+        // New load balancers, or the current ones checked against a new definition.
+        let load_balancers = match (&req.load_balancers, &new_td) {
+            (Some(l), _) if !l.is_empty() => Some(self.validate_load_balancers(scope, l, &target.definition).await?),
+            (Some(_), _) => Some(vec![]),
+            (None, Some(td)) if !current.service.load_balancers.is_empty() => {
+                self.validate_load_balancers(scope, &current.service.load_balancers, &td.definition)
+                    .await?;
+                None
+            }
+            (None, _) => None,
+        };
         let new_td = new_td.map(|td| {
             td.definition["taskDefinitionArn"]
                 .as_str()
@@ -554,6 +580,10 @@ impl Control {
                 let td_changed = new_td.as_ref().is_some_and(|t| *t != r.service.task_definition);
                 let net_changed = network.as_ref().is_some_and(|n| *n != r.service.network_configuration);
                 let platform_changed = platform.as_ref().is_some_and(|p| *p != r.service.platform_version);
+                let lbs_changed = load_balancers.as_ref().is_some_and(|l| *l != r.service.load_balancers);
+                if let Some(l) = &load_balancers {
+                    r.service.load_balancers = l.clone();
+                }
                 let svc = &mut r.service;
                 let mut placement_changed = false;
                 if let Some(c) = &req.placement_constraints {
@@ -582,6 +612,7 @@ impl Control {
                 }
                 if td_changed
                     || net_changed
+                    || lbs_changed
                     || platform_changed
                     || placement_changed
                     || req.force_new_deployment.unwrap_or(false)

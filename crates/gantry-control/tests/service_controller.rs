@@ -114,3 +114,191 @@ async fn counts_match_list_tasks_and_exclude_stopping_tasks() {
         "stopping tasks are neither running nor pending"
     );
 }
+
+/// The fake node for tasks behind a load balancer: wanted tasks run with an address.
+async fn agent_pass_with_addresses(c: &Control) {
+    for (i, (key, _, _)) in c.all_tasks().await.unwrap().into_iter().enumerate() {
+        c.update_task(&key, |r| {
+            if r.task.desired_status == "STOPPED" {
+                r.task.last_status = "STOPPED".into();
+                r.task.stopped_at = Some(1_800_000_000.0);
+            } else if r.task.last_status != "RUNNING" {
+                r.task.last_status = "RUNNING".into();
+                r.task.started_at = Some(1_800_000_000.0);
+                r.task.containers[0].network_interfaces = vec![gantry_types::model::NetworkInterface {
+                    attachment_id: format!("eni-{i}"),
+                    private_ipv4_address: format!("10.0.0.{}", 10 + i),
+                }];
+            }
+            true
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_service_behind_a_load_balancer_registers_waits_for_health_drains_and_replaces() {
+    use gantry_control::elb::{Elb, TargetState};
+    let (c, clock) = setup(0).await;
+    let elb = Elb::new(c.store.clone(), clock.clone());
+    c.register_task_definition(
+        &scope(),
+        json!({"family": "lbweb", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"], "cpu": "256",
+               "memory": "512", "containerDefinitions": [{"name": "app", "image": "busybox",
+               "portMappings": [{"containerPort": 8080}]}]}),
+    )
+    .await
+    .unwrap();
+    let lb = elb.create_load_balancer(&scope(), json!({"Name": "lb"})).await.unwrap()["LoadBalancers"][0]
+        ["LoadBalancerArn"]
+        .clone();
+    let tg = elb
+        .create_target_group(
+            &scope(),
+            json!({"Name": "tg", "Protocol": "HTTP", "Port": 8080, "TargetType": "ip"}),
+        )
+        .await
+        .unwrap()["TargetGroups"][0]["TargetGroupArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let create = |lbs: serde_json::Value| {
+        serde_json::from_value::<CreateServiceRequest>(json!({
+            "cluster": "default", "serviceName": "websvc", "taskDefinition": "lbweb", "desiredCount": 2,
+            "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}, "loadBalancers": lbs}))
+        .unwrap()
+    };
+    let lbs = json!([{"targetGroupArn": tg, "containerName": "app", "containerPort": 8080}]);
+    // A group no load balancer uses, and a port the container does not map, are refused.
+    let e = c.create_service(&scope(), create(lbs.clone())).await.unwrap_err();
+    assert!(
+        e.to_string().contains("does not have an associated load balancer"),
+        "{e}"
+    );
+    elb.create_listener(
+        &scope(),
+        json!({"LoadBalancerArn": lb, "Protocol": "HTTP", "Port": 80,
+               "DefaultActions": [{"Type": "forward", "TargetGroupArn": tg}]}),
+    )
+    .await
+    .unwrap();
+    let wrong_port = json!([{"targetGroupArn": tg, "containerName": "app", "containerPort": 9999}]);
+    let e = c.create_service(&scope(), create(wrong_port)).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "The container app did not have a container port 9999 defined."
+    );
+    elb.modify_target_group_attributes(
+        &scope(),
+        json!({"TargetGroupArn": tg, "Attributes": [{"Key": "deregistration_delay.timeout_seconds", "Value": "30"}]}),
+    )
+    .await
+    .unwrap();
+    c.create_service(&scope(), create(lbs)).await.unwrap();
+    let svc = || async {
+        let (s, _) = c
+            .describe_services(&scope(), Some("default"), &["websvc".to_string()], &[])
+            .await
+            .unwrap();
+        s.into_iter().next().unwrap()
+    };
+    c.reconcile_services().await;
+    agent_pass_with_addresses(&c).await;
+    c.reconcile_services().await;
+    let state = elb.group_state(&scope(), &tg).await.unwrap();
+    assert_eq!(state.targets.len(), 2, "running tasks are registered");
+    c.reconcile_services().await;
+    assert_eq!(
+        svc().await.deployments[0].rollout_state,
+        "IN_PROGRESS",
+        "not complete before targets are healthy"
+    );
+
+    let healthy = TargetState {
+        state: "healthy".into(),
+        reason: None,
+        description: None,
+    };
+    for t in &state.targets {
+        elb.record_health(&scope(), "tg", &format!("{}:{}", t.id, t.port), &healthy)
+            .await
+            .unwrap();
+    }
+    c.reconcile_services().await;
+    assert_eq!(svc().await.deployments[0].rollout_state, "COMPLETED");
+
+    // One target fails its checks: the task is deregistered and replaced, and stopped only
+    // after the deregistration delay.
+    let sick = &state.targets[0];
+    let unhealthy = TargetState {
+        state: "unhealthy".into(),
+        reason: Some("Target.ResponseCodeMismatch".into()),
+        description: Some("Health checks failed with these codes: [500]".into()),
+    };
+    elb.record_health(&scope(), "tg", &format!("{}:{}", sick.id, sick.port), &unhealthy)
+        .await
+        .unwrap();
+    c.reconcile_services().await;
+    let events: Vec<String> = svc().await.events.iter().map(|e| e.message.clone()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|m| m.contains("(port 8080) is unhealthy in (target-group") && m.contains("codes: [500]")),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|m| m.contains("has begun draining connections on 1 tasks")),
+        "{events:?}"
+    );
+    let sick_task = c
+        .all_tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, t, _)| t)
+        .find(|t| {
+            t.task.containers[0]
+                .network_interfaces
+                .first()
+                .map(|n| n.private_ipv4_address.as_str())
+                == Some(sick.id.as_str())
+        })
+        .unwrap();
+    assert_eq!(sick_task.task.desired_status, "RUNNING", "still draining");
+    assert_eq!(
+        elb.group_state(&scope(), &tg)
+            .await
+            .unwrap()
+            .state_of(&sick.id, sick.port, 1_800_000_000.0)
+            .state,
+        "draining"
+    );
+    clock.advance(31_000);
+    c.reconcile_services().await;
+    let stopped = c
+        .all_tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, t, _)| t)
+        .find(|t| t.task.task_arn == sick_task.task.task_arn)
+        .unwrap();
+    assert_eq!(stopped.task.desired_status, "STOPPED");
+    assert!(stopped
+        .task
+        .stopped_reason
+        .as_deref()
+        .unwrap()
+        .starts_with("Task failed ELB health checks in (target-group arn:"));
+    let live = c
+        .all_tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, t, _)| t.task.desired_status == "RUNNING")
+        .count();
+    assert_eq!(live, 2, "a replacement was started");
+}

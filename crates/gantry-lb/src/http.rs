@@ -294,7 +294,7 @@ async fn forward(
     let resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            tracing::debug!(target = %pick.addr, error = %e, "target failed");
+            tracing::warn!(target = %pick.addr, error = %e, "target failed");
             return error_page(StatusCode::BAD_GATEWAY);
         }
         Err(_) => return error_page(StatusCode::GATEWAY_TIMEOUT),

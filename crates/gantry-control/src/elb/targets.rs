@@ -338,3 +338,106 @@ mod tests {
         }
     }
 }
+
+/// A target group as an ECS service's controller sees it in one pass.
+#[derive(Debug, Clone)]
+pub struct GroupState {
+    pub arn: String,
+    pub targets: Vec<RegisteredTarget>,
+    /// Last verdicts by "id:port".
+    pub health: std::collections::BTreeMap<String, TargetState>,
+    pub checks_enabled: bool,
+    /// Whether a load balancer forwards to the group (else targets neither drain nor check).
+    pub in_use: bool,
+    /// deregistration_delay.timeout_seconds.
+    pub delay: f64,
+}
+
+impl GroupState {
+    /// Registered and not draining.
+    pub fn serving(&self, id: &str, port: i64) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.id == id && t.port == port && t.draining_until.is_none())
+    }
+
+    /// What DescribeTargetHealth would say of a target now.
+    pub fn state_of(&self, id: &str, port: i64, now: f64) -> TargetState {
+        let t = self.targets.iter().find(|t| t.id == id && t.port == port);
+        target_state(
+            t,
+            now,
+            self.in_use,
+            self.checks_enabled,
+            self.health.get(&format!("{id}:{port}")),
+        )
+    }
+}
+
+impl Elb {
+    /// A group and whether a load balancer uses it (for CreateService's checks).
+    pub async fn target_group(&self, scope: &Scope, arn: &str) -> Result<(TargetGroup, bool), ElbError> {
+        let (tg, _) = self.find_tg(scope, arn).await?;
+        let in_use = self.tg_usage(scope).await?.contains_key(arn);
+        Ok((tg.item, in_use))
+    }
+
+    pub async fn group_state(&self, scope: &Scope, arn: &str) -> Result<GroupState, ElbError> {
+        let (tg, _) = self.find_tg(scope, arn).await?;
+        let name = &tg.item.target_group_name;
+        let targets = self.registered_targets(scope, &tg).await?;
+        let (kvs, _) = self
+            .store
+            .list(&Self::key(scope, &format!("health/{name}/")))
+            .await
+            .map_err(super::store_err)?;
+        let mut health = std::collections::BTreeMap::new();
+        for kv in kvs {
+            let target = kv.key.rsplit('/').next().unwrap_or("").to_string();
+            if let Ok(s) = serde_json::from_slice::<TargetState>(&kv.value) {
+                health.insert(target, s);
+            }
+        }
+        let table = attributes::tg_attribute_defaults(tg.item.protocol.as_deref().unwrap_or(""));
+        let delay = attributes::value_of(&table, &tg.attributes, "deregistration_delay.timeout_seconds")
+            .parse()
+            .unwrap_or(300.0);
+        Ok(GroupState {
+            arn: arn.to_string(),
+            targets,
+            health,
+            checks_enabled: tg.item.health_check_enabled,
+            in_use: self.tg_usage(scope).await?.contains_key(arn),
+            delay,
+        })
+    }
+
+    /// Registers ip targets (a service's running tasks).
+    pub async fn register_ips(&self, scope: &Scope, arn: &str, targets: &[(String, i64)]) -> Result<(), ElbError> {
+        let targets: Vec<Value> = targets
+            .iter()
+            .map(|(id, port)| json!({"Id": id, "Port": port}))
+            .collect();
+        self.register_targets(scope, json!({"TargetGroupArn": arn, "Targets": targets}))
+            .await
+            .map(drop)
+    }
+
+    /// Deregisters ip targets; ones not registered any more are skipped, not refused. Returns
+    /// how many were deregistered.
+    pub async fn deregister_ips(&self, scope: &Scope, arn: &str, targets: &[(String, i64)]) -> Result<usize, ElbError> {
+        let state = self.group_state(scope, arn).await?;
+        let present: Vec<Value> = targets
+            .iter()
+            .filter(|(id, port)| state.serving(id, *port))
+            .map(|(id, port)| json!({"Id": id, "Port": port}))
+            .collect();
+        if present.is_empty() {
+            return Ok(0);
+        }
+        let n = present.len();
+        self.deregister_targets(scope, json!({"TargetGroupArn": arn, "Targets": present}))
+            .await
+            .map(|_| n)
+    }
+}
