@@ -205,3 +205,32 @@ async fn conditions_are_checked_and_normalised() {
     let many = json!([{"Field": "http-header", "HttpHeaderConfig": {"HttpHeaderName": "X-A", "Values": ["1", "2", "3", "4", "5", "6"]}}]);
     assert_eq!(c(many).unwrap_err().shape, "TooManyConditionValuesException");
 }
+
+#[tokio::test]
+async fn a_target_registered_again_at_a_reused_address_starts_without_a_verdict() {
+    use gantry_control::elb::TargetState;
+    let (elb, _) = setup();
+    let (l, g) = (lb(&elb, "a").await, tg(&elb, "g").await);
+    listener(&elb, &l, 80, &g).await;
+    let reg = json!({"TargetGroupArn": g, "Targets": [{"Id": "10.0.0.1"}]});
+    elb.register_targets(&scope(), reg.clone()).await.unwrap();
+    let healthy = TargetState {
+        state: "healthy".into(),
+        reason: None,
+        description: None,
+    };
+    elb.record_health(&scope(), "g", "10.0.0.1:80", &healthy).await.unwrap();
+    elb.modify_target_group_attributes(
+        &scope(),
+        json!({"TargetGroupArn": g, "Attributes": [{"Key": "deregistration_delay.timeout_seconds", "Value": "0"}]}),
+    )
+    .await
+    .unwrap();
+    elb.deregister_targets(&scope(), reg.clone()).await.unwrap();
+    elb.register_targets(&scope(), reg).await.unwrap();
+    let h = elb
+        .describe_target_health(&scope(), json!({"TargetGroupArn": g}))
+        .await
+        .unwrap();
+    assert_eq!(h["TargetHealthDescriptions"][0]["TargetHealth"]["State"], "initial");
+}

@@ -422,6 +422,7 @@ impl Elb {
         }
         self.delete_key(&Self::targets_key(scope, &tg.item.target_group_name))
             .await?;
+        self.forget_group_health(scope, &tg.item.target_group_name).await?;
         self.delete_key(&Self::tg_key(scope, &tg.item.target_group_name))
             .await?;
         Ok(json!({}))

@@ -149,25 +149,36 @@ impl Elb {
             .map(|t| check_target(&tg.item, t))
             .collect::<Result<_, _>>()?;
         let now = self.now();
-        self.update::<Vec<RegisteredTarget>, _>(&Self::targets_key(scope, &tg.item.target_group_name), |cur| {
-            let mut all: Vec<RegisteredTarget> = cur.unwrap_or_default();
-            all.retain(|t| t.draining_until.is_none_or(|u| u > now));
-            for n in &new {
-                match all.iter_mut().find(|t| t.id == n.id && t.port == n.port) {
-                    // Registering a draining target again takes it back.
-                    Some(t) => t.draining_until = None,
-                    None => all.push(n.clone()),
+        let name = &tg.item.target_group_name;
+        let fresh = self
+            .update::<Vec<RegisteredTarget>, _>(&Self::targets_key(scope, name), |cur| {
+                let mut all: Vec<RegisteredTarget> = cur.unwrap_or_default();
+                all.retain(|t| t.draining_until.is_none_or(|u| u > now));
+                let mut fresh = vec![];
+                for n in &new {
+                    match all.iter_mut().find(|t| t.id == n.id && t.port == n.port) {
+                        // Registering a draining target again takes it back.
+                        Some(t) => t.draining_until = None,
+                        None => {
+                            all.push(n.clone());
+                            fresh.push(format!("{}:{}", n.id, n.port));
+                        }
+                    }
                 }
-            }
-            if all.len() > MAX_TARGETS {
-                return Err(ElbError::new(
-                    "TooManyTargetsException",
-                    format!("A target group can have at most {MAX_TARGETS} targets"),
-                ));
-            }
-            Ok((Some(all), ()))
-        })
-        .await?;
+                if all.len() > MAX_TARGETS {
+                    return Err(ElbError::new(
+                        "TooManyTargetsException",
+                        format!("A target group can have at most {MAX_TARGETS} targets"),
+                    ));
+                }
+                Ok((Some(all), fresh))
+            })
+            .await?;
+        // A new target starts from no verdict, whatever an earlier one at its address had
+        // (addresses are reused as tasks come and go).
+        for target in fresh {
+            self.forget_health(scope, name, &target).await?;
+        }
         Ok(json!({}))
     }
 

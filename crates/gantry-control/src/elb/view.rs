@@ -169,7 +169,17 @@ impl Elb {
             .await
     }
 
-    /// Forgets verdicts on targets no longer registered.
+    /// Forgets every verdict on a group's targets (the group is going away).
+    pub(super) async fn forget_group_health(&self, scope: &Scope, group_name: &str) -> Result<(), ElbError> {
+        let prefix = Self::key(scope, &format!("health/{group_name}/"));
+        let (kvs, _) = self.store.list_keys(&prefix).await.map_err(store_err)?;
+        for kv in kvs {
+            self.delete_key(&kv.key).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the verdict on one target.
     pub async fn forget_health(&self, scope: &Scope, group_name: &str, target: &str) -> Result<(), ElbError> {
         self.delete_key(&Self::key(scope, &format!("health/{group_name}/{target}")))
             .await
