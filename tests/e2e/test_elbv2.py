@@ -91,6 +91,11 @@ def test_listeners_rules_and_target_groups_fit_together(elb):
     assert code_of(elb.create_rule, ListenerArn=listener["ListenerArn"], Priority=10,
                    Conditions=[{"Field": "host-header", "Values": ["a.example"]}],
                    Actions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503"}}])[0] == "PriorityInUse"
+    fixed = {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503"}}
+    for bad in ({"Field": "colour", "Values": ["red"]}, {"Field": "source-ip", "SourceIpConfig": {"Values": ["10.0.0.0/99"]}},
+                {"Field": "path-pattern", "Values": ["/" + "a" * 200]}):
+        assert code_of(elb.create_rule, ListenerArn=listener["ListenerArn"], Priority=30, Conditions=[bad],
+                       Actions=[fixed])[0] == "ValidationError", bad
     second = elb.create_rule(ListenerArn=listener["ListenerArn"], Priority=20,
                              Conditions=[{"Field": "http-request-method",
                                           "HttpRequestMethodConfig": {"Values": ["POST"]}}],
@@ -402,3 +407,105 @@ def test_a_service_behind_a_load_balancer_rolls_out_without_losing_a_request(gan
     assert elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"] == []
     elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
     elb.delete_target_group(TargetGroupArn=tg)
+
+
+# A task whose /cgi-bin/slow answers after 3 s (a request in flight while its target drains).
+SLOW = SERVE.replace("chmod +x /tmp/w/cgi-bin/env;",
+                     "chmod +x /tmp/w/cgi-bin/env; printf '#!/bin/sh\\nsleep 3\\necho Content-Type: text/plain\\n"
+                     "echo\\necho done\\n' > /tmp/w/cgi-bin/slow; chmod +x /tmp/w/cgi-bin/slow;")
+
+
+def test_weights_draining_and_hostile_clients(gantry, elb, ecs):
+    import socket
+    import threading
+    import time
+    from conftest import register, run
+    ecs.create_cluster(clusterName="default")
+    td = register(ecs, "lb-slow", [{"name": "web", "command": ["sh", "-c", SLOW.format(colour="slow")]}])
+    tasks = run(ecs, "default", td["taskDefinitionArn"], count=2)
+    arns = [t["taskArn"] for t in tasks]
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=arns, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    ips = [t["containers"][0]["networkInterfaces"][0]["privateIpv4Address"]
+           for t in ecs.describe_tasks(cluster="default", tasks=arns)["tasks"]]
+    heavy, light = target_group(elb, "e2e-heavy"), target_group(elb, "e2e-light")
+    elb.register_targets(TargetGroupArn=heavy, Targets=[{"Id": ips[0]}])
+    elb.register_targets(TargetGroupArn=light, Targets=[{"Id": ips[1]}])
+    lb = elb.create_load_balancer(Name="e2e-weights", Subnets=["subnet-a"])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80, DefaultActions=[
+        {"Type": "forward", "ForwardConfig": {"TargetGroups": [{"TargetGroupArn": heavy, "Weight": 90},
+                                                               {"TargetGroupArn": light, "Weight": 10}]}}])
+    wait_health(elb, heavy, "healthy", 1)
+    wait_health(elb, light, "healthy", 1)
+    base = f"http://{lb['DNSName']}"
+
+    # 90/10 weights over 1,000 requests land within 3 points of 90/10.
+    s = requests.Session()
+    bodies = [s.get(f"{base}/", timeout=5).text for _ in range(1000)]
+    first = bodies[0]
+    share = bodies.count(first) / len(bodies)
+    assert len(set(bodies)) == 2 and abs(max(share, 1 - share) - 0.9) <= 0.03, (share, set(bodies))
+
+    # A slow request in flight finishes while its target drains; new requests go elsewhere.
+    elb.modify_target_group_attributes(TargetGroupArn=heavy, Attributes=[
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "10"}])
+    elb.modify_listener(ListenerArn=elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"][0]["ListenerArn"],
+                        DefaultActions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": [
+                            {"TargetGroupArn": heavy, "Weight": 1}]}}])
+    elb.register_targets(TargetGroupArn=heavy, Targets=[{"Id": ips[1]}])
+    wait_health(elb, heavy, "healthy", 2)
+    slow = {}
+    started = time.time()
+    t = threading.Thread(target=lambda: slow.update(r=requests.get(f"{base}/cgi-bin/slow", timeout=10)))
+    t.start()
+    time.sleep(0.5)
+    # Both targets drain while it works: it finishes, and nothing new reaches them.
+    elb.deregister_targets(TargetGroupArn=heavy, Targets=[{"Id": ips[0]}, {"Id": ips[1]}])
+    deadline = time.time() + 2
+    while (fresh := requests.get(f"{base}/", timeout=5)).status_code == 200 and time.time() < deadline:
+        time.sleep(0.05)
+    assert fresh.status_code == 503
+    t.join()
+    assert slow["r"].status_code == 200 and slow["r"].text.strip() == "done", slow["r"].text
+    assert time.time() - started >= 3
+
+    # Hostile clients: oversized heads are refused, a client that never finishes its head is
+    # cut off after the idle timeout.
+    big = requests.get(f"{base}/", headers={"X-Big": "a" * 100_000}, timeout=5)
+    assert big.status_code == 431, big.status_code
+    elb.modify_load_balancer_attributes(LoadBalancerArn=lb["LoadBalancerArn"], Attributes=[
+        {"Key": "idle_timeout.timeout_seconds", "Value": "2"}])
+    time.sleep(0.5)
+    c = socket.create_connection((socket.gethostbyname(lb["DNSName"]), 80), timeout=10)
+    c.sendall(b"GET / HTTP/1.1\r\nHost: slowloris\r\n")
+    t0 = time.time()
+    rest = c.recv(1024)  # the server closes (or answers 408) instead of waiting forever
+    assert time.time() - t0 < 8 and (rest == b"" or rest.startswith(b"HTTP/1.1 408")), rest
+    c.close()
+
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    for tg in (heavy, light):
+        elb.delete_target_group(TargetGroupArn=tg)
+    for arn in arns:
+        ecs.stop_task(cluster="default", task=arn)
+
+
+def test_malformed_query_requests_are_refused_in_query_xml(gantry):
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+    from conftest import SECRET
+
+    def send(body):
+        req = botocore.awsrequest.AWSRequest(method="POST", url=gantry.endpoint, data=body,
+                                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+        botocore.auth.SigV4Auth(botocore.credentials.Credentials(KEY, SECRET), "elasticloadbalancing",
+                                "us-east-1").add_auth(req)
+        return requests.post(gantry.endpoint, data=req.body, headers=dict(req.headers))
+
+    r = send("Action=DescribeLoadBalancers&Version=2015-12-01&Names.member.1=a&Names.member.1=b")
+    assert r.status_code == 400 and "<Code>MalformedQueryString</Code>" in r.text, r.text
+    r = send("Action=DescribeLoadBalancers&Version=2012-06-01")
+    assert r.status_code == 400 and "<Code>NoSuchVersion</Code>" in r.text, r.text
+    r = send("Action=CreateTargetGroup&Version=2015-12-01&Name=x&Port=eighty&Bogus=1")
+    assert r.status_code == 400 and "<Code>ValidationError</Code>" in r.text
+    assert "Parameter &apos;Bogus&apos; is not recognized" in r.text and "Member must be an integer" in r.text, r.text

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// Largest request head (request line and headers) accepted from a client.
+const MAX_HEAD: usize = 64 * 1024;
+
 fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into()).map_err(|never| match never {}).boxed()
 }
@@ -65,10 +68,14 @@ pub async fn serve(
             let Some(view) = shared.listener(local) else { return };
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let idle = Duration::from_secs(view.lb_attribute("idle_timeout.timeout_seconds").parse().unwrap_or(60));
+            // Bounded request heads (ALB allows 64 KB of headers) and a bounded wait for them,
+            // so slow or oversized clients cost a fixed amount.
             builder
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(idle);
+                .header_read_timeout(idle)
+                .max_buf_size(MAX_HEAD);
+            builder.http2().max_header_list_size(MAX_HEAD as u32);
             if view.lb_attribute("routing.http2.enabled") == "false" {
                 builder = builder.http1_only();
             }

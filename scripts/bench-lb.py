@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""The load balancer data plane against nginx, same backend, same machine, same run.
+
+A backend nginx serves a small response inside a network namespace this script makes (a veth
+pair on 10.254.N.0/30, so the backend is a private address, as a task's is). Three paths are
+loaded with wrk, in alternating order, several rounds:
+  direct   wrk -> backend
+  nginx    wrk -> nginx reverse proxy (proxy_pass, upstream keepalive) -> backend
+  gantry   wrk -> a Gantry application load balancer (gantry dev, release build) -> backend
+Reported: requests/s and latency p50/p90/p99 (medians over rounds), and Gantry's ratios to
+nginx. wrk's own client runs on the same two cores: compare the ratios, not the numbers.
+
+Usage (root, after `cargo build --release --workspace`; installs nginx-light and wrk from
+Debian if missing, without starting Debian's own nginx):
+    .venv/bin/python scripts/bench-lb.py [--rounds 5] [--seconds 5] [--connections 32]
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchlib import conftest  # noqa: E402
+
+NS = f"gbench{os.getpid() % 10000}"
+NET = f"10.254.{os.getpid() % 250}"
+HOST_IF, NS_IF = f"gbh{os.getpid() % 10000}", f"gbn{os.getpid() % 10000}"
+BACKEND = f"{NET}.2"
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+
+
+def install():
+    missing = [p for p, b in (("nginx-light", "nginx"), ("wrk", "wrk")) if not shutil.which(b)]
+    if not missing:
+        return
+    # Debian would start its own nginx on port 80: forbid service starts while installing.
+    with open("/usr/sbin/policy-rc.d", "w") as f:
+        f.write("#!/bin/sh\nexit 101\n")
+    os.chmod("/usr/sbin/policy-rc.d", 0o755)
+    try:
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    finally:
+        os.remove("/usr/sbin/policy-rc.d")
+
+
+def nginx_conf(d, name, server):
+    conf = os.path.join(d, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes auto;
+pid {d}/{name}.pid;
+error_log {d}/{name}.err;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/{name}-body; proxy_temp_path {d}/{name}-proxy;
+  fastcgi_temp_path {d}/{name}-fcgi; uwsgi_temp_path {d}/{name}-uwsgi; scgi_temp_path {d}/{name}-scgi;
+  {server}
+}}
+""")
+    return conf
+
+
+def start_backend(d):
+    sh("ip", "netns", "add", NS)
+    sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
+    sh("ip", "link", "set", NS_IF, "netns", NS)
+    sh("ip", "addr", "add", f"{NET}.1/30", "dev", HOST_IF)
+    sh("ip", "link", "set", HOST_IF, "up")
+    sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{BACKEND}/30", "dev", NS_IF)
+    sh("ip", "netns", "exec", NS, "ip", "link", "set", NS_IF, "up")
+    sh("ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up")
+    conf = nginx_conf(d, "backend", f"server {{ listen {BACKEND}:8080; keepalive_requests 100000; "
+                                    "location / { return 200 'hello from the backend\\n'; } }")
+    return subprocess.Popen(["ip", "netns", "exec", NS, "nginx", "-c", conf, "-g", "daemon off;"])
+
+
+def start_nginx_proxy(d, port):
+    conf = nginx_conf(d, "proxy", f"upstream b {{ server {BACKEND}:8080; keepalive 64; }} "
+                                  f"server {{ listen 127.0.0.1:{port}; keepalive_requests 100000; location / {{ "
+                                  "proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ''; "
+                                  "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; } }")
+    return subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"])
+
+
+def gantry_lb(g):
+    elb = g.client("elbv2")
+    tg = elb.create_target_group(Name="bench", Protocol="HTTP", Port=8080, TargetType="ip",
+                                 HealthCheckIntervalSeconds=5)["TargetGroups"][0]["TargetGroupArn"]
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": BACKEND}])
+    lb = elb.create_load_balancer(Name="bench", Subnets=["subnet-a"])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        h = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+        if h and h[0]["TargetHealth"]["State"] == "healthy":
+            return lb["DNSName"]
+        time.sleep(0.2)
+    raise SystemExit("the backend never became healthy behind the Gantry load balancer")
+
+
+def wait_http(url):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if subprocess.run(["wrk", "-t1", "-c1", "-d1s", url], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{url} does not answer")
+
+
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url, seconds, connections):
+    out = sh("wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if errors:
+        raise SystemExit(f"{url}: errors under load: {errors.group(0)}")
+    return rps, lat
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=32)
+    a = ap.parse_args()
+    assert os.geteuid() == 0, "run as root"
+    install()
+    d = tempfile.mkdtemp(prefix="gantry-bench-lb-")
+    procs, g = [], None
+    try:
+        procs.append(start_backend(d))
+        port = conftest.free_port()
+        procs.append(start_nginx_proxy(d, port))
+        g = conftest.Gantry(instance=40)
+        g.start()
+        paths = {"direct": f"http://{BACKEND}:8080/", "nginx": f"http://127.0.0.1:{port}/",
+                 "gantry": f"http://{gantry_lb(g)}/"}
+        for url in paths.values():
+            wait_http(url)
+        results = {k: [] for k in paths}
+        order = list(paths)
+        for r in range(a.rounds):
+            for name in (order if r % 2 == 0 else reversed(order)):
+                results[name].append(wrk(paths[name], a.seconds, a.connections))
+        print(f"wrk -t1 -c{a.connections} -d{a.seconds}s, {a.rounds} rounds, medians over rounds")
+        med = {}
+        for name, rs in results.items():
+            rps = statistics.median(r[0] for r in rs)
+            lat = {p: statistics.median(r[1][p] for r in rs) for p in ("50", "90", "99")}
+            med[name] = (rps, lat)
+            print(f"{name:<8} {rps:>9.0f} req/s   p50 {lat['50']:7.2f} ms   p90 {lat['90']:7.2f} ms   p99 {lat['99']:7.2f} ms")
+        (g_rps, g_lat), (n_rps, n_lat) = med["gantry"], med["nginx"]
+        print(f"gantry/nginx: throughput {g_rps / n_rps:.2f}x, p50 {g_lat['50'] / n_lat['50']:.2f}x, "
+              f"p90 {g_lat['90'] / n_lat['90']:.2f}x, p99 {g_lat['99'] / n_lat['99']:.2f}x")
+    finally:
+        if g:
+            g.cleanup()
+        for p in procs:
+            p.send_signal(signal.SIGQUIT)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(["ip", "link", "del", HOST_IF], capture_output=True)
+        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
