@@ -95,7 +95,7 @@ def start_nginx_proxy(d, port):
 def gantry_lb(g):
     elb = g.client("elbv2")
     tg = elb.create_target_group(Name="bench", Protocol="HTTP", Port=8080, TargetType="ip",
-                                 HealthCheckIntervalSeconds=5)["TargetGroups"][0]["TargetGroupArn"]
+                                 HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2)["TargetGroups"][0]["TargetGroupArn"]
     elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": BACKEND}])
     lb = elb.create_load_balancer(Name="bench", Subnets=["subnet-a"])["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
@@ -136,6 +136,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--perf", help="also record a perf profile of gantry during one round into this file")
     a = ap.parse_args()
     assert os.geteuid() == 0, "run as root"
     install()
@@ -151,6 +152,11 @@ def main():
                  "gantry": f"http://{gantry_lb(g)}/"}
         for url in paths.values():
             wait_http(url)
+        if a.perf:
+            rec = subprocess.Popen(["perf", "record", "-g", "-o", a.perf, "-p", str(g.proc.pid), "--", "sleep",
+                                    str(a.seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wrk(paths["gantry"], a.seconds, a.connections)
+            rec.wait()
         results = {k: [] for k in paths}
         order = list(paths)
         for r in range(a.rounds):

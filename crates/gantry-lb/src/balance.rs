@@ -22,17 +22,42 @@ struct GroupCounters {
     outstanding: Mutex<HashMap<SocketAddr, usize>>,
 }
 
-/// A chosen target; dropping it ends its outstanding request.
+/// A chosen target; dropping it ends its outstanding request (counted only for groups that
+/// balance by outstanding requests).
 pub struct Pick {
     pub addr: SocketAddr,
-    counters: Arc<GroupCounters>,
+    counters: Option<Arc<GroupCounters>>,
 }
 
 impl Drop for Pick {
     fn drop(&mut self) {
-        let mut o = self.counters.outstanding.lock().expect("not poisoned");
+        let Some(c) = &self.counters else { return };
+        let mut o = c.outstanding.lock().expect("not poisoned");
         if let Some(n) = o.get_mut(&self.addr) {
             *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// A group as the balancer uses it, worked out once per configuration reload rather than per
+/// request: the addresses that may take new requests and how to choose among them.
+pub struct Pool {
+    pub view: GroupView,
+    pub addrs: Vec<SocketAddr>,
+    pub least_outstanding: bool,
+}
+
+impl Pool {
+    pub fn new(view: GroupView) -> Pool {
+        let addrs = eligible(&view)
+            .iter()
+            .filter_map(|t| Some(SocketAddr::new(t.id.parse().ok()?, u16::try_from(t.port).ok()?)))
+            .collect();
+        let least_outstanding = view.attribute("load_balancing.algorithm.type") == "least_outstanding_requests";
+        Pool {
+            view,
+            addrs,
+            least_outstanding,
         }
     }
 }
@@ -80,38 +105,38 @@ impl Balancer {
     }
 
     /// A target of the group for one request, or None when it has no registered targets.
-    pub fn choose_target(&self, g: &GroupView) -> Option<Pick> {
-        let targets = eligible(g);
-        if targets.is_empty() {
-            return None;
-        }
-        let counters = self
-            .groups
-            .lock()
-            .expect("not poisoned")
-            .entry(g.group.target_group_arn.clone())
-            .or_default()
-            .clone();
-        let addrs: Vec<SocketAddr> = targets
-            .iter()
-            .filter_map(|t| Some(SocketAddr::new(t.id.parse().ok()?, u16::try_from(t.port).ok()?)))
-            .collect();
+    pub fn choose_target(&self, g: &Pool) -> Option<Pick> {
+        let addrs = &g.addrs;
         if addrs.is_empty() {
             return None;
         }
+        let counters = self.counters(&g.view.group.target_group_arn);
         let start = counters.next.fetch_add(1, Ordering::Relaxed);
+        if !g.least_outstanding {
+            return Some(Pick {
+                addr: addrs[start % addrs.len()],
+                counters: None,
+            });
+        }
         let mut outstanding = counters.outstanding.lock().expect("not poisoned");
-        let addr = if g.attribute("load_balancing.algorithm.type") == "least_outstanding_requests" {
-            // Fewest in flight; ties broken by rotation so equal targets share the load.
-            (0..addrs.len())
-                .map(|i| addrs[(start + i) % addrs.len()])
-                .min_by_key(|a| outstanding.get(a).copied().unwrap_or(0))
-                .expect("not empty")
-        } else {
-            addrs[start % addrs.len()]
-        };
+        // Fewest in flight; ties broken by rotation so equal targets share the load.
+        let addr = (0..addrs.len())
+            .map(|i| addrs[(start + i) % addrs.len()])
+            .min_by_key(|a| outstanding.get(a).copied().unwrap_or(0))
+            .expect("not empty");
         *outstanding.entry(addr).or_default() += 1;
         drop(outstanding);
-        Some(Pick { addr, counters })
+        Some(Pick {
+            addr,
+            counters: Some(counters),
+        })
+    }
+
+    fn counters(&self, arn: &str) -> Arc<GroupCounters> {
+        let mut groups = self.groups.lock().expect("not poisoned");
+        if let Some(c) = groups.get(arn) {
+            return c.clone();
+        }
+        groups.entry(arn.to_string()).or_default().clone()
     }
 }

@@ -140,9 +140,10 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
     let mut in_flight = std::collections::HashSet::new();
     loop {
         let now = Instant::now();
-        let groups = shared.groups_in_use();
+        let pools = shared.groups_in_use();
+        let groups: Vec<&GroupView> = pools.iter().map(|p| &p.view).collect();
         let mut live = std::collections::HashSet::new();
-        for g in &groups {
+        for g in groups.iter().copied() {
             if !g.group.health_check_enabled {
                 continue;
             }

@@ -3,9 +3,9 @@
 //! over HTTP/1.1 to a target with X-Forwarded-For/Proto/Port, as ALB does.
 
 use crate::matching::{route, Facts};
+use crate::settings::{Served, Xff};
 use crate::Shared;
 use bytes::Bytes;
-use gantry_control::elb::ListenerView;
 use gantry_types::elbv2::{Action, FixedResponseConfig, RedirectConfig};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
@@ -65,22 +65,21 @@ pub async fn serve(
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let Some(view) = shared.listener(local) else { return };
+            let Some(served) = shared.listener(local) else { return };
+            let s = &served.settings;
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let idle = Duration::from_secs(view.lb_attribute("idle_timeout.timeout_seconds").parse().unwrap_or(60));
             // Bounded request heads (ALB allows 64 KB of headers) and a bounded wait for them,
             // so slow or oversized clients cost a fixed amount.
             builder
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(idle)
+                .header_read_timeout(s.idle_timeout)
                 .max_buf_size(MAX_HEAD);
             builder.http2().max_header_list_size(MAX_HEAD as u32);
-            if view.lb_attribute("routing.http2.enabled") == "false" {
+            if !s.http2 {
                 builder = builder.http1_only();
             }
-            let keep_alive =
-                Duration::from_secs(view.lb_attribute("client_keep_alive.seconds").parse().unwrap_or(3600));
+            let keep_alive = s.client_keep_alive;
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&shared, local, peer, req).await) }
@@ -100,7 +99,7 @@ pub async fn serve(
 }
 
 async fn handle(shared: &Shared, local: SocketAddr, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let Some(view) = shared.listener(local) else {
+    let Some(served) = shared.listener(local) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
     let host = req
@@ -118,13 +117,13 @@ async fn handle(shared: &Shared, local: SocketAddr, peer: SocketAddr, req: Reque
         headers: req.headers(),
         source: peer.ip(),
     };
-    let Some(action) = route(&view, &facts).first().cloned() else {
+    let Some(action) = route(&served.view, &facts).first().cloned() else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
     match action.kind.as_str() {
         "fixed-response" => fixed(action.fixed_response_config.as_ref()),
         "redirect" => redirect(action.redirect_config.as_ref(), &host, local.port(), req.uri()),
-        "forward" => forward(shared, &view, &action, peer, host, req).await,
+        "forward" => forward(shared, &served, &action, peer, host, req).await,
         _ => error_page(StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
@@ -223,18 +222,18 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
 }
 
 /// X-Forwarded-* and the Host header as the load balancer's attributes say.
-fn forwarded_headers(view: &ListenerView, h: &mut hyper::HeaderMap, peer: SocketAddr, host: &str, port: u16) {
-    let client = if view.lb_attribute("routing.http.xff_client_port.enabled") == "true" {
+fn forwarded_headers(s: &crate::settings::Settings, h: &mut hyper::HeaderMap, peer: SocketAddr, host: &str, port: u16) {
+    let client = if s.xff_client_port {
         peer.to_string()
     } else {
         peer.ip().to_string()
     };
-    match view.lb_attribute("routing.http.xff_header_processing.mode").as_str() {
-        "remove" => {
+    match s.xff {
+        Xff::Remove => {
             h.remove("x-forwarded-for");
         }
-        "preserve" => {}
-        _ => {
+        Xff::Preserve => {}
+        Xff::Append => {
             let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(prev) => format!("{prev}, {client}"),
                 None => client,
@@ -246,7 +245,7 @@ fn forwarded_headers(view: &ListenerView, h: &mut hyper::HeaderMap, peer: Socket
     }
     h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     h.insert("x-forwarded-port", HeaderValue::from(port));
-    if view.lb_attribute("routing.http.preserve_host_header.enabled") != "true" {
+    if !s.preserve_host {
         // Without preservation, the Host header's port is the listener's.
         if let Some((name, p)) = host.rsplit_once(':') {
             if p.parse::<u16>().is_ok_and(|p| p != port) {
@@ -256,7 +255,7 @@ fn forwarded_headers(view: &ListenerView, h: &mut hyper::HeaderMap, peer: Socket
             }
         }
     }
-    if view.lb_attribute("routing.http.drop_invalid_header_fields.enabled") == "true" {
+    if s.drop_invalid_headers {
         let invalid: Vec<HeaderName> = h
             .keys()
             .filter(|k| !k.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
@@ -270,7 +269,7 @@ fn forwarded_headers(view: &ListenerView, h: &mut hyper::HeaderMap, peer: Socket
 
 async fn forward(
     shared: &Shared,
-    view: &ListenerView,
+    served: &Served,
     action: &Action,
     peer: SocketAddr,
     host: String,
@@ -295,8 +294,14 @@ async fn forward(
         }
     }
     strip_hop_by_hop(&mut parts.headers);
-    forwarded_headers(view, &mut parts.headers, peer, &host, view.listener.port as u16);
-    let idle = Duration::from_secs(view.lb_attribute("idle_timeout.timeout_seconds").parse().unwrap_or(60));
+    forwarded_headers(
+        &served.settings,
+        &mut parts.headers,
+        peer,
+        &host,
+        served.view.listener.port as u16,
+    );
+    let idle = served.settings.idle_timeout;
     let sent = tokio::time::timeout(idle, shared.client.request(Request::from_parts(parts, body))).await;
     let resp = match sent {
         Ok(Ok(r)) => r,

@@ -12,14 +12,17 @@ mod health;
 pub mod hosts;
 mod http;
 mod matching;
+mod settings;
 mod tcp;
 
 pub use matching::wildcard;
 
-use gantry_control::elb::{forwarded_groups, Elb, GroupView, ListenerView, View};
+use balance::Pool;
+use gantry_control::elb::{forwarded_groups, Elb, View};
 use gantry_store::Store;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use settings::Served;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,8 +46,8 @@ pub struct Shared {
 
 #[derive(Default)]
 struct Snapshot {
-    listeners: HashMap<SocketAddr, Arc<ListenerView>>,
-    groups: HashMap<String, Arc<GroupView>>,
+    listeners: HashMap<SocketAddr, Arc<Served>>,
+    groups: HashMap<String, Arc<Pool>>,
 }
 
 impl Snapshot {
@@ -53,9 +56,18 @@ impl Snapshot {
             listeners: view
                 .listeners
                 .into_iter()
-                .map(|l| (SocketAddr::new(l.address.into(), l.listener.port as u16), Arc::new(l)))
+                .map(|l| {
+                    (
+                        SocketAddr::new(l.address.into(), l.listener.port as u16),
+                        Arc::new(Served::new(l)),
+                    )
+                })
                 .collect(),
-            groups: view.groups.into_iter().map(|(k, g)| (k, Arc::new(g))).collect(),
+            groups: view
+                .groups
+                .into_iter()
+                .map(|(k, g)| (k, Arc::new(Pool::new(g))))
+                .collect(),
         }
     }
 }
@@ -65,21 +77,22 @@ impl Shared {
         self.view.read().expect("not poisoned").clone()
     }
 
-    fn listener(&self, local: SocketAddr) -> Option<Arc<ListenerView>> {
+    fn listener(&self, local: SocketAddr) -> Option<Arc<Served>> {
         self.current().listeners.get(&local).cloned()
     }
 
-    fn group(&self, arn: &str) -> Option<Arc<GroupView>> {
+    fn group(&self, arn: &str) -> Option<Arc<Pool>> {
         self.current().groups.get(arn).cloned()
     }
 
     /// Groups some listener or rule forwards to: the ones worth health checking.
-    fn groups_in_use(&self) -> Vec<Arc<GroupView>> {
+    fn groups_in_use(&self) -> Vec<Arc<Pool>> {
         let snap = self.current();
         let used: BTreeSet<String> = snap
             .listeners
             .values()
             .flat_map(|l| {
+                let l = &l.view;
                 let mut g = forwarded_groups(l.default_actions());
                 for r in &l.rules {
                     g.extend(forwarded_groups(&r.actions));
@@ -164,13 +177,14 @@ async fn reconcile(shared: &Arc<Shared>, bound: &mut HashMap<SocketAddr, Bound>)
         let keep = snap
             .listeners
             .get(addr)
-            .is_some_and(|l| l.listener.protocol == b.protocol);
+            .is_some_and(|l| l.view.listener.protocol == b.protocol);
         if !keep {
             let _ = b.stop.send(true);
         }
         keep
     });
-    for (addr, l) in &snap.listeners {
+    for (addr, served) in &snap.listeners {
+        let l = &served.view;
         if bound.contains_key(addr) {
             continue;
         }

@@ -28,7 +28,7 @@ pub async fn serve(
         let shared = shared.clone();
         tokio::spawn(async move {
             let Some(view) = shared.listener(local) else { return };
-            let Some(action) = view.default_actions().first() else {
+            let Some(action) = view.view.default_actions().first() else {
                 return;
             };
             let Some(group) = shared.balancer.choose_group(action).and_then(|arn| shared.group(arn)) else {
