@@ -64,6 +64,7 @@ pub async fn serve(
             _ = stop.changed() => return,
         };
         let shared = shared.clone();
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let Some(served) = shared.listener(local) else { return };
             let s = &served.settings;
@@ -302,7 +303,7 @@ async fn forward(
         served.view.listener.port as u16,
     );
     let idle = served.settings.idle_timeout;
-    let sent = tokio::time::timeout(idle, shared.client.request(Request::from_parts(parts, body))).await;
+    let sent = tokio::time::timeout(idle, crate::workers::client().request(Request::from_parts(parts, body))).await;
     let resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {

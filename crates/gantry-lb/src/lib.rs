@@ -14,14 +14,13 @@ mod http;
 mod matching;
 mod settings;
 mod tcp;
+mod workers;
 
 pub use matching::wildcard;
 
 use balance::Pool;
 use gantry_control::elb::{forwarded_groups, Elb, View};
 use gantry_store::Store;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use settings::Served;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -40,7 +39,6 @@ pub struct Options {
 pub struct Shared {
     view: RwLock<Arc<Snapshot>>,
     balancer: balance::Balancer,
-    client: Client<HttpConnector, hyper::body::Incoming>,
     elb: Elb,
 }
 
@@ -115,9 +113,15 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
     let shared = Arc::new(Shared {
         view: RwLock::new(Arc::new(Snapshot::default())),
         balancer: balance::Balancer::default(),
-        client: Client::builder(TokioExecutor::new()).build_http(),
         elb: elb.clone(),
     });
+    let workers = match workers::Workers::start() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "starting the load balancer workers");
+            return;
+        }
+    };
     tokio::spawn(health::run(shared.clone(), stop.clone()));
     let mut bound: HashMap<SocketAddr, Bound> = HashMap::new();
     let mut hosts_written: Option<Vec<(std::net::Ipv4Addr, String)>> = None;
@@ -135,7 +139,7 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         let revision = view.revision;
         let names = dns_entries(&view);
         *shared.view.write().expect("not poisoned") = Arc::new(Snapshot::from(view));
-        reconcile(&shared, &mut bound).await;
+        reconcile(&shared, &workers, &mut bound);
         if let Some(path) = &opts.hosts_file {
             if hosts_written.as_ref() != Some(&names) {
                 match hosts::sync(path, &opts.tag, &names) {
@@ -170,8 +174,9 @@ fn dns_entries(view: &View) -> Vec<(std::net::Ipv4Addr, String)> {
     names
 }
 
-/// Binds listeners that are new, stops those that are gone (their open connections finish).
-async fn reconcile(shared: &Arc<Shared>, bound: &mut HashMap<SocketAddr, Bound>) {
+/// Binds listeners that are new (one socket per worker), stops those that are gone (their
+/// open connections finish).
+fn reconcile(shared: &Arc<Shared>, workers: &workers::Workers, bound: &mut HashMap<SocketAddr, Bound>) {
     let snap = shared.current();
     bound.retain(|addr, b| {
         let keep = snap
@@ -188,7 +193,10 @@ async fn reconcile(shared: &Arc<Shared>, bound: &mut HashMap<SocketAddr, Bound>)
         if bound.contains_key(addr) {
             continue;
         }
-        let socket = match tokio::net::TcpListener::bind(addr).await {
+        let sockets: std::io::Result<Vec<std::net::TcpListener>> = (0..workers.count())
+            .map(|_| workers::reuseport_listener(*addr))
+            .collect();
+        let sockets = match sockets {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(%addr, error = %e, load_balancer = %l.load_balancer.load_balancer_name, "cannot listen");
@@ -196,10 +204,23 @@ async fn reconcile(shared: &Arc<Shared>, bound: &mut HashMap<SocketAddr, Bound>)
             }
         };
         let (tx, rx) = tokio::sync::watch::channel(false);
-        if l.listener.protocol == "TCP" {
-            tokio::spawn(tcp::serve(socket, shared.clone(), rx));
-        } else {
-            tokio::spawn(http::serve(socket, shared.clone(), rx));
+        let tcp = l.listener.protocol == "TCP";
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let (shared, rx) = (shared.clone(), rx.clone());
+            workers.run(
+                i,
+                Box::new(move || {
+                    let socket = match tokio::net::TcpListener::from_std(socket) {
+                        Ok(s) => s,
+                        Err(e) => return tracing::error!(error = %e, "registering a listener"),
+                    };
+                    if tcp {
+                        tokio::spawn(tcp::serve(socket, shared, rx));
+                    } else {
+                        tokio::spawn(http::serve(socket, shared, rx));
+                    }
+                }),
+            );
         }
         bound.insert(
             *addr,

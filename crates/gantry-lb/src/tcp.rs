@@ -43,6 +43,7 @@ pub async fn serve(
             else {
                 return;
             };
+            let _ = (client.set_nodelay(true), target.set_nodelay(true));
             let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
             drop(pick);
         });
