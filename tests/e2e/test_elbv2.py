@@ -509,3 +509,124 @@ def test_malformed_query_requests_are_refused_in_query_xml(gantry):
     r = send("Action=CreateTargetGroup&Version=2015-12-01&Name=x&Port=eighty&Bogus=1")
     assert r.status_code == 400 and "<Code>ValidationError</Code>" in r.text
     assert "Parameter &apos;Bogus&apos; is not recognized" in r.text and "Member must be an integer" in r.text, r.text
+
+
+def rule_weights(elb, rule):
+    action = elb.describe_rules(RuleArns=[rule])["Rules"][0]["Actions"][0]
+    return {g["TargetGroupArn"]: g["Weight"] for g in action["ForwardConfig"]["TargetGroups"]}
+
+
+def test_blue_green_shifts_production_traffic_and_rolls_back(gantry, elb, ecs):
+    import threading
+    import time
+    from conftest import NETWORK, register
+    ecs.create_cluster(clusterName="default")
+    web = {"name": "web", "portMappings": [{"containerPort": 8080}]}
+    defs = {c: register(ecs, "lb-bg", [dict(web, command=["sh", "-c", SERVE.format(colour=c)])])["taskDefinitionArn"]
+            for c in ("one", "two")}
+    # A release whose tasks never pass their health check (no /health).
+    broken = SERVE.format(colour="broken").replace("echo ok > /tmp/w/health; ", "")
+    defs["broken"] = register(ecs, "lb-bg", [dict(web, command=["sh", "-c", broken])])["taskDefinitionArn"]
+    a, b = target_group(elb, "e2e-bg-a", HealthCheckPath="/health"), target_group(elb, "e2e-bg-b", HealthCheckPath="/health")
+    for tg in (a, b):
+        elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+            {"Key": "deregistration_delay.timeout_seconds", "Value": "2"}])
+    lb = elb.create_load_balancer(Name="e2e-bg", Subnets=["subnet-a"])["LoadBalancers"][0]
+    not_found = [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}]
+    prod = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                               DefaultActions=not_found)["Listeners"][0]["ListenerArn"]
+    test = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=8080,
+                               DefaultActions=not_found)["Listeners"][0]["ListenerArn"]
+    both = [{"Type": "forward", "ForwardConfig": {"TargetGroups": [{"TargetGroupArn": a, "Weight": 100},
+                                                                   {"TargetGroupArn": b, "Weight": 0}]}}]
+    everything = [{"Field": "path-pattern", "Values": ["/*"]}]
+    prod_rule = elb.create_rule(ListenerArn=prod, Priority=1, Conditions=everything, Actions=both)["Rules"][0]["RuleArn"]
+    test_rule = elb.create_rule(ListenerArn=test, Priority=1, Conditions=everything, Actions=both)["Rules"][0]["RuleArn"]
+    advanced = {"alternateTargetGroupArn": b, "productionListenerRule": prod_rule, "testListenerRule": test_rule,
+                "roleArn": "arn:aws:iam::123456789012:role/ecsInfrastructure"}
+    lbs = [{"targetGroupArn": a, "containerName": "web", "containerPort": 8080, "advancedConfiguration": advanced}]
+    config = {"strategy": "BLUE_GREEN", "bakeTimeInMinutes": 0,
+              "deploymentCircuitBreaker": {"enable": True, "rollback": True,
+                                           "thresholdConfiguration": {"type": "COUNT", "value": 1}}}
+    with pytest.raises(botocore.exceptions.ClientError, match="needs advancedConfiguration"):
+        ecs.create_service(cluster="default", serviceName="bg", taskDefinition=defs["one"], desiredCount=2,
+                           networkConfiguration=NETWORK, launchType="FARGATE", deploymentConfiguration=config,
+                           loadBalancers=[{k: v for k, v in lbs[0].items() if k != "advancedConfiguration"}])
+    with pytest.raises(botocore.exceptions.ClientError, match="Lambda"):
+        ecs.create_service(cluster="default", serviceName="bg", taskDefinition=defs["one"], desiredCount=2,
+                           networkConfiguration=NETWORK, launchType="FARGATE", loadBalancers=lbs,
+                           deploymentConfiguration=dict(config, lifecycleHooks=[{
+                               "hookTargetArn": "arn:aws:lambda:us-east-1:123456789012:function:f",
+                               "roleArn": "arn:aws:iam::123456789012:role/r", "lifecycleStages": ["POST_SCALE_UP"]}]))
+    ecs.create_service(cluster="default", serviceName="bg", taskDefinition=defs["one"], desiredCount=2,
+                       networkConfiguration=NETWORK, launchType="FARGATE", deploymentConfiguration=config,
+                       loadBalancers=lbs)
+    ecs.get_waiter("services_stable").wait(cluster="default", services=["bg"], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    wait_health(elb, a, "healthy", 2)
+    assert rule_weights(elb, prod_rule) == {a: 100, b: 0}
+    url = f"http://{lb['DNSName']}/"
+
+    def deploy(td, until):
+        seen, bad, stop = [], [], threading.Event()
+
+        def load():
+            s = requests.Session()
+            deadline = time.time() + 90
+            while not stop.is_set() and time.time() < deadline:
+                try:
+                    r = s.get(url, timeout=5)
+                    seen.append(r.text.split()[0] if r.status_code == 200 else r.status_code)
+                    if r.status_code != 200:
+                        bad.append(r.status_code)
+                except requests.RequestException as e:
+                    bad.append(repr(e))
+        thread = threading.Thread(target=load)
+        thread.start()
+        try:
+            ecs.update_service(cluster="default", service="bg", taskDefinition=td)
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                svc = ecs.describe_services(cluster="default", services=["bg"])["services"][0]
+                if until(svc):
+                    break
+                time.sleep(0.5)
+            time.sleep(1)
+        finally:
+            stop.set()
+            thread.join()
+        return svc, seen, bad
+
+    def completed(svc):
+        return [d["rolloutState"] for d in svc["deployments"]] == ["COMPLETED"] and svc["runningCount"] == 2
+
+    # Blue (A, "one") to green (B, "two"): all production traffic moves at once, nothing fails.
+    svc, seen, bad = deploy(defs["two"], completed)
+    assert completed(svc), svc["deployments"]
+    assert bad == [] and seen[0] == "one" and seen[-1] == "two", (bad[:3], seen[:2], seen[-2:])
+    switch = seen.index("two")
+    assert "one" not in seen[switch:], "traffic moved once, not back and forth"
+    assert rule_weights(elb, prod_rule) == {a: 0, b: 100}
+    wait_health(elb, b, "healthy", 2)
+    assert elb.describe_target_health(TargetGroupArn=a)["TargetHealthDescriptions"] == []
+    messages = [e["message"] for e in svc["events"]]
+    assert any("shifted 100% of production traffic" in m for m in messages), messages
+
+    # A broken release: its tasks fail their checks in the other group, the circuit breaker
+    # rolls back, and production never leaves the running release.
+    def rolled_back(svc):
+        return svc["taskDefinition"] == defs["two"] and any(d["rolloutState"] == "FAILED" for d in svc["deployments"])
+    svc, seen, bad = deploy(defs["broken"], rolled_back)
+    assert rolled_back(svc), svc["deployments"]
+    assert bad == [] and set(seen) == {"two"}, (bad[:3], set(seen))
+    assert rule_weights(elb, prod_rule) == {a: 0, b: 100}
+    messages = [e["message"] for e in svc["events"]]
+    assert any("rolling back to deployment" in m for m in messages), messages
+
+    ecs.delete_service(cluster="default", service="bg", force=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and any(elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+                                         for tg in (a, b)):
+        time.sleep(0.5)
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    for tg in (a, b):
+        elb.delete_target_group(TargetGroupArn=tg)

@@ -20,6 +20,7 @@ pub mod service_lb;
 pub mod services;
 mod taskdefs;
 pub mod tasks;
+pub mod traffic_shift;
 
 pub use run_task::RunTaskRequest;
 pub use tasks::{ListTasks, TaskRecord, TaskSpecContainer, TASKS_PREFIX};

@@ -215,10 +215,26 @@ impl Control {
         // Load balancing: the service's target groups as they are now, and the tasks waiting
         // for their connections to drain before they are stopped.
         let lbs = crate::service_lb::parse(&rec.service.load_balancers);
+        // Blue/green, linear and canary: a new primary beside live tasks of an older
+        // deployment starts shifting traffic (see traffic_shift).
+        let config = rec.service.deployment_configuration.clone();
+        let shifts = crate::traffic_shift::strategy(&config) != "ROLLING" && lbs.iter().any(|l| l.alternate.is_some());
+        let primary_dep = primary.as_ref().map(|d| d.id.clone()).unwrap_or_default();
+        let older_live = tasks
+            .iter()
+            .any(|t| t.task.last_status != "STOPPED" && deployment_of(t) != primary_dep);
+        let mut shift = rec
+            .traffic_shift
+            .clone()
+            .filter(|s| shifts && s.deployment == primary_dep);
+        if shifts && shift.is_none() && older_live && rec.service.status == "ACTIVE" {
+            shift = Some(crate::traffic_shift::TrafficShift::start(&primary_dep, now));
+        }
         let mut lb = if lbs.is_empty() && rec.lb_registered.is_empty() {
             None
         } else {
-            Some(self.lb_pass(&scope, lbs).await)
+            let green = shift.as_ref().map(|s| s.deployment.clone());
+            Some(self.lb_pass(&scope, lbs, green, rec.blue_is_alternate).await)
         };
         let mut deregistering = rec.deregistering.clone();
         let mut elb_failures = HashMap::new();
@@ -226,10 +242,12 @@ impl Control {
         // Classify live tasks.
         let mut views = Vec::new();
         let mut stopping = 0u32;
+        let mut stopping_primary = 0u32;
         let mut healthy_deps = std::collections::BTreeSet::new();
         for t in tasks.iter().filter(|t| t.task.last_status != "STOPPED") {
             if t.task.desired_status == "STOPPED" || deregistering.contains_key(&t.task.task_arn) {
                 stopping += 1;
+                stopping_primary += u32::from(deployment_of(t) == primary_dep);
                 continue;
             }
             let in_grace = t.task.started_at.is_some_and(|s| now - s < grace);
@@ -247,7 +265,7 @@ impl Control {
             // Behind a load balancer a task is healthy once its targets are too.
             let health = match &lb {
                 Some(p) if health != TaskHealth::Pending && !p.lbs.is_empty() => {
-                    let (targets, failing) = crate::service_lb::target_health(t, &p.lbs, &p.groups, now, in_grace);
+                    let (targets, failing) = crate::service_lb::target_health(p, t, now, in_grace);
                     if let Some(f) = failing {
                         elb_failures.insert(t.task.task_arn.clone(), f);
                     }
@@ -317,6 +335,7 @@ impl Control {
 
         let mut events: Vec<String> = Vec::new();
         let mut new_primary: Option<Deployment> = None;
+        let mut rollback_to_blue: Option<Deployment> = None;
         let mut primary_failed_now = false;
         let mut launch_allowed = rec.service.status == "ACTIVE";
         let mut backoff_streak = 0;
@@ -340,7 +359,13 @@ impl Control {
                     "(service {name}) deployment {} deployment failed: tasks failed to start.",
                     p.id
                 ));
-                if breaker.rollback {
+                let blue = rec.service.deployments.iter().find(|d| d.status == "ACTIVE");
+                if let (true, true, Some(blue)) = (breaker.rollback, shift.is_some(), blue) {
+                    // Blue is still running and serving: traffic goes back to it.
+                    events.push(format!("(service {name}) rolling back to deployment {}.", blue.id));
+                    rollback_to_blue = Some(blue.clone());
+                    launch_allowed = true;
+                } else if breaker.rollback {
                     if let Some(done) = &rec.last_completed {
                         events.push(format!("(service {name}) rolling back to deployment {}.", done.id));
                         new_primary = Some(new_deployment(
@@ -367,20 +392,57 @@ impl Control {
         }
         let primary_id = new_primary
             .as_ref()
+            .or(rollback_to_blue.as_ref())
             .map(|d| d.id.clone())
             .or_else(|| primary.as_ref().map(|d| d.id.clone()))
             .unwrap_or_default();
+        if rollback_to_blue.is_some() {
+            shift = None;
+        }
 
-        let snap = Snapshot {
-            desired: rec.service.desired_count.max(0) as u32,
-            minimum_healthy_percent: rec.service.deployment_configuration.minimum_healthy_percent as u32,
-            maximum_percent: rec.service.deployment_configuration.maximum_percent as u32,
-            primary: primary_id.clone(),
-            launch_allowed,
-            tasks: views.clone(),
-            stopping,
+        // While traffic shifts, the planner only keeps green at its desired count: blue stays
+        // as it is until the shift's clean-up.
+        let snap = match &shift {
+            Some(_) => Snapshot {
+                desired: rec.service.desired_count.max(0) as u32,
+                minimum_healthy_percent: 0,
+                maximum_percent: 100,
+                primary: primary_id.clone(),
+                launch_allowed,
+                tasks: views.iter().filter(|v| v.deployment == primary_id).cloned().collect(),
+                stopping: stopping_primary,
+            },
+            None => Snapshot {
+                desired: rec.service.desired_count.max(0) as u32,
+                minimum_healthy_percent: rec.service.deployment_configuration.minimum_healthy_percent as u32,
+                maximum_percent: rec.service.deployment_configuration.maximum_percent as u32,
+                primary: primary_id.clone(),
+                launch_allowed,
+                tasks: views.clone(),
+                stopping,
+            },
         };
-        let plan = deploy::plan(&snap);
+        let mut plan = deploy::plan(&snap);
+        if let Some(s) = shift.as_mut() {
+            let green_healthy = views
+                .iter()
+                .filter(|v| v.deployment == primary_id && v.health == TaskHealth::Healthy)
+                .count() as i64;
+            let next = crate::traffic_shift::advance(&config, s, green_healthy == rec.service.desired_count, now);
+            if next.green_weight != s.green_weight {
+                events.push(format!(
+                    "(service {name}) deployment {} shifted {:.0}% of production traffic to its tasks.",
+                    s.deployment, next.green_weight
+                ));
+            }
+            *s = next;
+            if s.stage == "CLEAN_UP" {
+                // Blue has baked: its tasks go (through draining, like any replaced task).
+                for v in views.iter().filter(|v| v.deployment != primary_id) {
+                    plan.stop.push((v.arn.clone(), StopReason::Replaced));
+                }
+            }
+        }
 
         // Apply: stops first, then launches. A task behind a load balancer is deregistered
         // first and stopped once its connections have drained.
@@ -449,6 +511,10 @@ impl Control {
                     .collect();
                 let r = self.sync_targets(&scope, &name, p, &running, &rec.lb_registered).await;
                 events.append(&mut p.events);
+                if shifts {
+                    let green = shift.as_ref().map(|s| s.green_weight).unwrap_or(0.0);
+                    self.apply_weights(&scope, p, green, shift.is_some()).await;
+                }
                 Some(r)
             }
             None => None,
@@ -569,6 +635,14 @@ impl Control {
             if let Some(reg) = &registered {
                 r.lb_registered = reg.clone();
             }
+            // A finished shift swaps the groups' roles: green is the next deployment's blue.
+            r.traffic_shift = match &shift {
+                Some(s) if s.stage == "CLEAN_UP" && others_live == 0 => {
+                    r.blue_is_alternate = !r.blue_is_alternate;
+                    None
+                }
+                other => other.clone(),
+            };
             if let Some(n) = daemon_desired {
                 r.service.desired_count = n;
                 if let Some(p) = r.service.deployments.iter_mut().find(|d| d.status == "PRIMARY") {
@@ -600,6 +674,18 @@ impl Control {
             if let Some(np) = &new_primary {
                 r.service.task_definition = np.task_definition.clone();
                 r.service.deployments.insert(0, np.clone());
+            }
+            // A shifting deployment rolls back by making blue, still running, primary again.
+            if let Some(blue) = &rollback_to_blue {
+                for d in &mut r.service.deployments {
+                    if d.id == blue.id {
+                        d.status = "PRIMARY".into();
+                        d.updated_at = now;
+                    } else if d.status == "PRIMARY" {
+                        d.status = "ACTIVE".into();
+                    }
+                }
+                r.service.task_definition = blue.task_definition.clone();
             }
             r.service.running_count = count(None, true);
             r.service.pending_count = count(None, false);

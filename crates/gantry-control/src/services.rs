@@ -40,6 +40,12 @@ pub struct ServiceRecord {
     /// Targets the service registered, as "group ARN|ip:port".
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub lb_registered: std::collections::BTreeSet<String>,
+    /// A blue/green, linear or canary deployment moving traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_shift: Option<crate::traffic_shift::TrafficShift>,
+    /// Whether the current (blue) tasks are in the alternate target groups.
+    #[serde(default)]
+    pub blue_is_alternate: bool,
 }
 
 impl ServiceRecord {
@@ -175,6 +181,25 @@ pub fn new_deployment_id() -> String {
 }
 
 fn validate_config(c: &DeploymentConfiguration) -> Result<(), EcsError> {
+    if c.alarms.as_ref().is_some_and(|a| !a.is_null()) {
+        return Err(EcsError::invalid(
+            "deploymentConfiguration.alarms is not supported by Gantry yet: deployment alarms arrive with CloudWatch alarms.",
+        ));
+    }
+    if c.lifecycle_hooks
+        .as_ref()
+        .is_some_and(|h| h.as_array().is_none_or(|a| !a.is_empty()))
+    {
+        return Err(EcsError::invalid(
+            "deploymentConfiguration.lifecycleHooks call AWS Lambda functions, which Gantry does not have.",
+        ));
+    }
+    if c.early_success_criteria.as_ref().is_some_and(|e| !e.is_null()) {
+        return Err(EcsError::invalid(
+            "deploymentConfiguration.earlySuccessCriteria is not supported by Gantry.",
+        ));
+    }
+    crate::traffic_shift::validate(c)?;
     if !(0..=100).contains(&c.minimum_healthy_percent) {
         return Err(EcsError::invalid("minimumHealthyPercent must be between 0 and 100."));
     }
@@ -320,7 +345,10 @@ impl Control {
         }
         let network = service_network(&td.definition, req.network_configuration.as_ref())?;
         let load_balancers = match req.load_balancers.as_deref() {
-            Some(l) if !l.is_empty() => self.validate_load_balancers(scope, l, &td.definition).await?,
+            Some(l) if !l.is_empty() => {
+                self.validate_load_balancers(scope, l, &td.definition, crate::traffic_shift::strategy(&config))
+                    .await?
+            }
             _ => vec![],
         };
         let td_arn = td.definition["taskDefinitionArn"]
@@ -418,6 +446,8 @@ impl Control {
             client_token: req.client_token.clone(),
             deregistering: Default::default(),
             lb_registered: Default::default(),
+            traffic_shift: None,
+            blue_is_alternate: false,
         };
         match self
             .store
@@ -535,11 +565,20 @@ impl Control {
             }
         };
         // New load balancers, or the current ones checked against a new definition.
+        let config = req
+            .deployment_configuration
+            .clone()
+            .unwrap_or_else(|| current.service.deployment_configuration.clone());
+        let strategy = crate::traffic_shift::strategy(&config);
         let load_balancers = match (&req.load_balancers, &new_td) {
-            (Some(l), _) if !l.is_empty() => Some(self.validate_load_balancers(scope, l, &target.definition).await?),
+            (Some(l), _) if !l.is_empty() => Some(
+                self.validate_load_balancers(scope, l, &target.definition, strategy)
+                    .await?,
+            ),
             (Some(_), _) => Some(vec![]),
-            (None, Some(td)) if !current.service.load_balancers.is_empty() => {
-                self.validate_load_balancers(scope, &current.service.load_balancers, &td.definition)
+            (None, _) if !current.service.load_balancers.is_empty() => {
+                let td = new_td.as_ref().unwrap_or(&target);
+                self.validate_load_balancers(scope, &current.service.load_balancers, &td.definition, strategy)
                     .await?;
                 None
             }

@@ -233,7 +233,7 @@ pub struct DeploymentCircuitBreaker {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentConfiguration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_circuit_breaker: Option<DeploymentCircuitBreaker>,
@@ -241,6 +241,40 @@ pub struct DeploymentConfiguration {
     pub maximum_percent: i64,
     #[serde(default = "default_min")]
     pub minimum_healthy_percent: i64,
+    /// ROLLING (the default), BLUE_GREEN, LINEAR or CANARY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_time_in_minutes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear_configuration: Option<LinearConfiguration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_configuration: Option<CanaryConfiguration>,
+    /// Members Gantry cannot act on yet: parsed only to be refused by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarms: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_hooks: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_success_criteria: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinearConfiguration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_bake_time_in_minutes: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanaryConfiguration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_bake_time_in_minutes: Option<i64>,
 }
 
 fn default_max() -> i64 {
@@ -257,6 +291,13 @@ impl Default for DeploymentConfiguration {
             deployment_circuit_breaker: Some(DeploymentCircuitBreaker::default()),
             maximum_percent: 200,
             minimum_healthy_percent: 100,
+            strategy: None,
+            bake_time_in_minutes: None,
+            linear_configuration: None,
+            canary_configuration: None,
+            alarms: None,
+            lifecycle_hooks: None,
+            early_success_criteria: None,
         }
     }
 }
