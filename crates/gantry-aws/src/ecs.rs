@@ -313,6 +313,20 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             })?;
             json!({"service": c.update_service(scope, req).await?})
         }
+        "ListServiceDeployments" => c.list_service_deployments(scope, &input).await?,
+        "DescribeServiceDeployments" => {
+            let arns: Vec<String> = required(&input, "serviceDeploymentArns")?;
+            c.describe_service_deployments(scope, &arns).await?
+        }
+        "DescribeServiceRevisions" => {
+            let arns: Vec<String> = required(&input, "serviceRevisionArns")?;
+            c.describe_service_revisions(scope, &arns).await?
+        }
+        "StopServiceDeployment" => {
+            let arn: String = required(&input, "serviceDeploymentArn")?;
+            let stop_type: Option<String> = field(&input, "stopType")?;
+            c.stop_service_deployment(scope, &arn, stop_type.as_deref()).await?
+        }
         "DeleteService" => {
             let cluster: Option<String> = field(&input, "cluster")?;
             let service: String = required(&input, "service")?;

@@ -16,6 +16,7 @@ pub mod nodes;
 pub mod placement;
 pub mod run_task;
 pub mod service_controller;
+pub mod service_deployments;
 pub mod service_lb;
 pub mod services;
 mod taskdefs;

@@ -336,6 +336,7 @@ impl Control {
         let mut events: Vec<String> = Vec::new();
         let mut new_primary: Option<Deployment> = None;
         let mut rollback_to_blue: Option<Deployment> = None;
+        let mut rollback_reason = String::new();
         let mut primary_failed_now = false;
         let mut launch_allowed = rec.service.status == "ACTIVE";
         let mut backoff_streak = 0;
@@ -352,20 +353,33 @@ impl Control {
                 .deployment_circuit_breaker
                 .clone()
                 .unwrap_or_default();
-            if breaker.enable && p.rollout_state == "IN_PROGRESS" && fail_total >= threshold(&rec) {
+            // StopServiceDeployment asks for what a tripped breaker with rollback does.
+            let stop_asked = rec.stop_requested.as_deref() == Some(p.id.as_str()) && p.rollout_state == "IN_PROGRESS";
+            let tripped = breaker.enable && p.rollout_state == "IN_PROGRESS" && fail_total >= threshold(&rec);
+            if tripped || stop_asked {
                 primary_failed_now = true;
                 launch_allowed = false;
-                events.push(format!(
-                    "(service {name}) deployment {} deployment failed: tasks failed to start.",
-                    p.id
-                ));
+                let rollback = breaker.rollback || stop_asked;
+                rollback_reason = if stop_asked {
+                    "Service deployment stopped by StopServiceDeployment.".to_string()
+                } else {
+                    "ECS deployment circuit breaker: tasks failed to start.".to_string()
+                };
+                events.push(if stop_asked {
+                    format!("(service {name}) deployment {} stopped: rollback requested.", p.id)
+                } else {
+                    format!(
+                        "(service {name}) deployment {} deployment failed: tasks failed to start.",
+                        p.id
+                    )
+                });
                 let blue = rec.service.deployments.iter().find(|d| d.status == "ACTIVE");
-                if let (true, true, Some(blue)) = (breaker.rollback, shift.is_some(), blue) {
+                if let (true, true, Some(blue)) = (rollback, shift.is_some(), blue) {
                     // Blue is still running and serving: traffic goes back to it.
                     events.push(format!("(service {name}) rolling back to deployment {}.", blue.id));
                     rollback_to_blue = Some(blue.clone());
                     launch_allowed = true;
-                } else if breaker.rollback {
+                } else if rollback {
                     if let Some(done) = &rec.last_completed {
                         events.push(format!("(service {name}) rolling back to deployment {}.", done.id));
                         new_primary = Some(new_deployment(
@@ -671,6 +685,11 @@ impl Control {
                     }
                 }
             }
+            let failed_id = primary.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+            if let Some(by) = new_primary.as_ref().or(rollback_to_blue.as_ref()) {
+                crate::service_deployments::record_rollback(r, &failed_id, by, &rollback_reason, now);
+                r.stop_requested = None;
+            }
             if let Some(np) = &new_primary {
                 r.service.task_definition = np.task_definition.clone();
                 r.service.deployments.insert(0, np.clone());
@@ -723,6 +742,8 @@ impl Control {
             for m in events_out {
                 r.event(now, m);
             }
+            let shift_now = r.traffic_shift.clone();
+            crate::service_deployments::sync(r, shift_now.as_ref(), now);
             Ok(true)
         })
         .await?;

@@ -46,6 +46,12 @@ pub struct ServiceRecord {
     /// Whether the current (blue) tasks are in the alternate target groups.
     #[serde(default)]
     pub blue_is_alternate: bool,
+    /// The service's deployments as ListServiceDeployments reports them, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::service_deployments::HistoryEntry>,
+    /// A deployment StopServiceDeployment asked to roll back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_requested: Option<String>,
 }
 
 impl ServiceRecord {
@@ -448,7 +454,11 @@ impl Control {
             lb_registered: Default::default(),
             traffic_shift: None,
             blue_is_alternate: false,
+            history: vec![],
+            stop_requested: None,
         };
+        let mut rec = rec;
+        crate::service_deployments::sync(&mut rec, None, self.now());
         match self
             .store
             .create(&key, &serde_json::to_vec(&rec).expect("serialises"))
@@ -465,7 +475,7 @@ impl Control {
         Ok(s)
     }
 
-    async fn service_record(
+    pub(crate) async fn service_record(
         &self,
         scope: &Scope,
         cluster: Option<&str>,
@@ -680,6 +690,8 @@ impl Control {
                     r.steady = false;
                     r.backoff_announced = 0;
                 }
+                let shift = r.traffic_shift.clone();
+                crate::service_deployments::sync(r, shift.as_ref(), now);
                 Ok(true)
             })
             .await?

@@ -302,3 +302,45 @@ async fn a_service_behind_a_load_balancer_registers_waits_for_health_drains_and_
         .count();
     assert_eq!(live, 2, "a replacement was started");
 }
+
+#[tokio::test]
+async fn deployments_are_kept_as_history_with_ecs_statuses() {
+    let (c, _) = setup(1).await;
+    for _ in 0..3 {
+        c.reconcile_services().await;
+        agent_pass(&c, true).await;
+    }
+    let list = |c: &Control| {
+        let c = c.clone();
+        async move {
+            c.list_service_deployments(&scope(), &json!({"cluster": "default", "service": "svc"}))
+                .await
+                .unwrap()["serviceDeployments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["status"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    c.reconcile_services().await;
+    assert_eq!(list(&c).await, vec!["SUCCESSFUL"]);
+    let req =
+        serde_json::from_value(json!({"cluster": "default", "service": "svc", "forceNewDeployment": true})).unwrap();
+    c.update_service(&scope(), req).await.unwrap();
+    assert_eq!(
+        list(&c).await,
+        vec!["IN_PROGRESS", "SUCCESSFUL"],
+        "listed as soon as UpdateService returns"
+    );
+    // A newer deployment supersedes the one in progress.
+    let req =
+        serde_json::from_value(json!({"cluster": "default", "service": "svc", "forceNewDeployment": true})).unwrap();
+    c.update_service(&scope(), req).await.unwrap();
+    for _ in 0..4 {
+        c.reconcile_services().await;
+        agent_pass(&c, true).await;
+    }
+    c.reconcile_services().await;
+    assert_eq!(list(&c).await, vec!["SUCCESSFUL", "STOPPED", "SUCCESSFUL"]);
+}

@@ -26,6 +26,10 @@ pub enum EcsError {
     #[error("{0}")]
     AttributeLimitExceeded(String),
     #[error("{0}")]
+    ServiceDeploymentNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     Server(String),
 }
 
@@ -49,6 +53,8 @@ impl EcsError {
             EcsError::TargetNotFound(_) => "TargetNotFoundException",
             EcsError::ResourceInUse(_) => "ResourceInUseException",
             EcsError::AttributeLimitExceeded(_) => "AttributeLimitExceededException",
+            EcsError::ServiceDeploymentNotFound(_) => "ServiceDeploymentNotFoundException",
+            EcsError::Conflict(_) => "ConflictException",
             EcsError::Server(_) => "ServerException",
         }
     }
