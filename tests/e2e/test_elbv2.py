@@ -602,7 +602,8 @@ def test_blue_green_shifts_production_traffic_and_rolls_back(gantry, elb, ecs):
     # Blue (A, "one") to green (B, "two"): all production traffic moves at once, nothing fails.
     svc, seen, bad = deploy(defs["two"], completed)
     assert completed(svc), svc["deployments"]
-    assert bad == [] and seen[0] == "one" and seen[-1] == "two", (bad[:3], seen[:2], seen[-2:])
+    assert bad == [] and seen[0] == "one" and seen[-1] == "two", (bad[:3], len(seen), seen[-2:],
+                                                                  [e["message"] for e in svc["events"]][:12])
     switch = seen.index("two")
     assert "one" not in seen[switch:], "traffic moved once, not back and forth"
     assert rule_weights(elb, prod_rule) == {a: 0, b: 100}
@@ -614,13 +615,15 @@ def test_blue_green_shifts_production_traffic_and_rolls_back(gantry, elb, ecs):
     # A broken release: its tasks fail their checks in the other group, the circuit breaker
     # rolls back, and production never leaves the running release.
     def rolled_back(svc):
-        return svc["taskDefinition"] == defs["two"] and any(d["rolloutState"] == "FAILED" for d in svc["deployments"])
+        # The failed deployment is pruned once blue is steady again; the event stays.
+        rolled = any("rolling back to deployment" in e["message"] for e in svc["events"])
+        return rolled and svc["taskDefinition"] == defs["two"] and completed(svc)
     svc, seen, bad = deploy(defs["broken"], rolled_back)
-    assert rolled_back(svc), svc["deployments"]
+    assert rolled_back(svc), (svc["deployments"], [e["message"] for e in svc["events"]][:8])
     assert bad == [] and set(seen) == {"two"}, (bad[:3], set(seen))
     assert rule_weights(elb, prod_rule) == {a: 0, b: 100}
-    messages = [e["message"] for e in svc["events"]]
-    assert any("rolling back to deployment" in m for m in messages), messages
+    broken = ecs.list_service_deployments(service="bg")["serviceDeployments"][0]
+    assert broken["status"] == "ROLLBACK_SUCCESSFUL", broken
 
     ecs.delete_service(cluster="default", service="bg", force=True)
     deadline = time.time() + 60

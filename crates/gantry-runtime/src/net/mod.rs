@@ -228,7 +228,8 @@ impl Network {
         let bridge = netlink::link_index(&self.cfg.bridge)
             .ok_or_else(|| io_ctx(format!("bridge {}", self.cfg.bridge))(io::Error::from(io::ErrorKind::NotFound)))?;
         let mut host = Netlink::open()?;
-        match host.create_veth(&sb.host_veth, bridge, "eth0", ETH0_INDEX, nsfd.as_raw_fd()) {
+        let mac = netlink::task_mac(sb.ip);
+        match host.create_veth(&sb.host_veth, bridge, "eth0", ETH0_INDEX, nsfd.as_raw_fd(), mac) {
             Err(NetlinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::EXFULL) => {
                 return Err(NetworkError::BridgeFull {
                     bridge: self.cfg.bridge.clone(),

@@ -16,6 +16,7 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
@@ -179,10 +180,16 @@ impl Netlink {
         }
     }
 
+    /// Creates a bridge with a fixed MAC address. Without one the kernel gives the bridge the
+    /// lowest MAC of its ports, so it changes as task veths come and go, and every task's
+    /// cached neighbour entry for its gateway goes stale: traffic between the node and running
+    /// tasks stalls for seconds whenever a task starts (seen as load balancer requests timing
+    /// out during deployments).
     pub fn create_bridge(&mut self, name: &str) -> Result<(), NetlinkError> {
         let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
         m.ifinfo(0, 0, 0);
         m.attr_str(IFLA_IFNAME, name);
+        m.attr(IFLA_ADDRESS, &bridge_mac(name));
         m.begin(IFLA_LINKINFO);
         m.attr_str(IFLA_INFO_KIND, "bridge");
         m.end();
@@ -199,6 +206,7 @@ impl Netlink {
         peer_name: &str,
         peer_index: u32,
         peer_netns: RawFd,
+        peer_mac: [u8; 6],
     ) -> Result<(), NetlinkError> {
         let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
         m.ifinfo(0, 0, 0);
@@ -210,6 +218,7 @@ impl Netlink {
         m.begin(VETH_INFO_PEER);
         m.ifinfo(peer_index as i32, 0, 0);
         m.attr_str(IFLA_IFNAME, peer_name);
+        m.attr(IFLA_ADDRESS, &peer_mac);
         m.attr(IFLA_NET_NS_FD, &(peer_netns as u32).to_ne_bytes());
         m.end();
         m.end();
@@ -264,4 +273,39 @@ pub fn link_index(name: &str) -> Option<u32> {
     // SAFETY: c is a valid NUL-terminated string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
+}
+
+/// A locally administered unicast MAC address derived from the bridge's name (stable across
+/// restarts, distinct per bridge on one host); 06: never one of the tasks' 02:42: addresses.
+pub fn bridge_mac(name: &str) -> [u8; 6] {
+    // FNV-1a: small, and good enough to spread names over 40 bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x06, b[3], b[4], b[5], b[6], b[7]]
+}
+
+/// A task's MAC address, derived from its IPv4 address as Docker does (02:42:a.b.c.d): when an
+/// address is reused by a new task, the node's cached neighbour entry for it stays right.
+/// With random MACs the node would keep sending to the old task's for up to half a minute,
+/// and health checks and load balancer requests to the new task would time out.
+pub fn task_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+#[cfg(test)]
+mod bridge_mac_tests {
+    use super::bridge_mac;
+
+    #[test]
+    fn bridge_macs_are_local_unicast_stable_and_distinct() {
+        let a = bridge_mac("gantry0");
+        assert_eq!(a[0] & 0b11, 0b10, "locally administered, unicast");
+        assert_eq!(a, bridge_mac("gantry0"));
+        assert_ne!(a, bridge_mac("gantry1"));
+        assert_eq!(super::task_mac("10.1.2.3".parse().unwrap()), [0x02, 0x42, 10, 1, 2, 3]);
+    }
 }
