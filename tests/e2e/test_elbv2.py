@@ -277,6 +277,17 @@ def test_a_load_balancer_serves_tasks_by_its_dns_name(gantry, elb, ecs):
     base = f"http://{dns}"
     bodies = {requests.get(f"{base}/", timeout=5).text for _ in range(6)}
     assert len(bodies) == 2 and all(b.startswith("blue ") for b in bodies), bodies  # both blue tasks, in turn
+    # Duration-based stickiness: a client with the AWSALB cookie keeps its target.
+    elb.modify_target_group_attributes(TargetGroupArn=blue, Attributes=[
+        {"Key": "stickiness.enabled", "Value": "true"}, {"Key": "stickiness.lb_cookie.duration_seconds", "Value": "60"}])
+    deadline = time.time() + 5
+    while "AWSALB" not in (r := requests.get(f"{base}/", timeout=5)).headers.get("set-cookie", "") and time.time() < deadline:
+        time.sleep(0.05)
+    assert "Expires=" in r.headers["set-cookie"] and blue_ips[0] not in r.headers["set-cookie"]
+    session = requests.Session()
+    first = session.get(f"{base}/", timeout=5).text
+    assert {session.get(f"{base}/", timeout=5).text for _ in range(6)} == {first}
+    elb.modify_target_group_attributes(TargetGroupArn=blue, Attributes=[{"Key": "stickiness.enabled", "Value": "false"}])
     assert requests.get(f"{base}/green", timeout=5).text.strip() == "green"
     fixed = requests.get(f"{base}/fixed", timeout=5)
     assert (fixed.status_code, fixed.text, fixed.headers["content-type"]) == (503, "down for maintenance", "text/plain")
@@ -297,6 +308,7 @@ def test_a_load_balancer_serves_tasks_by_its_dns_name(gantry, elb, ecs):
         time.sleep(0.5)
     assert health[blue_ips[0]]["Reason"] in ("Target.FailedHealthChecks", "Target.Timeout"), health
     assert health[blue_ips[1]]["State"] == "healthy"
+    time.sleep(0.5)  # the data plane follows the verdict within milliseconds
     assert len({requests.get(f"{base}/", timeout=5).text for _ in range(4)}) == 1
 
     # A group with no registered targets answers ALB's 503.
@@ -333,8 +345,48 @@ def test_a_network_load_balancer_forwards_tcp(gantry, elb, ecs):
     ecs.stop_task(cluster="default", task=arns[0])
 
 
-def test_a_service_behind_a_load_balancer_rolls_out_without_losing_a_request(gantry, elb, ecs):
+def completed(svc):
+    return [d["rolloutState"] for d in svc["deployments"]] == ["COMPLETED"] and svc["runningCount"] == 2
+
+
+def deploy_under_load(ecs, url, service, td, until, timeout=90):
+    """Updates a service to `td` while one client sends requests back to back (bounded in
+    time), until `until(service)`. Returns the service, the colours served in order, and the
+    failures (status codes or exceptions)."""
     import threading
+    import time
+    seen, bad, stop = [], [], threading.Event()
+
+    def load():
+        s = requests.Session()
+        deadline = time.time() + timeout
+        while not stop.is_set() and time.time() < deadline:
+            try:
+                r = s.get(url, timeout=5)
+                seen.append(r.text.split()[0] if r.status_code == 200 else r.status_code)
+                if r.status_code != 200:
+                    bad.append(r.status_code)
+            except requests.RequestException as e:
+                bad.append(repr(e))
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        time.sleep(1)
+        ecs.update_service(cluster="default", service=service, taskDefinition=td)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            svc = ecs.describe_services(cluster="default", services=[service])["services"][0]
+            if until(svc):
+                break
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join()
+    return svc, seen, bad
+
+
+def test_a_service_behind_a_load_balancer_rolls_out_without_losing_a_request(gantry, elb, ecs):
     import time
     from conftest import NETWORK, register
     ecs.create_cluster(clusterName="default")
@@ -361,36 +413,7 @@ def test_a_service_behind_a_load_balancer_rolls_out_without_losing_a_request(gan
     wait_health(elb, tg, "healthy", 2)
 
     # Constant load through the rollout: one client, requests back to back, bounded in time.
-    url = f"http://{lb['DNSName']}/"
-    seen, bad_codes, stop = [], [], threading.Event()
-
-    def load():
-        s = requests.Session()
-        deadline = time.time() + 90
-        while not stop.is_set() and time.time() < deadline:
-            try:
-                r = s.get(url, timeout=5)
-                seen.append(r.text.split()[0] if r.status_code == 200 else None)
-                if r.status_code != 200:
-                    bad_codes.append((r.status_code, round(time.time() - t0, 2)))
-            except requests.RequestException as e:
-                bad_codes.append(repr(e))
-    t0 = time.time()
-    thread = threading.Thread(target=load)
-    thread.start()
-    try:
-        time.sleep(1)
-        ecs.update_service(cluster="default", service="lbsvc", taskDefinition=defs[1])
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            svc = ecs.describe_services(cluster="default", services=["lbsvc"])["services"][0]
-            if [d["rolloutState"] for d in svc["deployments"]] == ["COMPLETED"] and svc["runningCount"] == 2:
-                break
-            time.sleep(0.5)
-        time.sleep(1)
-    finally:
-        stop.set()
-        thread.join()
+    svc, seen, bad_codes = deploy_under_load(ecs, f"http://{lb['DNSName']}/", "lbsvc", defs[1], completed)
     assert svc["deployments"][0]["rolloutState"] == "COMPLETED", svc["deployments"]
     assert bad_codes == [], f"{len(bad_codes)} failed of {len(seen)}: {bad_codes[:5]}\n{gantry.log()}"
     assert len(seen) > 50 and "one" in seen and seen[-1] == "two", (len(seen), seen[:3], seen[-3:])
@@ -517,7 +540,6 @@ def rule_weights(elb, rule):
 
 
 def test_blue_green_shifts_production_traffic_and_rolls_back(gantry, elb, ecs):
-    import threading
     import time
     from conftest import NETWORK, register
     ecs.create_cluster(clusterName="default")
@@ -566,41 +588,8 @@ def test_blue_green_shifts_production_traffic_and_rolls_back(gantry, elb, ecs):
     assert rule_weights(elb, prod_rule) == {a: 100, b: 0}
     url = f"http://{lb['DNSName']}/"
 
-    def deploy(td, until):
-        seen, bad, stop = [], [], threading.Event()
-
-        def load():
-            s = requests.Session()
-            deadline = time.time() + 90
-            while not stop.is_set() and time.time() < deadline:
-                try:
-                    r = s.get(url, timeout=5)
-                    seen.append(r.text.split()[0] if r.status_code == 200 else r.status_code)
-                    if r.status_code != 200:
-                        bad.append(r.status_code)
-                except requests.RequestException as e:
-                    bad.append(repr(e))
-        thread = threading.Thread(target=load)
-        thread.start()
-        try:
-            ecs.update_service(cluster="default", service="bg", taskDefinition=td)
-            deadline = time.time() + 90
-            while time.time() < deadline:
-                svc = ecs.describe_services(cluster="default", services=["bg"])["services"][0]
-                if until(svc):
-                    break
-                time.sleep(0.5)
-            time.sleep(1)
-        finally:
-            stop.set()
-            thread.join()
-        return svc, seen, bad
-
-    def completed(svc):
-        return [d["rolloutState"] for d in svc["deployments"]] == ["COMPLETED"] and svc["runningCount"] == 2
-
     # Blue (A, "one") to green (B, "two"): all production traffic moves at once, nothing fails.
-    svc, seen, bad = deploy(defs["two"], completed)
+    svc, seen, bad = deploy_under_load(ecs, url, "bg", defs["two"], completed)
     assert completed(svc), svc["deployments"]
     assert bad == [] and seen[0] == "one" and seen[-1] == "two", (bad[:3], len(seen), seen[-2:],
                                                                   [e["message"] for e in svc["events"]][:12])
@@ -618,7 +607,7 @@ def test_blue_green_shifts_production_traffic_and_rolls_back(gantry, elb, ecs):
         # The failed deployment is pruned once blue is steady again; the event stays.
         rolled = any("rolling back to deployment" in e["message"] for e in svc["events"])
         return rolled and svc["taskDefinition"] == defs["two"] and completed(svc)
-    svc, seen, bad = deploy(defs["broken"], rolled_back)
+    svc, seen, bad = deploy_under_load(ecs, url, "bg", defs["broken"], rolled_back)
     assert rolled_back(svc), (svc["deployments"], [e["message"] for e in svc["events"]][:8])
     assert bad == [] and set(seen) == {"two"}, (bad[:3], set(seen))
     assert rule_weights(elb, prod_rule) == {a: 0, b: 100}

@@ -45,6 +45,17 @@ pub struct Pool {
     pub view: GroupView,
     pub addrs: Vec<SocketAddr>,
     pub least_outstanding: bool,
+    /// How a client keeps its target.
+    pub sticky: Sticky,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sticky {
+    No,
+    /// ALB's AWSALB cookie, valid this long.
+    Cookie(std::time::Duration),
+    /// NLB's: the same client address goes to the same target.
+    SourceIp,
 }
 
 impl Pool {
@@ -54,10 +65,25 @@ impl Pool {
             .filter_map(|t| Some(SocketAddr::new(t.id.parse().ok()?, u16::try_from(t.port).ok()?)))
             .collect();
         let least_outstanding = view.attribute("load_balancing.algorithm.type") == "least_outstanding_requests";
+        let sticky = match (
+            view.attribute("stickiness.enabled").as_str(),
+            view.attribute("stickiness.type").as_str(),
+        ) {
+            ("true", "lb_cookie") => {
+                let secs = view
+                    .attribute("stickiness.lb_cookie.duration_seconds")
+                    .parse()
+                    .unwrap_or(86400);
+                Sticky::Cookie(std::time::Duration::from_secs(secs))
+            }
+            ("true", "source_ip") => Sticky::SourceIp,
+            _ => Sticky::No,
+        };
         Pool {
             view,
             addrs,
             least_outstanding,
+            sticky,
         }
     }
 }
@@ -104,11 +130,18 @@ impl Balancer {
         None
     }
 
-    /// A target of the group for one request, or None when it has no registered targets.
-    pub fn choose_target(&self, g: &Pool) -> Option<Pick> {
+    /// A target of the group for one request, or None when it has no registered targets. A
+    /// `preferred` target (the client's sticky one) is taken while it may take requests.
+    pub fn choose_target(&self, g: &Pool, preferred: Option<SocketAddr>) -> Option<Pick> {
         let addrs = &g.addrs;
         if addrs.is_empty() {
             return None;
+        }
+        if let Some(p) = preferred.filter(|p| addrs.contains(p)) {
+            return Some(Pick {
+                addr: p,
+                counters: None,
+            });
         }
         let counters = self.counters(&g.view.group.target_group_arn);
         let start = counters.next.fetch_add(1, Ordering::Relaxed);
@@ -139,4 +172,29 @@ impl Balancer {
         }
         groups.entry(arn.to_string()).or_default().clone()
     }
+}
+
+/// The opaque value of a sticky cookie for a target: a keyed hash, so clients learn nothing of
+/// the target's address and cannot forge a cookie for another target.
+pub fn cookie_token(key: u64, group: &str, addr: SocketAddr) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&(key, group, addr), &mut h);
+    format!("{:016x}", std::hash::Hasher::finish(&h))
+}
+
+/// The target a sticky cookie names, if it is still in the pool.
+pub fn cookie_target(key: u64, g: &Pool, token: &str) -> Option<SocketAddr> {
+    let group = &g.view.group.target_group_arn;
+    g.addrs.iter().copied().find(|a| cookie_token(key, group, *a) == token)
+}
+
+/// NLB source-IP stickiness: a client address always hashes to the same target while the
+/// pool is unchanged.
+pub fn source_ip_target(g: &Pool, client: std::net::IpAddr) -> Option<SocketAddr> {
+    if g.addrs.is_empty() {
+        return None;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&client, &mut h);
+    Some(g.addrs[(std::hash::Hasher::finish(&h) % g.addrs.len() as u64) as usize])
 }

@@ -2,6 +2,7 @@
 //! rules evaluated per request, then a fixed response, a redirect, or the request forwarded
 //! over HTTP/1.1 to a target with X-Forwarded-For/Proto/Port, as ALB does.
 
+use crate::balance::{cookie_target, cookie_token, Sticky};
 use crate::matching::{route, Facts};
 use crate::settings::{Served, Xff};
 use crate::Shared;
@@ -47,22 +48,8 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let local = match listener.local_addr() {
-        Ok(a) => a,
-        Err(_) => return,
-    };
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(%local, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+    let Ok(local) = listener.local_addr() else { return };
+    while let Some((stream, peer)) = crate::next_connection(&listener, &mut stop).await {
         let shared = shared.clone();
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
@@ -193,6 +180,53 @@ fn redirect(c: Option<&RedirectConfig>, host: &str, port: u16, uri: &hyper::Uri)
     r
 }
 
+/// The AWSALB cookie's value in a request, if it carries one.
+fn sticky_cookie(h: &hyper::HeaderMap) -> Option<String> {
+    h.get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix("AWSALB="))
+        .map(str::to_string)
+        .next()
+}
+
+/// ALB's duration-based stickiness cookie for the chosen target.
+fn stickiness_cookie(token: &str, ttl: Duration) -> String {
+    let expires = std::time::SystemTime::now() + ttl;
+    format!("AWSALB={token}; Expires={}; Path=/", httpdate(expires))
+}
+
+/// An HTTP date (RFC 7231 IMF-fixdate).
+fn httpdate(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86400, secs % 86400);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let names = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        names[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Headers that belong to one connection, never forwarded.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -279,8 +313,19 @@ async fn forward(
     let Some(group) = shared.balancer.choose_group(action).and_then(|arn| shared.group(arn)) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
-    let Some(pick) = shared.balancer.choose_target(&group) else {
+    let sticky = match group.sticky {
+        Sticky::Cookie(_) => sticky_cookie(req.headers()).and_then(|t| cookie_target(shared.cookie_key, &group, &t)),
+        _ => None,
+    };
+    let Some(pick) = shared.balancer.choose_target(&group, sticky) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let set_cookie = match group.sticky {
+        Sticky::Cookie(ttl) => Some(stickiness_cookie(
+            &cookie_token(shared.cookie_key, &group.view.group.target_group_arn, pick.addr),
+            ttl,
+        )),
+        _ => None,
     };
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -314,6 +359,9 @@ async fn forward(
     };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(c) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        parts.headers.append(hyper::header::SET_COOKIE, c);
+    }
     // The target counts as outstanding until its response body has been sent on.
     let body = body.map_frame(move |f| {
         let _held = &pick;
@@ -335,6 +383,15 @@ mod tests {
             query: None,
             status_code: "HTTP_301".into(),
         }
+    }
+
+    #[test]
+    fn http_dates_and_sticky_cookies() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(httpdate(t), "Tue, 14 Nov 2023 22:13:20 GMT");
+        let mut h = hyper::HeaderMap::new();
+        h.insert(hyper::header::COOKIE, HeaderValue::from_static("a=1; AWSALB=abc; b=2"));
+        assert_eq!(sticky_cookie(&h).as_deref(), Some("abc"));
     }
 
     #[test]

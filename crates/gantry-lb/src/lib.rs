@@ -40,6 +40,8 @@ pub struct Shared {
     view: RwLock<Arc<Snapshot>>,
     balancer: balance::Balancer,
     elb: Elb,
+    /// Keys sticky cookies (new each start: sessions are rebalanced after a restart).
+    cookie_key: u64,
 }
 
 #[derive(Default)]
@@ -114,6 +116,7 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         view: RwLock::new(Arc::new(Snapshot::default())),
         balancer: balance::Balancer::default(),
         elb: elb.clone(),
+        cookie_key: random_key(),
     });
     let workers = match workers::Workers::start() {
         Ok(w) => w,
@@ -160,6 +163,32 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
             tracing::warn!(error = %e, "removing load balancer names");
         }
     }
+}
+
+/// The next connection on a listener, or None once `stop` says so. Accept errors (out of
+/// descriptors, say) back off briefly instead of spinning.
+async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
+fn random_key() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u64::from_ne_bytes(b)
 }
 
 /// Every load balancer's DNS name and address, once each.

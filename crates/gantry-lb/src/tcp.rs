@@ -13,18 +13,7 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Ok(local) = listener.local_addr() else { return };
-    loop {
-        let (mut client, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(%local, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+    while let Some((mut client, _)) = crate::next_connection(&listener, &mut stop).await {
         let shared = shared.clone();
         tokio::spawn(async move {
             let Some(view) = shared.listener(local) else { return };
@@ -35,7 +24,14 @@ pub async fn serve(
                 return;
             };
             // With no target to take it, the connection is closed (an NLB resets it).
-            let Some(pick) = shared.balancer.choose_target(&group) else {
+            let sticky = match group.sticky {
+                crate::balance::Sticky::SourceIp => client
+                    .peer_addr()
+                    .ok()
+                    .and_then(|p| crate::balance::source_ip_target(&group, p.ip())),
+                _ => None,
+            };
+            let Some(pick) = shared.balancer.choose_target(&group, sticky) else {
                 return;
             };
             let Ok(Ok(mut target)) =

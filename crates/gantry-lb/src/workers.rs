@@ -17,6 +17,9 @@ thread_local! {
         let mut connector = HttpConnector::new();
         // Requests and responses are small writes that must not wait for Nagle.
         connector.set_nodelay(true);
+        // ALB's target connection timeout: a target that went away without a word (its
+        // address answers nothing) costs at most this, then a 502.
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
         Client::builder(TokioExecutor::new()).build(connector)
     };
 }

@@ -108,11 +108,7 @@ pub fn tg_attribute_defaults(protocol: &str) -> Table {
     use Accepts::*;
     let mut rows = vec![
         ("deregistration_delay.timeout_seconds", "300", Int(0, 3600)),
-        (
-            "stickiness.enabled",
-            "false",
-            DefaultOnly("sticky sessions are not offered yet"),
-        ),
+        ("stickiness.enabled", "false", Bool),
         (
             "load_balancing.cross_zone.enabled",
             "use_load_balancer_configuration",

@@ -141,12 +141,7 @@ impl Elb {
 
     /// The load balancer an ARN names, with its store revision.
     pub(super) async fn find_lb(&self, scope: &Scope, arn: &str) -> Result<(Record<LoadBalancer>, i64), ElbError> {
-        let not_found = || {
-            ElbError::new(
-                "LoadBalancerNotFoundException",
-                format!("Load balancer '{arn}' not found"),
-            )
-        };
+        let not_found = || lb_not_found(arn);
         let Some(Named::LoadBalancer { name, .. }) = Self::parse_arn(scope, arn) else {
             return Err(not_found());
         };
@@ -181,17 +176,14 @@ impl Elb {
                 found.push(self.find_lb(scope, arn).await?.0.item);
             }
         } else if let Some(names) = &input.names {
-            for name in names {
-                match self.load::<Record<LoadBalancer>>(&Self::lb_key(scope, name)).await? {
-                    Some((r, _)) => found.push(r.item),
-                    None => {
-                        return Err(ElbError::new(
-                            "LoadBalancerNotFoundException",
-                            format!("Load balancers '[{name}]' not found"),
-                        ))
-                    }
-                }
-            }
+            let not_found = |n: &str| {
+                ElbError::new(
+                    "LoadBalancerNotFoundException",
+                    format!("Load balancers '[{n}]' not found"),
+                )
+            };
+            let recs: Vec<Record<LoadBalancer>> = self.by_names(scope, "lb", names, not_found).await?;
+            found = recs.into_iter().map(|r| r.item).collect();
         } else {
             let all: Vec<Record<LoadBalancer>> = self.list(&Self::key(scope, "lb/")).await?;
             found = all.into_iter().map(|r| r.item).collect();
@@ -261,17 +253,15 @@ impl Elb {
         }
         let key = Self::lb_key(scope, &lb.item.load_balancer_name);
         let attrs = self
-            .update::<Record<LoadBalancer>, _>(&key, |cur| {
-                let mut r = cur.filter(|r| r.item.load_balancer_arn == arn).ok_or_else(|| {
-                    ElbError::new(
-                        "LoadBalancerNotFoundException",
-                        format!("Load balancer '{arn}' not found"),
-                    )
-                })?;
-                attributes::apply(&defaults, &mut r.attributes, &changes);
-                let attrs = r.attributes.clone();
-                Ok((Some(r), attrs))
-            })
+            .edit::<Record<LoadBalancer>, _>(
+                &key,
+                |r| r.item.load_balancer_arn == arn,
+                || lb_not_found(&arn),
+                |r| {
+                    attributes::apply(&defaults, &mut r.attributes, &changes);
+                    Ok(r.attributes.clone())
+                },
+            )
             .await?;
         Ok(json!({"Attributes": attributes::described(&defaults, &attrs)}))
     }
@@ -306,19 +296,24 @@ impl Elb {
     pub(super) async fn lb_tags(&self, scope: &Scope, arn: &str, edit: TagEdit<'_>) -> Result<Vec<Tag>, ElbError> {
         let (lb, _) = self.find_lb(scope, arn).await?;
         let key = Self::lb_key(scope, &lb.item.load_balancer_name);
-        self.update::<Record<LoadBalancer>, _>(&key, |cur| {
-            let mut r = cur.ok_or_else(|| {
-                ElbError::new(
-                    "LoadBalancerNotFoundException",
-                    format!("Load balancer '{arn}' not found"),
-                )
-            })?;
-            r.tags = edit(&r.tags)?;
-            let t = r.tags.clone();
-            Ok((Some(r), t))
-        })
+        self.edit::<Record<LoadBalancer>, _>(
+            &key,
+            |r| r.item.load_balancer_arn == arn,
+            || lb_not_found(arn),
+            |r| {
+                r.tags = edit(&r.tags)?;
+                Ok(r.tags.clone())
+            },
+        )
         .await
     }
+}
+
+fn lb_not_found(arn: &str) -> ElbError {
+    ElbError::new(
+        "LoadBalancerNotFoundException",
+        format!("Load balancer '{arn}' not found"),
+    )
 }
 
 /// `<name>-<id>.<region>.elb.localhost`: a name the host resolves to the load balancer's

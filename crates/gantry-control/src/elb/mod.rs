@@ -286,6 +286,44 @@ impl Elb {
         }
     }
 
+    /// `update` of an existing record that must still be the one an ARN named (a record of
+    /// the same name may have been deleted and made again); `f` edits it and returns a result.
+    async fn edit<T, R>(
+        &self,
+        key: &str,
+        is_it: impl Fn(&T) -> bool,
+        not_found: impl Fn() -> ElbError,
+        mut f: impl FnMut(&mut T) -> Result<R, ElbError>,
+    ) -> Result<R, ElbError>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        self.update::<T, R>(key, |cur| {
+            let mut r = cur.filter(|r| is_it(r)).ok_or_else(&not_found)?;
+            let out = f(&mut r)?;
+            Ok((Some(r), out))
+        })
+        .await
+    }
+
+    /// The records `names` name under `kind/`, or `missing(name)` for the first absent.
+    async fn by_names<T: DeserializeOwned>(
+        &self,
+        scope: &Scope,
+        kind: &str,
+        names: &[String],
+        missing: impl Fn(&str) -> ElbError,
+    ) -> Result<Vec<T>, ElbError> {
+        let mut out = vec![];
+        for name in names {
+            match self.load::<T>(&Self::key(scope, &format!("{kind}/{name}"))).await? {
+                Some((r, _)) => out.push(r),
+                None => return Err(missing(name)),
+            }
+        }
+        Ok(out)
+    }
+
     async fn delete_key(&self, key: &str) -> Result<(), ElbError> {
         match self.store.delete(key, None).await {
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),

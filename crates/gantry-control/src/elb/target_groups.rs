@@ -233,6 +233,13 @@ fn apply_health(tg: &mut TargetGroup, h: &HealthCheck) -> Result<(), ElbError> {
     Ok(())
 }
 
+fn tg_not_found(arn: &str) -> ElbError {
+    ElbError::new(
+        "TargetGroupNotFoundException",
+        format!("Target groups '{arn}' not found"),
+    )
+}
+
 /// HTTP codes a matcher accepts ("200", "200,202", "200-299"), or None when malformed.
 pub fn parse_matcher(spec: &str) -> Option<Vec<(u16, u16)>> {
     let ranges: Option<Vec<(u16, u16)>> = spec
@@ -281,12 +288,7 @@ impl Elb {
 
     /// The group an ARN names, with its store revision.
     pub(super) async fn find_tg(&self, scope: &Scope, arn: &str) -> Result<(Record<TargetGroup>, i64), ElbError> {
-        let not_found = || {
-            ElbError::new(
-                "TargetGroupNotFoundException",
-                format!("Target groups '{arn}' not found"),
-            )
-        };
+        let not_found = || tg_not_found(arn);
         let Some(Named::TargetGroup { name, .. }) = Self::parse_arn(scope, arn) else {
             return Err(not_found());
         };
@@ -342,17 +344,14 @@ impl Elb {
                 found.push(self.find_tg(scope, arn).await?.0.item);
             }
         } else if let Some(names) = &input.names {
-            for name in names {
-                match self.load::<Record<TargetGroup>>(&Self::tg_key(scope, name)).await? {
-                    Some((r, _)) => found.push(r.item),
-                    None => {
-                        return Err(ElbError::new(
-                            "TargetGroupNotFoundException",
-                            format!("One or more target groups not found: '{name}'"),
-                        ))
-                    }
-                }
-            }
+            let not_found = |n: &str| {
+                ElbError::new(
+                    "TargetGroupNotFoundException",
+                    format!("One or more target groups not found: '{n}'"),
+                )
+            };
+            let recs: Vec<Record<TargetGroup>> = self.by_names(scope, "tg", names, not_found).await?;
+            found = recs.into_iter().map(|r| r.item).collect();
         } else {
             let all: Vec<Record<TargetGroup>> = self.list(&Self::key(scope, "tg/")).await?;
             found = all.into_iter().map(|r| r.item).collect();
@@ -391,17 +390,15 @@ impl Elb {
         let key = Self::tg_key(scope, &tg.item.target_group_name);
         let arn = input.target_group_arn.clone();
         let updated = self
-            .update::<Record<TargetGroup>, _>(&key, |cur| {
-                let mut r = cur.filter(|r| r.item.target_group_arn == arn).ok_or_else(|| {
-                    ElbError::new(
-                        "TargetGroupNotFoundException",
-                        format!("Target groups '{arn}' not found"),
-                    )
-                })?;
-                apply_health(&mut r.item, &input.health)?;
-                let item = r.item.clone();
-                Ok((Some(r), item))
-            })
+            .edit::<Record<TargetGroup>, _>(
+                &key,
+                |r| r.item.target_group_arn == arn,
+                || tg_not_found(&arn),
+                |r| {
+                    apply_health(&mut r.item, &input.health)?;
+                    Ok(r.item.clone())
+                },
+            )
             .await?;
         Ok(json!({"TargetGroups": self.with_usage(scope, vec![updated]).await?}))
     }
@@ -445,17 +442,15 @@ impl Elb {
         }
         let key = Self::tg_key(scope, &tg.item.target_group_name);
         let attrs = self
-            .update::<Record<TargetGroup>, _>(&key, |cur| {
-                let mut r = cur.filter(|r| r.item.target_group_arn == arn).ok_or_else(|| {
-                    ElbError::new(
-                        "TargetGroupNotFoundException",
-                        format!("Target groups '{arn}' not found"),
-                    )
-                })?;
-                attributes::apply(&table, &mut r.attributes, &changes);
-                let a = r.attributes.clone();
-                Ok((Some(r), a))
-            })
+            .edit::<Record<TargetGroup>, _>(
+                &key,
+                |r| r.item.target_group_arn == arn,
+                || tg_not_found(&arn),
+                |r| {
+                    attributes::apply(&table, &mut r.attributes, &changes);
+                    Ok(r.attributes.clone())
+                },
+            )
             .await?;
         Ok(json!({"Attributes": attributes::described(&table, &attrs)}))
     }
@@ -463,17 +458,15 @@ impl Elb {
     pub(super) async fn tg_tags(&self, scope: &Scope, arn: &str, edit: TagEdit<'_>) -> Result<Vec<Tag>, ElbError> {
         let (tg, _) = self.find_tg(scope, arn).await?;
         let key = Self::tg_key(scope, &tg.item.target_group_name);
-        self.update::<Record<TargetGroup>, _>(&key, |cur| {
-            let mut r = cur.ok_or_else(|| {
-                ElbError::new(
-                    "TargetGroupNotFoundException",
-                    format!("Target groups '{arn}' not found"),
-                )
-            })?;
-            r.tags = edit(&r.tags)?;
-            let t = r.tags.clone();
-            Ok((Some(r), t))
-        })
+        self.edit::<Record<TargetGroup>, _>(
+            &key,
+            |r| r.item.target_group_arn == arn,
+            || tg_not_found(arn),
+            |r| {
+                r.tags = edit(&r.tags)?;
+                Ok(r.tags.clone())
+            },
+        )
         .await
     }
 }
