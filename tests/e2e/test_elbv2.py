@@ -569,7 +569,7 @@ def test_blue_green_shifts_production_traffic_and_rolls_back(gantry, elb, ecs):
     lbs = [{"targetGroupArn": a, "containerName": "web", "containerPort": 8080, "advancedConfiguration": advanced}]
     config = {"strategy": "BLUE_GREEN", "bakeTimeInMinutes": 0,
               "deploymentCircuitBreaker": {"enable": True, "rollback": True,
-                                           "thresholdConfiguration": {"type": "COUNT", "value": 1}}}
+                                           "thresholdConfiguration": {"type": "COUNT", "value": 2}}}
     with pytest.raises(botocore.exceptions.ClientError, match="needs advancedConfiguration"):
         ecs.create_service(cluster="default", serviceName="bg", taskDefinition=defs["one"], desiredCount=2,
                            networkConfiguration=NETWORK, launchType="FARGATE", deploymentConfiguration=config,

@@ -175,6 +175,65 @@ impl Control {
         }
     }
 
+    /// Starts `count` tasks of `deployment` (RunTask calls of at most 10, as a service does):
+    /// the started task ids, and the events to record (started, or why not placed).
+    async fn launch(
+        &self,
+        rec: &ServiceRecord,
+        td: &str,
+        network: &serde_json::Value,
+        deployment: &str,
+        count: u32,
+    ) -> Result<(Vec<String>, Vec<String>), EcsError> {
+        let (svc, name) = (&rec.service, &rec.service.service_name);
+        let rec_tags = svc.tags.clone().unwrap_or_default();
+        let (mut started_ids, mut events, mut unplaced) = (vec![], vec![], None);
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(10);
+            let req = RunTaskRequest {
+                cluster: Some(rec.cluster.clone()),
+                task_definition: Some(td.to_string()),
+                count: Some(n as i64),
+                launch_type: (!svc.launch_type.is_empty()).then(|| svc.launch_type.clone()),
+                capacity_provider_strategy: (!svc.capacity_provider_strategy.is_empty())
+                    .then(|| svc.capacity_provider_strategy.clone()),
+                platform_version: (!svc.platform_version.is_empty()).then(|| svc.platform_version.clone()),
+                placement_constraints: Some(svc.placement_constraints.clone()),
+                placement_strategy: Some(svc.placement_strategy.clone()),
+                // Service tags are copied here; the task definition's by RunTask.
+                tags: (svc.propagate_tags == "SERVICE").then(|| rec_tags.clone()),
+                propagate_tags: (svc.propagate_tags == "TASK_DEFINITION").then(|| "TASK_DEFINITION".to_string()),
+                enable_ecs_managed_tags: Some(svc.enable_ecs_managed_tags),
+                network_configuration: (!network.is_null()).then(|| network.clone()),
+                started_by: Some(deployment.to_string()),
+                group: Some(rec.group()),
+                allow_inactive: true,
+                ..Default::default()
+            };
+            let (started, failures) = self.run_task(&rec.scope(), req).await?;
+            started_ids.extend(started.iter().map(|t| short_id(&t.task_arn).to_string()));
+            unplaced = unplaced.or(failures.into_iter().next());
+            left -= n;
+        }
+        if !started_ids.is_empty() {
+            let list: Vec<String> = started_ids.iter().map(|i| format!("(task {i})")).collect();
+            events.push(format!(
+                "(service {name}) has started {} tasks: {}.",
+                started_ids.len(),
+                list.join(" ")
+            ));
+        }
+        if let Some(f) = unplaced {
+            let m = unplaced_event(name, &f);
+            // Said once while it lasts, not on every pass.
+            if svc.events.first().map(|e| &e.message) != Some(&m) {
+                events.push(m);
+            }
+        }
+        Ok((started_ids, events))
+    }
+
     async fn scheduler_stop(&self, t: &TaskRecord, reason: &str) -> Result<(), EcsError> {
         self.request_stop(&Self::key_of(t), stop_code::SERVICE_SCHEDULER_INITIATED, reason)
             .await?;
@@ -208,7 +267,6 @@ impl Control {
         };
         let now = self.now();
         let name = rec.service.service_name.clone();
-        let group = rec.group();
         let deployment_of = |t: &TaskRecord| t.task.started_by.clone().unwrap_or_default();
         let grace = rec.service.health_check_grace_period_seconds.unwrap_or(0) as f64;
         let primary = rec.primary().cloned();
@@ -546,64 +604,18 @@ impl Control {
         }
         let mut started_ids = Vec::new();
         if plan.start > 0 {
-            let td = new_primary
-                .as_ref()
+            // A rollback launches the revision it returns to.
+            let back_to = new_primary.as_ref().or(rollback_to_blue.as_ref());
+            let td = back_to
+                .or(primary.as_ref())
                 .map(|d| d.task_definition.clone())
-                .or_else(|| primary.as_ref().map(|d| d.task_definition.clone()))
                 .unwrap_or_else(|| rec.service.task_definition.clone());
-            let network = new_primary
-                .as_ref()
+            let network = back_to
                 .map(|d| d.network_configuration.clone())
                 .unwrap_or_else(|| rec.service.network_configuration.clone());
-            let rec_tags = rec.service.tags.clone().unwrap_or_default();
-            let mut unplaced = None;
-            let mut left = plan.start;
-            while left > 0 {
-                let n = left.min(10);
-                let svc = &rec.service;
-                let req = RunTaskRequest {
-                    cluster: Some(rec.cluster.clone()),
-                    task_definition: Some(td.clone()),
-                    count: Some(n as i64),
-                    launch_type: (!svc.launch_type.is_empty()).then(|| svc.launch_type.clone()),
-                    capacity_provider_strategy: (!svc.capacity_provider_strategy.is_empty())
-                        .then(|| svc.capacity_provider_strategy.clone()),
-                    platform_version: (!svc.platform_version.is_empty()).then(|| svc.platform_version.clone()),
-                    placement_constraints: Some(svc.placement_constraints.clone()),
-                    placement_strategy: Some(svc.placement_strategy.clone()),
-                    // Service tags are copied here; the task definition's by RunTask.
-                    tags: (svc.propagate_tags == "SERVICE").then(|| rec_tags.clone()),
-                    propagate_tags: (svc.propagate_tags == "TASK_DEFINITION").then(|| "TASK_DEFINITION".to_string()),
-                    enable_ecs_managed_tags: Some(svc.enable_ecs_managed_tags),
-                    network_configuration: (!network.is_null()).then(|| network.clone()),
-                    started_by: Some(primary_id.clone()),
-                    group: Some(group.clone()),
-                    allow_inactive: true,
-                    ..Default::default()
-                };
-                let (started, failures) = self.run_task(&scope, req).await?;
-                started_ids.extend(started.iter().map(|t| short_id(&t.task_arn).to_string()));
-                unplaced = unplaced.or(failures.into_iter().next());
-                left -= n;
-            }
-            if !started_ids.is_empty() {
-                events.push(format!(
-                    "(service {name}) has started {} tasks: {}.",
-                    started_ids.len(),
-                    started_ids
-                        .iter()
-                        .map(|i| format!("(task {i})"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ));
-            }
-            if let Some(f) = unplaced {
-                let m = unplaced_event(&name, &f);
-                // Said once while it lasts, not on every pass.
-                if rec.service.events.first().map(|e| &e.message) != Some(&m) {
-                    events.push(m);
-                }
-            }
+            let (started, said) = self.launch(&rec, &td, &network, &primary_id, plan.start).await?;
+            started_ids = started;
+            events.extend(said);
         }
 
         // Counts and rollout state, written back with CAS. As ListTasks shows them: tasks told
