@@ -63,5 +63,6 @@ def test_deployments_are_listed_described_and_rolled_back_on_request(gantry, ecs
     assert sd["rollback"]["reason"] == "Service deployment stopped by StopServiceDeployment."
     s = stable(ecs, "sd")
     assert s["taskDefinition"].endswith(":task-definition/sd-app:1"), s["taskDefinition"]
+    assert s["currentServiceDeployment"] == slow, "the deployment carrying the rollback reports as the one rolled back"
     ecs.update_service(service="sd", desiredCount=0)
     ecs.delete_service(service="sd")

@@ -147,6 +147,18 @@ pub fn sync(r: &mut ServiceRecord, shift: Option<&TrafficShift>, now: f64) {
     }
     let excess = r.history.len().saturating_sub(MAX_HISTORY);
     r.history.drain(..excess);
+    let primary = deployments.iter().find(|d| d.status == "PRIMARY").map(|d| d.id.clone());
+    let current = primary.and_then(|id| {
+        // A deployment carrying a rollback reports as the one it rolls back.
+        let h = r
+            .history
+            .iter()
+            .find(|h| h.deployment_id == id || h.rolled_back_by.as_deref() == Some(&id))?;
+        h.service_deployment["serviceDeploymentArn"]
+            .as_str()
+            .map(str::to_string)
+    });
+    r.service.current_service_deployment = current;
 }
 
 /// Marks `failed`'s history entry as rolled back by `by`, with the reason.

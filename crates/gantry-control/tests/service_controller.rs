@@ -343,4 +343,10 @@ async fn deployments_are_kept_as_history_with_ecs_statuses() {
     }
     c.reconcile_services().await;
     assert_eq!(list(&c).await, vec!["SUCCESSFUL", "STOPPED", "SUCCESSFUL"]);
+    let newest = c
+        .list_service_deployments(&scope(), &json!({"cluster": "default", "service": "svc"}))
+        .await
+        .unwrap()["serviceDeployments"][0]["serviceDeploymentArn"]
+        .clone();
+    assert_eq!(service(&c).await.current_service_deployment.as_deref(), newest.as_str());
 }

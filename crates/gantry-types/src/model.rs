@@ -383,6 +383,9 @@ pub struct Service {
     pub role_arn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone_rebalancing: Option<String>,
+    /// The ARN of the service deployment of the primary deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_service_deployment: Option<String>,
 }
 
 /// A container instance as ECS describes it: a Gantry node registered in a cluster.
