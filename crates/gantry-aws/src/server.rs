@@ -125,13 +125,26 @@ async fn find_key(api: &Api, headers: &[(String, String)]) -> Result<Option<Secr
     }))
 }
 
-fn access_key_id(headers: &[(String, String)]) -> Option<&str> {
+/// The Authorization header's credential scope, split: access key id, date, region,
+/// service, "aws4_request".
+fn credential(headers: &[(String, String)]) -> Option<Vec<&str>> {
     let auth = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))?
         .1
         .as_str();
-    let akid = auth.split("Credential=").nth(1)?.split('/').next()?;
+    Some(
+        auth.split("Credential=")
+            .nth(1)?
+            .split(',')
+            .next()?
+            .split('/')
+            .collect(),
+    )
+}
+
+fn access_key_id(headers: &[(String, String)]) -> Option<&str> {
+    let akid = *credential(headers)?.first()?;
     let valid = !akid.is_empty() && akid.len() <= 128 && akid.bytes().all(|b| b.is_ascii_alphanumeric());
     valid.then_some(akid)
 }
@@ -203,12 +216,7 @@ pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: H
 /// The service named in the Authorization header's credential scope, before verification
 /// (only to frame errors in that service's terms).
 fn credential_service(headers: &[(String, String)]) -> Option<&str> {
-    let auth = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))?
-        .1
-        .as_str();
-    auth.split("Credential=").nth(1)?.split(',').next()?.split('/').nth(3)
+    credential(headers)?.get(3).copied()
 }
 
 pub fn router(api: Api) -> axum::Router {

@@ -105,13 +105,14 @@ async fn handle(shared: &Shared, local: SocketAddr, peer: SocketAddr, req: Reque
         headers: req.headers(),
         source: peer.ip(),
     };
-    let Some(action) = route(&served.view, &facts).first().cloned() else {
+    // Borrowed from the listener's configuration, which this request holds: no copy per request.
+    let Some(action) = route(&served.view, &facts).first() else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
     match action.kind.as_str() {
         "fixed-response" => fixed(action.fixed_response_config.as_ref()),
         "redirect" => redirect(action.redirect_config.as_ref(), &host, local.port(), req.uri()),
-        "forward" => forward(shared, &served, &action, peer, host, req).await,
+        "forward" => forward(shared, &served, action, peer, host, req).await,
         _ => error_page(StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
