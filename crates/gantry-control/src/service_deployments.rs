@@ -105,6 +105,13 @@ pub fn sync(r: &mut ServiceRecord, shift: Option<&TrafficShift>, now: f64) {
     for h in &mut r.history {
         let sd = &mut h.service_deployment;
         let old = sd["status"].as_str().unwrap_or("").to_string();
+        // Counts follow the deployment while the record holds it, finished or not (the pass
+        // that completes it may have counted before its last task was seen running).
+        if let Some(d) = find(&h.deployment_id) {
+            sd["targetServiceRevision"]["requestedTaskCount"] = json!(d.desired_count);
+            sd["targetServiceRevision"]["runningTaskCount"] = json!(d.running_count);
+            sd["targetServiceRevision"]["pendingTaskCount"] = json!(d.pending_count);
+        }
         if matches!(
             old.as_str(),
             "SUCCESSFUL" | "STOPPED" | "ROLLBACK_SUCCESSFUL" | "ROLLBACK_FAILED"
@@ -133,11 +140,6 @@ pub fn sync(r: &mut ServiceRecord, shift: Option<&TrafficShift>, now: f64) {
                 "STOPPED" => sd["stoppedAt"] = json!(now),
                 _ => {}
             }
-        }
-        if let Some(d) = find(&h.deployment_id) {
-            sd["targetServiceRevision"]["requestedTaskCount"] = json!(d.desired_count);
-            sd["targetServiceRevision"]["runningTaskCount"] = json!(d.running_count);
-            sd["targetServiceRevision"]["pendingTaskCount"] = json!(d.pending_count);
         }
         let stage = shift.filter(|s| s.deployment == h.deployment_id);
         if let Some(s) = stage {
