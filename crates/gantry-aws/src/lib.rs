@@ -7,6 +7,7 @@ pub mod elbv2;
 pub mod logs;
 pub mod protocol;
 pub mod server;
+pub mod servicediscovery;
 pub mod sigv4;
 
 pub use api::{Api, ApiError};

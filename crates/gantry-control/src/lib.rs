@@ -4,6 +4,7 @@
 
 pub mod account_settings;
 pub mod capacity_providers;
+pub mod cloudmap;
 mod clusters;
 pub mod controllers;
 pub mod deploy;
@@ -14,6 +15,7 @@ pub mod logfeed;
 pub mod logstore;
 pub mod nodes;
 pub mod placement;
+pub mod records;
 pub mod run_task;
 pub mod service_controller;
 pub mod service_deployments;
@@ -83,6 +85,11 @@ pub(crate) fn prefix(scope: &Scope) -> String {
 }
 
 impl Control {
+    /// Cloud Map over the same store and clock.
+    pub fn cloud_map(&self) -> cloudmap::CloudMap {
+        cloudmap::CloudMap::new(self.store.clone(), self.clock.clone())
+    }
+
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Control {
         Control {
             task_watches: fanout::TaskFanout::new(store.clone()),

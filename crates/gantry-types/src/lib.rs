@@ -3,6 +3,7 @@
 //! Fargate's rules. serde only, no I/O.
 
 pub mod arn;
+pub mod cloudmap;
 pub mod elbv2;
 pub mod error;
 pub mod fargate;

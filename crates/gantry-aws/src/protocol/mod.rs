@@ -26,6 +26,9 @@ pub type Handler = for<'a> fn(&'a Api, &'a Scope, &'a str, Value) -> Reply<'a>;
 pub struct Service {
     pub model: Model,
     pub handler: Handler,
+    /// Whether JSON inputs are checked against the model before the handler sees them (the
+    /// first services check their inputs by hand, in their own words).
+    pub checks_json: Option<&'static str>,
 }
 
 impl Service {
@@ -33,7 +36,15 @@ impl Service {
         Service {
             model: Model::parse(model_json),
             handler,
+            checks_json: None,
         }
+    }
+
+    /// JSON inputs are checked against the model; violations answer with `error` (the
+    /// service's own validation error shape).
+    fn checking_json(mut self, error: &'static str) -> Service {
+        self.checks_json = Some(error);
+        self
     }
 
     fn speaks_json(&self) -> bool {
@@ -49,6 +60,11 @@ pub fn services() -> &'static [Service] {
             Service::new(include_str!("../../models/ecs.json"), crate::ecs::handler),
             Service::new(include_str!("../../models/logs.json"), crate::logs::handler),
             Service::new(include_str!("../../models/elbv2.json"), crate::elbv2::handler),
+            Service::new(
+                include_str!("../../models/servicediscovery.json"),
+                crate::servicediscovery::handler,
+            )
+            .checking_json("InvalidInput"),
         ]
     })
 }
@@ -144,6 +160,9 @@ fn resolve_json(candidates: &[&'static Service], target: &str, body: &[u8]) -> R
             }
         }
     };
+    if let Some(error) = service.checks_json {
+        validate::json_input(&service.model, op, &input).map_err(|p| ApiError::client(error, p.message()))?;
+    }
     Ok(Call { service, op, input })
 }
 

@@ -100,3 +100,76 @@ fn shown(s: &str) -> String {
         cut
     }
 }
+
+/// Checks a JSON request body against the operation's input shape: required members present,
+/// and each value's constraints (length, range, enum), reported together. Type mismatches and
+/// unknown members are left to the handler's typed parse, which names them.
+pub fn json_input(model: &super::model::Model, op: &super::model::Operation, v: &Value) -> Result<(), Problems> {
+    let mut problems = Problems::default();
+    if let Some(input) = &op.input {
+        walk(model, &input.shape, v, "", &mut problems);
+    }
+    problems.into_result(())
+}
+
+fn walk(model: &super::model::Model, shape_name: &str, v: &Value, path: &str, problems: &mut Problems) {
+    let shape = model.shape(shape_name);
+    let at = |name: &str| {
+        if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    if !path.is_empty() {
+        problems.check(shape, v, path);
+    }
+    match (shape.kind.as_str(), v) {
+        ("structure", Value::Object(o)) => {
+            for r in &shape.required {
+                if o.get(r).is_none_or(Value::is_null) {
+                    problems.missing(&at(r));
+                }
+            }
+            for (k, m) in &shape.members {
+                if let Some(val) = o.get(k).filter(|x| !x.is_null()) {
+                    walk(model, &m.shape, val, &at(k), problems);
+                }
+            }
+        }
+        ("list", Value::Array(items)) => {
+            if items.len() > MAX_ELEMENTS {
+                return problems.too_many(path);
+            }
+            let member = shape.member.as_ref().expect("a list has a member");
+            for (i, item) in items.iter().enumerate() {
+                walk(
+                    model,
+                    &member.shape,
+                    item,
+                    &format!("{path}.{}.member", i + 1),
+                    problems,
+                );
+            }
+        }
+        ("map", Value::Object(o)) => {
+            if o.len() > MAX_ELEMENTS {
+                return problems.too_many(path);
+            }
+            let (key, value) = (shape.key.as_ref(), shape.value.as_ref());
+            for (k, val) in o {
+                if let Some(key) = key {
+                    problems.check(
+                        model.shape(&key.shape),
+                        &Value::String(k.clone()),
+                        &format!("{path}.{k}.key"),
+                    );
+                }
+                if let Some(value) = value {
+                    walk(model, &value.shape, val, &format!("{path}.{k}.value"), problems);
+                }
+            }
+        }
+        _ => {}
+    }
+}

@@ -97,6 +97,15 @@ impl LbNetwork {
     }
 }
 
+impl From<crate::records::RecordError> for ElbError {
+    fn from(e: crate::records::RecordError) -> ElbError {
+        match e {
+            crate::records::RecordError::Store(e) => store_err(e),
+            corrupt => ElbError::server(corrupt.to_string()),
+        }
+    }
+}
+
 pub(crate) fn store_err(e: StoreError) -> ElbError {
     match e {
         StoreError::Backend(m) => ElbError::new("ServiceUnavailable", format!("The service is unavailable: {m}")),
@@ -211,36 +220,21 @@ impl Elb {
         }
     }
 
+    fn records(&self) -> crate::records::Records {
+        crate::records::Records::new(self.store.clone())
+    }
+
     async fn load<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, i64)>, ElbError> {
-        let Some(kv) = self.store.get(key).await.map_err(store_err)? else {
-            return Ok(None);
-        };
-        let v =
-            serde_json::from_slice(&kv.value).map_err(|e| ElbError::server(format!("corrupt record {key}: {e}")))?;
-        Ok(Some((v, kv.mod_revision)))
+        Ok(self.records().load(key).await?)
     }
 
     async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, ElbError> {
-        let (kvs, _) = self.store.list(prefix).await.map_err(store_err)?;
-        kvs.iter()
-            .map(|kv| {
-                serde_json::from_slice(&kv.value)
-                    .map_err(|e| ElbError::server(format!("corrupt record {}: {e}", kv.key)))
-            })
-            .collect()
+        Ok(self.records().list(prefix).await?)
     }
 
     /// Creates `key`; `Ok(false)` when it already exists.
     async fn create<T: Serialize>(&self, key: &str, v: &T) -> Result<bool, ElbError> {
-        match self
-            .store
-            .create(key, &serde_json::to_vec(v).expect("serialises"))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(StoreError::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(store_err(e)),
-        }
+        Ok(self.records().create(key, v).await?)
     }
 
     /// Read-modify-write of one record with compare-and-swap, retried on conflict. `f` sees
@@ -248,42 +242,12 @@ impl Elb {
     async fn update<T, R>(
         &self,
         key: &str,
-        mut f: impl FnMut(Option<T>) -> Result<(Option<T>, R), ElbError>,
+        f: impl FnMut(Option<T>) -> Result<(Option<T>, R), ElbError>,
     ) -> Result<R, ElbError>
     where
         T: Serialize + DeserializeOwned,
     {
-        loop {
-            let current = self.load::<T>(key).await?;
-            let rev = current.as_ref().map(|c| c.1);
-            let before = current.as_ref().map(|c| serde_json::to_vec(&c.0).expect("json"));
-            let (next, out) = f(current.map(|c| c.0))?;
-            let after = next.as_ref().map(|n| serde_json::to_vec(n).expect("json"));
-            if after == before {
-                return Ok(out);
-            }
-            let written = match (next, rev) {
-                (Some(v), Some(rev)) => self
-                    .store
-                    .update(key, &serde_json::to_vec(&v).expect("json"), rev)
-                    .await
-                    .map(drop),
-                (Some(v), None) => self
-                    .store
-                    .create(key, &serde_json::to_vec(&v).expect("json"))
-                    .await
-                    .map(drop),
-                (None, Some(rev)) => self.store.delete(key, Some(rev)).await.map(drop),
-                (None, None) => Ok(()),
-            };
-            match written {
-                Ok(()) => return Ok(out),
-                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } | StoreError::NotFound { .. }) => {
-                    continue
-                }
-                Err(e) => return Err(store_err(e)),
-            }
-        }
+        self.records().update(key, f).await
     }
 
     /// `update` of an existing record that must still be the one an ARN named (a record of
@@ -325,10 +289,7 @@ impl Elb {
     }
 
     async fn delete_key(&self, key: &str) -> Result<(), ElbError> {
-        match self.store.delete(key, None).await {
-            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(store_err(e)),
-        }
+        Ok(self.records().delete(key).await?)
     }
 }
 
