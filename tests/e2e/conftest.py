@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import struct
 import tempfile
+import threading
 import time
 
 import boto3
@@ -39,6 +41,37 @@ def remove_hosts_lines(tag):
             f.writelines(kept)
 
 
+STUB_ADDRESS = "192.0.2.7"  # TEST-NET-1: answered, never contacted
+
+
+def start_stub_resolver():
+    """A stand-in for the node's upstream resolvers on loopback: every A query is answered with
+    STUB_ADDRESS, other types with no records. Gantry's task resolver relays names outside
+    Cloud Map here, so tests never send DNS to the machine's real resolvers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            q, peer = sock.recvfrom(4096)
+            end = 12
+            while end < len(q) and q[end] != 0:
+                end += q[end] + 1
+            question = q[12:end + 5]
+            qtype = struct.unpack("!H", q[end + 1:end + 3])[0] if end + 3 <= len(q) else 0
+            answers = b""
+            if qtype == 1:
+                answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(STUB_ADDRESS)
+            header = q[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if answers else 0, 0, 0)
+            sock.sendto(header + question + answers, peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock.getsockname()[1]
+
+
+STUB_RESOLVER_PORT = start_stub_resolver()
+
+
 class Gantry:
     def __init__(self, instance=0):
         assert os.geteuid() == 0, "e2e tests need root (CI runs as root)"
@@ -53,7 +86,8 @@ class Gantry:
         # /etc/hosts tagged with it.
         self.lb_network = f"127.{100 + os.getpid() % 100}.{instance}.0/24"
         self.env = dict(os.environ, GANTRY_ACCESS_KEY_ID=KEY, GANTRY_SECRET_ACCESS_KEY=SECRET,
-                        GANTRY_ACCOUNT_ID=ACCOUNT, GANTRY_WARM_POOL="2", GANTRY_LB_NETWORK=self.lb_network)
+                        GANTRY_ACCOUNT_ID=ACCOUNT, GANTRY_WARM_POOL="2", GANTRY_LB_NETWORK=self.lb_network,
+                        GANTRY_DNS_UPSTREAM=f"127.0.0.1:{STUB_RESOLVER_PORT}")
         self.proc = None
         img = os.path.join(self.dir, "img")
         subprocess.run([sys.executable, os.path.join(ROOT, "tests/fixtures/mkimage.py"), img], check=True,

@@ -167,7 +167,7 @@ def test_service_scheduling_tags_controllers_and_unplaceable_tasks(ecs):
     with pytest.raises(ClientError) as e:
         ecs.create_service(cluster="svcx", serviceName="sd", taskDefinition="svcx-loop", desiredCount=0,
                            serviceRegistries=[{"registryArn": "arn:aws:servicediscovery:us-east-1:123456789012:service/srv-1"}])
-    assert code(e) == "InvalidParameterException" and "serviceRegistries" in e.value.response["Error"]["Message"]
+    assert code(e) == "InvalidParameterException" and "does not exist" in e.value.response["Error"]["Message"]
     ecs.delete_service(cluster="svcx", service="tok", force=True)
 
 

@@ -39,10 +39,6 @@ fn refuse_unsupported(input: &Value, members: &[(&str, &str)]) -> Result<(), Api
 }
 
 const SERVICE_UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "serviceRegistries",
-        "Cloud Map service discovery arrives with the traffic work",
-    ),
     ("serviceConnectConfiguration", "Service Connect is not offered"),
     ("volumeConfigurations", "volumes are not supported yet"),
     ("vpcLatticeConfigurations", "VPC Lattice is not offered"),
@@ -345,6 +341,15 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
         "ListServices" => {
             let q: gantry_control::services::ListServices = parse(input)?;
             let (arns, next) = c.list_services(scope, q).await?;
+            json!({"serviceArns": arns, "nextToken": next})
+        }
+        "ListServicesByNamespace" => {
+            let namespace: String = required(&input, "namespace")?;
+            let next: Option<String> = field(&input, "nextToken")?;
+            let max: Option<i64> = field(&input, "maxResults")?;
+            let (arns, next) = c
+                .list_services_by_namespace(scope, &namespace, next.as_deref(), max)
+                .await?;
             json!({"serviceArns": arns, "nextToken": next})
         }
         "TagResource" | "UntagResource" | "ListTagsForResource" => {

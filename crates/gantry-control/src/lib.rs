@@ -20,6 +20,7 @@ pub mod run_task;
 pub mod service_controller;
 pub mod service_deployments;
 pub mod service_lb;
+pub mod service_registry;
 pub mod services;
 mod taskdefs;
 pub mod tasks;

@@ -517,7 +517,14 @@ impl Control {
         }
 
         // Apply: stops first, then launches. A task behind a load balancer is deregistered
-        // first and stopped once its connections have drained.
+        // first and stopped once its connections have drained; one in Cloud Map leaves it first.
+        let leaving: Vec<&TaskRecord> = tasks
+            .iter()
+            .filter(|t| plan.stop.iter().any(|(a, _)| *a == t.task.task_arn))
+            .collect();
+        if !leaving.is_empty() && !rec.registry_registered.is_empty() {
+            self.deregister_instances(&rec, &leaving).await;
+        }
         let mut stopped_ids = Vec::new();
         let mut draining_ids = Vec::new();
         for (arn, why) in &plan.stop {
@@ -591,6 +598,19 @@ impl Control {
             }
             None => None,
         };
+        // Healthy running tasks are in Cloud Map; every other instance the service registered
+        // is not.
+        let healthy_arns: HashSet<&str> = views
+            .iter()
+            .filter(|v| v.health == TaskHealth::Healthy)
+            .map(|v| v.arn.as_str())
+            .collect();
+        let serving: Vec<&TaskRecord> = tasks
+            .iter()
+            .filter(|t| healthy_arns.contains(t.task.task_arn.as_str()))
+            .filter(|t| !deregistering.contains_key(&t.task.task_arn) && !stopping_now.contains(&t.task.task_arn))
+            .collect();
+        let in_registry = self.sync_registries(&rec, &serving).await;
         if !stopped_ids.is_empty() {
             events.push(format!(
                 "(service {name}) has stopped {} running tasks: {}.",
@@ -661,6 +681,7 @@ impl Control {
             if let Some(reg) = &registered {
                 r.lb_registered = reg.clone();
             }
+            r.registry_registered = in_registry.clone();
             // A finished shift swaps the groups' roles: green is the next deployment's blue.
             r.traffic_shift = match &shift {
                 Some(s) if s.stage == "CLEAN_UP" && others_live == 0 => {

@@ -190,23 +190,7 @@ impl Control {
                     "The target group with targetGroupArn {arn} does not have an associated load balancer."
                 )));
             }
-            let containers = td["containerDefinitions"].as_array().cloned().unwrap_or_default();
-            let container = containers
-                .iter()
-                .find(|c| c["name"].as_str() == Some(name))
-                .ok_or_else(|| {
-                    EcsError::invalid(format!("The container {name} does not exist in the task definition."))
-                })?;
-            let mapped = container["portMappings"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|p| p["containerPort"].as_i64() == Some(port));
-            if !mapped {
-                return Err(EcsError::invalid(format!(
-                    "The container {name} did not have a container port {port} defined."
-                )));
-            }
+            crate::service_registry::check_container(td, name, port)?;
             let mut entry = json!({"targetGroupArn": arn, "containerName": name, "containerPort": port});
             let adv = &l["advancedConfiguration"];
             if !adv.is_null() {

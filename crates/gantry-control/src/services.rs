@@ -40,6 +40,9 @@ pub struct ServiceRecord {
     /// Targets the service registered, as "group ARN|ip:port".
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub lb_registered: std::collections::BTreeSet<String>,
+    /// Cloud Map instances the service registered, as "service id|task id".
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub registry_registered: std::collections::BTreeSet<String>,
     /// A blue/green, linear or canary deployment moving traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_shift: Option<crate::traffic_shift::TrafficShift>,
@@ -103,6 +106,7 @@ pub struct CreateServiceRequest {
     pub enable_execute_command: Option<bool>,
     pub propagate_tags: Option<String>,
     pub load_balancers: Option<Vec<Value>>,
+    pub service_registries: Option<Vec<Value>>,
     pub placement_constraints: Option<Vec<Value>>,
     pub placement_strategy: Option<Vec<Value>>,
     pub role: Option<String>,
@@ -158,6 +162,7 @@ pub struct UpdateServiceRequest {
     pub deployment_controller: Option<Value>,
     pub availability_zone_rebalancing: Option<String>,
     pub load_balancers: Option<Vec<Value>>,
+    pub service_registries: Option<Vec<Value>>,
 }
 
 /// A new PRIMARY deployment of the service's current launch settings.
@@ -357,6 +362,13 @@ impl Control {
             }
             _ => vec![],
         };
+        let service_registries = self
+            .validate_registries(
+                scope,
+                req.service_registries.as_deref().unwrap_or_default(),
+                &td.definition,
+            )
+            .await?;
         let td_arn = td.definition["taskDefinitionArn"]
             .as_str()
             .unwrap_or_default()
@@ -430,6 +442,7 @@ impl Control {
             }),
             availability_zone_rebalancing: req.availability_zone_rebalancing.clone(),
             load_balancers,
+            service_registries,
             ..Default::default()
         };
         let dep = new_deployment(
@@ -452,6 +465,7 @@ impl Control {
             client_token: req.client_token.clone(),
             deregistering: Default::default(),
             lb_registered: Default::default(),
+            registry_registered: Default::default(),
             traffic_shift: None,
             blue_is_alternate: false,
             history: vec![],
@@ -594,6 +608,16 @@ impl Control {
             }
             (None, _) => None,
         };
+        // New registries, or the current ones checked against a new definition.
+        let registries = match (&req.service_registries, &new_td) {
+            (Some(r), _) => Some(self.validate_registries(scope, r, &target.definition).await?),
+            (None, Some(td)) => {
+                self.validate_registries(scope, &current.service.service_registries, &td.definition)
+                    .await?;
+                None
+            }
+            (None, None) => None,
+        };
         let new_td = new_td.map(|td| {
             td.definition["taskDefinitionArn"]
                 .as_str()
@@ -632,6 +656,10 @@ impl Control {
                 let lbs_changed = load_balancers.as_ref().is_some_and(|l| *l != r.service.load_balancers);
                 if let Some(l) = &load_balancers {
                     r.service.load_balancers = l.clone();
+                }
+                // Registrations follow at once (the controller registers and deregisters).
+                if let Some(g) = &registries {
+                    r.service.service_registries = g.clone();
                 }
                 let svc = &mut r.service;
                 let mut placement_changed = false;

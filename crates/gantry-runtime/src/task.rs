@@ -181,7 +181,7 @@ impl Node {
         };
         let result = (|| {
             shim::write_json_atomic(&dir.join("sandbox.json"), &sb).map_err(io_ctx("writing sandbox.json"))?;
-            Network::write_etc_files(&sb, hostname, &dir.join("etc"))?;
+            Network::write_etc_files(&sb, hostname, &dir.join("etc"), self.network.config().node_resolver)?;
             Ok(sb.clone())
         })();
         if result.is_err() {

@@ -30,6 +30,8 @@ pub enum EcsError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    NamespaceNotFound(String),
+    #[error("{0}")]
     Server(String),
 }
 
@@ -55,6 +57,7 @@ impl EcsError {
             EcsError::AttributeLimitExceeded(_) => "AttributeLimitExceededException",
             EcsError::ServiceDeploymentNotFound(_) => "ServiceDeploymentNotFoundException",
             EcsError::Conflict(_) => "ConflictException",
+            EcsError::NamespaceNotFound(_) => "NamespaceNotFoundException",
             EcsError::Server(_) => "ServerException",
         }
     }

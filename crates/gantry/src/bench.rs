@@ -65,7 +65,7 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     let mut lowers: Vec<PathBuf> = image.layers.iter().map(|l| node.images().layer_path(l)).collect();
     lowers.reverse();
     let base_sb = node.network().create()?;
-    gantry_runtime::net::Network::write_etc_files(&base_sb, "bench", &base.join("etc"))?;
+    gantry_runtime::net::Network::write_etc_files(&base_sb, "bench", &base.join("etc"), false)?;
     let oci = bundle::build_spec(
         "bench",
         &img,

@@ -42,6 +42,26 @@ pub struct DevArgs {
     store: Option<String>,
     #[command(flatten)]
     lb: LbArgs,
+    /// Resolvers that names outside Cloud Map's namespaces are relayed to, as IP[:PORT]
+    /// (comma-separated; default: the nameservers of /etc/resolv.conf).
+    #[arg(long, env = "GANTRY_DNS_UPSTREAM", value_delimiter = ',')]
+    dns_upstream: Vec<String>,
+}
+
+/// The resolvers `--dns-upstream` names, or the host's.
+fn dns_upstreams(given: &[String]) -> Result<Vec<SocketAddr>> {
+    if given.is_empty() {
+        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        return Ok(gantry_dns::upstreams_from_resolv_conf(&conf));
+    }
+    given
+        .iter()
+        .map(|g| {
+            g.parse::<SocketAddr>()
+                .or_else(|_| g.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .with_context(|| format!("--dns-upstream {g:?} is not IP or IP:PORT"))
+        })
+        .collect()
 }
 
 /// Where load balancers listen and how their names resolve.
@@ -292,7 +312,10 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let store = open_store(a.store.as_deref(), &args.data_dir).await?.store;
     let logs = Arc::new(Logs::local(Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?)));
     let creds = credentials(store.as_ref()).await?;
-    let node = Arc::new(args.node()?);
+    let mut node_config = args.node_config()?;
+    node_config.network.node_resolver = true;
+    let gateway = node_config.network.subnet.gateway();
+    let node = Arc::new(gantry_runtime::task::Node::open(node_config)?);
     let control = Control::new(store.clone(), Arc::new(SystemClock));
 
     // Startup sweep: keep tasks the control plane still tracks (their exit codes are
@@ -322,6 +345,14 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         eprintln!("gantry: wrote profile 'gantry' to {} and {}", c.display(), f.display());
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let dns = gantry_dns::Options {
+        listen: gantry_dns::listen_on(gateway),
+        upstreams: dns_upstreams(&a.dns_upstream)?,
+    };
+    let listen = dns.listen;
+    gantry_dns::bind_and_run(store.clone(), dns, stop_rx.clone())
+        .await
+        .with_context(|| format!("binding the tasks' DNS resolver on {listen}"))?;
     // The node: registered as "local", driven by an in-process agent over the local link.
     let (cpu, memory) = node_capacity(a.cpu, a.memory);
     let spec = NodeSpec {

@@ -191,6 +191,7 @@ impl NodeArgs {
                 subnet: self.subnet.parse()?,
                 netns_dir: self.run_dir.join("netns"),
                 state_dir: self.data_dir.join("network"),
+                node_resolver: false,
             },
         })
     }

@@ -224,12 +224,7 @@ impl CloudMap {
     }
 
     /// Applies `edit` to the tags of the namespace or service an ARN names.
-    async fn edit_tags(
-        &self,
-        scope: &Scope,
-        arn: &str,
-        edit: TagEdit<'_>,
-    ) -> Result<Vec<Tag>, MapError> {
+    async fn edit_tags(&self, scope: &Scope, arn: &str, edit: TagEdit<'_>) -> Result<Vec<Tag>, MapError> {
         let not_found = || MapError::new("ResourceNotFoundException", format!("Resource {arn} not found."));
         let rest = arn.strip_prefix(&Self::arn(scope, "")).ok_or_else(not_found)?;
         let key = match rest.split_once('/') {

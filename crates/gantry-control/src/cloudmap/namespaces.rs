@@ -93,6 +93,15 @@ impl CloudMap {
             .ok_or_else(|| MapError::new("NamespaceNotFound", format!("Namespace not found: {id}")))
     }
 
+    /// The namespace a name, id or ARN names.
+    pub async fn namespace_named(&self, scope: &Scope, given: &str) -> Result<Namespace, MapError> {
+        let key = Self::namespace_record_key(scope, given);
+        match self.records.load::<Tagged<Namespace>>(&key).await? {
+            Some((r, _)) => Ok(r.item),
+            None => self.namespace(scope, given).await,
+        }
+    }
+
     /// The store key of the namespace with this id, if there is one.
     pub(crate) async fn namespace_key(&self, scope: &Scope, id: &str) -> Result<Option<String>, MapError> {
         Ok(self

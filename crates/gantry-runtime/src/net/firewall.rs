@@ -2,7 +2,8 @@
 //! tasks cannot reach their host, and a node runs the agent, API and etcd ports). Packets that
 //! arrive on the bridge for the node are dropped unless they answer a connection the node
 //! opened. Task-to-task traffic is bridged, never delivered to the node, so it is untouched;
-//! the endpoints meant for tasks (169.254.170.2) live inside each task's own namespace.
+//! the endpoints meant for tasks (169.254.170.2) live inside each task's own namespace. The
+//! one exception is DNS to the node's resolver on the gateway address, when it runs.
 //!
 //! One nftables table per bridge (`gantry_<bridge>`), replaced atomically in one `nft -f`
 //! transaction, so several Gantry nodes on one host never touch each other's rules.
@@ -33,9 +34,16 @@ pub fn table_name(bridge: &str) -> Result<String, FirewallError> {
     Ok(format!("gantry_{}", bridge.replace('-', "_")))
 }
 
-/// The ruleset for one bridge.
-pub fn ruleset(bridge: &str) -> Result<String, FirewallError> {
+/// The ruleset for one bridge; with `resolver`, DNS to that address (the node's resolver on
+/// the gateway) is let through.
+pub fn ruleset(bridge: &str, resolver: Option<std::net::Ipv4Addr>) -> Result<String, FirewallError> {
     let t = table_name(bridge)?;
+    let dns = match resolver {
+        Some(ip) => format!(
+            "\t\tiifname \"{bridge}\" ip daddr {ip} meta l4proto {{ tcp, udp }} th dport 53 accept comment \"the node's resolver\"\n"
+        ),
+        None => String::new(),
+    };
     Ok(format!(
         "add table inet {t}\n\
          delete table inet {t}\n\
@@ -43,6 +51,7 @@ pub fn ruleset(bridge: &str) -> Result<String, FirewallError> {
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{bridge}\" ct state established,related accept\n\
+         {dns}\
          \t\tiifname \"{bridge}\" counter drop comment \"tasks may not reach the node\"\n\
          \t}}\n\
          }}\n"
@@ -72,8 +81,8 @@ fn nft(script: &str) -> Result<(), FirewallError> {
 }
 
 /// Installs (or replaces) the bridge's rules.
-pub fn isolate_node(bridge: &str) -> Result<(), FirewallError> {
-    nft(&ruleset(bridge)?)
+pub fn isolate_node(bridge: &str, resolver: Option<std::net::Ipv4Addr>) -> Result<(), FirewallError> {
+    nft(&ruleset(bridge, resolver)?)
 }
 
 /// Removes the bridge's rules (absent is fine).
@@ -88,7 +97,10 @@ mod tests {
 
     #[test]
     fn one_table_per_bridge_and_hostile_names_refused() {
-        let r = ruleset("gantry0").unwrap();
+        let r = ruleset("gantry0", None).unwrap();
+        assert!(!r.contains("dport 53"));
+        let with_dns = ruleset("gantry0", Some("10.1.0.1".parse().unwrap())).unwrap();
+        assert!(with_dns.contains("ip daddr 10.1.0.1 meta l4proto { tcp, udp } th dport 53 accept"));
         assert!(r.contains("table inet gantry_gantry0 {"));
         assert!(r.contains("iifname \"gantry0\" ct state established,related accept"));
         assert!(r.starts_with("add table inet gantry_gantry0\ndelete table inet gantry_gantry0\n"));

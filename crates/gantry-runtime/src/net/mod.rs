@@ -27,6 +27,9 @@ pub struct NetworkConfig {
     pub netns_dir: PathBuf,
     /// Lease file and pool markers.
     pub state_dir: PathBuf,
+    /// Whether a DNS resolver serves tasks on the gateway address (port 53): bridged tasks'
+    /// resolv.conf then names it, and the node's firewall lets DNS through to it.
+    pub node_resolver: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +148,7 @@ impl Network {
                 }
             }
         }
-        firewall::isolate_node(&cfg.bridge)?;
+        firewall::isolate_node(&cfg.bridge, cfg.node_resolver.then(|| cfg.subnet.gateway()))?;
         let ipam = Ipam::new(&cfg.state_dir.join("leases.json"), cfg.subnet);
         Ok(Network { cfg, ipam })
     }
@@ -428,7 +431,9 @@ impl Network {
     }
 
     /// Writes the files a task's containers mount: /etc/hosts, /etc/resolv.conf, /etc/hostname.
-    pub fn write_etc_files(sb: &Sandbox, hostname: &str, dir: &Path) -> Result<(), NetworkError> {
+    /// With `node_resolver`, a bridged task's only nameserver is the node's resolver on its
+    /// gateway (Cloud Map names, and everything else relayed); otherwise the host's.
+    pub fn write_etc_files(sb: &Sandbox, hostname: &str, dir: &Path, node_resolver: bool) -> Result<(), NetworkError> {
         fs::create_dir_all(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
         let hosts = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
@@ -439,16 +444,20 @@ impl Network {
         // The host's resolvers minus loopback ones, which mean nothing inside a namespace of
         // its own (in the host's network they do).
         let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let resolv: String = host
+        let own = node_resolver && sb.kind == SandboxKind::Bridged;
+        let mut resolv: String = host
             .lines()
             .filter(|l| {
                 let mut w = l.split_whitespace();
-                sb.kind == SandboxKind::Host
-                    || !(w.next() == Some("nameserver")
-                        && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
+                let nameserver = w.next() == Some("nameserver");
+                let local = w.next().is_some_and(|a| a.starts_with("127.") || a == "::1");
+                sb.kind == SandboxKind::Host || !(nameserver && (own || local))
             })
             .map(|l| format!("{l}\n"))
             .collect();
+        if own {
+            resolv = format!("nameserver {}\n{resolv}", sb.gateway);
+        }
         fs::write(dir.join("resolv.conf"), resolv).map_err(io_ctx("writing resolv.conf"))?;
         Ok(())
     }

@@ -108,6 +108,7 @@ impl TestNode {
                 subnet: format!("10.214.{}.0/24", (pid % 25) * 10 + n % 10).parse().unwrap(),
                 netns_dir: dir.path().join("run/netns"),
                 state_dir: dir.path().join("data/network"),
+                node_resolver: false,
             },
         };
         let node = Node::open(cfg.clone()).expect("opening node");
