@@ -13,7 +13,7 @@ import os
 
 import botocore
 
-SERVICES = {"ecs": "ecs", "logs": "logs", "elbv2": "elbv2", "servicediscovery": "servicediscovery"}
+SERVICES = {"ecs": "ecs", "logs": "logs", "elbv2": "elbv2", "servicediscovery": "servicediscovery", "acm": "acm"}
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "gantry-aws", "models")
 
 

@@ -68,7 +68,10 @@ def test_listeners_rules_and_target_groups_fit_together(elb):
         {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}])[0] == "DuplicateListener"
     code, msg = code_of(elb.create_listener, LoadBalancerArn=lb, Protocol="HTTPS", Port=443, DefaultActions=[
         {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}])
-    assert code == "UnsupportedProtocol" and "ACM" in msg
+    assert code == "ValidationError" and "certificate must be specified" in msg
+    code, msg = code_of(elb.create_listener, LoadBalancerArn=lb, Protocol="TCP", Port=443, DefaultActions=[
+        {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}])
+    assert code == "UnsupportedProtocol" and "HTTPS" in msg
     assert code_of(elb.create_listener, LoadBalancerArn=lb, Protocol="HTTP", Port=81, DefaultActions=[
         {"Type": "redirect", "RedirectConfig": {"StatusCode": "HTTP_301"}}])[1] == \
         "The redirect configuration is not valid because it creates a loop."

@@ -107,7 +107,7 @@ def test_service_tasks_resolve_by_name_from_inside_tasks(gantry, ecs, logs):
 
     ecs.delete_service(cluster="sd", service="web", force=True)
     wait_for("no registered tasks", lambda: sd.list_instances(ServiceId=web["Id"])["Instances"] == [])
-    assert resolve(gw, "web.sd.internal") == []
+    wait_for("the resolver answering no task", lambda: resolve(gw, "web.sd.internal") == [], timeout=5)
     ecs.stop_task(cluster="sd", task=ptask)
     sd.delete_service(Id=web["Id"])
     sd.delete_namespace(Id=ns)

@@ -1,6 +1,7 @@
 //! The AWS wire protocols: SigV4, the model-driven JSON and Query codecs, error shapes, and the
 //! per-service handlers. The only crate that knows HTTP headers and AWS error names.
 
+pub mod acm;
 pub mod api;
 pub mod ecs;
 pub mod elbv2;

@@ -3,6 +3,7 @@
 //! through the lifecycle; every write is compare-and-swap on the record's revision.
 
 pub mod account_settings;
+pub mod acm;
 pub mod capacity_providers;
 pub mod cloudmap;
 mod clusters;
@@ -86,6 +87,11 @@ pub(crate) fn prefix(scope: &Scope) -> String {
 }
 
 impl Control {
+    /// ACM over the same store and clock.
+    pub fn acm(&self) -> acm::Acm {
+        acm::Acm::new(self.store.clone(), self.clock.clone())
+    }
+
     /// Cloud Map over the same store and clock.
     pub fn cloud_map(&self) -> cloudmap::CloudMap {
         cloudmap::CloudMap::new(self.store.clone(), self.clock.clone())

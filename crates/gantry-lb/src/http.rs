@@ -43,6 +43,7 @@ fn error_page(status: StatusCode) -> Response<Body> {
 }
 
 /// Serves one listener's socket until `stop` says so; open connections finish their requests.
+/// HTTPS listeners decrypt first (the handshake bounded by the idle timeout).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
@@ -54,35 +55,50 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let Some(served) = shared.listener(local) else { return };
-            let s = &served.settings;
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // Bounded request heads (ALB allows 64 KB of headers) and a bounded wait for them,
-            // so slow or oversized clients cost a fixed amount.
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(s.idle_timeout)
-                .max_buf_size(MAX_HEAD);
-            builder.http2().max_header_list_size(MAX_HEAD as u32);
-            if !s.http2 {
-                builder = builder.http1_only();
+            if !served.is_secure() {
+                return serve_connection(shared, served, stream, local, peer).await;
             }
-            let keep_alive = s.client_keep_alive;
-            let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&shared, local, peer, req).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                // Client keep-alive: the connection is closed (gracefully) after this long.
-                _ = tokio::time::sleep(keep_alive) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            let Some(acceptor) = served.tls.clone() else { return };
+            match tokio::time::timeout(served.settings.idle_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(shared, served, tls, local, peer).await,
+                _ => tracing::debug!(%peer, "TLS handshake failed or timed out"),
             }
         });
+    }
+}
+
+/// HTTP/1.1 or HTTP/2 on one client connection, plain or decrypted.
+async fn serve_connection<S>(shared: Arc<Shared>, served: Arc<Served>, stream: S, local: SocketAddr, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let s = &served.settings;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Bounded request heads (ALB allows 64 KB of headers) and a bounded wait for them,
+    // so slow or oversized clients cost a fixed amount.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(s.idle_timeout)
+        .max_buf_size(MAX_HEAD);
+    builder.http2().max_header_list_size(MAX_HEAD as u32);
+    if !s.http2 {
+        builder = builder.http1_only();
+    }
+    let keep_alive = s.client_keep_alive;
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&shared, local, peer, req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        // Client keep-alive: the connection is closed (gracefully) after this long.
+        _ = tokio::time::sleep(keep_alive) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 
@@ -258,7 +274,9 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
 }
 
 /// X-Forwarded-* and the Host header as the load balancer's attributes say.
-fn forwarded_headers(s: &crate::settings::Settings, h: &mut hyper::HeaderMap, peer: SocketAddr, host: &str, port: u16) {
+fn forwarded_headers(served: &Served, h: &mut hyper::HeaderMap, peer: SocketAddr, host: &str, port: u16) {
+    let s = &served.settings;
+    let proto = if served.is_secure() { "https" } else { "http" };
     let client = if s.xff_client_port {
         peer.to_string()
     } else {
@@ -279,7 +297,7 @@ fn forwarded_headers(s: &crate::settings::Settings, h: &mut hyper::HeaderMap, pe
             }
         }
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     h.insert("x-forwarded-port", HeaderValue::from(port));
     if !s.preserve_host {
         // Without preservation, the Host header's port is the listener's.
@@ -342,7 +360,7 @@ async fn forward(
     }
     strip_hop_by_hop(&mut parts.headers);
     forwarded_headers(
-        &served.settings,
+        served,
         &mut parts.headers,
         peer,
         &host,

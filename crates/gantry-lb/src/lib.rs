@@ -14,6 +14,7 @@ mod http;
 mod matching;
 mod settings;
 mod tcp;
+mod tls;
 mod workers;
 
 pub use matching::wildcard;
@@ -233,7 +234,7 @@ fn reconcile(shared: &Arc<Shared>, workers: &workers::Workers, bound: &mut HashM
             }
         };
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let tcp = l.listener.protocol == "TCP";
+        let tcp = matches!(l.listener.protocol.as_str(), "TCP" | "TLS");
         for (i, socket) in sockets.into_iter().enumerate() {
             let (shared, rx) = (shared.clone(), rx.clone());
             workers.run(
@@ -264,7 +265,12 @@ fn reconcile(shared: &Arc<Shared>, workers: &workers::Workers, bound: &mut HashM
 /// Waits until the configuration changes after `revision` (a short pause gathers a burst of
 /// changes into one reload), 30 s pass (a safety re-read), or `stop`. True on stop.
 async fn wait_for_change(store: &dyn Store, revision: i64, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
-    let mut watch = match store.watch("/elbv2/", revision).await {
+    let watches = async {
+        let elb = store.watch("/elbv2/", revision).await?;
+        let certs = store.watch(gantry_control::acm::PREFIX, revision).await?;
+        Ok::<_, gantry_store::StoreError>((elb, certs))
+    };
+    let (mut watch, mut certs) = match watches.await {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "watching load balancer configuration");
@@ -275,7 +281,7 @@ async fn wait_for_change(store: &dyn Store, revision: i64, stop: &mut tokio::syn
         }
     };
     tokio::select! {
-        _ = watch.events.recv() => {
+        _ = async { tokio::select! { _ = watch.events.recv() => {}, _ = certs.events.recv() => {} } } => {
             tokio::time::sleep(Duration::from_millis(20)).await;
             false
         }

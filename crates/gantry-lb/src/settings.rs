@@ -46,13 +46,23 @@ impl Settings {
 pub struct Served {
     pub view: ListenerView,
     pub settings: Settings,
+    /// HTTPS and TLS listeners: how connections are decrypted.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Served {
     pub fn new(view: ListenerView) -> Served {
+        let settings = Settings::of(&view);
         Served {
-            settings: Settings::of(&view),
+            tls: crate::tls::server_config(&view, settings.http2).map(tokio_rustls::TlsAcceptor::from),
+            settings,
             view,
         }
+    }
+
+    /// Whether clients speak TLS to it (even when its certificate cannot be loaded: then
+    /// handshakes fail rather than plain text being served on a TLS port).
+    pub fn is_secure(&self) -> bool {
+        matches!(self.view.listener.protocol.as_str(), "HTTPS" | "TLS")
     }
 }

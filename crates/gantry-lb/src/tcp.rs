@@ -1,5 +1,5 @@
 //! A network load balancer listener: each TCP connection goes whole to one target of the
-//! listener's target group.
+//! listener's target group; a TLS listener decrypts it first (the target sees plain TCP).
 
 use crate::Shared;
 use std::sync::Arc;
@@ -13,35 +13,48 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Ok(local) = listener.local_addr() else { return };
-    while let Some((mut client, _)) = crate::next_connection(&listener, &mut stop).await {
+    while let Some((client, _)) = crate::next_connection(&listener, &mut stop).await {
         let shared = shared.clone();
         tokio::spawn(async move {
             let Some(view) = shared.listener(local) else { return };
-            let Some(action) = view.view.default_actions().first() else {
-                return;
-            };
-            let Some(group) = shared.balancer.choose_group(action).and_then(|arn| shared.group(arn)) else {
-                return;
-            };
-            // With no target to take it, the connection is closed (an NLB resets it).
-            let sticky = match group.sticky {
-                crate::balance::Sticky::SourceIp => client
-                    .peer_addr()
-                    .ok()
-                    .and_then(|p| crate::balance::source_ip_target(&group, p.ip())),
-                _ => None,
-            };
-            let Some(pick) = shared.balancer.choose_target(&group, sticky) else {
-                return;
-            };
-            let Ok(Ok(mut target)) =
-                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(pick.addr)).await
-            else {
-                return;
-            };
-            let _ = (client.set_nodelay(true), target.set_nodelay(true));
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
-            drop(pick);
+            let peer = client.peer_addr().ok();
+            let _ = client.set_nodelay(true);
+            if !view.is_secure() {
+                return relay(&shared, &view, client, peer).await;
+            }
+            let Some(acceptor) = view.tls.clone() else { return };
+            if let Ok(Ok(tls)) = tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(client)).await {
+                relay(&shared, &view, tls, peer).await;
+            }
         });
     }
+}
+
+/// Copies one client connection to a target of the listener's group, both ways, until either
+/// side closes.
+async fn relay<S>(shared: &Shared, view: &crate::settings::Served, mut client: S, peer: Option<std::net::SocketAddr>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some(action) = view.view.default_actions().first() else {
+        return;
+    };
+    let Some(group) = shared.balancer.choose_group(action).and_then(|arn| shared.group(arn)) else {
+        return;
+    };
+    // With no target to take it, the connection is closed (an NLB resets it).
+    let sticky = match group.sticky {
+        crate::balance::Sticky::SourceIp => peer.and_then(|p| crate::balance::source_ip_target(&group, p.ip())),
+        _ => None,
+    };
+    let Some(pick) = shared.balancer.choose_target(&group, sticky) else {
+        return;
+    };
+    let Ok(Ok(mut target)) = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(pick.addr)).await
+    else {
+        return;
+    };
+    let _ = target.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+    drop(pick);
 }

@@ -252,6 +252,23 @@ pub struct Listener {
     pub port: i64,
     pub protocol: String,
     pub default_actions: Vec<Action>,
+    /// HTTPS and TLS listeners: the default certificate (an ACM ARN).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<ListenerCertificate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_policy: Option<String>,
+    /// TLS listeners: the ALPN policy (one of HTTP1Only, HTTP2Only, HTTP2Optional,
+    /// HTTP2Preferred, None).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn_policy: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct ListenerCertificate {
+    pub certificate_arn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_default: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

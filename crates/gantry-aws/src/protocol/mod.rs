@@ -65,6 +65,7 @@ pub fn services() -> &'static [Service] {
                 crate::servicediscovery::handler,
             )
             .checking_json("InvalidInput"),
+            Service::new(include_str!("../../models/acm.json"), crate::acm::handler),
         ]
     })
 }

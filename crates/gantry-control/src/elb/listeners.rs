@@ -5,8 +5,8 @@ use super::load_balancers::{lb_id, listener_id};
 use super::{page, parse, validate_tags, Elb, Named, TagEdit};
 use gantry_types::arn::Scope;
 use gantry_types::elbv2::{
-    Action, ElbError, ForwardConfig, Listener, LoadBalancer, Record, RedirectConfig, Rule, Stickiness, Tag,
-    TargetGroup, TargetGroupTuple,
+    Action, ElbError, ForwardConfig, Listener, ListenerCertificate, LoadBalancer, Record, RedirectConfig, Rule,
+    Stickiness, Tag, TargetGroup, TargetGroupTuple,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -26,29 +26,140 @@ struct CreateInput {
     default_actions: Vec<Action>,
     #[serde(default)]
     tags: Vec<Tag>,
+    #[serde(default)]
+    certificates: Option<Vec<ListenerCertificate>>,
+    #[serde(default)]
+    ssl_policy: Option<String>,
+    #[serde(default)]
+    alpn_policy: Option<Vec<String>>,
 }
 
 /// The listener protocols Gantry's data plane serves, by load balancer type.
 fn check_listener_protocol(lb: &LoadBalancer, protocol: &str) -> Result<(), ElbError> {
     let ok = match lb.kind.as_str() {
-        "network" => protocol == "TCP",
-        _ => protocol == "HTTP",
+        "network" => protocol == "TCP" || protocol == "TLS",
+        _ => protocol == "HTTP" || protocol == "HTTPS",
     };
     if ok {
         return Ok(());
     }
-    let why = if protocol == "HTTPS" || protocol == "TLS" {
-        "TLS listeners arrive with certificates imported through ACM"
-    } else {
-        "application load balancers take HTTP listeners and network load balancers TCP"
-    };
     Err(ElbError::new(
         "UnsupportedProtocolException",
         format!(
-            "Protocol '{protocol}' is not supported for a {} load balancer in Gantry: {why}.",
+            "Protocol '{protocol}' is not supported for a {} load balancer in Gantry: application load balancers take HTTP and HTTPS listeners, network load balancers TCP and TLS.",
             lb.kind
         ),
     ))
+}
+
+/// The security policies ELBv2 names. The data plane (rustls) speaks TLS 1.2 and 1.3 only:
+/// policies that also allow 1.0 or 1.1 get 1.2 and 1.3; the TLS13-1-3 ones 1.3 only.
+pub const SSL_POLICIES: &[&str] = &[
+    "ELBSecurityPolicy-2016-08",
+    "ELBSecurityPolicy-TLS13-1-2-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Res-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Ext1-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Ext2-2021-06",
+    "ELBSecurityPolicy-TLS13-1-3-2021-06",
+    "ELBSecurityPolicy-TLS-1-2-2017-01",
+    "ELBSecurityPolicy-TLS-1-2-Ext-2018-06",
+    "ELBSecurityPolicy-FS-1-2-Res-2020-10",
+    "ELBSecurityPolicy-FS-1-2-Res-2019-08",
+    "ELBSecurityPolicy-FS-1-2-2019-08",
+    "ELBSecurityPolicy-FS-2018-06",
+    "ELBSecurityPolicy-TLS-1-1-2017-01",
+    "ELBSecurityPolicy-FS-1-1-2019-08",
+    "ELBSecurityPolicy-2015-05",
+];
+const DEFAULT_SSL_POLICY: &str = "ELBSecurityPolicy-2016-08";
+const ALPN_POLICIES: &[&str] = &["HTTP1Only", "HTTP2Only", "HTTP2Optional", "HTTP2Preferred", "None"];
+
+/// What a TLS listener is given: certificates, policy, ALPN.
+struct TlsSettings {
+    certificates: Vec<ListenerCertificate>,
+    ssl_policy: Option<String>,
+    alpn_policy: Vec<String>,
+}
+
+impl Elb {
+    /// Checks a listener's TLS settings against its protocol: HTTPS and TLS need exactly one
+    /// (default) certificate that ACM holds, a known policy, and (TLS only) an ALPN policy;
+    /// other protocols take none of them.
+    async fn tls_settings(
+        &self,
+        scope: &Scope,
+        protocol: &str,
+        certificates: Option<Vec<ListenerCertificate>>,
+        ssl_policy: Option<String>,
+        alpn_policy: Option<Vec<String>>,
+    ) -> Result<TlsSettings, ElbError> {
+        let secure = protocol == "HTTPS" || protocol == "TLS";
+        if !secure {
+            if certificates.as_ref().is_some_and(|c| !c.is_empty())
+                || ssl_policy.is_some()
+                || alpn_policy.as_ref().is_some_and(|a| !a.is_empty())
+            {
+                return Err(ElbError::validation(format!(
+                    "Certificates, SslPolicy and AlpnPolicy are only for HTTPS and TLS listeners, not {protocol}"
+                )));
+            }
+            return Ok(TlsSettings {
+                certificates: vec![],
+                ssl_policy: None,
+                alpn_policy: vec![],
+            });
+        }
+        let certs = certificates.unwrap_or_default();
+        let cert = match certs.as_slice() {
+            [] => return Err(ElbError::validation(format!("A certificate must be specified for {protocol} listeners"))),
+            [c] => c,
+            _ => {
+                return Err(ElbError::new(
+                    "TooManyCertificatesException",
+                    "Only the default certificate can be given here; Gantry does not serve further (SNI) listener certificates yet",
+                ))
+            }
+        };
+        self.acm().get(scope, &cert.certificate_arn).await.map_err(|_| {
+            ElbError::new(
+                "CertificateNotFoundException",
+                format!("Certificate '{}' not found", cert.certificate_arn),
+            )
+        })?;
+        let policy = ssl_policy.unwrap_or_else(|| DEFAULT_SSL_POLICY.to_string());
+        if !SSL_POLICIES.contains(&policy.as_str()) {
+            return Err(ElbError::new(
+                "SSLPolicyNotFoundException",
+                format!("SSL policy '{policy}' not found"),
+            ));
+        }
+        let alpn = alpn_policy.unwrap_or_default();
+        if !alpn.is_empty() && (protocol != "TLS" || alpn.len() > 1 || !ALPN_POLICIES.contains(&alpn[0].as_str())) {
+            return Err(ElbError::validation(format!(
+                "ALPN policy {alpn:?} is not valid: TLS listeners take one of {}",
+                ALPN_POLICIES.join(", ")
+            )));
+        }
+        Ok(TlsSettings {
+            certificates: vec![ListenerCertificate {
+                certificate_arn: cert.certificate_arn.clone(),
+                is_default: None,
+            }],
+            ssl_policy: Some(policy),
+            alpn_policy: alpn,
+        })
+    }
+
+    /// The listeners (ARNs) whose certificate is this one, in any load balancer of the scope.
+    pub async fn listeners_using_certificate(&self, scope: &Scope, arn: &str) -> Result<Vec<String>, ElbError> {
+        Ok(self
+            .all_listeners(scope)
+            .await?
+            .into_iter()
+            .filter(|l| l.certificates.iter().any(|c| c.certificate_arn == arn))
+            .map(|l| l.listener_arn)
+            .collect())
+    }
 }
 
 fn check_port(port: i64) -> Result<(), ElbError> {
@@ -79,6 +190,15 @@ impl Elb {
             .ok_or_else(|| ElbError::validation("A listener port must be specified"))?;
         check_port(port)?;
         let actions = self.check_actions(scope, &lb.item, input.default_actions).await?;
+        let tls = self
+            .tls_settings(
+                scope,
+                &protocol,
+                input.certificates,
+                input.ssl_policy,
+                input.alpn_policy,
+            )
+            .await?;
         let id = Self::new_id();
         let lb_arn = &lb.item.load_balancer_arn;
         let listener = Listener {
@@ -87,6 +207,9 @@ impl Elb {
             port,
             protocol,
             default_actions: actions,
+            certificates: tls.certificates,
+            ssl_policy: tls.ssl_policy,
+            alpn_policy: tls.alpn_policy,
         };
         let default_rule = Record::new(default_rule(&listener), vec![]);
         // The default rule exists before the listener does, so no reader sees one without it.
@@ -196,6 +319,12 @@ impl Elb {
             protocol: Option<String>,
             #[serde(default)]
             default_actions: Option<Vec<Action>>,
+            #[serde(default)]
+            certificates: Option<Vec<ListenerCertificate>>,
+            #[serde(default)]
+            ssl_policy: Option<String>,
+            #[serde(default)]
+            alpn_policy: Option<Vec<String>>,
         }
         let input: Input = parse(input)?;
         let (found, key) = self.find_listener(scope, &input.listener_arn).await?;
@@ -203,6 +332,28 @@ impl Elb {
         if let Some(p) = &input.protocol {
             check_listener_protocol(&lb.item, p)?;
         }
+        // TLS settings not given are kept while the protocol stays secure.
+        let protocol = input.protocol.clone().unwrap_or_else(|| found.item.protocol.clone());
+        let secure = protocol == "HTTPS" || protocol == "TLS";
+        let old = &found.item;
+        let tls = self
+            .tls_settings(
+                scope,
+                &protocol,
+                input
+                    .certificates
+                    .clone()
+                    .or_else(|| secure.then(|| old.certificates.clone())),
+                input
+                    .ssl_policy
+                    .clone()
+                    .or_else(|| old.ssl_policy.clone().filter(|_| secure)),
+                input
+                    .alpn_policy
+                    .clone()
+                    .or_else(|| secure.then(|| old.alpn_policy.clone())),
+            )
+            .await?;
         if let Some(port) = input.port {
             check_port(port)?;
         }
@@ -225,7 +376,10 @@ impl Elb {
                     .find(|l| l.item.listener_arn == arn)
                     .ok_or_else(|| ElbError::new("ListenerNotFoundException", format!("Listener '{arn}' not found")))?;
                 l.item.port = input.port.unwrap_or(l.item.port);
-                l.item.protocol = input.protocol.clone().unwrap_or_else(|| l.item.protocol.clone());
+                l.item.protocol = protocol.clone();
+                l.item.certificates = tls.certificates.clone();
+                l.item.ssl_policy = tls.ssl_policy.clone();
+                l.item.alpn_policy = tls.alpn_policy.clone();
                 if let Some(a) = &actions {
                     l.item.default_actions = a.clone();
                 }

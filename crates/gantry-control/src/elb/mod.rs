@@ -173,6 +173,10 @@ impl Elb {
         self
     }
 
+    fn acm(&self) -> crate::acm::Acm {
+        crate::acm::Acm::new(self.store.clone(), self.clock.clone())
+    }
+
     fn now(&self) -> f64 {
         self.clock.now_ms() as f64 / 1000.0
     }

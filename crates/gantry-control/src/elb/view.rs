@@ -17,6 +17,8 @@ pub struct ListenerView {
     pub listener: Listener,
     /// Non-default rules, lowest priority first.
     pub rules: Vec<Rule>,
+    /// HTTPS and TLS listeners: the certificates (default first), with their keys.
+    pub certificates: Vec<crate::acm::Certificate>,
 }
 
 impl ListenerView {
@@ -72,9 +74,17 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, 
 }
 
 impl Elb {
-    /// Every load balancer, listener, rule, target group and target, at one revision.
+    /// Every load balancer, listener, rule, target group and target, at one revision, and
+    /// the certificates listeners serve. Certificates are read first: watching both prefixes
+    /// from their revision misses no change (a change read twice costs one more reload).
     pub async fn data_plane_view(&self) -> Result<View, ElbError> {
-        let (kvs, revision) = self.store.list("/elbv2/").await.map_err(store_err)?;
+        let (cert_kvs, revision) = self.store.list(crate::acm::PREFIX).await.map_err(store_err)?;
+        let certs: BTreeMap<String, crate::acm::Certificate> = cert_kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<crate::acm::Certificate>(&kv.value).ok())
+            .map(|c| (c.arn.clone(), c))
+            .collect();
+        let (kvs, _) = self.store.list("/elbv2/").await.map_err(store_err)?;
         let mut lbs: BTreeMap<String, Record<LoadBalancer>> = BTreeMap::new();
         let mut listeners: Vec<Listener> = vec![];
         let mut rules: BTreeMap<String, Vec<Rule>> = BTreeMap::new();
@@ -132,12 +142,18 @@ impl Elb {
             let id = l.listener_arn.rsplit('/').next().unwrap_or("").to_string();
             let mut rs = rules.remove(&id).unwrap_or_default();
             rs.sort_by_key(|r| r.priority.parse::<u32>().unwrap_or(u32::MAX));
+            let certificates = l
+                .certificates
+                .iter()
+                .filter_map(|c| certs.get(&c.certificate_arn).cloned())
+                .collect();
             view.listeners.push(ListenerView {
                 load_balancer: lb.item.clone(),
                 address,
                 lb_attributes: lb.attributes.clone(),
                 listener: l,
                 rules: rs,
+                certificates,
             });
         }
         for ((scope, name), g) in groups {
