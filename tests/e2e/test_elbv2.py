@@ -625,3 +625,33 @@ def test_blue_green_shifts_production_traffic_and_rolls_back(gantry, elb, ecs):
     elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
     for tg in (a, b):
         elb.delete_target_group(TargetGroupArn=tg)
+
+
+def test_slow_start_ramps_a_new_targets_share(gantry, elb, ecs):
+    arns, ips = start_tasks(ecs, "slow", 2)
+    tg = target_group(elb, "e2e-slow", HealthCheckPath="/health")
+    for bad, why in [("10", "0 or an integer between 30 and 900"), ("901", "0 or an integer")]:
+        code, msg = code_of(elb.modify_target_group_attributes, TargetGroupArn=tg,
+                            Attributes=[{"Key": "slow_start.duration_seconds", "Value": bad}])
+        assert code == "InvalidConfigurationRequest" and why in msg
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[{"Key": "slow_start.duration_seconds", "Value": "30"}])
+    code, msg = code_of(elb.modify_target_group_attributes, TargetGroupArn=tg, Attributes=[
+        {"Key": "load_balancing.algorithm.type", "Value": "least_outstanding_requests"}])
+    assert code == "InvalidConfigurationRequest" and "Slow start" in msg
+    lb = elb.create_load_balancer(Name="e2e-slow", Subnets=["subnet-a"])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ips[0]}])
+    wait_health(elb, tg, "healthy", 1)
+    base = f"http://{lb['DNSName']}"
+    settled = requests.get(f"{base}/", timeout=5).text
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ips[1]}])
+    wait_health(elb, tg, "healthy", 2)
+    # Seconds into a 30 s slow start, the new target takes a small share, not half.
+    bodies = [requests.get(f"{base}/", timeout=5).text for _ in range(200)]
+    new = sum(b != settled for b in bodies)
+    assert 0 < new < 50, new
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    elb.delete_target_group(TargetGroupArn=tg)
+    for a in arns:
+        ecs.stop_task(cluster="default", task=a)

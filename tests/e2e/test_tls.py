@@ -136,6 +136,29 @@ def test_https_and_tls_listeners_serve_tasks(gantry, ecs, pki):
         assert time.time() < deadline, "the re-imported certificate was not picked up"
         time.sleep(0.1)
 
+    # A further certificate is chosen by SNI; the default answers other names.
+    shop = acm.import_certificate(Certificate=pki["shop.pem"], PrivateKey=pki["shop.key"])["CertificateArn"]
+    larn = listener["ListenerArn"]
+    elb.add_listener_certificates(ListenerArn=larn, Certificates=[{"CertificateArn": shop}])
+    listed = elb.describe_listener_certificates(ListenerArn=larn)["Certificates"]
+    assert sorted((c["CertificateArn"], c["IsDefault"]) for c in listed) == sorted([(cert, True), (shop, False)])
+    assert acm.describe_certificate(CertificateArn=shop)["Certificate"]["InUseBy"] == [larn]
+    assert code_of(elb.remove_listener_certificates, ListenerArn=larn,
+                   Certificates=[{"CertificateArn": cert}])[0] == "OperationNotPermitted"
+    deadline = time.time() + 5
+    while True:
+        try:
+            if https_get(address, 8443, "www.shop.example", "/", pki["ca"])[1] == "shop.example":
+                break
+        except ssl.SSLCertVerificationError:  # not picked up yet: the default answered
+            pass
+        assert time.time() < deadline, "the SNI certificate was not served"
+        time.sleep(0.1)
+    assert https_get(address, 8443, "store.example", "/", pki["ca"])[1] == "store.example"
+    elb.remove_listener_certificates(ListenerArn=larn, Certificates=[{"CertificateArn": shop}])
+    assert [c["CertificateArn"] for c in elb.describe_listener_certificates(ListenerArn=larn)["Certificates"]] == [cert]
+    acm.delete_certificate(CertificateArn=shop)
+
     # A network load balancer's TLS listener decrypts and relays the bytes.
     nlb = elb.create_load_balancer(Name="e2e-tls-nlb", Type="network", Subnets=["subnet-a"])["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=nlb["LoadBalancerArn"], Protocol="TLS", Port=9443, AlpnPolicy=["HTTP1Only"],

@@ -1,6 +1,7 @@
 //! Choosing where a request goes: a target group by the forward action's weights, then a
 //! target of the group: healthy ones only, or every registered one when none is healthy
-//! (ALB fails open), by round robin or least outstanding requests.
+//! (ALB fails open), by round robin or least outstanding requests. With slow start, a target
+//! that has just become eligible gets a share growing linearly over the duration.
 
 use gantry_control::elb::GroupView;
 use gantry_types::elbv2::{Action, RegisteredTarget};
@@ -8,6 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Per-group counters that outlive configuration reloads.
 #[derive(Default)]
@@ -20,6 +22,8 @@ pub struct Balancer {
 struct GroupCounters {
     next: AtomicUsize,
     outstanding: Mutex<HashMap<SocketAddr, usize>>,
+    /// When each eligible target became eligible (slow start counts from there).
+    entered: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 /// A chosen target; dropping it ends its outstanding request (counted only for groups that
@@ -47,6 +51,8 @@ pub struct Pool {
     pub least_outstanding: bool,
     /// How a client keeps its target.
     pub sticky: Sticky,
+    /// `slow_start.duration_seconds`, when on.
+    pub slow_start: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,11 +85,16 @@ impl Pool {
             ("true", "source_ip") => Sticky::SourceIp,
             _ => Sticky::No,
         };
+        let slow_start = match view.attribute("slow_start.duration_seconds").parse::<u64>() {
+            Ok(0) | Err(_) => None,
+            Ok(s) => Some(Duration::from_secs(s)),
+        };
         Pool {
             view,
             addrs,
             least_outstanding,
             sticky,
+            slow_start,
         }
     }
 }
@@ -146,8 +157,12 @@ impl Balancer {
         let counters = self.counters(&g.view.group.target_group_arn);
         let start = counters.next.fetch_add(1, Ordering::Relaxed);
         if !g.least_outstanding {
+            let slot = match g.slow_start.and_then(|d| ramp_weights(&counters, addrs, d)) {
+                Some(weights) => weighted_index(&weights, unit(start)),
+                None => start % addrs.len(),
+            };
             return Some(Pick {
-                addr: addrs[start % addrs.len()],
+                addr: addrs[slot],
                 counters: None,
             });
         }
@@ -165,6 +180,21 @@ impl Balancer {
         })
     }
 
+    /// Notes which targets of a group may take requests now, after a reload: ones new to the
+    /// set start their slow start now; ones that left it start again when they return.
+    pub fn observe(&self, g: &Pool) {
+        if g.slow_start.is_none() {
+            return;
+        }
+        let counters = self.counters(&g.view.group.target_group_arn);
+        let mut entered = counters.entered.lock().expect("not poisoned");
+        entered.retain(|a, _| g.addrs.contains(a));
+        let now = Instant::now();
+        for a in &g.addrs {
+            entered.entry(*a).or_insert(now);
+        }
+    }
+
     fn counters(&self, arn: &str) -> Arc<GroupCounters> {
         let mut groups = self.groups.lock().expect("not poisoned");
         if let Some(c) = groups.get(arn) {
@@ -172,6 +202,45 @@ impl Balancer {
         }
         groups.entry(arn.to_string()).or_default().clone()
     }
+}
+
+/// A slow-starting target's share relative to a settled one: growing linearly from a small
+/// start to 1 at the end of the duration.
+pub fn ramp(elapsed: Duration, duration: Duration) -> f64 {
+    (elapsed.as_secs_f64() / duration.as_secs_f64().max(1e-9)).clamp(0.05, 1.0)
+}
+
+/// Each target's weight, or None when no target is still in slow start (plain round robin).
+fn ramp_weights(c: &GroupCounters, addrs: &[SocketAddr], duration: Duration) -> Option<Vec<f64>> {
+    let entered = c.entered.lock().expect("not poisoned");
+    let now = Instant::now();
+    let weights: Vec<f64> = addrs
+        .iter()
+        .map(|a| entered.get(a).map_or(1.0, |t| ramp(now - *t, duration)))
+        .collect();
+    weights.iter().any(|w| *w < 1.0).then_some(weights)
+}
+
+/// The index `r` (in [0, 1)) falls on when the weights are laid end to end.
+pub fn weighted_index(weights: &[f64], r: f64) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut at = r * total;
+    for (i, w) in weights.iter().enumerate() {
+        if at < *w {
+            return i;
+        }
+        at -= w;
+    }
+    weights.len() - 1
+}
+
+/// A counter spread into [0, 1) (splitmix64): evenly distributed picks without a shared RNG.
+fn unit(n: usize) -> f64 {
+    let mut z = (n as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The opaque value of a sticky cookie for a target: a keyed hash, so clients learn nothing of
@@ -197,4 +266,24 @@ pub fn source_ip_target(g: &Pool, client: std::net::IpAddr) -> Option<SocketAddr
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&client, &mut h);
     Some(g.addrs[(std::hash::Hasher::finish(&h) % g.addrs.len() as u64) as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ramp, unit, weighted_index};
+    use std::time::Duration;
+
+    #[test]
+    fn slow_start_ramps_linearly_and_picks_follow_the_weights() {
+        let d = Duration::from_secs(100);
+        assert_eq!(ramp(Duration::ZERO, d), 0.05);
+        assert!((ramp(Duration::from_secs(50), d) - 0.5).abs() < 1e-9);
+        assert_eq!(ramp(Duration::from_secs(500), d), 1.0);
+        // One settled target and one a quarter of the way in: about 1 request in 5 for it.
+        let weights = [1.0, 0.25];
+        let new = (0..10_000).filter(|n| weighted_index(&weights, unit(*n)) == 1).count();
+        assert!((1_800..2_200).contains(&new), "{new}");
+        assert_eq!(weighted_index(&[1.0, 1.0], 0.0), 0);
+        assert_eq!(weighted_index(&[1.0, 1.0], 0.99), 1);
+    }
 }

@@ -142,7 +142,11 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         };
         let revision = view.revision;
         let names = dns_entries(&view);
-        *shared.view.write().expect("not poisoned") = Arc::new(Snapshot::from(view));
+        let snapshot = Snapshot::from(view);
+        for pool in snapshot.groups.values() {
+            shared.balancer.observe(pool);
+        }
+        *shared.view.write().expect("not poisoned") = Arc::new(snapshot);
         reconcile(&shared, &workers, &mut bound);
         if let Some(path) = &opts.hosts_file {
             if hosts_written.as_ref() != Some(&names) {

@@ -315,6 +315,10 @@ pub struct Record<T> {
     /// A load balancer's listening address on the hosts that serve it (not part of the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::Ipv4Addr>,
+    /// A listener's further certificates, chosen by SNI (AddListenerCertificates; not part of
+    /// the Listener shape, which names only the default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_certificates: Vec<String>,
 }
 
 impl<T> Record<T> {
@@ -324,6 +328,7 @@ impl<T> Record<T> {
             tags,
             attributes: BTreeMap::new(),
             address: None,
+            sni_certificates: vec![],
         }
     }
 }

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 enum Accepts {
     Bool,
     Int(i64, i64),
+    /// 0 (off), or an integer in the range.
+    ZeroOr(i64, i64),
     OneOf(&'static [&'static str]),
     /// Only the default: the feature behind other values is not offered.
     DefaultOnly(&'static str),
@@ -134,11 +136,7 @@ pub fn tg_attribute_defaults(protocol: &str) -> Table {
         rows.extend([
             ("stickiness.type", "lb_cookie", OneOf(&["lb_cookie"])),
             ("stickiness.lb_cookie.duration_seconds", "86400", Int(1, 604800)),
-            (
-                "slow_start.duration_seconds",
-                "0",
-                DefaultOnly("slow start is not offered yet"),
-            ),
+            ("slow_start.duration_seconds", "0", ZeroOr(30, 900)),
             (
                 "load_balancing.algorithm.type",
                 "round_robin",
@@ -184,6 +182,9 @@ fn check(table: &Table, what: &str, key: &str, value: &str) -> Result<(), ElbErr
         Accepts::Int(lo, hi) if !matches!(int, Ok(n) if (lo..=hi).contains(&n)) => {
             bad(format!("must be an integer between {lo} and {hi}"))
         }
+        Accepts::ZeroOr(lo, hi) if !matches!(int, Ok(n) if n == 0 || (lo..=hi).contains(&n)) => {
+            bad(format!("must be 0 or an integer between {lo} and {hi}"))
+        }
         Accepts::OneOf(allowed) if !allowed.contains(&value) => bad(format!("must be one of: {}", allowed.join(", "))),
         Accepts::DefaultOnly(why) if value != attr.default => bad(format!("cannot be '{value}' in Gantry: {why}")),
         _ => Ok(()),
@@ -196,6 +197,20 @@ pub fn check_lb(table: &Table, key: &str, value: &str) -> Result<(), ElbError> {
 
 pub fn check_tg(table: &Table, key: &str, value: &str) -> Result<(), ElbError> {
     check(table, "Target group", key, value)
+}
+
+/// Target group attributes that cannot go together (checked on the values after a change):
+/// ALB ramps slow-starting targets' share of a round robin, which least outstanding requests
+/// has none of.
+pub fn check_tg_combination(table: &Table, stored: &BTreeMap<String, String>) -> Result<(), ElbError> {
+    let slow = value_of(table, stored, "slow_start.duration_seconds");
+    let lor = value_of(table, stored, "load_balancing.algorithm.type") == "least_outstanding_requests";
+    if lor && !slow.is_empty() && slow != "0" {
+        return Err(ElbError::invalid_config(
+            "Slow start mode cannot be enabled with the least outstanding requests algorithm",
+        ));
+    }
+    Ok(())
 }
 
 /// Records changes, keeping only values that differ from the defaults.

@@ -150,14 +150,17 @@ impl Elb {
         })
     }
 
-    /// The listeners (ARNs) whose certificate is this one, in any load balancer of the scope.
+    /// The listeners (ARNs) serving this certificate, as default or by SNI.
     pub async fn listeners_using_certificate(&self, scope: &Scope, arn: &str) -> Result<Vec<String>, ElbError> {
-        Ok(self
-            .all_listeners(scope)
-            .await?
+        let all: Vec<Vec<Record<Listener>>> = self.list(&Self::key(scope, "listeners/")).await?;
+        Ok(all
             .into_iter()
-            .filter(|l| l.certificates.iter().any(|c| c.certificate_arn == arn))
-            .map(|l| l.listener_arn)
+            .flatten()
+            .filter(|l| {
+                l.item.certificates.iter().any(|c| c.certificate_arn == arn)
+                    || l.sni_certificates.iter().any(|c| c == arn)
+            })
+            .map(|l| l.item.listener_arn)
             .collect())
     }
 }
@@ -377,6 +380,9 @@ impl Elb {
                     .ok_or_else(|| ElbError::new("ListenerNotFoundException", format!("Listener '{arn}' not found")))?;
                 l.item.port = input.port.unwrap_or(l.item.port);
                 l.item.protocol = protocol.clone();
+                if !secure {
+                    l.sni_certificates.clear();
+                }
                 l.item.certificates = tls.certificates.clone();
                 l.item.ssl_policy = tls.ssl_policy.clone();
                 l.item.alpn_policy = tls.alpn_policy.clone();
@@ -707,4 +713,119 @@ fn duplicate_port(lb_arn: &str) -> ElbError {
         "DuplicateListenerException",
         format!("A listener already exists on this port for this load balancer '{lb_arn}'"),
     )
+}
+
+/// Further certificates one listener may carry (ALB's default quota, less the default).
+const MAX_SNI_CERTIFICATES: usize = 25;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct ListenerCertificatesInput {
+    listener_arn: String,
+    certificates: Vec<ListenerCertificate>,
+}
+
+impl Elb {
+    /// AddListenerCertificates: certificates served to clients whose SNI names them.
+    pub async fn add_listener_certificates(&self, scope: &Scope, input: Value) -> Result<Value, ElbError> {
+        let input: ListenerCertificatesInput = parse(input)?;
+        for c in &input.certificates {
+            self.acm().get(scope, &c.certificate_arn).await.map_err(|_| {
+                ElbError::new(
+                    "CertificateNotFoundException",
+                    format!("Certificate '{}' not found", c.certificate_arn),
+                )
+            })?;
+        }
+        let added: Vec<String> = input.certificates.iter().map(|c| c.certificate_arn.clone()).collect();
+        self.edit_sni(scope, &input.listener_arn, |l, sni| {
+            for a in &added {
+                if !sni.contains(a) && l.certificates.iter().all(|c| &c.certificate_arn != a) {
+                    sni.push(a.clone());
+                }
+            }
+            if sni.len() > MAX_SNI_CERTIFICATES {
+                return Err(ElbError::new(
+                    "TooManyCertificatesException",
+                    format!("A listener can have at most {MAX_SNI_CERTIFICATES} certificates besides its default"),
+                ));
+            }
+            Ok(())
+        })
+        .await?;
+        let out: Vec<Value> = added
+            .iter()
+            .map(|a| json!({"CertificateArn": a, "IsDefault": false}))
+            .collect();
+        Ok(json!({ "Certificates": out }))
+    }
+
+    pub async fn remove_listener_certificates(&self, scope: &Scope, input: Value) -> Result<Value, ElbError> {
+        let input: ListenerCertificatesInput = parse(input)?;
+        let gone: Vec<String> = input.certificates.iter().map(|c| c.certificate_arn.clone()).collect();
+        self.edit_sni(scope, &input.listener_arn, |l, sni| {
+            if l.certificates.iter().any(|c| gone.contains(&c.certificate_arn)) {
+                return Err(ElbError::new(
+                    "OperationNotPermittedException",
+                    "The default certificate cannot be removed; modify the listener to change it",
+                ));
+            }
+            sni.retain(|a| !gone.contains(a));
+            Ok(())
+        })
+        .await?;
+        Ok(json!({}))
+    }
+
+    pub async fn describe_listener_certificates(&self, scope: &Scope, input: Value) -> Result<Value, ElbError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase", deny_unknown_fields)]
+        struct Input {
+            listener_arn: String,
+            #[serde(default)]
+            marker: Option<String>,
+            #[serde(default)]
+            page_size: Option<i64>,
+        }
+        let input: Input = parse(input)?;
+        let (found, _) = self.find_listener(scope, &input.listener_arn).await?;
+        let mut all: Vec<(String, bool)> = found
+            .item
+            .certificates
+            .iter()
+            .map(|c| (c.certificate_arn.clone(), true))
+            .collect();
+        all.extend(found.sni_certificates.iter().map(|a| (a.clone(), false)));
+        let (items, next) = page(all, |(a, _)| a.clone(), input.marker.as_deref(), input.page_size);
+        let out: Vec<Value> = items
+            .iter()
+            .map(|(a, d)| json!({"CertificateArn": a, "IsDefault": d}))
+            .collect();
+        Ok(json!({"Certificates": out, "NextMarker": next}))
+    }
+
+    /// Edits a secure listener's SNI certificates in its load balancer's listener record.
+    async fn edit_sni(
+        &self,
+        scope: &Scope,
+        arn: &str,
+        f: impl Fn(&Listener, &mut Vec<String>) -> Result<(), ElbError> + Send,
+    ) -> Result<(), ElbError> {
+        let (found, key) = self.find_listener(scope, arn).await?;
+        if !matches!(found.item.protocol.as_str(), "HTTPS" | "TLS") {
+            return Err(ElbError::validation(format!(
+                "Listener '{arn}' is not an HTTPS or TLS listener"
+            )));
+        }
+        self.update::<Vec<Record<Listener>>, _>(&key, |cur| {
+            let mut all = cur.unwrap_or_default();
+            let l = all
+                .iter_mut()
+                .find(|l| l.item.listener_arn == arn)
+                .ok_or_else(|| ElbError::new("ListenerNotFoundException", format!("Listener '{arn}' not found")))?;
+            f(&l.item, &mut l.sni_certificates)?;
+            Ok((Some(all), ()))
+        })
+        .await
+    }
 }

@@ -448,6 +448,7 @@ impl Elb {
                 || tg_not_found(&arn),
                 |r| {
                     attributes::apply(&table, &mut r.attributes, &changes);
+                    attributes::check_tg_combination(&table, &r.attributes)?;
                     Ok(r.attributes.clone())
                 },
             )

@@ -17,7 +17,8 @@ pub struct ListenerView {
     pub listener: Listener,
     /// Non-default rules, lowest priority first.
     pub rules: Vec<Rule>,
-    /// HTTPS and TLS listeners: the certificates (default first), with their keys.
+    /// HTTPS and TLS listeners: the certificates (the default, then those chosen by SNI),
+    /// with their keys.
     pub certificates: Vec<crate::acm::Certificate>,
 }
 
@@ -86,7 +87,7 @@ impl Elb {
             .collect();
         let (kvs, _) = self.store.list("/elbv2/").await.map_err(store_err)?;
         let mut lbs: BTreeMap<String, Record<LoadBalancer>> = BTreeMap::new();
-        let mut listeners: Vec<Listener> = vec![];
+        let mut listeners: Vec<Record<Listener>> = vec![];
         let mut rules: BTreeMap<String, Vec<Rule>> = BTreeMap::new();
         let mut groups: BTreeMap<(Scope, String), Record<TargetGroup>> = BTreeMap::new();
         let mut targets: BTreeMap<(Scope, String), Vec<RegisteredTarget>> = BTreeMap::new();
@@ -102,7 +103,7 @@ impl Elb {
                 }
                 "listeners" => {
                     let all: Vec<Record<Listener>> = decode(&kv.key, &kv.value)?;
-                    listeners.extend(all.into_iter().map(|r| r.item));
+                    listeners.extend(all);
                 }
                 "rules" => {
                     let all: Vec<Record<Rule>> = decode(&kv.key, &kv.value)?;
@@ -134,7 +135,8 @@ impl Elb {
             revision,
             ..Default::default()
         };
-        for l in listeners {
+        for rec in listeners {
+            let l = rec.item;
             let Some(lb) = lbs.get(&l.load_balancer_arn) else {
                 continue;
             };
@@ -142,10 +144,10 @@ impl Elb {
             let id = l.listener_arn.rsplit('/').next().unwrap_or("").to_string();
             let mut rs = rules.remove(&id).unwrap_or_default();
             rs.sort_by_key(|r| r.priority.parse::<u32>().unwrap_or(u32::MAX));
-            let certificates = l
-                .certificates
-                .iter()
-                .filter_map(|c| certs.get(&c.certificate_arn).cloned())
+            let default = l.certificates.iter().map(|c| &c.certificate_arn);
+            let certificates = default
+                .chain(rec.sni_certificates.iter())
+                .filter_map(|arn| certs.get(arn).cloned())
                 .collect();
             view.listeners.push(ListenerView {
                 load_balancer: lb.item.clone(),
