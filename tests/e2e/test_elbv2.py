@@ -291,6 +291,24 @@ def test_a_load_balancer_serves_tasks_by_its_dns_name(gantry, elb, ecs):
     first = session.get(f"{base}/", timeout=5).text
     assert {session.get(f"{base}/", timeout=5).text for _ in range(6)} == {first}
     elb.modify_target_group_attributes(TargetGroupArn=blue, Attributes=[{"Key": "stickiness.enabled", "Value": "false"}])
+    # Group-level stickiness: across a 50/50 forward, a client with AWSALBTG keeps its group.
+    both = {"Type": "forward", "ForwardConfig": {"TargetGroups": [{"TargetGroupArn": blue, "Weight": 1},
+                                                                  {"TargetGroupArn": green, "Weight": 1}]}}
+    by_query = {"Field": "query-string", "QueryStringConfig": {"Values": [{"Key": "both", "Value": "1"}]}}
+    assert code_of(elb.create_rule, ListenerArn=listener, Priority=40, Conditions=[by_query], Actions=[dict(
+        both, ForwardConfig=dict(both["ForwardConfig"], TargetGroupStickinessConfig={"Enabled": True}))])[0] == "ValidationError"
+    rule(40, by_query, dict(both, ForwardConfig=dict(
+        both["ForwardConfig"], TargetGroupStickinessConfig={"Enabled": True, "DurationSeconds": 60})))
+    deadline = time.time() + 5
+    while "AWSALBTG" not in (r := requests.get(f"{base}/?both=1", timeout=5)).headers.get("set-cookie", ""):
+        assert time.time() < deadline, "no AWSALBTG cookie"
+        time.sleep(0.05)
+    colour = lambda get: get(f"{base}/?both=1", timeout=5).text.split()[0]  # noqa: E731
+    assert {colour(requests.get) for _ in range(6)} == {"blue", "green"}, "without the cookie: both groups"
+    for _ in range(2):
+        session = requests.Session()
+        first = colour(session.get)
+        assert {colour(session.get) for _ in range(6)} == {first}
     assert requests.get(f"{base}/green", timeout=5).text.strip() == "green"
     fixed = requests.get(f"{base}/fixed", timeout=5)
     assert (fixed.status_code, fixed.text, fixed.headers["content-type"]) == (503, "down for maintenance", "text/plain")

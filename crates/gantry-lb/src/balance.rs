@@ -251,6 +251,13 @@ pub fn cookie_token(key: u64, group: &str, addr: SocketAddr) -> String {
     format!("{:016x}", std::hash::Hasher::finish(&h))
 }
 
+/// The value of an AWSALBTG cookie for a target group (keyed like `cookie_token`).
+pub fn group_token(key: u64, group: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&(key, "group", group), &mut h);
+    format!("{:016x}", std::hash::Hasher::finish(&h))
+}
+
 /// The target a sticky cookie names, if it is still in the pool.
 pub fn cookie_target(key: u64, g: &Pool, token: &str) -> Option<SocketAddr> {
     let group = &g.view.group.target_group_arn;

@@ -197,21 +197,49 @@ fn redirect(c: Option<&RedirectConfig>, host: &str, port: u16, uri: &hyper::Uri)
     r
 }
 
-/// The AWSALB cookie's value in a request, if it carries one.
-fn sticky_cookie(h: &hyper::HeaderMap) -> Option<String> {
+/// A cookie's value in a request (AWSALB: the target; AWSALBTG: the target group).
+fn cookie(h: &hyper::HeaderMap, name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
     h.get_all(hyper::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix("AWSALB="))
+        .filter_map(|c| c.trim().strip_prefix(prefix.as_str()))
         .map(str::to_string)
         .next()
 }
 
-/// ALB's duration-based stickiness cookie for the chosen target.
-fn stickiness_cookie(token: &str, ttl: Duration) -> String {
+/// A stickiness cookie (ALB's AWSALB or AWSALBTG) with its expiry.
+fn stickiness_cookie(name: &str, token: &str, ttl: Duration) -> String {
     let expires = std::time::SystemTime::now() + ttl;
-    format!("AWSALB={token}; Expires={}; Path=/", httpdate(expires))
+    format!("{name}={token}; Expires={}; Path=/", httpdate(expires))
+}
+
+/// The group a forward action sends a request to: the one its AWSALBTG cookie names while
+/// the action still forwards there (group-level stickiness), else one chosen by weight; and
+/// the cookie to set when the action is sticky.
+fn choose_group<'a>(shared: &Shared, action: &'a Action, h: &hyper::HeaderMap) -> Option<(&'a str, Option<String>)> {
+    let fc = action.forward_config.as_ref()?;
+    let sticky = fc
+        .target_group_stickiness_config
+        .as_ref()
+        .filter(|s| s.enabled == Some(true));
+    let Some(stick) = sticky else {
+        return shared.balancer.choose_group(action).map(|g| (g, None));
+    };
+    let token = |arn: &str| crate::balance::group_token(shared.cookie_key, arn);
+    let remembered = cookie(h, "AWSALBTG").and_then(|t| {
+        fc.target_groups
+            .iter()
+            .filter(|g| g.weight.unwrap_or(1) > 0)
+            .find(|g| token(&g.target_group_arn) == t)
+    });
+    let group = match remembered {
+        Some(g) => g.target_group_arn.as_str(),
+        None => shared.balancer.choose_group(action)?,
+    };
+    let ttl = Duration::from_secs(stick.duration_seconds.unwrap_or(3600).max(1) as u64);
+    Some((group, Some(stickiness_cookie("AWSALBTG", &token(group), ttl))))
 }
 
 /// An HTTP date (RFC 7231 IMF-fixdate).
@@ -329,11 +357,14 @@ async fn forward(
     host: String,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let Some(group) = shared.balancer.choose_group(action).and_then(|arn| shared.group(arn)) else {
+    let Some((arn, group_cookie)) = choose_group(shared, action, req.headers()) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let Some(group) = shared.group(arn) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
     let sticky = match group.sticky {
-        Sticky::Cookie(_) => sticky_cookie(req.headers()).and_then(|t| cookie_target(shared.cookie_key, &group, &t)),
+        Sticky::Cookie(_) => cookie(req.headers(), "AWSALB").and_then(|t| cookie_target(shared.cookie_key, &group, &t)),
         _ => None,
     };
     let Some(pick) = shared.balancer.choose_target(&group, sticky) else {
@@ -341,6 +372,7 @@ async fn forward(
     };
     let set_cookie = match group.sticky {
         Sticky::Cookie(ttl) => Some(stickiness_cookie(
+            "AWSALB",
             &cookie_token(shared.cookie_key, &group.view.group.target_group_arn, pick.addr),
             ttl,
         )),
@@ -378,8 +410,10 @@ async fn forward(
     };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(c) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        parts.headers.append(hyper::header::SET_COOKIE, c);
+    for c in [set_cookie, group_cookie].into_iter().flatten() {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            parts.headers.append(hyper::header::SET_COOKIE, v);
+        }
     }
     // The target counts as outstanding until its response body has been sent on.
     let body = body.map_frame(move |f| {
@@ -410,7 +444,13 @@ mod tests {
         assert_eq!(httpdate(t), "Tue, 14 Nov 2023 22:13:20 GMT");
         let mut h = hyper::HeaderMap::new();
         h.insert(hyper::header::COOKIE, HeaderValue::from_static("a=1; AWSALB=abc; b=2"));
-        assert_eq!(sticky_cookie(&h).as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "AWSALB").as_deref(), Some("abc"));
+        h.insert(
+            hyper::header::COOKIE,
+            HeaderValue::from_static("AWSALBTG=g1; AWSALB=t1"),
+        );
+        assert_eq!(cookie(&h, "AWSALB").as_deref(), Some("t1"));
+        assert_eq!(cookie(&h, "AWSALBTG").as_deref(), Some("g1"));
     }
 
     #[test]

@@ -540,10 +540,23 @@ impl Elb {
             enabled: Some(false),
             duration_seconds: None,
         });
-        if stick.enabled == Some(true) {
-            return Err(ElbError::action("Target group stickiness is not offered by Gantry yet"));
+        match (stick.enabled, stick.duration_seconds) {
+            (Some(true), None) => {
+                return Err(ElbError::validation(
+                    "A duration must be specified when target group stickiness is enabled",
+                ))
+            }
+            (Some(true), Some(d)) if !(1..=604_800).contains(&d) => {
+                return Err(ElbError::validation(format!(
+                    "Target group stickiness duration '{d}' must be between 1 and 604800 seconds"
+                )))
+            }
+            (Some(true), Some(_)) => {}
+            _ => {
+                stick.enabled = Some(false);
+                stick.duration_seconds = None;
+            }
         }
-        stick.enabled = Some(false);
         let single = (fc.target_groups.len() == 1).then(|| fc.target_groups[0].target_group_arn.clone());
         Ok(Action {
             kind: "forward".into(),
