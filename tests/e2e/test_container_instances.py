@@ -145,18 +145,18 @@ def test_service_scheduling_tags_controllers_and_unplaceable_tasks(ecs):
         time.sleep(0.3)
     assert len([m for m in msgs if "unable to place" in m]) == 1, "said once while it lasts"
     ecs.delete_service(cluster="svcx", service="huge", force=True)
-    # EXTERNAL and CODE_DEPLOY controllers are stored; Gantry says it starts no tasks for them.
-    s = ecs.create_service(cluster="svcx", serviceName="ext", taskDefinition="svcx-loop", desiredCount=1,
-                           deploymentController={"type": "EXTERNAL"})["service"]
-    assert s["deploymentController"] == {"type": "EXTERNAL"}
+    # The CODE_DEPLOY controller is stored; Gantry says it starts no tasks for it.
+    s = ecs.create_service(cluster="svcx", serviceName="cd", taskDefinition="svcx-loop", desiredCount=1,
+                           deploymentController={"type": "CODE_DEPLOY"})["service"]
+    assert s["deploymentController"] == {"type": "CODE_DEPLOY"}
     deadline = time.time() + 10
-    while not any("EXTERNAL deployment controller" in e["message"]
-                  for e in ecs.describe_services(cluster="svcx", services=["ext"])["services"][0]["events"]):
+    while not any("CODE_DEPLOY deployment controller" in e["message"]
+                  for e in ecs.describe_services(cluster="svcx", services=["cd"])["services"][0]["events"]):
         assert time.time() < deadline
         time.sleep(0.3)
-    assert ecs.list_tasks(cluster="svcx", serviceName="ext")["taskArns"] == []
-    ecs.delete_service(cluster="svcx", service="ext", force=True)
-    ecs.get_waiter("services_inactive").wait(cluster="svcx", services=["ext"], WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    assert ecs.list_tasks(cluster="svcx", serviceName="cd")["taskArns"] == []
+    ecs.delete_service(cluster="svcx", service="cd", force=True)
+    ecs.get_waiter("services_inactive").wait(cluster="svcx", services=["cd"], WaiterConfig={"Delay": 1, "MaxAttempts": 30})
     # clientToken makes CreateService idempotent; features Gantry lacks are refused, not ignored.
     a = ecs.create_service(cluster="svcx", serviceName="tok", taskDefinition="svcx-loop", desiredCount=0, clientToken="t-1")["service"]
     b = ecs.create_service(cluster="svcx", serviceName="tok", taskDefinition="svcx-loop", desiredCount=0, clientToken="t-1")["service"]

@@ -343,6 +343,51 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             let (arns, next) = c.list_services(scope, q).await?;
             json!({"serviceArns": arns, "nextToken": next})
         }
+        "CreateTaskSet" => {
+            let req: gantry_control::task_sets::CreateTaskSetRequest = parse(input)?;
+            if let Some(tags) = &req.tags {
+                validate_tags(tags)?;
+            }
+            json!({"taskSet": c.create_task_set(scope, req).await?})
+        }
+        "UpdateTaskSet" | "DeleteTaskSet" | "UpdateServicePrimaryTaskSet" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let service: Option<String> = field(&input, "service")?;
+            let (cluster, service) = (cluster.as_deref(), service.as_deref());
+            let ts = match op {
+                "UpdateTaskSet" => {
+                    let id: String = required(&input, "taskSet")?;
+                    let scale: gantry_types::model::Scale = required(&input, "scale")?;
+                    c.update_task_set(scope, cluster, service, &id, scale).await?
+                }
+                "DeleteTaskSet" => {
+                    let id: String = required(&input, "taskSet")?;
+                    let force: bool = field(&input, "force")?.unwrap_or(false);
+                    c.delete_task_set(scope, cluster, service, &id, force).await?
+                }
+                _ => {
+                    let id: String = required(&input, "primaryTaskSet")?;
+                    c.update_service_primary_task_set(scope, cluster, service, &id).await?
+                }
+            };
+            json!({"taskSet": ts})
+        }
+        "DescribeTaskSets" => {
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let service: Option<String> = field(&input, "service")?;
+            let wanted: Option<Vec<String>> = field(&input, "taskSets")?;
+            let include: Vec<String> = field(&input, "include")?.unwrap_or_default();
+            let (found, failures) = c
+                .describe_task_sets(
+                    scope,
+                    cluster.as_deref(),
+                    service.as_deref(),
+                    wanted.as_deref(),
+                    include.iter().any(|i| i == "TAGS"),
+                )
+                .await?;
+            json!({"taskSets": found, "failures": failures})
+        }
         "ListServicesByNamespace" => {
             let namespace: String = required(&input, "namespace")?;
             let next: Option<String> = field(&input, "nextToken")?;

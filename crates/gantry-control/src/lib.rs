@@ -23,6 +23,7 @@ pub mod service_deployments;
 pub mod service_lb;
 pub mod service_registry;
 pub mod services;
+pub mod task_sets;
 mod taskdefs;
 pub mod tasks;
 pub mod traffic_shift;

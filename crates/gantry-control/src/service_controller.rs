@@ -23,7 +23,7 @@ fn short_id(arn: &str) -> &str {
 }
 
 /// Whether a stopped task counts as a failure of its deployment.
-fn failed(t: &TaskRecord) -> bool {
+pub(crate) fn failed(t: &TaskRecord) -> bool {
     match t.task.stop_code.as_deref() {
         Some(stop_code::USER_INITIATED) => false,
         Some(stop_code::SERVICE_SCHEDULER_INITIATED) => t
@@ -65,7 +65,7 @@ impl Control {
     /// which Gantry does not offer yet: the service says so once instead of staying silent.
     async fn announce_external(&self, key: &str, rec: &ServiceRecord, controller: &str) -> Result<(), EcsError> {
         let m = format!(
-            "(service {}) uses the {controller} deployment controller: its tasks come from task sets (CreateTaskSet), which Gantry does not offer yet; no tasks are started.",
+            "(service {}) uses the {controller} deployment controller: its tasks would come from CodeDeploy, which Gantry does not offer; no tasks are started.",
             rec.service.service_name
         );
         if rec.service.events.iter().any(|e| e.message == m) {
@@ -78,6 +78,36 @@ impl Control {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// A live task's health for the planner: Pending until RUNNING, then its containers' health
+/// checks (an unhealthy verdict within the grace period waits) and, behind a load balancer,
+/// its targets' too; with the target failing its checks when that is why.
+pub(crate) fn classify(
+    t: &TaskRecord,
+    lb: Option<&crate::service_lb::Pass>,
+    now: f64,
+    grace: f64,
+) -> (TaskHealth, Option<(String, i64, String)>) {
+    let in_grace = t.task.started_at.is_some_and(|s| now - s < grace);
+    let health = if t.task.last_status != "RUNNING" {
+        TaskHealth::Pending
+    } else if has_health_check(t) {
+        match t.task.health_status.as_str() {
+            "HEALTHY" => TaskHealth::Healthy,
+            "UNHEALTHY" if !in_grace => TaskHealth::Unhealthy,
+            _ => TaskHealth::Starting,
+        }
+    } else {
+        TaskHealth::Healthy
+    };
+    match lb {
+        Some(p) if health != TaskHealth::Pending && !p.lbs.is_empty() => {
+            let (targets, failing) = crate::service_lb::target_health(p, t, now, in_grace);
+            (combine(health, targets), failing)
+        }
+        _ => (health, None),
     }
 }
 
@@ -177,7 +207,7 @@ impl Control {
 
     /// Starts `count` tasks of `deployment` (RunTask calls of at most 10, as a service does):
     /// the started task ids, and the events to record (started, or why not placed).
-    async fn launch(
+    pub(crate) async fn launch(
         &self,
         rec: &ServiceRecord,
         td: &str,
@@ -254,6 +284,9 @@ impl Control {
             .unwrap_or("ECS")
             .to_string();
         // A deleted one still drains to INACTIVE below.
+        if controller == "EXTERNAL" {
+            return self.reconcile_external(key, rec, tasks).await;
+        }
         if controller != "ECS" && rec.service.status == "ACTIVE" {
             return self.announce_external(key, &rec, &controller).await;
         }
@@ -308,29 +341,10 @@ impl Control {
                 stopping_primary += u32::from(deployment_of(t) == primary_dep);
                 continue;
             }
-            let in_grace = t.task.started_at.is_some_and(|s| now - s < grace);
-            let health = if t.task.last_status != "RUNNING" {
-                TaskHealth::Pending
-            } else if has_health_check(t) {
-                match t.task.health_status.as_str() {
-                    "HEALTHY" => TaskHealth::Healthy,
-                    "UNHEALTHY" if !in_grace => TaskHealth::Unhealthy,
-                    _ => TaskHealth::Starting,
-                }
-            } else {
-                TaskHealth::Healthy
-            };
-            // Behind a load balancer a task is healthy once its targets are too.
-            let health = match &lb {
-                Some(p) if health != TaskHealth::Pending && !p.lbs.is_empty() => {
-                    let (targets, failing) = crate::service_lb::target_health(p, t, now, in_grace);
-                    if let Some(f) = failing {
-                        elb_failures.insert(t.task.task_arn.clone(), f);
-                    }
-                    combine(health, targets)
-                }
-                _ => health,
-            };
+            let (health, failing) = classify(t, lb.as_ref(), now, grace);
+            if let Some(f) = failing {
+                elb_failures.insert(t.task.task_arn.clone(), f);
+            }
             if health == TaskHealth::Healthy {
                 healthy_deps.insert(deployment_of(t));
             }
@@ -677,6 +691,10 @@ impl Control {
             .collect();
         self.update_service_record(key, |r| {
             let mut events_out = events.clone();
+            // The pass decided from the record as it was read. If UpdateService made another
+            // deployment primary meanwhile, its verdicts on the old primary (completed, failed,
+            // rolled back) must not land on the new one: the next pass judges that.
+            let same_primary = r.primary().map(|d| &d.id) == primary.as_ref().map(|d| &d.id);
             r.deregistering = deregistering.clone();
             if let Some(reg) = &registered {
                 r.lb_registered = reg.clone();
@@ -708,7 +726,7 @@ impl Control {
                     d.desired_count = d.running_count + d.pending_count;
                 }
             }
-            if primary_failed_now {
+            if primary_failed_now && same_primary {
                 if let Some(p) = r.service.deployments.iter_mut().find(|d| d.status == "PRIMARY") {
                     p.rollout_state = "FAILED".into();
                     p.rollout_state_reason = Some("ECS deployment circuit breaker: tasks failed to start.".into());
@@ -719,6 +737,10 @@ impl Control {
                 }
             }
             let failed_id = primary.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+            let (new_primary, rollback_to_blue) = match same_primary {
+                true => (new_primary.clone(), rollback_to_blue.clone()),
+                false => (None, None),
+            };
             if let Some(by) = new_primary.as_ref().or(rollback_to_blue.as_ref()) {
                 crate::service_deployments::record_rollback(r, &failed_id, by, &rollback_reason, now);
                 r.stop_requested = None;
@@ -744,7 +766,7 @@ impl Control {
             if !stopped_ids.is_empty() || !started_ids.is_empty() {
                 r.steady = false;
             }
-            if converged {
+            if converged && same_primary {
                 let completed_id = r
                     .service
                     .deployments

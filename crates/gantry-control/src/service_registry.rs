@@ -189,8 +189,10 @@ impl Control {
         let scope = rec.scope();
         let mut now = BTreeSet::new();
         for reg in parse(&rec.service.service_registries) {
+            // A registry deleted under the service: its tasks are not registered (every pass
+            // would say so; DescribeServices still names the registry).
             let Ok(svc) = map.service(&scope, &reg.arn).await else {
-                tracing::warn!(registry = %reg.arn, "the service registry is gone; tasks are not registered");
+                tracing::debug!(registry = %reg.arn, "the service registry is gone; tasks are not registered");
                 continue;
             };
             for t in healthy {

@@ -52,6 +52,12 @@ pub struct ServiceRecord {
     /// The service's deployments as ListServiceDeployments reports them, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<crate::service_deployments::HistoryEntry>,
+    /// EXTERNAL services: each task set's registered targets ("group ARN|ip:port").
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub task_set_registered: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// CreateTaskSet's clientTokens: a retry with one returns the task set it created.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub task_set_tokens: std::collections::BTreeMap<String, String>,
     /// A deployment StopServiceDeployment asked to roll back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_requested: Option<String>,
@@ -335,44 +341,61 @@ impl Control {
         }
         let config = req.deployment_configuration.clone().unwrap_or_default();
         validate_config(&config)?;
-        let td_ref = req
-            .task_definition
-            .clone()
-            .ok_or_else(|| EcsError::invalid("taskDefinition can not be blank."))?;
-        let (td, _, _) = self.task_definition(scope, &td_ref).await?;
-        if td.status() != "ACTIVE" {
-            return Err(EcsError::client("TaskDefinition is inactive"));
+        // An EXTERNAL service's tasks come from its task sets, which name their own task
+        // definition, network and load balancers; the service may name a definition.
+        let external = controller == "EXTERNAL";
+        let given = |v: &Option<Vec<Value>>| v.as_ref().is_some_and(|l| !l.is_empty());
+        if external && (given(&req.load_balancers) || given(&req.service_registries)) {
+            return Err(EcsError::invalid(
+                "With the EXTERNAL deployment controller, loadBalancers and serviceRegistries are given on each task set (CreateTaskSet).",
+            ));
         }
+        let td = match (&req.task_definition, external) {
+            (Some(r), _) => {
+                let (td, _, _) = self.task_definition(scope, r).await?;
+                if td.status() != "ACTIVE" {
+                    return Err(EcsError::client("TaskDefinition is inactive"));
+                }
+                Some(td.definition)
+            }
+            (None, true) => None,
+            (None, false) => return Err(EcsError::invalid("taskDefinition can not be blank.")),
+        };
+        let all_kinds = ["EC2", "FARGATE", "EXTERNAL"].map(String::from).to_vec();
         let launch = resolve_launch(
             req.launch_type.as_deref(),
             req.capacity_provider_strategy.as_deref(),
             &cluster,
-            &compatibilities(&td.definition),
+            &td.as_ref().map(compatibilities).unwrap_or(all_kinds),
         )?;
         if strategy == "DAEMON" && launch.launch_type == "FARGATE" {
             return Err(EcsError::invalid(
                 "The DAEMON scheduling strategy is not supported with the FARGATE launch type.",
             ));
         }
-        let network = service_network(&td.definition, req.network_configuration.as_ref())?;
-        let load_balancers = match req.load_balancers.as_deref() {
-            Some(l) if !l.is_empty() => {
-                self.validate_load_balancers(scope, l, &td.definition, crate::traffic_shift::strategy(&config))
-                    .await?
+        let (network, load_balancers, service_registries, td_arn) = match &td {
+            None => (
+                req.network_configuration.clone().unwrap_or(Value::Null),
+                vec![],
+                vec![],
+                String::new(),
+            ),
+            Some(td) => {
+                let network = service_network(td, req.network_configuration.as_ref())?;
+                let load_balancers = match req.load_balancers.as_deref() {
+                    Some(l) if !l.is_empty() => {
+                        self.validate_load_balancers(scope, l, td, crate::traffic_shift::strategy(&config))
+                            .await?
+                    }
+                    _ => vec![],
+                };
+                let registries = self
+                    .validate_registries(scope, req.service_registries.as_deref().unwrap_or_default(), td)
+                    .await?;
+                let arn = td["taskDefinitionArn"].as_str().unwrap_or_default().to_string();
+                (network, load_balancers, registries, arn)
             }
-            _ => vec![],
         };
-        let service_registries = self
-            .validate_registries(
-                scope,
-                req.service_registries.as_deref().unwrap_or_default(),
-                &td.definition,
-            )
-            .await?;
-        let td_arn = td.definition["taskDefinitionArn"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
         let key = Self::service_key(scope, &cluster.cluster_name, &name);
         if let Some((existing, rev)) = self.get_json::<ServiceRecord>(&key).await? {
             // A retry with the same clientToken gets the service it created.
@@ -452,7 +475,8 @@ impl Control {
             &service.network_configuration,
             self.now(),
         );
-        service.deployments = vec![dep];
+        // An EXTERNAL service's tasks come from task sets: it has no deployments.
+        service.deployments = if external { vec![] } else { vec![dep] };
         let rec = ServiceRecord {
             service: service.clone(),
             cluster: cluster.cluster_name.clone(),
@@ -470,6 +494,8 @@ impl Control {
             blue_is_alternate: false,
             history: vec![],
             stop_requested: None,
+            task_set_registered: Default::default(),
+            task_set_tokens: Default::default(),
         };
         let mut rec = rec;
         crate::service_deployments::sync(&mut rec, None, self.now());
@@ -525,6 +551,19 @@ impl Control {
         if current.service.scheduling_strategy == "DAEMON" && req.desired_count.is_some() {
             return Err(EcsError::invalid(
                 "desiredCount cannot be set on a DAEMON service: one task runs on each container instance.",
+            ));
+        }
+        let external = current.service.deployment_controller["type"].as_str() == Some("EXTERNAL");
+        let launch_change = req.task_definition.is_some()
+            || req.network_configuration.is_some()
+            || req.load_balancers.is_some()
+            || req.service_registries.is_some()
+            || req.platform_version.is_some()
+            || req.capacity_provider_strategy.is_some()
+            || req.force_new_deployment == Some(true);
+        if external && launch_change {
+            return Err(EcsError::invalid(
+                "With the EXTERNAL deployment controller, the task definition, network, load balancers and launch settings are given on task sets (CreateTaskSet).",
             ));
         }
         if let Some(d) = &req.deployment_controller {

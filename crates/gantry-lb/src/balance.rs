@@ -181,17 +181,21 @@ impl Balancer {
     }
 
     /// Notes which targets of a group may take requests now, after a reload: ones new to the
-    /// set start their slow start now; ones that left it start again when they return.
+    /// set start their slow start now; ones that left it start again when they return. As in
+    /// ALB, targets joining a group that had none to take requests do not slow start (there
+    /// is nothing to shift load from).
     pub fn observe(&self, g: &Pool) {
-        if g.slow_start.is_none() {
-            return;
-        }
+        let Some(duration) = g.slow_start else { return };
         let counters = self.counters(&g.view.group.target_group_arn);
         let mut entered = counters.entered.lock().expect("not poisoned");
         entered.retain(|a, _| g.addrs.contains(a));
         let now = Instant::now();
+        let start = match entered.is_empty() {
+            true => now.checked_sub(duration).unwrap_or(now),
+            false => now,
+        };
         for a in &g.addrs {
-            entered.entry(*a).or_insert(now);
+            entered.entry(*a).or_insert(start);
         }
     }
 

@@ -32,6 +32,8 @@ pub enum EcsError {
     #[error("{0}")]
     NamespaceNotFound(String),
     #[error("{0}")]
+    TaskSetNotFound(String),
+    #[error("{0}")]
     Server(String),
 }
 
@@ -58,6 +60,7 @@ impl EcsError {
             EcsError::ServiceDeploymentNotFound(_) => "ServiceDeploymentNotFoundException",
             EcsError::Conflict(_) => "ConflictException",
             EcsError::NamespaceNotFound(_) => "NamespaceNotFoundException",
+            EcsError::TaskSetNotFound(_) => "TaskSetNotFoundException",
             EcsError::Server(_) => "ServerException",
         }
     }

@@ -386,6 +386,67 @@ pub struct Service {
     /// The ARN of the service deployment of the primary deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_service_deployment: Option<String>,
+    /// EXTERNAL deployment controller: the task sets that run the service's tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_sets: Vec<TaskSet>,
+}
+
+/// A task set of a service under the EXTERNAL deployment controller.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSet {
+    pub id: String,
+    pub task_set_arn: String,
+    pub service_arn: String,
+    pub cluster_arn: String,
+    pub started_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// PRIMARY, ACTIVE or DRAINING.
+    pub status: String,
+    pub task_definition: String,
+    pub computed_desired_count: i64,
+    pub pending_count: i64,
+    pub running_count: i64,
+    pub created_at: f64,
+    pub updated_at: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub launch_type: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capacity_provider_strategy: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub platform_version: String,
+    pub platform_family: String,
+    #[serde(default)]
+    pub network_configuration: serde_json::Value,
+    #[serde(default)]
+    pub load_balancers: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub service_registries: Vec<serde_json::Value>,
+    pub scale: Scale,
+    /// STEADY_STATE or STABILIZING.
+    pub stability_status: String,
+    pub stability_status_at: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<Tag>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Scale {
+    pub value: f64,
+    pub unit: String,
+}
+
+impl TaskSet {
+    /// The tasks the set keeps running: its share of the service's desired count, rounded up
+    /// (as ECS computes it); none once it is draining.
+    pub fn computed_desired(&self, service_desired: i64) -> i64 {
+        if self.status == "DRAINING" {
+            return 0;
+        }
+        ((service_desired as f64) * self.scale.value / 100.0).ceil() as i64
+    }
 }
 
 /// A container instance as ECS describes it: a Gantry node registered in a cluster.
