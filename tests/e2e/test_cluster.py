@@ -362,6 +362,27 @@ def _get(url, ctx):
         return e.code, e.read().decode()
 
 
+def test_every_agent_answers_cloud_map_names(cluster):
+    """Each node's resolver (on its bridge's gateway) answers the account's Cloud Map names,
+    fed over the agent protocol, and relays other names to the node's (stub) resolvers."""
+    from conftest import STUB_ADDRESS
+    from test_service_discovery import resolve
+    servers, agents, _ = cluster
+    agents[0].endpoint = servers[0].endpoint
+    sd = agents[0].client("servicediscovery")
+    op = sd.create_private_dns_namespace(Name="clu.internal", Vpc="vpc-gantry")["OperationId"]
+    ns = sd.get_operation(OperationId=op)["Operation"]["Targets"]["NAMESPACE"]
+    db = sd.create_service(Name="db", NamespaceId=ns, DnsConfig={"DnsRecords": [{"Type": "A", "TTL": 1}]})["Service"]
+    sd.register_instance(ServiceId=db["Id"], InstanceId="db-1", Attributes={"AWS_INSTANCE_IPV4": "10.99.0.7"})
+    gateways = [a.node_args[a.node_args.index("--subnet") + 1].rsplit(".", 1)[0] + ".1" for a in agents]
+    for gw in gateways:
+        wait_for(f"{gw} to answer", lambda: resolve(gw, "db.clu.internal") == ["10.99.0.7"], 30)
+        assert resolve(gw, "example.test") == [STUB_ADDRESS]
+    sd.deregister_instance(ServiceId=db["Id"], InstanceId="db-1")
+    for gw in gateways:
+        wait_for(f"{gw} to forget", lambda: resolve(gw, "db.clu.internal") == [], 10)
+
+
 def test_the_agent_protocol_refuses_strangers(cluster):
     servers, agents, token_file = cluster
     s = servers[0]

@@ -9,7 +9,7 @@ use gantry_control::logfeed::Logs;
 use gantry_control::logstore::{LogOp, LogWrite};
 use gantry_control::nodes::{NodeRecord, NodeSpec};
 use gantry_control::{Control, TaskRecord, TASKS_PREFIX};
-use gantry_store::Watch;
+use gantry_store::{KeyValue, Watch};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -98,6 +98,10 @@ pub trait ControlLink: Send + Sync {
     async fn ensure_log_stream(&self, target: &LogTarget, create_group: bool) -> LinkResult<()>;
     /// Appends events (time ms, message) to a stream.
     async fn put_log_events(&self, target: &LogTarget, events: &[(i64, String)]) -> LinkResult<()>;
+    /// The Cloud Map records the node's DNS resolver answers from, and the revision they were
+    /// read at: at once when `after` is 0, else once they change after `after` (or after a
+    /// while without change, the same records again).
+    async fn dns_records(&self, after: i64) -> LinkResult<(Vec<KeyValue>, i64)>;
 }
 
 /// The in-process link: the control plane and log store of this very process.
@@ -175,6 +179,26 @@ impl ControlLink for LocalLink {
         let w = LogWrite::new((&t.account, &t.region), &t.group, self.control.clock.now_ms(), op);
         self.logs.write(w).await.map_err(LinkError::unavailable)
     }
+
+    async fn dns_records(&self, after: i64) -> LinkResult<(Vec<KeyValue>, i64)> {
+        dns_records(&self.control, after).await
+    }
+}
+
+/// How long a DNS records request waits for a change before answering with the same records.
+pub const DNS_POLL: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// The server side of `dns_records`: a watch from `after` (a compacted start re-lists at
+/// once), then one listing of the Cloud Map records. Cloud Map names are the account's, not a
+/// node's: every node's resolver answers them all, as every task in a VPC may resolve them.
+pub async fn dns_records(control: &Control, after: i64) -> LinkResult<(Vec<KeyValue>, i64)> {
+    let prefix = gantry_control::cloudmap::view::PREFIX;
+    if after > 0 {
+        if let Ok(mut w) = control.store.watch(prefix, after).await {
+            let _ = tokio::time::timeout(DNS_POLL, w.events.recv()).await;
+        }
+    }
+    control.store.list(prefix).await.map_err(LinkError::unavailable)
 }
 
 // The server side of each operation, shared by the local link and the remote one's server:

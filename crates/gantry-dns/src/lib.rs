@@ -3,19 +3,22 @@
 //! node's own resolvers. It listens on the task bridge's gateway address, which the tasks'
 //! resolv.conf names; packets and their parsing are hickory-proto's.
 //!
-//! It follows the store with a watch, so a registration or a health change is answered within
-//! milliseconds; record TTLs (from the service's DnsConfig) bound how long clients cache.
+//! It follows the records through a long-polling `Fetch` (the store's watch in `gantry dev`,
+//! the agent protocol on a cluster node), so a registration or a health change is answered
+//! within milliseconds; record TTLs (from the service's DnsConfig) bound how long clients
+//! cache.
 
 mod answer;
 mod forward;
 
 pub use answer::{answer, Decision, MULTIVALUE_MAX};
 
-use gantry_control::cloudmap::view::PREFIX;
 use gantry_control::cloudmap::DnsTable;
-use gantry_store::Store;
+use gantry_store::KeyValue;
 use hickory_proto::op::{Edns, Message, ResponseCode};
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,10 +66,15 @@ impl Shared {
     }
 }
 
+/// Where the Cloud Map records come from: given the revision last seen (0 at first), the
+/// records once they change after it (or the same ones after a while) and their revision.
+pub type Fetch =
+    Arc<dyn Fn(i64) -> Pin<Box<dyn Future<Output = Result<(Vec<KeyValue>, i64), String>> + Send>> + Send + Sync>;
+
 /// Binds the resolver's sockets now (so a node whose port 53 is taken fails at start, not on
 /// the first lookup), then serves until `stop`.
 pub async fn bind_and_run(
-    store: Arc<dyn Store>,
+    fetch: Fetch,
     opts: Options,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
@@ -81,43 +89,33 @@ pub async fn bind_and_run(
     Ok(tokio::spawn(async move {
         let udp_task = tokio::spawn(serve_udp(shared.clone(), Arc::new(udp)));
         let tcp_task = tokio::spawn(serve_tcp(shared.clone(), tcp));
-        follow_store(&shared, store.as_ref(), stop).await;
+        follow(&shared, fetch, stop).await;
         udp_task.abort();
         tcp_task.abort();
     }))
 }
 
-/// Keeps the table current: a listing, then a watch from its revision until something under
-/// the prefix changes (20 ms of changes gathered into one reload).
-async fn follow_store(shared: &Shared, store: &dyn Store, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Keeps the table current from the fetched records; a failed fetch is retried after a
+/// second (the last table keeps answering meanwhile).
+async fn follow(shared: &Shared, fetch: Fetch, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut seen = 0;
     loop {
-        let revision = match store.list(PREFIX).await {
+        let got = tokio::select! {
+            r = fetch(seen) => r,
+            _ = stop.changed() => return,
+        };
+        match got {
             Ok((kvs, rev)) => {
                 *shared.table.write().expect("not poisoned") = Arc::new(DnsTable::from_listing(&kvs));
-                Some(rev)
+                seen = rev;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading Cloud Map records");
-                None
-            }
-        };
-        let watch = match revision {
-            Some(rev) => store.watch(PREFIX, rev).await.ok(),
-            None => None,
-        };
-        let changed = async {
-            match watch {
-                Some(mut w) => {
-                    w.events.recv().await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
                 }
-                None => tokio::time::sleep(Duration::from_secs(1)).await,
             }
-        };
-        tokio::select! {
-            _ = changed => {}
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-            _ = stop.changed() => return,
         }
     }
 }

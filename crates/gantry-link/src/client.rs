@@ -341,6 +341,31 @@ impl ControlLink for RemoteLink {
         r.json().await.map_err(LinkError::unavailable)
     }
 
+    async fn dns_records(&self, after: i64) -> LinkResult<(Vec<gantry_store::KeyValue>, i64)> {
+        let wait = gantry_agent::link::DNS_POLL + REQUEST_TIMEOUT;
+        let r = self
+            .send(|s| {
+                self.client()
+                    .get(format!("{s}/v1/dns"))
+                    .query(&[("after", after)])
+                    .timeout(wait)
+            })
+            .await?;
+        let d: DnsRecords = r.json().await.map_err(LinkError::unavailable)?;
+        let kvs = d
+            .records
+            .into_iter()
+            .map(|(key, value)| gantry_store::KeyValue {
+                key,
+                value: value.into_bytes(),
+                create_revision: 0,
+                mod_revision: d.revision,
+                version: 0,
+            })
+            .collect();
+        Ok((kvs, d.revision))
+    }
+
     async fn watch_assigned(&self) -> LinkResult<Watch> {
         let r = self.send(|s| self.client().get(format!("{s}/v1/watch"))).await?;
         let mut body = r.bytes_stream();

@@ -85,6 +85,7 @@ impl LinkServer {
             .route("/v1/task", get(get_task).put(put_task))
             .route("/v1/logs/stream", post(ensure_stream))
             .route("/v1/logs/events", post(put_events))
+            .route("/v1/dns", get(dns))
             .with_state(Arc::new(self))
     }
 
@@ -354,4 +355,21 @@ async fn put_events(
     };
     write_log(&s, &q.target, op).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The Cloud Map records for the node's resolver, long-polled (see `ControlLink::dns_records`).
+async fn dns(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    axum::extract::Query(q): axum::extract::Query<After>,
+) -> Result<Json<DnsRecords>, Refusal> {
+    node(&peer)?;
+    let (kvs, revision) = ops::dns_records(&s.control, q.after)
+        .await
+        .map_err(|e| op_err(&peer, e))?;
+    let records = kvs
+        .into_iter()
+        .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
+        .collect();
+    Ok(Json(DnsRecords { records, revision }))
 }

@@ -93,3 +93,15 @@ impl WatchLine {
         }
     }
 }
+
+/// `GET /v1/dns?after=REV`: the Cloud Map records (key, JSON value) and their revision.
+#[derive(Serialize, Deserialize)]
+pub struct DnsRecords {
+    pub records: Vec<(String, String)>,
+    pub revision: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct After {
+    pub after: i64,
+}

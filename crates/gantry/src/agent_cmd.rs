@@ -38,6 +38,10 @@ pub struct AgentArgs {
     /// Ready network namespaces kept warm.
     #[arg(long, env = "GANTRY_WARM_POOL", default_value_t = 4)]
     warm_pool: usize,
+    /// Resolvers that names outside Cloud Map's namespaces are relayed to, as IP[:PORT]
+    /// (comma-separated; default: the nameservers of /etc/resolv.conf).
+    #[arg(long, env = "GANTRY_DNS_UPSTREAM", value_delimiter = ',')]
+    dns_upstream: Vec<String>,
 }
 
 pub fn run(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
@@ -102,7 +106,11 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
         args.data_dir.join("identity"),
     ));
     let link: Arc<dyn ControlLink> = remote;
-    let node = Arc::new(args.node()?);
+    // Tasks resolve through the node's resolver (Cloud Map names over the agent protocol).
+    let mut node_config = args.node_config()?;
+    node_config.network.node_resolver = true;
+    let gateway = node_config.network.subnet.gateway();
+    let node = Arc::new(gantry_runtime::task::Node::open(node_config)?);
 
     // Startup sweep: keep what the servers still track as running here.
     let tracked = loop {
@@ -130,6 +138,12 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
         memory,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let dns_link = link.clone();
+    let fetch: gantry_dns::Fetch = Arc::new(move |after| {
+        let link = dns_link.clone();
+        Box::pin(async move { link.dns_records(after).await.map_err(|e| e.to_string()) })
+    });
+    crate::dev::start_resolver(gateway, &a.dns_upstream, fetch, stop_rx.clone()).await?;
     let agent = gantry_agent::Agent::new(link, node.clone(), spec);
     agent.register().await;
     tokio::spawn(gantry_agent::keep_pool_warm(node.clone(), a.warm_pool, stop_rx.clone()));

@@ -45,7 +45,26 @@ pub struct DevArgs {
     /// Resolvers that names outside Cloud Map's namespaces are relayed to, as IP[:PORT]
     /// (comma-separated; default: the nameservers of /etc/resolv.conf).
     #[arg(long, env = "GANTRY_DNS_UPSTREAM", value_delimiter = ',')]
-    dns_upstream: Vec<String>,
+    pub dns_upstream: Vec<String>,
+}
+
+/// Starts the tasks' DNS resolver on the node bridge's gateway, answering Cloud Map names
+/// from `fetch` and relaying the rest to `--dns-upstream` (or the host's resolvers).
+pub async fn start_resolver(
+    gateway: std::net::Ipv4Addr,
+    upstream: &[String],
+    fetch: gantry_dns::Fetch,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let opts = gantry_dns::Options {
+        listen: gantry_dns::listen_on(gateway),
+        upstreams: dns_upstreams(upstream)?,
+    };
+    let listen = opts.listen;
+    gantry_dns::bind_and_run(fetch, opts, stop)
+        .await
+        .with_context(|| format!("binding the tasks' DNS resolver on {listen}"))?;
+    Ok(())
 }
 
 /// The resolvers `--dns-upstream` names, or the host's.
@@ -345,14 +364,16 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         eprintln!("gantry: wrote profile 'gantry' to {} and {}", c.display(), f.display());
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let dns = gantry_dns::Options {
-        listen: gantry_dns::listen_on(gateway),
-        upstreams: dns_upstreams(&a.dns_upstream)?,
-    };
-    let listen = dns.listen;
-    gantry_dns::bind_and_run(store.clone(), dns, stop_rx.clone())
-        .await
-        .with_context(|| format!("binding the tasks' DNS resolver on {listen}"))?;
+    let dns_control = control.clone();
+    let fetch: gantry_dns::Fetch = Arc::new(move |after| {
+        let control = dns_control.clone();
+        Box::pin(async move {
+            gantry_agent::link::dns_records(&control, after)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    start_resolver(gateway, &a.dns_upstream, fetch, stop_rx.clone()).await?;
     // The node: registered as "local", driven by an in-process agent over the local link.
     let (cpu, memory) = node_capacity(a.cpu, a.memory);
     let spec = NodeSpec {
