@@ -211,7 +211,7 @@ def test_unsigned_and_badly_signed_requests_are_refused(gantry):
 def test_unknown_operation(gantry):
     ecs = gantry.client("ecs")
     with pytest.raises(ClientError) as e:
-        ecs.describe_task_sets(cluster="default", service="none")
+        ecs.discover_poll_endpoint(containerInstance="none")
     assert error_code(e) == "InvalidAction"
 
 

@@ -441,11 +441,13 @@ def test_losing_etcd_answers_503_class_errors_and_recovers(etcd_member):  # noqa
         assert time.time() - t0 < 15, "the error comes within the store's request timeout"
         with pytest.raises(botocore.exceptions.ClientError):
             ecs.create_cluster(clusterName="not-stored")
+        # The lease cannot be kept through the outage: the leader's next keep-alive (a third of
+        # the lease's ttl) fails and its controllers stop, before the store returns.
+        wait_for("the leader to lose the lease", lambda: "lost the lead" in server.log(), 20)
         etcd_member.start()
         names = wait_for("the API to serve again", lambda: _clusters(ecs), 60)
         assert "kept" in names and "not-stored" not in names, names
-        # The lease could not be kept through the outage: the controllers stopped, and run again.
-        assert "lost the lead" in server.log()
+        # ... and once it is back, the server campaigns and leads again.
         wait_for("the controllers led again", lambda: server.log().count("leads the controllers") == 2, 30)
     finally:
         server.stop()

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import IMAGE, KEY, REGION, SECRET
 
-SERVICES = ["ecs", "logs"]
+SERVICES = ["ecs", "logs", "servicediscovery", "acm"]
 # Errors any AWS JSON service may answer besides the declared ones (auth, size, throttling).
 GENERIC = {"AccessDeniedException", "UnrecognizedClientException", "ThrottlingException",
            "RequestEntityTooLargeException", "SerializationException"}

@@ -103,8 +103,8 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
         }
         "RequestCertificate" => {
             return Err(ApiError::client(
-                "ValidationException",
-                "Gantry cannot issue certificates (that needs a public CA validating your domains): import one with ImportCertificate.",
+                "UnknownOperationException",
+                "Gantry does not issue certificates (that needs a public CA validating your domains): import one with ImportCertificate.",
             ))
         }
         other => {
