@@ -25,6 +25,16 @@ pub struct Launch {
 /// The launch type and capacity provider of a RunTask or CreateService request, as ECS
 /// resolves them: launchType, else the strategy, else the cluster's default strategy, else
 /// EC2. The task definition must be compatible with the result.
+/// The platform version a task runs on: Fargate's (LATEST is 1.4.0), none for other launch
+/// types.
+pub fn platform_version(fargate: bool, requested: Option<&str>) -> String {
+    match (fargate, requested) {
+        (false, _) => String::new(),
+        (true, Some(p)) if p != "LATEST" => p.to_string(),
+        (true, _) => "1.4.0".into(),
+    }
+}
+
 pub fn resolve_launch(
     launch_type: Option<&str>,
     strategy: Option<&[Value]>,
@@ -374,16 +384,7 @@ impl TaskTemplate<'_> {
                 // ECS fills the launch type even when a capacity provider chose it.
                 launch_type: self.launch.launch_type.clone(),
                 capacity_provider_name: self.launch.capacity_provider.clone(),
-                // Platform versions are Fargate's.
-                platform_version: if fargate {
-                    self.req
-                        .platform_version
-                        .clone()
-                        .filter(|p| p != "LATEST")
-                        .unwrap_or_else(|| "1.4.0".into())
-                } else {
-                    String::new()
-                },
+                platform_version: platform_version(fargate, self.req.platform_version.as_deref()),
                 platform_family: "Linux".into(),
                 availability_zone: zone.to_string(),
                 created_at: now,

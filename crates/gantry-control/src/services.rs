@@ -412,15 +412,8 @@ impl Control {
             }
             self.store.delete(&key, Some(rev)).await.map_err(store_err)?;
         }
-        // Platform versions are Fargate's.
-        let platform = if launch.launch_type == "FARGATE" {
-            req.platform_version
-                .clone()
-                .filter(|p| p != "LATEST")
-                .unwrap_or_else(|| "1.4.0".into())
-        } else {
-            String::new()
-        };
+        let platform =
+            crate::run_task::platform_version(launch.launch_type == "FARGATE", req.platform_version.as_deref());
         let mut service = Service {
             service_arn: scope.service_arn(
                 self.long_arns(scope, "serviceLongArnFormat")

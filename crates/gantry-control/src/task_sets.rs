@@ -161,14 +161,10 @@ impl Control {
                 launch.launch_type.clone()
             },
             capacity_provider_strategy: req.capacity_provider_strategy.clone().unwrap_or_default(),
-            platform_version: if launch.launch_type == "FARGATE" {
-                req.platform_version
-                    .clone()
-                    .filter(|p| p != "LATEST")
-                    .unwrap_or_else(|| "1.4.0".into())
-            } else {
-                String::new()
-            },
+            platform_version: crate::run_task::platform_version(
+                launch.launch_type == "FARGATE",
+                req.platform_version.as_deref(),
+            ),
             platform_family: "Linux".into(),
             network_configuration: req.network_configuration.clone().unwrap_or(Value::Null),
             load_balancers,

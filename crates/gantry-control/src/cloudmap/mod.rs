@@ -150,26 +150,15 @@ impl CloudMap {
 
     pub async fn list_operations(&self, scope: &Scope, input: Value) -> Result<Value, MapError> {
         let input: ListInput = parse(input)?;
-        let mut ops: Vec<Operation> = self.records.list(&Self::key(scope, "operations/")).await?;
-        for f in &input.filters {
-            let field = |op: &Operation| -> Result<Option<String>, MapError> {
-                Ok(match f.name.as_str() {
-                    "NAMESPACE_ID" => op.targets.get("NAMESPACE").cloned(),
-                    "SERVICE_ID" => op.targets.get("SERVICE").cloned(),
-                    "STATUS" => Some(op.status.clone()),
-                    "TYPE" => Some(op.kind.clone()),
-                    "UPDATE_DATE" => Some(op.update_date.to_string()),
-                    other => return Err(MapError::invalid(format!("Unknown filter name {other}."))),
-                })
-            };
-            let mut kept = vec![];
-            for op in ops {
-                if f.matches(field(&op)?.as_deref(), f.name == "UPDATE_DATE")? {
-                    kept.push(op);
-                }
-            }
-            ops = kept;
-        }
+        let all: Vec<Operation> = self.records.list(&Self::key(scope, "operations/")).await?;
+        let mut ops = filtered(all, &input.filters, |op, name| match name {
+            "NAMESPACE_ID" => Some(op.targets.get("NAMESPACE").cloned()),
+            "SERVICE_ID" => Some(op.targets.get("SERVICE").cloned()),
+            "STATUS" => Some(Some(op.status.clone())),
+            "TYPE" => Some(Some(op.kind.clone())),
+            "UPDATE_DATE" => Some(Some(op.update_date.to_string())),
+            _ => None,
+        })?;
         ops.reverse();
         let (page, next) = page(ops, |o| o.id.clone(), &input)?;
         let summaries: Vec<Value> = page.iter().map(|o| json!({"Id": o.id, "Status": o.status})).collect();
@@ -303,6 +292,27 @@ impl Filter {
             }
         })
     }
+}
+
+/// The items every filter passes. `field` gives an item's value for a filter's name (None
+/// for a name the operation does not know, which is refused). UPDATE_DATE compares dates.
+fn filtered<T>(
+    items: Vec<T>,
+    filters: &[Filter],
+    field: impl Fn(&T, &str) -> Option<Option<String>>,
+) -> Result<Vec<T>, MapError> {
+    let mut out = vec![];
+    'items: for item in items {
+        for f in filters {
+            let value =
+                field(&item, &f.name).ok_or_else(|| MapError::invalid(format!("Unknown filter name {}.", f.name)))?;
+            if !f.matches(value.as_deref(), f.name == "UPDATE_DATE")? {
+                continue 'items;
+            }
+        }
+        out.push(item);
+    }
+    Ok(out)
 }
 
 /// One page of `items` (in the order given) after the token, and the next page's token.

@@ -1,7 +1,7 @@
 //! Namespaces: private and public DNS namespaces (served by the node resolvers, see `view`)
 //! and HTTP namespaces (found through DiscoverInstances only).
 
-use super::{page, parse, validate_tags, with_token, CloudMap, ListInput, Tagged};
+use super::{filtered, page, parse, validate_tags, with_token, CloudMap, ListInput, Tagged};
 use gantry_types::arn::Scope;
 use gantry_types::cloudmap::{DnsProperties, HttpProperties, MapError, Namespace, NamespaceProperties, Soa, Tag};
 use serde::Deserialize;
@@ -196,23 +196,13 @@ impl CloudMap {
 
     pub async fn list_namespaces(&self, scope: &Scope, input: Value) -> Result<Value, MapError> {
         let input: ListInput = parse(input)?;
-        let mut out = vec![];
-        for ns in self.namespaces(scope).await?.into_iter().map(|r| r.item) {
-            let mut keep = true;
-            for f in &input.filters {
-                let v = match f.name.as_str() {
-                    "TYPE" => &ns.kind,
-                    "NAME" => &ns.name,
-                    "HTTP_NAME" => &ns.name,
-                    "RESOURCE_OWNER" => &ns.resource_owner,
-                    other => return Err(MapError::invalid(format!("Unknown filter name {other}."))),
-                };
-                keep &= f.matches(Some(v), false)?;
-            }
-            if keep {
-                out.push(ns);
-            }
-        }
+        let all: Vec<Namespace> = self.namespaces(scope).await?.into_iter().map(|r| r.item).collect();
+        let mut out = filtered(all, &input.filters, |ns, name| match name {
+            "TYPE" => Some(Some(ns.kind.clone())),
+            "NAME" | "HTTP_NAME" => Some(Some(ns.name.clone())),
+            "RESOURCE_OWNER" => Some(Some(ns.resource_owner.clone())),
+            _ => None,
+        })?;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         let (page, next) = page(out, |n| n.id.clone(), &input)?;
         let mut summaries = vec![];

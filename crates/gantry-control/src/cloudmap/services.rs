@@ -2,7 +2,7 @@
 //! whether their health is reported by someone (custom health checks, which ECS uses).
 
 use super::namespaces::{id_input, valid_dns_name};
-use super::{page, parse, validate_tags, with_token, CloudMap, ListInput, Tagged};
+use super::{filtered, page, parse, validate_tags, with_token, CloudMap, ListInput, Tagged};
 use gantry_types::arn::Scope;
 use gantry_types::cloudmap::{DnsConfig, DnsRecord, HealthCheckCustomConfig, MapError, Service, Tag};
 use serde::Deserialize;
@@ -197,21 +197,12 @@ impl CloudMap {
 
     pub async fn list_services(&self, scope: &Scope, input: Value) -> Result<Value, MapError> {
         let input: ListInput = parse(input)?;
-        let mut out = vec![];
-        for s in self.all_services(scope).await?.into_iter().map(|r| r.item) {
-            let mut keep = true;
-            for f in &input.filters {
-                let v = match f.name.as_str() {
-                    "NAMESPACE_ID" => &s.namespace_id,
-                    "RESOURCE_OWNER" => &s.resource_owner,
-                    other => return Err(MapError::invalid(format!("Unknown filter name {other}."))),
-                };
-                keep &= f.matches(Some(v), false)?;
-            }
-            if keep {
-                out.push(s);
-            }
-        }
+        let all: Vec<Service> = self.all_services(scope).await?.into_iter().map(|r| r.item).collect();
+        let mut out = filtered(all, &input.filters, |s, name| match name {
+            "NAMESPACE_ID" => Some(Some(s.namespace_id.clone())),
+            "RESOURCE_OWNER" => Some(Some(s.resource_owner.clone())),
+            _ => None,
+        })?;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         let (page, next) = page(out, |s| s.id.clone(), &input)?;
         let mut summaries = vec![];
