@@ -673,3 +673,41 @@ def test_slow_start_ramps_a_new_targets_share(gantry, elb, ecs):
     elb.delete_target_group(TargetGroupArn=tg)
     for a in arns:
         ecs.stop_task(cluster="default", task=a)
+
+
+def test_a_bridge_mode_service_behind_instance_targets(gantry, elb, ecs):
+    """Bridge-mode tasks are `instance` targets: the node's instance id and the host port
+    published for the container port (dynamic here), reached at the node's address."""
+    from conftest import IMAGE, NETWORK, register
+    ecs.create_cluster(clusterName="default")
+    td = ecs.register_task_definition(family="lb-bridge", networkMode="bridge", containerDefinitions=[{
+        "name": "web", "image": IMAGE, "memory": 64, "command": ["sh", "-c", SERVE.format(colour="bridge")],
+        "portMappings": [{"containerPort": 8080, "hostPort": 0}]}])["taskDefinition"]["taskDefinitionArn"]
+    tg = elb.create_target_group(Name="e2e-inst", Protocol="HTTP", Port=80, HealthCheckPath="/health",
+                                 HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2)["TargetGroups"][0]
+    assert tg["TargetType"] == "instance", "ELBv2's default"
+    elb.modify_target_group_attributes(TargetGroupArn=tg["TargetGroupArn"], Attributes=[
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "1"}])
+    lb = elb.create_load_balancer(Name="e2e-inst", Subnets=["subnet-a"])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}])
+    entry = [{"targetGroupArn": tg["TargetGroupArn"], "containerName": "web", "containerPort": 8080}]
+    awsvpc = register(ecs, "lb-awsvpc", [{"name": "web", "portMappings": [{"containerPort": 8080}]}])["taskDefinitionArn"]
+    code, msg = code_of(ecs.create_service, cluster="default", serviceName="inst", taskDefinition=awsvpc, desiredCount=1,
+                        launchType="FARGATE", networkConfiguration=NETWORK, loadBalancers=entry)
+    assert code == "InvalidParameterException" and "target type instance" in msg and "awsvpc" in msg
+    ecs.create_service(cluster="default", serviceName="inst", taskDefinition=td, desiredCount=2, launchType="EC2",
+                       loadBalancers=entry)
+    wait_health(elb, tg["TargetGroupArn"], "healthy", 2)
+    node = ecs.describe_container_instances(cluster="default", containerInstances=ecs.list_container_instances(
+        cluster="default")["containerInstanceArns"])["containerInstances"][0]["ec2InstanceId"]
+    targets = [h["Target"] for h in elb.describe_target_health(TargetGroupArn=tg["TargetGroupArn"])["TargetHealthDescriptions"]]
+    assert {t["Id"] for t in targets} == {node} and len({t["Port"] for t in targets}) == 2, targets
+    bodies = {requests.get(f"http://{lb['DNSName']}/", timeout=5).text for _ in range(6)}
+    assert len(bodies) == 2 and all(b.startswith("bridge ") for b in bodies), bodies
+    code, msg = code_of(elb.register_targets, TargetGroupArn=tg["TargetGroupArn"], Targets=[{"Id": "i-0123456789abcdef0", "Port": 80}])
+    assert code == "InvalidTarget" and "i-0123456789abcdef0" in msg
+    ecs.delete_service(cluster="default", service="inst", force=True)
+    ecs.get_waiter("services_inactive").wait(cluster="default", services=["inst"], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    elb.delete_target_group(TargetGroupArn=tg["TargetGroupArn"])

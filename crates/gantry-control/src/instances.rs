@@ -56,6 +56,12 @@ pub struct InstanceRecord {
 }
 
 /// A stable 32-hex id for a node (the same in every cluster, as the ARN carries the cluster).
+/// The EC2-style instance id a node goes by (in DescribeContainerInstances and as an
+/// `instance` load balancer target): stable, derived from its name.
+pub fn ec2_instance_id(node: &str) -> String {
+    format!("i-{}", &node_id(node)[..17])
+}
+
 fn node_id(node: &str) -> String {
     let h = |seed: u64| {
         node.bytes()
@@ -155,7 +161,7 @@ impl Control {
                     .then_some(cluster),
                 &id,
             ),
-            ec2_instance_id: format!("i-{}", &id[..17]),
+            ec2_instance_id: ec2_instance_id(node),
             node: node.to_string(),
             cluster: cluster.to_string(),
             status: "ACTIVE".into(),

@@ -25,6 +25,10 @@ pub struct NodeSpec {
     /// CPU units (1024 per core) and memory (MiB) it offers EC2 and EXTERNAL tasks.
     pub cpu: i64,
     pub memory: i64,
+    /// Where the host ports it publishes (bridge mode) are reached: what `instance` load
+    /// balancer targets on it connect to. None: such targets cannot be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -61,18 +61,35 @@ fn task_ip(t: &TaskRecord) -> Option<String> {
         .find(|ip| !ip.is_empty())
 }
 
-/// The (group, ip, port) targets a task is registered as, in the blue or the green group.
+/// The (group, id, port) targets a task is registered as, in the blue or the green group:
+/// its address and the container port (awsvpc), or its node's instance id and the host port
+/// published for the container port (bridge). None until the task has them.
 pub fn task_targets(t: &TaskRecord, lbs: &[ServiceLb], alternate: bool) -> Vec<(String, String, i64)> {
-    let Some(ip) = task_ip(t) else { return vec![] };
     lbs.iter()
-        .map(|l| {
+        .filter_map(|l| {
             let group = match (&l.alternate, alternate) {
                 (Some(a), true) => a.clone(),
                 _ => l.target_group_arn.clone(),
             };
-            (group, ip.clone(), l.container_port)
+            let (id, port) = target_of(t, l)?;
+            Some((group, id, port))
         })
         .collect()
+}
+
+fn target_of(t: &TaskRecord, l: &ServiceLb) -> Option<(String, i64)> {
+    if let Some(ip) = task_ip(t) {
+        return Some((ip, l.container_port));
+    }
+    let host_port = t
+        .task
+        .containers
+        .iter()
+        .filter(|c| c.name == l.container_name)
+        .flat_map(|c| c.network_bindings.iter())
+        .find(|b| b["containerPort"].as_i64() == Some(l.container_port))?["hostPort"]
+        .as_i64()?;
+    Some((crate::instances::ec2_instance_id(&t.node), host_port))
 }
 
 /// A task's health as its targets report it, and the first failing target's details (group,
@@ -101,7 +118,7 @@ pub fn target_health(
             _ => health = TaskHealth::Starting,
         }
     }
-    if task_ip(t).is_none() {
+    if pass.targets_of(t).len() < pass.lbs.len() {
         health = TaskHealth::Starting;
     }
     (health, None)
@@ -177,14 +194,22 @@ impl Control {
             let port = l["containerPort"]
                 .as_i64()
                 .ok_or_else(|| EcsError::invalid("loadBalancers: containerPort can not be blank."))?;
-            if td["networkMode"].as_str() != Some("awsvpc") {
-                return Err(EcsError::invalid(
-                    "Gantry load balancers reach tasks at their own addresses: the task definition must use the awsvpc network mode.",
-                ));
-            }
-            let (_, in_use) = self.elb().target_group(scope, arn).await.map_err(|_| {
+            let (tg, in_use) = self.elb().target_group(scope, arn).await.map_err(|_| {
                 EcsError::invalid(format!("Unable to find the target group with targetGroupArn {arn}."))
             })?;
+            // awsvpc tasks are `ip` targets; bridge tasks are reached at the host ports their
+            // node publishes (`instance` targets).
+            let mode = td["networkMode"].as_str().unwrap_or("bridge");
+            let fits = matches!(
+                (mode, tg.target_type.as_str()),
+                ("awsvpc", "ip") | ("bridge", "instance")
+            );
+            if !fits {
+                return Err(EcsError::invalid(format!(
+                    "The provided target group {arn} has target type {}, which is incompatible with the {mode} network mode specified in the task definition.",
+                    tg.target_type
+                )));
+            }
             if !in_use {
                 return Err(EcsError::invalid(format!(
                     "The target group with targetGroupArn {arn} does not have an associated load balancer."

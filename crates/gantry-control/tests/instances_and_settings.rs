@@ -19,6 +19,7 @@ async fn control() -> Control {
         capacity_provider: None,
         cpu: 2048,
         memory: 1024,
+        address: None,
     })
     .await
     .unwrap();

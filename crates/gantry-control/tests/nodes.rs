@@ -22,6 +22,7 @@ fn spec(name: &str, zone: &str, pool: Option<&str>) -> NodeSpec {
         capacity_provider: pool.map(str::to_string),
         cpu: 2048,
         memory: 4096,
+        address: None,
     }
 }
 

@@ -21,6 +21,7 @@ async fn setup(desired: i64) -> (Control, Arc<FakeClock>) {
         capacity_provider: None,
         cpu: 4096,
         memory: 8192,
+        address: None,
     })
     .await
     .unwrap();

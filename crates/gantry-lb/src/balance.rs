@@ -68,7 +68,7 @@ impl Pool {
     pub fn new(view: GroupView) -> Pool {
         let addrs = eligible(&view)
             .iter()
-            .filter_map(|t| Some(SocketAddr::new(t.id.parse().ok()?, u16::try_from(t.port).ok()?)))
+            .filter_map(|t| Some(SocketAddr::new(view.target_ip(t)?, u16::try_from(t.port).ok()?)))
             .collect();
         let least_outstanding = view.attribute("load_balancing.algorithm.type") == "least_outstanding_requests";
         let sticky = match (

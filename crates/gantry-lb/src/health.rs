@@ -129,7 +129,7 @@ fn target_addr(g: &GroupView, t: &RegisteredTarget) -> Option<SocketAddr> {
         "traffic-port" => u16::try_from(t.port).ok()?,
         p => p.parse().ok()?,
     };
-    Some(SocketAddr::new(t.id.parse().ok()?, port))
+    Some(SocketAddr::new(g.target_ip(t)?, port))
 }
 
 /// Checks every registered target of every group a listener uses, each on its group's

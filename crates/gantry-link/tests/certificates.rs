@@ -38,6 +38,7 @@ fn spec(name: &str) -> NodeSpec {
         capacity_provider: None,
         cpu: 1024,
         memory: 2048,
+        address: None,
     }
 }
 

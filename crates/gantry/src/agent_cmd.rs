@@ -38,6 +38,10 @@ pub struct AgentArgs {
     /// Ready network namespaces kept warm.
     #[arg(long, env = "GANTRY_WARM_POOL", default_value_t = 4)]
     warm_pool: usize,
+    /// The address load balancers reach this node's published host ports at (`instance`
+    /// targets); without it, such targets on this node cannot be reached.
+    #[arg(long, env = "GANTRY_ADVERTISE_ADDRESS")]
+    advertise_address: Option<std::net::Ipv4Addr>,
     /// Resolvers that names outside Cloud Map's namespaces are relayed to, as IP[:PORT]
     /// (comma-separated; default: the nameservers of /etc/resolv.conf).
     #[arg(long, env = "GANTRY_DNS_UPSTREAM", value_delimiter = ',')]
@@ -136,6 +140,7 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
         capacity_provider: a.capacity_provider.clone(),
         cpu,
         memory,
+        address: a.advertise_address,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let dns_link = link.clone();

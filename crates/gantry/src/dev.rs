@@ -382,6 +382,8 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         capacity_provider: None,
         cpu,
         memory,
+        // Published host ports are relayed on every host address, loopback included.
+        address: Some(std::net::Ipv4Addr::LOCALHOST),
     };
     let link = Arc::new(LocalLink::new(control.clone(), logs.clone(), LOCAL_NODE));
     let agent = gantry_agent::Agent::new(link, node.clone(), spec);

@@ -82,12 +82,12 @@ fn is_layer4(protocol: &str) -> bool {
 
 /// The protocol and port of a new group, checked against what the data plane serves.
 fn check_protocol(input: &CreateInput) -> Result<(String, i64, String), ElbError> {
-    // ELBv2's default is `instance`, which would need ports published on the nodes; Gantry
-    // tasks are reached at their own addresses, as Fargate's are.
+    // `ip` targets are task addresses (awsvpc); `instance` targets are nodes, reached at the
+    // host ports bridge-mode tasks publish there (ELBv2's default).
     let target_type = input.target_type.clone().unwrap_or_else(|| "instance".into());
-    if target_type != "ip" {
+    if target_type != "ip" && target_type != "instance" {
         return Err(ElbError::validation(format!(
-            "Target type '{target_type}' is not supported by Gantry: use TargetType 'ip' (tasks are reached at their own addresses, as on Fargate)."
+            "Target type '{target_type}' is not supported by Gantry: use 'ip' (task addresses) or 'instance' (nodes' host ports)."
         )));
     }
     let protocol = input.protocol.clone().ok_or_else(|| {

@@ -148,6 +148,9 @@ impl Elb {
             .iter()
             .map(|t| check_target(&tg.item, t))
             .collect::<Result<_, _>>()?;
+        if tg.item.target_type == "instance" {
+            self.check_instances(&new).await?;
+        }
         let now = self.now();
         let name = &tg.item.target_group_name;
         let fresh = self
@@ -180,6 +183,34 @@ impl Elb {
             self.forget_health(scope, name, &target).await?;
         }
         Ok(json!({}))
+    }
+
+    /// `instance` targets must name Gantry nodes (by their instance ids).
+    async fn check_instances(&self, targets: &[RegisteredTarget]) -> Result<(), ElbError> {
+        let (kvs, _) = self
+            .store
+            .list_keys(crate::nodes::NODES_PREFIX)
+            .await
+            .map_err(super::store_err)?;
+        let known: Vec<String> = kvs
+            .iter()
+            .map(|kv| crate::instances::ec2_instance_id(kv.key.trim_start_matches(crate::nodes::NODES_PREFIX)))
+            .collect();
+        let unknown: Vec<String> = targets
+            .iter()
+            .filter(|t| !known.contains(&t.id))
+            .map(|t| format!("'{}'", t.id))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ElbError::new(
+                "InvalidTargetException",
+                format!(
+                    "The following targets are not instances of Gantry's nodes: {}",
+                    unknown.join(", ")
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub async fn deregister_targets(&self, scope: &Scope, input: Value) -> Result<Value, ElbError> {

@@ -41,9 +41,20 @@ pub struct GroupView {
     pub targets: Vec<RegisteredTarget>,
     /// Last verdicts by "id:port".
     pub health: BTreeMap<String, TargetState>,
+    /// `instance` groups: each node's address by its instance id.
+    pub instance_addresses: BTreeMap<String, Ipv4Addr>,
 }
 
 impl GroupView {
+    /// Where a target is reached: its address (`ip` groups) or its node's (`instance`
+    /// groups); None for an instance whose node has no address.
+    pub fn target_ip(&self, t: &RegisteredTarget) -> Option<std::net::IpAddr> {
+        match t.id.parse::<Ipv4Addr>() {
+            Ok(ip) => Some(ip.into()),
+            Err(_) => self.instance_addresses.get(&t.id).map(|ip| (*ip).into()),
+        }
+    }
+
     pub fn attribute(&self, key: &str) -> String {
         let table = attributes::tg_attribute_defaults(self.group.protocol.as_deref().unwrap_or(""));
         attributes::value_of(&table, &self.attributes, key).to_string()
@@ -86,6 +97,7 @@ impl Elb {
             .map(|c| (c.arn.clone(), c))
             .collect();
         let (kvs, _) = self.store.list("/elbv2/").await.map_err(store_err)?;
+        let instance_addresses = self.instance_addresses().await?;
         let mut lbs: BTreeMap<String, Record<LoadBalancer>> = BTreeMap::new();
         let mut listeners: Vec<Record<Listener>> = vec![];
         let mut rules: BTreeMap<String, Vec<Rule>> = BTreeMap::new();
@@ -166,12 +178,27 @@ impl Elb {
                     scope,
                     targets: targets.remove(&key).unwrap_or_default(),
                     health: health.remove(&key).unwrap_or_default(),
+                    instance_addresses: if g.item.target_type == "instance" {
+                        instance_addresses.clone()
+                    } else {
+                        BTreeMap::new()
+                    },
                     group: g.item,
                     attributes: g.attributes,
                 },
             );
         }
         Ok(view)
+    }
+
+    /// Every node's address by its instance id (nodes without one are left out).
+    pub async fn instance_addresses(&self) -> Result<BTreeMap<String, Ipv4Addr>, ElbError> {
+        let (kvs, _) = self.store.list(crate::nodes::NODES_PREFIX).await.map_err(store_err)?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<crate::nodes::NodeRecord>(&kv.value).ok())
+            .filter_map(|n| Some((crate::instances::ec2_instance_id(&n.spec.name), n.spec.address?)))
+            .collect())
     }
 
     /// Records a health checker's verdict on a target (written only when it changes).
