@@ -7,12 +7,16 @@ loaded with wrk, in alternating order, several rounds:
   direct   wrk -> backend
   nginx    wrk -> nginx reverse proxy (proxy_pass, upstream keepalive) -> backend
   gantry   wrk -> a Gantry application load balancer (gantry dev, release build) -> backend
+  pingora  (with --pingora) wrk -> a minimal Cloudflare pingora proxy (bench/pingora-proxy,
+           built here in release) -> backend: the foundation the issue asked to weigh against
+           hyper, doing only what nginx does here (no rules, no health checks)
 Reported: requests/s and latency p50/p90/p99 (medians over rounds), and Gantry's ratios to
-nginx. wrk's own client runs on the same two cores: compare the ratios, not the numbers.
+nginx (and to pingora). wrk's own client runs on the same two cores: compare the ratios, not
+the numbers.
 
 Usage (root, after `cargo build --release --workspace`; installs nginx-light and wrk from
 Debian if missing, without starting Debian's own nginx):
-    .venv/bin/python scripts/bench-lb.py [--rounds 5] [--seconds 5] [--connections 32]
+    .venv/bin/python scripts/bench-lb.py [--rounds 5] [--seconds 5] [--connections 32] [--pingora]
 """
 import argparse
 import os
@@ -38,8 +42,9 @@ def sh(*args, **kw):
     return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
 
 
-def install():
-    missing = [p for p, b in (("nginx-light", "nginx"), ("wrk", "wrk")) if not shutil.which(b)]
+def install(pingora=False):
+    wanted = [("nginx-light", "nginx"), ("wrk", "wrk")] + ([("cmake", "cmake")] if pingora else [])
+    missing = [p for p, b in wanted if not shutil.which(b)]
     if not missing:
         return
     # Debian would start its own nginx on port 80: forbid service starts while installing.
@@ -109,6 +114,16 @@ def gantry_lb(g):
     raise SystemExit("the backend never became healthy behind the Gantry load balancer")
 
 
+def start_pingora(port):
+    """Builds (release) and starts the pingora proxy on 127.0.0.1:port, one thread per core."""
+    root = os.path.join(os.path.dirname(__file__), "..", "bench", "pingora-proxy")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(root, "Cargo.toml")],
+                   check=True)
+    binary = os.path.join(root, "target", "release", "pingora-proxy-bench")
+    return subprocess.Popen([binary, f"127.0.0.1:{port}", f"{BACKEND}:8080", str(os.cpu_count())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def wait_http(url):
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -137,9 +152,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--perf", help="also record a perf profile of gantry during one round into this file")
+    ap.add_argument("--pingora", action="store_true", help="also measure a minimal pingora proxy")
     a = ap.parse_args()
     assert os.geteuid() == 0, "run as root"
-    install()
+    install(a.pingora)  # pingora's zlib-ng builds with cmake
     d = tempfile.mkdtemp(prefix="gantry-bench-lb-")
     procs, g = [], None
     try:
@@ -150,6 +166,10 @@ def main():
         g.start()
         paths = {"direct": f"http://{BACKEND}:8080/", "nginx": f"http://127.0.0.1:{port}/",
                  "gantry": f"http://{gantry_lb(g)}/"}
+        if a.pingora:
+            pport = conftest.free_port()
+            procs.append(start_pingora(pport))
+            paths["pingora"] = f"http://127.0.0.1:{pport}/"
         for url in paths.values():
             wait_http(url)
         if a.perf:
@@ -169,9 +189,12 @@ def main():
             lat = {p: statistics.median(r[1][p] for r in rs) for p in ("50", "90", "99")}
             med[name] = (rps, lat)
             print(f"{name:<8} {rps:>9.0f} req/s   p50 {lat['50']:7.2f} ms   p90 {lat['90']:7.2f} ms   p99 {lat['99']:7.2f} ms")
-        (g_rps, g_lat), (n_rps, n_lat) = med["gantry"], med["nginx"]
-        print(f"gantry/nginx: throughput {g_rps / n_rps:.2f}x, p50 {g_lat['50'] / n_lat['50']:.2f}x, "
-              f"p90 {g_lat['90'] / n_lat['90']:.2f}x, p99 {g_lat['99'] / n_lat['99']:.2f}x")
+        for a_name, b_name in [("gantry", "nginx"), ("pingora", "nginx"), ("gantry", "pingora")]:
+            if a_name not in med or b_name not in med:
+                continue
+            (x_rps, x_lat), (y_rps, y_lat) = med[a_name], med[b_name]
+            print(f"{a_name}/{b_name}: throughput {x_rps / y_rps:.2f}x, p50 {x_lat['50'] / y_lat['50']:.2f}x, "
+                  f"p90 {x_lat['90'] / y_lat['90']:.2f}x, p99 {x_lat['99'] / y_lat['99']:.2f}x")
     finally:
         if g:
             g.cleanup()
