@@ -60,6 +60,21 @@ def https_get(address, port, host, path, ca, alpn=("http/1.1",)):
             return proto, cn, out
 
 
+def https_get_when(what, accept, *args, **kw):
+    """`https_get` retried (for 10 s) until the listener is up and `accept(answer)` holds: a
+    listener is bound, or a certificate taken up, within milliseconds of the API call."""
+    deadline = time.time() + 10
+    while True:
+        try:
+            answer = https_get(*args, **kw)
+            if accept(answer):
+                return answer
+        except (ConnectionError, ssl.SSLError, OSError):  # not listening yet, or the old certificate
+            pass
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
 def test_acm_import_checks_and_lifecycle(gantry, pki):
     acm = gantry.client("acm")
     arn = acm.import_certificate(Certificate=pki["shop.pem"], PrivateKey=pki["shop.key"], CertificateChain=pki["ca.pem"],
@@ -112,14 +127,8 @@ def test_https_and_tls_listeners_serve_tasks(gantry, ecs, pki):
     wait_health(elb, web, "healthy", 1)
 
     address = socket.gethostbyname(alb["DNSName"])
-    deadline = time.time() + 10
-    while True:
-        try:
-            proto, cn, out = https_get(address, 8443, "shop.example", "/cgi-bin/env", pki["ca"])
-            break
-        except (ConnectionError, ssl.SSLError, OSError):
-            assert time.time() < deadline, "the HTTPS listener did not come up"
-            time.sleep(0.1)
+    proto, cn, out = https_get_when("the HTTPS listener", lambda _: True, address, 8443, "shop.example",
+                                    "/cgi-bin/env", pki["ca"])
     assert proto == "http/1.1" and cn == "shop.example"
     assert out.startswith(b"HTTP/1.1 200") and b"HTTP_X_FORWARDED_PROTO=https" in out
     assert b"HTTP_X_FORWARDED_PORT=8443" in out
@@ -127,15 +136,8 @@ def test_https_and_tls_listeners_serve_tasks(gantry, ecs, pki):
 
     # Re-importing the certificate (another name now) is served to new connections.
     acm.import_certificate(CertificateArn=cert, Certificate=pki["store.pem"], PrivateKey=pki["store.key"])
-    deadline = time.time() + 5
-    while True:
-        try:
-            if https_get(address, 8443, "store.example", "/", pki["ca"])[1] == "store.example":
-                break
-        except ssl.SSLCertVerificationError:  # still the old certificate (for shop.example)
-            pass
-        assert time.time() < deadline, "the re-imported certificate was not picked up"
-        time.sleep(0.1)
+    https_get_when("the re-imported certificate", lambda a: a[1] == "store.example",
+                   address, 8443, "store.example", "/", pki["ca"])
 
     # A further certificate is chosen by SNI; the default answers other names.
     shop = acm.import_certificate(Certificate=pki["shop.pem"], PrivateKey=pki["shop.key"])["CertificateArn"]
@@ -146,15 +148,8 @@ def test_https_and_tls_listeners_serve_tasks(gantry, ecs, pki):
     assert acm.describe_certificate(CertificateArn=shop)["Certificate"]["InUseBy"] == [larn]
     assert code_of(elb.remove_listener_certificates, ListenerArn=larn,
                    Certificates=[{"CertificateArn": cert}])[0] == "OperationNotPermitted"
-    deadline = time.time() + 5
-    while True:
-        try:
-            if https_get(address, 8443, "www.shop.example", "/", pki["ca"])[1] == "shop.example":
-                break
-        except ssl.SSLCertVerificationError:  # not picked up yet: the default answered
-            pass
-        assert time.time() < deadline, "the SNI certificate was not served"
-        time.sleep(0.1)
+    https_get_when("the SNI certificate", lambda a: a[1] == "shop.example",
+                   address, 8443, "www.shop.example", "/", pki["ca"])
     assert https_get(address, 8443, "store.example", "/", pki["ca"])[1] == "store.example"
     elb.remove_listener_certificates(ListenerArn=larn, Certificates=[{"CertificateArn": shop}])
     assert [c["CertificateArn"] for c in elb.describe_listener_certificates(ListenerArn=larn)["Certificates"]] == [cert]
@@ -166,14 +161,8 @@ def test_https_and_tls_listeners_serve_tasks(gantry, ecs, pki):
                         Certificates=[{"CertificateArn": cert}], DefaultActions=[{"Type": "forward", "TargetGroupArn": raw}])
     wait_health(elb, raw, "healthy", 1)
     nlb_address = socket.gethostbyname(nlb["DNSName"])
-    deadline = time.time() + 10
-    while True:
-        try:
-            proto, cn, out = https_get(nlb_address, 9443, "store.example", "/tls", pki["ca"])
-            break
-        except (ConnectionError, ssl.SSLError, OSError):
-            assert time.time() < deadline, "the TLS listener did not come up"
-            time.sleep(0.1)
+    proto, cn, out = https_get_when("the TLS listener", lambda _: True, nlb_address, 9443, "store.example",
+                                    "/tls", pki["ca"])
     assert proto == "http/1.1" and out.startswith(b"HTTP/1.1 200") and out.rstrip().endswith(b"tls")
 
     for lb in (alb, nlb):

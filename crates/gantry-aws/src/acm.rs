@@ -4,7 +4,6 @@
 
 use crate::api::{Api, ApiError};
 use crate::protocol::Reply;
-use axum::http::StatusCode;
 use base64::Engine as _;
 use gantry_control::acm::{AcmError, Tag};
 use gantry_types::arn::Scope;
@@ -13,11 +12,7 @@ use serde_json::{json, Value};
 
 impl From<AcmError> for ApiError {
     fn from(e: AcmError) -> ApiError {
-        let status = match e.shape {
-            "InternalServerException" => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(e.shape, e.message, status)
+        ApiError::of_shape(e.shape, e.message)
     }
 }
 

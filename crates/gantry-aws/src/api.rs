@@ -32,6 +32,17 @@ impl ApiError {
     pub fn client(kind: &str, message: impl Into<String>) -> ApiError {
         Self::new(kind, message, StatusCode::BAD_REQUEST)
     }
+
+    /// An error a service names by its model's shape: the server's fault for the internal
+    /// failure shapes, unavailable when the store is, the client's otherwise.
+    pub fn of_shape(shape: &str, message: impl Into<String>) -> ApiError {
+        let status = match shape {
+            "InternalFailure" | "InternalServerException" => StatusCode::INTERNAL_SERVER_ERROR,
+            "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(shape, message, status)
+    }
 }
 
 impl From<EcsError> for ApiError {

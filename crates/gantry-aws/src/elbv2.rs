@@ -3,19 +3,13 @@
 
 use crate::api::{Api, ApiError};
 use crate::protocol::Reply;
-use axum::http::StatusCode;
 use gantry_types::arn::Scope;
 use gantry_types::elbv2::ElbError;
 use serde_json::Value;
 
 impl From<ElbError> for ApiError {
     fn from(e: ElbError) -> ApiError {
-        let status = match e.shape {
-            "InternalFailure" => StatusCode::INTERNAL_SERVER_ERROR,
-            "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(e.shape, e.message, status)
+        ApiError::of_shape(e.shape, e.message)
     }
 }
 

@@ -4,19 +4,13 @@
 
 use crate::api::{Api, ApiError};
 use crate::protocol::Reply;
-use axum::http::StatusCode;
 use gantry_types::arn::Scope;
 use gantry_types::cloudmap::MapError;
 use serde_json::Value;
 
 impl From<MapError> for ApiError {
     fn from(e: MapError) -> ApiError {
-        let status = match e.shape {
-            "InternalFailure" => StatusCode::INTERNAL_SERVER_ERROR,
-            "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(e.shape, e.message, status)
+        ApiError::of_shape(e.shape, e.message)
     }
 }
 

@@ -15,16 +15,7 @@ async fn setup(desired: i64) -> (Control, Arc<FakeClock>) {
     let clock = Arc::new(FakeClock::new());
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
     let c = Control::new(store, clock.clone());
-    c.register_node(gantry_control::nodes::NodeSpec {
-        name: "node-1".into(),
-        zone: None,
-        capacity_provider: None,
-        cpu: 4096,
-        memory: 8192,
-        address: None,
-    })
-    .await
-    .unwrap();
+    common::register_node(&c).await;
     common::default_cluster_with_web(&c).await;
     let req: CreateServiceRequest = serde_json::from_value(json!({
         "cluster": "default", "serviceName": "svc", "taskDefinition": "web", "desiredCount": desired,

@@ -11,6 +11,7 @@
 //! - any other name in the namespace: NXDOMAIN; both with the namespace's SOA, whose TTL
 //!   bounds how long resolvers cache the absence.
 
+use gantry_control::cloudmap::view::is_within;
 use gantry_control::cloudmap::{DnsName, DnsTable, DnsZone};
 use gantry_types::cloudmap::Instance;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
@@ -88,7 +89,7 @@ fn lookup<'a>(table: &'a DnsTable, name: &str) -> Option<Found<'a>> {
 /// True when `name` is the zone apex or an ancestor of a service name (an empty non-terminal
 /// such as `b.internal` for `a.b.internal`): those exist, with no records.
 fn exists_below(table: &DnsTable, zone: &DnsZone, name: &str) -> bool {
-    name == zone.name || table.names.keys().any(|n| n.ends_with(&format!(".{name}")))
+    name == zone.name || table.names.keys().any(|n| n != name && is_within(n, name))
 }
 
 fn ttl_of(svc: &DnsName, kind: &str) -> Option<u32> {

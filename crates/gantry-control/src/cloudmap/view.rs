@@ -95,7 +95,14 @@ impl DnsTable {
     pub fn zone_of(&self, name: &str) -> Option<&DnsZone> {
         self.zones
             .iter()
-            .filter(|z| name == z.name || name.ends_with(&format!(".{}", z.name)))
+            .filter(|z| is_within(name, &z.name))
             .max_by_key(|z| z.name.len())
     }
+}
+
+/// Whether `name` is `parent` or a name below it (label-wise: `xweb.internal` is not below
+/// `web.internal`).
+pub fn is_within(name: &str, parent: &str) -> bool {
+    name.strip_suffix(parent)
+        .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
 }

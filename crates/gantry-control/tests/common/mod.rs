@@ -31,6 +31,20 @@ pub fn scope() -> Scope {
     }
 }
 
+/// Registers the one fake node the tests place tasks on (4 cores, 8 GiB).
+pub async fn register_node(c: &gantry_control::Control) {
+    c.register_node(gantry_control::nodes::NodeSpec {
+        name: "node-1".into(),
+        zone: None,
+        capacity_provider: None,
+        cpu: 4096,
+        memory: 8192,
+        address: None,
+    })
+    .await
+    .unwrap();
+}
+
 /// The default cluster and the `web` Fargate task definition (256 CPU, 512 MiB) the tests run.
 pub async fn default_cluster_with_web(c: &gantry_control::Control) {
     c.create_cluster(&scope(), Some("default"), None, None).await.unwrap();
