@@ -13,7 +13,7 @@ import os
 
 import botocore
 
-SERVICES = {"ecs": "ecs", "logs": "logs", "elbv2": "elbv2", "servicediscovery": "servicediscovery", "acm": "acm"}
+SERVICES = {"ecs": "ecs", "logs": "logs", "elbv2": "elbv2", "servicediscovery": "servicediscovery", "acm": "acm", "cloudwatch": "cloudwatch"}
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "gantry-aws", "models")
 
 
@@ -40,10 +40,6 @@ def main():
     for service, name in SERVICES.items():
         model = strip(load(service))
         model["metadata"]["botocoreVersion"] = botocore.__version__
-        # Services offering several protocols (Cloud Map: CBOR and JSON 1.1) are served in
-        # JSON, which botocore prefers over CBOR.
-        if "json" in model["metadata"].get("protocols", []):
-            model["metadata"]["protocol"] = "json"
         with open(os.path.join(OUT, f"{name}.json"), "w") as f:
             json.dump(model, f, separators=(",", ":"), sort_keys=True)
             f.write("\n")

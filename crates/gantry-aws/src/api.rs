@@ -10,6 +10,7 @@ use std::sync::Arc;
 pub struct Api {
     pub control: Control,
     pub logs: Arc<gantry_control::logfeed::Logs>,
+    pub metrics: gantry_control::metrics::Metrics,
     pub elb: gantry_control::elb::Elb,
 }
 
@@ -37,7 +38,7 @@ impl ApiError {
     /// failure shapes, unavailable when the store is, the client's otherwise.
     pub fn of_shape(shape: &str, message: impl Into<String>) -> ApiError {
         let status = match shape {
-            "InternalFailure" | "InternalServerException" => StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure" | "InternalServerException" | "InternalServiceFault" => StatusCode::INTERNAL_SERVER_ERROR,
             "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };

@@ -3,6 +3,7 @@
 
 pub mod acm;
 pub mod api;
+pub mod cloudwatch;
 pub mod ecs;
 pub mod elbv2;
 pub mod logs;

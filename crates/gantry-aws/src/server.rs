@@ -44,7 +44,13 @@ impl Framing {
 
     fn error(&self, e: ApiError) -> Response {
         match &self.wire {
-            Wire::Json { version } => json_response(version, e.status, json!({"__type": e.kind, "message": e.message})),
+            Wire::Json { version } => {
+                let mut r = json_response(version, e.status, json!({"__type": e.kind, "message": e.message}));
+                if let Some(header) = self.query_error(&e) {
+                    r.headers_mut().insert("x-amzn-query-error", header);
+                }
+                r
+            }
             Wire::Query => {
                 let (code, status) = protocol::query_code(self.model, &e.kind);
                 let status = status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(e.status);
@@ -55,6 +61,21 @@ impl Framing {
                 xml_response(status, body, &id)
             }
         }
+    }
+}
+
+impl Framing {
+    /// For a service that moved from Query to JSON: the error's Query code and fault, which
+    /// clients report as the error's code.
+    fn query_error(&self, e: &ApiError) -> Option<axum::http::HeaderValue> {
+        let model = self.model.filter(|m| m.metadata.aws_query_compatible.is_some())?;
+        let (code, _) = protocol::query_code(Some(model), &e.kind);
+        let fault = if e.status.is_client_error() {
+            "Sender"
+        } else {
+            "Receiver"
+        };
+        format!("{code};{fault}").parse().ok()
     }
 }
 

@@ -107,8 +107,9 @@ async fn trim_log_feed(
     let rev = control.store.revision().await?;
     let oldest_kept = window.older_than(rev, span);
     let n = crate::logfeed::trim(control.store.as_ref(), oldest_kept).await?;
-    if n > 0 {
-        tracing::debug!(entries = n, "trimmed the logs feed");
+    let m = crate::metrics::trim(control.store.as_ref(), oldest_kept).await?;
+    if n + m > 0 {
+        tracing::debug!(logs = n, metrics = m, "trimmed the feeds");
     }
     Ok(())
 }

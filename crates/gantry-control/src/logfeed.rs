@@ -1,322 +1,63 @@
-//! CloudWatch Logs in a cluster. Every server keeps a whole copy of the logs in its own
-//! logs.db, and the copies stay identical because every server applies the same writes in the
-//! same order: a write is an entry in the shared store's feed (`/logs/feed/`), and each
-//! server's follower applies the entries in revision order (state machine replication on
-//! etcd's log). Reads are local and need no other server; a lost node loses nothing it
-//! shipped; a lost server loses nothing the others hold.
-//!
-//! The feed is short: the leader trims entries every copy has applied (each copy reports its
-//! position under `/logs/replicas/`), and entries older than a window whatever the copies say,
-//! so a server that is away for long cannot hold etcd's size hostage. A copy that missed
-//! trimmed entries knows it (the trim mark is listed with the feed, in the same snapshot) and
-//! refuses log reads until it is re-seeded from another server's logs.db.
+//! CloudWatch Logs in a cluster: every server keeps a whole copy of the logs in its own
+//! logs.db, replicated through the shared store's feed (`crate::feed`). One server, or
+//! `gantry dev`, writes straight to its one copy.
 
+use crate::feed::{FeedCopy, Replica};
 use crate::logstore::{LogOp, LogStore, LogWrite, LogsError};
-use gantry_store::{EventKind, KeyValue, Store, StoreError};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch};
+use gantry_store::{Store, StoreError};
 
-const FEED: &str = "/logs/feed/";
-/// The highest revision trimmed from the feed. Under the feed's prefix (sorted after every
-/// entry), so one listing shows the entries and the mark at the same revision.
-const MARK: &str = "/logs/feed/~trimmed";
-const REPLICAS: &str = "/logs/replicas/";
 /// Events of one Put are numbered `revision * ID_STRIDE + i` on every copy (at most 10,000
 /// events per batch), so paging tokens work on any server.
 const ID_STRIDE: i64 = 16_384;
-/// etcd refuses requests over 1.5 MiB; a PutLogEvents batch is at most 1 MiB of messages, but
-/// JSON escaping can grow it, so bigger entries are split.
-const MAX_ENTRY_BYTES: usize = 1_200_000;
-/// A submitter waits this long for its own copy to apply the write.
-const APPLY_WAIT: Duration = Duration::from_secs(10);
-/// How often a copy reports its position (trimming lags by about this much).
-const REPORT_EVERY: Duration = Duration::from_secs(2);
 
-/// The logs of this server: a local copy, written directly (one server) or through the feed.
-pub struct Logs {
-    local: Arc<LogStore>,
-    feed: Option<Arc<Feed>>,
-}
+/// This server's logs.
+pub type Logs = Replica<LogStore>;
 
-struct Feed {
-    store: Arc<dyn Store>,
-    local: Arc<LogStore>,
-    replica: String,
-    /// Writes this server submitted, by feed key, waiting for their result on this copy.
-    waiting: Mutex<HashMap<String, oneshot::Sender<Result<(), LogsError>>>>,
-    /// The trim mark, when it passed entries this copy never applied (0: no gap).
-    gap: AtomicI64,
-}
+impl FeedCopy for LogStore {
+    type Write = LogWrite;
+    type Error = LogsError;
+    const PREFIX: &'static str = "/logs/";
+    const WHAT: (&'static str, &'static str) = ("logs", "logs.db");
 
-impl Logs {
-    /// One server: writes go straight to the local copy.
-    pub fn local(local: Arc<LogStore>) -> Logs {
-        Logs { local, feed: None }
+    fn apply(&self, w: &LogWrite, revision: Option<i64>) -> Result<(), LogsError> {
+        LogStore::apply(self, w, revision.map(|r| r * ID_STRIDE))
     }
-
-    /// A cluster's server (`replica` names its copy, stable across restarts): writes go
-    /// through the feed, and `follow` must run for them to land.
-    pub fn replicated(local: Arc<LogStore>, store: Arc<dyn Store>, replica: &str) -> Logs {
-        let feed = Feed {
-            store,
-            local: local.clone(),
-            replica: replica.to_string(),
-            waiting: Mutex::new(HashMap::new()),
-            gap: AtomicI64::new(0),
+    fn applied_revision(&self) -> Result<i64, LogsError> {
+        LogStore::applied_revision(self)
+    }
+    fn set_applied_revision(&self, rev: i64) -> Result<(), LogsError> {
+        LogStore::set_applied_revision(self, rev)
+    }
+    fn backend(message: String) -> LogsError {
+        LogsError::Backend(message)
+    }
+    fn is_backend(e: &LogsError) -> bool {
+        matches!(e, LogsError::Backend(_))
+    }
+    fn describe(e: &LogsError) -> String {
+        e.to_string()
+    }
+    /// A PutLogEvents batch splits into halves of its events.
+    fn split(w: &LogWrite) -> Option<(LogWrite, LogWrite)> {
+        let LogOp::Put { stream, events } = &w.op else {
+            return None;
         };
-        Logs {
-            local,
-            feed: Some(Arc::new(feed)),
+        if events.len() < 2 {
+            return None;
         }
-    }
-
-    /// Applies a write; through the feed, once this server's copy has applied it (so a
-    /// client reads its own writes on the server it wrote to).
-    pub async fn write(&self, w: LogWrite) -> Result<(), LogsError> {
-        match &self.feed {
-            None => self.local.apply(&w, None),
-            Some(f) => f.submit(w).await,
-        }
-    }
-
-    /// The local copy to read from, unless it has a gap.
-    pub fn read(&self) -> Result<&LogStore, LogsError> {
-        match self.feed.as_ref().map(|f| f.gap.load(Ordering::Relaxed)) {
-            Some(mark) if mark > 0 => Err(LogsError::Backend(format!(
-                "this server's copy of the logs misses feed entries trimmed up to revision {mark} (the server was \
-                 away longer than the feed keeps them); copy logs.db from another server to re-seed it"
-            ))),
-            _ => Ok(&self.local),
-        }
-    }
-
-    /// The local copy, for the retention sweep each copy does on its own.
-    pub fn local_copy(&self) -> &LogStore {
-        &self.local
-    }
-
-    /// Applies the feed to the local copy until `stop`: lists what is new, then watches; a
-    /// watch that ends or falls behind compaction lists again.
-    pub async fn follow(&self, mut stop: watch::Receiver<bool>) {
-        let Some(feed) = self.feed.clone() else { return };
-        loop {
-            tokio::select! {
-                r = feed.clone().follow_once() => if let Err(e) = r {
-                    tracing::warn!(error = %e, "following the logs feed; listing again");
-                },
-                _ = stop.changed() => return,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-}
-
-fn copy_err(e: LogsError) -> StoreError {
-    StoreError::Backend(format!("logs copy: {e}"))
-}
-
-fn mark_of(kv: &KeyValue) -> i64 {
-    String::from_utf8_lossy(&kv.value).parse().unwrap_or(0)
-}
-
-impl Feed {
-    /// Puts the write in the feed (a batch too big for one entry as several, each applied in
-    /// order) and returns this copy's result.
-    async fn submit(&self, w: LogWrite) -> Result<(), LogsError> {
-        let value = serde_json::to_vec(&w).map_err(|e| LogsError::Backend(e.to_string()))?;
-        if value.len() > MAX_ENTRY_BYTES {
-            if let LogOp::Put { stream, events } = &w.op {
-                if events.len() > 1 {
-                    let (a, b) = events.split_at(events.len() / 2);
-                    for half in [a, b] {
-                        let op = LogOp::Put {
-                            stream: stream.clone(),
-                            events: half.to_vec(),
-                        };
-                        Box::pin(self.submit(LogWrite { op, ..w.clone() })).await?;
-                    }
-                    return Ok(());
-                }
-            }
-        }
-        self.submit_entry(value).await
-    }
-
-    async fn submit_entry(&self, value: Vec<u8>) -> Result<(), LogsError> {
-        let key = format!("{FEED}{}", crate::random_uuid());
-        let (tx, rx) = oneshot::channel();
-        self.waiting.lock().unwrap().insert(key.clone(), tx);
-        if let Err(e) = self.store.create(&key, &value).await {
-            self.waiting.lock().unwrap().remove(&key);
-            return Err(LogsError::Backend(format!("state store: {e}")));
-        }
-        match tokio::time::timeout(APPLY_WAIT, rx).await {
-            Ok(Ok(result)) => result,
-            _ => {
-                self.waiting.lock().unwrap().remove(&key);
-                Err(LogsError::Backend(
-                    "the write is stored but this server has not applied it yet".into(),
-                ))
-            }
-        }
-    }
-
-    /// One list-then-watch pass; returns on the watch's end or error.
-    async fn follow_once(self: Arc<Self>) -> Result<(), StoreError> {
-        let (mut listed, listed_at) = self.store.list(FEED).await?;
-        let applied = self.local.applied_revision().map_err(copy_err)?;
-        let mark = listed.iter().find(|kv| kv.key == MARK).map(mark_of).unwrap_or(0);
-        // Entries at or below the mark may be gone; above it all are listed.
-        if mark > applied && self.gap.swap(mark, Ordering::Relaxed) == 0 {
-            tracing::error!(
-                applied,
-                mark,
-                "this server's logs copy misses trimmed feed entries; log reads are refused until it is re-seeded"
-            );
-        }
-        listed.sort_by_key(|kv| kv.mod_revision);
-        for kv in listed.iter().filter(|kv| kv.key != MARK) {
-            self.apply(kv)?;
-        }
-        self.local.set_applied_revision(listed_at).map_err(copy_err)?;
-        self.report(listed_at).await?;
-        let mut w = self.store.watch(FEED, listed_at).await?;
-        let mut reported = Instant::now();
-        loop {
-            let ev = tokio::select! {
-                ev = w.events.recv() => ev,
-                _ = tokio::time::sleep(REPORT_EVERY) => {
-                    self.report(self.local.applied_revision().map_err(copy_err)?).await?;
-                    reported = Instant::now();
-                    continue;
-                }
-            };
-            let Some(ev) = ev else { return Ok(()) };
-            let ev = ev?;
-            // Watched in revision order: every entry below a new mark was applied already.
-            if ev.kind == EventKind::Put && ev.kv.key != MARK {
-                self.apply(&ev.kv)?;
-            }
-            if reported.elapsed() >= REPORT_EVERY {
-                self.report(self.local.applied_revision().map_err(copy_err)?).await?;
-                reported = Instant::now();
-            }
-        }
-    }
-
-    /// Applies one entry unless this copy has it, and hands the result to this server's
-    /// waiting submitter.
-    fn apply(&self, kv: &KeyValue) -> Result<(), StoreError> {
-        if kv.mod_revision <= self.local.applied_revision().map_err(copy_err)? {
-            return Ok(());
-        }
-        let result = match serde_json::from_slice::<LogWrite>(&kv.value) {
-            Ok(w) => self.local.apply(&w, Some(kv.mod_revision * ID_STRIDE)),
-            Err(e) => Err(LogsError::Invalid(format!("unreadable feed entry {}: {e}", kv.key))),
+        let (a, b) = events.split_at(events.len() / 2);
+        let half = |events: &[(i64, String)]| LogWrite {
+            op: LogOp::Put {
+                stream: stream.clone(),
+                events: events.to_vec(),
+            },
+            ..w.clone()
         };
-        // A write refused here is refused on every copy alike (the client's answer); a copy
-        // that cannot write stops and lists again rather than skip the entry.
-        if let Err(LogsError::Backend(e)) = &result {
-            return Err(StoreError::Backend(format!("applying {}: {e}", kv.key)));
-        }
-        self.local.set_applied_revision(kv.mod_revision).map_err(copy_err)?;
-        if let Some(tx) = self.waiting.lock().unwrap().remove(&kv.key) {
-            let _ = tx.send(result);
-        }
-        Ok(())
-    }
-
-    /// Records how far this copy has applied, for trimming.
-    async fn report(&self, applied: i64) -> Result<(), StoreError> {
-        let key = format!("{REPLICAS}{}", self.replica);
-        let value = applied.to_string();
-        match self.store.get(&key).await? {
-            Some(kv) if kv.value == value.as_bytes() => Ok(()),
-            Some(kv) => self
-                .store
-                .update(&key, value.as_bytes(), kv.mod_revision)
-                .await
-                .map(|_| ()),
-            None => self.store.create(&key, value.as_bytes()).await.map(|_| ()),
-        }
+        Some((half(a), half(b)))
     }
 }
 
-/// What `trim` removes: entries every copy without a gap has applied, and entries older than
-/// the window (in store revisions: `oldest_kept`) whatever the copies say.
-pub fn trimmable<'a>(entries: &'a [KeyValue], mark: i64, replicas: &[i64], oldest_kept: i64) -> Vec<&'a KeyValue> {
-    // Copies with a gap already need re-seeding: they do not hold trimming back.
-    let floor = replicas.iter().copied().filter(|&a| a >= mark).min().unwrap_or(0);
-    entries
-        .iter()
-        .filter(|kv| kv.key != MARK && (kv.mod_revision <= floor || kv.mod_revision < oldest_kept))
-        .collect()
-}
-
-/// Trims the feed (the leader's housekeeping). `oldest_kept` is the first store revision of
-/// the window kept for copies that are away. Returns how many entries went.
+/// Trims the logs feed (the leader's housekeeping); see `feed::trim`.
 pub async fn trim(store: &dyn Store, oldest_kept: i64) -> Result<usize, StoreError> {
-    let (entries, _) = store.list_keys(FEED).await?;
-    let mark_kv = store.get(MARK).await?;
-    let mark = mark_kv.as_ref().map(mark_of).unwrap_or(0);
-    let (replicas, _) = store.list(REPLICAS).await?;
-    let positions: Vec<i64> = replicas.iter().map(mark_of).collect();
-    let gone = trimmable(&entries, mark, &positions, oldest_kept);
-    let Some(top) = gone.iter().map(|kv| kv.mod_revision).max() else {
-        return Ok(0);
-    };
-    // The mark moves first: a copy that lists after an entry is gone sees why.
-    let value = top.max(mark).to_string();
-    match mark_kv {
-        Some(kv) => store.update(MARK, value.as_bytes(), kv.mod_revision).await?,
-        None => store.create(MARK, value.as_bytes()).await?,
-    };
-    for kv in &gone {
-        store.delete(&kv.key, Some(kv.mod_revision)).await?;
-    }
-    Ok(gone.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kv(key: &str, rev: i64) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: vec![],
-            create_revision: rev,
-            mod_revision: rev,
-            version: 1,
-        }
-    }
-
-    fn revs(v: Vec<&KeyValue>) -> Vec<i64> {
-        v.iter().map(|k| k.mod_revision).collect()
-    }
-
-    #[test]
-    fn trims_what_every_copy_applied_and_what_is_too_old() {
-        let feed = [
-            kv("/logs/feed/a", 10),
-            kv("/logs/feed/b", 20),
-            kv("/logs/feed/c", 30),
-            kv(MARK, 5),
-        ];
-        // Two copies at 20 and 30: up to 20 goes; the mark itself never does.
-        assert_eq!(revs(trimmable(&feed, 5, &[20, 30], 0)), [10, 20]);
-        // A copy far behind holds entries back, but only within the window.
-        assert_eq!(revs(trimmable(&feed, 5, &[5, 30], 0)), Vec::<i64>::new());
-        assert_eq!(revs(trimmable(&feed, 5, &[5, 30], 25)), [10, 20]);
-        // A copy below the mark has a gap already: it does not hold trimming back.
-        assert_eq!(revs(trimmable(&feed, 15, &[12, 30], 0)), [10, 20, 30]);
-        // No copy has reported: nothing is known applied.
-        assert_eq!(revs(trimmable(&feed, 0, &[], 0)), Vec::<i64>::new());
-    }
+    crate::feed::trim::<LogStore>(store, oldest_kept).await
 }

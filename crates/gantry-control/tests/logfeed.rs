@@ -1,4 +1,4 @@
-//! Replicated logs: copies that follow one feed hold the same groups, streams and events with
+//! Replica logs: copies that follow one feed hold the same groups, streams and events with
 //! the same ids (so paging tokens work on any server); trimming keeps the feed short; a copy
 //! that missed trimmed entries refuses reads instead of answering from a partial copy.
 

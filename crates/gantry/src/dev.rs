@@ -8,6 +8,7 @@ use gantry_agent::link::LocalLink;
 use gantry_aws::server::{key_path, StoredKey};
 use gantry_control::logfeed::Logs;
 use gantry_control::logstore::LogStore;
+use gantry_control::metrics::{MetricData, MetricStore, Metrics};
 use gantry_control::nodes::NodeSpec;
 use gantry_control::{Control, SystemClock};
 use gantry_store::{SqliteStore, Store};
@@ -330,6 +331,9 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let store = open_store(a.store.as_deref(), &args.data_dir).await?.store;
     let logs = Arc::new(Logs::local(Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?)));
+    let metric_data = Arc::new(MetricData::local(Arc::new(MetricStore::open(
+        &args.data_dir.join("metrics.db"),
+    )?)));
     let creds = credentials(store.as_ref()).await?;
     let mut node_config = args.node_config()?;
     node_config.network.node_resolver = true;
@@ -391,7 +395,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     agent.register().await;
     let agent_task = tokio::spawn(agent.run(stop_rx.clone()));
     tokio::spawn(gantry_agent::keep_pool_warm(node.clone(), a.warm_pool, stop_rx.clone()));
-    tokio::spawn(expire_logs(logs.clone(), stop_rx.clone()));
+    tokio::spawn(housekeeping(logs.clone(), metric_data.clone(), stop_rx.clone()));
     tokio::spawn(gantry_control::controllers::run(
         control.clone(),
         Default::default(),
@@ -400,7 +404,13 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let data_plane = a.lb.spawn_data_plane(&control, stop_rx.clone());
     let control_for_exit = control.clone();
     let elb = a.lb.elb(&control);
-    let api = gantry_aws::Api { control, logs, elb };
+    let metrics = Metrics::new(metric_data, Arc::new(SystemClock));
+    let api = gantry_aws::Api {
+        control,
+        logs,
+        metrics,
+        elb,
+    };
     println!(
         "gantry dev: listening on {endpoint} (account {}, region {})",
         creds.account_id, a.region
@@ -420,11 +430,18 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
 /// The node `gantry dev` runs its tasks on (the name its task records have always carried).
 const LOCAL_NODE: &str = "local";
 
-/// Expires log events past their groups' retention (each copy on its own: expiry only
-/// deletes, so copies agree again once each has swept).
-pub async fn expire_logs(logs: Arc<Logs>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Expires log events past their groups' retention and rolls metric datapoints up to their
+/// age's resolution (each copy on its own: both only depend on the data and the clock, so
+/// copies agree again once each has swept).
+pub async fn housekeeping(logs: Arc<Logs>, metrics: Arc<MetricData>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        let _ = logs.local_copy().expire(chrono::Utc::now().timestamp_millis());
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Err(e) = logs.local_copy().expire(now) {
+            tracing::warn!(error = %e, "expiring log events");
+        }
+        if let Err(e) = metrics.local_copy().roll_up(now) {
+            tracing::warn!(error = %e, "rolling up metric datapoints");
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             _ = stop.changed() => return,

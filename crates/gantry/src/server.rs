@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use gantry_control::controllers::{self, Settings};
 use gantry_control::logfeed::Logs;
 use gantry_control::logstore::LogStore;
+use gantry_control::metrics::{MetricData, MetricStore, Metrics};
 use gantry_control::{Control, SystemClock};
 use gantry_link::pki::{self, Ca};
 use gantry_link::server::LinkServer;
@@ -96,10 +97,19 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     let store = opened.store.clone();
     let local_logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
     // With etcd every server holds a copy of the logs, kept identical through the feed.
-    let logs = Arc::new(match &opened.etcd {
-        Some(_) => Logs::replicated(local_logs, store.clone(), &replica_id(&args.data_dir)?),
-        None => Logs::local(local_logs),
-    });
+    let local_metrics = Arc::new(MetricStore::open(&args.data_dir.join("metrics.db"))?);
+    // So does every server hold a copy of the metric data, through a feed of its own.
+    let (logs, metric_data) = match &opened.etcd {
+        Some(_) => {
+            let replica = replica_id(&args.data_dir)?;
+            (
+                Logs::replicated(local_logs, store.clone(), &replica),
+                MetricData::replicated(local_metrics, store.clone(), &replica),
+            )
+        }
+        None => (Logs::local(local_logs), MetricData::local(local_metrics)),
+    };
+    let (logs, metric_data) = (Arc::new(logs), Arc::new(metric_data));
     let creds = credentials(store.as_ref()).await?;
     let control = Control::new(store.clone(), Arc::new(SystemClock));
     let ca = Ca::load_or_create(store.as_ref()).await?;
@@ -134,9 +144,14 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         log_feed_window: opened.etcd.is_some().then(|| Duration::from_secs(a.log_feed_window)),
     };
     let leading = tokio::spawn(lead(control.clone(), opened.etcd.clone(), settings, stop_rx.clone()));
-    tokio::spawn(crate::dev::expire_logs(logs.clone(), stop_rx.clone()));
-    let following = logs.clone();
-    let follow_stop = stop_rx.clone();
+    tokio::spawn(crate::dev::housekeeping(
+        logs.clone(),
+        metric_data.clone(),
+        stop_rx.clone(),
+    ));
+    let (following, follow_stop) = (logs.clone(), stop_rx.clone());
+    tokio::spawn(async move { following.follow(follow_stop).await });
+    let (following, follow_stop) = (metric_data.clone(), stop_rx.clone());
     tokio::spawn(async move { following.follow(follow_stop).await });
     println!(
         "gantry server: APIs on {endpoint}, agents on https://{} (account {}, region {})",
@@ -146,7 +161,13 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         .serve_load_balancers
         .then(|| a.lb.spawn_data_plane(&control, stop_rx.clone()));
     let elb = a.lb.elb(&control);
-    let api = gantry_aws::Api { control, logs, elb };
+    let metrics = Metrics::new(metric_data, Arc::new(SystemClock));
+    let api = gantry_aws::Api {
+        control,
+        logs,
+        metrics,
+        elb,
+    };
     axum::serve(listener, gantry_aws::router(api))
         .with_graceful_shutdown(crate::shutdown_signal("gantry server"))
         .await?;

@@ -26,8 +26,9 @@ pub type Handler = for<'a> fn(&'a Api, &'a Scope, &'a str, Value) -> Reply<'a>;
 pub struct Service {
     pub model: Model,
     pub handler: Handler,
-    /// Whether JSON inputs are checked against the model before the handler sees them (the
-    /// first services check their inputs by hand, in their own words).
+    /// The error shape a request breaking the model's constraints gets, when JSON inputs are
+    /// checked against the model before the handler sees them (the first services check
+    /// their inputs by hand, in their own words). Query inputs are always checked.
     pub checks_json: Option<&'static str>,
 }
 
@@ -46,10 +47,6 @@ impl Service {
         self.checks_json = Some(error);
         self
     }
-
-    fn speaks_json(&self) -> bool {
-        self.model.metadata.protocol.starts_with("json")
-    }
 }
 
 /// Every service Gantry answers, built once.
@@ -66,6 +63,8 @@ pub fn services() -> &'static [Service] {
             )
             .checking_json("InvalidInput"),
             Service::new(include_str!("../../models/acm.json"), crate::acm::handler),
+            Service::new(include_str!("../../models/cloudwatch.json"), crate::cloudwatch::handler)
+                .checking_json("InvalidParameterValueException"),
         ]
     })
 }
@@ -145,7 +144,7 @@ fn resolve_json(candidates: &[&'static Service], target: &str, body: &[u8]) -> R
     let (prefix, name) = target.split_once('.').ok_or_else(unknown)?;
     let service = candidates
         .iter()
-        .find(|s| s.speaks_json() && s.model.metadata.target_prefix.as_deref() == Some(prefix))
+        .find(|s| s.model.speaks("json") && s.model.metadata.target_prefix.as_deref() == Some(prefix))
         .ok_or_else(unknown)?;
     let op = service.model.operations.get(name).ok_or_else(unknown)?;
     let input = if body.is_empty() {
@@ -189,7 +188,7 @@ fn resolve_query(candidates: &[&'static Service], body: &[u8], query_string: &st
     let version = params.get("Version").map(String::as_str).unwrap_or("");
     let service = candidates
         .iter()
-        .find(|s| !s.speaks_json() && s.model.metadata.api_version == version)
+        .find(|s| s.model.speaks("query") && s.model.metadata.api_version == version)
         .ok_or_else(|| {
             ApiError::client(
                 "NoSuchVersion",
@@ -205,8 +204,8 @@ fn resolve_query(candidates: &[&'static Service], body: &[u8], query_string: &st
             format!("The action {action} is not valid for this web service."),
         )
     })?;
-    let input =
-        query::decode(&service.model, op, &params).map_err(|p| ApiError::client("ValidationError", p.message()))?;
+    let error = service.checks_json.unwrap_or("ValidationError");
+    let input = query::decode(&service.model, op, &params).map_err(|p| ApiError::client(error, p.message()))?;
     Ok(Call { service, op, input })
 }
 
@@ -233,6 +232,6 @@ pub fn namespace_model(signing_name: Option<&str>) -> Option<&'static Model> {
     let name = signing_name?;
     services()
         .iter()
-        .find(|s| !s.speaks_json() && s.model.signing_name() == name)
+        .find(|s| s.model.speaks("query") && s.model.signing_name() == name)
         .map(|s| &s.model)
 }

@@ -17,6 +17,13 @@ pub struct Metadata {
     pub api_version: String,
     pub endpoint_prefix: String,
     pub protocol: String,
+    /// Every protocol the service offers (CloudWatch: CBOR, JSON 1.0 and Query).
+    #[serde(default)]
+    pub protocols: Vec<String>,
+    /// Present when the service moved from Query to JSON: its JSON errors also carry the
+    /// Query code (the x-amzn-query-error header), which clients report.
+    #[serde(default)]
+    pub aws_query_compatible: Option<serde_json::Value>,
     #[serde(default)]
     pub signing_name: Option<String>,
     #[serde(default)]
@@ -101,6 +108,11 @@ impl Model {
         self.shapes
             .get(name)
             .unwrap_or_else(|| panic!("shape {name} is referenced but not defined"))
+    }
+
+    /// Whether the service offers `protocol` ("json", "query").
+    pub fn speaks(&self, protocol: &str) -> bool {
+        self.metadata.protocol == protocol || self.metadata.protocols.iter().any(|p| p == protocol)
     }
 
     /// The name SigV4 scopes credentials to.

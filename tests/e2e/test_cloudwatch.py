@@ -1,0 +1,156 @@
+"""CloudWatch metrics (monitoring) with boto3 and awscli unchanged: PutMetricData round trips
+through GetMetricStatistics (percentiles against known data) and GetMetricData (math, paging),
+ListMetrics, and CloudWatch's errors, over JSON 1.0 (what botocore speaks) and Query (what
+older clients speak: a botocore model limited to Query stands in for them)."""
+import copy
+import datetime
+import json
+import os
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import botocore.loaders
+import botocore.session
+import pytest
+
+from conftest import KEY, REGION, SECRET
+
+
+@pytest.fixture
+def cw(gantry):
+    return gantry.client("cloudwatch")
+
+
+@pytest.fixture
+def cw_query(gantry, tmp_path):
+    """A client that speaks Query only, as pre-JSON SDKs do."""
+    loader = botocore.loaders.Loader()
+    model = copy.deepcopy(loader.load_service_model("cloudwatch", "service-2"))
+    model["metadata"]["protocol"] = "query"
+    model["metadata"]["protocols"] = ["query"]
+    version = model["metadata"]["apiVersion"]
+    os.makedirs(tmp_path / "cloudwatch" / version)
+    with open(tmp_path / "cloudwatch" / version / "service-2.json", "w") as f:
+        json.dump(model, f)
+    session = botocore.session.get_session()
+    session.get_component("data_loader").search_paths.insert(0, str(tmp_path))
+    return boto3.Session(botocore_session=session).client(
+        "cloudwatch", endpoint_url=gantry.endpoint, region_name=REGION, aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET, config=botocore.config.Config(retries={"max_attempts": 1}))
+
+
+def minute(offset=0):
+    now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
+    return now + datetime.timedelta(minutes=offset)
+
+
+def code_of(call, **kw):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call(**kw)
+    return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]
+
+
+@pytest.mark.parametrize("protocol", ["json", "query"])
+def test_put_and_get_statistics_with_percentiles(request, protocol):
+    cw = request.getfixturevalue("cw" if protocol == "json" else "cw_query")
+    ns = f"E2E/{protocol}"
+    t = minute(-10)
+    dims = [{"Name": "Service", "Value": "web"}]
+    cw.put_metric_data(Namespace=ns, MetricData=[
+        {"MetricName": "Latency", "Dimensions": dims, "Timestamp": t, "Unit": "Milliseconds",
+         "Values": [float(v) for v in range(1, 101)]},
+        {"MetricName": "Latency", "Dimensions": dims, "Timestamp": t + datetime.timedelta(minutes=1),
+         "Unit": "Milliseconds", "StatisticValues": {"SampleCount": 4, "Sum": 40, "Minimum": 5, "Maximum": 15}},
+    ])
+    out = cw.get_metric_statistics(Namespace=ns, MetricName="Latency", Dimensions=dims, StartTime=t,
+                                   EndTime=t + datetime.timedelta(minutes=2), Period=60,
+                                   Statistics=["SampleCount", "Average", "Minimum", "Maximum", "Sum"])
+    points = sorted(out["Datapoints"], key=lambda d: d["Timestamp"])
+    assert out["Label"] == "Latency"
+    assert [(p["Timestamp"], p["SampleCount"], p["Average"], p["Minimum"], p["Maximum"], p["Unit"]) for p in points] == [
+        (t, 100.0, 50.5, 1.0, 100.0, "Milliseconds"),
+        (t + datetime.timedelta(minutes=1), 4.0, 10.0, 5.0, 15.0, "Milliseconds"),
+    ]
+    pct = cw.get_metric_statistics(Namespace=ns, MetricName="Latency", Dimensions=dims, StartTime=t,
+                                   EndTime=t + datetime.timedelta(minutes=1), Period=60,
+                                   ExtendedStatistics=["p50", "p90", "p99.9"])
+    assert pct["Datapoints"][0]["ExtendedStatistics"] == {"p50": 50.0, "p90": 90.0, "p99.9": 100.0}
+    # Without the dimension it is another metric, with no data.
+    none = cw.get_metric_statistics(Namespace=ns, MetricName="Latency", StartTime=t,
+                                    EndTime=t + datetime.timedelta(minutes=2), Period=60, Statistics=["Sum"])
+    assert none["Datapoints"] == []
+
+
+@pytest.mark.parametrize("protocol", ["json", "query"])
+def test_errors_carry_cloudwatch_codes(request, protocol):
+    cw = request.getfixturevalue("cw" if protocol == "json" else "cw_query")
+    t = minute(-5)
+    code, msg = code_of(cw.put_metric_data, Namespace="AWS/ECS", MetricData=[{"MetricName": "x", "Value": 1}])
+    assert code == "InvalidParameterValue" and "AWS/" in msg
+    code, msg = code_of(cw.put_metric_data, Namespace="E2E", MetricData=[
+        {"MetricName": "x", "Value": 1, "StatisticValues": {"SampleCount": 1, "Sum": 1, "Minimum": 1, "Maximum": 1}}])
+    assert code == "InvalidParameterCombination" and "mutually exclusive" in msg
+    code, _ = code_of(cw.put_metric_data, Namespace="E2E", MetricData=[{"MetricName": "x"}])
+    assert code == "MissingParameter"
+    code, msg = code_of(cw.get_metric_statistics, Namespace="E2E", MetricName="x", StartTime=t,
+                        EndTime=t + datetime.timedelta(minutes=1), Period=60, Statistics=["Sum"],
+                        ExtendedStatistics=["p90"])
+    assert code == "InvalidParameterCombination"
+    code, msg = code_of(cw.get_metric_statistics, Namespace="E2E", MetricName="x", StartTime=t,
+                        EndTime=t + datetime.timedelta(days=2), Period=60, Statistics=["Sum"])
+    assert code == "InvalidParameterValue" and "1,440" in msg
+    # The model's own constraints (a namespace of 300 characters).
+    code, _ = code_of(cw.put_metric_data, Namespace="N" * 300, MetricData=[{"MetricName": "x", "Value": 1}])
+    assert code == "InvalidParameterValue"
+    # An operation Gantry does not serve yet is named.
+    code, msg = code_of(cw.list_dashboards)
+    assert code == "InvalidAction" and "ListDashboards" in msg
+
+
+def test_metric_data_math_and_paging(cw):
+    t = minute(-20)
+    data = []
+    for m in range(5):
+        ts = t + datetime.timedelta(minutes=m)
+        data += [{"MetricName": "Requests", "Timestamp": ts, "Value": 10.0 * (m + 1)},
+                 {"MetricName": "Errors", "Timestamp": ts, "Value": float(m + 1)}]
+    cw.put_metric_data(Namespace="E2E/math", MetricData=data)
+
+    def stat(name):
+        return {"Metric": {"Namespace": "E2E/math", "MetricName": name}, "Period": 60, "Stat": "Sum"}
+    queries = [{"Id": "r", "MetricStat": stat("Requests"), "ReturnData": False},
+               {"Id": "e", "MetricStat": stat("Errors")},
+               {"Id": "rate", "Expression": "100 * e / r", "Label": "Error rate"}]
+    end = t + datetime.timedelta(minutes=5)
+    out = cw.get_metric_data(MetricDataQueries=queries, StartTime=t, EndTime=end, ScanBy="TimestampAscending")
+    results = {r["Id"]: r for r in out["MetricDataResults"]}
+    assert set(results) == {"e", "rate"}
+    assert results["e"]["Values"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert results["e"]["Timestamps"][0] == t
+    assert results["rate"]["Label"] == "Error rate" and results["rate"]["Values"] == [10.0] * 5
+    assert all(r["StatusCode"] == "Complete" for r in out["MetricDataResults"])
+    # botocore's paginator walks pages of 4 datapoints and sees each exactly once.
+    pages = cw.get_paginator("get_metric_data").paginate(
+        MetricDataQueries=queries, StartTime=t, EndTime=end, MaxDatapoints=4)
+    seen = [(r["Id"], v) for page in pages for r in page["MetricDataResults"] for v in r["Values"]]
+    assert sorted(seen) == sorted([("e", float(v)) for v in range(1, 6)] + [("rate", 10.0)] * 5)
+    code, _ = code_of(cw.get_metric_data, MetricDataQueries=[{"Id": "x", "Expression": "nope * 2"}],
+                      StartTime=t, EndTime=end)
+    assert code == "InvalidParameterValue"
+
+
+def test_list_metrics_and_the_cli(gantry, cw):
+    # awscli's put-metric-data takes dimensions as Name=Value pairs (its own shorthand).
+    gantry.aws("cloudwatch", "put-metric-data", "--namespace", "E2E/cli", "--metric-name", "Queue",
+               "--dimensions", "Queue=jobs", "--value", "7", "--unit", "Count")
+    listed = cw.list_metrics(Namespace="E2E/cli")["Metrics"]
+    assert listed == [{"Namespace": "E2E/cli", "MetricName": "Queue", "Dimensions": [{"Name": "Queue", "Value": "jobs"}]}]
+    assert cw.list_metrics(Namespace="E2E/cli", Dimensions=[{"Name": "Queue"}], RecentlyActive="PT3H")["Metrics"] == listed
+    assert cw.list_metrics(Namespace="E2E/cli", Dimensions=[{"Name": "Queue", "Value": "other"}])["Metrics"] == []
+    now = datetime.datetime.now(datetime.timezone.utc)
+    got, _ = gantry.aws("cloudwatch", "get-metric-statistics", "--namespace", "E2E/cli", "--metric-name", "Queue",
+                        "--dimensions", "Name=Queue,Value=jobs", "--statistics", "Maximum", "--period", "60",
+                        "--start-time", (now - datetime.timedelta(minutes=5)).isoformat(),
+                        "--end-time", (now + datetime.timedelta(minutes=1)).isoformat())
+    assert [d["Maximum"] for d in got["Datapoints"]] == [7.0]
