@@ -87,7 +87,8 @@ class Gantry:
         self.lb_network = f"127.{100 + os.getpid() % 100}.{instance}.0/24"
         self.env = dict(os.environ, GANTRY_ACCESS_KEY_ID=KEY, GANTRY_SECRET_ACCESS_KEY=SECRET,
                         GANTRY_ACCOUNT_ID=ACCOUNT, GANTRY_WARM_POOL="2", GANTRY_LB_NETWORK=self.lb_network,
-                        GANTRY_DNS_UPSTREAM=f"127.0.0.1:{STUB_RESOLVER_PORT}")
+                        GANTRY_DNS_UPSTREAM=f"127.0.0.1:{STUB_RESOLVER_PORT}",
+                        GANTRY_METRICS_INTERVAL="2")
         self.proc = None
         img = os.path.join(self.dir, "img")
         subprocess.run([sys.executable, os.path.join(ROOT, "tests/fixtures/mkimage.py"), img], check=True,

@@ -6,6 +6,7 @@ import copy
 import datetime
 import json
 import os
+import time
 
 import boto3
 import botocore.config
@@ -14,7 +15,7 @@ import botocore.loaders
 import botocore.session
 import pytest
 
-from conftest import KEY, REGION, SECRET
+from conftest import KEY, NETWORK, REGION, SECRET, register
 
 
 @pytest.fixture
@@ -154,3 +155,44 @@ def test_list_metrics_and_the_cli(gantry, cw):
                         "--start-time", (now - datetime.timedelta(minutes=5)).isoformat(),
                         "--end-time", (now + datetime.timedelta(minutes=1)).isoformat())
     assert [d["Maximum"] for d in got["Datapoints"]] == [7.0]
+
+
+def test_ecs_publishes_cpu_and_memory_utilization(gantry, ecs, cw):
+    """Each node samples its running tasks (every 2 s in the tests, 10 s by default) and
+    Gantry publishes AWS/ECS CPUUtilization and MemoryUtilization per cluster and service,
+    as ECS does: a CPU burner held to 0.25 vCPU runs near 100%, an idle task near 0%."""
+    ecs.create_cluster(clusterName="metrics")
+    register(ecs, "cw-burn", [{"name": "burn", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do :; done"]}])
+    register(ecs, "cw-idle", [{"name": "idle", "command": ["sleep", "3600"]}])
+    for name in ("burn", "idle"):
+        ecs.create_service(cluster="metrics", serviceName=name, taskDefinition=f"cw-{name}", desiredCount=1,
+                           networkConfiguration=NETWORK, launchType="FARGATE")
+    ecs.get_waiter("services_stable").wait(cluster="metrics", services=["burn", "idle"],
+                                           WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+    def query(metric, service):
+        return {"Id": f"{metric.lower()}_{service}", "MetricStat": {"Metric": {
+            "Namespace": "AWS/ECS", "MetricName": metric,
+            "Dimensions": [{"Name": "ClusterName", "Value": "metrics"}, {"Name": "ServiceName", "Value": service}]},
+            "Period": 10, "Stat": "Average"}}
+    queries = [query(m, s) for m in ("CPUUtilization", "MemoryUtilization") for s in ("burn", "idle")]
+    deadline = time.time() + 60
+    while True:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        out = cw.get_metric_data(MetricDataQueries=queries, StartTime=now - datetime.timedelta(minutes=5),
+                                 EndTime=now + datetime.timedelta(minutes=1), ScanBy="TimestampDescending")
+        values = {r["Id"]: r["Values"] for r in out["MetricDataResults"]}
+        # The newest complete period (the first may still be filling).
+        if all(len(v) >= 3 for v in values.values()):
+            break
+        assert time.time() < deadline, f"no AWS/ECS datapoints: {values}"
+        time.sleep(2)
+    assert values["cpuutilization_burn"][1] > 60, values
+    assert values["cpuutilization_idle"][1] < 10, values
+    assert 0 < values["memoryutilization_idle"][1] < 50, values
+    listed = cw.list_metrics(Namespace="AWS/ECS", MetricName="CPUUtilization",
+                             Dimensions=[{"Name": "ServiceName", "Value": "burn"}])["Metrics"]
+    assert listed == [{"Namespace": "AWS/ECS", "MetricName": "CPUUtilization", "Dimensions": [
+        {"Name": "ClusterName", "Value": "metrics"}, {"Name": "ServiceName", "Value": "burn"}]}]
+    for name in ("burn", "idle"):
+        ecs.delete_service(cluster="metrics", service=name, force=True)

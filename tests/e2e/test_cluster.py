@@ -3,6 +3,8 @@ each agent with its own data dir, run dir, bridge and subnet, joined with a toke
 mutual TLS. Placement over zones, a killed agent's tasks replaced elsewhere and its stale
 containers stopped on return, a killed leader's controllers taken over, and the protocol's
 refusals (no certificate, a wrong or foreign token, another node's name)."""
+import datetime
+import json
 import os
 import shutil
 import signal
@@ -303,6 +305,47 @@ def test_logs_are_read_from_any_server_and_outlive_their_node(cluster):
     ecs = ecs_of(agents[0], servers[1])
     assert ecs.describe_tasks(cluster="default", tasks=[tid])["tasks"][0]["stopCode"] == "TerminationNotice"
     assert messages(servers[0])[0] == want
+
+
+def test_task_metrics_reach_every_server_and_only_from_the_tasks_node(cluster):
+    """Agents report their tasks' usage over the agent protocol; every server's copy of the
+    metric data holds the AWS/ECS series. A node reporting another node's task is refused."""
+    servers, agents, token_file = cluster
+    ecs = ecs_of(agents[0], servers[0])
+    wait_for_nodes(ecs, 3)
+    register(ecs, "busy", [{"name": "app", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do :; done"]}])
+    task = run(ecs, "default", "busy")[0]
+    tid = task["taskArn"].split("/")[-1]
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=[tid], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+    def cpu(server):
+        agents[0].endpoint = server.endpoint
+        now = datetime.datetime.now(datetime.timezone.utc)
+        out = agents[0].client("cloudwatch").get_metric_statistics(
+            Namespace="AWS/ECS", MetricName="CPUUtilization", Dimensions=[{"Name": "ClusterName", "Value": "default"}],
+            StartTime=now - datetime.timedelta(minutes=5), EndTime=now + datetime.timedelta(minutes=1),
+            Period=60, Statistics=["Maximum"])
+        return [d["Maximum"] for d in out["Datapoints"]]
+    for s in servers:
+        assert max(wait_for(f"CPU utilisation on {s.endpoint}", lambda: cpu(s), 60)) > 50
+    # Another node's certificate, reporting this task.
+    zone = ecs.describe_tasks(cluster="default", tasks=[tid])["tasks"][0]["availabilityZone"]
+    reporter = agents[("abc".index(zone[-1]) + 1) % 3]
+    ident = os.path.join(reporter.dir, "data", "identity")
+    ctx = ssl.create_default_context(cafile=os.path.join(ident, "ca.pem"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(os.path.join(ident, "node.pem"), os.path.join(ident, "node-key.pem"))
+    key = f"/tasks/{ACCOUNT}/us-east-1/default/{tid}"
+    body = json.dumps([{"key": key, "at_ms": 0, "cpu_units": 1024.0, "memory_mib": 1.0}]).encode()
+    req = urllib.request.Request(f"{servers[0].agent_url}/v1/usage", data=body, method="POST",
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    assert status == 403
+    ecs.stop_task(cluster="default", task=tid)
 
 
 def test_reclaiming_a_spot_node_interrupts_its_tasks(cluster):

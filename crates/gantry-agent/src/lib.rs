@@ -10,6 +10,7 @@ mod logship;
 mod metadata;
 mod ports;
 mod supervise;
+mod usage;
 mod wake;
 
 use gantry_control::nodes::NodeSpec;
@@ -50,10 +51,19 @@ pub struct Agent {
     /// Each supervised task's record as this agent last wrote it, with its revision: the next
     /// write is tried against it without reading first (a conflict reads and retries).
     written: Mutex<HashMap<String, (TaskRecord, i64)>>,
+    /// How often the running tasks' usage is sampled and reported.
+    usage_every: std::time::Duration,
+    /// The running tasks whose usage is sampled, by key (kept by their supervisors).
+    sampled: Mutex<HashMap<String, TaskRecord>>,
 }
 
 impl Agent {
-    pub fn new(link: Arc<dyn ControlLink>, node: Arc<Node>, spec: NodeSpec) -> Arc<Agent> {
+    pub fn new(
+        link: Arc<dyn ControlLink>,
+        node: Arc<Node>,
+        spec: NodeSpec,
+        usage_every: std::time::Duration,
+    ) -> Arc<Agent> {
         Arc::new(Agent {
             link,
             node,
@@ -62,6 +72,8 @@ impl Agent {
             metadata: Mutex::new(Default::default()),
             published: Mutex::new(Default::default()),
             written: Mutex::new(HashMap::new()),
+            usage_every,
+            sampled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -71,6 +83,7 @@ impl Agent {
     /// level-triggered. An idle task costs nothing between events.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let heartbeats = tokio::spawn(self.clone().heartbeat());
+        let usage = tokio::spawn(self.clone().report_usage(self.usage_every));
         let mut wake = wake::Wake::new();
         self.reconcile().await;
         loop {
@@ -78,6 +91,7 @@ impl Agent {
                 w = wake.wait(self.link.as_ref()) => w,
                 _ = shutdown.changed() => {
                     heartbeats.abort();
+                    usage.abort();
                     return;
                 }
             };
@@ -121,6 +135,7 @@ impl Agent {
             }
             me.supervised.lock().expect("lock").remove(&key);
             me.written.lock().expect("lock").remove(&key);
+            me.sampled.lock().expect("lock").remove(&key);
         });
     }
 

@@ -1,12 +1,14 @@
 //! The agent's one seam to the control plane. Everything a node needs goes through
 //! `ControlLink`: register and heartbeat, its own task records (list, watch, read, write),
-//! and log shipping. `LocalLink` is the in-process implementation (`gantry dev`); the remote
+//! log shipping and usage reports. `LocalLink` is the in-process implementation (`gantry dev`); the remote
 //! one (`gantry agent`) speaks the same operations over mutual TLS (gantry-link). The agent
 //! never sees the store.
 
 use async_trait::async_trait;
 use gantry_control::logfeed::Logs;
 use gantry_control::logstore::{LogOp, LogWrite};
+pub use gantry_control::metrics::ecs::TaskUsage;
+use gantry_control::metrics::Metrics;
 use gantry_control::nodes::{NodeRecord, NodeSpec};
 use gantry_control::{Control, TaskRecord, TASKS_PREFIX};
 use gantry_store::{KeyValue, Watch};
@@ -102,21 +104,25 @@ pub trait ControlLink: Send + Sync {
     /// read at: at once when `after` is 0, else once they change after `after` (or after a
     /// while without change, the same records again).
     async fn dns_records(&self, after: i64) -> LinkResult<(Vec<KeyValue>, i64)>;
+    /// The usage the agent sampled of its running tasks, for the AWS/ECS metrics.
+    async fn put_usage(&self, usage: &[TaskUsage]) -> LinkResult<()>;
 }
 
 /// The in-process link: the control plane and log store of this very process.
 pub struct LocalLink {
     control: Control,
     logs: Arc<Logs>,
+    metrics: Metrics,
     node: String,
     epoch: AtomicU64,
 }
 
 impl LocalLink {
-    pub fn new(control: Control, logs: Arc<Logs>, node: &str) -> LocalLink {
+    pub fn new(control: Control, logs: Arc<Logs>, metrics: Metrics, node: &str) -> LocalLink {
         LocalLink {
             control,
             logs,
+            metrics,
             node: node.to_string(),
             epoch: AtomicU64::new(0),
         }
@@ -183,6 +189,10 @@ impl ControlLink for LocalLink {
     async fn dns_records(&self, after: i64) -> LinkResult<(Vec<KeyValue>, i64)> {
         dns_records(&self.control, after).await
     }
+
+    async fn put_usage(&self, usage: &[TaskUsage]) -> LinkResult<()> {
+        publish_usage(&self.control, &self.metrics, &self.node, usage).await
+    }
 }
 
 /// How long a DNS records request waits for a change before answering with the same records.
@@ -203,6 +213,27 @@ pub async fn dns_records(control: &Control, after: i64) -> LinkResult<(Vec<KeyVa
 
 // The server side of each operation, shared by the local link and the remote one's server:
 // a node sees and writes only its own records.
+
+/// Most tasks one usage report may name (a node runs far fewer).
+pub const MAX_USAGE_TASKS: usize = 2000;
+
+/// Publishes a node's usage report: only for tasks placed on that node, with the cluster,
+/// service and account their records say (never what the report claims).
+pub async fn publish_usage(control: &Control, metrics: &Metrics, node: &str, usage: &[TaskUsage]) -> LinkResult<()> {
+    if usage.len() > MAX_USAGE_TASKS {
+        return Err(LinkError::Forbidden(format!(
+            "a usage report names {} tasks; at most {MAX_USAGE_TASKS}",
+            usage.len()
+        )));
+    }
+    let mut joined = Vec::with_capacity(usage.len());
+    for u in usage {
+        if let Some((rec, _)) = get_assigned(control, node, &u.key).await? {
+            joined.push((rec, u.clone()));
+        }
+    }
+    metrics.publish_usage(&joined).await.map_err(LinkError::unavailable)
+}
 
 /// The node's task records.
 pub async fn assigned(control: &Control, node: &str) -> LinkResult<Vec<(String, TaskRecord)>> {

@@ -496,6 +496,7 @@ async fn watch(
         let Some((rec, _)) = get(a, key).await? else {
             return Ok(());
         };
+        a.track_usage(key, &rec);
         let mut all_done = true;
         let mut essential_exited = None;
         let mut exits = Vec::new();

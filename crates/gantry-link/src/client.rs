@@ -425,6 +425,10 @@ impl ControlLink for RemoteLink {
         self.call_empty("/v1/logs/stream", &body).await
     }
 
+    async fn put_usage(&self, usage: &[gantry_agent::link::TaskUsage]) -> LinkResult<()> {
+        self.call_empty("/v1/usage", &usage).await
+    }
+
     async fn put_log_events(&self, target: &LogTarget, events: &[(i64, String)]) -> LinkResult<()> {
         let body = PutEvents {
             target: target.clone(),

@@ -26,6 +26,7 @@ use std::sync::Arc;
 pub struct LinkServer {
     pub control: Control,
     pub logs: Arc<Logs>,
+    pub metrics: gantry_control::metrics::Metrics,
     pub ca: Ca,
 }
 
@@ -86,6 +87,7 @@ impl LinkServer {
             .route("/v1/logs/stream", post(ensure_stream))
             .route("/v1/logs/events", post(put_events))
             .route("/v1/dns", get(dns))
+            .route("/v1/usage", post(put_usage))
             .with_state(Arc::new(self))
     }
 
@@ -354,6 +356,19 @@ async fn put_events(
         events: q.events,
     };
     write_log(&s, &q.target, op).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A usage report of the node's running tasks, published as AWS/ECS metrics.
+async fn put_usage(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Json(q): Json<Vec<gantry_agent::link::TaskUsage>>,
+) -> Result<StatusCode, Refusal> {
+    let node = node(&peer)?;
+    ops::publish_usage(&s.control, &s.metrics, node, &q)
+        .await
+        .map_err(|e| op_err(&peer, e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -21,6 +21,12 @@ async fn server() -> (String, Ca, Arc<dyn gantry_store::Store>) {
     let link = LinkServer {
         control: Control::new(store.clone(), Arc::new(SystemClock)),
         logs: Arc::new(Logs::local(Arc::new(LogStore::in_memory().unwrap()))),
+        metrics: gantry_control::metrics::Metrics::new(
+            Arc::new(gantry_control::metrics::MetricData::local(Arc::new(
+                gantry_control::metrics::MetricStore::in_memory().unwrap(),
+            ))),
+            Arc::new(SystemClock),
+        ),
         ca: ca.clone(),
     };
     let (chain, key) = ca.server_cert(&["127.0.0.1".into(), "localhost".into()]).unwrap();

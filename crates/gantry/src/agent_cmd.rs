@@ -149,7 +149,8 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
         Box::pin(async move { link.dns_records(after).await.map_err(|e| e.to_string()) })
     });
     crate::dev::start_resolver(gateway, &a.dns_upstream, fetch, stop_rx.clone()).await?;
-    let agent = gantry_agent::Agent::new(link, node.clone(), spec);
+    let usage_every = std::time::Duration::from_secs(args.metrics_interval);
+    let agent = gantry_agent::Agent::new(link, node.clone(), spec, usage_every);
     agent.register().await;
     tokio::spawn(gantry_agent::keep_pool_warm(node.clone(), a.warm_pool, stop_rx.clone()));
     let running = tokio::spawn(agent.run(stop_rx));

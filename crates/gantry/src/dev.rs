@@ -389,8 +389,15 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         // Published host ports are relayed on every host address, loopback included.
         address: Some(std::net::Ipv4Addr::LOCALHOST),
     };
-    let link = Arc::new(LocalLink::new(control.clone(), logs.clone(), LOCAL_NODE));
-    let agent = gantry_agent::Agent::new(link, node.clone(), spec);
+    let metrics = Metrics::new(metric_data.clone(), Arc::new(SystemClock));
+    let link = Arc::new(LocalLink::new(
+        control.clone(),
+        logs.clone(),
+        metrics.clone(),
+        LOCAL_NODE,
+    ));
+    let usage_every = Duration::from_secs(args.metrics_interval);
+    let agent = gantry_agent::Agent::new(link, node.clone(), spec, usage_every);
     // Registered before anything can place a task, and before the controllers judge it.
     agent.register().await;
     let agent_task = tokio::spawn(agent.run(stop_rx.clone()));
@@ -404,7 +411,6 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let data_plane = a.lb.spawn_data_plane(&control, stop_rx.clone());
     let control_for_exit = control.clone();
     let elb = a.lb.elb(&control);
-    let metrics = Metrics::new(metric_data, Arc::new(SystemClock));
     let api = gantry_aws::Api {
         control,
         logs,

@@ -77,6 +77,11 @@ pub struct NodeArgs {
     /// Cap on the uncompressed size of one image layer, in MiB.
     #[arg(long, global = true, env = "GANTRY_MAX_LAYER_MIB", default_value_t = 16384)]
     max_layer_mib: u64,
+    /// How often, in seconds, the node samples its running tasks' CPU and memory for the
+    /// AWS/ECS metrics (1 to 60).
+    #[arg(long, global = true, env = "GANTRY_METRICS_INTERVAL", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    metrics_interval: u64,
 }
 
 #[derive(Subcommand)]

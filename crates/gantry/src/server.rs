@@ -120,9 +120,11 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     }
     names.extend(a.agent_san.iter().cloned());
     let (chain, key) = ca.server_cert(&names)?;
+    let metrics = Metrics::new(metric_data.clone(), Arc::new(SystemClock));
     let link = LinkServer {
         control: control.clone(),
         logs: logs.clone(),
+        metrics: metrics.clone(),
         ca,
     };
     let tls = link.tls_config(&chain, &key)?;
@@ -161,7 +163,6 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         .serve_load_balancers
         .then(|| a.lb.spawn_data_plane(&control, stop_rx.clone()));
     let elb = a.lb.elb(&control);
-    let metrics = Metrics::new(metric_data, Arc::new(SystemClock));
     let api = gantry_aws::Api {
         control,
         logs,

@@ -4,6 +4,7 @@
 //! constraints; what the model cannot say (exclusive members, value ranges, periods) is
 //! checked here, in CloudWatch's words.
 
+pub mod ecs;
 pub mod math;
 mod put;
 mod query;
@@ -152,6 +153,18 @@ impl Metrics {
             data,
         };
         self.data.write(w).await
+    }
+
+    /// Publishes the AWS/ECS utilisation the agents sampled of their tasks.
+    pub async fn publish_usage(&self, usage: &[(crate::TaskRecord, ecs::TaskUsage)]) -> Result<(), MetricsError> {
+        let mut by_scope: std::collections::BTreeMap<(String, String), Vec<Published>> = Default::default();
+        for (scope, p) in ecs::datapoints(usage) {
+            by_scope.entry((scope.account, scope.region)).or_default().push(p);
+        }
+        for ((account, region), data) in by_scope {
+            self.publish(&Scope { account, region }, data).await?;
+        }
+        Ok(())
     }
 
     pub async fn put_metric_data(&self, scope: &Scope, input: Value) -> Result<Value, MetricsError> {

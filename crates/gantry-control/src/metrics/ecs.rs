@@ -1,0 +1,169 @@
+//! What Gantry publishes for ECS, as AWS does: AWS/ECS CPUUtilization and MemoryUtilization
+//! per ClusterName and per ClusterName + ServiceName, from the usage each agent samples of its
+//! running tasks. Every task's utilisation is one value, so Average, Minimum, Maximum,
+//! SampleCount (tasks sampled) and percentiles over tasks all come out of the one series.
+
+use super::stats::Agg;
+use super::store::{MetricKey, Published};
+use crate::TaskRecord;
+use gantry_types::arn::Scope;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const NAMESPACE: &str = "AWS/ECS";
+
+/// One running task's usage over the agent's last sampling interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskUsage {
+    /// The task record's key.
+    pub key: String,
+    /// When the interval ended (epoch ms, the agent's clock).
+    pub at_ms: i64,
+    /// CPU time used over the interval, in CPU units (1024 = one vCPU busy throughout).
+    pub cpu_units: f64,
+    /// Memory in use at the end of the interval, MiB.
+    pub memory_mib: f64,
+}
+
+/// CPU units used between two readings of a cgroup's cumulative CPU time.
+pub fn cpu_units(prev_ns: u64, now_ns: u64, elapsed_ms: i64) -> f64 {
+    if elapsed_ms <= 0 {
+        return 0.0;
+    }
+    now_ns.saturating_sub(prev_ns) as f64 / (elapsed_ms as f64 * 1e6) * 1024.0
+}
+
+/// The service a task belongs to, from its group ("service:NAME").
+fn service_of(rec: &TaskRecord) -> Option<&str> {
+    rec.task.group.as_deref()?.strip_prefix("service:")
+}
+
+fn cluster_name(rec: &TaskRecord) -> &str {
+    rec.cluster.rsplit('/').next().unwrap_or(&rec.cluster)
+}
+
+/// The datapoints a batch of usage makes, by account and region: each task's utilisation of
+/// what it reserved, as a value of its cluster's and its service's series.
+pub fn datapoints(usage: &[(TaskRecord, TaskUsage)]) -> Vec<(Scope, Published)> {
+    let mut series: BTreeMap<(String, String, MetricKey), (i64, Agg)> = BTreeMap::new();
+    for (rec, u) in usage {
+        let cpu = 100.0 * u.cpu_units / rec.cpu_units.max(1) as f64;
+        let memory = 100.0 * u.memory_mib / rec.memory_mib.max(1) as f64;
+        let cluster = ("ClusterName".to_string(), cluster_name(rec).to_string());
+        let mut dimension_sets = vec![vec![cluster.clone()]];
+        if let Some(service) = service_of(rec) {
+            dimension_sets.push(vec![cluster, ("ServiceName".into(), service.to_string())]);
+        }
+        for dims in dimension_sets {
+            for (name, value) in [("CPUUtilization", cpu), ("MemoryUtilization", memory)] {
+                let key = MetricKey {
+                    namespace: NAMESPACE.into(),
+                    name: name.into(),
+                    dims: dims.clone(),
+                };
+                let at = u.at_ms.div_euclid(1000) * 1000;
+                let one = Agg::single(value, 1.0);
+                series
+                    .entry((rec.account.clone(), rec.region.clone(), key))
+                    .and_modify(|(t, a)| {
+                        *t = (*t).max(at);
+                        a.merge(&one);
+                    })
+                    .or_insert((at, one));
+            }
+        }
+    }
+    series
+        .into_iter()
+        .map(|((account, region, key), (ts_ms, agg))| {
+            let published = Published {
+                key,
+                ts_ms,
+                unit: "Percent".into(),
+                resolution: 1,
+                agg,
+            };
+            (Scope { account, region }, published)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_types::model::Task;
+    use gantry_types::taskdef::NetworkMode;
+
+    fn rec(id: &str, group: Option<&str>, account: &str) -> TaskRecord {
+        TaskRecord {
+            task: Task {
+                task_arn: format!("arn:aws:ecs:us-east-1:{account}:task/prod/{id}"),
+                group: group.map(String::from),
+                ..Default::default()
+            },
+            cluster: format!("arn:aws:ecs:us-east-1:{account}:cluster/prod"),
+            node: "n1".into(),
+            containers: vec![],
+            cpu_units: 512,
+            memory_mib: 1024,
+            account: account.into(),
+            region: "us-east-1".into(),
+            protected_until: None,
+            network_mode: NetworkMode::Awsvpc,
+            task_memory_limit: true,
+        }
+    }
+
+    fn usage(cpu_units: f64, memory_mib: f64) -> TaskUsage {
+        TaskUsage {
+            key: String::new(),
+            at_ms: 1_500,
+            cpu_units,
+            memory_mib,
+        }
+    }
+
+    #[test]
+    fn utilisation_per_cluster_and_service() {
+        let batch = vec![
+            (rec("a", Some("service:web"), "1"), usage(512.0, 256.0)),
+            (rec("b", Some("service:web"), "1"), usage(256.0, 512.0)),
+            (rec("c", None, "1"), usage(0.0, 102.4)),
+            (rec("d", Some("service:web"), "2"), usage(128.0, 0.0)),
+        ];
+        let out = datapoints(&batch);
+        let find = |account: &str, name: &str, service: Option<&str>| {
+            out.iter()
+                .find(|(s, p)| {
+                    s.account == account
+                        && p.key.name == name
+                        && p.key.dims.iter().find(|d| d.0 == "ServiceName").map(|d| d.1.as_str()) == service
+                })
+                .map(|(_, p)| p.clone())
+                .unwrap_or_else(|| panic!("no {account} {name} {service:?}"))
+        };
+        let web_cpu = find("1", "CPUUtilization", Some("web"));
+        assert_eq!(
+            (web_cpu.agg.count, web_cpu.agg.max, web_cpu.agg.min),
+            (2.0, 100.0, 50.0)
+        );
+        assert_eq!(web_cpu.key.dims[0], ("ClusterName".into(), "prod".into()));
+        assert_eq!(
+            (web_cpu.ts_ms, web_cpu.unit.as_str(), web_cpu.resolution),
+            (1_000, "Percent", 1)
+        );
+        let cluster_mem = find("1", "MemoryUtilization", None);
+        assert_eq!(cluster_mem.agg.count, 3.0);
+        assert_eq!(cluster_mem.agg.sum, 25.0 + 50.0 + 10.0);
+        // Another account's task stays in its own account.
+        assert_eq!(find("2", "CPUUtilization", Some("web")).agg.sum, 25.0);
+        assert_eq!(out.len(), 2 * 2 + 2 * 2);
+    }
+
+    #[test]
+    fn cpu_units_from_readings() {
+        assert_eq!(cpu_units(0, 2_000_000_000, 2_000), 1024.0);
+        assert_eq!(cpu_units(5, 1, 1_000), 0.0);
+        assert_eq!(cpu_units(0, 1, 0), 0.0);
+    }
+}
