@@ -196,3 +196,43 @@ def test_ecs_publishes_cpu_and_memory_utilization(gantry, ecs, cw):
         {"Name": "ClusterName", "Value": "metrics"}, {"Name": "ServiceName", "Value": "burn"}]}]
     for name in ("burn", "idle"):
         ecs.delete_service(cluster="metrics", service=name, force=True)
+
+
+def test_alarm_goes_to_alarm_and_back_with_history(cw):
+    """A 10-second alarm over high-resolution data: the leader's evaluator moves it to ALARM
+    when 2 of the last 3 periods breach, to OK when they stop, and records both."""
+    cw.put_metric_alarm(AlarmName="e2e-high", Namespace="E2E/alarm", MetricName="Load", Statistic="Maximum",
+                        Period=10, EvaluationPeriods=3, DatapointsToAlarm=2, Threshold=5.0,
+                        ComparisonOperator="GreaterThanThreshold", TreatMissingData="notBreaching")
+    alarm = cw.describe_alarms(AlarmNames=["e2e-high"])["MetricAlarms"][0]
+    assert alarm["StateValue"] == "INSUFFICIENT_DATA" and alarm["Period"] == 10
+
+    def publish(value, seconds):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cw.put_metric_data(Namespace="E2E/alarm", MetricData=[
+            {"MetricName": "Load", "Value": value, "StorageResolution": 1, "Timestamp": now - datetime.timedelta(seconds=s)}
+            for s in range(0, seconds, 5)])
+
+    def wait_state(state):
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            a = cw.describe_alarms(AlarmNames=["e2e-high"])["MetricAlarms"][0]
+            if a["StateValue"] == state:
+                return a
+            time.sleep(1)
+        raise AssertionError(f"alarm never reached {state}: {a}")
+    publish(9.0, 40)
+    a = wait_state("ALARM")
+    assert a["StateReason"].startswith("Threshold Crossed") and "greater than the threshold (5.0)" in a["StateReason"]
+    assert json.loads(a["StateReasonData"])["threshold"] == 5.0
+    # Quiet: with notBreaching, the periods without data count as fine.
+    a = wait_state("OK")
+    history = cw.describe_alarm_history(AlarmName="e2e-high", HistoryItemType="StateUpdate")["AlarmHistoryItems"]
+    assert [h["HistorySummary"] for h in history][:2] == ["Alarm updated from ALARM to OK",
+                                                          "Alarm updated from INSUFFICIENT_DATA to ALARM"]
+    cw.set_alarm_state(AlarmName="e2e-high", StateValue="ALARM", StateReason="drill")
+    assert cw.describe_alarms(AlarmNames=["e2e-high"], StateValue="ALARM")["MetricAlarms"][0]["StateReason"] == "drill"
+    code, _ = code_of(cw.delete_alarms, AlarmNames=["e2e-high", "e2e-none"])
+    assert code == "ResourceNotFound"
+    cw.delete_alarms(AlarmNames=["e2e-high"])
+    assert cw.describe_alarms(AlarmNames=["e2e-high"])["MetricAlarms"] == []

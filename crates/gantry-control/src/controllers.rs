@@ -3,6 +3,8 @@
 //! declares silent nodes lost, expiry of long-stopped tasks, trimming the logs feed, and store
 //! compaction.
 
+use crate::alarms::Alarms;
+use crate::metrics::Metrics;
 use crate::Control;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -28,8 +30,14 @@ impl Default for Settings {
 /// Stopped tasks stay visible this long, as in ECS (an hour or more).
 const KEEP_STOPPED_SECS: f64 = 3.0 * 3600.0;
 
+/// How often CloudWatch alarms are evaluated (the shortest alarm period is 10 seconds).
+const ALARM_EVERY: Duration = Duration::from_secs(5);
+
 /// Runs every controller until `stop` flips (or its sender goes).
-pub async fn run(control: Control, settings: Settings, mut stop: watch::Receiver<bool>) {
+pub async fn run(control: Control, metrics: Metrics, settings: Settings, mut stop: watch::Receiver<bool>) {
+    let alarms = Alarms::new(control.store.clone(), metrics, control.clock.clone());
+    let mut alarm_ticks = tokio::time::interval(ALARM_EVERY);
+    alarm_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut services = tokio::time::interval(Duration::from_millis(250));
     let mut nodes = tokio::time::interval(Duration::from_secs(1));
     let mut housekeeping = tokio::time::interval(Duration::from_secs(30));
@@ -49,6 +57,11 @@ pub async fn run(control: Control, settings: Settings, mut stop: watch::Receiver
                 }
             }
             _ = housekeeping.tick() => housekeep(&control).await,
+            _ = alarm_ticks.tick() => {
+                if let Err(e) = alarms.evaluate_all().await {
+                    tracing::warn!(error = %e, "evaluating alarms");
+                }
+            }
             _ = feed.tick(), if settings.log_feed_window.is_some() => {
                 let span = settings.log_feed_window.unwrap_or_default();
                 if let Err(e) = trim_log_feed(&control, &mut window, span).await {

@@ -4,6 +4,7 @@
 
 pub mod account_settings;
 pub mod acm;
+pub mod alarms;
 pub mod capacity_providers;
 pub mod cloudmap;
 mod clusters;

@@ -405,6 +405,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     tokio::spawn(housekeeping(logs.clone(), metric_data.clone(), stop_rx.clone()));
     tokio::spawn(gantry_control::controllers::run(
         control.clone(),
+        metrics.clone(),
         Default::default(),
         stop_rx.clone(),
     ));

@@ -145,7 +145,13 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         node_timeout: Duration::from_secs(a.node_timeout),
         log_feed_window: opened.etcd.is_some().then(|| Duration::from_secs(a.log_feed_window)),
     };
-    let leading = tokio::spawn(lead(control.clone(), opened.etcd.clone(), settings, stop_rx.clone()));
+    let leading = tokio::spawn(lead(
+        control.clone(),
+        metrics.clone(),
+        opened.etcd.clone(),
+        settings,
+        stop_rx.clone(),
+    ));
     tokio::spawn(crate::dev::housekeeping(
         logs.clone(),
         metric_data.clone(),
@@ -189,12 +195,13 @@ const LEADER_TTL: Duration = Duration::from_secs(5);
 /// lost (or shutdown, which resigns so the next leader need not wait), campaign again.
 async fn lead(
     control: Control,
+    metrics: Metrics,
     etcd: Option<Arc<gantry_store::EtcdStore>>,
     settings: Settings,
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(etcd) = etcd else {
-        controllers::run(control, settings, stop).await;
+        controllers::run(control, metrics, settings, stop).await;
         return;
     };
     let id = format!("{}-{}", hostname(), std::process::id());
@@ -213,7 +220,7 @@ async fn lead(
         };
         eprintln!("gantry server: {id} leads the controllers");
         let (run_tx, run_rx) = watch::channel(false);
-        let running = tokio::spawn(controllers::run(control.clone(), settings, run_rx));
+        let running = tokio::spawn(controllers::run(control.clone(), metrics.clone(), settings, run_rx));
         let mut lost = leader.lost();
         let shutting_down = tokio::select! {
             _ = lost.wait_for(|l| *l) => false,

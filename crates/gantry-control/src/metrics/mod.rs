@@ -70,7 +70,7 @@ impl std::error::Error for MetricsError {}
 
 /// Parses a request into its typed form; members Gantry does not implement are refused by
 /// name rather than ignored.
-fn parse<T: DeserializeOwned>(v: Value) -> Result<T, MetricsError> {
+pub(crate) fn parse<T: DeserializeOwned>(v: Value) -> Result<T, MetricsError> {
     serde_json::from_value(v).map_err(|e| {
         let m = e.to_string();
         match m.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
@@ -179,6 +179,22 @@ impl Metrics {
 
     pub async fn get_metric_data(&self, scope: &Scope, input: Value) -> Result<Value, MetricsError> {
         query::metric_data(self.data.read()?, scope, parse(input)?, self.now_ms())
+    }
+
+    /// Checks an alarm's queries; returns them and their period (seconds).
+    pub fn check_alarm_queries(&self, scope: &Scope, queries: Value) -> Result<(Vec<Value>, i64), MetricsError> {
+        query::check_alarm_queries(queries, scope)
+    }
+
+    /// The values of an alarm's series per period over [start, end).
+    pub fn alarm_series(
+        &self,
+        scope: &Scope,
+        queries: Vec<Value>,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<math::Series, MetricsError> {
+        query::alarm_series(self.data.read()?, scope, queries, start_ms, end_ms)
     }
 
     pub async fn list_metrics(&self, scope: &Scope, input: Value) -> Result<Value, MetricsError> {

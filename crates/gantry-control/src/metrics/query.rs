@@ -321,6 +321,64 @@ pub(super) fn metric_data(
     page(answers, descending, input.max_datapoints, input.next_token.as_deref())
 }
 
+/// Checks alarm queries (PutMetricAlarm's Metrics: MetricDataQuery members) as GetMetricData
+/// checks them; exactly one of them is the alarm's series (ReturnData true). Returns the
+/// queries and the period they are evaluated at.
+pub(super) fn check_alarm_queries(queries: Value, scope: &Scope) -> Result<(Vec<Value>, i64), MetricsError> {
+    let raw: Vec<Value> = super::parse(queries.clone())?;
+    let parsed: Vec<DataQuery> = super::parse(queries)?;
+    if parsed.is_empty() || parsed.len() > 20 {
+        return Err(MetricsError::invalid(
+            "The collection Metrics must have between 1 and 20 members.",
+        ));
+    }
+    let mut checked = Vec::new();
+    for (i, q) in parsed.iter().enumerate() {
+        checked.push(check_query(q, &format!("Metrics.member.{}", i + 1), scope)?);
+    }
+    if parsed.iter().filter(|q| q.return_data != Some(false)).count() != 1 {
+        return Err(MetricsError::invalid(
+            "Exactly one element of the Metrics array must have ReturnData set to true.",
+        ));
+    }
+    let period_ms = alarm_period(&parsed, &checked);
+    Ok((raw, period_ms / 1000))
+}
+
+fn alarm_period(parsed: &[DataQuery], checked: &[Checked]) -> i64 {
+    checked
+        .iter()
+        .find_map(|c| match c {
+            Checked::Stat { period_ms, .. } => Some(*period_ms),
+            _ => None,
+        })
+        .or_else(|| parsed.iter().find_map(|q| q.period.map(|p| p * 1000)))
+        .unwrap_or(60_000)
+}
+
+/// The alarm's series (the query returning data) per period over [start, end).
+pub(super) fn alarm_series(
+    store: &MetricStore,
+    scope: &Scope,
+    queries: Vec<Value>,
+    start: i64,
+    end: i64,
+) -> Result<Series, MetricsError> {
+    let parsed: Vec<DataQuery> = super::parse(Value::Array(queries))?;
+    let checked = parsed
+        .iter()
+        .enumerate()
+        .map(|(i, q)| check_query(q, &format!("Metrics.member.{}", i + 1), scope))
+        .collect::<Result<Vec<_>, _>>()?;
+    let period_ms = alarm_period(&parsed, &checked);
+    let answers = answer_all(store, scope, &parsed, &checked, (start, end, period_ms))?;
+    Ok(answers
+        .into_iter()
+        .find(|a| a.returned)
+        .map(|a| a.values)
+        .unwrap_or_default())
+}
+
 /// Answers metric queries first, then expressions (which may name metrics and earlier
 /// expressions).
 fn answer_all(
