@@ -13,7 +13,8 @@ import os
 
 import botocore
 
-SERVICES = {"ecs": "ecs", "logs": "logs", "elbv2": "elbv2", "servicediscovery": "servicediscovery", "acm": "acm", "cloudwatch": "cloudwatch"}
+SERVICES = {"ecs": "ecs", "logs": "logs", "elbv2": "elbv2", "servicediscovery": "servicediscovery", "acm": "acm", "cloudwatch": "cloudwatch",
+            "application-autoscaling": "application-autoscaling"}
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "gantry-aws", "models")
 
 

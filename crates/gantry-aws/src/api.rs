@@ -38,7 +38,9 @@ impl ApiError {
     /// failure shapes, unavailable when the store is, the client's otherwise.
     pub fn of_shape(shape: &str, message: impl Into<String>) -> ApiError {
         let status = match shape {
-            "InternalFailure" | "InternalServerException" | "InternalServiceFault" => StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure" | "InternalServerException" | "InternalServiceFault" | "InternalServiceException" => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };

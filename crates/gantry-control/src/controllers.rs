@@ -4,6 +4,7 @@
 //! compaction.
 
 use crate::alarms::Alarms;
+use crate::autoscaling::AutoScaling;
 use crate::metrics::Metrics;
 use crate::Control;
 use std::time::Duration;
@@ -36,6 +37,7 @@ const ALARM_EVERY: Duration = Duration::from_secs(5);
 /// Runs every controller until `stop` flips (or its sender goes).
 pub async fn run(control: Control, metrics: Metrics, settings: Settings, mut stop: watch::Receiver<bool>) {
     let alarms = Alarms::new(control.store.clone(), metrics, control.clock.clone());
+    let scaling = AutoScaling::new(control.clone(), alarms.clone());
     let mut alarm_ticks = tokio::time::interval(ALARM_EVERY);
     alarm_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut services = tokio::time::interval(Duration::from_millis(250));
@@ -60,6 +62,10 @@ pub async fn run(control: Control, metrics: Metrics, settings: Settings, mut sto
             _ = alarm_ticks.tick() => {
                 if let Err(e) = alarms.evaluate_all().await {
                     tracing::warn!(error = %e, "evaluating alarms");
+                }
+                // Policies act on the alarms just evaluated.
+                if let Err(e) = crate::autoscaling::run_once(&scaling).await {
+                    tracing::warn!(error = %e, "scaling");
                 }
             }
             _ = feed.tick(), if settings.log_feed_window.is_some() => {

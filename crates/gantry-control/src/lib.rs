@@ -5,6 +5,7 @@
 pub mod account_settings;
 pub mod acm;
 pub mod alarms;
+pub mod autoscaling;
 pub mod capacity_providers;
 pub mod cloudmap;
 mod clusters;

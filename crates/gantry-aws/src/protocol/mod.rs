@@ -65,6 +65,11 @@ pub fn services() -> &'static [Service] {
             Service::new(include_str!("../../models/acm.json"), crate::acm::handler),
             Service::new(include_str!("../../models/cloudwatch.json"), crate::cloudwatch::handler)
                 .checking_json("InvalidParameterValueException"),
+            Service::new(
+                include_str!("../../models/application-autoscaling.json"),
+                crate::autoscaling::handler,
+            )
+            .checking_json("ValidationException"),
         ]
     })
 }

@@ -179,6 +179,7 @@ impl Alarms {
 
     pub async fn put_metric_alarm(&self, scope: &Scope, input: Value) -> Result<Value, MetricsError> {
         let input: PutInput = crate::metrics::parse(input)?;
+        self.check_actions(scope, &input).await?;
         let now = self.now();
         let arn = format!(
             "arn:aws:cloudwatch:{}:{}:alarm:{}",
@@ -232,19 +233,43 @@ impl Alarms {
     }
 
     /// The alarm a PutMetricAlarm describes, checked, in its initial state.
-    fn configured(&self, scope: &Scope, i: &PutInput, arn: String, now: f64) -> Result<MetricAlarm, MetricsError> {
+    /// Actions Gantry can run: an ALARM action naming an existing Application Auto Scaling
+    /// policy of this account and region. SNS, EC2 and OK/INSUFFICIENT_DATA actions are refused.
+    async fn check_actions(&self, scope: &Scope, i: &PutInput) -> Result<(), MetricsError> {
         for (list, name) in [
             (&i.ok_actions, "OKActions"),
-            (&i.alarm_actions, "AlarmActions"),
             (&i.insufficient_data_actions, "InsufficientDataActions"),
         ] {
             if let Some(a) = list.first() {
                 return Err(MetricsError::invalid(format!(
-                    "The value {a} for parameter {name} is invalid: Gantry runs no alarm actions yet (no SNS, EC2 or \
-                     Auto Scaling actions)."
+                    "The value {a} for parameter {name} is invalid: Gantry runs ALARM actions on scaling policies only \
+                     (no SNS or EC2 actions)."
                 )));
             }
         }
+        for a in &i.alarm_actions {
+            let exists = match crate::autoscaling::policy_of_arn(scope, a) {
+                Some(key) => self
+                    .records
+                    .store
+                    .get(&key)
+                    .await
+                    .map_err(RecordError::Store)?
+                    .is_some(),
+                None => false,
+            };
+            if !exists {
+                return Err(MetricsError::invalid(format!(
+                    "The value {a} for parameter AlarmActions is invalid: Gantry runs Application Auto Scaling \
+                     policies of this account and region (arn:aws:autoscaling:...:scalingPolicy:...), and no such \
+                     policy exists."
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn configured(&self, scope: &Scope, i: &PutInput, arn: String, now: f64) -> Result<MetricAlarm, MetricsError> {
         let single = i.metric_name.is_some() || i.namespace.is_some();
         let metrics = match (&i.metrics, single) {
             (Some(_), true) => {
@@ -292,6 +317,35 @@ impl Alarms {
             evaluate_low_sample_count_percentile: i.evaluate_low_sample_count_percentile.clone(),
             metrics: metrics.map(|(q, _)| q),
         })
+    }
+
+    /// An alarm by name, if it exists.
+    pub async fn get(&self, scope: &Scope, name: &str) -> Result<Option<MetricAlarm>, MetricsError> {
+        Ok(self
+            .records
+            .load::<AlarmRecord>(&alarm_key(scope, name))
+            .await?
+            .map(|(r, _)| r.alarm))
+    }
+
+    /// The alarms whose ALARM actions name `action`.
+    pub async fn with_action(&self, scope: &Scope, action: &str) -> Result<Vec<MetricAlarm>, MetricsError> {
+        Ok(self
+            .all(scope)
+            .await?
+            .into_iter()
+            .map(|r| r.alarm)
+            .filter(|a| a.alarm_actions.iter().any(|x| x == action))
+            .collect())
+    }
+
+    /// The alarm's metric over its last complete period (what its actions act on).
+    pub fn latest_value(&self, scope: &Scope, a: &MetricAlarm, now_ms: i64) -> Result<Option<f64>, MetricsError> {
+        let (queries, period_s, _) = alarm_queries(a);
+        let period_ms = period_s * 1000;
+        let end = (now_ms - 2_000).div_euclid(period_ms) * period_ms;
+        let series = self.metrics.alarm_series(scope, queries, end - period_ms, end)?;
+        Ok(series.get(&(end - period_ms)).copied())
     }
 
     async fn all(&self, scope: &Scope) -> Result<Vec<AlarmRecord>, MetricsError> {
