@@ -14,14 +14,17 @@ import pytest
 
 from conftest import IMAGE, KEY, REGION, SECRET
 
-SERVICES = ["ecs", "logs", "servicediscovery", "acm", "cloudwatch"]
+SERVICES = ["ecs", "logs", "servicediscovery", "acm", "cloudwatch", "application-autoscaling"]
 # Errors any AWS JSON service may answer besides the declared ones (auth, size, throttling).
 GENERIC = {"AccessDeniedException", "UnrecognizedClientException", "ThrottlingException",
            "RequestEntityTooLargeException", "SerializationException"}
 # CloudWatch came from Query, whose common errors every action may answer (its JSON model
 # declares none for GetMetricData but InvalidNextToken).
+# Application Auto Scaling answers input constraint violations with its ValidationException
+# on every operation (ListTagsForResource declares only ResourceNotFoundException).
 COMMON = {"cloudwatch": {"InvalidParameterValueException", "MissingRequiredParameterException",
-                         "InvalidParameterCombinationException", "InternalServiceFault"}}
+                         "InvalidParameterCombinationException", "InternalServiceFault"},
+          "application-autoscaling": {"ValidationException"}}
 NOT_IMPLEMENTED = {"InvalidAction", "UnknownOperationException"}
 # Destructive operations run last so the fixtures stay usable for the rest.
 LAST = ("Delete", "Deregister", "Stop", "Untag", "Disassociate")
