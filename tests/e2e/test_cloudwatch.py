@@ -236,3 +236,30 @@ def test_alarm_goes_to_alarm_and_back_with_history(cw):
     assert code == "ResourceNotFound"
     cw.delete_alarms(AlarmNames=["e2e-high"])
     assert cw.describe_alarms(AlarmNames=["e2e-high"])["MetricAlarms"] == []
+
+
+def test_a_deployment_alarm_rolls_the_deployment_back(gantry, ecs, cw):
+    ecs.create_cluster(clusterName="guarded")
+    register(ecs, "guarded", [{"name": "app", "command": ["sleep", "3600"]}])
+    register(ecs, "guarded", [{"name": "app", "command": ["sleep", "3601"]}])
+    cw.put_metric_alarm(AlarmName="guard-5xx", Namespace="E2E/guard", MetricName="5xx", Statistic="Sum", Period=60,
+                        EvaluationPeriods=1, Threshold=1.0, ComparisonOperator="GreaterThanThreshold")
+    config = {"alarms": {"alarmNames": ["guard-5xx"], "enable": True, "rollback": True}}
+    ecs.create_service(cluster="guarded", serviceName="api", taskDefinition="guarded:1", desiredCount=1,
+                       networkConfiguration=NETWORK, launchType="FARGATE", deploymentConfiguration=config)
+    ecs.get_waiter("services_stable").wait(cluster="guarded", services=["api"], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    s = ecs.describe_services(cluster="guarded", services=["api"])["services"][0]
+    assert s["deploymentConfiguration"]["alarms"] == config["alarms"]
+    ecs.update_service(cluster="guarded", service="api", taskDefinition="guarded:2")
+    cw.set_alarm_state(AlarmName="guard-5xx", StateValue="ALARM", StateReason="errors after the release")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        s = ecs.describe_services(cluster="guarded", services=["api"])["services"][0]
+        failed = [d for d in s["deployments"] if d["rolloutState"] == "FAILED"]
+        if failed:
+            break
+        time.sleep(0.5)
+    assert failed and "alarm(s) detected: guard-5xx" in failed[0]["rolloutStateReason"], s["deployments"]
+    primary = [d for d in s["deployments"] if d["status"] == "PRIMARY"][0]
+    assert primary["taskDefinition"].endswith("guarded:1"), "rolled back to the last completed revision"
+    ecs.delete_service(cluster="guarded", service="api", force=True)

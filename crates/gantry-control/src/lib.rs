@@ -57,6 +57,15 @@ pub fn store_err(e: StoreError) -> EcsError {
     EcsError::Server(format!("state store: {e}"))
 }
 
+/// A key suffix for time-ordered records (history, activities): the time, then a sequence
+/// number (records of the same millisecond keep the order this process wrote them in), then
+/// randomness (no two writers collide).
+pub fn ordered_key(now_ms: i64) -> String {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{now_ms:013}-{n:010}-{}", random_hex(4))
+}
+
 /// A random id in UUID form (8-4-4-4-12 hex), as AWS request, event and attachment ids look.
 pub fn random_uuid() -> String {
     let h = random_hex(16);

@@ -405,6 +405,15 @@ impl Control {
             )
         };
 
+        // Deployment alarms: any of them in ALARM fails an in-progress deployment.
+        let watched = config.alarms.clone().filter(|a| a.enable).unwrap_or_default();
+        let alarmed = match &primary {
+            Some(p) if p.rollout_state == "IN_PROGRESS" && !watched.alarm_names.is_empty() => {
+                crate::alarms::in_alarm(self.store.as_ref(), &scope, &watched.alarm_names).await
+            }
+            _ => vec![],
+        };
+        let mut failure_reason = "ECS deployment circuit breaker: tasks failed to start.".to_string();
         let mut events: Vec<String> = Vec::new();
         let mut new_primary: Option<Deployment> = None;
         let mut rollback_to_blue: Option<Deployment> = None;
@@ -428,17 +437,31 @@ impl Control {
             // StopServiceDeployment asks for what a tripped breaker with rollback does.
             let stop_asked = rec.stop_requested.as_deref() == Some(p.id.as_str()) && p.rollout_state == "IN_PROGRESS";
             let tripped = breaker.enable && p.rollout_state == "IN_PROGRESS" && fail_total >= threshold(&rec);
-            if tripped || stop_asked {
+            let alarm_tripped = !alarmed.is_empty();
+            if tripped || stop_asked || alarm_tripped {
                 primary_failed_now = true;
                 launch_allowed = false;
-                let rollback = breaker.rollback || stop_asked;
+                let rollback = stop_asked || (tripped && breaker.rollback) || (alarm_tripped && watched.rollback);
                 rollback_reason = if stop_asked {
                     "Service deployment stopped by StopServiceDeployment.".to_string()
+                } else if alarm_tripped {
+                    failure_reason = format!(
+                        "ECS deployment {} failed: alarm(s) detected: {}.",
+                        p.id,
+                        alarmed.join(", ")
+                    );
+                    failure_reason.clone()
                 } else {
                     "ECS deployment circuit breaker: tasks failed to start.".to_string()
                 };
                 events.push(if stop_asked {
                     format!("(service {name}) deployment {} stopped: rollback requested.", p.id)
+                } else if alarm_tripped {
+                    format!(
+                        "(service {name}) deployment {} deployment failed: alarm(s) detected: {}.",
+                        p.id,
+                        alarmed.join(", ")
+                    )
                 } else {
                     format!(
                         "(service {name}) deployment {} deployment failed: tasks failed to start.",
@@ -729,7 +752,7 @@ impl Control {
             if primary_failed_now && same_primary {
                 if let Some(p) = r.service.deployments.iter_mut().find(|d| d.status == "PRIMARY") {
                     p.rollout_state = "FAILED".into();
-                    p.rollout_state_reason = Some("ECS deployment circuit breaker: tasks failed to start.".into());
+                    p.rollout_state_reason = Some(failure_reason.clone());
                     p.updated_at = now;
                     if new_primary.is_some() {
                         p.status = "ACTIVE".into();

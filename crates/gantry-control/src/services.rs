@@ -198,10 +198,17 @@ pub fn new_deployment_id() -> String {
 }
 
 fn validate_config(c: &DeploymentConfiguration) -> Result<(), EcsError> {
-    if c.alarms.as_ref().is_some_and(|a| !a.is_null()) {
-        return Err(EcsError::invalid(
-            "deploymentConfiguration.alarms is not supported by Gantry yet: deployment alarms arrive with CloudWatch alarms.",
-        ));
+    if let Some(a) = &c.alarms {
+        if a.enable && a.alarm_names.is_empty() {
+            return Err(EcsError::invalid(
+                "deploymentConfiguration.alarms.alarmNames must name at least one alarm when enable is true.",
+            ));
+        }
+        if a.alarm_names.len() > 10 || a.alarm_names.iter().any(|n| n.is_empty() || n.len() > 255) {
+            return Err(EcsError::invalid(
+                "deploymentConfiguration.alarms.alarmNames holds at most 10 alarm names of 1 to 255 characters.",
+            ));
+        }
     }
     if c.lifecycle_hooks
         .as_ref()

@@ -342,3 +342,71 @@ async fn deployments_are_kept_as_history_with_ecs_statuses() {
         .clone();
     assert_eq!(service(&c).await.current_service_deployment.as_deref(), newest.as_str());
 }
+
+#[tokio::test]
+async fn an_alarm_in_alarm_fails_the_deployment_and_rolls_back() {
+    use gantry_control::alarms::Alarms;
+    use gantry_control::metrics::{MetricData, MetricStore, Metrics};
+    let (c, clock) = setup(2).await;
+    for _ in 0..3 {
+        c.reconcile_services().await;
+        agent_pass(&c, true).await;
+    }
+    c.reconcile_services().await;
+    let metrics = Metrics::new(
+        Arc::new(MetricData::local(Arc::new(MetricStore::in_memory().unwrap()))),
+        clock,
+    );
+    let alarms = Alarms::new(c.store.clone(), metrics, c.clock.clone());
+    alarms
+        .put_metric_alarm(
+            &scope(),
+            json!({"AlarmName": "errors", "Namespace": "App", "MetricName": "5xx",
+            "Statistic": "Sum", "Period": 60, "EvaluationPeriods": 1, "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanThreshold"}),
+        )
+        .await
+        .unwrap();
+    let config = json!({"alarms": {"alarmNames": ["errors"], "enable": true, "rollback": true}});
+    let req = serde_json::from_value(
+        json!({"cluster": "default", "service": "svc", "forceNewDeployment": true,
+                                            "deploymentConfiguration": config}),
+    )
+    .unwrap();
+    c.update_service(&scope(), req).await.unwrap();
+    c.reconcile_services().await;
+    agent_pass(&c, true).await;
+    // While the alarm is quiet the deployment goes on.
+    c.reconcile_services().await;
+    assert_eq!(service(&c).await.deployments[0].rollout_state, "IN_PROGRESS");
+    alarms
+        .set_alarm_state(
+            &scope(),
+            json!({"AlarmName": "errors", "StateValue": "ALARM", "StateReason": "5xx up"}),
+        )
+        .await
+        .unwrap();
+    c.reconcile_services().await;
+    let s = service(&c).await;
+    let failed = s
+        .deployments
+        .iter()
+        .find(|d| d.rollout_state == "FAILED")
+        .expect("a failed deployment");
+    let reason = failed.rollout_state_reason.as_deref().unwrap();
+    assert!(reason.ends_with("failed: alarm(s) detected: errors."), "{reason}");
+    assert_eq!(s.deployments[0].status, "PRIMARY");
+    assert_eq!(
+        s.deployments[0].rollout_state, "IN_PROGRESS",
+        "rolling back in a new deployment"
+    );
+    assert!(s
+        .events
+        .iter()
+        .any(|e| e.message.contains("deployment failed: alarm(s) detected: errors.")));
+    // Enabling alarms without names is refused.
+    let req = serde_json::from_value(json!({"cluster": "default", "service": "svc",
+        "deploymentConfiguration": {"alarms": {"alarmNames": [], "enable": true, "rollback": false}}}))
+    .unwrap();
+    assert!(c.update_service(&scope(), req).await.is_err());
+}

@@ -4,6 +4,15 @@
 use crate::taskdef::KeyValuePair;
 use serde::{Deserialize, Serialize};
 
+/// `deploymentConfiguration.alarms`: the alarms watched during a deployment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentAlarms {
+    pub alarm_names: Vec<String>,
+    pub enable: bool,
+    pub rollback: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Tag {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,9 +259,10 @@ pub struct DeploymentConfiguration {
     pub linear_configuration: Option<LinearConfiguration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_configuration: Option<CanaryConfiguration>,
-    /// Members Gantry cannot act on yet: parsed only to be refused by name.
+    /// CloudWatch alarms that fail the deployment while in ALARM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alarms: Option<serde_json::Value>,
+    pub alarms: Option<DeploymentAlarms>,
+    /// Members Gantry cannot act on yet: parsed only to be refused by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle_hooks: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

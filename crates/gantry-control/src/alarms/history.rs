@@ -16,7 +16,7 @@ fn history_prefix(scope: &Scope) -> String {
 }
 
 async fn append(records: &Records, scope: &Scope, item: Value, now_ms: i64) -> Result<(), MetricsError> {
-    let key = format!("{}{now_ms:013}-{}", history_prefix(scope), crate::random_hex(4));
+    let key = format!("{}{}", history_prefix(scope), crate::ordered_key(now_ms));
     records.create(&key, &item).await?;
     Ok(())
 }

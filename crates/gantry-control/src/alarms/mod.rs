@@ -638,6 +638,25 @@ impl Alarms {
     }
 }
 
+/// Which of `names` are in ALARM (for deployment alarms). An alarm that does not exist, or a
+/// store that cannot be read, counts as not in ALARM: the deployment goes on, and says so in
+/// the log.
+pub async fn in_alarm(store: &dyn Store, scope: &Scope, names: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in names {
+        match store.get(&alarm_key(scope, n)).await {
+            Ok(Some(kv)) => match serde_json::from_slice::<AlarmRecord>(&kv.value) {
+                Ok(r) if r.alarm.state_value == "ALARM" => out.push(n.clone()),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(alarm = %n, error = %e, "unreadable alarm record"),
+            },
+            Ok(None) => tracing::debug!(alarm = %n, "a deployment watches an alarm that does not exist"),
+            Err(e) => tracing::warn!(alarm = %n, error = %e, "reading a deployment alarm"),
+        }
+    }
+    out
+}
+
 /// A state an alarm moves to, and why.
 #[derive(Debug, Clone)]
 pub struct StateChange {

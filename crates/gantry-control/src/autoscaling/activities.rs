@@ -56,7 +56,7 @@ impl AutoScaling {
             "StatusMessage": status_message,
         });
         self.records
-            .create(&format!("{}{now:013}-{}", prefix(scope), &id[..8]), &item)
+            .create(&format!("{}{}", prefix(scope), crate::ordered_key(now)), &item)
             .await?;
         Ok(())
     }
