@@ -109,6 +109,20 @@ def test_errors_carry_cloudwatch_codes(request, protocol):
     assert code == "InvalidAction" and "ListDashboards" in msg
 
 
+def test_large_puts_arrive_gzip_compressed(cw):
+    """botocore gzips PutMetricData bodies over 10 KB (Content-Encoding: gzip)."""
+    captured = {}
+    cw.meta.events.register("before-send.cloudwatch.PutMetricData",
+                            lambda request, **kw: captured.update(encoding=request.headers.get("Content-Encoding")))
+    t = minute(-3)
+    data = [{"MetricName": f"m{k}", "Timestamp": t, "Values": [float(v) for v in range(150)]} for k in range(20)]
+    cw.put_metric_data(Namespace="E2E/gzip", MetricData=data)
+    assert captured["encoding"] == b"gzip" or captured["encoding"] == "gzip", captured
+    out = cw.get_metric_statistics(Namespace="E2E/gzip", MetricName="m19", StartTime=t,
+                                   EndTime=t + datetime.timedelta(minutes=1), Period=60, Statistics=["SampleCount"])
+    assert out["Datapoints"][0]["SampleCount"] == 150.0
+
+
 def test_metric_data_math_and_paging(cw):
     t = minute(-20)
     data = []

@@ -209,6 +209,12 @@ pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: H
         Ok(v) => v,
         Err(e) => return framing.error(e.into()),
     };
+    // The signature covers the body as sent; a gzip body (botocore compresses large
+    // PutMetricData requests) is read once verified.
+    let body = match decoded_body(header("content-encoding"), body) {
+        Ok(b) => b,
+        Err(e) => return framing.error(e),
+    };
     let call = match protocol::resolve(
         &verified.service,
         &framing.wire,
@@ -234,6 +240,41 @@ pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: H
     }
 }
 
+/// Most bytes a compressed request body may expand to.
+const MAX_DECODED_BODY: usize = 4 << 20;
+
+/// The request body, gunzipped when its Content-Encoding says gzip; expansion is capped, so a
+/// compression bomb is refused rather than inflated.
+fn decoded_body(encoding: Option<&str>, body: Bytes) -> Result<Bytes, ApiError> {
+    match encoding.map(|e| e.trim().to_ascii_lowercase()) {
+        None => Ok(body),
+        Some(e) if e.is_empty() || e == "identity" => Ok(body),
+        Some(e) if e == "gzip" => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            let mut reader = flate2::read::GzDecoder::new(&body[..]).take(MAX_DECODED_BODY as u64 + 1);
+            reader.read_to_end(&mut out).map_err(|err| {
+                ApiError::client(
+                    "SerializationException",
+                    format!("The gzip request body is malformed: {err}."),
+                )
+            })?;
+            if out.len() > MAX_DECODED_BODY {
+                return Err(ApiError::new(
+                    "RequestEntityTooLargeException",
+                    format!("The request body expands to more than {MAX_DECODED_BODY} bytes."),
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                ));
+            }
+            Ok(Bytes::from(out))
+        }
+        Some(other) => Err(ApiError::client(
+            "SerializationException",
+            format!("Content-Encoding {other} is not supported (gzip is)."),
+        )),
+    }
+}
+
 /// The service named in the Authorization header's credential scope, before verification
 /// (only to frame errors in that service's terms).
 fn credential_service(headers: &[(String, String)]) -> Option<&str> {
@@ -245,4 +286,35 @@ pub fn router(api: Api) -> axum::Router {
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
         .with_state(api)
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Bytes {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        Bytes::from(e.finish().unwrap())
+    }
+
+    #[test]
+    fn gzip_bodies_are_read_within_a_cap() {
+        let plain = Bytes::from_static(br#"{"Namespace": "x"}"#);
+        assert_eq!(decoded_body(None, plain.clone()).unwrap(), plain);
+        assert_eq!(decoded_body(Some("gzip"), gzip(&plain)).unwrap(), plain);
+        // A bomb: 64 MiB of zeros compress to about 64 KiB.
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < MAX_BODY);
+        let e = decoded_body(Some("gzip"), bomb).unwrap_err();
+        assert_eq!(
+            (e.kind.as_str(), e.status),
+            ("RequestEntityTooLargeException", StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        let e = decoded_body(Some("gzip"), Bytes::from_static(b"not gzip")).unwrap_err();
+        assert_eq!(e.kind, "SerializationException");
+        let e = decoded_body(Some("br"), plain).unwrap_err();
+        assert!(e.message.contains("br is not supported"));
+    }
 }
