@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Gantry and its tests need on Debian 12. Idempotent; needs root.
 set -euo pipefail
-PKGS=(nftables tini etcd-server protobuf-compiler crun runc skopeo docker-registry busybox-static iproute2 apache2-utils python3 python3-venv openssl ca-certificates)
+PKGS=(nftables tini etcd-server protobuf-compiler crun runc skopeo docker-registry busybox-static iproute2 apache2-utils python3 python3-venv openssl ca-certificates prometheus)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -9,6 +9,10 @@ done
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -qq
+  # Packages with daemons (prometheus, docker-registry) are not started on install: the
+  # tests start their own, on loopback ports of their choosing.
+  policy=/usr/sbin/policy-rc.d
+  [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # docker-registry's package may start a registry on :5000; Gantry's tests start their own.

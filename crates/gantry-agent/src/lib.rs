@@ -10,6 +10,7 @@ mod logship;
 mod metadata;
 mod ports;
 mod supervise;
+pub mod telemetry;
 mod usage;
 mod wake;
 

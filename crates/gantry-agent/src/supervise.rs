@@ -4,6 +4,7 @@
 
 use crate::link::{LogTarget as Target, Written};
 use crate::logship::Shipper;
+use crate::telemetry::TASK_START;
 use crate::{ports, Agent};
 use gantry_control::{TaskRecord, TaskSpecContainer};
 use gantry_runtime::bundle::{ContainerSpec, Limits, Rlimit};
@@ -198,6 +199,7 @@ async fn launch(
     shippers: &mut HashMap<String, Shipper>,
 ) -> std::result::Result<(), String> {
     let t = now();
+    let began = std::time::Instant::now();
     update(a, key, |r| {
         r.task.last_status = "PENDING".into();
         r.task.pull_started_at.get_or_insert(t);
@@ -233,6 +235,8 @@ async fn launch(
     // Written with ACTIVATING below: each write is a round trip to the server and a
     // replicated write in etcd, so the start writes PENDING, ACTIVATING and RUNNING only.
     let pulled_at = now();
+    let pulled = std::time::Instant::now();
+    TASK_START.observe(&["pull"], pulled.duration_since(began).as_secs_f64());
     let digests: HashMap<String, String> = images
         .iter()
         .map(|(k, v)| (k.clone(), v.manifest.to_string()))
@@ -250,6 +254,8 @@ async fn launch(
         a.start_metadata(key, &id);
     }
     let bindings = network_bindings(a, rec, &id, sandbox.ip).await?;
+    let sandboxed = std::time::Instant::now();
+    TASK_START.observe(&["sandbox"], sandboxed.duration_since(pulled).as_secs_f64());
     let t = now();
     let ip = sandbox.ip.to_string();
     let mac_seed = &id[..10];
@@ -427,6 +433,8 @@ async fn launch(
         true
     })
     .await?;
+    TASK_START.observe(&["start"], sandboxed.elapsed().as_secs_f64());
+    TASK_START.observe(&["total"], began.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -461,6 +469,7 @@ async fn fail(
     shippers: HashMap<String, Shipper>,
     changed: &Notify,
 ) -> Result<()> {
+    crate::telemetry::start_failed(reason);
     let t = now();
     update(a, key, |r| {
         // A StopTask that interrupted the start keeps its own code and reason.
@@ -563,6 +572,9 @@ async fn watch(
         })
         .await?;
         let desired_stop = rec.task.desired_status == "STOPPED" || stopping_for_essential;
+        if stopping_for_essential && !stop_sent {
+            crate::telemetry::ESSENTIAL_EXITS.inc(&[]);
+        }
         if desired_stop && !stop_sent {
             stop_sent = true;
             let t = now();

@@ -82,6 +82,7 @@ fn next_usage(last: &mut HashMap<String, Reading>, readings: Vec<(String, u64, f
             usage.push(TaskUsage {
                 key: key.clone(),
                 at_ms: now_ms,
+                from_ms: prev_ms,
                 cpu_units: cpu_units(prev_ns, cpu_ns, now_ms - prev_ms),
                 memory_mib,
             });

@@ -11,6 +11,8 @@ pub struct Api {
     pub control: Control,
     pub logs: Arc<gantry_control::logfeed::Logs>,
     pub metrics: gantry_control::metrics::Metrics,
+    /// The bearer token `GET /metrics` requires, if any.
+    pub metrics_token: Option<String>,
     pub elb: gantry_control::elb::Elb,
 }
 

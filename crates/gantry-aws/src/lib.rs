@@ -8,6 +8,7 @@ pub mod cloudwatch;
 pub mod ecs;
 pub mod elbv2;
 pub mod logs;
+pub mod prometheus;
 pub mod protocol;
 pub mod server;
 pub mod servicediscovery;

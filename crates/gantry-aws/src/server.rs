@@ -171,6 +171,22 @@ fn access_key_id(headers: &[(String, String)]) -> Option<&str> {
 }
 
 pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let began = std::time::Instant::now();
+    let mut named = ("unknown".to_string(), "unknown".to_string());
+    let r = answer(api, method, uri, headers, body, &mut named).await;
+    crate::prometheus::record(&named.0, &named.1, r.status().as_u16(), began.elapsed().as_secs_f64());
+    r
+}
+
+/// Answers one request; `named` learns its service and operation once they are known.
+async fn answer(
+    api: Api,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    named: &mut (String, String),
+) -> Response {
     let hdrs: Vec<(String, String)> = headers
         .iter()
         .map(|(k, v)| {
@@ -225,6 +241,7 @@ pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: H
         Ok(c) => c,
         Err(e) => return framing.error(e),
     };
+    *named = (verified.service.clone(), call.op.name.clone());
     let scope = Scope {
         account: verified.account_id.clone(),
         region: verified.region.clone(),
@@ -283,6 +300,7 @@ fn credential_service(headers: &[(String, String)]) -> Option<&str> {
 
 pub fn router(api: Api) -> axum::Router {
     axum::Router::new()
+        .route("/metrics", axum::routing::get(crate::prometheus::scrape))
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
         .with_state(api)

@@ -31,8 +31,9 @@ impl Default for Settings {
 /// Stopped tasks stay visible this long, as in ECS (an hour or more).
 const KEEP_STOPPED_SECS: f64 = 3.0 * 3600.0;
 
-/// How often CloudWatch alarms are evaluated (the shortest alarm period is 10 seconds).
-const ALARM_EVERY: Duration = Duration::from_secs(5);
+/// How often CloudWatch alarms are evaluated (and scaling policies act on them): a period's
+/// verdict is known within a second of its end.
+const ALARM_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs every controller until `stop` flips (or its sender goes).
 pub async fn run(control: Control, metrics: Metrics, settings: Settings, mut stop: watch::Receiver<bool>) {

@@ -31,6 +31,10 @@ pub struct DevArgs {
     /// Do not write the `gantry` profile into the AWS config files.
     #[arg(long)]
     no_profile: bool,
+    /// A bearer token `GET /metrics` (Prometheus) requires; open to the API's listeners
+    /// when unset.
+    #[arg(long, env = "GANTRY_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// CPU units the node offers EC2 tasks (default: 1024 per core).
     #[arg(long, env = "GANTRY_NODE_CPU")]
     cpu: Option<i64>,
@@ -416,6 +420,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         control,
         logs,
         metrics,
+        metrics_token: a.metrics_token.clone(),
         elb,
     };
     println!(

@@ -55,6 +55,10 @@ pub struct ServerArgs {
     /// Do not write the `gantry` profile into the AWS config files.
     #[arg(long)]
     no_profile: bool,
+    /// A bearer token `GET /metrics` (Prometheus) requires; open to the API's listeners
+    /// when unset.
+    #[arg(long, env = "GANTRY_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -173,6 +177,7 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         control,
         logs,
         metrics,
+        metrics_token: a.metrics_token.clone(),
         elb,
     };
     axum::serve(listener, gantry_aws::router(api))

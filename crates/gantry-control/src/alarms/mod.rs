@@ -22,6 +22,9 @@ use std::sync::Arc;
 /// Most alarms one account may have in a region (CloudWatch's default quota is higher; each
 /// alarm costs an evaluation every 10 seconds here).
 const MAX_ALARMS: usize = 5000;
+/// A period is evaluated this long after its end, for reports still in flight (usage reports
+/// are stamped with the start of what they measured, so they complete a period on arrival).
+const REPORT_GRACE_MS: i64 = 1_000;
 /// The longest evaluation range: periods times evaluation periods.
 const MAX_RANGE_S: i64 = 7 * 86_400;
 
@@ -343,7 +346,7 @@ impl Alarms {
     pub fn latest_value(&self, scope: &Scope, a: &MetricAlarm, now_ms: i64) -> Result<Option<f64>, MetricsError> {
         let (queries, period_s, _) = alarm_queries(a);
         let period_ms = period_s * 1000;
-        let end = (now_ms - 2_000).div_euclid(period_ms) * period_ms;
+        let end = (now_ms - REPORT_GRACE_MS).div_euclid(period_ms) * period_ms;
         let series = self.metrics.alarm_series(scope, queries, end - period_ms, end)?;
         Ok(series.get(&(end - period_ms)).copied())
     }
@@ -597,8 +600,8 @@ impl Alarms {
     async fn evaluate_one(&self, scope: &Scope, a: &MetricAlarm, now_ms: i64) -> Result<bool, MetricsError> {
         let (queries, period_s, statistic) = alarm_queries(a);
         let period_ms = period_s * 1000;
-        // The last complete periods, with a moment's grace for reports in flight.
-        let end = (now_ms - 2_000).div_euclid(period_ms) * period_ms;
+        // The last complete periods.
+        let end = (now_ms - REPORT_GRACE_MS).div_euclid(period_ms) * period_ms;
         let n = a.evaluation_periods.max(1);
         let start = end - n * period_ms;
         let series = self.metrics.alarm_series(scope, queries, start, end)?;

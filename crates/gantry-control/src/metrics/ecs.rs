@@ -19,6 +19,10 @@ pub struct TaskUsage {
     pub key: String,
     /// When the interval ended (epoch ms, the agent's clock).
     pub at_ms: i64,
+    /// When it began: the datapoint's timestamp, so the period holding it is complete as soon
+    /// as the report arrives (0 from agents before this field: `at_ms` is used).
+    #[serde(default)]
+    pub from_ms: i64,
     /// CPU time used over the interval, in CPU units (1024 = one vCPU busy throughout).
     pub cpu_units: f64,
     /// Memory in use at the end of the interval, MiB.
@@ -61,7 +65,8 @@ pub fn datapoints(usage: &[(TaskRecord, TaskUsage)]) -> Vec<(Scope, Published)> 
                     name: name.into(),
                     dims: dims.clone(),
                 };
-                let at = u.at_ms.div_euclid(1000) * 1000;
+                let start = if u.from_ms > 0 { u.from_ms } else { u.at_ms };
+                let at = start.div_euclid(1000) * 1000;
                 let one = Agg::single(value, 1.0);
                 series
                     .entry((rec.account.clone(), rec.region.clone(), key))
@@ -117,7 +122,8 @@ mod tests {
     fn usage(cpu_units: f64, memory_mib: f64) -> TaskUsage {
         TaskUsage {
             key: String::new(),
-            at_ms: 1_500,
+            at_ms: 11_500,
+            from_ms: 1_500,
             cpu_units,
             memory_mib,
         }
