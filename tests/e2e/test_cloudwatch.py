@@ -277,3 +277,51 @@ def test_a_deployment_alarm_rolls_the_deployment_back(gantry, ecs, cw):
     primary = [d for d in s["deployments"] if d["status"] == "PRIMARY"][0]
     assert primary["taskDefinition"].endswith("guarded:1"), "rolled back to the last completed revision"
     ecs.delete_service(cluster="guarded", service="api", force=True)
+
+
+def test_load_balancers_publish_application_elb_metrics(gantry, ecs, cw):
+    """Requests through a load balancer show up as AWS/ApplicationELB metrics (per load
+    balancer and per target group) and as Prometheus series."""
+    import urllib.request
+
+    import requests
+    from test_elbv2 import start_tasks, target_group, wait_health
+    elb = gantry.client("elbv2")
+    _, ips = start_tasks(ecs, "metrics", 2)
+    tg = target_group(elb, "cw-metrics", HealthCheckPath="/health")
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ip} for ip in ips])
+    lb = elb.create_load_balancer(Name="cw-metrics", Subnets=["subnet-a"])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    wait_health(elb, tg, "healthy", 2)
+    started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    for _ in range(40):
+        assert requests.get(f"http://{lb['DNSName']}/", timeout=5).status_code == 200
+    for _ in range(5):
+        assert requests.get(f"http://{lb['DNSName']}/missing", timeout=5).status_code == 404
+    lb_dim = [{"Name": "LoadBalancer", "Value": lb["LoadBalancerArn"].split(":loadbalancer/")[1]}]
+    tg_dim = [{"Name": "TargetGroup", "Value": tg.rsplit(":", 1)[1]}]
+
+    def total(name, dims, stat="Sum"):
+        out = cw.get_metric_statistics(Namespace="AWS/ApplicationELB", MetricName=name, Dimensions=dims,
+                                       StartTime=started - datetime.timedelta(minutes=1),
+                                       EndTime=started + datetime.timedelta(minutes=5), Period=300, Statistics=[stat])
+        return sum(d[stat] for d in out["Datapoints"])
+    deadline = time.time() + 30
+    while total("RequestCount", lb_dim) < 45 and time.time() < deadline:
+        time.sleep(1)
+    assert total("RequestCount", lb_dim) == 45
+    assert total("HTTPCode_Target_2XX_Count", lb_dim) == 40
+    assert total("HTTPCode_Target_4XX_Count", lb_dim) == 5
+    assert total("RequestCountPerTarget", tg_dim) == 22.5
+    assert total("HealthyHostCount", [lb_dim[0], tg_dim[0]], "Maximum") == 2
+    p = cw.get_metric_statistics(Namespace="AWS/ApplicationELB", MetricName="TargetResponseTime", Dimensions=lb_dim,
+                                 StartTime=started - datetime.timedelta(minutes=1),
+                                 EndTime=started + datetime.timedelta(minutes=5), Period=300,
+                                 ExtendedStatistics=["p95"])["Datapoints"]
+    assert 0 < p[0]["ExtendedStatistics"]["p95"] < 1
+    with urllib.request.urlopen(f"{gantry.endpoint}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    name = lb_dim[0]["Value"]
+    assert f'gantry_lb_requests_total{{load_balancer="{name}",source="target",code="2xx"}} 40' in text
+    assert f'gantry_lb_target_response_seconds_count{{load_balancer="{name}"}} 45' in text

@@ -405,3 +405,41 @@ async fn scheduled_actions_move_the_bounds_at_their_time() {
         "ValidationException"
     );
 }
+
+#[tokio::test]
+async fn request_count_per_target_is_tracked_per_minute() {
+    use gantry_control::metrics::stats::Agg;
+    use gantry_control::metrics::{MetricKey, Published};
+    let w = world(1).await;
+    w.register(1, 5).await;
+    w.scaling
+        .put_scaling_policy(
+            &scope(),
+            json!({
+            "PolicyName": "rps", "ServiceNamespace": "ecs", "ResourceId": WEB,
+            "ScalableDimension": "ecs:service:DesiredCount", "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingScalingPolicyConfiguration": {"TargetValue": 600.0, "ScaleOutCooldown": 0,
+                "PredefinedMetricSpecification": {"PredefinedMetricType": "ALBRequestCountPerTarget",
+                    "ResourceLabel": "app/web/abc/targetgroup/web-tg/def"}}}),
+        )
+        .await
+        .unwrap();
+    // 200 requests per target in 10 seconds: 1,200 a minute, twice the target.
+    w.clock.advance(10_000);
+    let per = Published {
+        key: MetricKey {
+            namespace: "AWS/ApplicationELB".into(),
+            name: "RequestCountPerTarget".into(),
+            dims: vec![("TargetGroup".into(), "targetgroup/web-tg/def".into())],
+        },
+        ts_ms: w.clock.now_ms() - 9_000,
+        unit: "None".into(),
+        resolution: 1,
+        agg: Agg::set(1.0, 200.0, 200.0, 200.0),
+    };
+    w.metrics.publish(&scope(), vec![per]).await.unwrap();
+    w.clock.advance(2_500);
+    w.alarms.evaluate_all().await.unwrap();
+    run_once(&w.scaling).await.unwrap();
+    assert_eq!(w.desired().await, 2);
+}

@@ -47,6 +47,8 @@ impl Drop for Pick {
 /// request: the addresses that may take new requests and how to choose among them.
 pub struct Pool {
     pub view: GroupView,
+    /// The target group's request counts.
+    pub counters: std::sync::Arc<crate::traffic::Counters>,
     pub addrs: Vec<SocketAddr>,
     pub least_outstanding: bool,
     /// How a client keeps its target.
@@ -65,7 +67,7 @@ pub enum Sticky {
 }
 
 impl Pool {
-    pub fn new(view: GroupView) -> Pool {
+    pub fn new(view: GroupView, counters: std::sync::Arc<crate::traffic::Counters>) -> Pool {
         let addrs = eligible(&view)
             .iter()
             .filter_map(|t| Some(SocketAddr::new(view.target_ip(t)?, u16::try_from(t.port).ok()?)))
@@ -91,6 +93,7 @@ impl Pool {
         };
         Pool {
             view,
+            counters,
             addrs,
             least_outstanding,
             sticky,

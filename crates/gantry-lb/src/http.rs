@@ -102,10 +102,28 @@ where
     }
 }
 
+/// Marks a response that came from a target (the others are the load balancer's own).
+#[derive(Clone, Copy)]
+struct FromTarget;
+
 async fn handle(shared: &Shared, local: SocketAddr, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let Some(served) = shared.listener(local) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
+    let resp = answer(shared, &served, local, peer, req).await;
+    if resp.extensions().get::<FromTarget>().is_none() {
+        served.counters.own(resp.status().as_u16());
+    }
+    resp
+}
+
+async fn answer(
+    shared: &Shared,
+    served: &Arc<Served>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let host = req
         .headers()
         .get(HOST)
@@ -128,7 +146,7 @@ async fn handle(shared: &Shared, local: SocketAddr, peer: SocketAddr, req: Reque
     match action.kind.as_str() {
         "fixed-response" => fixed(action.fixed_response_config.as_ref()),
         "redirect" => redirect(action.redirect_config.as_ref(), &host, local.port(), req.uri()),
-        "forward" => forward(shared, &served, action, peer, host, req).await,
+        "forward" => forward(shared, served, action, peer, host, req).await,
         _ => error_page(StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
@@ -370,6 +388,8 @@ async fn forward(
     let Some(pick) = shared.balancer.choose_target(&group, sticky) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
+    served.counters.chosen();
+    group.counters.chosen();
     let set_cookie = match group.sticky {
         Sticky::Cookie(ttl) => Some(stickiness_cookie(
             "AWSALB",
@@ -399,6 +419,7 @@ async fn forward(
         served.view.listener.port as u16,
     );
     let idle = served.settings.idle_timeout;
+    let asked = std::time::Instant::now();
     let sent = tokio::time::timeout(idle, crate::workers::client().request(Request::from_parts(parts, body))).await;
     let resp = match sent {
         Ok(Ok(r)) => r,
@@ -408,7 +429,11 @@ async fn forward(
         }
         Err(_) => return error_page(StatusCode::GATEWAY_TIMEOUT),
     };
+    let took = asked.elapsed();
+    served.counters.answered(resp.status().as_u16(), took);
+    group.counters.answered(resp.status().as_u16(), took);
     let (mut parts, body) = resp.into_parts();
+    parts.extensions.insert(FromTarget);
     strip_hop_by_hop(&mut parts.headers);
     for c in [set_cookie, group_cookie].into_iter().flatten() {
         if let Ok(v) = HeaderValue::from_str(&c) {

@@ -15,6 +15,7 @@ mod matching;
 mod settings;
 mod tcp;
 mod tls;
+mod traffic;
 mod workers;
 
 pub use matching::wildcard;
@@ -34,6 +35,9 @@ pub struct Options {
     pub hosts_file: Option<PathBuf>,
     /// What this instance's hosts lines are tagged with (its load balancer network).
     pub tag: String,
+    /// Where AWS/ApplicationELB metrics are published (None: Prometheus only), and how often.
+    pub metrics: Option<gantry_control::metrics::Metrics>,
+    pub metrics_every: Duration,
 }
 
 /// What every listener and the health checker share: the current view and the clients.
@@ -43,6 +47,8 @@ pub struct Shared {
     elb: Elb,
     /// Keys sticky cookies (new each start: sessions are rebalanced after a restart).
     cookie_key: u64,
+    /// Request counts of every load balancer and target group.
+    traffic: Arc<traffic::Traffic>,
 }
 
 #[derive(Default)]
@@ -52,24 +58,52 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn from(view: View) -> Snapshot {
+    fn from(view: View, traffic: &traffic::Traffic) -> Snapshot {
         Snapshot {
             listeners: view
                 .listeners
                 .into_iter()
                 .map(|l| {
+                    let counters = traffic.of(&l.load_balancer.load_balancer_arn);
                     (
                         SocketAddr::new(l.address.into(), l.listener.port as u16),
-                        Arc::new(Served::new(l)),
+                        Arc::new(Served::new(l, counters)),
                     )
                 })
                 .collect(),
             groups: view
                 .groups
                 .into_iter()
-                .map(|(k, g)| (k, Arc::new(Pool::new(g))))
+                .map(|(k, g)| {
+                    let counters = traffic.of(&k);
+                    (k, Arc::new(Pool::new(g, counters)))
+                })
                 .collect(),
         }
+    }
+
+    /// Each target group's load balancer and health, for the metrics.
+    fn health(&self) -> HashMap<String, traffic::GroupHealth> {
+        self.groups
+            .iter()
+            .map(|(arn, p)| {
+                let states = p.view.health.values();
+                let (healthy, unhealthy) = states.fold((0, 0), |(h, u), s| match s.state.as_str() {
+                    "healthy" => (h + 1, u),
+                    "unhealthy" => (h, u + 1),
+                    _ => (h, u),
+                });
+                let load_balancer = p.view.group.load_balancer_arns.first().cloned();
+                (
+                    arn.clone(),
+                    traffic::GroupHealth {
+                        load_balancer,
+                        healthy,
+                        unhealthy,
+                    },
+                )
+            })
+            .collect()
     }
 }
 
@@ -118,7 +152,16 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         balancer: balance::Balancer::default(),
         elb: elb.clone(),
         cookie_key: random_key(),
+        traffic: Arc::new(traffic::Traffic::default()),
     });
+    let reader = shared.clone();
+    tokio::spawn(traffic::flush(
+        shared.traffic.clone(),
+        opts.metrics.clone(),
+        move || reader.current().health(),
+        opts.metrics_every,
+        stop.clone(),
+    ));
     let workers = match workers::Workers::start() {
         Ok(w) => w,
         Err(e) => {
@@ -142,7 +185,7 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         };
         let revision = view.revision;
         let names = dns_entries(&view);
-        let snapshot = Snapshot::from(view);
+        let snapshot = Snapshot::from(view, &shared.traffic);
         for pool in snapshot.groups.values() {
             shared.balancer.observe(pool);
         }

@@ -45,15 +45,18 @@ impl Settings {
 /// A listener as served: its configuration and its parsed settings.
 pub struct Served {
     pub view: ListenerView,
+    /// The load balancer's request counts.
+    pub counters: std::sync::Arc<crate::traffic::Counters>,
     pub settings: Settings,
     /// HTTPS and TLS listeners: how connections are decrypted.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Served {
-    pub fn new(view: ListenerView) -> Served {
+    pub fn new(view: ListenerView, counters: std::sync::Arc<crate::traffic::Counters>) -> Served {
         let settings = Settings::of(&view);
         Served {
+            counters,
             tls: crate::tls::server_config(&view, settings.http2).map(tokio_rustls::TlsAcceptor::from),
             settings,
             view,

@@ -151,6 +151,24 @@ impl Metric {
         });
     }
 
+    /// Adds many observations at once: `cumulative[i]` of them at most the i-th bucket's
+    /// bound, `count` in all, summing to `sum`.
+    pub fn observe_bulk(&self, labels: &[&str], cumulative: &[u64], sum: f64, count: u64) {
+        let k = self.key(labels);
+        self.with(|f| {
+            let n = f.buckets.len();
+            let h = f.histograms.entry(k).or_insert_with(|| Histogram {
+                counts: vec![0; n],
+                ..Default::default()
+            });
+            for (c, add) in h.counts.iter_mut().zip(cumulative) {
+                *c += add;
+            }
+            h.sum += sum;
+            h.count += count;
+        });
+    }
+
     /// A counter's current value (tests).
     pub fn value(&self, labels: &[&str]) -> f64 {
         let k = self.key(labels);

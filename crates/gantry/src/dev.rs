@@ -106,14 +106,19 @@ impl LbArgs {
     }
 
     /// Runs the load balancer data plane until `stop`.
+    /// Serves the load balancers; their AWS/ApplicationELB metrics go to `metrics` every
+    /// `every`.
     pub fn spawn_data_plane(
         &self,
         control: &Control,
+        (metrics, every): (Metrics, Duration),
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let opts = gantry_lb::Options {
             hosts_file: Some(self.hosts_file.clone()),
             tag: self.lb_network.to_string(),
+            metrics: Some(metrics),
+            metrics_every: every,
         };
         tokio::spawn(gantry_lb::run(self.elb(control), control.store.clone(), opts, stop))
     }
@@ -413,7 +418,8 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         Default::default(),
         stop_rx.clone(),
     ));
-    let data_plane = a.lb.spawn_data_plane(&control, stop_rx.clone());
+    let data_plane =
+        a.lb.spawn_data_plane(&control, (metrics.clone(), usage_every), stop_rx.clone());
     let control_for_exit = control.clone();
     let elb = a.lb.elb(&control);
     let api = gantry_aws::Api {

@@ -169,9 +169,10 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         "gantry server: APIs on {endpoint}, agents on https://{} (account {}, region {})",
         a.agent_listen, creds.account_id, a.region
     );
-    let data_plane = a
-        .serve_load_balancers
-        .then(|| a.lb.spawn_data_plane(&control, stop_rx.clone()));
+    let data_plane = a.serve_load_balancers.then(|| {
+        let every = Duration::from_secs(args.metrics_interval);
+        a.lb.spawn_data_plane(&control, (metrics.clone(), every), stop_rx.clone())
+    });
     let elb = a.lb.elb(&control);
     let api = gantry_aws::Api {
         control,

@@ -392,19 +392,22 @@ fn tracked_metric(
 ) -> Result<serde_json::Map<String, Value>, ScalingError> {
     let (cluster, service) = super::service_of(&policy.resource_id)?;
     let dims = json!([{"Name": "ClusterName", "Value": cluster}, {"Name": "ServiceName", "Value": service}]);
-    let v = if let Some(p) = &t.predefined_metric_specification {
+    let v = if let Some(p) = t
+        .predefined_metric_specification
+        .as_ref()
+        .filter(|p| p.predefined_metric_type == "ALBRequestCountPerTarget")
+    {
+        requests_per_target(p)?
+    } else if let Some(p) = &t.predefined_metric_specification {
         let name = match p.predefined_metric_type.as_str() {
             "ECSServiceAverageCPUUtilization" | "ECSServiceAverageCPUUtilizationHighResolution" => "CPUUtilization",
             "ECSServiceAverageMemoryUtilization" | "ECSServiceAverageMemoryUtilizationHighResolution" => {
                 "MemoryUtilization"
             }
-            other => {
-                return Err(ScalingError::invalid(format!(
-                    "Unsupported predefined metric type {other} for ECS: Gantry tracks ECSServiceAverageCPUUtilization \
-                     and ECSServiceAverageMemoryUtilization (and their HighResolution forms); ALBRequestCountPerTarget \
-                     needs the load balancer metrics, not published yet."
-                )))
-            }
+            other => return Err(ScalingError::invalid(format!(
+                "Unsupported predefined metric type {other} for ECS: Gantry tracks ECSServiceAverageCPUUtilization, \
+                     ECSServiceAverageMemoryUtilization (and their HighResolution forms) and ALBRequestCountPerTarget."
+            ))),
         };
         json!({"Namespace": "AWS/ECS", "MetricName": name, "Dimensions": dims, "Statistic": "Average", "Period": HIGH_PERIOD_S})
     } else {
@@ -422,4 +425,28 @@ fn tracked_metric(
         }
     };
     Ok(v.as_object().expect("object").clone())
+}
+
+/// ALBRequestCountPerTarget: requests per healthy target per minute (AWS's meaning of the
+/// target value), from 10-second sums of AWS/ApplicationELB RequestCountPerTarget.
+fn requests_per_target(p: &Predefined) -> Result<Value, ScalingError> {
+    let label = p.resource_label.as_deref().ok_or_else(|| {
+        ScalingError::invalid("ResourceLabel is required for ALBRequestCountPerTarget: app/LB/ID/targetgroup/TG/ID.")
+    })?;
+    let group = match label.split_once("/targetgroup/") {
+        Some((lb, tg)) if lb.starts_with("app/") && tg.split('/').count() == 2 => format!("targetgroup/{tg}"),
+        _ => {
+            return Err(ScalingError::invalid(format!(
+                "ResourceLabel {label} is not of the form app/LB/ID/targetgroup/TG/ID."
+            )))
+        }
+    };
+    Ok(json!({"Metrics": [
+        {"Id": "requests", "ReturnData": false, "MetricStat": {
+            "Metric": {"Namespace": "AWS/ApplicationELB", "MetricName": "RequestCountPerTarget",
+                       "Dimensions": [{"Name": "TargetGroup", "Value": group}]},
+            "Period": HIGH_PERIOD_S, "Stat": "Sum"}},
+        {"Id": "per_minute", "Expression": format!("requests * {}", 60 / HIGH_PERIOD_S),
+         "Label": "RequestCountPerTarget per minute"},
+    ]}))
 }
