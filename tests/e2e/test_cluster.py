@@ -62,6 +62,9 @@ class Agent(Gantry):
         self.name = name
         log = open(os.path.join(self.dir, "dev.log"), "a")
         extra = ["--capacity-provider", pool] if pool else []
+        if not hasattr(self, "metrics_port"):
+            self.metrics_port = free_port()
+        extra += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
         self.proc = subprocess.Popen([GANTRY, *self.node_args, "agent", "--server", ",".join(servers),
                                       "--join-token-file", token_file, "--node", name, "--zone", zone, *extra],
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -328,8 +331,14 @@ def test_task_metrics_reach_every_server_and_only_from_the_tasks_node(cluster):
         return [d["Maximum"] for d in out["Datapoints"]]
     for s in servers:
         assert max(wait_for(f"CPU utilisation on {s.endpoint}", lambda: cpu(s), 60)) > 50
-    # Another node's certificate, reporting this task.
+    # The task's node counted its start in its own Prometheus metrics.
     zone = ecs.describe_tasks(cluster="default", tasks=[tid])["tasks"][0]["availabilityZone"]
+    node = agents["abc".index(zone[-1])]
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    started = [line for line in text.splitlines() if line.startswith('gantry_task_start_seconds_count{phase="total"}')]
+    assert started and float(started[0].split()[-1]) >= 1, text[:2000]
+    # Another node's certificate, reporting this task.
     reporter = agents[("abc".index(zone[-1]) + 1) % 3]
     ident = os.path.join(reporter.dir, "data", "identity")
     ctx = ssl.create_default_context(cafile=os.path.join(ident, "ca.pem"))

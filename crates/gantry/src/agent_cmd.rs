@@ -46,6 +46,10 @@ pub struct AgentArgs {
     /// (comma-separated; default: the nameservers of /etc/resolv.conf).
     #[arg(long, env = "GANTRY_DNS_UPSTREAM", value_delimiter = ',')]
     dns_upstream: Vec<String>,
+    /// Serve this node's Prometheus metrics (task start phases, start and pull failures,
+    /// essential exits) at `http://ADDR/metrics`; off unless given.
+    #[arg(long, env = "GANTRY_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
@@ -150,6 +154,16 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
     });
     crate::dev::start_resolver(gateway, &a.dns_upstream, fetch, stop_rx.clone()).await?;
     let usage_every = std::time::Duration::from_secs(args.metrics_interval);
+    if let Some(addr) = a.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener {addr}"))?;
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async { ([("content-type", gantry_prom::CONTENT_TYPE)], gantry_prom::render(&[])) }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     let agent = gantry_agent::Agent::new(link, node.clone(), spec, usage_every);
     agent.register().await;
     tokio::spawn(gantry_agent::keep_pool_warm(node.clone(), a.warm_pool, stop_rx.clone()));

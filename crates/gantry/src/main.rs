@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod bench;
 mod bench_placement;
+mod bench_retention;
 mod client;
 mod debug_run;
 mod dev;
@@ -146,6 +147,8 @@ enum DebugCmd {
     Bench(bench::BenchArgs),
     /// Benchmark the scheduler alone over a simulated cluster of many nodes.
     BenchPlacement(bench_placement::BenchPlacementArgs),
+    /// Measure the disk a metric series costs over a month of CloudWatch retention.
+    BenchRetention(bench_retention::BenchRetentionArgs),
 }
 
 impl NodeArgs {
@@ -251,6 +254,7 @@ fn main() {
         })(),
         Cmd::Debug(DebugCmd::Bench(a)) => bench::run(&cli.node, a),
         Cmd::Debug(DebugCmd::BenchPlacement(a)) => bench_placement::run(a),
+        Cmd::Debug(DebugCmd::BenchRetention(a)) => bench_retention::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -404,10 +404,12 @@ fn tracked_metric(
             "ECSServiceAverageMemoryUtilization" | "ECSServiceAverageMemoryUtilizationHighResolution" => {
                 "MemoryUtilization"
             }
-            other => return Err(ScalingError::invalid(format!(
+            other => {
+                return Err(ScalingError::invalid(format!(
                 "Unsupported predefined metric type {other} for ECS: Gantry tracks ECSServiceAverageCPUUtilization, \
                      ECSServiceAverageMemoryUtilization (and their HighResolution forms) and ALBRequestCountPerTarget."
-            ))),
+            )))
+            }
         };
         json!({"Namespace": "AWS/ECS", "MetricName": name, "Dimensions": dims, "Statistic": "Average", "Period": HIGH_PERIOD_S})
     } else {

@@ -271,6 +271,11 @@ impl MetricStore {
             .map_err(be)
     }
 
+    /// Gives deleted pages back to the file system (the retention benchmark's measure).
+    pub fn vacuum(&self) -> Result<(), MetricsError> {
+        self.conn().execute_batch("VACUUM").map_err(be)
+    }
+
     /// Rows of datapoints held, for tests and the retention claim.
     pub fn point_count(&self) -> Result<i64, MetricsError> {
         self.conn()
