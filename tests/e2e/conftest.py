@@ -177,6 +177,15 @@ def logs(gantry):
 NETWORK = {"awsvpcConfiguration": {"subnets": ["subnet-gantry1"], "assignPublicIp": "DISABLED"}}
 
 
+def wait_for(what, check, timeout=60, poll=0.2):
+    """Polls `check` until it returns something truthy (returned), failing after `timeout`."""
+    deadline = time.time() + timeout
+    while not (got := check()):
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+    return got
+
+
 def register(ecs, family, containers, cpu="256", memory="512"):
     for c in containers:
         c.setdefault("image", IMAGE)

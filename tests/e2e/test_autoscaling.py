@@ -7,7 +7,7 @@ import time
 import botocore.exceptions
 import pytest
 
-from conftest import NETWORK, register
+from conftest import NETWORK, register, wait_for
 
 RESOURCE = "service/scaling/burner"
 
@@ -20,16 +20,6 @@ def aas(gantry):
 def desired(ecs):
     s = ecs.describe_services(cluster="scaling", services=["burner"])["services"][0]
     return s["desiredCount"], s["runningCount"]
-
-
-def wait_for(what, check, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = check()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_target_tracking_scales_out_fast_and_in_gradually(gantry, ecs, aas):

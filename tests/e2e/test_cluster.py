@@ -19,7 +19,7 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import ACCOUNT, GANTRY, KEY, SECRET, Gantry, awslogs, free_port, register, run
+from conftest import ACCOUNT, GANTRY, Gantry, KEY, SECRET, awslogs, free_port, register, run, wait_for
 from test_etcd import etcd, etcd_member  # noqa: F401  (fixtures)
 
 NODE_TIMEOUT = "5"
@@ -73,16 +73,6 @@ class Agent(Gantry):
 def ecs_of(agent, server):
     agent.endpoint = server.endpoint
     return agent.client("ecs")
-
-
-def wait_for(what, check, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = check()
-        if v:
-            return v
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

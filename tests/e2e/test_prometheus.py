@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import NETWORK, ROOT, Gantry, free_port, register
+from conftest import Gantry, NETWORK, ROOT, free_port, register, wait_for
 
 RULES = os.path.join(ROOT, "deploy", "prometheus")
 
@@ -88,16 +88,6 @@ def api(url, path, **params):
         body = json.loads(r.read())
     assert body["status"] == "success", body
     return body["data"]
-
-
-def wait_for(what, check, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = check()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def value(url, query):

@@ -9,7 +9,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import NETWORK, STUB_ADDRESS, awslogs, register
+from conftest import NETWORK, STUB_ADDRESS, awslogs, register, wait_for
 
 
 def gateway(gantry):
@@ -24,16 +24,6 @@ def resolve(server, name, qtype="a"):
     if qtype == "srv":
         return sorted(re.findall(r"service = (\d+ \d+ \d+ \S+)", out))
     return sorted(re.findall(r"^Address: (\S+)$", out, re.M))
-
-
-def wait_for(what, check, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_service_tasks_resolve_by_name_from_inside_tasks(gantry, ecs, logs):

@@ -7,20 +7,12 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from conftest import NETWORK, register
+from conftest import NETWORK, register, wait_for
 from test_elbv2 import SERVE, target_group, wait_health
 
 
 def code(e):
     return e.value.response["Error"]["Code"]
-
-
-def wait_for(what, check, timeout=60):
-    deadline = time.time() + timeout
-    while not (got := check()):
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return got
 
 
 def test_a_canary_with_task_sets(gantry, ecs):

@@ -38,6 +38,17 @@ struct Family {
     histograms: BTreeMap<Labels, Histogram>,
 }
 
+impl Family {
+    /// A labelled histogram, made empty on first use.
+    fn histogram(&mut self, k: Labels) -> &mut Histogram {
+        let n = self.buckets.len();
+        self.histograms.entry(k).or_insert_with(|| Histogram {
+            counts: vec![0; n],
+            ..Default::default()
+        })
+    }
+}
+
 fn registry() -> &'static Mutex<BTreeMap<&'static str, Family>> {
     static R: OnceLock<Mutex<BTreeMap<&'static str, Family>>> = OnceLock::new();
     R.get_or_init(Default::default)
@@ -136,12 +147,9 @@ impl Metric {
     pub fn observe(&self, labels: &[&str], v: f64) {
         let k = self.key(labels);
         self.with(|f| {
-            let n = f.buckets.len();
-            let h = f.histograms.entry(k).or_insert_with(|| Histogram {
-                counts: vec![0; n],
-                ..Default::default()
-            });
-            for (i, b) in f.buckets.iter().enumerate() {
+            let buckets = f.buckets;
+            let h = f.histogram(k);
+            for (i, b) in buckets.iter().enumerate() {
                 if v <= *b {
                     h.counts[i] += 1;
                 }
@@ -156,11 +164,7 @@ impl Metric {
     pub fn observe_bulk(&self, labels: &[&str], cumulative: &[u64], sum: f64, count: u64) {
         let k = self.key(labels);
         self.with(|f| {
-            let n = f.buckets.len();
-            let h = f.histograms.entry(k).or_insert_with(|| Histogram {
-                counts: vec![0; n],
-                ..Default::default()
-            });
+            let h = f.histogram(k);
             for (c, add) in h.counts.iter_mut().zip(cumulative) {
                 *c += add;
             }

@@ -303,12 +303,13 @@ impl AutoScaling {
             .map(|r| r.target)
             .filter(|t| i.resource_ids.as_ref().is_none_or(|ids| ids.contains(&t.resource_id)))
             .collect();
-        let (page, next) = paginate(targets, |t| t.resource_id.clone(), i.max_results, i.next_token)?;
-        let mut out = json!({"ScalableTargets": page});
-        if let Some(n) = next {
-            out["NextToken"] = json!(n);
-        }
-        Ok(out)
+        paginate(
+            "ScalableTargets",
+            targets,
+            |t| t.resource_id.clone(),
+            i.max_results,
+            i.next_token,
+        )
     }
 
     pub async fn deregister_scalable_target(&self, scope: &Scope, input: Value) -> Result<Value, ScalingError> {
@@ -394,24 +395,26 @@ impl AutoScaling {
     }
 }
 
-/// One page of `items` in key order after `token`, and the token of the next page.
+/// One page of `items` in key order after `token`, as `{list: [...], NextToken}`.
 fn paginate<T: Serialize>(
+    list: &str,
     mut items: Vec<T>,
     key: impl Fn(&T) -> String,
     max: Option<i64>,
     token: Option<String>,
-) -> Result<(Vec<T>, Option<String>), ScalingError> {
+) -> Result<Value, ScalingError> {
     let max = max.unwrap_or(50).clamp(1, 50) as usize;
     items.sort_by_key(|i| key(i));
     if let Some(t) = &token {
         items.retain(|i| &key(i) > t);
     }
-    if items.len() > max {
-        items.truncate(max);
-        let next = key(&items[max - 1]);
-        return Ok((items, Some(next)));
+    let next = (items.len() > max).then(|| key(&items[max - 1]));
+    items.truncate(max);
+    let mut out = json!({ list: items });
+    if let Some(n) = next {
+        out["NextToken"] = json!(n);
     }
-    Ok((items, None))
+    Ok(out)
 }
 
 /// The policy and what the controller remembers of it.

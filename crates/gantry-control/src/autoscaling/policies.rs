@@ -266,12 +266,13 @@ impl AutoScaling {
                     && i.policy_names.as_ref().is_none_or(|n| n.contains(&p.policy_name))
             })
             .collect();
-        let (page, next) = paginate(policies, |p| p.policy_arn.clone(), i.max_results, i.next_token)?;
-        let mut out = json!({"ScalingPolicies": page});
-        if let Some(n) = next {
-            out["NextToken"] = json!(n);
-        }
-        Ok(out)
+        paginate(
+            "ScalingPolicies",
+            policies,
+            |p| p.policy_arn.clone(),
+            i.max_results,
+            i.next_token,
+        )
     }
 
     pub async fn delete_scaling_policy(&self, scope: &Scope, input: Value) -> Result<Value, ScalingError> {

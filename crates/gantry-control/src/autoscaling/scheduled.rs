@@ -182,12 +182,13 @@ impl AutoScaling {
                         .is_none_or(|n| n.contains(&a.scheduled_action_name))
             })
             .collect();
-        let (page, next) = paginate(actions, |a| a.scheduled_action_arn.clone(), i.max_results, i.next_token)?;
-        let mut out = json!({ "ScheduledActions": page });
-        if let Some(n) = next {
-            out["NextToken"] = json!(n);
-        }
-        Ok(out)
+        paginate(
+            "ScheduledActions",
+            actions,
+            |a| a.scheduled_action_arn.clone(),
+            i.max_results,
+            i.next_token,
+        )
     }
 
     pub async fn delete_scheduled_action(&self, scope: &Scope, input: Value) -> Result<Value, ScalingError> {
