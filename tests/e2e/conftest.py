@@ -159,9 +159,12 @@ class Gantry:
 @pytest.fixture(scope="session")
 def gantry():
     g = Gantry()
-    g.start()
-    yield g
-    g.cleanup()
+    try:
+        g.start()
+        yield g
+    finally:
+        # Also when it failed to start: what it set up before failing goes too.
+        g.cleanup()
 
 
 @pytest.fixture

@@ -379,3 +379,23 @@ def test_long_arn_format_settings_change_the_arns_issued(ecs):
     t = ecs.run_task(cluster="shortarn", taskDefinition="short-arn", launchType="FARGATE", networkConfiguration=NETWORK)["tasks"][0]
     assert "/shortarn/" in t["taskArn"]
     ecs.stop_task(cluster="shortarn", task=t["taskArn"])
+
+
+def test_a_subnet_already_on_another_interface_is_refused():
+    """A bridge left by another Gantry (or any interface) in the subnet would take the tasks'
+    traffic: gantry dev refuses to start, naming it."""
+    import os
+    import subprocess
+    from conftest import GANTRY, Gantry
+    g = Gantry(instance=6)
+    dummy = f"gd{os.getpid() % 100000}"  # a bridge: dummy links are not built into this kernel
+    subprocess.run(["ip", "link", "add", dummy, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", "10.217.6.1/24", "dev", dummy], check=True)
+        p = subprocess.run([GANTRY, *g.node_args, "dev", "--listen", f"127.0.0.1:{g.port}", "--no-profile"],
+                           env=g.env, capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0
+        assert f"subnet 10.217.6.0/24 overlaps 10.217.6.1/24 on {dummy}" in p.stderr, p.stderr
+    finally:
+        subprocess.run(["ip", "link", "del", dummy], check=False)
+        g.cleanup()

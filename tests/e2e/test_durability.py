@@ -14,9 +14,11 @@ from conftest import Gantry, register, run, wait_stopped
 @pytest.fixture
 def fresh():
     g = Gantry(instance=1)
-    g.start()
-    yield g
-    g.cleanup()
+    try:
+        g.start()
+        yield g
+    finally:
+        g.cleanup()
 
 
 def container_pids(g, task_arn):

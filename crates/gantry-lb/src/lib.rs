@@ -82,8 +82,22 @@ impl Snapshot {
         }
     }
 
-    /// Each target group's load balancer and health, for the metrics.
+    /// Each target group's load balancer (the one whose listener forwards to it) and health,
+    /// for the metrics.
     fn health(&self) -> HashMap<String, traffic::GroupHealth> {
+        let mut lb_of: HashMap<String, String> = HashMap::new();
+        for l in self.listeners.values() {
+            let l = &l.view;
+            let mut groups = forwarded_groups(l.default_actions());
+            for r in &l.rules {
+                groups.extend(forwarded_groups(&r.actions));
+            }
+            for g in groups {
+                lb_of
+                    .entry(g)
+                    .or_insert_with(|| l.load_balancer.load_balancer_arn.clone());
+            }
+        }
         self.groups
             .iter()
             .map(|(arn, p)| {
@@ -93,7 +107,7 @@ impl Snapshot {
                     "unhealthy" => (h, u + 1),
                     _ => (h, u),
                 });
-                let load_balancer = p.view.group.load_balancer_arns.first().cloned();
+                let load_balancer = lb_of.get(arn).cloned();
                 (
                     arn.clone(),
                     traffic::GroupHealth {

@@ -51,6 +51,13 @@ impl std::fmt::Display for Subnet {
 
 impl Subnet {
     /// The first host address, used by the bridge as the tasks' gateway.
+    /// Whether this subnet and `addr/prefix` share any address.
+    pub fn overlaps(&self, addr: Ipv4Addr, prefix: u8) -> bool {
+        let shorter = self.prefix.min(prefix).min(32);
+        let mask = if shorter == 0 { 0 } else { u32::MAX << (32 - shorter) };
+        u32::from(self.network) & mask == u32::from(addr) & mask
+    }
+
     pub fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.network) + 1)
     }
@@ -194,5 +201,27 @@ mod tests {
         for s in ["10.0.0.0", "10.0.0.0/31", "10.0.0.0/4", "x/16"] {
             assert!(s.parse::<Subnet>().is_err(), "{s}");
         }
+    }
+}
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+
+    #[test]
+    fn subnets_overlap_when_they_share_an_address() {
+        let s = Subnet {
+            network: Ipv4Addr::new(10, 217, 0, 0),
+            prefix: 24,
+        };
+        assert!(s.overlaps(Ipv4Addr::new(10, 217, 0, 1), 24));
+        assert!(s.overlaps(Ipv4Addr::new(10, 0, 0, 1), 8), "a wider network holds it");
+        assert!(s.overlaps(Ipv4Addr::new(10, 217, 0, 77), 32));
+        assert!(!s.overlaps(Ipv4Addr::new(10, 217, 1, 1), 24));
+        assert!(!s.overlaps(Ipv4Addr::new(127, 0, 0, 1), 8));
+        let loopback = crate::sys::ipv4_addresses().unwrap();
+        assert!(loopback
+            .iter()
+            .any(|(n, a, p)| n == "lo" && *a == Ipv4Addr::LOCALHOST && *p == 8));
     }
 }

@@ -44,6 +44,16 @@ pub enum NetworkError {
     BridgeFull { bridge: String },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    #[error(
+        "subnet {subnet} overlaps {address}/{prefix} on {interface}: tasks would be unreachable; choose another \
+         --subnet (or remove {interface} if a stopped Gantry left it)"
+    )]
+    SubnetInUse {
+        subnet: String,
+        address: Ipv4Addr,
+        prefix: u8,
+        interface: String,
+    },
 }
 
 fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> NetworkError {
@@ -132,6 +142,19 @@ impl Network {
         }
         sys::mount_propagation(&cfg.netns_dir, libc::MS_SHARED | libc::MS_REC)
             .map_err(io_ctx("making the netns directory shared"))?;
+        // Another interface in the same subnet would take the tasks' traffic: refuse.
+        let addresses = sys::ipv4_addresses().map_err(io_ctx("listing the node's addresses"))?;
+        if let Some((interface, address, prefix)) = addresses
+            .into_iter()
+            .find(|(name, a, p)| *name != cfg.bridge && cfg.subnet.overlaps(*a, *p))
+        {
+            return Err(NetworkError::SubnetInUse {
+                subnet: format!("{}/{}", cfg.subnet.network, cfg.subnet.prefix),
+                address,
+                prefix,
+                interface,
+            });
+        }
         if netlink::link_index(&cfg.bridge).is_none() {
             let mut nl = Netlink::open()?;
             match nl.create_bridge(&cfg.bridge) {
