@@ -1,7 +1,7 @@
 //! Alarm history (DescribeAlarmHistory) and alarm tags. History items are kept 30 days, at
 //! most `MAX_ITEMS` per account and region.
 
-use super::{alarm_key, AlarmRecord, Alarms, MetricAlarm, StateChange, Tag, PREFIX};
+use super::{alarm_key, AlarmRecord, Alarms, MetricAlarm, StateChange, Tag};
 use crate::metrics::MetricsError;
 use crate::records::{RecordError, Records};
 use gantry_types::arn::Scope;
@@ -11,8 +11,12 @@ use serde_json::{json, Value};
 const KEEP_MS: i64 = 30 * 86_400_000;
 const MAX_ITEMS: usize = 10_000;
 
+/// History lives apart from the alarms, so the evaluator's listing of every alarm each second
+/// does not read it.
+const HISTORY: &str = "/cloudwatch-history/";
+
 fn history_prefix(scope: &Scope) -> String {
-    format!("{PREFIX}{}/{}/history/", scope.account, scope.region)
+    format!("{HISTORY}{}/{}/", scope.account, scope.region)
 }
 
 async fn append(records: &Records, scope: &Scope, item: Value, now_ms: i64) -> Result<(), MetricsError> {
@@ -121,10 +125,10 @@ pub(super) async fn describe(records: &Records, scope: &Scope, input: Value) -> 
 
 /// Drops history older than 30 days, and the oldest beyond `MAX_ITEMS` per scope.
 pub(super) async fn prune(records: &Records, now_ms: i64) -> Result<(), MetricsError> {
-    let (keys, _) = records.store.list_keys(PREFIX).await.map_err(RecordError::Store)?;
+    let (keys, _) = records.store.list_keys(HISTORY).await.map_err(RecordError::Store)?;
     let mut per_scope: std::collections::HashMap<String, Vec<&str>> = Default::default();
     for kv in &keys {
-        if let Some((scope, stamp)) = kv.key.split_once("/history/") {
+        if let Some((scope, stamp)) = kv.key.rsplit_once('/') {
             per_scope.entry(scope.to_string()).or_default().push(stamp);
             let ts: i64 = stamp.split('-').next().and_then(|t| t.parse().ok()).unwrap_or(0);
             if ts < now_ms - KEEP_MS {
@@ -136,7 +140,7 @@ pub(super) async fn prune(records: &Records, now_ms: i64) -> Result<(), MetricsE
         if stamps.len() > MAX_ITEMS {
             stamps.sort();
             for s in &stamps[..stamps.len() - MAX_ITEMS] {
-                records.delete(&format!("{scope}/history/{s}")).await?;
+                records.delete(&format!("{scope}/{s}")).await?;
             }
         }
     }

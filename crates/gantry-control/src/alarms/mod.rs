@@ -3,9 +3,9 @@
 //! alarms kept in the store and evaluated by the leader's controller (`evaluate_all`) against
 //! the metric data.
 //!
-//! Store layout, under `/cloudwatch/<account>/<region>/`: `alarms/<name>` (the alarm as
-//! DescribeAlarms shows it, and its tags) and `history/<ms>-<random>` (one item per state or
-//! configuration change, kept 30 days).
+//! Store layout: `/cloudwatch/<account>/<region>/alarms/<name>` (the alarm as DescribeAlarms
+//! shows it, and its tags) and `/cloudwatch-history/<account>/<region>/<ms>-<seq>-<random>`
+//! (one item per state or configuration change, kept 30 days).
 
 pub mod evaluate;
 mod history;
@@ -140,7 +140,11 @@ pub struct Alarms {
     records: Records,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
+    /// When history was last pruned (ms): pruning lists all of it, so it runs every 10 minutes.
+    pruned_at: Arc<std::sync::atomic::AtomicI64>,
 }
+
+const PRUNE_EVERY_MS: i64 = 600_000;
 
 /// Alarm names may hold '/': keys escape it (and '%') so names never nest.
 fn key_segment(name: &str) -> String {
@@ -173,6 +177,7 @@ impl Alarms {
             records: Records::new(store),
             metrics,
             clock,
+            pruned_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         }
     }
 
@@ -593,7 +598,11 @@ impl Alarms {
                 Err(e) => tracing::warn!(alarm = %rec.alarm.alarm_name, error = %e, "evaluating an alarm"),
             }
         }
-        history::prune(&self.records, now_ms).await?;
+        let last = self.pruned_at.load(std::sync::atomic::Ordering::Relaxed);
+        if now_ms - last >= PRUNE_EVERY_MS {
+            self.pruned_at.store(now_ms, std::sync::atomic::Ordering::Relaxed);
+            history::prune(&self.records, now_ms).await?;
+        }
         Ok(moved)
     }
 

@@ -1,6 +1,6 @@
 //! Scaling activities: what the controller did and why, in Application Auto Scaling's words.
 
-use super::{check_ecs, parse, scope_prefix, AutoScaling, ScalingError, DIMENSION};
+use super::{check_ecs, parse, AutoScaling, ScalingError, DIMENSION};
 use gantry_types::arn::Scope;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 const KEEP_MS: i64 = 42 * 86_400_000;
 const MAX_ITEMS: usize = 5000;
 
+/// Activities live apart from the targets and policies the controller lists every second.
 fn prefix(scope: &Scope) -> String {
-    format!("{}activities/", scope_prefix(scope))
+    format!("/autoscaling-activities/{}/{}/", scope.account, scope.region)
 }
 
 impl AutoScaling {

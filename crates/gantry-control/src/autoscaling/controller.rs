@@ -8,6 +8,7 @@ use super::policies::{policy_key, ScalingPolicy, DEFAULT_COOLDOWN_S};
 use super::{service_of, AutoScaling, PolicyRecord, ScalingError, TargetRecord, PREFIX};
 use crate::services::UpdateServiceRequest;
 use gantry_types::arn::Scope;
+use std::sync::atomic::Ordering;
 
 /// What one policy asks for, and why.
 struct Proposal {
@@ -49,8 +50,11 @@ pub async fn run_once(a: &AutoScaling) -> Result<usize, ScalingError> {
         }
         scopes.insert((scope.account.clone(), scope.region.clone()));
     }
-    for (account, region) in scopes {
-        a.prune_activities(&Scope { account, region }, now_ms).await?;
+    if now_ms - a.pruned_at.load(Ordering::Relaxed) >= 600_000 {
+        a.pruned_at.store(now_ms, Ordering::Relaxed);
+        for (account, region) in scopes {
+            a.prune_activities(&Scope { account, region }, now_ms).await?;
+        }
     }
     Ok(resized)
 }

@@ -6,8 +6,8 @@
 //!
 //! Store layout, under `/autoscaling/<account>/<region>/`: `targets/<resource>`,
 //! `policies/<resource>/<name>`, `scheduled/<resource>/<name>` (resource ids escaped: they
-//! hold '/'), and
-//! `activities/<ms>-<random>` (kept 6 weeks, 5,000 per region).
+//! hold '/'); activities under `/autoscaling-activities/<account>/<region>/<ms>-<seq>-<random>`
+//! (kept 6 weeks, 5,000 per region).
 
 mod activities;
 mod controller;
@@ -167,6 +167,8 @@ pub struct AutoScaling {
     pub(crate) alarms: Alarms,
     pub(crate) records: Records,
     pub(crate) clock: Arc<dyn Clock>,
+    /// When activities were last pruned (ms): every 10 minutes.
+    pub(crate) pruned_at: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl AutoScaling {
@@ -176,6 +178,7 @@ impl AutoScaling {
             clock: control.clock.clone(),
             control,
             alarms,
+            pruned_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         }
     }
 
