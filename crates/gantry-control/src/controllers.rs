@@ -31,14 +31,64 @@ impl Default for Settings {
 /// Stopped tasks stay visible this long, as in ECS (an hour or more).
 const KEEP_STOPPED_SECS: f64 = 3.0 * 3600.0;
 
+/// How often Container Insights' counts are published.
+const INSIGHTS_EVERY: Duration = Duration::from_secs(10);
+
+/// Publishes ECS/ContainerInsights counts for the clusters that enabled it (their setting is
+/// read once per pass for each cluster that has services or tasks).
+pub async fn publish_insights(control: &Control, metrics: &Metrics) -> Result<(), String> {
+    let services: Vec<_> = control.all_services().await.map_err(|e| e.to_string())?;
+    let tasks: Vec<_> = control.all_tasks().await.map_err(|e| e.to_string())?;
+    let mut candidates = std::collections::BTreeSet::new();
+    for (_, s, _) in &services {
+        candidates.insert((s.account.clone(), s.region.clone(), s.cluster.clone()));
+    }
+    for (_, t, _) in &tasks {
+        candidates.insert((t.account.clone(), t.region.clone(), t.cluster.clone()));
+    }
+    let mut enabled = std::collections::BTreeSet::new();
+    for (account, region, cluster) in candidates {
+        let scope = gantry_types::arn::Scope { account, region };
+        let Ok(c) = control.active_cluster(&scope, Some(&cluster)).await else {
+            continue;
+        };
+        let on = c
+            .settings
+            .iter()
+            .flatten()
+            .any(|s| s.name == "containerInsights" && (s.value == "enabled" || s.value == "enhanced"));
+        if on {
+            enabled.insert((scope.account, scope.region, c.cluster_name));
+        }
+    }
+    if enabled.is_empty() {
+        return Ok(());
+    }
+    let services: Vec<_> = services.into_iter().map(|(_, s, _)| s).collect();
+    let tasks: Vec<_> = tasks.into_iter().map(|(_, t, _)| t).collect();
+    let now = control.clock.now_ms();
+    let ts = (now - INSIGHTS_EVERY.as_millis() as i64).div_euclid(1000) * 1000;
+    let mut by_scope: std::collections::BTreeMap<(String, String), Vec<crate::metrics::Published>> = Default::default();
+    for (scope, p) in crate::metrics::insights::datapoints(&enabled, &services, &tasks, ts) {
+        by_scope.entry((scope.account, scope.region)).or_default().push(p);
+    }
+    for ((account, region), data) in by_scope {
+        let scope = gantry_types::arn::Scope { account, region };
+        metrics.publish(&scope, data).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// How often CloudWatch alarms are evaluated (and scaling policies act on them): a period's
 /// verdict is known within a second of its end.
 const ALARM_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs every controller until `stop` flips (or its sender goes).
 pub async fn run(control: Control, metrics: Metrics, settings: Settings, mut stop: watch::Receiver<bool>) {
-    let alarms = Alarms::new(control.store.clone(), metrics, control.clock.clone());
+    let alarms = Alarms::new(control.store.clone(), metrics.clone(), control.clock.clone());
     let scaling = AutoScaling::new(control.clone(), alarms.clone());
+    let mut insights = tokio::time::interval(INSIGHTS_EVERY);
+    insights.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut alarm_ticks = tokio::time::interval(ALARM_EVERY);
     alarm_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut services = tokio::time::interval(Duration::from_millis(250));
@@ -60,6 +110,11 @@ pub async fn run(control: Control, metrics: Metrics, settings: Settings, mut sto
                 }
             }
             _ = housekeeping.tick() => housekeep(&control).await,
+            _ = insights.tick() => {
+                if let Err(e) = publish_insights(&control, &metrics).await {
+                    tracing::warn!(error = %e, "publishing Container Insights");
+                }
+            }
             _ = alarm_ticks.tick() => {
                 if let Err(e) = alarms.evaluate_all().await {
                     tracing::warn!(error = %e, "evaluating alarms");

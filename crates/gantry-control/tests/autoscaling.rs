@@ -443,3 +443,52 @@ async fn request_count_per_target_is_tracked_per_minute() {
     run_once(&w.scaling).await.unwrap();
     assert_eq!(w.desired().await, 2);
 }
+
+#[tokio::test]
+async fn container_insights_counts_for_clusters_that_enable_it() {
+    use gantry_types::model::ClusterSetting;
+    let w = world(2).await;
+    let settings = vec![ClusterSetting {
+        name: "containerInsights".into(),
+        value: "enabled".into(),
+    }];
+    w.control
+        .create_cluster(&scope(), Some("insights"), None, Some(settings))
+        .await
+        .unwrap();
+    let req: CreateServiceRequest = serde_json::from_value(json!({
+        "cluster": "insights", "serviceName": "api", "taskDefinition": "web", "desiredCount": 3,
+        "launchType": "FARGATE", "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
+    }))
+    .unwrap();
+    w.control.create_service(&scope(), req).await.unwrap();
+    w.clock.advance(20_000);
+    gantry_control::controllers::publish_insights(&w.control, &w.metrics)
+        .await
+        .unwrap();
+    let now = w.clock.now_ms() as f64 / 1000.0;
+    let stat = |name: &str, dims: Value| {
+        let m = w.metrics.clone();
+        let input = json!({"Namespace": "ECS/ContainerInsights", "MetricName": name, "Dimensions": dims,
+                           "StartTime": now - 60.0, "EndTime": now + 60.0, "Period": 60, "Statistics": ["Maximum"]});
+        async move {
+            let out = m.get_metric_statistics(&scope(), input).await.unwrap();
+            out["Datapoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["Maximum"].as_f64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let svc = json!([{"Name": "ClusterName", "Value": "insights"}, {"Name": "ServiceName", "Value": "api"}]);
+    assert_eq!(stat("DesiredTaskCount", svc.clone()).await, [3.0]);
+    assert_eq!(stat("DeploymentCount", svc).await, [1.0]);
+    assert_eq!(
+        stat("ServiceCount", json!([{"Name": "ClusterName", "Value": "insights"}])).await,
+        [1.0]
+    );
+    // The default cluster did not enable it.
+    let web = json!([{"Name": "ClusterName", "Value": "default"}, {"Name": "ServiceName", "Value": "web"}]);
+    assert!(stat("DesiredTaskCount", web).await.is_empty());
+}

@@ -5,6 +5,7 @@
 //! checked here, in CloudWatch's words.
 
 pub mod ecs;
+pub mod insights;
 pub mod math;
 mod put;
 mod query;
