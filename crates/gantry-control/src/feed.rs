@@ -318,6 +318,32 @@ pub async fn trim<C: FeedCopy>(store: &dyn Store, oldest_kept: i64) -> Result<us
     Ok(gone.len())
 }
 
+/// Where a SQLite copy (logs.db, metrics.db) records the last feed revision it applied: a
+/// `replica` table its schema creates.
+pub mod position {
+    use rusqlite::{params, Connection, OptionalExtension};
+
+    /// The table, for the copy's schema.
+    pub const TABLE: &str = "CREATE TABLE IF NOT EXISTS replica (k TEXT PRIMARY KEY, v INTEGER);";
+
+    /// The last revision applied (0: none).
+    pub fn read(c: &Connection) -> rusqlite::Result<i64> {
+        c.query_row("SELECT v FROM replica WHERE k = 'applied'", [], |r| r.get(0))
+            .optional()
+            .map(|v| v.unwrap_or(0))
+    }
+
+    /// Records `rev` as applied (never moving backwards); inside the write's own transaction
+    /// when given one.
+    pub fn advance(c: &Connection, rev: i64) -> rusqlite::Result<()> {
+        c.execute(
+            "INSERT INTO replica (k, v) VALUES ('applied', ?1) ON CONFLICT (k) DO UPDATE SET v = MAX(v, ?1)",
+            params![rev],
+        )
+        .map(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

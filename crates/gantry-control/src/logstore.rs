@@ -141,10 +141,10 @@ impl LogStore {
              CREATE TABLE IF NOT EXISTS streams (acct TEXT, region TEXT, grp TEXT, name TEXT, created INTEGER, PRIMARY KEY (acct, region, grp, name));
              CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, acct TEXT, region TEXT, grp TEXT, stream TEXT, ts INTEGER, ingested INTEGER, message TEXT);
              CREATE INDEX IF NOT EXISTS events_stream ON events (acct, region, grp, stream, ts, id);
-             CREATE INDEX IF NOT EXISTS events_group ON events (acct, region, grp, ts, id);
-             CREATE TABLE IF NOT EXISTS replica (k TEXT PRIMARY KEY, v INTEGER);",
+             CREATE INDEX IF NOT EXISTS events_group ON events (acct, region, grp, ts, id);",
         )
         .map_err(be)?;
+        conn.execute_batch(crate::feed::position::TABLE).map_err(be)?;
         Ok(LogStore { conn: Mutex::new(conn) })
     }
 
@@ -583,21 +583,11 @@ impl LogStore {
 
     /// The last feed revision this copy has applied (0: none).
     pub fn applied_revision(&self) -> Result<i64, LogsError> {
-        self.conn()
-            .query_row("SELECT v FROM replica WHERE k = 'applied'", [], |r| r.get(0))
-            .optional()
-            .map(|v| v.unwrap_or(0))
-            .map_err(be)
+        crate::feed::position::read(&self.conn()).map_err(be)
     }
 
     pub fn set_applied_revision(&self, rev: i64) -> Result<(), LogsError> {
-        self.conn()
-            .execute(
-                "INSERT INTO replica (k, v) VALUES ('applied', ?1) ON CONFLICT (k) DO UPDATE SET v = MAX(v, ?1)",
-                params![rev],
-            )
-            .map(|_| ())
-            .map_err(be)
+        crate::feed::position::advance(&self.conn(), rev).map_err(be)
     }
 
     /// Deletes events older than each group's retention. Returns how many went.

@@ -429,9 +429,9 @@ async fn forward(
         }
         Err(_) => return error_page(StatusCode::GATEWAY_TIMEOUT),
     };
-    let took = asked.elapsed();
-    served.counters.answered(resp.status().as_u16(), took);
-    group.counters.answered(resp.status().as_u16(), took);
+    let answer = crate::traffic::Answer::of(resp.status().as_u16(), asked.elapsed());
+    served.counters.answered(answer);
+    group.counters.answered(answer);
     let (mut parts, body) = resp.into_parts();
     parts.extensions.insert(FromTarget);
     strip_hop_by_hop(&mut parts.headers);

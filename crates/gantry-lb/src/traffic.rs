@@ -39,6 +39,26 @@ fn bounds() -> &'static [f64] {
     })
 }
 
+/// A target's answer as the counters record it: its status, and how long its headers took
+/// (microseconds and histogram bucket).
+#[derive(Clone, Copy)]
+pub struct Answer {
+    status: u16,
+    micros: u64,
+    bucket: usize,
+}
+
+impl Answer {
+    pub fn of(status: u16, took: Duration) -> Answer {
+        let secs = took.as_secs_f64();
+        Answer {
+            status,
+            micros: took.as_micros() as u64,
+            bucket: bounds().partition_point(|b| *b < secs).min(bounds().len() - 1),
+        }
+    }
+}
+
 /// Counts of one load balancer or target group since the last flush.
 pub struct Counters {
     requests: AtomicU64,
@@ -72,15 +92,17 @@ impl Counters {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A target's answer, and how long its headers took.
-    pub fn answered(&self, status: u16, took: Duration) {
-        if let Some(c) = (status / 100).checked_sub(2).and_then(|i| self.target.get(i as usize)) {
+    /// A target's answer (`Answer::of`, worked out once for the load balancer's and the
+    /// group's counters).
+    pub fn answered(&self, a: Answer) {
+        if let Some(c) = (a.status / 100)
+            .checked_sub(2)
+            .and_then(|i| self.target.get(i as usize))
+        {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        let secs = took.as_secs_f64();
-        let i = bounds().partition_point(|b| *b < secs).min(self.buckets.len() - 1);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        let us = took.as_micros() as u64;
+        self.buckets[a.bucket].fetch_add(1, Ordering::Relaxed);
+        let us = a.micros;
         self.sum_us.fetch_add(us, Ordering::Relaxed);
         self.min_us.fetch_min(us, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
@@ -362,7 +384,7 @@ mod tests {
         for (status, ms) in [(200, 2), (200, 4), (503, 40)] {
             for c in [&lb, &tg] {
                 c.chosen();
-                c.answered(status, Duration::from_millis(ms));
+                c.answered(Answer::of(status, Duration::from_millis(ms)));
             }
         }
         lb.own(502);

@@ -39,6 +39,15 @@ struct Family {
 }
 
 impl Family {
+    /// A series' labels as (name, value) pairs.
+    fn pairs<'a>(&'a self, values: &'a Labels) -> Vec<(&'a str, &'a str)> {
+        self.labels
+            .iter()
+            .copied()
+            .zip(values.iter().map(String::as_str))
+            .collect()
+    }
+
     /// A labelled histogram, made empty on first use.
     fn histogram(&mut self, k: Labels) -> &mut Histogram {
         let n = self.buckets.len();
@@ -220,21 +229,11 @@ pub fn render(extra: &[Sample]) -> String {
         };
         let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", f.help);
         for (labels, v) in &f.values {
-            let pairs: Vec<(&str, &str)> = f
-                .labels
-                .iter()
-                .copied()
-                .zip(labels.iter().map(String::as_str))
-                .collect();
+            let pairs = f.pairs(labels);
             let _ = writeln!(out, "{name}{} {}", label_text(&pairs), number(*v));
         }
         for (labels, h) in &f.histograms {
-            let pairs: Vec<(&str, &str)> = f
-                .labels
-                .iter()
-                .copied()
-                .zip(labels.iter().map(String::as_str))
-                .collect();
+            let pairs = f.pairs(labels);
             for (b, c) in f.buckets.iter().zip(&h.counts) {
                 let le = number(*b);
                 let mut with_le = pairs.clone();

@@ -5,9 +5,11 @@
 
 use super::decide::{self, Cooldowns};
 use super::policies::{policy_key, ScalingPolicy, DEFAULT_COOLDOWN_S};
+use super::scheduled::ScheduledRecord;
 use super::{service_of, AutoScaling, PolicyRecord, ScalingError, TargetRecord, PREFIX};
 use crate::services::UpdateServiceRequest;
 use gantry_types::arn::Scope;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 /// What one policy asks for, and why.
@@ -19,6 +21,56 @@ struct Proposal {
     cooldowns: Cooldowns,
 }
 
+/// A target's records by (account, region, resource id).
+type ByResource<T> = HashMap<(String, String, String), Vec<T>>;
+
+/// One listing of everything under the prefix, sorted by kind: each pass reads the store once.
+struct Listed {
+    targets: Vec<(Scope, TargetRecord)>,
+    policies: ByResource<PolicyRecord>,
+    scheduled: ByResource<ScheduledRecord>,
+}
+
+impl Listed {
+    fn of(kvs: Vec<gantry_store::KeyValue>) -> Listed {
+        let mut l = Listed {
+            targets: vec![],
+            policies: HashMap::new(),
+            scheduled: HashMap::new(),
+        };
+        for kv in kvs {
+            let mut parts = kv.key[PREFIX.len()..].splitn(4, '/');
+            let (Some(account), Some(region), Some(kind)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let (account, region) = (account.to_string(), region.to_string());
+            let unreadable = || tracing::warn!(key = %kv.key, "unreadable autoscaling record");
+            match kind {
+                "targets" => match serde_json::from_slice::<TargetRecord>(&kv.value) {
+                    Ok(t) => l.targets.push((Scope { account, region }, t)),
+                    Err(_) => unreadable(),
+                },
+                "policies" => match serde_json::from_slice::<PolicyRecord>(&kv.value) {
+                    Ok(p) => {
+                        let key = (account, region, p.policy.resource_id.clone());
+                        l.policies.entry(key).or_default().push(p);
+                    }
+                    Err(_) => unreadable(),
+                },
+                "scheduled" => match serde_json::from_slice::<ScheduledRecord>(&kv.value) {
+                    Ok(s) => {
+                        let key = (account, region, s.action.resource_id.clone());
+                        l.scheduled.entry(key).or_default().push(s);
+                    }
+                    Err(_) => unreadable(),
+                },
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
 /// One pass over every scalable target. Returns how many services it resized.
 pub async fn run_once(a: &AutoScaling) -> Result<usize, ScalingError> {
     let (kvs, _) = a
@@ -28,22 +80,18 @@ pub async fn run_once(a: &AutoScaling) -> Result<usize, ScalingError> {
         .await
         .map_err(|e| ScalingError::internal(e.to_string()))?;
     let now_ms = a.clock.now_ms();
+    let listed = Listed::of(kvs);
     let mut resized = 0;
     let mut scopes = std::collections::BTreeSet::new();
-    for kv in kvs {
-        let mut parts = kv.key[PREFIX.len()..].splitn(4, '/');
-        let (Some(account), Some(region), Some("targets")) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let scope = Scope {
-            account: account.into(),
-            region: region.into(),
-        };
-        let Ok(t) = serde_json::from_slice::<TargetRecord>(&kv.value) else {
-            tracing::warn!(key = %kv.key, "unreadable scalable target");
-            continue;
-        };
-        match scale_target(a, &scope, &t, now_ms).await {
+    for (scope, t) in &listed.targets {
+        let key = (
+            scope.account.clone(),
+            scope.region.clone(),
+            t.target.resource_id.clone(),
+        );
+        let policies = listed.policies.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let scheduled = listed.scheduled.get(&key).map(Vec::as_slice).unwrap_or_default();
+        match scale_target(a, scope, t, (policies, scheduled), now_ms).await {
             Ok(true) => resized += 1,
             Ok(false) => {}
             Err(e) => tracing::warn!(target = %t.target.resource_id, error = %e, "scaling"),
@@ -59,10 +107,16 @@ pub async fn run_once(a: &AutoScaling) -> Result<usize, ScalingError> {
     Ok(resized)
 }
 
-async fn scale_target(a: &AutoScaling, scope: &Scope, t: &TargetRecord, now_ms: i64) -> Result<bool, ScalingError> {
+async fn scale_target(
+    a: &AutoScaling,
+    scope: &Scope,
+    t: &TargetRecord,
+    (policies, scheduled): (&[PolicyRecord], &[ScheduledRecord]),
+    now_ms: i64,
+) -> Result<bool, ScalingError> {
     // Scheduled actions first: they move the bounds this pass then honours.
     let reloaded;
-    let t = if a.run_scheduled(scope, t, now_ms).await? {
+    let t = if a.run_scheduled(scope, t, scheduled, now_ms).await? {
         reloaded = a.target(scope, &t.target.resource_id).await?;
         &reloaded
     } else {
@@ -89,10 +143,10 @@ async fn scale_target(a: &AutoScaling, scope: &Scope, t: &TargetRecord, now_ms: 
     }
     let mut out: Vec<Proposal> = Vec::new();
     let mut ins: Vec<Proposal> = Vec::new();
-    for p in a.policies_of(scope, &target.resource_id).await? {
+    for p in policies {
         let proposal = match p.policy.policy_type.as_str() {
-            "TargetTrackingScaling" => track(a, scope, &p, (current, running), now_ms).await?,
-            _ => step(a, scope, &p, current, now_ms).await?,
+            "TargetTrackingScaling" => track(a, scope, p, (current, running), now_ms).await?,
+            _ => step(a, scope, p, current, now_ms).await?,
         };
         if let Some(mut pr) = proposal {
             pr.capacity = decide::clamp(pr.capacity, min, max);

@@ -225,15 +225,17 @@ impl AutoScaling {
             .await?)
     }
 
-    /// Runs the target's scheduled actions that are due. Returns whether one ran.
+    /// Runs those of the target's scheduled actions (`actions`) that are due. Returns whether
+    /// one ran.
     pub(super) async fn run_scheduled(
         &self,
         scope: &Scope,
         t: &TargetRecord,
+        actions: &[ScheduledRecord],
         now_ms: i64,
     ) -> Result<bool, ScalingError> {
         let mut ran = false;
-        for rec in self.scheduled_of(scope, &t.target.resource_id).await? {
+        for rec in actions {
             let Some(due) = rec.next_ms.filter(|n| *n <= now_ms) else {
                 continue;
             };

@@ -9,7 +9,7 @@
 
 use super::stats::Agg;
 use super::MetricsError;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Mutex;
@@ -85,10 +85,10 @@ impl MetricStore {
                name TEXT, dims TEXT, last_ms INTEGER, UNIQUE (acct, region, namespace, name, dims));
              CREATE TABLE IF NOT EXISTS points (series INTEGER, ts INTEGER, unit TEXT, res INTEGER, agg TEXT);
              CREATE INDEX IF NOT EXISTS points_by_series ON points (series, ts);
-             CREATE INDEX IF NOT EXISTS points_by_age ON points (res, ts);
-             CREATE TABLE IF NOT EXISTS replica (k TEXT PRIMARY KEY, v INTEGER);",
+             CREATE INDEX IF NOT EXISTS points_by_age ON points (res, ts);",
         )
         .map_err(be)?;
+        conn.execute_batch(crate::feed::position::TABLE).map_err(be)?;
         Ok(MetricStore { conn: Mutex::new(conn) })
     }
 
@@ -102,11 +102,7 @@ impl MetricStore {
         let mut c = self.conn();
         let tx = c.transaction().map_err(be)?;
         if let Some(rev) = revision {
-            tx.execute(
-                "INSERT INTO replica (k, v) VALUES ('applied', ?1) ON CONFLICT (k) DO UPDATE SET v = MAX(v, ?1)",
-                params![rev],
-            )
-            .map_err(be)?;
+            crate::feed::position::advance(&tx, rev).map_err(be)?;
         }
         for p in &w.data {
             let dims = dims_text(&p.key.dims);
@@ -254,21 +250,11 @@ impl MetricStore {
     }
 
     pub fn applied_revision(&self) -> Result<i64, MetricsError> {
-        self.conn()
-            .query_row("SELECT v FROM replica WHERE k = 'applied'", [], |r| r.get(0))
-            .optional()
-            .map(|v| v.unwrap_or(0))
-            .map_err(be)
+        crate::feed::position::read(&self.conn()).map_err(be)
     }
 
     pub fn set_applied_revision(&self, rev: i64) -> Result<(), MetricsError> {
-        self.conn()
-            .execute(
-                "INSERT INTO replica (k, v) VALUES ('applied', ?1) ON CONFLICT (k) DO UPDATE SET v = MAX(v, ?1)",
-                params![rev],
-            )
-            .map(|_| ())
-            .map_err(be)
+        crate::feed::position::advance(&self.conn(), rev).map_err(be)
     }
 
     /// Gives deleted pages back to the file system (the retention benchmark's measure).
