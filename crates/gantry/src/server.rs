@@ -232,13 +232,27 @@ async fn lead(
             _ = lost.wait_for(|l| *l) => false,
             _ = stop.changed() => true,
         };
-        let _ = run_tx.send(true);
-        let _ = running.await;
+        if !shutting_down {
+            eprintln!("gantry server: {id} lost the lead; campaigning again");
+        }
+        stop_controllers(running, run_tx).await;
         if shutting_down {
             let _ = leader.resign().await;
             return;
         }
-        eprintln!("gantry server: {id} lost the lead; campaigning again");
+    }
+}
+
+/// Asks the controllers to stop and waits a moment for their pass to finish; a pass stuck on
+/// an unreachable store is dropped instead, since without the lease it must not act at all.
+async fn stop_controllers(mut running: tokio::task::JoinHandle<()>, stop: watch::Sender<bool>) {
+    let _ = stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(2), &mut running)
+        .await
+        .is_err()
+    {
+        running.abort();
+        let _ = running.await;
     }
 }
 
