@@ -1,7 +1,7 @@
 //! `GET /metrics` on the API listener, in Prometheus' text format: the API's own request
 //! counts and latencies, what this process's node and load balancers recorded (the same
 //! registry), and gauges read from the state at scrape time: tasks by status, each service's
-//! desired and running counts and availability, its hourly cost at Fargate's prices, and
+//! desired and running counts and availability, its hourly cost at the configured prices, and
 //! nodes by status. A bearer token (`GANTRY_METRICS_TOKEN`) guards it when set.
 
 use crate::api::Api;
@@ -23,11 +23,6 @@ static API_LATENCY: Metric = Metric::histogram(
     &["service", "operation"],
     SECONDS,
 );
-
-/// Fargate's Linux/x86 on-demand prices in us-east-1 (per vCPU-hour and per GB-hour), the
-/// basis of the cost gauges.
-pub const VCPU_HOUR: f64 = 0.04048;
-pub const GB_HOUR: f64 = 0.004445;
 
 /// Records one answered request.
 pub fn record(service: &str, operation: &str, status: u16, seconds: f64) {
@@ -53,8 +48,8 @@ async fn state(api: &Api) -> Result<Vec<Sample>, String> {
     let c = &api.control;
     let tasks = c.all_tasks().await.map_err(|e| e.to_string())?;
     let mut by_status: BTreeMap<(String, String, String), f64> = BTreeMap::new();
-    // Running tasks' reservations per service, for cost.
-    let mut reserved: BTreeMap<(String, String, String), (f64, f64)> = BTreeMap::new();
+    // What running tasks cost per hour, per service.
+    let mut hourly: BTreeMap<(String, String, String), f64> = BTreeMap::new();
     for (_, t, _) in &tasks {
         let cluster = cluster_name(&t.cluster);
         *by_status
@@ -62,9 +57,10 @@ async fn state(api: &Api) -> Result<Vec<Sample>, String> {
             .or_default() += 1.0;
         if t.task.last_status == "RUNNING" {
             let service = t.task.group.clone().unwrap_or_default();
-            let r = reserved.entry((t.account.clone(), cluster, service)).or_default();
-            r.0 += t.cpu_units as f64 / 1024.0;
-            r.1 += t.memory_mib as f64 / 1024.0;
+            let spot = t.task.capacity_provider_name.as_deref() == Some("FARGATE_SPOT");
+            let (vcpu, gb) = (t.cpu_units as f64 / 1024.0, t.memory_mib as f64 / 1024.0);
+            *hourly.entry((t.account.clone(), cluster, service)).or_default() +=
+                c.prices.dollars(vcpu * 3600.0, gb * 3600.0, spot);
         }
     }
     let mut out = Vec::new();
@@ -87,11 +83,11 @@ async fn state(api: &Api) -> Result<Vec<Sample>, String> {
             (running / desired).min(1.0)
         };
         let group = format!("service:{}", s.service.service_name);
-        let (vcpu, gb) = reserved
+        let cost = hourly
             .get(&(s.account.clone(), cluster_name(&s.cluster), group))
             .copied()
             .unwrap_or_default();
-        rows.push((labels, desired, running, availability, vcpu * VCPU_HOUR + gb * GB_HOUR));
+        rows.push((labels, desired, running, availability, cost));
     }
     // Grouped by metric, as the text format wants.
     for (labels, desired, ..) in &rows {
@@ -120,7 +116,8 @@ async fn state(api: &Api) -> Result<Vec<Sample>, String> {
         ));
     }
     for (labels, .., cost) in &rows {
-        let help = "What the service's running tasks cost per hour at Fargate's us-east-1 prices, in dollars.";
+        let help =
+            "What the service's running tasks cost per hour at the configured prices (Spot discounted), in dollars.";
         out.push(sample(
             "gantry_service_cost_dollars_per_hour",
             help,

@@ -114,6 +114,10 @@ pub async fn run(control: Control, metrics: Metrics, settings: Settings, mut sto
                 if let Err(e) = publish_insights(&control, &metrics).await {
                     tracing::warn!(error = %e, "publishing Container Insights");
                 }
+                // Each whole minute is metered once, within 10 s of its end.
+                if let Err(e) = crate::cost::meter(&control, &metrics).await {
+                    tracing::warn!(error = %e, "metering cost");
+                }
             }
             _ = alarm_ticks.tick() => {
                 if let Err(e) = alarms.evaluate_all().await {

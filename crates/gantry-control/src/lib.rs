@@ -10,6 +10,7 @@ pub mod capacity_providers;
 pub mod cloudmap;
 mod clusters;
 pub mod controllers;
+pub mod cost;
 pub mod deploy;
 pub mod elb;
 pub mod fanout;
@@ -94,6 +95,8 @@ pub struct Control {
     pub clock: Arc<dyn Clock>,
     /// The nodes' watches of their task records, over one store watch.
     pub task_watches: fanout::TaskFanout,
+    /// What tasks cost, for metering and the cost gauges.
+    pub prices: cost::Prices,
 }
 
 pub(crate) fn prefix(scope: &Scope) -> String {
@@ -116,6 +119,7 @@ impl Control {
             task_watches: fanout::TaskFanout::new(store.clone()),
             store,
             clock,
+            prices: cost::Prices::default(),
         }
     }
 

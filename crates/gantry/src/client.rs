@@ -134,6 +134,10 @@ impl Client {
         self.call("ecs", &format!("AmazonEC2ContainerServiceV20141113.{op}"), &body)
     }
 
+    pub fn cloudwatch(&self, op: &str, body: Value) -> Result<Value> {
+        self.call("monitoring", &format!("GraniteServiceVersion20100801.{op}"), &body)
+    }
+
     pub fn logs(&self, op: &str, body: Value) -> Result<Value> {
         self.call("logs", &format!("Logs_20140328.{op}"), &body)
     }

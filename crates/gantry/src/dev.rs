@@ -348,7 +348,8 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     node_config.network.node_resolver = true;
     let gateway = node_config.network.subnet.gateway();
     let node = Arc::new(gantry_runtime::task::Node::open(node_config)?);
-    let control = Control::new(store.clone(), Arc::new(SystemClock));
+    let mut control = Control::new(store.clone(), Arc::new(SystemClock));
+    control.prices = args.prices.prices()?;
 
     // Startup sweep: keep tasks the control plane still tracks (their exit codes are
     // collected by the agent); remove everything else a crash left behind.

@@ -6,6 +6,7 @@ mod bench;
 mod bench_placement;
 mod bench_retention;
 mod client;
+mod cost_cmd;
 mod debug_run;
 mod dev;
 mod image_cmd;
@@ -83,6 +84,41 @@ pub struct NodeArgs {
     #[arg(long, global = true, env = "GANTRY_METRICS_INTERVAL", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=60))]
     metrics_interval: u64,
+    #[command(flatten)]
+    prices: PriceArgs,
+}
+
+/// What tasks cost, for `gantry cost` and the cost metrics (defaults: Fargate's Linux/x86
+/// on-demand prices in us-east-1).
+#[derive(clap::Args, Clone, Copy)]
+pub struct PriceArgs {
+    /// Dollars per vCPU-hour.
+    #[arg(long, global = true, env = "GANTRY_PRICE_VCPU_HOUR", default_value_t = 0.04048)]
+    price_vcpu_hour: f64,
+    /// Dollars per GB-hour of memory.
+    #[arg(long, global = true, env = "GANTRY_PRICE_GB_HOUR", default_value_t = 0.004445)]
+    price_gb_hour: f64,
+    /// The fraction FARGATE_SPOT tasks are discounted by (0 to 1).
+    #[arg(long, global = true, env = "GANTRY_SPOT_DISCOUNT", default_value_t = 0.7)]
+    spot_discount: f64,
+}
+
+impl PriceArgs {
+    /// The prices, or why they are not prices.
+    pub fn prices(&self) -> anyhow::Result<gantry_control::cost::Prices> {
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        if !ok(self.price_vcpu_hour) || !ok(self.price_gb_hour) {
+            anyhow::bail!("--price-vcpu-hour and --price-gb-hour must be non-negative numbers");
+        }
+        if !(0.0..=1.0).contains(&self.spot_discount) {
+            anyhow::bail!("--spot-discount must be between 0 and 1");
+        }
+        Ok(gantry_control::cost::Prices {
+            vcpu_hour: self.price_vcpu_hour,
+            gb_hour: self.price_gb_hour,
+            spot_discount: self.spot_discount,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -125,6 +161,9 @@ enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// What tasks cost over a window, by cluster, service or tag, with the cost per 1,000
+    /// requests of services behind a load balancer.
+    Cost(cost_cmd::CostArgs),
     /// Manage the node's image store.
     #[command(subcommand)]
     Image(image_cmd::ImageCmd),
@@ -217,7 +256,7 @@ fn main() {
     let cli = Cli::parse();
     if matches!(
         cli.cmd,
-        Cmd::Run(_) | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Stop { .. } | Cmd::Image(_)
+        Cmd::Run(_) | Cmd::Ps { .. } | Cmd::Logs { .. } | Cmd::Stop { .. } | Cmd::Cost(_) | Cmd::Image(_)
     ) {
         gantry_runtime::default_sigpipe();
     }
@@ -230,6 +269,7 @@ fn main() {
         Cmd::Ps { cluster, all } => tasks_cmd::ps(&cluster, all),
         Cmd::Logs { task, cluster, follow } => tasks_cmd::logs(&cluster, &task, follow),
         Cmd::Stop { task, cluster, reason } => tasks_cmd::stop(&cluster, &task, reason.as_deref()),
+        Cmd::Cost(a) => cost_cmd::run(a),
         Cmd::Image(c) => image_cmd::run(&cli.node, c),
         Cmd::Debug(DebugCmd::Run(a)) => debug_run::run(&cli.node, a),
         Cmd::Debug(DebugCmd::Sweep { all }) => (|| {

@@ -115,7 +115,8 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     };
     let (logs, metric_data) = (Arc::new(logs), Arc::new(metric_data));
     let creds = credentials(store.as_ref()).await?;
-    let control = Control::new(store.clone(), Arc::new(SystemClock));
+    let mut control = Control::new(store.clone(), Arc::new(SystemClock));
+    control.prices = args.prices.prices()?;
     let ca = Ca::load_or_create(store.as_ref()).await?;
 
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];

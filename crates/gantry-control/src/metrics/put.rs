@@ -101,10 +101,11 @@ pub(super) fn datapoints(input: PutInput, now_ms: i64) -> Result<Vec<Published>,
     let namespace = input
         .namespace
         .ok_or_else(|| MetricsError::missing("The parameter Namespace is required."))?;
-    if namespace.starts_with("AWS/") {
+    if namespace.starts_with("AWS/") || namespace == crate::cost::NAMESPACE {
         return Err(MetricsError::invalid(format!(
-            "The value {namespace} for parameter Namespace is invalid: namespaces beginning with AWS/ are reserved \
-             for the metrics AWS services (here, Gantry) publish."
+            "The value {namespace} for parameter Namespace is invalid: namespaces beginning with AWS/, and {}, \
+             are reserved for the metrics Gantry publishes.",
+            crate::cost::NAMESPACE
         )));
     }
     if input.metric_data.is_empty() {
