@@ -5,6 +5,7 @@ pub mod acm;
 pub mod api;
 pub mod autoscaling;
 pub mod cloudwatch;
+pub mod console;
 pub mod ecs;
 pub mod elbv2;
 pub mod logs;

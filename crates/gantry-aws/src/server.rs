@@ -128,6 +128,15 @@ async fn find_key(api: &Api, headers: &[(String, String)]) -> Result<Option<Secr
     let Some(akid) = access_key_id(headers) else {
         return Ok(None);
     };
+    Ok(load_key(api, akid).await?.map(|k| SecretKey {
+        secret: k.secret_access_key,
+        session_token: k.session_token,
+        account_id: k.account_id,
+    }))
+}
+
+/// The stored key `akid`, None when there is none; an error when the store cannot say.
+pub async fn load_key(api: &Api, akid: &str) -> Result<Option<StoredKey>, ApiError> {
     let kv = api.control.store.get(&key_path(akid)).await.map_err(|e| {
         ApiError::new(
             "ServiceUnavailableException",
@@ -135,15 +144,7 @@ async fn find_key(api: &Api, headers: &[(String, String)]) -> Result<Option<Secr
             StatusCode::SERVICE_UNAVAILABLE,
         )
     })?;
-    let Some(kv) = kv else { return Ok(None) };
-    let Ok(k) = serde_json::from_slice::<StoredKey>(&kv.value) else {
-        return Ok(None);
-    };
-    Ok(Some(SecretKey {
-        secret: k.secret_access_key,
-        session_token: k.session_token,
-        account_id: k.account_id,
-    }))
+    Ok(kv.and_then(|kv| serde_json::from_slice::<StoredKey>(&kv.value).ok()))
 }
 
 /// The Authorization header's credential scope, split: access key id, date, region,
@@ -301,6 +302,7 @@ fn credential_service(headers: &[(String, String)]) -> Option<&str> {
 pub fn router(api: Api) -> axum::Router {
     axum::Router::new()
         .route("/metrics", axum::routing::get(crate::prometheus::scrape))
+        .merge(crate::console::routes())
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
         .with_state(api)

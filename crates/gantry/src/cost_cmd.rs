@@ -53,9 +53,9 @@ fn grouping(by: &str) -> Result<(Value, Vec<String>)> {
     })
 }
 
-/// The series of `metric` in `namespace` matching `filter`, exactly with `names` as
-/// dimensions.
-fn series(c: &Client, namespace: &str, metric: &str, filter: &Value, names: &[String]) -> Result<Vec<Value>> {
+/// The series of `metric` in `namespace` with exactly the dimensions `filter` names.
+fn series(c: &Client, namespace: &str, metric: &str, filter: &Value) -> Result<Vec<Value>> {
+    let wanted = filter.as_array().map(Vec::len).unwrap_or(0);
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -66,7 +66,7 @@ fn series(c: &Client, namespace: &str, metric: &str, filter: &Value, names: &[St
         let page = c.cloudwatch("ListMetrics", req)?;
         for m in page["Metrics"].as_array().into_iter().flatten() {
             let dims = m["Dimensions"].as_array().map(Vec::len).unwrap_or(0);
-            if dims == names.len() {
+            if dims == wanted {
                 out.push(m["Dimensions"].clone());
             }
         }
@@ -135,8 +135,7 @@ fn service_requests(c: &Client, cluster: &str, service: &str, start: i64, end: i
     let mut metrics = Vec::new();
     for tg in groups {
         let filter = json!([{"Name": "TargetGroup", "Value": tg}, {"Name": "LoadBalancer"}]);
-        let names = ["LoadBalancer".to_string(), "TargetGroup".to_string()];
-        for dims in series(c, "AWS/ApplicationELB", "RequestCount", &filter, &names)? {
+        for dims in series(c, "AWS/ApplicationELB", "RequestCount", &filter)? {
             metrics.push(("AWS/ApplicationELB".to_string(), "RequestCount".to_string(), dims));
         }
     }
@@ -150,7 +149,7 @@ pub fn run(a: CostArgs) -> Result<i32> {
     let now = chrono::Utc::now().timestamp();
     let end = (now / 60 + 1) * 60;
     let start = end - secs.div_euclid(60).max(1) * 60;
-    let rows = series(&c, gantry_control::cost::NAMESPACE, "Cost", &filter, &names)?;
+    let rows = series(&c, gantry_control::cost::NAMESPACE, "Cost", &filter)?;
     let mut metrics = Vec::new();
     for dims in &rows {
         for name in ["Cost", "vCPUSeconds", "GBSeconds"] {

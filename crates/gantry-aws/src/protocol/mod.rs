@@ -171,6 +171,32 @@ fn resolve_json(candidates: &[&'static Service], target: &str, body: &[u8]) -> R
     Ok(Call { service, op, input })
 }
 
+/// The operation `op` of the service signing as `signing_name`, its JSON input checked as
+/// that service checks it: for callers inside Gantry (the console) that name both outright.
+pub fn resolve_named(signing_name: &str, op: &str, input: Value) -> Result<Call, ApiError> {
+    let unknown = || {
+        ApiError::client(
+            "UnknownOperationException",
+            format!("Unknown operation {signing_name}:{op}"),
+        )
+    };
+    let (service, op) = services()
+        .iter()
+        .filter(|s| s.model.signing_name() == signing_name)
+        .find_map(|s| s.model.operations.get(op).map(|o| (s, o)))
+        .ok_or_else(unknown)?;
+    if !input.is_object() {
+        return Err(ApiError::client(
+            "SerializationException",
+            "Request body is not a JSON object.",
+        ));
+    }
+    if let Some(error) = service.checks_json {
+        validate::json_input(&service.model, op, &input).map_err(|p| ApiError::client(error, p.message()))?;
+    }
+    Ok(Call { service, op, input })
+}
+
 /// Form parameters from the body and the URL (GET requests carry them there). A name given
 /// twice is refused rather than one of the values picked.
 pub fn form_params(body: &[u8], query_string: &str) -> Result<BTreeMap<String, String>, ApiError> {
