@@ -42,25 +42,47 @@ def browser():
         b.quit()
 
 
+# A web server whose /cgi-bin/fail answers 500 (busybox httpd passes a CGI's own status line).
+SERVE = ("trap 'exit 0' TERM; echo hello from the console test; mkdir -p /tmp/w/cgi-bin; echo ok > /tmp/w/index.html; "
+         "printf '#!/bin/sh\\nprintf \"HTTP/1.1 500 Oops\\\\r\\\\nContent-Type: text/plain\\\\r\\\\n\\\\r\\\\nbroken\"\\n' "
+         "> /tmp/w/cgi-bin/fail; chmod +x /tmp/w/cgi-bin/fail; httpd -f -p 8080 -h /tmp/w & wait")
+GOOD, TARGET_5XX, ELB_5XX = 200, 10, 10
+
+
 @pytest.fixture(scope="module")
 def workload(gantry):
-    """A service of two web tasks that log a line, tagged with a 99.5% SLO, and a task that
-    failed (exit 3)."""
-    ecs = gantry.client("ecs")
+    """A service of two web tasks behind a load balancer, tagged with a 99.5% SLO, that
+    answered GOOD requests well and TARGET_5XX + ELB_5XX badly; and a task that failed."""
+    ecs, elb = gantry.client("ecs"), gantry.client("elbv2")
     ecs.create_cluster(clusterName=CLUSTER)
-    script = "echo hello from the console test; exec httpd -f -p 8080 -h /"
-    td = register(ecs, "console-web", [{"name": "app", "command": ["sh", "-c", script],
+    td = register(ecs, "console-web", [{"name": "app", "command": ["sh", "-c", SERVE],
+                                         "portMappings": [{"containerPort": 8080}],
                                          "logConfiguration": awslogs("/console/web")}])
+    tg = elb.create_target_group(Name="console-web", Protocol="HTTP", Port=8080, TargetType="ip", HealthCheckPath="/",
+                                 HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2, HealthyThresholdCount=2,
+                                 UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
+    lb = elb.create_load_balancer(Name="console-lb", Subnets=["subnet-a"])["LoadBalancers"][0]
+    listener = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80, DefaultActions=[
+        {"Type": "forward", "TargetGroupArn": tg}])["Listeners"][0]["ListenerArn"]
+    elb.create_rule(ListenerArn=listener, Priority=10, Conditions=[{"Field": "path-pattern", "Values": ["/broken"]}],
+                    Actions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503"}}])
     ecs.create_service(cluster=CLUSTER, serviceName="web", taskDefinition=td["taskDefinitionArn"], desiredCount=2,
                        networkConfiguration=NETWORK, launchType="FARGATE",
+                       loadBalancers=[{"targetGroupArn": tg, "containerName": "app", "containerPort": 8080}],
                        tags=[{"key": "gantry:slo", "value": "99.5"}, {"key": "team", "value": "storefront"}],
                        propagateTags="SERVICE")
     failing = register(ecs, "console-fails", [{"name": "app", "command": ["sh", "-c", "echo giving up; exit 3"]}])
     failed = run(ecs, CLUSTER, failing["taskDefinitionArn"])
     wait_stopped(ecs, CLUSTER, [failed[0]["taskArn"]])
-    ecs.get_waiter("services_stable").wait(cluster=CLUSTER, services=["web"], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    ecs.get_waiter("services_stable").wait(cluster=CLUSTER, services=["web"], WaiterConfig={"Delay": 1, "MaxAttempts": 90})
+    base = f"http://{lb['DNSName']}"
+    codes = [requests.get(f"{base}/", timeout=5).status_code for _ in range(GOOD)]
+    codes += [requests.get(f"{base}/cgi-bin/fail", timeout=5).status_code for _ in range(TARGET_5XX)]
+    codes += [requests.get(f"{base}/broken", timeout=5).status_code for _ in range(ELB_5XX)]
+    assert codes == [200] * GOOD + [500] * TARGET_5XX + [503] * ELB_5XX, codes
     yield {"failed": failed[0]["taskArn"]}
     ecs.delete_service(cluster=CLUSTER, service="web", force=True)
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
 
 
 def shot(b, name):
@@ -159,10 +181,24 @@ def test_pages_render_and_match_the_api(gantry, ecs, browser, workload):
     service = ecs.describe_services(cluster=CLUSTER, services=["web"])["services"][0]
     cluster = ecs.describe_clusters(clusters=[CLUSTER])["clusters"][0]
 
-    # Executive: the service's card, its SLO from the tag, availability from its tasks.
+    # Executive: the service's card, its SLO from the tag, availability from its requests
+    # (once the load balancer's counts are published).
+    s = login(gantry)
+    total = GOOD + TARGET_5XX + ELB_5XX
+
+    def counted():
+        d = s.get(f"{gantry.endpoint}/console/api/dashboard/executive", headers=HEADERS).json()
+        row = next(r for r in d["services"] if r["service"] == "web")
+        return row if row["requests"] == total else None
+    row = wait_for("the requests counted", counted, 30)
+    assert row["failures"] == TARGET_5XX + ELB_5XX and row["source"] == "requests", row
     card = page(browser, gantry, "/", f"[data-service='{CLUSTER}/web']", "executive")
     assert "SLO 99.50%" in card.text and "Tasks 2/2" in card.text, card.text
-    assert float(card.find_element(By.CSS_SELECTOR, "[data-availability]").get_attribute("data-availability")) == 1.0
+    shown = float(card.find_element(By.CSS_SELECTOR, "[data-availability]").get_attribute("data-availability"))
+    assert abs(shown - GOOD / total) < 1e-9, shown
+    # 20 failures of 220 against a 0.5% budget: overspent, drawn as a chart.
+    assert float(card.find_element(By.CSS_SELECTOR, "[data-budget]").get_attribute("data-budget")) < 0
+    card.find_element(By.CSS_SELECTOR, "svg[data-chart='availability'] path")
 
     row = page(browser, gantry, "/clusters", f"tr[data-cluster='{CLUSTER}']", "clusters")
     cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
@@ -174,8 +210,10 @@ def test_pages_render_and_match_the_api(gantry, ecs, browser, workload):
     shown = {e.get_attribute("data-task") for e in browser.find_elements(By.CSS_SELECTOR, "tr[data-task]")}
     assert {a.split("/")[-1] for a in running} <= shown
 
-    # The service's debug view: deployments with progress, utilisation chart, events.
+    # The service's debug view: deployments with progress, request and latency charts, events.
     page(browser, gantry, f"/services/{CLUSTER}/web", "#deployments tr[data-deployment]", "service")
+    for chart in ("requests", "latency"):
+        browser.find_element(By.CSS_SELECTOR, f"svg[data-chart='{chart}'] path")
     primary = service["deployments"][0]
     dep = browser.find_element(By.CSS_SELECTOR, f"tr[data-deployment='{primary['id']}']")
     assert f"{primary['runningCount']}/{primary['desiredCount']}" in dep.text
@@ -193,9 +231,12 @@ def test_pages_render_and_match_the_api(gantry, ecs, browser, workload):
         lambda b: "hello from the console test" in b.find_element(By.CSS_SELECTOR, "pre.logs").text)
     shot(browser, "task-logs")
 
-    # On-call: the failed task, with the API's stop reason.
+    # On-call: the service burns its budget fast enough to page; the failed task is listed
+    # with the API's stop reason.
     failed = ecs.describe_tasks(cluster=CLUSTER, tasks=[workload["failed"]])["tasks"][0]
     page(browser, gantry, "/oncall", "[data-section='failures']", "oncall")
+    burning = browser.find_element(By.CSS_SELECTOR, "[data-section='burning']").text
+    assert f"{CLUSTER}/web" in burning and "page" in burning, burning
     text = browser.find_element(By.CSS_SELECTOR, "[data-section='failures']").text
     assert workload["failed"].split("/")[-1] in text and failed["stoppedReason"] in text
 

@@ -159,7 +159,8 @@ async function executivePage(params) {
         " ", h("span", { class: "muted" }, `vs SLO ${pct(s.slo, 2)} (${s.source === "requests" ? "request success" : "running / desired tasks"})`)),
       s.errorBudgetLeft === null ? h("div", { class: "muted" }, "No requests in this window: no error budget spent.")
         : h("div", {}, "Error budget left: ", bar(s.errorBudgetLeft, s.errorBudgetLeft > 0.25 ? "" : "bad"), " ",
-          h("span", { "data-budget": s.errorBudgetLeft }, pct(Math.max(s.errorBudgetLeft, -9.99), 1))),
+          h("span", { "data-budget": s.errorBudgetLeft },
+            s.errorBudgetLeft >= 0 ? pct(s.errorBudgetLeft, 1) : `overspent: ${(1 - s.errorBudgetLeft).toFixed(1)}× the budget`)),
       s.availabilitySeries.length ? chart([{ name: "availability", points: s.availabilitySeries }],
         { width: 280, height: 110, start: d.start, end: d.end, yMin: Math.min(s.slo - 0.01, ...s.availabilitySeries.map((p) => p[1])),
           yMax: 1, yFmt: (v) => (v * 100).toFixed(1), lines: [{ y: s.slo }], id: "availability" }) : null,
