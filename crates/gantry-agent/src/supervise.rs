@@ -199,6 +199,7 @@ async fn launch(
     shippers: &mut HashMap<String, Shipper>,
 ) -> std::result::Result<(), String> {
     let t = now();
+    let began_at = t;
     let began = std::time::Instant::now();
     update(a, key, |r| {
         r.task.last_status = "PENDING".into();
@@ -257,6 +258,7 @@ async fn launch(
     let sandboxed = std::time::Instant::now();
     TASK_START.observe(&["sandbox"], sandboxed.duration_since(pulled).as_secs_f64());
     let t = now();
+    let sandboxed_at = t;
     let ip = sandbox.ip.to_string();
     let mac_seed = &id[..10];
     update(a, key, |r| {
@@ -435,6 +437,7 @@ async fn launch(
     .await?;
     TASK_START.observe(&["start"], sandboxed.elapsed().as_secs_f64());
     TASK_START.observe(&["total"], began.elapsed().as_secs_f64());
+    crate::telemetry::trace_start(rec, [began_at, pulled_at, sandboxed_at, t]);
     Ok(())
 }
 

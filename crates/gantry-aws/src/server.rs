@@ -173,10 +173,48 @@ fn access_key_id(headers: &[(String, String)]) -> Option<&str> {
 
 pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let began = std::time::Instant::now();
+    let began_ns = gantry_otlp::now_ns();
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(gantry_otlp::parse_traceparent);
     let mut named = ("unknown".to_string(), "unknown".to_string());
     let r = answer(api, method, uri, headers, body, &mut named).await;
-    crate::prometheus::record(&named.0, &named.1, r.status().as_u16(), began.elapsed().as_secs_f64());
+    let status = r.status().as_u16();
+    crate::prometheus::record(&named.0, &named.1, status, began.elapsed().as_secs_f64());
+    trace_request(&named, status, began_ns, traceparent);
     r
+}
+
+/// Exports the request as a server span (in the caller's trace when it sent a W3C
+/// traceparent), named as OpenTelemetry names AWS API calls: `Service.Operation`.
+fn trace_request(named: &(String, String), status: u16, began_ns: u64, parent: Option<([u8; 16], [u8; 8])>) {
+    if !gantry_otlp::enabled() {
+        return;
+    }
+    use gantry_otlp::{from_hex, Attr, Span};
+    let ids = gantry_control::random_hex(24);
+    let trace_id = parent.map(|p| p.0).or_else(|| from_hex::<16>(&ids[..32]));
+    let (Some(trace_id), Some(span_id)) = (trace_id, from_hex::<8>(&ids[32..48])) else {
+        return;
+    };
+    let (service, operation) = named;
+    gantry_otlp::record(Span {
+        trace_id,
+        span_id,
+        parent: parent.map(|p| p.1),
+        name: format!("{service}.{operation}"),
+        kind: gantry_otlp::SERVER,
+        start_ns: began_ns,
+        end_ns: gantry_otlp::now_ns(),
+        attributes: vec![
+            ("rpc.system".into(), Attr::Str("aws-api".into())),
+            ("rpc.service".into(), Attr::Str(service.clone())),
+            ("rpc.method".into(), Attr::Str(operation.clone())),
+            ("http.response.status_code".into(), Attr::Int(status as i64)),
+        ],
+        error: (status >= 500).then(|| format!("HTTP {status}")),
+    });
 }
 
 /// Answers one request; `named` learns its service and operation once they are known.

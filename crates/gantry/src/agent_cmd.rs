@@ -53,6 +53,7 @@ pub struct AgentArgs {
 }
 
 pub fn run(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
+    args.start_tracing("gantry-agent");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(args, a))
 }

@@ -332,6 +332,7 @@ pub fn write_profile(creds: &DevCredentials, region: &str, endpoint: &str) -> Re
 }
 
 pub fn run(args: &NodeArgs, a: DevArgs) -> Result<i32> {
+    args.start_tracing("gantry-dev");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(args, a))
 }

@@ -13,6 +13,7 @@ mod image_cmd;
 mod node_cmd;
 mod server;
 mod tasks_cmd;
+mod trace_cmd;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -86,6 +87,19 @@ pub struct NodeArgs {
     metrics_interval: u64,
     #[command(flatten)]
     prices: PriceArgs,
+    /// Export task starts and API requests as OpenTelemetry traces to this OTLP/HTTP
+    /// endpoint (spans are posted to ENDPOINT/v1/traces, JSON-encoded).
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+}
+
+impl NodeArgs {
+    /// Starts the trace exporter when an endpoint is configured.
+    pub fn start_tracing(&self, service_name: &str) {
+        if let Some(e) = self.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+            gantry_otlp::init(e, service_name);
+        }
+    }
 }
 
 /// What tasks cost, for `gantry cost` and the cost metrics (defaults: Fargate's Linux/x86
@@ -176,6 +190,9 @@ enum Cmd {
 enum DebugCmd {
     /// Run one task in the foreground, print its output, exit with its exit code.
     Run(debug_run::RunArgs),
+    /// Print a task's start timeline (provisioning, image pull, sandbox, start) from its
+    /// record, as the API reports it.
+    Trace(trace_cmd::TraceArgs),
     /// Remove what crashed runs left behind (tasks, namespaces, leases, cgroups).
     Sweep {
         /// Also kill and remove running tasks, the warm pool, the bridge and its firewall.
@@ -272,6 +289,7 @@ fn main() {
         Cmd::Cost(a) => cost_cmd::run(a),
         Cmd::Image(c) => image_cmd::run(&cli.node, c),
         Cmd::Debug(DebugCmd::Run(a)) => debug_run::run(&cli.node, a),
+        Cmd::Debug(DebugCmd::Trace(a)) => trace_cmd::run(a),
         Cmd::Debug(DebugCmd::Sweep { all }) => (|| {
             let node = cli.node.node()?;
             let r = node.sweep(|t| !all && node.task_running(t))?;

@@ -90,7 +90,10 @@ pub fn run(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
                 println!("{}", pki::create_token(store.as_ref(), &ca, ttl, now).await?);
                 Ok(0)
             }
-            None => serve(args, a).await,
+            None => {
+                args.start_tracing("gantry-server");
+                serve(args, a).await
+            }
         }
     })
 }

@@ -285,13 +285,14 @@ async function servicePage(cluster, name, params) {
 
 // Start-time phases of a task, as a timeline: provisioning, pull, start.
 function phases(t) {
-  const marks = [["created", t.createdAt], ["pull", t.pullStartedAt], ["pulled", t.pullStoppedAt], ["started", t.startedAt]];
+  const marks = [["created", t.createdAt], ["pull", t.pullStartedAt], ["pulled", t.pullStoppedAt],
+    ["connected", t.connectivityAt], ["started", t.startedAt]];
   const known = marks.filter((m) => m[1]);
   if (known.length < 2) return h("p", { class: "muted" }, "The task has not started yet.");
   const t0 = known[0][1], t1 = known[known.length - 1][1], span = Math.max(t1 - t0, 0.001);
   const line = h("div", { class: "timeline", id: "phases" });
-  const colors = ["#5d6b82", "#d98a00", "#1f9d55"];
-  const names = ["provisioning", "image pull", "starting"];
+  const colors = ["#5d6b82", "#d98a00", "#7b4fd6", "#1f9d55"];
+  const names = ["provisioning", "image pull", "sandbox", "starting"];
   const rows = [];
   for (let i = 0; i < marks.length - 1; i++) {
     const [a, b] = [marks[i][1], marks[i + 1][1]];
