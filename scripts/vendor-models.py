@@ -14,7 +14,7 @@ import os
 import botocore
 
 SERVICES = {"ecs": "ecs", "logs": "logs", "elbv2": "elbv2", "servicediscovery": "servicediscovery", "acm": "acm", "cloudwatch": "cloudwatch",
-            "application-autoscaling": "application-autoscaling"}
+            "application-autoscaling": "application-autoscaling", "secretsmanager": "secretsmanager"}
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "gantry-aws", "models")
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import IMAGE, KEY, REGION, SECRET
 
-SERVICES = ["ecs", "logs", "servicediscovery", "acm", "cloudwatch", "application-autoscaling"]
+SERVICES = ["ecs", "logs", "servicediscovery", "acm", "cloudwatch", "application-autoscaling", "secretsmanager"]
 # Errors any AWS JSON service may answer besides the declared ones (auth, size, throttling).
 GENERIC = {"AccessDeniedException", "UnrecognizedClientException", "ThrottlingException",
            "RequestEntityTooLargeException", "SerializationException"}

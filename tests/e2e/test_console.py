@@ -2,6 +2,7 @@
 selenium) against a running Gantry with real tasks: sign-in is required, every page renders,
 what the pages show matches the API, and the console only reads. Screenshots of each page are
 kept under target/e2e-artifacts/console (or $GANTRY_E2E_ARTIFACTS)."""
+import datetime
 import json
 import os
 import shutil
@@ -54,7 +55,7 @@ def workload(gantry):
     """A service of two web tasks behind a load balancer, tagged with a 99.5% SLO, that
     answered GOOD requests well and TARGET_5XX + ELB_5XX badly; and a task that failed."""
     ecs, elb = gantry.client("ecs"), gantry.client("elbv2")
-    ecs.create_cluster(clusterName=CLUSTER)
+    ecs.create_cluster(clusterName=CLUSTER, settings=[{"name": "containerInsights", "value": "enabled"}])
     td = register(ecs, "console-web", [{"name": "app", "command": ["sh", "-c", SERVE],
                                          "portMappings": [{"containerPort": 8080}],
                                          "logConfiguration": awslogs("/console/web")}])
@@ -210,9 +211,22 @@ def test_pages_render_and_match_the_api(gantry, ecs, browser, workload):
     shown = {e.get_attribute("data-task") for e in browser.find_elements(By.CSS_SELECTOR, "tr[data-task]")}
     assert {a.split("/")[-1] for a in running} <= shown
 
-    # The service's debug view: deployments with progress, request and latency charts, events.
+    # Container Insights (on for this cluster) has the tasks' network traffic: the requests.
+    cw = gantry.client("cloudwatch")
+
+    def received():
+        now = datetime.datetime.now(datetime.timezone.utc)
+        points = cw.get_metric_statistics(
+            Namespace="ECS/ContainerInsights", MetricName="NetworkRxBytes", Statistics=["Maximum"], Period=60,
+            Dimensions=[{"Name": "ClusterName", "Value": CLUSTER}, {"Name": "ServiceName", "Value": "web"}],
+            StartTime=now - datetime.timedelta(minutes=10), EndTime=now + datetime.timedelta(minutes=1))["Datapoints"]
+        return any(p["Maximum"] > 0 for p in points)
+    wait_for("network bytes in Container Insights", received, 30)
+
+    # The service's debug view: deployments with progress, request, latency and network
+    # charts, events.
     page(browser, gantry, f"/services/{CLUSTER}/web", "#deployments tr[data-deployment]", "service")
-    for chart in ("requests", "latency"):
+    for chart in ("requests", "latency", "network"):
         browser.find_element(By.CSS_SELECTOR, f"svg[data-chart='{chart}'] path")
     primary = service["deployments"][0]
     dep = browser.find_element(By.CSS_SELECTOR, f"tr[data-deployment='{primary['id']}']")

@@ -232,7 +232,23 @@ pub async fn publish_usage(control: &Control, metrics: &Metrics, node: &str, usa
             joined.push((rec, u.clone()));
         }
     }
-    metrics.publish_usage(&joined).await.map_err(LinkError::unavailable)
+    // Container Insights utilisation for the clusters that turned it on (read once per report).
+    let mut on = std::collections::BTreeSet::new();
+    let clusters: std::collections::BTreeSet<_> = joined
+        .iter()
+        .map(|(r, _)| (r.account.clone(), r.region.clone(), r.cluster.clone()))
+        .collect();
+    for (account, region, cluster) in clusters {
+        let scope = gantry_types::arn::Scope { account, region };
+        if control.container_insights_on(&scope, &cluster).await.is_some() {
+            on.insert((scope.account, scope.region, cluster));
+        }
+    }
+    let enabled = |r: &TaskRecord| on.contains(&(r.account.clone(), r.region.clone(), r.cluster.clone()));
+    metrics
+        .publish_usage(&joined, &enabled)
+        .await
+        .map_err(LinkError::unavailable)
 }
 
 /// The node's task records.

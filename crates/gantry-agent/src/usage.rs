@@ -5,13 +5,23 @@ use crate::link::TaskUsage;
 use crate::supervise::container_dir_name;
 use crate::Agent;
 use gantry_control::metrics::ecs::cpu_units;
+use gantry_control::metrics::ecs::TaskIo;
 use gantry_control::TaskRecord;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A task's cumulative CPU time (ns) at a moment (epoch ms).
-type Reading = (u64, i64);
+/// A task's cumulative counters at a moment (epoch ms): CPU time (ns); network bytes received
+/// and sent, disk bytes read and written (None: not readable).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Reading {
+    at_ms: i64,
+    cpu_ns: u64,
+    io: [Option<u64>; 4],
+}
+
+/// What one sampling read of a task: cumulative CPU ns, memory MiB, I/O counters.
+type Sample = (String, u64, f64, [Option<u64>; 4]);
 
 impl Agent {
     /// Keeps a supervised task in the sampled set while its record says RUNNING.
@@ -41,8 +51,8 @@ impl Agent {
                 running
                     .into_iter()
                     .map(|(k, r)| {
-                        let (cpu, memory) = read_task(&node, &r);
-                        (k, cpu, memory)
+                        let (cpu, memory, io) = read_task(&node, &r);
+                        (k, cpu, memory, io)
                     })
                     .collect::<Vec<_>>()
             })
@@ -60,34 +70,66 @@ impl Agent {
     }
 }
 
-/// A task's CPU time (ns) and memory in use (MiB), summed over its containers.
-fn read_task(node: &gantry_runtime::task::Node, rec: &TaskRecord) -> (u64, f64) {
+/// A task's CPU time (ns), memory in use (MiB) and I/O counters, summed over its containers.
+fn read_task(node: &gantry_runtime::task::Node, rec: &TaskRecord) -> (u64, f64, [Option<u64>; 4]) {
     let id = rec.id();
     let (mut cpu, mut memory) = (0u64, 0u64);
+    let (mut read, mut write) = (None::<u64>, None::<u64>);
     for c in &rec.containers {
         let s = node.container_stats(id, &container_dir_name(c.name()));
         cpu += s.cpu_usage_ns.unwrap_or(0);
         memory += s.memory_bytes.unwrap_or(0);
+        if let Some(r) = s.io_read_bytes {
+            *read.get_or_insert(0) += r;
+        }
+        if let Some(w) = s.io_write_bytes {
+            *write.get_or_insert(0) += w;
+        }
     }
-    (cpu, memory as f64 / (1024.0 * 1024.0))
+    let (rx, tx) = node.task_network_bytes(id).unzip();
+    (cpu, memory as f64 / (1024.0 * 1024.0), [rx, tx, read, write])
+}
+
+/// Each counter's growth between two readings (None when unreadable either time, or when
+/// it went backwards: a reset).
+fn io_delta(prev: [Option<u64>; 4], now: [Option<u64>; 4]) -> Option<TaskIo> {
+    let d = |i: usize| match (prev[i], now[i]) {
+        (Some(a), Some(b)) if b >= a => Some((b - a) as f64),
+        _ => None,
+    };
+    let io = TaskIo {
+        network_rx_bytes: d(0),
+        network_tx_bytes: d(1),
+        storage_read_bytes: d(2),
+        storage_write_bytes: d(3),
+    };
+    (io != TaskIo::default()).then_some(io)
 }
 
 /// Usage since each task's previous reading; a task's first reading only starts its count,
 /// and tasks no longer read are forgotten.
-fn next_usage(last: &mut HashMap<String, Reading>, readings: Vec<(String, u64, f64)>, now_ms: i64) -> Vec<TaskUsage> {
+fn next_usage(last: &mut HashMap<String, Reading>, readings: Vec<Sample>, now_ms: i64) -> Vec<TaskUsage> {
     let mut next = HashMap::with_capacity(readings.len());
     let mut usage = Vec::new();
-    for (key, cpu_ns, memory_mib) in readings {
-        if let Some(&(prev_ns, prev_ms)) = last.get(&key) {
+    for (key, cpu_ns, memory_mib, io) in readings {
+        if let Some(prev) = last.get(&key) {
             usage.push(TaskUsage {
                 key: key.clone(),
                 at_ms: now_ms,
-                from_ms: prev_ms,
-                cpu_units: cpu_units(prev_ns, cpu_ns, now_ms - prev_ms),
+                from_ms: prev.at_ms,
+                cpu_units: cpu_units(prev.cpu_ns, cpu_ns, now_ms - prev.at_ms),
                 memory_mib,
+                io: io_delta(prev.io, io),
             });
         }
-        next.insert(key, (cpu_ns, now_ms));
+        next.insert(
+            key,
+            Reading {
+                at_ms: now_ms,
+                cpu_ns,
+                io,
+            },
+        );
     }
     *last = next;
     usage
@@ -100,13 +142,29 @@ mod tests {
     #[test]
     fn usage_is_the_difference_between_readings() {
         let mut last = HashMap::new();
-        assert!(next_usage(&mut last, vec![("a".into(), 1_000_000_000, 10.0)], 0).is_empty());
+        let none = [None; 4];
+        assert!(next_usage(&mut last, vec![("a".into(), 1_000_000_000, 10.0, none)], 0).is_empty());
         // Half a vCPU over 10 s: 5 s of CPU time = 512 units.
-        let u = next_usage(&mut last, vec![("a".into(), 6_000_000_000, 12.0)], 10_000);
+        let u = next_usage(&mut last, vec![("a".into(), 6_000_000_000, 12.0, none)], 10_000);
         assert_eq!(u.len(), 1);
-        assert_eq!((u[0].cpu_units, u[0].memory_mib), (512.0, 12.0));
+        assert_eq!((u[0].cpu_units, u[0].memory_mib, u[0].io), (512.0, 12.0, None));
         // A task gone from the readings is forgotten; a new one starts counting.
-        assert!(next_usage(&mut last, vec![("b".into(), 5, 1.0)], 20_000).is_empty());
+        assert!(next_usage(&mut last, vec![("b".into(), 5, 1.0, none)], 20_000).is_empty());
         assert!(!last.contains_key("a"));
+    }
+
+    #[test]
+    fn io_is_the_growth_of_each_counter() {
+        let mut last = HashMap::new();
+        let first = [Some(100), Some(50), Some(0), None];
+        next_usage(&mut last, vec![("a".into(), 0, 1.0, first)], 0);
+        // rx grew 900, tx went backwards (a reset: unknown), read grew 4096, write unreadable.
+        let then = [Some(1000), Some(10), Some(4096), Some(7)];
+        let u = next_usage(&mut last, vec![("a".into(), 0, 1.0, then)], 10_000);
+        let io = u[0].io.unwrap();
+        assert_eq!(io.network_rx_bytes, Some(900.0));
+        assert_eq!(io.network_tx_bytes, None);
+        assert_eq!(io.storage_read_bytes, Some(4096.0));
+        assert_eq!(io.storage_write_bytes, None);
     }
 }

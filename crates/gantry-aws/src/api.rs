@@ -14,6 +14,8 @@ pub struct Api {
     /// The bearer token `GET /metrics` requires, if any.
     pub metrics_token: Option<String>,
     pub elb: gantry_control::elb::Elb,
+    /// Secrets Manager, with the key values are sealed with.
+    pub secrets: Option<gantry_control::secrets::SecretsManager>,
 }
 
 /// An error in a service's terms: type name, message, whether it is the server's fault.

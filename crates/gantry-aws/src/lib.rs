@@ -11,6 +11,7 @@ pub mod elbv2;
 pub mod logs;
 pub mod prometheus;
 pub mod protocol;
+pub mod secretsmanager;
 pub mod server;
 pub mod servicediscovery;
 pub mod sigv4;

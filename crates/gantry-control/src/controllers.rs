@@ -49,16 +49,8 @@ pub async fn publish_insights(control: &Control, metrics: &Metrics) -> Result<()
     let mut enabled = std::collections::BTreeSet::new();
     for (account, region, cluster) in candidates {
         let scope = gantry_types::arn::Scope { account, region };
-        let Ok(c) = control.active_cluster(&scope, Some(&cluster)).await else {
-            continue;
-        };
-        let on = c
-            .settings
-            .iter()
-            .flatten()
-            .any(|s| s.name == "containerInsights" && (s.value == "enabled" || s.value == "enhanced"));
-        if on {
-            enabled.insert((scope.account, scope.region, c.cluster_name));
+        if let Some(name) = control.container_insights_on(&scope, &cluster).await {
+            enabled.insert((scope.account, scope.region, name));
         }
     }
     if enabled.is_empty() {
@@ -77,6 +69,19 @@ pub async fn publish_insights(control: &Control, metrics: &Metrics) -> Result<()
         metrics.publish(&scope, data).await.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+impl Control {
+    /// The cluster's name when its containerInsights setting is enabled or enhanced.
+    pub async fn container_insights_on(&self, scope: &gantry_types::arn::Scope, cluster: &str) -> Option<String> {
+        let c = self.active_cluster(scope, Some(cluster)).await.ok()?;
+        let on = c
+            .settings
+            .iter()
+            .flatten()
+            .any(|s| s.name == "containerInsights" && (s.value == "enabled" || s.value == "enhanced"));
+        on.then_some(c.cluster_name)
+    }
 }
 
 /// How often CloudWatch alarms are evaluated (and scaling policies act on them): a period's
@@ -145,6 +150,9 @@ async fn housekeep(control: &Control) {
             let _ = control.expire_stopped_tasks(&tasks, KEEP_STOPPED_SECS).await;
         }
         Err(e) => tracing::warn!(error = %e, "listing tasks to expire"),
+    }
+    if let Err(e) = crate::secrets::purge_deleted(control.store.clone(), control.clock.now_ms()).await {
+        tracing::warn!(error = %e, "removing secrets past their recovery window");
     }
     if let Err(e) = control.stop_tasks_on_lost_nodes().await {
         tracing::warn!(error = %e, "stopping tasks left on lost nodes");

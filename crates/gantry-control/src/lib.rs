@@ -23,6 +23,7 @@ pub mod nodes;
 pub mod placement;
 pub mod records;
 pub mod run_task;
+pub mod secrets;
 pub mod service_controller;
 pub mod service_deployments;
 pub mod service_lb;

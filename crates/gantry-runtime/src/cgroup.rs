@@ -35,6 +35,36 @@ pub struct CgroupStats {
     pub pids_current: Option<u64>,
     pub pids_limit: Option<u64>,
     pub oom_kills: Option<u64>,
+    /// Bytes read from and written to block devices (what reached the disk, not the page
+    /// cache), summed over devices.
+    pub io_read_bytes: Option<u64>,
+    pub io_write_bytes: Option<u64>,
+}
+
+/// Read and write bytes from cgroup v1's blkio.throttle.io_service_bytes
+/// (`MAJ:MIN Read N` lines) or v2's io.stat (`MAJ:MIN rbytes=N wbytes=N ...`).
+pub fn io_bytes(text: &str) -> (u64, u64) {
+    let (mut read, mut write) = (0u64, 0u64);
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let (Some(_device), Some(second)) = (w.next(), w.next()) else {
+            continue;
+        };
+        match (second, w.next()) {
+            ("Read", Some(n)) => read += n.parse().unwrap_or(0),
+            ("Write", Some(n)) => write += n.parse().unwrap_or(0),
+            _ => {
+                for kv in std::iter::once(second).chain(line.split_whitespace().skip(2)) {
+                    match kv.split_once('=') {
+                        Some(("rbytes", n)) => read += n.parse().unwrap_or(0),
+                        Some(("wbytes", n)) => write += n.parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    (read, write)
 }
 
 fn read_u64(p: PathBuf) -> Option<u64> {
@@ -46,6 +76,19 @@ fn keyed(p: PathBuf, key: &str) -> Option<u64> {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+/// Only the I/O counters, from `file` (absent: None).
+fn io(file: PathBuf) -> CgroupStats {
+    let Ok(text) = fs::read_to_string(file) else {
+        return CgroupStats::default();
+    };
+    let (read, write) = io_bytes(&text);
+    CgroupStats {
+        io_read_bytes: Some(read),
+        io_write_bytes: Some(write),
+        ..Default::default()
+    }
 }
 
 /// `path` is the cgroupsPath given to the runtime, e.g. `/gantry/<id>`.
@@ -92,6 +135,7 @@ pub fn stats(path: &str) -> CgroupStats {
                 pids_current: read_u64(r.join("pids").join(rel).join("pids.current")),
                 pids_limit: read_u64(r.join("pids").join(rel).join("pids.max")),
                 oom_kills: keyed(r.join("memory").join(rel).join("memory.oom_control"), "oom_kill"),
+                ..io(r.join("blkio").join(rel).join("blkio.throttle.io_service_bytes"))
             }
         }
         CgroupVersion::V2 => {
@@ -114,6 +158,7 @@ pub fn stats(path: &str) -> CgroupStats {
                 pids_current: read_u64(d.join("pids.current")),
                 pids_limit: read_u64(d.join("pids.max")),
                 oom_kills: keyed(d.join("memory.events"), "oom_kill"),
+                ..io(d.join("io.stat"))
             }
         }
     }
@@ -155,4 +200,18 @@ pub fn age(path: &str) -> Option<std::time::Duration> {
         .iter()
         .filter_map(|d| d.metadata().ok()?.modified().ok()?.elapsed().ok())
         .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_bytes_from_either_version() {
+        let v1 = "8:0 Read 4096\n8:0 Write 512\n8:0 Sync 0\n8:0 Total 4608\n8:16 Read 10\n8:16 Write 20\nTotal 4638\n";
+        assert_eq!(io_bytes(v1), (4106, 532));
+        let v2 = "8:0 rbytes=1000 wbytes=200 rios=3 wios=4 dbytes=0 dios=0\n259:0 rbytes=5 wbytes=6 rios=1 wios=1\n";
+        assert_eq!(io_bytes(v2), (1005, 206));
+        assert_eq!(io_bytes(""), (0, 0));
+    }
 }

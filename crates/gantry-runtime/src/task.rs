@@ -197,6 +197,22 @@ impl Node {
             .flatten()
     }
 
+    /// Bytes the task has received and sent over its own network interface, read from the
+    /// host end of its veth (what the host end receives, the task sent). None for tasks on
+    /// the host's network or without a sandbox.
+    pub fn task_network_bytes(&self, task: &str) -> Option<(u64, u64)> {
+        let sb = self.sandbox(task)?;
+        let named = !sb.host_veth.is_empty() && sb.host_veth.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !named || sb.kind == crate::net::SandboxKind::Host {
+            return None;
+        }
+        let stat = |name: &str| -> Option<u64> {
+            let p = format!("/sys/class/net/{}/statistics/{name}", sb.host_veth);
+            fs::read_to_string(p).ok()?.trim().parse().ok()
+        };
+        Some((stat("tx_bytes")?, stat("rx_bytes")?))
+    }
+
     /// Prepares the bundle and starts one container of the task under a new shim. Returns once
     /// the container's process is running.
     pub fn start_container(

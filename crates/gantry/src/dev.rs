@@ -430,6 +430,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         metrics,
         metrics_token: a.metrics_token.clone(),
         elb,
+        secrets: Some(args.secrets(store.clone())?),
     };
     println!(
         "gantry dev: listening on {endpoint} (account {}, region {})",

@@ -87,6 +87,10 @@ pub struct NodeArgs {
     metrics_interval: u64,
     #[command(flatten)]
     prices: PriceArgs,
+    /// The key secret values are sealed with at rest (32 random bytes, mode 0600; created
+    /// when absent). Every server of a cluster needs the same file. Default: DATA_DIR/secrets.key.
+    #[arg(long, global = true, env = "GANTRY_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// Export task starts and API requests as OpenTelemetry traces to this OTLP/HTTP
     /// endpoint (spans are posted to ENDPOINT/v1/traces, JSON-encoded).
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -94,6 +98,21 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
+    /// Secrets Manager over `store`, sealing with the key file (made on first use).
+    pub fn secrets(
+        &self,
+        store: std::sync::Arc<dyn gantry_store::Store>,
+    ) -> anyhow::Result<gantry_control::secrets::SecretsManager> {
+        use gantry_control::secrets::{seal::Sealer, SecretsManager};
+        let path = self
+            .secrets_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secrets.key"));
+        let sealer = Sealer::load_or_create(&path)?;
+        let clock = std::sync::Arc::new(gantry_control::SystemClock);
+        Ok(SecretsManager::new(store, clock, std::sync::Arc::new(sealer)))
+    }
+
     /// Starts the trace exporter when an endpoint is configured.
     pub fn start_tracing(&self, service_name: &str) {
         if let Some(e) = self.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {

@@ -184,6 +184,7 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         metrics,
         metrics_token: a.metrics_token.clone(),
         elb,
+        secrets: Some(args.secrets(store.clone())?),
     };
     axum::serve(listener, gantry_aws::router(api))
         .with_graceful_shutdown(crate::shutdown_signal("gantry server"))

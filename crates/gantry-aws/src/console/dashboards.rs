@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 pub const DEFAULT_SLO: f64 = 99.9;
+const INSIGHTS: &str = gantry_control::metrics::insights::NAMESPACE;
 /// Buckets a window's charts are drawn with.
 const BUCKETS: i64 = 24;
 /// The SRE workbook's fast-burn threshold (2% of a 30-day budget in an hour).
@@ -557,6 +558,12 @@ pub async fn service(api: &Api, scope: &Scope, cluster: &str, name: &str, window
         ("cpu", query("AWS/ECS", "CPUUtilization", &sd, "Average")),
         ("memory", query("AWS/ECS", "MemoryUtilization", &sd, "Average")),
         ("cost", query(gantry_control::cost::NAMESPACE, "Cost", &sd, "Sum")),
+        // Container Insights (when the cluster has it on): per-task network rates, and the
+        // disk bytes of all tasks per period.
+        ("networkRx", query(INSIGHTS, "NetworkRxBytes", &sd, "Average")),
+        ("networkTx", query(INSIGHTS, "NetworkTxBytes", &sd, "Average")),
+        ("storageRead", query(INSIGHTS, "StorageReadBytes", &sd, "Sum")),
+        ("storageWrite", query(INSIGHTS, "StorageWriteBytes", &sd, "Sum")),
     ];
     let dims = lb_dimensions(api, scope, &s).await?;
     let (requests, failures) = request_queries(&dims);

@@ -70,6 +70,11 @@ pub fn services() -> &'static [Service] {
                 crate::autoscaling::handler,
             )
             .checking_json("ValidationException"),
+            Service::new(
+                include_str!("../../models/secretsmanager.json"),
+                crate::secretsmanager::handler,
+            )
+            .checking_json("InvalidParameterException"),
         ]
     })
 }

@@ -27,6 +27,24 @@ pub struct TaskUsage {
     pub cpu_units: f64,
     /// Memory in use at the end of the interval, MiB.
     pub memory_mib: f64,
+    /// Bytes over the interval (absent from agents that do not read them, or for tasks on
+    /// the host's network): received and sent on the task's interface, read from and
+    /// written to disk by its containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<TaskIo>,
+}
+
+/// A task's network and disk bytes over one interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskIo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_rx_bytes: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_tx_bytes: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_read_bytes: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_write_bytes: Option<f64>,
 }
 
 /// CPU units used between two readings of a cgroup's cumulative CPU time.
@@ -93,6 +111,72 @@ pub fn datapoints(usage: &[(TaskRecord, TaskUsage)]) -> Vec<(Scope, Published)> 
         .collect()
 }
 
+/// The ECS/ContainerInsights utilisation a batch of usage makes, for tasks of clusters where
+/// `enabled` says Container Insights is on: CpuUtilized (CPU units), MemoryUtilized (MiB),
+/// NetworkRxBytes and NetworkTxBytes (bytes/second over the interval), StorageReadBytes and
+/// StorageWriteBytes (bytes), each task one sample of its cluster's, service's and task
+/// family's series (Sum over a period adds the tasks up; Average is per task).
+pub fn insights_datapoints(
+    usage: &[(TaskRecord, TaskUsage)],
+    enabled: &dyn Fn(&TaskRecord) -> bool,
+) -> Vec<(Scope, Published)> {
+    let mut series: BTreeMap<(String, String, MetricKey), (i64, String, Agg)> = BTreeMap::new();
+    for (rec, u) in usage.iter().filter(|(r, _)| enabled(r)) {
+        let cluster = ("ClusterName".to_string(), cluster_name(rec).to_string());
+        let mut dimension_sets = vec![vec![cluster.clone()]];
+        if let Some(service) = service_of(rec) {
+            dimension_sets.push(vec![cluster.clone(), ("ServiceName".into(), service.to_string())]);
+        }
+        let family = rec.task.task_definition_arn.rsplit('/').next().unwrap_or("");
+        let family = family.split(':').next().unwrap_or(family);
+        dimension_sets.push(vec![cluster, ("TaskDefinitionFamily".into(), family.to_string())]);
+        let start = if u.from_ms > 0 { u.from_ms } else { u.at_ms };
+        let secs = ((u.at_ms - start) as f64 / 1000.0).max(1e-3);
+        let io = u.io.unwrap_or_default();
+        let per_sec = |b: Option<f64>| b.map(|b| b / secs);
+        let values = [
+            ("CpuUtilized", "None", Some(u.cpu_units)),
+            ("MemoryUtilized", "Megabytes", Some(u.memory_mib)),
+            ("NetworkRxBytes", "Bytes/Second", per_sec(io.network_rx_bytes)),
+            ("NetworkTxBytes", "Bytes/Second", per_sec(io.network_tx_bytes)),
+            ("StorageReadBytes", "Bytes", io.storage_read_bytes),
+            ("StorageWriteBytes", "Bytes", io.storage_write_bytes),
+        ];
+        let at = start.div_euclid(1000) * 1000;
+        for dims in &dimension_sets {
+            for (name, unit, value) in values {
+                let Some(v) = value else { continue };
+                let key = MetricKey {
+                    namespace: super::insights::NAMESPACE.into(),
+                    name: name.into(),
+                    dims: dims.clone(),
+                };
+                let one = Agg::single(v, 1.0);
+                series
+                    .entry((rec.account.clone(), rec.region.clone(), key))
+                    .and_modify(|(t, _, a)| {
+                        *t = (*t).max(at);
+                        a.merge(&one);
+                    })
+                    .or_insert((at, unit.to_string(), one));
+            }
+        }
+    }
+    series
+        .into_iter()
+        .map(|((account, region, key), (ts_ms, unit, agg))| {
+            let published = Published {
+                key,
+                ts_ms,
+                unit,
+                resolution: 1,
+                agg,
+            };
+            (Scope { account, region }, published)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +210,7 @@ mod tests {
             from_ms: 1_500,
             cpu_units,
             memory_mib,
+            io: None,
         }
     }
 
@@ -164,6 +249,40 @@ mod tests {
         // Another account's task stays in its own account.
         assert_eq!(find("2", "CPUUtilization", Some("web")).agg.sum, 25.0);
         assert_eq!(out.len(), 2 * 2 + 2 * 2);
+    }
+
+    #[test]
+    fn container_insights_utilisation_only_where_enabled() {
+        let mut a = rec("a", Some("service:web"), "1");
+        a.task.task_definition_arn = "arn:aws:ecs:us-east-1:1:task-definition/web:7".into();
+        let mut with_io = usage(512.0, 256.0);
+        with_io.io = Some(TaskIo {
+            network_rx_bytes: Some(20_000.0),
+            network_tx_bytes: None,
+            storage_read_bytes: Some(4096.0),
+            storage_write_bytes: Some(0.0),
+        });
+        let b = rec("b", Some("service:web"), "2");
+        let batch = vec![(a, with_io), (b, usage(1.0, 1.0))];
+        let out = insights_datapoints(&batch, &|r| r.account == "1");
+        assert!(out
+            .iter()
+            .all(|(s, p)| s.account == "1" && p.key.namespace == "ECS/ContainerInsights"));
+        let get = |name: &str, dim: &str| {
+            out.iter()
+                .find(|(_, p)| p.key.name == name && p.key.dims.iter().any(|d| d.0 == dim))
+                .map(|(_, p)| p.clone())
+                .unwrap_or_else(|| panic!("no {name} by {dim}"))
+        };
+        // 20,000 bytes over the 10-second interval.
+        let rx = get("NetworkRxBytes", "ServiceName");
+        assert_eq!((rx.agg.sum, rx.unit.as_str()), (2_000.0, "Bytes/Second"));
+        assert_eq!(get("StorageReadBytes", "TaskDefinitionFamily").agg.sum, 4096.0);
+        assert_eq!(get("CpuUtilized", "ServiceName").agg.sum, 512.0);
+        let family = get("MemoryUtilized", "TaskDefinitionFamily");
+        assert_eq!(family.key.dims[1], ("TaskDefinitionFamily".into(), "web".into()));
+        // Unknown counters are left out rather than published as zeros.
+        assert!(!out.iter().any(|(_, p)| p.key.name == "NetworkTxBytes"));
     }
 
     #[test]

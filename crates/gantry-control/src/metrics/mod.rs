@@ -156,10 +156,18 @@ impl Metrics {
         self.data.write(w).await
     }
 
-    /// Publishes the AWS/ECS utilisation the agents sampled of their tasks.
-    pub async fn publish_usage(&self, usage: &[(crate::TaskRecord, ecs::TaskUsage)]) -> Result<(), MetricsError> {
+    /// Publishes the AWS/ECS utilisation the agents sampled of their tasks, and the Container
+    /// Insights utilisation of those whose cluster has it `enabled`.
+    pub async fn publish_usage(
+        &self,
+        usage: &[(crate::TaskRecord, ecs::TaskUsage)],
+        enabled: &(dyn Fn(&crate::TaskRecord) -> bool + Sync),
+    ) -> Result<(), MetricsError> {
         let mut by_scope: std::collections::BTreeMap<(String, String), Vec<Published>> = Default::default();
-        for (scope, p) in ecs::datapoints(usage) {
+        let points = ecs::datapoints(usage)
+            .into_iter()
+            .chain(ecs::insights_datapoints(usage, enabled));
+        for (scope, p) in points {
             by_scope.entry((scope.account, scope.region)).or_default().push(p);
         }
         for ((account, region), data) in by_scope {

@@ -28,6 +28,8 @@ const svg = (tag, attrs) => {
   return el;
 };
 const pct = (v, digits = 2) => (v === null || v === undefined ? "–" : (v * 100).toFixed(digits) + "%");
+const bytes = (v) => (v >= 1 << 20 ? (v / (1 << 20)).toFixed(1) + " MiB" : v >= 1024 ? (v / 1024).toFixed(1) + " KiB" : v.toFixed(0) + " B");
+const INSIGHTS_OFF = "No data: Container Insights is off for this cluster (update-cluster-settings containerInsights=enabled).";
 const dollars = (v) => "$" + (v || 0).toFixed(v >= 1 ? 2 : 4);
 const when = (secs) => (secs ? new Date(secs * 1000).toISOString().replace("T", " ").slice(0, 19) + "Z" : "–");
 const lastPart = (arn) => (arn || "").split("/").pop();
@@ -277,8 +279,11 @@ async function servicePage(cluster, name, params) {
         { ...range, width: 420, legend: true, id: "requests", title: "Requests per period", empty: "No load balancer traffic." }),
       chart([{ name: "p95", points: ser.latencyP95 || [] }],
         { ...range, width: 420, yFmt: (v) => (v * 1000).toFixed(0) + " ms", id: "latency", title: "Target response time p95", empty: "No load balancer traffic." }),
-      chart([{ name: "cost", points: ser.cost }], { ...range, width: 420, yFmt: (v) => "$" + v.toFixed(4), id: "service-cost", title: "Cost per period" })),
-    h("p", { class: "muted" }, "Network and storage throughput are not collected yet."),
+      chart([{ name: "cost", points: ser.cost }], { ...range, width: 420, yFmt: (v) => "$" + v.toFixed(4), id: "service-cost", title: "Cost per period" }),
+      chart([{ name: "received", points: ser.networkRx }, { name: "sent", points: ser.networkTx }],
+        { ...range, width: 420, legend: true, yFmt: bytes, id: "network", title: "Network per task (bytes/s)", empty: INSIGHTS_OFF }),
+      chart([{ name: "read", points: ser.storageRead }, { name: "written", points: ser.storageWrite }],
+        { ...range, width: 420, legend: true, yFmt: bytes, id: "storage", title: "Disk I/O per period", empty: INSIGHTS_OFF })),
     h("h2", {}, "Tasks"), taskTable(cluster, d.tasks),
     h("h2", {}, "Events"), table(["Time", "Message"], events.map((e) => h("tr", {}, h("td", {}, when(e.createdAt)), h("td", {}, e.message))), { id: "events" }));
 }
