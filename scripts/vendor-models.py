@@ -14,7 +14,8 @@ import os
 import botocore
 
 SERVICES = {"ecs": "ecs", "logs": "logs", "elbv2": "elbv2", "servicediscovery": "servicediscovery", "acm": "acm", "cloudwatch": "cloudwatch",
-            "application-autoscaling": "application-autoscaling", "secretsmanager": "secretsmanager"}
+            "application-autoscaling": "application-autoscaling", "secretsmanager": "secretsmanager",
+            "ssm": "ssm"}
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "gantry-aws", "models")
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import IMAGE, KEY, REGION, SECRET
 
-SERVICES = ["ecs", "logs", "servicediscovery", "acm", "cloudwatch", "application-autoscaling", "secretsmanager"]
+SERVICES = ["ecs", "logs", "servicediscovery", "acm", "cloudwatch", "application-autoscaling", "secretsmanager",
+            "ssm"]
 # Errors any AWS JSON service may answer besides the declared ones (auth, size, throttling).
 GENERIC = {"AccessDeniedException", "UnrecognizedClientException", "ThrottlingException",
            "RequestEntityTooLargeException", "SerializationException"}
@@ -24,7 +25,9 @@ GENERIC = {"AccessDeniedException", "UnrecognizedClientException", "ThrottlingEx
 # on every operation (ListTagsForResource declares only ResourceNotFoundException).
 COMMON = {"cloudwatch": {"InvalidParameterValueException", "MissingRequiredParameterException",
                          "InvalidParameterCombinationException", "InternalServiceFault"},
-          "application-autoscaling": {"ValidationException"}}
+          "application-autoscaling": {"ValidationException"},
+          # SSM, like Application Auto Scaling, answers constraint violations with ValidationException.
+          "ssm": {"ValidationException"}}
 NOT_IMPLEMENTED = {"InvalidAction", "UnknownOperationException"}
 # Destructive operations run last so the fixtures stay usable for the rest.
 LAST = ("Delete", "Deregister", "Stop", "Untag", "Disassociate")

@@ -16,6 +16,8 @@ pub struct Api {
     pub elb: gantry_control::elb::Elb,
     /// Secrets Manager, with the key values are sealed with.
     pub secrets: Option<gantry_control::secrets::SecretsManager>,
+    /// Parameter Store, sealing with the same key.
+    pub parameters: Option<gantry_control::parameters::ParameterStore>,
 }
 
 /// An error in a service's terms: type name, message, whether it is the server's fault.

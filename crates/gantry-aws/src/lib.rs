@@ -15,6 +15,7 @@ pub mod secretsmanager;
 pub mod server;
 pub mod servicediscovery;
 pub mod sigv4;
+pub mod ssm;
 
 pub use api::{Api, ApiError};
 pub use server::router;

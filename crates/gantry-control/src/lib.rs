@@ -20,6 +20,7 @@ pub mod logfeed;
 pub mod logstore;
 pub mod metrics;
 pub mod nodes;
+pub mod parameters;
 pub mod placement;
 pub mod records;
 pub mod run_task;

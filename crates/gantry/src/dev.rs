@@ -424,13 +424,15 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         a.lb.spawn_data_plane(&control, (metrics.clone(), usage_every), stop_rx.clone());
     let control_for_exit = control.clone();
     let elb = a.lb.elb(&control);
+    let (secrets, parameters) = args.secrets(store.clone())?;
     let api = gantry_aws::Api {
         control,
         logs,
         metrics,
         metrics_token: a.metrics_token.clone(),
         elb,
-        secrets: Some(args.secrets(store.clone())?),
+        secrets: Some(secrets),
+        parameters: Some(parameters),
     };
     println!(
         "gantry dev: listening on {endpoint} (account {}, region {})",

@@ -98,19 +98,26 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    /// Secrets Manager over `store`, sealing with the key file (made on first use).
+    /// Secrets Manager and Parameter Store over `store`, sealing with the key file (made on
+    /// first use).
     pub fn secrets(
         &self,
         store: std::sync::Arc<dyn gantry_store::Store>,
-    ) -> anyhow::Result<gantry_control::secrets::SecretsManager> {
-        use gantry_control::secrets::{seal::Sealer, SecretsManager};
+    ) -> anyhow::Result<(
+        gantry_control::secrets::SecretsManager,
+        gantry_control::parameters::ParameterStore,
+    )> {
+        use gantry_control::{parameters::ParameterStore, secrets::seal::Sealer, secrets::SecretsManager};
         let path = self
             .secrets_key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("secrets.key"));
-        let sealer = Sealer::load_or_create(&path)?;
+        let sealer = std::sync::Arc::new(Sealer::load_or_create(&path)?);
         let clock = std::sync::Arc::new(gantry_control::SystemClock);
-        Ok(SecretsManager::new(store, clock, std::sync::Arc::new(sealer)))
+        Ok((
+            SecretsManager::new(store.clone(), clock.clone(), sealer.clone()),
+            ParameterStore::new(store, clock, sealer),
+        ))
     }
 
     /// Starts the trace exporter when an endpoint is configured.

@@ -178,13 +178,15 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         a.lb.spawn_data_plane(&control, (metrics.clone(), every), stop_rx.clone())
     });
     let elb = a.lb.elb(&control);
+    let (secrets, parameters) = args.secrets(store.clone())?;
     let api = gantry_aws::Api {
         control,
         logs,
         metrics,
         metrics_token: a.metrics_token.clone(),
         elb,
-        secrets: Some(args.secrets(store.clone())?),
+        secrets: Some(secrets),
+        parameters: Some(parameters),
     };
     axum::serve(listener, gantry_aws::router(api))
         .with_graceful_shutdown(crate::shutdown_signal("gantry server"))

@@ -75,6 +75,8 @@ pub fn services() -> &'static [Service] {
                 crate::secretsmanager::handler,
             )
             .checking_json("InvalidParameterException"),
+            Service::new(include_str!("../../models/ssm.json"), crate::ssm::handler)
+                .checking_json("ValidationException"),
         ]
     })
 }
