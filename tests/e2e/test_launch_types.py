@@ -63,9 +63,9 @@ def test_ec2_definitions_register_and_fargate_refuses_them(ecs):
         ecs.register_task_definition(family="nomem", containerDefinitions=[{"name": "a", "image": IMAGE}])
     assert code(e) == ("ClientException", "Invalid setting for container 'a'. At least one of 'memory' or 'memoryReservation' must be specified.")
     with pytest.raises(ClientError) as e:
-        ecs.register_task_definition(family="sec", containerDefinitions=[{"name": "a", "image": IMAGE, "memory": 64,
-                                     "secrets": [{"name": "X", "valueFrom": "arn:aws:ssm:us-east-1:123456789012:parameter/x"}]}])
-    assert code(e)[0] == "ClientException" and "secrets" in code(e)[1]
+        ecs.register_task_definition(family="vol", containerDefinitions=[{"name": "a", "image": IMAGE, "memory": 64,
+                                     "mountPoints": [{"sourceVolume": "v", "containerPath": "/data"}]}])
+    assert code(e)[0] == "ClientException" and "mountPoints" in code(e)[1]
     with pytest.raises(ClientError) as e:
         ecs.register_task_definition(family="fg", networkMode="bridge", requiresCompatibilities=["FARGATE"], cpu="256",
                                      memory="512", containerDefinitions=[{"name": "a", "image": IMAGE}])

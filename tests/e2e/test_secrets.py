@@ -1,11 +1,15 @@
 """Secrets Manager with boto3 and awscli unchanged: versions and staging labels, idempotent
 tokens, scheduled deletion and restore, tags, filters, resource policies, AWS's errors; and
 values sealed at rest (no plaintext anywhere under the data directory)."""
+import hashlib
+import json
 import os
 import stat
 
 import botocore.exceptions
 import pytest
+
+from conftest import awslogs, register, run, wait_for, wait_stopped
 
 SECRET_TEXT = "correct-horse-battery-staple-7f3a"
 
@@ -134,3 +138,81 @@ def test_values_are_sealed_at_rest_and_the_cli_works(gantry):
             if os.path.isfile(path) and not os.path.islink(path):
                 with open(path, "rb") as fh:
                     assert needle not in fh.read(), f"plaintext secret found in {path}"
+
+
+def sha(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def scan_for(root, needle):
+    """Files under `root` holding `needle` (regular files only: not /proc-like or sockets)."""
+    found = []
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            try:
+                if os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) < (64 << 20):
+                    with open(path, "rb") as fh:
+                        if needle in fh.read():
+                            found.append(path)
+            except OSError:
+                pass
+    return found
+
+
+def test_containers_get_secrets_that_are_written_nowhere(gantry, ecs, sm, logs):
+    ssm = gantry.client("ssm")
+    password, api_key = "pw-" + SECRET_TEXT, "key-" + SECRET_TEXT
+    arn = sm.create_secret(Name="task/db", SecretString=json.dumps({"username": "admin", "password": password}))["ARN"]
+    ssm.put_parameter(Name="/task/api-key", Value=api_key, Type="SecureString")
+    # Each variable's hash goes to the log; the metadata endpoint is searched for the value.
+    script = ('for v in "$DB_PASSWORD" "$DB_USER" "$API_KEY"; do printf %s "$v" | sha256sum; done; '
+              'wget -qO- "$ECS_CONTAINER_METADATA_URI_V4/task" | grep -c -F "$DB_PASSWORD"; '
+              'echo done; exec sleep 600')
+    td = register(ecs, "with-secrets", [{
+        "name": "app", "command": ["sh", "-c", script], "logConfiguration": awslogs("/secrets/app"),
+        "secrets": [{"name": "DB_PASSWORD", "valueFrom": f"{arn}:password::"},
+                    {"name": "DB_USER", "valueFrom": f"{arn.rsplit('-', 1)[0]}:username::"},
+                    {"name": "API_KEY", "valueFrom": "/task/api-key"}]}])
+    task = run(ecs, "default", td["taskDefinitionArn"])[0]
+    task_id = task["taskArn"].split("/")[-1]
+
+    def output():
+        try:
+            events = logs.get_log_events(logGroupName="/secrets/app", logStreamName=f"ecs/app/{task_id}")["events"]
+        except logs.exceptions.ResourceNotFoundException:
+            return None
+        lines = [e["message"] for e in events]
+        return lines if "done" in lines else None
+    lines = wait_for("the task's output", output, 60)
+    hashes = [line.split()[0] for line in lines[:3]]
+    assert hashes == [sha(password), sha("admin"), sha(api_key)], lines
+    assert lines[3] == "0", "the metadata endpoint must not show a secret"
+    described = json.dumps(ecs.describe_tasks(cluster="default", tasks=[task["taskArn"]]), default=str)
+    assert password not in described and api_key not in described
+    # Nowhere on disk, while the task runs: not the store, the task directory, the bundle, the
+    # runtime's state, the logs.
+    for value in (password, api_key):
+        for root in (os.path.join(gantry.dir, "data"), os.path.join(gantry.dir, "run")):
+            assert scan_for(root, value.encode()) == [], f"{value} written under {root}"
+    ecs.stop_task(cluster="default", task=task["taskArn"])
+
+
+def test_a_task_whose_secret_cannot_be_read_fails_to_start(gantry, ecs):
+    for value_from, reason in [
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:missing-AbCdEf", "unable to retrieve secret from asm"),
+        ("/no/such/parameter", "invalid ssm parameters: /no/such/parameter"),
+    ]:
+        td = register(ecs, "bad-secret", [{"name": "app", "command": ["true"],
+                                           "secrets": [{"name": "X", "valueFrom": value_from}]}])
+        task = run(ecs, "default", td["taskDefinitionArn"])[0]
+        stopped = wait_stopped(ecs, "default", [task["taskArn"]])[0]
+        assert stopped["stopCode"] == "TaskFailedToStart", stopped
+        assert stopped["stoppedReason"].startswith(
+            "ResourceInitializationError: unable to pull secrets or registry auth: execution resource retrieval failed: "), stopped
+        assert reason in stopped["stoppedReason"], stopped["stoppedReason"]
+    # Registration refuses what is not a secret or a parameter.
+    c, m = code(ecs.register_task_definition, family="x", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+                cpu="256", memory="512", containerDefinitions=[{
+                    "name": "app", "image": "x", "secrets": [{"name": "X", "valueFrom": "arn:aws:s3:::bucket/key"}]}])
+    assert c == "ClientException" and "neither a Secrets Manager secret nor a Parameter Store parameter" in m

@@ -106,6 +106,62 @@ pub trait ControlLink: Send + Sync {
     async fn dns_records(&self, after: i64) -> LinkResult<(Vec<KeyValue>, i64)>;
     /// The usage the agent sampled of its running tasks, for the AWS/ECS metrics.
     async fn put_usage(&self, usage: &[TaskUsage]) -> LinkResult<()>;
+    /// The values of one of this node's task's container secrets, or why they cannot be read
+    /// (ECS's ResourceInitializationError wording: the task then fails to start).
+    async fn task_secrets(&self, key: &str) -> LinkResult<TaskSecrets>;
+}
+
+/// A task's secrets as (container, variable, value), or the reason its start fails.
+pub type TaskSecrets = Result<Vec<(String, String, String)>, String>;
+
+/// Where secret values are read from (the servers', holding the sealing key).
+pub struct SecretStores {
+    pub secrets: gantry_control::secrets::SecretsManager,
+    pub parameters: gantry_control::parameters::ParameterStore,
+}
+
+/// The server side of `task_secrets`: only for a task placed on `node`, read as the task's
+/// account and region.
+pub async fn resolve_task_secrets(
+    control: &Control,
+    stores: Option<&SecretStores>,
+    node: &str,
+    key: &str,
+) -> LinkResult<TaskSecrets> {
+    let Some((rec, _)) = get_assigned(control, node, key).await? else {
+        return Ok(Err("the task record is gone".into()));
+    };
+    let wanted: Vec<(String, String, String)> = rec
+        .containers
+        .iter()
+        .flat_map(|c| {
+            c.secrets
+                .iter()
+                .flatten()
+                .filter_map(move |s| Some((c.name().to_string(), s.name.clone()?, s.value_from.clone()?)))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Ok(vec![]));
+    }
+    let Some(stores) = stores else {
+        return Ok(Err(
+            "ResourceInitializationError: unable to pull secrets or registry auth: this server has no secrets key"
+                .into(),
+        ));
+    };
+    let scope = gantry_types::arn::Scope {
+        account: rec.account.clone(),
+        region: rec.region.clone(),
+    };
+    let mut out = Vec::with_capacity(wanted.len());
+    for (container, name, from) in wanted {
+        match gantry_control::secrets::resolve(&stores.secrets, &stores.parameters, &scope, &from).await {
+            Ok(v) => out.push((container, name, v)),
+            Err(reason) => return Ok(Err(reason)),
+        }
+    }
+    Ok(Ok(out))
 }
 
 /// The in-process link: the control plane and log store of this very process.
@@ -115,6 +171,7 @@ pub struct LocalLink {
     metrics: Metrics,
     node: String,
     epoch: AtomicU64,
+    secrets: Option<Arc<SecretStores>>,
 }
 
 impl LocalLink {
@@ -125,7 +182,14 @@ impl LocalLink {
             metrics,
             node: node.to_string(),
             epoch: AtomicU64::new(0),
+            secrets: None,
         }
+    }
+
+    /// Reads container secrets from these stores.
+    pub fn with_secrets(mut self, stores: Arc<SecretStores>) -> LocalLink {
+        self.secrets = Some(stores);
+        self
     }
 }
 
@@ -192,6 +256,10 @@ impl ControlLink for LocalLink {
 
     async fn put_usage(&self, usage: &[TaskUsage]) -> LinkResult<()> {
         publish_usage(&self.control, &self.metrics, &self.node, usage).await
+    }
+
+    async fn task_secrets(&self, key: &str) -> LinkResult<TaskSecrets> {
+        resolve_task_secrets(&self.control, self.secrets.as_deref(), &self.node, key).await
     }
 }
 

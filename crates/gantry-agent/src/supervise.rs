@@ -192,6 +192,28 @@ async fn get(a: &Agent, key: &str) -> Result<Option<(TaskRecord, i64)>> {
     Ok(a.link.get_task(key).await?)
 }
 
+/// The task's container secrets as (container, name, value), read through the link when it
+/// has any; the reason its start fails otherwise.
+async fn task_secrets(
+    a: &Agent,
+    key: &str,
+    rec: &TaskRecord,
+) -> std::result::Result<Vec<(String, String, String)>, String> {
+    if !rec
+        .containers
+        .iter()
+        .any(|c| c.secrets.iter().flatten().next().is_some())
+    {
+        return Ok(vec![]);
+    }
+    match a.link.task_secrets(key).await {
+        Ok(resolved) => resolved,
+        Err(e) => Err(format!(
+            "ResourceInitializationError: unable to pull secrets or registry auth: the control plane could not be reached: {e}"
+        )),
+    }
+}
+
 async fn launch(
     a: &Arc<Agent>,
     key: &str,
@@ -207,6 +229,9 @@ async fn launch(
         true
     })
     .await?;
+    // Secrets first, as ECS reads them while provisioning: a task whose secrets cannot be
+    // read pulls nothing. The values stay in memory (never in the record or a file).
+    let secrets = task_secrets(a, key, rec).await?;
     // Pull every image first: a task whose image cannot be pulled never gets a sandbox.
     let mut images: HashMap<String, ImageRecord> = HashMap::new();
     for c in &rec.containers {
@@ -411,7 +436,14 @@ async fn launch(
         let stop_timeout = Duration::from_secs(c.stop_timeout.unwrap_or(30) as u64);
         let node = a.node.clone();
         let (tid, dn) = (id.clone(), container_dir_name(&name));
-        let started = blocking(move || node.start_container(&tid, &dn, &image, &spec, stop_timeout)).await;
+        let secret_env: Vec<(String, String)> = secrets
+            .iter()
+            .filter(|(container, _, _)| *container == name)
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .collect();
+        let started =
+            blocking(move || node.start_container_with_secrets(&tid, &dn, &image, &spec, stop_timeout, &secret_env))
+                .await;
         if let Err(e) = started {
             return Err(format!("CannotStartContainerError: {e}"));
         }

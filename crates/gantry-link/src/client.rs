@@ -429,6 +429,18 @@ impl ControlLink for RemoteLink {
         self.call_empty("/v1/usage", &usage).await
     }
 
+    async fn task_secrets(&self, key: &str) -> LinkResult<gantry_agent::link::TaskSecrets> {
+        let r = self
+            .send(|s| {
+                self.client()
+                    .get(format!("{s}/v1/secrets"))
+                    .query(&[("key", key)])
+                    .timeout(REQUEST_TIMEOUT)
+            })
+            .await?;
+        r.json().await.map_err(LinkError::unavailable)
+    }
+
     async fn put_log_events(&self, target: &LogTarget, events: &[(i64, String)]) -> LinkResult<()> {
         let body = PutEvents {
             target: target.clone(),

@@ -28,6 +28,8 @@ pub struct LinkServer {
     pub logs: Arc<Logs>,
     pub metrics: gantry_control::metrics::Metrics,
     pub ca: Ca,
+    /// Where container secrets are read from (None: tasks with secrets fail to start).
+    pub secrets: Option<Arc<gantry_agent::link::SecretStores>>,
 }
 
 /// Who is calling: the node of a verified certificate, if any.
@@ -88,6 +90,7 @@ impl LinkServer {
             .route("/v1/logs/events", post(put_events))
             .route("/v1/dns", get(dns))
             .route("/v1/usage", post(put_usage))
+            .route("/v1/secrets", get(task_secrets))
             .with_state(Arc::new(self))
     }
 
@@ -370,6 +373,20 @@ async fn put_usage(
         .await
         .map_err(|e| op_err(&peer, e))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A task's container secrets, for the node it is placed on only (mutual TLS names the node).
+async fn task_secrets(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<gantry_agent::link::TaskSecrets>, Refusal> {
+    let me = node(&peer)?;
+    Ok(Json(
+        ops::resolve_task_secrets(&s.control, s.secrets.as_deref(), me, &q.key)
+            .await
+            .map_err(|e| op_err(&peer, e))?,
+    ))
 }
 
 /// The Cloud Map records for the node's resolver, long-polled (see `ControlLink::dns_records`).

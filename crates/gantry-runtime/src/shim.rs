@@ -37,7 +37,17 @@ pub struct ShimSpec {
     /// the node's namespace and detaching what a task must not see.
     #[serde(default)]
     pub mount_template: Option<PathBuf>,
+    /// The container has secret environment variables: the starter writes them (a JSON list
+    /// of `NAME=value`) to the shim's stdin, never to a file.
+    #[serde(default)]
+    pub secret_env: bool,
 }
+
+/// The bundle directory the shim covers with a private tmpfs holding the config with the
+/// secret variables; on disk it holds the same config without them.
+pub const SECRET_BUNDLE: &str = "secret-bundle";
+/// Most bytes of secret environment a shim reads.
+pub const MAX_SECRET_ENV: usize = 1 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ShimStarted {

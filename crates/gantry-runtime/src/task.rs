@@ -223,6 +223,22 @@ impl Node {
         spec: &ContainerSpec,
         stop_timeout: Duration,
     ) -> Result<ShimStarted, TaskError> {
+        self.start_container_with_secrets(task, name, image, spec, stop_timeout, &[])
+    }
+
+    /// `start_container`, with environment variables that must never be written to disk:
+    /// they go to the shim through a pipe, and reach the runtime only through a config held
+    /// in the shim's private tmpfs (`shim::SECRET_BUNDLE`). The config.json on disk never has
+    /// them.
+    pub fn start_container_with_secrets(
+        &self,
+        task: &str,
+        name: &str,
+        image: &ImageRecord,
+        spec: &ContainerSpec,
+        stop_timeout: Duration,
+        secret_env: &[(String, String)],
+    ) -> Result<ShimStarted, TaskError> {
         validate_name("container name", name)?;
         let sb = self.sandbox(task).ok_or_else(|| TaskError::Invalid {
             what: "task",
@@ -259,6 +275,22 @@ impl Node {
             &cgroup_path,
         )?;
         bundle::write_spec(&oci, &dir)?;
+        let secret_lines = secret_env_lines(secret_env)?;
+        if !secret_lines.is_empty() {
+            // The runtime's view from outside the shim (delete, state): the same config with
+            // the rootfs by absolute path, and no secret in it.
+            let secret_dir = dir.join(shim::SECRET_BUNDLE);
+            fs::create_dir_all(&secret_dir).map_err(io_ctx(format!("creating {}", secret_dir.display())))?;
+            let mut v = serde_json::to_value(&oci).map_err(|e| TaskError::Invalid {
+                what: "spec",
+                value: e.to_string(),
+                reason: "does not serialise",
+            })?;
+            v["root"]["path"] = serde_json::json!(dir.join("rootfs"));
+            let data = serde_json::to_vec(&v).expect("a JSON value serialises");
+            fs::write(secret_dir.join("config.json"), data)
+                .map_err(io_ctx("writing the secret bundle's config.json"))?;
+        }
         let stop_signal = img
             .stop_signal
             .as_deref()
@@ -275,13 +307,10 @@ impl Node {
             netns,
             netns_dir: Some(self.cfg.network.netns_dir.clone()),
             mount_template: self.mount_template(),
+            secret_env: !secret_lines.is_empty(),
         };
         shim::write_json_atomic(&dir.join(shim::SPEC_FILE), &shim_spec).map_err(io_ctx("writing shim.json"))?;
-        let out = Command::new(&self.cfg.shim_binary)
-            .arg(&dir)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(io_ctx(format!("running {}", self.cfg.shim_binary.display())))?;
+        let out = self.run_shim(&dir, &secret_lines)?;
         if !out.status.success() {
             return Err(TaskError::Start {
                 id,
@@ -295,6 +324,28 @@ impl Node {
                 message: "shim reported success but wrote no started.json".into(),
             }),
         }
+    }
+
+    /// Runs the shim for `dir`, handing it the secret environment (if any) on its stdin.
+    fn run_shim(&self, dir: &Path, secret_lines: &[String]) -> Result<std::process::Output, TaskError> {
+        use std::io::Write as _;
+        let running = || io_ctx(format!("running {}", self.cfg.shim_binary.display()));
+        let mut child = Command::new(&self.cfg.shim_binary)
+            .arg(dir)
+            .stdin(if secret_lines.is_empty() {
+                std::process::Stdio::null()
+            } else {
+                std::process::Stdio::piped()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(running())?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let data = serde_json::to_vec(secret_lines).expect("strings serialise");
+            stdin.write_all(&data).map_err(running())?;
+        }
+        child.wait_with_output().map_err(running())
     }
 
     /// What the container's shim says now (works after a restart of the caller).
@@ -517,4 +568,22 @@ fn shim_alive(pid: i32, dir: &Path) -> bool {
             c.split(|b| *b == 0).any(|arg| arg == d)
         })
         .unwrap_or(false)
+}
+
+/// Secret variables as `NAME=value` lines, names checked as any environment variable's.
+fn secret_env_lines(secret_env: &[(String, String)]) -> Result<Vec<String>, TaskError> {
+    secret_env
+        .iter()
+        .map(|(k, v)| {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                Err(TaskError::Invalid {
+                    what: "secret environment variable",
+                    value: k.clone(),
+                    reason: "is not a valid variable name or value",
+                })
+            } else {
+                Ok(format!("{k}={v}"))
+            }
+        })
+        .collect()
 }

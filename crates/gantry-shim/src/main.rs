@@ -16,6 +16,7 @@ use gantry_runtime::shim::{self, ContainerExit, ShimSpec, ShimStarted};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,14 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("gantry-shim: reading {}: {e}", dir.join(shim::SPEC_FILE).display());
+            return ExitCode::from(2);
+        }
+    };
+    // Secret variables come on stdin (never from a file), read before detaching.
+    let secret_env = match read_secret_env(&spec) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("gantry-shim: {e}");
             return ExitCode::from(2);
         }
     };
@@ -73,7 +82,7 @@ fn main() -> ExitCode {
         Ok(sys::Fork::Child) => {
             drop(ready_r);
             let mut ready = File::from(ready_w);
-            if let Err(e) = supervise(&dir, &spec, &mut ready) {
+            if let Err(e) = supervise(&dir, &spec, &secret_env, &mut ready) {
                 let _ = write!(ready, "err {e}");
                 eprintln!("gantry-shim {}: {e}", spec.id);
                 return ExitCode::from(1);
@@ -156,6 +165,93 @@ fn detach_task_namespaces(spec: &ShimSpec) -> Result<(), String> {
     }
 }
 
+/// The secret `NAME=value` lines on stdin, when the spec says there are some.
+fn read_secret_env(spec: &ShimSpec) -> Result<Vec<String>, String> {
+    if !spec.secret_env {
+        return Ok(vec![]);
+    }
+    let mut data = Vec::new();
+    std::io::stdin()
+        .take(shim::MAX_SECRET_ENV as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("reading the secret environment: {e}"))?;
+    if data.len() > shim::MAX_SECRET_ENV {
+        return Err(format!(
+            "the secret environment is larger than {} bytes",
+            shim::MAX_SECRET_ENV
+        ));
+    }
+    let lines: Vec<String> =
+        serde_json::from_slice(&data).map_err(|e| format!("the secret environment is not a JSON list: {e}"))?;
+    if lines.iter().any(|l| !l.contains('=') || l.starts_with('=')) {
+        return Err("a secret environment line is not NAME=value".into());
+    }
+    Ok(lines)
+}
+
+/// Covers the secret bundle directory with a tmpfs private to this shim's mount namespace and
+/// writes there the on-disk config (rootfs by absolute path) with the secret variables set:
+/// the runtime reads them from memory that vanishes with the shim.
+fn secret_bundle(dir: &Path, secret_env: &[String]) -> Result<PathBuf, String> {
+    let target = dir.join(shim::SECRET_BUNDLE);
+    let on_disk =
+        fs::read(target.join("config.json")).map_err(|e| format!("reading the secret bundle's config: {e}"))?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&on_disk).map_err(|e| format!("the secret bundle's config is not JSON: {e}"))?;
+    let env = config["process"]["env"]
+        .as_array_mut()
+        .ok_or("the secret bundle's config has no process.env")?;
+    for line in secret_env {
+        let name = line.split('=').next().unwrap_or_default();
+        env.retain(|e| e.as_str().and_then(|e| e.split('=').next()) != Some(name));
+        env.push(serde_json::Value::String(line.clone()));
+    }
+    sys::mount_tmpfs(&target.to_string_lossy(), "mode=0700,size=4m")
+        .map_err(|e| format!("mounting the secret bundle's tmpfs: {e}"))?;
+    let data = serde_json::to_vec(&config).expect("a JSON value serialises");
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target.join("config.json"))
+        .and_then(|mut f| f.write_all(&data))
+        .map_err(|e| format!("writing the secret bundle's config: {e}"))?;
+    Ok(target)
+}
+
+/// The runtime keeps a copy of the config in its state directory (crun's config.json,
+/// runc's state.json): once the container runs, the secret lines are dropped from it, so they
+/// live on only in the container's memory. Processes the runtime execs later (health checks)
+/// do not get them.
+fn scrub_runtime_state(state_dir: &Path, secret_env: &[String]) -> Result<(), String> {
+    fn drop_lines(v: &mut serde_json::Value, secret: &[String]) {
+        match v {
+            serde_json::Value::Array(items) => {
+                items.retain(|i| i.as_str().is_none_or(|s| !secret.iter().any(|l| l == s)));
+                items.iter_mut().for_each(|i| drop_lines(i, secret));
+            }
+            serde_json::Value::Object(m) => m.values_mut().for_each(|i| drop_lines(i, secret)),
+            _ => {}
+        }
+    }
+    for name in ["config.json", "state.json"] {
+        let path = state_dir.join(name);
+        let Ok(data) = fs::read(&path) else { continue };
+        let mut v: serde_json::Value = match serde_json::from_slice(&data) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        drop_lines(&mut v, secret_env);
+        let tmp = state_dir.join(format!(".{name}.scrubbed"));
+        let mode = fs::metadata(&path).map(|m| m.permissions());
+        fs::write(&tmp, serde_json::to_vec(&v).expect("a JSON value serialises"))
+            .and_then(|_| mode.and_then(|m| fs::set_permissions(&tmp, m)))
+            .and_then(|_| fs::rename(&tmp, &path))
+            .map_err(|e| format!("removing the secrets from {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn mount_rootfs(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
     let lowers: Vec<String> = spec.lowers.iter().map(|p| p.display().to_string()).collect();
     let opts = format!(
@@ -174,7 +270,7 @@ fn mount_rootfs(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
     sys::mount_overlay(&target.to_string_lossy(), &opts).map_err(|e| format!("mounting overlay rootfs: {e}"))
 }
 
-fn supervise(dir: &Path, spec: &ShimSpec, ready: &mut File) -> Result<(), String> {
+fn supervise(dir: &Path, spec: &ShimSpec, secret_env: &[String], ready: &mut File) -> Result<(), String> {
     sys::setsid().map_err(|e| format!("setsid: {e}"))?;
     redirect_stdio(dir).map_err(|e| format!("redirecting stdio: {e}"))?;
     sys::set_child_subreaper().map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
@@ -212,9 +308,17 @@ fn supervise(dir: &Path, spec: &ShimSpec, ready: &mut File) -> Result<(), String
         let _ = runtime.delete(&spec.id);
         e
     };
+    let bundle = if secret_env.is_empty() {
+        dir.to_path_buf()
+    } else {
+        secret_bundle(dir, secret_env)?
+    };
     runtime
-        .run_detached(&spec.id, dir, &pid_file, stdio)
+        .run_detached(&spec.id, &bundle, &pid_file, stdio)
         .map_err(|e| fail(e.to_string()))?;
+    if !secret_env.is_empty() {
+        scrub_runtime_state(&spec.runtime_root.join(&spec.id), secret_env).map_err(fail)?;
+    }
     let container_pid: i32 = fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())

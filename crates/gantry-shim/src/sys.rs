@@ -153,6 +153,14 @@ pub fn umount_detach(target: &str) -> io::Result<()> {
     check(unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) }).map(|_| ())
 }
 
+/// Mounts a tmpfs (nosuid, nodev, noexec) at `target`.
+pub fn mount_tmpfs(target: &str, options: &str) -> io::Result<()> {
+    let (s, t, f, d) = (cstr("tmpfs")?, cstr(target)?, cstr("tmpfs")?, cstr(options)?);
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: all strings are valid for the call.
+    check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) }).map(|_| ())
+}
+
 pub fn mount_overlay(target: &str, options: &str) -> io::Result<()> {
     let (s, t, f, d) = (cstr("overlay")?, cstr(target)?, cstr("overlay")?, cstr(options)?);
     // SAFETY: all strings are valid for the call.

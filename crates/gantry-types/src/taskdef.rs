@@ -91,10 +91,74 @@ pub struct ContainerDefinition {
     pub hostname: Option<String>,
     #[serde(default)]
     pub docker_labels: Option<BTreeMap<String, String>>,
+    /// Environment variables whose values come from Secrets Manager or Parameter Store at
+    /// start (never stored with the task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<SecretRef>>,
     /// Every other member, kept as sent so the definition round-trips. Validation refuses
     /// the ones Gantry cannot honour (`UNSUPPORTED_CONTAINER_FIELDS`).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// A container secret: the variable's name and where its value comes from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub value_from: Option<String>,
+}
+
+/// Where a secret's value comes from, as ECS reads `valueFrom`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretSource {
+    /// A Secrets Manager secret (its ARN, full or without the random suffix) and, optionally,
+    /// a JSON key of its value, a staging label and a version id.
+    SecretsManager {
+        secret_arn: String,
+        json_key: Option<String>,
+        version_stage: Option<String>,
+        version_id: Option<String>,
+    },
+    /// A Parameter Store parameter, by name or ARN.
+    Parameter(String),
+}
+
+impl SecretSource {
+    /// Parses `valueFrom`: `arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME[:json-key:version-stage:version-id]`,
+    /// `arn:aws:ssm:REGION:ACCOUNT:parameter/NAME`, or a parameter name.
+    pub fn parse(value_from: &str) -> Result<SecretSource, String> {
+        if value_from.is_empty() || value_from.len() > 2048 {
+            return Err("valueFrom must be 1 to 2048 characters".into());
+        }
+        if let Some(rest) = value_from.strip_prefix("arn:aws:secretsmanager:") {
+            let parts: Vec<&str> = rest.split(':').collect();
+            if parts.len() < 4 || parts.len() > 7 || parts[2] != "secret" || parts[3].is_empty() {
+                return Err(format!(
+                    "{value_from} is not a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME[:json-key:version-stage:version-id])"
+                ));
+            }
+            let part = |i: usize| parts.get(i).filter(|p| !p.is_empty()).map(|p| p.to_string());
+            let (stage, id) = (part(5), part(6));
+            if stage.is_some() && id.is_some() {
+                return Err(format!("{value_from}: give a version stage or a version id, not both"));
+            }
+            return Ok(SecretSource::SecretsManager {
+                secret_arn: format!("arn:aws:secretsmanager:{}", parts[..4].join(":")),
+                json_key: part(4),
+                version_stage: stage,
+                version_id: id,
+            });
+        }
+        if value_from.starts_with("arn:") && !value_from.starts_with("arn:aws:ssm:") {
+            return Err(format!(
+                "{value_from} is neither a Secrets Manager secret nor a Parameter Store parameter"
+            ));
+        }
+        Ok(SecretSource::Parameter(value_from.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -149,10 +213,6 @@ pub const UNSUPPORTED_CONTAINER_FIELDS: &[(&str, &str)] = &[
     ("environmentFiles", "environment files from S3 are not supported"),
     ("mountPoints", "volumes are not supported yet"),
     ("volumesFrom", "volumes are not supported yet"),
-    (
-        "secrets",
-        "secrets from Secrets Manager and SSM Parameter Store are not supported yet",
-    ),
     ("disableNetworking", "disableNetworking is not supported"),
     ("privileged", "privileged containers are not supported"),
     ("dnsServers", "custom DNS servers are not supported"),
@@ -448,6 +508,38 @@ fn validate_platform(p: &RuntimePlatform) -> Result<(), EcsError> {
 }
 
 /// The rules every container meets, whatever it runs on.
+/// Each secret names a variable once (and not one `environment` also sets) and a source
+/// ECS can read.
+fn validate_secrets(container: &str, c: &ContainerDefinition) -> Result<(), EcsError> {
+    let env: HashSet<&str> = c
+        .environment
+        .iter()
+        .flatten()
+        .filter_map(|kv| kv.name.as_deref())
+        .collect();
+    let mut seen = HashSet::new();
+    for s in c.secrets.iter().flatten() {
+        let name = s.name.as_deref().filter(|n| !n.is_empty()).ok_or_else(|| {
+            EcsError::client(format!(
+                "Container {container}: secrets: name should not be null or empty."
+            ))
+        })?;
+        let from = s.value_from.as_deref().ok_or_else(|| {
+            EcsError::client(format!(
+                "Container {container}: secrets: {name}: valueFrom should not be null."
+            ))
+        })?;
+        if !seen.insert(name) || env.contains(name) {
+            return Err(EcsError::client(format!(
+                "Container {container}: the variable {name} is set more than once (secrets and environment)."
+            )));
+        }
+        SecretSource::parse(from)
+            .map_err(|e| EcsError::client(format!("Container {container}: secrets: {name}: {e}.")))?;
+    }
+    Ok(())
+}
+
 fn validate_containers(
     containers: &[ContainerDefinition],
     mode: NetworkMode,
@@ -525,6 +617,7 @@ fn validate_containers(
         if let Some(l) = &c.log_configuration {
             validate_log_configuration(name, l)?;
         }
+        validate_secrets(name, c)?;
     }
     if !containers.iter().any(ContainerDefinition::is_essential) {
         return Err(EcsError::client(
@@ -1000,15 +1093,50 @@ mod tests {
     }
 
     #[test]
-    fn fields_gantry_cannot_honour_are_refused_and_unknown_ones_kept() {
+    fn secrets_name_their_sources() {
         let mut v = base();
-        v["containerDefinitions"][0]["secrets"] =
-            json!([{"name": "DB", "valueFrom": "arn:aws:ssm:us-east-1:1:parameter/db"}]);
-        let m = validate_json(&v).unwrap_err().to_string();
-        assert!(
-            m.contains("container app: secrets: secrets from Secrets Manager"),
-            "{m}"
+        v["containerDefinitions"][0]["secrets"] = json!([
+            {"name": "DB", "valueFrom": "arn:aws:ssm:us-east-1:1:parameter/db"},
+            {"name": "PW", "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:app-AbCdEf:password::"},
+            {"name": "P2", "valueFrom": "/plain/param"}
+        ]);
+        let ok = validate_json(&v).unwrap();
+        assert_eq!(ok.containers[0].secrets.as_ref().unwrap().len(), 3);
+        for (bad, why) in [
+            (
+                json!([{"name": "A", "valueFrom": "arn:aws:s3:::bucket/key"}]),
+                "neither",
+            ),
+            (
+                json!([{"name": "A", "valueFrom": "arn:aws:secretsmanager:us-east-1:1:notsecret:x"}]),
+                "not a Secrets Manager",
+            ),
+            (
+                json!([{"name": "A", "valueFrom": "x"}, {"name": "A", "valueFrom": "y"}]),
+                "more than once",
+            ),
+            (json!([{"name": "A"}]), "valueFrom should not be null"),
+            (json!([{"valueFrom": "x"}]), "name should not be null"),
+        ] {
+            let mut v = base();
+            v["containerDefinitions"][0]["secrets"] = bad;
+            let m = validate_json(&v).unwrap_err().to_string();
+            assert!(m.contains(why), "{m}");
+        }
+        assert_eq!(
+            SecretSource::parse("arn:aws:secretsmanager:r:1:secret:db-AbCdEf:user:AWSPREVIOUS:").unwrap(),
+            SecretSource::SecretsManager {
+                secret_arn: "arn:aws:secretsmanager:r:1:secret:db-AbCdEf".into(),
+                json_key: Some("user".into()),
+                version_stage: Some("AWSPREVIOUS".into()),
+                version_id: None,
+            }
         );
+        assert!(SecretSource::parse("arn:aws:secretsmanager:r:1:secret:db:k:AWSCURRENT:v1").is_err());
+    }
+
+    #[test]
+    fn fields_gantry_cannot_honour_are_refused_and_unknown_ones_kept() {
         let mut v = base();
         v["containerDefinitions"][0]["linuxParameters"] =
             json!({"initProcessEnabled": true, "capabilities": {"add": ["NET_ADMIN"]}});

@@ -401,12 +401,13 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         address: Some(std::net::Ipv4Addr::LOCALHOST),
     };
     let metrics = Metrics::new(metric_data.clone(), Arc::new(SystemClock));
-    let link = Arc::new(LocalLink::new(
-        control.clone(),
-        logs.clone(),
-        metrics.clone(),
-        LOCAL_NODE,
-    ));
+    let (secrets, parameters) = args.secrets(store.clone())?;
+    let stores = Arc::new(gantry_agent::link::SecretStores {
+        secrets: secrets.clone(),
+        parameters: parameters.clone(),
+    });
+    let link =
+        Arc::new(LocalLink::new(control.clone(), logs.clone(), metrics.clone(), LOCAL_NODE).with_secrets(stores));
     let usage_every = Duration::from_secs(args.metrics_interval);
     let agent = gantry_agent::Agent::new(link, node.clone(), spec, usage_every);
     // Registered before anything can place a task, and before the controllers judge it.
@@ -424,7 +425,6 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         a.lb.spawn_data_plane(&control, (metrics.clone(), usage_every), stop_rx.clone());
     let control_for_exit = control.clone();
     let elb = a.lb.elb(&control);
-    let (secrets, parameters) = args.secrets(store.clone())?;
     let api = gantry_aws::Api {
         control,
         logs,

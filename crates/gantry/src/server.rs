@@ -129,7 +129,13 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     names.extend(a.agent_san.iter().cloned());
     let (chain, key) = ca.server_cert(&names)?;
     let metrics = Metrics::new(metric_data.clone(), Arc::new(SystemClock));
+    let (secrets, parameters) = args.secrets(store.clone())?;
+    let stores = Arc::new(gantry_agent::link::SecretStores {
+        secrets: secrets.clone(),
+        parameters: parameters.clone(),
+    });
     let link = LinkServer {
+        secrets: Some(stores),
         control: control.clone(),
         logs: logs.clone(),
         metrics: metrics.clone(),
@@ -178,7 +184,6 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         a.lb.spawn_data_plane(&control, (metrics.clone(), every), stop_rx.clone())
     });
     let elb = a.lb.elb(&control);
-    let (secrets, parameters) = args.secrets(store.clone())?;
     let api = gantry_aws::Api {
         control,
         logs,

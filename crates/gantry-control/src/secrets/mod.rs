@@ -737,3 +737,73 @@ pub fn binary(b64: &str) -> Result<Vec<u8>, SecretsError> {
         .decode(b64)
         .map_err(|_| SecretsError::invalid("SecretBinary is not valid base64."))
 }
+
+/// Why a task's secrets could not be read, in ECS's words (the task stops with
+/// TaskFailedToStart and this reason).
+fn retrieval_failed(detail: String) -> String {
+    format!("ResourceInitializationError: unable to pull secrets or registry auth: execution resource retrieval failed: {detail}")
+}
+
+/// The value a container secret's `valueFrom` names, read as the task's account (`scope`):
+/// a secret (AWSCURRENT unless a stage or version is given; one key of its JSON when asked)
+/// or a parameter (decrypted).
+pub async fn resolve(
+    sm: &SecretsManager,
+    ps: &crate::parameters::ParameterStore,
+    scope: &Scope,
+    value_from: &str,
+) -> Result<String, String> {
+    use gantry_types::taskdef::SecretSource;
+    match SecretSource::parse(value_from).map_err(retrieval_failed)? {
+        SecretSource::SecretsManager {
+            secret_arn,
+            json_key,
+            version_stage,
+            version_id,
+        } => {
+            let fail = |e: String| {
+                retrieval_failed(format!(
+                    "unable to retrieve secret from asm: service call has been retried 1 time(s): failed to fetch secret {secret_arn} from secrets manager: {e}"
+                ))
+            };
+            // Only the task's own account and region: there is no IAM yet to grant more.
+            let owner = scope_of(&secret_arn);
+            if owner.as_ref() != Some(scope) {
+                return Err(fail(
+                    "ResourceNotFoundException: Secrets Manager can't find the specified secret.".into(),
+                ));
+            }
+            let (_, _, value) = sm
+                .get_value(scope, &secret_arn, version_id.as_deref(), version_stage.as_deref())
+                .await
+                .map_err(|e| fail(format!("{}: {}", e.shape, e.message)))?;
+            let text = match value {
+                Value::Text(t) => t,
+                Value::Binary(_) => return Err(fail("the secret is binary; container secrets take text".into())),
+            };
+            match json_key {
+                None => Ok(text),
+                Some(key) => {
+                    let doc: serde_json::Value = serde_json::from_str(&text)
+                        .map_err(|_| fail(format!("the secret is not a JSON object, so it has no key {key}")))?;
+                    match doc.get(&key) {
+                        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                        Some(other) => Ok(other.to_string()),
+                        None => Err(fail(format!(
+                            "retrieved secret from Secrets Manager did not contain json key {key}"
+                        ))),
+                    }
+                }
+            }
+        }
+        SecretSource::Parameter(name) => {
+            let fail = || {
+                retrieval_failed(format!(
+                    "unable to retrieve secrets from ssm: service call has been retried 1 time(s): invalid ssm parameters: {name}"
+                ))
+            };
+            let p = ps.locate(scope, &name).await.map_err(|_| fail())?;
+            ps.open(&p, p.current()).map_err(|_| fail())
+        }
+    }
+}
