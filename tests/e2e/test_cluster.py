@@ -81,7 +81,8 @@ def cluster(etcd):  # noqa: F811
     agents = []
     try:
         agents = [Agent(instance=5 + i) for i in range(3)]
-        env = agents[0].env
+        # Every server seals secrets with the same key: the first to start makes it.
+        env = dict(agents[0].env, GANTRY_SECRETS_KEY_FILE=os.path.join(servers[0].dir, "secrets.key"))
         for s in servers:
             s.start(env)
         for s in servers:
@@ -500,3 +501,32 @@ def _clusters(ecs):
         return [a.split("/")[-1] for a in ecs.list_clusters()["clusterArns"]] or None
     except botocore.exceptions.ClientError:
         return None
+
+
+def test_secrets_reach_tasks_on_remote_nodes(cluster):
+    """A secret written through one server is sealed with the shared key, read through the
+    other, and injected into a task on a remote node over the agent protocol."""
+    import hashlib
+    servers, agents, _ = cluster
+    ecs = ecs_of(agents[0], servers[1])
+    wait_for_nodes(ecs, 3)
+    agents[0].endpoint = servers[0].endpoint
+    sm = agents[0].client("secretsmanager")
+    arn = sm.create_secret(Name="cluster/pw", SecretString="cluster-secret-value")["ARN"]
+    agents[0].endpoint = servers[1].endpoint
+    assert agents[0].client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"] == "cluster-secret-value"
+    register(ecs, "remote-secret", [{
+        "name": "app", "command": ["sh", "-c", 'printf %s "$PW" | sha256sum; exec sleep 600'],
+        "logConfiguration": awslogs("/cluster/secrets"), "secrets": [{"name": "PW", "valueFrom": arn}]}])
+    task = run(ecs, "default", "remote-secret")[0]
+    task_id = task["taskArn"].split("/")[-1]
+    logs = agents[0].client("logs")
+
+    def printed():
+        try:
+            events = logs.get_log_events(logGroupName="/cluster/secrets", logStreamName=f"ecs/app/{task_id}")["events"]
+        except logs.exceptions.ResourceNotFoundException:
+            return None
+        return events[0]["message"].split()[0] if events else None
+    assert wait_for("the task's output", printed, 60) == hashlib.sha256(b"cluster-secret-value").hexdigest()
+    ecs.stop_task(cluster="default", task=task["taskArn"])

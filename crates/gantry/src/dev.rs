@@ -401,7 +401,9 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         address: Some(std::net::Ipv4Addr::LOCALHOST),
     };
     let metrics = Metrics::new(metric_data.clone(), Arc::new(SystemClock));
-    let (secrets, parameters) = args.secrets(store.clone())?;
+    let (secrets, parameters) = args
+        .secrets(store.clone(), false)?
+        .expect("an unshared store always has a key");
     let stores = Arc::new(gantry_agent::link::SecretStores {
         secrets: secrets.clone(),
         parameters: parameters.clone(),

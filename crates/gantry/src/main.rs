@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod bench;
 mod bench_placement;
+mod bench_policy;
 mod bench_retention;
 mod client;
 mod cost_cmd;
@@ -97,27 +98,39 @@ pub struct NodeArgs {
     otlp_endpoint: Option<String>,
 }
 
+/// Secrets Manager and Parameter Store, sealing with one key.
+pub type SecretStores = (
+    gantry_control::secrets::SecretsManager,
+    gantry_control::parameters::ParameterStore,
+);
+
 impl NodeArgs {
     /// Secrets Manager and Parameter Store over `store`, sealing with the key file (made on
-    /// first use).
+    /// first use). With a `shared` store (etcd: several servers) the file must be named: each
+    /// server needs the same one, and a key made in each data dir would not open another's
+    /// values. Without one, the secrets APIs say so and tasks with secrets fail to start.
     pub fn secrets(
         &self,
         store: std::sync::Arc<dyn gantry_store::Store>,
-    ) -> anyhow::Result<(
-        gantry_control::secrets::SecretsManager,
-        gantry_control::parameters::ParameterStore,
-    )> {
+        shared: bool,
+    ) -> anyhow::Result<Option<SecretStores>> {
         use gantry_control::{parameters::ParameterStore, secrets::seal::Sealer, secrets::SecretsManager};
+        if shared && self.secrets_key_file.is_none() {
+            eprintln!(
+                "gantry: no --secrets-key-file: Secrets Manager and Parameter Store are off (give every server the same key file)"
+            );
+            return Ok(None);
+        }
         let path = self
             .secrets_key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("secrets.key"));
         let sealer = std::sync::Arc::new(Sealer::load_or_create(&path)?);
         let clock = std::sync::Arc::new(gantry_control::SystemClock);
-        Ok((
+        Ok(Some((
             SecretsManager::new(store.clone(), clock.clone(), sealer.clone()),
             ParameterStore::new(store, clock, sealer),
-        ))
+        )))
     }
 
     /// Starts the trace exporter when an endpoint is configured.
@@ -231,6 +244,8 @@ enum DebugCmd {
     BenchPlacement(bench_placement::BenchPlacementArgs),
     /// Measure the disk a metric series costs over a month of CloudWatch retention.
     BenchRetention(bench_retention::BenchRetentionArgs),
+    /// Benchmark IAM policy evaluation (N attached policies) against SigV4 verification.
+    BenchPolicy(bench_policy::BenchPolicyArgs),
 }
 
 impl NodeArgs {
@@ -339,6 +354,7 @@ fn main() {
         Cmd::Debug(DebugCmd::Bench(a)) => bench::run(&cli.node, a),
         Cmd::Debug(DebugCmd::BenchPlacement(a)) => bench_placement::run(a),
         Cmd::Debug(DebugCmd::BenchRetention(a)) => bench_retention::run(a),
+        Cmd::Debug(DebugCmd::BenchPolicy(a)) => bench_policy::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -129,13 +129,12 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     names.extend(a.agent_san.iter().cloned());
     let (chain, key) = ca.server_cert(&names)?;
     let metrics = Metrics::new(metric_data.clone(), Arc::new(SystemClock));
-    let (secrets, parameters) = args.secrets(store.clone())?;
-    let stores = Arc::new(gantry_agent::link::SecretStores {
-        secrets: secrets.clone(),
-        parameters: parameters.clone(),
-    });
+    let secret_stores = args.secrets(store.clone(), opened.etcd.is_some())?;
+    let stores = secret_stores
+        .clone()
+        .map(|(secrets, parameters)| Arc::new(gantry_agent::link::SecretStores { secrets, parameters }));
     let link = LinkServer {
-        secrets: Some(stores),
+        secrets: stores,
         control: control.clone(),
         logs: logs.clone(),
         metrics: metrics.clone(),
@@ -190,8 +189,8 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         metrics,
         metrics_token: a.metrics_token.clone(),
         elb,
-        secrets: Some(secrets),
-        parameters: Some(parameters),
+        secrets: secret_stores.as_ref().map(|s| s.0.clone()),
+        parameters: secret_stores.map(|s| s.1),
     };
     axum::serve(listener, gantry_aws::router(api))
         .with_graceful_shutdown(crate::shutdown_signal("gantry server"))

@@ -83,16 +83,27 @@ impl Sealer {
                 SystemRandom::new()
                     .fill(&mut key)
                     .map_err(|_| err("no randomness".into()))?;
+                // Written whole under another name, then linked into place: two servers
+                // starting together never read a half-written key, and the second one keeps
+                // the first one's.
+                let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+                let _ = std::fs::remove_file(&tmp);
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(path)
+                    .open(&tmp)
                     .map_err(|e| err(e.to_string()))?;
                 f.write_all(&key)
                     .and_then(|_| f.sync_all())
                     .map_err(|e| err(e.to_string()))?;
-                Ok(Sealer::from_key(&key))
+                let linked = std::fs::hard_link(&tmp, path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(Sealer::from_key(&key)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Sealer::load_or_create(path),
+                    Err(e) => Err(err(e.to_string())),
+                }
             }
             Err(e) => Err(err(e.to_string())),
         }
