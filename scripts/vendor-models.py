@@ -15,7 +15,7 @@ import botocore
 
 SERVICES = {"ecs": "ecs", "logs": "logs", "elbv2": "elbv2", "servicediscovery": "servicediscovery", "acm": "acm", "cloudwatch": "cloudwatch",
             "application-autoscaling": "application-autoscaling", "secretsmanager": "secretsmanager",
-            "ssm": "ssm"}
+            "ssm": "ssm", "iam": "iam", "sts": "sts"}
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "gantry-aws", "models")
 
 

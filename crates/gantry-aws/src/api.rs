@@ -20,6 +20,21 @@ pub struct Api {
     pub parameters: Option<gantry_control::parameters::ParameterStore>,
 }
 
+tokio::task_local! {
+    /// Who signed the request being handled (for the operations that answer about the
+    /// caller: GetCallerIdentity, GetUser, CreateAccessKey without a user name).
+    pub static CALLER: gantry_control::iam::Caller;
+}
+
+/// The caller of the request being handled (root of `account` outside a request).
+pub fn caller(account: &str) -> gantry_control::iam::Caller {
+    CALLER
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| gantry_control::iam::Caller::Root {
+            account: account.to_string(),
+        })
+}
+
 /// An error in a service's terms: type name, message, whether it is the server's fault.
 #[derive(Debug)]
 pub struct ApiError {

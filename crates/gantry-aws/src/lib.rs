@@ -8,6 +8,7 @@ pub mod cloudwatch;
 pub mod console;
 pub mod ecs;
 pub mod elbv2;
+pub mod iam;
 pub mod logs;
 pub mod prometheus;
 pub mod protocol;

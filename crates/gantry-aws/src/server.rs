@@ -108,31 +108,80 @@ impl KeyLookup for OneKey {
     }
 }
 
-/// Keys live in the store under /iam/keys/<access key id>.
-pub fn key_path(access_key_id: &str) -> String {
-    format!("/iam/keys/{access_key_id}")
-}
+pub use gantry_control::iam::{key_path, StoredKey};
 
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct StoredKey {
-    pub secret_access_key: String,
-    pub account_id: String,
-    #[serde(default)]
-    pub session_token: Option<String>,
-}
-
-/// The signing key the request names. `Ok(None)` when there is no such key (the verifier then
-/// answers as AWS does); an error when the store cannot say, so an outage is a server error,
-/// never "the security token is invalid".
-async fn find_key(api: &Api, headers: &[(String, String)]) -> Result<Option<SecretKey>, ApiError> {
+/// The signing key the request names, if active. `Ok(None)` when there is no such key (the
+/// verifier then answers as AWS does); an error when the store cannot say, so an outage is a
+/// server error, never "the security token is invalid".
+async fn find_key(api: &Api, headers: &[(String, String)]) -> Result<Option<StoredKey>, ApiError> {
     let Some(akid) = access_key_id(headers) else {
         return Ok(None);
     };
-    Ok(load_key(api, akid).await?.map(|k| SecretKey {
-        secret: k.secret_access_key,
-        session_token: k.session_token,
-        account_id: k.account_id,
-    }))
+    Ok(load_key(api, akid).await?.filter(|k| k.status == "Active"))
+}
+
+fn secret_key(k: &StoredKey) -> SecretKey {
+    SecretKey {
+        secret: k.secret_access_key.clone(),
+        session_token: k.session_token.clone(),
+        account_id: k.account_id.clone(),
+    }
+}
+
+/// Who signed, and whether they may call `operation` of the service signing as `service`:
+/// the caller, or AccessDenied in the wire's words.
+pub async fn authorize(
+    api: &Api,
+    key: &StoredKey,
+    service: &str,
+    operation: &str,
+    region: &str,
+    query_wire: bool,
+) -> Result<gantry_control::iam::Caller, ApiError> {
+    let caller = api.control.iam().caller(key).await.map_err(|e| {
+        ApiError::new(
+            "UnrecognizedClientException",
+            format!("The access key's user cannot be read: {e}"),
+            StatusCode::FORBIDDEN,
+        )
+    })?;
+    permit(&caller, service, operation, region, query_wire)?;
+    Ok(caller)
+}
+
+/// Whether `caller`'s policies allow `operation` of the service signing as `service`.
+pub fn permit(
+    caller: &gantry_control::iam::Caller,
+    service: &str,
+    operation: &str,
+    region: &str,
+    query_wire: bool,
+) -> Result<(), ApiError> {
+    let action = format!("{}:{operation}", gantry_control::iam::action_prefix(service));
+    let mut ctx = gantry_policy::Context::new();
+    let now = chrono::Utc::now();
+    ctx.set("aws:PrincipalArn", caller.arn())
+        .set("aws:PrincipalAccount", caller.account())
+        .set("aws:userid", caller.id())
+        .set(
+            "aws:CurrentTime",
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+        .set("aws:EpochTime", now.timestamp().to_string())
+        .set("aws:SecureTransport", "false")
+        .set("aws:RequestedRegion", region);
+    if let gantry_control::iam::Caller::User { user, .. } = caller {
+        ctx.set("aws:username", user.name.clone())
+            .set("aws:PrincipalType", "User");
+    }
+    gantry_control::iam::authorize(caller, &action, "*", &ctx).map_err(|message| {
+        let kind = if query_wire {
+            "AccessDenied"
+        } else {
+            "AccessDeniedException"
+        };
+        ApiError::new(kind, message, StatusCode::FORBIDDEN)
+    })
 }
 
 /// The stored key `akid`, None when there is none; an error when the store cannot say.
@@ -249,10 +298,11 @@ async fn answer(
             StatusCode::PAYLOAD_TOO_LARGE,
         ));
     }
-    let key = match find_key(&api, &hdrs).await {
+    let stored = match find_key(&api, &hdrs).await {
         Ok(k) => k,
         Err(e) => return framing.error(e),
     };
+    let key = stored.as_ref().map(secret_key);
     let req = SignedRequest {
         method: method.as_str(),
         path: uri.path(),
@@ -285,7 +335,32 @@ async fn answer(
         account: verified.account_id.clone(),
         region: verified.region.clone(),
     };
-    match (call.service.handler)(&api, &scope, &call.op.name, call.input.clone()).await {
+    let Some(stored) = stored else {
+        return framing.error(ApiError::new(
+            "UnrecognizedClientException",
+            "The key vanished.",
+            StatusCode::FORBIDDEN,
+        ));
+    };
+    let query_wire = framing.wire == Wire::Query;
+    let caller = match authorize(
+        &api,
+        &stored,
+        &verified.service,
+        &call.op.name,
+        &scope.region,
+        query_wire,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return framing.error(e),
+    };
+    let handled = crate::api::CALLER.scope(
+        caller,
+        (call.service.handler)(&api, &scope, &call.op.name, call.input.clone()),
+    );
+    match handled.await {
         Ok(v) => framing.ok(&call, v),
         Err(e) => {
             if e.status.is_server_error() {

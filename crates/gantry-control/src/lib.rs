@@ -15,6 +15,7 @@ pub mod deploy;
 pub mod elb;
 pub mod fanout;
 pub mod feed;
+pub mod iam;
 pub mod instances;
 pub mod logfeed;
 pub mod logstore;
@@ -109,6 +110,11 @@ impl Control {
     /// ACM over the same store and clock.
     pub fn acm(&self) -> acm::Acm {
         acm::Acm::new(self.store.clone(), self.clock.clone())
+    }
+
+    /// IAM over the same store and clock.
+    pub fn iam(&self) -> iam::Iam {
+        iam::Iam::new(self.store.clone(), self.clock.clone())
     }
 
     /// Cloud Map over the same store and clock.

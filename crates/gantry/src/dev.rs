@@ -249,6 +249,9 @@ pub async fn credentials(store: &dyn Store) -> Result<DevCredentials> {
         secret_access_key: creds.secret_access_key.clone(),
         account_id: creds.account_id.clone(),
         session_token: None,
+        user: None,
+        status: "Active".into(),
+        created: 0.0,
     };
     let path = key_path(&creds.access_key_id);
     let data = serde_json::to_vec(&key)?;

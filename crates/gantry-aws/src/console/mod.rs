@@ -86,7 +86,7 @@ fn now() -> i64 {
 }
 
 /// The signed-in session and the scope it acts in, or why there is none.
-async fn signed_in(api: &Api, headers: &HeaderMap) -> Result<(Session, Scope), ApiError> {
+async fn signed_in(api: &Api, headers: &HeaderMap) -> Result<(Session, Scope, gantry_control::iam::Caller), ApiError> {
     same_origin(headers)?;
     let cookie = headers
         .get(header::COOKIE)
@@ -97,13 +97,22 @@ async fn signed_in(api: &Api, headers: &HeaderMap) -> Result<(Session, Scope), A
     let key = crate::server::load_key(api, &claims.0)
         .await?
         .ok_or_else(|| unauthenticated("The session's access key no longer exists: sign in again."))?;
+    if key.status != "Active" {
+        return Err(unauthenticated("The session's access key is inactive: sign in again."));
+    }
     let s = session::verify(&claims, &key.secret_access_key, key.session_token.as_deref(), now())
         .ok_or_else(|| unauthenticated("The session expired or is not valid: sign in again."))?;
+    let caller = api
+        .control
+        .iam()
+        .caller(&key)
+        .await
+        .map_err(|_| unauthenticated("The session's user no longer exists: sign in again."))?;
     let scope = Scope {
         account: key.account_id,
         region: s.region.clone(),
     };
-    Ok((s, scope))
+    Ok((s, scope, caller))
 }
 
 #[derive(serde::Deserialize)]
@@ -174,6 +183,7 @@ async fn sign_in(api: &Api, headers: &HeaderMap, body: &[u8]) -> Result<(HeaderV
     }
     let key = crate::server::load_key(api, &l.access_key_id)
         .await?
+        .filter(|k| k.status == "Active")
         .ok_or_else(refused)?;
     let token_ok = key.session_token.as_deref() == l.session_token.as_deref().filter(|t| !t.is_empty());
     if !session::same_secret(&l.secret_access_key, &key.secret_access_key) || !token_ok {
@@ -203,7 +213,7 @@ async fn logout(headers: HeaderMap) -> Response {
 
 async fn whoami(State(api): State<Api>, headers: HeaderMap) -> Response {
     match signed_in(&api, &headers).await {
-        Ok((s, scope)) => ok(json!({
+        Ok((s, scope, _)) => ok(json!({
             "accessKeyId": s.access_key_id, "account": scope.account, "region": scope.region, "expires": s.expires
         })),
         Err(e) => error(e),
@@ -234,6 +244,14 @@ pub async fn dispatch(
         ));
     }
     let c = crate::protocol::resolve_named(service, operation, input)?;
+    // The signed-in user's policies apply as to any request.
+    crate::server::permit(
+        &crate::api::caller(&scope.account),
+        service,
+        operation,
+        &scope.region,
+        false,
+    )?;
     (c.service.handler)(api, scope, &c.op.name, c.input).await
 }
 
@@ -244,7 +262,7 @@ async fn call(
     body: Bytes,
 ) -> Response {
     let answer = async {
-        let (_, scope) = signed_in(&api, &headers).await?;
+        let (_, scope, caller) = signed_in(&api, &headers).await?;
         if body.len() > MAX_CALL_BODY {
             return Err(ApiError::client("ValidationException", "The request is too large."));
         }
@@ -254,7 +272,9 @@ async fn call(
             serde_json::from_slice(&body)
                 .map_err(|_| ApiError::client("SerializationException", "Request body is not a JSON object."))?
         };
-        dispatch(&api, &scope, &service, &operation, input).await
+        crate::api::CALLER
+            .scope(caller, dispatch(&api, &scope, &service, &operation, input))
+            .await
     };
     match answer.await {
         Ok(v) => ok(v),
@@ -279,26 +299,29 @@ async fn dashboard(
     headers: HeaderMap,
 ) -> Response {
     let answer = async {
-        let (_, scope) = signed_in(&api, &headers).await?;
+        let (_, scope, caller) = signed_in(&api, &headers).await?;
         let window = dashboards::window_secs(q.window.as_deref().unwrap_or("24h"))?;
-        match name.as_str() {
-            "executive" => dashboards::executive(&api, &scope, window).await,
-            "oncall" => dashboards::oncall(&api, &scope).await,
-            "service" => {
-                let (Some(cluster), Some(service)) = (q.cluster.as_deref(), q.service.as_deref()) else {
-                    return Err(ApiError::client(
-                        "ValidationException",
-                        "cluster and service are required.",
-                    ));
-                };
-                dashboards::service(&api, &scope, cluster, service, window).await
+        let board = async move {
+            match name.as_str() {
+                "executive" => dashboards::executive(&api, &scope, window).await,
+                "oncall" => dashboards::oncall(&api, &scope).await,
+                "service" => {
+                    let (Some(cluster), Some(service)) = (q.cluster.as_deref(), q.service.as_deref()) else {
+                        return Err(ApiError::client(
+                            "ValidationException",
+                            "cluster and service are required.",
+                        ));
+                    };
+                    dashboards::service(&api, &scope, cluster, service, window).await
+                }
+                _ => Err(ApiError::new(
+                    "ResourceNotFoundException",
+                    format!("There is no dashboard {name:?} (executive, oncall, service)."),
+                    StatusCode::NOT_FOUND,
+                )),
             }
-            _ => Err(ApiError::new(
-                "ResourceNotFoundException",
-                format!("There is no dashboard {name:?} (executive, oncall, service)."),
-                StatusCode::NOT_FOUND,
-            )),
-        }
+        };
+        crate::api::CALLER.scope(caller, board).await
     };
     match answer.await {
         Ok(v) => ok(v),

@@ -77,6 +77,8 @@ pub fn services() -> &'static [Service] {
             .checking_json("InvalidParameterException"),
             Service::new(include_str!("../../models/ssm.json"), crate::ssm::handler)
                 .checking_json("ValidationException"),
+            Service::new(include_str!("../../models/iam.json"), crate::iam::handler),
+            Service::new(include_str!("../../models/sts.json"), crate::iam::sts_handler),
         ]
     })
 }

@@ -1,0 +1,192 @@
+//! IAM (AWS Query, version 2010-05-08) and STS GetCallerIdentity, over
+//! `gantry_control::iam`: users, their access keys and inline policies. Roles, managed
+//! policies and AssumeRole are not served yet.
+
+use crate::api::{caller, Api, ApiError};
+use crate::protocol::Reply;
+use gantry_control::iam::{Caller, IamError, StoredKey, Tag, User};
+use gantry_types::arn::Scope;
+use serde_json::{json, Value};
+
+impl From<IamError> for ApiError {
+    fn from(e: IamError) -> ApiError {
+        ApiError::of_shape(e.shape, e.message)
+    }
+}
+
+fn text<'a>(input: &'a Value, key: &str) -> Option<&'a str> {
+    input.get(key).and_then(Value::as_str)
+}
+
+fn required<'a>(input: &'a Value, key: &str) -> Result<&'a str, ApiError> {
+    text(input, key).ok_or_else(|| {
+        ApiError::client(
+            "ValidationError",
+            format!("1 validation error detected: Value null at '{key}' failed to satisfy constraint: Member must not be null"),
+        )
+    })
+}
+
+fn user_out(u: &User) -> Value {
+    let mut out = json!({"Path": u.path, "UserName": u.name, "UserId": u.id, "Arn": u.arn, "CreateDate": u.created});
+    if !u.tags.is_empty() {
+        out["Tags"] = json!(u
+            .tags
+            .iter()
+            .map(|t| json!({"Key": t.key, "Value": t.value}))
+            .collect::<Vec<_>>());
+    }
+    out
+}
+
+fn key_out(id: &str, k: &StoredKey, user_name: &str, with_secret: bool) -> Value {
+    let mut out = json!({"UserName": user_name, "AccessKeyId": id, "Status": k.status, "CreateDate": k.created});
+    if with_secret {
+        out["SecretAccessKey"] = json!(k.secret_access_key);
+    }
+    out
+}
+
+/// The user an operation is about: the one named, else the caller (None: the root).
+fn subject(input: &Value, who: &Caller) -> Option<String> {
+    match (text(input, "UserName"), who) {
+        (Some(n), _) => Some(n.to_string()),
+        (None, Caller::User { user, .. }) => Some(user.name.clone()),
+        (None, Caller::Root { .. }) => None,
+    }
+}
+
+/// Marker paging over an ordered list: the marker is the index to continue from.
+fn paged(items: Vec<Value>, key: &str, input: &Value) -> Result<Value, ApiError> {
+    let max = input["MaxItems"].as_u64().unwrap_or(100).clamp(1, 1000) as usize;
+    let start = match text(input, "Marker") {
+        Some(m) => m
+            .parse::<usize>()
+            .map_err(|_| ApiError::client("InvalidInputException", "The Marker is not valid."))?,
+        None => 0,
+    };
+    let total = items.len();
+    let mut out =
+        json!({ key: items.into_iter().skip(start).take(max).collect::<Vec<_>>(), "IsTruncated": start + max < total });
+    if start + max < total {
+        out["Marker"] = json!((start + max).to_string());
+    }
+    Ok(out)
+}
+
+/// The registry's entry point for IAM.
+pub fn handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value) -> Reply<'a> {
+    Box::pin(dispatch(api, scope, op, input))
+}
+
+async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Value, ApiError> {
+    let iam = api.control.iam();
+    let account = scope.account.as_str();
+    let who = caller(account);
+    Ok(match op {
+        "CreateUser" => {
+            let tags: Vec<Tag> = serde_json::from_value(input.get("Tags").cloned().unwrap_or(json!([])))
+                .map_err(|e| ApiError::client("InvalidInputException", format!("Tags: {e}")))?;
+            let u = iam
+                .create_user(account, required(&input, "UserName")?, text(&input, "Path"), tags)
+                .await?;
+            json!({"User": user_out(&u)})
+        }
+        "GetUser" => match subject(&input, &who) {
+            Some(name) => json!({"User": user_out(&iam.user(account, &name).await?)}),
+            // The root has no user name (AWS answers the same).
+            None => json!({"User": {"Path": "/", "UserId": account, "Arn": who.arn(), "CreateDate": 0}}),
+        },
+        "ListUsers" => {
+            let users = iam.users(account, text(&input, "PathPrefix")).await?;
+            paged(users.iter().map(user_out).collect(), "Users", &input)?
+        }
+        "DeleteUser" => {
+            iam.delete_user(account, required(&input, "UserName")?).await?;
+            json!({})
+        }
+        "CreateAccessKey" => {
+            let name = subject(&input, &who);
+            let (id, k) = iam.create_key(account, name.as_deref()).await?;
+            json!({"AccessKey": key_out(&id, &k, name.as_deref().unwrap_or(""), true)})
+        }
+        "ListAccessKeys" => {
+            let name = subject(&input, &who);
+            if let Some(n) = &name {
+                iam.user(account, n).await?;
+            }
+            let keys = iam.keys(account, name.as_deref()).await?;
+            let rows = keys
+                .iter()
+                .map(|(id, k)| key_out(id, k, name.as_deref().unwrap_or(""), false))
+                .collect();
+            paged(rows, "AccessKeyMetadata", &input)?
+        }
+        "UpdateAccessKey" | "DeleteAccessKey" => {
+            let name = subject(&input, &who);
+            let id = required(&input, "AccessKeyId")?;
+            let status = if op == "UpdateAccessKey" {
+                Some(required(&input, "Status")?)
+            } else {
+                None
+            };
+            iam.change_key(account, name.as_deref(), id, status).await?;
+            json!({})
+        }
+        "PutUserPolicy" => {
+            let user = required(&input, "UserName")?;
+            let doc = required(&input, "PolicyDocument")?;
+            iam.put_policy(account, user, required(&input, "PolicyName")?, Some(doc))
+                .await?;
+            json!({})
+        }
+        "DeleteUserPolicy" => {
+            let user = required(&input, "UserName")?;
+            iam.put_policy(account, user, required(&input, "PolicyName")?, None)
+                .await?;
+            json!({})
+        }
+        "GetUserPolicy" => {
+            let u = iam.user(account, required(&input, "UserName")?).await?;
+            let name = required(&input, "PolicyName")?;
+            let doc = u.policies.get(name).ok_or_else(|| {
+                ApiError::of_shape(
+                    "NoSuchEntityException",
+                    format!("The user policy with name {name} cannot be found."),
+                )
+            })?;
+            // IAM returns policy documents URL-encoded (the SDKs decode them).
+            let encoded: String = form_urlencoded::byte_serialize(doc.as_bytes()).collect();
+            json!({"UserName": u.name, "PolicyName": name, "PolicyDocument": encoded.replace('+', "%20")})
+        }
+        "ListUserPolicies" => {
+            let u = iam.user(account, required(&input, "UserName")?).await?;
+            paged(u.policies.keys().map(|k| json!(k)).collect(), "PolicyNames", &input)?
+        }
+        other => {
+            return Err(ApiError::client(
+                "UnknownOperationException",
+                format!(
+                    "Gantry's IAM serves users, access keys and inline user policies; {other} is not implemented yet."
+                ),
+            ))
+        }
+    })
+}
+
+/// The registry's entry point for STS.
+pub fn sts_handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value) -> Reply<'a> {
+    Box::pin(async move {
+        let _ = (api, input);
+        match op {
+            "GetCallerIdentity" => {
+                let who = caller(&scope.account);
+                Ok(json!({"UserId": who.id(), "Account": who.account(), "Arn": who.arn()}))
+            }
+            other => Err(ApiError::client(
+                "UnknownOperationException",
+                format!("Gantry's STS serves GetCallerIdentity; {other} is not implemented yet."),
+            )),
+        }
+    })
+}

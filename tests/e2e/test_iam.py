@@ -1,0 +1,108 @@
+"""IAM users, access keys and inline policies with boto3 and awscli unchanged, STS
+GetCallerIdentity, and every API call authorised by the caller's policies: the bootstrap key
+is the account's root; a user's key may do what its policies allow, explicit Deny first, and
+is refused otherwise with AccessDenied in each service's own error shape and IAM's words."""
+import json
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import pytest
+
+from conftest import ACCOUNT, REGION
+
+
+@pytest.fixture
+def iam(gantry):
+    return gantry.client("iam")
+
+
+def code(call, *args, **kw):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call(*args, **kw)
+    return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]
+
+
+def as_user(gantry, key, service):
+    return boto3.client(service, endpoint_url=gantry.endpoint, region_name=REGION,
+                        aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"],
+                        config=botocore.config.Config(retries={"max_attempts": 1}))
+
+
+ALLOW_READS = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": ["ecs:List*", "ecs:Describe*", "sts:GetCallerIdentity"], "Resource": "*"}]}
+
+
+def test_users_keys_and_policies_decide_every_call(gantry, iam):
+    root = gantry.client("sts").get_caller_identity()
+    assert (root["Account"], root["Arn"], root["UserId"]) == (ACCOUNT, f"arn:aws:iam::{ACCOUNT}:root", ACCOUNT)
+    user = iam.create_user(UserName="ann", Path="/team/", Tags=[{"Key": "team", "Value": "web"}])["User"]
+    assert user["Arn"] == f"arn:aws:iam::{ACCOUNT}:user/team/ann" and user["UserId"].startswith("AIDA")
+    assert code(iam.create_user, UserName="ANN")[0] == "EntityAlreadyExists"
+    key = iam.create_access_key(UserName="ann")["AccessKey"]
+    assert key["AccessKeyId"].startswith("AKIA") and len(key["SecretAccessKey"]) == 40 and key["Status"] == "Active"
+    ecs = as_user(gantry, key, "ecs")
+
+    # No policy: nothing is allowed, in ECS's JSON shape and IAM's words.
+    c, m = code(ecs.list_clusters)
+    assert c == "AccessDeniedException"
+    assert m == (f"User: arn:aws:iam::{ACCOUNT}:user/team/ann is not authorized to perform: ecs:ListClusters "
+                 "on resource: * because no identity-based policy allows the ecs:ListClusters action")
+    # A Query service answers AccessDenied in its XML shape.
+    assert code(as_user(gantry, key, "elbv2").describe_load_balancers)[0] == "AccessDenied"
+
+    iam.put_user_policy(UserName="ann", PolicyName="reads", PolicyDocument=json.dumps(ALLOW_READS))
+    assert iam.get_user_policy(UserName="ann", PolicyName="reads")["PolicyDocument"] == ALLOW_READS
+    assert iam.list_user_policies(UserName="ann")["PolicyNames"] == ["reads"]
+    ecs.list_clusters()
+    me = as_user(gantry, key, "sts").get_caller_identity()
+    assert (me["Arn"], me["UserId"]) == (user["Arn"], user["UserId"])
+    assert code(ecs.create_cluster, clusterName="nope")[0] == "AccessDeniedException"
+    assert code(as_user(gantry, key, "iam").create_user, UserName="eve")[0] == "AccessDenied"
+    # An explicit Deny wins over the Allow.
+    deny = {"Statement": [{"Effect": "Deny", "Action": "ecs:ListClusters", "Resource": "*"}]}
+    iam.put_user_policy(UserName="ann", PolicyName="no-list", PolicyDocument=json.dumps(deny))
+    c, m = code(ecs.list_clusters)
+    assert c == "AccessDeniedException" and m.endswith("with an explicit deny in an identity-based policy")
+    ecs.describe_clusters(clusters=["default"])
+    iam.delete_user_policy(UserName="ann", PolicyName="no-list")
+    ecs.list_clusters()
+
+    # An inactive key signs nothing; active again, it works.
+    iam.update_access_key(UserName="ann", AccessKeyId=key["AccessKeyId"], Status="Inactive")
+    assert code(ecs.list_clusters)[0] == "UnrecognizedClientException"
+    iam.update_access_key(UserName="ann", AccessKeyId=key["AccessKeyId"], Status="Active")
+    ecs.list_clusters()
+    listed = iam.list_access_keys(UserName="ann")["AccessKeyMetadata"]
+    assert [(k["AccessKeyId"], k["Status"]) for k in listed] == [(key["AccessKeyId"], "Active")]
+
+
+def test_iam_refuses_what_iam_refuses(gantry, iam):
+    iam.create_user(UserName="bob")
+    bad = {"Statement": [{"Effect": "Allow", "Action": "ecs:*"}]}
+    assert code(iam.put_user_policy, UserName="bob", PolicyName="p", PolicyDocument=json.dumps(bad)) == \
+        ("MalformedPolicyDocument", "Policy statement must contain resources.")
+    assert code(iam.put_user_policy, UserName="bob", PolicyName="p", PolicyDocument="{nope")[0] == "MalformedPolicyDocument"
+    assert code(iam.put_user_policy, UserName="nobody", PolicyName="p",
+                PolicyDocument=json.dumps(ALLOW_READS))[0] == "NoSuchEntity"
+    assert code(iam.get_user, UserName="nobody") == ("NoSuchEntity", "The user with name nobody cannot be found.")
+    assert code(iam.create_user, UserName="bad name")[0] == "ValidationError"
+    iam.create_access_key(UserName="bob")
+    iam.create_access_key(UserName="bob")
+    assert code(iam.create_access_key, UserName="bob") == ("LimitExceeded", "Cannot exceed quota for AccessKeysPerUser: 2")
+    c, m = code(iam.delete_user, UserName="bob")
+    assert c == "DeleteConflict" and "access keys" in m
+    for k in iam.list_access_keys(UserName="bob")["AccessKeyMetadata"]:
+        iam.delete_access_key(UserName="bob", AccessKeyId=k["AccessKeyId"])
+    iam.delete_user(UserName="bob")
+    assert "bob" not in [u["UserName"] for u in iam.list_users()["Users"]]
+    assert code(iam.create_role, RoleName="r", AssumeRolePolicyDocument="{}")[0] == "UnknownOperationException"
+
+
+def test_the_cli_speaks_iam_and_sts(gantry):
+    out, _ = gantry.aws("iam", "create-user", "--user-name", "cli-user")
+    assert out["User"]["UserName"] == "cli-user"
+    users, _ = gantry.aws("iam", "list-users")
+    assert "cli-user" in [u["UserName"] for u in users["Users"]]
+    me, _ = gantry.aws("sts", "get-caller-identity")
+    assert me["Arn"] == f"arn:aws:iam::{ACCOUNT}:root"
