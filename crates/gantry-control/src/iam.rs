@@ -421,6 +421,26 @@ pub fn action_prefix(signing_name: &str) -> &str {
     }
 }
 
+/// A policy document, parsed once: every request evaluates its caller's policies, and
+/// parsing JSON costs more than evaluating. Documents were checked when stored; one that no
+/// longer parses allows nothing.
+fn parsed(doc: &str) -> Option<Arc<gantry_policy::Policy>> {
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<std::collections::HashMap<String, Arc<gantry_policy::Policy>>>> = OnceLock::new();
+    const MAX_CACHED: usize = 10_000;
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().expect("lock").get(doc) {
+        return Some(p.clone());
+    }
+    let p = Arc::new(gantry_policy::Policy::parse(doc).ok()?);
+    let mut c = cache.lock().expect("lock");
+    if c.len() >= MAX_CACHED {
+        c.clear();
+    }
+    c.insert(doc.to_string(), p.clone());
+    Some(p)
+}
+
 /// Whether `caller` may perform `action` on `resource`: root may do everything; a user what
 /// its inline policies allow. Returns the denial message in IAM's words otherwise.
 pub fn authorize(
@@ -432,12 +452,8 @@ pub fn authorize(
     let Caller::User { user, .. } = caller else {
         return Ok(());
     };
-    let policies: Vec<gantry_policy::Policy> = user
-        .policies
-        .values()
-        .filter_map(|d| gantry_policy::Policy::parse(d).ok())
-        .collect();
-    let refs: Vec<&gantry_policy::Policy> = policies.iter().collect();
+    let policies: Vec<Arc<gantry_policy::Policy>> = user.policies.values().filter_map(|d| parsed(d)).collect();
+    let refs: Vec<&gantry_policy::Policy> = policies.iter().map(|p| p.as_ref()).collect();
     let req = gantry_policy::Request {
         action,
         resource,

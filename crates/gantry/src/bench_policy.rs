@@ -1,6 +1,7 @@
 //! `gantry debug bench-policy`: what IAM policy evaluation adds to a request. A principal with
 //! N attached policies (each a few statements with wildcards, NotResource and conditions, as
-//! users write them) is evaluated for a realistic request, many times; the baseline is the
+//! users write them) is evaluated for a realistic request, many times, alone and through
+//! `iam::authorize` (the stored documents, as a request meets them); the baseline is the
 //! SigV4 verification every request already pays, measured in the same run. Reports the
 //! median and p99 of each, and their ratio.
 
@@ -21,6 +22,10 @@ pub struct BenchPolicyArgs {
 /// The i-th policy: mostly statements that do not apply to the request (the common case),
 /// with the wildcards and conditions that make matching work.
 fn policy(i: usize) -> Policy {
+    Policy::parse(&document(i)).expect("the bench's policies parse")
+}
+
+fn document(i: usize) -> String {
     let doc = serde_json::json!({"Version": "2012-10-17", "Statement": [
         {"Sid": "Read", "Effect": "Allow", "Action": ["ecs:Describe*", "ecs:List*", "logs:Get*"],
          "Resource": format!("arn:aws:ecs:*:123456789012:cluster/team-{i}*")},
@@ -33,7 +38,7 @@ fn policy(i: usize) -> Policy {
                        "Bool": {"aws:SecureTransport": "true"},
                        "StringLike": {"ecs:cluster": format!("arn:aws:ecs:*:*:cluster/team-{i}")}}}
     ]});
-    Policy::parse(&doc.to_string()).expect("the bench's policies parse")
+    doc.to_string()
 }
 
 struct OneKey(SecretKey);
@@ -119,17 +124,40 @@ pub fn run(a: BenchPolicyArgs) -> anyhow::Result<i32> {
         "the bench's request should verify"
     );
 
+    // The path a request takes: the caller's stored documents through the parse cache.
+    let caller = gantry_control::iam::Caller::User {
+        account: "123456789012".into(),
+        user: gantry_control::iam::User {
+            name: "ann".into(),
+            path: "/".into(),
+            id: "AIDABENCH".into(),
+            arn: "arn:aws:iam::123456789012:user/ann".into(),
+            created: 0.0,
+            tags: vec![],
+            policies: (0..a.policies).map(|i| (format!("p{i}"), document(i))).collect(),
+        },
+    };
+    anyhow::ensure!(
+        gantry_control::iam::authorize(&caller, req.action, req.resource, &ctx).is_ok(),
+        "the caller should be allowed"
+    );
     let (mut policy_us, mut sigv4_us) = (Vec::with_capacity(a.requests), Vec::with_capacity(a.requests));
+    let mut authorize_us = Vec::with_capacity(a.requests);
     for _ in 0..a.requests {
         let t = Instant::now();
         std::hint::black_box(evaluate(&refs, &req));
         policy_us.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        std::hint::black_box(gantry_control::iam::authorize(&caller, req.action, req.resource, &ctx).is_ok());
+        authorize_us.push(t.elapsed().as_secs_f64() * 1e6);
         let t = Instant::now();
         std::hint::black_box(sigv4::verify(&request, &key, now).is_ok());
         sigv4_us.push(t.elapsed().as_secs_f64() * 1e6);
     }
     policy_us.sort_by(f64::total_cmp);
     sigv4_us.sort_by(f64::total_cmp);
+    authorize_us.sort_by(f64::total_cmp);
+    let (a50, a99) = (percentile(&authorize_us, 0.5), percentile(&authorize_us, 0.99));
     let (p50, p99) = (percentile(&policy_us, 0.5), percentile(&policy_us, 0.99));
     let (b50, b99) = (percentile(&sigv4_us, 0.5), percentile(&sigv4_us, 0.99));
     println!(
@@ -137,6 +165,7 @@ pub fn run(a: BenchPolicyArgs) -> anyhow::Result<i32> {
         a.policies, a.requests
     );
     println!("  evaluate      median {p50:8.2} us   p99 {p99:8.2} us");
+    println!("  authorize     median {a50:8.2} us   p99 {a99:8.2} us   (stored documents, parse cache)");
     println!("  sigv4 verify  median {b50:8.2} us   p99 {b99:8.2} us   (baseline, every request)");
     println!("  ratio         median {:8.2}x     p99 {:8.2}x", p50 / b50, p99 / b99);
     Ok(0)
