@@ -155,10 +155,6 @@ pub fn check_name(name: &str) -> Result<(), ParameterError> {
     Ok(())
 }
 
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A name or ARN with an optional `:selector`, split.
 pub fn split_selector(id: &str) -> (&str, Option<&str>) {
     let tail = id.rsplit_once('/').map(|(_, t)| t).unwrap_or(id);
@@ -193,7 +189,7 @@ impl ParameterStore {
     }
 
     fn key(scope: &Scope, name: &str) -> String {
-        format!("{}{}", Self::prefix(scope), hex(name))
+        format!("{}{}", Self::prefix(scope), crate::records::hex_key(name))
     }
 
     pub fn arn(scope: &Scope, name: &str) -> String {

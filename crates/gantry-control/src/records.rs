@@ -22,6 +22,12 @@ impl RecordError {
     }
 }
 
+/// A name as one store key segment: hex, since names may hold '/' (Secrets Manager and
+/// Parameter Store names are paths).
+pub fn hex_key(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Clone)]
 pub struct Records {
     pub store: Arc<dyn Store>,

@@ -253,10 +253,6 @@ fn arn_suffix() -> String {
         .collect()
 }
 
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
 /// How a request names a secret: its name, its ARN, or its ARN without the random suffix.
 pub fn matches(secret: &Secret, id: &str) -> bool {
     if !id.starts_with("arn:") {
@@ -297,7 +293,7 @@ impl SecretsManager {
     }
 
     fn key(scope: &Scope, name: &str) -> String {
-        format!("{}{}", Self::prefix(scope), hex(name))
+        format!("{}{}", Self::prefix(scope), crate::records::hex_key(name))
     }
 
     /// Every secret of the scope, scheduled deletions past their date left out.
