@@ -96,7 +96,7 @@ def test_iam_refuses_what_iam_refuses(gantry, iam):
         iam.delete_access_key(UserName="bob", AccessKeyId=k["AccessKeyId"])
     iam.delete_user(UserName="bob")
     assert "bob" not in [u["UserName"] for u in iam.list_users()["Users"]]
-    assert code(iam.create_role, RoleName="r", AssumeRolePolicyDocument="{}")[0] == "UnknownOperationException"
+    assert code(iam.create_group, GroupName="g")[0] == "UnknownOperationException"
 
 
 def test_the_cli_speaks_iam_and_sts(gantry):
@@ -106,3 +106,56 @@ def test_the_cli_speaks_iam_and_sts(gantry):
     assert "cli-user" in [u["UserName"] for u in users["Users"]]
     me, _ = gantry.aws("sts", "get-caller-identity")
     assert me["Arn"] == f"arn:aws:iam::{ACCOUNT}:root"
+
+
+def test_roles_are_assumed_as_their_trust_policies_allow(gantry, iam):
+    trust = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ACCOUNT}, "Action": "sts:AssumeRole"}]}
+    role = iam.create_role(RoleName="app", AssumeRolePolicyDocument=json.dumps(trust), Description="the app")["Role"]
+    assert role["Arn"] == f"arn:aws:iam::{ACCOUNT}:role/app" and role["RoleId"].startswith("AROA")
+    assert iam.get_role(RoleName="app")["Role"]["AssumeRolePolicyDocument"] == trust
+    iam.put_role_policy(RoleName="app", PolicyName="reads", PolicyDocument=json.dumps(ALLOW_READS))
+    assert iam.list_role_policies(RoleName="app")["PolicyNames"] == ["reads"]
+
+    sts = gantry.client("sts")
+    out = sts.assume_role(RoleArn=role["Arn"], RoleSessionName="s1", DurationSeconds=900)
+    creds = out["Credentials"]
+    assert creds["AccessKeyId"].startswith("ASIA") and creds["SessionToken"]
+    assert out["AssumedRoleUser"]["Arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/app/s1"
+    session = boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                            aws_session_token=creds["SessionToken"], region_name=REGION)
+    cfg = botocore.config.Config(retries={"max_attempts": 1})
+    me = session.client("sts", endpoint_url=gantry.endpoint, config=cfg).get_caller_identity()
+    assert me["Arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/app/s1" and me["UserId"] == f"{role['RoleId']}:s1"
+    ecs = session.client("ecs", endpoint_url=gantry.endpoint, config=cfg)
+    ecs.list_clusters()
+    c, m = code(ecs.create_cluster, clusterName="nope")
+    assert c == "AccessDeniedException" and m.startswith(f"User: arn:aws:sts::{ACCOUNT}:assumed-role/app/s1 is not authorized")
+    # Without the session token the key does not verify.
+    bare = boto3.client("ecs", endpoint_url=gantry.endpoint, region_name=REGION, config=cfg,
+                        aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"])
+    assert code(bare.list_clusters)[0] in ("UnrecognizedClientException", "InvalidSignatureException")
+
+    # A user may assume it only if its own policies allow sts:AssumeRole too.
+    iam.create_user(UserName="carl")
+    key = iam.create_access_key(UserName="carl")["AccessKey"]
+    carl = as_user(gantry, key, "sts")
+    assert code(carl.assume_role, RoleArn=role["Arn"], RoleSessionName="c1")[0] == "AccessDenied"
+    iam.put_user_policy(UserName="carl", PolicyName="assume", PolicyDocument=json.dumps(
+        {"Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role["Arn"]}]}))
+    assert carl.assume_role(RoleArn=role["Arn"], RoleSessionName="c1")["AssumedRoleUser"]["Arn"].endswith("/app/c1")
+
+    # A role that trusts another account only is refused; bad durations and names are refused.
+    other = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::999999999999:root"},
+                            "Action": "sts:AssumeRole"}]}
+    locked = iam.create_role(RoleName="locked", AssumeRolePolicyDocument=json.dumps(other))["Role"]
+    c, m = code(sts.assume_role, RoleArn=locked["Arn"], RoleSessionName="x1")
+    assert c == "AccessDenied" and "sts:AssumeRole" in m
+    assert code(sts.assume_role, RoleArn=role["Arn"], RoleSessionName="s1", DurationSeconds=7200)[0] == "ValidationError"
+    assert code(sts.assume_role, RoleArn=f"arn:aws:iam::{ACCOUNT}:role/none", RoleSessionName="s1")[0] == "AccessDenied"
+    assert code(iam.create_role, RoleName="bad", AssumeRolePolicyDocument=json.dumps(ALLOW_READS))[0] == \
+        "MalformedPolicyDocument"
+    assert code(iam.delete_role, RoleName="app")[0] == "DeleteConflict"
+    iam.delete_role_policy(RoleName="app", PolicyName="reads")
+    iam.delete_role(RoleName="app")
+    assert [r["RoleName"] for r in iam.list_roles()["Roles"]] == ["locked"]

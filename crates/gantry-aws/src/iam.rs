@@ -4,7 +4,7 @@
 
 use crate::api::{caller, Api, ApiError};
 use crate::protocol::Reply;
-use gantry_control::iam::{Caller, IamError, StoredKey, Tag, User};
+use gantry_control::iam::{Caller, IamError, NewRole, Role, StoredKey, Tag, User};
 use gantry_types::arn::Scope;
 use serde_json::{json, Value};
 
@@ -47,12 +47,17 @@ fn key_out(id: &str, k: &StoredKey, user_name: &str, with_secret: bool) -> Value
     out
 }
 
-/// The user an operation is about: the one named, else the caller (None: the root).
-fn subject(input: &Value, who: &Caller) -> Option<String> {
+/// The user an operation is about: the one named, else the caller (None: the root). A role
+/// session must name one, as in IAM.
+fn subject(input: &Value, who: &Caller) -> Result<Option<String>, ApiError> {
     match (text(input, "UserName"), who) {
-        (Some(n), _) => Some(n.to_string()),
-        (None, Caller::User { user, .. }) => Some(user.name.clone()),
-        (None, Caller::Root { .. }) => None,
+        (Some(n), _) => Ok(Some(n.to_string())),
+        (None, Caller::User { user, .. }) => Ok(Some(user.name.clone())),
+        (None, Caller::Root { .. }) => Ok(None),
+        (None, Caller::Role { .. }) => Err(ApiError::client(
+            "ValidationError",
+            "Must specify userName when calling with non-User credentials",
+        )),
     }
 }
 
@@ -92,7 +97,7 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
                 .await?;
             json!({"User": user_out(&u)})
         }
-        "GetUser" => match subject(&input, &who) {
+        "GetUser" => match subject(&input, &who)? {
             Some(name) => json!({"User": user_out(&iam.user(account, &name).await?)}),
             // The root has no user name (AWS answers the same).
             None => json!({"User": {"Path": "/", "UserId": account, "Arn": who.arn(), "CreateDate": 0}}),
@@ -106,12 +111,12 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
             json!({})
         }
         "CreateAccessKey" => {
-            let name = subject(&input, &who);
+            let name = subject(&input, &who)?;
             let (id, k) = iam.create_key(account, name.as_deref()).await?;
             json!({"AccessKey": key_out(&id, &k, name.as_deref().unwrap_or(""), true)})
         }
         "ListAccessKeys" => {
-            let name = subject(&input, &who);
+            let name = subject(&input, &who)?;
             if let Some(n) = &name {
                 iam.user(account, n).await?;
             }
@@ -123,7 +128,7 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
             paged(rows, "AccessKeyMetadata", &input)?
         }
         "UpdateAccessKey" | "DeleteAccessKey" => {
-            let name = subject(&input, &who);
+            let name = subject(&input, &who)?;
             let id = required(&input, "AccessKeyId")?;
             let status = if op == "UpdateAccessKey" {
                 Some(required(&input, "Status")?)
@@ -155,38 +160,160 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
                     format!("The user policy with name {name} cannot be found."),
                 )
             })?;
-            // IAM returns policy documents URL-encoded (the SDKs decode them).
-            let encoded: String = form_urlencoded::byte_serialize(doc.as_bytes()).collect();
-            json!({"UserName": u.name, "PolicyName": name, "PolicyDocument": encoded.replace('+', "%20")})
+            json!({"UserName": u.name, "PolicyName": name, "PolicyDocument": url_encoded(doc)})
         }
         "ListUserPolicies" => {
             let u = iam.user(account, required(&input, "UserName")?).await?;
             paged(u.policies.keys().map(|k| json!(k)).collect(), "PolicyNames", &input)?
         }
+        "CreateRole" => {
+            let tags: Vec<Tag> = serde_json::from_value(input.get("Tags").cloned().unwrap_or(json!([])))
+                .map_err(|e| ApiError::client("InvalidInputException", format!("Tags: {e}")))?;
+            if input.get("PermissionsBoundary").is_some() {
+                return Err(ApiError::client(
+                    "InvalidInputException",
+                    "Permissions boundaries are not supported by Gantry yet.",
+                ));
+            }
+            let req = NewRole {
+                name: required(&input, "RoleName")?.to_string(),
+                path: text(&input, "Path").map(str::to_string),
+                trust: required(&input, "AssumeRolePolicyDocument")?.to_string(),
+                description: text(&input, "Description").map(str::to_string),
+                max_session: input["MaxSessionDuration"].as_i64(),
+                tags,
+            };
+            json!({"Role": role_out(&iam.create_role(account, req).await?)})
+        }
+        "GetRole" => json!({"Role": role_out(&iam.role(account, required(&input, "RoleName")?).await?)}),
+        "ListRoles" => {
+            let roles = iam.roles(account, text(&input, "PathPrefix")).await?;
+            paged(roles.iter().map(role_out).collect(), "Roles", &input)?
+        }
+        "DeleteRole" => {
+            iam.delete_role(account, required(&input, "RoleName")?).await?;
+            json!({})
+        }
+        "UpdateAssumeRolePolicy" => {
+            let doc = required(&input, "PolicyDocument")?;
+            iam.change_role(account, required(&input, "RoleName")?, Some(doc), None)
+                .await?;
+            json!({})
+        }
+        "PutRolePolicy" | "DeleteRolePolicy" => {
+            let name = required(&input, "PolicyName")?;
+            let doc = if op == "PutRolePolicy" {
+                Some(required(&input, "PolicyDocument")?)
+            } else {
+                None
+            };
+            iam.change_role(account, required(&input, "RoleName")?, None, Some((name, doc)))
+                .await?;
+            json!({})
+        }
+        "GetRolePolicy" => {
+            let r = iam.role(account, required(&input, "RoleName")?).await?;
+            let name = required(&input, "PolicyName")?;
+            let doc = r.policies.get(name).ok_or_else(|| {
+                ApiError::of_shape(
+                    "NoSuchEntityException",
+                    format!("The role policy with name {name} cannot be found."),
+                )
+            })?;
+            json!({"RoleName": r.name, "PolicyName": name, "PolicyDocument": url_encoded(doc)})
+        }
+        "ListRolePolicies" => {
+            let r = iam.role(account, required(&input, "RoleName")?).await?;
+            paged(r.policies.keys().map(|k| json!(k)).collect(), "PolicyNames", &input)?
+        }
         other => {
             return Err(ApiError::client(
                 "UnknownOperationException",
                 format!(
-                    "Gantry's IAM serves users, access keys and inline user policies; {other} is not implemented yet."
-                ),
+                "Gantry's IAM serves users, roles, access keys and inline policies; {other} is not implemented yet."
+            ),
             ))
         }
     })
 }
 
+/// A policy document as IAM returns it: URL-encoded (the SDKs decode it).
+fn url_encoded(doc: &str) -> String {
+    let encoded: String = form_urlencoded::byte_serialize(doc.as_bytes()).collect();
+    encoded.replace('+', "%20")
+}
+
+fn role_out(r: &Role) -> Value {
+    let mut out = json!({
+        "Path": r.path, "RoleName": r.name, "RoleId": r.id, "Arn": r.arn, "CreateDate": r.created,
+        "AssumeRolePolicyDocument": url_encoded(&r.trust), "MaxSessionDuration": r.max_session,
+    });
+    if let Some(d) = &r.description {
+        out["Description"] = json!(d);
+    }
+    if !r.tags.is_empty() {
+        out["Tags"] = json!(r
+            .tags
+            .iter()
+            .map(|t| json!({"Key": t.key, "Value": t.value}))
+            .collect::<Vec<_>>());
+    }
+    out
+}
+
 /// The registry's entry point for STS.
 pub fn sts_handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value) -> Reply<'a> {
     Box::pin(async move {
-        let _ = (api, input);
         match op {
             "GetCallerIdentity" => {
                 let who = caller(&scope.account);
                 Ok(json!({"UserId": who.id(), "Account": who.account(), "Arn": who.arn()}))
             }
+            "AssumeRole" => assume_role(api, scope, &input).await,
             other => Err(ApiError::client(
                 "UnknownOperationException",
                 format!("Gantry's STS serves GetCallerIdentity; {other} is not implemented yet."),
             )),
         }
     })
+}
+
+async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, ApiError> {
+    for unsupported in ["Policy", "PolicyArns", "SerialNumber", "TokenCode", "ProvidedContexts"] {
+        if input.get(unsupported).is_some() {
+            return Err(ApiError::client(
+                "InvalidParameterValue",
+                format!("{unsupported} is not supported by Gantry's AssumeRole yet."),
+            ));
+        }
+    }
+    let who = caller(&scope.account);
+    let mut ctx = gantry_policy::Context::new();
+    ctx.set("aws:PrincipalArn", who.principal_arn())
+        .set("aws:PrincipalAccount", who.account());
+    if let Some(id) = text(input, "ExternalId") {
+        ctx.set("sts:ExternalId", id);
+    }
+    let (id, key, role) = api
+        .control
+        .iam()
+        .assume_role(
+            &who,
+            required(input, "RoleArn")?,
+            required(input, "RoleSessionName")?,
+            input["DurationSeconds"].as_i64(),
+            &ctx,
+        )
+        .await?;
+    let session = key.role.as_ref().expect("a session key has its role");
+    Ok(json!({
+        "Credentials": {
+            "AccessKeyId": id, "SecretAccessKey": key.secret_access_key,
+            "SessionToken": key.session_token, "Expiration": session.expires,
+        },
+        "AssumedRoleUser": {
+            "AssumedRoleId": format!("{}:{}", role.id, session.session),
+            "Arn": format!("arn:aws:sts::{}:assumed-role/{}/{}", key.account_id, role.name, session.session),
+        },
+    }))
 }

@@ -117,7 +117,20 @@ async fn find_key(api: &Api, headers: &[(String, String)]) -> Result<Option<Stor
     let Some(akid) = access_key_id(headers) else {
         return Ok(None);
     };
-    Ok(load_key(api, akid).await?.filter(|k| k.status == "Active"))
+    let key = load_key(api, akid).await?.filter(|k| k.status == "Active");
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    if key
+        .as_ref()
+        .and_then(|k| k.role.as_ref())
+        .is_some_and(|r| r.expires <= now)
+    {
+        return Err(ApiError::new(
+            "ExpiredTokenException",
+            "The security token included in the request is expired",
+            StatusCode::FORBIDDEN,
+        ));
+    }
+    Ok(key)
 }
 
 fn secret_key(k: &StoredKey) -> SecretKey {
@@ -130,14 +143,7 @@ fn secret_key(k: &StoredKey) -> SecretKey {
 
 /// Who signed, and whether they may call `operation` of the service signing as `service`:
 /// the caller, or AccessDenied in the wire's words.
-pub async fn authorize(
-    api: &Api,
-    key: &StoredKey,
-    service: &str,
-    operation: &str,
-    region: &str,
-    query_wire: bool,
-) -> Result<gantry_control::iam::Caller, ApiError> {
+pub async fn authorize(api: &Api, key: &StoredKey, asked: &Asked<'_>) -> Result<gantry_control::iam::Caller, ApiError> {
     let caller = api.control.iam().caller(key).await.map_err(|e| {
         ApiError::new(
             "UnrecognizedClientException",
@@ -145,19 +151,51 @@ pub async fn authorize(
             StatusCode::FORBIDDEN,
         )
     })?;
-    permit(&caller, service, operation, region, query_wire)?;
+    permit(&caller, asked)?;
     Ok(caller)
 }
 
-/// Whether `caller`'s policies allow `operation` of the service signing as `service`.
-pub fn permit(
-    caller: &gantry_control::iam::Caller,
-    service: &str,
-    operation: &str,
-    region: &str,
-    query_wire: bool,
-) -> Result<(), ApiError> {
-    let action = format!("{}:{operation}", gantry_control::iam::action_prefix(service));
+/// What a request asks to do, for authorisation.
+pub struct Asked<'a> {
+    /// The service's signing name.
+    pub service: &'a str,
+    pub operation: &'a str,
+    /// The resource's ARN where the request names one Gantry resolves ("*" otherwise).
+    pub resource: String,
+    pub region: &'a str,
+    /// Query services answer AccessDenied, JSON ones AccessDeniedException.
+    pub query_wire: bool,
+}
+
+impl<'a> Asked<'a> {
+    pub fn new(service: &'a str, operation: &'a str, input: &Value, region: &'a str, query_wire: bool) -> Asked<'a> {
+        Asked {
+            service,
+            operation,
+            resource: resource_of(service, operation, input),
+            region,
+            query_wire,
+        }
+    }
+}
+
+/// The resource ARN a request acts on, where its input names it as an ARN: AssumeRole's role,
+/// a secret or parameter given by ARN. Everything else is checked against "*" (per-operation
+/// resource ARNs are still to come).
+fn resource_of(service: &str, operation: &str, input: &Value) -> String {
+    let arn = |key: &str| input.get(key).and_then(Value::as_str).filter(|v| v.starts_with("arn:"));
+    let named = match (service, operation) {
+        ("sts", "AssumeRole") => arn("RoleArn"),
+        ("secretsmanager", _) => arn("SecretId"),
+        _ => None,
+    };
+    named.unwrap_or("*").to_string()
+}
+
+/// Whether `caller`'s policies allow what is `asked`.
+pub fn permit(caller: &gantry_control::iam::Caller, asked: &Asked) -> Result<(), ApiError> {
+    let (operation, region, query_wire) = (asked.operation, asked.region, asked.query_wire);
+    let action = format!("{}:{operation}", gantry_control::iam::action_prefix(asked.service));
     let mut ctx = gantry_policy::Context::new();
     let now = chrono::Utc::now();
     ctx.set("aws:PrincipalArn", caller.arn())
@@ -170,11 +208,19 @@ pub fn permit(
         .set("aws:EpochTime", now.timestamp().to_string())
         .set("aws:SecureTransport", "false")
         .set("aws:RequestedRegion", region);
-    if let gantry_control::iam::Caller::User { user, .. } = caller {
-        ctx.set("aws:username", user.name.clone())
-            .set("aws:PrincipalType", "User");
+    match caller {
+        gantry_control::iam::Caller::User { user, .. } => {
+            ctx.set("aws:username", user.name.clone())
+                .set("aws:PrincipalType", "User");
+        }
+        gantry_control::iam::Caller::Role { .. } => {
+            ctx.set("aws:PrincipalType", "AssumedRole");
+        }
+        gantry_control::iam::Caller::Root { .. } => {
+            ctx.set("aws:PrincipalType", "Account");
+        }
     }
-    gantry_control::iam::authorize(caller, &action, "*", &ctx).map_err(|message| {
+    gantry_control::iam::authorize(caller, &action, &asked.resource, &ctx).map_err(|message| {
         let kind = if query_wire {
             "AccessDenied"
         } else {
@@ -343,16 +389,8 @@ async fn answer(
         ));
     };
     let query_wire = framing.wire == Wire::Query;
-    let caller = match authorize(
-        &api,
-        &stored,
-        &verified.service,
-        &call.op.name,
-        &scope.region,
-        query_wire,
-    )
-    .await
-    {
+    let asked = Asked::new(&verified.service, &call.op.name, &call.input, &scope.region, query_wire);
+    let caller = match authorize(&api, &stored, &asked).await {
         Ok(c) => c,
         Err(e) => return framing.error(e),
     };

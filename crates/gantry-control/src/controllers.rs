@@ -151,6 +151,9 @@ async fn housekeep(control: &Control) {
         }
         Err(e) => tracing::warn!(error = %e, "listing tasks to expire"),
     }
+    if let Err(e) = crate::iam::purge_expired_keys(control.store.clone(), control.clock.now_ms()).await {
+        tracing::warn!(error = %e, "removing expired temporary keys");
+    }
     if let Err(e) = crate::secrets::purge_deleted(control.store.clone(), control.clock.now_ms()).await {
         tracing::warn!(error = %e, "removing secrets past their recovery window");
     }

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const USERS: &str = "/iam/users/";
+const ROLES: &str = "/iam/roles/";
 /// IAM's quota of access keys per user.
 pub const MAX_KEYS_PER_USER: usize = 2;
 const MAX_INLINE_BYTES: usize = 2048 * 5;
@@ -35,6 +36,17 @@ pub struct StoredKey {
     pub status: String,
     #[serde(default)]
     pub created: f64,
+    /// Temporary keys (AssumeRole): the role and session they act as, and when they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoleSession>,
+}
+
+/// What a temporary key acts as.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoleSession {
+    pub role: String,
+    pub session: String,
+    pub expires: f64,
 }
 
 fn active() -> String {
@@ -97,11 +109,41 @@ pub struct User {
     pub policies: BTreeMap<String, String>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Role {
+    pub name: String,
+    pub path: String,
+    pub id: String,
+    pub arn: String,
+    pub created: f64,
+    /// The trust policy: who may assume the role.
+    pub trust: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Longest session, seconds (3,600 to 43,200).
+    pub max_session: i64,
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    #[serde(default)]
+    pub policies: BTreeMap<String, String>,
+}
+
 /// Who signed a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Caller {
-    Root { account: String },
-    User { account: String, user: User },
+    Root {
+        account: String,
+    },
+    User {
+        account: String,
+        user: User,
+    },
+    /// A role session (temporary credentials from AssumeRole).
+    Role {
+        account: String,
+        role: Role,
+        session: String,
+    },
 }
 
 impl Caller {
@@ -109,17 +151,36 @@ impl Caller {
         match self {
             Caller::Root { account } => format!("arn:aws:iam::{account}:root"),
             Caller::User { user, .. } => user.arn.clone(),
+            Caller::Role { account, role, session } => {
+                format!("arn:aws:sts::{account}:assumed-role/{}/{session}", role.name)
+            }
         }
     }
     pub fn id(&self) -> String {
         match self {
             Caller::Root { account } => account.clone(),
             Caller::User { user, .. } => user.id.clone(),
+            Caller::Role { role, session, .. } => format!("{}:{session}", role.id),
         }
     }
     pub fn account(&self) -> &str {
         match self {
-            Caller::Root { account } | Caller::User { account, .. } => account,
+            Caller::Root { account } | Caller::User { account, .. } | Caller::Role { account, .. } => account,
+        }
+    }
+    /// The identity's own ARN (a session's is its role's), for trust policies' principals.
+    pub fn principal_arn(&self) -> String {
+        match self {
+            Caller::Role { role, .. } => role.arn.clone(),
+            other => other.arn(),
+        }
+    }
+    /// The inline policies that decide what it may do (none for the root, which may do all).
+    fn policies(&self) -> Option<&BTreeMap<String, String>> {
+        match self {
+            Caller::Root { .. } => None,
+            Caller::User { user, .. } => Some(&user.policies),
+            Caller::Role { role, .. } => Some(&role.policies),
         }
     }
 }
@@ -211,15 +272,205 @@ impl Iam {
 
     /// Who a signing key belongs to.
     pub async fn caller(&self, key: &StoredKey) -> Result<Caller, IamError> {
-        match &key.user {
-            None => Ok(Caller::Root {
-                account: key.account_id.clone(),
+        let account = key.account_id.clone();
+        match (&key.user, &key.role) {
+            (_, Some(r)) => Ok(Caller::Role {
+                role: self.role(&account, &r.role).await?,
+                session: r.session.clone(),
+                account,
             }),
-            Some(name) => Ok(Caller::User {
-                account: key.account_id.clone(),
-                user: self.user(&key.account_id, name).await?,
+            (Some(name), None) => Ok(Caller::User {
+                user: self.user(&account, name).await?,
+                account,
             }),
+            (None, None) => Ok(Caller::Root { account }),
         }
+    }
+
+    fn role_key(account: &str, name: &str) -> String {
+        format!("{ROLES}{account}/{}", name.to_lowercase())
+    }
+
+    pub async fn role(&self, account: &str, name: &str) -> Result<Role, IamError> {
+        let missing = || {
+            IamError::new(
+                "NoSuchEntityException",
+                format!("The role with name {name} cannot be found."),
+            )
+        };
+        check_name("roleName", name, 64).map_err(|_| missing())?;
+        match self.records.load::<Role>(&Self::role_key(account, name)).await? {
+            Some((r, _)) => Ok(r),
+            None => Err(missing()),
+        }
+    }
+
+    /// CreateRole: a role with its trust policy and longest session (3,600 s by default).
+    pub async fn create_role(&self, account: &str, req: NewRole) -> Result<Role, IamError> {
+        check_name("roleName", &req.name, 64)?;
+        let path = req.path.unwrap_or_else(|| "/".into());
+        check_path(&path)?;
+        check_trust(&req.trust)?;
+        let max_session = req.max_session.unwrap_or(3600);
+        if !(3600..=43200).contains(&max_session) {
+            return Err(IamError::new(
+                "ValidationError",
+                "The MaxSessionDuration must be between 3600 and 43200 seconds.",
+            ));
+        }
+        let role = Role {
+            arn: format!("arn:aws:iam::{account}:role{path}{}", req.name),
+            name: req.name,
+            path,
+            id: iam_id("AROA"),
+            created: self.now(),
+            trust: req.trust,
+            description: req.description,
+            max_session,
+            tags: req.tags,
+            policies: BTreeMap::new(),
+        };
+        if !self.records.create(&Self::role_key(account, &role.name), &role).await? {
+            return Err(IamError::new(
+                "EntityAlreadyExistsException",
+                format!("Role with name {} already exists.", role.name),
+            ));
+        }
+        Ok(role)
+    }
+
+    pub async fn roles(&self, account: &str, path_prefix: Option<&str>) -> Result<Vec<Role>, IamError> {
+        let mut all: Vec<Role> = self.records.list(&format!("{ROLES}{account}/")).await?;
+        all.retain(|r| path_prefix.is_none_or(|p| r.path.starts_with(p)));
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    pub async fn delete_role(&self, account: &str, name: &str) -> Result<(), IamError> {
+        let r = self.role(account, name).await?;
+        if !r.policies.is_empty() {
+            return Err(IamError::new(
+                "DeleteConflictException",
+                "Cannot delete entity, must delete policies first.",
+            ));
+        }
+        self.records.delete(&Self::role_key(account, name)).await?;
+        Ok(())
+    }
+
+    /// Changes a role's trust policy (Some(trust)) and/or one inline policy (name, Some(doc)
+    /// to set, None to delete).
+    pub async fn change_role(
+        &self,
+        account: &str,
+        name: &str,
+        trust: Option<&str>,
+        policy: Option<(&str, Option<&str>)>,
+    ) -> Result<(), IamError> {
+        if let Some(t) = trust {
+            check_trust(t)?;
+        }
+        if let Some((pname, doc)) = policy {
+            check_name("policyName", pname, 128)?;
+            if let Some(d) = doc {
+                check_identity_policy(d)?;
+            }
+        }
+        self.role(account, name).await?;
+        self.records
+            .update(&Self::role_key(account, name), |cur: Option<Role>| {
+                let mut r = cur.ok_or_else(|| {
+                    IamError::new(
+                        "NoSuchEntityException",
+                        format!("The role with name {name} cannot be found."),
+                    )
+                })?;
+                if let Some(t) = trust {
+                    r.trust = t.to_string();
+                }
+                match policy {
+                    Some((pname, Some(d))) => {
+                        r.policies.insert(pname.to_string(), d.to_string());
+                    }
+                    Some((pname, None)) => r.policies.remove(pname).map(drop).ok_or_else(|| {
+                        IamError::new(
+                            "NoSuchEntityException",
+                            format!("The role policy with name {pname} cannot be found."),
+                        )
+                    })?,
+                    None => {}
+                }
+                Ok((Some(r), ()))
+            })
+            .await
+    }
+
+    /// AssumeRole: `caller` asks for a session of the role `role_arn` (its own account's).
+    /// The role's trust policy must allow the caller sts:AssumeRole, and so must a user's or
+    /// role's own policies. The session's temporary key is stored until it expires.
+    pub async fn assume_role(
+        &self,
+        caller: &Caller,
+        role_arn: &str,
+        session: &str,
+        duration: Option<i64>,
+        context: &gantry_policy::Context,
+    ) -> Result<(String, StoredKey, Role), IamError> {
+        check_session_name(session)?;
+        let account = caller.account().to_string();
+        let name = role_arn
+            .strip_prefix(&format!("arn:aws:iam::{account}:role/"))
+            .and_then(|rest| rest.rsplit('/').next())
+            .ok_or_else(|| denied_assume(caller, role_arn))?;
+        let role = self
+            .role(&account, name)
+            .await
+            .map_err(|_| denied_assume(caller, role_arn))?;
+        if role.arn != role_arn {
+            return Err(denied_assume(caller, role_arn));
+        }
+        let duration = duration.unwrap_or(3600);
+        if duration < 900 || duration > role.max_session {
+            return Err(IamError::new(
+                "ValidationError",
+                format!("The requested DurationSeconds ({duration}) is under 900 or exceeds the MaxSessionDuration set for this role."),
+            ));
+        }
+        let trust = gantry_policy::Policy::parse(&role.trust)
+            .map_err(|e| IamError::new("MalformedPolicyDocumentException", e.0))?;
+        let principal = caller.principal_arn();
+        let req = gantry_policy::Request {
+            action: "sts:AssumeRole",
+            resource: &role.arn,
+            principal: Some(&principal),
+            context,
+        };
+        let trusted = gantry_policy::evaluate(&[&trust], &req) == gantry_policy::Decision::Allow;
+        if !trusted || authorize(caller, "sts:AssumeRole", &role.arn, context).is_err() {
+            return Err(denied_assume(caller, role_arn));
+        }
+        let now = self.now();
+        let id = iam_id("ASIA");
+        let key = StoredKey {
+            secret_access_key: secret(),
+            account_id: account,
+            session_token: Some(format!("{}{}", random_hex(32), random_hex(32))),
+            user: None,
+            status: active(),
+            created: now,
+            role: Some(RoleSession {
+                role: role.name.clone(),
+                session: session.to_string(),
+                expires: now + duration as f64,
+            }),
+        };
+        if !self.records.create(&key_path(&id), &key).await? {
+            return Err(IamError::new(
+                "ServiceFailureException",
+                "An access key id collided; try again.",
+            ));
+        }
+        Ok((id, key, role))
     }
 
     pub async fn create_user(
@@ -278,6 +529,7 @@ impl Iam {
             };
             let mine = k.account_id == account
                 && k.session_token.is_none()
+                && k.role.is_none()
                 && k.user.as_deref().map(str::to_lowercase) == user.map(str::to_lowercase);
             if mine {
                 out.push((kv.key.trim_start_matches("/iam/keys/").to_string(), k));
@@ -324,6 +576,7 @@ impl Iam {
             user: name,
             status: active(),
             created: self.now(),
+            role: None,
         };
         if !self.records.create(&key_path(&id), &key).await? {
             return Err(IamError::new(
@@ -374,20 +627,7 @@ impl Iam {
     pub async fn put_policy(&self, account: &str, user: &str, name: &str, doc: Option<&str>) -> Result<(), IamError> {
         check_name("policyName", name, 128)?;
         if let Some(d) = doc {
-            if d.len() > MAX_INLINE_BYTES {
-                return Err(IamError::new(
-                    "LimitExceededException",
-                    format!("Cannot exceed quota for PolicySize: {MAX_INLINE_BYTES}"),
-                ));
-            }
-            let p =
-                gantry_policy::Policy::parse(d).map_err(|e| IamError::new("MalformedPolicyDocumentException", e.0))?;
-            if !p.every_statement_has_resource() {
-                return Err(IamError::new(
-                    "MalformedPolicyDocumentException",
-                    "Policy statement must contain resources.",
-                ));
-            }
+            check_identity_policy(d)?;
         }
         let key = Self::user_key(account, user);
         self.user(account, user).await?;
@@ -411,6 +651,87 @@ impl Iam {
             })
             .await
     }
+}
+
+/// What CreateRole asks for.
+pub struct NewRole {
+    pub name: String,
+    pub path: Option<String>,
+    pub trust: String,
+    pub description: Option<String>,
+    pub max_session: Option<i64>,
+    pub tags: Vec<Tag>,
+}
+
+/// An identity policy as IAM accepts it: within the size quota, parsed, every statement
+/// naming resources.
+fn check_identity_policy(doc: &str) -> Result<(), IamError> {
+    if doc.len() > MAX_INLINE_BYTES {
+        return Err(IamError::new(
+            "LimitExceededException",
+            format!("Cannot exceed quota for PolicySize: {MAX_INLINE_BYTES}"),
+        ));
+    }
+    let p = gantry_policy::Policy::parse(doc).map_err(|e| IamError::new("MalformedPolicyDocumentException", e.0))?;
+    if !p.every_statement_has_resource() {
+        return Err(IamError::new(
+            "MalformedPolicyDocumentException",
+            "Policy statement must contain resources.",
+        ));
+    }
+    Ok(())
+}
+
+/// A trust policy: parsed, every statement naming a principal.
+fn check_trust(doc: &str) -> Result<(), IamError> {
+    let p = gantry_policy::Policy::parse(doc).map_err(|e| IamError::new("MalformedPolicyDocumentException", e.0))?;
+    if !p.every_statement_has_principal() {
+        return Err(IamError::new(
+            "MalformedPolicyDocumentException",
+            "AssumeRolepolicy contained an invalid principal element.",
+        ));
+    }
+    Ok(())
+}
+
+fn check_session_name(s: &str) -> Result<(), IamError> {
+    let ok = (2..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || "_=,.@-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(IamError::new(
+            "ValidationError",
+            format!("1 validation error detected: Value '{s}' at 'roleSessionName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*"),
+        ))
+    }
+}
+
+fn denied_assume(caller: &Caller, role_arn: &str) -> IamError {
+    IamError::new(
+        "AccessDenied",
+        format!(
+            "User: {} is not authorized to perform: sts:AssumeRole on resource: {role_arn}",
+            caller.arn()
+        ),
+    )
+}
+
+/// Removes temporary keys past their expiry (the leader's housekeeping; until then the
+/// front refuses them as expired).
+pub async fn purge_expired_keys(store: Arc<dyn Store>, now_ms: i64) -> Result<usize, IamError> {
+    let (kvs, _) = store.list("/iam/keys/").await.map_err(RecordError::Store)?;
+    let now = now_ms as f64 / 1000.0;
+    let mut n = 0;
+    for kv in kvs {
+        let Ok(k) = serde_json::from_slice::<StoredKey>(&kv.value) else {
+            continue;
+        };
+        if k.role.as_ref().is_some_and(|r| r.expires <= now) {
+            let _ = store.delete(&kv.key, Some(kv.mod_revision)).await;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// The IAM action prefix of a service, by its signing name.
@@ -449,15 +770,16 @@ pub fn authorize(
     resource: &str,
     context: &gantry_policy::Context,
 ) -> Result<(), String> {
-    let Caller::User { user, .. } = caller else {
+    let Some(docs) = caller.policies() else {
         return Ok(());
     };
-    let policies: Vec<Arc<gantry_policy::Policy>> = user.policies.values().filter_map(|d| parsed(d)).collect();
+    let who = caller.arn();
+    let policies: Vec<Arc<gantry_policy::Policy>> = docs.values().filter_map(|d| parsed(d)).collect();
     let refs: Vec<&gantry_policy::Policy> = policies.iter().map(|p| p.as_ref()).collect();
     let req = gantry_policy::Request {
         action,
         resource,
-        principal: Some(&user.arn),
+        principal: Some(&who),
         context,
     };
     let why = match gantry_policy::evaluate(&refs, &req) {
@@ -466,8 +788,7 @@ pub fn authorize(
         gantry_policy::Decision::ImplicitDeny => format!("because no identity-based policy allows the {action} action"),
     };
     Err(format!(
-        "User: {} is not authorized to perform: {action} on resource: {resource} {why}",
-        user.arn
+        "User: {who} is not authorized to perform: {action} on resource: {resource} {why}"
     ))
 }
 
@@ -511,6 +832,70 @@ mod tests {
             .ends_with("with an explicit deny in an identity-based policy"));
         assert_eq!(action_prefix("monitoring"), "cloudwatch");
         assert_eq!(action_prefix("ecs"), "ecs");
+    }
+
+    struct Fixed(std::sync::atomic::AtomicI64);
+
+    impl Clock for Fixed {
+        fn now_ms(&self) -> i64 {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[tokio::test]
+    async fn roles_are_assumed_as_trust_and_identity_policies_allow_and_sessions_expire() {
+        let store: Arc<dyn Store> = Arc::new(gantry_store::SqliteStore::in_memory().unwrap());
+        let clock = Arc::new(Fixed(std::sync::atomic::AtomicI64::new(1_800_000_000_000)));
+        let iam = Iam::new(store.clone(), clock.clone());
+        let account = "123456789012";
+        let trust =
+            r#"{"Statement": {"Effect": "Allow", "Principal": {"AWS": "123456789012"}, "Action": "sts:AssumeRole"}}"#;
+        let req = |name: &str, trust: &str| NewRole {
+            name: name.into(),
+            path: None,
+            trust: trust.into(),
+            description: None,
+            max_session: None,
+            tags: vec![],
+        };
+        let role = iam.create_role(account, req("app", trust)).await.unwrap();
+        let ctx = gantry_policy::Context::new();
+        let root = Caller::Root {
+            account: account.into(),
+        };
+        let (id, key, _) = iam.assume_role(&root, &role.arn, "s1", Some(900), &ctx).await.unwrap();
+        assert!(id.starts_with("ASIA") && key.session_token.is_some());
+        match iam.caller(&key).await.unwrap() {
+            c @ Caller::Role { .. } => assert_eq!(c.arn(), "arn:aws:sts::123456789012:assumed-role/app/s1"),
+            other => panic!("{other:?}"),
+        }
+        // A user needs its own Allow as well as the trust.
+        let ann = user(&[]);
+        let e = iam.assume_role(&ann, &role.arn, "s2", None, &ctx).await.unwrap_err();
+        assert_eq!(e.shape, "AccessDenied");
+        // Longer than the role allows, or too short.
+        assert_eq!(
+            iam.assume_role(&root, &role.arn, "s3", Some(7200), &ctx)
+                .await
+                .unwrap_err()
+                .shape,
+            "ValidationError"
+        );
+        assert_eq!(
+            iam.assume_role(&root, &role.arn, "s3", Some(60), &ctx)
+                .await
+                .unwrap_err()
+                .shape,
+            "ValidationError"
+        );
+        // A trust policy without principals is refused at creation.
+        let no_principal = r#"{"Statement": {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}}"#;
+        let e = iam.create_role(account, req("bad", no_principal)).await.unwrap_err();
+        assert_eq!(e.shape, "MalformedPolicyDocumentException");
+        // Sessions go once expired.
+        assert_eq!(purge_expired_keys(store.clone(), 1_800_000_000_000).await.unwrap(), 0);
+        assert_eq!(purge_expired_keys(store.clone(), 1_800_000_901_000).await.unwrap(), 1);
+        assert!(store.get(&key_path(&id)).await.unwrap().is_none());
     }
 
     #[test]

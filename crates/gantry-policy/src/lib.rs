@@ -209,6 +209,11 @@ impl Policy {
     pub fn every_statement_has_resource(&self) -> bool {
         self.statements.iter().all(|s| s.resources.is_some())
     }
+
+    /// Whether every statement names its principals (trust and resource policies must).
+    pub fn every_statement_has_principal(&self) -> bool {
+        self.statements.iter().all(|s| s.principals.is_some())
+    }
 }
 
 fn any_matches(patterns: &[String], value: &str, matches: impl Fn(&str, &str) -> bool) -> bool {

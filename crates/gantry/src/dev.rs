@@ -252,6 +252,7 @@ pub async fn credentials(store: &dyn Store) -> Result<DevCredentials> {
         user: None,
         status: "Active".into(),
         created: 0.0,
+        role: None,
     };
     let path = key_path(&creds.access_key_id);
     let data = serde_json::to_vec(&key)?;

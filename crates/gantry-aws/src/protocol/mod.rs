@@ -262,6 +262,7 @@ pub fn query_code(model: Option<&Model>, kind: &str) -> (String, Option<u16>) {
         "InvalidSignatureException" => "SignatureDoesNotMatch",
         "ServiceUnavailableException" => "ServiceUnavailable",
         "RequestEntityTooLargeException" => "RequestEntityTooLarge",
+        "ExpiredTokenException" => "ExpiredToken",
         other => other,
     };
     (code.to_string(), None)
