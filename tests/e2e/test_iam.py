@@ -159,3 +159,18 @@ def test_roles_are_assumed_as_their_trust_policies_allow(gantry, iam):
     iam.delete_role_policy(RoleName="app", PolicyName="reads")
     iam.delete_role(RoleName="app")
     assert [r["RoleName"] for r in iam.list_roles()["Roles"]] == ["locked"]
+
+
+def test_policies_scoped_to_an_arn_apply_where_the_request_names_it(gantry, iam):
+    gantry.client("ssm").put_parameter(Name="/team/x", Value="v", Type="String")
+    iam.create_user(UserName="dana")
+    key = iam.create_access_key(UserName="dana")["AccessKey"]
+    arn = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/team/*"
+    iam.put_user_policy(UserName="dana", PolicyName="team", PolicyDocument=json.dumps(
+        {"Statement": [{"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": arn}]}))
+    ssm = as_user(gantry, key, "ssm")
+    by_arn = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/team/x"
+    assert ssm.get_parameter(Name=by_arn)["Parameter"]["Value"] == "v"
+    # By name the request's resource is not resolved yet: checked against "*", so denied.
+    c, m = code(ssm.get_parameter, Name="/team/x")
+    assert c == "AccessDeniedException" and "on resource: *" in m

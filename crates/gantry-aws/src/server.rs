@@ -187,6 +187,7 @@ fn resource_of(service: &str, operation: &str, input: &Value) -> String {
     let named = match (service, operation) {
         ("sts", "AssumeRole") => arn("RoleArn"),
         ("secretsmanager", _) => arn("SecretId"),
+        ("ssm", _) => arn("Name"),
         _ => None,
     };
     named.unwrap_or("*").to_string()
