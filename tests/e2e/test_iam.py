@@ -174,3 +174,29 @@ def test_policies_scoped_to_an_arn_apply_where_the_request_names_it(gantry, iam)
     # By name the request's resource is not resolved yet: checked against "*", so denied.
     c, m = code(ssm.get_parameter, Name="/team/x")
     assert c == "AccessDeniedException" and "on resource: *" in m
+
+
+def test_handing_a_role_to_tasks_needs_pass_role(gantry, iam):
+    from conftest import IMAGE
+    role = f"arn:aws:iam::{ACCOUNT}:role/task-role"
+    iam.create_user(UserName="erin")
+    key = iam.create_access_key(UserName="erin")["AccessKey"]
+    iam.put_user_policy(UserName="erin", PolicyName="ecs", PolicyDocument=json.dumps(
+        {"Statement": [{"Effect": "Allow", "Action": "ecs:*", "Resource": "*"}]}))
+    ecs = as_user(gantry, key, "ecs")
+    td = dict(family="with-role", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+              containerDefinitions=[{"name": "app", "image": IMAGE}])
+    ecs.register_task_definition(**td)  # no role: no PassRole needed
+    c, m = code(ecs.register_task_definition, taskRoleArn=role, **td)
+    assert c == "AccessDeniedException" and m == (
+        f"User: arn:aws:iam::{ACCOUNT}:user/erin is not authorized to perform: iam:PassRole on resource: {role} "
+        "because no identity-based policy allows the iam:PassRole action")
+    iam.put_user_policy(UserName="erin", PolicyName="pass", PolicyDocument=json.dumps(
+        {"Statement": [{"Effect": "Allow", "Action": "iam:PassRole", "Resource": role,
+                        "Condition": {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}}]}))
+    out = ecs.register_task_definition(taskRoleArn=role, **td)["taskDefinition"]
+    assert out["taskRoleArn"] == role
+    # Another role is still refused; the root passes any.
+    assert code(ecs.register_task_definition, executionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/other", **td)[0] == \
+        "AccessDeniedException"
+    gantry.client("ecs").register_task_definition(executionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/other", **td)

@@ -164,6 +164,12 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
                 validate_tags(&t)?;
             }
+            // Handing a role to tasks needs iam:PassRole on it, as in AWS.
+            for key in ["taskRoleArn", "executionRoleArn"] {
+                if let Some(role) = input.get(key).and_then(Value::as_str).filter(|r| !r.is_empty()) {
+                    crate::server::pass_role(&crate::api::caller(&scope.account), role)?;
+                }
+            }
             let rec = c.register_task_definition(scope, input).await?;
             json!({"taskDefinition": rec.definition, "tags": rec.tags})
         }

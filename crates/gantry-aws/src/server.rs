@@ -231,6 +231,17 @@ pub fn permit(caller: &gantry_control::iam::Caller, asked: &Asked) -> Result<(),
     })
 }
 
+/// Whether `caller` may pass `role_arn` to ECS tasks (iam:PassRole, iam:PassedToService
+/// ecs-tasks.amazonaws.com): AccessDeniedException in IAM's words otherwise.
+pub fn pass_role(caller: &gantry_control::iam::Caller, role_arn: &str) -> Result<(), ApiError> {
+    let mut ctx = gantry_policy::Context::new();
+    ctx.set("aws:PrincipalArn", caller.arn())
+        .set("aws:PrincipalAccount", caller.account())
+        .set("iam:PassedToService", "ecs-tasks.amazonaws.com");
+    gantry_control::iam::authorize(caller, "iam:PassRole", role_arn, &ctx)
+        .map_err(|message| ApiError::new("AccessDeniedException", message, StatusCode::FORBIDDEN))
+}
+
 /// The stored key `akid`, None when there is none; an error when the store cannot say.
 pub async fn load_key(api: &Api, akid: &str) -> Result<Option<StoredKey>, ApiError> {
     let kv = api.control.store.get(&key_path(akid)).await.map_err(|e| {
