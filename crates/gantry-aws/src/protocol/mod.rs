@@ -164,16 +164,20 @@ fn resolve_json(candidates: &[&'static Service], target: &str, body: &[u8]) -> R
     let input = if body.is_empty() {
         Value::Object(Default::default())
     } else {
-        match serde_json::from_slice(body) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                return Err(ApiError::client(
-                    "SerializationException",
-                    "Request body is not a JSON object.",
-                ))
-            }
-        }
+        serde_json::from_slice(body).unwrap_or(Value::Null)
     };
+    json_call(service, op, input)
+}
+
+/// A call with a JSON input: refused unless an object, and checked against the model where
+/// the service checks its JSON inputs.
+fn json_call(service: &'static Service, op: &'static Operation, input: Value) -> Result<Call, ApiError> {
+    if !input.is_object() {
+        return Err(ApiError::client(
+            "SerializationException",
+            "Request body is not a JSON object.",
+        ));
+    }
     if let Some(error) = service.checks_json {
         validate::json_input(&service.model, op, &input).map_err(|p| ApiError::client(error, p.message()))?;
     }
@@ -194,16 +198,7 @@ pub fn resolve_named(signing_name: &str, op: &str, input: Value) -> Result<Call,
         .filter(|s| s.model.signing_name() == signing_name)
         .find_map(|s| s.model.operations.get(op).map(|o| (s, o)))
         .ok_or_else(unknown)?;
-    if !input.is_object() {
-        return Err(ApiError::client(
-            "SerializationException",
-            "Request body is not a JSON object.",
-        ));
-    }
-    if let Some(error) = service.checks_json {
-        validate::json_input(&service.model, op, &input).map_err(|p| ApiError::client(error, p.message()))?;
-    }
-    Ok(Call { service, op, input })
+    json_call(service, op, input)
 }
 
 /// Form parameters from the body and the URL (GET requests carry them there). A name given
