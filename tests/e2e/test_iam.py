@@ -163,17 +163,33 @@ def test_roles_are_assumed_as_their_trust_policies_allow(gantry, iam):
 
 def test_policies_scoped_to_an_arn_apply_where_the_request_names_it(gantry, iam):
     gantry.client("ssm").put_parameter(Name="/team/x", Value="v", Type="String")
+    gantry.client("ssm").put_parameter(Name="/other/y", Value="w", Type="String")
+    secret = gantry.client("secretsmanager").create_secret(Name="team/db", SecretString="s")["ARN"]
+    gantry.client("secretsmanager").create_secret(Name="other/db", SecretString="t")
     iam.create_user(UserName="dana")
     key = iam.create_access_key(UserName="dana")["AccessKey"]
     arn = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/team/*"
     iam.put_user_policy(UserName="dana", PolicyName="team", PolicyDocument=json.dumps(
-        {"Statement": [{"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": arn}]}))
+        {"Statement": [{"Effect": "Allow", "Action": ["ssm:GetParameter", "ssm:GetParameters"], "Resource": arn},
+                       {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                        "Resource": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:team/db-??????"}]}))
     ssm = as_user(gantry, key, "ssm")
     by_arn = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/team/x"
     assert ssm.get_parameter(Name=by_arn)["Parameter"]["Value"] == "v"
-    # By name the request's resource is not resolved yet: checked against "*", so denied.
-    c, m = code(ssm.get_parameter, Name="/team/x")
-    assert c == "AccessDeniedException" and "on resource: *" in m
+    # By name, with a version selector, and in a list: the parameter's ARN is what is checked.
+    assert ssm.get_parameter(Name="/team/x")["Parameter"]["Value"] == "v"
+    assert ssm.get_parameter(Name="/team/x:1")["Parameter"]["Value"] == "v"
+    c, m = code(ssm.get_parameter, Name="/other/y")
+    assert c == "AccessDeniedException"
+    assert f"on resource: arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/other/y" in m, m
+    assert len(ssm.get_parameters(Names=["/team/x"])["Parameters"]) == 1
+    assert code(ssm.get_parameters, Names=["/team/x", "/other/y"])[0] == "AccessDeniedException"
+    # A secret by name is checked against its full ARN, random suffix included.
+    sm = as_user(gantry, key, "secretsmanager")
+    assert sm.get_secret_value(SecretId="team/db")["SecretString"] == "s"
+    assert sm.get_secret_value(SecretId=secret)["SecretString"] == "s"
+    c, m = code(sm.get_secret_value, SecretId="other/db")
+    assert c == "AccessDeniedException" and f":secret:other/db-" in m, m
 
 
 def test_handing_a_role_to_tasks_needs_pass_role(gantry, iam):

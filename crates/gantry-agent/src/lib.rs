@@ -56,6 +56,8 @@ pub struct Agent {
     usage_every: std::time::Duration,
     /// The running tasks whose usage is sampled, by key (kept by their supervisors).
     sampled: Mutex<HashMap<String, TaskRecord>>,
+    /// The Gantry API, relayed into each task's namespace (None: tasks get no relay).
+    api: Option<std::net::SocketAddr>,
 }
 
 impl Agent {
@@ -64,6 +66,7 @@ impl Agent {
         node: Arc<Node>,
         spec: NodeSpec,
         usage_every: std::time::Duration,
+        api: Option<std::net::SocketAddr>,
     ) -> Arc<Agent> {
         Arc::new(Agent {
             link,
@@ -75,6 +78,7 @@ impl Agent {
             written: Mutex::new(HashMap::new()),
             usage_every,
             sampled: Mutex::new(HashMap::new()),
+            api,
         })
     }
 
@@ -146,7 +150,7 @@ impl Agent {
         if m.contains_key(task_id) {
             return;
         }
-        match metadata::serve(self, key, task_id) {
+        match metadata::serve(self, key, task_id, self.api) {
             Ok(h) => {
                 m.insert(task_id.to_string(), h);
             }

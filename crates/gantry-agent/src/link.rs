@@ -109,6 +109,54 @@ pub trait ControlLink: Send + Sync {
     /// The values of one of this node's task's container secrets, or why they cannot be read
     /// (ECS's ResourceInitializationError wording: the task then fails to start).
     async fn task_secrets(&self, key: &str) -> LinkResult<TaskSecrets>;
+    /// Temporary credentials of one of this node's task's task role, for its credentials
+    /// endpoint, or why there are none.
+    async fn task_credentials(&self, key: &str) -> LinkResult<TaskCredentials>;
+}
+
+/// A task role's temporary credentials, in the credentials endpoint's JSON (ECS's names).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RoleCredentials {
+    pub role_arn: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub token: String,
+    /// RFC 3339, UTC.
+    pub expiration: String,
+}
+
+/// A task's role credentials, or why it has none.
+pub type TaskCredentials = Result<RoleCredentials, String>;
+
+/// The server side of `task_credentials`: a new session of the task's role, only for a task
+/// placed on `node` and not stopped.
+pub async fn resolve_task_credentials(control: &Control, node: &str, key: &str) -> LinkResult<TaskCredentials> {
+    let Some((rec, _)) = get_assigned(control, node, key).await? else {
+        return Ok(Err("the task record is gone".into()));
+    };
+    if rec.task.last_status == "STOPPED" {
+        return Ok(Err("the task has stopped".into()));
+    }
+    let Some(role) = &rec.roles.task else {
+        return Ok(Err("the task has no task role".into()));
+    };
+    let (id, key) = match control.iam().task_session(&rec.account, role, &rec.task.task_arn).await {
+        Ok(k) => k,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let expires = key.role.as_ref().map(|r| r.expires).unwrap_or_default();
+    let expiration = chrono::DateTime::from_timestamp(expires as i64, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    Ok(Ok(RoleCredentials {
+        role_arn: role.clone(),
+        access_key_id: id,
+        secret_access_key: key.secret_access_key,
+        token: key.session_token.unwrap_or_default(),
+        expiration,
+    }))
 }
 
 /// A task's secrets as (container, variable, value), or the reason its start fails.
@@ -260,6 +308,10 @@ impl ControlLink for LocalLink {
 
     async fn task_secrets(&self, key: &str) -> LinkResult<TaskSecrets> {
         resolve_task_secrets(&self.control, self.secrets.as_deref(), &self.node, key).await
+    }
+
+    async fn task_credentials(&self, key: &str) -> LinkResult<TaskCredentials> {
+        resolve_task_credentials(&self.control, &self.node, key).await
     }
 }
 

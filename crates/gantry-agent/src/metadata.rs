@@ -1,7 +1,10 @@
-//! The task metadata endpoint v4 (169.254.170.2), served inside each task's own network
-//! namespace: the listener is created in that namespace, so only the task's containers can
-//! reach it, and it answers only for its own containers' ids.
+//! The task metadata endpoint v4 and the task role's credentials endpoint (169.254.170.2),
+//! served inside each task's own network namespace: the listener is created in that
+//! namespace, so only the task's containers can reach it, and it answers only for its own
+//! containers' ids. Beside it, a relay to the Gantry API, so the AWS SDKs in a task reach the
+//! platform that vended their credentials.
 
+use crate::link::RoleCredentials;
 use crate::supervise::container_dir_name;
 use crate::Agent;
 use axum::extract::{Path, State};
@@ -13,6 +16,7 @@ use gantry_runtime::net::Network;
 use gantry_runtime::task::{ContainerState, Node};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
@@ -22,11 +26,27 @@ pub const ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 2);
 /// ECS agent serves metadata on (ECS forwards 169.254.170.2:80 there); the URIs carry it, so
 /// SDKs and scripts that read them find it.
 pub const PORT: u16 = 51679;
+/// Where the task reaches the Gantry API (a TCP relay to it). Like PORT, a task cannot bind
+/// it for itself.
+pub const API_PORT: u16 = 51680;
+/// A role's credentials are fetched again when less than this is left of them (they last
+/// `TASK_SESSION_SECONDS`): SDKs come back 15 minutes before the expiry they were handed.
+const REFRESH_BEFORE_SECS: f64 = 3600.0;
 
-/// The environment a container gets to find its metadata.
-pub fn env_for(task_id: &str, container: &str) -> Vec<(String, String)> {
+/// What the task's endpoints offer its containers.
+pub struct Offered {
+    /// The task has a task role: its credentials endpoint answers.
+    pub credentials: bool,
+    /// The Gantry API is relayed to API_PORT.
+    pub api: bool,
+}
+
+/// The environment a container gets to find its metadata, its role's credentials (the SDKs'
+/// container credentials provider reads the relative URI; ECS forwards 169.254.170.2:80 to
+/// the endpoint, as this node does in the task's namespace) and the API.
+pub fn env_for(task_id: &str, container: &str, offered: &Offered) -> Vec<(String, String)> {
     let id = Node::runtime_id(task_id, &container_dir_name(container));
-    vec![
+    let mut env = vec![
         (
             "ECS_CONTAINER_METADATA_URI_V4".into(),
             format!("http://{ADDR}:{PORT}/v4/{id}"),
@@ -35,7 +55,17 @@ pub fn env_for(task_id: &str, container: &str) -> Vec<(String, String)> {
             "ECS_CONTAINER_METADATA_URI".into(),
             format!("http://{ADDR}:{PORT}/v3/{id}"),
         ),
-    ]
+    ];
+    if offered.credentials {
+        env.push((
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI".into(),
+            format!("/v2/credentials/{task_id}"),
+        ));
+    }
+    if offered.api {
+        env.push(("AWS_ENDPOINT_URL".into(), format!("http://{ADDR}:{API_PORT}")));
+    }
+    env
 }
 
 #[derive(Clone)]
@@ -45,19 +75,37 @@ struct Ctx {
     task_id: String,
     /// Previous CPU samples per container, for precpu_stats.
     prev: Arc<Mutex<HashMap<String, Value>>>,
+    /// The role credentials last handed out, with their expiry (epoch seconds); one fetch
+    /// at a time.
+    credentials: Arc<tokio::sync::Mutex<Option<(RoleCredentials, f64)>>>,
 }
 
-/// Starts the endpoint for a task; the server stops when the returned handle is aborted.
-pub fn serve(a: &Arc<Agent>, key: &str, task_id: &str) -> Result<tokio::task::AbortHandle, String> {
-    let sb = a.node.sandbox(task_id).ok_or("task has no sandbox")?;
-    let listener = Network::listen_in(&sb, ADDR, PORT).map_err(|e| e.to_string())?;
+/// A tokio listener on `addr:port` in the task's namespace.
+fn listen(sb: &gantry_runtime::net::Sandbox, port: u16) -> Result<tokio::net::TcpListener, String> {
+    let listener = Network::listen_in(sb, ADDR, port).map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+    tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())
+}
+
+/// Starts the endpoints for a task (and the API relay to `api`, if any); they stop when the
+/// returned handle is aborted.
+pub fn serve(
+    a: &Arc<Agent>,
+    key: &str,
+    task_id: &str,
+    api: Option<std::net::SocketAddr>,
+) -> Result<tokio::task::AbortHandle, String> {
+    let sb = a.node.sandbox(task_id).ok_or("task has no sandbox")?;
+    let listener = listen(&sb, PORT)?;
+    let relay = api.map(|to| listen(&sb, API_PORT).map(|l| (l, to))).transpose()?;
+    Network::nft_in(&sb, &gantry_runtime::net::firewall::redirect_ruleset(ADDR, 80, PORT))
+        .map_err(|e| format!("forwarding {ADDR}:80 to the endpoint: {e}"))?;
     let ctx = Ctx {
         agent: a.clone(),
         key: key.to_string(),
         task_id: task_id.to_string(),
         prev: Default::default(),
+        credentials: Default::default(),
     };
     let app = axum::Router::new()
         .route("/v4/{id}", get(container_doc))
@@ -67,9 +115,15 @@ pub fn serve(a: &Arc<Agent>, key: &str, task_id: &str) -> Result<tokio::task::Ab
         .route("/v4/{id}/taskWithTags", get(task_with_tags))
         .route("/v4/{id}/stats", get(container_stats))
         .route("/v4/{id}/task/stats", get(task_stats))
+        .route("/v2/credentials/{id}", get(credentials))
         .with_state(ctx);
     let h = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let relay = async move {
+            if let Some((l, to)) = relay {
+                crate::ports::relay_tcp(l, to).await;
+            }
+        };
+        let _ = tokio::join!(axum::serve(listener, app).into_future(), relay);
     });
     Ok(h.abort_handle())
 }
@@ -235,6 +289,47 @@ async fn task_with_tags(State(ctx): State<Ctx>, Path(id): Path<String>) -> Respo
     axum::Json(v).into_response()
 }
 
+/// The credentials endpoint's error, as the ECS agent words it.
+fn credentials_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({"code": code, "message": message}))).into_response()
+}
+
+/// Whether credentials expiring at `expires` may still be handed out at `now`.
+fn fresh(expires: f64, now: f64) -> bool {
+    expires - now > REFRESH_BEFORE_SECS
+}
+
+/// The task role's credentials (the SDKs' container credentials provider): this task's only,
+/// fetched through the link when none are cached or the cached ones near their expiry.
+async fn credentials(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
+    if id != ctx.task_id {
+        return credentials_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidIdInRequest",
+            "CredentialsV2Request: Credentials not found",
+        );
+    }
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    let mut cached = ctx.credentials.lock().await;
+    if let Some((c, _)) = cached.as_ref().filter(|(_, exp)| fresh(*exp, now)) {
+        return axum::Json(c.clone()).into_response();
+    }
+    match ctx.agent.link.task_credentials(&ctx.key).await {
+        Ok(Ok(c)) => {
+            let expires = chrono::DateTime::parse_from_rfc3339(&c.expiration)
+                .map(|d| d.timestamp() as f64)
+                .unwrap_or(now);
+            *cached = Some((c.clone(), expires));
+            axum::Json(c).into_response()
+        }
+        Ok(Err(reason)) if reason.contains("no task role") => {
+            credentials_error(StatusCode::BAD_REQUEST, "NoCredentialsAssociated", &reason)
+        }
+        Ok(Err(reason)) => credentials_error(StatusCode::INTERNAL_SERVER_ERROR, "CredentialsUninitialized", &reason),
+        Err(e) => credentials_error(StatusCode::SERVICE_UNAVAILABLE, "InternalServerError", &e.to_string()),
+    }
+}
+
 /// Network counters of the namespace a process lives in (the host's view of its net/dev).
 fn net_dev(pid: i32) -> Value {
     let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
@@ -330,4 +425,38 @@ async fn task_stats(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response 
         })
         .collect();
     axum::Json(Value::Object(all)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_refetched_an_hour_before_they_expire() {
+        let t = 1_800_000_000.0;
+        assert!(fresh(t + 6.0 * 3600.0, t));
+        assert!(fresh(t + 3601.0, t));
+        assert!(!fresh(t + 3600.0, t));
+        assert!(!fresh(t - 1.0, t));
+    }
+
+    #[test]
+    fn containers_learn_the_endpoints_their_task_has() {
+        let names = |o: &Offered| -> Vec<String> { env_for("abc", "web", o).into_iter().map(|(k, _)| k).collect() };
+        let all = Offered {
+            credentials: true,
+            api: true,
+        };
+        let env = env_for("abc", "web", &all);
+        assert!(env.contains(&(
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI".into(),
+            "/v2/credentials/abc".into()
+        )));
+        assert!(env.contains(&("AWS_ENDPOINT_URL".into(), "http://169.254.170.2:51680".into())));
+        let none = names(&Offered {
+            credentials: false,
+            api: false,
+        });
+        assert_eq!(none, ["ECS_CONTAINER_METADATA_URI_V4", "ECS_CONTAINER_METADATA_URI"]);
+    }
 }

@@ -112,7 +112,7 @@ pub fn wanted(mappings: &[PortMapping]) -> Vec<Binding> {
         .collect()
 }
 
-async fn relay_tcp(listener: TcpListener, target: SocketAddr) {
+pub(crate) async fn relay_tcp(listener: TcpListener, target: SocketAddr) {
     loop {
         let Ok((mut inbound, _)) = listener.accept().await else {
             // Out of descriptors or the like: back off rather than spin.

@@ -432,7 +432,7 @@ async fn launch(
             }
         }
         let image = images[c.image.as_deref().unwrap_or_default()].clone();
-        let spec = container_spec(rec, c, &id, kind, &hostname);
+        let spec = container_spec(rec, c, &id, kind, &hostname, a.api.is_some());
         let stop_timeout = Duration::from_secs(c.stop_timeout.unwrap_or(30) as u64);
         let node = a.node.clone();
         let (tid, dn) = (id.clone(), container_dir_name(&name));
@@ -802,11 +802,16 @@ fn container_spec(
     id: &str,
     kind: SandboxKind,
     hostname: &str,
+    api_relay: bool,
 ) -> ContainerSpec {
+    let offered = crate::metadata::Offered {
+        credentials: rec.roles.task.is_some(),
+        api: api_relay,
+    };
     let mut env = if kind == SandboxKind::Host {
         vec![]
     } else {
-        crate::metadata::env_for(id, c.name())
+        crate::metadata::env_for(id, c.name(), &offered)
     };
     let exec_env = match rec.task.launch_type.as_str() {
         "FARGATE" => "AWS_ECS_FARGATE",

@@ -164,12 +164,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
                 validate_tags(&t)?;
             }
-            // Handing a role to tasks needs iam:PassRole on it, as in AWS.
-            for key in ["taskRoleArn", "executionRoleArn"] {
-                if let Some(role) = input.get(key).and_then(Value::as_str).filter(|r| !r.is_empty()) {
-                    crate::server::pass_role(&crate::api::caller(&scope.account), role)?;
-                }
-            }
+            pass_roles(&scope.account, &input)?;
             let rec = c.register_task_definition(scope, input).await?;
             json!({"taskDefinition": rec.definition, "tags": rec.tags})
         }
@@ -233,6 +228,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
                     ("referenceId", "reference ids belong to service deployments"),
                 ],
             )?;
+            pass_roles(&scope.account, &input["overrides"])?;
             if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
                 validate_tags(&t)?;
             }
@@ -249,6 +245,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
                     ("referenceId", "reference ids belong to service deployments"),
                 ],
             )?;
+            pass_roles(&scope.account, &input["overrides"])?;
             if let Some(t) = field::<Vec<Tag>>(&input, "tags")? {
                 validate_tags(&t)?;
             }
@@ -569,4 +566,15 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             ));
         }
     })
+}
+
+/// Handing a role to tasks (a definition's, or RunTask's overrides) needs iam:PassRole on
+/// it, as in AWS.
+fn pass_roles(account: &str, input: &Value) -> Result<(), ApiError> {
+    for key in ["taskRoleArn", "executionRoleArn"] {
+        if let Some(role) = input.get(key).and_then(Value::as_str).filter(|r| !r.is_empty()) {
+            crate::server::pass_role(&crate::api::caller(account), role)?;
+        }
+    }
+    Ok(())
 }

@@ -160,43 +160,100 @@ pub struct Asked<'a> {
     /// The service's signing name.
     pub service: &'a str,
     pub operation: &'a str,
-    /// The resource's ARN where the request names one Gantry resolves ("*" otherwise).
-    pub resource: String,
+    /// The ARNs of the resources the request names where Gantry resolves them ("*"
+    /// otherwise); each must be allowed.
+    pub resources: Vec<String>,
     pub region: &'a str,
     /// Query services answer AccessDenied, JSON ones AccessDeniedException.
     pub query_wire: bool,
 }
 
 impl<'a> Asked<'a> {
-    pub fn new(service: &'a str, operation: &'a str, input: &Value, region: &'a str, query_wire: bool) -> Asked<'a> {
+    pub async fn new(
+        api: &Api,
+        scope: &'a Scope,
+        (service, operation): (&'a str, &'a str),
+        input: &Value,
+        query_wire: bool,
+    ) -> Asked<'a> {
         Asked {
             service,
             operation,
-            resource: resource_of(service, operation, input),
-            region,
+            resources: resources_of(api, scope, service, operation, input).await,
+            region: &scope.region,
             query_wire,
         }
     }
 }
 
-/// The resource ARN a request acts on, where its input names it as an ARN: AssumeRole's role,
-/// a secret or parameter given by ARN. Everything else is checked against "*" (per-operation
-/// resource ARNs are still to come).
-fn resource_of(service: &str, operation: &str, input: &Value) -> String {
-    let arn = |key: &str| input.get(key).and_then(Value::as_str).filter(|v| v.starts_with("arn:"));
-    let named = match (service, operation) {
-        ("sts", "AssumeRole") => arn("RoleArn"),
-        ("secretsmanager", _) => arn("SecretId"),
-        ("ssm", _) => arn("Name"),
-        _ => None,
+/// The resource ARNs a request acts on, where Gantry knows them: AssumeRole's role, the
+/// secrets and parameters it names (by name or ARN). Everything else is checked against "*"
+/// (per-operation resource ARNs of the other services are still to come).
+async fn resources_of(api: &Api, scope: &Scope, service: &str, operation: &str, input: &Value) -> Vec<String> {
+    let one = |key: &str| input.get(key).and_then(Value::as_str).map(String::from);
+    let many = |key: &str| -> Vec<String> {
+        let list = input.get(key).and_then(Value::as_array).into_iter().flatten();
+        list.filter_map(|v| v.as_str().map(String::from)).collect()
     };
-    named.unwrap_or("*").to_string()
+    let found = match (service, operation) {
+        ("sts", "AssumeRole") => one("RoleArn").into_iter().collect(),
+        ("secretsmanager", _) => {
+            let ids = one("SecretId").into_iter().chain(many("SecretIdList"));
+            let mut arns = Vec::new();
+            for id in ids {
+                arns.push(secret_arn(api, scope, &id).await);
+            }
+            arns
+        }
+        ("ssm", _) => {
+            let names = one("Name").into_iter().chain(many("Names")).chain(one("Path"));
+            names.map(|n| parameter_arn(scope, &n)).collect()
+        }
+        _ => vec![],
+    };
+    if found.is_empty() {
+        vec!["*".into()]
+    } else {
+        found
+    }
+}
+
+/// A secret's ARN, from its ARN or name (a secret that does not exist: its name's ARN without
+/// the random suffix, which the request then fails to find).
+async fn secret_arn(api: &Api, scope: &Scope, id: &str) -> String {
+    if id.starts_with("arn:") {
+        return id.to_string();
+    }
+    if let Some(sm) = &api.secrets {
+        if let Ok(secret) = sm.find(scope, id).await {
+            return secret.arn;
+        }
+    }
+    format!("arn:aws:secretsmanager:{}:{}:secret:{id}", scope.region, scope.account)
+}
+
+/// A parameter's ARN from its name or ARN, without a `:version` or `:label` selector.
+fn parameter_arn(scope: &Scope, name: &str) -> String {
+    let (head, name) = match name.split_once(":parameter") {
+        Some((head, rest)) if name.starts_with("arn:") => (format!("{head}:parameter"), rest),
+        _ => (
+            format!("arn:aws:ssm:{}:{}:parameter", scope.region, scope.account),
+            name,
+        ),
+    };
+    let name = name.split(':').next().unwrap_or_default();
+    let slash = if name.starts_with('/') { "" } else { "/" };
+    format!("{head}{slash}{name}")
 }
 
 /// Whether `caller`'s policies allow what is `asked`.
 pub fn permit(caller: &gantry_control::iam::Caller, asked: &Asked) -> Result<(), ApiError> {
     let (operation, region, query_wire) = (asked.operation, asked.region, asked.query_wire);
     let action = format!("{}:{operation}", gantry_control::iam::action_prefix(asked.service));
+    // Who am I needs no permission in AWS, and not even a Deny refuses it.
+    if action == "sts:GetCallerIdentity" {
+        return Ok(());
+    }
     let mut ctx = gantry_policy::Context::new();
     let now = chrono::Utc::now();
     ctx.set("aws:PrincipalArn", caller.arn())
@@ -221,14 +278,17 @@ pub fn permit(caller: &gantry_control::iam::Caller, asked: &Asked) -> Result<(),
             ctx.set("aws:PrincipalType", "Account");
         }
     }
-    gantry_control::iam::authorize(caller, &action, &asked.resource, &ctx).map_err(|message| {
-        let kind = if query_wire {
-            "AccessDenied"
-        } else {
-            "AccessDeniedException"
-        };
-        ApiError::new(kind, message, StatusCode::FORBIDDEN)
-    })
+    for resource in &asked.resources {
+        gantry_control::iam::authorize(caller, &action, resource, &ctx).map_err(|message| {
+            let kind = if query_wire {
+                "AccessDenied"
+            } else {
+                "AccessDeniedException"
+            };
+            ApiError::new(kind, message, StatusCode::FORBIDDEN)
+        })?;
+    }
+    Ok(())
 }
 
 /// Whether `caller` may pass `role_arn` to ECS tasks (iam:PassRole, iam:PassedToService
@@ -401,7 +461,14 @@ async fn answer(
         ));
     };
     let query_wire = framing.wire == Wire::Query;
-    let asked = Asked::new(&verified.service, &call.op.name, &call.input, &scope.region, query_wire);
+    let asked = Asked::new(
+        &api,
+        &scope,
+        (&verified.service, &call.op.name),
+        &call.input,
+        query_wire,
+    )
+    .await;
     let caller = match authorize(&api, &stored, &asked).await {
         Ok(c) => c,
         Err(e) => return framing.error(e),

@@ -145,13 +145,19 @@ pub async fn run(control: Control, metrics: Metrics, settings: Settings, mut sto
 }
 
 async fn housekeep(control: &Control) {
-    match control.all_tasks().await {
+    let live = match control.all_tasks().await {
         Ok(tasks) => {
             let _ = control.expire_stopped_tasks(&tasks, KEEP_STOPPED_SECS).await;
+            let live = tasks.iter().filter(|(_, r, _)| r.task.last_status != "STOPPED");
+            Some(live.map(|(_, r, _)| r.task.task_arn.clone()).collect())
         }
-        Err(e) => tracing::warn!(error = %e, "listing tasks to expire"),
-    }
-    if let Err(e) = crate::iam::purge_expired_keys(control.store.clone(), control.clock.now_ms()).await {
+        Err(e) => {
+            tracing::warn!(error = %e, "listing tasks to expire");
+            None
+        }
+    };
+    let purged = crate::iam::purge_expired_keys(control.store.clone(), control.clock.now_ms(), live.as_ref()).await;
+    if let Err(e) = purged {
         tracing::warn!(error = %e, "removing expired temporary keys");
     }
     if let Err(e) = crate::secrets::purge_deleted(control.store.clone(), control.clock.now_ms()).await {

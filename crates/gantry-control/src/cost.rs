@@ -241,6 +241,7 @@ mod tests {
             protected_until: None,
             network_mode: NetworkMode::Awsvpc,
             task_memory_limit: true,
+            roles: Default::default(),
         }
     }
 

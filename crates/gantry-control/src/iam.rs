@@ -47,7 +47,16 @@ pub struct RoleSession {
     pub role: String,
     pub session: String,
     pub expires: f64,
+    /// The task whose role this is (ECS vended it): the key dies with the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
+
+/// The service principal ECS tasks assume their task and execution roles as.
+pub const ECS_TASKS: &str = "ecs-tasks.amazonaws.com";
+
+/// How long a task's role credentials last; the node fetches new ones well before.
+pub const TASK_SESSION_SECONDS: i64 = 6 * 3600;
 
 fn active() -> String {
     "Active".into()
@@ -449,11 +458,24 @@ impl Iam {
         if !trusted || authorize(caller, "sts:AssumeRole", &role.arn, context).is_err() {
             return Err(denied_assume(caller, role_arn));
         }
+        let (id, key) = self.mint(&role, &account, session, duration, None).await?;
+        Ok((id, key, role))
+    }
+
+    /// A stored temporary key acting as `role` for `duration` seconds.
+    async fn mint(
+        &self,
+        role: &Role,
+        account: &str,
+        session: &str,
+        duration: i64,
+        task: Option<&str>,
+    ) -> Result<(String, StoredKey), IamError> {
         let now = self.now();
         let id = iam_id("ASIA");
         let key = StoredKey {
             secret_access_key: secret(),
-            account_id: account,
+            account_id: account.to_string(),
             session_token: Some(format!("{}{}", random_hex(32), random_hex(32))),
             user: None,
             status: active(),
@@ -462,6 +484,7 @@ impl Iam {
                 role: role.name.clone(),
                 session: session.to_string(),
                 expires: now + duration as f64,
+                task: task.map(String::from),
             }),
         };
         if !self.records.create(&key_path(&id), &key).await? {
@@ -470,7 +493,55 @@ impl Iam {
                 "An access key id collided; try again.",
             ));
         }
-        Ok((id, key, role))
+        Ok((id, key))
+    }
+
+    /// The role `role_arn` of `account` if its trust policy lets ECS tasks assume it (for
+    /// a task of `source_arn`); ECS's InvalidParameterException wording otherwise.
+    pub async fn task_role(&self, account: &str, role_arn: &str, source_arn: &str) -> Result<Role, String> {
+        let refused = || {
+            format!(
+                "ECS was unable to assume the role '{role_arn}' that was provided for this task. Please verify that the role being passed has the proper trust relationship and permissions and that your IAM user has permissions to pass this role."
+            )
+        };
+        let name = role_arn
+            .strip_prefix(&format!("arn:aws:iam::{account}:role/"))
+            .and_then(|rest| rest.rsplit('/').next())
+            .ok_or_else(refused)?;
+        let role = match self.role(account, name).await {
+            Ok(r) if r.arn == role_arn => r,
+            Ok(_) => return Err(refused()),
+            Err(e) if e.shape == "NoSuchEntityException" || e.shape == "ValidationError" => return Err(refused()),
+            Err(e) => return Err(e.message),
+        };
+        let trust = gantry_policy::Policy::parse(&role.trust).map_err(|_| refused())?;
+        let mut ctx = gantry_policy::Context::new();
+        ctx.set("aws:SourceAccount", account).set("aws:SourceArn", source_arn);
+        let req = gantry_policy::Request {
+            action: "sts:AssumeRole",
+            resource: &role.arn,
+            principal: Some(ECS_TASKS),
+            context: &ctx,
+        };
+        match gantry_policy::evaluate(&[&trust], &req) {
+            gantry_policy::Decision::Allow => Ok(role),
+            _ => Err(refused()),
+        }
+    }
+
+    /// Temporary credentials of a task's role, as ECS vends them to the task: session named
+    /// by the task id, lasting `TASK_SESSION_SECONDS`, removed once the task stops.
+    pub async fn task_session(
+        &self,
+        account: &str,
+        role_arn: &str,
+        task_arn: &str,
+    ) -> Result<(String, StoredKey), String> {
+        let role = self.task_role(account, role_arn, task_arn).await?;
+        let session = task_arn.rsplit('/').next().unwrap_or(task_arn);
+        self.mint(&role, account, session, TASK_SESSION_SECONDS, Some(task_arn))
+            .await
+            .map_err(|e| e.message)
     }
 
     pub async fn create_user(
@@ -716,9 +787,18 @@ fn denied_assume(caller: &Caller, role_arn: &str) -> IamError {
     )
 }
 
-/// Removes temporary keys past their expiry (the leader's housekeeping; until then the
-/// front refuses them as expired).
-pub async fn purge_expired_keys(store: Arc<dyn Store>, now_ms: i64) -> Result<usize, IamError> {
+/// How old a task's key must be before a missing task removes it: the task listing the
+/// purge is given was read before it, and a key minted since may be for a newer task.
+const TASK_KEY_GRACE_SECS: f64 = 60.0;
+
+/// Removes temporary keys past their expiry, and task role keys whose task is not among
+/// `live_tasks` (ARNs of tasks not STOPPED, when known): the leader's housekeeping. Until
+/// then the front refuses expired keys itself.
+pub async fn purge_expired_keys(
+    store: Arc<dyn Store>,
+    now_ms: i64,
+    live_tasks: Option<&std::collections::HashSet<String>>,
+) -> Result<usize, IamError> {
     let (kvs, _) = store.list("/iam/keys/").await.map_err(RecordError::Store)?;
     let now = now_ms as f64 / 1000.0;
     let mut n = 0;
@@ -726,7 +806,11 @@ pub async fn purge_expired_keys(store: Arc<dyn Store>, now_ms: i64) -> Result<us
         let Ok(k) = serde_json::from_slice::<StoredKey>(&kv.value) else {
             continue;
         };
-        if k.role.as_ref().is_some_and(|r| r.expires <= now) {
+        let task_gone = |r: &RoleSession| {
+            let live = |t: &String| live_tasks.is_none_or(|l| l.contains(t));
+            r.task.as_ref().is_some_and(|t| !live(t)) && k.created + TASK_KEY_GRACE_SECS < now
+        };
+        if k.role.as_ref().is_some_and(|r| r.expires <= now || task_gone(r)) {
             let _ = store.delete(&kv.key, Some(kv.mod_revision)).await;
             n += 1;
         }
@@ -893,8 +977,80 @@ mod tests {
         let e = iam.create_role(account, req("bad", no_principal)).await.unwrap_err();
         assert_eq!(e.shape, "MalformedPolicyDocumentException");
         // Sessions go once expired.
-        assert_eq!(purge_expired_keys(store.clone(), 1_800_000_000_000).await.unwrap(), 0);
-        assert_eq!(purge_expired_keys(store.clone(), 1_800_000_901_000).await.unwrap(), 1);
+        assert_eq!(
+            purge_expired_keys(store.clone(), 1_800_000_000_000, None)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            purge_expired_keys(store.clone(), 1_800_000_901_000, None)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(store.get(&key_path(&id)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn task_sessions_need_ecs_tasks_in_the_trust_and_die_with_the_task() {
+        let store: Arc<dyn Store> = Arc::new(gantry_store::SqliteStore::in_memory().unwrap());
+        let clock = Arc::new(Fixed(std::sync::atomic::AtomicI64::new(1_800_000_000_000)));
+        let iam = Iam::new(store.clone(), clock);
+        let account = "123456789012";
+        let req = |name: &str, trust: &str| NewRole {
+            name: name.into(),
+            path: None,
+            trust: trust.into(),
+            description: None,
+            max_session: None,
+            tags: vec![],
+        };
+        let trust_for = |principal: &str| {
+            format!(
+                r#"{{"Statement": {{"Effect": "Allow", "Principal": {{"Service": "{principal}"}}, "Action": "sts:AssumeRole"}}}}"#
+            )
+        };
+        let app = iam
+            .create_role(account, req("app", &trust_for(ECS_TASKS)))
+            .await
+            .unwrap();
+        let ec2 = iam
+            .create_role(account, req("ec2", &trust_for("ec2.amazonaws.com")))
+            .await
+            .unwrap();
+        let task = "arn:aws:ecs:us-east-1:123456789012:task/c/0123456789abcdef0123456789abcdef";
+        let (id, key) = iam.task_session(account, &app.arn, task).await.unwrap();
+        let session = key.role.as_ref().unwrap();
+        assert_eq!(session.session, "0123456789abcdef0123456789abcdef");
+        assert_eq!(session.task.as_deref(), Some(task));
+        assert_eq!(session.expires, 1_800_000_000.0 + TASK_SESSION_SECONDS as f64);
+        // A role ECS may not assume, one that does not exist, another account's: ECS's words.
+        for arn in [
+            ec2.arn.clone(),
+            format!("arn:aws:iam::{account}:role/missing"),
+            "arn:aws:iam::999999999999:role/app".to_string(),
+            "not-an-arn".to_string(),
+        ] {
+            let e = iam.task_session(account, &arn, task).await.unwrap_err();
+            assert!(
+                e.starts_with(&format!("ECS was unable to assume the role '{arn}'")),
+                "{e}"
+            );
+        }
+        // The task still runs: the key stays. Stopped (not live) but just minted: it stays
+        // (the listing may predate it). Stopped a minute on: it goes.
+        let live: std::collections::HashSet<String> = [task.to_string()].into();
+        let none = std::collections::HashSet::new();
+        let later = 1_800_000_000_000 + 61_000;
+        assert_eq!(purge_expired_keys(store.clone(), later, Some(&live)).await.unwrap(), 0);
+        assert_eq!(
+            purge_expired_keys(store.clone(), 1_800_000_001_000, Some(&none))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(purge_expired_keys(store.clone(), later, Some(&none)).await.unwrap(), 1);
         assert!(store.get(&key_path(&id)).await.unwrap().is_none());
     }
 

@@ -5,7 +5,7 @@
 
 use crate::capacity_providers::launch_for_strategy;
 use crate::placement::{Demand, Placement};
-use crate::tasks::TaskRecord;
+use crate::tasks::{TaskRecord, TaskRoles};
 use crate::{prefix, random_hex, store_err, Control};
 use gantry_types::arn::Scope;
 use gantry_types::fargate;
@@ -95,6 +95,8 @@ pub struct TaskOverride {
     pub cpu: Option<String>,
     pub memory: Option<String>,
     pub ephemeral_storage: Option<gantry_types::taskdef::EphemeralStorage>,
+    pub task_role_arn: Option<String>,
+    pub execution_role_arn: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -182,6 +184,7 @@ impl Control {
         let overrides = parse_overrides(req.overrides.as_ref())?;
         let containers = apply_container_overrides(def, &overrides)?;
         let (cpu, memory, task_memory_limit) = task_size(&td.definition, &overrides, &containers, &launch)?;
+        let roles = self.task_roles(scope, &cluster, &td.definition, &overrides).await?;
         if let Some(e) = &overrides.ephemeral_storage {
             if !(21..=200).contains(&e.size_in_gi_b) {
                 return Err(EcsError::invalid(
@@ -237,6 +240,7 @@ impl Control {
             subnet: subnet.as_deref(),
             ephemeral_storage: overrides.ephemeral_storage.clone(),
             long_arns: self.long_arns(scope, "taskLongArnFormat").await?,
+            roles,
         };
         let zones: std::collections::HashMap<String, String> = self
             .nodes()
@@ -287,6 +291,34 @@ impl Control {
 }
 
 impl Control {
+    /// The task's roles, RunTask's overrides over its definition's: each must be a role ECS
+    /// tasks may assume (its trust policy allows ecs-tasks.amazonaws.com), as ECS checks
+    /// before it starts anything.
+    async fn task_roles(
+        &self,
+        scope: &Scope,
+        cluster: &Cluster,
+        definition: &Value,
+        overrides: &TaskOverride,
+    ) -> Result<TaskRoles, EcsError> {
+        let pick = |over: &Option<String>, key: &str| {
+            over.clone()
+                .or_else(|| definition[key].as_str().map(String::from))
+                .filter(|r| !r.is_empty())
+        };
+        let roles = TaskRoles {
+            task: pick(&overrides.task_role_arn, "taskRoleArn"),
+            execution: pick(&overrides.execution_role_arn, "executionRoleArn"),
+        };
+        for role in roles.task.iter().chain(&roles.execution) {
+            self.iam()
+                .task_role(&scope.account, role, &cluster.cluster_arn)
+                .await
+                .map_err(EcsError::invalid)?;
+        }
+        Ok(roles)
+    }
+
     /// Remembers which tasks a clientToken started. The tasks exist already; a lost token
     /// would let a retry start them twice, so a failure here is reported.
     async fn save_client_token(&self, scope: &Scope, token: &str, tasks: &[Task]) -> Result<(), EcsError> {
@@ -323,6 +355,7 @@ struct TaskTemplate<'a> {
     subnet: Option<&'a str>,
     ephemeral_storage: Option<gantry_types::taskdef::EphemeralStorage>,
     long_arns: bool,
+    roles: TaskRoles,
 }
 
 impl TaskTemplate<'_> {
@@ -417,6 +450,7 @@ impl TaskTemplate<'_> {
             protected_until: None,
             network_mode: self.network_mode,
             task_memory_limit: self.task_memory_limit,
+            roles: self.roles.clone(),
         }
     }
 }
@@ -560,14 +594,10 @@ pub(crate) fn network_for(mode: NetworkMode, cfg: Option<&Value>) -> Result<Opti
 }
 
 /// Override members Gantry cannot apply: refused, never echoed while ignored.
-const UNSUPPORTED_OVERRIDES: &[(&str, &str)] = &[
-    ("taskRoleArn", "task roles arrive with IAM"),
-    ("executionRoleArn", "execution roles arrive with IAM"),
-    (
-        "inferenceAcceleratorOverrides",
-        "inference accelerators are not supported",
-    ),
-];
+const UNSUPPORTED_OVERRIDES: &[(&str, &str)] = &[(
+    "inferenceAcceleratorOverrides",
+    "inference accelerators are not supported",
+)];
 const UNSUPPORTED_CONTAINER_OVERRIDES: &[(&str, &str)] = &[
     ("environmentFiles", "environment files from S3 are not supported"),
     (

@@ -34,6 +34,26 @@ pub struct TaskRecord {
     /// of its containers' (EC2 definitions without one).
     #[serde(default = "yes")]
     pub task_memory_limit: bool,
+    /// The task's IAM roles: its definition's, or RunTask's overrides.
+    #[serde(default, skip_serializing_if = "TaskRoles::is_empty")]
+    pub roles: TaskRoles,
+}
+
+/// The roles a task runs with, by ARN.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskRoles {
+    /// The role its containers' credentials endpoint vends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The role the node acts as for the task: secrets, registry auth, logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
+}
+
+impl TaskRoles {
+    pub fn is_empty(&self) -> bool {
+        self.task.is_none() && self.execution.is_none()
+    }
 }
 
 fn yes() -> bool {
@@ -421,6 +441,7 @@ pub fn agent_may_write(current: &TaskRecord, new: &TaskRecord) -> Result<(), Str
         && current.protected_until == new.protected_until
         && current.network_mode == new.network_mode
         && current.task_memory_limit == new.task_memory_limit
+        && current.roles == new.roles
         && c.task_arn == n.task_arn
         && c.cluster_arn == n.cluster_arn
         && c.task_definition_arn == n.task_definition_arn
@@ -476,6 +497,7 @@ mod agent_write_tests {
             protected_until: None,
             network_mode: NetworkMode::Awsvpc,
             task_memory_limit: true,
+            roles: Default::default(),
         }
     }
 
@@ -497,6 +519,12 @@ mod agent_write_tests {
         let mut bigger = cur.clone();
         bigger.memory_mib = 4096;
         assert!(agent_may_write(&cur, &bigger).is_err());
+        let mut escalated = cur.clone();
+        escalated.roles.task = Some("arn:aws:iam::123456789012:role/admin".into());
+        assert!(
+            agent_may_write(&cur, &escalated).is_err(),
+            "a node cannot give a task another role"
+        );
         let mut revived = cur.clone();
         revived.task.desired_status = "STOPPED".into();
         let mut back = revived.clone();

@@ -441,6 +441,18 @@ impl ControlLink for RemoteLink {
         r.json().await.map_err(LinkError::unavailable)
     }
 
+    async fn task_credentials(&self, key: &str) -> LinkResult<gantry_agent::link::TaskCredentials> {
+        let r = self
+            .send(|s| {
+                self.client()
+                    .get(format!("{s}/v1/credentials"))
+                    .query(&[("key", key)])
+                    .timeout(REQUEST_TIMEOUT)
+            })
+            .await?;
+        r.json().await.map_err(LinkError::unavailable)
+    }
+
     async fn put_log_events(&self, target: &LogTarget, events: &[(i64, String)]) -> LinkResult<()> {
         let body = PutEvents {
             target: target.clone(),

@@ -91,6 +91,7 @@ impl LinkServer {
             .route("/v1/dns", get(dns))
             .route("/v1/usage", post(put_usage))
             .route("/v1/secrets", get(task_secrets))
+            .route("/v1/credentials", get(task_credentials))
             .with_state(Arc::new(self))
     }
 
@@ -384,6 +385,20 @@ async fn task_secrets(
     let me = node(&peer)?;
     Ok(Json(
         ops::resolve_task_secrets(&s.control, s.secrets.as_deref(), me, &q.key)
+            .await
+            .map_err(|e| op_err(&peer, e))?,
+    ))
+}
+
+/// A task's role credentials, for the node it is placed on only.
+async fn task_credentials(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<gantry_agent::link::TaskCredentials>, Refusal> {
+    let me = node(&peer)?;
+    Ok(Json(
+        ops::resolve_task_credentials(&s.control, me, &q.key)
             .await
             .map_err(|e| op_err(&peer, e))?,
     ))

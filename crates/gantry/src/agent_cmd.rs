@@ -50,6 +50,11 @@ pub struct AgentArgs {
     /// essential exits) at `http://ADDR/metrics`; off unless given.
     #[arg(long, env = "GANTRY_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// A server's AWS API address (IP:PORT), relayed into each task's namespace at
+    /// 169.254.170.2:51680 (AWS_ENDPOINT_URL) so the SDKs in tasks reach Gantry with their
+    /// task role's credentials; without it, tasks get no relay.
+    #[arg(long, env = "GANTRY_API_ENDPOINT")]
+    api_endpoint: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
@@ -165,7 +170,7 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
-    let agent = gantry_agent::Agent::new(link, node.clone(), spec, usage_every);
+    let agent = gantry_agent::Agent::new(link, node.clone(), spec, usage_every, a.api_endpoint);
     agent.register().await;
     tokio::spawn(gantry_agent::keep_pool_warm(node.clone(), a.warm_pool, stop_rx.clone()));
     let running = tokio::spawn(agent.run(stop_rx));

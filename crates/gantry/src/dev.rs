@@ -415,7 +415,13 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let link =
         Arc::new(LocalLink::new(control.clone(), logs.clone(), metrics.clone(), LOCAL_NODE).with_secrets(stores));
     let usage_every = Duration::from_secs(args.metrics_interval);
-    let agent = gantry_agent::Agent::new(link, node.clone(), spec, usage_every);
+    // Tasks reach this process's API through a relay (a wildcard listen address is reached
+    // on loopback).
+    let mut api = a.listen;
+    if api.ip().is_unspecified() {
+        api.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let agent = gantry_agent::Agent::new(link, node.clone(), spec, usage_every, Some(api));
     // Registered before anything can place a task, and before the controllers judge it.
     agent.register().await;
     let agent_task = tokio::spawn(agent.run(stop_rx.clone()));

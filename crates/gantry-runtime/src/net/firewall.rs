@@ -58,7 +58,23 @@ pub fn ruleset(bridge: &str, resolver: Option<std::net::Ipv4Addr>) -> Result<Str
     ))
 }
 
-fn nft(script: &str) -> Result<(), FirewallError> {
+/// The task-side rules of its endpoints on `addr`: connections to `addr:from` go to
+/// `addr:to`, inside the task's own namespace (as ECS forwards 169.254.170.2:80 to its agent's
+/// port), so nothing listens on `from` and the task's own servers may bind it.
+pub fn redirect_ruleset(addr: std::net::Ipv4Addr, from: u16, to: u16) -> String {
+    format!(
+        "add table ip gantry_task\n\
+         delete table ip gantry_task\n\
+         table ip gantry_task {{\n\
+         \tchain output {{\n\
+         \t\ttype nat hook output priority -100; policy accept;\n\
+         \t\tip daddr {addr} tcp dport {from} dnat to {addr}:{to}\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+pub(crate) fn nft(script: &str) -> Result<(), FirewallError> {
     let mut child = match Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -94,6 +110,14 @@ pub fn remove(bridge: &str) -> Result<(), FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_endpoint_redirect_replaces_itself() {
+        let r = redirect_ruleset(std::net::Ipv4Addr::new(169, 254, 170, 2), 80, 51679);
+        assert!(r.starts_with("add table ip gantry_task\ndelete table ip gantry_task\n"));
+        assert!(r.contains("ip daddr 169.254.170.2 tcp dport 80 dnat to 169.254.170.2:51679"));
+        assert!(r.contains("type nat hook output priority -100;"));
+    }
 
     #[test]
     fn one_table_per_bridge_and_hostile_names_refused() {

@@ -453,6 +453,19 @@ impl Network {
         .expect("listener thread panicked")
     }
 
+    /// Applies an nft script inside the sandbox's namespace: rules of the task alone, which
+    /// go with its namespace. `nft` runs from a short-lived thread that entered it.
+    pub fn nft_in(sb: &Sandbox, script: &str) -> Result<(), NetworkError> {
+        let (path, script) = (sb.path.clone(), script.to_string());
+        std::thread::spawn(move || -> Result<(), NetworkError> {
+            let ns = File::open(&path).map_err(io_ctx(format!("opening {}", path.display())))?;
+            sys::setns(ns.as_raw_fd(), libc::CLONE_NEWNET).map_err(io_ctx("entering the task namespace"))?;
+            Ok(firewall::nft(&script)?)
+        })
+        .join()
+        .expect("nft thread panicked")
+    }
+
     /// Writes the files a task's containers mount: /etc/hosts, /etc/resolv.conf, /etc/hostname.
     /// With `node_resolver`, a bridged task's only nameserver is the node's resolver on its
     /// gateway (Cloud Map names, and everything else relayed); otherwise the host's.
