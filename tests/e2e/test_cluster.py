@@ -15,11 +15,12 @@ import time
 import urllib.error
 import urllib.request
 
+import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import ACCOUNT, GANTRY, Gantry, KEY, SECRET, awslogs, free_port, register, run, wait_for
+from conftest import ACCOUNT, GANTRY, IMAGE, Gantry, KEY, SECRET, awslogs, free_port, register, run, wait_for
 from test_etcd import etcd, etcd_member  # noqa: F401  (fixtures)
 
 NODE_TIMEOUT = "5"
@@ -58,10 +59,11 @@ class Server:
 class Agent(Gantry):
     """A node: Gantry's per-instance dirs, bridge and subnet, running `gantry agent`."""
 
-    def start_agent(self, servers, token_file, name, zone, pool=None):
+    def start_agent(self, servers, token_file, name, zone, pool=None, api=None):
         self.name = name
         log = open(os.path.join(self.dir, "dev.log"), "a")
         extra = ["--capacity-provider", pool] if pool else []
+        extra += ["--api-endpoint", api] if api else []
         if not hasattr(self, "metrics_port"):
             self.metrics_port = free_port()
         extra += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
@@ -92,7 +94,8 @@ def cluster(etcd):  # noqa: F811
         token_file = os.path.join(servers[0].dir, "token")
         open(token_file, "w").write(token)
         for i, a in enumerate(agents):
-            a.start_agent([s.agent_url for s in servers], token_file, f"node-{i}", f"us-east-1{'abc'[i]}")
+            a.start_agent([s.agent_url for s in servers], token_file, f"node-{i}", f"us-east-1{'abc'[i]}",
+                          api=f"127.0.0.1:{servers[0].port}")
         yield servers, agents, token_file
     finally:
         for a in agents:
@@ -529,4 +532,40 @@ def test_secrets_reach_tasks_on_remote_nodes(cluster):
             return None
         return events[0]["message"].split()[0] if events else None
     assert wait_for("the task's output", printed, 60) == hashlib.sha256(b"cluster-secret-value").hexdigest()
+    ecs.stop_task(cluster="default", task=task["taskArn"])
+
+
+def test_task_roles_reach_tasks_on_remote_nodes(cluster):
+    """A task on a remote node gets its role's credentials over the agent protocol, from its
+    own credentials endpoint, and reaches the API through the agent's relay."""
+    servers, agents, _ = cluster
+    ecs = ecs_of(agents[0], servers[1])
+    wait_for_nodes(ecs, 3)
+    trust = {"Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                            "Action": "sts:AssumeRole"}]}
+    role = agents[0].client("iam").create_role(RoleName="remote", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    ecs.register_task_definition(
+        family="remote-role", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+        taskRoleArn=role["Arn"], containerDefinitions=[{
+            "name": "app", "image": IMAGE, "logConfiguration": awslogs("/cluster/roles"),
+            "command": ["sh", "-c", 'wget -qO- "http://169.254.170.2$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"; echo; '
+                                    'wget -qO- "$AWS_ENDPOINT_URL/console/" | head -c 15; echo; exec sleep 600']}])
+    task = run(ecs, "default", "remote-role")[0]
+    task_id = task["taskArn"].split("/")[-1]
+    logs = agents[0].client("logs")
+
+    def printed():
+        try:
+            events = logs.get_log_events(logGroupName="/cluster/roles", logStreamName=f"ecs/app/{task_id}")["events"]
+        except logs.exceptions.ResourceNotFoundException:
+            return None
+        return [e["message"] for e in events] if len(events) >= 2 else None
+    creds_line, page = wait_for("the task's output", printed, 60)[:2]
+    creds = json.loads(creds_line)
+    assert creds["RoleArn"] == role["Arn"] and creds["AccessKeyId"].startswith("ASIA")
+    assert page.lower() == "<!doctype html>", page
+    sts = boto3.client("sts", endpoint_url=servers[1].endpoint, region_name="us-east-1",
+                       aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                       aws_session_token=creds["Token"])
+    assert sts.get_caller_identity()["Arn"].endswith(f":assumed-role/remote/{task_id}")
     ecs.stop_task(cluster="default", task=task["taskArn"])
