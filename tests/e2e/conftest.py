@@ -189,11 +189,30 @@ def wait_for(what, check, timeout=60, poll=0.2):
     return got
 
 
-def register(ecs, family, containers, cpu="256", memory="512"):
+def register(ecs, family, containers, cpu="256", memory="512", **kw):
     for c in containers:
         c.setdefault("image", IMAGE)
     return ecs.register_task_definition(family=family, networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
-                                        cpu=cpu, memory=memory, containerDefinitions=containers)["taskDefinition"]
+                                        cpu=cpu, memory=memory, containerDefinitions=containers, **kw)["taskDefinition"]
+
+
+ECS_TASKS_TRUST = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+# What AWS's AmazonECSTaskExecutionRolePolicy allows, plus reading secrets and parameters.
+EXECUTION_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
+    "logs:CreateLogStream", "logs:CreateLogGroup", "logs:PutLogEvents", "secretsmanager:GetSecretValue",
+    "ssm:GetParameters"]}]}
+
+
+def execution_role(iam, name="ecsTaskExecutionRole", policy=EXECUTION_POLICY):
+    """An execution role ECS tasks may assume, with `policy` (made once per name)."""
+    try:
+        arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(ECS_TASKS_TRUST))["Role"]["Arn"]
+    except iam.exceptions.EntityAlreadyExistsException:
+        arn = iam.get_role(RoleName=name)["Role"]["Arn"]
+    if policy is not None:
+        iam.put_role_policy(RoleName=name, PolicyName="execution", PolicyDocument=json.dumps(policy))
+    return arn
 
 
 def run(ecs, cluster, td, **kw):

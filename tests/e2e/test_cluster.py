@@ -20,7 +20,8 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import ACCOUNT, GANTRY, IMAGE, Gantry, KEY, SECRET, awslogs, free_port, register, run, wait_for
+from conftest import (ACCOUNT, GANTRY, IMAGE, Gantry, KEY, SECRET, awslogs, execution_role, free_port, register, run,
+                      wait_for)
 from test_etcd import etcd, etcd_member  # noqa: F401  (fixtures)
 
 NODE_TIMEOUT = "5"
@@ -520,7 +521,8 @@ def test_secrets_reach_tasks_on_remote_nodes(cluster):
     assert agents[0].client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"] == "cluster-secret-value"
     register(ecs, "remote-secret", [{
         "name": "app", "command": ["sh", "-c", 'printf %s "$PW" | sha256sum; exec sleep 600'],
-        "logConfiguration": awslogs("/cluster/secrets"), "secrets": [{"name": "PW", "valueFrom": arn}]}])
+        "logConfiguration": awslogs("/cluster/secrets"), "secrets": [{"name": "PW", "valueFrom": arn}]}],
+        executionRoleArn=execution_role(agents[0].client("iam")))
     task = run(ecs, "default", "remote-secret")[0]
     task_id = task["taskArn"].split("/")[-1]
     logs = agents[0].client("logs")

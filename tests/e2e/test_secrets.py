@@ -9,7 +9,7 @@ import stat
 import botocore.exceptions
 import pytest
 
-from conftest import awslogs, register, run, wait_for, wait_stopped
+from conftest import awslogs, execution_role, register, run, wait_for, wait_stopped
 
 SECRET_TEXT = "correct-horse-battery-staple-7f3a"
 
@@ -173,7 +173,8 @@ def test_containers_get_secrets_that_are_written_nowhere(gantry, ecs, sm, logs):
         "name": "app", "command": ["sh", "-c", script], "logConfiguration": awslogs("/secrets/app"),
         "secrets": [{"name": "DB_PASSWORD", "valueFrom": f"{arn}:password::"},
                     {"name": "DB_USER", "valueFrom": f"{arn.rsplit('-', 1)[0]}:username::"},
-                    {"name": "API_KEY", "valueFrom": "/task/api-key"}]}])
+                    {"name": "API_KEY", "valueFrom": "/task/api-key"}]}],
+                  executionRoleArn=execution_role(gantry.client("iam")))
     task = run(ecs, "default", td["taskDefinitionArn"])[0]
     task_id = task["taskArn"].split("/")[-1]
 
@@ -198,21 +199,42 @@ def test_containers_get_secrets_that_are_written_nowhere(gantry, ecs, sm, logs):
     ecs.stop_task(cluster="default", task=task["taskArn"])
 
 
-def test_a_task_whose_secret_cannot_be_read_fails_to_start(gantry, ecs):
-    for value_from, reason in [
-        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:missing-AbCdEf", "unable to retrieve secret from asm"),
-        ("/no/such/parameter", "invalid ssm parameters: /no/such/parameter"),
+def test_a_task_whose_secret_cannot_be_read_fails_to_start(gantry, ecs, sm):
+    iam = gantry.client("iam")
+    arn = sm.create_secret(Name="locked/db", SecretString="x")["ARN"]
+    gantry.client("ssm").put_parameter(Name="/locked/p", Value="y", Type="String")
+    # Reads nothing, writes logs: what an execution role without secrets access looks like.
+    logs_only = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": "logs:*"}]}
+    bare = execution_role(iam, "exec-logs-only", logs_only)
+    full = execution_role(iam)
+    denied = "AccessDeniedException: User: arn:aws:sts::123456789012:assumed-role/exec-logs-only/"
+    for value_from, role, reason in [
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:missing-AbCdEf", full, "unable to retrieve secret from asm"),
+        ("/no/such/parameter", full, "invalid ssm parameters: /no/such/parameter"),
+        (arn, bare, "unable to retrieve secret from asm: service call has been retried 1 time(s): failed to fetch "
+                    f"secret {arn} from secrets manager: {denied}"),
+        ("/locked/p", bare, f"unable to retrieve secrets from ssm: service call has been retried 1 time(s): {denied}"),
     ]:
         td = register(ecs, "bad-secret", [{"name": "app", "command": ["true"],
-                                           "secrets": [{"name": "X", "valueFrom": value_from}]}])
+                                           "secrets": [{"name": "X", "valueFrom": value_from}]}],
+                      executionRoleArn=role)
         task = run(ecs, "default", td["taskDefinitionArn"])[0]
         stopped = wait_stopped(ecs, "default", [task["taskArn"]])[0]
         assert stopped["stopCode"] == "TaskFailedToStart", stopped
         assert stopped["stoppedReason"].startswith(
             "ResourceInitializationError: unable to pull secrets or registry auth: execution resource retrieval failed: "), stopped
         assert reason in stopped["stoppedReason"], stopped["stoppedReason"]
-    # Registration refuses what is not a secret or a parameter.
+        if role == bare:
+            action = "secretsmanager:GetSecretValue" if value_from == arn else "ssm:GetParameters"
+            assert f"is not authorized to perform: {action} on resource: " in stopped["stoppedReason"]
+    # Secrets need an execution role, as ECS says at registration.
     c, m = code(ecs.register_task_definition, family="x", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
                 cpu="256", memory="512", containerDefinitions=[{
+                    "name": "app", "image": "x", "secrets": [{"name": "X", "valueFrom": "/locked/p"}]}])
+    assert (c, m) == ("ClientException", "When you are specifying container secrets, you must also specify a value "
+                                         "for 'executionRoleArn'.")
+    # Registration refuses what is not a secret or a parameter.
+    c, m = code(ecs.register_task_definition, family="x", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+                cpu="256", memory="512", executionRoleArn=full, containerDefinitions=[{
                     "name": "app", "image": "x", "secrets": [{"name": "X", "valueFrom": "arn:aws:s3:::bucket/key"}]}])
     assert c == "ClientException" and "neither a Secrets Manager secret nor a Parameter Store parameter" in m

@@ -14,7 +14,7 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import ACCOUNT, REGION, ROOT, awslogs, register, run, wait_stopped
+from conftest import ACCOUNT, REGION, ROOT, awslogs, execution_role, register, run, wait_stopped
 
 PY_IMAGE = "gantry-test/python:latest"
 TRUST_ECS = {"Version": "2012-10-17", "Statement": [
@@ -169,3 +169,22 @@ def test_run_task_refuses_roles_ecs_may_not_assume_and_needs_pass_role(gantry, p
                      networkConfiguration=net, overrides={"taskRoleArn": app["Arn"]})
     assert r["failures"] == [] and r["tasks"][0]["overrides"]["taskRoleArn"] == app["Arn"]
     wait_stopped(ecs, "roles", [r["tasks"][0]["taskArn"]])
+
+
+def test_an_execution_role_without_logs_permission_fails_the_start(gantry):
+    iam, ecs = gantry.client("iam"), gantry.client("ecs")
+    ecs.create_cluster(clusterName="roles")
+    no_logs = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]}
+    role = execution_role(iam, "exec-no-logs", no_logs)
+    td = register(ecs, "no-logs", [{"name": "app", "command": ["true"], "logConfiguration": awslogs("/roles/nologs")}],
+                  executionRoleArn=role)
+    task = run(ecs, "roles", td["taskDefinitionArn"])[0]
+    stopped = wait_stopped(ecs, "roles", [task["taskArn"]])[0]
+    task_id = task["taskArn"].rsplit("/", 1)[1]
+    assert stopped["stopCode"] == "TaskFailedToStart", stopped
+    assert stopped["stoppedReason"].startswith(
+        "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times: "
+        f"failed to create Cloudwatch log stream: AccessDeniedException: User: arn:aws:sts::{ACCOUNT}:assumed-role/"
+        f"exec-no-logs/{task_id} is not authorized to perform: logs:CreateLogStream on resource: "
+        f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/roles/nologs:log-stream:ecs/app/{task_id}"), stopped["stoppedReason"]

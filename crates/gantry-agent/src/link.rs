@@ -15,13 +15,90 @@ use gantry_store::{KeyValue, Watch};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Where one container's awslogs output goes.
+/// Where one container's awslogs output goes, and the task (its record's key) it is of.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogTarget {
+    pub task: String,
     pub account: String,
     pub region: String,
     pub group: String,
     pub stream: String,
+}
+
+/// Where a container's awslogs output goes (its stream `prefix/container/task id`, as ECS
+/// names it), and whether its group may be created.
+pub fn awslogs_target(rec: &TaskRecord, c: &gantry_control::TaskSpecContainer) -> Option<(LogTarget, bool)> {
+    let lc = c.log_configuration.as_ref().filter(|l| l.log_driver == "awslogs")?;
+    let group = lc.options.get("awslogs-group")?.clone();
+    let stream = match lc.options.get("awslogs-stream-prefix") {
+        Some(p) => format!("{p}/{}/{}", c.name(), rec.id()),
+        None => format!("{}/{}", c.name(), rec.id()),
+    };
+    let region = lc
+        .options
+        .get("awslogs-region")
+        .cloned()
+        .unwrap_or_else(|| rec.region.clone());
+    let create = lc.options.get("awslogs-create-group").is_some_and(|v| v == "true");
+    let target = LogTarget {
+        task: Control::key_of(rec),
+        account: rec.account.clone(),
+        region,
+        group,
+        stream,
+    };
+    Some((target, create))
+}
+
+/// The server side's check of a log write: the target must be one of the task's containers'
+/// own, the task placed on `node`. Making the stream (`ensure`: Some(create the group)) also
+/// needs the task's execution role's permission, when it has one (without one the node's own
+/// identity writes, as an EC2 container instance's role does); ECS fails the start otherwise.
+pub async fn check_log_target(control: &Control, node: &str, t: &LogTarget, ensure: Option<bool>) -> LinkResult<()> {
+    let Some((rec, _)) = get_assigned(control, node, &t.task).await? else {
+        return Err(LinkError::Forbidden(format!("task {} is gone", t.task)));
+    };
+    let own = rec
+        .containers
+        .iter()
+        .filter_map(|c| awslogs_target(&rec, c))
+        .find(|(mine, _)| mine == t);
+    let Some((_, may_create)) = own else {
+        return Err(LinkError::Forbidden(format!(
+            "task {} does not log to {}:{}",
+            rec.id(),
+            t.group,
+            t.stream
+        )));
+    };
+    let Some(create_group) = ensure else {
+        return Ok(());
+    };
+    if create_group && !may_create {
+        return Err(LinkError::Forbidden(format!(
+            "task {} may not create log group {}",
+            rec.id(),
+            t.group
+        )));
+    }
+    if rec.roles.execution.is_none() {
+        return Ok(());
+    }
+    let caller = execution_role(control, &rec).await.map_err(LinkError::Forbidden)?;
+    let ctx = gantry_control::iam::principal_context(&caller);
+    let group_arn = format!(
+        "arn:aws:logs:{}:{}:log-group:{}:log-stream:",
+        t.region, t.account, t.group
+    );
+    let mut asked = vec![("logs:CreateLogStream", format!("{group_arn}{}", t.stream))];
+    if create_group {
+        asked.push(("logs:CreateLogGroup", group_arn));
+    }
+    for (action, arn) in asked {
+        gantry_control::iam::authorize(&caller, action, &arn, &ctx)
+            .map_err(|m| LinkError::Forbidden(format!("AccessDeniedException: {m}")))?;
+    }
+    Ok(())
 }
 
 /// The outcome of a conditional write of a task record.
@@ -198,18 +275,37 @@ pub async fn resolve_task_secrets(
                 .into(),
         ));
     };
-    let scope = gantry_types::arn::Scope {
-        account: rec.account.clone(),
-        region: rec.region.clone(),
+    let caller = match execution_role(control, &rec).await {
+        Ok(c) => c,
+        Err(reason) => {
+            return Ok(Err(format!(
+                "ResourceInitializationError: unable to pull secrets or registry auth: {reason}"
+            )))
+        }
     };
+    let ctx = gantry_control::iam::principal_context(&caller);
+    let authorize = |action: &str, arn: &str| gantry_control::iam::authorize(&caller, action, arn, &ctx);
+    let scope = rec.scope();
     let mut out = Vec::with_capacity(wanted.len());
     for (container, name, from) in wanted {
-        match gantry_control::secrets::resolve(&stores.secrets, &stores.parameters, &scope, &from).await {
+        match gantry_control::secrets::resolve(&stores.secrets, &stores.parameters, &scope, &from, &authorize).await {
             Ok(v) => out.push((container, name, v)),
             Err(reason) => return Ok(Err(reason)),
         }
     }
     Ok(Ok(out))
+}
+
+/// The session the node acts as for a task (its execution role's, named by the task id), or
+/// why it has none.
+async fn execution_role(control: &Control, rec: &TaskRecord) -> Result<gantry_control::iam::Caller, String> {
+    let arn = rec.roles.execution.as_ref().ok_or("the task has no execution role")?;
+    let role = control.iam().task_role(&rec.account, arn, &rec.task.task_arn).await?;
+    Ok(gantry_control::iam::Caller::Role {
+        account: rec.account.clone(),
+        role,
+        session: rec.id().to_string(),
+    })
 }
 
 /// The in-process link: the control plane and log store of this very process.
@@ -281,6 +377,7 @@ impl ControlLink for LocalLink {
     }
 
     async fn ensure_log_stream(&self, t: &LogTarget, create_group: bool) -> LinkResult<()> {
+        check_log_target(&self.control, &self.node, t, Some(create_group)).await?;
         let op = LogOp::EnsureStream {
             stream: t.stream.clone(),
             create_group,
@@ -290,6 +387,7 @@ impl ControlLink for LocalLink {
     }
 
     async fn put_log_events(&self, t: &LogTarget, events: &[(i64, String)]) -> LinkResult<()> {
+        check_log_target(&self.control, &self.node, t, None).await?;
         let op = LogOp::Put {
             stream: t.stream.clone(),
             events: events.to_vec(),
@@ -423,5 +521,109 @@ pub async fn put_assigned(control: &Control, node: &str, key: &str, rec: &TaskRe
         Err(gantry_store::StoreError::Conflict { .. }) => Ok(Written::Conflict),
         Err(gantry_store::StoreError::NotFound { .. }) => Ok(Written::Gone),
         Err(e) => Err(LinkError::unavailable(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_control::iam::NewRole;
+    use serde_json::json;
+
+    const ACCOUNT: &str = "123456789012";
+
+    /// A task on node n1 logging to /app with the given execution role.
+    async fn placed(control: &Control, execution: Option<&str>) -> TaskRecord {
+        let container = json!({"name": "web", "image": "x", "logConfiguration": {"logDriver": "awslogs",
+            "options": {"awslogs-group": "/app", "awslogs-stream-prefix": "ecs"}}});
+        let rec = TaskRecord {
+            task: gantry_types::model::Task {
+                task_arn: format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/c/0123456789abcdef"),
+                last_status: "RUNNING".into(),
+                ..Default::default()
+            },
+            cluster: "c".into(),
+            node: "n1".into(),
+            containers: vec![serde_json::from_value(container).unwrap()],
+            cpu_units: 256,
+            memory_mib: 512,
+            account: ACCOUNT.into(),
+            region: "us-east-1".into(),
+            protected_until: None,
+            network_mode: gantry_types::taskdef::NetworkMode::Awsvpc,
+            task_memory_limit: true,
+            roles: gantry_control::tasks::TaskRoles {
+                task: None,
+                execution: execution.map(String::from),
+            },
+        };
+        let key = Control::key_of(&rec);
+        let _ = control.store.delete(&key, None).await;
+        control
+            .store
+            .create(&key, &serde_json::to_vec(&rec).unwrap())
+            .await
+            .unwrap();
+        rec
+    }
+
+    #[tokio::test]
+    async fn a_node_writes_only_its_own_tasks_streams_with_their_execution_roles_permission() {
+        let store: Arc<dyn gantry_store::Store> = Arc::new(gantry_store::SqliteStore::in_memory().unwrap());
+        let control = Control::new(store, Arc::new(gantry_control::SystemClock));
+        let rec = placed(&control, None).await;
+        let (target, may_create) = awslogs_target(&rec, &rec.containers[0]).unwrap();
+        assert_eq!(target.stream, "ecs/web/0123456789abcdef");
+        assert!(!may_create);
+        check_log_target(&control, "n1", &target, Some(false)).await.unwrap();
+        check_log_target(&control, "n1", &target, None).await.unwrap();
+        let forbidden = |r: LinkResult<()>| matches!(r, Err(LinkError::Forbidden(_)));
+        // Another node, another stream or group, another account, creating the group unasked.
+        assert!(forbidden(check_log_target(&control, "n2", &target, None).await));
+        for t in [
+            LogTarget {
+                stream: "ecs/web/other".into(),
+                ..target.clone()
+            },
+            LogTarget {
+                group: "/other".into(),
+                ..target.clone()
+            },
+            LogTarget {
+                account: "999999999999".into(),
+                ..target.clone()
+            },
+        ] {
+            assert!(forbidden(check_log_target(&control, "n1", &t, None).await), "{t:?}");
+        }
+        assert!(forbidden(check_log_target(&control, "n1", &target, Some(true)).await));
+
+        // With an execution role, making the stream needs its logs:CreateLogStream.
+        let trust = r#"{"Statement": {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}}"#;
+        let new = NewRole {
+            name: "exec".into(),
+            path: None,
+            trust: trust.into(),
+            description: None,
+            max_session: None,
+            tags: vec![],
+        };
+        let role = control.iam().create_role(ACCOUNT, new).await.unwrap();
+        let rec = placed(&control, Some(&role.arn)).await;
+        let (target, _) = awslogs_target(&rec, &rec.containers[0]).unwrap();
+        match check_log_target(&control, "n1", &target, Some(false)).await {
+            Err(LinkError::Forbidden(m)) => assert!(
+                m.starts_with("AccessDeniedException: User: arn:aws:sts::123456789012:assumed-role/exec/0123456789abcdef is not authorized to perform: logs:CreateLogStream on resource: arn:aws:logs:us-east-1:123456789012:log-group:/app:log-stream:ecs/web/0123456789abcdef"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let allow = r#"{"Statement": {"Effect": "Allow", "Action": "logs:CreateLogStream", "Resource": "arn:aws:logs:*:*:log-group:/app:*"}}"#;
+        control
+            .iam()
+            .change_role(ACCOUNT, "exec", None, Some(("logs", Some(allow))))
+            .await
+            .unwrap();
+        check_log_target(&control, "n1", &target, Some(false)).await.unwrap();
     }
 }

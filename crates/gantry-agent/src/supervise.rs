@@ -2,7 +2,7 @@
 //! watch (exits, StopTask, essential container exits), and finish (exit codes, cleanup,
 //! STOPPED). Every step is written to the task record, so a restarted agent resumes.
 
-use crate::link::{LogTarget as Target, Written};
+use crate::link::{awslogs_target, Written};
 use crate::logship::Shipper;
 use crate::telemetry::TASK_START;
 use crate::{ports, Agent};
@@ -71,30 +71,6 @@ pub(crate) async fn update(a: &Agent, key: &str, mut f: impl FnMut(&mut TaskReco
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
-}
-
-fn awslogs_target(rec: &TaskRecord, c: &TaskSpecContainer) -> Option<(Target, bool)> {
-    let lc = c.log_configuration.as_ref().filter(|l| l.log_driver == "awslogs")?;
-    let group = lc.options.get("awslogs-group")?.clone();
-    let stream = match lc.options.get("awslogs-stream-prefix") {
-        Some(p) => format!("{p}/{}/{}", c.name(), rec.id()),
-        None => format!("{}/{}", c.name(), rec.id()),
-    };
-    let region = lc
-        .options
-        .get("awslogs-region")
-        .cloned()
-        .unwrap_or_else(|| rec.region.clone());
-    let create = lc.options.get("awslogs-create-group").is_some_and(|v| v == "true");
-    Some((
-        Target {
-            account: rec.account.clone(),
-            region,
-            group,
-            stream,
-        },
-        create,
-    ))
 }
 
 pub async fn supervise(a: &Arc<Agent>, key: &str, changed: &Notify) -> Result<()> {

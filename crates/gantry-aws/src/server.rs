@@ -254,30 +254,15 @@ pub fn permit(caller: &gantry_control::iam::Caller, asked: &Asked) -> Result<(),
     if action == "sts:GetCallerIdentity" {
         return Ok(());
     }
-    let mut ctx = gantry_policy::Context::new();
+    let mut ctx = gantry_control::iam::principal_context(caller);
     let now = chrono::Utc::now();
-    ctx.set("aws:PrincipalArn", caller.arn())
-        .set("aws:PrincipalAccount", caller.account())
-        .set("aws:userid", caller.id())
-        .set(
-            "aws:CurrentTime",
-            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )
-        .set("aws:EpochTime", now.timestamp().to_string())
-        .set("aws:SecureTransport", "false")
-        .set("aws:RequestedRegion", region);
-    match caller {
-        gantry_control::iam::Caller::User { user, .. } => {
-            ctx.set("aws:username", user.name.clone())
-                .set("aws:PrincipalType", "User");
-        }
-        gantry_control::iam::Caller::Role { .. } => {
-            ctx.set("aws:PrincipalType", "AssumedRole");
-        }
-        gantry_control::iam::Caller::Root { .. } => {
-            ctx.set("aws:PrincipalType", "Account");
-        }
-    }
+    ctx.set(
+        "aws:CurrentTime",
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+    .set("aws:EpochTime", now.timestamp().to_string())
+    .set("aws:SecureTransport", "false")
+    .set("aws:RequestedRegion", region);
     for resource in &asked.resources {
         gantry_control::iam::authorize(caller, &action, resource, &ctx).map_err(|message| {
             let kind = if query_wire {

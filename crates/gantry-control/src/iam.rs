@@ -846,6 +846,27 @@ fn parsed(doc: &str) -> Option<Arc<gantry_policy::Policy>> {
     Some(p)
 }
 
+/// The global condition keys that describe the caller (aws:PrincipalArn, aws:userid, ...).
+pub fn principal_context(caller: &Caller) -> gantry_policy::Context {
+    let mut ctx = gantry_policy::Context::new();
+    ctx.set("aws:PrincipalArn", caller.arn())
+        .set("aws:PrincipalAccount", caller.account())
+        .set("aws:userid", caller.id());
+    match caller {
+        Caller::User { user, .. } => {
+            ctx.set("aws:username", user.name.clone())
+                .set("aws:PrincipalType", "User");
+        }
+        Caller::Role { .. } => {
+            ctx.set("aws:PrincipalType", "AssumedRole");
+        }
+        Caller::Root { .. } => {
+            ctx.set("aws:PrincipalType", "Account");
+        }
+    }
+    ctx
+}
+
 /// Whether `caller` may perform `action` on `resource`: root may do everything; a user what
 /// its inline policies allow. Returns the denial message in IAM's words otherwise.
 pub fn authorize(

@@ -333,7 +333,10 @@ async fn ensure_stream(
     Extension(peer): Extension<Peer>,
     Json(q): Json<EnsureStream>,
 ) -> Result<StatusCode, Refusal> {
-    node(&peer)?;
+    let me = node(&peer)?;
+    ops::check_log_target(&s.control, me, &q.target, Some(q.create_group))
+        .await
+        .map_err(|e| op_err(&peer, e))?;
     let op = LogOp::EnsureStream {
         stream: q.target.stream.clone(),
         create_group: q.create_group,
@@ -347,7 +350,7 @@ async fn put_events(
     Extension(peer): Extension<Peer>,
     Json(q): Json<PutEvents>,
 ) -> Result<StatusCode, Refusal> {
-    node(&peer)?;
+    let me = node(&peer)?;
     if q.events.len() > 10_000 {
         return Err(refuse(
             &peer,
@@ -355,6 +358,9 @@ async fn put_events(
             "at most 10000 events per batch".into(),
         ));
     }
+    ops::check_log_target(&s.control, me, &q.target, None)
+        .await
+        .map_err(|e| op_err(&peer, e))?;
     let op = LogOp::Put {
         stream: q.target.stream.clone(),
         events: q.events,

@@ -318,6 +318,8 @@ pub struct RegisterTaskDefinition {
     pub ephemeral_storage: Option<EphemeralStorage>,
     #[serde(default)]
     pub runtime_platform: Option<RuntimePlatform>,
+    #[serde(default)]
+    pub execution_role_arn: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -461,6 +463,13 @@ pub fn validate(req: &RegisterTaskDefinition) -> Result<ValidTaskDefinition, Ecs
     }
     validate_containers(&containers, network_mode, cpu, memory)?;
     validate_depends_on(&containers)?;
+    // The node reads secrets as the execution role, so there must be one.
+    let has_secrets = containers.iter().any(|c| c.secrets.iter().flatten().next().is_some());
+    if has_secrets && req.execution_role_arn.as_deref().is_none_or(str::is_empty) {
+        return Err(EcsError::client(
+            "When you are specifying container secrets, you must also specify a value for 'executionRoleArn'.",
+        ));
+    }
 
     let fargate_problem = fargate_problem(req, network_mode, cpu, memory, &containers);
     if required.iter().any(|c| c == "FARGATE") {
@@ -1095,6 +1104,7 @@ mod tests {
     #[test]
     fn secrets_name_their_sources() {
         let mut v = base();
+        v["executionRoleArn"] = json!("arn:aws:iam::1:role/exec");
         v["containerDefinitions"][0]["secrets"] = json!([
             {"name": "DB", "valueFrom": "arn:aws:ssm:us-east-1:1:parameter/db"},
             {"name": "PW", "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:app-AbCdEf:password::"},
@@ -1119,10 +1129,18 @@ mod tests {
             (json!([{"valueFrom": "x"}]), "name should not be null"),
         ] {
             let mut v = base();
+            v["executionRoleArn"] = json!("arn:aws:iam::1:role/exec");
             v["containerDefinitions"][0]["secrets"] = bad;
             let m = validate_json(&v).unwrap_err().to_string();
             assert!(m.contains(why), "{m}");
         }
+        let mut v = base();
+        v["containerDefinitions"][0]["secrets"] = json!([{"name": "DB", "valueFrom": "/db"}]);
+        let m = validate_json(&v).unwrap_err().to_string();
+        assert!(
+            m.contains("you must also specify a value for 'executionRoleArn'"),
+            "{m}"
+        );
         assert_eq!(
             SecretSource::parse("arn:aws:secretsmanager:r:1:secret:db-AbCdEf:user:AWSPREVIOUS:").unwrap(),
             SecretSource::SecretsManager {

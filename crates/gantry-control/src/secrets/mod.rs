@@ -740,14 +740,19 @@ fn retrieval_failed(detail: String) -> String {
     format!("ResourceInitializationError: unable to pull secrets or registry auth: execution resource retrieval failed: {detail}")
 }
 
-/// The value a container secret's `valueFrom` names, read as the task's account (`scope`):
-/// a secret (AWSCURRENT unless a stage or version is given; one key of its JSON when asked)
-/// or a parameter (decrypted).
+/// Whether the reader may do `action` on the resource ARN `arn` (IAM's denial otherwise).
+pub type Authorize<'a> = &'a (dyn Fn(&str, &str) -> Result<(), String> + Send + Sync);
+
+/// The value a container secret's `valueFrom` names, read as the task's account (`scope`)
+/// and with the permissions `authorize` checks (the task's execution role's): a secret
+/// (AWSCURRENT unless a stage or version is given; one key of its JSON when asked) or a
+/// parameter (decrypted).
 pub async fn resolve(
     sm: &SecretsManager,
     ps: &crate::parameters::ParameterStore,
     scope: &Scope,
     value_from: &str,
+    authorize: Authorize<'_>,
 ) -> Result<String, String> {
     use gantry_types::taskdef::SecretSource;
     match SecretSource::parse(value_from).map_err(retrieval_failed)? {
@@ -762,13 +767,19 @@ pub async fn resolve(
                     "unable to retrieve secret from asm: service call has been retried 1 time(s): failed to fetch secret {secret_arn} from secrets manager: {e}"
                 ))
             };
-            // Only the task's own account and region: there is no IAM yet to grant more.
+            // Only the task's own account and region (no cross-account resource policies).
             let owner = scope_of(&secret_arn);
             if owner.as_ref() != Some(scope) {
                 return Err(fail(
                     "ResourceNotFoundException: Secrets Manager can't find the specified secret.".into(),
                 ));
             }
+            let secret = sm
+                .find(scope, &secret_arn)
+                .await
+                .map_err(|e| fail(format!("{}: {}", e.shape, e.message)))?;
+            authorize("secretsmanager:GetSecretValue", &secret.arn)
+                .map_err(|m| fail(format!("AccessDeniedException: {m}")))?;
             let (_, _, value) = sm
                 .get_value(scope, &secret_arn, version_id.as_deref(), version_stage.as_deref())
                 .await
@@ -798,6 +809,13 @@ pub async fn resolve(
                     "unable to retrieve secrets from ssm: service call has been retried 1 time(s): invalid ssm parameters: {name}"
                 ))
             };
+            let bare = crate::parameters::ParameterStore::name_of(scope, &name).map_err(|_| fail())?;
+            let arn = crate::parameters::ParameterStore::arn(scope, &bare);
+            authorize("ssm:GetParameters", &arn).map_err(|m| {
+                retrieval_failed(format!(
+                    "unable to retrieve secrets from ssm: service call has been retried 1 time(s): AccessDeniedException: {m}"
+                ))
+            })?;
             let p = ps.locate(scope, &name).await.map_err(|_| fail())?;
             ps.open(&p, p.current()).map_err(|_| fail())
         }
