@@ -146,3 +146,44 @@ def test_container_limits_ulimits_readonly_root_and_init(ecs, logs):
     s = stop(ecs, t["taskArn"])
     assert time.time() - began < 10, "the init did not forward SIGTERM"
     assert s["containers"][0]["exitCode"] == 143, s["containers"][0]
+
+
+# What a container's own /proc/self/status and a few privileged calls show about its sandbox.
+PROBE_SANDBOX = ("grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status | tr -s '\\t' ' '; "
+                 "busybox unshare -n true 2>/dev/null && echo unshare=ok || echo unshare=denied; "
+                 "mkdir -p /m; busybox mount -t tmpfs none /m 2>/dev/null && echo mount=ok || echo mount=denied; "
+                 "touch /tmp/f; chown 1 /tmp/f 2>/dev/null && echo chown=ok || echo chown=denied")
+
+
+def test_capabilities_and_seccomp_follow_the_definition(ecs, logs):
+    from conftest import awslogs
+    cases = {
+        # Docker's defaults: no namespaces, no mounts, chown allowed.
+        "default": ({}, ["CapEff: 00000000a80425fb", "unshare=denied", "mount=denied", "chown=ok"]),
+        # Everything dropped but CHOWN.
+        "minimal": ({"capabilities": {"drop": ["ALL"], "add": ["CHOWN"]}},
+                    ["CapEff: 0000000000000001", "unshare=denied", "mount=denied", "chown=ok"]),
+        # SYS_ADMIN gives its syscalls back too; dropping CHOWN takes chown away.
+        "admin": ({"capabilities": {"add": ["SYS_ADMIN"], "drop": ["CHOWN"]}},
+                  ["CapEff: 00000000a82425fa", "unshare=ok", "mount=ok", "chown=denied"]),
+    }
+    arns = {}
+    for name, (lp, _) in cases.items():
+        ec2_task(ecs, f"caps-{name}", [{"name": "probe", "memory": 32, "linuxParameters": lp,
+                                        "logConfiguration": awslogs("/e2e/caps"), "command": ["sh", "-c", PROBE_SANDBOX]}])
+        arns[name] = ecs.run_task(cluster="default", taskDefinition=f"caps-{name}")["tasks"][0]["taskArn"]
+    wait_stopped(ecs, "default", list(arns.values()))
+    for name, (_, want) in cases.items():
+        tid = arns[name].rsplit("/", 1)[1]
+        out = [e["message"] for e in logs.get_log_events(logGroupName="/e2e/caps", logStreamName=f"ecs/probe/{tid}")["events"]]
+        assert out[1:3] == ["NoNewPrivs: 1", "Seccomp: 2"], (name, out)
+        assert [out[0]] + out[3:] == want, (name, out)
+    # Fargate adds SYS_PTRACE only; unknown names are refused.
+    with pytest.raises(ClientError) as e:
+        ecs.register_task_definition(family="caps-fargate", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+                                     cpu="256", memory="512", containerDefinitions=[{
+                                         "name": "a", "image": IMAGE, "linuxParameters": {"capabilities": {"add": ["NET_ADMIN"]}}}])
+    assert "Fargate only supports adding the SYS_PTRACE kernel capability" in code(e)[1]
+    with pytest.raises(ClientError) as e:
+        ec2_task(ecs, "caps-bad", [{"name": "a", "memory": 32, "linuxParameters": {"capabilities": {"add": ["GOD_MODE"]}}}])
+    assert "GOD_MODE is not a valid kernel capability" in code(e)[1]

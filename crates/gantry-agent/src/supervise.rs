@@ -817,6 +817,11 @@ fn container_spec(
             .and_then(|l| l.init_process_enabled)
             .unwrap_or(false),
         readonly_rootfs: c.readonly_root_filesystem.unwrap_or(false),
+        capabilities: c
+            .linux_parameters
+            .as_ref()
+            .and_then(|l| l.capabilities.as_ref())
+            .map(|k| gantry_runtime::bundle::capability_set(k.added(), k.dropped())),
         rlimits: c
             .ulimits
             .iter()

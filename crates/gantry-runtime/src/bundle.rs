@@ -44,24 +44,98 @@ pub const MASKED_PATHS: &[&str] = &[
 
 pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
-/// Syscalls refused with EPERM: those Docker's default profile denies to containers without
-/// extra capabilities (kernel modules, clocks, mounts, namespaces, keyrings, tracing, ...).
+/// Every capability a container may be given (ECS's valid names, with CAP_), for `add: ALL`.
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_WRITE",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_KILL",
+    "CAP_LEASE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MKNOD",
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_NICE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+];
+
+/// A container's capabilities from a definition's `linuxParameters.capabilities` (names as
+/// ECS spells them, without CAP_), as Docker applies them: the defaults, less `drop` (all of
+/// them for ALL), plus `add` (every capability for ALL).
+pub fn capability_set(add: &[String], drop: &[String]) -> Vec<String> {
+    let full = |n: &String| format!("CAP_{}", n.to_ascii_uppercase());
+    let mut caps: Vec<String> = if drop.iter().any(|d| d.eq_ignore_ascii_case("ALL")) {
+        vec![]
+    } else {
+        let dropped: Vec<String> = drop.iter().map(full).collect();
+        DEFAULT_CAPS
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !dropped.contains(c))
+            .collect()
+    };
+    let added: Vec<String> = if add.iter().any(|a| a.eq_ignore_ascii_case("ALL")) {
+        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+    } else {
+        add.iter().map(full).collect()
+    };
+    for c in added {
+        if !caps.contains(&c) {
+            caps.push(c);
+        }
+    }
+    caps
+}
+
+/// Syscalls no container makes: what Docker's default profile leaves out (kernel modules,
+/// clocks, mounts, namespaces, keyrings, tracing, io_uring, ...), unless a capability below
+/// covers them.
 pub const DENIED_SYSCALLS: &[&str] = &[
     "acct",
     "add_key",
     "bpf",
     "clock_adjtime",
+    "clock_adjtime64",
     "clock_settime",
-    "create_module",
+    "clock_settime64",
     "delete_module",
+    "fanotify_init",
     "finit_module",
     "fsconfig",
     "fsmount",
     "fsopen",
     "fspick",
-    "get_kernel_syms",
     "get_mempolicy",
     "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
     "ioperm",
     "iopl",
     "kcmp",
@@ -75,15 +149,14 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "move_mount",
     "move_pages",
     "name_to_handle_at",
-    "nfsservctl",
     "open_by_handle_at",
     "open_tree",
     "perf_event_open",
+    "pidfd_getfd",
     "pivot_root",
     "process_vm_readv",
     "process_vm_writev",
     "ptrace",
-    "query_module",
     "quotactl",
     "quotactl_fd",
     "reboot",
@@ -96,40 +169,107 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "swapon",
     "sysfs",
     "_sysctl",
+    "syslog",
     "umount",
     "umount2",
     "unshare",
-    "uselib",
     "userfaultfd",
     "ustat",
+    "vhangup",
     "vm86",
     "vm86old",
 ];
 
-/// CLONE_NEW* flags: clone(2) with any of them is refused, like unshare(2).
-const CLONE_NS_FLAGS: &[u64] = &[
-    0x0002_0000,
-    0x0200_0000,
-    0x0400_0000,
-    0x0800_0000,
-    0x1000_0000,
-    0x2000_0000,
-    0x4000_0000,
-    0x80,
+/// The denied syscalls a capability gives back, as Docker's profile ties them.
+const CAP_SYSCALLS: &[(&str, &[&str])] = &[
+    (
+        "CAP_SYS_ADMIN",
+        &[
+            "mount",
+            "umount",
+            "umount2",
+            "unshare",
+            "setns",
+            "pivot_root",
+            "fanotify_init",
+            "quotactl",
+            "quotactl_fd",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "move_mount",
+            "open_tree",
+            "mount_setattr",
+            "name_to_handle_at",
+            "lookup_dcookie",
+            "perf_event_open",
+            "bpf",
+            "swapon",
+            "swapoff",
+        ],
+    ),
+    (
+        "CAP_SYS_PTRACE",
+        &["ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd"],
+    ),
+    (
+        "CAP_SYS_TIME",
+        &[
+            "settimeofday",
+            "stime",
+            "clock_settime",
+            "clock_settime64",
+            "clock_adjtime",
+            "clock_adjtime64",
+        ],
+    ),
+    ("CAP_SYS_MODULE", &["init_module", "finit_module", "delete_module"]),
+    ("CAP_SYS_BOOT", &["reboot"]),
+    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+    ("CAP_SYS_PACCT", &["acct"]),
+    (
+        "CAP_SYS_NICE",
+        &["mbind", "set_mempolicy", "get_mempolicy", "move_pages"],
+    ),
+    ("CAP_SYSLOG", &["syslog"]),
+    ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
+    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
 ];
 
-pub fn default_seccomp() -> Value {
-    let mut syscalls = vec![json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM})];
-    for flag in CLONE_NS_FLAGS {
+/// CLONE_NEW* flags: clone(2) with any of them is refused, like unshare(2), without
+/// CAP_SYS_ADMIN.
+const CLONE_NS_FLAGS: u64 =
+    0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000 | 0x80;
+
+/// The seccomp profile of a container holding `caps`: default deny (EPERM), every known
+/// syscall allowed except the denied ones its capabilities do not give back; clone without
+/// namespace flags unless it holds CAP_SYS_ADMIN.
+pub fn seccomp(caps: &[String]) -> Value {
+    let holds = |c: &str| caps.iter().any(|x| x == c);
+    let given: Vec<&str> = CAP_SYSCALLS
+        .iter()
+        .filter(|(cap, _)| holds(cap))
+        .flat_map(|(_, calls)| calls.iter().copied())
+        .collect();
+    let admin = holds("CAP_SYS_ADMIN");
+    let allowed: Vec<&str> = crate::syscalls::ALL
+        .iter()
+        .copied()
+        .filter(|s| !DENIED_SYSCALLS.contains(s) || given.contains(s))
+        .filter(|s| *s != "clone3" && (admin || *s != "clone"))
+        .collect();
+    let mut syscalls = vec![json!({"names": allowed, "action": "SCMP_ACT_ALLOW"})];
+    if !admin {
         syscalls.push(json!({
-            "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM,
-            "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]
+            "names": ["clone"], "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 0, "value": CLONE_NS_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]
         }));
     }
     // clone3 hides its flags in a struct seccomp cannot read: ENOSYS makes libc fall back to clone.
     syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}));
     json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
+        "defaultAction": "SCMP_ACT_ERRNO",
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
         "syscalls": syscalls,
     })
@@ -184,6 +324,8 @@ pub struct ContainerSpec {
     pub init: bool,
     pub readonly_rootfs: bool,
     pub rlimits: Vec<Rlimit>,
+    /// The capabilities it holds (`capability_set`); None: Docker's default set.
+    pub capabilities: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -383,6 +525,10 @@ pub fn build_spec(
         namespaces.push(json!({"type": "network", "path": sandbox.path}));
     }
     let bind = |src: PathBuf, dst: &str| json!({"destination": dst, "type": "bind", "source": src, "options": ["rbind", "rprivate"]});
+    let caps: Vec<String> = spec
+        .capabilities
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CAPS.iter().map(|c| c.to_string()).collect());
     let mut v = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -391,7 +537,7 @@ pub fn build_spec(
             "args": args,
             "env": env,
             "cwd": cwd,
-            "capabilities": {"bounding": DEFAULT_CAPS, "effective": DEFAULT_CAPS, "permitted": DEFAULT_CAPS},
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "rlimits": rlimits,
             "noNewPrivileges": true
         },
@@ -415,7 +561,7 @@ pub fn build_spec(
             "namespaces": namespaces,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
-            "seccomp": default_seccomp(),
+            "seccomp": seccomp(&caps),
         }
     });
     let _ = id;
@@ -442,6 +588,56 @@ mod tests {
             env: vec!["PATH=/bin".into(), "X=1".into()],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn capabilities_drop_then_add_as_docker_does() {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(capability_set(&[], &[]), v(DEFAULT_CAPS));
+        let no_raw = capability_set(&v(&["SYS_PTRACE"]), &v(&["NET_RAW"]));
+        assert!(!no_raw.contains(&"CAP_NET_RAW".into()) && no_raw.contains(&"CAP_SYS_PTRACE".into()));
+        assert_eq!(no_raw.len(), DEFAULT_CAPS.len());
+        assert_eq!(capability_set(&v(&["CHOWN"]), &v(&["ALL"])), v(&["CAP_CHOWN"]));
+        assert_eq!(capability_set(&v(&["ALL"]), &[]).len(), ALL_CAPS.len());
+    }
+
+    #[test]
+    fn seccomp_denies_by_default_and_capabilities_give_their_syscalls_back() {
+        let allowed = |profile: &Value| -> Vec<String> {
+            serde_json::from_value(profile["syscalls"][0]["names"].clone()).unwrap()
+        };
+        let default = seccomp(&capability_set(&[], &[]));
+        assert_eq!(default["defaultAction"], "SCMP_ACT_ERRNO");
+        let names = allowed(&default);
+        for ok in ["read", "write", "openat", "execve", "socket", "mmap2", "socketcall"] {
+            assert!(names.contains(&ok.to_string()), "{ok}");
+        }
+        for denied in [
+            "mount",
+            "unshare",
+            "setns",
+            "ptrace",
+            "keyctl",
+            "io_uring_setup",
+            "kexec_load",
+            "clone",
+        ] {
+            assert!(!names.contains(&denied.to_string()), "{denied}");
+        }
+        // clone only without namespace flags; clone3 falls back.
+        assert_eq!(default["syscalls"][1]["args"][0]["value"], json!(CLONE_NS_FLAGS));
+        assert_eq!(default["syscalls"][2]["names"], json!(["clone3"]));
+        let ptrace = allowed(&seccomp(&capability_set(&["SYS_PTRACE".into()], &[])));
+        assert!(ptrace.contains(&"ptrace".into()) && !ptrace.contains(&"mount".into()));
+        let admin = seccomp(&capability_set(&["SYS_ADMIN".into()], &[]));
+        let names = allowed(&admin);
+        assert!(
+            names.contains(&"mount".into()) && names.contains(&"unshare".into()) && names.contains(&"clone".into())
+        );
+        assert!(
+            !names.contains(&"keyctl".into()),
+            "keyrings stay denied even to SYS_ADMIN"
+        );
     }
 
     #[test]

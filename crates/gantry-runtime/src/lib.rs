@@ -10,6 +10,7 @@ pub mod net;
 pub mod oci;
 pub mod shim;
 mod sys;
+pub mod syscalls;
 pub use sys::{bind_mount, default_sigpipe};
 pub use sys::{block_termination_signals, run_in_private_mount_ns, wait_termination_signal};
 pub mod task;

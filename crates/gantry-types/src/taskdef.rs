@@ -189,8 +189,70 @@ impl PortMapping {
 pub struct LinuxParameters {
     #[serde(default)]
     pub init_process_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<KernelCapabilities>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Capabilities added to and dropped from Docker's default set (names without CAP_).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct KernelCapabilities {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop: Option<Vec<String>>,
+}
+
+/// The capability names ECS accepts in `linuxParameters.capabilities`.
+pub const KERNEL_CAPABILITIES: &[&str] = &[
+    "ALL",
+    "AUDIT_CONTROL",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "SYSLOG",
+    "WAKE_ALARM",
+];
+
+impl KernelCapabilities {
+    pub fn added(&self) -> &[String] {
+        self.add.as_deref().unwrap_or_default()
+    }
+    pub fn dropped(&self) -> &[String] {
+        self.drop.as_deref().unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -273,9 +335,10 @@ pub fn refuse_unsupported(raw: &serde_json::Value) -> Result<(), EcsError> {
             }
         }
         if let Some(lp) = c.get("linuxParameters").and_then(serde_json::Value::as_object) {
-            if let Some((k, _)) = lp.iter().find(|(k, v)| k.as_str() != "initProcessEnabled" && is_set(v)) {
+            let supported = ["initProcessEnabled", "capabilities"];
+            if let Some((k, _)) = lp.iter().find(|(k, v)| !supported.contains(&k.as_str()) && is_set(v)) {
                 return Err(EcsError::client(format!(
-                    "Gantry cannot run container {name}: linuxParameters.{k} is not supported yet (initProcessEnabled is)."
+                    "Gantry cannot run container {name}: linuxParameters.{k} is not supported yet (initProcessEnabled and capabilities are)."
                 )));
             }
         }
@@ -627,6 +690,7 @@ fn validate_containers(
             validate_log_configuration(name, l)?;
         }
         validate_secrets(name, c)?;
+        validate_capabilities(name, c)?;
     }
     if !containers.iter().any(ContainerDefinition::is_essential) {
         return Err(EcsError::client(
@@ -755,6 +819,21 @@ fn validate_log_configuration(name: &str, l: &LogConfiguration) -> Result<(), Ec
 }
 
 /// Why the definition cannot run on Fargate, if it cannot (Fargate's rules on top of ECS's).
+fn validate_capabilities(container: &str, c: &ContainerDefinition) -> Result<(), EcsError> {
+    let Some(caps) = c.linux_parameters.as_ref().and_then(|l| l.capabilities.as_ref()) else {
+        return Ok(());
+    };
+    for name in caps.added().iter().chain(caps.dropped()) {
+        if !KERNEL_CAPABILITIES.contains(&name.as_str()) {
+            return Err(EcsError::client(format!(
+                "Container {container}: linuxParameters.capabilities: {name} is not a valid kernel capability (valid: {}).",
+                KERNEL_CAPABILITIES.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn fargate_problem(
     req: &RegisterTaskDefinition,
     mode: NetworkMode,
@@ -787,6 +866,16 @@ fn fargate_problem(
         };
         return Some(format!(
             "No Fargate configuration exists for given values: {cpu} CPU, {memory} memory. See the Amazon ECS documentation for the valid values ({hint})."
+        ));
+    }
+    let beyond_ptrace = |c: &&ContainerDefinition| {
+        let caps = c.linux_parameters.as_ref().and_then(|l| l.capabilities.as_ref());
+        caps.is_some_and(|k| k.added().iter().any(|a| a != "SYS_PTRACE"))
+    };
+    if let Some(c) = containers.iter().find(beyond_ptrace) {
+        return Some(format!(
+            "Fargate only supports adding the SYS_PTRACE kernel capability (container {}).",
+            c.name()
         ));
     }
     if let Some(c) = containers
@@ -1154,14 +1243,48 @@ mod tests {
     }
 
     #[test]
-    fn fields_gantry_cannot_honour_are_refused_and_unknown_ones_kept() {
+    fn capabilities_are_ecs_names_and_fargate_adds_only_sys_ptrace() {
         let mut v = base();
         v["containerDefinitions"][0]["linuxParameters"] =
-            json!({"initProcessEnabled": true, "capabilities": {"add": ["NET_ADMIN"]}});
+            json!({"capabilities": {"add": ["SYS_PTRACE"], "drop": ["ALL"]}});
+        let ok = validate_json(&v).unwrap();
+        let caps = ok.containers[0]
+            .linux_parameters
+            .as_ref()
+            .unwrap()
+            .capabilities
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (caps.added(), caps.dropped()),
+            (&["SYS_PTRACE".to_string()][..], &["ALL".to_string()][..])
+        );
+        v["containerDefinitions"][0]["linuxParameters"] = json!({"capabilities": {"add": ["CAP_NET_ADMIN"]}});
         assert!(validate_json(&v)
             .unwrap_err()
             .to_string()
-            .contains("linuxParameters.capabilities"));
+            .contains("CAP_NET_ADMIN is not a valid kernel capability"));
+        v["requiresCompatibilities"] = json!(["FARGATE"]);
+        v["networkMode"] = json!("awsvpc");
+        v["cpu"] = json!("256");
+        v["memory"] = json!("512");
+        v["containerDefinitions"][0]["linuxParameters"] = json!({"capabilities": {"add": ["NET_ADMIN"]}});
+        let m = validate_json(&v).unwrap_err().to_string();
+        assert!(
+            m.contains("Fargate only supports adding the SYS_PTRACE kernel capability"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn fields_gantry_cannot_honour_are_refused_and_unknown_ones_kept() {
+        let mut v = base();
+        v["containerDefinitions"][0]["linuxParameters"] =
+            json!({"initProcessEnabled": true, "devices": [{"hostPath": "/dev/kvm"}]});
+        assert!(validate_json(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("linuxParameters.devices"));
         let mut v = base();
         v["volumes"] = json!([{"name": "data"}]);
         assert!(validate_json(&v).unwrap_err().to_string().contains("volumes"));
