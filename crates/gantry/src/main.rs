@@ -246,6 +246,8 @@ enum DebugCmd {
     BenchRetention(bench_retention::BenchRetentionArgs),
     /// Benchmark IAM policy evaluation (N attached policies) against SigV4 verification.
     BenchPolicy(bench_policy::BenchPolicyArgs),
+    /// Print the seccomp profile a container with Docker's default capabilities gets.
+    Seccomp,
 }
 
 impl NodeArgs {
@@ -355,6 +357,11 @@ fn main() {
         Cmd::Debug(DebugCmd::BenchPlacement(a)) => bench_placement::run(a),
         Cmd::Debug(DebugCmd::BenchRetention(a)) => bench_retention::run(a),
         Cmd::Debug(DebugCmd::BenchPolicy(a)) => bench_policy::run(a),
+        Cmd::Debug(DebugCmd::Seccomp) => {
+            let caps = gantry_runtime::bundle::capability_set(&[], &[]);
+            println!("{}", gantry_runtime::bundle::seccomp(&caps));
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),
