@@ -265,6 +265,11 @@ def test_a_deployment_alarm_rolls_the_deployment_back(gantry, ecs, cw):
     s = ecs.describe_services(cluster="guarded", services=["api"])["services"][0]
     assert s["deploymentConfiguration"]["alarms"] == config["alarms"]
     ecs.update_service(cluster="guarded", service="api", taskDefinition="guarded:2")
+    # Errors in the metric too, so the alarm's own evaluation keeps it in ALARM (a bare
+    # SetAlarmState lasts only until the next evaluation, which could come first).
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cw.put_metric_data(Namespace="E2E/guard", MetricData=[
+        {"MetricName": "5xx", "Value": 5.0, "Timestamp": now - datetime.timedelta(seconds=s)} for s in range(0, 150, 30)])
     cw.set_alarm_state(AlarmName="guard-5xx", StateValue="ALARM", StateReason="errors after the release")
     deadline = time.time() + 30
     while time.time() < deadline:

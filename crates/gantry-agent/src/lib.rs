@@ -9,6 +9,7 @@ pub mod link;
 mod logship;
 mod metadata;
 mod ports;
+mod security;
 mod supervise;
 pub mod telemetry;
 mod usage;
@@ -58,6 +59,10 @@ pub struct Agent {
     sampled: Mutex<HashMap<String, TaskRecord>>,
     /// The Gantry API, relayed into each task's namespace (None: tasks get no relay).
     api: Option<std::net::SocketAddr>,
+    /// The security groups and members, as last read.
+    security: Mutex<Option<gantry_control::ec2::SecurityView>>,
+    /// The ruleset applied in each task's namespace, by task id.
+    enforced: Mutex<HashMap<String, String>>,
 }
 
 impl Agent {
@@ -79,6 +84,8 @@ impl Agent {
             usage_every,
             sampled: Mutex::new(HashMap::new()),
             api,
+            security: Mutex::new(None),
+            enforced: Mutex::new(HashMap::new()),
         })
     }
 
@@ -89,6 +96,7 @@ impl Agent {
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let heartbeats = tokio::spawn(self.clone().heartbeat());
         let usage = tokio::spawn(self.clone().report_usage(self.usage_every));
+        let security = tokio::spawn(self.clone().follow_security_groups());
         let mut wake = wake::Wake::new();
         self.reconcile().await;
         loop {
@@ -97,6 +105,7 @@ impl Agent {
                 _ = shutdown.changed() => {
                     heartbeats.abort();
                     usage.abort();
+                    security.abort();
                     return;
                 }
             };

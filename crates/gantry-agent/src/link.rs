@@ -189,6 +189,56 @@ pub trait ControlLink: Send + Sync {
     /// Temporary credentials of one of this node's task's task role, for its credentials
     /// endpoint, or why there are none.
     async fn task_credentials(&self, key: &str) -> LinkResult<TaskCredentials>;
+    /// The security groups and their members, once they differ from the view whose digest
+    /// is `known` (at once when it is empty; after a while without change, the same view).
+    async fn security_view(&self, known: &str) -> LinkResult<SecurityView>;
+}
+
+pub use gantry_control::ec2::SecurityView;
+
+/// The server side of `security_view`: the view is built from every group and task record,
+/// again after each change to either, until it differs from `known` or a poll's time is up.
+pub async fn security_view(control: &Control, known: &str) -> LinkResult<SecurityView> {
+    let deadline = tokio::time::Instant::now() + DNS_POLL;
+    loop {
+        let rev = control.store.revision().await.map_err(LinkError::unavailable)?;
+        let view = build_security_view(control).await?;
+        if view.digest() != known || tokio::time::Instant::now() >= deadline {
+            return Ok(view);
+        }
+        let groups = control.store.watch(gantry_control::ec2::GROUPS_PREFIX, rev).await;
+        let tasks = control.store.watch(TASKS_PREFIX, rev).await;
+        let (Ok(mut groups), Ok(mut tasks)) = (groups, tasks) else {
+            // Compacted past `rev`: build again, after a breath should the store be failing.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        };
+        tokio::select! {
+            _ = groups.events.recv() => {}
+            _ = tasks.events.recv() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+async fn build_security_view(control: &Control) -> LinkResult<SecurityView> {
+    let (kvs, _) = control
+        .store
+        .list(gantry_control::ec2::GROUPS_PREFIX)
+        .await
+        .map_err(LinkError::unavailable)?;
+    let groups = kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect();
+    let tasks: Vec<TaskRecord> = control
+        .all_tasks()
+        .await
+        .map_err(LinkError::from_control)?
+        .into_iter()
+        .map(|(_, r, _)| r)
+        .collect();
+    Ok(SecurityView::build(groups, &tasks))
 }
 
 /// A task role's temporary credentials, in the credentials endpoint's JSON (ECS's names).
@@ -411,6 +461,10 @@ impl ControlLink for LocalLink {
     async fn task_credentials(&self, key: &str) -> LinkResult<TaskCredentials> {
         resolve_task_credentials(&self.control, &self.node, key).await
     }
+
+    async fn security_view(&self, known: &str) -> LinkResult<SecurityView> {
+        security_view(&self.control, known).await
+    }
 }
 
 /// How long a DNS records request waits for a change before answering with the same records.
@@ -556,6 +610,7 @@ mod tests {
                 task: None,
                 execution: execution.map(String::from),
             },
+            security_groups: vec![],
         };
         let key = Control::key_of(&rec);
         let _ = control.store.delete(&key, None).await;

@@ -255,6 +255,10 @@ async fn launch(
     if kind != SandboxKind::Host {
         a.start_metadata(key, &id);
     }
+    // The task's security groups hold before anything of it runs.
+    a.enforce(rec)
+        .await
+        .map_err(|e| format!("ResourceInitializationError: failed to configure ENI: {e}"))?;
     let bindings = network_bindings(a, rec, &id, sandbox.ip).await?;
     let sandboxed = std::time::Instant::now();
     TASK_START.observe(&["sandbox"], sandboxed.duration_since(pulled).as_secs_f64());
@@ -671,6 +675,7 @@ async fn finish(a: &Arc<Agent>, key: &str, id: &str, shippers: HashMap<String, S
     .await?;
     a.stop_metadata(id);
     a.unpublish_ports(id);
+    a.forget_rules(id);
     let node = a.node.clone();
     let tid = id.to_string();
     if let Err(e) = blocking(move || node.remove_task(&tid)).await {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod autoscaling;
 pub mod cloudwatch;
 pub mod console;
+pub mod ec2;
 pub mod ecs;
 pub mod elbv2;
 pub mod iam;

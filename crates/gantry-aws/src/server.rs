@@ -57,7 +57,11 @@ impl Framing {
                 let id = request_id();
                 let sender = status.is_client_error();
                 let namespace = self.model.and_then(|m| m.metadata.xml_namespace.as_deref());
-                let body = query::encode_error(namespace, &code, &e.message, sender, &id);
+                let body = if self.model.is_some_and(|m| m.is_ec2()) {
+                    query::encode_ec2_error(&code, &e.message, &id)
+                } else {
+                    query::encode_error(namespace, &code, &e.message, sender, &id)
+                };
                 xml_response(status, body, &id)
             }
         }

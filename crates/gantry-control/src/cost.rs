@@ -242,6 +242,7 @@ mod tests {
             network_mode: NetworkMode::Awsvpc,
             task_memory_limit: true,
             roles: Default::default(),
+            security_groups: vec![],
         }
     }
 

@@ -12,6 +12,7 @@ mod clusters;
 pub mod controllers;
 pub mod cost;
 pub mod deploy;
+pub mod ec2;
 pub mod elb;
 pub mod fanout;
 pub mod feed;
@@ -115,6 +116,11 @@ impl Control {
     /// IAM over the same store and clock.
     pub fn iam(&self) -> iam::Iam {
         iam::Iam::new(self.store.clone(), self.clock.clone())
+    }
+
+    /// EC2's networking subset (VPC, subnets, security groups) over the same store.
+    pub fn ec2(&self) -> ec2::Ec2 {
+        ec2::Ec2::new(self.store.clone(), self.clock.clone())
     }
 
     /// Cloud Map over the same store and clock.

@@ -29,6 +29,9 @@ pub struct NodeSpec {
     /// balancer targets on it connect to. None: such targets cannot be reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::Ipv4Addr>,
+    /// The CIDR block its tasks' addresses come from: its subnet of the default VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -179,6 +179,9 @@ impl Control {
         )?;
         let network_mode = NetworkMode::parse(td.definition["networkMode"].as_str())?;
         let subnet = network_for(network_mode, req.network_configuration.as_ref())?;
+        let security_groups = self
+            .security_groups_for(scope, network_mode, req.network_configuration.as_ref())
+            .await?;
         let def: Vec<ContainerDefinition> = serde_json::from_value(td.definition["containerDefinitions"].clone())
             .map_err(|e| EcsError::Server(format!("stored task definition is corrupt: {e}")))?;
         let overrides = parse_overrides(req.overrides.as_ref())?;
@@ -241,6 +244,7 @@ impl Control {
             ephemeral_storage: overrides.ephemeral_storage.clone(),
             long_arns: self.long_arns(scope, "taskLongArnFormat").await?,
             roles,
+            security_groups,
         };
         let zones: std::collections::HashMap<String, String> = self
             .nodes()
@@ -319,6 +323,46 @@ impl Control {
         Ok(roles)
     }
 
+    /// An awsvpc task's security groups: its configuration's (at most 5, each existing), else
+    /// the VPC's default group. Other network modes have none of their own.
+    pub(crate) async fn security_groups_for(
+        &self,
+        scope: &Scope,
+        mode: NetworkMode,
+        cfg: Option<&Value>,
+    ) -> Result<Vec<String>, EcsError> {
+        if mode != NetworkMode::Awsvpc {
+            return Ok(vec![]);
+        }
+        let asked: Vec<String> = cfg
+            .and_then(|c| c["awsvpcConfiguration"]["securityGroups"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(String::from))
+            .collect();
+        if asked.len() > crate::ec2::MAX_GROUPS_PER_TASK {
+            return Err(EcsError::invalid(format!(
+                "securityGroups can have at most {} items.",
+                crate::ec2::MAX_GROUPS_PER_TASK
+            )));
+        }
+        let ec2 = self.ec2();
+        if asked.is_empty() {
+            // Made on first use, so nodes enforce it from the first such task on.
+            let default = ec2.group(scope, &crate::ec2::default_group_id(scope)).await;
+            return Ok(vec![default.map_err(|e| EcsError::Server(e.message))?.id]);
+        }
+        for g in &asked {
+            if let Err(e) = ec2.group(scope, g).await {
+                return Err(EcsError::invalid(format!(
+                    "Error retrieving security group information for [{g}]: {} (ErrorCode: {})",
+                    e.message, e.code
+                )));
+            }
+        }
+        Ok(asked)
+    }
+
     /// Remembers which tasks a clientToken started. The tasks exist already; a lost token
     /// would let a retry start them twice, so a failure here is reported.
     async fn save_client_token(&self, scope: &Scope, token: &str, tasks: &[Task]) -> Result<(), EcsError> {
@@ -356,6 +400,7 @@ struct TaskTemplate<'a> {
     ephemeral_storage: Option<gantry_types::taskdef::EphemeralStorage>,
     long_arns: bool,
     roles: TaskRoles,
+    security_groups: Vec<String>,
 }
 
 impl TaskTemplate<'_> {
@@ -451,6 +496,7 @@ impl TaskTemplate<'_> {
             network_mode: self.network_mode,
             task_memory_limit: self.task_memory_limit,
             roles: self.roles.clone(),
+            security_groups: self.security_groups.clone(),
         }
     }
 }

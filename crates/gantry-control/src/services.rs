@@ -250,6 +250,14 @@ fn service_network(def: &Value, cfg: Option<&Value>) -> Result<Value, EcsError> 
     Ok(cfg.cloned().unwrap_or(Value::Null))
 }
 
+impl Control {
+    /// A service's security groups must exist, as its tasks' will be checked.
+    async fn check_service_groups(&self, scope: &Scope, def: &Value, network: &Value) -> Result<(), EcsError> {
+        let mode = NetworkMode::parse(def["networkMode"].as_str())?;
+        self.security_groups_for(scope, mode, Some(network)).await.map(drop)
+    }
+}
+
 /// The options CreateService and UpdateService share.
 fn validate_service_options(
     propagate_tags: Option<&str>,
@@ -389,6 +397,7 @@ impl Control {
             ),
             Some(td) => {
                 let network = service_network(td, req.network_configuration.as_ref())?;
+                self.check_service_groups(scope, td, &network).await?;
                 let load_balancers = match req.load_balancers.as_deref() {
                     Some(l) if !l.is_empty() => {
                         self.validate_load_balancers(scope, l, td, crate::traffic_shift::strategy(&config))
@@ -618,7 +627,11 @@ impl Control {
         let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
         resolve_launch(launch_type, strategy, &cluster, &compatibilities(&target.definition))?;
         let network = match &req.network_configuration {
-            Some(n) => Some(service_network(&target.definition, Some(n))?),
+            Some(n) => {
+                let network = service_network(&target.definition, Some(n))?;
+                self.check_service_groups(scope, &target.definition, &network).await?;
+                Some(network)
+            }
             None => {
                 service_network(
                     &target.definition,

@@ -37,6 +37,10 @@ pub struct TaskRecord {
     /// The task's IAM roles: its definition's, or RunTask's overrides.
     #[serde(default, skip_serializing_if = "TaskRoles::is_empty")]
     pub roles: TaskRoles,
+    /// The security groups of an awsvpc task (its network configuration's, else the VPC's
+    /// default group).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
 }
 
 /// The roles a task runs with, by ARN.
@@ -169,6 +173,16 @@ impl Control {
     /// Every task record in the store with its key and revision (for the agent).
     pub async fn all_tasks(&self) -> Result<Vec<(String, TaskRecord, i64)>, EcsError> {
         self.list_json::<TaskRecord>(TASKS_PREFIX).await
+    }
+
+    /// Whether a task not yet stopped is in the security group `id` (DeleteSecurityGroup's
+    /// dependency check).
+    pub async fn tasks_in_group(&self, scope: &Scope, id: &str) -> Result<bool, EcsError> {
+        let prefix = format!("{TASKS_PREFIX}{}/{}/", scope.account, scope.region);
+        let tasks = self.list_json::<TaskRecord>(&prefix).await?;
+        Ok(tasks
+            .iter()
+            .any(|(_, r, _)| r.task.last_status != "STOPPED" && r.security_groups.iter().any(|g| g == id)))
     }
 
     pub fn key_of(rec: &TaskRecord) -> String {
@@ -442,6 +456,7 @@ pub fn agent_may_write(current: &TaskRecord, new: &TaskRecord) -> Result<(), Str
         && current.network_mode == new.network_mode
         && current.task_memory_limit == new.task_memory_limit
         && current.roles == new.roles
+        && current.security_groups == new.security_groups
         && c.task_arn == n.task_arn
         && c.cluster_arn == n.cluster_arn
         && c.task_definition_arn == n.task_definition_arn
@@ -498,6 +513,7 @@ mod agent_write_tests {
             network_mode: NetworkMode::Awsvpc,
             task_memory_limit: true,
             roles: Default::default(),
+            security_groups: vec![],
         }
     }
 

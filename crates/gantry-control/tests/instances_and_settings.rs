@@ -20,6 +20,7 @@ async fn control() -> Control {
         cpu: 2048,
         memory: 1024,
         address: None,
+        subnet: None,
     })
     .await
     .unwrap();

@@ -23,6 +23,7 @@ fn spec(name: &str, zone: &str, pool: Option<&str>) -> NodeSpec {
         cpu: 2048,
         memory: 4096,
         address: None,
+        subnet: None,
     }
 }
 

@@ -441,6 +441,18 @@ impl ControlLink for RemoteLink {
         r.json().await.map_err(LinkError::unavailable)
     }
 
+    async fn security_view(&self, known: &str) -> LinkResult<gantry_agent::link::SecurityView> {
+        let r = self
+            .send(|s| {
+                self.client()
+                    .get(format!("{s}/v1/security"))
+                    .query(&[("known", known)])
+                    .timeout(gantry_agent::link::DNS_POLL + REQUEST_TIMEOUT)
+            })
+            .await?;
+        r.json().await.map_err(LinkError::unavailable)
+    }
+
     async fn task_credentials(&self, key: &str) -> LinkResult<gantry_agent::link::TaskCredentials> {
         let r = self
             .send(|s| {

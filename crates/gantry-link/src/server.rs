@@ -92,6 +92,7 @@ impl LinkServer {
             .route("/v1/usage", post(put_usage))
             .route("/v1/secrets", get(task_secrets))
             .route("/v1/credentials", get(task_credentials))
+            .route("/v1/security", get(security_view))
             .with_state(Arc::new(self))
     }
 
@@ -405,6 +406,27 @@ async fn task_credentials(
     let me = node(&peer)?;
     Ok(Json(
         ops::resolve_task_credentials(&s.control, me, &q.key)
+            .await
+            .map_err(|e| op_err(&peer, e))?,
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct KnownQuery {
+    #[serde(default)]
+    known: String,
+}
+
+/// The security groups and members every node enforces, long-polled (see
+/// `ControlLink::security_view`).
+async fn security_view(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<KnownQuery>,
+) -> Result<Json<gantry_agent::link::SecurityView>, Refusal> {
+    node(&peer)?;
+    Ok(Json(
+        ops::security_view(&s.control, &q.known)
             .await
             .map_err(|e| op_err(&peer, e))?,
     ))

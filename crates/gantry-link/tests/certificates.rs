@@ -46,6 +46,7 @@ fn spec(name: &str) -> NodeSpec {
         cpu: 1024,
         memory: 2048,
         address: None,
+        subnet: None,
     }
 }
 

@@ -11,7 +11,7 @@
 //! values.
 
 mod condition;
-mod glob;
+pub mod glob;
 
 pub use condition::Context;
 use serde_json::Value;

@@ -124,6 +124,7 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
     let mut node_config = args.node_config()?;
     node_config.network.node_resolver = true;
     let gateway = node_config.network.subnet.gateway();
+    let subnet = node_config.network.subnet.to_string();
     let node = Arc::new(gantry_runtime::task::Node::open(node_config)?);
 
     // Startup sweep: keep what the servers still track as running here.
@@ -151,6 +152,7 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
         cpu,
         memory,
         address: a.advertise_address,
+        subnet: Some(subnet),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let dns_link = link.clone();

@@ -352,6 +352,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let mut node_config = args.node_config()?;
     node_config.network.node_resolver = true;
     let gateway = node_config.network.subnet.gateway();
+    let subnet = node_config.network.subnet.to_string();
     let node = Arc::new(gantry_runtime::task::Node::open(node_config)?);
     let mut control = Control::new(store.clone(), Arc::new(SystemClock));
     control.prices = args.prices.prices()?;
@@ -403,6 +404,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         memory,
         // Published host ports are relayed on every host address, loopback included.
         address: Some(std::net::Ipv4Addr::LOCALHOST),
+        subnet: Some(subnet),
     };
     let metrics = Metrics::new(metric_data.clone(), Arc::new(SystemClock));
     let (secrets, parameters) = args

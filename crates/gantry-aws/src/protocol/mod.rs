@@ -79,6 +79,7 @@ pub fn services() -> &'static [Service] {
                 .checking_json("ValidationException"),
             Service::new(include_str!("../../models/iam.json"), crate::iam::handler),
             Service::new(include_str!("../../models/sts.json"), crate::iam::sts_handler),
+            Service::new(include_str!("../../models/ec2.json"), crate::ec2::handler),
         ]
     })
 }
@@ -223,7 +224,7 @@ fn resolve_query(candidates: &[&'static Service], body: &[u8], query_string: &st
     let version = params.get("Version").map(String::as_str).unwrap_or("");
     let service = candidates
         .iter()
-        .find(|s| s.model.speaks("query") && s.model.metadata.api_version == version)
+        .find(|s| (s.model.speaks("query") || s.model.is_ec2()) && s.model.metadata.api_version == version)
         .ok_or_else(|| {
             ApiError::client(
                 "NoSuchVersion",
@@ -268,6 +269,6 @@ pub fn namespace_model(signing_name: Option<&str>) -> Option<&'static Model> {
     let name = signing_name?;
     services()
         .iter()
-        .find(|s| s.model.speaks("query") && s.model.signing_name() == name)
+        .find(|s| (s.model.speaks("query") || s.model.is_ec2()) && s.model.signing_name() == name)
         .map(|s| &s.model)
 }

@@ -50,6 +50,9 @@ pub struct ShapeRef {
     pub shape: String,
     #[serde(default)]
     pub location_name: Option<String>,
+    /// EC2's name for a request member, where it differs from the capitalised locationName.
+    #[serde(default)]
+    pub query_name: Option<String>,
     #[serde(default)]
     pub result_wrapper: Option<String>,
     #[serde(default)]
@@ -113,6 +116,11 @@ impl Model {
     /// Whether the service offers `protocol` ("json", "query").
     pub fn speaks(&self, protocol: &str) -> bool {
         self.metadata.protocol == protocol || self.metadata.protocols.iter().any(|p| p == protocol)
+    }
+
+    /// EC2's dialect of Query: flattened lists, capitalised member names, no result wrapper.
+    pub fn is_ec2(&self) -> bool {
+        self.metadata.protocol == "ec2"
     }
 
     /// The name SigV4 scopes credentials to.

@@ -1,6 +1,8 @@
 //! The AWS Query protocol, driven by a service model: form parameters (`Name.member.1`,
 //! `Tags.entry.1.key`, `Parent.Child`) decoded into a JSON value shaped like the input shape,
-//! and an output value encoded as `<ActionResponse><ActionResult>` XML.
+//! and an output value encoded as `<ActionResponse><ActionResult>` XML. EC2's dialect too:
+//! lists always flattened (`GroupId.1`), members named by queryName or the capitalised
+//! locationName, answers without the Result wrapper and errors in `<Response><Errors>`.
 
 use super::model::{Model, Operation, Shape, ShapeRef};
 use super::validate::{Problems, MAX_ELEMENTS};
@@ -21,6 +23,7 @@ pub fn decode(model: &Model, op: &Operation, params: &BTreeMap<String, String>) 
         params,
         used: BTreeSet::new(),
         problems: Problems::default(),
+        ec2: model.is_ec2(),
     };
     let input = match &op.input {
         Some(r) => d.structure(model.shape(&r.shape), "", "").unwrap_or_default(),
@@ -39,6 +42,15 @@ struct Decoder<'a> {
     params: &'a BTreeMap<String, String>,
     used: BTreeSet<&'a str>,
     problems: Problems,
+    ec2: bool,
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -67,9 +79,16 @@ impl<'a> Decoder<'a> {
     fn structure(&mut self, shape: &Shape, key: &str, path: &str) -> Option<Map<String, Value>> {
         let mut out = Map::new();
         for (name, m) in &shape.members {
-            let wire = m.location_name.as_deref().unwrap_or(name);
+            let wire = if self.ec2 {
+                m.query_name
+                    .clone()
+                    .or_else(|| m.location_name.as_deref().map(upper_first))
+                    .unwrap_or_else(|| name.clone())
+            } else {
+                m.location_name.clone().unwrap_or_else(|| name.clone())
+            };
             let member_path = join(path, &lower_first(name));
-            if let Some(v) = self.value(m, &join(key, wire), &member_path) {
+            if let Some(v) = self.value(m, &join(key, &wire), &member_path) {
                 out.insert(name.clone(), v);
             }
         }
@@ -115,7 +134,9 @@ impl<'a> Decoder<'a> {
 
     fn list(&mut self, shape: &Shape, flattened: bool, key: &str, path: &str) -> Option<Value> {
         let member = shape.member.as_deref().expect("a list has a member");
-        let prefix = if flattened {
+        let prefix = if self.ec2 {
+            key.to_string()
+        } else if flattened {
             match &member.location_name {
                 Some(n) => join(key.rsplit_once('.').map(|p| p.0).unwrap_or(""), n),
                 None => key.to_string(),
@@ -203,11 +224,20 @@ fn lower_first(s: &str) -> String {
     }
 }
 
-/// `<{Action}Response xmlns=..><{Action}Result>..</..><ResponseMetadata>..</..></..>`.
+/// `<{Action}Response xmlns=..><{Action}Result>..</..><ResponseMetadata>..</..></..>`
+/// (EC2: `<{Action}Response xmlns=..><requestId>..</..>members..</..>`).
 pub fn encode(model: &Model, op: &Operation, output: &Value, request_id: &str) -> String {
     let mut w = XmlWriter::default();
     let root = format!("{}Response", op.name);
     w.open_ns(&root, model.metadata.xml_namespace.as_deref());
+    if model.is_ec2() {
+        w.leaf("requestId", request_id);
+        if let Some(r) = &op.output {
+            encode_members(model, model.shape(&r.shape), output, &mut w);
+        }
+        w.close(&root);
+        return w.finish();
+    }
     if let Some(r) = &op.output {
         let wrapper = r.result_wrapper.clone().unwrap_or_else(|| format!("{}Result", op.name));
         w.open(&wrapper);
@@ -232,6 +262,21 @@ pub fn encode_error(namespace: Option<&str>, code: &str, message: &str, sender: 
     w.close("Error");
     w.leaf("RequestId", request_id);
     w.close("ErrorResponse");
+    w.finish()
+}
+
+/// EC2's error envelope.
+pub fn encode_ec2_error(code: &str, message: &str, request_id: &str) -> String {
+    let mut w = XmlWriter::default();
+    w.open("Response");
+    w.open("Errors");
+    w.open("Error");
+    w.leaf("Code", code);
+    w.leaf("Message", message);
+    w.close("Error");
+    w.close("Errors");
+    w.leaf("RequestID", request_id);
+    w.close("Response");
     w.finish()
 }
 

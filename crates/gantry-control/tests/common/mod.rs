@@ -40,6 +40,7 @@ pub async fn register_node(c: &gantry_control::Control) {
         cpu: 4096,
         memory: 8192,
         address: None,
+        subnet: None,
     })
     .await
     .unwrap();

@@ -74,6 +74,68 @@ pub fn redirect_ruleset(addr: std::net::Ipv4Addr, from: u16, to: u16) -> String 
     )
 }
 
+/// Traffic a task's security groups allow in one direction: a protocol ("tcp", "udp",
+/// "icmp", or "-1" for all), ports (ICMP: type and code; None or -1: any), and the peers (CIDR
+/// blocks and addresses).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allow {
+    pub protocol: String,
+    pub ports: Option<(i64, i64)>,
+    pub peers: Vec<String>,
+}
+
+fn allow_line(dir: &str, a: &Allow) -> Option<String> {
+    if a.peers.is_empty() {
+        return None;
+    }
+    let peers = format!("{{ {} }}", a.peers.join(", "));
+    let matcher = match (a.protocol.as_str(), a.ports) {
+        ("-1", _) => String::new(),
+        ("icmp", Some((t, _))) if t >= 0 => format!(" icmp type {t}"),
+        ("icmp", _) => " meta l4proto icmp".to_string(),
+        (p @ ("tcp" | "udp"), Some((from, to))) if from >= 0 => {
+            if from == to {
+                format!(" {p} dport {from}")
+            } else {
+                format!(" {p} dport {from}-{to}")
+            }
+        }
+        (p @ ("tcp" | "udp"), _) => format!(" meta l4proto {p}"),
+        _ => return None,
+    };
+    Some(format!("\t\tip {dir} {peers}{matcher} accept\n"))
+}
+
+/// A task's security groups as nftables rules inside its own namespace: nothing in or out
+/// but what the groups allow (stateful: replies pass), loopback, and the node itself (load
+/// balancers, health checks and published ports come from it; its resolver is on it).
+/// Replaced atomically in one `nft -f`.
+pub fn task_filter_ruleset(ingress: &[Allow], egress: &[Allow], node: std::net::Ipv4Addr) -> String {
+    let rules = |dir: &str, allows: &[Allow]| -> String { allows.iter().filter_map(|a| allow_line(dir, a)).collect() };
+    format!(
+        "add table inet gantry_sg\n\
+         delete table inet gantry_sg\n\
+         table inet gantry_sg {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy drop;\n\
+         \t\tiifname \"lo\" accept\n\
+         \t\tct state established,related accept\n\
+         \t\tip saddr {node} accept comment \"the node\"\n\
+         {}\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority filter; policy drop;\n\
+         \t\toifname \"lo\" accept\n\
+         \t\tct state established,related accept\n\
+         \t\tip daddr {node} accept comment \"the node\"\n\
+         {}\
+         \t}}\n\
+         }}\n",
+        rules("saddr", ingress),
+        rules("daddr", egress)
+    )
+}
+
 pub(crate) fn nft(script: &str) -> Result<(), FirewallError> {
     let mut child = match Command::new("nft")
         .args(["-f", "-"])
@@ -110,6 +172,34 @@ pub fn remove(bridge: &str) -> Result<(), FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn security_group_rules_become_one_stateful_table() {
+        let allow = |p: &str, ports, peers: &[&str]| Allow {
+            protocol: p.into(),
+            ports,
+            peers: peers.iter().map(|x| x.to_string()).collect(),
+        };
+        let node = std::net::Ipv4Addr::new(10, 1, 0, 1);
+        let r = task_filter_ruleset(
+            &[
+                allow("tcp", Some((80, 80)), &["10.1.0.5", "10.1.0.6"]),
+                allow("udp", Some((5000, 5010)), &["0.0.0.0/0"]),
+                allow("icmp", Some((8, -1)), &["10.0.0.0/8"]),
+                allow("tcp", Some((22, 22)), &[]),
+            ],
+            &[allow("-1", None, &["0.0.0.0/0"])],
+            node,
+        );
+        assert!(r.starts_with("add table inet gantry_sg\ndelete table inet gantry_sg\n"));
+        assert!(r.contains("\t\tip saddr { 10.1.0.5, 10.1.0.6 } tcp dport 80 accept\n"));
+        assert!(r.contains("\t\tip saddr { 0.0.0.0/0 } udp dport 5000-5010 accept\n"));
+        assert!(r.contains("\t\tip saddr { 10.0.0.0/8 } icmp type 8 accept\n"));
+        assert!(!r.contains("dport 22"), "a group with no members allows nothing");
+        assert!(r.contains("\t\tip daddr { 0.0.0.0/0 } accept\n"));
+        assert!(r.contains("ip saddr 10.1.0.1 accept") && r.contains("ip daddr 10.1.0.1 accept"));
+        assert_eq!(r.matches("policy drop;").count(), 2);
+    }
 
     #[test]
     fn the_endpoint_redirect_replaces_itself() {

@@ -1,0 +1,170 @@
+//! Security groups on the node: each awsvpc task's groups become nftables rules inside its own
+//! namespace (`gantry_runtime::net::firewall::task_filter_ruleset`), applied before its
+//! containers start and again whenever a group's rules or members change (the view is
+//! long-polled over the link, so a change applies within the poll's round trip).
+
+use crate::Agent;
+use gantry_control::ec2::{Peer, Rule, SecurityView};
+use gantry_control::TaskRecord;
+use gantry_runtime::net::firewall::{task_filter_ruleset, Allow};
+use gantry_runtime::net::Network;
+use gantry_types::taskdef::NetworkMode;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// The rules of a task in `groups`, for its namespace, as the view says them.
+pub fn task_ruleset(view: &SecurityView, groups: &[String], node: Ipv4Addr) -> String {
+    let mine: Vec<_> = view.groups.iter().filter(|g| groups.contains(&g.id)).collect();
+    let allows = |rules: Vec<&Rule>| -> Vec<Allow> {
+        rules
+            .into_iter()
+            .map(|r| Allow {
+                protocol: r.protocol.clone(),
+                ports: (r.protocol != "-1").then_some((r.from_port, r.to_port)),
+                peers: match &r.peer {
+                    Peer::Cidr(c) => vec![c.clone()],
+                    Peer::Group(g) => view
+                        .members
+                        .get(g)
+                        .into_iter()
+                        .flatten()
+                        .map(|ip| ip.to_string())
+                        .collect(),
+                },
+            })
+            .collect()
+    };
+    let ingress = allows(mine.iter().flat_map(|g| &g.ingress).collect());
+    let egress = allows(mine.iter().flat_map(|g| &g.egress).collect());
+    task_filter_ruleset(&ingress, &egress, node)
+}
+
+impl Agent {
+    /// Keeps the view current and every task's rules in step with it.
+    pub(crate) async fn follow_security_groups(self: Arc<Self>) {
+        let mut known = String::new();
+        loop {
+            match self.link.security_view(&known).await {
+                Ok(view) => {
+                    known = view.digest();
+                    *self.security.lock().expect("lock") = Some(view);
+                    self.enforce_all().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading security groups; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Applies the rules of one task (awsvpc tasks only) if they changed since last applied.
+    /// Before its first view, the agent reads one.
+    pub(crate) async fn enforce(&self, rec: &TaskRecord) -> Result<(), String> {
+        if rec.network_mode != NetworkMode::Awsvpc {
+            return Ok(());
+        }
+        let id = rec.id().to_string();
+        let Some(sb) = self.node.sandbox(&id) else {
+            return Ok(());
+        };
+        let view = self.security.lock().expect("lock").clone();
+        let view = match view {
+            Some(v) => v,
+            None => self
+                .link
+                .security_view("")
+                .await
+                .map_err(|e| format!("reading security groups: {e}"))?,
+        };
+        let script = task_ruleset(&view, &gantry_control::ec2::task_groups(rec), sb.gateway);
+        if self.enforced.lock().expect("lock").get(&id) == Some(&script) {
+            return Ok(());
+        }
+        let s = script.clone();
+        tokio::task::spawn_blocking(move || Network::nft_in(&sb, &s))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("applying security groups: {e}"))?;
+        self.enforced.lock().expect("lock").insert(id, script);
+        Ok(())
+    }
+
+    /// Every task this agent supervises: the records it wrote and those it samples (tasks it
+    /// re-attached to after a restart may not have written yet).
+    async fn enforce_all(&self) {
+        let mut tasks: HashMap<String, TaskRecord> = HashMap::new();
+        for (key, (r, _)) in self.written.lock().expect("lock").iter() {
+            tasks.insert(key.clone(), r.clone());
+        }
+        for (key, r) in self.sampled.lock().expect("lock").iter() {
+            tasks.entry(key.clone()).or_insert_with(|| r.clone());
+        }
+        for rec in tasks.into_values().filter(|r| r.task.last_status != "STOPPED") {
+            if let Err(e) = self.enforce(&rec).await {
+                tracing::warn!(task = %rec.id(), error = %e, "security groups not applied");
+            }
+        }
+    }
+
+    /// Forgets a task's applied rules (they went with its namespace).
+    pub(crate) fn forget_rules(&self, task_id: &str) {
+        self.enforced.lock().expect("lock").remove(task_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_control::ec2::SecurityGroup;
+
+    fn rule(protocol: &str, ports: (i64, i64), peer: Peer) -> Rule {
+        Rule {
+            id: "sgr-1".into(),
+            protocol: protocol.into(),
+            from_port: ports.0,
+            to_port: ports.1,
+            peer,
+            description: None,
+        }
+    }
+
+    fn group(id: &str, ingress: Vec<Rule>) -> SecurityGroup {
+        SecurityGroup {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            vpc_id: "vpc-1".into(),
+            owner: "1".into(),
+            ingress,
+            egress: vec![rule("-1", (-1, -1), Peer::Cidr("0.0.0.0/0".into()))],
+            tags: vec![],
+        }
+    }
+
+    #[test]
+    fn a_task_gets_its_groups_rules_with_members_resolved() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let view = SecurityView {
+            groups: vec![
+                group("sg-web", vec![rule("tcp", (80, 80), Peer::Cidr("10.0.0.0/8".into()))]),
+                group("sg-db", vec![rule("tcp", (5432, 5432), Peer::Group("sg-web".into()))]),
+            ],
+            members: [("sg-web".to_string(), vec![ip("10.1.0.5"), ip("10.1.0.6")])].into(),
+        };
+        let node = ip("10.1.0.1");
+        let db = task_ruleset(&view, &["sg-db".into()], node);
+        assert!(
+            db.contains("ip saddr { 10.1.0.5, 10.1.0.6 } tcp dport 5432 accept"),
+            "{db}"
+        );
+        assert!(!db.contains("dport 80 "), "sg-web's own rules are not sg-db's");
+        assert!(db.contains("ip daddr { 0.0.0.0/0 } accept"));
+        let web = task_ruleset(&view, &["sg-web".into()], node);
+        assert!(web.contains("ip saddr { 10.0.0.0/8 } tcp dport 80 accept"));
+        // No groups at all: nothing in or out but the node and loopback.
+        let none = task_ruleset(&view, &[], node);
+        assert!(!none.contains("ip saddr {") && !none.contains("ip daddr {"));
+    }
+}
