@@ -216,3 +216,84 @@ def test_handing_a_role_to_tasks_needs_pass_role(gantry, iam):
     assert code(ecs.register_task_definition, executionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/other", **td)[0] == \
         "AccessDeniedException"
     gantry.client("ecs").register_task_definition(executionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/other", **td)
+
+
+def test_ecs_policies_scope_to_clusters_task_definitions_and_request_tags(gantry, iam):
+    from conftest import NETWORK, register
+    root = gantry.client("ecs")
+    for name in ("team-a", "team-b"):
+        root.create_cluster(clusterName=name)
+    register(root, "app", [{"name": "c", "command": ["true"]}])
+    register(root, "other", [{"name": "c", "command": ["true"]}])
+    arn = lambda r: f"arn:aws:ecs:{REGION}:{ACCOUNT}:{r}"  # noqa: E731
+    iam.create_user(UserName="frank")
+    key = iam.create_access_key(UserName="frank")["AccessKey"]
+    iam.put_user_policy(UserName="frank", PolicyName="team-a", PolicyDocument=json.dumps({"Statement": [
+        {"Effect": "Allow", "Action": "ecs:RunTask", "Resource": arn("task-definition/app:*"),
+         "Condition": {"ArnEquals": {"ecs:cluster": arn("cluster/team-a")}}},
+        {"Effect": "Allow", "Action": ["ecs:DescribeTasks", "ecs:StopTask"], "Resource": arn("task/team-a/*")},
+        {"Effect": "Allow", "Action": "ecs:CreateCluster", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:RequestTag/team": "a"},
+                       "ForAllValues:StringEquals": {"aws:TagKeys": ["team"]}}}]}))
+    ecs = as_user(gantry, key, "ecs")
+    run = dict(taskDefinition="app", launchType="FARGATE", networkConfiguration=NETWORK)
+    # The family alone is its latest revision, as ECS resolves it before asking IAM.
+    task = ecs.run_task(cluster="team-a", **run)["tasks"][0]
+    c, m = code(ecs.run_task, cluster="team-b", **run)
+    assert c == "AccessDeniedException" and f"on resource: {arn('task-definition/app:1')}" in m, m
+    assert code(ecs.run_task, cluster="team-a", **dict(run, taskDefinition="other"))[0] == "AccessDeniedException"
+    assert ecs.describe_tasks(cluster="team-a", tasks=[task["taskArn"]])["tasks"][0]["taskArn"] == task["taskArn"]
+    c, m = code(ecs.describe_tasks, cluster="team-b", tasks=[task["taskArn"].rsplit("/", 1)[1]])
+    assert c == "AccessDeniedException" and f"on resource: {arn('task/team-b/')}" in m, m
+    ecs.stop_task(cluster="team-a", task=task["taskArn"])
+    # Request tags decide what may be created.
+    ecs.create_cluster(clusterName="team-a-2", tags=[{"key": "team", "value": "a"}])
+    for tags in ([], [{"key": "team", "value": "b"}], [{"key": "team", "value": "a"}, {"key": "cost", "value": "x"}]):
+        assert code(ecs.create_cluster, clusterName="team-x", tags=tags)[0] == "AccessDeniedException", tags
+
+
+def test_managed_policies_their_versions_and_attachments(gantry, iam):
+    read = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecs:ListClusters", "Resource": "*"}]}
+    more = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["ecs:ListClusters", "ecs:CreateCluster"], "Resource": "*"}]}
+    p = iam.create_policy(PolicyName="ecs-read", PolicyDocument=json.dumps(read), Description="reads")["Policy"]
+    arn = p["Arn"]
+    assert arn == f"arn:aws:iam::{ACCOUNT}:policy/ecs-read" and p["DefaultVersionId"] == "v1" and p["PolicyId"].startswith("ANPA")
+    assert code(iam.create_policy, PolicyName="ecs-read", PolicyDocument=json.dumps(read))[0] == "EntityAlreadyExists"
+    iam.create_user(UserName="gina")
+    key = iam.create_access_key(UserName="gina")["AccessKey"]
+    ecs = as_user(gantry, key, "ecs")
+    assert code(ecs.list_clusters)[0] == "AccessDeniedException"
+    iam.attach_user_policy(UserName="gina", PolicyArn=arn)
+    assert iam.list_attached_user_policies(UserName="gina")["AttachedPolicies"] == [
+        {"PolicyName": "ecs-read", "PolicyArn": arn}]
+    assert iam.get_policy(PolicyArn=arn)["Policy"]["AttachmentCount"] == 1
+    ecs.list_clusters()
+    assert code(ecs.create_cluster, clusterName="gina")[0] == "AccessDeniedException"
+    # A new default version applies at once; the old one is still there to go back to.
+    v2 = iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(more), SetAsDefault=True)["PolicyVersion"]
+    assert v2["VersionId"] == "v2" and v2["IsDefaultVersion"]
+    ecs.create_cluster(clusterName="gina")
+    assert iam.get_policy_version(PolicyArn=arn, VersionId="v1")["PolicyVersion"]["Document"] == read
+    versions = iam.list_policy_versions(PolicyArn=arn)["Versions"]
+    assert [(v["VersionId"], v["IsDefaultVersion"]) for v in versions] == [("v2", True), ("v1", False)]
+    assert code(iam.delete_policy_version, PolicyArn=arn, VersionId="v2")[0] == "DeleteConflict"
+    iam.set_default_policy_version(PolicyArn=arn, VersionId="v1")
+    assert code(ecs.create_cluster, clusterName="gina2")[0] == "AccessDeniedException"
+    # Attached, or with versions left: not deleted. Nor is a user with policies attached.
+    assert code(iam.delete_policy, PolicyArn=arn)[0] == "DeleteConflict"
+    assert code(iam.delete_user, UserName="gina")[0] == "DeleteConflict"
+    # AWS's own policies are there to attach, not to change.
+    aws = iam.list_policies(Scope="AWS")["Policies"]
+    assert "AmazonECSTaskExecutionRolePolicy" in [x["PolicyName"] for x in aws]
+    admin = "arn:aws:iam::aws:policy/AdministratorAccess"
+    iam.attach_user_policy(UserName="gina", PolicyArn=admin)
+    ecs.create_cluster(clusterName="gina3")
+    assert code(iam.create_policy_version, PolicyArn=admin, PolicyDocument=json.dumps(read))[0] == "InvalidInput"
+    for a in (admin, arn):
+        iam.detach_user_policy(UserName="gina", PolicyArn=a)
+    assert code(iam.detach_user_policy, UserName="gina", PolicyArn=arn)[0] == "NoSuchEntity"
+    iam.delete_policy_version(PolicyArn=arn, VersionId="v2")
+    iam.delete_policy(PolicyArn=arn)
+    assert code(iam.get_policy, PolicyArn=arn)[0] == "NoSuchEntity"
+    assert [x["PolicyName"] for x in iam.list_policies(Scope="Local")["Policies"]] == []

@@ -573,7 +573,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
 fn pass_roles(account: &str, input: &Value) -> Result<(), ApiError> {
     for key in ["taskRoleArn", "executionRoleArn"] {
         if let Some(role) = input.get(key).and_then(Value::as_str).filter(|r| !r.is_empty()) {
-            crate::server::pass_role(&crate::api::caller(account), role)?;
+            crate::authz::pass_role(&crate::api::caller(account), role)?;
         }
     }
     Ok(())

@@ -1,10 +1,13 @@
-//! IAM (AWS Query, version 2010-05-08) and STS GetCallerIdentity, over
-//! `gantry_control::iam`: users, their access keys and inline policies. Roles, managed
-//! policies and AssumeRole are not served yet.
+//! IAM (AWS Query, version 2010-05-08) and STS (GetCallerIdentity, AssumeRole), over
+//! `gantry_control::iam`: users and their access keys, roles, inline policies, and managed
+//! policies with versions and attachments.
 
 use crate::api::{caller, Api, ApiError};
 use crate::protocol::Reply;
-use gantry_control::iam::{Caller, IamError, NewRole, Role, StoredKey, Tag, User};
+use gantry_control::iam::managed::Principal;
+use gantry_control::iam::{
+    Caller, Iam, IamError, ManagedPolicy, NewRole, PolicyScope, PolicyVersion, Role, StoredKey, Tag, User,
+};
 use gantry_types::arn::Scope;
 use serde_json::{json, Value};
 
@@ -226,12 +229,141 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
             let r = iam.role(account, required(&input, "RoleName")?).await?;
             paged(r.policies.keys().map(|k| json!(k)).collect(), "PolicyNames", &input)?
         }
+        other => return managed_policy_op(&iam, account, other, &input).await,
+    })
+}
+
+fn policy_out(p: &ManagedPolicy, attachments: usize) -> Value {
+    let mut out = json!({
+        "PolicyName": p.name, "PolicyId": p.id, "Arn": p.arn, "Path": p.path, "DefaultVersionId": p.default_version,
+        "AttachmentCount": attachments, "PermissionsBoundaryUsageCount": 0, "IsAttachable": true,
+        "CreateDate": p.created, "UpdateDate": p.updated,
+    });
+    if let Some(d) = &p.description {
+        out["Description"] = json!(d);
+    }
+    if !p.tags.is_empty() {
+        out["Tags"] = json!(p
+            .tags
+            .iter()
+            .map(|t| json!({"Key": t.key, "Value": t.value}))
+            .collect::<Vec<_>>());
+    }
+    out
+}
+
+fn version_out(p: &ManagedPolicy, v: &PolicyVersion, with_document: bool) -> Value {
+    let mut out = json!({"VersionId": v.id, "IsDefaultVersion": v.id == p.default_version, "CreateDate": v.created});
+    if with_document {
+        out["Document"] = json!(url_encoded(&v.document));
+    }
+    out
+}
+
+fn attached_out(attached: &[String]) -> Vec<Value> {
+    attached
+        .iter()
+        .map(|arn| json!({"PolicyArn": arn, "PolicyName": arn.rsplit('/').next().unwrap_or(arn)}))
+        .collect()
+}
+
+/// Managed policies: create, read, version, attach to users and roles.
+async fn managed_policy_op(iam: &Iam, account: &str, op: &str, input: &Value) -> Result<Value, ApiError> {
+    let arn = || required(input, "PolicyArn");
+    Ok(match op {
+        "CreatePolicy" => {
+            let tags: Vec<Tag> = serde_json::from_value(input.get("Tags").cloned().unwrap_or(json!([])))
+                .map_err(|e| ApiError::client("InvalidInputException", format!("Tags: {e}")))?;
+            let p = iam
+                .create_policy(
+                    account,
+                    required(input, "PolicyName")?,
+                    text(input, "Path"),
+                    required(input, "PolicyDocument")?,
+                    text(input, "Description"),
+                    tags,
+                )
+                .await?;
+            json!({"Policy": policy_out(&p, 0)})
+        }
+        "GetPolicy" => {
+            let p = iam.policy(account, arn()?).await?;
+            json!({"Policy": policy_out(&p, iam.attachment_count(account, &p.arn).await?)})
+        }
+        "DeletePolicy" => {
+            iam.delete_policy(account, arn()?).await?;
+            json!({})
+        }
+        "ListPolicies" => {
+            let scope = match text(input, "Scope").unwrap_or("All") {
+                "AWS" => PolicyScope::Aws,
+                "Local" => PolicyScope::Local,
+                _ => PolicyScope::All,
+            };
+            let prefix = text(input, "PathPrefix").unwrap_or("/");
+            let only_attached = input["OnlyAttached"].as_bool().unwrap_or(false);
+            let mut out = vec![];
+            for p in iam.policies(account, scope).await?.iter().filter(|p| p.path.starts_with(prefix)) {
+                let n = iam.attachment_count(account, &p.arn).await?;
+                if !only_attached || n > 0 {
+                    out.push(policy_out(p, n));
+                }
+            }
+            paged(out, "Policies", input)?
+        }
+        "CreatePolicyVersion" => {
+            let set_default = input["SetAsDefault"].as_bool().unwrap_or(false);
+            let v = iam
+                .create_policy_version(account, arn()?, required(input, "PolicyDocument")?, set_default)
+                .await?;
+            json!({"PolicyVersion": {"VersionId": v.id, "IsDefaultVersion": set_default, "CreateDate": v.created}})
+        }
+        "GetPolicyVersion" => {
+            let p = iam.policy(account, arn()?).await?;
+            let id = required(input, "VersionId")?;
+            let v = p.versions.iter().find(|v| v.id == id).ok_or_else(|| {
+                ApiError::of_shape(
+                    "NoSuchEntityException",
+                    format!("Policy {} version {id} does not exist or is not attachable.", p.arn),
+                )
+            })?;
+            json!({"PolicyVersion": version_out(&p, v, true)})
+        }
+        "ListPolicyVersions" => {
+            let p = iam.policy(account, arn()?).await?;
+            let versions = p.versions.iter().rev().map(|v| version_out(&p, v, false)).collect();
+            paged(versions, "Versions", input)?
+        }
+        "DeletePolicyVersion" => {
+            iam.delete_policy_version(account, arn()?, required(input, "VersionId")?).await?;
+            json!({})
+        }
+        "SetDefaultPolicyVersion" => {
+            iam.set_default_version(account, arn()?, required(input, "VersionId")?).await?;
+            json!({})
+        }
+        "AttachUserPolicy" | "DetachUserPolicy" => {
+            let who = Principal::User(required(input, "UserName")?);
+            iam.attach(account, who, arn()?, op.starts_with("Detach")).await?;
+            json!({})
+        }
+        "AttachRolePolicy" | "DetachRolePolicy" => {
+            let who = Principal::Role(required(input, "RoleName")?);
+            iam.attach(account, who, arn()?, op.starts_with("Detach")).await?;
+            json!({})
+        }
+        "ListAttachedUserPolicies" => {
+            let u = iam.user(account, required(input, "UserName")?).await?;
+            paged(attached_out(&u.managed.attached), "AttachedPolicies", input)?
+        }
+        "ListAttachedRolePolicies" => {
+            let r = iam.role(account, required(input, "RoleName")?).await?;
+            paged(attached_out(&r.managed.attached), "AttachedPolicies", input)?
+        }
         other => {
             return Err(ApiError::client(
                 "UnknownOperationException",
-                format!(
-                "Gantry's IAM serves users, roles, access keys and inline policies; {other} is not implemented yet."
-            ),
+                format!("Gantry's IAM serves users, roles, access keys, inline and managed policies; {other} is not implemented yet."),
             ))
         }
     })

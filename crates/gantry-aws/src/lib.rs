@@ -3,6 +3,7 @@
 
 pub mod acm;
 pub mod api;
+pub mod authz;
 pub mod autoscaling;
 pub mod cloudwatch;
 pub mod console;

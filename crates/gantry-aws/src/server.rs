@@ -145,152 +145,6 @@ fn secret_key(k: &StoredKey) -> SecretKey {
     }
 }
 
-/// Who signed, and whether they may call `operation` of the service signing as `service`:
-/// the caller, or AccessDenied in the wire's words.
-pub async fn authorize(api: &Api, key: &StoredKey, asked: &Asked<'_>) -> Result<gantry_control::iam::Caller, ApiError> {
-    let caller = api.control.iam().caller(key).await.map_err(|e| {
-        ApiError::new(
-            "UnrecognizedClientException",
-            format!("The access key's user cannot be read: {e}"),
-            StatusCode::FORBIDDEN,
-        )
-    })?;
-    permit(&caller, asked)?;
-    Ok(caller)
-}
-
-/// What a request asks to do, for authorisation.
-pub struct Asked<'a> {
-    /// The service's signing name.
-    pub service: &'a str,
-    pub operation: &'a str,
-    /// The ARNs of the resources the request names where Gantry resolves them ("*"
-    /// otherwise); each must be allowed.
-    pub resources: Vec<String>,
-    pub region: &'a str,
-    /// Query services answer AccessDenied, JSON ones AccessDeniedException.
-    pub query_wire: bool,
-}
-
-impl<'a> Asked<'a> {
-    pub async fn new(
-        api: &Api,
-        scope: &'a Scope,
-        (service, operation): (&'a str, &'a str),
-        input: &Value,
-        query_wire: bool,
-    ) -> Asked<'a> {
-        Asked {
-            service,
-            operation,
-            resources: resources_of(api, scope, service, operation, input).await,
-            region: &scope.region,
-            query_wire,
-        }
-    }
-}
-
-/// The resource ARNs a request acts on, where Gantry knows them: AssumeRole's role, the
-/// secrets and parameters it names (by name or ARN). Everything else is checked against "*"
-/// (per-operation resource ARNs of the other services are still to come).
-async fn resources_of(api: &Api, scope: &Scope, service: &str, operation: &str, input: &Value) -> Vec<String> {
-    let one = |key: &str| input.get(key).and_then(Value::as_str).map(String::from);
-    let many = |key: &str| -> Vec<String> {
-        let list = input.get(key).and_then(Value::as_array).into_iter().flatten();
-        list.filter_map(|v| v.as_str().map(String::from)).collect()
-    };
-    let found = match (service, operation) {
-        ("sts", "AssumeRole") => one("RoleArn").into_iter().collect(),
-        ("secretsmanager", _) => {
-            let ids = one("SecretId").into_iter().chain(many("SecretIdList"));
-            let mut arns = Vec::new();
-            for id in ids {
-                arns.push(secret_arn(api, scope, &id).await);
-            }
-            arns
-        }
-        ("ssm", _) => {
-            let names = one("Name").into_iter().chain(many("Names")).chain(one("Path"));
-            names.map(|n| parameter_arn(scope, &n)).collect()
-        }
-        _ => vec![],
-    };
-    if found.is_empty() {
-        vec!["*".into()]
-    } else {
-        found
-    }
-}
-
-/// A secret's ARN, from its ARN or name (a secret that does not exist: its name's ARN without
-/// the random suffix, which the request then fails to find).
-async fn secret_arn(api: &Api, scope: &Scope, id: &str) -> String {
-    if id.starts_with("arn:") {
-        return id.to_string();
-    }
-    if let Some(sm) = &api.secrets {
-        if let Ok(secret) = sm.find(scope, id).await {
-            return secret.arn;
-        }
-    }
-    format!("arn:aws:secretsmanager:{}:{}:secret:{id}", scope.region, scope.account)
-}
-
-/// A parameter's ARN from its name or ARN, without a `:version` or `:label` selector.
-fn parameter_arn(scope: &Scope, name: &str) -> String {
-    let (head, name) = match name.split_once(":parameter") {
-        Some((head, rest)) if name.starts_with("arn:") => (format!("{head}:parameter"), rest),
-        _ => (
-            format!("arn:aws:ssm:{}:{}:parameter", scope.region, scope.account),
-            name,
-        ),
-    };
-    let name = name.split(':').next().unwrap_or_default();
-    let slash = if name.starts_with('/') { "" } else { "/" };
-    format!("{head}{slash}{name}")
-}
-
-/// Whether `caller`'s policies allow what is `asked`.
-pub fn permit(caller: &gantry_control::iam::Caller, asked: &Asked) -> Result<(), ApiError> {
-    let (operation, region, query_wire) = (asked.operation, asked.region, asked.query_wire);
-    let action = format!("{}:{operation}", gantry_control::iam::action_prefix(asked.service));
-    // Who am I needs no permission in AWS, and not even a Deny refuses it.
-    if action == "sts:GetCallerIdentity" {
-        return Ok(());
-    }
-    let mut ctx = gantry_control::iam::principal_context(caller);
-    let now = chrono::Utc::now();
-    ctx.set(
-        "aws:CurrentTime",
-        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    )
-    .set("aws:EpochTime", now.timestamp().to_string())
-    .set("aws:SecureTransport", "false")
-    .set("aws:RequestedRegion", region);
-    for resource in &asked.resources {
-        gantry_control::iam::authorize(caller, &action, resource, &ctx).map_err(|message| {
-            let kind = if query_wire {
-                "AccessDenied"
-            } else {
-                "AccessDeniedException"
-            };
-            ApiError::new(kind, message, StatusCode::FORBIDDEN)
-        })?;
-    }
-    Ok(())
-}
-
-/// Whether `caller` may pass `role_arn` to ECS tasks (iam:PassRole, iam:PassedToService
-/// ecs-tasks.amazonaws.com): AccessDeniedException in IAM's words otherwise.
-pub fn pass_role(caller: &gantry_control::iam::Caller, role_arn: &str) -> Result<(), ApiError> {
-    let mut ctx = gantry_policy::Context::new();
-    ctx.set("aws:PrincipalArn", caller.arn())
-        .set("aws:PrincipalAccount", caller.account())
-        .set("iam:PassedToService", "ecs-tasks.amazonaws.com");
-    gantry_control::iam::authorize(caller, "iam:PassRole", role_arn, &ctx)
-        .map_err(|message| ApiError::new("AccessDeniedException", message, StatusCode::FORBIDDEN))
-}
-
 /// The stored key `akid`, None when there is none; an error when the store cannot say.
 pub async fn load_key(api: &Api, akid: &str) -> Result<Option<StoredKey>, ApiError> {
     let kv = api.control.store.get(&key_path(akid)).await.map_err(|e| {
@@ -450,7 +304,7 @@ async fn answer(
         ));
     };
     let query_wire = framing.wire == Wire::Query;
-    let asked = Asked::new(
+    let asked = crate::authz::Asked::new(
         &api,
         &scope,
         (&verified.service, &call.op.name),
@@ -458,7 +312,7 @@ async fn answer(
         query_wire,
     )
     .await;
-    let caller = match authorize(&api, &stored, &asked).await {
+    let caller = match crate::authz::authorize(&api, &stored, &asked).await {
         Ok(c) => c,
         Err(e) => return framing.error(e),
     };

@@ -135,6 +135,7 @@ pub fn run(a: BenchPolicyArgs) -> anyhow::Result<i32> {
             created: 0.0,
             tags: vec![],
             policies: (0..a.policies).map(|i| (format!("p{i}"), document(i))).collect(),
+            managed: Default::default(),
         },
     };
     anyhow::ensure!(

@@ -6,6 +6,10 @@
 //! `/iam/users/<account>/<user name>`.
 
 use crate::records::{RecordError, Records};
+pub mod managed;
+
+pub use managed::{ManagedPolicy, PolicyScope, PolicyVersion};
+
 use crate::{random_hex, Clock};
 use gantry_store::Store;
 use serde::{Deserialize, Serialize};
@@ -116,6 +120,18 @@ pub struct User {
     /// Inline policies by name (the documents as given).
     #[serde(default)]
     pub policies: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub managed: Attached,
+}
+
+/// The managed policies attached to a user or role (ARNs), and their default versions'
+/// documents as read for the request at hand (never stored).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Attached {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attached: Vec<String>,
+    #[serde(skip)]
+    pub documents: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -135,6 +151,8 @@ pub struct Role {
     pub tags: Vec<Tag>,
     #[serde(default)]
     pub policies: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub managed: Attached,
 }
 
 /// Who signed a request.
@@ -185,12 +203,16 @@ impl Caller {
         }
     }
     /// The inline policies that decide what it may do (none for the root, which may do all).
-    fn policies(&self) -> Option<&BTreeMap<String, String>> {
-        match self {
-            Caller::Root { .. } => None,
-            Caller::User { user, .. } => Some(&user.policies),
-            Caller::Role { role, .. } => Some(&role.policies),
-        }
+    /// The policy documents that decide what it may do: inline and attached managed ones
+    /// (none for the root, which may do all).
+    fn policies(&self) -> Option<Vec<&str>> {
+        let (inline, managed) = match self {
+            Caller::Root { .. } => return None,
+            Caller::User { user, .. } => (&user.policies, &user.managed),
+            Caller::Role { role, .. } => (&role.policies, &role.managed),
+        };
+        let docs = inline.values().map(String::as_str);
+        Some(docs.chain(managed.documents.iter().map(String::as_str)).collect())
     }
 }
 
@@ -283,15 +305,20 @@ impl Iam {
     pub async fn caller(&self, key: &StoredKey) -> Result<Caller, IamError> {
         let account = key.account_id.clone();
         match (&key.user, &key.role) {
-            (_, Some(r)) => Ok(Caller::Role {
-                role: self.role(&account, &r.role).await?,
-                session: r.session.clone(),
-                account,
-            }),
-            (Some(name), None) => Ok(Caller::User {
-                user: self.user(&account, name).await?,
-                account,
-            }),
+            (_, Some(r)) => {
+                let mut role = self.role(&account, &r.role).await?;
+                role.managed.documents = self.documents(&role.managed.attached).await?;
+                Ok(Caller::Role {
+                    role,
+                    session: r.session.clone(),
+                    account,
+                })
+            }
+            (Some(name), None) => {
+                let mut user = self.user(&account, name).await?;
+                user.managed.documents = self.documents(&user.managed.attached).await?;
+                Ok(Caller::User { user, account })
+            }
             (None, None) => Ok(Caller::Root { account }),
         }
     }
@@ -338,6 +365,7 @@ impl Iam {
             max_session,
             tags: req.tags,
             policies: BTreeMap::new(),
+            managed: Attached::default(),
         };
         if !self.records.create(&Self::role_key(account, &role.name), &role).await? {
             return Err(IamError::new(
@@ -361,6 +389,12 @@ impl Iam {
             return Err(IamError::new(
                 "DeleteConflictException",
                 "Cannot delete entity, must delete policies first.",
+            ));
+        }
+        if !r.managed.attached.is_empty() {
+            return Err(IamError::new(
+                "DeleteConflictException",
+                "Cannot delete entity, must detach all policies first.",
             ));
         }
         self.records.delete(&Self::role_key(account, name)).await?;
@@ -524,7 +558,11 @@ impl Iam {
             context: &ctx,
         };
         match gantry_policy::evaluate(&[&trust], &req) {
-            gantry_policy::Decision::Allow => Ok(role),
+            gantry_policy::Decision::Allow => {
+                let mut role = role;
+                role.managed.documents = self.documents(&role.managed.attached).await.map_err(|e| e.message)?;
+                Ok(role)
+            }
             _ => Err(refused()),
         }
     }
@@ -568,6 +606,7 @@ impl Iam {
             created: self.now(),
             tags,
             policies: BTreeMap::new(),
+            managed: Attached::default(),
         };
         if !self.records.create(&Self::user_key(account, name), &user).await? {
             return Err(IamError::new(
@@ -615,6 +654,12 @@ impl Iam {
             return Err(IamError::new(
                 "DeleteConflictException",
                 "Cannot delete entity, must delete policies first.",
+            ));
+        }
+        if !u.managed.attached.is_empty() {
+            return Err(IamError::new(
+                "DeleteConflictException",
+                "Cannot delete entity, must detach all policies first.",
             ));
         }
         if !self.keys(account, Some(&u.name)).await?.is_empty() {
@@ -879,7 +924,7 @@ pub fn authorize(
         return Ok(());
     };
     let who = caller.arn();
-    let policies: Vec<Arc<gantry_policy::Policy>> = docs.values().filter_map(|d| parsed(d)).collect();
+    let policies: Vec<Arc<gantry_policy::Policy>> = docs.into_iter().filter_map(parsed).collect();
     let refs: Vec<&gantry_policy::Policy> = policies.iter().map(|p| p.as_ref()).collect();
     let req = gantry_policy::Request {
         action,
@@ -912,6 +957,7 @@ mod tests {
                 created: 0.0,
                 tags: vec![],
                 policies: policies.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                managed: Attached::default(),
             },
         }
     }
