@@ -4,8 +4,10 @@
 //! through one `ControlLink` (in-process or remote). Re-attaches after a restart: containers
 //! keep running under their shims and the agent picks them up from disk.
 
+mod exec;
 mod health;
 pub mod link;
+pub use exec::AgentExec;
 mod logship;
 mod metadata;
 mod ports;

@@ -18,12 +18,17 @@ pub struct Api {
     pub secrets: Option<gantry_control::secrets::SecretsManager>,
     /// Parameter Store, sealing with the same key.
     pub parameters: Option<gantry_control::parameters::ParameterStore>,
+    /// What runs ECS Exec sessions (the in-process agent of `gantry dev`); None: sessions
+    /// cannot be opened on this server.
+    pub exec: Option<Arc<dyn gantry_control::exec::ExecRunner>>,
 }
 
 tokio::task_local! {
     /// Who signed the request being handled (for the operations that answer about the
     /// caller: GetCallerIdentity, GetUser, CreateAccessKey without a user name).
     pub static CALLER: gantry_control::iam::Caller;
+    /// The Host the request was sent to (ExecuteCommand's stream URL is on it).
+    pub static HOST: String;
 }
 
 /// The caller of the request being handled (root of `account` outside a request).

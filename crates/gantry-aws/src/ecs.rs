@@ -220,6 +220,41 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             let defs: Vec<Value> = ok.into_iter().map(|r| r.definition).collect();
             json!({"taskDefinitions": defs, "failures": failures})
         }
+        "ExecuteCommand" => {
+            if input.get("interactive").and_then(Value::as_bool) != Some(true) {
+                return Err(ApiError::client(
+                    "InvalidParameterException",
+                    "Interactive is the only mode supported currently.",
+                ));
+            }
+            if api.exec.is_none() {
+                return Err(ApiError::client(
+                    "TargetNotConnectedException",
+                    "The execute command cannot run: this server cannot reach the task's node (ECS Exec runs on gantry dev; cluster mode does not carry it yet).",
+                ));
+            }
+            let task: String = required(&input, "task")?;
+            let command: String = required(&input, "command")?;
+            let container: Option<String> = field(&input, "container")?;
+            let cluster: Option<String> = field(&input, "cluster")?;
+            let (session, rec, token) = c
+                .execute_command(scope, cluster.as_deref(), &task, container.as_deref(), &command)
+                .await?;
+            let host = crate::api::HOST.try_with(Clone::clone).unwrap_or_default();
+            let container_arn = rec
+                .task
+                .containers
+                .iter()
+                .find(|x| x.name == session.container)
+                .map(|x| x.container_arn.clone())
+                .unwrap_or_default();
+            json!({
+                "clusterArn": rec.task.cluster_arn, "taskArn": rec.task.task_arn, "containerName": session.container,
+                "containerArn": container_arn, "interactive": true,
+                "session": {"sessionId": session.id, "streamUrl": format!("ws://{host}/ecs-exec/{}", session.id),
+                            "tokenValue": token},
+            })
+        }
         "RunTask" => {
             refuse_unsupported(
                 &input,

@@ -10,6 +10,7 @@ pub mod console;
 pub mod ec2;
 pub mod ecs;
 pub mod elbv2;
+pub mod exec;
 pub mod iam;
 pub mod logs;
 pub mod prometheus;

@@ -316,9 +316,17 @@ async fn answer(
         Ok(c) => c,
         Err(e) => return framing.error(e),
     };
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let handled = crate::api::CALLER.scope(
         caller,
-        (call.service.handler)(&api, &scope, &call.op.name, call.input.clone()),
+        crate::api::HOST.scope(
+            host,
+            (call.service.handler)(&api, &scope, &call.op.name, call.input.clone()),
+        ),
     );
     match handled.await {
         Ok(v) => framing.ok(&call, v),
@@ -376,6 +384,7 @@ pub fn router(api: Api) -> axum::Router {
     axum::Router::new()
         .route("/metrics", axum::routing::get(crate::prometheus::scrape))
         .merge(crate::console::routes())
+        .merge(crate::exec::routes())
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
         .with_state(api)

@@ -160,6 +160,9 @@ async fn housekeep(control: &Control) {
     if let Err(e) = purged {
         tracing::warn!(error = %e, "removing expired temporary keys");
     }
+    if let Err(e) = control.purge_exec_sessions().await {
+        tracing::warn!(error = %e, "removing finished exec sessions");
+    }
     if let Err(e) = crate::secrets::purge_deleted(control.store.clone(), control.clock.now_ms()).await {
         tracing::warn!(error = %e, "removing secrets past their recovery window");
     }

@@ -14,6 +14,7 @@ pub mod cost;
 pub mod deploy;
 pub mod ec2;
 pub mod elb;
+pub mod exec;
 pub mod fanout;
 pub mod feed;
 pub mod iam;

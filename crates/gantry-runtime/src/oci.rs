@@ -85,6 +85,10 @@ pub trait Runtime {
     /// Runs a process inside the running container; its exit code, or None if it outlived
     /// `timeout` (it is then killed).
     fn exec(&self, id: &str, args: &[String], timeout: std::time::Duration) -> Result<Option<i32>, RuntimeError>;
+    /// The command that runs a process inside the running container with the caller's
+    /// stdio (ECS Exec); with `tty`, in a terminal the runtime makes inside the container and
+    /// bridges to its own stdio (which should then be a terminal too).
+    fn exec_command(&self, id: &str, args: &[String], tty: bool) -> Command;
 }
 
 /// Drives a runtime binary. State lives under `root`; the runtime's own diagnostics go to
@@ -222,6 +226,16 @@ impl Runtime for CliRuntime {
         let mut c = self.cmd();
         c.arg("delete").arg("--force").arg(id).stdout(Stdio::null());
         self.run("delete", id, c)
+    }
+
+    fn exec_command(&self, id: &str, args: &[String], tty: bool) -> Command {
+        let mut c = self.cmd();
+        c.arg("exec");
+        if tty {
+            c.arg("--tty");
+        }
+        c.arg(id).args(args);
+        c
     }
 
     fn exec(&self, id: &str, args: &[String], timeout: std::time::Duration) -> Result<Option<i32>, RuntimeError> {

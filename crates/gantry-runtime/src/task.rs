@@ -424,6 +424,14 @@ impl Node {
             })
     }
 
+    /// The command that runs `args` inside a running container with the caller's stdio
+    /// (see `Runtime::exec_command`).
+    pub fn exec_command(&self, task: &str, name: &str, args: &[String], tty: bool) -> std::process::Command {
+        let id = Self::runtime_id(task, name);
+        self.runtime(&self.container_dir(task, name))
+            .exec_command(&id, args, tty)
+    }
+
     pub fn container_stats(&self, task: &str, name: &str) -> CgroupStats {
         cgroup::stats(&format!("{CGROUP_PARENT}/{}", Self::runtime_id(task, name)))
     }

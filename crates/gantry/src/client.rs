@@ -130,6 +130,11 @@ impl Client {
         Ok(v)
     }
 
+    /// The endpoint requests go to (`http://host:port`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     pub fn ecs(&self, op: &str, body: Value) -> Result<Value> {
         self.call("ecs", &format!("AmazonEC2ContainerServiceV20141113.{op}"), &body)
     }

@@ -426,6 +426,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let agent = gantry_agent::Agent::new(link, node.clone(), spec, usage_every, Some(api));
     // Registered before anything can place a task, and before the controllers judge it.
     agent.register().await;
+    let exec: Arc<dyn gantry_control::exec::ExecRunner> = Arc::new(gantry_agent::AgentExec(agent.clone()));
     let agent_task = tokio::spawn(agent.run(stop_rx.clone()));
     tokio::spawn(gantry_agent::keep_pool_warm(node.clone(), a.warm_pool, stop_rx.clone()));
     tokio::spawn(housekeeping(logs.clone(), metric_data.clone(), stop_rx.clone()));
@@ -447,6 +448,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         elb,
         secrets: Some(secrets),
         parameters: Some(parameters),
+        exec: Some(exec),
     };
     println!(
         "gantry dev: listening on {endpoint} (account {}, region {})",

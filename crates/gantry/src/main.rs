@@ -10,6 +10,7 @@ mod client;
 mod cost_cmd;
 mod debug_run;
 mod dev;
+mod exec_cmd;
 mod image_cmd;
 mod node_cmd;
 mod server;
@@ -206,6 +207,9 @@ enum Cmd {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Run a command in a running task's container (ECS Exec), `-it` for a terminal; exits
+    /// with the command's exit code.
+    Exec(exec_cmd::ExecArgs),
     /// Stop a task.
     Stop {
         task: String,
@@ -326,6 +330,7 @@ fn main() {
         Cmd::Agent(a) => agent_cmd::run(&cli.node, a),
         Cmd::Node(a) => node_cmd::run(&cli.node, a),
         Cmd::Run(a) => tasks_cmd::run(a),
+        Cmd::Exec(a) => exec_cmd::run(a),
         Cmd::Ps { cluster, all } => tasks_cmd::ps(&cluster, all),
         Cmd::Logs { task, cluster, follow } => tasks_cmd::logs(&cluster, &task, follow),
         Cmd::Stop { task, cluster, reason } => tasks_cmd::stop(&cluster, &task, reason.as_deref()),

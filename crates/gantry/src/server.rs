@@ -191,6 +191,8 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         elb,
         secrets: secret_stores.as_ref().map(|s| s.0.clone()),
         parameters: secret_stores.map(|s| s.1),
+        // The agents run the tasks; the server has no stream to them yet.
+        exec: None,
     };
     axum::serve(listener, gantry_aws::router(api))
         .with_graceful_shutdown(crate::shutdown_signal("gantry server"))

@@ -112,8 +112,11 @@ pub async fn named(api: &Api, scope: &Scope, op: &str, input: &Value) -> Named {
             ctx.push(("ecs:task-definition".into(), vec![td.clone()]));
             vec![td]
         }
-        "StopTask" | "DescribeTasks" | "UpdateTaskProtection" | "GetTaskProtection" => {
+        "StopTask" | "DescribeTasks" | "UpdateTaskProtection" | "GetTaskProtection" | "ExecuteCommand" => {
             ctx.extend(on_cluster());
+            if let Some(c) = input.get("container").and_then(Value::as_str) {
+                ctx.push(("ecs:container-name".into(), vec![c.to_string()]));
+            }
             let mut tasks = strings(input, "tasks");
             if let Some(t) = input.get("task").and_then(Value::as_str) {
                 tasks.push(t.to_string());
