@@ -391,12 +391,7 @@ impl Iam {
                 self.role(account, name).await?;
                 self.records
                     .update(&Self::role_key(account, name), |cur: Option<Role>| {
-                        let mut r = cur.ok_or_else(|| {
-                            IamError::new(
-                                "NoSuchEntityException",
-                                format!("The role with name {name} cannot be found."),
-                            )
-                        })?;
+                        let mut r = cur.ok_or_else(|| IamError::no_role(name))?;
                         change(&mut r.managed.attached, name, "Role")?;
                         Ok((Some(r), ()))
                     })

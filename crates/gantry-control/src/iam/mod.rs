@@ -90,6 +90,12 @@ impl IamError {
             format!("The user with name {name} cannot be found."),
         )
     }
+    fn no_role(name: &str) -> IamError {
+        IamError::new(
+            "NoSuchEntityException",
+            format!("The role with name {name} cannot be found."),
+        )
+    }
     fn invalid(message: impl Into<String>) -> IamError {
         IamError::new("InvalidInputException", message)
     }
@@ -328,16 +334,10 @@ impl Iam {
     }
 
     pub async fn role(&self, account: &str, name: &str) -> Result<Role, IamError> {
-        let missing = || {
-            IamError::new(
-                "NoSuchEntityException",
-                format!("The role with name {name} cannot be found."),
-            )
-        };
-        check_name("roleName", name, 64).map_err(|_| missing())?;
+        check_name("roleName", name, 64).map_err(|_| IamError::no_role(name))?;
         match self.records.load::<Role>(&Self::role_key(account, name)).await? {
             Some((r, _)) => Ok(r),
-            None => Err(missing()),
+            None => Err(IamError::no_role(name)),
         }
     }
 
@@ -385,18 +385,7 @@ impl Iam {
 
     pub async fn delete_role(&self, account: &str, name: &str) -> Result<(), IamError> {
         let r = self.role(account, name).await?;
-        if !r.policies.is_empty() {
-            return Err(IamError::new(
-                "DeleteConflictException",
-                "Cannot delete entity, must delete policies first.",
-            ));
-        }
-        if !r.managed.attached.is_empty() {
-            return Err(IamError::new(
-                "DeleteConflictException",
-                "Cannot delete entity, must detach all policies first.",
-            ));
-        }
+        no_policies(&r.policies, &r.managed)?;
         self.records.delete(&Self::role_key(account, name)).await?;
         Ok(())
     }
@@ -422,12 +411,7 @@ impl Iam {
         self.role(account, name).await?;
         self.records
             .update(&Self::role_key(account, name), |cur: Option<Role>| {
-                let mut r = cur.ok_or_else(|| {
-                    IamError::new(
-                        "NoSuchEntityException",
-                        format!("The role with name {name} cannot be found."),
-                    )
-                })?;
+                let mut r = cur.ok_or_else(|| IamError::no_role(name))?;
                 if let Some(t) = trust {
                     r.trust = t.to_string();
                 }
@@ -650,18 +634,7 @@ impl Iam {
 
     pub async fn delete_user(&self, account: &str, name: &str) -> Result<(), IamError> {
         let u = self.user(account, name).await?;
-        if !u.policies.is_empty() {
-            return Err(IamError::new(
-                "DeleteConflictException",
-                "Cannot delete entity, must delete policies first.",
-            ));
-        }
-        if !u.managed.attached.is_empty() {
-            return Err(IamError::new(
-                "DeleteConflictException",
-                "Cannot delete entity, must detach all policies first.",
-            ));
-        }
+        no_policies(&u.policies, &u.managed)?;
         if !self.keys(account, Some(&u.name)).await?.is_empty() {
             return Err(IamError::new(
                 "DeleteConflictException",
@@ -767,6 +740,18 @@ impl Iam {
             })
             .await
     }
+}
+
+/// A user or role may go only without policies, inline or attached (IAM's DeleteConflict).
+fn no_policies(inline: &BTreeMap<String, String>, managed: &Attached) -> Result<(), IamError> {
+    let why = if !inline.is_empty() {
+        "Cannot delete entity, must delete policies first."
+    } else if !managed.attached.is_empty() {
+        "Cannot delete entity, must detach all policies first."
+    } else {
+        return Ok(());
+    };
+    Err(IamError::new("DeleteConflictException", why))
 }
 
 /// What CreateRole asks for.
