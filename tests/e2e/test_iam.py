@@ -297,3 +297,27 @@ def test_managed_policies_their_versions_and_attachments(gantry, iam):
     iam.delete_policy(PolicyArn=arn)
     assert code(iam.get_policy, PolicyArn=arn)[0] == "NoSuchEntity"
     assert [x["PolicyName"] for x in iam.list_policies(Scope="Local")["Policies"]] == []
+
+
+def test_resource_tags_decide_where_policies_ask_about_them(gantry, iam):
+    from conftest import NETWORK, register
+    root, sm = gantry.client("ecs"), gantry.client("secretsmanager")
+    root.create_cluster(clusterName="abac-a", tags=[{"key": "team", "value": "a"}])
+    root.create_cluster(clusterName="abac-b", tags=[{"key": "team", "value": "b"}])
+    mine = sm.create_secret(Name="abac/a", SecretString="for a", Tags=[{"Key": "team", "Value": "a"}])["ARN"]
+    theirs = sm.create_secret(Name="abac/b", SecretString="for b", Tags=[{"Key": "team", "Value": "b"}])["ARN"]
+    iam.create_user(UserName="hana")
+    key = iam.create_access_key(UserName="hana")["AccessKey"]
+    team_a = {"StringEquals": {"aws:ResourceTag/team": "a"}}
+    iam.put_user_policy(UserName="hana", PolicyName="abac", PolicyDocument=json.dumps({"Statement": [
+        {"Effect": "Allow", "Action": ["ecs:DescribeClusters", "ecs:DeleteCluster"], "Resource": "*", "Condition": team_a},
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "*", "Condition": team_a}]}))
+    ecs, hsm = as_user(gantry, key, "ecs"), as_user(gantry, key, "secretsmanager")
+    assert ecs.describe_clusters(clusters=["abac-a"])["clusters"][0]["clusterName"] == "abac-a"
+    assert code(ecs.describe_clusters, clusters=["abac-b"])[0] == "AccessDeniedException"
+    assert code(ecs.describe_clusters, clusters=["abac-a", "abac-b"])[0] == "AccessDeniedException"
+    assert hsm.get_secret_value(SecretId="abac/a")["SecretString"] == "for a"
+    assert hsm.get_secret_value(SecretId=mine)["SecretString"] == "for a"
+    assert code(hsm.get_secret_value, SecretId=theirs)[0] == "AccessDeniedException"
+    ecs.delete_cluster(cluster="abac-a")
+    assert code(ecs.delete_cluster, cluster="abac-b")[0] == "AccessDeniedException"

@@ -5,6 +5,7 @@ the relay (AWS_ENDPOINT_URL) with exactly the role's permissions. RunTask refuse
 tasks may not assume, and passing a role needs iam:PassRole."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -188,3 +189,71 @@ def test_an_execution_role_without_logs_permission_fails_the_start(gantry):
         f"failed to create Cloudwatch log stream: AccessDeniedException: User: arn:aws:sts::{ACCOUNT}:assumed-role/"
         f"exec-no-logs/{task_id} is not authorized to perform: logs:CreateLogStream on resource: "
         f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/roles/nologs:log-stream:ecs/app/{task_id}"), stopped["stoppedReason"]
+
+
+@pytest.fixture(scope="module")
+def private_image():
+    """An image in a real registry (Debian's docker-registry) behind htpasswd basic auth."""
+    from conftest import free_port, wait_for
+    d = tempfile.mkdtemp(prefix="gantry-registry-", dir="/var/tmp")
+    htpasswd = subprocess.run(["htpasswd", "-Bbn", "puller", "s3cret-pull"], check=True, capture_output=True).stdout
+    open(f"{d}/htpasswd", "wb").write(htpasswd)
+    addr = f"127.0.0.1:{free_port()}"
+    open(f"{d}/config.yml", "w").write(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {d}/storage\n"
+        f"http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: gantry-test\n    path: {d}/htpasswd\n")
+    registry = subprocess.Popen(["docker-registry", "serve", f"{d}/config.yml"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        import socket
+
+        def listening():
+            try:
+                socket.create_connection(tuple(addr.split(":")), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+        wait_for("the registry", listening, 30)
+        subprocess.run([sys.executable, os.path.join(ROOT, "tests/fixtures/mkimage.py"), f"{d}/img", "--name", "p:1",
+                        "--cmd", '["sh", "-c", "echo pulled with credentials"]'], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds=puller:s3cret-pull",
+                        f"oci:{d}/img/oci", f"docker://{addr}/private/app:1"], check=True)
+        yield f"{addr}/private/app:1"
+    finally:
+        registry.kill()
+        registry.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_repository_credentials_are_read_as_the_execution_role(gantry, private_image):
+    iam, ecs, sm = gantry.client("iam"), gantry.client("ecs"), gantry.client("secretsmanager")
+    ecs.create_cluster(clusterName="roles")
+    creds = sm.create_secret(Name="registry/puller", SecretString=json.dumps(
+        {"username": "puller", "password": "s3cret-pull"}))["ARN"]
+    wrong = sm.create_secret(Name="registry/wrong", SecretString=json.dumps(
+        {"username": "puller", "password": "nope"}))["ARN"]
+    no_secrets = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "logs:*", "Resource": "*"}]}
+
+    def run_with(secret, role, group):
+        td = register(ecs, "private", [{"name": "app", "image": private_image, "logConfiguration": awslogs(group),
+                                        "repositoryCredentials": {"credentialsParameter": secret}}],
+                      executionRoleArn=role)
+        task = run(ecs, "roles", td["taskDefinitionArn"])[0]
+        return task, wait_stopped(ecs, "roles", [task["taskArn"]])[0]
+    # Without the secret's permission the task does not start; with the wrong password the
+    # registry refuses the pull.
+    _, stopped = run_with(creds, execution_role(iam, "exec-no-secrets", no_secrets), "/roles/private-denied")
+    assert stopped["stopCode"] == "TaskFailedToStart"
+    assert "secretsmanager:GetSecretValue" in stopped["stoppedReason"], stopped["stoppedReason"]
+    _, stopped = run_with(wrong, execution_role(iam), "/roles/private-wrong")
+    assert stopped["stopCode"] == "TaskFailedToStart"
+    assert stopped["stoppedReason"].startswith("CannotPullContainerError"), stopped["stoppedReason"]
+    task, stopped = run_with(creds, execution_role(iam), "/roles/private")
+    assert stopped["containers"][0].get("exitCode") == 0, stopped
+    events = gantry.client("logs").get_log_events(logGroupName="/roles/private",
+                                                  logStreamName=f"ecs/app/{task['taskArn'].rsplit('/', 1)[1]}")["events"]
+    assert [e["message"] for e in events] == ["pulled with credentials"]
+    # Registration: the parameter must be a secret's ARN, and an execution role is needed.
+    c, m = code(ecs.register_task_definition, family="p2", containerDefinitions=[
+        {"name": "a", "image": private_image, "memory": 64, "repositoryCredentials": {"credentialsParameter": creds}}])
+    assert c == "ClientException" and "you must also specify a value for 'executionRoleArn'" in m

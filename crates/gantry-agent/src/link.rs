@@ -189,6 +189,9 @@ pub trait ControlLink: Send + Sync {
     /// Temporary credentials of one of this node's task's task role, for its credentials
     /// endpoint, or why there are none.
     async fn task_credentials(&self, key: &str) -> LinkResult<TaskCredentials>;
+    /// The registry credentials of one of this node's task's containers (repositoryCredentials)
+    /// as (container, username, password), or why they cannot be read.
+    async fn registry_credentials(&self, key: &str) -> LinkResult<TaskSecrets>;
     /// The security groups and their members, once they differ from the view whose digest
     /// is `known` (at once when it is empty; after a while without change, the same view).
     async fn security_view(&self, known: &str) -> LinkResult<SecurityView>;
@@ -196,49 +199,73 @@ pub trait ControlLink: Send + Sync {
 
 pub use gantry_control::ec2::SecurityView;
 
-/// The server side of `security_view`: the view is built from every group and task record,
-/// again after each change to either, until it differs from `known` or a poll's time is up.
+/// The server side of `security_view`: the view from one listing of groups and task records,
+/// then kept current from their watches (a task record's write costs parsing that record,
+/// not a listing), until it differs from `known` or a poll's time is up.
 pub async fn security_view(control: &Control, known: &str) -> LinkResult<SecurityView> {
+    use gantry_control::ec2::{task_membership, GROUPS_PREFIX};
     let deadline = tokio::time::Instant::now() + DNS_POLL;
+    let (group_kvs, rev) = control
+        .store
+        .list(GROUPS_PREFIX)
+        .await
+        .map_err(LinkError::unavailable)?;
+    let mut groups: std::collections::BTreeMap<String, gantry_control::ec2::SecurityGroup> = group_kvs
+        .iter()
+        .filter_map(|kv| Some((kv.key.clone(), serde_json::from_slice(&kv.value).ok()?)))
+        .collect();
+    let (task_kvs, _) = control.store.list(TASKS_PREFIX).await.map_err(LinkError::unavailable)?;
+    let mut members: std::collections::HashMap<String, Vec<(String, std::net::Ipv4Addr)>> = task_kvs
+        .iter()
+        .filter_map(|kv| {
+            Some((
+                kv.key.clone(),
+                task_membership(&serde_json::from_slice(&kv.value).ok()?),
+            ))
+        })
+        .collect();
+    let watches = (
+        control.store.watch(GROUPS_PREFIX, rev).await,
+        control.store.watch(TASKS_PREFIX, rev).await,
+    );
+    let (Ok(mut group_watch), Ok(mut task_watch)) = watches else {
+        // Compacted already: answer what was read; the agent asks again.
+        return Ok(SecurityView::from_members(
+            groups.into_values().collect(),
+            members.values().flatten(),
+        ));
+    };
     loop {
-        let rev = control.store.revision().await.map_err(LinkError::unavailable)?;
-        let view = build_security_view(control).await?;
+        let view = SecurityView::from_members(groups.values().cloned().collect(), members.values().flatten());
         if view.digest() != known || tokio::time::Instant::now() >= deadline {
             return Ok(view);
         }
-        let groups = control.store.watch(gantry_control::ec2::GROUPS_PREFIX, rev).await;
-        let tasks = control.store.watch(TASKS_PREFIX, rev).await;
-        let (Ok(mut groups), Ok(mut tasks)) = (groups, tasks) else {
-            // Compacted past `rev`: build again, after a breath should the store be failing.
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            continue;
-        };
         tokio::select! {
-            _ = groups.events.recv() => {}
-            _ = tasks.events.recv() => {}
+            e = group_watch.events.recv() => match e {
+                Some(Ok(e)) if e.kind == gantry_store::EventKind::Put => {
+                    if let Ok(g) = serde_json::from_slice(&e.kv.value) {
+                        groups.insert(e.kv.key, g);
+                    }
+                }
+                Some(Ok(e)) => {
+                    groups.remove(&e.kv.key);
+                }
+                _ => return Ok(view),
+            },
+            e = task_watch.events.recv() => match e {
+                Some(Ok(e)) if e.kind == gantry_store::EventKind::Put => {
+                    if let Ok(rec) = serde_json::from_slice::<TaskRecord>(&e.kv.value) {
+                        members.insert(e.kv.key, task_membership(&rec));
+                    }
+                }
+                Some(Ok(e)) => {
+                    members.remove(&e.kv.key);
+                }
+                _ => return Ok(view),
+            },
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
-}
-
-async fn build_security_view(control: &Control) -> LinkResult<SecurityView> {
-    let (kvs, _) = control
-        .store
-        .list(gantry_control::ec2::GROUPS_PREFIX)
-        .await
-        .map_err(LinkError::unavailable)?;
-    let groups = kvs
-        .iter()
-        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect();
-    let tasks: Vec<TaskRecord> = control
-        .all_tasks()
-        .await
-        .map_err(LinkError::from_control)?
-        .into_iter()
-        .map(|(_, r, _)| r)
-        .collect();
-    Ok(SecurityView::build(groups, &tasks))
 }
 
 /// A task role's temporary credentials, in the credentials endpoint's JSON (ECS's names).
@@ -316,34 +343,74 @@ pub async fn resolve_task_secrets(
                 .filter_map(move |s| Some((c.name().to_string(), s.name.clone()?, s.value_from.clone()?)))
         })
         .collect();
-    if wanted.is_empty() {
-        return Ok(Ok(vec![]));
-    }
-    let Some(stores) = stores else {
-        return Ok(Err(
-            "ResourceInitializationError: unable to pull secrets or registry auth: this server has no secrets key"
-                .into(),
-        ));
+    Ok(read_as_execution_role(control, stores, &rec, wanted).await)
+}
+
+/// The server side of `registry_credentials`: each container's repositoryCredentials secret,
+/// read as the task's execution role, as (container, username, password).
+pub async fn resolve_registry_credentials(
+    control: &Control,
+    stores: Option<&SecretStores>,
+    node: &str,
+    key: &str,
+) -> LinkResult<TaskSecrets> {
+    let Some((rec, _)) = get_assigned(control, node, key).await? else {
+        return Ok(Err("the task record is gone".into()));
     };
-    let caller = match execution_role(control, &rec).await {
-        Ok(c) => c,
-        Err(reason) => {
-            return Ok(Err(format!(
-                "ResourceInitializationError: unable to pull secrets or registry auth: {reason}"
-            )))
+    let wanted: Vec<(String, String, String)> = rec
+        .containers
+        .iter()
+        .filter_map(|c| {
+            let rc = c.repository_credentials.as_ref()?;
+            Some((c.name().to_string(), String::new(), rc.credentials_parameter.clone()))
+        })
+        .collect();
+    let read = match read_as_execution_role(control, stores, &rec, wanted).await {
+        Ok(r) => r,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let mut out = Vec::with_capacity(read.len());
+    for (container, _, value) in read {
+        let doc: serde_json::Value = serde_json::from_str(&value).unwrap_or_default();
+        match (doc["username"].as_str(), doc["password"].as_str()) {
+            (Some(u), Some(p)) => out.push((container, u.to_string(), p.to_string())),
+            _ => {
+                return Ok(Err(format!(
+                    "ResourceInitializationError: unable to pull secrets or registry auth: execution resource retrieval failed: the repository credentials secret of container {container} is not JSON with a username and a password"
+                )))
+            }
         }
+    }
+    Ok(Ok(out))
+}
+
+/// Reads (container, name, valueFrom) as the task's execution role: the values, or the
+/// reason the task cannot start in ECS's words.
+async fn read_as_execution_role(
+    control: &Control,
+    stores: Option<&SecretStores>,
+    rec: &TaskRecord,
+    wanted: Vec<(String, String, String)>,
+) -> TaskSecrets {
+    if wanted.is_empty() {
+        return Ok(vec![]);
+    }
+    let failed =
+        |reason: &str| format!("ResourceInitializationError: unable to pull secrets or registry auth: {reason}");
+    let Some(stores) = stores else {
+        return Err(failed("this server has no secrets key"));
     };
+    let caller = execution_role(control, rec).await.map_err(|r| failed(&r))?;
     let ctx = gantry_control::iam::principal_context(&caller);
     let authorize = |action: &str, arn: &str| gantry_control::iam::authorize(&caller, action, arn, &ctx);
     let scope = rec.scope();
     let mut out = Vec::with_capacity(wanted.len());
     for (container, name, from) in wanted {
-        match gantry_control::secrets::resolve(&stores.secrets, &stores.parameters, &scope, &from, &authorize).await {
-            Ok(v) => out.push((container, name, v)),
-            Err(reason) => return Ok(Err(reason)),
-        }
+        let v =
+            gantry_control::secrets::resolve(&stores.secrets, &stores.parameters, &scope, &from, &authorize).await?;
+        out.push((container, name, v));
     }
-    Ok(Ok(out))
+    Ok(out)
 }
 
 /// The session the node acts as for a task (its execution role's, named by the task id), or
@@ -464,6 +531,10 @@ impl ControlLink for LocalLink {
 
     async fn security_view(&self, known: &str) -> LinkResult<SecurityView> {
         security_view(&self.control, known).await
+    }
+
+    async fn registry_credentials(&self, key: &str) -> LinkResult<TaskSecrets> {
+        resolve_registry_credentials(&self.control, self.secrets.as_deref(), &self.node, key).await
     }
 }
 

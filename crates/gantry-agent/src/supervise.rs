@@ -190,6 +190,28 @@ async fn task_secrets(
     }
 }
 
+/// The pull credentials of the task's containers that name repositoryCredentials, read
+/// through the link as the execution role; the reason the start fails otherwise.
+async fn registry_credentials(
+    a: &Agent,
+    key: &str,
+    rec: &TaskRecord,
+) -> std::result::Result<HashMap<String, gantry_runtime::image::registry::Credentials>, String> {
+    if !rec.containers.iter().any(|c| c.repository_credentials.is_some()) {
+        return Ok(HashMap::new());
+    }
+    let read = match a.link.registry_credentials(key).await {
+        Ok(r) => r?,
+        Err(e) => return Err(format!(
+            "ResourceInitializationError: unable to pull secrets or registry auth: the control plane could not be reached: {e}"
+        )),
+    };
+    Ok(read
+        .into_iter()
+        .map(|(c, username, password)| (c, gantry_runtime::image::registry::Credentials { username, password }))
+        .collect())
+}
+
 async fn launch(
     a: &Arc<Agent>,
     key: &str,
@@ -208,6 +230,7 @@ async fn launch(
     // Secrets first, as ECS reads them while provisioning: a task whose secrets cannot be
     // read pulls nothing. The values stay in memory (never in the record or a file).
     let secrets = task_secrets(a, key, rec).await?;
+    let registry = registry_credentials(a, key, rec).await?;
     // Pull every image first: a task whose image cannot be pulled never gets a sandbox.
     let mut images: HashMap<String, ImageRecord> = HashMap::new();
     for c in &rec.containers {
@@ -217,7 +240,8 @@ async fn launch(
         }
         let node = a.node.clone();
         let im = image.clone();
-        match blocking(move || node.images().resolve(&im, false)).await {
+        let creds = registry.get(c.name()).cloned();
+        match blocking(move || node.images().resolve_as(&im, false, creds)).await {
             Ok(r) => {
                 images.insert(image, r);
             }

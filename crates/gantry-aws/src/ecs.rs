@@ -79,6 +79,31 @@ fn validate_tags(tags: &[Tag]) -> Result<(), EcsError> {
 }
 
 /// What a resource ARN names: (kind, cluster, id).
+/// A cluster's, service's, task's or task definition's tags, by ARN (none when it cannot be
+/// found), for aws:ResourceTag.
+pub async fn resource_tags(api: &Api, scope: &Scope, arn: &str) -> Vec<(String, String)> {
+    let c = &api.control;
+    let Ok((kind, mut cluster, id)) = parse_resource_arn(scope, arn) else {
+        return vec![];
+    };
+    if cluster.is_empty() && (kind == "task" || kind == "service") {
+        match c.cluster_of(scope, kind, &id).await {
+            Ok(Some(found)) => cluster = found,
+            _ => return vec![],
+        }
+    }
+    let tags = match kind {
+        "cluster" => c.cluster_tags(scope, &cluster).await,
+        "service" => c.service_tags(scope, &cluster, &id).await,
+        "task" => c.task_tags(scope, &cluster, &id).await,
+        _ => c.task_definition(scope, arn).await.map(|t| t.0.tags),
+    };
+    tags.unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| Some((t.key?, t.value.unwrap_or_default())))
+        .collect()
+}
+
 fn parse_resource_arn(scope: &Scope, arn: &str) -> Result<(&'static str, String, String), EcsError> {
     let prefix = format!("arn:aws:ecs:{}:{}:", scope.region, scope.account);
     let rest = arn

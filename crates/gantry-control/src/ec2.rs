@@ -456,20 +456,21 @@ pub struct SecurityView {
 }
 
 impl SecurityView {
-    /// The view from every group and every task record: a task not stopped, networked
-    /// (its ENI has an address), is a member of each of its groups.
-    pub fn build(groups: Vec<SecurityGroup>, tasks: &[crate::TaskRecord]) -> SecurityView {
+    /// The view from the groups and (group, member address) pairs (`task_membership`).
+    pub fn from_members<'a>(
+        groups: Vec<SecurityGroup>,
+        pairs: impl Iterator<Item = &'a (String, Ipv4Addr)>,
+    ) -> SecurityView {
         let mut members: std::collections::BTreeMap<String, Vec<Ipv4Addr>> = Default::default();
-        for t in tasks.iter().filter(|t| t.task.last_status != "STOPPED") {
-            let Some(ip) = task_address(t) else { continue };
-            for g in &task_groups(t) {
-                members.entry(g.clone()).or_default().push(ip);
-            }
+        for (g, ip) in pairs {
+            members.entry(g.clone()).or_default().push(*ip);
         }
         for ips in members.values_mut() {
             ips.sort();
             ips.dedup();
         }
+        let mut groups = groups;
+        groups.sort_by(|a, b| a.id.cmp(&b.id));
         SecurityView { groups, members }
     }
 
@@ -478,6 +479,18 @@ impl SecurityView {
         let d = ring::digest::digest(&ring::digest::SHA256, &serde_json::to_vec(self).expect("json"));
         d.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// The (group, address) pairs a task contributes: none until its ENI has an address, none
+/// once stopped.
+pub fn task_membership(t: &crate::TaskRecord) -> Vec<(String, Ipv4Addr)> {
+    if t.task.last_status == "STOPPED" {
+        return vec![];
+    }
+    let Some(ip) = task_address(t) else {
+        return vec![];
+    };
+    task_groups(t).into_iter().map(|g| (g, ip)).collect()
 }
 
 /// A task's security groups; an awsvpc task recorded before tasks had any is in its VPC's
@@ -608,6 +621,47 @@ mod tests {
             .await;
         assert_eq!(e2.unwrap_err().code, "InvalidGroup.NotFound");
         assert_eq!(e.group(&s, "web").await.unwrap_err().code, "InvalidGroupId.Malformed");
+    }
+
+    #[test]
+    fn members_are_networked_tasks_not_stopped() {
+        let mut t = crate::TaskRecord {
+            task: gantry_types::model::Task {
+                last_status: "PENDING".into(),
+                ..Default::default()
+            },
+            cluster: "c".into(),
+            node: "n".into(),
+            containers: vec![],
+            cpu_units: 256,
+            memory_mib: 512,
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+            protected_until: None,
+            network_mode: gantry_types::taskdef::NetworkMode::Awsvpc,
+            task_memory_limit: true,
+            roles: Default::default(),
+            security_groups: vec![],
+        };
+        assert!(task_membership(&t).is_empty(), "no address yet");
+        t.task.attachments = vec![gantry_types::model::Attachment {
+            id: "a".into(),
+            kind: "ElasticNetworkInterface".into(),
+            status: "ATTACHED".into(),
+            details: vec![gantry_types::taskdef::KeyValuePair {
+                name: Some("privateIPv4Address".into()),
+                value: Some("10.1.0.7".into()),
+            }],
+        }];
+        let ip: Ipv4Addr = "10.1.0.7".parse().unwrap();
+        // A record from before groups: the default group.
+        assert_eq!(task_membership(&t), [(default_group_id(&scope()), ip)]);
+        t.security_groups = vec!["sg-a".into(), "sg-b".into()];
+        let pairs = task_membership(&t);
+        let view = SecurityView::from_members(vec![], pairs.iter());
+        assert_eq!(view.members["sg-a"], [ip]);
+        t.task.last_status = "STOPPED".into();
+        assert!(task_membership(&t).is_empty());
     }
 
     #[test]

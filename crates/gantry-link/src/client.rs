@@ -441,6 +441,18 @@ impl ControlLink for RemoteLink {
         r.json().await.map_err(LinkError::unavailable)
     }
 
+    async fn registry_credentials(&self, key: &str) -> LinkResult<gantry_agent::link::TaskSecrets> {
+        let r = self
+            .send(|s| {
+                self.client()
+                    .get(format!("{s}/v1/registry-credentials"))
+                    .query(&[("key", key)])
+                    .timeout(REQUEST_TIMEOUT)
+            })
+            .await?;
+        r.json().await.map_err(LinkError::unavailable)
+    }
+
     async fn security_view(&self, known: &str) -> LinkResult<gantry_agent::link::SecurityView> {
         let r = self
             .send(|s| {

@@ -91,6 +91,7 @@ impl LinkServer {
             .route("/v1/dns", get(dns))
             .route("/v1/usage", post(put_usage))
             .route("/v1/secrets", get(task_secrets))
+            .route("/v1/registry-credentials", get(registry_credentials))
             .route("/v1/credentials", get(task_credentials))
             .route("/v1/security", get(security_view))
             .with_state(Arc::new(self))
@@ -392,6 +393,20 @@ async fn task_secrets(
     let me = node(&peer)?;
     Ok(Json(
         ops::resolve_task_secrets(&s.control, s.secrets.as_deref(), me, &q.key)
+            .await
+            .map_err(|e| op_err(&peer, e))?,
+    ))
+}
+
+/// A task's registry credentials, for the node it is placed on only.
+async fn registry_credentials(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<gantry_agent::link::TaskSecrets>, Refusal> {
+    let me = node(&peer)?;
+    Ok(Json(
+        ops::resolve_registry_credentials(&s.control, s.secrets.as_deref(), me, &q.key)
             .await
             .map_err(|e| op_err(&peer, e))?,
     ))

@@ -95,10 +95,21 @@ pub struct ContainerDefinition {
     /// start (never stored with the task).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<Vec<SecretRef>>,
+    /// A Secrets Manager secret holding the private registry's username and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_credentials: Option<RepositoryCredentials>,
     /// Every other member, kept as sent so the definition round-trips. Validation refuses
     /// the ones Gantry cannot honour (`UNSUPPORTED_CONTAINER_FIELDS`).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Where a container's image pull credentials are: a secret whose value is
+/// `{"username": ..., "password": ...}`, read as the task's execution role.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryCredentials {
+    pub credentials_parameter: String,
 }
 
 /// A container secret: the variable's name and where its value comes from.
@@ -266,10 +277,6 @@ pub struct Ulimit {
 /// Container members ECS defines that Gantry cannot honour yet: refused when set (an empty
 /// list or object is the same as absent), never accepted and ignored.
 pub const UNSUPPORTED_CONTAINER_FIELDS: &[(&str, &str)] = &[
-    (
-        "repositoryCredentials",
-        "private registry credentials from Secrets Manager are not supported yet",
-    ),
     ("links", "container links are not supported"),
     ("restartPolicy", "container restart policies are not supported yet"),
     ("environmentFiles", "environment files from S3 are not supported"),
@@ -526,12 +533,27 @@ pub fn validate(req: &RegisterTaskDefinition) -> Result<ValidTaskDefinition, Ecs
     }
     validate_containers(&containers, network_mode, cpu, memory)?;
     validate_depends_on(&containers)?;
-    // The node reads secrets as the execution role, so there must be one.
+    // The node reads secrets and registry credentials as the execution role: there must be one.
+    let no_role = req.execution_role_arn.as_deref().is_none_or(str::is_empty);
     let has_secrets = containers.iter().any(|c| c.secrets.iter().flatten().next().is_some());
-    if has_secrets && req.execution_role_arn.as_deref().is_none_or(str::is_empty) {
+    if has_secrets && no_role {
         return Err(EcsError::client(
             "When you are specifying container secrets, you must also specify a value for 'executionRoleArn'.",
         ));
+    }
+    for c in &containers {
+        let Some(rc) = &c.repository_credentials else { continue };
+        if !rc.credentials_parameter.starts_with("arn:aws:secretsmanager:") {
+            return Err(EcsError::client(format!(
+                "Container {}: repositoryCredentials.credentialsParameter must be a Secrets Manager secret ARN.",
+                c.name()
+            )));
+        }
+        if no_role {
+            return Err(EcsError::client(
+                "When you are specifying repository credentials, you must also specify a value for 'executionRoleArn'.",
+            ));
+        }
     }
 
     let fargate_problem = fargate_problem(req, network_mode, cpu, memory, &containers);

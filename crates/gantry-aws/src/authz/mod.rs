@@ -20,8 +20,38 @@ pub async fn authorize(api: &Api, key: &StoredKey, asked: &Asked<'_>) -> Result<
             StatusCode::FORBIDDEN,
         )
     })?;
-    permit(&caller, asked)?;
+    // Resource tags cost a read per resource: only read when a policy asks about them.
+    let tags = if caller.mentions("aws:ResourceTag") {
+        let scope = Scope {
+            account: caller.account().to_string(),
+            region: asked.region.to_string(),
+        };
+        let mut tags = Vec::with_capacity(asked.resources.len());
+        for arn in &asked.resources {
+            tags.push(resource_tags(api, &scope, asked.service, arn).await);
+        }
+        tags
+    } else {
+        vec![]
+    };
+    permit_tagged(&caller, asked, &tags)?;
     Ok(caller)
+}
+
+/// A resource's tags, for aws:ResourceTag (none for what Gantry does not tag or cannot find).
+async fn resource_tags(api: &Api, scope: &Scope, service: &str, arn: &str) -> Vec<(String, String)> {
+    match service {
+        "ecs" => crate::ecs::resource_tags(api, scope, arn).await,
+        "secretsmanager" => match &api.secrets {
+            Some(sm) => sm
+                .find(scope, arn)
+                .await
+                .map(|s| s.tags.into_iter().map(|t| (t.key, t.value)).collect())
+                .unwrap_or_default(),
+            None => vec![],
+        },
+        _ => vec![],
+    }
 }
 
 /// What a request asks to do, for authorisation.
@@ -135,6 +165,16 @@ fn parameter_arn(scope: &Scope, name: &str) -> String {
 
 /// Whether `caller`'s policies allow what is `asked`.
 pub fn permit(caller: &gantry_control::iam::Caller, asked: &Asked) -> Result<(), ApiError> {
+    permit_tagged(caller, asked, &[])
+}
+
+/// `permit`, with each resource's tags (aligned with `asked.resources`, or empty) as
+/// aws:ResourceTag/KEY.
+fn permit_tagged(
+    caller: &gantry_control::iam::Caller,
+    asked: &Asked,
+    tags: &[Vec<(String, String)>],
+) -> Result<(), ApiError> {
     let (operation, region, query_wire) = (asked.operation, asked.region, asked.query_wire);
     let action = format!("{}:{operation}", gantry_control::iam::action_prefix(asked.service));
     // Who am I needs no permission in AWS, and not even a Deny refuses it.
@@ -153,7 +193,11 @@ pub fn permit(caller: &gantry_control::iam::Caller, asked: &Asked) -> Result<(),
     for (key, values) in &asked.context {
         ctx.set_many(key, values.clone());
     }
-    for resource in &asked.resources {
+    for (i, resource) in asked.resources.iter().enumerate() {
+        let mut ctx = ctx.clone();
+        for (k, v) in tags.get(i).into_iter().flatten() {
+            ctx.set(&format!("aws:ResourceTag/{k}"), v.clone());
+        }
         gantry_control::iam::authorize(caller, &action, resource, &ctx).map_err(|message| {
             let kind = if query_wire {
                 "AccessDenied"

@@ -209,6 +209,12 @@ impl Caller {
         }
     }
     /// The inline policies that decide what it may do (none for the root, which may do all).
+    /// Whether any of its policies mentions `text` (a condition key, say).
+    pub fn mentions(&self, text: &str) -> bool {
+        self.policies()
+            .is_some_and(|docs| docs.iter().any(|d| d.contains(text)))
+    }
+
     /// The policy documents that decide what it may do: inline and attached managed ones
     /// (none for the root, which may do all).
     fn policies(&self) -> Option<Vec<&str>> {

@@ -461,9 +461,19 @@ impl ImageStore {
 
     /// The image from the store, pulling it first if it is not there.
     pub fn resolve(&self, name: &str, progress: bool) -> Result<ImageRecord, ImageError> {
+        self.resolve_as(name, progress, None)
+    }
+
+    /// `resolve`, pulling with these credentials when the image is not in the store.
+    pub fn resolve_as(
+        &self,
+        name: &str,
+        progress: bool,
+        creds: Option<registry::Credentials>,
+    ) -> Result<ImageRecord, ImageError> {
         match self.get(name) {
             Ok(r) => Ok(r),
-            Err(ImageError::NotFound { .. }) => self.pull(name, progress),
+            Err(ImageError::NotFound { .. }) => self.pull_as(name, progress, creds),
             Err(e) => Err(e),
         }
     }

@@ -314,8 +314,17 @@ impl<R: Read> Read for ProgressReader<R> {
 impl ImageStore {
     /// Pulls an image from its registry into the store and names it.
     pub fn pull(&self, name: &str, progress: bool) -> Result<ImageRecord, ImageError> {
+        self.pull_as(name, progress, None)
+    }
+
+    /// Pulls with these credentials for the image's registry (a task's repositoryCredentials)
+    /// instead of the node's.
+    pub fn pull_as(&self, name: &str, progress: bool, creds: Option<Credentials>) -> Result<ImageRecord, ImageError> {
         let r = Reference::parse(name)?;
-        let client = Client::new(&r, &self.registry);
+        let mut client = Client::new(&r, &self.registry);
+        if creds.is_some() {
+            client.creds = creds;
+        }
         let (mut bytes, mut ct) = client.manifest(&r.reference_for_pull())?;
         let mut mdigest = Digest::of_bytes(&bytes);
         if let Some(want) = &r.digest {
