@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use gantry_control::TaskRecord;
+pub use gantry_runtime::net::firewall::redirect_ruleset;
 use gantry_runtime::net::Network;
 use gantry_runtime::task::{ContainerState, Node};
 use serde_json::{json, Value};
@@ -98,8 +99,8 @@ pub fn serve(
     let sb = a.node.sandbox(task_id).ok_or("task has no sandbox")?;
     let listener = listen(&sb, PORT)?;
     let relay = api.map(|to| listen(&sb, API_PORT).map(|l| (l, to))).transpose()?;
-    Network::nft_in(&sb, &gantry_runtime::net::firewall::redirect_ruleset(ADDR, 80, PORT))
-        .map_err(|e| format!("forwarding {ADDR}:80 to the endpoint: {e}"))?;
+    // 169.254.170.2:80 is forwarded here by the task's own nftables rules
+    // (`Agent::secure_namespace`, one transaction with its security groups).
     let ctx = Ctx {
         agent: a.clone(),
         key: key.to_string(),

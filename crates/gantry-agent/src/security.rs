@@ -1,13 +1,14 @@
-//! Security groups on the node: each awsvpc task's groups become nftables rules inside its own
-//! namespace (`gantry_runtime::net::firewall::task_filter_ruleset`), applied before its
-//! containers start and again whenever a group's rules or members change (the view is
+//! A task namespace's own nftables rules, in one transaction: 169.254.170.2:80 forwarded to
+//! the metadata and credentials endpoint, and for awsvpc tasks their security groups
+//! (`gantry_runtime::net::firewall::task_filter_ruleset`). Applied before the task's
+//! containers start, and again whenever a group's rules or members change (the view is
 //! long-polled over the link, so a change applies within the poll's round trip).
 
 use crate::Agent;
 use gantry_control::ec2::{Peer, Rule, SecurityView};
 use gantry_control::TaskRecord;
 use gantry_runtime::net::firewall::{task_filter_ruleset, Allow};
-use gantry_runtime::net::Network;
+use gantry_runtime::net::{Network, Sandbox, SandboxKind};
 use gantry_types::taskdef::NetworkMode;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -59,16 +60,17 @@ impl Agent {
         }
     }
 
-    /// Applies the rules of one task (awsvpc tasks only) if they changed since last applied.
-    /// Before its first view, the agent reads one.
-    pub(crate) async fn enforce(&self, rec: &TaskRecord) -> Result<(), String> {
-        if rec.network_mode != NetworkMode::Awsvpc {
-            return Ok(());
-        }
+    /// Applies a task namespace's rules if they changed since last applied (host tasks have
+    /// no namespace of their own). Before its first view, the agent reads one.
+    pub(crate) async fn secure_namespace(&self, rec: &TaskRecord) -> Result<(), String> {
         let id = rec.id().to_string();
-        let Some(sb) = self.node.sandbox(&id) else {
+        let Some(sb) = self.node.sandbox(&id).filter(|sb| sb.kind != SandboxKind::Host) else {
             return Ok(());
         };
+        let endpoint = crate::metadata::redirect_ruleset(crate::metadata::ADDR, 80, crate::metadata::PORT);
+        if rec.network_mode != NetworkMode::Awsvpc {
+            return self.apply(&sb, id, endpoint).await;
+        }
         let view = self.security.lock().expect("lock").clone();
         let view = match view {
             Some(v) => v,
@@ -78,15 +80,19 @@ impl Agent {
                 .await
                 .map_err(|e| format!("reading security groups: {e}"))?,
         };
-        let script = task_ruleset(&view, &gantry_control::ec2::task_groups(rec), sb.gateway);
+        let groups = task_ruleset(&view, &gantry_control::ec2::task_groups(rec), sb.gateway);
+        self.apply(&sb, id, endpoint + &groups).await
+    }
+
+    async fn apply(&self, sb: &Sandbox, id: String, script: String) -> Result<(), String> {
         if self.enforced.lock().expect("lock").get(&id) == Some(&script) {
             return Ok(());
         }
-        let s = script.clone();
+        let (sb, s) = (sb.clone(), script.clone());
         tokio::task::spawn_blocking(move || Network::nft_in(&sb, &s))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| format!("applying security groups: {e}"))?;
+            .map_err(|e| format!("applying the task's network rules: {e}"))?;
         self.enforced.lock().expect("lock").insert(id, script);
         Ok(())
     }
@@ -102,7 +108,7 @@ impl Agent {
             tasks.entry(key.clone()).or_insert_with(|| r.clone());
         }
         for rec in tasks.into_values().filter(|r| r.task.last_status != "STOPPED") {
-            if let Err(e) = self.enforce(&rec).await {
+            if let Err(e) = self.secure_namespace(&rec).await {
                 tracing::warn!(task = %rec.id(), error = %e, "security groups not applied");
             }
         }

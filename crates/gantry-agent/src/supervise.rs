@@ -279,8 +279,9 @@ async fn launch(
     if kind != SandboxKind::Host {
         a.start_metadata(key, &id);
     }
-    // The task's security groups hold before anything of it runs.
-    a.enforce(rec)
+    // The task's namespace rules (endpoint forwarding, security groups) hold before anything
+    // of it runs.
+    a.secure_namespace(rec)
         .await
         .map_err(|e| format!("ResourceInitializationError: failed to configure ENI: {e}"))?;
     let bindings = network_bindings(a, rec, &id, sandbox.ip).await?;
