@@ -51,6 +51,16 @@ def test_gantry_exec_runs_a_command_in_the_container(gantry, running):
     # Standard input reaches the command with -i.
     p = gantry_exec(gantry, "-i", running, "--", "sh", "-c", "read x; echo got-$x", input="hello\n")
     assert (p.returncode, p.stdout.strip()) == (0, "got-hello"), p.stderr
+    # A client that goes away does not leave its command running in the container.
+    left = subprocess.Popen([GANTRY, "exec", running, "--", "sleep", "4321"], env=cli_env(gantry))
+
+    def sleeping():
+        return "sleep 4321" in gantry_exec(gantry, running, "--", "ps", "-o", "args").stdout
+    from conftest import wait_for
+    wait_for("the command to run", sleeping, 20)
+    left.kill()
+    left.wait()
+    wait_for("the command to stop", lambda: not sleeping(), 20)
 
 
 def test_an_interactive_terminal_has_its_size_and_exit_code(gantry, running):

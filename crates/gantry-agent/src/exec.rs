@@ -53,14 +53,34 @@ fn pump_out(mut from: File, out: mpsc::Sender<Vec<u8>>) {
     });
 }
 
-fn wait_exit(mut child: Child, exit: oneshot::Sender<i32>) {
+/// Reports the child's exit code, and stops it if the holder lets go first: SIGTERM (the
+/// runtime passes it to the command), SIGKILL five seconds on.
+fn wait_exit(mut child: Child, exit: oneshot::Sender<i32>) -> oneshot::Sender<()> {
+    let pid = child.id() as i32;
+    let exited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = exited.clone();
     std::thread::spawn(move || {
         let code = match child.wait() {
             Ok(st) => st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)),
             Err(_) => 255,
         };
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = exit.send(code);
     });
+    let (hold, released) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = released.await;
+        for signal in [libc::SIGTERM, libc::SIGKILL] {
+            // Not yet reaped, so the pid is still the child's.
+            if exited.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid, signal) };
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    });
+    hold
 }
 
 fn spawn_piped(mut cmd: std::process::Command) -> Result<ExecProcess, String> {
@@ -92,11 +112,12 @@ fn spawn_piped(mut cmd: std::process::Command) -> Result<ExecProcess, String> {
         }
     });
     let (exit_tx, exit_rx) = oneshot::channel();
-    wait_exit(child, exit_tx);
+    let hold = wait_exit(child, exit_tx);
     Ok(ExecProcess {
         input: in_tx,
         output: out_rx,
         exit: exit_rx,
+        hold,
     })
 }
 
@@ -165,10 +186,11 @@ fn spawn_tty(mut cmd: std::process::Command) -> Result<ExecProcess, String> {
         }
     });
     let (exit_tx, exit_rx) = oneshot::channel();
-    wait_exit(child, exit_tx);
+    let hold = wait_exit(child, exit_tx);
     Ok(ExecProcess {
         input: in_tx,
         output: out_rx,
         exit: exit_rx,
+        hold,
     })
 }

@@ -40,6 +40,9 @@ pub struct ExecProcess {
     pub input: tokio::sync::mpsc::Sender<ExecInput>,
     pub output: tokio::sync::mpsc::Receiver<Vec<u8>>,
     pub exit: tokio::sync::oneshot::Receiver<i32>,
+    /// Dropped with the process's holder: a command still running then is stopped (a client
+    /// that went away must not leave a shell behind in the container).
+    pub hold: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Runs a session's command in its container (the node's agent).
