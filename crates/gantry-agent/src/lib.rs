@@ -8,6 +8,7 @@ mod exec;
 mod health;
 pub mod link;
 pub use exec::AgentExec;
+pub use security::base_namespace_rules;
 mod logship;
 mod metadata;
 mod ports;

@@ -14,6 +14,17 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+/// Removes the security group table (a namespace from the pool has the fail-closed base).
+const NO_GROUPS: &str = "add table inet gantry_sg\ndelete table inet gantry_sg\n";
+
+/// The rules every new bridged namespace starts with: port 80 forwarded to the endpoint, and
+/// no security group's allowances yet, so nothing in or out but loopback and the node until
+/// the task's own rules replace them.
+pub fn base_namespace_rules(node: Ipv4Addr) -> String {
+    let endpoint = crate::metadata::redirect_ruleset(crate::metadata::ADDR, 80, crate::metadata::PORT);
+    endpoint + &task_filter_ruleset(&[], &[], node)
+}
+
 /// The rules of a task in `groups`, for its namespace, as the view says them.
 pub fn task_ruleset(view: &SecurityView, groups: &[String], node: Ipv4Addr) -> String {
     let mine: Vec<_> = view.groups.iter().filter(|g| groups.contains(&g.id)).collect();
@@ -69,7 +80,7 @@ impl Agent {
         };
         let endpoint = crate::metadata::redirect_ruleset(crate::metadata::ADDR, 80, crate::metadata::PORT);
         if rec.network_mode != NetworkMode::Awsvpc {
-            return self.apply(&sb, id, endpoint).await;
+            return self.apply(&sb, id, endpoint + NO_GROUPS).await;
         }
         let view = self.security.lock().expect("lock").clone();
         let view = match view {

@@ -190,6 +190,17 @@ async fn task_secrets(
     }
 }
 
+/// Waits for the task's namespace rules (if not waited for already): a task whose rules
+/// cannot be applied does not run.
+async fn secured(
+    securing: Option<tokio::task::JoinHandle<std::result::Result<(), String>>>,
+) -> std::result::Result<(), String> {
+    let Some(h) = securing else { return Ok(()) };
+    h.await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("ResourceInitializationError: failed to configure ENI: {e}"))
+}
+
 /// The pull credentials of the task's containers that name repositoryCredentials, read
 /// through the link as the execution role; the reason the start fails otherwise.
 async fn registry_credentials(
@@ -279,11 +290,21 @@ async fn launch(
     if kind != SandboxKind::Host {
         a.start_metadata(key, &id);
     }
-    // The task's namespace rules (endpoint forwarding, security groups) hold before anything
-    // of it runs.
-    a.secure_namespace(rec)
-        .await
-        .map_err(|e| format!("ResourceInitializationError: failed to configure ENI: {e}"))?;
+    // The task's namespace rules (endpoint forwarding, security groups). A namespace made
+    // with the fail-closed base lets nothing in or out but the node until they hold, so an
+    // awsvpc task's are applied while its containers start (the kernel's nftables commit
+    // takes about 12 ms); otherwise they hold before anything of the task runs.
+    let securing = {
+        let (a, rec) = (a.clone(), rec.clone());
+        tokio::spawn(async move { a.secure_namespace(&rec).await })
+    };
+    let fail_closed = kind == SandboxKind::Bridged
+        && rec.network_mode == gantry_types::taskdef::NetworkMode::Awsvpc
+        && a.node.network().config().namespace_rules.is_some();
+    let mut securing = Some(securing);
+    if !fail_closed {
+        secured(securing.take()).await?;
+    }
     let bindings = network_bindings(a, rec, &id, sandbox.ip).await?;
     let sandboxed = std::time::Instant::now();
     TASK_START.observe(&["sandbox"], sandboxed.duration_since(pulled).as_secs_f64());
@@ -462,6 +483,7 @@ async fn launch(
         let runtime_id = gantry_runtime::task::Node::runtime_id(&id, &container_dir_name(&name));
         running.push((name.clone(), runtime_id));
     }
+    secured(securing).await?;
     let t = now();
     update(a, key, |r| {
         mark_running(r, &running);

@@ -303,6 +303,7 @@ impl NodeArgs {
                 netns_dir: self.run_dir.join("netns"),
                 state_dir: self.data_dir.join("network"),
                 node_resolver: false,
+                namespace_rules: None,
             },
         })
     }

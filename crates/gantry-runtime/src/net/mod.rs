@@ -30,6 +30,9 @@ pub struct NetworkConfig {
     /// Whether a DNS resolver serves tasks on the gateway address (port 53): bridged tasks'
     /// resolv.conf then names it, and the node's firewall lets DNS through to it.
     pub node_resolver: bool,
+    /// nftables rules every new bridged namespace starts with, applied when it is made (in
+    /// the warm pool, off a task's start): the agent's fail-closed base.
+    pub namespace_rules: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +203,11 @@ impl Network {
             host_veth,
             kind: SandboxKind::Bridged,
         };
-        match self.build(&sb) {
+        let built = self.build(&sb).and_then(|()| match &self.cfg.namespace_rules {
+            Some(rules) => Self::nft_in(&sb, rules),
+            None => Ok(()),
+        });
+        match built {
             Ok(()) => Ok(sb),
             Err(e) => {
                 let _ = self.destroy(&sb);

@@ -109,6 +109,7 @@ impl TestNode {
                 netns_dir: dir.path().join("run/netns"),
                 state_dir: dir.path().join("data/network"),
                 node_resolver: false,
+                namespace_rules: None,
             },
         };
         let node = Node::open(cfg.clone()).expect("opening node");
