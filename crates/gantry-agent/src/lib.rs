@@ -66,6 +66,8 @@ pub struct Agent {
     security: Mutex<Option<gantry_control::ec2::SecurityView>>,
     /// The ruleset applied in each task's namespace, by task id.
     enforced: Mutex<HashMap<String, String>>,
+    /// Held while a task's namespace rules are computed and applied, by task id.
+    securing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Agent {
@@ -89,6 +91,7 @@ impl Agent {
             api,
             security: Mutex::new(None),
             enforced: Mutex::new(HashMap::new()),
+            securing: Mutex::new(HashMap::new()),
         })
     }
 

@@ -78,6 +78,16 @@ impl Agent {
         let Some(sb) = self.node.sandbox(&id).filter(|sb| sb.kind != SandboxKind::Host) else {
             return Ok(());
         };
+        // One apply at a time per task, each from the view as it is once it may apply: a start
+        // and a view change racing must not leave the older rules in place.
+        let lock = self
+            .securing
+            .lock()
+            .expect("lock")
+            .entry(id.clone())
+            .or_default()
+            .clone();
+        let _held = lock.lock().await;
         let endpoint = crate::metadata::redirect_ruleset(crate::metadata::ADDR, 80, crate::metadata::PORT);
         if rec.network_mode != NetworkMode::Awsvpc {
             return self.apply(&sb, id, endpoint + NO_GROUPS).await;
@@ -128,6 +138,7 @@ impl Agent {
     /// Forgets a task's applied rules (they went with its namespace).
     pub(crate) fn forget_rules(&self, task_id: &str) {
         self.enforced.lock().expect("lock").remove(task_id);
+        self.securing.lock().expect("lock").remove(task_id);
     }
 }
 
