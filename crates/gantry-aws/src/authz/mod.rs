@@ -151,16 +151,12 @@ async fn secret_arn(api: &Api, scope: &Scope, id: &str) -> String {
 
 /// A parameter's ARN from its name or ARN, without a `:version` or `:label` selector.
 fn parameter_arn(scope: &Scope, name: &str) -> String {
-    let (head, name) = match name.split_once(":parameter") {
-        Some((head, rest)) if name.starts_with("arn:") => (format!("{head}:parameter"), rest),
-        _ => (
-            format!("arn:aws:ssm:{}:{}:parameter", scope.region, scope.account),
-            name,
-        ),
-    };
-    let name = name.split(':').next().unwrap_or_default();
-    let slash = if name.starts_with('/') { "" } else { "/" };
-    format!("{head}{slash}{name}")
+    if let Some((head, rest)) = name.split_once(":parameter").filter(|_| name.starts_with("arn:")) {
+        let bare = rest.split(':').next().unwrap_or_default();
+        let slash = if bare.starts_with('/') { "" } else { "/" };
+        return format!("{head}:parameter{slash}{bare}");
+    }
+    gantry_control::parameters::ParameterStore::arn(scope, name.split(':').next().unwrap_or_default())
 }
 
 /// Whether `caller`'s policies allow what is `asked`.
