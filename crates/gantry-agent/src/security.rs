@@ -1,32 +1,31 @@
-//! A task namespace's own nftables rules, in one transaction: 169.254.170.2:80 forwarded to
-//! the metadata and credentials endpoint, and for awsvpc tasks their security groups
-//! (`gantry_runtime::net::firewall::task_filter_ruleset`). Applied before the task's
-//! containers start, and again whenever a group's rules or members change (the view is
-//! long-polled over the link, so a change applies within the poll's round trip).
+//! A task namespace's own nftables rules: 169.254.170.2:80 forwarded to the metadata and
+//! credentials endpoint, and for awsvpc tasks their security groups. A namespace gets its
+//! tables, fail-closed, when the warm pool makes it (`base_namespace_rules`); a task's
+//! allowances are added to them as its containers start, and replaced whenever a group's
+//! rules or members change (the view is long-polled over the link, so a change applies
+//! within the poll's round trip). See `gantry_runtime::net::firewall` for why a start only
+//! adds.
 
 use crate::Agent;
 use gantry_control::ec2::{Peer, Rule, SecurityView};
 use gantry_control::TaskRecord;
-use gantry_runtime::net::firewall::{task_filter_ruleset, Allow};
+use gantry_runtime::net::firewall::{task_allowances, task_allows_all, task_filter_base, Allow, REPLACE_TASK_TABLES};
 use gantry_runtime::net::{Network, Sandbox, SandboxKind};
 use gantry_types::taskdef::NetworkMode;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-/// Removes the security group table (a namespace from the pool has the fail-closed base).
-const NO_GROUPS: &str = "add table inet gantry_sg\ndelete table inet gantry_sg\n";
-
 /// The rules every new bridged namespace starts with: port 80 forwarded to the endpoint, and
 /// no security group's allowances yet, so nothing in or out but loopback and the node until
-/// the task's own rules replace them.
+/// the task's own allowances are added.
 pub fn base_namespace_rules(node: Ipv4Addr) -> String {
     let endpoint = crate::metadata::redirect_ruleset(crate::metadata::ADDR, 80, crate::metadata::PORT);
-    endpoint + &task_filter_ruleset(&[], &[], node)
+    endpoint + &task_filter_base(node)
 }
 
-/// The rules of a task in `groups`, for its namespace, as the view says them.
-pub fn task_ruleset(view: &SecurityView, groups: &[String], node: Ipv4Addr) -> String {
+/// The allowances of a task in `groups`, for its namespace, as the view says them.
+pub fn task_ruleset(view: &SecurityView, groups: &[String]) -> String {
     let mine: Vec<_> = view.groups.iter().filter(|g| groups.contains(&g.id)).collect();
     let allows = |rules: Vec<&Rule>| -> Vec<Allow> {
         rules
@@ -49,7 +48,7 @@ pub fn task_ruleset(view: &SecurityView, groups: &[String], node: Ipv4Addr) -> S
     };
     let ingress = allows(mine.iter().flat_map(|g| &g.ingress).collect());
     let egress = allows(mine.iter().flat_map(|g| &g.egress).collect());
-    task_filter_ruleset(&ingress, &egress, node)
+    task_allowances(&ingress, &egress)
 }
 
 impl Agent {
@@ -88,9 +87,8 @@ impl Agent {
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        let endpoint = crate::metadata::redirect_ruleset(crate::metadata::ADDR, 80, crate::metadata::PORT);
         if rec.network_mode != NetworkMode::Awsvpc {
-            return self.apply(&sb, id, endpoint + NO_GROUPS).await;
+            return self.apply(&sb, id, task_allows_all()).await;
         }
         let view = self.security.lock().expect("lock").clone();
         let view = match view {
@@ -101,20 +99,33 @@ impl Agent {
                 .await
                 .map_err(|e| format!("reading security groups: {e}"))?,
         };
-        let groups = task_ruleset(&view, &gantry_control::ec2::task_groups(rec), sb.gateway);
-        self.apply(&sb, id, endpoint + &groups).await
+        let allowances = task_ruleset(&view, &gantry_control::ec2::task_groups(rec));
+        self.apply(&sb, id, allowances).await
     }
 
-    async fn apply(&self, sb: &Sandbox, id: String, script: String) -> Result<(), String> {
-        if self.enforced.lock().expect("lock").get(&id) == Some(&script) {
+    /// Puts a task's allowances in its namespace's chains. A namespace without the base
+    /// tables (a node configured without them, or one made by an older Gantry) gets them
+    /// rebuilt whole with the allowances, in one transaction.
+    async fn apply(&self, sb: &Sandbox, id: String, allowances: String) -> Result<(), String> {
+        if self.enforced.lock().expect("lock").get(&id) == Some(&allowances) {
             return Ok(());
         }
-        let (sb, s) = (sb.clone(), script.clone());
-        tokio::task::spawn_blocking(move || Network::nft_in(&sb, &s))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("applying the task's network rules: {e}"))?;
-        self.enforced.lock().expect("lock").insert(id, script);
+        let whole = REPLACE_TASK_TABLES.to_string() + &base_namespace_rules(sb.gateway) + &allowances;
+        let has_base = self.node.network().config().namespace_rules.is_some();
+        let (sb, s) = (sb.clone(), allowances.clone());
+        tokio::task::spawn_blocking(move || {
+            if has_base {
+                match Network::nft_in(&sb, &s) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => tracing::info!(error = %e, "the namespace lacks its base tables; rebuilding them"),
+                }
+            }
+            Network::nft_in(&sb, &whole)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("applying the task's network rules: {e}"))?;
+        self.enforced.lock().expect("lock").insert(id, allowances);
         Ok(())
     }
 
@@ -181,18 +192,17 @@ mod tests {
             ],
             members: [("sg-web".to_string(), vec![ip("10.1.0.5"), ip("10.1.0.6")])].into(),
         };
-        let node = ip("10.1.0.1");
-        let db = task_ruleset(&view, &["sg-db".into()], node);
+        let db = task_ruleset(&view, &["sg-db".into()]);
         assert!(
             db.contains("ip saddr { 10.1.0.5, 10.1.0.6 } tcp dport 5432 accept"),
             "{db}"
         );
         assert!(!db.contains("dport 80 "), "sg-web's own rules are not sg-db's");
         assert!(db.contains("ip daddr { 0.0.0.0/0 } accept"));
-        let web = task_ruleset(&view, &["sg-web".into()], node);
+        let web = task_ruleset(&view, &["sg-web".into()]);
         assert!(web.contains("ip saddr { 10.0.0.0/8 } tcp dport 80 accept"));
-        // No groups at all: nothing in or out but the node and loopback.
-        let none = task_ruleset(&view, &[], node);
-        assert!(!none.contains("ip saddr {") && !none.contains("ip daddr {"));
+        // No groups at all: the chains are emptied and nothing added.
+        let none = task_ruleset(&view, &[]);
+        assert!(!none.contains("add rule"), "{none}");
     }
 }

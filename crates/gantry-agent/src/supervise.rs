@@ -290,10 +290,10 @@ async fn launch(
     if kind != SandboxKind::Host {
         a.start_metadata(key, &id);
     }
-    // The task's namespace rules (endpoint forwarding, security groups). A namespace made
-    // with the fail-closed base lets nothing in or out but the node until they hold, so an
-    // awsvpc task's are applied while its containers start (the kernel's nftables commit
-    // takes about 12 ms); otherwise they hold before anything of the task runs.
+    // The task's security group allowances. A namespace made with the fail-closed base lets
+    // nothing in or out but the node until they hold, so an awsvpc task's are added while its
+    // containers start (an `nft` run, about 3 ms); otherwise they hold before anything of the
+    // task runs.
     let securing = {
         let (a, rec) = (a.clone(), rec.clone());
         tokio::spawn(async move { a.secure_namespace(&rec).await })

@@ -58,14 +58,20 @@ pub fn ruleset(bridge: &str, resolver: Option<std::net::Ipv4Addr>) -> Result<Str
     ))
 }
 
-/// The task-side rules of its endpoints on `addr`: connections to `addr:from` go to
+// A task namespace's rules are built so that a task's start only adds: deleting anything in
+// an nftables transaction (a rule, a chain, a table) makes the commit wait for an RCU grace
+// period, about 13 ms here, where a transaction that only adds commits in well under one
+// (`scripts/bench-nft.sh`). So a new namespace gets its tables once, with empty allowance
+// chains, and a task's allowances are added to those chains; only a later change of its
+// groups flushes them.
+
+/// The table of a task's own endpoints on `addr`: connections to `addr:from` go to
 /// `addr:to`, inside the task's own namespace (as ECS forwards 169.254.170.2:80 to its agent's
-/// port), so nothing listens on `from` and the task's own servers may bind it.
+/// port), so nothing listens on `from` and the task's own servers may bind it. For a new
+/// namespace (it only adds).
 pub fn redirect_ruleset(addr: std::net::Ipv4Addr, from: u16, to: u16) -> String {
     format!(
-        "add table ip gantry_task\n\
-         delete table ip gantry_task\n\
-         table ip gantry_task {{\n\
+        "table ip gantry_task {{\n\
          \tchain output {{\n\
          \t\ttype nat hook output priority -100; policy accept;\n\
          \t\tip daddr {addr} tcp dport {from} dnat to {addr}:{to}\n\
@@ -73,6 +79,12 @@ pub fn redirect_ruleset(addr: std::net::Ipv4Addr, from: u16, to: u16) -> String 
          }}\n"
     )
 }
+
+/// The tables a task namespace holds, removed first: for a namespace whose tables may be
+/// missing or laid out otherwise (made without the base rules, or by an older Gantry). The
+/// deletion costs the commit a grace period, so a new namespace does without it.
+pub const REPLACE_TASK_TABLES: &str = "add table ip gantry_task\ndelete table ip gantry_task\n\
+     add table inet gantry_sg\ndelete table inet gantry_sg\n";
 
 /// Traffic a task's security groups allow in one direction: a protocol ("tcp", "udp",
 /// "icmp", or "-1" for all), ports (ICMP: type and code; None or -1: any), and the peers (CIDR
@@ -84,7 +96,7 @@ pub struct Allow {
     pub peers: Vec<String>,
 }
 
-fn allow_line(dir: &str, a: &Allow) -> Option<String> {
+fn allow_line(chain: &str, dir: &str, a: &Allow) -> Option<String> {
     if a.peers.is_empty() {
         return None;
     }
@@ -103,37 +115,62 @@ fn allow_line(dir: &str, a: &Allow) -> Option<String> {
         (p @ ("tcp" | "udp"), _) => format!(" meta l4proto {p}"),
         _ => return None,
     };
-    Some(format!("\t\tip {dir} {peers}{matcher} accept\n"))
+    Some(format!(
+        "add rule inet gantry_sg {chain} ip {dir} {peers}{matcher} accept\n"
+    ))
 }
 
-/// A task's security groups as nftables rules inside its own namespace: nothing in or out
-/// but what the groups allow (stateful: replies pass), loopback, and the node itself (load
-/// balancers, health checks and published ports come from it; its resolver is on it).
-/// Replaced atomically in one `nft -f`.
-pub fn task_filter_ruleset(ingress: &[Allow], egress: &[Allow], node: std::net::Ipv4Addr) -> String {
-    let rules = |dir: &str, allows: &[Allow]| -> String { allows.iter().filter_map(|a| allow_line(dir, a)).collect() };
+/// A task namespace's filter, fail-closed: nothing in or out but loopback, replies (stateful)
+/// and the node itself (load balancers, health checks and published ports come from it; its
+/// resolver is on it), then what the `allow_in` and `allow_out` chains accept, which start
+/// empty. For a new namespace (it only adds).
+pub fn task_filter_base(node: std::net::Ipv4Addr) -> String {
     format!(
-        "add table inet gantry_sg\n\
-         delete table inet gantry_sg\n\
-         table inet gantry_sg {{\n\
+        "table inet gantry_sg {{\n\
+         \tchain allow_in {{\n\
+         \t}}\n\
+         \tchain allow_out {{\n\
+         \t}}\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy drop;\n\
          \t\tiifname \"lo\" accept\n\
          \t\tct state established,related accept\n\
          \t\tip saddr {node} accept comment \"the node\"\n\
-         {}\
+         \t\tjump allow_in\n\
          \t}}\n\
          \tchain output {{\n\
          \t\ttype filter hook output priority filter; policy drop;\n\
          \t\toifname \"lo\" accept\n\
          \t\tct state established,related accept\n\
          \t\tip daddr {node} accept comment \"the node\"\n\
-         {}\
+         \t\tjump allow_out\n\
          \t}}\n\
-         }}\n",
-        rules("saddr", ingress),
-        rules("daddr", egress)
+         }}\n"
     )
+}
+
+/// A task's security group allowances, replacing what its allowance chains held (flushing an
+/// empty chain deletes nothing, so a task's first allowances commit without the wait).
+pub fn task_allowances(ingress: &[Allow], egress: &[Allow]) -> String {
+    let rules = |chain: &str, dir: &str, allows: &[Allow]| -> String {
+        allows.iter().filter_map(|a| allow_line(chain, dir, a)).collect()
+    };
+    format!(
+        "flush chain inet gantry_sg allow_in\n\
+         flush chain inet gantry_sg allow_out\n\
+         {}{}",
+        rules("allow_in", "saddr", ingress),
+        rules("allow_out", "daddr", egress)
+    )
+}
+
+/// Everything allowed both ways: a task outside awsvpc mode has no security groups.
+pub fn task_allows_all() -> String {
+    "flush chain inet gantry_sg allow_in\n\
+     flush chain inet gantry_sg allow_out\n\
+     add rule inet gantry_sg allow_in accept\n\
+     add rule inet gantry_sg allow_out accept\n"
+        .to_string()
 }
 
 pub(crate) fn nft(script: &str) -> Result<(), FirewallError> {
@@ -174,14 +211,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn security_group_rules_become_one_stateful_table() {
+    fn security_group_rules_go_in_the_allowance_chains() {
         let allow = |p: &str, ports, peers: &[&str]| Allow {
             protocol: p.into(),
             ports,
             peers: peers.iter().map(|x| x.to_string()).collect(),
         };
-        let node = std::net::Ipv4Addr::new(10, 1, 0, 1);
-        let r = task_filter_ruleset(
+        let r = task_allowances(
             &[
                 allow("tcp", Some((80, 80)), &["10.1.0.5", "10.1.0.6"]),
                 allow("udp", Some((5000, 5010)), &["0.0.0.0/0"]),
@@ -189,24 +225,28 @@ mod tests {
                 allow("tcp", Some((22, 22)), &[]),
             ],
             &[allow("-1", None, &["0.0.0.0/0"])],
-            node,
         );
-        assert!(r.starts_with("add table inet gantry_sg\ndelete table inet gantry_sg\n"));
-        assert!(r.contains("\t\tip saddr { 10.1.0.5, 10.1.0.6 } tcp dport 80 accept\n"));
-        assert!(r.contains("\t\tip saddr { 0.0.0.0/0 } udp dport 5000-5010 accept\n"));
-        assert!(r.contains("\t\tip saddr { 10.0.0.0/8 } icmp type 8 accept\n"));
+        assert!(r.starts_with("flush chain inet gantry_sg allow_in\nflush chain inet gantry_sg allow_out\n"));
+        assert!(r.contains("add rule inet gantry_sg allow_in ip saddr { 10.1.0.5, 10.1.0.6 } tcp dport 80 accept\n"));
+        assert!(r.contains("allow_in ip saddr { 0.0.0.0/0 } udp dport 5000-5010 accept\n"));
+        assert!(r.contains("allow_in ip saddr { 10.0.0.0/8 } icmp type 8 accept\n"));
         assert!(!r.contains("dport 22"), "a group with no members allows nothing");
-        assert!(r.contains("\t\tip daddr { 0.0.0.0/0 } accept\n"));
-        assert!(r.contains("ip saddr 10.1.0.1 accept") && r.contains("ip daddr 10.1.0.1 accept"));
-        assert_eq!(r.matches("policy drop;").count(), 2);
+        assert!(r.contains("add rule inet gantry_sg allow_out ip daddr { 0.0.0.0/0 } accept\n"));
+        assert!(!r.contains("delete"), "a task's allowances only add to its chains");
     }
 
     #[test]
-    fn the_endpoint_redirect_replaces_itself() {
-        let r = redirect_ruleset(std::net::Ipv4Addr::new(169, 254, 170, 2), 80, 51679);
-        assert!(r.starts_with("add table ip gantry_task\ndelete table ip gantry_task\n"));
+    fn a_new_namespace_is_fail_closed_and_built_without_deleting() {
+        let node = std::net::Ipv4Addr::new(10, 1, 0, 1);
+        let r = task_filter_base(node) + &redirect_ruleset(std::net::Ipv4Addr::new(169, 254, 170, 2), 80, 51679);
+        assert!(!r.contains("delete"), "deleting costs the commit a grace period");
+        assert_eq!(r.matches("policy drop;").count(), 2);
+        assert!(r.contains("ip saddr 10.1.0.1 accept") && r.contains("ip daddr 10.1.0.1 accept"));
+        assert!(r.contains("\t\tjump allow_in\n") && r.contains("\t\tjump allow_out\n"));
         assert!(r.contains("ip daddr 169.254.170.2 tcp dport 80 dnat to 169.254.170.2:51679"));
         assert!(r.contains("type nat hook output priority -100;"));
+        assert!(REPLACE_TASK_TABLES.contains("delete table inet gantry_sg\n"));
+        assert!(REPLACE_TASK_TABLES.contains("delete table ip gantry_task\n"));
     }
 
     #[test]
