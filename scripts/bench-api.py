@@ -3,7 +3,10 @@
 `crun run` (and `podman run`, when installed) of the same image measured in the same script.
 
 Usage (root, after `cargo build --release --workspace`):
-    .venv/bin/python scripts/bench-api.py [--tasks 100] [--burst 200]
+    .venv/bin/python scripts/bench-api.py [--tasks 100] [--burst 200] [--cgroup-favordynmods]
+
+--cgroup-favordynmods runs Gantry with that flag, which turns the kernel setting on for the
+whole host until it reboots (README, "Tuning a node"); the script says whether it was on.
 """
 import argparse
 import os
@@ -16,13 +19,27 @@ sys.path.insert(0, os.path.dirname(__file__))
 from benchlib import burst, conftest, crun_baseline, one_at_a_time, summary  # noqa: E402
 
 
+def favordynmods_on():
+    """Whether a cgroup2 mount has favordynmods (the setting is the whole host's)."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            post = line.split(" - ", 1)[1].split()
+            if post[0] == "cgroup2" and "favordynmods" in post[2].split(","):
+                return True
+    return False
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=100)
     ap.add_argument("--burst", type=int, default=200)
+    ap.add_argument("--cgroup-favordynmods", action="store_true")
     a = ap.parse_args()
+    print(f"cgroup favordynmods on before this run: {favordynmods_on()}")
     g = conftest.Gantry(instance=9)
     g.env["GANTRY_WARM_POOL"] = "16"
+    if a.cgroup_favordynmods:
+        g.env["GANTRY_CGROUP_FAVORDYNMODS"] = "1"
     try:
         g.start()
         ecs = g.client("ecs")
@@ -63,6 +80,7 @@ def main():
     else:
         print("podman run: not installed on this machine (apt-get install podman for this baseline)")
     print(f"burst: {a.burst} tasks to RUNNING in {burst_s:.2f} s = {a.burst / burst_s:.1f} tasks/s")
+    print(f"cgroup favordynmods on after this run: {favordynmods_on()}")
 
 
 if __name__ == "__main__":

@@ -202,9 +202,75 @@ pub fn age(path: &str) -> Option<std::time::Duration> {
         .min()
 }
 
+/// Where the kernel's `favordynmods` is turned on, read from /proc/self/mountinfo: the
+/// cgroup2 mount (a v2 host's /sys/fs/cgroup, or the one a hybrid host keeps beside its v1
+/// hierarchies). None when it is on already. A v1 hierarchy cannot take the flag on a remount
+/// (the kernel refuses changed root flags), so a host with no cgroup2 mount is an error.
+pub fn favordynmods_mount(mountinfo: &str) -> Result<Option<PathBuf>, String> {
+    let mut found = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.get(sep + 1) != Some(&"cgroup2") {
+            continue;
+        }
+        if fields
+            .get(sep + 3)
+            .is_some_and(|o| o.split(',').any(|o| o == "favordynmods"))
+        {
+            return Ok(None);
+        }
+        found = found.or_else(|| fields.get(4).map(PathBuf::from));
+    }
+    found
+        .map(Some)
+        .ok_or_else(|| "favordynmods needs a cgroup2 mount (a cgroup v2 or hybrid host); none is mounted".to_string())
+}
+
+/// Turns on `favordynmods` for the host (until it reboots; Linux 6.18 cannot turn it off
+/// again): moving a process into a cgroup, which the runtime does for every container on
+/// cgroup v1, then no longer waits for an RCU grace period (7 ms here when the machine had
+/// been idle), at some cost to fork and exit. A setting of the whole host, so only on the
+/// operator's word (`--cgroup-favordynmods`). Returns whether it was off before.
+pub fn favor_dynamic_modifications() -> Result<bool, String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading mountinfo: {e}"))?;
+    let Some(target) = favordynmods_mount(&info)? else {
+        return Ok(false);
+    };
+    let out = std::process::Command::new("mount")
+        .args(["-o", "remount,favordynmods"])
+        .arg(&target)
+        .output()
+        .map_err(|e| format!("running mount: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "turning on favordynmods on {} (needs Linux 6.0 or later): {}",
+            target.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn favordynmods_goes_on_the_cgroup2_mount_once() {
+        let hybrid = "35 31 0:35 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            favordynmods_mount(hybrid).unwrap(),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let on = "30 24 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,favordynmods\n";
+        assert_eq!(favordynmods_mount(on).unwrap(), None);
+        let v1_only = "35 31 0:35 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n";
+        assert!(favordynmods_mount(v1_only).unwrap_err().contains("cgroup2 mount"));
+    }
 
     #[test]
     fn io_bytes_from_either_version() {

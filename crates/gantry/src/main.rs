@@ -87,6 +87,13 @@ pub struct NodeArgs {
     #[arg(long, global = true, env = "GANTRY_METRICS_INTERVAL", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=60))]
     metrics_interval: u64,
+    /// Turn on the kernel's cgroup `favordynmods` for the whole host, until it reboots: a
+    /// container's start then no longer waits for an RCU grace period to join its cgroups
+    /// (cgroup v1), at some cost to every fork and exit. Needs a cgroup2 mount (a v2 or
+    /// hybrid host). See README, "Tuning a node".
+    #[arg(long, global = true, env = "GANTRY_CGROUP_FAVORDYNMODS",
+          value_parser = clap::builder::FalseyValueParser::new())]
+    cgroup_favordynmods: bool,
     #[command(flatten)]
     prices: PriceArgs,
     /// The key secret values are sealed with at rest (32 random bytes, mode 0600; created
@@ -309,6 +316,11 @@ impl NodeArgs {
     }
 
     pub fn node(&self) -> Result<Node> {
+        if self.cgroup_favordynmods
+            && gantry_runtime::cgroup::favor_dynamic_modifications().map_err(anyhow::Error::msg)?
+        {
+            tracing::warn!("turned on the kernel's cgroup favordynmods for this host, until it reboots");
+        }
         Ok(Node::open(self.node_config()?)?)
     }
 }
