@@ -133,3 +133,64 @@ def test_execute_command_answers_as_ecs_and_sessions_open_once_with_their_token(
     c, m = code(viewer.execute_command, task=running, command="sh", interactive=True)
     assert c == "AccessDeniedException" and "ecs:ExecuteCommand" in m
     assert f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/default/" in m, m
+
+
+def test_sessions_are_logged_as_the_clusters_execute_command_configuration_says(gantry, ecs, logs):
+    from conftest import awslogs, execution_role, wait_for
+    iam = gantry.client("iam")
+
+    def refused(config):
+        return code(ecs.create_cluster, clusterName="exec-bad", configuration={"executeCommandConfiguration": config})
+    assert refused({"logging": "OVERRIDE"}) == ("InvalidParameterException",
+                                                 "When logging is OVERRIDE, logConfiguration must be specified.")
+    c, m = refused({"logging": "OVERRIDE", "logConfiguration": {"s3BucketName": "b", "cloudWatchLogGroupName": "g"}})
+    assert c == "InvalidParameterException" and "does not offer S3" in m
+    assert "does not offer KMS" in refused({"kmsKeyId": "alias/k"})[1]
+    logs.create_log_group(logGroupName="/exec/sessions")
+    config = {"executeCommandConfiguration": {
+        "logging": "OVERRIDE", "logConfiguration": {"cloudWatchLogGroupName": "/exec/sessions"}}}
+    created = ecs.create_cluster(clusterName="exec-logged", configuration=config)["cluster"]
+    assert created["configuration"] == config
+    described = ecs.describe_clusters(clusters=["exec-logged"], include=["CONFIGURATIONS"])["clusters"][0]
+    assert described["configuration"] == config
+    assert "configuration" not in ecs.describe_clusters(clusters=["exec-logged"])["clusters"][0]
+
+    # The session is logged with the task role's permissions, to a stream named by the session.
+    writer = execution_role(iam, "exec-logger", {"Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
+        "logs:CreateLogStream", "logs:PutLogEvents"]}]})
+    register(ecs, "exec-logged", [{"name": "app", "command": ["sleep", "600"]}], taskRoleArn=writer)
+    register(ecs, "exec-no-role", [{"name": "app", "command": ["sleep", "600"]}])
+    tasks = [run(ecs, "exec-logged", td, enableExecuteCommand=True)[0]["taskArn"] for td in ("exec-logged", "exec-no-role")]
+    ecs.get_waiter("tasks_running").wait(cluster="exec-logged", tasks=tasks, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    p = gantry_exec(gantry, "--cluster", "exec-logged", tasks[0], "--", "sh", "-c", "echo first-line; echo second-line")
+    assert p.returncode == 0 and "second-line" in p.stdout, p.stderr
+
+    def logged():
+        events = logs.filter_log_events(logGroupName="/exec/sessions")["events"]
+        return [e for e in events if e["message"] in ("first-line", "second-line")]
+    events = wait_for("the session's output in its log group", lambda: len(logged()) == 2 and logged(), 20)
+    assert [e["message"] for e in events] == ["first-line", "second-line"]
+    assert events[0]["logStreamName"].startswith("ecs-execute-command-")
+    # Without a task role nothing can write the log, and the session is refused, not run unlogged.
+    c, m = code(ecs.execute_command, cluster="exec-logged", task=tasks[1], command="sh", interactive=True)
+    assert c == "InvalidParameterException" and "no task role" in m, m
+    # A log group that does not exist.
+    ecs.update_cluster(cluster="exec-logged", configuration={"executeCommandConfiguration": {
+        "logging": "OVERRIDE", "logConfiguration": {"cloudWatchLogGroupName": "/exec/missing"}}})
+    c, m = code(ecs.execute_command, cluster="exec-logged", task=tasks[0], command="sh", interactive=True)
+    assert c == "InvalidParameterException" and "/exec/missing" in m, m
+    # NONE: not logged, and no task role needed.
+    ecs.update_cluster(cluster="exec-logged", configuration={"executeCommandConfiguration": {"logging": "NONE"}})
+    assert gantry_exec(gantry, "--cluster", "exec-logged", tasks[1], "--", "true").returncode == 0
+    # DEFAULT: the container's awslogs group.
+    ecs.update_cluster(cluster="exec-logged", configuration={"executeCommandConfiguration": {"logging": "DEFAULT"}})
+    register(ecs, "exec-awslogs", [{"name": "app", "command": ["sleep", "600"], "logConfiguration": awslogs("/exec/app")}],
+             taskRoleArn=writer)
+    app = run(ecs, "exec-logged", "exec-awslogs", enableExecuteCommand=True)[0]["taskArn"]
+    ecs.get_waiter("tasks_running").wait(cluster="exec-logged", tasks=[app], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    assert gantry_exec(gantry, "--cluster", "exec-logged", app, "--", "echo", "into-awslogs").returncode == 0
+    wait_for("the session in the container's group", lambda: any(
+        e["message"] == "into-awslogs" and e["logStreamName"].startswith("ecs-execute-command-")
+        for e in logs.filter_log_events(logGroupName="/exec/app")["events"]), 20)
+    for t in tasks + [app]:
+        ecs.stop_task(cluster="exec-logged", task=t)

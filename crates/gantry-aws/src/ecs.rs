@@ -136,16 +136,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
     let c = &api.control;
     Ok(match op {
         "CreateCluster" => {
-            refuse_unsupported(
-                &input,
-                &[
-                    (
-                        "configuration",
-                        "execute command and managed storage configuration arrive with ECS Exec",
-                    ),
-                    ("serviceConnectDefaults", "Service Connect is not offered"),
-                ],
-            )?;
+            refuse_unsupported(&input, &[("serviceConnectDefaults", "Service Connect is not offered")])?;
             let tags: Option<Vec<Tag>> = field(&input, "tags")?;
             if let Some(t) = &tags {
                 validate_tags(t)?;
@@ -154,8 +145,13 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             let settings: Option<Vec<ClusterSetting>> = field(&input, "settings")?;
             let providers: Option<Vec<String>> = field(&input, "capacityProviders")?;
             let strategy: Vec<Value> = field(&input, "defaultCapacityProviderStrategy")?.unwrap_or_default();
+            let opts = gantry_control::ClusterOptions {
+                providers,
+                strategy,
+                configuration: field(&input, "configuration")?,
+            };
             let cl = c
-                .create_cluster_with(scope, name.as_deref(), tags, settings, providers, strategy)
+                .create_cluster_with(scope, name.as_deref(), tags, settings, opts)
                 .await?;
             json!({"cluster": cl})
         }
@@ -172,9 +168,11 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             json!({"clusterArns": arns, "nextToken": next})
         }
         "UpdateCluster" => {
+            refuse_unsupported(&input, &[("serviceConnectDefaults", "Service Connect is not offered")])?;
             let name: String = required(&input, "cluster")?;
             let settings: Vec<ClusterSetting> = field(&input, "settings")?.unwrap_or_default();
-            json!({"cluster": c.update_cluster_settings(scope, &name, settings).await?})
+            let configuration = field(&input, "configuration")?;
+            json!({"cluster": c.update_cluster(scope, &name, settings, configuration).await?})
         }
         "UpdateClusterSettings" => {
             let name: String = required(&input, "cluster")?;
@@ -265,6 +263,9 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             let (session, rec, token) = c
                 .execute_command(scope, cluster.as_deref(), &task, container.as_deref(), &command)
                 .await?;
+            if let Some(log) = &session.log {
+                crate::exec::create_session_stream(api, log, c.clock.now_ms()).await?;
+            }
             let host = crate::api::HOST.try_with(Clone::clone).unwrap_or_default();
             let container_arn = rec
                 .task

@@ -4,9 +4,66 @@
 use crate::{prefix, store_err, Control};
 use gantry_store::StoreError;
 use gantry_types::arn::{cluster_name, Scope};
-use gantry_types::model::{Cluster, ClusterSetting, Failure, Tag};
+use gantry_types::model::{Cluster, ClusterConfiguration, ClusterSetting, Failure, Tag};
 use gantry_types::taskdef::KeyValuePair;
 use gantry_types::EcsError;
+
+/// What CreateCluster may say beyond the name, tags and settings.
+#[derive(Debug, Default)]
+pub struct ClusterOptions {
+    /// Default: Fargate's two.
+    pub providers: Option<Vec<String>>,
+    pub strategy: Vec<serde_json::Value>,
+    pub configuration: Option<ClusterConfiguration>,
+}
+
+/// A cluster's configuration as ECS validates it, less what needs services Gantry does not
+/// offer (KMS keys, S3 buckets), which is refused rather than ignored.
+pub fn validate_cluster_configuration(c: &ClusterConfiguration) -> Result<(), EcsError> {
+    if c.managed_storage_configuration.is_some() {
+        return Err(EcsError::invalid(
+            "managedStorageConfiguration names AWS KMS keys, and Gantry does not offer KMS.",
+        ));
+    }
+    let Some(exec) = &c.execute_command_configuration else {
+        return Ok(());
+    };
+    if exec.kms_key_id.is_some() {
+        return Err(EcsError::invalid(
+            "executeCommandConfiguration.kmsKeyId names an AWS KMS key, and Gantry does not offer KMS.",
+        ));
+    }
+    let logging = exec.logging.as_deref().unwrap_or("DEFAULT");
+    match (logging, &exec.log_configuration) {
+        ("NONE" | "DEFAULT", None) => Ok(()),
+        ("NONE" | "DEFAULT", Some(_)) => Err(EcsError::invalid(
+            "logConfiguration can be specified only when logging is OVERRIDE.",
+        )),
+        ("OVERRIDE", None) => Err(EcsError::invalid(
+            "When logging is OVERRIDE, logConfiguration must be specified.",
+        )),
+        ("OVERRIDE", Some(l)) => {
+            if l.s3_bucket_name.is_some() || l.s3_key_prefix.is_some() || l.s3_encryption_enabled == Some(true) {
+                return Err(EcsError::invalid(
+                    "Gantry does not offer S3: exec sessions can be logged to CloudWatch Logs only.",
+                ));
+            }
+            if l.cloud_watch_encryption_enabled == Some(true) {
+                return Err(EcsError::invalid(
+                    "cloudWatchEncryptionEnabled needs a log group encrypted with an AWS KMS key, and Gantry does not offer KMS.",
+                ));
+            }
+            let group = l.cloud_watch_log_group_name.as_deref().ok_or_else(|| {
+                EcsError::invalid("logConfiguration must name a cloudWatchLogGroupName (S3 is not offered).")
+            })?;
+            crate::logstore::LogStore::validate_group_name(group)
+                .map_err(|e| EcsError::invalid(format!("cloudWatchLogGroupName: {e}")))
+        }
+        (other, _) => Err(EcsError::invalid(format!(
+            "Invalid logging value {other}: valid values are NONE, DEFAULT and OVERRIDE."
+        ))),
+    }
+}
 
 fn valid_cluster_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 255 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -24,7 +81,7 @@ impl Control {
         tags: Option<Vec<Tag>>,
         settings: Option<Vec<ClusterSetting>>,
     ) -> Result<Cluster, EcsError> {
-        self.create_cluster_with(scope, name, tags, settings, None, vec![])
+        self.create_cluster_with(scope, name, tags, settings, ClusterOptions::default())
             .await
     }
 
@@ -36,11 +93,18 @@ impl Control {
         name: Option<&str>,
         tags: Option<Vec<Tag>>,
         settings: Option<Vec<ClusterSetting>>,
-        providers: Option<Vec<String>>,
-        strategy: Vec<serde_json::Value>,
+        opts: ClusterOptions,
     ) -> Result<Cluster, EcsError> {
+        let ClusterOptions {
+            providers,
+            strategy,
+            configuration,
+        } = opts;
         let providers = providers.unwrap_or_else(|| vec!["FARGATE".into(), "FARGATE_SPOT".into()]);
         self.validate_cluster_providers(scope, &providers, &strategy).await?;
+        if let Some(c) = &configuration {
+            validate_cluster_configuration(c)?;
+        }
         let name = name.unwrap_or("default");
         if !valid_cluster_name(name) {
             return Err(EcsError::invalid(
@@ -68,6 +132,7 @@ impl Control {
             })),
             capacity_providers: providers,
             default_capacity_provider_strategy: strategy,
+            configuration,
             ..Default::default()
         };
         match self
@@ -147,6 +212,9 @@ impl Control {
         if !include.iter().any(|i| i == "SETTINGS") {
             c.settings = None;
         }
+        if !include.iter().any(|i| i == "CONFIGURATIONS") {
+            c.configuration = None;
+        }
         Ok(c)
     }
 
@@ -203,6 +271,20 @@ impl Control {
         name: &str,
         settings: Vec<ClusterSetting>,
     ) -> Result<Cluster, EcsError> {
+        self.update_cluster(scope, name, settings, None).await
+    }
+
+    /// UpdateCluster: settings merged by name; a configuration replaces the cluster's.
+    pub async fn update_cluster(
+        &self,
+        scope: &Scope,
+        name: &str,
+        settings: Vec<ClusterSetting>,
+        configuration: Option<ClusterConfiguration>,
+    ) -> Result<Cluster, EcsError> {
+        if let Some(c) = &configuration {
+            validate_cluster_configuration(c)?;
+        }
         let key = Self::cluster_key(scope, cluster_name(name));
         let not_found = || EcsError::ClusterNotFound("Cluster not found.".into());
         let c = self
@@ -221,11 +303,15 @@ impl Control {
                     all.retain(|x| x.name != s.name);
                     all.push(s.clone());
                 }
+                if configuration.is_some() {
+                    c.configuration = configuration.clone();
+                }
                 Ok(true)
             })
             .await?
             .ok_or_else(not_found)?;
-        self.with_counts(scope, c, &["SETTINGS".into()]).await
+        self.with_counts(scope, c, &["SETTINGS".into(), "CONFIGURATIONS".into()])
+            .await
     }
 
     pub(crate) async fn set_cluster_providers(
@@ -312,5 +398,72 @@ impl Control {
             Some((c, _)) => Ok(c.tags.unwrap_or_default()),
             None => Err(EcsError::ResourceNotFound("The specified cluster is not found.".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_types::model::{ExecuteCommandConfiguration, ExecuteCommandLogConfiguration};
+
+    fn exec(logging: Option<&str>, log: Option<ExecuteCommandLogConfiguration>) -> ClusterConfiguration {
+        ClusterConfiguration {
+            execute_command_configuration: Some(ExecuteCommandConfiguration {
+                kms_key_id: None,
+                logging: logging.map(String::from),
+                log_configuration: log,
+            }),
+            managed_storage_configuration: None,
+        }
+    }
+
+    fn group(name: &str) -> ExecuteCommandLogConfiguration {
+        ExecuteCommandLogConfiguration {
+            cloud_watch_log_group_name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exec_configurations_are_validated_as_ecs_does_and_kms_and_s3_refused() {
+        for ok in [
+            exec(None, None),
+            exec(Some("NONE"), None),
+            exec(Some("DEFAULT"), None),
+            exec(Some("OVERRIDE"), Some(group("/ecs/exec"))),
+        ] {
+            assert!(validate_cluster_configuration(&ok).is_ok(), "{ok:?}");
+        }
+        let refused = |c: ClusterConfiguration, says: &str| {
+            let m = validate_cluster_configuration(&c).unwrap_err().to_string();
+            assert!(m.contains(says), "{m}");
+        };
+        refused(exec(Some("OVERRIDE"), None), "logConfiguration must be specified");
+        refused(exec(Some("NONE"), Some(group("g"))), "only when logging is OVERRIDE");
+        refused(exec(Some("LOUD"), None), "valid values are NONE, DEFAULT and OVERRIDE");
+        refused(
+            exec(Some("OVERRIDE"), Some(ExecuteCommandLogConfiguration::default())),
+            "cloudWatchLogGroupName",
+        );
+        refused(
+            exec(Some("OVERRIDE"), Some(group("bad group!"))),
+            "cloudWatchLogGroupName",
+        );
+        let mut s3 = group("g");
+        s3.s3_bucket_name = Some("b".into());
+        refused(exec(Some("OVERRIDE"), Some(s3)), "does not offer S3");
+        let mut encrypted = group("g");
+        encrypted.cloud_watch_encryption_enabled = Some(true);
+        refused(exec(Some("OVERRIDE"), Some(encrypted)), "does not offer KMS");
+        let mut kms = exec(None, None);
+        kms.execute_command_configuration.as_mut().unwrap().kms_key_id = Some("k".into());
+        refused(kms, "does not offer KMS");
+        refused(
+            ClusterConfiguration {
+                managed_storage_configuration: Some(serde_json::json!({"kmsKeyId": "k"})),
+                ..Default::default()
+            },
+            "does not offer KMS",
+        );
     }
 }

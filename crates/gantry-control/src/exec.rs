@@ -2,9 +2,10 @@
 //! and the client then opens the session's stream on the API endpoint with the token, once,
 //! within a minute. The stream is run by whatever can reach the task's node (`ExecRunner`).
 
-use crate::tasks::TaskRecord;
+use crate::tasks::{TaskRecord, TaskSpecContainer};
 use crate::{random_hex, store_err, Control};
 use gantry_types::arn::Scope;
+use gantry_types::model::Cluster;
 use gantry_types::EcsError;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,47 @@ pub struct ExecSession {
     pub token_digest: String,
     pub created: f64,
     pub opened: bool,
+    /// Where the session's output is logged, if anywhere.
+    #[serde(default)]
+    pub log: Option<ExecLog>,
+}
+
+/// A log stream of CloudWatch Logs that an exec session's output goes to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecLog {
+    pub account: String,
+    pub region: String,
+    pub group: String,
+    pub stream: String,
+}
+
+/// The log group (and its region) a session in `container` is logged to, as the cluster's
+/// executeCommandConfiguration says: NONE, nowhere; OVERRIDE, its group; DEFAULT (also when
+/// nothing is configured), the container's awslogs group, or nowhere without one.
+pub fn exec_log_group(cluster: &Cluster, container: &TaskSpecContainer, task_region: &str) -> Option<(String, String)> {
+    let exec = cluster
+        .configuration
+        .as_ref()
+        .and_then(|c| c.execute_command_configuration.as_ref());
+    match exec.and_then(|e| e.logging.as_deref()).unwrap_or("DEFAULT") {
+        "OVERRIDE" => {
+            let group = exec?.log_configuration.as_ref()?.cloud_watch_log_group_name.clone()?;
+            Some((group, task_region.to_string()))
+        }
+        "DEFAULT" => {
+            let lc = container
+                .log_configuration
+                .as_ref()
+                .filter(|l| l.log_driver == "awslogs")?;
+            let region = lc
+                .options
+                .get("awslogs-region")
+                .map(String::as_str)
+                .unwrap_or(task_region);
+            Some((lc.options.get("awslogs-group")?.clone(), region.to_string()))
+        }
+        _ => None,
+    }
 }
 
 /// What the stream carries to the running command.
@@ -135,8 +177,14 @@ impl Control {
             return Err(EcsError::invalid("command can not be blank."));
         }
         let token = random_hex(32);
+        let id = format!("ecs-execute-command-{}", random_hex(9));
+        let spec = rec.containers.iter().find(|c| c.name() == name).expect("found above");
+        let log = match exec_log_group(&cluster, spec, &rec.region) {
+            Some((group, region)) => Some(self.exec_log(&rec, group, region, &id).await?),
+            None => None,
+        };
         let session = ExecSession {
-            id: format!("ecs-execute-command-{}", random_hex(9)),
+            id,
             task_key: key,
             task_arn: rec.task.task_arn.clone(),
             container: name,
@@ -144,6 +192,7 @@ impl Control {
             token_digest: digest(&token),
             created: self.now(),
             opened: false,
+            log,
         };
         self.store
             .create(
@@ -153,6 +202,50 @@ impl Control {
             .await
             .map_err(store_err)?;
         Ok((session, rec, token))
+    }
+
+    /// A session's log stream (named by the session), if the task's role may write it: the
+    /// session's output is logged with the task role's permissions, as ECS Exec's agent in
+    /// the task logs it (logs:CreateLogStream and logs:PutLogEvents).
+    async fn exec_log(
+        &self,
+        rec: &TaskRecord,
+        group: String,
+        region: String,
+        session: &str,
+    ) -> Result<ExecLog, EcsError> {
+        let refuse = |why: String| {
+            EcsError::invalid(format!(
+                "The execute command session cannot be logged to log group {group}, as the cluster's executeCommandConfiguration asks: {why}"
+            ))
+        };
+        let Some(arn) = rec.roles.task.as_deref() else {
+            return Err(refuse("the task has no task role to write it with.".into()));
+        };
+        let role = self
+            .iam()
+            .task_role(&rec.account, arn, &rec.task.task_arn)
+            .await
+            .map_err(|e| refuse(e.to_string()))?;
+        let caller = crate::iam::Caller::Role {
+            account: rec.account.clone(),
+            role,
+            session: rec.id().to_string(),
+        };
+        let ctx = crate::iam::principal_context(&caller);
+        let stream_arn = format!(
+            "arn:aws:logs:{region}:{}:log-group:{group}:log-stream:{session}",
+            rec.account
+        );
+        for action in ["logs:CreateLogStream", "logs:PutLogEvents"] {
+            crate::iam::authorize(&caller, action, &stream_arn, &ctx).map_err(refuse)?;
+        }
+        Ok(ExecLog {
+            account: rec.account.clone(),
+            region,
+            group,
+            stream: session.to_string(),
+        })
     }
 
     /// Opens a session's stream: once, with its token, within a minute of ExecuteCommand.
@@ -198,6 +291,51 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gantry_types::model::{ClusterConfiguration, ExecuteCommandConfiguration, ExecuteCommandLogConfiguration};
+
+    #[test]
+    fn a_session_is_logged_where_the_cluster_says() {
+        let container: TaskSpecContainer = serde_json::from_value(serde_json::json!({
+            "name": "app", "image": "busybox",
+            "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "/app", "awslogs-region": "eu-west-1"}}
+        }))
+        .unwrap();
+        let bare: TaskSpecContainer =
+            serde_json::from_value(serde_json::json!({"name": "app", "image": "busybox"})).unwrap();
+        let cluster = |logging: Option<&str>, group: Option<&str>| Cluster {
+            configuration: logging.map(|l| ClusterConfiguration {
+                execute_command_configuration: Some(ExecuteCommandConfiguration {
+                    logging: Some(l.into()),
+                    log_configuration: group.map(|g| ExecuteCommandLogConfiguration {
+                        cloud_watch_log_group_name: Some(g.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let at = |g: &str, r: &str| Some((g.to_string(), r.to_string()));
+        // DEFAULT, also when nothing is configured: the container's awslogs group and region.
+        assert_eq!(
+            exec_log_group(&cluster(None, None), &container, "us-east-1"),
+            at("/app", "eu-west-1")
+        );
+        assert_eq!(
+            exec_log_group(&cluster(Some("DEFAULT"), None), &container, "us-east-1"),
+            at("/app", "eu-west-1")
+        );
+        assert_eq!(exec_log_group(&cluster(None, None), &bare, "us-east-1"), None);
+        assert_eq!(
+            exec_log_group(&cluster(Some("NONE"), None), &container, "us-east-1"),
+            None
+        );
+        assert_eq!(
+            exec_log_group(&cluster(Some("OVERRIDE"), Some("/exec")), &bare, "us-east-1"),
+            at("/exec", "us-east-1")
+        );
+    }
 
     #[test]
     fn commands_split_as_a_shell_splits_words() {

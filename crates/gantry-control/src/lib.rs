@@ -38,6 +38,7 @@ mod taskdefs;
 pub mod tasks;
 pub mod traffic_shift;
 
+pub use clusters::{validate_cluster_configuration, ClusterOptions};
 pub use run_task::RunTaskRequest;
 pub use tasks::{ListTasks, TaskRecord, TaskSpecContainer, TASKS_PREFIX};
 
