@@ -46,12 +46,16 @@ def cluster_phase(a):
         test_cluster.wait_for("three nodes", lambda: len(
             ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
         conftest.register(ecs, "bench", [{"name": "app", "command": ["sh", "-c", LOOP], "stopTimeout": 2}])
+        # The helpers launch into conftest.NETWORK: here, the three agents' subnets.
+        conftest.NETWORK["awsvpcConfiguration"]["subnets"] = \
+            conftest.every_subnet(agents[0].client("ec2"))["awsvpcConfiguration"]["subnets"]
         time.sleep(3)  # let the warm pools fill
         lat = one_at_a_time(ecs, "bench", a.tasks)
         time.sleep(3)
         bursts = [burst(ecs, "bench", a.burst) for _ in range(a.rounds)]
         return lat, bursts
     finally:
+        conftest.NETWORK["awsvpcConfiguration"]["subnets"] = []  # the next gantry dev fills in its own
         for ag in agents:
             ag.cleanup()
         server.stop()

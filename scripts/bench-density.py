@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from benchlib import conftest, wait_running  # noqa: E402
 
-NET = {"awsvpcConfiguration": {"subnets": ["subnet-bench"]}}
+NET = conftest.NETWORK  # filled in when the first gantry dev starts
 
 
 def launch(ecs, family, n):

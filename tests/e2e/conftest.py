@@ -106,10 +106,13 @@ class Gantry:
         while time.time() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
             except OSError:
                 assert self.proc.poll() is None, f"gantry dev exited: {self.log()}"
                 time.sleep(0.05)
+                continue
+            if not NETWORK["awsvpcConfiguration"]["subnets"]:
+                NETWORK["awsvpcConfiguration"]["subnets"] = every_subnet(self.client("ec2"))["awsvpcConfiguration"]["subnets"]
+            return
         raise AssertionError(f"gantry dev did not listen: {self.log()}")
 
     def kill9(self):
@@ -177,7 +180,15 @@ def logs(gantry):
     return gantry.client("logs")
 
 
-NETWORK = {"awsvpcConfiguration": {"subnets": ["subnet-gantry1"], "assignPublicIp": "DISABLED"}}
+# The `gantry dev` node's subnet, filled in when the first instance starts (every instance's
+# node is "local" in the same account, so they share the id).
+NETWORK = {"awsvpcConfiguration": {"subnets": [], "assignPublicIp": "DISABLED"}}
+
+
+def every_subnet(ec2):
+    """An awsvpcConfiguration with every subnet of the default VPC (one per node network)."""
+    ids = wait_for("the nodes' subnets", lambda: [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]], 30)
+    return {"awsvpcConfiguration": {"subnets": ids}}
 
 
 def wait_for(what, check, timeout=60, poll=0.2):
@@ -215,8 +226,9 @@ def execution_role(iam, name="ecsTaskExecutionRole", policy=EXECUTION_POLICY):
     return arn
 
 
-def run(ecs, cluster, td, **kw):
-    r = ecs.run_task(cluster=cluster, taskDefinition=td, networkConfiguration=NETWORK, launchType="FARGATE", **kw)
+def run(ecs, cluster, td, network=None, **kw):
+    """RunTask on Fargate in `network` (default: the `gantry dev` node's subnet)."""
+    r = ecs.run_task(cluster=cluster, taskDefinition=td, networkConfiguration=network or NETWORK, launchType="FARGATE", **kw)
     assert r["failures"] == [], r["failures"]
     return r["tasks"]
 

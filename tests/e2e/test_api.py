@@ -4,7 +4,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from conftest import ACCOUNT, IMAGE, register
+from conftest import ACCOUNT, IMAGE, NETWORK, register
 
 
 def error_code(excinfo):
@@ -115,7 +115,7 @@ def test_invalid_task_definitions_are_refused(ecs, change, message):
 def test_run_task_request_errors(ecs):
     register(ecs, "reqerr", [{"name": "a", "command": ["true"]}])
     base = {"cluster": "default", "taskDefinition": "reqerr",
-            "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}}
+            "networkConfiguration": NETWORK}
     for change, code in [({"count": 11}, "InvalidParameterException"),
                          ({"networkConfiguration": None}, "InvalidParameterException"),
                          ({"launchType": "EXTERNAL"}, "ClientException"),
@@ -128,6 +128,19 @@ def test_run_task_request_errors(ecs):
         with pytest.raises(ClientError) as e:
             ecs.run_task(**req)
         assert error_code(e) == code, (change, e.value.response["Error"])
+    # Subnets are the default VPC's, as EC2 has them; a task's ENI is in its node's.
+    with pytest.raises(ClientError) as e:
+        ecs.run_task(**dict(base, networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-0nope"]}}))
+    assert error_code(e) == "InvalidParameterException"
+    assert "The subnet ID 'subnet-0nope' does not exist" in e.value.response["Error"]["Message"]
+    subnet = NETWORK["awsvpcConfiguration"]["subnets"][0]
+    task = ecs.run_task(**dict(base, networkConfiguration={"awsvpcConfiguration": {"subnets": [subnet, subnet]}}))["tasks"][0]
+    details = {d["name"]: d["value"] for d in task["attachments"][0]["details"]}
+    assert details["subnetId"] == subnet
+    with pytest.raises(ClientError) as e:
+        ecs.create_service(cluster="default", serviceName="bad-subnet", taskDefinition="reqerr", desiredCount=0,
+                           networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-0nope"]}})
+    assert error_code(e) == "InvalidParameterException"
     with pytest.raises(ClientError) as e:
         ecs.describe_tasks(cluster="default", tasks=[])
     assert error_code(e) == "InvalidParameterException"

@@ -8,10 +8,9 @@ import random
 import signal
 import time
 
-from conftest import Gantry, register
+from conftest import NETWORK as NET, Gantry, register
 
 LOOP = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
-NET = {"awsvpcConfiguration": {"subnets": ["subnet-chaos"]}}
 DESIRED, MAX_PERCENT = 4, 200
 
 

@@ -20,8 +20,8 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import (ACCOUNT, GANTRY, IMAGE, Gantry, KEY, SECRET, awslogs, execution_role, free_port, register, run,
-                      wait_for)
+from conftest import (ACCOUNT, GANTRY, IMAGE, Gantry, KEY, SECRET, awslogs, every_subnet, execution_role, free_port,
+                      register, run, wait_for)
 from test_etcd import etcd, etcd_member  # noqa: F401  (fixtures)
 
 NODE_TIMEOUT = "5"
@@ -76,6 +76,11 @@ class Agent(Gantry):
 def ecs_of(agent, server):
     agent.endpoint = server.endpoint
     return agent.client("ecs")
+
+
+def ec2_of(agent):
+    """EC2 through the server `ecs_of` pointed the agent's clients at."""
+    return agent.client("ec2")
 
 
 @pytest.fixture
@@ -137,8 +142,17 @@ def test_a_cluster_spreads_replaces_lost_nodes_and_fails_over(cluster):
     loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
     register(ecs, "spread", [{"name": "app", "command": ["sh", "-c", loop], "stopTimeout": 2}])
     ecs.create_service(serviceName="web", taskDefinition="spread", desiredCount=6, launchType="FARGATE",
-                       networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})
+                       networkConfiguration=every_subnet(ec2_of(agents[0])))
     wait_for("2/2/2 over three zones", lambda: sorted(_zones(ecs, "web").values()) == [2, 2, 2], 60)
+    # Tasks go only where their subnets are: one subnet is one node's network, in its zone.
+    ec2 = ec2_of(agents[0])
+    first = ec2.describe_subnets()["Subnets"][0]
+    only = ecs.run_task(cluster="default", taskDefinition="spread", count=3, launchType="FARGATE",
+                        networkConfiguration={"awsvpcConfiguration": {"subnets": [first["SubnetId"]]}})["tasks"]
+    assert {t["availabilityZone"] for t in only} == {first["AvailabilityZone"]}
+    assert all({"name": "subnetId", "value": first["SubnetId"]} in t["attachments"][0]["details"] for t in only)
+    for t in only:
+        ecs.stop_task(cluster="default", task=t["taskArn"])
 
     # kill -9 one agent: its tasks are stopped as ECS words a lost host and replaced elsewhere.
     lost = agents[2]
@@ -198,7 +212,7 @@ def test_draining_a_paused_agent_and_a_deployment_across_leader_death(cluster):
 
     # Placement as ECS documents it: distinctInstance puts each task on its own instance (a
     # fourth finds none); binpack on memory fills one instance before the next.
-    net = {"awsvpcConfiguration": {"subnets": ["subnet-a"]}}
+    net = every_subnet(ec2_of(agents[0]))
     r = ecs.run_task(cluster="default", taskDefinition="chaos", count=4, launchType="EC2", networkConfiguration=net,
                      placementConstraints=[{"type": "distinctInstance"}])
     assert len(r["tasks"]) == 3 and len(r["failures"]) == 1, r["failures"]
@@ -213,7 +227,7 @@ def test_draining_a_paused_agent_and_a_deployment_across_leader_death(cluster):
     ecs.get_waiter("tasks_stopped").wait(cluster="default", tasks=placed, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
 
     ecs.create_service(serviceName="svc", taskDefinition="chaos", desiredCount=3, launchType="EC2",
-                       networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})
+                       networkConfiguration=every_subnet(ec2_of(agents[0])))
     wait_for("1/1/1", lambda: sorted(_zones(ecs, "svc").values()) == [1, 1, 1], 60)
 
     # Draining node-0 moves its task to the others, the replacement first (100% minimum healthy).
@@ -267,7 +281,7 @@ def test_logs_are_read_from_any_server_and_outlive_their_node(cluster):
     lines = "; ".join(f"echo line-{i}" for i in range(5))
     register(ecs, "talker", [{"name": "app", "command": ["sh", "-c", f"trap 'exit 0' TERM; {lines}; while :; do sleep 0.1; done"],
                               "logConfiguration": awslogs("/cluster/talker"), "stopTimeout": 2}])
-    task = run(ecs, "default", "talker")[0]
+    task = run(ecs, "default", "talker", network=every_subnet(ec2_of(agents[0])))[0]
     tid = task["taskArn"].split("/")[-1]
     stream = f"ecs/app/{tid}"
     ecs.get_waiter("tasks_running").wait(cluster="default", tasks=[tid], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
@@ -312,7 +326,7 @@ def test_task_metrics_reach_every_server_and_only_from_the_tasks_node(cluster):
     ecs = ecs_of(agents[0], servers[0])
     wait_for_nodes(ecs, 3)
     register(ecs, "busy", [{"name": "app", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do :; done"]}])
-    task = run(ecs, "default", "busy")[0]
+    task = run(ecs, "default", "busy", network=every_subnet(ec2_of(agents[0])))[0]
     tid = task["taskArn"].split("/")[-1]
     ecs.get_waiter("tasks_running").wait(cluster="default", tasks=[tid], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
 
@@ -371,7 +385,7 @@ def test_reclaiming_a_spot_node_interrupts_its_tasks(cluster):
                               "stopTimeout": 5}])
     tasks = ecs.run_task(cluster="default", taskDefinition="spotty", count=3,
                          capacityProviderStrategy=[{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
-                         networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})["tasks"]
+                         networkConfiguration=every_subnet(ec2_of(agents[0])))["tasks"]
     arns = [t["taskArn"] for t in tasks]
     ecs.get_waiter("tasks_running").wait(cluster="default", tasks=arns, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     on_spot = [t["taskArn"] for t in ecs.describe_tasks(cluster="default", tasks=arns)["tasks"]
@@ -395,7 +409,7 @@ def test_reclaiming_a_spot_node_interrupts_its_tasks(cluster):
     # Nothing new lands on it during the warning.
     more = ecs.run_task(cluster="default", taskDefinition="spotty", count=2,
                         capacityProviderStrategy=[{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
-                        networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})["tasks"]
+                        networkConfiguration=every_subnet(ec2_of(agents[0])))["tasks"]
     assert all(t["availabilityZone"] != "us-east-1c" for t in more)
     for arn in arns + [t["taskArn"] for t in more]:
         ecs.stop_task(cluster="default", task=arn)
@@ -523,7 +537,7 @@ def test_secrets_reach_tasks_on_remote_nodes(cluster):
         "name": "app", "command": ["sh", "-c", 'printf %s "$PW" | sha256sum; exec sleep 600'],
         "logConfiguration": awslogs("/cluster/secrets"), "secrets": [{"name": "PW", "valueFrom": arn}]}],
         executionRoleArn=execution_role(agents[0].client("iam")))
-    task = run(ecs, "default", "remote-secret")[0]
+    task = run(ecs, "default", "remote-secret", network=every_subnet(ec2_of(agents[0])))[0]
     task_id = task["taskArn"].split("/")[-1]
     logs = agents[0].client("logs")
 

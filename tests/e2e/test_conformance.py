@@ -12,7 +12,7 @@ import botocore.config
 import botocore.session
 import pytest
 
-from conftest import IMAGE, KEY, REGION, SECRET
+from conftest import IMAGE, KEY, NETWORK, REGION, SECRET
 
 SERVICES = ["ecs", "logs", "servicediscovery", "acm", "cloudwatch", "application-autoscaling", "secretsmanager",
             "ssm"]
@@ -39,7 +39,7 @@ def good_values(ecs, logs):
     td = ecs.register_task_definition(family="conf", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
                                       cpu="256", memory="512",
                                       containerDefinitions=[{"name": "app", "image": IMAGE, "command": ["true"]}])
-    net = {"awsvpcConfiguration": {"subnets": ["subnet-conf"]}}
+    net = NETWORK
     task = ecs.run_task(cluster="conf", taskDefinition="conf", networkConfiguration=net, launchType="FARGATE")["tasks"][0]
     ecs.create_service(cluster="conf", serviceName="conf-svc", taskDefinition="conf", desiredCount=0,
                        networkConfiguration=net, launchType="FARGATE")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import GANTRY, Gantry, register, run, wait_stopped
+from conftest import GANTRY, NETWORK, Gantry, register, run, wait_stopped
 
 
 def free_port():
@@ -80,7 +80,7 @@ def test_gantry_dev_on_etcd_runs_services_and_survives_kill9(etcd):
         loop = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
         register(ecs, "on-etcd", [{"name": "app", "command": ["sh", "-c", loop], "stopTimeout": 2}])
         ecs.create_service(serviceName="etcd-svc", taskDefinition="on-etcd", desiredCount=2, launchType="FARGATE",
-                           networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-etcd"]}})
+                           networkConfiguration=NETWORK)
         ecs.get_waiter("services_stable").wait(cluster="default", services=["etcd-svc"], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
         before = sorted(ecs.list_tasks(cluster="default", serviceName="etcd-svc")["taskArns"])
         assert len(before) == 2

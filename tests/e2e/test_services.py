@@ -6,9 +6,8 @@ import os
 import signal
 import time
 
-from conftest import IMAGE, register
+from conftest import IMAGE, NETWORK as NET, register
 
-NET = {"awsvpcConfiguration": {"subnets": ["subnet-svc"]}}
 LOOP = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
 
 

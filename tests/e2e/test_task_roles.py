@@ -15,7 +15,7 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import ACCOUNT, REGION, ROOT, awslogs, execution_role, register, run, wait_stopped
+from conftest import ACCOUNT, NETWORK, REGION, ROOT, awslogs, execution_role, register, run, wait_stopped
 
 PY_IMAGE = "gantry-test/python:latest"
 TRUST_ECS = {"Version": "2012-10-17", "Statement": [
@@ -143,7 +143,7 @@ def test_run_task_refuses_roles_ecs_may_not_assume_and_needs_pass_role(gantry, p
     ecs.create_cluster(clusterName="roles")
     ec2_role = iam.create_role(RoleName="ec2-only", AssumeRolePolicyDocument=json.dumps(TRUST_EC2))["Role"]
     td = register(ecs, "probe-bad", [{"name": "probe", "command": ["true"]}])
-    net = {"awsvpcConfiguration": {"subnets": ["subnet-gantry1"]}}
+    net = NETWORK
     for arn in [ec2_role["Arn"], f"arn:aws:iam::{ACCOUNT}:role/missing"]:
         c, m = code(ecs.run_task, cluster="roles", taskDefinition=td["taskDefinitionArn"], launchType="FARGATE",
                     networkConfiguration=net, overrides={"taskRoleArn": arn})

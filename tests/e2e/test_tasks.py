@@ -1,14 +1,14 @@
 """Running tasks: lifecycle, exit codes, logs, stop, OOM, pull failures, sidecars."""
 import time
 
-from conftest import REGION, awslogs, register, run, wait_stopped
+from conftest import NETWORK, REGION, awslogs, register, run, wait_stopped
 
 
 def test_task_runs_to_completion_with_logs_via_cli(gantry, ecs):
     register(ecs, "cli-hello", [{"name": "app", "command": ["sh", "-c", "echo hello from gantry; echo to stderr >&2; sleep 2; exit 3"],
                                  "logConfiguration": awslogs("/e2e/cli-hello")}])
     out, _ = gantry.aws("ecs", "run-task", "--cluster", "default", "--task-definition", "cli-hello", "--launch-type", "FARGATE",
-                        "--network-configuration", "awsvpcConfiguration={subnets=[subnet-1]}")
+                        "--network-configuration", f"awsvpcConfiguration={{subnets=[{NETWORK['awsvpcConfiguration']['subnets'][0]}]}}")
     arn = out["tasks"][0]["taskArn"]
     assert out["tasks"][0]["lastStatus"] == "PROVISIONING" and out["tasks"][0]["desiredStatus"] == "RUNNING"
     gantry.aws("ecs", "wait", "tasks-running", "--cluster", "default", "--tasks", arn)

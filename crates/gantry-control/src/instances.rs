@@ -291,6 +291,10 @@ impl Control {
             attributes: r.all_attributes(&zone),
             groups: vec![],
         };
+        if node.is_some_and(|n| n.spec.subnet.is_some()) {
+            let subnet = crate::ec2::subnet_id(scope, &r.node);
+            v.attributes.insert("ecs.subnet-id".into(), Some(subnet));
+        }
         for t in tasks.iter().filter(|t| t.node == r.node) {
             let d = demand_of(t);
             v.used_cpu += d.cpu;
@@ -413,12 +417,16 @@ impl Control {
         group: &str,
         count: usize,
         provider: Option<&str>,
+        subnets: Option<&[String]>,
     ) -> Result<Vec<(Placement, String)>, EcsError> {
+        let in_subnets = |n: &crate::nodes::NodeRecord| {
+            subnets.is_none_or(|s| s.contains(&crate::ec2::subnet_id(scope, &n.spec.name)))
+        };
         let nodes: Vec<crate::nodes::NodeRecord> = self
             .nodes()
             .await?
             .into_iter()
-            .filter(|n| n.placeable(self.clock.now_ms()) && n.serves(provider))
+            .filter(|n| n.placeable(self.clock.now_ms()) && n.serves(provider) && in_subnets(n))
             .collect();
         match nodes.as_slice() {
             [] => {

@@ -178,7 +178,10 @@ impl Control {
             &compatibilities(&td.definition),
         )?;
         let network_mode = NetworkMode::parse(td.definition["networkMode"].as_str())?;
-        let subnet = network_for(network_mode, req.network_configuration.as_ref())?;
+        let subnets = network_for(network_mode, req.network_configuration.as_ref())?;
+        if let Some(s) = &subnets {
+            self.validate_subnets(scope, s).await?;
+        }
         let security_groups = self
             .security_groups_for(scope, network_mode, req.network_configuration.as_ref())
             .await?;
@@ -209,11 +212,20 @@ impl Control {
         validate_strategy(req.placement_strategy.as_deref())?;
         // Fargate provisions capacity per task; EC2 and EXTERNAL tasks need room on an instance.
         let placements = if launch.launch_type == "FARGATE" {
-            self.place_fargate(scope, &group, count as usize, launch.capacity_provider.as_deref())
-                .await?
+            self.place_fargate(
+                scope,
+                &group,
+                count as usize,
+                launch.capacity_provider.as_deref(),
+                subnets.as_deref(),
+            )
+            .await?
         } else {
             let demand = Demand {
-                member_of,
+                member_of: member_of
+                    .into_iter()
+                    .chain(subnets.as_deref().map(in_subnets))
+                    .collect(),
                 distinct_instance,
                 ..crate::instances::demand_for(cpu, memory, &containers, network_mode, &group)
             };
@@ -240,7 +252,7 @@ impl Control {
             req: &req,
             group: &group,
             tags: &tags,
-            subnet: subnet.as_deref(),
+            subnets: subnets.as_deref(),
             ephemeral_storage: overrides.ephemeral_storage.clone(),
             long_arns: self.long_arns(scope, "taskLongArnFormat").await?,
             roles,
@@ -323,6 +335,24 @@ impl Control {
         Ok(roles)
     }
 
+    /// An awsvpc task's subnets must be the default VPC's (one per node network), as ECS
+    /// asks EC2 about them.
+    pub(crate) async fn validate_subnets(&self, scope: &Scope, subnets: &[String]) -> Result<(), EcsError> {
+        let known: Vec<String> = self
+            .nodes()
+            .await?
+            .iter()
+            .filter(|n| n.spec.subnet.is_some())
+            .map(|n| crate::ec2::subnet_id(scope, &n.spec.name))
+            .collect();
+        match subnets.iter().find(|s| !known.contains(s)) {
+            Some(s) => Err(EcsError::invalid(format!(
+                "Error retrieving subnet information for [{s}]: The subnet ID '{s}' does not exist (ErrorCode: InvalidSubnetID.NotFound)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// An awsvpc task's security groups: its configuration's (at most 5, each existing), else
     /// the VPC's default group. Other network modes have none of their own.
     pub(crate) async fn security_groups_for(
@@ -396,7 +426,8 @@ struct TaskTemplate<'a> {
     req: &'a RunTaskRequest,
     group: &'a str,
     tags: &'a [Tag],
-    subnet: Option<&'a str>,
+    /// awsvpc only: the subnets asked for (placement kept the task to their nodes).
+    subnets: Option<&'a [String]>,
     ephemeral_storage: Option<gantry_types::taskdef::EphemeralStorage>,
     long_arns: bool,
     roles: TaskRoles,
@@ -433,9 +464,17 @@ impl TaskTemplate<'_> {
                 ..Default::default()
             })
             .collect();
-        // An ENI only in awsvpc mode.
+        // An ENI only in awsvpc mode, in its node's subnet.
         let attachments = self
-            .subnet
+            .subnets
+            .map(|asked| {
+                let own = crate::ec2::subnet_id(scope, node);
+                if asked.contains(&own) {
+                    own
+                } else {
+                    asked[0].clone()
+                }
+            })
             .iter()
             .map(|subnet| Attachment {
                 id: crate::random_uuid(),
@@ -614,8 +653,8 @@ pub(crate) fn compatibilities(def: &Value) -> Vec<String> {
 }
 
 /// networkConfiguration is required for awsvpc and refused otherwise, as ECS does. Returns
-/// the subnet the task's ENI is in (awsvpc only).
-pub(crate) fn network_for(mode: NetworkMode, cfg: Option<&Value>) -> Result<Option<String>, EcsError> {
+/// the subnets a task's ENI may be in (awsvpc only).
+pub(crate) fn network_for(mode: NetworkMode, cfg: Option<&Value>) -> Result<Option<Vec<String>>, EcsError> {
     let awsvpc = cfg.and_then(|n| n.get("awsvpcConfiguration"));
     if mode != NetworkMode::Awsvpc {
         if awsvpc.is_some() {
@@ -636,7 +675,20 @@ pub(crate) fn network_for(mode: NetworkMode, cfg: Option<&Value>) -> Result<Opti
             "subnets can not be empty and can have at most 16 items.",
         ));
     }
-    Ok(Some(subnets[0].as_str().unwrap_or("subnet-gantry").to_string()))
+    subnets
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| EcsError::invalid("subnets must be strings."))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The placement condition that keeps an awsvpc task to nodes in its subnets.
+pub(crate) fn in_subnets(subnets: &[String]) -> String {
+    format!("attribute:ecs.subnet-id in [{}]", subnets.join(", "))
 }
 
 /// Override members Gantry cannot apply: refused, never echoed while ignored.
@@ -830,9 +882,22 @@ mod tests {
     fn network_configuration_follows_the_mode() {
         let cfg = json!({"awsvpcConfiguration": {"subnets": ["s-1", "s-2"]}});
         assert_eq!(
-            network_for(NetworkMode::Awsvpc, Some(&cfg)).unwrap().as_deref(),
-            Some("s-1")
+            network_for(NetworkMode::Awsvpc, Some(&cfg)).unwrap(),
+            Some(vec!["s-1".to_string(), "s-2".to_string()])
         );
+        assert!(network_for(
+            NetworkMode::Awsvpc,
+            Some(&json!({"awsvpcConfiguration": {"subnets": [7]}}))
+        )
+        .is_err());
+        assert_eq!(
+            in_subnets(&["s-1".into(), "s-2".into()]),
+            "attribute:ecs.subnet-id in [s-1, s-2]"
+        );
+        let attrs = |s: &str| [("ecs.subnet-id".to_string(), Some(s.to_string()))].into();
+        let cond = in_subnets(&["subnet-0a1".into(), "subnet-0b2".into()]);
+        assert_eq!(crate::placement::matches(&cond, &attrs("subnet-0b2")), Ok(true));
+        assert_eq!(crate::placement::matches(&cond, &attrs("subnet-0c3")), Ok(false));
         assert!(network_for(NetworkMode::Awsvpc, None).is_err());
         assert!(network_for(
             NetworkMode::Awsvpc,

@@ -110,7 +110,9 @@ impl Control {
             &crate::run_task::compatibilities(&td.definition),
         )?;
         let mode = gantry_types::taskdef::NetworkMode::parse(td.definition["networkMode"].as_str())?;
-        crate::run_task::network_for(mode, req.network_configuration.as_ref())?;
+        if let Some(subnets) = crate::run_task::network_for(mode, req.network_configuration.as_ref())? {
+            self.validate_subnets(scope, &subnets).await?;
+        }
         let load_balancers = match req.load_balancers.as_deref() {
             Some(l) if !l.is_empty() => {
                 self.validate_load_balancers(scope, l, &td.definition, "ROLLING")
