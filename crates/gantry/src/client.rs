@@ -75,6 +75,38 @@ impl Client {
     /// Calls one AWS JSON 1.1 operation; AWS errors become `Err` with their type and message.
     pub fn call(&self, service: &str, target: &str, body: &Value) -> Result<Value> {
         let data = serde_json::to_vec(body)?;
+        let content = ("application/x-amz-json-1.1", Some(target));
+        let (status, text) = self.post(service, content, &data)?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status != 200 {
+            bail!(
+                "{}: {}",
+                v["__type"].as_str().unwrap_or("error"),
+                v["message"].as_str().unwrap_or(&text)
+            );
+        }
+        Ok(v)
+    }
+
+    /// The ids of the default VPC's subnets (EC2's DescribeSubnets, a Query call answered in
+    /// XML: the ids are read from its `subnetId` elements).
+    pub fn subnet_ids(&self) -> Result<Vec<String>> {
+        let form = b"Action=DescribeSubnets&Version=2016-11-15";
+        let content = ("application/x-www-form-urlencoded; charset=utf-8", None);
+        let (status, text) = self.post("ec2", content, form)?;
+        if status != 200 {
+            bail!("DescribeSubnets failed ({status}): {text}");
+        }
+        Ok(text
+            .split("<subnetId>")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("</subnetId>").map(|(id, _)| id.to_string()))
+            .collect())
+    }
+
+    /// Signs and posts one request: (content type, X-Amz-Target if any), body. Returns the
+    /// status and the body.
+    fn post(&self, service: &str, (content_type, target): (&str, Option<&str>), data: &[u8]) -> Result<(u16, String)> {
         let host = self
             .endpoint
             .split("://")
@@ -85,19 +117,21 @@ impl Client {
             .unwrap_or("")
             .to_string();
         let amz_date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-        let headers = vec![
-            ("content-type".to_string(), "application/x-amz-json-1.1".to_string()),
+        let mut headers = vec![
+            ("content-type".to_string(), content_type.to_string()),
             ("host".to_string(), host),
             ("x-amz-date".to_string(), amz_date.clone()),
-            ("x-amz-target".to_string(), target.to_string()),
         ];
+        if let Some(t) = target {
+            headers.push(("x-amz-target".to_string(), t.to_string()));
+        }
         let signed: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
         let req = SignedRequest {
             method: "POST",
             path: "/",
             query: "",
             headers: &headers,
-            body: &data,
+            body: data,
         };
         let sig = signature(&self.secret, &req, &signed, &amz_date, &self.region, service);
         let auth = format!(
@@ -115,19 +149,10 @@ impl Client {
         }
         let mut resp = r
             .header("authorization", &auth)
-            .send(&data[..])
+            .send(data)
             .with_context(|| format!("calling {}", self.endpoint))?;
         let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string()?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if status != 200 {
-            bail!(
-                "{}: {}",
-                v["__type"].as_str().unwrap_or("error"),
-                v["message"].as_str().unwrap_or(&text)
-            );
-        }
-        Ok(v)
+        Ok((status, resp.body_mut().read_to_string()?))
     }
 
     /// The endpoint requests go to (`http://host:port`).

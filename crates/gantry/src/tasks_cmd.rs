@@ -188,10 +188,12 @@ fn follow(c: &Client, cluster: &str, task_arn: &str) -> Result<Value> {
 pub fn run(a: RunArgs) -> Result<i32> {
     let c = Client::from_env()?;
     let td = task_definition(&c, &a)?;
+    // Any node will do: every subnet of the default VPC.
+    let subnets = c.subnet_ids()?;
     let r = c.ecs(
         "RunTask",
         json!({"cluster": a.cluster, "taskDefinition": td, "launchType": "FARGATE", "startedBy": "gantry-run",
-               "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-gantry"]}}}),
+               "networkConfiguration": {"awsvpcConfiguration": {"subnets": subnets}}}),
     )?;
     let arn = r["tasks"][0]["taskArn"]
         .as_str()
