@@ -5,6 +5,7 @@
 use crate::api::{caller, Api, ApiError};
 use crate::protocol::Reply;
 use gantry_control::iam::managed::Principal;
+use gantry_control::iam::tags::TagChange;
 use gantry_control::iam::{
     Caller, Iam, IamError, ManagedPolicy, NewRole, PolicyScope, PolicyVersion, Role, StoredKey, Tag, User,
 };
@@ -33,13 +34,19 @@ fn required<'a>(input: &'a Value, key: &str) -> Result<&'a str, ApiError> {
 fn user_out(u: &User) -> Value {
     let mut out = json!({"Path": u.path, "UserName": u.name, "UserId": u.id, "Arn": u.arn, "CreateDate": u.created});
     if !u.tags.is_empty() {
-        out["Tags"] = json!(u
-            .tags
-            .iter()
-            .map(|t| json!({"Key": t.key, "Value": t.value}))
-            .collect::<Vec<_>>());
+        out["Tags"] = json!(tags_out(&u.tags));
     }
     out
+}
+
+fn tags_out(tags: &[Tag]) -> Vec<Value> {
+    tags.iter().map(|t| json!({"Key": t.key, "Value": t.value})).collect()
+}
+
+/// A request's `Tags` (none: empty).
+fn tags_in(input: &Value) -> Result<Vec<Tag>, ApiError> {
+    serde_json::from_value(input.get("Tags").cloned().unwrap_or(json!([])))
+        .map_err(|e| ApiError::client("InvalidInputException", format!("Tags: {e}")))
 }
 
 fn key_out(id: &str, k: &StoredKey, user_name: &str, with_secret: bool) -> Value {
@@ -105,6 +112,36 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
             // The root has no user name (AWS answers the same).
             None => json!({"User": {"Path": "/", "UserId": account, "Arn": who.arn(), "CreateDate": 0}}),
         },
+        "TagUser" | "UntagUser" | "TagRole" | "UntagRole" => {
+            let (name, tags) = (
+                required(&input, if op.ends_with("User") { "UserName" } else { "RoleName" })?,
+                tags_in(&input)?,
+            );
+            let keys: Vec<String> = input["TagKeys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect();
+            let change = if op.starts_with("Tag") {
+                TagChange::Add(&tags)
+            } else {
+                TagChange::Remove(&keys)
+            };
+            match op.ends_with("User") {
+                true => iam.change_user_tags(account, name, change).await?,
+                false => iam.change_role_tags(account, name, change).await?,
+            }
+            json!({})
+        }
+        "ListUserTags" => {
+            let u = iam.user(account, required(&input, "UserName")?).await?;
+            paged(tags_out(&u.tags), "Tags", &input)?
+        }
+        "ListRoleTags" => {
+            let r = iam.role(account, required(&input, "RoleName")?).await?;
+            paged(tags_out(&r.tags), "Tags", &input)?
+        }
         "ListUsers" => {
             let users = iam.users(account, text(&input, "PathPrefix")).await?;
             paged(users.iter().map(user_out).collect(), "Users", &input)?
@@ -384,11 +421,7 @@ fn role_out(r: &Role) -> Value {
         out["Description"] = json!(d);
     }
     if !r.tags.is_empty() {
-        out["Tags"] = json!(r
-            .tags
-            .iter()
-            .map(|t| json!({"Key": t.key, "Value": t.value}))
-            .collect::<Vec<_>>());
+        out["Tags"] = json!(tags_out(&r.tags));
     }
     out
 }
@@ -411,7 +444,15 @@ pub fn sts_handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value
 }
 
 async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, ApiError> {
-    for unsupported in ["Policy", "PolicyArns", "SerialNumber", "TokenCode", "ProvidedContexts"] {
+    for unsupported in [
+        "Policy",
+        "PolicyArns",
+        "SerialNumber",
+        "TokenCode",
+        "ProvidedContexts",
+        "TransitiveTagKeys",
+        "SourceIdentity",
+    ] {
         if input.get(unsupported).is_some() {
             return Err(ApiError::client(
                 "InvalidParameterValue",
@@ -435,6 +476,7 @@ async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, A
             required(input, "RoleSessionName")?,
             input["DurationSeconds"].as_i64(),
             &ctx,
+            &tags_in(input)?,
         )
         .await?;
     let session = key.role.as_ref().expect("a session key has its role");

@@ -7,6 +7,7 @@
 
 use crate::records::{RecordError, Records};
 pub mod managed;
+pub mod tags;
 
 pub use managed::{ManagedPolicy, PolicyScope, PolicyVersion};
 
@@ -54,6 +55,9 @@ pub struct RoleSession {
     /// The task whose role this is (ECS vended it): the key dies with the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// Session tags (AssumeRole's Tags): over the role's own as `aws:PrincipalTag/<key>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
 }
 
 /// The service principal ECS tasks assume their task and execution roles as.
@@ -320,6 +324,9 @@ impl Iam {
             (_, Some(r)) => {
                 let mut role = self.role(&account, &r.role).await?;
                 role.managed.documents = self.documents(&role.managed.attached).await?;
+                // A session tag overrides the role's tag of the same key.
+                role.tags = tags::without(&role.tags, &r.tags.iter().map(|t| t.key.clone()).collect::<Vec<_>>());
+                role.tags.extend(r.tags.iter().cloned());
                 Ok(Caller::Role {
                     role,
                     session: r.session.clone(),
@@ -353,6 +360,13 @@ impl Iam {
         let path = req.path.unwrap_or_else(|| "/".into());
         check_path(&path)?;
         check_trust(&req.trust)?;
+        tags::check_tags(&req.tags)?;
+        if req.tags.len() > tags::MAX_TAGS {
+            return Err(IamError::new(
+                "LimitExceededException",
+                "A role can have at most 50 tags.",
+            ));
+        }
         let max_session = req.max_session.unwrap_or(3600);
         if !(3600..=43200).contains(&max_session) {
             return Err(IamError::new(
@@ -448,8 +462,16 @@ impl Iam {
         session: &str,
         duration: Option<i64>,
         context: &gantry_policy::Context,
+        session_tags: &[Tag],
     ) -> Result<(String, StoredKey, Role), IamError> {
         check_session_name(session)?;
+        tags::check_tags(session_tags)?;
+        if session_tags.len() > tags::MAX_TAGS {
+            return Err(IamError::new(
+                "ValidationError",
+                "A session can have at most 50 session tags.",
+            ));
+        }
         let account = caller.account().to_string();
         let name = role_arn
             .strip_prefix(&format!("arn:aws:iam::{account}:role/"))
@@ -482,7 +504,12 @@ impl Iam {
         if !trusted || authorize(caller, "sts:AssumeRole", &role.arn, context).is_err() {
             return Err(denied_assume(caller, role_arn));
         }
-        let (id, key) = self.mint(&role, &account, session, duration, None).await?;
+        if !session_tags.is_empty() {
+            may_tag_session(caller, &role, &trust, context, session_tags)?;
+        }
+        let (id, key) = self
+            .mint(&role, &account, session, duration, (None, session_tags))
+            .await?;
         Ok((id, key, role))
     }
 
@@ -493,7 +520,7 @@ impl Iam {
         account: &str,
         session: &str,
         duration: i64,
-        task: Option<&str>,
+        (task, tags): (Option<&str>, &[Tag]),
     ) -> Result<(String, StoredKey), IamError> {
         let now = self.now();
         let id = iam_id("ASIA");
@@ -509,6 +536,7 @@ impl Iam {
                 session: session.to_string(),
                 expires: now + duration as f64,
                 task: task.map(String::from),
+                tags: tags.to_vec(),
             }),
         };
         if !self.records.create(&key_path(&id), &key).await? {
@@ -567,7 +595,7 @@ impl Iam {
     ) -> Result<(String, StoredKey), String> {
         let role = self.task_role(account, role_arn, task_arn).await?;
         let session = task_arn.rsplit('/').next().unwrap_or(task_arn);
-        self.mint(&role, account, session, TASK_SESSION_SECONDS, Some(task_arn))
+        self.mint(&role, account, session, TASK_SESSION_SECONDS, (Some(task_arn), &[]))
             .await
             .map_err(|e| e.message)
     }
@@ -582,7 +610,8 @@ impl Iam {
         check_name("userName", name, 64)?;
         let path = path.unwrap_or("/");
         check_path(path)?;
-        if tags.len() > 50 {
+        tags::check_tags(&tags)?;
+        if tags.len() > tags::MAX_TAGS {
             return Err(IamError::new(
                 "LimitExceededException",
                 "A user can have at most 50 tags.",
@@ -813,6 +842,41 @@ fn check_session_name(s: &str) -> Result<(), IamError> {
     }
 }
 
+/// Session tags need sts:TagSession from both the role's trust policy and the caller's own
+/// policies, evaluated with the tags as `aws:RequestTag/<key>` and `aws:TagKeys`.
+fn may_tag_session(
+    caller: &Caller,
+    role: &Role,
+    trust: &gantry_policy::Policy,
+    context: &gantry_policy::Context,
+    session_tags: &[Tag],
+) -> Result<(), IamError> {
+    let mut ctx = context.clone();
+    for t in session_tags {
+        ctx.set(&format!("aws:RequestTag/{}", t.key), t.value.clone());
+    }
+    ctx.set_many("aws:TagKeys", session_tags.iter().map(|t| t.key.clone()).collect());
+    let principal = caller.principal_arn();
+    let req = gantry_policy::Request {
+        action: "sts:TagSession",
+        resource: &role.arn,
+        principal: Some(&principal),
+        context: &ctx,
+    };
+    let trusted = gantry_policy::evaluate(&[trust], &req) == gantry_policy::Decision::Allow;
+    if trusted && authorize(caller, "sts:TagSession", &role.arn, &ctx).is_ok() {
+        return Ok(());
+    }
+    Err(IamError::new(
+        "AccessDenied",
+        format!(
+            "User: {} is not authorized to perform: sts:TagSession on resource: {}",
+            caller.arn(),
+            role.arn
+        ),
+    ))
+}
+
 fn denied_assume(caller: &Caller, role_arn: &str) -> IamError {
     IamError::new(
         "AccessDenied",
@@ -892,15 +956,25 @@ pub fn principal_context(caller: &Caller) -> gantry_policy::Context {
         Caller::User { user, .. } => {
             ctx.set("aws:username", user.name.clone())
                 .set("aws:PrincipalType", "User");
+            principal_tags(&mut ctx, &user.tags);
         }
-        Caller::Role { .. } => {
+        Caller::Role { role, .. } => {
             ctx.set("aws:PrincipalType", "AssumedRole");
+            principal_tags(&mut ctx, &role.tags);
         }
         Caller::Root { .. } => {
             ctx.set("aws:PrincipalType", "Account");
         }
     }
     ctx
+}
+
+/// `aws:PrincipalTag/<key>` for each of the principal's tags (condition keys compare their
+/// names without regard to case).
+fn principal_tags(ctx: &mut gantry_policy::Context, tags: &[Tag]) {
+    for t in tags {
+        ctx.set(&format!("aws:PrincipalTag/{}", t.key), t.value.clone());
+    }
 }
 
 /// Whether `caller` may perform `action` on `resource`: root may do everything; a user what
@@ -1005,7 +1079,10 @@ mod tests {
         let root = Caller::Root {
             account: account.into(),
         };
-        let (id, key, _) = iam.assume_role(&root, &role.arn, "s1", Some(900), &ctx).await.unwrap();
+        let (id, key, _) = iam
+            .assume_role(&root, &role.arn, "s1", Some(900), &ctx, &[])
+            .await
+            .unwrap();
         assert!(id.starts_with("ASIA") && key.session_token.is_some());
         match iam.caller(&key).await.unwrap() {
             c @ Caller::Role { .. } => assert_eq!(c.arn(), "arn:aws:sts::123456789012:assumed-role/app/s1"),
@@ -1013,18 +1090,21 @@ mod tests {
         }
         // A user needs its own Allow as well as the trust.
         let ann = user(&[]);
-        let e = iam.assume_role(&ann, &role.arn, "s2", None, &ctx).await.unwrap_err();
+        let e = iam
+            .assume_role(&ann, &role.arn, "s2", None, &ctx, &[])
+            .await
+            .unwrap_err();
         assert_eq!(e.shape, "AccessDenied");
         // Longer than the role allows, or too short.
         assert_eq!(
-            iam.assume_role(&root, &role.arn, "s3", Some(7200), &ctx)
+            iam.assume_role(&root, &role.arn, "s3", Some(7200), &ctx, &[])
                 .await
                 .unwrap_err()
                 .shape,
             "ValidationError"
         );
         assert_eq!(
-            iam.assume_role(&root, &role.arn, "s3", Some(60), &ctx)
+            iam.assume_role(&root, &role.arn, "s3", Some(60), &ctx, &[])
                 .await
                 .unwrap_err()
                 .shape,
@@ -1048,6 +1128,70 @@ mod tests {
             1
         );
         assert!(store.get(&key_path(&id)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn session_tags_need_tag_session_and_become_principal_tags() {
+        let store: Arc<dyn Store> = Arc::new(gantry_store::SqliteStore::in_memory().unwrap());
+        let clock = Arc::new(Fixed(std::sync::atomic::AtomicI64::new(1_800_000_000_000)));
+        let iam = Iam::new(store, clock);
+        let account = "123456789012";
+        let role = |name: &str, actions: &str| NewRole {
+            name: name.into(),
+            path: None,
+            trust: format!(
+                r#"{{"Statement": {{"Effect": "Allow", "Principal": {{"AWS": "{account}"}}, "Action": {actions}}}}}"#
+            ),
+            description: None,
+            max_session: None,
+            tags: vec![
+                Tag {
+                    key: "team".into(),
+                    value: "web".into(),
+                },
+                Tag {
+                    key: "env".into(),
+                    value: "prod".into(),
+                },
+            ],
+        };
+        let root = Caller::Root {
+            account: account.into(),
+        };
+        let ctx = gantry_policy::Context::new();
+        let tag = |k: &str, v: &str| Tag {
+            key: k.into(),
+            value: v.into(),
+        };
+        // Without sts:TagSession in the trust policy, tags are refused.
+        let plain = iam
+            .create_role(account, role("plain", r#""sts:AssumeRole""#))
+            .await
+            .unwrap();
+        let e = iam
+            .assume_role(&root, &plain.arn, "tagged-session", None, &ctx, &[tag("team", "api")])
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("sts:TagSession"), "{}", e.message);
+        // With it, a session tag overrides the role's tag of the same key.
+        let tagged = iam
+            .create_role(account, role("tagged", r#"["sts:AssumeRole", "sts:TagSession"]"#))
+            .await
+            .unwrap();
+        let (_, key, _) = iam
+            .assume_role(&root, &tagged.arn, "tagged-session", None, &ctx, &[tag("team", "api")])
+            .await
+            .unwrap();
+        let who = iam.caller(&key).await.unwrap();
+        let p = principal_context(&who);
+        assert_eq!(p.get("aws:PrincipalTag/team"), Some(&["api".to_string()][..]));
+        assert_eq!(p.get("aws:principaltag/ENV"), Some(&["prod".to_string()][..]));
+        // Malformed session tags are refused as IAM refuses them.
+        let e = iam
+            .assume_role(&root, &tagged.arn, "tagged-session", None, &ctx, &[tag("a*", "x")])
+            .await
+            .unwrap_err();
+        assert_eq!(e.shape, "InvalidInputException");
     }
 
     #[tokio::test]
