@@ -371,3 +371,43 @@ def test_tags_of_users_roles_and_sessions_are_principal_tags(gantry, iam):
     assert c == "InvalidParameterValue" and "TransitiveTagKeys" in m
     iam.untag_role(RoleName="by-tag", TagKeys=["team"])
     assert iam.list_role_tags(RoleName="by-tag")["Tags"] == []
+
+
+def test_groups_give_their_members_their_policies(gantry, iam):
+    group = iam.create_group(GroupName="deployers", Path="/ops/")["Group"]
+    assert group["Arn"] == f"arn:aws:iam::{ACCOUNT}:group/ops/deployers" and group["GroupId"].startswith("AGPA")
+    assert code(iam.create_group, GroupName="Deployers")[0] == "EntityAlreadyExists"
+    iam.create_user(UserName="dora")
+    dora_key = iam.create_access_key(UserName="dora")["AccessKey"]
+    ecs = as_user(gantry, dora_key, "ecs")
+    assert code(ecs.list_clusters)[0] == "AccessDeniedException"
+    # An inline group policy, then an attached managed one, reach every member.
+    iam.put_group_policy(GroupName="deployers", PolicyName="reads", PolicyDocument=json.dumps(ALLOW_READS))
+    iam.add_user_to_group(GroupName="deployers", UserName="dora")
+    ecs.list_clusters()
+    assert [g["GroupName"] for g in iam.list_groups_for_user(UserName="dora")["Groups"]] == ["deployers"]
+    got = iam.get_group(GroupName="deployers")
+    assert [u["UserName"] for u in got["Users"]] == ["dora"] and got["Group"]["Path"] == "/ops/"
+    assert iam.get_group_policy(GroupName="deployers", PolicyName="reads")["PolicyDocument"] == ALLOW_READS
+    assert iam.list_group_policies(GroupName="deployers")["PolicyNames"] == ["reads"]
+    assert code(ecs.create_cluster, clusterName="by-group")[0] == "AccessDeniedException"
+    arn = iam.create_policy(PolicyName="make-clusters", PolicyDocument=json.dumps(
+        {"Statement": [{"Effect": "Allow", "Action": "ecs:CreateCluster", "Resource": "*"}]}))["Policy"]["Arn"]
+    iam.attach_group_policy(GroupName="deployers", PolicyArn=arn)
+    assert iam.list_attached_group_policies(GroupName="deployers")["AttachedPolicies"] == [
+        {"PolicyName": "make-clusters", "PolicyArn": arn}]
+    ecs.create_cluster(clusterName="by-group")
+    assert code(iam.delete_policy, PolicyArn=arn)[0] == "DeleteConflict", "a group holds it"
+    # Neither the group nor the user goes while the other holds it; removal takes it all away.
+    assert code(iam.delete_group, GroupName="deployers")[0] == "DeleteConflict"
+    iam.delete_access_key(UserName="dora", AccessKeyId=dora_key["AccessKeyId"])
+    assert code(iam.delete_user, UserName="dora")[0] == "DeleteConflict"
+    iam.remove_user_from_group(GroupName="deployers", UserName="dora")
+    assert code(iam.remove_user_from_group, GroupName="deployers", UserName="dora")[0] == "NoSuchEntity"
+    assert iam.get_group(GroupName="deployers")["Users"] == []
+    iam.detach_group_policy(GroupName="deployers", PolicyArn=arn)
+    iam.delete_group_policy(GroupName="deployers", PolicyName="reads")
+    iam.delete_group(GroupName="deployers")
+    assert code(iam.get_group, GroupName="deployers")[0] == "NoSuchEntity"
+    iam.delete_user(UserName="dora")
+    gantry.client("ecs").delete_cluster(cluster="by-group")

@@ -4,6 +4,7 @@
 
 use crate::api::{caller, Api, ApiError};
 use crate::protocol::Reply;
+use gantry_control::iam::groups::Group;
 use gantry_control::iam::managed::Principal;
 use gantry_control::iam::tags::TagChange;
 use gantry_control::iam::{
@@ -266,6 +267,7 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
             let r = iam.role(account, required(&input, "RoleName")?).await?;
             paged(r.policies.keys().map(|k| json!(k)).collect(), "PolicyNames", &input)?
         }
+        other if other.contains("Group") => return group_op(&iam, account, other, &input).await,
         other => return managed_policy_op(&iam, account, other, &input).await,
     })
 }
@@ -295,6 +297,81 @@ fn version_out(p: &ManagedPolicy, v: &PolicyVersion, with_document: bool) -> Val
         out["Document"] = json!(url_encoded(&v.document));
     }
     out
+}
+
+fn group_out(g: &Group) -> Value {
+    json!({"Path": g.path, "GroupName": g.name, "GroupId": g.id, "Arn": g.arn, "CreateDate": g.created})
+}
+
+/// Groups: their members, inline policies and attached managed policies.
+async fn group_op(iam: &Iam, account: &str, op: &str, input: &Value) -> Result<Value, ApiError> {
+    let group = || required(input, "GroupName");
+    Ok(match op {
+        "CreateGroup" => json!({"Group": group_out(&iam.create_group(account, group()?, text(input, "Path")).await?)}),
+        "GetGroup" => {
+            let g = iam.group(account, group()?).await?;
+            let users = iam.group_members(account, &g.name).await?;
+            let mut out = paged(users.iter().map(user_out).collect(), "Users", input)?;
+            out["Group"] = group_out(&g);
+            out
+        }
+        "ListGroups" => {
+            let groups = iam.groups(account, text(input, "PathPrefix")).await?;
+            paged(groups.iter().map(group_out).collect(), "Groups", input)?
+        }
+        "DeleteGroup" => {
+            iam.delete_group(account, group()?).await?;
+            json!({})
+        }
+        "AddUserToGroup" | "RemoveUserFromGroup" => {
+            let user = required(input, "UserName")?;
+            iam.change_membership(account, group()?, user, op == "AddUserToGroup")
+                .await?;
+            json!({})
+        }
+        "ListGroupsForUser" => {
+            let u = iam.user(account, required(input, "UserName")?).await?;
+            let mut groups = Vec::new();
+            for name in &u.groups {
+                groups.push(group_out(&iam.group(account, name).await?));
+            }
+            paged(groups, "Groups", input)?
+        }
+        "PutGroupPolicy" | "DeleteGroupPolicy" => {
+            let doc = (op == "PutGroupPolicy")
+                .then(|| required(input, "PolicyDocument"))
+                .transpose()?;
+            iam.put_group_policy(account, group()?, required(input, "PolicyName")?, doc)
+                .await?;
+            json!({})
+        }
+        "GetGroupPolicy" => {
+            let g = iam.group(account, group()?).await?;
+            let name = required(input, "PolicyName")?;
+            let doc = g.policies.get(name).ok_or_else(|| {
+                ApiError::of_shape(
+                    "NoSuchEntityException",
+                    format!("The group policy with name {name} cannot be found."),
+                )
+            })?;
+            json!({"GroupName": g.name, "PolicyName": name, "PolicyDocument": url_encoded(doc)})
+        }
+        "ListGroupPolicies" => {
+            let g = iam.group(account, group()?).await?;
+            paged(g.policies.keys().map(|k| json!(k)).collect(), "PolicyNames", input)?
+        }
+        "AttachGroupPolicy" | "DetachGroupPolicy" => {
+            let arn = required(input, "PolicyArn")?;
+            iam.attach(account, Principal::Group(group()?), arn, op.starts_with("Detach"))
+                .await?;
+            json!({})
+        }
+        "ListAttachedGroupPolicies" => {
+            let g = iam.group(account, group()?).await?;
+            paged(attached_out(&g.managed.attached), "AttachedPolicies", input)?
+        }
+        other => return managed_policy_op(iam, account, other, input).await,
+    })
 }
 
 fn attached_out(attached: &[String]) -> Vec<Value> {
@@ -400,7 +477,7 @@ async fn managed_policy_op(iam: &Iam, account: &str, op: &str, input: &Value) ->
         other => {
             return Err(ApiError::client(
                 "UnknownOperationException",
-                format!("Gantry's IAM serves users, roles, access keys, inline and managed policies; {other} is not implemented yet."),
+                format!("Gantry's IAM serves users, groups, roles, access keys, inline and managed policies; {other} is not implemented yet."),
             ))
         }
     })

@@ -136,6 +136,8 @@ pub fn run(a: BenchPolicyArgs) -> anyhow::Result<i32> {
             tags: vec![],
             policies: (0..a.policies).map(|i| (format!("p{i}"), document(i))).collect(),
             managed: Default::default(),
+            groups: vec![],
+            group_documents: vec![],
         },
     };
     anyhow::ensure!(

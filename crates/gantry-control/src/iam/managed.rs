@@ -3,6 +3,7 @@
 //! (`arn:aws:iam::aws:policy/...`), built in. Users and roles hold the ARNs attached to them;
 //! a request's caller is read with the default versions' documents.
 
+use super::groups::Group;
 use super::{check_identity_policy, check_name, check_path, iam_id, Iam, IamError, Role, Tag, User};
 use serde::{Deserialize, Serialize};
 
@@ -125,10 +126,11 @@ fn no_policy(arn: &str) -> IamError {
     )
 }
 
-/// What an attachment changes: a user's or a role's list.
+/// What an attachment changes: a user's, a role's or a group's list.
 pub enum Principal<'a> {
     User(&'a str),
     Role(&'a str),
+    Group(&'a str),
 }
 
 impl Iam {
@@ -231,7 +233,7 @@ impl Iam {
         Ok(out)
     }
 
-    /// How many users and roles have `arn` attached.
+    /// How many users, roles and groups have `arn` attached.
     pub async fn attachment_count(&self, account: &str, arn: &str) -> Result<usize, IamError> {
         let users = self.users(account, None).await?;
         let roles = self.roles(account, None).await?;
@@ -242,6 +244,12 @@ impl Iam {
             + roles
                 .iter()
                 .filter(|r| r.managed.attached.iter().any(|a| a == arn))
+                .count()
+            + self
+                .groups(account, None)
+                .await?
+                .iter()
+                .filter(|g| g.managed.attached.iter().any(|a| a == arn))
                 .count();
         Ok(n)
     }
@@ -394,6 +402,16 @@ impl Iam {
                         let mut r = cur.ok_or_else(|| IamError::no_role(name))?;
                         change(&mut r.managed.attached, name, "Role")?;
                         Ok((Some(r), ()))
+                    })
+                    .await
+            }
+            Principal::Group(name) => {
+                let g = self.group(account, name).await?;
+                self.records
+                    .update(&Self::group_key(account, name), |cur: Option<Group>| {
+                        let mut g = cur.ok_or_else(|| IamError::no_group(&g.name))?;
+                        change(&mut g.managed.attached, name, "Group")?;
+                        Ok((Some(g), ()))
                     })
                     .await
             }

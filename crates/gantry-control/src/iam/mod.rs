@@ -6,6 +6,7 @@
 //! `/iam/users/<account>/<user name>`.
 
 use crate::records::{RecordError, Records};
+pub mod groups;
 pub mod managed;
 pub mod tags;
 
@@ -94,6 +95,13 @@ impl IamError {
             format!("The user with name {name} cannot be found."),
         )
     }
+    fn no_group(name: &str) -> IamError {
+        IamError::new(
+            "NoSuchEntityException",
+            format!("The group with name {name} cannot be found."),
+        )
+    }
+
     fn no_role(name: &str) -> IamError {
         IamError::new(
             "NoSuchEntityException",
@@ -132,6 +140,12 @@ pub struct User {
     pub policies: BTreeMap<String, String>,
     #[serde(flatten)]
     pub managed: Attached,
+    /// The groups it is in, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Its groups' policy documents, as read for the request at hand (never stored).
+    #[serde(skip)]
+    pub group_documents: Vec<String>,
 }
 
 /// The managed policies attached to a user or role (ARNs), and their default versions'
@@ -227,8 +241,12 @@ impl Caller {
             Caller::User { user, .. } => (&user.policies, &user.managed),
             Caller::Role { role, .. } => (&role.policies, &role.managed),
         };
-        let docs = inline.values().map(String::as_str);
-        Some(docs.chain(managed.documents.iter().map(String::as_str)).collect())
+        let groups = match self {
+            Caller::User { user, .. } => user.group_documents.as_slice(),
+            _ => &[],
+        };
+        let docs = inline.values().chain(&managed.documents).chain(groups);
+        Some(docs.map(String::as_str).collect())
     }
 }
 
@@ -336,6 +354,7 @@ impl Iam {
             (Some(name), None) => {
                 let mut user = self.user(&account, name).await?;
                 user.managed.documents = self.documents(&user.managed.attached).await?;
+                user.group_documents = self.group_documents(&account, &user).await?;
                 Ok(Caller::User { user, account })
             }
             (None, None) => Ok(Caller::Root { account }),
@@ -626,6 +645,8 @@ impl Iam {
             tags,
             policies: BTreeMap::new(),
             managed: Attached::default(),
+            groups: vec![],
+            group_documents: vec![],
         };
         if !self.records.create(&Self::user_key(account, name), &user).await? {
             return Err(IamError::new(
@@ -670,6 +691,12 @@ impl Iam {
     pub async fn delete_user(&self, account: &str, name: &str) -> Result<(), IamError> {
         let u = self.user(account, name).await?;
         no_policies(&u.policies, &u.managed)?;
+        if !u.groups.is_empty() {
+            return Err(IamError::new(
+                "DeleteConflictException",
+                "Cannot delete entity, must remove user from all groups first.",
+            ));
+        }
         if !self.keys(account, Some(&u.name)).await?.is_empty() {
             return Err(IamError::new(
                 "DeleteConflictException",
@@ -1023,6 +1050,8 @@ mod tests {
                 tags: vec![],
                 policies: policies.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 managed: Attached::default(),
+                groups: vec![],
+                group_documents: vec![],
             },
         }
     }
