@@ -96,7 +96,7 @@ def test_iam_refuses_what_iam_refuses(gantry, iam):
         iam.delete_access_key(UserName="bob", AccessKeyId=k["AccessKeyId"])
     iam.delete_user(UserName="bob")
     assert "bob" not in [u["UserName"] for u in iam.list_users()["Users"]]
-    assert code(iam.create_group, GroupName="g")[0] == "UnknownOperationException"
+    assert code(iam.create_instance_profile, InstanceProfileName="p")[0] == "UnknownOperationException"
 
 
 def test_the_cli_speaks_iam_and_sts(gantry):

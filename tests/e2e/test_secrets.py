@@ -238,3 +238,45 @@ def test_a_task_whose_secret_cannot_be_read_fails_to_start(gantry, ecs, sm):
                 cpu="256", memory="512", executionRoleArn=full, containerDefinitions=[{
                     "name": "app", "image": "x", "secrets": [{"name": "X", "valueFrom": "arn:aws:s3:::bucket/key"}]}])
     assert c == "ClientException" and "neither a Secrets Manager secret nor a Parameter Store parameter" in m
+
+
+def test_a_secrets_resource_policy_allows_and_denies_with_identity_policies(gantry, sm):
+    import boto3
+    import botocore.config
+    from conftest import ACCOUNT, REGION
+    iam = gantry.client("iam")
+    arn = sm.create_secret(Name="shared/db", SecretString="s3cret")["ARN"]
+
+    def user(name, policy=None):
+        iam.create_user(UserName=name)
+        if policy:
+            iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
+        k = iam.create_access_key(UserName=name)["AccessKey"]
+        return boto3.client("secretsmanager", endpoint_url=gantry.endpoint, region_name=REGION,
+                            aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"],
+                            config=botocore.config.Config(retries={"max_attempts": 1}))
+    reader = user("rp-reader")
+    everyone = user("rp-admin", {"Statement": [{"Effect": "Allow", "Action": "secretsmanager:*", "Resource": "*"}]})
+    assert code(reader.get_secret_value, SecretId=arn)[0] == "AccessDeniedException"
+
+    def grant(principal, effect="Allow"):
+        return json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": effect, "Principal": {"AWS": principal},
+                           "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]})
+    # Naming the user lets it read without an identity policy of its own.
+    sm.put_resource_policy(SecretId=arn, ResourcePolicy=grant(f"arn:aws:iam::{ACCOUNT}:user/rp-reader"))
+    assert reader.get_secret_value(SecretId="shared/db")["SecretString"] == "s3cret"
+    # Naming the account only hands the decision to identity policies, as in AWS.
+    sm.put_resource_policy(SecretId=arn, ResourcePolicy=grant(ACCOUNT))
+    assert code(reader.get_secret_value, SecretId=arn)[0] == "AccessDeniedException"
+    assert everyone.get_secret_value(SecretId=arn)["SecretString"] == "s3cret"
+    # An explicit deny in the resource policy wins over the identity policy's allow.
+    sm.put_resource_policy(SecretId=arn, ResourcePolicy=grant(f"arn:aws:iam::{ACCOUNT}:user/rp-admin", "Deny"))
+    c, m = code(everyone.get_secret_value, SecretId=arn)
+    assert c == "AccessDeniedException" and "explicit deny in a resource-based policy" in m, m
+    # Refused: statements without principals, and a public policy with BlockPublicPolicy.
+    no_principal = json.dumps({"Statement": [{"Effect": "Allow", "Action": "secretsmanager:*", "Resource": "*"}]})
+    assert code(sm.put_resource_policy, SecretId=arn, ResourcePolicy=no_principal)[0] == "MalformedPolicyDocumentException"
+    assert code(sm.put_resource_policy, SecretId=arn, ResourcePolicy=grant("*"), BlockPublicPolicy=True)[0] == \
+        "PublicPolicyException"
+    sm.delete_resource_policy(SecretId=arn)
+    assert everyone.get_secret_value(SecretId=arn)["SecretString"] == "s3cret"

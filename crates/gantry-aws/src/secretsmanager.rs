@@ -217,9 +217,10 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
         }
         "PutResourcePolicy" => {
             let policy = input["ResourcePolicy"].as_str().map(str::to_string);
-            named(&sm.set_policy(scope, &secret_id(&input)?, policy).await?)
+            let block = input["BlockPublicPolicy"].as_bool().unwrap_or(false);
+            named(&sm.set_policy(scope, &secret_id(&input)?, policy, block).await?)
         }
-        "DeleteResourcePolicy" => named(&sm.set_policy(scope, &secret_id(&input)?, None).await?),
+        "DeleteResourcePolicy" => named(&sm.set_policy(scope, &secret_id(&input)?, None, false).await?),
         "GetResourcePolicy" => {
             let s = sm.find(scope, &secret_id(&input)?).await?;
             let mut out = named(&s);

@@ -34,7 +34,7 @@ async fn world(desired: i64) -> World {
     common::default_cluster_with_web(&control).await;
     let req: CreateServiceRequest = serde_json::from_value(json!({
         "cluster": "default", "serviceName": "web", "taskDefinition": "web", "desiredCount": desired,
-        "launchType": "FARGATE", "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
+        "launchType": "FARGATE", "networkConfiguration": common::network()
     }))
     .unwrap();
     control.create_service(&scope(), req).await.unwrap();
@@ -458,7 +458,7 @@ async fn container_insights_counts_for_clusters_that_enable_it() {
         .unwrap();
     let req: CreateServiceRequest = serde_json::from_value(json!({
         "cluster": "insights", "serviceName": "api", "taskDefinition": "web", "desiredCount": 3,
-        "launchType": "FARGATE", "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
+        "launchType": "FARGATE", "networkConfiguration": common::network()
     }))
     .unwrap();
     w.control.create_service(&scope(), req).await.unwrap();

@@ -23,7 +23,7 @@ fn spec(name: &str, zone: &str, pool: Option<&str>) -> NodeSpec {
         cpu: 2048,
         memory: 4096,
         address: None,
-        subnet: None,
+        subnet: Some("10.0.9.0/24".into()),
     }
 }
 
@@ -38,10 +38,11 @@ async fn setup(nodes: &[(&str, &str)]) -> (Control, Arc<FakeClock>) {
 }
 
 async fn create_service(c: &Control, desired: i64) {
+    let network = common::every_subnet(c).await;
     let req: CreateServiceRequest = serde_json::from_value(json!({
         "cluster": "default", "serviceName": "svc", "taskDefinition": "web", "desiredCount": desired,
         "launchType": "FARGATE",
-        "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
+        "networkConfiguration": network.clone()
     }))
     .unwrap();
     c.create_service(&scope(), req).await.unwrap();
@@ -191,11 +192,12 @@ async fn capacity_provider_pools_and_an_empty_pool() {
     c.register_node(spec("spot-1", "us-east-1a", Some("FARGATE_SPOT")))
         .await
         .unwrap();
+    let network = common::every_subnet(&c).await;
     let run = |provider: &str| {
         serde_json::from_value::<gantry_control::RunTaskRequest>(json!({
             "cluster": "default", "taskDefinition": "web", "count": 2,
             "capacityProviderStrategy": [{"capacityProvider": provider, "weight": 1}],
-            "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
+            "networkConfiguration": network.clone()
         }))
         .unwrap()
     };
@@ -231,10 +233,11 @@ async fn reclaiming_spot_capacity_interrupts_its_tasks_and_places_nothing_there_
             .await
             .unwrap();
     }
+    let network = common::every_subnet(&c).await;
     let req: CreateServiceRequest = serde_json::from_value(json!({
         "cluster": "default", "serviceName": "svc", "taskDefinition": "web", "desiredCount": 4,
         "capacityProviderStrategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
-        "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
+        "networkConfiguration": network.clone()
     }))
     .unwrap();
     c.create_service(&scope(), req).await.unwrap();

@@ -19,7 +19,7 @@ async fn setup(desired: i64) -> (Control, Arc<FakeClock>) {
     common::default_cluster_with_web(&c).await;
     let req: CreateServiceRequest = serde_json::from_value(json!({
         "cluster": "default", "serviceName": "svc", "taskDefinition": "web", "desiredCount": desired,
-        "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
+        "networkConfiguration": common::network()
     }))
     .unwrap();
     c.create_service(&scope(), req).await.unwrap();
@@ -158,7 +158,7 @@ async fn a_service_behind_a_load_balancer_registers_waits_for_health_drains_and_
     let create = |lbs: serde_json::Value| {
         serde_json::from_value::<CreateServiceRequest>(json!({
             "cluster": "default", "serviceName": "websvc", "taskDefinition": "lbweb", "desiredCount": 2,
-            "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}, "loadBalancers": lbs}))
+            "networkConfiguration": common::network(), "loadBalancers": lbs}))
         .unwrap()
     };
     let lbs = json!([{"targetGroupArn": tg, "containerName": "app", "containerPort": 8080}]);

@@ -32,7 +32,7 @@ async fn setup(desired: i64) -> Control {
 fn task_set(percent: f64) -> CreateTaskSetRequest {
     serde_json::from_value(json!({
         "cluster": "default", "service": "ext", "taskDefinition": "web", "launchType": "FARGATE",
-        "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}},
+        "networkConfiguration": common::network(),
         "scale": {"value": percent, "unit": "PERCENT"}
     }))
     .unwrap()
@@ -166,7 +166,7 @@ async fn task_sets_only_for_external_services_and_bad_scales_refused() {
 
     let plain: CreateServiceRequest = serde_json::from_value(json!({
         "cluster": "default", "serviceName": "plain", "taskDefinition": "web", "desiredCount": 0,
-        "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"]}}
+        "networkConfiguration": common::network()
     }))
     .unwrap();
     c.create_service(&scope(), plain).await.unwrap();

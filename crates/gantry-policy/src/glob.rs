@@ -73,8 +73,13 @@ pub fn arn(pattern: &str, value: &str) -> bool {
 
 /// Principals: an ARN pattern, or an account id standing for every principal of it.
 pub fn principal(pattern: &str, principal_arn: &str) -> bool {
-    if pattern.len() == 12 && pattern.bytes().all(|b| b.is_ascii_digit()) {
-        return principal_arn.split(':').nth(4) == Some(pattern);
+    // An account id, or the account's root ARN, names every principal of the account.
+    let account = pattern
+        .strip_prefix("arn:aws:iam::")
+        .and_then(|rest| rest.strip_suffix(":root"))
+        .unwrap_or(pattern);
+    if account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) {
+        return principal_arn.split(':').nth(4) == Some(account);
     }
     arn(pattern, principal_arn)
 }

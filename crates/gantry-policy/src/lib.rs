@@ -250,6 +250,40 @@ impl Statement {
     }
 }
 
+impl Statement {
+    /// Whether the statement names the request's principal itself (or everyone), not only
+    /// through its account (the account id, or the account's root ARN).
+    fn names_principal_directly(&self, req: &Request) -> bool {
+        let Some((false, who)) = &self.principals else {
+            return false;
+        };
+        let Some(p) = req.principal else { return false };
+        who.iter().any(|w| {
+            let account_wide = (w.len() == 12 && w.bytes().all(|b| b.is_ascii_digit())) || w.ends_with(":root");
+            w == "*" || (!account_wide && glob::arn(w, p))
+        })
+    }
+}
+
+/// A resource-based policy's decision for a principal of the resource's own account. An
+/// Allow that names the principal only through its account allows nothing by itself: it hands
+/// the decision to the principal's identity policies, as AWS does. A Deny applies however it
+/// names the principal.
+pub fn evaluate_resource_policy(policy: &Policy, req: &Request) -> Decision {
+    let mut allowed = false;
+    for s in policy.statements.iter().filter(|s| s.applies(req)) {
+        match s.effect {
+            Effect::Deny => return Decision::ExplicitDeny,
+            Effect::Allow => allowed |= s.names_principal_directly(req),
+        }
+    }
+    if allowed {
+        Decision::Allow
+    } else {
+        Decision::ImplicitDeny
+    }
+}
+
 /// Evaluates `req` against every policy that applies to it (identity and resource policies
 /// alike): any matching Deny denies, else any matching Allow allows, else implicit deny.
 pub fn evaluate(policies: &[&Policy], req: &Request) -> Decision {

@@ -245,3 +245,49 @@ fn malformed_documents_are_refused_in_iam_words() {
     );
     assert!(Policy::parse(&huge).unwrap_err().0.contains("larger"));
 }
+
+#[test]
+fn a_resource_policy_naming_only_the_account_hands_the_decision_to_identity_policies() {
+    const SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf";
+    let ctx = Context::new();
+    let decide = |p: &Policy, who: &str| {
+        evaluate_resource_policy(
+            p,
+            &Request {
+                action: "secretsmanager:GetSecretValue",
+                resource: SECRET,
+                principal: Some(who),
+                context: &ctx,
+            },
+        )
+    };
+    let grant = |principal: serde_json::Value, effect: &str| {
+        policy(json!({"Statement": [{"Effect": effect, "Principal": {"AWS": principal},
+                                      "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]}))
+    };
+    let (ann, bob) = (
+        "arn:aws:iam::123456789012:user/ann",
+        "arn:aws:iam::123456789012:user/bob",
+    );
+    let to_ann = grant(json!(ann), "Allow");
+    assert_eq!(
+        (decide(&to_ann, ann), decide(&to_ann, bob)),
+        (Decision::Allow, Decision::ImplicitDeny)
+    );
+    for account in [json!("123456789012"), json!("arn:aws:iam::123456789012:root")] {
+        assert_eq!(
+            decide(&grant(account.clone(), "Allow"), ann),
+            Decision::ImplicitDeny,
+            "{account}"
+        );
+        assert_eq!(decide(&grant(account, "Deny"), ann), Decision::ExplicitDeny);
+    }
+    assert_eq!(
+        decide(
+            &policy(json!({"Statement": [{"Effect": "Allow", "Principal": "*",
+        "Action": "secretsmanager:*", "Resource": "*"}]})),
+            bob
+        ),
+        Decision::Allow
+    );
+}

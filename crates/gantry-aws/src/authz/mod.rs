@@ -34,8 +34,26 @@ pub async fn authorize(api: &Api, key: &StoredKey, asked: &Asked<'_>) -> Result<
     } else {
         vec![]
     };
-    permit_tagged(&caller, asked, &tags)?;
+    let mut policies = Vec::new();
+    if asked.service == "secretsmanager" {
+        let scope = Scope {
+            account: caller.account().to_string(),
+            region: asked.region.to_string(),
+        };
+        for arn in &asked.resources {
+            policies.push(secret_policy(api, &scope, arn).await);
+        }
+    }
+    permit_with(&caller, asked, &tags, &policies)?;
     Ok(caller)
+}
+
+/// A secret's resource policy, if it has one (and exists).
+async fn secret_policy(api: &Api, scope: &Scope, arn: &str) -> Option<String> {
+    if arn == "*" {
+        return None;
+    }
+    api.secrets.as_ref()?.find(scope, arn).await.ok()?.resource_policy
 }
 
 /// A resource's tags, for aws:ResourceTag (none for what Gantry does not tag or cannot find).
@@ -161,15 +179,16 @@ fn parameter_arn(scope: &Scope, name: &str) -> String {
 
 /// Whether `caller`'s policies allow what is `asked`.
 pub fn permit(caller: &gantry_control::iam::Caller, asked: &Asked) -> Result<(), ApiError> {
-    permit_tagged(caller, asked, &[])
+    permit_with(caller, asked, &[], &[])
 }
 
-/// `permit`, with each resource's tags (aligned with `asked.resources`, or empty) as
-/// aws:ResourceTag/KEY.
-fn permit_tagged(
+/// `permit`, with each resource's tags as aws:ResourceTag/KEY and its resource policy (both
+/// aligned with `asked.resources`, or empty).
+fn permit_with(
     caller: &gantry_control::iam::Caller,
     asked: &Asked,
     tags: &[Vec<(String, String)>],
+    policies: &[Option<String>],
 ) -> Result<(), ApiError> {
     let (operation, region, query_wire) = (asked.operation, asked.region, asked.query_wire);
     let action = format!("{}:{operation}", gantry_control::iam::action_prefix(asked.service));
@@ -194,7 +213,8 @@ fn permit_tagged(
         for (k, v) in tags.get(i).into_iter().flatten() {
             ctx.set(&format!("aws:ResourceTag/{k}"), v.clone());
         }
-        gantry_control::iam::authorize(caller, &action, resource, &ctx).map_err(|message| {
+        let policy = policies.get(i).and_then(Option::as_deref);
+        gantry_control::iam::authorize_with(caller, (&action, resource), &ctx, policy).map_err(|message| {
             let kind = if query_wire {
                 "AccessDenied"
             } else {

@@ -1012,22 +1012,53 @@ pub fn authorize(
     resource: &str,
     context: &gantry_policy::Context,
 ) -> Result<(), String> {
-    let Some(docs) = caller.policies() else {
-        return Ok(());
-    };
+    authorize_with(caller, (action, resource), context, None)
+}
+
+/// `authorize` where the resource has a resource-based policy (a secret's): within one
+/// account either kind of policy may allow, and an explicit deny in either refuses, the
+/// root's requests included. The resource policy's principals are matched against the
+/// caller's identity (a session's role).
+pub fn authorize_with(
+    caller: &Caller,
+    (action, resource): (&str, &str),
+    context: &gantry_policy::Context,
+    resource_policy: Option<&str>,
+) -> Result<(), String> {
+    use gantry_policy::Decision;
     let who = caller.arn();
-    let policies: Vec<Arc<gantry_policy::Policy>> = docs.into_iter().filter_map(parsed).collect();
-    let refs: Vec<&gantry_policy::Policy> = policies.iter().map(|p| p.as_ref()).collect();
-    let req = gantry_policy::Request {
-        action,
-        resource,
-        principal: Some(&who),
-        context,
+    let identity = match caller.policies() {
+        None => Decision::Allow,
+        Some(docs) => {
+            let policies: Vec<Arc<gantry_policy::Policy>> = docs.into_iter().filter_map(parsed).collect();
+            let refs: Vec<&gantry_policy::Policy> = policies.iter().map(|p| p.as_ref()).collect();
+            let req = gantry_policy::Request {
+                action,
+                resource,
+                principal: Some(&who),
+                context,
+            };
+            gantry_policy::evaluate(&refs, &req)
+        }
     };
-    let why = match gantry_policy::evaluate(&refs, &req) {
-        gantry_policy::Decision::Allow => return Ok(()),
-        gantry_policy::Decision::ExplicitDeny => "with an explicit deny in an identity-based policy".to_string(),
-        gantry_policy::Decision::ImplicitDeny => format!("because no identity-based policy allows the {action} action"),
+    let principal = caller.principal_arn();
+    let on_resource = match resource_policy.and_then(parsed) {
+        None => Decision::ImplicitDeny,
+        Some(p) => {
+            let req = gantry_policy::Request {
+                action,
+                resource,
+                principal: Some(&principal),
+                context,
+            };
+            gantry_policy::evaluate_resource_policy(&p, &req)
+        }
+    };
+    let why = match (identity, on_resource) {
+        (Decision::ExplicitDeny, _) => "with an explicit deny in an identity-based policy".to_string(),
+        (_, Decision::ExplicitDeny) => "with an explicit deny in a resource-based policy".to_string(),
+        (Decision::Allow, _) | (_, Decision::Allow) => return Ok(()),
+        _ => format!("because no identity-based policy allows the {action} action"),
     };
     Err(format!(
         "User: {who} is not authorized to perform: {action} on resource: {resource} {why}"

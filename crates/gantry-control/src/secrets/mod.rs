@@ -672,22 +672,19 @@ impl SecretsManager {
         .map(drop)
     }
 
-    /// Resource policies are kept (and checked to be JSON policy documents); they are
-    /// evaluated once IAM authorises requests.
-    pub async fn set_policy(&self, scope: &Scope, id: &str, policy: Option<String>) -> Result<Secret, SecretsError> {
+    /// A secret's resource policy (None: removed), evaluated with the caller's own policies
+    /// on every request for the secret (`iam::authorize_with`). With `block_public`, a policy
+    /// that allows everyone (`"*"` as principal) is refused, as Secrets Manager's
+    /// BlockPublicPolicy refuses it.
+    pub async fn set_policy(
+        &self,
+        scope: &Scope,
+        id: &str,
+        policy: Option<String>,
+        block_public: bool,
+    ) -> Result<Secret, SecretsError> {
         if let Some(p) = &policy {
-            let doc: serde_json::Value = serde_json::from_str(p).map_err(|e| {
-                SecretsError::new(
-                    "MalformedPolicyDocumentException",
-                    format!("The policy is not JSON: {e}."),
-                )
-            })?;
-            if doc.get("Statement").is_none() || p.len() > 20_480 {
-                return Err(SecretsError::new(
-                    "MalformedPolicyDocumentException",
-                    "A resource policy needs a Statement and at most 20,480 characters.",
-                ));
-            }
+            check_resource_policy(p, block_public)?;
         }
         let (s, ()) = self
             .change(scope, id, |s| {
@@ -820,4 +817,41 @@ pub async fn resolve(
             ps.open(&p, p.current()).map_err(|_| fail())
         }
     }
+}
+
+/// A resource policy as Secrets Manager takes it: a policy document of at most 20,480
+/// characters whose every statement names its principals.
+fn check_resource_policy(p: &str, block_public: bool) -> Result<(), SecretsError> {
+    let malformed = |m: String| SecretsError::new("MalformedPolicyDocumentException", m);
+    if p.len() > 20_480 {
+        return Err(malformed(
+            "A resource policy may have at most 20,480 characters.".into(),
+        ));
+    }
+    let parsed = gantry_policy::Policy::parse(p).map_err(|e| malformed(e.0))?;
+    if !parsed.every_statement_has_principal() {
+        return Err(malformed(
+            "Every statement of a resource policy must name its Principal.".into(),
+        ));
+    }
+    let doc: serde_json::Value = serde_json::from_str(p).map_err(|e| malformed(e.to_string()))?;
+    let statements = match &doc["Statement"] {
+        serde_json::Value::Array(a) => a.clone(),
+        one => vec![one.clone()],
+    };
+    let public = statements.iter().any(|s| {
+        s["Effect"] == "Allow"
+            && (s["Principal"] == "*"
+                || s["Principal"]["AWS"] == "*"
+                || s["Principal"]["AWS"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "*")))
+    });
+    if block_public && public {
+        return Err(SecretsError::new(
+            "PublicPolicyException",
+            "The BlockPublicPolicy parameter is set to true, and the resource policy did not prevent broad access to the secret.",
+        ));
+    }
+    Ok(())
 }

@@ -40,10 +40,29 @@ pub async fn register_node(c: &gantry_control::Control) {
         cpu: 4096,
         memory: 8192,
         address: None,
-        subnet: None,
+        subnet: Some("10.0.1.0/24".into()),
     })
     .await
     .unwrap();
+}
+
+/// An awsvpcConfiguration in `register_node`'s subnet.
+pub fn network() -> serde_json::Value {
+    let subnet = gantry_control::ec2::subnet_id(&scope(), "node-1");
+    serde_json::json!({"awsvpcConfiguration": {"subnets": [subnet]}})
+}
+
+/// An awsvpcConfiguration naming every registered node's subnet (each node's task network).
+pub async fn every_subnet(c: &gantry_control::Control) -> serde_json::Value {
+    let ids: Vec<String> = c
+        .nodes()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|n| n.spec.subnet.is_some())
+        .map(|n| gantry_control::ec2::subnet_id(&scope(), &n.spec.name))
+        .collect();
+    serde_json::json!({"awsvpcConfiguration": {"subnets": ids}})
 }
 
 /// The default cluster and the `web` Fargate task definition (256 CPU, 512 MiB) the tests run.
