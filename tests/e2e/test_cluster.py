@@ -481,6 +481,22 @@ def test_the_agent_protocol_refuses_strangers(cluster):
     assert "agent request refused" in s.log()
     shutil.rmtree(d, ignore_errors=True)
 
+    # A revoked node's certificate is refused by every server, and the node is then lost.
+    store = ["--store", s.store]
+    assert subprocess.run([GANTRY, "node", "revoke", "nobody", *store], capture_output=True, text=True,
+                          env=agents[0].env).returncode != 0, "a node that never joined"
+    wait_for("node-1 to join", lambda: os.path.exists(os.path.join(agents[1].dir, "data", "identity", "node.pem")), 30)
+    p = subprocess.run([GANTRY, "node", "revoke", "node-1", *store], capture_output=True, text=True, env=agents[0].env)
+    assert p.returncode == 0, p.stderr
+    wait_for("node-1's requests refused", lambda: "node node-1: the node's certificates were revoked" in
+             "".join(x.log() for x in servers), 30)
+
+    def status(name):
+        out = subprocess.run([GANTRY, "node", "ls", *store], capture_output=True, text=True, env=agents[0].env).stdout
+        return next((line.split()[5] for line in out.splitlines() if line.startswith(name + " ")), None)
+    wait_for("node-1 lost", lambda: status("node-1") == "LOST", 60)
+    assert status("node-0") == "ACTIVE"
+
 
 def test_losing_etcd_answers_503_class_errors_and_recovers(etcd_member):  # noqa: F811
     """With its store gone the API answers a server error at once (never a wrong or empty

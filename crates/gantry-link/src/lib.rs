@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod pki;
+pub mod revocation;
 pub mod server;
 mod wire;

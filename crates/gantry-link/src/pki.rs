@@ -41,8 +41,12 @@ fn dn(cn: &str, org: &str) -> DistinguishedName {
 
 /// The SHA-256 of a PEM certificate's DER, in hex.
 pub fn fingerprint(cert_pem: &str) -> Result<String> {
-    let der = first_der(cert_pem)?;
-    Ok(hex(&Sha256::digest(&der)))
+    Ok(der_fingerprint(&first_der(cert_pem)?))
+}
+
+/// The SHA-256 of a DER certificate, in hex.
+pub fn der_fingerprint(der: &[u8]) -> String {
+    hex(&Sha256::digest(der))
 }
 
 fn hex(b: &[u8]) -> String {

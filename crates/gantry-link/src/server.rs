@@ -4,6 +4,7 @@
 //! name in the request. Refusals are logged with the peer address.
 
 use crate::pki::{self, Ca};
+use crate::revocation::{self, Admission};
 use crate::wire::*;
 use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
@@ -32,11 +33,37 @@ pub struct LinkServer {
     pub secrets: Option<Arc<gantry_agent::link::SecretStores>>,
 }
 
-/// Who is calling: the node of a verified certificate, if any.
+/// Who is calling: the node of a verified certificate (and the certificate's fingerprint),
+/// if any.
 #[derive(Clone)]
 struct Peer {
     node: Option<String>,
+    fingerprint: Option<String>,
     addr: SocketAddr,
+}
+
+/// What the admission check needs: the certificates issued, and the time.
+#[derive(Clone)]
+struct Gate {
+    admission: Arc<Admission>,
+    clock: Arc<dyn gantry_control::Clock>,
+}
+
+/// Refuses a request whose node certificate is not (or no longer) one issued to its node:
+/// replaced by a renewal past its grace, revoked, or never issued (see `revocation`).
+async fn admit(
+    State(g): State<Gate>,
+    Extension(peer): Extension<Peer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, Refusal> {
+    if let (Some(node), Some(fp)) = (&peer.node, &peer.fingerprint) {
+        g.admission
+            .check(node, fp, g.clock.now_ms())
+            .await
+            .map_err(|why| refuse(&peer, StatusCode::UNAUTHORIZED, format!("node {node}: {why}")))?;
+    }
+    Ok(next.run(req).await)
 }
 
 type Refusal = (StatusCode, String);
@@ -78,6 +105,10 @@ async fn write_log(s: &LinkServer, t: &gantry_agent::link::LogTarget, op: LogOp)
 
 impl LinkServer {
     pub fn router(self) -> Router {
+        let gate = Gate {
+            admission: Arc::new(Admission::new(self.control.store.clone())),
+            clock: self.control.clock.clone(),
+        };
         Router::new()
             .route("/v1/join", post(join))
             .route("/v1/renew", post(renew))
@@ -94,6 +125,7 @@ impl LinkServer {
             .route("/v1/registry-credentials", get(registry_credentials))
             .route("/v1/credentials", get(task_credentials))
             .route("/v1/security", get(security_view))
+            .layer(axum::middleware::from_fn_with_state(gate, admit))
             .with_state(Arc::new(self))
     }
 
@@ -132,13 +164,15 @@ impl LinkServer {
                         return;
                     }
                 };
-                let node = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| pki::node_of_cert(c));
-                let svc = TowerToHyperService::new(app.layer(Extension(Peer { node, addr })));
+                let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                let node = cert.and_then(|c| pki::node_of_cert(c));
+                let fingerprint = cert.map(|c| pki::der_fingerprint(c));
+                let peer = Peer {
+                    node,
+                    fingerprint,
+                    addr,
+                };
+                let svc = TowerToHyperService::new(app.layer(Extension(peer)));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
                     .await;
@@ -194,6 +228,7 @@ async fn join(
     let cert_pem =
         s.ca.sign_node(&q.csr_pem, &q.node, pki::NODE_CERT_DAYS)
             .map_err(|e| refuse(&peer, StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    record_issued(&s, &q.node, &cert_pem, false).await?;
     tracing::info!(node = %q.node, peer = %peer.addr, "node joined");
     Ok(Json(JoinResponse {
         cert_pem,
@@ -211,11 +246,21 @@ async fn renew(
     let cert_pem =
         s.ca.sign_node(&q.csr_pem, &me, pki::NODE_CERT_DAYS)
             .map_err(|e| refuse(&peer, StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    record_issued(&s, &me, &cert_pem, true).await?;
     tracing::info!(node = %me, peer = %peer.addr, "node certificate renewed");
     Ok(Json(JoinResponse {
         cert_pem,
         ca_pem: s.ca.cert_pem.clone(),
     }))
+}
+
+/// Records a certificate as the node's (before it is handed out: a store failure fails the
+/// join or renewal, never leaves the node with a certificate no server accepts).
+async fn record_issued(s: &LinkServer, node: &str, cert_pem: &str, renewal: bool) -> Result<(), Refusal> {
+    let fp = pki::fingerprint(cert_pem).map_err(internal)?;
+    revocation::issued(s.control.store.as_ref(), node, &fp, s.control.clock.now_ms(), renewal)
+        .await
+        .map_err(internal)
 }
 
 async fn register(

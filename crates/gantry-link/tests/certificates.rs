@@ -80,9 +80,14 @@ async fn expired_certificates_are_refused_and_nodes_renew_theirs() {
         };
         (RemoteLink::new(vec![url.clone()], &id).unwrap(), csr_pem)
     };
+    // A certificate the CA signed but never issued through a join or renewal reaches the
+    // server, which refuses it.
     let (valid, _) = signed(1);
     let answered = valid.heartbeat().await.unwrap_err().to_string();
-    assert!(answered.contains("node n2 is not registered"), "{answered}");
+    assert!(
+        answered.contains("no certificate was issued to this node"),
+        "{answered}"
+    );
     let (expired, csr_pem) = signed(-1);
     let refused = expired.heartbeat().await.unwrap_err().to_string();
     // No HTTP answer at all: the connection fails (the client sees the server's alert, or
@@ -102,6 +107,20 @@ async fn expired_certificates_are_refused_and_nodes_renew_theirs() {
     link.heartbeat().await.unwrap();
     let again = RemoteLink::new(vec![url.clone()], &saved).unwrap();
     again.register(&spec("n1")).await.unwrap();
+    // The certificate the renewal replaced stays good for a grace period only.
+    let old = RemoteLink::new(vec![url.clone()], &id).unwrap();
+    old.register(&spec("n1")).await.unwrap();
+
+    // Revoked: neither certificate is accepted, within a second; a join with a token (once
+    // the node is no longer alive) issues a new one.
+    assert!(gantry_link::revocation::revoke(store.as_ref(), "n1", chrono_now_ms())
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for l in [&again, &old] {
+        let refused = l.heartbeat().await.unwrap_err().to_string();
+        assert!(refused.contains("revoked"), "{refused}");
+    }
 
     // Without a node certificate there is nothing to renew.
     let anonymous = without_certificate(&ca);

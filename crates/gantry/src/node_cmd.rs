@@ -23,6 +23,9 @@ enum NodeCmd {
     /// stopCode SpotInterruption) and replaced elsewhere; nothing is placed on it for two
     /// minutes.
     Reclaim { node: String },
+    /// Revoke every certificate of a node: every server refuses it within a second, so the
+    /// node is declared lost and its tasks replaced. It may join again with a new token.
+    Revoke { node: String },
 }
 
 pub fn run(args: &NodeArgs, a: NodeCmdArgs) -> Result<i32> {
@@ -48,6 +51,13 @@ pub fn run(args: &NodeArgs, a: NodeCmdArgs) -> Result<i32> {
                 for t in tasks {
                     println!("{t}");
                 }
+                Ok(0)
+            }
+            NodeCmd::Revoke { node } => {
+                let now = chrono::Utc::now().timestamp_millis();
+                let revoked = gantry_link::revocation::revoke(control.store.as_ref(), &node, now).await?;
+                anyhow::ensure!(revoked, "no certificate was ever issued to node {node}");
+                println!("node {node}: certificates revoked; every server refuses them within a second");
                 Ok(0)
             }
         }
