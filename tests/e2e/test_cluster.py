@@ -582,7 +582,7 @@ def test_task_roles_reach_tasks_on_remote_nodes(cluster):
             "name": "app", "image": IMAGE, "logConfiguration": awslogs("/cluster/roles"),
             "command": ["sh", "-c", 'wget -qO- "http://169.254.170.2$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"; echo; '
                                     'wget -qO- "$AWS_ENDPOINT_URL/console/" | head -c 15; echo; exec sleep 600']}])
-    task = run(ecs, "default", "remote-role")[0]
+    task = run(ecs, "default", "remote-role", network=every_subnet(ec2_of(agents[0])))[0]
     task_id = task["taskArn"].split("/")[-1]
     logs = agents[0].client("logs")
 
