@@ -78,7 +78,7 @@ fn paged(items: Vec<Value>, key: &str, input: &Value) -> Result<Value, ApiError>
     let start = match text(input, "Marker") {
         Some(m) => m
             .parse::<usize>()
-            .map_err(|_| ApiError::client("InvalidInputException", "The Marker is not valid."))?,
+            .map_err(|_| ApiError::client("ValidationError", "The Marker is not valid."))?,
         None => 0,
     };
     let total = items.len();

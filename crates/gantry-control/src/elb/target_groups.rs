@@ -94,8 +94,10 @@ fn check_protocol(input: &CreateInput) -> Result<(String, i64, String), ElbError
         ElbError::validation("A protocol must be specified for target groups of type 'ip' or 'instance'")
     })?;
     if !matches!(protocol.as_str(), "HTTP" | "TCP") {
+        // ELBv2 declares no UnsupportedProtocol for target groups: their configuration errors
+        // are InvalidConfigurationRequest.
         return Err(ElbError::new(
-            "UnsupportedProtocolException",
+            "InvalidConfigurationRequestException",
             format!("Protocol '{protocol}' is not supported by Gantry target groups: use HTTP or TCP."),
         ));
     }
@@ -150,7 +152,7 @@ fn apply_health(tg: &mut TargetGroup, h: &HealthCheck) -> Result<(), ElbError> {
     if let Some(p) = &h.health_check_protocol {
         if !matches!(p.as_str(), "HTTP" | "TCP") {
             return Err(ElbError::new(
-                "UnsupportedProtocolException",
+                "InvalidConfigurationRequestException",
                 format!("Health check protocol '{p}' is not supported by Gantry: use HTTP or TCP."),
             ));
         }
