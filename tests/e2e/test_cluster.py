@@ -582,7 +582,7 @@ def test_task_roles_reach_tasks_on_remote_nodes(cluster):
             "name": "app", "image": IMAGE, "logConfiguration": awslogs("/cluster/roles"),
             "command": ["sh", "-c", 'wget -qO- "http://169.254.170.2$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"; echo; '
                                     'wget -qO- "$AWS_ENDPOINT_URL/console/" | head -c 15; echo; exec sleep 600']}])
-    task = run(ecs, "default", "remote-role", network=every_subnet(ec2_of(agents[0])))[0]
+    task = run(ecs, "default", "remote-role", network=every_subnet(ec2_of(agents[0])), enableExecuteCommand=True)[0]
     task_id = task["taskArn"].split("/")[-1]
     logs = agents[0].client("logs")
 
@@ -600,4 +600,18 @@ def test_task_roles_reach_tasks_on_remote_nodes(cluster):
                        aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
                        aws_session_token=creds["Token"])
     assert sts.get_caller_identity()["Arn"].endswith(f":assumed-role/remote/{task_id}")
+
+    # ECS Exec through either server: the task's agent dials back the server holding the stream.
+    # The session is logged to the container's awslogs group (DEFAULT) with the task role.
+    agents[0].client("iam").put_role_policy(RoleName="remote", PolicyName="exec-log", PolicyDocument=json.dumps(
+        {"Statement": [{"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": "*"}]}))
+    for server in servers:
+        env = dict(os.environ, GANTRY_ENDPOINT=server.endpoint, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET,
+                   AWS_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+        p = subprocess.run([GANTRY, "exec", "-i", task_id, "--", "sh", "-c", "read x; echo got-$x; hostname; exit 5"],
+                           input="remote\n", env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 5 and "got-remote" in p.stdout, (p.returncode, p.stdout, p.stderr)
+    wait_for("both sessions logged", lambda: len([e for e in logs.filter_log_events(
+        logGroupName="/cluster/roles", logStreamNamePrefix="ecs-execute-command-")["events"]
+        if e["message"] == "got-remote"]) == 2, 20)
     ecs.stop_task(cluster="default", task=task["taskArn"])

@@ -253,7 +253,7 @@ pub async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Resul
             if api.exec.is_none() {
                 return Err(ApiError::client(
                     "TargetNotConnectedException",
-                    "The execute command cannot run: this server cannot reach the task's node (ECS Exec runs on gantry dev; cluster mode does not carry it yet).",
+                    "The execute command cannot run: this server has no way to reach the task's node.",
                 ));
             }
             let task: String = required(&input, "task")?;

@@ -230,6 +230,49 @@ impl RemoteLink {
         self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// This node's exec requests (see `exec`): answers at once when there are some it does
+    /// not know (`known`: the session ids it already serves), else within about 20 s.
+    pub async fn exec_requests(&self, known: &[String]) -> LinkResult<Vec<crate::exec::ExecRequest>> {
+        let known = known.join(",");
+        let r = self
+            .send(|s| {
+                self.client()
+                    .get(format!("{s}/v1/exec-requests"))
+                    .query(&[("known", known.as_str())])
+                    .timeout(Duration::from_secs(40))
+            })
+            .await?;
+        r.json().await.map_err(LinkError::unavailable)
+    }
+
+    /// Dials `server` back for exec session `session`: `out` (frames of the command's output
+    /// and exit) is the request's body; the response's body brings the client's frames.
+    pub async fn exec_stream(
+        &self,
+        server: &str,
+        session: &str,
+        out: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> LinkResult<impl futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>>> {
+        let body = futures_util::stream::unfold(out, |mut rx| async move {
+            rx.recv().await.map(|f| (Ok::<_, std::io::Error>(f), rx))
+        });
+        let r = self
+            .client()
+            .post(format!("{}/v1/exec/{session}", server.trim_end_matches('/')))
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(|e| LinkError::unavailable(format!("{server}: {}", causes(&e))))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            return Err(LinkError::Forbidden(format!(
+                "{status}: {}",
+                r.text().await.unwrap_or_default()
+            )));
+        }
+        Ok(r.bytes_stream())
+    }
+
     /// Renews the node's certificate with a new key, saves the identity in `dir` and uses it
     /// from now on. The old certificate stays valid until it expires.
     pub async fn renew(&self, dir: &Path) -> Result<Identity> {

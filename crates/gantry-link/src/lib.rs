@@ -2,6 +2,7 @@
 //! ControlLink operations as JSON over HTTP/2 with mutual TLS, a cluster CA and join tokens.
 
 pub mod client;
+pub mod exec;
 pub mod pki;
 pub mod revocation;
 pub mod server;

@@ -31,6 +31,8 @@ pub struct LinkServer {
     pub ca: Ca,
     /// Where container secrets are read from (None: tasks with secrets fail to start).
     pub secrets: Option<Arc<gantry_agent::link::SecretStores>>,
+    /// Exec sessions of this server's API waiting for their agents to dial back.
+    pub exec: Arc<crate::exec::Rendezvous>,
 }
 
 /// Who is calling: the node of a verified certificate (and the certificate's fingerprint),
@@ -125,6 +127,8 @@ impl LinkServer {
             .route("/v1/registry-credentials", get(registry_credentials))
             .route("/v1/credentials", get(task_credentials))
             .route("/v1/security", get(security_view))
+            .route("/v1/exec-requests", get(exec_requests))
+            .route("/v1/exec/{session}", post(exec_stream))
             .layer(axum::middleware::from_fn_with_state(gate, admit))
             .with_state(Arc::new(self))
     }
@@ -507,4 +511,73 @@ async fn dns(
         .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
         .collect();
     Ok(Json(DnsRecords { records, revision }))
+}
+
+/// The node's exec requests: at once when some are new to it, else when one appears (a
+/// watch on its prefix), else after 20 s.
+async fn exec_requests(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<KnownQuery>,
+) -> Result<Json<Vec<crate::exec::ExecRequest>>, Refusal> {
+    let me = node(&peer)?.to_string();
+    let known: Vec<&str> = q.known.split(',').filter(|k| !k.is_empty()).collect();
+    let prefix = format!("{}{me}/", crate::exec::REQUESTS);
+    let store = s.control.store.clone();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (kvs, rev) = store.list(&prefix).await.map_err(internal)?;
+        let reqs: Vec<crate::exec::ExecRequest> = kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        if reqs.iter().any(|r| !known.contains(&r.session.id.as_str())) {
+            return Ok(Json(reqs));
+        }
+        let mut w = store.watch(&prefix, rev).await.map_err(internal)?;
+        match tokio::time::timeout_at(deadline, w.events.recv()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(_) => return Err(internal("the store's watch ended")),
+            Err(_) => return Ok(Json(reqs)),
+        }
+    }
+}
+
+/// An agent dialing back for an exec session: its request body brings the command's frames,
+/// the response body carries the client's.
+async fn exec_stream(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    axum::extract::Path(session): axum::extract::Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, Refusal> {
+    use futures_util::StreamExt;
+    let me = node(&peer)?;
+    let waiter = s
+        .exec
+        .take(&session, me)
+        .map_err(|e| refuse(&peer, StatusCode::FORBIDDEN, e))?;
+    let (to_agent, to_agent_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let (from_agent_tx, from_agent) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut frames = crate::exec::Frames::default();
+        let mut data = body.into_data_stream();
+        while let Some(Ok(chunk)) = data.next().await {
+            let Ok(got) = frames.push(&chunk) else { return };
+            for f in got {
+                if from_agent_tx.send(f).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    if waiter.send(crate::exec::Bridge { to_agent, from_agent }).is_err() {
+        return Err(internal("the exec session's client went away"));
+    }
+    let out = futures_util::stream::unfold(to_agent_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|f| (Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(f)), rx))
+    });
+    Ok(Response::new(axum::body::Body::from_stream(out)))
 }

@@ -29,6 +29,7 @@ async fn server() -> (String, Ca, Arc<dyn gantry_store::Store>) {
         ),
         ca: ca.clone(),
         secrets: None,
+        exec: Default::default(),
     };
     let (chain, key) = ca.server_cert(&["127.0.0.1".into(), "localhost".into()]).unwrap();
     let tls = link.tls_config(&chain, &key).unwrap();

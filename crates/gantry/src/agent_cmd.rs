@@ -119,7 +119,7 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
         id.cert_pem.clone(),
         args.data_dir.join("identity"),
     ));
-    let link: Arc<dyn ControlLink> = remote;
+    let link: Arc<dyn ControlLink> = remote.clone();
     // Tasks resolve through the node's resolver (Cloud Map names over the agent protocol).
     let mut node_config = args.node_config()?;
     node_config.network.node_resolver = true;
@@ -176,6 +176,9 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
     }
     let agent = gantry_agent::Agent::new(link, node.clone(), spec, usage_every, a.api_endpoint);
     agent.register().await;
+    // ECS Exec: the servers holding sessions' streams ask this node to dial them back.
+    let runner: Arc<dyn gantry_control::exec::ExecRunner> = Arc::new(gantry_agent::AgentExec(agent.clone()));
+    tokio::spawn(gantry_link::exec::serve_requests(remote, runner));
     tokio::spawn(gantry_agent::keep_pool_warm(node.clone(), a.warm_pool, stop_rx.clone()));
     let running = tokio::spawn(agent.run(stop_rx));
     println!("gantry agent: node {name} running tasks for {}", a.server.join(","));

@@ -37,6 +37,11 @@ pub struct ServerArgs {
     /// address, localhost and 127.0.0.1 are always included.
     #[arg(long = "agent-san", value_delimiter = ',')]
     agent_san: Vec<String>,
+    /// The URL agents reach this server's agent listener by, for ECS Exec (an agent dials the
+    /// server holding the session's stream). Default: https:// and the first --agent-san, or
+    /// the agent listen address, with its port.
+    #[arg(long, env = "GANTRY_AGENT_ADVERTISE")]
+    agent_advertise: Option<String>,
     /// Seconds without a heartbeat after which a node is lost.
     #[arg(long, env = "GANTRY_NODE_TIMEOUT", default_value_t = 15)]
     node_timeout: u64,
@@ -133,12 +138,26 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     let stores = secret_stores
         .clone()
         .map(|(secrets, parameters)| Arc::new(gantry_agent::link::SecretStores { secrets, parameters }));
+    let rendezvous = Arc::new(gantry_link::exec::Rendezvous::default());
     let link = LinkServer {
         secrets: stores,
         control: control.clone(),
         logs: logs.clone(),
         metrics: metrics.clone(),
         ca,
+        exec: rendezvous.clone(),
+    };
+    let advertise = a.agent_advertise.clone().unwrap_or_else(|| {
+        let host = match a.agent_san.first() {
+            Some(san) => san.clone(),
+            None => a.agent_listen.ip().to_string(),
+        };
+        format!("https://{host}:{}", a.agent_listen.port())
+    });
+    let exec = gantry_link::exec::RemoteExec {
+        control: control.clone(),
+        rendezvous,
+        advertise,
     };
     let tls = link.tls_config(&chain, &key)?;
     let agent_listener = tokio::net::TcpListener::bind(a.agent_listen)
@@ -191,8 +210,8 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         elb,
         secrets: secret_stores.as_ref().map(|s| s.0.clone()),
         parameters: secret_stores.map(|s| s.1),
-        // The agents run the tasks; the server has no stream to them yet.
-        exec: None,
+        // The agents run the tasks: the task's agent dials this server back.
+        exec: Some(Arc::new(exec)),
     };
     axum::serve(listener, gantry_aws::router(api))
         .with_graceful_shutdown(crate::shutdown_signal("gantry server"))
