@@ -10,6 +10,9 @@ use gantry_types::EcsError;
 use serde::{Deserialize, Serialize};
 
 const SESSIONS: &str = "/ecs-exec/";
+/// Where a server asks a node to dial it back for a session (cluster mode, see gantry-link's
+/// `exec`): `<prefix><node>/<session id>`.
+pub const EXEC_REQUESTS: &str = "/exec-requests/";
 /// How long a session waits for its stream to be opened.
 pub const CONNECT_WITHIN_SECS: f64 = 60.0;
 
@@ -272,15 +275,25 @@ impl Control {
         Ok(s)
     }
 
-    /// Removes sessions past their minute (opened or not): the leader's housekeeping.
+    /// Removes sessions past their minute (opened or not), and dial-back requests a server
+    /// left behind (it deletes its own, unless it died): the leader's housekeeping.
     pub async fn purge_exec_sessions(&self) -> Result<(), EcsError> {
         let now = self.now();
         let (kvs, _) = self.store.list(SESSIONS).await.map_err(store_err)?;
+        let (requests, _) = self.store.list(EXEC_REQUESTS).await.map_err(store_err)?;
         for kv in kvs {
             let done = serde_json::from_slice::<ExecSession>(&kv.value)
                 .map(|s| now - s.created > CONNECT_WITHIN_SECS)
                 .unwrap_or(true);
             if done {
+                let _ = self.store.delete(&kv.key, Some(kv.mod_revision)).await;
+            }
+        }
+        for kv in requests {
+            let created = serde_json::from_slice::<serde_json::Value>(&kv.value)
+                .ok()
+                .and_then(|v| v["session"]["created"].as_f64());
+            if created.is_none_or(|c| now - c > CONNECT_WITHIN_SECS) {
                 let _ = self.store.delete(&kv.key, Some(kv.mod_revision)).await;
             }
         }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-pub const REQUESTS: &str = "/exec-requests/";
+pub use gantry_control::exec::EXEC_REQUESTS as REQUESTS;
 /// How long a server waits for the task's agent to dial back.
 const DIAL_BACK: Duration = Duration::from_secs(15);
 
