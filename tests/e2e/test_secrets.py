@@ -227,6 +227,15 @@ def test_a_task_whose_secret_cannot_be_read_fails_to_start(gantry, ecs, sm):
         if role == bare:
             action = "secretsmanager:GetSecretValue" if value_from == arn else "ssm:GetParameters"
             assert f"is not authorized to perform: {action} on resource: " in stopped["stoppedReason"]
+    # The secret's resource policy counts for the execution role too: a Deny there stops even
+    # a role whose own policy allows the read.
+    sm.put_resource_policy(SecretId=arn, ResourcePolicy=json.dumps({"Statement": [{
+        "Effect": "Deny", "Principal": {"AWS": full}, "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]}))
+    td = register(ecs, "denied-secret", [{"name": "app", "command": ["true"], "secrets": [{"name": "X", "valueFrom": arn}]}],
+                  executionRoleArn=full)
+    stopped = wait_stopped(ecs, "default", [run(ecs, "default", td["taskDefinitionArn"])[0]["taskArn"]])[0]
+    assert "with an explicit deny in a resource-based policy" in stopped["stoppedReason"], stopped["stoppedReason"]
+    sm.delete_resource_policy(SecretId=arn)
     # Secrets need an execution role, as ECS says at registration.
     c, m = code(ecs.register_task_definition, family="x", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
                 cpu="256", memory="512", containerDefinitions=[{

@@ -402,7 +402,9 @@ async fn read_as_execution_role(
     };
     let caller = execution_role(control, rec).await.map_err(|r| failed(&r))?;
     let ctx = gantry_control::iam::principal_context(&caller);
-    let authorize = |action: &str, arn: &str| gantry_control::iam::authorize(&caller, action, arn, &ctx);
+    let authorize = |action: &str, arn: &str, policy: Option<&str>| {
+        gantry_control::iam::authorize_with(&caller, (action, arn), &ctx, policy)
+    };
     let scope = rec.scope();
     let mut out = Vec::with_capacity(wanted.len());
     for (container, name, from) in wanted {

@@ -738,7 +738,9 @@ fn retrieval_failed(detail: String) -> String {
 }
 
 /// Whether the reader may do `action` on the resource ARN `arn` (IAM's denial otherwise).
-pub type Authorize<'a> = &'a (dyn Fn(&str, &str) -> Result<(), String> + Send + Sync);
+/// Whether the reader may do an action on a resource (its ARN), given the resource's own
+/// policy, if it has one.
+pub type Authorize<'a> = &'a (dyn Fn(&str, &str, Option<&str>) -> Result<(), String> + Send + Sync);
 
 /// The value a container secret's `valueFrom` names, read as the task's account (`scope`)
 /// and with the permissions `authorize` checks (the task's execution role's): a secret
@@ -775,8 +777,12 @@ pub async fn resolve(
                 .find(scope, &secret_arn)
                 .await
                 .map_err(|e| fail(format!("{}: {}", e.shape, e.message)))?;
-            authorize("secretsmanager:GetSecretValue", &secret.arn)
-                .map_err(|m| fail(format!("AccessDeniedException: {m}")))?;
+            authorize(
+                "secretsmanager:GetSecretValue",
+                &secret.arn,
+                secret.resource_policy.as_deref(),
+            )
+            .map_err(|m| fail(format!("AccessDeniedException: {m}")))?;
             let (_, _, value) = sm
                 .get_value(scope, &secret_arn, version_id.as_deref(), version_stage.as_deref())
                 .await
@@ -808,7 +814,7 @@ pub async fn resolve(
             };
             let bare = crate::parameters::ParameterStore::name_of(scope, &name).map_err(|_| fail())?;
             let arn = crate::parameters::ParameterStore::arn(scope, &bare);
-            authorize("ssm:GetParameters", &arn).map_err(|m| {
+            authorize("ssm:GetParameters", &arn, None).map_err(|m| {
                 retrieval_failed(format!(
                     "unable to retrieve secrets from ssm: service call has been retried 1 time(s): AccessDeniedException: {m}"
                 ))
