@@ -140,18 +140,7 @@ impl Iam {
         self.records
             .update(&Self::group_key(account, group), |cur: Option<Group>| {
                 let mut g = cur.ok_or_else(|| IamError::no_group(group))?;
-                match doc {
-                    Some(d) => {
-                        g.policies.insert(name.to_string(), d.to_string());
-                    }
-                    None if g.policies.remove(name).is_none() => {
-                        return Err(IamError::new(
-                            "NoSuchEntityException",
-                            format!("The group policy with name {name} cannot be found."),
-                        ))
-                    }
-                    None => {}
-                }
+                super::set_inline(&mut g.policies, "group", name, doc)?;
                 Ok((Some(g), ()))
             })
             .await

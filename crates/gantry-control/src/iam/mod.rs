@@ -454,17 +454,8 @@ impl Iam {
                 if let Some(t) = trust {
                     r.trust = t.to_string();
                 }
-                match policy {
-                    Some((pname, Some(d))) => {
-                        r.policies.insert(pname.to_string(), d.to_string());
-                    }
-                    Some((pname, None)) => r.policies.remove(pname).map(drop).ok_or_else(|| {
-                        IamError::new(
-                            "NoSuchEntityException",
-                            format!("The role policy with name {pname} cannot be found."),
-                        )
-                    })?,
-                    None => {}
+                if let Some((pname, doc)) = policy {
+                    set_inline(&mut r.policies, "role", pname, doc)?;
                 }
                 Ok((Some(r), ()))
             })
@@ -785,22 +776,31 @@ impl Iam {
         self.records
             .update(&key, |cur: Option<User>| {
                 let mut u = cur.ok_or_else(|| IamError::no_user(user))?;
-                match doc {
-                    Some(d) => {
-                        u.policies.insert(name.to_string(), d.to_string());
-                    }
-                    None => {
-                        if u.policies.remove(name).is_none() {
-                            return Err(IamError::new(
-                                "NoSuchEntityException",
-                                format!("The user policy with name {name} cannot be found."),
-                            ));
-                        }
-                    }
-                }
+                set_inline(&mut u.policies, "user", name, doc)?;
                 Ok((Some(u), ()))
             })
             .await
+    }
+}
+
+/// Sets (Some) or deletes (None) the inline policy `name` of a user, role or group (`kind`).
+fn set_inline(
+    policies: &mut BTreeMap<String, String>,
+    kind: &str,
+    name: &str,
+    doc: Option<&str>,
+) -> Result<(), IamError> {
+    match doc {
+        Some(d) => {
+            policies.insert(name.to_string(), d.to_string());
+            Ok(())
+        }
+        None => policies.remove(name).map(drop).ok_or_else(|| {
+            IamError::new(
+                "NoSuchEntityException",
+                format!("The {kind} policy with name {name} cannot be found."),
+            )
+        }),
     }
 }
 
