@@ -419,12 +419,7 @@ async fn read_as_execution_role(
 /// why it has none.
 async fn execution_role(control: &Control, rec: &TaskRecord) -> Result<gantry_control::iam::Caller, String> {
     let arn = rec.roles.execution.as_ref().ok_or("the task has no execution role")?;
-    let role = control.iam().task_role(&rec.account, arn, &rec.task.task_arn).await?;
-    Ok(gantry_control::iam::Caller::Role {
-        account: rec.account.clone(),
-        role,
-        session: rec.id().to_string(),
-    })
+    control.iam().task_caller(rec, arn).await
 }
 
 /// The in-process link: the control plane and log store of this very process.

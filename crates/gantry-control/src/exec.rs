@@ -225,16 +225,7 @@ impl Control {
         let Some(arn) = rec.roles.task.as_deref() else {
             return Err(refuse("the task has no task role to write it with.".into()));
         };
-        let role = self
-            .iam()
-            .task_role(&rec.account, arn, &rec.task.task_arn)
-            .await
-            .map_err(|e| refuse(e.to_string()))?;
-        let caller = crate::iam::Caller::Role {
-            account: rec.account.clone(),
-            role,
-            session: rec.id().to_string(),
-        };
+        let caller = self.iam().task_caller(rec, arn).await.map_err(refuse)?;
         let ctx = crate::iam::principal_context(&caller);
         let stream_arn = format!(
             "arn:aws:logs:{region}:{}:log-group:{group}:log-stream:{session}",

@@ -178,9 +178,11 @@ impl Control {
             &compatibilities(&td.definition),
         )?;
         let network_mode = NetworkMode::parse(td.definition["networkMode"].as_str())?;
+        // One read of the nodes for the subnets' check and the tasks' zones.
+        let nodes = self.nodes().await?;
         let subnets = network_for(network_mode, req.network_configuration.as_ref())?;
         if let Some(s) = &subnets {
-            self.validate_subnets(scope, s).await?;
+            validate_subnets(scope, s, &nodes)?;
         }
         let security_groups = self
             .security_groups_for(scope, network_mode, req.network_configuration.as_ref())
@@ -258,10 +260,8 @@ impl Control {
             roles,
             security_groups,
         };
-        let zones: std::collections::HashMap<String, String> = self
-            .nodes()
-            .await?
-            .into_iter()
+        let zones: std::collections::HashMap<String, String> = nodes
+            .iter()
             .map(|n| (n.spec.name.clone(), n.zone(&scope.region)))
             .collect();
         let now = self.now();
@@ -335,22 +335,9 @@ impl Control {
         Ok(roles)
     }
 
-    /// An awsvpc task's subnets must be the default VPC's (one per node network), as ECS
-    /// asks EC2 about them.
-    pub(crate) async fn validate_subnets(&self, scope: &Scope, subnets: &[String]) -> Result<(), EcsError> {
-        let known: Vec<String> = self
-            .nodes()
-            .await?
-            .iter()
-            .filter(|n| n.spec.subnet.is_some())
-            .map(|n| crate::ec2::subnet_id(scope, &n.spec.name))
-            .collect();
-        match subnets.iter().find(|s| !known.contains(s)) {
-            Some(s) => Err(EcsError::invalid(format!(
-                "Error retrieving subnet information for [{s}]: The subnet ID '{s}' does not exist (ErrorCode: InvalidSubnetID.NotFound)"
-            ))),
-            None => Ok(()),
-        }
+    /// `validate_subnets` over the nodes as they are now.
+    pub(crate) async fn check_subnets(&self, scope: &Scope, subnets: &[String]) -> Result<(), EcsError> {
+        validate_subnets(scope, subnets, &self.nodes().await?)
     }
 
     /// An awsvpc task's security groups: its configuration's (at most 5, each existing), else
@@ -684,6 +671,22 @@ pub(crate) fn network_for(mode: NetworkMode, cfg: Option<&Value>) -> Result<Opti
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+/// An awsvpc task's subnets must be the default VPC's (one per node network), as ECS asks
+/// EC2 about them.
+fn validate_subnets(scope: &Scope, subnets: &[String], nodes: &[crate::nodes::NodeRecord]) -> Result<(), EcsError> {
+    let known: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.spec.subnet.is_some())
+        .map(|n| crate::ec2::subnet_id(scope, &n.spec.name))
+        .collect();
+    match subnets.iter().find(|s| !known.contains(s)) {
+        Some(s) => Err(EcsError::invalid(format!(
+            "Error retrieving subnet information for [{s}]: The subnet ID '{s}' does not exist (ErrorCode: InvalidSubnetID.NotFound)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The placement condition that keeps an awsvpc task to nodes in its subnets.

@@ -255,7 +255,7 @@ impl Control {
     async fn check_service_groups(&self, scope: &Scope, def: &Value, network: &Value) -> Result<(), EcsError> {
         let mode = NetworkMode::parse(def["networkMode"].as_str())?;
         if let Some(subnets) = crate::run_task::network_for(mode, Some(network).filter(|n| !n.is_null()))? {
-            self.validate_subnets(scope, &subnets).await?;
+            self.check_subnets(scope, &subnets).await?;
         }
         self.security_groups_for(scope, mode, Some(network)).await.map(drop)
     }

@@ -111,7 +111,7 @@ impl Control {
         )?;
         let mode = gantry_types::taskdef::NetworkMode::parse(td.definition["networkMode"].as_str())?;
         if let Some(subnets) = crate::run_task::network_for(mode, req.network_configuration.as_ref())? {
-            self.validate_subnets(scope, &subnets).await?;
+            self.check_subnets(scope, &subnets).await?;
         }
         let load_balancers = match req.load_balancers.as_deref() {
             Some(l) if !l.is_empty() => {

@@ -558,6 +558,17 @@ impl Iam {
         Ok((id, key))
     }
 
+    /// The caller a task acts as with one of its roles (`role_arn`): a session named by the
+    /// task's id, as the role's credentials inside the task are.
+    pub async fn task_caller(&self, rec: &crate::TaskRecord, role_arn: &str) -> Result<Caller, String> {
+        let role = self.task_role(&rec.account, role_arn, &rec.task.task_arn).await?;
+        Ok(Caller::Role {
+            account: rec.account.clone(),
+            role,
+            session: rec.id().to_string(),
+        })
+    }
+
     /// The role `role_arn` of `account` if its trust policy lets ECS tasks assume it (for
     /// a task of `source_arn`); ECS's InvalidParameterException wording otherwise.
     pub async fn task_role(&self, account: &str, role_arn: &str, source_arn: &str) -> Result<Role, String> {
