@@ -9,7 +9,7 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import ACCOUNT, REGION
+from conftest import ACCOUNT, ECS_TASKS_TRUST, REGION
 
 
 @pytest.fixture
@@ -162,6 +162,55 @@ def test_roles_are_assumed_as_their_trust_policies_allow(gantry, iam):
     assert "app" not in names and "locked" in names, names
 
 
+def test_session_policies_bound_what_a_role_session_may_do(gantry, iam):
+    """AssumeRole's Policy and PolicyArns: the session may do only what both the role's
+    policies and the session policies allow, and an explicit deny in either refuses."""
+    trust = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": ACCOUNT}, "Action": "sts:AssumeRole"}]}
+    role = iam.create_role(RoleName="bounded", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    broad = {"Statement": [{"Effect": "Allow", "Action": ["ecs:*", "logs:Describe*"], "Resource": "*"}]}
+    iam.put_role_policy(RoleName="bounded", PolicyName="broad", PolicyDocument=json.dumps(broad))
+    only_describe = {"Statement": [
+        {"Effect": "Allow", "Action": ["ecs:Describe*", "ecs:ListClusters", "sqs:*"], "Resource": "*"},
+        {"Effect": "Deny", "Action": "ecs:DescribeServices", "Resource": "*"}]}
+    managed = iam.create_policy(PolicyName="session-logs", PolicyDocument=json.dumps(
+        {"Statement": [{"Effect": "Allow", "Action": "logs:DescribeLogGroups", "Resource": "*"}]}))["Policy"]["Arn"]
+    sts = gantry.client("sts")
+    out = sts.assume_role(RoleArn=role["Arn"], RoleSessionName="narrow", Policy=json.dumps(only_describe),
+                          PolicyArns=[{"arn": managed}])
+    assert 0 < out["PackedPolicySize"] <= 100, out
+    creds = out["Credentials"]
+    session = boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                            aws_session_token=creds["SessionToken"], region_name=REGION)
+    cfg = botocore.config.Config(retries={"max_attempts": 1})
+    ecs = session.client("ecs", endpoint_url=gantry.endpoint, config=cfg)
+    logs = session.client("logs", endpoint_url=gantry.endpoint, config=cfg)
+    ecs.list_clusters()
+    logs.describe_log_groups()  # allowed by the managed session policy and the role
+    # The role allows it, the session policies do not.
+    c, m = code(ecs.create_cluster, clusterName="nope")
+    assert c == "AccessDeniedException"
+    assert m.endswith("because no session policy allows the ecs:CreateCluster action"), m
+    # A session policy's explicit deny refuses what the role allows.
+    c, m = code(ecs.describe_services, cluster="default", services=["x"])
+    assert m.endswith("with an explicit deny in a session policy"), m
+    # A session policy never grants more than the role: the role allows no sqs, nor ssm.
+    c, m = code(session.client("ssm", endpoint_url=gantry.endpoint, config=cfg).get_parameter, Name="/x")
+    assert m.endswith("because no identity-based policy allows the ssm:GetParameter action"), m
+
+    # Malformed, oversized and unknown session policies are refused.
+    assert code(sts.assume_role, RoleArn=role["Arn"], RoleSessionName="bad", Policy="{")[0] == "MalformedPolicyDocument"
+    big = {"Statement": [{"Effect": "Allow", "Action": "ecs:ListClusters", "Resource": "*", "Sid": "x" * 2100}]}
+    assert code(sts.assume_role, RoleArn=role["Arn"], RoleSessionName="big", Policy=json.dumps(big))[0] in (
+        "PackedPolicyTooLarge", "ValidationError")
+    c, m = code(sts.assume_role, RoleArn=role["Arn"], RoleSessionName="gone",
+                PolicyArns=[{"arn": f"arn:aws:iam::{ACCOUNT}:policy/none"}])
+    assert c == "InvalidParameterValue" and "policy/none" in m, (c, m)
+    many = [{"arn": managed}] * 11
+    assert code(sts.assume_role, RoleArn=role["Arn"], RoleSessionName="many", PolicyArns=many)[0] == "ValidationError"
+    iam.delete_role_policy(RoleName="bounded", PolicyName="broad")
+    iam.delete_role(RoleName="bounded")
+
+
 def test_policies_scoped_to_an_arn_apply_where_the_request_names_it(gantry, iam):
     gantry.client("ssm").put_parameter(Name="/team/x", Value="v", Type="String")
     gantry.client("ssm").put_parameter(Name="/other/y", Value="w", Type="String")
@@ -191,6 +240,70 @@ def test_policies_scoped_to_an_arn_apply_where_the_request_names_it(gantry, iam)
     assert sm.get_secret_value(SecretId=secret)["SecretString"] == "s"
     c, m = code(sm.get_secret_value, SecretId="other/db")
     assert c == "AccessDeniedException" and f":secret:other/db-" in m, m
+
+
+def test_iam_logs_and_elbv2_requests_are_checked_against_what_they_name(gantry, iam):
+    """IAM's users, roles (with their paths) and policies, log groups and streams, and ELBv2's
+    resources are the ARNs policies scope to, named in AccessDenied as AWS names them."""
+    me = f"arn:aws:iam::{ACCOUNT}:user/${{aws:username}}"
+    policy = {"Statement": [
+        {"Effect": "Allow", "Action": "iam:*", "Resource": [f"arn:aws:iam::{ACCOUNT}:role/app/*", me]},
+        {"Effect": "Deny", "Action": "iam:AttachRolePolicy", "Resource": "*",
+         "Condition": {"ArnNotEquals": {"iam:PolicyARN": "arn:aws:iam::aws:policy/ReadOnlyAccess"}}},
+        {"Effect": "Allow", "Action": "logs:*", "Resource": "arn:aws:logs:*:*:log-group:/scoped/*"},
+        {"Effect": "Allow", "Action": "elasticloadbalancing:*",
+         "Resource": "arn:aws:elasticloadbalancing:*:*:targetgroup/scoped-*"}]}
+    iam.create_user(UserName="scoped")
+    iam.put_user_policy(UserName="scoped", PolicyName="p", PolicyDocument=json.dumps(policy))
+    iam.create_role(RoleName="outside", AssumeRolePolicyDocument=json.dumps(ECS_TASKS_TRUST))
+    key = iam.create_access_key(UserName="scoped")["AccessKey"]
+    as_scoped = as_user(gantry, key, "iam")
+
+    # A new role's ARN carries the request's path; an existing one's, its own.
+    as_scoped.create_role(RoleName="in-app", Path="/app/", AssumeRolePolicyDocument=json.dumps(ECS_TASKS_TRUST))
+    as_scoped.put_role_policy(RoleName="in-app", PolicyName="x", PolicyDocument=json.dumps(ALLOW_READS))
+    c, m = code(as_scoped.put_role_policy, RoleName="outside", PolicyName="x", PolicyDocument=json.dumps(ALLOW_READS))
+    assert c == "AccessDenied" and f"iam:PutRolePolicy on resource: arn:aws:iam::{ACCOUNT}:role/outside " in m, m
+    c, m = code(as_scoped.create_role, RoleName="not-app", AssumeRolePolicyDocument=json.dumps(ECS_TASKS_TRUST))
+    assert f"on resource: arn:aws:iam::{ACCOUNT}:role/not-app " in m, m
+    # iam:PolicyARN decides which managed policy may be attached.
+    as_scoped.attach_role_policy(RoleName="in-app", PolicyArn="arn:aws:iam::aws:policy/ReadOnlyAccess")
+    c, m = code(as_scoped.attach_role_policy, RoleName="in-app", PolicyArn="arn:aws:iam::aws:policy/AdministratorAccess")
+    assert c == "AccessDenied" and m.endswith("with an explicit deny in an identity-based policy"), m
+    # Without UserName a user acts on itself: ${aws:username} lets it manage its own keys only.
+    own = as_scoped.create_access_key()["AccessKey"]
+    assert own["UserName"] == "scoped"
+    as_scoped.delete_access_key(AccessKeyId=own["AccessKeyId"])
+    c, m = code(as_scoped.create_access_key, UserName="ann")
+    assert f"on resource: arn:aws:iam::{ACCOUNT}:user/team/ann " in m, m
+    assert code(as_scoped.list_roles)[0] == "AccessDenied"
+
+    logs = as_user(gantry, key, "logs")
+    logs.create_log_group(logGroupName="/scoped/a")
+    logs.create_log_stream(logGroupName="/scoped/a", logStreamName="s")
+    logs.put_log_events(logGroupName="/scoped/a", logStreamName="s", logEvents=[{"timestamp": 1, "message": "m"}])
+    c, m = code(logs.create_log_group, logGroupName="/other")
+    assert c == "AccessDeniedException"
+    assert f"logs:CreateLogGroup on resource: arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/other:log-stream: " in m, m
+    c, m = code(logs.describe_log_groups)
+    assert f"on resource: arn:aws:logs:{REGION}:{ACCOUNT}:log-group::log-stream: " in m, m
+
+    elbv2 = as_user(gantry, key, "elbv2")
+    vpc = gantry.client("ec2").describe_vpcs()["Vpcs"][0]["VpcId"]
+    tg = elbv2.create_target_group(Name="scoped-tg", Protocol="HTTP", Port=80, VpcId=vpc,
+                                   TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
+    c, m = code(elbv2.create_target_group, Name="other-tg", Protocol="HTTP", Port=80, VpcId=vpc, TargetType="ip")
+    assert c == "AccessDenied"
+    assert f"on resource: arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/other-tg/* " in m, m
+    # Describe* supports no resource-level permission: it is asked about "*".
+    assert "on resource: * " in code(elbv2.describe_target_groups)[1]
+    elbv2.delete_target_group(TargetGroupArn=tg)
+
+    gantry.client("logs").delete_log_group(logGroupName="/scoped/a")
+    iam.detach_role_policy(RoleName="in-app", PolicyArn="arn:aws:iam::aws:policy/ReadOnlyAccess")
+    iam.delete_role_policy(RoleName="in-app", PolicyName="x")
+    for role in ("in-app", "outside"):
+        iam.delete_role(RoleName=role)
 
 
 def test_handing_a_role_to_tasks_needs_pass_role(gantry, iam):

@@ -8,7 +8,8 @@ use gantry_control::iam::groups::Group;
 use gantry_control::iam::managed::Principal;
 use gantry_control::iam::tags::TagChange;
 use gantry_control::iam::{
-    Caller, Iam, IamError, ManagedPolicy, NewRole, PolicyScope, PolicyVersion, Role, StoredKey, Tag, User,
+    Caller, Iam, IamError, ManagedPolicy, NewRole, PolicyScope, PolicyVersion, Role, SessionPolicies, StoredKey, Tag,
+    User,
 };
 use gantry_types::arn::Scope;
 use serde_json::{json, Value};
@@ -522,8 +523,6 @@ pub fn sts_handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value
 
 async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, ApiError> {
     for unsupported in [
-        "Policy",
-        "PolicyArns",
         "SerialNumber",
         "TokenCode",
         "ProvidedContexts",
@@ -544,6 +543,7 @@ async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, A
     if let Some(id) = text(input, "ExternalId") {
         ctx.set("sts:ExternalId", id);
     }
+    let (tags, policies) = (tags_in(input)?, session_policies(input)?);
     let (id, key, role) = api
         .control
         .iam()
@@ -553,11 +553,11 @@ async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, A
             required(input, "RoleSessionName")?,
             input["DurationSeconds"].as_i64(),
             &ctx,
-            &tags_in(input)?,
+            (&tags, &policies),
         )
         .await?;
     let session = key.role.as_ref().expect("a session key has its role");
-    Ok(json!({
+    let mut out = json!({
         "Credentials": {
             "AccessKeyId": id, "SecretAccessKey": key.secret_access_key,
             "SessionToken": key.session_token, "Expiration": session.expires,
@@ -566,5 +566,38 @@ async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, A
             "AssumedRoleId": format!("{}:{}", role.id, session.session),
             "Arn": format!("arn:aws:sts::{}:assumed-role/{}/{}", key.account_id, role.name, session.session),
         },
-    }))
+    });
+    if !policies.is_empty() || !tags.is_empty() {
+        out["PackedPolicySize"] = json!(packed_percent(&policies, &tags));
+    }
+    Ok(out)
+}
+
+/// How close the session policies and tags come to AssumeRole's limit, in percent (AWS's
+/// PackedPolicySize): Gantry measures their plaintext against the 2,048 characters allowed.
+fn packed_percent(policies: &SessionPolicies, tags: &[Tag]) -> usize {
+    let inline = policies
+        .inline
+        .as_deref()
+        .map_or(0, |d| d.chars().filter(|c| !c.is_whitespace()).count());
+    let arns: usize = policies.arns.iter().map(String::len).sum();
+    let tags: usize = tags.iter().map(|t| t.key.len() + t.value.len()).sum();
+    (inline + arns + tags) * 100 / gantry_control::iam::MAX_SESSION_POLICY_CHARS
+}
+
+/// AssumeRole's Policy and PolicyArns.
+fn session_policies(input: &Value) -> Result<SessionPolicies, ApiError> {
+    let arns = input.get("PolicyArns").and_then(Value::as_array).into_iter().flatten();
+    let arns = arns
+        .map(|d| {
+            d.get("arn")
+                .and_then(Value::as_str)
+                .map(String::from)
+                .ok_or_else(|| ApiError::client("ValidationError", "Each of PolicyArns must have an arn."))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SessionPolicies {
+        inline: text(input, "Policy").map(String::from),
+        arns,
+    })
 }

@@ -304,18 +304,22 @@ async fn answer(
         ));
     };
     let query_wire = framing.wire == Wire::Query;
+    let caller = match crate::authz::caller(&api, &stored).await {
+        Ok(c) => c,
+        Err(e) => return framing.error(e),
+    };
     let asked = crate::authz::Asked::new(
         &api,
         &scope,
         (&verified.service, &call.op.name),
         &call.input,
         query_wire,
+        &caller,
     )
     .await;
-    let caller = match crate::authz::authorize(&api, &stored, &asked).await {
-        Ok(c) => c,
-        Err(e) => return framing.error(e),
-    };
+    if let Err(e) = crate::authz::authorize(&api, &caller, &asked).await {
+        return framing.error(e);
+    }
     let host = headers
         .get("host")
         .and_then(|v| v.to_str().ok())

@@ -3,12 +3,10 @@
 //! revision, a service, tasks, a tagged resource) and the condition keys it carries
 //! (ecs:cluster, ecs:task-definition, aws:RequestTag/..., aws:TagKeys).
 
+use super::{request_tags, Named};
 use crate::api::Api;
 use gantry_types::arn::Scope;
 use serde_json::Value;
-
-/// Resource ARNs and condition keys (with their values) of one request.
-pub type Named = (Vec<String>, Vec<(String, Vec<String>)>);
 
 fn arn(scope: &Scope, resource: &str) -> String {
     format!("arn:aws:ecs:{}:{}:{resource}", scope.region, scope.account)
@@ -54,38 +52,12 @@ fn strings(input: &Value, key: &str) -> Vec<String> {
     list.filter_map(|v| v.as_str().map(String::from)).collect()
 }
 
-/// aws:RequestTag/KEY and aws:TagKeys from a request's `tags`.
-fn request_tags(input: &Value) -> Vec<(String, Vec<String>)> {
-    let tags: Vec<(String, String)> = input
-        .get("tags")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|t| {
-            let key = t.get("key")?.as_str()?.to_string();
-            Some((
-                key,
-                t.get("value").and_then(Value::as_str).unwrap_or_default().to_string(),
-            ))
-        })
-        .collect();
-    if tags.is_empty() {
-        return vec![];
-    }
-    let mut ctx: Vec<(String, Vec<String>)> = tags
-        .iter()
-        .map(|(k, v)| (format!("aws:RequestTag/{k}"), vec![v.clone()]))
-        .collect();
-    ctx.push(("aws:TagKeys".into(), tags.into_iter().map(|(k, _)| k).collect()));
-    ctx
-}
-
 /// What an ECS operation names; `*` for the operations without a resource of their own.
 pub async fn named(api: &Api, scope: &Scope, op: &str, input: &Value) -> Named {
     let cluster = cluster_name(input);
     let cluster_arn = arn(scope, &format!("cluster/{cluster}"));
     let on_cluster = || vec![("ecs:cluster".to_string(), vec![cluster_arn.clone()])];
-    let mut ctx = request_tags(input);
+    let mut ctx = request_tags(input, "tags", "key", "value");
     let resources = match op {
         "CreateCluster" => {
             let name = input.get("clusterName").and_then(Value::as_str).unwrap_or("default");
@@ -184,12 +156,17 @@ mod tests {
         );
         let given = "arn:aws:ecs:us-east-1:123456789012:service/prod/web";
         assert_eq!(in_cluster(&s, "service", "prod", given), given);
-        let ctx = request_tags(&json!({"tags": [{"key": "team", "value": "web"}, {"key": "env", "value": "prod"}]}));
+        let ctx = request_tags(
+            &json!({"tags": [{"key": "team", "value": "web"}, {"key": "env", "value": "prod"}]}),
+            "tags",
+            "key",
+            "value",
+        );
         assert_eq!(ctx[0], ("aws:RequestTag/team".to_string(), vec!["web".to_string()]));
         assert_eq!(
             ctx[2],
             ("aws:TagKeys".to_string(), vec!["team".to_string(), "env".to_string()])
         );
-        assert!(request_tags(&json!({})).is_empty());
+        assert!(request_tags(&json!({}), "tags", "key", "value").is_empty());
     }
 }

@@ -2,24 +2,32 @@
 //! of the resources it names, the service's condition keys), and whether the caller's
 //! policies allow it, in IAM's words when they do not.
 
+mod arns;
 mod ecs;
+mod iam;
 
 use crate::api::{Api, ApiError};
 use axum::http::StatusCode;
-use gantry_control::iam::StoredKey;
+use gantry_control::iam::{Caller, StoredKey};
 use gantry_types::arn::Scope;
 use serde_json::Value;
 
-/// Who signed, and whether they may call `operation` of the service signing as `service`:
-/// the caller, or AccessDenied in the wire's words.
-pub async fn authorize(api: &Api, key: &StoredKey, asked: &Asked<'_>) -> Result<gantry_control::iam::Caller, ApiError> {
-    let caller = api.control.iam().caller(key).await.map_err(|e| {
+/// Resource ARNs and condition keys (with their values) of one request.
+pub type Named = (Vec<String>, Vec<(String, Vec<String>)>);
+
+/// Who signed with `key`: its user, role session or the root.
+pub async fn caller(api: &Api, key: &StoredKey) -> Result<Caller, ApiError> {
+    api.control.iam().caller(key).await.map_err(|e| {
         ApiError::new(
             "UnrecognizedClientException",
             format!("The access key's user cannot be read: {e}"),
             StatusCode::FORBIDDEN,
         )
-    })?;
+    })
+}
+
+/// Whether `caller` may do what is `asked`, or AccessDenied in the wire's words.
+pub async fn authorize(api: &Api, caller: &Caller, asked: &Asked<'_>) -> Result<(), ApiError> {
     // Resource tags cost a read per resource: only read when a policy asks about them.
     let tags = if caller.mentions("aws:ResourceTag") {
         let scope = Scope {
@@ -44,8 +52,7 @@ pub async fn authorize(api: &Api, key: &StoredKey, asked: &Asked<'_>) -> Result<
             policies.push(secret_policy(api, &scope, arn).await);
         }
     }
-    permit_with(&caller, asked, &tags, &policies)?;
-    Ok(caller)
+    permit_with(caller, asked, &tags, &policies)
 }
 
 /// A secret's resource policy, if it has one (and exists).
@@ -68,8 +75,23 @@ async fn resource_tags(api: &Api, scope: &Scope, service: &str, arn: &str) -> Ve
                 .unwrap_or_default(),
             None => vec![],
         },
+        "iam" => iam_tags(api, &scope.account, arn).await,
         _ => vec![],
     }
+}
+
+/// An IAM user's or role's tags, by its ARN.
+async fn iam_tags(api: &Api, account: &str, arn: &str) -> Vec<(String, String)> {
+    let iam = api.control.iam();
+    let name = arn.rsplit('/').next().unwrap_or_default();
+    let tags = if arn.contains(":user/") {
+        iam.user(account, name).await.map(|u| u.tags)
+    } else if arn.contains(":role/") {
+        iam.role(account, name).await.map(|r| r.tags)
+    } else {
+        return vec![];
+    };
+    tags.unwrap_or_default().into_iter().map(|t| (t.key, t.value)).collect()
 }
 
 /// What a request asks to do, for authorisation.
@@ -94,8 +116,9 @@ impl<'a> Asked<'a> {
         (service, operation): (&'a str, &'a str),
         input: &Value,
         query_wire: bool,
+        caller: &Caller,
     ) -> Asked<'a> {
-        let (resources, context) = resources_of(api, scope, service, operation, input).await;
+        let (resources, context) = resources_of(api, scope, (service, operation), input, caller).await;
         Asked {
             service,
             operation,
@@ -109,24 +132,32 @@ impl<'a> Asked<'a> {
 
 /// The resource ARNs a request acts on, where Gantry knows them (AssumeRole's role, the
 /// secrets and parameters it names by name or ARN, ECS's clusters, task definitions,
-/// services and tasks) and its condition keys. Everything else is checked against "*".
+/// services and tasks, IAM's entities, and what `arns` reads from other services' requests)
+/// and its condition keys. Everything else is checked against "*".
 async fn resources_of(
     api: &Api,
     scope: &Scope,
-    service: &str,
-    operation: &str,
+    (service, operation): (&str, &str),
     input: &Value,
-) -> (Vec<String>, Vec<(String, Vec<String>)>) {
-    if service == "ecs" {
-        let (resources, context) = ecs::named(api, scope, operation, input).await;
-        return (star_if_empty(resources), context);
-    }
+    caller: &Caller,
+) -> Named {
+    let (resources, context) = match service {
+        "ecs" => ecs::named(api, scope, operation, input).await,
+        "iam" => iam::named(api, caller, operation, input).await,
+        "sts" | "secretsmanager" | "ssm" => (named_secrets(api, scope, (service, operation), input).await, vec![]),
+        _ => arns::named(scope, service, operation, input),
+    };
+    (star_if_empty(resources), context)
+}
+
+/// AssumeRole's role, and the secrets and parameters a request names.
+async fn named_secrets(api: &Api, scope: &Scope, (service, operation): (&str, &str), input: &Value) -> Vec<String> {
     let one = |key: &str| input.get(key).and_then(Value::as_str).map(String::from);
     let many = |key: &str| -> Vec<String> {
         let list = input.get(key).and_then(Value::as_array).into_iter().flatten();
         list.filter_map(|v| v.as_str().map(String::from)).collect()
     };
-    let found = match (service, operation) {
+    match (service, operation) {
         ("sts", "AssumeRole") => one("RoleArn").into_iter().collect(),
         ("secretsmanager", _) => {
             let ids = one("SecretId").into_iter().chain(many("SecretIdList"));
@@ -141,8 +172,31 @@ async fn resources_of(
             names.map(|n| parameter_arn(scope, &n)).collect()
         }
         _ => vec![],
-    };
-    (star_if_empty(found), vec![])
+    }
+}
+
+/// aws:RequestTag/KEY and aws:TagKeys from a request's tags: a list under `list` of objects
+/// with `key` and `value` members (their spelling differs between services).
+fn request_tags(input: &Value, list: &str, key: &str, value: &str) -> Vec<(String, Vec<String>)> {
+    let tags: Vec<(String, String)> = input
+        .get(list)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let k = t.get(key)?.as_str()?.to_string();
+            Some((k, t.get(value).and_then(Value::as_str).unwrap_or_default().to_string()))
+        })
+        .collect();
+    if tags.is_empty() {
+        return vec![];
+    }
+    let mut ctx: Vec<(String, Vec<String>)> = tags
+        .iter()
+        .map(|(k, v)| (format!("aws:RequestTag/{k}"), vec![v.clone()]))
+        .collect();
+    ctx.push(("aws:TagKeys".into(), tags.into_iter().map(|(k, _)| k).collect()));
+    ctx
 }
 
 fn star_if_empty(resources: Vec<String>) -> Vec<String> {
@@ -178,14 +232,14 @@ fn parameter_arn(scope: &Scope, name: &str) -> String {
 }
 
 /// Whether `caller`'s policies allow what is `asked`.
-pub fn permit(caller: &gantry_control::iam::Caller, asked: &Asked) -> Result<(), ApiError> {
+pub fn permit(caller: &Caller, asked: &Asked) -> Result<(), ApiError> {
     permit_with(caller, asked, &[], &[])
 }
 
 /// `permit`, with each resource's tags as aws:ResourceTag/KEY and its resource policy (both
 /// aligned with `asked.resources`, or empty).
 fn permit_with(
-    caller: &gantry_control::iam::Caller,
+    caller: &Caller,
     asked: &Asked,
     tags: &[Vec<(String, String)>],
     policies: &[Option<String>],
@@ -228,7 +282,7 @@ fn permit_with(
 
 /// Whether `caller` may pass `role_arn` to ECS tasks (iam:PassRole, iam:PassedToService
 /// ecs-tasks.amazonaws.com): AccessDeniedException in IAM's words otherwise.
-pub fn pass_role(caller: &gantry_control::iam::Caller, role_arn: &str) -> Result<(), ApiError> {
+pub fn pass_role(caller: &Caller, role_arn: &str) -> Result<(), ApiError> {
     let mut ctx = gantry_policy::Context::new();
     ctx.set("aws:PrincipalArn", caller.arn())
         .set("aws:PrincipalAccount", caller.account())

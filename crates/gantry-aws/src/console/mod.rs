@@ -245,8 +245,9 @@ pub async fn dispatch(
     }
     let c = crate::protocol::resolve_named(service, operation, input)?;
     // The signed-in user's policies apply as to any request.
-    let asked = crate::authz::Asked::new(api, scope, (service, operation), &c.input, false).await;
-    crate::authz::permit(&crate::api::caller(&scope.account), &asked)?;
+    let caller = crate::api::caller(&scope.account);
+    let asked = crate::authz::Asked::new(api, scope, (service, operation), &c.input, false, &caller).await;
+    crate::authz::permit(&caller, &asked)?;
     (c.service.handler)(api, scope, &c.op.name, c.input).await
 }
 

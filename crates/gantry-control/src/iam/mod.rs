@@ -59,7 +59,31 @@ pub struct RoleSession {
     /// Session tags (AssumeRole's Tags): over the role's own as `aws:PrincipalTag/<key>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
+    /// Session policies (AssumeRole's Policy and PolicyArns): the session may do only what
+    /// they and the role's policies both allow.
+    #[serde(default, skip_serializing_if = "SessionPolicies::is_empty")]
+    pub policies: SessionPolicies,
 }
+
+/// AssumeRole's session policies: an inline document and managed policies by ARN.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SessionPolicies {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arns: Vec<String>,
+}
+
+impl SessionPolicies {
+    pub fn is_empty(&self) -> bool {
+        self.inline.is_none() && self.arns.is_empty()
+    }
+}
+
+/// The plaintext AssumeRole accepts for session policies (inline document and ARNs).
+pub const MAX_SESSION_POLICY_CHARS: usize = 2048;
+/// Managed session policies one AssumeRole may name.
+pub const MAX_SESSION_POLICY_ARNS: usize = 10;
 
 /// The service principal ECS tasks assume their task and execution roles as.
 pub const ECS_TASKS: &str = "ecs-tasks.amazonaws.com";
@@ -194,6 +218,9 @@ pub enum Caller {
         account: String,
         role: Role,
         session: String,
+        /// The session policies' documents, if AssumeRole gave any: they bound what the
+        /// role's policies allow.
+        limits: Option<Vec<String>>,
     },
 }
 
@@ -202,7 +229,9 @@ impl Caller {
         match self {
             Caller::Root { account } => format!("arn:aws:iam::{account}:root"),
             Caller::User { user, .. } => user.arn.clone(),
-            Caller::Role { account, role, session } => {
+            Caller::Role {
+                account, role, session, ..
+            } => {
                 format!("arn:aws:sts::{account}:assumed-role/{}/{session}", role.name)
             }
         }
@@ -229,8 +258,13 @@ impl Caller {
     /// The inline policies that decide what it may do (none for the root, which may do all).
     /// Whether any of its policies mentions `text` (a condition key, say).
     pub fn mentions(&self, text: &str) -> bool {
+        let limits = match self {
+            Caller::Role { limits: Some(l), .. } => l.as_slice(),
+            _ => &[],
+        };
         self.policies()
             .is_some_and(|docs| docs.iter().any(|d| d.contains(text)))
+            || limits.iter().any(|d| d.contains(text))
     }
 
     /// The policy documents that decide what it may do: inline and attached managed ones
@@ -345,10 +379,19 @@ impl Iam {
                 // A session tag overrides the role's tag of the same key.
                 role.tags = tags::without(&role.tags, &r.tags.iter().map(|t| t.key.clone()).collect::<Vec<_>>());
                 role.tags.extend(r.tags.iter().cloned());
+                let limits = match r.policies.is_empty() {
+                    true => None,
+                    false => {
+                        let mut docs = self.documents(&r.policies.arns).await?;
+                        docs.extend(r.policies.inline.iter().cloned());
+                        Some(docs)
+                    }
+                };
                 Ok(Caller::Role {
                     role,
                     session: r.session.clone(),
                     account,
+                    limits,
                 })
             }
             (Some(name), None) => {
@@ -472,9 +515,10 @@ impl Iam {
         session: &str,
         duration: Option<i64>,
         context: &gantry_policy::Context,
-        session_tags: &[Tag],
+        (session_tags, policies): (&[Tag], &SessionPolicies),
     ) -> Result<(String, StoredKey, Role), IamError> {
         check_session_name(session)?;
+        check_session_policies(policies)?;
         tags::check_tags(session_tags)?;
         if session_tags.len() > tags::MAX_TAGS {
             return Err(IamError::new(
@@ -517,8 +561,18 @@ impl Iam {
         if !session_tags.is_empty() {
             may_tag_session(caller, &role, &trust, context, session_tags)?;
         }
+        for arn in &policies.arns {
+            self.policy(arn.split(':').nth(4).unwrap_or_default(), arn)
+                .await
+                .map_err(|_| {
+                    IamError::new(
+                        "InvalidParameterValue",
+                        format!("The policy {arn} does not exist or is not attachable."),
+                    )
+                })?;
+        }
         let (id, key) = self
-            .mint(&role, &account, session, duration, (None, session_tags))
+            .mint(&role, &account, session, duration, (None, session_tags, policies))
             .await?;
         Ok((id, key, role))
     }
@@ -530,7 +584,7 @@ impl Iam {
         account: &str,
         session: &str,
         duration: i64,
-        (task, tags): (Option<&str>, &[Tag]),
+        (task, tags, policies): (Option<&str>, &[Tag], &SessionPolicies),
     ) -> Result<(String, StoredKey), IamError> {
         let now = self.now();
         let id = iam_id("ASIA");
@@ -547,6 +601,7 @@ impl Iam {
                 expires: now + duration as f64,
                 task: task.map(String::from),
                 tags: tags.to_vec(),
+                policies: policies.clone(),
             }),
         };
         if !self.records.create(&key_path(&id), &key).await? {
@@ -566,6 +621,7 @@ impl Iam {
             account: rec.account.clone(),
             role,
             session: rec.id().to_string(),
+            limits: None,
         })
     }
 
@@ -616,9 +672,15 @@ impl Iam {
     ) -> Result<(String, StoredKey), String> {
         let role = self.task_role(account, role_arn, task_arn).await?;
         let session = task_arn.rsplit('/').next().unwrap_or(task_arn);
-        self.mint(&role, account, session, TASK_SESSION_SECONDS, (Some(task_arn), &[]))
-            .await
-            .map_err(|e| e.message)
+        self.mint(
+            &role,
+            account,
+            session,
+            TASK_SESSION_SECONDS,
+            (Some(task_arn), &[], &SessionPolicies::default()),
+        )
+        .await
+        .map_err(|e| e.message)
     }
 
     pub async fn create_user(
@@ -868,6 +930,27 @@ fn check_trust(doc: &str) -> Result<(), IamError> {
     Ok(())
 }
 
+/// AssumeRole's session policies: an identity policy of at most 2,048 characters with the
+/// ARNs, and at most ten ARNs.
+fn check_session_policies(p: &SessionPolicies) -> Result<(), IamError> {
+    if p.arns.len() > MAX_SESSION_POLICY_ARNS {
+        return Err(IamError::new("ValidationError", format!(
+            "1 validation error detected: Value at 'policyArns' failed to satisfy constraint: Member must have length less than or equal to {MAX_SESSION_POLICY_ARNS}"
+        )));
+    }
+    let chars = p.inline.as_ref().map_or(0, |d| d.chars().count()) + p.arns.iter().map(String::len).sum::<usize>();
+    if chars > MAX_SESSION_POLICY_CHARS {
+        return Err(IamError::new(
+            "PackedPolicyTooLargeException",
+            format!("The session policies' plaintext is {chars} characters; AssumeRole accepts at most {MAX_SESSION_POLICY_CHARS}."),
+        ));
+    }
+    if let Some(doc) = &p.inline {
+        check_identity_policy(doc)?;
+    }
+    Ok(())
+}
+
 fn check_session_name(s: &str) -> Result<(), IamError> {
     let ok = (2..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || "_=,.@-".contains(c));
     if ok {
@@ -1065,10 +1148,30 @@ pub fn authorize_with(
             gantry_policy::evaluate_resource_policy(&p, &req)
         }
     };
-    let why = match (identity, on_resource) {
-        (Decision::ExplicitDeny, _) => "with an explicit deny in an identity-based policy".to_string(),
-        (_, Decision::ExplicitDeny) => "with an explicit deny in a resource-based policy".to_string(),
-        (Decision::Allow, _) | (_, Decision::Allow) => return Ok(()),
+    // Session policies bound a session's grants, from its role's and from resource
+    // policies alike (Gantry's resource policies name roles, never sessions).
+    let session = match caller {
+        Caller::Role { limits: Some(docs), .. } => {
+            let policies: Vec<Arc<gantry_policy::Policy>> = docs.iter().filter_map(|d| parsed(d)).collect();
+            let refs: Vec<&gantry_policy::Policy> = policies.iter().map(|p| p.as_ref()).collect();
+            let req = gantry_policy::Request {
+                action,
+                resource,
+                principal: Some(&who),
+                context,
+            };
+            gantry_policy::evaluate(&refs, &req)
+        }
+        _ => Decision::Allow,
+    };
+    let why = match (identity, on_resource, session) {
+        (Decision::ExplicitDeny, _, _) => "with an explicit deny in an identity-based policy".to_string(),
+        (_, Decision::ExplicitDeny, _) => "with an explicit deny in a resource-based policy".to_string(),
+        (_, _, Decision::ExplicitDeny) => "with an explicit deny in a session policy".to_string(),
+        (Decision::Allow, _, Decision::Allow) | (_, Decision::Allow, Decision::Allow) => return Ok(()),
+        (Decision::Allow, _, _) | (_, Decision::Allow, _) => {
+            format!("because no session policy allows the {action} action")
+        }
         _ => format!("because no identity-based policy allows the {action} action"),
     };
     Err(format!(
@@ -1096,6 +1199,61 @@ mod tests {
                 group_documents: vec![],
             },
         }
+    }
+
+    /// A session of a role allowed `ecs:*` and secret reads, bounded by `limits`.
+    fn session(limits: Option<Vec<&str>>) -> Caller {
+        let allow = r#"{"Statement": {"Effect": "Allow", "Action": ["ecs:*", "secretsmanager:GetSecretValue"], "Resource": "*"}}"#;
+        Caller::Role {
+            account: "123456789012".into(),
+            role: Role {
+                name: "app".into(),
+                path: "/".into(),
+                id: "AROAEXAMPLE".into(),
+                arn: "arn:aws:iam::123456789012:role/app".into(),
+                created: 0.0,
+                trust: "{}".into(),
+                description: None,
+                max_session: 3600,
+                tags: vec![],
+                policies: [("p".to_string(), allow.to_string())].into(),
+                managed: Attached::default(),
+            },
+            session: "s".into(),
+            limits: limits.map(|l| l.into_iter().map(String::from).collect()),
+        }
+    }
+
+    #[test]
+    fn session_policies_bound_the_roles_grants_and_resource_policies_alike() {
+        let ctx = gantry_policy::Context::new();
+        assert!(authorize(&session(None), "ecs:RunTask", "*", &ctx).is_ok());
+        let reads = r#"{"Statement": [{"Effect": "Allow", "Action": ["ecs:Describe*", "s3:*"], "Resource": "*"}, {"Effect": "Deny", "Action": "ecs:DescribeServices", "Resource": "*"}]}"#;
+        let bounded = session(Some(vec![reads]));
+        assert!(authorize(&bounded, "ecs:DescribeTasks", "*", &ctx).is_ok());
+        let e = authorize(&bounded, "ecs:RunTask", "*", &ctx).unwrap_err();
+        assert!(
+            e.ends_with("because no session policy allows the ecs:RunTask action"),
+            "{e}"
+        );
+        let e = authorize(&bounded, "ecs:DescribeServices", "*", &ctx).unwrap_err();
+        assert!(e.ends_with("with an explicit deny in a session policy"), "{e}");
+        // The session policy grants nothing the role does not.
+        let e = authorize(&bounded, "s3:GetObject", "*", &ctx).unwrap_err();
+        assert!(
+            e.ends_with("because no identity-based policy allows the s3:GetObject action"),
+            "{e}"
+        );
+        // A resource policy's grant to the role is bounded too; with an empty session
+        // policy set (Some(vec![])) nothing is allowed.
+        let grant = r#"{"Statement": {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:role/app"}, "Action": "secretsmanager:GetSecretValue", "Resource": "*"}}"#;
+        let secret = (
+            "secretsmanager:GetSecretValue",
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:x",
+        );
+        assert!(authorize_with(&session(None), secret, &ctx, Some(grant)).is_ok());
+        assert!(authorize_with(&bounded, secret, &ctx, Some(grant)).is_err());
+        assert!(authorize_with(&session(Some(vec![])), ("ecs:RunTask", "*"), &ctx, None).is_err());
     }
 
     #[test]
@@ -1151,7 +1309,14 @@ mod tests {
             account: account.into(),
         };
         let (id, key, _) = iam
-            .assume_role(&root, &role.arn, "s1", Some(900), &ctx, &[])
+            .assume_role(
+                &root,
+                &role.arn,
+                "s1",
+                Some(900),
+                &ctx,
+                (&[], &SessionPolicies::default()),
+            )
             .await
             .unwrap();
         assert!(id.starts_with("ASIA") && key.session_token.is_some());
@@ -1162,23 +1327,37 @@ mod tests {
         // A user needs its own Allow as well as the trust.
         let ann = user(&[]);
         let e = iam
-            .assume_role(&ann, &role.arn, "s2", None, &ctx, &[])
+            .assume_role(&ann, &role.arn, "s2", None, &ctx, (&[], &SessionPolicies::default()))
             .await
             .unwrap_err();
         assert_eq!(e.shape, "AccessDenied");
         // Longer than the role allows, or too short.
         assert_eq!(
-            iam.assume_role(&root, &role.arn, "s3", Some(7200), &ctx, &[])
-                .await
-                .unwrap_err()
-                .shape,
+            iam.assume_role(
+                &root,
+                &role.arn,
+                "s3",
+                Some(7200),
+                &ctx,
+                (&[], &SessionPolicies::default())
+            )
+            .await
+            .unwrap_err()
+            .shape,
             "ValidationError"
         );
         assert_eq!(
-            iam.assume_role(&root, &role.arn, "s3", Some(60), &ctx, &[])
-                .await
-                .unwrap_err()
-                .shape,
+            iam.assume_role(
+                &root,
+                &role.arn,
+                "s3",
+                Some(60),
+                &ctx,
+                (&[], &SessionPolicies::default())
+            )
+            .await
+            .unwrap_err()
+            .shape,
             "ValidationError"
         );
         // A trust policy without principals is refused at creation.
@@ -1240,7 +1419,14 @@ mod tests {
             .await
             .unwrap();
         let e = iam
-            .assume_role(&root, &plain.arn, "tagged-session", None, &ctx, &[tag("team", "api")])
+            .assume_role(
+                &root,
+                &plain.arn,
+                "tagged-session",
+                None,
+                &ctx,
+                (&[tag("team", "api")], &SessionPolicies::default()),
+            )
             .await
             .unwrap_err();
         assert!(e.message.contains("sts:TagSession"), "{}", e.message);
@@ -1250,7 +1436,14 @@ mod tests {
             .await
             .unwrap();
         let (_, key, _) = iam
-            .assume_role(&root, &tagged.arn, "tagged-session", None, &ctx, &[tag("team", "api")])
+            .assume_role(
+                &root,
+                &tagged.arn,
+                "tagged-session",
+                None,
+                &ctx,
+                (&[tag("team", "api")], &SessionPolicies::default()),
+            )
             .await
             .unwrap();
         let who = iam.caller(&key).await.unwrap();
@@ -1259,7 +1452,14 @@ mod tests {
         assert_eq!(p.get("aws:principaltag/ENV"), Some(&["prod".to_string()][..]));
         // Malformed session tags are refused as IAM refuses them.
         let e = iam
-            .assume_role(&root, &tagged.arn, "tagged-session", None, &ctx, &[tag("a*", "x")])
+            .assume_role(
+                &root,
+                &tagged.arn,
+                "tagged-session",
+                None,
+                &ctx,
+                (&[tag("a*", "x")], &SessionPolicies::default()),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.shape, "InvalidInputException");
