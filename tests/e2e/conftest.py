@@ -185,6 +185,11 @@ def logs(gantry):
 NETWORK = {"awsvpcConfiguration": {"subnets": [], "assignPublicIp": "DISABLED"}}
 
 
+def subnets():
+    """The default VPC's subnets of the session's `gantry dev` (known once it started)."""
+    return NETWORK["awsvpcConfiguration"]["subnets"]
+
+
 def every_subnet(ec2):
     """An awsvpcConfiguration with every subnet of the default VPC (one per node network)."""
     ids = wait_for("the nodes' subnets", lambda: [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]], 30)

@@ -15,7 +15,7 @@ import botocore.loaders
 import botocore.session
 import pytest
 
-from conftest import KEY, NETWORK, REGION, SECRET, register
+from conftest import KEY, NETWORK, REGION, SECRET, register, subnets
 
 
 @pytest.fixture
@@ -295,7 +295,7 @@ def test_load_balancers_publish_application_elb_metrics(gantry, ecs, cw):
     _, ips = start_tasks(ecs, "metrics", 2)
     tg = target_group(elb, "cw-metrics", HealthCheckPath="/health")
     elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ip} for ip in ips])
-    lb = elb.create_load_balancer(Name="cw-metrics", Subnets=["subnet-a"])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="cw-metrics", Subnets=subnets())["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
     wait_health(elb, tg, "healthy", 2)

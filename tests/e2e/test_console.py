@@ -17,7 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import GANTRY, KEY, NETWORK, REGION, ROOT, SECRET, awslogs, register, run, wait_for, wait_stopped
+from conftest import GANTRY, KEY, NETWORK, REGION, ROOT, SECRET, awslogs, register, run, subnets, wait_for, wait_stopped
 
 ARTIFACTS = os.environ.get("GANTRY_E2E_ARTIFACTS", os.path.join(ROOT, "target", "e2e-artifacts", "console"))
 HEADERS = {"X-Gantry-Console": "1"}
@@ -62,7 +62,7 @@ def workload(gantry):
     tg = elb.create_target_group(Name="console-web", Protocol="HTTP", Port=8080, TargetType="ip", HealthCheckPath="/",
                                  HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2, HealthyThresholdCount=2,
                                  UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
-    lb = elb.create_load_balancer(Name="console-lb", Subnets=["subnet-a"])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="console-lb", Subnets=subnets())["LoadBalancers"][0]
     listener = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80, DefaultActions=[
         {"Type": "forward", "TargetGroupArn": tg}])["Listeners"][0]["ListenerArn"]
     elb.create_rule(ListenerArn=listener, Priority=10, Conditions=[{"Field": "path-pattern", "Values": ["/broken"]}],

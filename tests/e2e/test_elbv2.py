@@ -4,7 +4,7 @@ import botocore.exceptions
 import pytest
 import requests
 
-from conftest import KEY
+from conftest import KEY, subnets
 
 
 @pytest.fixture
@@ -18,17 +18,31 @@ def code_of(call, *args, **kw):
     return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]
 
 
-def test_load_balancer_lifecycle_with_attributes_and_idempotent_create(elb):
-    lb = elb.create_load_balancer(Name="web-lb", Subnets=["subnet-a", "subnet-b"], SecurityGroups=["sg-1"],
+def test_load_balancer_lifecycle_with_attributes_and_idempotent_create(gantry, elb):
+    ec2 = gantry.client("ec2")
+    vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    group = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+    lb = elb.create_load_balancer(Name="web-lb", Subnets=subnets(), SecurityGroups=[group],
                                   Tags=[{"Key": "team", "Value": "web"}])["LoadBalancers"][0]
     assert lb["LoadBalancerArn"].startswith("arn:aws:elasticloadbalancing:us-east-1:")
     assert ":loadbalancer/app/web-lb/" in lb["LoadBalancerArn"]
     assert lb["Type"] == "application" and lb["Scheme"] == "internet-facing" and lb["State"]["Code"] == "active"
-    assert [z["SubnetId"] for z in lb["AvailabilityZones"]] == ["subnet-a", "subnet-b"]
+    zones = {s["SubnetId"]: s["AvailabilityZone"] for s in ec2.describe_subnets()["Subnets"]}
+    assert [(z["SubnetId"], z["ZoneName"]) for z in lb["AvailabilityZones"]] == [(s, zones[s]) for s in subnets()]
+    assert lb["VpcId"] == vpc and lb["SecurityGroups"] == [group]
     assert lb["CreatedTime"].year >= 2024  # a timestamp botocore parsed from ISO 8601
-    again = elb.create_load_balancer(Name="web-lb", Subnets=["subnet-a"])["LoadBalancers"][0]
+    again = elb.create_load_balancer(Name="web-lb", Subnets=subnets())["LoadBalancers"][0]
     assert again["LoadBalancerArn"] == lb["LoadBalancerArn"]
-    assert code_of(elb.create_load_balancer, Name="web-lb", Type="network")[0] == "DuplicateLoadBalancerName"
+    assert code_of(elb.create_load_balancer, Name="web-lb", Type="network", Subnets=subnets())[0] == \
+        "DuplicateLoadBalancerName"
+    # Subnets and groups must be the VPC's, as EC2 describes them; a target group is in the VPC.
+    code, msg = code_of(elb.create_load_balancer, Name="elsewhere", Subnets=["subnet-a"])
+    assert (code, msg) == ("SubnetNotFound", "The subnet ID 'subnet-a' is not valid")
+    assert code_of(elb.create_load_balancer, Name="nowhere")[0] == "ValidationError"
+    assert code_of(elb.create_load_balancer, Name="ungrouped", Subnets=subnets(),
+                   SecurityGroups=["sg-12345678"])[0] == "InvalidSecurityGroup"
+    assert code_of(elb.create_target_group, Name="other-vpc", Protocol="HTTP", Port=80, VpcId="vpc-0000",
+                   TargetType="ip")[0] == "InvalidConfigurationRequest"
 
     found = elb.describe_load_balancers(Names=["web-lb"])["LoadBalancers"]
     assert [f["LoadBalancerArn"] for f in found] == [lb["LoadBalancerArn"]]
@@ -53,9 +67,10 @@ def test_load_balancer_lifecycle_with_attributes_and_idempotent_create(elb):
     assert code_of(elb.describe_load_balancers, LoadBalancerArns=[lb["LoadBalancerArn"]])[0] == "LoadBalancerNotFound"
 
 
-def test_listeners_rules_and_target_groups_fit_together(elb):
-    lb = elb.create_load_balancer(Name="shop", Subnets=["subnet-a"])["LoadBalancers"][0]["LoadBalancerArn"]
-    blue = elb.create_target_group(Name="shop-blue", Protocol="HTTP", Port=8080, VpcId="vpc-gantry", TargetType="ip",
+def test_listeners_rules_and_target_groups_fit_together(gantry, elb):
+    lb = elb.create_load_balancer(Name="shop", Subnets=subnets())["LoadBalancers"][0]["LoadBalancerArn"]
+    vpc = gantry.client("ec2").describe_vpcs()["Vpcs"][0]["VpcId"]
+    blue = elb.create_target_group(Name="shop-blue", Protocol="HTTP", Port=8080, VpcId=vpc, TargetType="ip",
                                    HealthCheckPath="/health", Matcher={"HttpCode": "200-299"})["TargetGroups"][0]
     assert blue["HealthCheckIntervalSeconds"] == 30 and blue["HealthyThresholdCount"] == 5
     assert blue["HealthCheckPath"] == "/health" and blue["LoadBalancerArns"] == []
@@ -115,7 +130,7 @@ def test_listeners_rules_and_target_groups_fit_together(elb):
     got = elb.describe_listeners(ListenerArns=[listener["ListenerArn"]])["Listeners"][0]
     assert got["DefaultActions"][0]["TargetGroupArn"] == green["TargetGroupArn"]
 
-    other = elb.create_load_balancer(Name="other", Subnets=["subnet-a"])["LoadBalancers"][0]["LoadBalancerArn"]
+    other = elb.create_load_balancer(Name="other", Subnets=subnets())["LoadBalancers"][0]["LoadBalancerArn"]
     assert code_of(elb.create_listener, LoadBalancerArn=other, Protocol="HTTP", Port=80, DefaultActions=[
         {"Type": "forward", "TargetGroupArn": blue["TargetGroupArn"]}])[0] == "TargetGroupAssociationLimit"
 
@@ -138,7 +153,7 @@ def test_targets_register_drain_and_report_health(elb):
     assert code_of(elb.register_targets, TargetGroupArn=tg, Targets=[{"Id": "8.8.8.8"}])[0] == "InvalidTarget"
     assert code_of(elb.register_targets, TargetGroupArn=tg, Targets=[{"Id": "not-an-ip"}])[0] == "InvalidTarget"
 
-    lb = elb.create_load_balancer(Name="api-lb", Subnets=["subnet-a"])["LoadBalancers"][0]["LoadBalancerArn"]
+    lb = elb.create_load_balancer(Name="api-lb", Subnets=subnets())["LoadBalancers"][0]["LoadBalancerArn"]
     elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=8000,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
     health = elb.describe_target_health(TargetGroupArn=tg, Targets=[{"Id": "10.0.0.5"}])["TargetHealthDescriptions"]
@@ -161,7 +176,7 @@ def test_targets_register_drain_and_report_health(elb):
 
 
 def test_tags_on_every_resource_kind(elb):
-    lb = elb.create_load_balancer(Name="tagged", Subnets=["subnet-a"])["LoadBalancers"][0]["LoadBalancerArn"]
+    lb = elb.create_load_balancer(Name="tagged", Subnets=subnets())["LoadBalancers"][0]["LoadBalancerArn"]
     tg = elb.create_target_group(Name="tagged", Protocol="HTTP", Port=80, TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
     listener = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=80, DefaultActions=[
         {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "200"}}])["Listeners"][0]["ListenerArn"]
@@ -260,7 +275,7 @@ def test_a_load_balancer_serves_tasks_by_its_dns_name(gantry, elb, ecs):
     green = target_group(elb, "e2e-green", HealthCheckPath="/health")
     elb.register_targets(TargetGroupArn=blue, Targets=[{"Id": ip} for ip in blue_ips])
     elb.register_targets(TargetGroupArn=green, Targets=[{"Id": ip} for ip in green_ips])
-    lb = elb.create_load_balancer(Name="e2e-web", Subnets=["subnet-a"])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="e2e-web", Subnets=subnets())["LoadBalancers"][0]
     listener = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80, DefaultActions=[
         {"Type": "forward", "TargetGroupArn": blue}])["Listeners"][0]["ListenerArn"]
     rule = lambda prio, cond, action: elb.create_rule(ListenerArn=listener, Priority=prio, Conditions=[cond],  # noqa: E731
@@ -356,7 +371,7 @@ def test_a_network_load_balancer_forwards_tcp(gantry, elb, ecs):
     arns, ips = start_tasks(ecs, "tcp", 1)
     tg = target_group(elb, "e2e-tcp", Protocol="TCP")
     elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ips[0]}])
-    lb = elb.create_load_balancer(Name="e2e-nlb", Type="network", Subnets=["subnet-a"])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="e2e-nlb", Type="network", Subnets=subnets())["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TCP", Port=9000,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
     wait_health(elb, tg, "healthy", 1)
@@ -417,7 +432,7 @@ def test_a_service_behind_a_load_balancer_rolls_out_without_losing_a_request(gan
     tg = target_group(elb, "e2e-svc", HealthCheckPath="/health")
     elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
         {"Key": "deregistration_delay.timeout_seconds", "Value": "3"}])
-    lb = elb.create_load_balancer(Name="e2e-svc", Subnets=["subnet-a"])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="e2e-svc", Subnets=subnets())["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
     bad = botocore.exceptions.ClientError
@@ -474,7 +489,7 @@ def test_weights_draining_and_hostile_clients(gantry, elb, ecs):
     heavy, light = target_group(elb, "e2e-heavy"), target_group(elb, "e2e-light")
     elb.register_targets(TargetGroupArn=heavy, Targets=[{"Id": ips[0]}])
     elb.register_targets(TargetGroupArn=light, Targets=[{"Id": ips[1]}])
-    lb = elb.create_load_balancer(Name="e2e-weights", Subnets=["subnet-a"])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="e2e-weights", Subnets=subnets())["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80, DefaultActions=[
         {"Type": "forward", "ForwardConfig": {"TargetGroups": [{"TargetGroupArn": heavy, "Weight": 90},
                                                                {"TargetGroupArn": light, "Weight": 10}]}}])
@@ -574,7 +589,7 @@ def test_blue_green_shifts_production_traffic_and_rolls_back(gantry, elb, ecs):
     for tg in (a, b):
         elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
             {"Key": "deregistration_delay.timeout_seconds", "Value": "2"}])
-    lb = elb.create_load_balancer(Name="e2e-bg", Subnets=["subnet-a"])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="e2e-bg", Subnets=subnets())["LoadBalancers"][0]
     not_found = [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}]
     prod = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                                DefaultActions=not_found)["Listeners"][0]["ListenerArn"]
@@ -656,7 +671,7 @@ def test_slow_start_ramps_a_new_targets_share(gantry, elb, ecs):
     code, msg = code_of(elb.modify_target_group_attributes, TargetGroupArn=tg, Attributes=[
         {"Key": "load_balancing.algorithm.type", "Value": "least_outstanding_requests"}])
     assert code == "InvalidConfigurationRequest" and "Slow start" in msg
-    lb = elb.create_load_balancer(Name="e2e-slow", Subnets=["subnet-a"])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="e2e-slow", Subnets=subnets())["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
     elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ips[0]}])
@@ -688,7 +703,7 @@ def test_a_bridge_mode_service_behind_instance_targets(gantry, elb, ecs):
     assert tg["TargetType"] == "instance", "ELBv2's default"
     elb.modify_target_group_attributes(TargetGroupArn=tg["TargetGroupArn"], Attributes=[
         {"Key": "deregistration_delay.timeout_seconds", "Value": "1"}])
-    lb = elb.create_load_balancer(Name="e2e-inst", Subnets=["subnet-a"])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="e2e-inst", Subnets=subnets())["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}])
     entry = [{"targetGroupArn": tg["TargetGroupArn"], "containerName": "web", "containerPort": 8080}]

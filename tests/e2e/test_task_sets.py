@@ -7,7 +7,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from conftest import NETWORK, register, wait_for
+from conftest import NETWORK, register, subnets, wait_for
 from test_elbv2 import SERVE, target_group, wait_health
 
 
@@ -25,7 +25,7 @@ def test_a_canary_with_task_sets(gantry, ecs):
     for g in groups.values():
         elb.modify_target_group_attributes(TargetGroupArn=g, Attributes=[
             {"Key": "deregistration_delay.timeout_seconds", "Value": "1"}])
-    lb = elb.create_load_balancer(Name="e2e-ts", Subnets=["subnet-a"])["LoadBalancers"][0]
+    lb = elb.create_load_balancer(Name="e2e-ts", Subnets=subnets())["LoadBalancers"][0]
     weights = lambda b, g: [{"Type": "forward", "ForwardConfig": {"TargetGroups": [  # noqa: E731
         {"TargetGroupArn": groups["blue"], "Weight": b}, {"TargetGroupArn": groups["green"], "Weight": g}]}}]
     listener = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,

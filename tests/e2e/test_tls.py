@@ -11,6 +11,7 @@ import time
 import botocore.exceptions
 import pytest
 
+from conftest import subnets
 from test_elbv2 import start_tasks, target_group, wait_health
 
 
@@ -113,7 +114,7 @@ def test_https_and_tls_listeners_serve_tasks(gantry, ecs, pki):
     raw = target_group(elb, "e2e-tls-raw", Protocol="TCP")
     for g in (web, raw):
         elb.register_targets(TargetGroupArn=g, Targets=[{"Id": ips[0]}])
-    alb = elb.create_load_balancer(Name="e2e-https", Subnets=["subnet-a"])["LoadBalancers"][0]
+    alb = elb.create_load_balancer(Name="e2e-https", Subnets=subnets())["LoadBalancers"][0]
     forward = [{"Type": "forward", "TargetGroupArn": web}]
     base = dict(LoadBalancerArn=alb["LoadBalancerArn"], Protocol="HTTPS", Port=8443, DefaultActions=forward)
     assert code_of(elb.create_listener, **base)[0] == "ValidationError"
@@ -156,7 +157,7 @@ def test_https_and_tls_listeners_serve_tasks(gantry, ecs, pki):
     acm.delete_certificate(CertificateArn=shop)
 
     # A network load balancer's TLS listener decrypts and relays the bytes.
-    nlb = elb.create_load_balancer(Name="e2e-tls-nlb", Type="network", Subnets=["subnet-a"])["LoadBalancers"][0]
+    nlb = elb.create_load_balancer(Name="e2e-tls-nlb", Type="network", Subnets=subnets())["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=nlb["LoadBalancerArn"], Protocol="TLS", Port=9443, AlpnPolicy=["HTTP1Only"],
                         Certificates=[{"CertificateArn": cert}], DefaultActions=[{"Type": "forward", "TargetGroupArn": raw}])
     wait_health(elb, raw, "healthy", 1)

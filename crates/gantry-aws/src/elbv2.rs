@@ -13,6 +13,17 @@ impl From<ElbError> for ApiError {
     }
 }
 
+/// The default VPC as EC2 describes it, for a new load balancer's subnets and groups.
+async fn default_vpc(api: &Api, scope: &Scope) -> Result<gantry_control::elb::Vpc, ApiError> {
+    let subnets = crate::ec2::subnets(api, scope).await?;
+    let groups = api.control.ec2().groups(scope).await?;
+    Ok(gantry_control::elb::Vpc {
+        id: gantry_control::ec2::vpc_id(scope),
+        subnets: subnets.into_iter().map(|s| (s.id, s.zone)).collect(),
+        groups: groups.into_iter().map(|g| g.id).collect(),
+    })
+}
+
 /// The registry's entry point.
 pub fn handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value) -> Reply<'a> {
     Box::pin(dispatch(api, scope, op, input))
@@ -21,7 +32,10 @@ pub fn handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value) ->
 async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Value, ApiError> {
     let elb = &api.elb;
     let out = match op {
-        "CreateLoadBalancer" => elb.create_load_balancer(scope, input).await,
+        "CreateLoadBalancer" => {
+            elb.create_load_balancer(scope, input, &default_vpc(api, scope).await?)
+                .await
+        }
         "DescribeLoadBalancers" => elb.describe_load_balancers(scope, input).await,
         "DeleteLoadBalancer" => elb.delete_load_balancer(scope, input).await,
         "DescribeLoadBalancerAttributes" => elb.describe_load_balancer_attributes(scope, input).await,

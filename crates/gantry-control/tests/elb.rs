@@ -16,7 +16,10 @@ fn setup() -> (Elb, Arc<FakeClock>) {
 }
 
 async fn lb(elb: &Elb, name: &str) -> String {
-    let out = elb.create_load_balancer(&scope(), json!({"Name": name})).await.unwrap();
+    let out = elb
+        .create_load_balancer(&scope(), json!({"Name": name, "Subnets": ["subnet-1"]}), &common::vpc())
+        .await
+        .unwrap();
     out["LoadBalancers"][0]["LoadBalancerArn"].as_str().unwrap().to_string()
 }
 
@@ -40,6 +43,45 @@ async fn listener(elb: &Elb, lb: &str, port: i64, tg: &str) -> Value {
     .await
     .unwrap()["Listeners"][0]
         .clone()
+}
+
+#[tokio::test]
+async fn a_load_balancer_is_placed_in_the_vpcs_subnets_and_groups_only() {
+    let (elb, _) = setup();
+    let (vpc, scope) = (common::vpc(), scope());
+    let create = |input: serde_json::Value| elb.create_load_balancer(&scope, input, &vpc);
+    let placed = create(json!({"Name": "ok", "Subnets": ["subnet-1"], "SecurityGroups": [vpc.groups[0]]}))
+        .await
+        .unwrap();
+    let lb = &placed["LoadBalancers"][0];
+    assert_eq!(lb["VpcId"], json!(vpc.id));
+    assert_eq!(
+        lb["AvailabilityZones"],
+        json!([{"ZoneName": "us-east-1a", "SubnetId": "subnet-1"}])
+    );
+    let refused = |input| async { create(input).await.unwrap_err().shape };
+    assert_eq!(refused(json!({"Name": "none"})).await, "ValidationError");
+    assert_eq!(
+        refused(json!({"Name": "gone", "Subnets": ["subnet-9"]})).await,
+        "SubnetNotFoundException"
+    );
+    let twice = json!({"Name": "twice", "SubnetMappings": [{"SubnetId": "subnet-1"}], "Subnets": ["subnet-1"]});
+    assert_eq!(refused(twice).await, "InvalidConfigurationRequestException");
+    let bad_group = json!({"Name": "sg", "Subnets": ["subnet-1"], "SecurityGroups": ["sg-nope"]});
+    assert_eq!(refused(bad_group).await, "InvalidSecurityGroupException");
+    // A target group is in the one VPC, named or not.
+    let tg = |vpc_id: Option<&str>| {
+        let mut input = json!({"Name": "t", "Protocol": "HTTP", "Port": 80, "TargetType": "ip"});
+        if let Some(v) = vpc_id {
+            input["VpcId"] = json!(v);
+        }
+        elb.create_target_group(&scope, input)
+    };
+    assert_eq!(tg(None).await.unwrap()["TargetGroups"][0]["VpcId"], json!(vpc.id));
+    assert_eq!(
+        tg(Some("vpc-other")).await.unwrap_err().shape,
+        "InvalidConfigurationRequestException"
+    );
 }
 
 #[tokio::test]

@@ -142,8 +142,10 @@ async fn a_service_behind_a_load_balancer_registers_waits_for_health_drains_and_
     )
     .await
     .unwrap();
-    let lb = elb.create_load_balancer(&scope(), json!({"Name": "lb"})).await.unwrap()["LoadBalancers"][0]
-        ["LoadBalancerArn"]
+    let lb = elb
+        .create_load_balancer(&scope(), json!({"Name": "lb", "Subnets": ["subnet-1"]}), &common::vpc())
+        .await
+        .unwrap()["LoadBalancers"][0]["LoadBalancerArn"]
         .clone();
     let tg = elb
         .create_target_group(

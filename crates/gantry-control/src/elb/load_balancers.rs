@@ -54,6 +54,54 @@ pub(super) fn validate_name(what: &str, name: &str) -> Result<(), ElbError> {
     Ok(())
 }
 
+/// The default VPC a load balancer is placed in, as EC2 describes it: its id, its subnets
+/// (one per node network) with their zones, and its security groups' ids.
+pub struct Vpc {
+    pub id: String,
+    pub subnets: Vec<(String, String)>,
+    pub groups: Vec<String>,
+}
+
+impl Vpc {
+    /// The zones of a load balancer's subnets: each must be the VPC's, at most one per zone,
+    /// and at least one (ELBv2 asks two zones of an application load balancer; a one-node
+    /// Gantry has one).
+    fn zones_of(&self, subnets: &[String]) -> Result<Vec<AvailabilityZone>, ElbError> {
+        if subnets.is_empty() {
+            return Err(ElbError::validation("At least one subnet must be specified"));
+        }
+        let mut zones: Vec<AvailabilityZone> = Vec::with_capacity(subnets.len());
+        for id in subnets {
+            let Some((_, zone)) = self.subnets.iter().find(|(s, _)| s == id) else {
+                return Err(ElbError::new(
+                    "SubnetNotFoundException",
+                    format!("The subnet ID '{id}' is not valid"),
+                ));
+            };
+            if zones.iter().any(|z| z.zone_name.as_deref() == Some(zone.as_str())) {
+                return Err(ElbError::invalid_config(
+                    "A load balancer cannot be attached to multiple subnets in the same Availability Zone",
+                ));
+            }
+            zones.push(AvailabilityZone {
+                zone_name: Some(zone.clone()),
+                subnet_id: id.clone(),
+            });
+        }
+        Ok(zones)
+    }
+
+    fn check_groups(&self, groups: &[String]) -> Result<(), ElbError> {
+        match groups.iter().find(|g| !self.groups.contains(g)) {
+            Some(g) => Err(ElbError::new(
+                "InvalidSecurityGroupException",
+                format!("One or more security groups are invalid: '{g}' does not exist"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 fn kind_code(kind: &str) -> &'static str {
     if kind == "network" {
         "net"
@@ -67,7 +115,7 @@ impl Elb {
         Self::key(scope, &format!("lb/{name}"))
     }
 
-    pub async fn create_load_balancer(&self, scope: &Scope, input: Value) -> Result<Value, ElbError> {
+    pub async fn create_load_balancer(&self, scope: &Scope, input: Value, vpc: &Vpc) -> Result<Value, ElbError> {
         let input: CreateInput = parse(input)?;
         validate_name("Load balancer", &input.name)?;
         validate_tags(&input.tags)?;
@@ -89,6 +137,8 @@ impl Elb {
         }
         let mut subnets = input.subnets;
         subnets.extend(input.subnet_mappings.into_iter().map(|m| m.subnet_id));
+        let availability_zones = vpc.zones_of(&subnets)?;
+        vpc.check_groups(&input.security_groups)?;
         let id = Self::new_id();
         let lb = LoadBalancer {
             load_balancer_arn: Self::arn(scope, &format!("loadbalancer/{}/{}/{id}", kind_code(&kind), input.name)),
@@ -97,19 +147,13 @@ impl Elb {
             created_time: self.now(),
             load_balancer_name: input.name.clone(),
             scheme: input.scheme.unwrap_or_else(|| "internet-facing".into()),
-            vpc_id: None,
+            vpc_id: Some(vpc.id.clone()),
             state: LoadBalancerState {
                 code: "active".into(),
                 reason: None,
             },
             kind,
-            availability_zones: subnets
-                .into_iter()
-                .map(|s| AvailabilityZone {
-                    zone_name: None,
-                    subnet_id: s,
-                })
-                .collect(),
+            availability_zones,
             security_groups: input.security_groups,
             ip_address_type: "ipv4".into(),
         };

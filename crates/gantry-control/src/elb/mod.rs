@@ -20,6 +20,7 @@ mod view;
 
 pub use attributes::{lb_attribute_defaults, tg_attribute_defaults};
 pub use listeners::forwarded_groups;
+pub use load_balancers::Vpc;
 pub use rules::{check_conditions, parse_cidr};
 pub use targets::{target_state, GroupState, TargetState};
 pub use view::{GroupView, ListenerView, View};

@@ -115,6 +115,15 @@ fn check_protocol(input: &CreateInput) -> Result<(String, i64, String), ElbError
     Ok((protocol, port, target_type))
 }
 
+/// A target group's VPC: Gantry's one (the default VPC), also when the request names none.
+fn in_vpc(scope: &Scope, asked: Option<&str>) -> Result<String, ElbError> {
+    let vpc = crate::ec2::vpc_id(scope);
+    match asked {
+        Some(v) if v != vpc => Err(ElbError::invalid_config(format!("The VPC ID '{v}' is not found"))),
+        _ => Ok(vpc),
+    }
+}
+
 /// A new group with ELBv2's health check defaults for its protocol.
 fn with_defaults(scope: &Scope, input: &CreateInput, id: &str) -> Result<TargetGroup, ElbError> {
     let (protocol, port, target_type) = check_protocol(input)?;
@@ -124,7 +133,7 @@ fn with_defaults(scope: &Scope, input: &CreateInput, id: &str) -> Result<TargetG
         target_group_name: input.name.clone(),
         protocol: Some(protocol.clone()),
         port: Some(port),
-        vpc_id: input.vpc_id.clone(),
+        vpc_id: Some(in_vpc(scope, input.vpc_id.as_deref())?),
         health_check_protocol: if l4 { "TCP".into() } else { protocol.clone() },
         health_check_port: "traffic-port".into(),
         health_check_enabled: true,

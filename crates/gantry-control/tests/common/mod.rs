@@ -76,3 +76,13 @@ pub async fn default_cluster_with_web(c: &gantry_control::Control) {
     .await
     .unwrap();
 }
+
+/// The default VPC as the API describes it to ELBv2: one subnet ("subnet-1", zone a) and
+/// the default security group.
+pub fn vpc() -> gantry_control::elb::Vpc {
+    gantry_control::elb::Vpc {
+        id: gantry_control::ec2::vpc_id(&scope()),
+        subnets: vec![("subnet-1".into(), "us-east-1a".into())],
+        groups: vec![gantry_control::ec2::default_group_id(&scope())],
+    }
+}
