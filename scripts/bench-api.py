@@ -38,6 +38,7 @@ def main():
     print(f"cgroup favordynmods on before this run: {favordynmods_on()}")
     g = conftest.Gantry(instance=9)
     g.env["GANTRY_WARM_POOL"] = "16"
+    g.env.update(conftest.UNLIMITED)
     if a.cgroup_favordynmods:
         g.env["GANTRY_CGROUP_FAVORDYNMODS"] = "1"
     try:

@@ -33,6 +33,7 @@ def cluster_phase(a):
         agents = [test_cluster.Agent(instance=20 + i) for i in range(3)]
         for ag in agents:
             ag.env["GANTRY_WARM_POOL"] = WARM_POOL
+            ag.env.update(conftest.UNLIMITED)
         server.start(agents[0].env)
         test_cluster.wait_for("the server", lambda: test_cluster._listening(server.port), 30)
         token = subprocess.run([conftest.GANTRY, "--data-dir", f"{server.dir}/data", "server", "token", "create",
@@ -65,6 +66,7 @@ def cluster_phase(a):
 def dev_phase(a, on_etcd):
     g = conftest.Gantry(instance=23)
     g.env["GANTRY_WARM_POOL"] = WARM_POOL
+    g.env.update(conftest.UNLIMITED)
     etcd = test_etcd.Etcd() if on_etcd else None
     try:
         if etcd:

@@ -90,6 +90,7 @@ def main():
     # Room for the idle tasks' addresses.
     g.node_args[g.node_args.index("--subnet") + 1] = "10.219.0.0/16"
     g.env["GANTRY_WARM_POOL"] = "20"
+    g.env.update(conftest.UNLIMITED)
     try:
         g.start()
         ecs = g.client("ecs")

@@ -129,6 +129,7 @@ def main():
     a = ap.parse_args()
     g = conftest.Gantry(instance=8)
     g.env["GANTRY_METRICS_INTERVAL"] = a.metrics_interval
+    g.env.update(conftest.UNLIMITED)
     try:
         g.start()
         cw = g.client("cloudwatch")

@@ -182,6 +182,9 @@ def logs(gantry):
 
 # The `gantry dev` node's subnet, filled in when the first instance starts (every instance's
 # node is "local" in the same account, so they share the id).
+# Benchmarks measure Gantry's own path, not its limits: no request rate or launch rate.
+UNLIMITED = {"GANTRY_API_REQUEST_RATE": "0", "GANTRY_TASK_LAUNCH_RATE": "0"}
+
 NETWORK = {"awsvpcConfiguration": {"subnets": [], "assignPublicIp": "DISABLED"}}
 
 

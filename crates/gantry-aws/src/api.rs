@@ -21,6 +21,9 @@ pub struct Api {
     /// What runs ECS Exec sessions (the in-process agent of `gantry dev`); None: sessions
     /// cannot be opened on this server.
     pub exec: Option<Arc<dyn gantry_control::exec::ExecRunner>>,
+    /// Request rates per access key (ThrottlingException beyond), checked once the
+    /// signature is verified so only a key's holder spends its tokens.
+    pub throttle: Arc<gantry_control::quotas::TokenBuckets>,
 }
 
 tokio::task_local! {

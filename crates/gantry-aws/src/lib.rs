@@ -11,6 +11,7 @@ pub mod ec2;
 pub mod ecs;
 pub mod elbv2;
 pub mod exec;
+pub mod front;
 pub mod iam;
 pub mod logs;
 pub mod prometheus;

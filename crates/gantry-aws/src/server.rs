@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 pub const MAX_BODY: usize = 1 << 20;
 /// Bodies beyond this are cut off by the HTTP layer before they are read at all.
 const HARD_BODY_LIMIT: usize = 16 << 20;
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn request_id() -> String {
     gantry_control::random_uuid()
@@ -181,7 +183,17 @@ fn access_key_id(headers: &[(String, String)]) -> Option<&str> {
     valid.then_some(akid)
 }
 
-pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(
+    State(api): State<Api>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let body = match read_body(&headers, &uri, body, BODY_TIMEOUT).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let began = std::time::Instant::now();
     let began_ns = gantry_otlp::now_ns();
     let traceparent = headers
@@ -194,6 +206,41 @@ pub async fn handle(State(api): State<Api>, method: Method, uri: Uri, headers: H
     crate::prometheus::record(&named.0, &named.1, status, began.elapsed().as_secs_f64());
     trace_request(&named, status, began_ns, traceparent);
     r
+}
+
+/// A request's body, read within `timeout` and `HARD_BODY_LIMIT`; otherwise the error in
+/// the request's protocol (RequestTimeoutException, as AWS answers a stalled body).
+async fn read_body(
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: axum::body::Body,
+    timeout: std::time::Duration,
+) -> Result<Bytes, Response> {
+    let refused = |kind: &str, message: String, status: StatusCode| {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let framing = Framing {
+            wire: Wire::of(
+                header("x-amz-target"),
+                header("content-type").unwrap_or(""),
+                uri.query().unwrap_or(""),
+            ),
+            model: None,
+        };
+        framing.error(ApiError::new(kind, message, status))
+    };
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, HARD_BODY_LIMIT)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(refused(
+            "RequestEntityTooLargeException",
+            format!("The request body could not be read: {e}"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        )),
+        Err(_) => Err(refused(
+            "RequestTimeoutException",
+            format!("The request body was not sent within {} seconds.", timeout.as_secs()),
+            StatusCode::REQUEST_TIMEOUT,
+        )),
+    }
 }
 
 /// Exports the request as a server span (in the caller's trace when it sent a W3C
@@ -275,6 +322,10 @@ async fn answer(
         Ok(v) => v,
         Err(e) => return framing.error(e.into()),
     };
+    let now = api.control.clock.now_ms() as f64 / 1000.0;
+    if !api.throttle.admit(&verified.access_key_id, 1.0, now) {
+        return framing.error(ApiError::client("ThrottlingException", "Rate exceeded"));
+    }
     // The signature covers the body as sent; a gzip body (botocore compresses large
     // PutMetricData requests) is read once verified.
     let body = match decoded_body(header("content-encoding"), body) {
@@ -403,6 +454,43 @@ mod body_tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         e.write_all(data).unwrap();
         Bytes::from(e.finish().unwrap())
+    }
+
+    /// A body whose client never sends the rest.
+    struct Stalled;
+
+    impl axum::body::HttpBody for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_answered_request_timeout_in_the_requests_protocol() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-amz-target",
+            "AmazonEC2ContainerServiceV20141113.ListClusters".parse().unwrap(),
+        );
+        headers.insert("content-type", "application/x-amz-json-1.1".parse().unwrap());
+        let uri: Uri = "/".parse().unwrap();
+        let wait = std::time::Duration::from_millis(50);
+        let r = read_body(&headers, &uri, axum::body::Body::new(Stalled), wait)
+            .await
+            .unwrap_err();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("RequestTimeoutException"));
+        let whole = axum::body::Body::from("{}");
+        assert_eq!(
+            read_body(&headers, &uri, whole, wait).await.unwrap(),
+            Bytes::from_static(b"{}")
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod parameters;
 pub mod placement;
+pub mod quotas;
 pub mod records;
 pub mod run_task;
 pub mod secrets;
@@ -103,6 +104,8 @@ pub struct Control {
     pub task_watches: fanout::TaskFanout,
     /// What tasks cost, for metering and the cost gauges.
     pub prices: cost::Prices,
+    /// Service quotas: task launch rate, services per cluster, tasks per service.
+    pub quotas: Arc<quotas::Quotas>,
 }
 
 pub(crate) fn prefix(scope: &Scope) -> String {
@@ -136,6 +139,7 @@ impl Control {
             store,
             clock,
             prices: cost::Prices::default(),
+            quotas: Arc::new(quotas::Quotas::default()),
         }
     }
 

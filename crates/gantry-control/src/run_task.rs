@@ -171,6 +171,10 @@ impl Control {
                 return Ok((tasks, vec![]));
             }
         }
+        // The account's task launch rate, spent once the request is known to launch.
+        if !self.quotas.launches.admit(&scope.account, count as f64, self.now()) {
+            return Err(EcsError::Throttling("Rate exceeded".into()));
+        }
         let launch = resolve_launch(
             req.launch_type.as_deref(),
             req.capacity_provider_strategy.as_deref(),

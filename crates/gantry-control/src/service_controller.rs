@@ -218,7 +218,7 @@ impl Control {
         let (svc, name) = (&rec.service, &rec.service.service_name);
         let rec_tags = svc.tags.clone().unwrap_or_default();
         let (mut started_ids, mut events, mut unplaced) = (vec![], vec![], None);
-        let mut left = count;
+        let (mut left, mut throttled) = (count, false);
         while left > 0 {
             let n = left.min(10);
             let req = RunTaskRequest {
@@ -241,7 +241,15 @@ impl Control {
                 allow_inactive: true,
                 ..Default::default()
             };
-            let (started, failures) = self.run_task(&rec.scope(), req).await?;
+            let (started, failures) = match self.run_task(&rec.scope(), req).await {
+                Ok(r) => r,
+                // The account's launch rate is used up: the rest on a later pass.
+                Err(EcsError::Throttling(_)) => {
+                    throttled = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             started_ids.extend(started.iter().map(|t| short_id(&t.task_arn).to_string()));
             unplaced = unplaced.or(failures.into_iter().next());
             left -= n;
@@ -254,8 +262,10 @@ impl Control {
                 list.join(" ")
             ));
         }
-        if let Some(f) = unplaced {
-            let m = unplaced_event(name, &f);
+        let waiting = throttled.then(|| {
+            format!("(service {name}) was unable to launch tasks: the account's task launch rate is used up for now; it will try again.")
+        });
+        if let Some(m) = unplaced.map(|f| unplaced_event(name, &f)).or(waiting) {
             // Said once while it lasts, not on every pass.
             if svc.events.first().map(|e| &e.message) != Some(&m) {
                 events.push(m);

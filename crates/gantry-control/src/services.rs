@@ -287,6 +287,31 @@ impl Control {
         format!("{SERVICES_PREFIX}{}/{}/{cluster}/{name}", scope.account, scope.region)
     }
 
+    /// A new service must fit the quota of services per cluster (INACTIVE ones not counted).
+    async fn check_services_quota(&self, scope: &Scope, cluster: &str) -> Result<(), EcsError> {
+        let prefix = format!("{SERVICES_PREFIX}{}/{}/{cluster}/", scope.account, scope.region);
+        let all = self.list_json::<ServiceRecord>(&prefix).await?;
+        let active = all.iter().filter(|(_, r, _)| r.service.status != "INACTIVE").count();
+        let quota = self.quotas.services_per_cluster;
+        if active >= quota {
+            return Err(EcsError::client(format!(
+                "The cluster {cluster} has {active} services, its quota of services per cluster ({quota})."
+            )));
+        }
+        Ok(())
+    }
+
+    /// desiredCount within 0 and the quota of tasks per service.
+    fn check_desired(&self, desired: i64) -> Result<(), EcsError> {
+        let quota = self.quotas.tasks_per_service;
+        if !(0..=quota).contains(&desired) {
+            return Err(EcsError::invalid(format!(
+                "desiredCount must be between 0 and {quota} (the quota of tasks per service)."
+            )));
+        }
+        Ok(())
+    }
+
     pub async fn create_service(&self, scope: &Scope, req: CreateServiceRequest) -> Result<Service, EcsError> {
         // ECS answers for the cluster before anything else.
         let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
@@ -318,9 +343,7 @@ impl Control {
             "DAEMON" => self.active_instances(scope, &cluster.cluster_name).await?,
             other => return Err(EcsError::invalid(format!("schedulingStrategy {other} is not valid: REPLICA or DAEMON."))),
         };
-        if !(0..=5000).contains(&desired) {
-            return Err(EcsError::invalid("desiredCount must be between 0 and 5000."));
-        }
+        self.check_desired(desired)?;
         let controller = req
             .deployment_controller
             .as_ref()
@@ -431,6 +454,7 @@ impl Control {
             }
             self.store.delete(&key, Some(rev)).await.map_err(store_err)?;
         }
+        self.check_services_quota(scope, &cluster.cluster_name).await?;
         let platform =
             crate::run_task::platform_version(launch.launch_type == "FARGATE", req.platform_version.as_deref());
         let mut service = Service {
@@ -592,9 +616,7 @@ impl Control {
             req.placement_strategy.as_deref(),
         )?;
         if let Some(d) = req.desired_count {
-            if !(0..=5000).contains(&d) {
-                return Err(EcsError::invalid("desiredCount must be between 0 and 5000."));
-            }
+            self.check_desired(d)?;
         }
         if let Some(c) = &req.deployment_configuration {
             validate_config(c)?;

@@ -412,3 +412,58 @@ async fn an_alarm_in_alarm_fails_the_deployment_and_rolls_back() {
     .unwrap();
     assert!(c.update_service(&scope(), req).await.is_err());
 }
+
+#[tokio::test]
+async fn the_task_launch_rate_holds_back_run_task_and_services_until_it_refills() {
+    use gantry_control::quotas::{Quotas, Rate, TokenBuckets};
+    let (mut c, clock) = setup(0).await;
+    c.quotas = Arc::new(Quotas {
+        launches: TokenBuckets::new(Some(Rate {
+            per_second: 1.0,
+            burst: 3.0,
+        })),
+        services_per_cluster: 1,
+        tasks_per_service: 10,
+    });
+    let run = |count: i64| {
+        serde_json::from_value::<gantry_control::RunTaskRequest>(json!({
+            "taskDefinition": "web", "count": count, "networkConfiguration": common::network()
+        }))
+        .unwrap()
+    };
+    let (started, _) = c.run_task(&scope(), run(3)).await.unwrap();
+    assert_eq!(started.len(), 3);
+    let e = c.run_task(&scope(), run(1)).await.unwrap_err();
+    assert_eq!(
+        (e.aws_type(), e.to_string().as_str()),
+        ("ThrottlingException", "Rate exceeded")
+    );
+
+    // The service waits for the bucket, says so once, and launches once it refills.
+    let up = |desired: i64| serde_json::from_value(json!({"service": "svc", "desiredCount": desired})).unwrap();
+    c.update_service(&scope(), up(2)).await.unwrap();
+    c.reconcile_services().await;
+    c.reconcile_services().await;
+    let s = service(&c).await;
+    let waiting: Vec<_> = s
+        .events
+        .iter()
+        .filter(|e| e.message.contains("task launch rate"))
+        .collect();
+    assert_eq!(waiting.len(), 1, "{:?}", s.events);
+    assert_eq!(c.all_tasks().await.unwrap().len(), 3);
+    clock.advance(2_000);
+    c.reconcile_services().await;
+    assert_eq!(c.all_tasks().await.unwrap().len(), 5);
+
+    // Tasks per service and services per cluster.
+    let e = c.update_service(&scope(), up(11)).await.unwrap_err();
+    assert!(e.to_string().contains("the quota of tasks per service"), "{e}");
+    let second: CreateServiceRequest = serde_json::from_value(json!({
+        "serviceName": "svc2", "taskDefinition": "web", "desiredCount": 0, "networkConfiguration": common::network()
+    }))
+    .unwrap();
+    let e = c.create_service(&scope(), second).await.unwrap_err();
+    assert_eq!(e.aws_type(), "ClientException");
+    assert!(e.to_string().contains("quota of services per cluster (1)"), "{e}");
+}

@@ -35,6 +35,9 @@ pub enum EcsError {
     TaskSetNotFound(String),
     #[error("{0}")]
     Server(String),
+    /// A rate quota is used up for now (the SDKs back off and retry).
+    #[error("{0}")]
+    Throttling(String),
 }
 
 impl EcsError {
@@ -62,6 +65,7 @@ impl EcsError {
             EcsError::NamespaceNotFound(_) => "NamespaceNotFoundException",
             EcsError::TaskSetNotFound(_) => "TaskSetNotFoundException",
             EcsError::Server(_) => "ServerException",
+            EcsError::Throttling(_) => "ThrottlingException",
         }
     }
     pub fn is_server_fault(&self) -> bool {

@@ -47,6 +47,8 @@ pub struct DevArgs {
     store: Option<String>,
     #[command(flatten)]
     lb: LbArgs,
+    #[command(flatten)]
+    limits: crate::api_limits::ApiLimitArgs,
     /// Resolvers that names outside Cloud Map's namespaces are relayed to, as IP[:PORT]
     /// (comma-separated; default: the nameservers of /etc/resolv.conf).
     #[arg(long, env = "GANTRY_DNS_UPSTREAM", value_delimiter = ',')]
@@ -358,6 +360,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let node = Arc::new(gantry_runtime::task::Node::open(node_config)?);
     let mut control = Control::new(store.clone(), Arc::new(SystemClock));
     control.prices = args.prices.prices()?;
+    control.quotas = Arc::new(a.limits.quotas());
 
     // Startup sweep: keep tasks the control plane still tracks (their exit codes are
     // collected by the agent); remove everything else a crash left behind.
@@ -447,6 +450,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         logs,
         metrics,
         metrics_token: a.metrics_token.clone(),
+        throttle: Arc::new(gantry_control::quotas::TokenBuckets::new(a.limits.request_rate())),
         elb,
         secrets: Some(secrets),
         parameters: Some(parameters),
@@ -457,9 +461,13 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         creds.account_id, a.region
     );
     println!("  try: aws --profile gantry ecs list-clusters");
-    axum::serve(listener, gantry_aws::router(api))
-        .with_graceful_shutdown(crate::shutdown_signal("gantry dev"))
-        .await?;
+    gantry_aws::front::serve(
+        listener,
+        gantry_aws::router(api),
+        a.limits.front(),
+        crate::shutdown_signal("gantry dev"),
+    )
+    .await?;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
     // Its hosts file lines are removed on the way out.

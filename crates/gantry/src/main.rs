@@ -2,6 +2,7 @@
 //! cluster), task commands for users, `image`, and `debug` tools.
 
 mod agent_cmd;
+mod api_limits;
 mod bench;
 mod bench_placement;
 mod bench_policy;

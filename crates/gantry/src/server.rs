@@ -54,6 +54,8 @@ pub struct ServerArgs {
     region: String,
     #[command(flatten)]
     lb: crate::dev::LbArgs,
+    #[command(flatten)]
+    limits: crate::api_limits::ApiLimitArgs,
     /// Serve the load balancers' listeners on this host (one server per host can).
     #[arg(long)]
     serve_load_balancers: bool,
@@ -125,6 +127,7 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     let creds = credentials(store.as_ref()).await?;
     let mut control = Control::new(store.clone(), Arc::new(SystemClock));
     control.prices = args.prices.prices()?;
+    control.quotas = Arc::new(a.limits.quotas());
     let ca = Ca::load_or_create(store.as_ref()).await?;
 
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
@@ -207,15 +210,20 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         logs,
         metrics,
         metrics_token: a.metrics_token.clone(),
+        throttle: Arc::new(gantry_control::quotas::TokenBuckets::new(a.limits.request_rate())),
         elb,
         secrets: secret_stores.as_ref().map(|s| s.0.clone()),
         parameters: secret_stores.map(|s| s.1),
         // The agents run the tasks: the task's agent dials this server back.
         exec: Some(Arc::new(exec)),
     };
-    axum::serve(listener, gantry_aws::router(api))
-        .with_graceful_shutdown(crate::shutdown_signal("gantry server"))
-        .await?;
+    gantry_aws::front::serve(
+        listener,
+        gantry_aws::router(api),
+        a.limits.front(),
+        crate::shutdown_signal("gantry server"),
+    )
+    .await?;
     let _ = stop_tx.send(true);
     if let Some(d) = data_plane {
         let _ = tokio::time::timeout(Duration::from_secs(5), d).await;

@@ -259,6 +259,8 @@ pub fn query_code(model: Option<&Model>, kind: &str) -> (String, Option<u16>) {
         "ServiceUnavailableException" => "ServiceUnavailable",
         "RequestEntityTooLargeException" => "RequestEntityTooLarge",
         "ExpiredTokenException" => "ExpiredToken",
+        "ThrottlingException" => "Throttling",
+        "RequestTimeoutException" => "RequestTimeout",
         other => other,
     };
     (code.to_string(), None)
