@@ -211,6 +211,58 @@ def test_session_policies_bound_what_a_role_session_may_do(gantry, iam):
     iam.delete_role(RoleName="bounded")
 
 
+def test_role_chaining_carries_transitive_tags_and_the_source_identity(gantry, iam):
+    """A session's TransitiveTagKeys and SourceIdentity go with it into the roles it assumes:
+    inherited, never overridden or changed, and visible to policies as aws:PrincipalTag and
+    aws:SourceIdentity."""
+    def trust(*actions):
+        return json.dumps({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ACCOUNT}, "Action": list(actions)}]})
+    every = ("sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity")
+    first = iam.create_role(RoleName="chain-first", AssumeRolePolicyDocument=trust(*every))["Role"]["Arn"]
+    second = iam.create_role(RoleName="chain-second", AssumeRolePolicyDocument=trust(*every))["Role"]["Arn"]
+    plain = iam.create_role(RoleName="chain-plain", AssumeRolePolicyDocument=trust("sts:AssumeRole"))["Role"]["Arn"]
+    iam.put_role_policy(RoleName="chain-first", PolicyName="chain", PolicyDocument=json.dumps(
+        {"Statement": [{"Effect": "Allow", "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+                        "Resource": "*"}]}))
+    iam.put_role_policy(RoleName="chain-second", PolicyName="ask", PolicyDocument=json.dumps({"Statement": [
+        {"Effect": "Allow", "Action": ["ecs:ListClusters", "ecs:DescribeClusters"], "Resource": "*",
+         "Condition": {"StringEquals": {"aws:PrincipalTag/team": "web", "aws:SourceIdentity": "ann"}}},
+        {"Effect": "Deny", "Action": "ecs:DescribeClusters", "Resource": "*",
+         "Condition": {"Null": {"aws:PrincipalTag/env": "false"}}}]}))
+    sts = gantry.client("sts")
+    out = sts.assume_role(RoleArn=first, RoleSessionName="one", SourceIdentity="ann",
+                          Tags=[{"Key": "team", "Value": "web"}, {"Key": "env", "Value": "dev"}],
+                          TransitiveTagKeys=["team"])
+    assert out["SourceIdentity"] == "ann"
+
+    def as_session(creds, service):
+        return boto3.client(service, endpoint_url=gantry.endpoint, region_name=REGION,
+                            aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                            aws_session_token=creds["SessionToken"],
+                            config=botocore.config.Config(retries={"max_attempts": 1}))
+    one = as_session(out["Credentials"], "sts")
+    out2 = one.assume_role(RoleArn=second, RoleSessionName="two")
+    assert out2["SourceIdentity"] == "ann"
+    ecs = as_session(out2["Credentials"], "ecs")
+    ecs.list_clusters()  # team=web came along, and the source identity
+    ecs.describe_clusters(clusters=["default"])  # env did not (it was not transitive)
+    # The chain may not override a transitive tag, nor change the source identity.
+    assert code(one.assume_role, RoleArn=second, RoleSessionName="two",
+                Tags=[{"Key": "team", "Value": "ops"}])[0] == "InvalidParameterValue"
+    assert code(one.assume_role, RoleArn=second, RoleSessionName="two", SourceIdentity="eve")[0] == "AccessDenied"
+    # A role whose trust policy does not allow sts:SetSourceIdentity (nor sts:TagSession) is
+    # not assumed with an inherited source identity.
+    c, m = code(one.assume_role, RoleArn=plain, RoleSessionName="three")
+    assert c == "AccessDenied", (c, m)
+    assert code(sts.assume_role, RoleArn=first, RoleSessionName="xx", Tags=[{"Key": "a", "Value": "b"}],
+                TransitiveTagKeys=["nope"])[0] == "InvalidParameterValue"
+    assert code(sts.assume_role, RoleArn=first, RoleSessionName="xx", SourceIdentity="aws:me")[0] == "ValidationError"
+    for role, policy in (("chain-first", "chain"), ("chain-second", "ask")):
+        iam.delete_role_policy(RoleName=role, PolicyName=policy)
+    for role in ("chain-first", "chain-second", "chain-plain"):
+        iam.delete_role(RoleName=role)
+
+
 def test_policies_scoped_to_an_arn_apply_where_the_request_names_it(gantry, iam):
     gantry.client("ssm").put_parameter(Name="/team/x", Value="v", Type="String")
     gantry.client("ssm").put_parameter(Name="/other/y", Value="w", Type="String")
@@ -480,8 +532,6 @@ def test_tags_of_users_roles_and_sessions_are_principal_tags(gantry, iam):
     iam.update_assume_role_policy(RoleName="by-tag", PolicyDocument=json.dumps(trust))
     red_session = ecs_as(sts.assume_role(RoleArn=role["Arn"], RoleSessionName="red", Tags=red))
     assert code(red_session.list_clusters)[0] == "AccessDeniedException", "the session tag overrides the role's"
-    c, m = code(sts.assume_role, RoleArn=role["Arn"], RoleSessionName="t1", Tags=red, TransitiveTagKeys=["team"])
-    assert c == "InvalidParameterValue" and "TransitiveTagKeys" in m
     iam.untag_role(RoleName="by-tag", TagKeys=["team"])
     assert iam.list_role_tags(RoleName="by-tag")["Tags"] == []
 

@@ -8,8 +8,8 @@ use gantry_control::iam::groups::Group;
 use gantry_control::iam::managed::Principal;
 use gantry_control::iam::tags::TagChange;
 use gantry_control::iam::{
-    Caller, Iam, IamError, ManagedPolicy, NewRole, PolicyScope, PolicyVersion, Role, SessionPolicies, StoredKey, Tag,
-    User,
+    chaining::SessionAsked, Caller, Iam, IamError, ManagedPolicy, NewRole, PolicyScope, PolicyVersion, Role,
+    SessionPolicies, StoredKey, Tag, User,
 };
 use gantry_types::arn::Scope;
 use serde_json::{json, Value};
@@ -522,13 +522,7 @@ pub fn sts_handler<'a>(api: &'a Api, scope: &'a Scope, op: &'a str, input: Value
 }
 
 async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, ApiError> {
-    for unsupported in [
-        "SerialNumber",
-        "TokenCode",
-        "ProvidedContexts",
-        "TransitiveTagKeys",
-        "SourceIdentity",
-    ] {
+    for unsupported in ["SerialNumber", "TokenCode", "ProvidedContexts"] {
         if input.get(unsupported).is_some() {
             return Err(ApiError::client(
                 "InvalidParameterValue",
@@ -543,7 +537,20 @@ async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, A
     if let Some(id) = text(input, "ExternalId") {
         ctx.set("sts:ExternalId", id);
     }
-    let (tags, policies) = (tags_in(input)?, session_policies(input)?);
+    if let Some(s) = text(input, "SourceIdentity") {
+        ctx.set("sts:SourceIdentity", s);
+    }
+    let transitive_keys = input
+        .get("TransitiveTagKeys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    let asked = SessionAsked {
+        tags: tags_in(input)?,
+        transitive_keys: transitive_keys.filter_map(|k| k.as_str().map(String::from)).collect(),
+        policies: session_policies(input)?,
+        source_identity: text(input, "SourceIdentity").map(String::from),
+    };
     let (id, key, role) = api
         .control
         .iam()
@@ -553,7 +560,7 @@ async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, A
             required(input, "RoleSessionName")?,
             input["DurationSeconds"].as_i64(),
             &ctx,
-            (&tags, &policies),
+            &asked,
         )
         .await?;
     let session = key.role.as_ref().expect("a session key has its role");
@@ -567,8 +574,11 @@ async fn assume_role(api: &Api, scope: &Scope, input: &Value) -> Result<Value, A
             "Arn": format!("arn:aws:sts::{}:assumed-role/{}/{}", key.account_id, role.name, session.session),
         },
     });
-    if !policies.is_empty() || !tags.is_empty() {
-        out["PackedPolicySize"] = json!(packed_percent(&policies, &tags));
+    if !asked.policies.is_empty() || !session.tags.is_empty() {
+        out["PackedPolicySize"] = json!(packed_percent(&asked.policies, &session.tags));
+    }
+    if let Some(s) = &session.source_identity {
+        out["SourceIdentity"] = json!(s);
     }
     Ok(out)
 }

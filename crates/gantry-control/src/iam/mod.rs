@@ -6,6 +6,7 @@
 //! `/iam/users/<account>/<user name>`.
 
 use crate::records::{RecordError, Records};
+pub mod chaining;
 pub mod groups;
 pub mod managed;
 pub mod tags;
@@ -63,6 +64,12 @@ pub struct RoleSession {
     /// they and the role's policies both allow.
     #[serde(default, skip_serializing_if = "SessionPolicies::is_empty")]
     pub policies: SessionPolicies,
+    /// Keys of `tags` the session passes on to the sessions it assumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transitive: Vec<String>,
+    /// Who started the chain of sessions (AssumeRole's SourceIdentity): `aws:SourceIdentity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_identity: Option<String>,
 }
 
 /// AssumeRole's session policies: an inline document and managed policies by ARN.
@@ -221,6 +228,9 @@ pub enum Caller {
         /// The session policies' documents, if AssumeRole gave any: they bound what the
         /// role's policies allow.
         limits: Option<Vec<String>>,
+        /// The session tags it passes on when it assumes another role.
+        transitive: Vec<Tag>,
+        source_identity: Option<String>,
     },
 }
 
@@ -387,11 +397,19 @@ impl Iam {
                         Some(docs)
                     }
                 };
+                let transitive = r
+                    .tags
+                    .iter()
+                    .filter(|t| r.transitive.iter().any(|k| k.eq_ignore_ascii_case(&t.key)))
+                    .cloned()
+                    .collect();
                 Ok(Caller::Role {
                     role,
                     session: r.session.clone(),
                     account,
                     limits,
+                    transitive,
+                    source_identity: r.source_identity.clone(),
                 })
             }
             (Some(name), None) => {
@@ -515,17 +533,12 @@ impl Iam {
         session: &str,
         duration: Option<i64>,
         context: &gantry_policy::Context,
-        (session_tags, policies): (&[Tag], &SessionPolicies),
+        asked: &chaining::SessionAsked,
     ) -> Result<(String, StoredKey, Role), IamError> {
         check_session_name(session)?;
-        check_session_policies(policies)?;
-        tags::check_tags(session_tags)?;
-        if session_tags.len() > tags::MAX_TAGS {
-            return Err(IamError::new(
-                "ValidationError",
-                "A session can have at most 50 session tags.",
-            ));
-        }
+        check_session_policies(&asked.policies)?;
+        tags::check_tags(&asked.tags)?;
+        let carried = chaining::carried(caller, asked)?;
         let account = caller.account().to_string();
         let name = role_arn
             .strip_prefix(&format!("arn:aws:iam::{account}:role/"))
@@ -558,10 +571,15 @@ impl Iam {
         if !trusted || authorize(caller, "sts:AssumeRole", &role.arn, context).is_err() {
             return Err(denied_assume(caller, role_arn));
         }
-        if !session_tags.is_empty() {
-            may_tag_session(caller, &role, &trust, context, session_tags)?;
+        if !carried.tags.is_empty() {
+            may_tag_session(caller, &role, &trust, context, &carried.tags)?;
         }
-        for arn in &policies.arns {
+        if let Some(identity) = &carried.source_identity {
+            let mut ctx = context.clone();
+            ctx.set("sts:SourceIdentity", identity.clone());
+            may_also(caller, &role, &trust, "sts:SetSourceIdentity", &ctx)?;
+        }
+        for arn in &asked.policies.arns {
             self.policy(arn.split(':').nth(4).unwrap_or_default(), arn)
                 .await
                 .map_err(|_| {
@@ -572,7 +590,7 @@ impl Iam {
                 })?;
         }
         let (id, key) = self
-            .mint(&role, &account, session, duration, (None, session_tags, policies))
+            .mint(&role, &account, session, duration, (None, &carried, &asked.policies))
             .await?;
         Ok((id, key, role))
     }
@@ -584,7 +602,7 @@ impl Iam {
         account: &str,
         session: &str,
         duration: i64,
-        (task, tags, policies): (Option<&str>, &[Tag], &SessionPolicies),
+        (task, carried, policies): (Option<&str>, &chaining::Carried, &SessionPolicies),
     ) -> Result<(String, StoredKey), IamError> {
         let now = self.now();
         let id = iam_id("ASIA");
@@ -600,8 +618,10 @@ impl Iam {
                 session: session.to_string(),
                 expires: now + duration as f64,
                 task: task.map(String::from),
-                tags: tags.to_vec(),
+                tags: carried.tags.clone(),
                 policies: policies.clone(),
+                transitive: carried.transitive.clone(),
+                source_identity: carried.source_identity.clone(),
             }),
         };
         if !self.records.create(&key_path(&id), &key).await? {
@@ -622,6 +642,8 @@ impl Iam {
             role,
             session: rec.id().to_string(),
             limits: None,
+            transitive: vec![],
+            source_identity: None,
         })
     }
 
@@ -677,7 +699,11 @@ impl Iam {
             account,
             session,
             TASK_SESSION_SECONDS,
-            (Some(task_arn), &[], &SessionPolicies::default()),
+            (
+                Some(task_arn),
+                &chaining::Carried::default(),
+                &SessionPolicies::default(),
+            ),
         )
         .await
         .map_err(|e| e.message)
@@ -977,21 +1003,33 @@ fn may_tag_session(
         ctx.set(&format!("aws:RequestTag/{}", t.key), t.value.clone());
     }
     ctx.set_many("aws:TagKeys", session_tags.iter().map(|t| t.key.clone()).collect());
+    may_also(caller, role, trust, "sts:TagSession", &ctx)
+}
+
+/// Whether both the role's trust policy and the caller's own policies allow `action` (an
+/// AssumeRole extra: sts:TagSession, sts:SetSourceIdentity) with `ctx`.
+fn may_also(
+    caller: &Caller,
+    role: &Role,
+    trust: &gantry_policy::Policy,
+    action: &str,
+    ctx: &gantry_policy::Context,
+) -> Result<(), IamError> {
     let principal = caller.principal_arn();
     let req = gantry_policy::Request {
-        action: "sts:TagSession",
+        action,
         resource: &role.arn,
         principal: Some(&principal),
-        context: &ctx,
+        context: ctx,
     };
     let trusted = gantry_policy::evaluate(&[trust], &req) == gantry_policy::Decision::Allow;
-    if trusted && authorize(caller, "sts:TagSession", &role.arn, &ctx).is_ok() {
+    if trusted && authorize(caller, action, &role.arn, ctx).is_ok() {
         return Ok(());
     }
     Err(IamError::new(
         "AccessDenied",
         format!(
-            "User: {} is not authorized to perform: sts:TagSession on resource: {}",
+            "User: {} is not authorized to perform: {action} on resource: {}",
             caller.arn(),
             role.arn
         ),
@@ -1079,9 +1117,14 @@ pub fn principal_context(caller: &Caller) -> gantry_policy::Context {
                 .set("aws:PrincipalType", "User");
             principal_tags(&mut ctx, &user.tags);
         }
-        Caller::Role { role, .. } => {
+        Caller::Role {
+            role, source_identity, ..
+        } => {
             ctx.set("aws:PrincipalType", "AssumedRole");
             principal_tags(&mut ctx, &role.tags);
+            if let Some(s) = source_identity {
+                ctx.set("aws:SourceIdentity", s.clone());
+            }
         }
         Caller::Root { .. } => {
             ctx.set("aws:PrincipalType", "Account");
@@ -1221,6 +1264,8 @@ mod tests {
             },
             session: "s".into(),
             limits: limits.map(|l| l.into_iter().map(String::from).collect()),
+            transitive: vec![],
+            source_identity: None,
         }
     }
 
@@ -1315,7 +1360,7 @@ mod tests {
                 "s1",
                 Some(900),
                 &ctx,
-                (&[], &SessionPolicies::default()),
+                &chaining::SessionAsked::default(),
             )
             .await
             .unwrap();
@@ -1327,39 +1372,16 @@ mod tests {
         // A user needs its own Allow as well as the trust.
         let ann = user(&[]);
         let e = iam
-            .assume_role(&ann, &role.arn, "s2", None, &ctx, (&[], &SessionPolicies::default()))
+            .assume_role(&ann, &role.arn, "s2", None, &ctx, &chaining::SessionAsked::default())
             .await
             .unwrap_err();
         assert_eq!(e.shape, "AccessDenied");
         // Longer than the role allows, or too short.
-        assert_eq!(
-            iam.assume_role(
-                &root,
-                &role.arn,
-                "s3",
-                Some(7200),
-                &ctx,
-                (&[], &SessionPolicies::default())
-            )
-            .await
-            .unwrap_err()
-            .shape,
-            "ValidationError"
-        );
-        assert_eq!(
-            iam.assume_role(
-                &root,
-                &role.arn,
-                "s3",
-                Some(60),
-                &ctx,
-                (&[], &SessionPolicies::default())
-            )
-            .await
-            .unwrap_err()
-            .shape,
-            "ValidationError"
-        );
+        let none = chaining::SessionAsked::default();
+        for secs in [7200, 60] {
+            let e = iam.assume_role(&root, &role.arn, "s3", Some(secs), &ctx, &none);
+            assert_eq!(e.await.unwrap_err().shape, "ValidationError");
+        }
         // A trust policy without principals is refused at creation.
         let no_principal = r#"{"Statement": {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}}"#;
         let e = iam.create_role(account, req("bad", no_principal)).await.unwrap_err();
@@ -1409,9 +1431,12 @@ mod tests {
             account: account.into(),
         };
         let ctx = gantry_policy::Context::new();
-        let tag = |k: &str, v: &str| Tag {
-            key: k.into(),
-            value: v.into(),
+        let with_tag = |k: &str, v: &str| chaining::SessionAsked {
+            tags: vec![Tag {
+                key: k.into(),
+                value: v.into(),
+            }],
+            ..Default::default()
         };
         // Without sts:TagSession in the trust policy, tags are refused.
         let plain = iam
@@ -1425,7 +1450,7 @@ mod tests {
                 "tagged-session",
                 None,
                 &ctx,
-                (&[tag("team", "api")], &SessionPolicies::default()),
+                &with_tag("team", "api"),
             )
             .await
             .unwrap_err();
@@ -1442,7 +1467,7 @@ mod tests {
                 "tagged-session",
                 None,
                 &ctx,
-                (&[tag("team", "api")], &SessionPolicies::default()),
+                &with_tag("team", "api"),
             )
             .await
             .unwrap();
@@ -1452,14 +1477,7 @@ mod tests {
         assert_eq!(p.get("aws:principaltag/ENV"), Some(&["prod".to_string()][..]));
         // Malformed session tags are refused as IAM refuses them.
         let e = iam
-            .assume_role(
-                &root,
-                &tagged.arn,
-                "tagged-session",
-                None,
-                &ctx,
-                (&[tag("a*", "x")], &SessionPolicies::default()),
-            )
+            .assume_role(&root, &tagged.arn, "tagged-session", None, &ctx, &with_tag("a*", "x"))
             .await
             .unwrap_err();
         assert_eq!(e.shape, "InvalidInputException");
