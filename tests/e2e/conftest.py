@@ -188,6 +188,13 @@ UNLIMITED = {"GANTRY_API_REQUEST_RATE": "0", "GANTRY_TASK_LAUNCH_RATE": "0"}
 NETWORK = {"awsvpcConfiguration": {"subnets": [], "assignPublicIp": "DISABLED"}}
 
 
+def vpc_of(client):
+    """The default VPC's id, asked of the Gantry `client` talks to."""
+    ec2 = boto3.client("ec2", endpoint_url=client.meta.endpoint_url, region_name=REGION,
+                       aws_access_key_id=KEY, aws_secret_access_key=SECRET)
+    return ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+
+
 def subnets():
     """The default VPC's subnets of the session's `gantry dev` (known once it started)."""
     return NETWORK["awsvpcConfiguration"]["subnets"]

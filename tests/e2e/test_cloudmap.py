@@ -8,6 +8,8 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
+from conftest import vpc_of
+
 
 @pytest.fixture
 def sd(gantry):
@@ -27,7 +29,7 @@ def code_of(call, *args, **kw):
 
 
 def namespace(sd, name, **kw):
-    op = sd.create_private_dns_namespace(Name=name, Vpc="vpc-gantry", **kw)["OperationId"]
+    op = sd.create_private_dns_namespace(Name=name, Vpc=vpc_of(sd), **kw)["OperationId"]
     done = sd.get_operation(OperationId=op)["Operation"]
     assert done["Status"] == "SUCCESS" and done["Type"] == "CREATE_NAMESPACE"
     return done["Targets"]["NAMESPACE"]
@@ -41,10 +43,11 @@ def test_namespaces_services_and_their_errors(sd):
     assert got["Properties"]["DnsProperties"]["SOA"]["TTL"] == 30
     assert got["Arn"] == f"arn:aws:servicediscovery:us-east-1:{got['ResourceOwner']}:namespace/{ns}"
     # The same CreatorRequestId is a retry; another request for the name is refused.
-    again = sd.create_private_dns_namespace(Name="api.internal", Vpc="vpc-gantry", CreatorRequestId="req-1")
+    again = sd.create_private_dns_namespace(Name="api.internal", Vpc=vpc_of(sd), CreatorRequestId="req-1")
     assert sd.get_operation(OperationId=again["OperationId"])["Operation"]["Targets"]["NAMESPACE"] == ns
-    assert code_of(sd.create_private_dns_namespace, Name="api.internal", Vpc="vpc-gantry")[0] == "NamespaceAlreadyExists"
-    assert code_of(sd.create_private_dns_namespace, Name="bad name", Vpc="vpc-gantry")[0] == "InvalidInput"
+    assert code_of(sd.create_private_dns_namespace, Name="api.internal", Vpc=vpc_of(sd))[0] == "NamespaceAlreadyExists"
+    assert code_of(sd.create_private_dns_namespace, Name="bad name", Vpc=vpc_of(sd))[0] == "InvalidInput"
+    assert code_of(sd.create_private_dns_namespace, Name="other.internal", Vpc="vpc-0000")[0] == "InvalidInput"
     http = sd.get_operation(OperationId=sd.create_http_namespace(Name="jobs")["OperationId"])["Operation"]
     assert code_of(sd.get_namespace, Id="ns-doesnotexist")[0] == "NamespaceNotFound"
 

@@ -21,7 +21,7 @@ import botocore.exceptions
 import pytest
 
 from conftest import (ACCOUNT, GANTRY, IMAGE, Gantry, KEY, SECRET, awslogs, every_subnet, execution_role, free_port,
-                      register, run, wait_for)
+                      register, run, vpc_of, wait_for)
 from test_etcd import etcd, etcd_member  # noqa: F401  (fixtures)
 
 NODE_TIMEOUT = "5"
@@ -431,7 +431,7 @@ def test_every_agent_answers_cloud_map_names(cluster):
     servers, agents, _ = cluster
     agents[0].endpoint = servers[0].endpoint
     sd = agents[0].client("servicediscovery")
-    op = sd.create_private_dns_namespace(Name="clu.internal", Vpc="vpc-gantry")["OperationId"]
+    op = sd.create_private_dns_namespace(Name="clu.internal", Vpc=vpc_of(sd))["OperationId"]
     ns = sd.get_operation(OperationId=op)["Operation"]["Targets"]["NAMESPACE"]
     db = sd.create_service(Name="db", NamespaceId=ns, DnsConfig={"DnsRecords": [{"Type": "A", "TTL": 1}]})["Service"]
     sd.register_instance(ServiceId=db["Id"], InstanceId="db-1", Attributes={"AWS_INSTANCE_IPV4": "10.99.0.7"})

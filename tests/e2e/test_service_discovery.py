@@ -9,7 +9,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import NETWORK, STUB_ADDRESS, awslogs, register, wait_for
+from conftest import NETWORK, STUB_ADDRESS, awslogs, register, vpc_of, wait_for
 
 
 def gateway(gantry):
@@ -28,7 +28,7 @@ def resolve(server, name, qtype="a"):
 
 def test_service_tasks_resolve_by_name_from_inside_tasks(gantry, ecs, logs):
     sd = gantry.client("servicediscovery")
-    op = sd.create_private_dns_namespace(Name="sd.internal", Vpc="vpc-gantry")["OperationId"]
+    op = sd.create_private_dns_namespace(Name="sd.internal", Vpc=vpc_of(sd))["OperationId"]
     ns = sd.get_operation(OperationId=op)["Operation"]["Targets"]["NAMESPACE"]
     web = sd.create_service(Name="web", NamespaceId=ns, HealthCheckCustomConfig={},
                             DnsConfig={"DnsRecords": [{"Type": "A", "TTL": 1}, {"Type": "SRV", "TTL": 1}]})["Service"]

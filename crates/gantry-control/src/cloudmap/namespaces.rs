@@ -117,6 +117,10 @@ impl CloudMap {
         let http = kind == "HTTP";
         match (kind, &input.vpc) {
             ("DNS_PRIVATE", None) => return Err(MapError::invalid("Vpc is required for a private DNS namespace.")),
+            // Gantry has one VPC, the default one EC2 describes.
+            ("DNS_PRIVATE", Some(v)) if *v != crate::ec2::vpc_id(scope) => {
+                return Err(MapError::invalid(format!("The VPC {v} does not exist.")))
+            }
             ("DNS_PRIVATE", Some(_)) | (_, None) => {}
             (_, Some(_)) => return Err(MapError::invalid("Vpc is only for private DNS namespaces.")),
         }
