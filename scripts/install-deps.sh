@@ -26,3 +26,6 @@ if [ ! -x .venv/bin/python ] || ! cmp -s "$req" .venv/requirements.txt; then
   .venv/bin/pip install --quiet --disable-pip-version-check -r "$req"
   cp "$req" .venv/requirements.txt
 fi
+# The fuzz targets' short run: libFuzzer through cargo-fuzz, on the nightly toolchain.
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
