@@ -97,7 +97,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let census = Arc::new(Census::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
+    let mut refused_logged: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -113,8 +113,9 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let Some(admitted) = census.admit(peer.ip(), &limits) else {
-            if refused_logged.elapsed() > Duration::from_secs(10) {
-                refused_logged = std::time::Instant::now();
+            // Said at most every ten seconds: a flood must not flood the log too.
+            if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                refused_logged = Some(std::time::Instant::now());
                 tracing::warn!(source = %peer.ip(), "API connection refused: too many connections held");
             }
             drop(stream);
