@@ -1152,6 +1152,16 @@ pub fn authorize(
     authorize_with(caller, (action, resource), context, None)
 }
 
+/// The decision of a set of identity (or session) policy documents, parsed once each.
+fn evaluate_documents<'a>(
+    docs: impl IntoIterator<Item = &'a str>,
+    req: &gantry_policy::Request,
+) -> gantry_policy::Decision {
+    let policies: Vec<Arc<gantry_policy::Policy>> = docs.into_iter().filter_map(parsed).collect();
+    let refs: Vec<&gantry_policy::Policy> = policies.iter().map(|p| p.as_ref()).collect();
+    gantry_policy::evaluate(&refs, req)
+}
+
 /// `authorize` where the resource has a resource-based policy (a secret's): within one
 /// account either kind of policy may allow, and an explicit deny in either refuses, the
 /// root's requests included. The resource policy's principals are matched against the
@@ -1164,19 +1174,15 @@ pub fn authorize_with(
 ) -> Result<(), String> {
     use gantry_policy::Decision;
     let who = caller.arn();
+    let req = gantry_policy::Request {
+        action,
+        resource,
+        principal: Some(&who),
+        context,
+    };
     let identity = match caller.policies() {
         None => Decision::Allow,
-        Some(docs) => {
-            let policies: Vec<Arc<gantry_policy::Policy>> = docs.into_iter().filter_map(parsed).collect();
-            let refs: Vec<&gantry_policy::Policy> = policies.iter().map(|p| p.as_ref()).collect();
-            let req = gantry_policy::Request {
-                action,
-                resource,
-                principal: Some(&who),
-                context,
-            };
-            gantry_policy::evaluate(&refs, &req)
-        }
+        Some(docs) => evaluate_documents(docs, &req),
     };
     let principal = caller.principal_arn();
     let on_resource = match resource_policy.and_then(parsed) {
@@ -1194,17 +1200,7 @@ pub fn authorize_with(
     // Session policies bound a session's grants, from its role's and from resource
     // policies alike (Gantry's resource policies name roles, never sessions).
     let session = match caller {
-        Caller::Role { limits: Some(docs), .. } => {
-            let policies: Vec<Arc<gantry_policy::Policy>> = docs.iter().filter_map(|d| parsed(d)).collect();
-            let refs: Vec<&gantry_policy::Policy> = policies.iter().map(|p| p.as_ref()).collect();
-            let req = gantry_policy::Request {
-                action,
-                resource,
-                principal: Some(&who),
-                context,
-            };
-            gantry_policy::evaluate(&refs, &req)
-        }
+        Caller::Role { limits: Some(docs), .. } => evaluate_documents(docs.iter().map(String::as_str), &req),
         _ => Decision::Allow,
     };
     let why = match (identity, on_resource, session) {
