@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let root = tempfile::tempdir().expect("a temporary directory");
     let dest = root.path().join("layer");
     std::fs::create_dir(&dest).expect("the destination");
-    let limits = gantry_runtime::image::UnpackLimits { max_bytes: 64 << 20 };
+    let limits = gantry_runtime::image::UnpackLimits { max_bytes: 64 << 20, ..Default::default() };
     let _ = gantry_runtime::image::unpack::unpack_layer(data, &dest, "fuzz", limits);
     let outside: Vec<_> = std::fs::read_dir(root.path())
         .expect("the parent")

@@ -452,8 +452,10 @@ pub fn resolve_user(user: &str, lowers_top_first: &[PathBuf]) -> Result<(u32, u3
 }
 
 /// Builds config.json for a container whose rootfs will be mounted at `<bundle>/rootfs`.
+/// `userns`: the host id the container's root is (its user namespace maps 0 to 65535 there);
+/// None: no user namespace.
 pub fn build_spec(
-    id: &str,
+    userns: Option<u32>,
     img: &ImageConfig,
     spec: &ContainerSpec,
     lowers_top_first: &[PathBuf],
@@ -526,6 +528,10 @@ pub fn build_spec(
     if sandbox.kind != SandboxKind::Host {
         namespaces.push(json!({"type": "network", "path": sandbox.path}));
     }
+    let id_maps = userns.map(|base| {
+        namespaces.push(json!({"type": "user"}));
+        json!([{"containerID": 0, "hostID": base, "size": crate::image::unpack::IDS_PER_TASK}])
+    });
     let bind = |src: PathBuf, dst: &str| json!({"destination": dst, "type": "bind", "source": src, "options": ["rbind", "rprivate"]});
     let caps: Vec<String> = spec
         .capabilities
@@ -566,7 +572,10 @@ pub fn build_spec(
             "seccomp": seccomp(&caps),
         }
     });
-    let _ = id;
+    if let Some(maps) = id_maps {
+        v["linux"]["uidMappings"] = maps.clone();
+        v["linux"]["gidMappings"] = maps;
+    }
     if let Some(m) = v["mounts"].as_array_mut() {
         m.extend(extra_mounts);
     }

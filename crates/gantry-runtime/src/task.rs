@@ -265,8 +265,14 @@ impl Node {
             private.path = dir.join(shim::NETNS_FILE);
             fs::File::create(&private.path).map_err(io_ctx(format!("creating {}", private.path.display())))?;
         }
+        let userns = self.cfg.images.limits.id_base;
+        if let Some(base) = userns {
+            // The container's root (the range's base on the host) owns its writable layer.
+            let upper = dir.join("upper");
+            crate::sys::lchown(&upper, base, base).map_err(io_ctx(format!("chowning {}", upper.display())))?;
+        }
         let oci = bundle::build_spec(
-            &id,
+            userns,
             &img,
             spec,
             &lowers,

@@ -64,7 +64,16 @@ impl Sandbox {
     }
 
     fn unpack(&self, tar: &[u8]) -> Result<(), UnpackError> {
-        unpack_layer(tar, &self.dest, "sha256:test", UnpackLimits { max_bytes: 10 << 20 }).map(|_| ())
+        unpack_layer(
+            tar,
+            &self.dest,
+            "sha256:test",
+            UnpackLimits {
+                max_bytes: 10 << 20,
+                ..Default::default()
+            },
+        )
+        .map(|_| ())
     }
 
     /// Everything under the sandbox root except the destination: must stay as created.
@@ -276,4 +285,36 @@ fn whiteouts_become_overlay_whiteouts() {
         0o4755,
         "modes kept"
     );
+}
+
+/// A file owned by `uid`:`gid`, written by the tar crate (honest ids, for the id shift).
+fn owned(name: &str, uid: u64, gid: u64) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_uid(uid);
+    h.set_gid(gid);
+    h.set_cksum();
+    b.append_data(&mut h, name, &b"x"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn with_user_namespaces_owners_move_into_the_range_and_others_are_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Sandbox::new();
+    let shifted = UnpackLimits {
+        id_base: Some(1_000_000),
+        ..Default::default()
+    };
+    unpack_layer(&owned("etc/shadow", 0, 42)[..], &s.dest, "sha256:test", shifted).unwrap();
+    let m = std::fs::metadata(s.dest.join("etc/shadow")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1_000_000, 1_000_042));
+    // The parent the layer did not list is made for the task's root too.
+    let d = std::fs::metadata(s.dest.join("etc")).unwrap();
+    assert_eq!((d.uid(), d.gid()), (1_000_000, 1_000_000));
+    let r = unpack_layer(&owned("far", 70_000, 0)[..], &s.dest, "sha256:test", shifted);
+    assert_refused(r.map(|_| ()), "far", "owner ids out of range");
+    s.outside_untouched();
 }

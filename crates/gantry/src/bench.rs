@@ -67,7 +67,7 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     let base_sb = node.network().create()?;
     gantry_runtime::net::Network::write_etc_files(&base_sb, "bench", &base.join("etc"), false)?;
     let oci = bundle::build_spec(
-        "bench",
+        None,
         &img,
         &spec,
         &lowers,

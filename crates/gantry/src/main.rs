@@ -95,6 +95,13 @@ pub struct NodeArgs {
     #[arg(long, global = true, env = "GANTRY_CGROUP_FAVORDYNMODS",
           value_parser = clap::builder::FalseyValueParser::new())]
     cgroup_favordynmods: bool,
+    /// Run every task in a user namespace: its root (and ids up to 65535) become host ids
+    /// from BASE on, so root in a task is no one on the host. Image layers are unpacked with
+    /// their owners moved into the range (a separate layer directory). A node setting, as
+    /// Docker's userns-remap; BASE must leave room for 65,536 ids (for example 1000000).
+    #[arg(long, global = true, env = "GANTRY_USERNS_REMAP",
+          value_parser = clap::value_parser!(u32).range(65_536..=4_294_901_759))]
+    userns_remap: Option<u32>,
     #[command(flatten)]
     prices: PriceArgs,
     /// The key secret values are sealed with at rest (32 random bytes, mode 0600; created
@@ -298,6 +305,7 @@ impl NodeArgs {
                 root: self.data_dir.join("images"),
                 limits: UnpackLimits {
                     max_bytes: self.max_layer_mib << 20,
+                    id_base: self.userns_remap,
                 },
                 registry: RegistryConfig {
                     insecure: self.insecure_registries.clone(),

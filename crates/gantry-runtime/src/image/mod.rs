@@ -215,6 +215,15 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
+/// Where unpacked layers live: `layers/`, or with user namespaces `layers-userns-BASE/`,
+/// their owners moved into the range (blobs are shared).
+fn layers_dir(limits: &UnpackLimits) -> String {
+    match limits.id_base {
+        None => "layers".into(),
+        Some(base) => format!("layers-userns-{base}"),
+    }
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -224,7 +233,8 @@ fn now_unix() -> i64 {
 
 impl ImageStore {
     pub fn open(cfg: ImageStoreConfig) -> Result<ImageStore, ImageError> {
-        for d in ["blobs/sha256", "layers", "tmp", "locks"] {
+        let layers = layers_dir(&cfg.limits);
+        for d in ["blobs/sha256", layers.as_str(), "tmp", "locks"] {
             fs::create_dir_all(cfg.root.join(d)).map_err(io_ctx(format!("creating {}", cfg.root.join(d).display())))?;
         }
         Ok(ImageStore {
@@ -243,7 +253,7 @@ impl ImageStore {
     }
 
     pub fn layer_path(&self, d: &Digest) -> PathBuf {
-        self.root.join("layers").join(d.hex())
+        self.root.join(layers_dir(&self.limits)).join(d.hex())
     }
 
     pub fn has_blob(&self, d: &Digest) -> bool {
@@ -499,7 +509,8 @@ impl ImageStore {
             keep.extend(r.layers.iter().cloned());
         }
         let mut report = GcReport::default();
-        for (dir, is_layer) in [("blobs/sha256", false), ("layers", true)] {
+        let layers = layers_dir(&self.limits);
+        for (dir, is_layer) in [("blobs/sha256", false), (layers.as_str(), true)] {
             let dir = self.root.join(dir);
             for e in fs::read_dir(&dir).map_err(io_ctx(format!("listing {}", dir.display())))? {
                 let e = e.map_err(io_ctx("listing store"))?;

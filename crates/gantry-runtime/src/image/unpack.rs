@@ -17,11 +17,20 @@ use std::path::{Component, Path, PathBuf};
 pub struct UnpackLimits {
     /// Maximum bytes of uncompressed tar stream per layer.
     pub max_bytes: u64,
+    /// With user namespaces: the host id a layer's uid and gid 0 become; the layer's ids
+    /// must then be below `IDS_PER_TASK`, the size of a task's id range.
+    pub id_base: Option<u32>,
 }
+
+/// The ids a task's user namespace maps (0 to 65535, as Docker's userns-remap).
+pub const IDS_PER_TASK: u32 = 65_536;
 
 impl Default for UnpackLimits {
     fn default() -> Self {
-        UnpackLimits { max_bytes: 16 << 30 }
+        UnpackLimits {
+            max_bytes: 16 << 30,
+            id_base: None,
+        }
     }
 }
 
@@ -107,7 +116,11 @@ pub fn unpack_layer(reader: impl Read, dest: &Path, layer: &str, limits: UnpackL
         remaining: limits.max_bytes,
     });
     let mut archive = tar::Archive::new(hashing);
-    let mut u = Unpacker { dest, layer };
+    let mut u = Unpacker {
+        dest,
+        layer,
+        id_base: limits.id_base,
+    };
     for entry in archive.entries().map_err(io_err)? {
         let mut entry = entry.map_err(io_err)?;
         u.entry(&mut entry).map_err(|e| match e {
@@ -141,6 +154,7 @@ struct Unpacker<'a> {
     dest: &'a Path,
     #[allow(dead_code)]
     layer: &'a str,
+    id_base: Option<u32>,
 }
 
 /// Normalises an archive path to a relative path with only normal components, or None if it is
@@ -181,6 +195,19 @@ fn symlink_stays_inside(link_dir: &Path, target: &Path) -> bool {
 }
 
 impl Unpacker<'_> {
+    /// The host ids of a layer's owner ids: as they are, or moved into the user namespace
+    /// range (None when they do not fit it).
+    fn shifted(&self, uid: u64, gid: u64) -> Option<(u32, u32)> {
+        let fits = |id: u64| u32::try_from(id).ok();
+        match self.id_base {
+            None => Some((fits(uid)?, fits(gid)?)),
+            Some(base) => {
+                let inside = |id: u64| (id < u64::from(IDS_PER_TASK)).then(|| base + id as u32);
+                Some((inside(uid)?, inside(gid)?))
+            }
+        }
+    }
+
     fn refuse<T>(&self, path: &Path, reason: impl Into<String>) -> Result<T, EntryError> {
         Err(EntryError::Refused {
             path: path.display().to_string(),
@@ -203,7 +230,13 @@ impl Unpacker<'_> {
                 Ok(_) => {
                     return self.refuse(rel, format!("parent {:?} is not a directory", c.as_os_str()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&cur)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&cur)?;
+                    // A directory the layer does not list is its root's: the task's root.
+                    if let Some(base) = self.id_base {
+                        sys::lchown(&cur, base, base)?;
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -256,8 +289,10 @@ impl Unpacker<'_> {
         let header = entry.header();
         let kind = header.entry_type();
         let mode = header.mode()? & 0o7777;
-        let uid = header.uid()? as u32;
-        let gid = header.gid()? as u32;
+        let (uid, gid) = match self.shifted(header.uid()?, header.gid()?) {
+            Some(ids) => ids,
+            None => return self.refuse(&rel, "owner ids out of range (with user namespaces, 0 to 65535)"),
+        };
 
         if let Some(hidden) = name.strip_prefix(".wh.") {
             let parent = full.parent().expect("rel has a file name");
