@@ -65,12 +65,6 @@ impl Census {
             source,
         })
     }
-
-    /// Connections `source` holds now.
-    pub fn held(&self, source: IpAddr) -> usize {
-        let guard = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.get(&source).copied().unwrap_or(0)
-    }
 }
 
 impl Drop for Admitted {
