@@ -188,6 +188,16 @@ UNLIMITED = {"GANTRY_API_REQUEST_RATE": "0", "GANTRY_TASK_LAUNCH_RATE": "0"}
 NETWORK = {"awsvpcConfiguration": {"subnets": [], "assignPublicIp": "DISABLED"}}
 
 
+def log_lines(logs, group, stream, until="done"):
+    """A stream's lines once `until` is among them, else None (a condition for wait_for)."""
+    try:
+        events = logs.get_log_events(logGroupName=group, logStreamName=stream)["events"]
+    except logs.exceptions.ResourceNotFoundException:
+        return None
+    lines = [e["message"] for e in events]
+    return lines if until in lines else None
+
+
 def vpc_of(client):
     """The default VPC's id, asked of the Gantry `client` talks to."""
     ec2 = boto3.client("ec2", endpoint_url=client.meta.endpoint_url, region_name=REGION,

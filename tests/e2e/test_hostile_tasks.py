@@ -5,7 +5,7 @@ cannot reach the victim's port against the victim's security group, and cannot c
 as the victim or as anyone without credentials."""
 import json
 
-from conftest import NETWORK, awslogs, execution_role, register, wait_for
+from conftest import NETWORK, awslogs, execution_role, log_lines, register, wait_for
 
 TRUST_ECS = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
@@ -71,14 +71,8 @@ def test_a_hostile_task_gets_nothing_of_its_neighbour(gantry):
     logs = gantry.client("logs")
     stream = f"ecs/x/{attacker['taskArn'].rsplit('/', 1)[1]}"
 
-    def results():
-        try:
-            events = logs.get_log_events(logGroupName="/hostile/attacker", logStreamName=stream)["events"]
-        except logs.exceptions.ResourceNotFoundException:
-            return None
-        lines = [e["message"] for e in events]
-        return dict(line.split(" ", 1) for line in lines if " " in line) if "done" in lines else None
-    found = wait_for("the attacker's probes", results, 90)
+    lines = wait_for("the attacker's probes", lambda: log_lines(logs, "/hostile/attacker", stream), 90)
+    found = dict(line.split(" ", 1) for line in lines if " " in line)
     # Its own endpoint answers it (so the refusals below are the endpoint's, not an outage).
     assert (found["own-creds"], found["own-metadata"]) == ("GOT", "GOT"), found
     assert found["creds-by-id"] == "refused", found
@@ -97,14 +91,7 @@ def test_a_hostile_task_gets_nothing_of_its_neighbour(gantry):
     pal = ecs.run_task(cluster="hostile", taskDefinition=friend_td, launchType="FARGATE",
                        networkConfiguration=net(friend))["tasks"][0]
 
-    def friend_result():
-        try:
-            events = logs.get_log_events(logGroupName="/hostile/friend",
-                                         logStreamName=f"ecs/f/{pal['taskArn'].rsplit('/', 1)[1]}")["events"]
-        except logs.exceptions.ResourceNotFoundException:
-            return None
-        lines = [e["message"] for e in events]
-        return lines if "done" in lines else None
-    assert "port REACHED" in wait_for("the friend's probe", friend_result, 90)
+    friend_stream = f"ecs/f/{pal['taskArn'].rsplit('/', 1)[1]}"
+    assert "port REACHED" in wait_for("the friend's probe", lambda: log_lines(logs, "/hostile/friend", friend_stream), 90)
     for t in (victim, attacker, pal):
         ecs.stop_task(cluster="hostile", task=t["taskArn"])

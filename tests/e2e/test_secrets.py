@@ -9,7 +9,7 @@ import stat
 import botocore.exceptions
 import pytest
 
-from conftest import awslogs, execution_role, register, run, wait_for, wait_stopped
+from conftest import awslogs, execution_role, log_lines, register, run, wait_for, wait_stopped
 
 SECRET_TEXT = "correct-horse-battery-staple-7f3a"
 
@@ -178,14 +178,7 @@ def test_containers_get_secrets_that_are_written_nowhere(gantry, ecs, sm, logs):
     task = run(ecs, "default", td["taskDefinitionArn"])[0]
     task_id = task["taskArn"].split("/")[-1]
 
-    def output():
-        try:
-            events = logs.get_log_events(logGroupName="/secrets/app", logStreamName=f"ecs/app/{task_id}")["events"]
-        except logs.exceptions.ResourceNotFoundException:
-            return None
-        lines = [e["message"] for e in events]
-        return lines if "done" in lines else None
-    lines = wait_for("the task's output", output, 60)
+    lines = wait_for("the task's output", lambda: log_lines(logs, "/secrets/app", f"ecs/app/{task_id}"), 60)
     hashes = [line.split()[0] for line in lines[:3]]
     assert hashes == [sha(password), sha("admin"), sha(api_key)], lines
     assert lines[3] == "0", "the metadata endpoint must not show a secret"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import Gantry, awslogs, every_subnet, register, wait_for
+from conftest import Gantry, awslogs, every_subnet, log_lines, register, wait_for
 
 BASE = 1_000_000
 SCRIPT = ("cat /proc/self/uid_map; echo uid $(id -u); echo hi > /made-by-root && echo rootfs written; "
@@ -34,14 +34,7 @@ def test_a_tasks_root_is_an_unprivileged_host_id(remapped):
     task = ecs.run_task(taskDefinition=td, launchType="FARGATE", networkConfiguration=network)["tasks"][0]
     task_id = task["taskArn"].rsplit("/", 1)[1]
 
-    def output():
-        try:
-            events = logs.get_log_events(logGroupName="/userns/app", logStreamName=f"ecs/app/{task_id}")["events"]
-        except logs.exceptions.ResourceNotFoundException:
-            return None
-        lines = [e["message"] for e in events]
-        return lines if "done" in lines else None
-    lines = wait_for("the task's output", output, 60)
+    lines = wait_for("the task's output", lambda: log_lines(logs, "/userns/app", f"ecs/app/{task_id}"), 60)
     assert lines[0].split() == ["0", str(BASE), "65536"], lines
     assert lines[1:4] == ["uid 0", "rootfs written", "hosts refused"], lines
     # On the host the file the task's root made belongs to the range's base.

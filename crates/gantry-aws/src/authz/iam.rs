@@ -61,47 +61,45 @@ pub async fn named(api: &Api, caller: &Caller, operation: &str, input: &Value) -
 /// existing one's from its record (a missing one's with the root path).
 async fn resource(api: &Api, caller: &Caller, operation: &str, kind: Entity, input: &Value) -> Option<String> {
     let account = caller.account();
-    let iam = api.control.iam();
-    let path = |p: Option<String>| p.unwrap_or_else(|| "/".into());
     let creates = matches!(operation, "CreateUser" | "CreateRole" | "CreateGroup" | "CreatePolicy");
     let new = creates.then(|| text(input, "Path").unwrap_or("/").to_string());
-    Some(match kind {
-        Entity::User => match text(input, "UserName") {
-            Some(name) => {
-                let known = match new {
-                    Some(p) => Some(p),
-                    None => iam.user(account, name).await.ok().map(|u| u.path),
-                };
-                iam_arn(account, "user", &path(known), name)
-            }
-            // Without UserName a user acts on itself.
-            None => match caller {
-                Caller::User { user, .. } => user.arn.clone(),
-                _ => return None,
-            },
-        },
-        Entity::Role => {
-            let name = text(input, "RoleName")?;
-            let known = match new {
-                Some(p) => Some(p),
-                None => iam.role(account, name).await.ok().map(|r| r.path),
+    let (noun, name_key) = match kind {
+        Entity::User => ("user", "UserName"),
+        Entity::Role => ("role", "RoleName"),
+        Entity::Group => ("group", "GroupName"),
+        Entity::Policy => {
+            return match (text(input, "PolicyArn"), new) {
+                (Some(arn), _) => Some(arn.to_string()),
+                (None, Some(p)) => Some(iam_arn(account, "policy", &p, text(input, "PolicyName")?)),
+                (None, None) => None,
             };
-            iam_arn(account, "role", &path(known), name)
         }
-        Entity::Group => {
-            let name = text(input, "GroupName")?;
-            let known = match new {
-                Some(p) => Some(p),
-                None => iam.group(account, name).await.ok().map(|g| g.path),
-            };
-            iam_arn(account, "group", &path(known), name)
-        }
-        Entity::Policy => match (text(input, "PolicyArn"), new) {
-            (Some(arn), _) => arn.to_string(),
-            (None, Some(p)) => iam_arn(account, "policy", &p, text(input, "PolicyName")?),
-            (None, None) => return None,
-        },
-    })
+    };
+    let Some(name) = text(input, name_key) else {
+        // Without UserName a user acts on itself.
+        return match (kind, caller) {
+            (Entity::User, Caller::User { user, .. }) => Some(user.arn.clone()),
+            _ => None,
+        };
+    };
+    let path = match new {
+        Some(p) => p,
+        None => existing_path(api, account, &kind, name)
+            .await
+            .unwrap_or_else(|| "/".into()),
+    };
+    Some(iam_arn(account, noun, &path, name))
+}
+
+/// The path of an existing user, role or group.
+async fn existing_path(api: &Api, account: &str, kind: &Entity, name: &str) -> Option<String> {
+    let iam = api.control.iam();
+    match kind {
+        Entity::User => iam.user(account, name).await.ok().map(|u| u.path),
+        Entity::Role => iam.role(account, name).await.ok().map(|r| r.path),
+        Entity::Group => iam.group(account, name).await.ok().map(|g| g.path),
+        Entity::Policy => None,
+    }
 }
 
 #[cfg(test)]
