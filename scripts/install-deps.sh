@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Gantry and its tests need on Debian 12. Idempotent; needs root.
 set -euo pipefail
-PKGS=(nftables tini etcd-server protobuf-compiler crun runc skopeo docker-registry busybox-static iproute2 apache2-utils python3 python3-venv openssl ca-certificates prometheus chromium chromium-driver)
+PKGS=(nftables tini etcd-server protobuf-compiler libprotobuf-dev e2fsprogs crun runc skopeo docker-registry busybox-static iproute2 apache2-utils python3 python3-venv openssl ca-certificates prometheus chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -30,6 +30,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+def mounts_under(path):
+    """Mount points under `path` (this process's mount namespace)."""
+    prefix = os.path.realpath(path) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4].encode().decode("unicode_escape") for line in f}
+    return sorted(p for p in points if p.startswith(prefix))
+
+
+def unmount_under(path):
+    """Lazily unmounts every mount under `path`, deepest first (a test's namespaces, template
+    mount namespace, ephemeral storage), so that removing the directory never walks into one."""
+    for point in sorted(mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], stderr=subprocess.DEVNULL)
+
+
 def remove_hosts_lines(tag):
     """Drops the /etc/hosts lines a Gantry instance tagged (a killed one cannot)."""
     mark = f"# gantry-lb {tag}"
@@ -138,9 +153,7 @@ class Gantry:
         self.stop()
         self.cli("debug", "sweep", "--all", check=False)
         subprocess.run(["ip", "link", "del", self.bridge], stderr=subprocess.DEVNULL)
-        subprocess.run(["umount", f"{self.dir}/run/netns"], stderr=subprocess.DEVNULL)
-        for m in ("mntns/template", "mntns"):  # the shims' template mount namespace (sweep --all removes it)
-            subprocess.run(["umount", "-l", f"{self.dir}/run/{m}"], stderr=subprocess.DEVNULL)
+        unmount_under(self.dir)  # what sweep --all could not remove (it ran into an error)
         remove_hosts_lines(self.lb_network)
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -95,7 +95,12 @@ def wait_css(b, css, timeout=20):
 
 
 def page(b, gantry, hash_path, ready_css, name):
-    """Opens a page of the console and waits until `ready_css` is on it."""
+    """Opens a page of the console and waits until `ready_css` is on it.
+
+    Through a blank page first: going from /console/ to /console/#/ would be a same-document
+    navigation whose hashchange renders the page again, replacing an element found in the
+    first rendering (a stale element under a later read)."""
+    b.get("about:blank")
     b.get(f"{gantry.endpoint}/console/#{hash_path}")
     try:
         el = wait_css(b, ready_css)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Gantry, register, run, wait_stopped
+from conftest import Gantry, mounts_under, register, run, wait_stopped
 
 
 @pytest.fixture
@@ -82,6 +82,8 @@ def test_clean_exit_keeps_tasks_says_so_and_sweep_all_removes_everything(fresh):
     # The warm pool is gone; only the task's own namespace is left.
     left = [n for n in os.listdir(f"{g.dir}/run/netns") if n.startswith("gn-")]
     assert len(left) == 1, left
+    # Likewise its ephemeral storage filesystem.
+    assert len(os.listdir(f"{g.dir}/data/ephemeral")) == 1, os.listdir(f"{g.dir}/data/ephemeral")
     r = g.cli("debug", "sweep", "--all")
     assert "removed 1 tasks" in r.stdout, r.stdout
     for _, (shim, ctr) in pids.items():
@@ -94,6 +96,12 @@ def test_clean_exit_keeps_tasks_says_so_and_sweep_all_removes_everything(fresh):
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert f"gantry_{g.bridge}" not in tables, tables
     assert not os.path.exists(f"{g.dir}/data/tasks/{tid}")
+    # Every mount the node made is gone (namespaces, template, ephemeral storage), and with
+    # them the loop devices.
+    assert mounts_under(g.dir) == [], mounts_under(g.dir)
+    assert not os.listdir(f"{g.dir}/data/ephemeral")
+    backing = [open(f).read() for f in glob.glob("/sys/block/loop*/loop/backing_file")]
+    assert not [b for b in backing if b.startswith(g.dir)], backing
 
 
 def test_bridge_ports_are_published_again_after_a_restart(fresh):

@@ -26,11 +26,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
-/// Keeps `size` network namespaces ready so a task start never waits for one.
+/// Keeps `size` network namespaces and ephemeral filesystems ready so a task start never
+/// waits for one.
 pub async fn keep_pool_warm(node: Arc<Node>, size: usize, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let n = node.clone();
-        let _ = tokio::task::spawn_blocking(move || n.network().fill_pool(size)).await;
+        let _ = tokio::task::spawn_blocking(move || n.fill_pools(size)).await;
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = stop.changed() => return,

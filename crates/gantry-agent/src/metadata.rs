@@ -238,8 +238,26 @@ fn task_json(ctx: &Ctx, rec: &TaskRecord) -> Value {
         "LaunchType": "FARGATE",
         "Containers": rec.containers.iter().map(|c| container_json(ctx, rec, c)).collect::<Vec<_>>(),
         "ClockDrift": {"ClockErrorBound": 0.5, "ReferenceTimestamp": chrono::Utc::now().to_rfc3339(), "ClockSynchronizationStatus": "SYNCHRONIZED"},
-        "EphemeralStorageMetrics": {"Utilized": 0, "Reserved": rec.task.ephemeral_storage.as_ref().map(|e| e.size_in_gi_b * 1024).unwrap_or(20480)},
+        "EphemeralStorageMetrics": ephemeral_storage_metrics(ctx, rec),
     })
+}
+
+/// The task's ephemeral storage in MiB, as Fargate reports it: in use (read off the task's
+/// filesystem), and reserved (the task's size).
+fn ephemeral_storage_metrics(ctx: &Ctx, rec: &TaskRecord) -> Value {
+    let reserved = rec
+        .task
+        .ephemeral_storage
+        .as_ref()
+        .map(|e| e.size_in_gi_b * 1024)
+        .unwrap_or(20480);
+    let used = ctx
+        .agent
+        .node
+        .task_storage(&ctx.task_id)
+        .map(|(_, used)| used >> 20)
+        .unwrap_or(0);
+    json!({"Utilized": used, "Reserved": reserved})
 }
 
 /// This task's record and the ECS name of the container `id` names, or a 404 for any id that

@@ -284,7 +284,14 @@ async fn launch(
     let node = a.node.clone();
     let (tid, hn) = (id.clone(), hostname.clone());
     let kind = sandbox_kind(rec.network_mode);
-    let sandbox = blocking(move || node.create_task_with(&tid, &hn, kind))
+    // Validated to 21-200 GiB by the API; absent means ECS's default.
+    let storage_gib = rec
+        .task
+        .ephemeral_storage
+        .as_ref()
+        .and_then(|e| u32::try_from(e.size_in_gi_b).ok())
+        .unwrap_or(gantry_runtime::ephemeral::DEFAULT_GIB);
+    let sandbox = blocking(move || node.create_task_with(&tid, &hn, kind, storage_gib))
         .await
         .map_err(|e| format!("ResourceInitializationError: {e}"))?;
     if kind != SandboxKind::Host {

@@ -259,7 +259,11 @@ impl Control {
             group: &group,
             tags: &tags,
             subnets: subnets.as_deref(),
-            ephemeral_storage: overrides.ephemeral_storage.clone(),
+            // The override's size, else the task definition's, else (instantiate) ECS's 20 GiB.
+            ephemeral_storage: overrides
+                .ephemeral_storage
+                .clone()
+                .or_else(|| serde_json::from_value(td.definition["ephemeralStorage"].clone()).ok()),
             long_arns: self.long_arns(scope, "taskLongArnFormat").await?,
             roles,
             security_groups,

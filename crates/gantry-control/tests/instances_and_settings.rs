@@ -143,3 +143,26 @@ async fn account_settings_resolve_principal_then_root_then_default() {
         .ends_with(&format!("task/{}", gantry_types::arn::task_id(&tasks[0].task_arn))));
     assert!(!tasks[0].task_arn.contains("/c1/"));
 }
+
+#[tokio::test]
+async fn a_task_gets_its_definitions_ephemeral_storage_unless_overridden() {
+    let c = control().await;
+    c.register_task_definition(
+        &scope(),
+        json!({"family": "disk", "ephemeralStorage": {"sizeInGiB": 50},
+               "containerDefinitions": [{"name": "a", "image": "busybox", "memory": 100}]}),
+    )
+    .await
+    .unwrap();
+    let size = |t: &gantry_types::model::Task| t.ephemeral_storage.as_ref().map(|e| e.size_in_gi_b);
+    let (tasks, _) = c.run_task(&scope(), run("disk")).await.unwrap();
+    assert_eq!(size(&tasks[0]), Some(50));
+    let (tasks, _) = c.run_task(&scope(), run("web")).await.unwrap();
+    assert_eq!(size(&tasks[0]), Some(20));
+    let overridden: RunTaskRequest = serde_json::from_value(
+        json!({"cluster": "c1", "taskDefinition": "disk", "overrides": {"ephemeralStorage": {"sizeInGiB": 30}}}),
+    )
+    .unwrap();
+    let (tasks, _) = c.run_task(&scope(), overridden).await.unwrap();
+    assert_eq!(size(&tasks[0]), Some(30));
+}

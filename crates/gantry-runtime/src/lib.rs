@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod cgroup;
 pub mod digest;
+pub mod ephemeral;
 pub mod image;
 pub mod mntns;
 pub mod net;

@@ -1,6 +1,6 @@
 //! The mount namespace shims start from. Each shim needs a private mount namespace without
-//! the node's task network-namespace mounts (and, on hybrid hosts, without the cgroup2 mount
-//! crun refuses). Copying the node's own namespace and then detaching those costs a copy of
+//! the node's task network-namespace and ephemeral storage mounts (and, on hybrid hosts,
+//! without the cgroup2 mount crun refuses). Copying the node's own namespace and then detaching those costs a copy of
 //! every task's mount and a detach, each waiting for an RCU grace period, on every start.
 //! The template is made once per node: a namespace that is a slave of the node's (mounts made
 //! later still reach it), with those mounts already detached, pinned by a bind mount of its
@@ -15,8 +15,8 @@ use std::sync::mpsc;
 
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
-/// The template's namespace file, made if the node has none.
-pub fn ensure(run_dir: &Path, netns_dir: &Path) -> io::Result<PathBuf> {
+/// The template's namespace file, made if the node has none, without the mounts at `hidden`.
+pub fn ensure(run_dir: &Path, hidden: &[&Path]) -> io::Result<PathBuf> {
     let dir = run_dir.join("mntns");
     let file = dir.join("template");
     if is_nsfs(&file) {
@@ -28,7 +28,9 @@ pub fn ensure(run_dir: &Path, netns_dir: &Path) -> io::Result<PathBuf> {
     }
     sys::mount_propagation(&dir, libc::MS_PRIVATE)?;
     fs::File::create(&file)?;
-    let hide: Vec<PathBuf> = std::iter::once(netns_dir.to_path_buf())
+    let hide: Vec<PathBuf> = hidden
+        .iter()
+        .map(|p| p.to_path_buf())
         .chain(crate::oci::hybrid_cgroup2_mounts())
         .collect();
     // A thread makes the namespace (a thread may unshare its mount namespace; the process

@@ -41,7 +41,20 @@ pub struct ShimSpec {
     /// of `NAME=value`) to the shim's stdin, never to a file.
     #[serde(default)]
     pub secret_env: bool,
+    /// The container's directory on its task's ephemeral storage (`ephemeral`), holding its
+    /// overlay upper and work directories: cloned by the shim before it leaves the node's
+    /// mount namespace and attached at `STORAGE_MOUNT` in its own. The node's directory of
+    /// every task's storage, which a shim without a template detaches. None: the upper and
+    /// work directories are in the container's directory (a shim spec from before).
+    #[serde(default)]
+    pub storage: Option<PathBuf>,
+    #[serde(default)]
+    pub storage_dir: Option<PathBuf>,
 }
+
+/// In the container's directory, inside the shim's mount namespace only: the container's
+/// part of the task's ephemeral storage.
+pub const STORAGE_MOUNT: &str = "storage";
 
 /// The bundle directory the shim covers with a private tmpfs holding the config with the
 /// secret variables; on disk it holds the same config without them.

@@ -240,3 +240,126 @@ pub fn ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr, u8)>> {
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
 }
+
+// Loop devices (linux/loop.h): the control device's "give me a free one", and the
+// one-call setup of a device over a file.
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
+
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// Attaches `image` to a free loop device; returns the device's path and an open handle.
+/// The device detaches itself once nothing holds it (autoclear): after its filesystem is
+/// unmounted, or when the handle is dropped without a mount. Direct I/O, so the image's
+/// pages are not cached twice (once by the filesystem on the device, once by the host's).
+pub fn loop_attach(image: &Path) -> io::Result<(std::path::PathBuf, OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let backing = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(image)?;
+    let control = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
+    // Another process may take the free device between our two calls: try again.
+    for _ in 0..32 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let path = std::path::PathBuf::from(format!("/dev/loop{n}"));
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)?;
+        let mut name = [0u8; 64];
+        let src = image.as_os_str().as_bytes();
+        let len = src.len().min(63);
+        name[..len].copy_from_slice(&src[..len]);
+        let cfg = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 4096,
+            info: LoopInfo64 {
+                device: 0,
+                inode: 0,
+                rdevice: 0,
+                offset: 0,
+                sizelimit: 0,
+                number: 0,
+                encrypt_type: 0,
+                encrypt_key_size: 0,
+                flags: LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO,
+                file_name: name,
+                crypt_name: [0; 64],
+                encrypt_key: [0; 32],
+                init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        // SAFETY: cfg is a valid loop_config that outlives the call; the kernel takes its own
+        // reference to the backing file.
+        match check(unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) }) {
+            Ok(()) => return Ok((path, dev.into())),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free loop device after 32 tries"))
+}
+
+/// Mounts the filesystem on `source` (a block device) at `target`.
+pub fn mount_device(source: &Path, target: &Path, fstype: &str, data: &str) -> io::Result<()> {
+    let s = cstr(source)?;
+    let t = cstr(target)?;
+    let f = CString::new(fstype).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let d = CString::new(data).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: all four strings are valid and NUL-terminated.
+    check(unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            f.as_ptr(),
+            libc::MS_NOSUID,
+            d.as_ptr() as *const libc::c_void,
+        )
+    })
+}
+
+/// Bytes a filesystem holds in all and has in use (statfs).
+pub fn fs_usage(path: &Path) -> io::Result<(u64, u64)> {
+    let p = cstr(path)?;
+    // SAFETY: statfs fills the zeroed struct; p is valid.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::statfs(p.as_ptr(), &mut s) })?;
+    let bsize = s.f_bsize as u64;
+    Ok((s.f_blocks * bsize, (s.f_blocks - s.f_bfree) * bsize))
+}

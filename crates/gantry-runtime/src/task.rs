@@ -4,6 +4,7 @@
 
 use crate::bundle::{self, BundleError, ContainerSpec};
 use crate::cgroup::{self, CgroupStats};
+use crate::ephemeral::{EphemeralError, EphemeralStore};
 use crate::image::{ImageError, ImageRecord, ImageStore, ImageStoreConfig};
 use crate::net::{Network, NetworkConfig, NetworkError, Sandbox, SandboxKind};
 use crate::oci::{CliRuntime, Runtime, RuntimeKind};
@@ -15,6 +16,9 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// In a task's directory: the id of its ephemeral storage filesystem.
+const EPHEMERAL_FILE: &str = "ephemeral";
 
 /// Parent cgroup of every container Gantry runs.
 pub const CGROUP_PARENT: &str = "/gantry";
@@ -37,6 +41,8 @@ pub enum TaskError {
     Network(#[from] NetworkError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Ephemeral(#[from] EphemeralError),
     #[error("container {id} failed to start: {message}")]
     Start { id: String, message: String },
     #[error("invalid {what} {value:?}: {reason}")]
@@ -80,6 +86,8 @@ pub struct Node {
     cfg: NodeConfig,
     images: ImageStore,
     network: Network,
+    /// Each task's writable layers, on a filesystem of the task's size.
+    ephemeral: EphemeralStore,
     /// The shims' template mount namespace, made on the first start (None: it could not be,
     /// and shims copy the node's namespace instead).
     mount_template: std::sync::OnceLock<Option<PathBuf>>,
@@ -101,10 +109,12 @@ impl Node {
         }
         let images = ImageStore::open(cfg.images.clone())?;
         let network = Network::new(cfg.network.clone())?;
+        let ephemeral = EphemeralStore::open(&cfg.data_dir)?;
         Ok(Node {
             cfg,
             images,
             network,
+            ephemeral,
             mount_template: std::sync::OnceLock::new(),
         })
     }
@@ -112,15 +122,15 @@ impl Node {
     /// The shims' template mount namespace, made on first need.
     pub fn mount_template(&self) -> Option<PathBuf> {
         self.mount_template
-            .get_or_init(
-                || match crate::mntns::ensure(&self.cfg.run_dir, &self.cfg.network.netns_dir) {
+            .get_or_init(|| {
+                match crate::mntns::ensure(&self.cfg.run_dir, &[&self.cfg.network.netns_dir, self.ephemeral.root()]) {
                     Ok(p) => Some(p),
                     Err(e) => {
                         tracing::warn!(error = %e, "no template mount namespace; shims copy the node's");
                         None
                     }
-                },
-            )
+                }
+            })
             .clone()
     }
 
@@ -135,6 +145,32 @@ impl Node {
 
     pub fn network(&self) -> &Network {
         &self.network
+    }
+
+    pub fn ephemeral(&self) -> &EphemeralStore {
+        &self.ephemeral
+    }
+
+    /// Keeps `size` network namespaces and `size` default-size ephemeral filesystems ready.
+    /// Returns how many of each were made.
+    pub fn fill_pools(&self, size: usize) -> Result<(usize, usize), TaskError> {
+        Ok((self.network.fill_pool(size)?, self.ephemeral.fill_pool(size)?))
+    }
+
+    /// Removes what the warm pools hold. Returns how many namespaces and filesystems.
+    pub fn drain_pools(&self) -> Result<(usize, usize), TaskError> {
+        Ok((self.network.drain_pool()?, self.ephemeral.drain_pool()?))
+    }
+
+    /// The id of the task's ephemeral storage filesystem.
+    fn ephemeral_id(&self, task: &str) -> Option<String> {
+        let id = fs::read_to_string(self.task_dir(task).join(EPHEMERAL_FILE)).ok()?;
+        Some(id.trim().to_string())
+    }
+
+    /// The task's ephemeral storage: bytes in all and in use.
+    pub fn task_storage(&self, task: &str) -> Option<(u64, u64)> {
+        self.ephemeral.usage(&self.ephemeral_id(task)?)
     }
 
     pub fn task_dir(&self, task: &str) -> PathBuf {
@@ -157,16 +193,37 @@ impl Node {
         )
     }
 
-    /// Sets up a task's sandbox (from the warm pool when possible) and its /etc files.
+    /// Sets up a task's sandbox (from the warm pool when possible), its /etc files and its
+    /// ephemeral storage of the default size.
     pub fn create_task(&self, task: &str, hostname: &str) -> Result<Sandbox, TaskError> {
-        self.create_task_with(task, hostname, SandboxKind::Bridged)
+        self.create_task_with(task, hostname, SandboxKind::Bridged, crate::ephemeral::DEFAULT_GIB)
     }
 
-    /// As `create_task`, with the kind of network the task gets.
-    pub fn create_task_with(&self, task: &str, hostname: &str, kind: SandboxKind) -> Result<Sandbox, TaskError> {
+    /// As `create_task`, with the kind of network the task gets and its storage size in GiB.
+    pub fn create_task_with(
+        &self,
+        task: &str,
+        hostname: &str,
+        kind: SandboxKind,
+        storage_gib: u32,
+    ) -> Result<Sandbox, TaskError> {
         validate_name("task id", task)?;
         let dir = self.task_dir(task);
         fs::create_dir(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+        let storage = self.ephemeral.acquire(storage_gib).and_then(|id| {
+            let written = fs::write(dir.join(EPHEMERAL_FILE), &id);
+            written.map_err(|e| {
+                let _ = self.ephemeral.remove(&id);
+                EphemeralError::Io {
+                    context: format!("writing {EPHEMERAL_FILE}"),
+                    source: e,
+                }
+            })
+        });
+        if let Err(e) = storage {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
         let sb = match kind {
             SandboxKind::Bridged => self.network.acquire(),
             SandboxKind::Loopback => self.network.create_loopback(),
@@ -175,7 +232,7 @@ impl Node {
         let sb = match sb {
             Ok(sb) => sb,
             Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
+                self.discard_task_dir(task);
                 return Err(e.into());
             }
         };
@@ -186,9 +243,17 @@ impl Node {
         })();
         if result.is_err() {
             let _ = self.network.destroy(&sb);
-            let _ = fs::remove_dir_all(&dir);
+            self.discard_task_dir(task);
         }
         result
+    }
+
+    /// Undoes a task's creation before any container: its storage and directory.
+    fn discard_task_dir(&self, task: &str) {
+        if let Some(id) = self.ephemeral_id(task) {
+            let _ = self.ephemeral.remove(&id);
+        }
+        let _ = fs::remove_dir_all(self.task_dir(task));
     }
 
     pub fn sandbox(&self, task: &str) -> Option<Sandbox> {
@@ -247,9 +312,7 @@ impl Node {
         })?;
         let dir = self.container_dir(task, name);
         let id = Self::runtime_id(task, name);
-        for d in ["rootfs", "upper", "work"] {
-            fs::create_dir_all(dir.join(d)).map_err(io_ctx(format!("creating {}", dir.join(d).display())))?;
-        }
+        let storage = self.writable_layer(task, name, &dir)?;
         let img = self.images.config(image)?;
         let mut lowers = Vec::new();
         for (i, l) in image.layers.iter().enumerate() {
@@ -268,7 +331,7 @@ impl Node {
         let userns = self.cfg.images.limits.id_base;
         if let Some(base) = userns {
             // The container's root (the range's base on the host) owns its writable layer.
-            let upper = dir.join("upper");
+            let upper = storage.join("upper");
             crate::sys::lchown(&upper, base, base).map_err(io_ctx(format!("chowning {}", upper.display())))?;
         }
         let oci = bundle::build_spec(
@@ -314,6 +377,8 @@ impl Node {
             netns_dir: Some(self.cfg.network.netns_dir.clone()),
             mount_template: self.mount_template(),
             secret_env: !secret_lines.is_empty(),
+            storage: Some(storage),
+            storage_dir: Some(self.ephemeral.root().to_path_buf()),
         };
         shim::write_json_atomic(&dir.join(shim::SPEC_FILE), &shim_spec).map_err(io_ctx("writing shim.json"))?;
         let out = self.run_shim(&dir, &secret_lines)?;
@@ -330,6 +395,28 @@ impl Node {
                 message: "shim reported success but wrote no started.json".into(),
             }),
         }
+    }
+
+    /// The container's directory on the task's ephemeral storage with its overlay upper and
+    /// work directories, and in the container's directory the mount points of its rootfs and
+    /// of that storage in the shim's namespace. Returns the directory on the storage.
+    fn writable_layer(&self, task: &str, name: &str, dir: &Path) -> Result<PathBuf, TaskError> {
+        let id = self.ephemeral_id(task).ok_or_else(|| TaskError::Invalid {
+            what: "task",
+            value: task.into(),
+            reason: "has no ephemeral storage",
+        })?;
+        let on_storage = self.ephemeral.path(&id).join(name);
+        let dirs = [
+            dir.join("rootfs"),
+            dir.join(shim::STORAGE_MOUNT),
+            on_storage.join("upper"),
+            on_storage.join("work"),
+        ];
+        for d in &dirs {
+            fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
+        }
+        Ok(on_storage)
     }
 
     /// Runs the shim for `dir`, handing it the secret environment (if any) on its stdin.
@@ -472,6 +559,9 @@ impl Node {
         if let Some(sb) = self.sandbox(task) {
             self.network.destroy(&sb)?;
         }
+        if let Some(id) = self.ephemeral_id(task) {
+            self.ephemeral.remove(&id)?;
+        }
         match fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_ctx(format!("removing {}", dir.display()))(e)),
             _ => Ok(()),
@@ -526,6 +616,8 @@ impl Node {
             .map(|s| s.name)
             .collect();
         report.netns_removed = self.network.sweep(|n| live_netns.iter().any(|l| l == n))?;
+        let live_storage: Vec<String> = live_tasks.iter().filter_map(|t| self.ephemeral_id(t)).collect();
+        report.ephemeral_removed = self.ephemeral.sweep(|id| live_storage.iter().any(|l| l == id))?;
         // Runtime containers and cgroups named for tasks that are gone.
         let is_live = |id: &str| live_tasks.iter().any(|t| id.starts_with(&format!("{t}-")));
         let state_dir = self.cfg.run_dir.join("runtime");
@@ -557,6 +649,7 @@ impl Node {
 pub struct SweepReport {
     pub tasks_removed: usize,
     pub netns_removed: usize,
+    pub ephemeral_removed: usize,
     pub containers_removed: usize,
     pub cgroups_removed: usize,
 }

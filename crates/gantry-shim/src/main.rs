@@ -135,6 +135,12 @@ fn private_mount_ns(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
         Some(p) => Some(File::open(p).map_err(|e| format!("opening {}: {e}", p.display()))?),
         None => None,
     };
+    // Taken here: a mount can be cloned only in the namespace that has it, and the template
+    // does not show any task's storage.
+    let storage = match &spec.storage {
+        Some(p) => Some(sys::clone_mount(&p.to_string_lossy()).map_err(|e| format!("cloning {}: {e}", p.display()))?),
+        None => None,
+    };
     if let Some(t) = &template {
         sys::join_mount_ns(t).map_err(|e| format!("joining the template mount namespace: {e}"))?;
     }
@@ -150,6 +156,11 @@ fn private_mount_ns(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
     if template.is_none() {
         detach_task_namespaces(spec)?;
     }
+    if let Some(tree) = &storage {
+        let target = dir.join(shim::STORAGE_MOUNT);
+        sys::attach_mount(tree, &target.to_string_lossy())
+            .map_err(|e| format!("attaching the task's storage at {}: {e}", target.display()))?;
+    }
     Ok(())
 }
 
@@ -157,12 +168,12 @@ fn private_mount_ns(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
 /// this mount namespace. Otherwise each shim's namespace would hold every other task's
 /// namespace mount and receive every later one by propagation.
 fn detach_task_namespaces(spec: &ShimSpec) -> Result<(), String> {
-    match &spec.netns_dir {
-        Some(shared) if spec.netns.is_some() => {
-            sys::umount_detach(&shared.to_string_lossy()).map_err(|e| format!("detaching {}: {e}", shared.display()))
-        }
-        _ => Ok(()),
+    let netns_dir = spec.netns_dir.as_ref().filter(|_| spec.netns.is_some());
+    // Likewise every task's ephemeral storage.
+    for shared in netns_dir.into_iter().chain(&spec.storage_dir) {
+        sys::umount_detach(&shared.to_string_lossy()).map_err(|e| format!("detaching {}: {e}", shared.display()))?;
     }
+    Ok(())
 }
 
 /// The secret `NAME=value` lines on stdin, when the spec says there are some.
@@ -254,11 +265,15 @@ fn scrub_runtime_state(state_dir: &Path, secret_env: &[String]) -> Result<(), St
 
 fn mount_rootfs(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
     let lowers: Vec<String> = spec.lowers.iter().map(|p| p.display().to_string()).collect();
+    let writable = match spec.storage {
+        Some(_) => dir.join(shim::STORAGE_MOUNT),
+        None => dir.to_path_buf(),
+    };
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowers.join(":"),
-        dir.join("upper").display(),
-        dir.join("work").display()
+        writable.join("upper").display(),
+        writable.join("work").display()
     );
     if opts.len() >= 4096 {
         return Err(format!(

@@ -166,3 +166,39 @@ pub fn mount_overlay(target: &str, options: &str) -> io::Result<()> {
     // SAFETY: all strings are valid for the call.
     check(unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, d.as_ptr().cast()) }).map(|_| ())
 }
+
+/// A detached copy of the mount tree at `source` (open_tree with OPEN_TREE_CLONE): taken in
+/// the namespace that has the mount, attached later in another with `attach_mount`.
+pub fn clone_mount(source: &str) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let s = cstr(source)?;
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: s is valid; open_tree returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, s.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is new and ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches a detached mount tree (from `clone_mount`) at `target` (move_mount).
+pub fn attach_mount(tree: &OwnedFd, target: &str) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let (empty, t) = (cstr("")?, cstr(target)?);
+    // SAFETY: the strings are valid and the descriptor is open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -185,7 +185,7 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
     crate::shutdown_signal("gantry agent").await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), running).await;
-    if let Err(e) = node.network().drain_pool() {
+    if let Err(e) = node.drain_pools() {
         eprintln!("gantry agent: removing the warm pool: {e}");
     }
     eprintln!("gantry agent: stopped; tasks keep running under their shims until the next start");

@@ -114,7 +114,7 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
             anyhow::ensure!(st.success(), "baseline {} run failed: {st}", cfg.runtime.binary());
 
             // Gantry: sandbox from the warm pool, bundle, shim, container, exit observed.
-            node.network().fill_pool(a.pool)?;
+            node.fill_pools(a.pool)?;
             let task = new_task_id();
             let t = Instant::now();
             node.create_task(&task, "bench")?;
@@ -133,7 +133,7 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     })();
     let _ = Command::new("umount").arg(base.join("rootfs")).status();
     node.network().destroy(&base_sb)?;
-    node.network().drain_pool()?;
+    node.drain_pools()?;
     let _ = std::fs::remove_dir_all(&base);
     result?;
     println!("task start to exit, {:?}, warm namespace pool of {}", command, a.pool);

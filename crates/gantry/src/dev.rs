@@ -502,7 +502,7 @@ pub async fn housekeeping(logs: Arc<Logs>, metrics: Arc<MetricData>, mut stop: t
 /// `gantry dev` picks them up. Say so, with the count and how to stop them; the warm pool's
 /// namespaces are not tasks and go now.
 async fn shutdown_report(control: &Control, node: &gantry_runtime::task::Node, args: &NodeArgs) {
-    if let Err(e) = node.network().drain_pool() {
+    if let Err(e) = node.drain_pools() {
         eprintln!("gantry dev: removing the warm pool: {e}");
     }
     let running = control

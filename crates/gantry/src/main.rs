@@ -363,18 +363,21 @@ fn main() {
         Cmd::Debug(DebugCmd::Sweep { all }) => (|| {
             let node = cli.node.node()?;
             let r = node.sweep(|t| !all && node.task_running(t))?;
-            let mut pooled = 0;
+            let mut pooled = (0, 0);
             if all {
-                // Everything the node made: warm pool, bridge and its firewall table too.
-                pooled = node.network().drain_pool()?;
-                node.network().remove_bridge()?;
+                // Everything the node made: warm pools, bridge and its firewall table, the
+                // shared mounts too.
+                pooled = node.drain_pools()?;
+                node.network().teardown()?;
                 node.remove_mount_template()?;
+                node.ephemeral().close()?;
             }
             println!(
-                "removed {} tasks, {} namespaces ({} from the warm pool), {} runtime containers, {} cgroups",
+                "removed {} tasks, {} namespaces ({} from the warm pool), {} ephemeral filesystems, {} runtime containers, {} cgroups",
                 r.tasks_removed,
-                r.netns_removed + pooled,
-                pooled,
+                r.netns_removed + pooled.0,
+                pooled.0,
+                r.ephemeral_removed + pooled.1,
                 r.containers_removed,
                 r.cgroups_removed
             );

@@ -58,7 +58,7 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
 
     // A long-running witness: its shim's mount namespace must hold no other task's netns
     // mount (it starts from the template, which has none), or it would pin them alive.
-    t.node.network().fill_pool(3).unwrap();
+    t.node.fill_pools(3).unwrap();
     let witness = t.start(
         &t.image,
         sh("trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done"),
@@ -72,7 +72,7 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
 
     for i in 0..200 {
         if i % 20 == 0 {
-            t.node.network().fill_pool(3).unwrap();
+            t.node.fill_pools(3).unwrap();
         }
         if i % 2 == 0 {
             // Runs to completion by itself.
@@ -94,7 +94,15 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
             t.node.remove_task(&task).unwrap();
         }
     }
-    t.node.network().drain_pool().unwrap();
+    t.node.drain_pools().unwrap();
+    // Nor any task's ephemeral storage but its own (cloned in, not the shared directory).
+    let storage = t.node.ephemeral().root().display().to_string();
+    let witness_mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", w.shim_pid)).unwrap();
+    let storage_seen: Vec<&str> = witness_mounts.lines().filter(|l| l.contains(&storage)).collect();
+    assert!(
+        storage_seen.is_empty(),
+        "the witness shim sees the storage directory: {storage_seen:?}"
+    );
     // The witness shim holds its own task's namespace (bound privately) and nobody else's:
     // the shared namespace directory is detached from its mount namespace.
     let witness_mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", w.shim_pid)).unwrap();
@@ -118,7 +126,8 @@ fn two_hundred_run_stop_cycles_leak_nothing() {
     t.wait(&witness, 10);
     t.node.remove_task(&witness).unwrap();
 
-    // Mounts: only the netns directory's own bind mount remains.
+    assert!(loop_devices_backed_by(t.dir.path()).is_empty(), "leaked loop devices");
+    // Mounts: only the netns and ephemeral directories' own bind mounts remain.
     let mounts_after = count_lines_containing("/proc/self/mountinfo", &dir);
     assert_eq!(
         mounts_after,

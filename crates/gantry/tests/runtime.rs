@@ -500,3 +500,49 @@ fn containers_of_one_task_share_its_network_namespace() {
     assert_eq!(client_exit.exit_code, 0, "{out}");
     assert!(out.contains("hello from gantry httpd"), "{out}");
 }
+
+/// The task's writable layer is a filesystem of its size: `df /` shows it, a write past it
+/// fails with ENOSPC, the node reads its usage, and nothing of it outlives the task.
+#[test]
+fn ephemeral_storage_bounds_what_a_task_writes() {
+    let t = TestNode::new();
+    let task = gantry_runtime::task::new_task_id();
+    let kind = gantry_runtime::net::SandboxKind::Bridged;
+    t.node.create_task_with(&task, "eph", kind, 1).unwrap();
+    let spec = sh(
+        "df -k / | tail -1; dd if=/dev/zero of=/big bs=1M count=1200 2>&1; echo dd=$?; \
+                   trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done",
+    );
+    if let Err(e) = t
+        .node
+        .start_container(&task, "main", &t.image, &spec, Duration::from_secs(2))
+    {
+        let _ = t.node.remove_task(&task);
+        panic!("start failed: {e}");
+    }
+    t.wait_for_output(&task, "ready");
+    let (size, used) = t.node.task_storage(&task).expect("the task's storage is mounted");
+    let out = t.logs(&task).0;
+    t.node.stop_container(&task, "main");
+    t.wait(&task, 10);
+    let image_dir = t.cfg.data_dir.join("ephemeral-images");
+    t.node.remove_task(&task).unwrap();
+
+    let df: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    let df_kib: u64 = df[1].parse().unwrap();
+    assert!(
+        (900 << 10..=1 << 20).contains(&df_kib),
+        "df / shows the task's 1 GiB: {out}"
+    );
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(!out.contains("dd=0"), "{out}");
+    assert!(size <= 1 << 30 && used > 900 << 20, "size {size}, used {used}");
+    // The image and its loop device are gone with the task.
+    let images: Vec<_> = std::fs::read_dir(&image_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(images, vec![std::ffi::OsString::from("pool")]);
+    assert!(loop_devices_backed_by(&t.cfg.data_dir).is_empty());
+}

@@ -360,14 +360,18 @@ impl Network {
     }
 
     /// Removes what the node made on the host beyond its sandboxes: the bridge and its
-    /// firewall table (for `gantry debug sweep --all` and tests). Absent is fine.
-    pub fn remove_bridge(&self) -> Result<(), NetworkError> {
+    /// firewall table, the namespace directory's own mount (for `gantry debug sweep --all`
+    /// and tests). Absent is fine.
+    pub fn teardown(&self) -> Result<(), NetworkError> {
         firewall::remove(&self.cfg.bridge)?;
         if let Some(idx) = netlink::link_index(&self.cfg.bridge) {
             match Netlink::open()?.delete_link(idx) {
                 Err(NetlinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {}
                 r => r?,
             }
+        }
+        if is_mount_point(&self.cfg.netns_dir) {
+            sys::umount(&self.cfg.netns_dir, libc::MNT_DETACH).map_err(io_ctx("unmounting the netns directory"))?;
         }
         Ok(())
     }

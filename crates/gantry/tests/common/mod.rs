@@ -191,9 +191,10 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         let _ = self.node.sweep(|_| false);
-        let _ = self.node.network().drain_pool();
-        let _ = self.node.network().remove_bridge();
+        let _ = self.node.drain_pools();
+        let _ = self.node.network().teardown();
         let _ = self.node.remove_mount_template();
+        let _ = self.node.ephemeral().close();
         let netns = self.cfg.network.netns_dir.clone();
         let _ = Command::new("umount")
             .arg(&netns)
@@ -212,4 +213,18 @@ pub fn sh(cmd: &str) -> ContainerSpec {
 
 pub fn sh_limited(cmd: &str, limits: Limits) -> ContainerSpec {
     ContainerSpec { limits, ..sh(cmd) }
+}
+
+/// Loop devices whose backing file is under `dir` (a task's ephemeral storage).
+pub fn loop_devices_backed_by(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().to_string();
+    std::fs::read_dir("/sys/block")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("loop/backing_file")).ok())
+                .map(|f| f.trim().to_string())
+                .filter(|f| f.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
 }
