@@ -30,6 +30,25 @@ def free_port():
         return s.getsockname()[1]
 
 
+def files_holding(root, needle):
+    """Regular files under `root` whose bytes hold `needle`. The tasks' ephemeral storage
+    images (sparse, 20 GiB each) are skipped: what the tasks' filesystems hold is read through
+    their mounts under data/ephemeral, which the walk visits."""
+    found = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "ephemeral-images"]
+        for f in files:
+            path = os.path.join(dirpath, f)
+            try:
+                if os.path.isfile(path) and not os.path.islink(path):
+                    with open(path, "rb") as fh:
+                        if needle in fh.read():
+                            found.append(path)
+            except OSError:
+                pass
+    return found
+
+
 def mounts_under(path):
     """Mount points under `path` (this process's mount namespace)."""
     prefix = os.path.realpath(path) + "/"

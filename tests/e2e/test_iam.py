@@ -9,7 +9,7 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import ACCOUNT, ECS_TASKS_TRUST, REGION
+from conftest import ACCOUNT, ECS_TASKS_TRUST, NETWORK, REGION, register
 
 
 @pytest.fixture
@@ -574,3 +574,59 @@ def test_groups_give_their_members_their_policies(gantry, iam):
     assert code(iam.get_group, GroupName="deployers")[0] == "NoSuchEntity"
     iam.delete_user(UserName="dora")
     gantry.client("ecs").delete_cluster(cluster="by-group")
+
+
+def test_cloud_map_and_scaling_requests_are_checked_against_what_they_name(gantry, iam):
+    """Cloud Map's namespaces and services and Application Auto Scaling's scalable targets are
+    the ARNs policies scope to (the target's own ARN, drawn at its registration)."""
+    sd, aas, ecs = gantry.client("servicediscovery"), gantry.client("application-autoscaling"), gantry.client("ecs")
+
+    def namespace(name):
+        op = sd.get_operation(OperationId=sd.create_http_namespace(Name=name)["OperationId"])["Operation"]
+        return op["Targets"]["NAMESPACE"]
+    mine, other = namespace("scoped-mine"), namespace("scoped-other")
+    ecs.create_cluster(clusterName="scoped-scaling")
+    register(ecs, "scoped-idle", [{"name": "app", "command": ["sleep", "3600"]}])
+    for s in ("a", "b"):
+        ecs.create_service(cluster="scoped-scaling", serviceName=s, taskDefinition="scoped-idle", desiredCount=0,
+                           networkConfiguration=NETWORK, launchType="FARGATE")
+        aas.register_scalable_target(ServiceNamespace="ecs", ResourceId=f"service/scoped-scaling/{s}",
+                                     ScalableDimension="ecs:service:DesiredCount", MinCapacity=0, MaxCapacity=2)
+    targets = {t["ResourceId"]: t["ScalableTargetARN"] for t in aas.describe_scalable_targets(
+        ServiceNamespace="ecs", ResourceIds=["service/scoped-scaling/a", "service/scoped-scaling/b"])["ScalableTargets"]}
+    target_a, target_b = targets["service/scoped-scaling/a"], targets["service/scoped-scaling/b"]
+    policy = {"Statement": [
+        {"Effect": "Allow", "Action": "servicediscovery:*",
+         "Resource": f"arn:aws:servicediscovery:{REGION}:{ACCOUNT}:namespace/{mine}"},
+        {"Effect": "Allow", "Action": "application-autoscaling:*", "Resource": target_a}]}
+    iam.create_user(UserName="mapper")
+    iam.put_user_policy(UserName="mapper", PolicyName="p", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="mapper")["AccessKey"]
+
+    as_sd = as_user(gantry, key, "servicediscovery")
+    assert as_sd.get_namespace(Id=mine)["Namespace"]["Name"] == "scoped-mine"
+    service = as_sd.create_service(Name="web", NamespaceId=mine)["Service"]["Id"]
+    c, m = code(as_sd.get_namespace, Id=other)
+    assert c == "AccessDeniedException"
+    assert f"servicediscovery:GetNamespace on resource: arn:aws:servicediscovery:{REGION}:{ACCOUNT}:namespace/{other} " in m, m
+    c, m = code(as_sd.get_service, Id=service)
+    assert f"on resource: arn:aws:servicediscovery:{REGION}:{ACCOUNT}:service/{service} " in m, m
+
+    as_aas = as_user(gantry, key, "application-autoscaling")
+    schedule = {"Schedule": "rate(1 hour)", "ScalableTargetAction": {"MinCapacity": 0, "MaxCapacity": 2},
+                "ServiceNamespace": "ecs", "ScalableDimension": "ecs:service:DesiredCount"}
+    as_aas.put_scheduled_action(ScheduledActionName="hourly", ResourceId="service/scoped-scaling/a", **schedule)
+    c, m = code(as_aas.put_scheduled_action, ScheduledActionName="hourly", ResourceId="service/scoped-scaling/b",
+                **schedule)
+    assert c == "AccessDeniedException" and f"on resource: {target_b} " in m, m
+    c, m = code(as_aas.register_scalable_target, ServiceNamespace="ecs", ResourceId="service/scoped-scaling/c",
+                ScalableDimension="ecs:service:DesiredCount", MinCapacity=0, MaxCapacity=1)
+    assert f"on resource: arn:aws:application-autoscaling:{REGION}:{ACCOUNT}:scalable-target/* " in m, m
+
+    sd.delete_service(Id=service)
+    for ns in (mine, other):
+        sd.delete_namespace(Id=ns)
+    for s in ("a", "b"):
+        aas.deregister_scalable_target(ServiceNamespace="ecs", ResourceId=f"service/scoped-scaling/{s}",
+                                       ScalableDimension="ecs:service:DesiredCount")
+        ecs.delete_service(cluster="scoped-scaling", service=s, force=True)

@@ -7,6 +7,8 @@ import os
 import botocore.exceptions
 import pytest
 
+from conftest import files_holding
+
 HIDDEN = "parameter-plaintext-never-on-disk-91c2"
 
 
@@ -104,10 +106,4 @@ def test_the_cli_and_no_plaintext_on_disk(gantry):
     gantry.aws("ssm", "put-parameter", "--name", "/cli/secret", "--value", HIDDEN, "--type", "SecureString")
     got, _ = gantry.aws("ssm", "get-parameter", "--name", "/cli/secret", "--with-decryption")
     assert got["Parameter"]["Value"] == HIDDEN
-    needle = HIDDEN.encode()
-    for root, _, files in os.walk(os.path.join(gantry.dir, "data")):
-        for f in files:
-            path = os.path.join(root, f)
-            if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, "rb") as fh:
-                    assert needle not in fh.read(), f"plaintext parameter found in {path}"
+    assert files_holding(os.path.join(gantry.dir, "data"), HIDDEN.encode()) == []

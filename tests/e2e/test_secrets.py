@@ -9,7 +9,7 @@ import stat
 import botocore.exceptions
 import pytest
 
-from conftest import awslogs, execution_role, log_lines, register, run, wait_for, wait_stopped
+from conftest import awslogs, execution_role, files_holding, log_lines, register, run, wait_for, wait_stopped
 
 SECRET_TEXT = "correct-horse-battery-staple-7f3a"
 
@@ -131,33 +131,11 @@ def test_values_are_sealed_at_rest_and_the_cli_works(gantry):
     key = os.path.join(gantry.dir, "data", "secrets.key")
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and os.path.getsize(key) == 32
     # Nothing under the data directory holds the plaintext (the store, its WAL, logs, ...).
-    needle = SECRET_TEXT.encode()
-    for root, _, files in os.walk(os.path.join(gantry.dir, "data")):
-        for f in files:
-            path = os.path.join(root, f)
-            if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, "rb") as fh:
-                    assert needle not in fh.read(), f"plaintext secret found in {path}"
+    assert files_holding(os.path.join(gantry.dir, "data"), SECRET_TEXT.encode()) == []
 
 
 def sha(text):
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def scan_for(root, needle):
-    """Files under `root` holding `needle` (regular files only: not /proc-like or sockets)."""
-    found = []
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            path = os.path.join(dirpath, f)
-            try:
-                if os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) < (64 << 20):
-                    with open(path, "rb") as fh:
-                        if needle in fh.read():
-                            found.append(path)
-            except OSError:
-                pass
-    return found
 
 
 def test_containers_get_secrets_that_are_written_nowhere(gantry, ecs, sm, logs):
@@ -188,7 +166,7 @@ def test_containers_get_secrets_that_are_written_nowhere(gantry, ecs, sm, logs):
     # runtime's state, the logs.
     for value in (password, api_key):
         for root in (os.path.join(gantry.dir, "data"), os.path.join(gantry.dir, "run")):
-            assert scan_for(root, value.encode()) == [], f"{value} written under {root}"
+            assert files_holding(root, value.encode()) == [], f"{value} written under {root}"
     ecs.stop_task(cluster="default", task=task["taskArn"])
 
 

@@ -38,6 +38,7 @@ def test_a_tasks_root_is_an_unprivileged_host_id(remapped):
     assert lines[0].split() == ["0", str(BASE), "65536"], lines
     assert lines[1:4] == ["uid 0", "rootfs written", "hosts refused"], lines
     # On the host the file the task's root made belongs to the range's base.
-    made = glob.glob(f"{remapped.dir}/data/tasks/{task_id}/*/upper/made-by-root")
+    storage = open(f"{remapped.dir}/data/tasks/{task_id}/ephemeral").read().strip()
+    made = glob.glob(f"{remapped.dir}/data/ephemeral/{storage}/*/upper/made-by-root")
     assert made and os.stat(made[0]).st_uid == BASE, made
     ecs.stop_task(task=task["taskArn"])

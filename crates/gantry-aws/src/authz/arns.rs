@@ -1,6 +1,5 @@
-//! What requests of CloudWatch Logs, ELBv2, CloudWatch, ACM, EC2 and the tagging operations
-//! of Cloud Map and Application Auto Scaling name, as each service's authorisation reference
-//! defines it. Everything here is in the request itself (ARNs, names, ids); a resource being
+//! What requests of CloudWatch Logs, ELBv2, CloudWatch, ACM, EC2 and Cloud Map name, as each
+//! service's authorisation reference defines it. Everything here is in the request itself (ARNs, names, ids); a resource being
 //! created is named by its ARN with `*` for the id it does not have yet, as AWS asks IAM.
 //! Operations that support no resource-level permission (ELBv2's and EC2's Describe*) name
 //! none and are checked against `*`.
@@ -35,12 +34,45 @@ pub fn named(scope: &Scope, service: &str, operation: &str, input: &Value) -> Na
             request_tags(input, "Tags", "Key", "Value"),
         ),
         "ec2" => (ec2(scope, operation, input), vec![]),
-        "servicediscovery" | "application-autoscaling" => (
-            text(input, "ResourceARN").map(String::from).into_iter().collect(),
-            vec![],
-        ),
+        "servicediscovery" => cloudmap(scope, operation, input),
         _ => (vec![], vec![]),
     }
+}
+
+/// Cloud Map names a namespace `namespace/ID` and a service `service/ID` (an id may be given
+/// as the ARN itself); its Create*Namespace operations name none but carry request tags, and
+/// DiscoverInstances names none but has the namespace and service names as condition keys.
+fn cloudmap(scope: &Scope, operation: &str, input: &Value) -> Named {
+    let arn = |kind: &str, id: &str| match id.starts_with("arn:") {
+        true => id.to_string(),
+        false => format!(
+            "arn:aws:servicediscovery:{}:{}:{kind}/{id}",
+            scope.region, scope.account
+        ),
+    };
+    let id = text(input, "Id");
+    let named = if let Some(a) = text(input, "ResourceARN") {
+        Some(a.to_string())
+    } else if let Some(service) = text(input, "ServiceId") {
+        Some(arn("service", service))
+    } else if let Some(namespace) = text(input, "NamespaceId") {
+        Some(arn("namespace", namespace))
+    } else if operation.ends_with("Namespace") {
+        id.map(|id| arn("namespace", id))
+    } else if operation.ends_with("Service") {
+        id.map(|id| arn("service", id))
+    } else {
+        None
+    };
+    let mut context = request_tags(input, "Tags", "Key", "Value");
+    if operation == "DiscoverInstances" {
+        for (key, member) in [("NamespaceName", "NamespaceName"), ("ServiceName", "ServiceName")] {
+            if let Some(v) = text(input, member) {
+                context.push((format!("servicediscovery:{key}"), vec![v.to_string()]));
+            }
+        }
+    }
+    (named.into_iter().collect(), context)
 }
 
 /// A log group's name from `logGroupName`, or `logGroupIdentifier` (a name or an ARN).
@@ -299,6 +331,63 @@ mod tests {
             [
                 ("aws:RequestTag/team".to_string(), vec!["web".to_string()]),
                 ("aws:TagKeys".to_string(), vec!["team".to_string()])
+            ]
+        );
+    }
+
+    #[test]
+    fn cloud_map_names_namespaces_and_services() {
+        let ns = "arn:aws:servicediscovery:us-east-1:123456789012:namespace/ns-1";
+        let srv = "arn:aws:servicediscovery:us-east-1:123456789012:service/srv-2";
+        assert_eq!(arns("servicediscovery", "GetNamespace", json!({"Id": "ns-1"})), [ns]);
+        assert_eq!(arns("servicediscovery", "DeleteNamespace", json!({"Id": ns})), [ns]);
+        assert_eq!(
+            arns("servicediscovery", "UpdateHttpNamespace", json!({"Id": "ns-1"})),
+            [ns]
+        );
+        assert_eq!(
+            arns(
+                "servicediscovery",
+                "CreateService",
+                json!({"Name": "a", "NamespaceId": "ns-1"})
+            ),
+            [ns]
+        );
+        assert_eq!(arns("servicediscovery", "DeleteService", json!({"Id": "srv-2"})), [srv]);
+        assert_eq!(
+            arns(
+                "servicediscovery",
+                "RegisterInstance",
+                json!({"ServiceId": "srv-2", "InstanceId": "i"})
+            ),
+            [srv]
+        );
+        assert_eq!(
+            arns("servicediscovery", "ListInstances", json!({"ServiceId": "srv-2"})),
+            [srv]
+        );
+        assert!(arns("servicediscovery", "ListNamespaces", json!({})).is_empty());
+        assert!(arns("servicediscovery", "GetOperation", json!({"OperationId": "o"})).is_empty());
+        let (none, ctx) = named(
+            &scope(),
+            "servicediscovery",
+            "CreateHttpNamespace",
+            &json!({"Name": "n", "Tags": [{"Key": "team", "Value": "web"}]}),
+        );
+        assert!(none.is_empty());
+        assert!(ctx.contains(&("aws:RequestTag/team".to_string(), vec!["web".to_string()])));
+        let (none, ctx) = named(
+            &scope(),
+            "servicediscovery",
+            "DiscoverInstances",
+            &json!({"NamespaceName": "corp", "ServiceName": "web"}),
+        );
+        assert!(none.is_empty());
+        assert_eq!(
+            ctx,
+            [
+                ("servicediscovery:NamespaceName".to_string(), vec!["corp".to_string()]),
+                ("servicediscovery:ServiceName".to_string(), vec!["web".to_string()])
             ]
         );
     }

@@ -145,9 +145,45 @@ async fn resources_of(
         "ecs" => ecs::named(api, scope, operation, input).await,
         "iam" => iam::named(api, caller, operation, input).await,
         "sts" | "secretsmanager" | "ssm" => (named_secrets(api, scope, (service, operation), input).await, vec![]),
+        "application-autoscaling" => scalable_target(api, scope, operation, input).await,
         _ => arns::named(scope, service, operation, input),
     };
     (star_if_empty(resources), context)
+}
+
+/// Application Auto Scaling names a scalable target by its ARN (`scalable-target/ID`, the
+/// id its registration drew; `*` for one being registered); its Describe* operations name
+/// none. Tags come as a map.
+async fn scalable_target(api: &Api, scope: &Scope, operation: &str, input: &Value) -> Named {
+    let tags: Vec<(String, String)> = input
+        .get("Tags")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    let context = tag_context(tags);
+    if let Some(arn) = input.get("ResourceARN").and_then(Value::as_str) {
+        return (vec![arn.to_string()], context);
+    }
+    let resource = input.get("ResourceId").and_then(Value::as_str);
+    let Some(resource) = resource.filter(|_| !operation.starts_with("Describe")) else {
+        return (vec![], context);
+    };
+    let alarms = gantry_control::alarms::Alarms::new(
+        api.control.store.clone(),
+        api.metrics.clone(),
+        api.control.clock.clone(),
+    );
+    let scaling = gantry_control::autoscaling::AutoScaling::new(api.control.clone(), alarms);
+    let arn = match scaling.target_arn(scope, resource).await {
+        Some(arn) => arn,
+        None => format!(
+            "arn:aws:application-autoscaling:{}:{}:scalable-target/*",
+            scope.region, scope.account
+        ),
+    };
+    (vec![arn], context)
 }
 
 /// AssumeRole's role, and the secrets and parameters a request names.
@@ -188,6 +224,11 @@ fn request_tags(input: &Value, list: &str, key: &str, value: &str) -> Vec<(Strin
             Some((k, t.get(value).and_then(Value::as_str).unwrap_or_default().to_string()))
         })
         .collect();
+    tag_context(tags)
+}
+
+/// aws:RequestTag/KEY for each tag and aws:TagKeys (nothing for no tags).
+fn tag_context(tags: Vec<(String, String)>) -> Vec<(String, Vec<String>)> {
     if tags.is_empty() {
         return vec![];
     }

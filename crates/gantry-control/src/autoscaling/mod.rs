@@ -196,6 +196,15 @@ impl AutoScaling {
         }
     }
 
+    /// The ARN of the scalable target of `resource` (an ECS service's resource id), if one is
+    /// registered: what a request about it names for authorisation.
+    pub async fn target_arn(&self, scope: &Scope, resource: &str) -> Option<String> {
+        self.target(scope, resource)
+            .await
+            .ok()
+            .map(|t| t.target.scalable_target_arn)
+    }
+
     pub async fn register_scalable_target(&self, scope: &Scope, input: Value) -> Result<Value, ScalingError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase", deny_unknown_fields)]
