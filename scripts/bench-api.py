@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import burst, conftest, crun_baseline, one_at_a_time, summary  # noqa: E402
+from benchlib import burst, conftest, crun_baseline, histogram_totals, one_at_a_time, phase_means, summary  # noqa: E402
 
 
 def favordynmods_on():
@@ -47,7 +47,9 @@ def main():
         conftest.register(ecs, "bench", [{"name": "app", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
                                           "stopTimeout": 2}])
         time.sleep(3)  # let the warm pool fill
+        before = histogram_totals(g.endpoint)
         lat = one_at_a_time(ecs, "bench", a.tasks)
+        phases = (before, histogram_totals(g.endpoint))
         time.sleep(3)
         burst_s = burst(ecs, "bench", a.burst)
     finally:
@@ -58,6 +60,8 @@ def main():
     crun = crun_baseline()
     print(f"RunTask -> RUNNING (client-observed, {a.tasks} tasks, one at a time)")
     med, p90 = summary("gantry RunTask -> RUNNING", lat)
+    print("where the one-at-a-time starts' time went (server and agent):")
+    phase_means(*phases)
     if crun:
         cm, cp = crun
         print(f"{'crun run /bin/true (baseline)':<44} n=30   median {cm:8.1f} ms   p90 {cp:8.1f} ms")

@@ -25,6 +25,33 @@ def summary(name, ms, width=44):
     return statistics.median(ms), pct(ms, 0.9)
 
 
+def histogram_totals(endpoint):
+    """Sum and count of each labelled series of the start-phase and API-latency histograms,
+    read from Gantry's /metrics: {(metric, labels): [sum, count]}."""
+    import urllib.request
+    text = urllib.request.urlopen(f"{endpoint}/metrics", timeout=10).read().decode()
+    totals = {}
+    for line in text.splitlines():
+        m = re.match(r'(gantry_task_start_seconds|gantry_api_request_duration_seconds)_(sum|count)\{(.*)\} (\S+)$', line)
+        if m:
+            totals.setdefault((m.group(1), m.group(3)), [0.0, 0.0])[m.group(2) == "count"] = float(m.group(4))
+    return totals
+
+
+def phase_means(before, after):
+    """Prints the mean of each series over what happened between two `histogram_totals`:
+    where a start's time went, as the server and agent saw it (means, not medians: the
+    histograms keep only sums and buckets)."""
+    for key in sorted(after):
+        metric, labels = key
+        s, n = (a - b for a, b in zip(after[key], before.get(key, [0.0, 0.0])))
+        wanted = metric == "gantry_task_start_seconds" or any(
+            f'operation="{op}"' in labels for op in ("RunTask", "DescribeTasks"))
+        if n > 0 and wanted:
+            name = metric.removeprefix("gantry_").removesuffix("_seconds")
+            print(f"  {name} {{{labels}}}: mean {s / n * 1000:.2f} ms over {int(n)}")
+
+
 def wait_running(ecs, arns, timeout=120, poll=0.005):
     pending = set(arns)
     deadline = time.time() + timeout

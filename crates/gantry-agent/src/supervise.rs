@@ -490,6 +490,7 @@ async fn launch(
         let runtime_id = gantry_runtime::task::Node::runtime_id(&id, &container_dir_name(&name));
         running.push((name.clone(), runtime_id));
     }
+    TASK_START.observe(&["containers"], sandboxed.elapsed().as_secs_f64());
     secured(securing).await?;
     let t = now();
     update(a, key, |r| {

@@ -3,10 +3,11 @@
 use gantry_prom::{Metric, SECONDS};
 
 /// Task start time by phase: pull (images resolved), sandbox (namespace, address, port
-/// bindings), start (containers started and RUNNING recorded), total.
+/// bindings), containers (their shims report them started), start (containers started and
+/// RUNNING recorded; includes containers), total.
 pub static TASK_START: Metric = Metric::histogram(
     "gantry_task_start_seconds",
-    "Time a task's start took on this node, by phase (pull, sandbox, start, total).",
+    "Time a task's start took on this node, by phase (pull, sandbox, containers, start, total).",
     &["phase"],
     SECONDS,
 );

@@ -20,8 +20,15 @@ struct Reading {
     io: [Option<u64>; 4],
 }
 
-/// What one sampling read of a task: cumulative CPU ns, memory MiB, I/O counters.
-type Sample = (String, u64, f64, [Option<u64>; 4]);
+/// What one sampling read of a task: its record's key, cumulative CPU ns, memory MiB, I/O
+/// counters, and bytes in use on its ephemeral storage.
+struct Sample {
+    key: String,
+    cpu_ns: u64,
+    memory_mib: f64,
+    io: [Option<u64>; 4],
+    storage_bytes: Option<u64>,
+}
 
 impl Agent {
     /// Keeps a supervised task in the sampled set while its record says RUNNING.
@@ -50,9 +57,16 @@ impl Agent {
             let readings = tokio::task::spawn_blocking(move || {
                 running
                     .into_iter()
-                    .map(|(k, r)| {
-                        let (cpu, memory, io) = read_task(&node, &r);
-                        (k, cpu, memory, io)
+                    .map(|(key, r)| {
+                        let (cpu_ns, memory_mib, io) = read_task(&node, &r);
+                        let storage_bytes = node.task_storage(r.id()).map(|(_, used)| used);
+                        Sample {
+                            key,
+                            cpu_ns,
+                            memory_mib,
+                            io,
+                            storage_bytes,
+                        }
                     })
                     .collect::<Vec<_>>()
             })
@@ -111,7 +125,14 @@ fn io_delta(prev: [Option<u64>; 4], now: [Option<u64>; 4]) -> Option<TaskIo> {
 fn next_usage(last: &mut HashMap<String, Reading>, readings: Vec<Sample>, now_ms: i64) -> Vec<TaskUsage> {
     let mut next = HashMap::with_capacity(readings.len());
     let mut usage = Vec::new();
-    for (key, cpu_ns, memory_mib, io) in readings {
+    for Sample {
+        key,
+        cpu_ns,
+        memory_mib,
+        io,
+        storage_bytes,
+    } in readings
+    {
         if let Some(prev) = last.get(&key) {
             usage.push(TaskUsage {
                 key: key.clone(),
@@ -120,6 +141,7 @@ fn next_usage(last: &mut HashMap<String, Reading>, readings: Vec<Sample>, now_ms
                 cpu_units: cpu_units(prev.cpu_ns, cpu_ns, now_ms - prev.at_ms),
                 memory_mib,
                 io: io_delta(prev.io, io),
+                ephemeral_storage_bytes: storage_bytes.map(|b| b as f64),
             });
         }
         next.insert(
@@ -139,17 +161,27 @@ fn next_usage(last: &mut HashMap<String, Reading>, readings: Vec<Sample>, now_ms
 mod tests {
     use super::*;
 
+    fn sample(key: &str, cpu_ns: u64, memory_mib: f64, io: [Option<u64>; 4]) -> Sample {
+        Sample {
+            key: key.into(),
+            cpu_ns,
+            memory_mib,
+            io,
+            storage_bytes: None,
+        }
+    }
+
     #[test]
     fn usage_is_the_difference_between_readings() {
         let mut last = HashMap::new();
         let none = [None; 4];
-        assert!(next_usage(&mut last, vec![("a".into(), 1_000_000_000, 10.0, none)], 0).is_empty());
+        assert!(next_usage(&mut last, vec![sample("a", 1_000_000_000, 10.0, none)], 0).is_empty());
         // Half a vCPU over 10 s: 5 s of CPU time = 512 units.
-        let u = next_usage(&mut last, vec![("a".into(), 6_000_000_000, 12.0, none)], 10_000);
+        let u = next_usage(&mut last, vec![sample("a", 6_000_000_000, 12.0, none)], 10_000);
         assert_eq!(u.len(), 1);
         assert_eq!((u[0].cpu_units, u[0].memory_mib, u[0].io), (512.0, 12.0, None));
         // A task gone from the readings is forgotten; a new one starts counting.
-        assert!(next_usage(&mut last, vec![("b".into(), 5, 1.0, none)], 20_000).is_empty());
+        assert!(next_usage(&mut last, vec![sample("b", 5, 1.0, none)], 20_000).is_empty());
         assert!(!last.contains_key("a"));
     }
 
@@ -157,10 +189,10 @@ mod tests {
     fn io_is_the_growth_of_each_counter() {
         let mut last = HashMap::new();
         let first = [Some(100), Some(50), Some(0), None];
-        next_usage(&mut last, vec![("a".into(), 0, 1.0, first)], 0);
+        next_usage(&mut last, vec![sample("a", 0, 1.0, first)], 0);
         // rx grew 900, tx went backwards (a reset: unknown), read grew 4096, write unreadable.
         let then = [Some(1000), Some(10), Some(4096), Some(7)];
-        let u = next_usage(&mut last, vec![("a".into(), 0, 1.0, then)], 10_000);
+        let u = next_usage(&mut last, vec![sample("a", 0, 1.0, then)], 10_000);
         let io = u[0].io.unwrap();
         assert_eq!(io.network_rx_bytes, Some(900.0));
         assert_eq!(io.network_tx_bytes, None);

@@ -32,6 +32,10 @@ pub struct TaskUsage {
     /// written to disk by its containers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io: Option<TaskIo>,
+    /// Bytes in use on the task's ephemeral storage at the end of the interval (absent from
+    /// agents that do not read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage_bytes: Option<f64>,
 }
 
 /// A task's network and disk bytes over one interval.
@@ -114,7 +118,8 @@ pub fn datapoints(usage: &[(TaskRecord, TaskUsage)]) -> Vec<(Scope, Published)> 
 /// The ECS/ContainerInsights utilisation a batch of usage makes, for tasks of clusters where
 /// `enabled` says Container Insights is on: CpuUtilized (CPU units), MemoryUtilized (MiB),
 /// NetworkRxBytes and NetworkTxBytes (bytes/second over the interval), StorageReadBytes and
-/// StorageWriteBytes (bytes), each task one sample of its cluster's, service's and task
+/// StorageWriteBytes (bytes), EphemeralStorageUtilized and EphemeralStorageReserved (GB,
+/// where the node reads the task's storage), each task one sample of its cluster's, service's and task
 /// family's series (Sum over a period adds the tasks up; Average is per task).
 pub fn insights_datapoints(
     usage: &[(TaskRecord, TaskUsage)],
@@ -134,8 +139,21 @@ pub fn insights_datapoints(
         let secs = ((u.at_ms - start) as f64 / 1000.0).max(1e-3);
         let io = u.io.unwrap_or_default();
         let per_sec = |b: Option<f64>| b.map(|b| b / secs);
+        // Fargate's storage metrics, in GB: what the task uses and the size it has.
+        let reserved = rec.task.ephemeral_storage.as_ref().map_or(20, |e| e.size_in_gi_b);
+        let storage_gb = |b: f64| b / 1e9;
         let values = [
             ("CpuUtilized", "None", Some(u.cpu_units)),
+            (
+                "EphemeralStorageUtilized",
+                "Gigabytes",
+                u.ephemeral_storage_bytes.map(storage_gb),
+            ),
+            (
+                "EphemeralStorageReserved",
+                "Gigabytes",
+                u.ephemeral_storage_bytes.map(|_| storage_gb((reserved << 30) as f64)),
+            ),
             ("MemoryUtilized", "Megabytes", Some(u.memory_mib)),
             ("NetworkRxBytes", "Bytes/Second", per_sec(io.network_rx_bytes)),
             ("NetworkTxBytes", "Bytes/Second", per_sec(io.network_tx_bytes)),
@@ -213,6 +231,7 @@ mod tests {
             cpu_units,
             memory_mib,
             io: None,
+            ephemeral_storage_bytes: None,
         }
     }
 
@@ -264,6 +283,7 @@ mod tests {
             storage_read_bytes: Some(4096.0),
             storage_write_bytes: Some(0.0),
         });
+        with_io.ephemeral_storage_bytes = Some(3e9);
         let b = rec("b", Some("service:web"), "2");
         let batch = vec![(a, with_io), (b, usage(1.0, 1.0))];
         let out = insights_datapoints(&batch, &|r| r.account == "1");
@@ -283,6 +303,11 @@ mod tests {
         assert_eq!(get("CpuUtilized", "ServiceName").agg.sum, 512.0);
         let family = get("MemoryUtilized", "TaskDefinitionFamily");
         assert_eq!(family.key.dims[1], ("TaskDefinitionFamily".into(), "web".into()));
+        // The task's storage in GB: 3 used of the default 20 GiB.
+        let used = get("EphemeralStorageUtilized", "ServiceName");
+        assert_eq!((used.agg.sum, used.unit.as_str()), (3.0, "Gigabytes"));
+        let reserved = get("EphemeralStorageReserved", "ClusterName").agg.sum;
+        assert!((reserved - 21.474_836_48).abs() < 1e-9, "{reserved}");
         // Unknown counters are left out rather than published as zeros.
         assert!(!out.iter().any(|(_, p)| p.key.name == "NetworkTxBytes"));
     }
