@@ -288,7 +288,11 @@ pub fn loop_attach(image: &Path) -> io::Result<(std::path::PathBuf, OwnedFd)> {
         .read(true)
         .write(true)
         .open("/dev/loop-control")?;
-    // Another process may take the free device between our two calls: try again.
+    // The kernel offers every caller the same free device until one configures it: this
+    // process's attaches take turns (a burst of task starts would otherwise retry each
+    // other out), and another process taking it between our two calls means trying again.
+    static ATTACHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ATTACHING.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..32 {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
         let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
@@ -362,4 +366,62 @@ pub fn fs_usage(path: &Path) -> io::Result<(u64, u64)> {
     check(unsafe { libc::statfs(p.as_ptr(), &mut s) })?;
     let bsize = s.f_bsize as u64;
     Ok((s.f_blocks * bsize, (s.f_blocks - s.f_bfree) * bsize))
+}
+
+/// Copies `from` to a new file `to` of the same length, writing only `from`'s data (its
+/// holes stay holes: SEEK_DATA and SEEK_HOLE find them).
+pub fn copy_sparse(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(from)?;
+    let len = src.metadata()?.len();
+    let dst = std::fs::OpenOptions::new().write(true).create_new(true).open(to)?;
+    dst.set_len(len)?;
+    let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        // SAFETY: lseek on a descriptor we hold; no memory is touched.
+        let r = unsafe { libc::lseek(src.as_raw_fd(), offset as libc::off_t, whence) };
+        match r {
+            r if r >= 0 => Ok(Some(r as u64)),
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            _ => Err(io::Error::last_os_error()),
+        }
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while let Some(data) = seek(offset, libc::SEEK_DATA)? {
+        let end = seek(data, libc::SEEK_HOLE)?.unwrap_or(len);
+        let mut at = data;
+        while at < end {
+            let want = ((end - at) as usize).min(buf.len());
+            let n = src.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        offset = end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    #[test]
+    fn a_sparse_copy_has_the_same_bytes_and_keeps_the_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        let f = std::fs::File::create(&from).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(&[7u8; 10_000], 40 << 20).unwrap();
+        drop(f);
+        super::copy_sparse(&from, &to).unwrap();
+        assert_eq!(std::fs::read(&from).unwrap(), std::fs::read(&to).unwrap());
+        // Two small extents, not 64 MiB.
+        assert!(std::fs::metadata(&to).unwrap().blocks() * 512 < 1 << 20);
+        // It never overwrites.
+        assert!(super::copy_sparse(&from, &to).is_err());
+    }
 }

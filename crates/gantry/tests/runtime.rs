@@ -538,11 +538,12 @@ fn ephemeral_storage_bounds_what_a_task_writes() {
     assert!(!out.contains("dd=0"), "{out}");
     assert!(size <= 1 << 30 && used > 900 << 20, "size {size}, used {used}");
     // The image and its loop device are gone with the task.
-    let images: Vec<_> = std::fs::read_dir(&image_dir)
+    let images: Vec<String> = std::fs::read_dir(&image_dir)
         .unwrap()
         .flatten()
-        .map(|e| e.file_name())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".img"))
         .collect();
-    assert_eq!(images, vec![std::ffi::OsString::from("pool")]);
+    assert!(images.is_empty(), "{images:?}");
     assert!(loop_devices_backed_by(&t.cfg.data_dir).is_empty());
 }
