@@ -35,7 +35,7 @@ pub struct AgentArgs {
     /// Memory in MiB offered to EC2 tasks (default: the machine's, less 256 MiB).
     #[arg(long, env = "GANTRY_NODE_MEMORY")]
     memory: Option<i64>,
-    /// Ready network namespaces kept warm.
+    /// Ready network namespaces and ephemeral storage filesystems kept warm.
     #[arg(long, env = "GANTRY_WARM_POOL", default_value_t = 4)]
     warm_pool: usize,
     /// The address load balancers reach this node's published host ports at (`instance`

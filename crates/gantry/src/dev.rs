@@ -25,7 +25,7 @@ pub struct DevArgs {
     /// Region the written AWS profile uses.
     #[arg(long, env = "GANTRY_REGION", default_value = "us-east-1")]
     region: String,
-    /// Ready network namespaces kept warm.
+    /// Ready network namespaces and ephemeral storage filesystems kept warm.
     #[arg(long, env = "GANTRY_WARM_POOL", default_value_t = 4)]
     warm_pool: usize,
     /// Do not write the `gantry` profile into the AWS config files.
