@@ -162,10 +162,12 @@ impl Node {
         Ok((self.network.drain_pool()?, self.ephemeral.drain_pool()?))
     }
 
-    /// The id of the task's ephemeral storage filesystem.
+    /// The id of the task's ephemeral storage filesystem (an id, never a path: it names
+    /// what `remove` unmounts and deletes).
     fn ephemeral_id(&self, task: &str) -> Option<String> {
         let id = fs::read_to_string(self.task_dir(task).join(EPHEMERAL_FILE)).ok()?;
-        Some(id.trim().to_string())
+        let id = id.trim();
+        crate::ephemeral::is_id(id).then(|| id.to_string())
     }
 
     /// The task's ephemeral storage: bytes in all and in use.
@@ -406,6 +408,13 @@ impl Node {
             value: task.into(),
             reason: "has no ephemeral storage",
         })?;
+        if !self.ephemeral.mounted(&id) {
+            return Err(TaskError::Invalid {
+                what: "task",
+                value: task.into(),
+                reason: "has no ephemeral storage mounted",
+            });
+        }
         let on_storage = self.ephemeral.path(&id).join(name);
         let dirs = [
             dir.join("rootfs"),

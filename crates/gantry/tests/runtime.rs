@@ -547,3 +547,22 @@ fn ephemeral_storage_bounds_what_a_task_writes() {
     assert!(images.is_empty(), "{images:?}");
     assert!(loop_devices_backed_by(&t.cfg.data_dir).is_empty());
 }
+
+/// After a reboot the warm pool's filesystems are images without mounts: none is handed to
+/// a task (whose writes would go to the host's disk, unbounded).
+#[test]
+fn a_pooled_filesystem_whose_mount_is_gone_is_not_handed_out() {
+    let t = TestNode::new();
+    let store = t.node.ephemeral();
+    store.fill_pool(1).unwrap();
+    let pool = t.cfg.data_dir.join("ephemeral-images/pool");
+    let pooled = std::fs::read_dir(&pool).unwrap().flatten().next().unwrap().file_name();
+    let pooled = pooled.to_string_lossy().to_string();
+    let unmounted = std::process::Command::new("umount").arg(store.path(&pooled)).status().unwrap();
+    assert!(unmounted.success());
+    let got = store.acquire(20).unwrap();
+    assert_ne!(got, pooled);
+    assert!(store.mounted(&got) && !store.mounted(&pooled));
+    assert!(!store.path(&pooled).exists(), "the stale one is removed");
+    store.remove(&got).unwrap();
+}
