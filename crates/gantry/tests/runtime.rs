@@ -558,7 +558,10 @@ fn a_pooled_filesystem_whose_mount_is_gone_is_not_handed_out() {
     let pool = t.cfg.data_dir.join("ephemeral-images/pool");
     let pooled = std::fs::read_dir(&pool).unwrap().flatten().next().unwrap().file_name();
     let pooled = pooled.to_string_lossy().to_string();
-    let unmounted = std::process::Command::new("umount").arg(store.path(&pooled)).status().unwrap();
+    let unmounted = std::process::Command::new("umount")
+        .arg(store.path(&pooled))
+        .status()
+        .unwrap();
     assert!(unmounted.success());
     let got = store.acquire(20).unwrap();
     assert_ne!(got, pooled);
