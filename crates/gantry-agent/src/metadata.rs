@@ -245,12 +245,7 @@ fn task_json(ctx: &Ctx, rec: &TaskRecord) -> Value {
 /// The task's ephemeral storage in MiB, as Fargate reports it: in use (read off the task's
 /// filesystem), and reserved (the task's size).
 fn ephemeral_storage_metrics(ctx: &Ctx, rec: &TaskRecord) -> Value {
-    let reserved = rec
-        .task
-        .ephemeral_storage
-        .as_ref()
-        .map(|e| e.size_in_gi_b * 1024)
-        .unwrap_or(20480);
+    let reserved = crate::supervise::storage_gib(rec) * 1024;
     let used = ctx
         .agent
         .node

@@ -284,13 +284,7 @@ async fn launch(
     let node = a.node.clone();
     let (tid, hn) = (id.clone(), hostname.clone());
     let kind = sandbox_kind(rec.network_mode);
-    // Validated to 21-200 GiB by the API; absent means ECS's default.
-    let storage_gib = rec
-        .task
-        .ephemeral_storage
-        .as_ref()
-        .and_then(|e| u32::try_from(e.size_in_gi_b).ok())
-        .unwrap_or(gantry_runtime::ephemeral::DEFAULT_GIB);
+    let storage_gib = storage_gib(rec);
     let sandbox = blocking(move || node.create_task_with(&tid, &hn, kind, storage_gib))
         .await
         .map_err(|e| format!("ResourceInitializationError: {e}"))?;
@@ -506,6 +500,16 @@ async fn launch(
     TASK_START.observe(&["total"], began.elapsed().as_secs_f64());
     crate::telemetry::trace_start(rec, [began_at, pulled_at, sandboxed_at, t]);
     Ok(())
+}
+
+/// The task's ephemeral storage size: validated to 21-200 GiB by the API; absent means
+/// ECS's default.
+pub(crate) fn storage_gib(rec: &TaskRecord) -> u32 {
+    rec.task
+        .ephemeral_storage
+        .as_ref()
+        .and_then(|e| u32::try_from(e.size_in_gi_b).ok())
+        .unwrap_or(gantry_runtime::ephemeral::DEFAULT_GIB)
 }
 
 fn mark_running(r: &mut TaskRecord, started: &[(String, String)]) {
