@@ -199,73 +199,12 @@ pub trait ControlLink: Send + Sync {
 
 pub use gantry_control::ec2::SecurityView;
 
-/// The server side of `security_view`: the view from one listing of groups and task records,
-/// then kept current from their watches (a task record's write costs parsing that record,
-/// not a listing), until it differs from `known` or a poll's time is up.
+/// The server side of `security_view` (`gantry_control::ec2::follow`), for one poll.
 pub async fn security_view(control: &Control, known: &str) -> LinkResult<SecurityView> {
-    use gantry_control::ec2::{task_membership, GROUPS_PREFIX};
     let deadline = tokio::time::Instant::now() + DNS_POLL;
-    let (group_kvs, rev) = control
-        .store
-        .list(GROUPS_PREFIX)
+    gantry_control::ec2::follow(control.store.as_ref(), known, deadline)
         .await
-        .map_err(LinkError::unavailable)?;
-    let mut groups: std::collections::BTreeMap<String, gantry_control::ec2::SecurityGroup> = group_kvs
-        .iter()
-        .filter_map(|kv| Some((kv.key.clone(), serde_json::from_slice(&kv.value).ok()?)))
-        .collect();
-    let (task_kvs, _) = control.store.list(TASKS_PREFIX).await.map_err(LinkError::unavailable)?;
-    let mut members: std::collections::HashMap<String, Vec<(String, std::net::Ipv4Addr)>> = task_kvs
-        .iter()
-        .filter_map(|kv| {
-            Some((
-                kv.key.clone(),
-                task_membership(&serde_json::from_slice(&kv.value).ok()?),
-            ))
-        })
-        .collect();
-    let watches = (
-        control.store.watch(GROUPS_PREFIX, rev).await,
-        control.store.watch(TASKS_PREFIX, rev).await,
-    );
-    let (Ok(mut group_watch), Ok(mut task_watch)) = watches else {
-        // Compacted already: answer what was read; the agent asks again.
-        return Ok(SecurityView::from_members(
-            groups.into_values().collect(),
-            members.values().flatten(),
-        ));
-    };
-    loop {
-        let view = SecurityView::from_members(groups.values().cloned().collect(), members.values().flatten());
-        if view.digest() != known || tokio::time::Instant::now() >= deadline {
-            return Ok(view);
-        }
-        tokio::select! {
-            e = group_watch.events.recv() => match e {
-                Some(Ok(e)) if e.kind == gantry_store::EventKind::Put => {
-                    if let Ok(g) = serde_json::from_slice(&e.kv.value) {
-                        groups.insert(e.kv.key, g);
-                    }
-                }
-                Some(Ok(e)) => {
-                    groups.remove(&e.kv.key);
-                }
-                _ => return Ok(view),
-            },
-            e = task_watch.events.recv() => match e {
-                Some(Ok(e)) if e.kind == gantry_store::EventKind::Put => {
-                    if let Ok(rec) = serde_json::from_slice::<TaskRecord>(&e.kv.value) {
-                        members.insert(e.kv.key, task_membership(&rec));
-                    }
-                }
-                Some(Ok(e)) => {
-                    members.remove(&e.kv.key);
-                }
-                _ => return Ok(view),
-            },
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-    }
+        .map_err(LinkError::unavailable)
 }
 
 /// A task role's temporary credentials, in the credentials endpoint's JSON (ECS's names).

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+mod view;
+pub use view::{follow, task_address, task_groups, task_membership, Endpoint, SecurityView};
+
 pub const GROUPS_PREFIX: &str = "/ec2/sgs/";
 /// Most groups a task (an ENI) may be in, as in EC2.
 pub const MAX_GROUPS_PER_TASK: usize = 5;
@@ -448,74 +451,6 @@ impl Ec2 {
     }
 }
 
-/// What nodes enforce: every group, and each group's members' addresses.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SecurityView {
-    pub groups: Vec<SecurityGroup>,
-    pub members: std::collections::BTreeMap<String, Vec<Ipv4Addr>>,
-}
-
-impl SecurityView {
-    /// The view from the groups and (group, member address) pairs (`task_membership`).
-    pub fn from_members<'a>(
-        groups: Vec<SecurityGroup>,
-        pairs: impl Iterator<Item = &'a (String, Ipv4Addr)>,
-    ) -> SecurityView {
-        let mut members: std::collections::BTreeMap<String, Vec<Ipv4Addr>> = Default::default();
-        for (g, ip) in pairs {
-            members.entry(g.clone()).or_default().push(*ip);
-        }
-        for ips in members.values_mut() {
-            ips.sort();
-            ips.dedup();
-        }
-        let mut groups = groups;
-        groups.sort_by(|a, b| a.id.cmp(&b.id));
-        SecurityView { groups, members }
-    }
-
-    /// A digest of the view, for "tell me when it differs from what I have".
-    pub fn digest(&self) -> String {
-        let d = ring::digest::digest(&ring::digest::SHA256, &serde_json::to_vec(self).expect("json"));
-        d.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-/// The (group, address) pairs a task contributes: none until its ENI has an address, none
-/// once stopped.
-pub fn task_membership(t: &crate::TaskRecord) -> Vec<(String, Ipv4Addr)> {
-    if t.task.last_status == "STOPPED" {
-        return vec![];
-    }
-    let Some(ip) = task_address(t) else {
-        return vec![];
-    };
-    task_groups(t).into_iter().map(|g| (g, ip)).collect()
-}
-
-/// A task's security groups; an awsvpc task recorded before tasks had any is in its VPC's
-/// default group.
-pub fn task_groups(t: &crate::TaskRecord) -> Vec<String> {
-    if t.security_groups.is_empty() && t.network_mode == gantry_types::taskdef::NetworkMode::Awsvpc {
-        return vec![default_group_id(&t.scope())];
-    }
-    t.security_groups.clone()
-}
-
-/// An awsvpc task's address, once its ENI is attached.
-pub fn task_address(t: &crate::TaskRecord) -> Option<Ipv4Addr> {
-    t.task
-        .attachments
-        .first()?
-        .details
-        .iter()
-        .find(|d| d.name.as_deref() == Some("privateIPv4Address"))?
-        .value
-        .as_deref()?
-        .parse()
-        .ok()
-}
-
 /// A rule as EC2's duplicate message names it.
 fn describe(r: &Rule) -> String {
     let peer = match &r.peer {
@@ -621,47 +556,6 @@ mod tests {
             .await;
         assert_eq!(e2.unwrap_err().code, "InvalidGroup.NotFound");
         assert_eq!(e.group(&s, "web").await.unwrap_err().code, "InvalidGroupId.Malformed");
-    }
-
-    #[test]
-    fn members_are_networked_tasks_not_stopped() {
-        let mut t = crate::TaskRecord {
-            task: gantry_types::model::Task {
-                last_status: "PENDING".into(),
-                ..Default::default()
-            },
-            cluster: "c".into(),
-            node: "n".into(),
-            containers: vec![],
-            cpu_units: 256,
-            memory_mib: 512,
-            account: "123456789012".into(),
-            region: "us-east-1".into(),
-            protected_until: None,
-            network_mode: gantry_types::taskdef::NetworkMode::Awsvpc,
-            task_memory_limit: true,
-            roles: Default::default(),
-            security_groups: vec![],
-        };
-        assert!(task_membership(&t).is_empty(), "no address yet");
-        t.task.attachments = vec![gantry_types::model::Attachment {
-            id: "a".into(),
-            kind: "ElasticNetworkInterface".into(),
-            status: "ATTACHED".into(),
-            details: vec![gantry_types::taskdef::KeyValuePair {
-                name: Some("privateIPv4Address".into()),
-                value: Some("10.1.0.7".into()),
-            }],
-        }];
-        let ip: Ipv4Addr = "10.1.0.7".parse().unwrap();
-        // A record from before groups: the default group.
-        assert_eq!(task_membership(&t), [(default_group_id(&scope()), ip)]);
-        t.security_groups = vec!["sg-a".into(), "sg-b".into()];
-        let pairs = task_membership(&t);
-        let view = SecurityView::from_members(vec![], pairs.iter());
-        assert_eq!(view.members["sg-a"], [ip]);
-        t.task.last_status = "STOPPED".into();
-        assert!(task_membership(&t).is_empty());
     }
 
     #[test]

@@ -1,0 +1,329 @@
+//! What nodes and load balancers enforce: every security group with each group's members'
+//! addresses, how a server keeps it current for them, and whether a group's rules let a
+//! TCP connection through.
+
+use super::{check_cidr, default_group_id, Peer, Rule, SecurityGroup, GROUPS_PREFIX};
+use crate::{TaskRecord, TASKS_PREFIX};
+use gantry_store::{EventKind, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use tokio::time::Instant;
+
+/// What nodes enforce: every group, and each group's members' addresses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SecurityView {
+    pub groups: Vec<SecurityGroup>,
+    pub members: BTreeMap<String, Vec<Ipv4Addr>>,
+}
+
+impl SecurityView {
+    /// The view from the groups and (group, member address) pairs (`task_membership`).
+    pub fn from_members<'a>(
+        groups: Vec<SecurityGroup>,
+        pairs: impl Iterator<Item = &'a (String, Ipv4Addr)>,
+    ) -> SecurityView {
+        let mut members: BTreeMap<String, Vec<Ipv4Addr>> = Default::default();
+        for (g, ip) in pairs {
+            members.entry(g.clone()).or_default().push(*ip);
+        }
+        for ips in members.values_mut() {
+            ips.sort();
+            ips.dedup();
+        }
+        let mut groups = groups;
+        groups.sort_by(|a, b| a.id.cmp(&b.id));
+        SecurityView { groups, members }
+    }
+
+    /// A digest of the view, for "tell me when it differs from what I have".
+    pub fn digest(&self) -> String {
+        let d = ring::digest::digest(&ring::digest::SHA256, &serde_json::to_vec(self).expect("json"));
+        d.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The view once it differs from the one whose digest is `known` (at once when that is empty;
+/// at `deadline`, the same view): one listing of groups and task records, then kept current
+/// from their watches, so a task record's write costs parsing that one record, not a listing.
+pub async fn follow(store: &dyn Store, known: &str, deadline: Instant) -> Result<SecurityView, StoreError> {
+    let (group_kvs, rev) = store.list(GROUPS_PREFIX).await?;
+    let mut groups: BTreeMap<String, SecurityGroup> = group_kvs
+        .iter()
+        .filter_map(|kv| Some((kv.key.clone(), serde_json::from_slice(&kv.value).ok()?)))
+        .collect();
+    let (task_kvs, _) = store.list(TASKS_PREFIX).await?;
+    let mut members: HashMap<String, Vec<(String, Ipv4Addr)>> = task_kvs
+        .iter()
+        .filter_map(|kv| {
+            Some((
+                kv.key.clone(),
+                task_membership(&serde_json::from_slice(&kv.value).ok()?),
+            ))
+        })
+        .collect();
+    let view = |g: &BTreeMap<String, SecurityGroup>, m: &HashMap<String, Vec<(String, Ipv4Addr)>>| {
+        SecurityView::from_members(g.values().cloned().collect(), m.values().flatten())
+    };
+    let (Ok(mut group_watch), Ok(mut task_watch)) = (
+        store.watch(GROUPS_PREFIX, rev).await,
+        store.watch(TASKS_PREFIX, rev).await,
+    ) else {
+        // Compacted already: answer what was read; the caller asks again.
+        return Ok(view(&groups, &members));
+    };
+    loop {
+        let current = view(&groups, &members);
+        if current.digest() != known || Instant::now() >= deadline {
+            return Ok(current);
+        }
+        tokio::select! {
+            e = group_watch.events.recv() => match e {
+                Some(Ok(e)) if e.kind == EventKind::Put => {
+                    if let Ok(g) = serde_json::from_slice(&e.kv.value) {
+                        groups.insert(e.kv.key, g);
+                    }
+                }
+                Some(Ok(e)) => {
+                    groups.remove(&e.kv.key);
+                }
+                _ => return Ok(current),
+            },
+            e = task_watch.events.recv() => match e {
+                Some(Ok(e)) if e.kind == EventKind::Put => {
+                    if let Ok(rec) = serde_json::from_slice::<TaskRecord>(&e.kv.value) {
+                        members.insert(e.kv.key, task_membership(&rec));
+                    }
+                }
+                Some(Ok(e)) => {
+                    members.remove(&e.kv.key);
+                }
+                _ => return Ok(current),
+            },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// One end of a TCP connection, as a rule's peer is matched against it.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint<'a> {
+    pub address: Ipv4Addr,
+    /// The groups it is in besides those the view lists it in (a load balancer's own).
+    pub groups: &'a [String],
+}
+
+impl SecurityView {
+    /// Whether some rule of `groups` (ingress, or egress) lets a TCP connection to `port`
+    /// through with `peer` at the other end: a rule for TCP or all traffic whose port range
+    /// holds `port`, and whose peer is a block holding the peer's address or a group the
+    /// peer is in.
+    pub fn admits(&self, groups: &[String], egress: bool, port: u16, peer: Endpoint) -> bool {
+        let port = i64::from(port);
+        self.groups
+            .iter()
+            .filter(|g| groups.contains(&g.id))
+            .flat_map(|g| if egress { &g.egress } else { &g.ingress })
+            .any(|r| carries_tcp(r, port) && self.matches(&r.peer, peer))
+    }
+
+    /// The groups an address is in, as the view's members list it.
+    pub fn groups_of(&self, address: Ipv4Addr) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|(_, ips)| ips.binary_search(&address).is_ok())
+            .map(|(g, _)| g.clone())
+            .collect()
+    }
+
+    fn matches(&self, rule_peer: &Peer, peer: Endpoint) -> bool {
+        match rule_peer {
+            Peer::Cidr(c) => check_cidr(c).is_ok_and(|(net, len)| in_block(peer.address, net, len)),
+            Peer::Group(g) => {
+                peer.groups.contains(g)
+                    || self
+                        .members
+                        .get(g)
+                        .is_some_and(|ips| ips.binary_search(&peer.address).is_ok())
+            }
+        }
+    }
+}
+
+fn carries_tcp(r: &Rule, port: i64) -> bool {
+    r.protocol == "-1" || (r.protocol == "tcp" && r.from_port <= port && port <= r.to_port)
+}
+
+fn in_block(ip: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// The (group, address) pairs a task contributes: none until its ENI has an address, none
+/// once stopped.
+pub fn task_membership(t: &TaskRecord) -> Vec<(String, Ipv4Addr)> {
+    if t.task.last_status == "STOPPED" {
+        return vec![];
+    }
+    let Some(ip) = task_address(t) else {
+        return vec![];
+    };
+    task_groups(t).into_iter().map(|g| (g, ip)).collect()
+}
+
+/// A task's security groups; an awsvpc task recorded before tasks had any is in its VPC's
+/// default group.
+pub fn task_groups(t: &TaskRecord) -> Vec<String> {
+    if t.security_groups.is_empty() && t.network_mode == gantry_types::taskdef::NetworkMode::Awsvpc {
+        return vec![default_group_id(&t.scope())];
+    }
+    t.security_groups.clone()
+}
+
+/// An awsvpc task's address, once its ENI is attached.
+pub fn task_address(t: &TaskRecord) -> Option<Ipv4Addr> {
+    t.task
+        .attachments
+        .first()?
+        .details
+        .iter()
+        .find(|d| d.name.as_deref() == Some("privateIPv4Address"))?
+        .value
+        .as_deref()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope() -> gantry_types::arn::Scope {
+        gantry_types::arn::Scope {
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+        }
+    }
+
+    fn group(id: &str, ingress: Vec<Rule>, egress: Vec<Rule>) -> SecurityGroup {
+        SecurityGroup {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            vpc_id: "vpc-1".into(),
+            owner: "123456789012".into(),
+            ingress,
+            egress,
+            tags: vec![],
+        }
+    }
+
+    fn rule(protocol: &str, ports: (i64, i64), peer: Peer) -> Rule {
+        Rule {
+            id: String::new(),
+            protocol: protocol.into(),
+            from_port: ports.0,
+            to_port: ports.1,
+            peer,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn rules_admit_by_protocol_port_block_and_group() {
+        let web: Ipv4Addr = "10.1.0.5".parse().unwrap();
+        let db: Ipv4Addr = "10.1.0.9".parse().unwrap();
+        let view = SecurityView::from_members(
+            vec![
+                group(
+                    "sg-db",
+                    vec![
+                        rule("tcp", (5432, 5432), Peer::Group("sg-web".into())),
+                        rule("tcp", (9000, 9100), Peer::Cidr("192.168.0.0/16".into())),
+                        rule("udp", (53, 53), Peer::Cidr("0.0.0.0/0".into())),
+                    ],
+                    vec![],
+                ),
+                group(
+                    "sg-web",
+                    vec![],
+                    vec![rule("-1", (-1, -1), Peer::Cidr("0.0.0.0/0".into()))],
+                ),
+                group(
+                    "sg-lb",
+                    vec![rule("tcp", (80, 80), Peer::Cidr("127.0.0.1/32".into()))],
+                    vec![],
+                ),
+            ],
+            [("sg-web".to_string(), web), ("sg-db".to_string(), db)].iter(),
+        );
+        fn at<'a>(address: &str, groups: &'a [String]) -> Endpoint<'a> {
+            Endpoint {
+                address: address.parse().unwrap(),
+                groups,
+            }
+        }
+        let db_in = |port, peer| view.admits(&["sg-db".into()], false, port, peer);
+        // By group membership, as the view lists it, on the rule's port only.
+        assert!(db_in(5432, at("10.1.0.5", &[])));
+        assert!(!db_in(5433, at("10.1.0.5", &[])));
+        assert!(!db_in(5432, at("10.1.0.6", &[])), "not a member");
+        // By a group the peer says it is in (a load balancer's).
+        let lb_groups = ["sg-web".to_string()];
+        assert!(db_in(5432, at("10.9.9.9", &lb_groups)));
+        // By block, within the port range; a UDP rule lets no TCP through.
+        assert!(db_in(9050, at("192.168.3.4", &[])));
+        assert!(!db_in(9050, at("192.169.0.1", &[])));
+        assert!(!db_in(53, at("1.2.3.4", &[])));
+        // All traffic to anywhere; a group's egress is not its ingress.
+        assert!(view.admits(&["sg-web".into()], true, 1, at("8.8.8.8", &[])));
+        assert!(!view.admits(&["sg-web".into()], false, 1, at("8.8.8.8", &[])));
+        // A /32 and a /0; no group at all admits nothing.
+        assert!(view.admits(&["sg-lb".into()], false, 80, at("127.0.0.1", &[])));
+        assert!(!view.admits(&["sg-lb".into()], false, 80, at("127.0.0.2", &[])));
+        assert!(!view.admits(&[], false, 80, at("127.0.0.1", &[])));
+        assert_eq!(view.groups_of(db), ["sg-db"]);
+        assert!(view.groups_of("10.1.0.6".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn members_are_networked_tasks_not_stopped() {
+        let mut t = crate::TaskRecord {
+            task: gantry_types::model::Task {
+                last_status: "PENDING".into(),
+                ..Default::default()
+            },
+            cluster: "c".into(),
+            node: "n".into(),
+            containers: vec![],
+            cpu_units: 256,
+            memory_mib: 512,
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+            protected_until: None,
+            network_mode: gantry_types::taskdef::NetworkMode::Awsvpc,
+            task_memory_limit: true,
+            roles: Default::default(),
+            security_groups: vec![],
+        };
+        assert!(task_membership(&t).is_empty(), "no address yet");
+        t.task.attachments = vec![gantry_types::model::Attachment {
+            id: "a".into(),
+            kind: "ElasticNetworkInterface".into(),
+            status: "ATTACHED".into(),
+            details: vec![gantry_types::taskdef::KeyValuePair {
+                name: Some("privateIPv4Address".into()),
+                value: Some("10.1.0.7".into()),
+            }],
+        }];
+        let ip: Ipv4Addr = "10.1.0.7".parse().unwrap();
+        // A record from before groups: the default group.
+        assert_eq!(task_membership(&t), [(default_group_id(&scope()), ip)]);
+        t.security_groups = vec!["sg-a".into(), "sg-b".into()];
+        let pairs = task_membership(&t);
+        let view = SecurityView::from_members(vec![], pairs.iter());
+        assert_eq!(view.members["sg-a"], [ip]);
+        t.task.last_status = "STOPPED".into();
+        assert!(task_membership(&t).is_empty());
+    }
+}
