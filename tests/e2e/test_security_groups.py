@@ -180,3 +180,74 @@ def test_security_groups_decide_what_reaches_a_task_and_changes_apply_within_a_s
                         "The security group 'sg-0123456789abcdef0' does not exist"), m
     for a in arns.values():
         ecs.stop_task(cluster="sg", task=a)
+
+
+def refused(url):
+    """True when the load balancer closes the connection without an answer."""
+    import requests
+    try:
+        requests.get(url, timeout=5)
+        return False
+    except requests.ConnectionError:
+        return True
+
+
+def test_a_load_balancers_groups_decide_who_reaches_it_and_which_tasks_it_reaches(gantry, ec2):
+    import time
+    import requests
+    from conftest import subnets
+    ecs, elb = gantry.client("ecs"), gantry.client("elbv2")
+    ecs.create_cluster(clusterName="sg")
+    front = ec2.create_security_group(GroupName="lb-front", Description="load balancer")["GroupId"]
+    app = ec2.create_security_group(GroupName="lb-app", Description="behind the load balancer")["GroupId"]
+    host = [{"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "127.0.0.1/32"}]}]
+    ec2.authorize_security_group_ingress(GroupId=front, IpPermissions=host)
+    register(ecs, "sg-lb-app", [{"name": "web", "command": ["sh", "-c", SERVE]}])
+    net = {"awsvpcConfiguration": {**NETWORK["awsvpcConfiguration"], "securityGroups": [app]}}
+    arn = ecs.run_task(cluster="sg", taskDefinition="sg-lb-app", launchType="FARGATE",
+                       networkConfiguration=net)["tasks"][0]["taskArn"]
+    ecs.get_waiter("tasks_running").wait(cluster="sg", tasks=[arn], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    tg = elb.create_target_group(Name="sg-lb-app", Protocol="HTTP", Port=8080, TargetType="ip",
+                                 HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2, HealthyThresholdCount=2,
+                                 UnhealthyThresholdCount=2)["TargetGroups"][0]["TargetGroupArn"]
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ip_of(ecs, arn)}])
+    lb = elb.create_load_balancer(Name="sg-lb", Subnets=subnets(), SecurityGroups=[front])["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    url = f"http://{lb['DNSName']}/"
+
+    def health():
+        return elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"][0]["TargetHealth"]
+
+    # The task's group does not let the load balancer in: its checks time out, requests get
+    # ALB's 504 (the task itself is reachable from the node: the groups decide, not the route).
+    wait_for("the target to fail its checks", lambda: health()["State"] == "unhealthy", 40)
+    assert health()["Reason"] == "Target.Timeout", health()
+    assert requests.get(url, timeout=5).status_code == 504
+    ip = ip_of(ecs, arn)
+    assert urllib.request.urlopen(f"http://{ip}:8080/", timeout=5).read() == b"hello from gantry httpd\n"
+    # Letting the load balancer's group in on the traffic port.
+    from_front = [{"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8080, "UserIdGroupPairs": [{"GroupId": front}]}]
+    ec2.authorize_security_group_ingress(GroupId=app, IpPermissions=from_front)
+    wait_for("the target to pass its checks", lambda: health()["State"] == "healthy", 40)
+    assert requests.get(url, timeout=5).text == "hello from gantry httpd\n"
+
+    # The load balancer's own group lets in only 127.0.0.1 on port 80; revoking that closes
+    # the listener to this host within a second, a rule for another block does not reopen it.
+    ec2.revoke_security_group_ingress(GroupId=front, IpPermissions=host)
+    wait_for("the listener to refuse", lambda: refused(url), 1, poll=0.05)
+    other = [{"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}]
+    ec2.authorize_security_group_ingress(GroupId=front, IpPermissions=other)
+    time.sleep(0.5)
+    assert refused(url)
+    ec2.authorize_security_group_ingress(GroupId=front, IpPermissions=host)
+    wait_for("the listener to serve again", lambda: not refused(url), 1, poll=0.05)
+    # The load balancer's group is in use.
+    assert code(ec2.delete_security_group, GroupId=front)[0] == "DependencyViolation"
+    elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+    elb.delete_target_group(TargetGroupArn=tg)
+    ecs.stop_task(cluster="sg", task=arn)
+    ecs.get_waiter("tasks_stopped").wait(cluster="sg", tasks=[arn], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    ec2.revoke_security_group_ingress(GroupId=app, IpPermissions=from_front)
+    for g in (app, front):
+        ec2.delete_security_group(GroupId=g)

@@ -118,7 +118,8 @@ async fn handle(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Valu
             let g = e
                 .find(scope, text(&input, "GroupId"), text(&input, "GroupName"))
                 .await?;
-            let in_use = api.control.tasks_in_group(scope, &g.id).await.map_err(ApiError::from)?;
+            let in_use = api.control.tasks_in_group(scope, &g.id).await.map_err(ApiError::from)?
+                || api.elb.load_balancers_in_group(scope, &g.id).await?;
             e.delete_group(scope, &g, in_use).await?;
             json!({"Return": true, "GroupId": g.id})
         }

@@ -55,6 +55,8 @@ pub struct Pool {
     pub sticky: Sticky,
     /// `slow_start.duration_seconds`, when on.
     pub slow_start: Option<Duration>,
+    /// The load balancer it serves, as security groups see it (None: no listener uses it).
+    pub front: Option<crate::security::Fronting>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,7 +69,11 @@ pub enum Sticky {
 }
 
 impl Pool {
-    pub fn new(view: GroupView, counters: std::sync::Arc<crate::traffic::Counters>) -> Pool {
+    pub fn new(
+        view: GroupView,
+        counters: std::sync::Arc<crate::traffic::Counters>,
+        front: Option<crate::security::Fronting>,
+    ) -> Pool {
         let addrs = eligible(&view)
             .iter()
             .filter_map(|t| Some(SocketAddr::new(view.target_ip(t)?, u16::try_from(t.port).ok()?)))
@@ -98,6 +104,7 @@ impl Pool {
             least_outstanding,
             sticky,
             slow_start,
+            front,
         }
     }
 }

@@ -124,6 +124,12 @@ async fn check(g: &GroupView, addr: SocketAddr) -> Outcome {
     }
 }
 
+/// A check the security groups would drop: it times out.
+async fn blocked(g: &GroupView) -> Outcome {
+    tokio::time::sleep(Duration::from_secs(g.group.health_check_timeout_seconds as u64)).await;
+    Outcome::Timeout
+}
+
 fn target_addr(g: &GroupView, t: &RegisteredTarget) -> Option<SocketAddr> {
     let port = match g.group.health_check_port.as_str() {
         "traffic-port" => u16::try_from(t.port).ok()?,
@@ -143,7 +149,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
         let pools = shared.groups_in_use();
         let groups: Vec<&GroupView> = pools.iter().map(|p| &p.view).collect();
         let mut live = std::collections::HashSet::new();
-        for g in groups.iter().copied() {
+        for pool in &pools {
+            let g = &pool.view;
             if !g.group.health_check_enabled {
                 continue;
             }
@@ -161,8 +168,13 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                         .or_insert_with(|| (Tracker::default(), now))
                         .1 = now;
                     let (g, tx) = (g.clone(), tx.clone());
+                    let admitted = shared.target_admitted(pool, addr);
                     tokio::spawn(async move {
-                        let _ = tx.send((key, check(&g, addr).await)).await;
+                        let outcome = match admitted {
+                            true => check(&g, addr).await,
+                            false => blocked(&g).await,
+                        };
+                        let _ = tx.send((key, outcome)).await;
                     });
                 }
             }

@@ -55,6 +55,9 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let Some(served) = shared.listener(local) else { return };
+            if !shared.client_admitted(&served, peer) {
+                return tracing::debug!(%peer, "refused by the load balancer's security groups");
+            }
             if !served.is_secure() {
                 return serve_connection(shared, served, stream, local, peer).await;
             }
@@ -390,6 +393,10 @@ async fn forward(
     };
     served.counters.chosen();
     group.counters.chosen();
+    if !shared.target_admitted(&group, pick.addr) {
+        // The groups would drop the connection: ALB's answer once its connect times out.
+        return error_page(StatusCode::GATEWAY_TIMEOUT);
+    }
     let set_cookie = match group.sticky {
         Sticky::Cookie(ttl) => Some(stickiness_cookie(
             "AWSALB",

@@ -12,6 +12,7 @@ mod health;
 pub mod hosts;
 mod http;
 mod matching;
+mod security;
 mod settings;
 mod tcp;
 mod tls;
@@ -49,6 +50,8 @@ pub struct Shared {
     cookie_key: u64,
     /// Request counts of every load balancer and target group.
     traffic: Arc<traffic::Traffic>,
+    /// The security groups as last read.
+    security: Arc<RwLock<Arc<security::Guard>>>,
 }
 
 #[derive(Default)]
@@ -59,6 +62,7 @@ struct Snapshot {
 
 impl Snapshot {
     fn from(view: View, traffic: &traffic::Traffic) -> Snapshot {
+        let fronting = fronting(&view);
         Snapshot {
             listeners: view
                 .listeners
@@ -76,7 +80,8 @@ impl Snapshot {
                 .into_iter()
                 .map(|(k, g)| {
                     let counters = traffic.of(&k);
-                    (k, Arc::new(Pool::new(g, counters)))
+                    let front = fronting.get(&k).cloned();
+                    (k, Arc::new(Pool::new(g, counters, front)))
                 })
                 .collect(),
         }
@@ -121,9 +126,48 @@ impl Snapshot {
     }
 }
 
+/// Each target group's load balancer (the first whose listener forwards to it: ELBv2 lets a
+/// group serve one load balancer) as its targets' security groups see it.
+fn fronting(view: &View) -> HashMap<String, security::Fronting> {
+    let mut out = HashMap::new();
+    for l in &view.listeners {
+        let mut groups = forwarded_groups(l.default_actions());
+        for r in &l.rules {
+            groups.extend(forwarded_groups(&r.actions));
+        }
+        for g in groups {
+            let Some(scope) = view.groups.get(&g).map(|v| &v.scope) else {
+                continue;
+            };
+            out.entry(g)
+                .or_insert_with(|| security::Fronting::of(&l.load_balancer, scope));
+        }
+    }
+    out
+}
+
 impl Shared {
     fn current(&self) -> Arc<Snapshot> {
         self.view.read().expect("not poisoned").clone()
+    }
+
+    fn security(&self) -> Arc<security::Guard> {
+        self.security.read().expect("not poisoned").clone()
+    }
+
+    /// Whether a client may use a listener, as its load balancer's groups say.
+    fn client_admitted(&self, served: &Served, client: SocketAddr) -> bool {
+        let port = served.view.listener.port as u16;
+        self.security()
+            .client_admitted(&served.view.load_balancer, port, client.ip())
+    }
+
+    /// Whether a group's load balancer may connect to `target`, as the groups say (a group no
+    /// listener uses has no load balancer to connect from).
+    fn target_admitted(&self, pool: &Pool, target: SocketAddr) -> bool {
+        pool.front
+            .as_ref()
+            .is_some_and(|f| self.security().target_admitted(f, target))
     }
 
     fn listener(&self, local: SocketAddr) -> Option<Arc<Served>> {
@@ -161,12 +205,18 @@ struct Bound {
 
 /// Runs the data plane until `stop`.
 pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(guard) = security::first(store.as_ref(), &mut stop).await else {
+        return;
+    };
+    let security = Arc::new(RwLock::new(Arc::new(guard)));
+    tokio::spawn(security::keep(store.clone(), security.clone(), stop.clone()));
     let shared = Arc::new(Shared {
         view: RwLock::new(Arc::new(Snapshot::default())),
         balancer: balance::Balancer::default(),
         elb: elb.clone(),
         cookie_key: random_key(),
         traffic: Arc::new(traffic::Traffic::default()),
+        security,
     });
     let reader = shared.clone();
     tokio::spawn(traffic::flush(

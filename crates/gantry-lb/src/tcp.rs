@@ -18,6 +18,9 @@ pub async fn serve(
         tokio::spawn(async move {
             let Some(view) = shared.listener(local) else { return };
             let peer = client.peer_addr().ok();
+            if !peer.is_some_and(|p| shared.client_admitted(&view, p)) {
+                return;
+            }
             let _ = client.set_nodelay(true);
             if !view.is_secure() {
                 return relay(&shared, &view, client, peer).await;
@@ -50,6 +53,9 @@ where
     let Some(pick) = shared.balancer.choose_target(&group, sticky) else {
         return;
     };
+    if !shared.target_admitted(&group, pick.addr) {
+        return;
+    }
     let Ok(Ok(mut target)) = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(pick.addr)).await
     else {
         return;

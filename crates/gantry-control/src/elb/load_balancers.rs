@@ -241,6 +241,13 @@ impl Elb {
         Ok(json!({"LoadBalancers": items, "NextMarker": next}))
     }
 
+    /// Whether any load balancer of the scope is in security group `id` (EC2 then refuses to
+    /// delete the group).
+    pub async fn load_balancers_in_group(&self, scope: &Scope, id: &str) -> Result<bool, ElbError> {
+        let all: Vec<Record<LoadBalancer>> = self.list(&Self::key(scope, "lb/")).await?;
+        Ok(all.iter().any(|r| r.item.security_groups.iter().any(|g| g == id)))
+    }
+
     pub async fn delete_load_balancer(&self, scope: &Scope, input: Value) -> Result<Value, ElbError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase", deny_unknown_fields)]
