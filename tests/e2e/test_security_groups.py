@@ -242,6 +242,19 @@ def test_a_load_balancers_groups_decide_who_reaches_it_and_which_tasks_it_reache
     assert refused(url)
     ec2.authorize_security_group_ingress(GroupId=front, IpPermissions=host)
     wait_for("the listener to serve again", lambda: not refused(url), 1, poll=0.05)
+    # SetSecurityGroups swaps the load balancer's groups: one that lets nobody in closes it.
+    closed = ec2.create_security_group(GroupName="lb-closed", Description="nothing in")["GroupId"]
+    lb_arn = lb["LoadBalancerArn"]
+    assert elb.set_security_groups(LoadBalancerArn=lb_arn, SecurityGroups=[closed])["SecurityGroupIds"] == [closed]
+    assert elb.describe_load_balancers(LoadBalancerArns=[lb_arn])["LoadBalancers"][0]["SecurityGroups"] == [closed]
+    wait_for("the listener to refuse", lambda: refused(url), 1, poll=0.05)
+    for groups, want in (([], "InvalidConfigurationRequest"), (["sg-0123456789abcdef0"], "InvalidSecurityGroup")):
+        assert code(elb.set_security_groups, LoadBalancerArn=lb_arn, SecurityGroups=groups)[0] == want
+    # The task lets in the load balancer's group, which it is no longer in: its checks fail.
+    wait_for("the target to fail its checks", lambda: health()["State"] == "unhealthy", 40)
+    elb.set_security_groups(LoadBalancerArn=lb_arn, SecurityGroups=[front])
+    wait_for("the listener to serve again", lambda: not refused(url), 1, poll=0.05)
+    ec2.delete_security_group(GroupId=closed)
     # The load balancer's group is in use.
     assert code(ec2.delete_security_group, GroupId=front)[0] == "DependencyViolation"
     elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])

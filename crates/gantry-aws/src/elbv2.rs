@@ -36,6 +36,10 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
             elb.create_load_balancer(scope, input, &default_vpc(api, scope).await?)
                 .await
         }
+        "SetSecurityGroups" => {
+            elb.set_security_groups(scope, input, &default_vpc(api, scope).await?)
+                .await
+        }
         "DescribeLoadBalancers" => elb.describe_load_balancers(scope, input).await,
         "DeleteLoadBalancer" => elb.delete_load_balancer(scope, input).await,
         "DescribeLoadBalancerAttributes" => elb.describe_load_balancer_attributes(scope, input).await,

@@ -241,6 +241,54 @@ impl Elb {
         Ok(json!({"LoadBalancers": items, "NextMarker": next}))
     }
 
+    /// Replaces an application load balancer's security groups (each must exist in the VPC).
+    pub async fn set_security_groups(&self, scope: &Scope, input: Value, vpc: &Vpc) -> Result<Value, ElbError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase", deny_unknown_fields)]
+        struct Input {
+            load_balancer_arn: String,
+            security_groups: Vec<String>,
+            #[serde(default)]
+            enforce_security_group_inbound_rules_on_private_link_traffic: Option<String>,
+        }
+        let input: Input = parse(input)?;
+        let (lb, _) = self.find_lb(scope, &input.load_balancer_arn).await?;
+        let invalid = |m: &str| ElbError::new("InvalidConfigurationRequestException", m.to_string());
+        if lb.item.kind == "network" {
+            return Err(invalid(
+                "Security groups cannot be set on a network load balancer in Gantry.",
+            ));
+        }
+        if input
+            .enforce_security_group_inbound_rules_on_private_link_traffic
+            .is_some()
+        {
+            return Err(invalid(
+                "EnforceSecurityGroupInboundRulesOnPrivateLinkTraffic applies only to network load balancers.",
+            ));
+        }
+        if input.security_groups.is_empty() {
+            return Err(invalid(
+                "An application load balancer must have at least one security group.",
+            ));
+        }
+        vpc.check_groups(&input.security_groups)?;
+        let key = Self::lb_key(scope, &lb.item.load_balancer_name);
+        let arn = input.load_balancer_arn;
+        let groups = input.security_groups;
+        self.edit::<Record<LoadBalancer>, _>(
+            &key,
+            |r| r.item.load_balancer_arn == arn,
+            || lb_not_found(&arn),
+            |r| {
+                r.item.security_groups = groups.clone();
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(json!({"SecurityGroupIds": groups}))
+    }
+
     /// Whether any load balancer of the scope is in security group `id` (EC2 then refuses to
     /// delete the group).
     pub async fn load_balancers_in_group(&self, scope: &Scope, id: &str) -> Result<bool, ElbError> {
