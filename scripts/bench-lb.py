@@ -102,7 +102,8 @@ def gantry_lb(g):
     tg = elb.create_target_group(Name="bench", Protocol="HTTP", Port=8080, TargetType="ip",
                                  HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2)["TargetGroups"][0]["TargetGroupArn"]
     elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": BACKEND}])
-    lb = elb.create_load_balancer(Name="bench", Subnets=["subnet-a"])["LoadBalancers"][0]
+    subnets = [s["SubnetId"] for s in g.client("ec2").describe_subnets()["Subnets"]]
+    lb = elb.create_load_balancer(Name="bench", Subnets=subnets)["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
     deadline = time.time() + 30

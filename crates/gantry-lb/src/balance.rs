@@ -57,6 +57,9 @@ pub struct Pool {
     pub slow_start: Option<Duration>,
     /// The load balancer it serves, as security groups see it (None: no listener uses it).
     pub front: Option<crate::security::Fronting>,
+    /// Target addresses (traffic and health check ports) the security groups shut the load
+    /// balancer out of.
+    pub shut_out: std::collections::HashSet<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,7 +75,7 @@ impl Pool {
     pub fn new(
         view: GroupView,
         counters: std::sync::Arc<crate::traffic::Counters>,
-        front: Option<crate::security::Fronting>,
+        shut_out: std::collections::HashSet<SocketAddr>,
     ) -> Pool {
         let addrs = eligible(&view)
             .iter()
@@ -104,7 +107,8 @@ impl Pool {
             least_outstanding,
             sticky,
             slow_start,
-            front,
+            front: None,
+            shut_out,
         }
     }
 }

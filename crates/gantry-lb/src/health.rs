@@ -130,7 +130,7 @@ async fn blocked(g: &GroupView) -> Outcome {
     Outcome::Timeout
 }
 
-fn target_addr(g: &GroupView, t: &RegisteredTarget) -> Option<SocketAddr> {
+pub(crate) fn target_addr(g: &GroupView, t: &RegisteredTarget) -> Option<SocketAddr> {
     let port = match g.group.health_check_port.as_str() {
         "traffic-port" => u16::try_from(t.port).ok()?,
         p => p.parse().ok()?,
@@ -168,7 +168,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                         .or_insert_with(|| (Tracker::default(), now))
                         .1 = now;
                     let (g, tx) = (g.clone(), tx.clone());
-                    let admitted = shared.target_admitted(pool, addr);
+                    let admitted = !pool.shut_out.contains(&addr);
                     tokio::spawn(async move {
                         let outcome = match admitted {
                             true => check(&g, addr).await,

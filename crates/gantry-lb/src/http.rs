@@ -393,7 +393,7 @@ async fn forward(
     };
     served.counters.chosen();
     group.counters.chosen();
-    if !shared.target_admitted(&group, pick.addr) {
+    if group.shut_out.contains(&pick.addr) {
         // The groups would drop the connection: ALB's answer once its connect times out.
         return error_page(StatusCode::GATEWAY_TIMEOUT);
     }

@@ -50,8 +50,8 @@ pub struct Shared {
     cookie_key: u64,
     /// Request counts of every load balancer and target group.
     traffic: Arc<traffic::Traffic>,
-    /// The security groups as last read.
-    security: Arc<RwLock<Arc<security::Guard>>>,
+    /// The security groups as last read (targets' verdicts are in the snapshot's pools).
+    security: RwLock<Arc<security::Guard>>,
 }
 
 #[derive(Default)]
@@ -61,7 +61,7 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn from(view: View, traffic: &traffic::Traffic) -> Snapshot {
+    fn from(view: View, traffic: &traffic::Traffic, guard: &security::Guard) -> Snapshot {
         let fronting = fronting(&view);
         Snapshot {
             listeners: view
@@ -80,8 +80,11 @@ impl Snapshot {
                 .into_iter()
                 .map(|(k, g)| {
                     let counters = traffic.of(&k);
-                    let front = fronting.get(&k).cloned();
-                    (k, Arc::new(Pool::new(g, counters, front)))
+                    let front = fronting.get(&k);
+                    let shut_out = front.map(|f| shut_out(&g, f, guard)).unwrap_or_default();
+                    let mut pool = Pool::new(g, counters, shut_out);
+                    pool.front = front.cloned();
+                    (k, Arc::new(pool))
                 })
                 .collect(),
         }
@@ -146,28 +149,37 @@ fn fronting(view: &View) -> HashMap<String, security::Fronting> {
     out
 }
 
+/// The addresses of a group's targets (traffic and health check ports) that its load
+/// balancer's connections may not reach, as the security groups say.
+fn shut_out(
+    g: &gantry_control::elb::GroupView,
+    front: &security::Fronting,
+    guard: &security::Guard,
+) -> std::collections::HashSet<SocketAddr> {
+    g.targets
+        .iter()
+        .flat_map(|t| {
+            let traffic = g
+                .target_ip(t)
+                .zip(u16::try_from(t.port).ok())
+                .map(|(ip, port)| SocketAddr::new(ip, port));
+            [traffic, health::target_addr(g, t)]
+        })
+        .flatten()
+        .filter(|addr| !guard.target_admitted(front, *addr))
+        .collect()
+}
+
 impl Shared {
     fn current(&self) -> Arc<Snapshot> {
         self.view.read().expect("not poisoned").clone()
     }
 
-    fn security(&self) -> Arc<security::Guard> {
-        self.security.read().expect("not poisoned").clone()
-    }
-
     /// Whether a client may use a listener, as its load balancer's groups say.
     fn client_admitted(&self, served: &Served, client: SocketAddr) -> bool {
         let port = served.view.listener.port as u16;
-        self.security()
-            .client_admitted(&served.view.load_balancer, port, client.ip())
-    }
-
-    /// Whether a group's load balancer may connect to `target`, as the groups say (a group no
-    /// listener uses has no load balancer to connect from).
-    fn target_admitted(&self, pool: &Pool, target: SocketAddr) -> bool {
-        pool.front
-            .as_ref()
-            .is_some_and(|f| self.security().target_admitted(f, target))
+        let guard = self.security.read().expect("not poisoned").clone();
+        guard.client_admitted(&served.view.load_balancer, port, client.ip())
     }
 
     fn listener(&self, local: SocketAddr) -> Option<Arc<Served>> {
@@ -208,15 +220,15 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
     let Some(guard) = security::first(store.as_ref(), &mut stop).await else {
         return;
     };
-    let security = Arc::new(RwLock::new(Arc::new(guard)));
-    tokio::spawn(security::keep(store.clone(), security.clone(), stop.clone()));
+    let (guard_tx, mut guards) = tokio::sync::watch::channel(Arc::new(guard));
+    tokio::spawn(security::keep(store.clone(), guard_tx, stop.clone()));
     let shared = Arc::new(Shared {
         view: RwLock::new(Arc::new(Snapshot::default())),
         balancer: balance::Balancer::default(),
         elb: elb.clone(),
         cookie_key: random_key(),
         traffic: Arc::new(traffic::Traffic::default()),
-        security,
+        security: RwLock::new(guards.borrow().clone()),
     });
     let reader = shared.clone();
     tokio::spawn(traffic::flush(
@@ -249,7 +261,9 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         };
         let revision = view.revision;
         let names = dns_entries(&view);
-        let snapshot = Snapshot::from(view, &shared.traffic);
+        let guard = guards.borrow_and_update().clone();
+        *shared.security.write().expect("not poisoned") = guard.clone();
+        let snapshot = Snapshot::from(view, &shared.traffic, &guard);
         for pool in snapshot.groups.values() {
             shared.balancer.observe(pool);
         }
@@ -263,7 +277,7 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
                 }
             }
         }
-        if wait_for_change(store.as_ref(), revision, &mut stop).await {
+        if wait_for_change(store.as_ref(), revision, &mut guards, &mut stop).await {
             break;
         }
     }
@@ -373,9 +387,15 @@ fn reconcile(shared: &Arc<Shared>, workers: &workers::Workers, bound: &mut HashM
     }
 }
 
-/// Waits until the configuration changes after `revision` (a short pause gathers a burst of
-/// changes into one reload), 30 s pass (a safety re-read), or `stop`. True on stop.
-async fn wait_for_change(store: &dyn Store, revision: i64, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+/// Waits until the configuration or the security groups change after `revision` (a short
+/// pause gathers a burst of changes into one reload), 30 s pass (a safety re-read), or `stop`.
+/// True on stop.
+async fn wait_for_change(
+    store: &dyn Store,
+    revision: i64,
+    guards: &mut tokio::sync::watch::Receiver<Arc<security::Guard>>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
     let watches = async {
         let elb = store.watch("/elbv2/", revision).await?;
         let certs = store.watch(gantry_control::acm::PREFIX, revision).await?;
@@ -392,7 +412,7 @@ async fn wait_for_change(store: &dyn Store, revision: i64, stop: &mut tokio::syn
         }
     };
     tokio::select! {
-        _ = async { tokio::select! { _ = watch.events.recv() => {}, _ = certs.events.recv() => {} } } => {
+        _ = async { tokio::select! { _ = watch.events.recv() => {}, _ = certs.events.recv() => {}, _ = guards.changed() => {} } } => {
             tokio::time::sleep(Duration::from_millis(20)).await;
             false
         }

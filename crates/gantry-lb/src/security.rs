@@ -16,7 +16,7 @@ use gantry_types::elbv2::LoadBalancer;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A load balancer as its targets' groups see it: its own groups, or its VPC's default group
@@ -139,13 +139,19 @@ pub async fn first(store: &dyn Store, stop: &mut tokio::sync::watch::Receiver<bo
 }
 
 /// Keeps `guard` on the current view until `stop`: a change lands within a watch's delay.
-pub async fn keep(store: Arc<dyn Store>, guard: Arc<RwLock<Arc<Guard>>>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn keep(
+    store: Arc<dyn Store>,
+    guard: tokio::sync::watch::Sender<Arc<Guard>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let known = guard.read().expect("not poisoned").view.digest();
+        let known = guard.borrow().view.digest();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         tokio::select! {
             r = follow(store.as_ref(), &known, deadline) => match r {
-                Ok(v) if v.digest() != known => *guard.write().expect("not poisoned") = Arc::new(Guard::new(v)),
+                Ok(v) if v.digest() != known => {
+                    let _ = guard.send(Arc::new(Guard::new(v)));
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "following security groups");

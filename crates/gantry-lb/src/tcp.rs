@@ -53,7 +53,7 @@ where
     let Some(pick) = shared.balancer.choose_target(&group, sticky) else {
         return;
     };
-    if !shared.target_admitted(&group, pick.addr) {
+    if group.shut_out.contains(&pick.addr) {
         return;
     }
     let Ok(Ok(mut target)) = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(pick.addr)).await
