@@ -101,3 +101,80 @@ def test_service_tasks_resolve_by_name_from_inside_tasks(gantry, ecs, logs):
     ecs.stop_task(cluster="sd", task=ptask)
     sd.delete_service(Id=web["Id"])
     sd.delete_namespace(Id=ns)
+
+
+def published_set(gantry):
+    table = "gantry_" + gantry.bridge.replace("-", "_")
+    return subprocess.run(["nft", "list", "set", "inet", table, "published"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_bridge_tasks_are_found_by_srv_at_their_nodes_address_and_host_port(gantry, ecs, logs):
+    """A bridge-mode service registers each task at its node's address as tasks reach it (the
+    task network's gateway in `gantry dev`, whose load balancers get 127.0.0.1) and the host port
+    published for its container port; another task resolves the SRV record and reaches it there,
+    through the node firewall's exception for published ports, closed again when the task stops."""
+    from conftest import IMAGE
+    sd = gantry.client("servicediscovery")
+    op = sd.create_private_dns_namespace(Name="br.internal", Vpc=vpc_of(sd))["OperationId"]
+    ns = sd.get_operation(OperationId=op)["Operation"]["Targets"]["NAMESPACE"]
+    echo = sd.create_service(Name="echo", NamespaceId=ns, HealthCheckCustomConfig={},
+                             DnsConfig={"DnsRecords": [{"Type": "SRV", "TTL": 1}]})["Service"]
+    plain = sd.create_service(Name="plain", NamespaceId=ns, DnsConfig={"DnsRecords": [{"Type": "A", "TTL": 1}]})["Service"]
+    ecs.create_cluster(clusterName="sdb")
+    td = ecs.register_task_definition(family="sd-bridge", networkMode="bridge", containerDefinitions=[{
+        "name": "web", "image": IMAGE, "memory": 64, "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+        "portMappings": [{"containerPort": 8080, "hostPort": 0}]}])["taskDefinition"]["taskDefinitionArn"]
+    base = dict(cluster="sdb", taskDefinition=td, launchType="EC2", desiredCount=1)
+    for registry, words in (({"registryArn": echo["Arn"], "port": 8080}, "containerName and containerPort"),
+                            ({"registryArn": plain["Arn"], "containerName": "web", "containerPort": 8080}, "SRV record")):
+        with pytest.raises(ClientError) as e:
+            ecs.create_service(serviceName="bad", serviceRegistries=[registry], **base)
+        err = e.value.response["Error"]
+        assert err["Code"] == "InvalidParameterException" and words in err["Message"], err
+
+    ecs.create_service(serviceName="echo", **base,
+                       serviceRegistries=[{"registryArn": echo["Arn"], "containerName": "web", "containerPort": 8080}])
+    instances = wait_for("a registered task", lambda: sd.list_instances(ServiceId=echo["Id"])["Instances"])
+    arn = ecs.list_tasks(cluster="sdb", serviceName="echo")["taskArns"][0]
+    task = ecs.describe_tasks(cluster="sdb", tasks=[arn])["tasks"][0]
+    host_port = task["containers"][0]["networkBindings"][0]["hostPort"]
+    gw = gateway(gantry)
+    attrs = instances[0]["Attributes"]
+    assert (attrs["AWS_INSTANCE_IPV4"], attrs["AWS_INSTANCE_PORT"]) == (gw, str(host_port)), attrs
+    srv = resolve(gw, "echo.br.internal", "srv")
+    assert len(srv) == 1 and srv[0].startswith(f"1 1 {host_port} "), srv
+    assert f"tcp . {host_port}" in published_set(gantry)
+
+    # From an awsvpc task: the SRV record's port and target, the target's address, then an
+    # HTTP GET there (static busybox wget cannot resolve names itself, and its -T crashes).
+    probe = register(ecs, "sd-br-probe", [{"name": "probe", "logConfiguration": awslogs("/e2e/sdb"), "command": [
+        "sh", "-c", "while true; do set -- $(nslookup -type=srv echo.br.internal | "
+        "sed -n 's/.*service = 1 1 \\([0-9]*\\) \\(.*\\)$/\\1 \\2/p'); "
+        "ip=$(nslookup $2 | sed -n 's/^Address: //p' | head -1); "
+        "echo \"GOT $1 $(timeout 3 wget -q -O - http://$ip:$1/ 2>&1 | head -1)\"; sleep 0.5; done"]}])
+    ptask = ecs.run_task(taskDefinition=probe["taskDefinitionArn"], cluster="sdb", launchType="FARGATE",
+                         networkConfiguration=NETWORK)["tasks"][0]["taskArn"]
+
+    def probe_lines():
+        try:
+            ev = logs.get_log_events(logGroupName="/e2e/sdb", logStreamName=f"ecs/probe/{ptask.rsplit('/', 1)[1]}",
+                                     startFromHead=True)["events"]
+        except ClientError:
+            return []
+        return [e["message"] for e in ev]
+
+    try:
+        wait_for("the probe reaching the task", lambda: f"GOT {host_port} hello from gantry httpd" in probe_lines())
+    except AssertionError:
+        print("PROBE", probe_lines()[-5:])
+        raise
+
+    ecs.delete_service(cluster="sdb", service="echo", force=True)
+    wait_for("no registered task", lambda: sd.list_instances(ServiceId=echo["Id"])["Instances"] == [])
+    ecs.get_waiter("tasks_stopped").wait(cluster="sdb", tasks=[arn], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    wait_for("the published port closed to tasks", lambda: f"tcp . {host_port}" not in published_set(gantry), 5)
+    ecs.stop_task(cluster="sdb", task=ptask)
+    for s in (echo, plain):
+        sd.delete_service(Id=s["Id"])
+    sd.delete_namespace(Id=ns)

@@ -43,6 +43,13 @@ pub async fn keep_pool_warm(node: Arc<Node>, size: usize, mut stop: tokio::sync:
 /// default).
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// A bridge-mode task's published ports: their relays, and (protocol, host port) each.
+#[derive(Default)]
+struct Published {
+    relays: Vec<tokio::task::AbortHandle>,
+    ports: Vec<(String, u16)>,
+}
+
 pub struct Agent {
     pub link: Arc<dyn ControlLink>,
     pub node: Arc<Node>,
@@ -53,7 +60,7 @@ pub struct Agent {
     /// Running metadata endpoints by task id.
     metadata: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// Port relays of bridge-mode tasks by task id.
-    published: Mutex<std::collections::HashMap<String, Vec<tokio::task::AbortHandle>>>,
+    published: Mutex<std::collections::HashMap<String, Published>>,
     /// Each supervised task's record as this agent last wrote it, with its revision: the next
     /// write is tried against it without reading first (a conflict reads and retries).
     written: Mutex<HashMap<String, (TaskRecord, i64)>>,
@@ -191,21 +198,48 @@ impl Agent {
                     return Err(e);
                 }
             };
-            self.published
-                .lock()
-                .expect("lock")
-                .entry(task_id.to_string())
-                .or_default()
-                .extend(handles);
+            let ports: Vec<(String, u16)> = bindings.iter().map(|b| (b.protocol.clone(), b.host_port)).collect();
+            let mut published = self.published.lock().expect("lock");
+            let entry = published.entry(task_id.to_string()).or_default();
+            entry.relays.extend(handles);
+            entry.ports.extend(ports);
             out.push((container.clone(), bindings));
+        }
+        // Other tasks reach them at the node's addresses, as on an ECS instance.
+        let ports = self
+            .published
+            .lock()
+            .expect("lock")
+            .get(task_id)
+            .map(|p| p.ports.clone());
+        let node = self.node.clone();
+        let opened =
+            tokio::task::spawn_blocking(move || node.network().published_ports(&ports.unwrap_or_default(), true))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = opened {
+            self.unpublish_ports(task_id);
+            return Err(format!("opening the published ports to tasks: {e}"));
         }
         Ok(out)
     }
 
+    /// Stops a task's relays and closes its ports to tasks (in the background: a delete in
+    /// nftables waits for an RCU grace period).
     pub(crate) fn unpublish_ports(&self, task_id: &str) {
-        for h in self.published.lock().expect("lock").remove(task_id).unwrap_or_default() {
+        let Some(p) = self.published.lock().expect("lock").remove(task_id) else {
+            return;
+        };
+        for h in p.relays {
             h.abort();
         }
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = node.network().published_ports(&p.ports, false) {
+                tracing::warn!(error = %e, ports = ?p.ports, "closing published ports to tasks");
+            }
+        });
     }
 
     pub(crate) fn stop_metadata(&self, task_id: &str) {

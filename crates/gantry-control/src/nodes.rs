@@ -34,6 +34,21 @@ pub struct NodeSpec {
     pub subnet: Option<String>,
 }
 
+impl NodeSpec {
+    /// Where tasks reach the host ports this node publishes: its address, unless that is
+    /// loopback (`gantry dev` gives load balancers 127.0.0.1, which inside a task is the
+    /// task's own), then its task network's gateway (the first address of its subnet).
+    pub fn task_facing_address(&self) -> Option<std::net::Ipv4Addr> {
+        match self.address {
+            Some(a) if !a.is_loopback() => Some(a),
+            _ => {
+                let (net, _) = crate::ec2::check_cidr(self.subnet.as_deref()?).ok()?;
+                Some(std::net::Ipv4Addr::from(u32::from(net) + 1))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeRecord {
     #[serde(flatten)]

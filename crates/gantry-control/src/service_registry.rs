@@ -7,6 +7,7 @@ use crate::tasks::TaskRecord;
 use crate::Control;
 use gantry_types::arn::Scope;
 use gantry_types::cloudmap::Service as MapService;
+use gantry_types::taskdef::NetworkMode;
 use gantry_types::EcsError;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,25 +36,48 @@ pub fn parse(entries: &[Value]) -> Vec<Registry> {
         .collect()
 }
 
+/// A bridge-mode task is registered at its node's address and the host port published for a
+/// container port: ECS asks for the container and port, and only an SRV record carries the port.
+fn check_bridge_registry(srv: bool, port: Option<i64>, container: Option<(&str, i64)>) -> Result<(), EcsError> {
+    if container.is_none() || port.is_some() {
+        return Err(EcsError::invalid(
+            "When the task definition uses the bridge network mode, the service registry must specify a containerName and containerPort combination from the task definition (not a port value).",
+        ));
+    }
+    if !srv {
+        return Err(EcsError::invalid(
+            "When the task definition uses the bridge network mode, the service registry must have an SRV record: the tasks answer at their node's address on a host port.",
+        ));
+    }
+    Ok(())
+}
+
 /// A registered instance as the service record remembers it: "Cloud Map service id|task id".
 fn instance_key(service_id: &str, task_id: &str) -> String {
     format!("{service_id}|{task_id}")
 }
 
-/// The attributes ECS registers a task with.
+/// The attributes ECS registers a task with: an awsvpc task at its own address, a bridge one
+/// at its node's (`node`: as tasks reach it) with the host port published for the registry's
+/// container port. None when there is no address (or port) yet.
 pub fn attributes(
     rec: &ServiceRecord,
     svc: &MapService,
     reg: &Registry,
     t: &TaskRecord,
+    node: Option<std::net::Ipv4Addr>,
 ) -> Option<BTreeMap<String, String>> {
-    let ip = t
-        .task
-        .containers
-        .iter()
-        .flat_map(|c| c.network_interfaces.iter())
-        .map(|n| n.private_ipv4_address.clone())
-        .find(|ip| !ip.is_empty())?;
+    let bridge = t.network_mode == NetworkMode::Bridge;
+    let ip = match bridge {
+        true => node?.to_string(),
+        false => t
+            .task
+            .containers
+            .iter()
+            .flat_map(|c| c.network_interfaces.iter())
+            .map(|n| n.private_ipv4_address.clone())
+            .find(|ip| !ip.is_empty())?,
+    };
     let mut a = BTreeMap::from([
         ("AWS_INSTANCE_IPV4".to_string(), ip),
         ("AVAILABILITY_ZONE".to_string(), t.task.availability_zone.clone()),
@@ -71,13 +95,28 @@ pub fn attributes(
         .flat_map(|d| &d.dns_records)
         .any(|r| r.kind == "SRV");
     if srv {
-        let port = reg.port.or(reg.container.as_ref().map(|c| c.1))?;
+        let port = match bridge {
+            true => host_port(t, reg.container.as_ref()?)?,
+            false => reg.port.or(reg.container.as_ref().map(|c| c.1))?,
+        };
         a.insert("AWS_INSTANCE_PORT".into(), port.to_string());
     }
     if svc.health_check_custom_config.is_some() {
         a.insert("AWS_INIT_HEALTH_STATUS".into(), "HEALTHY".into());
     }
     Some(a)
+}
+
+/// The host port a bridge task's container port is published on (its `networkBindings`).
+fn host_port(t: &TaskRecord, (container, port): &(String, i64)) -> Option<i64> {
+    t.task
+        .containers
+        .iter()
+        .filter(|c| &c.name == container)
+        .flat_map(|c| &c.network_bindings)
+        .find(|b| b["containerPort"].as_i64() == Some(*port) && b["protocol"].as_str().unwrap_or("tcp") == "tcp")?
+        ["hostPort"]
+        .as_i64()
 }
 
 fn family(task_definition_arn: &str) -> String {
@@ -114,10 +153,11 @@ impl Control {
                 .service(scope, arn)
                 .await
                 .map_err(|_| EcsError::invalid(format!("The service registry {arn} does not exist.")))?;
-            if td["networkMode"].as_str() != Some("awsvpc") {
-                return Err(EcsError::invalid(
-                    "Gantry registers tasks in Cloud Map at their own addresses: the task definition must use the awsvpc network mode.",
-                ));
+            let mode = td["networkMode"].as_str().unwrap_or("bridge");
+            if !matches!(mode, "awsvpc" | "bridge") {
+                return Err(EcsError::invalid(format!(
+                    "Gantry registers tasks in Cloud Map with the awsvpc or bridge network mode, not {mode}."
+                )));
             }
             let container = match (e["containerName"].as_str(), e["containerPort"].as_i64()) {
                 (Some(name), Some(port)) => {
@@ -142,9 +182,16 @@ impl Control {
                 .iter()
                 .flat_map(|d| &d.dns_records)
                 .any(|r| r.kind == "SRV");
-            if srv && port.is_none() && container.is_none() {
+            if mode == "bridge" {
+                check_bridge_registry(srv, port, container)?;
+            } else if srv && port.is_none() && container.is_none() {
                 return Err(EcsError::invalid(
                     "When specifying a service registry with an SRV record, you must specify either a containerName and containerPort combination or a port value.",
+                ));
+            }
+            if port.is_some() && container.is_some() {
+                return Err(EcsError::invalid(
+                    "serviceRegistries: specify either a containerName and containerPort combination or a port value, not both.",
                 ));
             }
             let mut entry = json!({ "registryArn": svc.arn });
@@ -197,13 +244,22 @@ impl Control {
             };
             for t in healthy {
                 let key = instance_key(&svc.id, &task_id(t));
-                let Some(attrs) = attributes(rec, &svc, &reg, t) else {
-                    continue;
-                };
                 if rec.registry_registered.contains(&key) {
                     now.insert(key);
                     continue;
                 }
+                let node = match t.network_mode {
+                    NetworkMode::Bridge => self
+                        .node(&t.node)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|n| n.spec.task_facing_address()),
+                    _ => None,
+                };
+                let Some(attrs) = attributes(rec, &svc, &reg, t, node) else {
+                    continue;
+                };
                 match map.register(&scope, &svc, &task_id(t), attrs, None).await {
                     Ok(()) => {
                         now.insert(key);

@@ -52,7 +52,7 @@ pub fn answer(table: &DnsTable, query: &Message, pick: u64) -> Decision {
     let owner = q.name().clone();
     match lookup(table, name) {
         Some(Found::Service(svc)) => reply.answers = service_records(svc, &owner, qtype, pick),
-        Some(Found::Instance(svc, inst)) => reply.answers = address_records(svc, &[inst], &owner, qtype),
+        Some(Found::Instance(svc, inst)) => reply.answers = target_records(svc, inst, &owner, qtype),
         None if name == zone.name && qtype == RecordType::SOA => reply.answers = vec![soa(zone)],
         None if exists_below(table, zone, name) => {}
         None => reply.metadata.response_code = ResponseCode::NXDomain,
@@ -160,14 +160,33 @@ fn has_address(i: &Instance, qtype: RecordType) -> bool {
     i.attributes.contains_key(key)
 }
 
+fn address_kind(qtype: RecordType) -> Option<&'static str> {
+    match qtype {
+        RecordType::A => Some("A"),
+        RecordType::AAAA => Some("AAAA"),
+        _ => None,
+    }
+}
+
 /// A or AAAA records for instances, when the service has that record type.
 fn address_records(svc: &DnsName, instances: &[&Instance], owner: &Name, qtype: RecordType) -> Vec<Record> {
-    let kind = match qtype {
-        RecordType::A => "A",
-        RecordType::AAAA => "AAAA",
-        _ => return vec![],
-    };
-    let Some(ttl) = ttl_of(svc, kind) else { return vec![] };
+    match address_kind(qtype).and_then(|kind| ttl_of(svc, kind)) {
+        Some(ttl) => addresses(instances, owner, qtype, ttl),
+        None => vec![],
+    }
+}
+
+/// An SRV target's A or AAAA record: Cloud Map makes them for each instance with an address
+/// even when the service has only SRV records (then with the SRV record's TTL).
+fn target_records(svc: &DnsName, inst: &Instance, owner: &Name, qtype: RecordType) -> Vec<Record> {
+    let ttl = address_kind(qtype).and_then(|kind| ttl_of(svc, kind).or_else(|| ttl_of(svc, "SRV")));
+    match ttl {
+        Some(ttl) => addresses(&[inst], owner, qtype, ttl),
+        None => vec![],
+    }
+}
+
+fn addresses(instances: &[&Instance], owner: &Name, qtype: RecordType, ttl: u32) -> Vec<Record> {
     instances
         .iter()
         .filter_map(|i| {
@@ -188,7 +207,7 @@ fn srv_additionals(table: &DnsTable, answers: &[Record]) -> Vec<Record> {
         let target = srv.target.to_lowercase().to_ascii();
         if let Some(Found::Instance(svc, inst)) = lookup(table, target.trim_end_matches('.')) {
             for qtype in [RecordType::A, RecordType::AAAA] {
-                out.extend(address_records(svc, &[inst], &srv.target, qtype));
+                out.extend(target_records(svc, inst, &srv.target, qtype));
             }
         }
     }

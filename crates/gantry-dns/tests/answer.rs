@@ -71,6 +71,15 @@ fn table() -> DnsTable {
             "MULTIVALUE",
             false,
         ),
+        service(
+            "ns-1",
+            "srv-4",
+            "echo",
+            json!([{"Type": "SRV", "TTL": 9}]),
+            "MULTIVALUE",
+            true,
+        ),
+        instance("srv-4", "e1", "10.217.0.1", 45000, "HEALTHY"),
         instance("srv-1", "t1", "10.0.0.1", 8080, "HEALTHY"),
         instance("srv-1", "t2", "10.0.0.2", 8080, "UNHEALTHY"),
         instance("srv-1", "t3", "10.0.0.3", 8081, "HEALTHY"),
@@ -158,6 +167,24 @@ fn srv_points_at_instance_names_that_resolve() {
     // An unhealthy instance's name is not answered.
     let gone = ask(&t, "t2.web.internal.", RecordType::A, 0).unwrap();
     assert_eq!(gone.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[test]
+fn an_srv_only_services_targets_resolve_with_its_ttl() {
+    let t = table();
+    // The service itself has no address records: only SRV.
+    assert!(addresses(&ask(&t, "echo.internal.", RecordType::A, 0).unwrap()).is_empty());
+    let m = ask(&t, "echo.internal.", RecordType::SRV, 0).unwrap();
+    assert_eq!(m.answers.len(), 1);
+    assert_eq!(m.additionals.len(), 1, "the target's address comes along");
+    // As Cloud Map makes them: the target's A record, with the SRV record's TTL.
+    let target = ask(&t, "e1.echo.internal.", RecordType::A, 0).unwrap();
+    assert_eq!(addresses(&target), ["10.217.0.1"]);
+    assert!(target.answers.iter().all(|r| r.ttl == 9));
+    assert!(ask(&t, "e1.echo.internal.", RecordType::AAAA, 0)
+        .unwrap()
+        .answers
+        .is_empty());
 }
 
 #[test]

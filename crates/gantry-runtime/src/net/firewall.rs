@@ -3,7 +3,10 @@
 //! arrive on the bridge for the node are dropped unless they answer a connection the node
 //! opened. Task-to-task traffic is bridged, never delivered to the node, so it is untouched;
 //! the endpoints meant for tasks (169.254.170.2) live inside each task's own namespace. The
-//! one exception is DNS to the node's resolver on the gateway address, when it runs.
+//! exceptions are DNS to the node's resolver on the gateway address, when it runs, and the
+//! host ports the node publishes for bridge-mode tasks (the set `published`, kept by the agent
+//! as it binds and unbinds them): as on an ECS instance, tasks reach each other's published
+//! ports at the node's addresses.
 //!
 //! One nftables table per bridge (`gantry_<bridge>`), replaced atomically in one `nft -f`
 //! transaction, so several Gantry nodes on one host never touch each other's rules.
@@ -48,10 +51,14 @@ pub fn ruleset(bridge: &str, resolver: Option<std::net::Ipv4Addr>) -> Result<Str
         "add table inet {t}\n\
          delete table inet {t}\n\
          table inet {t} {{\n\
+         \tset published {{\n\
+         \t\ttype inet_proto . inet_service\n\
+         \t}}\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{bridge}\" ct state established,related accept\n\
          {dns}\
+         \t\tiifname \"{bridge}\" meta l4proto . th dport @published accept comment \"ports published on the node\"\n\
          \t\tiifname \"{bridge}\" counter drop comment \"tasks may not reach the node\"\n\
          \t}}\n\
          }}\n"
@@ -200,6 +207,29 @@ pub fn isolate_node(bridge: &str, resolver: Option<std::net::Ipv4Addr>) -> Resul
     nft(&ruleset(bridge, resolver)?)
 }
 
+/// Lets the bridge's tasks reach host ports the node publishes ("tcp" or "udp", port), or
+/// (`open` false) no longer.
+pub fn published_ports(bridge: &str, ports: &[(String, u16)], open: bool) -> Result<(), FirewallError> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let t = table_name(bridge)?;
+    let mut elements = Vec::new();
+    for (protocol, port) in ports {
+        if !matches!(protocol.as_str(), "tcp" | "udp") {
+            return Err(FirewallError::Nft {
+                stderr: format!("cannot publish protocol {protocol:?}"),
+            });
+        }
+        elements.push(format!("{protocol} . {port}"));
+    }
+    let verb = if open { "add" } else { "delete" };
+    nft(&format!(
+        "{verb} element inet {t} published {{ {} }}\n",
+        elements.join(", ")
+    ))
+}
+
 /// Removes the bridge's rules (absent is fine).
 pub fn remove(bridge: &str) -> Result<(), FirewallError> {
     let t = table_name(bridge)?;
@@ -257,6 +287,8 @@ mod tests {
         assert!(with_dns.contains("ip daddr 10.1.0.1 meta l4proto { tcp, udp } th dport 53 accept"));
         assert!(r.contains("table inet gantry_gantry0 {"));
         assert!(r.contains("iifname \"gantry0\" ct state established,related accept"));
+        assert!(r.contains("set published {\n\t\ttype inet_proto . inet_service\n\t}"));
+        assert!(r.contains("iifname \"gantry0\" meta l4proto . th dport @published accept"));
         assert!(r.starts_with("add table inet gantry_gantry0\ndelete table inet gantry_gantry0\n"));
         assert_eq!(table_name("ge1-x").unwrap(), "gantry_ge1_x");
         for bad in ["", "a b", "x\";flush ruleset;\"", "br/0"] {

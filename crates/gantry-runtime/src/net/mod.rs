@@ -187,6 +187,12 @@ impl Network {
         &self.ipam
     }
 
+    /// Lets this network's tasks reach host ports the node publishes ("tcp"/"udp", port), or
+    /// (`open` false) no longer.
+    pub fn published_ports(&self, ports: &[(String, u16)], open: bool) -> Result<(), NetworkError> {
+        Ok(firewall::published_ports(&self.cfg.bridge, ports, open)?)
+    }
+
     /// Builds a new sandbox from scratch (~ a millisecond or two of netlink work).
     pub fn create(&self) -> Result<Sandbox, NetworkError> {
         let id = crate::random_hex(12);
