@@ -11,7 +11,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
 import conftest  # noqa: E402  (the e2e harness starts and cleans up gantry)
 
-conftest.GANTRY = os.path.join(conftest.ROOT, "target", "release", "gantry")
+# GANTRY_BINARY measures another build (an older commit's, built elsewhere) in the same way.
+conftest.GANTRY = os.environ.get("GANTRY_BINARY") or os.path.join(conftest.ROOT, "target", "release", "gantry")
 
 
 def pct(v, p):

@@ -4,11 +4,12 @@ exit codes after the restart."""
 import glob
 import json
 import os
+import subprocess
 import time
 
 import pytest
 
-from conftest import Gantry, mounts_under, register, run, wait_stopped
+from conftest import Gantry, mounts_under, register, run, wait_for, wait_stopped
 
 
 @pytest.fixture
@@ -129,6 +130,11 @@ def test_bridge_ports_are_published_again_after_a_restart(fresh):
     g.kill9()
     g.start()
     assert "hello from gantry httpd" in fetch(), "the relay is bound again by the restarted agent"
+    # The node firewall, rebuilt at the start, lets tasks reach the port again, until it stops.
+    published = ["nft", "list", "set", "inet", "gantry_" + g.bridge.replace("-", "_"), "published"]
+    assert f"tcp . {port}" in subprocess.run(published, capture_output=True, text=True, check=True).stdout
     ecs = g.client("ecs")
     ecs.stop_task(cluster="default", task=arn)
     wait_stopped(ecs, "default", [arn])
+    wait_for("the port closed to tasks", lambda: f"tcp . {port}" not in subprocess.run(
+        published, capture_output=True, text=True, check=True).stdout, 5)
