@@ -10,13 +10,18 @@ loaded with wrk, in alternating order, several rounds:
   pingora  (with --pingora) wrk -> a minimal Cloudflare pingora proxy (bench/pingora-proxy,
            built here in release) -> backend: the foundation the issue asked to weigh against
            hyper, doing only what nginx does here (no rules, no health checks)
+With --tls, the same proxies also serve HTTPS (an EC P-256 certificate made by openssl,
+imported through ACM for Gantry), loaded twice: over kept-alive connections (the cost of
+encrypting) and with `Connection: close` (a full TLS handshake per request):
+  nginx-tls, gantry-tls          https, kept alive
+  nginx-tls-new, gantry-tls-new  https, a new connection (and handshake) per request
 Reported: requests/s and latency p50/p90/p99 (medians over rounds), and Gantry's ratios to
 nginx (and to pingora). wrk's own client runs on the same two cores: compare the ratios, not
 the numbers.
 
 Usage (root, after `cargo build --release --workspace`; installs nginx-light and wrk from
 Debian if missing, without starting Debian's own nginx):
-    .venv/bin/python scripts/bench-lb.py [--rounds 5] [--seconds 5] [--connections 32] [--pingora]
+    .venv/bin/python scripts/bench-lb.py [--rounds 5] [--seconds 5] [--connections 32] [--pingora] [--tls]
 """
 import argparse
 import os
@@ -89,15 +94,43 @@ def start_backend(d):
     return subprocess.Popen(["ip", "netns", "exec", NS, "nginx", "-c", conf, "-g", "daemon off;"])
 
 
-def start_nginx_proxy(d, port):
+def make_certificate(d):
+    """A self-signed EC P-256 certificate for bench.example: (certificate, key) paths."""
+    cert, key = os.path.join(d, "bench.pem"), os.path.join(d, "bench.key")
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+       "-keyout", key, "-out", cert, "-subj", "/CN=bench.example", "-addext", "subjectAltName=DNS:bench.example",
+       "-days", "1")
+    return cert, key
+
+
+def start_nginx_proxy(d, port, tls=None):
+    """nginx proxying to the backend on 127.0.0.1:port; with tls (port, certificate, key) also
+    over HTTPS there."""
+    https = ""
+    if tls:
+        tport, cert, key = tls
+        # TLS 1.3 as Gantry (and nginx from 1.23.4 on) offers it; Debian 12's nginx 1.22 would not.
+        https = (f"listen 127.0.0.1:{tport} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; "
+                 "ssl_protocols TLSv1.2 TLSv1.3; ")
     conf = nginx_conf(d, "proxy", f"upstream b {{ server {BACKEND}:8080; keepalive 64; }} "
-                                  f"server {{ listen 127.0.0.1:{port}; keepalive_requests 100000; location / {{ "
+                                  f"server {{ listen 127.0.0.1:{port}; {https}keepalive_requests 100000; location / {{ "
                                   "proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ''; "
                                   "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; } }")
     return subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"])
 
 
-def gantry_lb(g):
+def gantry_https_listener(g, lb_arn, tg, cert, key):
+    """An HTTPS listener on 443 with the certificate imported through ACM."""
+    arn = g.client("acm").import_certificate(Certificate=open(cert, "rb").read(),
+                                             PrivateKey=open(key, "rb").read())["CertificateArn"]
+    g.client("elbv2").create_listener(LoadBalancerArn=lb_arn, Protocol="HTTPS", Port=443,
+                                      Certificates=[{"CertificateArn": arn}],
+                                      DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+
+
+def gantry_lb(g, tls=None):
+    """A load balancer forwarding to the backend: its DNS name. With tls (certificate, key),
+    also an HTTPS listener."""
     elb = g.client("elbv2")
     tg = elb.create_target_group(Name="bench", Protocol="HTTP", Port=8080, TargetType="ip",
                                  HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2)["TargetGroups"][0]["TargetGroupArn"]
@@ -106,6 +139,8 @@ def gantry_lb(g):
     lb = elb.create_load_balancer(Name="bench", Subnets=subnets)["LoadBalancers"][0]
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=80,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    if tls:
+        gantry_https_listener(g, lb["LoadBalancerArn"], tg, *tls)
     deadline = time.time() + 30
     while time.time() < deadline:
         h = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
@@ -126,6 +161,7 @@ def start_pingora(port):
 
 
 def wait_http(url):
+    url = url.split()[-1]
     deadline = time.time() + 10
     while time.time() < deadline:
         if subprocess.run(["wrk", "-t1", "-c1", "-d1s", url], capture_output=True).returncode == 0:
@@ -138,7 +174,10 @@ UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def wrk(url, seconds, connections):
-    out = sh("wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url).stdout
+    """wrk on `url` (prefixed "new " for a new connection per request)."""
+    new = url.startswith("new ")
+    args = ["-H", "Connection: close", url.split()[-1]] if new else [url]
+    out = sh("wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *args).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
@@ -154,6 +193,7 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--perf", help="also record a perf profile of gantry during one round into this file")
     ap.add_argument("--pingora", action="store_true", help="also measure a minimal pingora proxy")
+    ap.add_argument("--tls", action="store_true", help="also measure HTTPS, kept alive and a handshake per request")
     a = ap.parse_args()
     assert os.geteuid() == 0, "run as root"
     install(a.pingora)  # pingora's zlib-ng builds with cmake
@@ -161,12 +201,17 @@ def main():
     procs, g = [], None
     try:
         procs.append(start_backend(d))
-        port = conftest.free_port()
-        procs.append(start_nginx_proxy(d, port))
+        port, tport = conftest.free_port(), conftest.free_port()
+        cert = make_certificate(d) if a.tls else None
+        procs.append(start_nginx_proxy(d, port, (tport, *cert) if cert else None))
         g = conftest.Gantry(instance=40)
         g.start()
+        name = gantry_lb(g, cert)
         paths = {"direct": f"http://{BACKEND}:8080/", "nginx": f"http://127.0.0.1:{port}/",
-                 "gantry": f"http://{gantry_lb(g)}/"}
+                 "gantry": f"http://{name}/"}
+        if a.tls:
+            paths.update({"nginx-tls": f"https://127.0.0.1:{tport}/", "gantry-tls": f"https://{name}/",
+                          "nginx-tls-new": f"new https://127.0.0.1:{tport}/", "gantry-tls-new": f"new https://{name}/"})
         if a.pingora:
             pport = conftest.free_port()
             procs.append(start_pingora(pport))
@@ -189,8 +234,10 @@ def main():
             rps = statistics.median(r[0] for r in rs)
             lat = {p: statistics.median(r[1][p] for r in rs) for p in ("50", "90", "99")}
             med[name] = (rps, lat)
-            print(f"{name:<8} {rps:>9.0f} req/s   p50 {lat['50']:7.2f} ms   p90 {lat['90']:7.2f} ms   p99 {lat['99']:7.2f} ms")
-        for a_name, b_name in [("gantry", "nginx"), ("pingora", "nginx"), ("gantry", "pingora")]:
+            print(f"{name:<14} {rps:>9.0f} req/s   p50 {lat['50']:7.2f} ms   p90 {lat['90']:7.2f} ms   p99 {lat['99']:7.2f} ms")
+        pairs = [("gantry", "nginx"), ("pingora", "nginx"), ("gantry", "pingora"), ("gantry-tls", "nginx-tls"),
+                 ("gantry-tls-new", "nginx-tls-new")]
+        for a_name, b_name in pairs:
             if a_name not in med or b_name not in med:
                 continue
             (x_rps, x_lat), (y_rps, y_lat) = med[a_name], med[b_name]
