@@ -26,6 +26,16 @@ def resolve(server, name, qtype="a"):
     return sorted(re.findall(r"^Address: (\S+)$", out, re.M))
 
 
+def probe_output(logs, group, task_arn):
+    """The lines a probe task's container `probe` logged so far."""
+    try:
+        ev = logs.get_log_events(logGroupName=group, logStreamName=f"ecs/probe/{task_arn.rsplit('/', 1)[1]}",
+                                 startFromHead=True)["events"]
+    except ClientError:
+        return []
+    return [e["message"] for e in ev]
+
+
 def test_service_tasks_resolve_by_name_from_inside_tasks(gantry, ecs, logs):
     sd = gantry.client("servicediscovery")
     op = sd.create_private_dns_namespace(Name="sd.internal", Vpc=vpc_of(sd))["OperationId"]
@@ -75,12 +85,7 @@ def test_service_tasks_resolve_by_name_from_inside_tasks(gantry, ecs, logs):
                          networkConfiguration=NETWORK)["tasks"][0]["taskArn"]
 
     def probe_lines():
-        try:
-            ev = logs.get_log_events(logGroupName="/e2e/sd", logStreamName=f"ecs/probe/{ptask.rsplit('/', 1)[1]}",
-                                     startFromHead=True)["events"]
-        except ClientError:
-            return []
-        return [e["message"] for e in ev]
+        return probe_output(logs, "/e2e/sd", ptask)
 
     wanted = "A " + " ".join(ips) + " "
     lines = wait_for("the probe resolving both tasks", lambda: (lambda ls: ls if wanted in ls else None)(probe_lines()))
@@ -157,12 +162,7 @@ def test_bridge_tasks_are_found_by_srv_at_their_nodes_address_and_host_port(gant
                          networkConfiguration=NETWORK)["tasks"][0]["taskArn"]
 
     def probe_lines():
-        try:
-            ev = logs.get_log_events(logGroupName="/e2e/sdb", logStreamName=f"ecs/probe/{ptask.rsplit('/', 1)[1]}",
-                                     startFromHead=True)["events"]
-        except ClientError:
-            return []
-        return [e["message"] for e in ev]
+        return probe_output(logs, "/e2e/sdb", ptask)
 
     try:
         wait_for("the probe reaching the task", lambda: f"GOT {host_port} hello from gantry httpd" in probe_lines())

@@ -192,17 +192,19 @@ pub trait ControlLink: Send + Sync {
     /// The registry credentials of one of this node's task's containers (repositoryCredentials)
     /// as (container, username, password), or why they cannot be read.
     async fn registry_credentials(&self, key: &str) -> LinkResult<TaskSecrets>;
-    /// The security groups and their members, once they differ from the view whose digest
-    /// is `known` (at once when it is empty; after a while without change, the same view).
+    /// The groups of this node's tasks and the members their rules name, once they differ
+    /// from the view whose digest is `known` (at once when it is empty; after a while without
+    /// change, the same view).
     async fn security_view(&self, known: &str) -> LinkResult<SecurityView>;
 }
 
 pub use gantry_control::ec2::SecurityView;
 
-/// The server side of `security_view` (`gantry_control::ec2::follow`), for one poll.
-pub async fn security_view(control: &Control, known: &str) -> LinkResult<SecurityView> {
+/// The server side of `security_view` (`gantry_control::ec2::follow`), for one poll: the
+/// groups of `node`'s tasks and the members their rules name.
+pub async fn security_view(control: &Control, node: &str, known: &str) -> LinkResult<SecurityView> {
     let deadline = tokio::time::Instant::now() + DNS_POLL;
-    gantry_control::ec2::follow(control.store.as_ref(), known, deadline)
+    gantry_control::ec2::follow(control.store.as_ref(), Some(node), known, deadline)
         .await
         .map_err(LinkError::unavailable)
 }
@@ -466,7 +468,7 @@ impl ControlLink for LocalLink {
     }
 
     async fn security_view(&self, known: &str) -> LinkResult<SecurityView> {
-        security_view(&self.control, known).await
+        security_view(&self.control, &self.node, known).await
     }
 
     async fn registry_credentials(&self, key: &str) -> LinkResult<TaskSecrets> {

@@ -71,7 +71,8 @@ impl Agent {
     }
 
     /// Applies a task namespace's rules if they changed since last applied (host tasks have
-    /// no namespace of their own). Before its first view, the agent reads one.
+    /// no namespace of their own). Before its first view, or for a group its view lacks, the
+    /// agent reads one.
     pub(crate) async fn secure_namespace(&self, rec: &TaskRecord) -> Result<(), String> {
         let id = rec.id().to_string();
         let Some(sb) = self.node.sandbox(&id).filter(|sb| sb.kind != SandboxKind::Host) else {
@@ -90,16 +91,19 @@ impl Agent {
         if rec.network_mode != NetworkMode::Awsvpc {
             return self.apply(&sb, id, task_allows_all()).await;
         }
+        let groups = gantry_control::ec2::task_groups(rec);
         let view = self.security.lock().expect("lock").clone();
         let view = match view {
-            Some(v) => v,
-            None => self
+            Some(v) if groups.iter().all(|g| v.groups.iter().any(|x| &x.id == g)) => v,
+            // Before the first view, or a group new to this node (the view has only its tasks'
+            // groups): the view as the server has it now, which has this task's.
+            _ => self
                 .link
                 .security_view("")
                 .await
                 .map_err(|e| format!("reading security groups: {e}"))?,
         };
-        let allowances = task_ruleset(&view, &gantry_control::ec2::task_groups(rec));
+        let allowances = task_ruleset(&view, &groups);
         self.apply(&sb, id, allowances).await
     }
 

@@ -127,7 +127,7 @@ fn source_towards(ip: Ipv4Addr) -> Option<Ipv4Addr> {
 /// The first view (retried until read, or None on `stop`).
 pub async fn first(store: &dyn Store, stop: &mut tokio::sync::watch::Receiver<bool>) -> Option<Guard> {
     loop {
-        match follow(store, "", tokio::time::Instant::now()).await {
+        match follow(store, None, "", tokio::time::Instant::now()).await {
             Ok(v) => return Some(Guard::new(v)),
             Err(e) => tracing::warn!(error = %e, "reading security groups"),
         }
@@ -148,7 +148,7 @@ pub async fn keep(
         let known = guard.borrow().view.digest();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         tokio::select! {
-            r = follow(store.as_ref(), &known, deadline) => match r {
+            r = follow(store.as_ref(), None, &known, deadline) => match r {
                 Ok(v) if v.digest() != known => {
                     let _ = guard.send(Arc::new(Guard::new(v)));
                 }

@@ -481,16 +481,16 @@ struct KnownQuery {
     known: String,
 }
 
-/// The security groups and members every node enforces, long-polled (see
+/// The security groups and members the node enforces, long-polled (see
 /// `ControlLink::security_view`).
 async fn security_view(
     State(s): S,
     Extension(peer): Extension<Peer>,
     Query(q): Query<KnownQuery>,
 ) -> Result<Json<gantry_agent::link::SecurityView>, Refusal> {
-    node(&peer)?;
+    let name = node(&peer)?;
     Ok(Json(
-        ops::security_view(&s.control, &q.known)
+        ops::security_view(&s.control, name, &q.known)
             .await
             .map_err(|e| op_err(&peer, e))?,
     ))

@@ -43,37 +43,68 @@ impl SecurityView {
     }
 }
 
+/// What one task record contributes to views: its node, its groups while it is not stopped
+/// (a starting task's rules are needed before it has an address), and its (group, address)
+/// pairs once it has one.
+struct Contribution {
+    node: String,
+    groups: Vec<String>,
+    members: Vec<(String, Ipv4Addr)>,
+}
+
+impl Contribution {
+    fn of(t: &TaskRecord) -> Contribution {
+        let live = t.task.last_status != "STOPPED";
+        Contribution {
+            node: t.node.clone(),
+            groups: if live { task_groups(t) } else { vec![] },
+            members: task_membership(t),
+        }
+    }
+}
+
 /// The view once it differs from the one whose digest is `known` (at once when that is empty;
 /// at `deadline`, the same view): one listing of groups and task records, then kept current
 /// from their watches, so a task record's write costs parsing that one record, not a listing.
-pub async fn follow(store: &dyn Store, known: &str, deadline: Instant) -> Result<SecurityView, StoreError> {
+/// With `node`, the view that node needs (`SecurityView::for_tasks` of its tasks' groups), so
+/// changes elsewhere that do not touch it do not wake it.
+pub async fn follow(
+    store: &dyn Store,
+    node: Option<&str>,
+    known: &str,
+    deadline: Instant,
+) -> Result<SecurityView, StoreError> {
     let (group_kvs, rev) = store.list(GROUPS_PREFIX).await?;
     let mut groups: BTreeMap<String, SecurityGroup> = group_kvs
         .iter()
         .filter_map(|kv| Some((kv.key.clone(), serde_json::from_slice(&kv.value).ok()?)))
         .collect();
     let (task_kvs, _) = store.list(TASKS_PREFIX).await?;
-    let mut members: HashMap<String, Vec<(String, Ipv4Addr)>> = task_kvs
+    let mut tasks: HashMap<String, Contribution> = task_kvs
         .iter()
         .filter_map(|kv| {
             Some((
                 kv.key.clone(),
-                task_membership(&serde_json::from_slice(&kv.value).ok()?),
+                Contribution::of(&serde_json::from_slice(&kv.value).ok()?),
             ))
         })
         .collect();
-    let view = |g: &BTreeMap<String, SecurityGroup>, m: &HashMap<String, Vec<(String, Ipv4Addr)>>| {
-        SecurityView::from_members(g.values().cloned().collect(), m.values().flatten())
+    let view = |g: &BTreeMap<String, SecurityGroup>, t: &HashMap<String, Contribution>| {
+        let all = SecurityView::from_members(g.values().cloned().collect(), t.values().flat_map(|c| &c.members));
+        match node {
+            None => all,
+            Some(n) => all.for_tasks(t.values().filter(|c| c.node == n).flat_map(|c| &c.groups)),
+        }
     };
     let (Ok(mut group_watch), Ok(mut task_watch)) = (
         store.watch(GROUPS_PREFIX, rev).await,
         store.watch(TASKS_PREFIX, rev).await,
     ) else {
         // Compacted already: answer what was read; the caller asks again.
-        return Ok(view(&groups, &members));
+        return Ok(view(&groups, &tasks));
     };
     loop {
-        let current = view(&groups, &members);
+        let current = view(&groups, &tasks);
         if current.digest() != known || Instant::now() >= deadline {
             return Ok(current);
         }
@@ -92,11 +123,11 @@ pub async fn follow(store: &dyn Store, known: &str, deadline: Instant) -> Result
             e = task_watch.events.recv() => match e {
                 Some(Ok(e)) if e.kind == EventKind::Put => {
                     if let Ok(rec) = serde_json::from_slice::<TaskRecord>(&e.kv.value) {
-                        members.insert(e.kv.key, task_membership(&rec));
+                        tasks.insert(e.kv.key, Contribution::of(&rec));
                     }
                 }
                 Some(Ok(e)) => {
-                    members.remove(&e.kv.key);
+                    tasks.remove(&e.kv.key);
                 }
                 _ => return Ok(current),
             },
@@ -125,6 +156,28 @@ impl SecurityView {
             .filter(|g| groups.contains(&g.id))
             .flat_map(|g| if egress { &g.egress } else { &g.ingress })
             .any(|r| carries_tcp(r, port) && self.matches(&r.peer, peer))
+    }
+
+    /// What a node enforcing tasks in `groups` needs: those groups, and the members of the
+    /// groups their rules name as peers.
+    pub fn for_tasks<'a>(&self, groups: impl IntoIterator<Item = &'a String>) -> SecurityView {
+        let wanted: std::collections::BTreeSet<&String> = groups.into_iter().collect();
+        let kept: Vec<SecurityGroup> = self.groups.iter().filter(|g| wanted.contains(&g.id)).cloned().collect();
+        let named: std::collections::BTreeSet<&String> = kept
+            .iter()
+            .flat_map(|g| g.ingress.iter().chain(&g.egress))
+            .filter_map(|r| match &r.peer {
+                Peer::Group(id) => Some(id),
+                Peer::Cidr(_) => None,
+            })
+            .collect();
+        let members = self
+            .members
+            .iter()
+            .filter(|(id, _)| named.contains(id))
+            .map(|(id, ips)| (id.clone(), ips.clone()))
+            .collect();
+        SecurityView { groups: kept, members }
     }
 
     /// The groups an address is in, as the view's members list it.
@@ -287,14 +340,71 @@ mod tests {
     }
 
     #[test]
-    fn members_are_networked_tasks_not_stopped() {
-        let mut t = crate::TaskRecord {
+    fn a_nodes_view_has_its_tasks_groups_and_the_members_their_rules_name() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let all = SecurityView::from_members(
+            vec![
+                group(
+                    "sg-api",
+                    vec![rule("tcp", (80, 80), Peer::Group("sg-web".into()))],
+                    vec![],
+                ),
+                group("sg-web", vec![], vec![]),
+                group(
+                    "sg-batch",
+                    vec![rule("tcp", (22, 22), Peer::Group("sg-ops".into()))],
+                    vec![],
+                ),
+                group("sg-ops", vec![], vec![]),
+            ],
+            [
+                ("sg-web".to_string(), ip("10.0.0.2")),
+                ("sg-api".to_string(), ip("10.0.0.3")),
+                ("sg-ops".to_string(), ip("10.0.1.9")),
+            ]
+            .iter(),
+        );
+        let api = "sg-api".to_string();
+        let node = all.for_tasks([&api]);
+        assert_eq!(
+            node.groups.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+            ["sg-api"]
+        );
+        assert_eq!(
+            node.members.keys().collect::<Vec<_>>(),
+            ["sg-web"],
+            "only the members its rules name"
+        );
+        // A member joining a group this node's rules do not name leaves its view as it was.
+        let more = SecurityView::from_members(
+            all.groups.clone(),
+            [
+                ("sg-web".to_string(), ip("10.0.0.2")),
+                ("sg-api".to_string(), ip("10.0.0.3")),
+                ("sg-ops".to_string(), ip("10.0.1.9")),
+                ("sg-ops".to_string(), ip("10.0.1.10")),
+            ]
+            .iter(),
+        );
+        assert_eq!(more.for_tasks([&api]).digest(), node.digest());
+        assert_ne!(more.digest(), all.digest());
+        // The same task rules come out of the node's view as out of the whole one.
+        let peer = Endpoint {
+            address: ip("10.0.0.2"),
+            groups: &[],
+        };
+        assert!(node.admits(&[api.clone()], false, 80, peer) && all.admits(&[api], false, 80, peer));
+    }
+
+    /// A PENDING awsvpc task on `node` in `groups`, with its ENI's address when given.
+    fn task(node: &str, groups: &[&str], address: Option<&str>) -> TaskRecord {
+        let mut t = TaskRecord {
             task: gantry_types::model::Task {
                 last_status: "PENDING".into(),
                 ..Default::default()
             },
             cluster: "c".into(),
-            node: "n".into(),
+            node: node.into(),
             containers: vec![],
             cpu_units: 256,
             memory_mib: 512,
@@ -304,18 +414,86 @@ mod tests {
             network_mode: gantry_types::taskdef::NetworkMode::Awsvpc,
             task_memory_limit: true,
             roles: Default::default(),
-            security_groups: vec![],
+            security_groups: groups.iter().map(|g| g.to_string()).collect(),
         };
+        if let Some(a) = address {
+            t.task.attachments = vec![gantry_types::model::Attachment {
+                id: "a".into(),
+                kind: "ElasticNetworkInterface".into(),
+                status: "ATTACHED".into(),
+                details: vec![gantry_types::taskdef::KeyValuePair {
+                    name: Some("privateIPv4Address".into()),
+                    value: Some(a.into()),
+                }],
+            }];
+        }
+        t
+    }
+
+    async fn put<T: Serialize>(store: &dyn Store, key: String, value: &T) {
+        store.create(&key, &serde_json::to_vec(value).unwrap()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_node_follows_only_what_its_tasks_need() {
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(gantry_store::SqliteStore::in_memory().unwrap());
+        let s = store.as_ref();
+        let from_web = rule("tcp", (80, 80), Peer::Group("sg-web".into()));
+        for g in [
+            group("sg-api", vec![from_web], vec![]),
+            group("sg-web", vec![], vec![]),
+            group("sg-batch", vec![], vec![]),
+        ] {
+            put(s, format!("{GROUPS_PREFIX}123456789012/us-east-1/{}", g.id), &g).await;
+        }
+        put(s, format!("{TASKS_PREFIX}t1"), &task("n1", &["sg-api"], None)).await;
+        put(
+            s,
+            format!("{TASKS_PREFIX}t2"),
+            &task("n2", &["sg-web"], Some("10.0.0.2")),
+        )
+        .await;
+        put(
+            s,
+            format!("{TASKS_PREFIX}t3"),
+            &task("n2", &["sg-batch"], Some("10.0.0.4")),
+        )
+        .await;
+        // n1's task has no address yet; its group's rules are in n1's view all the same.
+        let n1 = follow(s, Some("n1"), "", Instant::now()).await.unwrap();
+        assert_eq!(n1.groups.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), ["sg-api"]);
+        assert_eq!(
+            n1.members,
+            BTreeMap::from([("sg-web".to_string(), vec!["10.0.0.2".parse().unwrap()])])
+        );
+        assert_eq!(follow(s, None, "", Instant::now()).await.unwrap().groups.len(), 3);
+        // Another batch task elsewhere does not wake n1: its poll ends at the deadline, unchanged.
+        let later = |key: &'static str, t: TaskRecord| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                put(store.as_ref(), format!("{TASKS_PREFIX}{key}"), &t).await;
+            })
+        };
+        later("t4", task("n2", &["sg-batch"], Some("10.0.0.6")));
+        let deadline = Instant::now() + std::time::Duration::from_millis(400);
+        let same = follow(s, Some("n1"), &n1.digest(), deadline).await.unwrap();
+        assert_eq!(same.digest(), n1.digest());
+        assert!(Instant::now() >= deadline);
+        // A web task does, at once.
+        later("t5", task("n2", &["sg-web"], Some("10.0.0.5")));
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let woke = follow(s, Some("n1"), &n1.digest(), deadline).await.unwrap();
+        assert!(Instant::now() < deadline);
+        assert_eq!(woke.members["sg-web"].len(), 2);
+    }
+
+    #[test]
+    fn members_are_networked_tasks_not_stopped() {
+        let mut t = task("n", &[], Some("10.1.0.7"));
+        t.task.attachments.clear();
         assert!(task_membership(&t).is_empty(), "no address yet");
-        t.task.attachments = vec![gantry_types::model::Attachment {
-            id: "a".into(),
-            kind: "ElasticNetworkInterface".into(),
-            status: "ATTACHED".into(),
-            details: vec![gantry_types::taskdef::KeyValuePair {
-                name: Some("privateIPv4Address".into()),
-                value: Some("10.1.0.7".into()),
-            }],
-        }];
+        t = task("n", &[], Some("10.1.0.7"));
         let ip: Ipv4Addr = "10.1.0.7".parse().unwrap();
         // A record from before groups: the default group.
         assert_eq!(task_membership(&t), [(default_group_id(&scope()), ip)]);
