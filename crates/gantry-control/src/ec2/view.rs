@@ -393,7 +393,8 @@ mod tests {
             address: ip("10.0.0.2"),
             groups: &[],
         };
-        assert!(node.admits(&[api.clone()], false, 80, peer) && all.admits(&[api], false, 80, peer));
+        let groups = [api];
+        assert!(node.admits(&groups, false, 80, peer) && all.admits(&groups, false, 80, peer));
     }
 
     /// A PENDING awsvpc task on `node` in `groups`, with its ENI's address when given.
