@@ -166,7 +166,8 @@ pub async fn keep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gantry_control::ec2::{Peer, Rule, SecurityGroup};
+    use gantry_control::ec2::SecurityGroup;
+    use serde_json::{json, Value};
 
     fn scope() -> Scope {
         Scope {
@@ -175,40 +176,20 @@ mod tests {
         }
     }
 
-    fn group(id: &str, ingress: Vec<Rule>) -> SecurityGroup {
-        let all_out = Rule {
-            id: String::new(),
-            protocol: "-1".into(),
-            from_port: -1,
-            to_port: -1,
-            peer: Peer::Cidr("0.0.0.0/0".into()),
-            description: None,
-        };
-        SecurityGroup {
-            id: id.into(),
-            name: id.into(),
-            description: String::new(),
-            vpc_id: "vpc-1".into(),
-            owner: "123456789012".into(),
-            ingress,
-            egress: vec![all_out],
-            tags: vec![],
-        }
-    }
-
-    fn tcp(port: i64, peer: Peer) -> Rule {
-        Rule {
-            id: String::new(),
-            protocol: "tcp".into(),
-            from_port: port,
-            to_port: port,
-            peer,
-            description: None,
-        }
+    /// A group letting TCP in on each (port, peer) and everything out; peers as stored:
+    /// {"cidr": BLOCK} or {"group": ID}.
+    fn group(id: &str, ingress: &[(i64, Value)]) -> SecurityGroup {
+        let rule = |proto: &str, port: i64, peer: &Value| json!({"id": "", "protocol": proto, "from_port": port, "to_port": port, "peer": peer});
+        let ingress: Vec<Value> = ingress.iter().map(|(port, peer)| rule("tcp", *port, peer)).collect();
+        serde_json::from_value(json!({
+            "id": id, "name": id, "description": "", "vpc_id": "vpc-1", "owner": "123456789012",
+            "ingress": ingress, "egress": [rule("-1", -1, &json!({"cidr": "0.0.0.0/0"}))],
+        }))
+        .unwrap()
     }
 
     fn lb(groups: &[&str]) -> LoadBalancer {
-        serde_json::from_value(serde_json::json!({
+        serde_json::from_value(json!({
             "LoadBalancerArn": "arn", "DNSName": "lb", "CanonicalHostedZoneId": "Z", "CreatedTime": 0.0,
             "LoadBalancerName": "lb", "Scheme": "internal", "State": {"Code": "active"}, "Type": "application",
             "AvailabilityZones": [], "SecurityGroups": groups, "IpAddressType": "ipv4",
@@ -222,11 +203,11 @@ mod tests {
         let (app, open): (Ipv4Addr, Ipv4Addr) = ("127.0.0.5".parse().unwrap(), "127.0.0.6".parse().unwrap());
         let view = SecurityView::from_members(
             vec![
-                group("sg-lb", vec![tcp(80, Peer::Cidr("127.0.0.1/32".into()))]),
-                group("sg-app", vec![tcp(8080, Peer::Group("sg-lb".into()))]),
+                group("sg-lb", &[(80, json!({"cidr": "127.0.0.1/32"}))]),
+                group("sg-app", &[(8080, json!({"group": "sg-lb"}))]),
                 // Routing picks 127.0.0.1 as the source towards 127/8.
-                group("sg-open", vec![tcp(8080, Peer::Cidr("127.0.0.0/8".into()))]),
-                group(&default, vec![tcp(8080, Peer::Group(default.clone()))]),
+                group("sg-open", &[(8080, json!({"cidr": "127.0.0.0/8"}))]),
+                group(&default, &[(8080, json!({ "group": default }))]),
             ],
             [("sg-app".to_string(), app), ("sg-open".to_string(), open)].iter(),
         );
