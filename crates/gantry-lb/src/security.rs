@@ -14,7 +14,6 @@ use gantry_store::Store;
 use gantry_types::arn::Scope;
 use gantry_types::elbv2::LoadBalancer;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,8 +23,6 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Fronting {
     pub groups: Vec<String>,
-    /// A hash of `groups`: what verdicts are remembered under.
-    key: u64,
 }
 
 impl Fronting {
@@ -34,12 +31,7 @@ impl Fronting {
             true => vec![default_group_id(scope)],
             false => lb.security_groups.clone(),
         };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        groups.hash(&mut h);
-        Fronting {
-            key: h.finish(),
-            groups,
-        }
+        Fronting { groups }
     }
 }
 
@@ -47,8 +39,9 @@ impl Fronting {
 #[derive(Default)]
 pub struct Guard {
     view: SecurityView,
-    /// Target verdicts by (fronting key, target), until the view changes.
-    verdicts: Mutex<HashMap<(u64, SocketAddr), bool>>,
+    /// Target verdicts by (load balancer's groups, target), until the view changes (a
+    /// reload asks about each target of each group).
+    verdicts: Mutex<HashMap<(Vec<String>, SocketAddr), bool>>,
 }
 
 impl Guard {
@@ -78,7 +71,7 @@ impl Guard {
 
     /// Whether the load balancer may open a connection to `target`.
     pub fn target_admitted(&self, front: &Fronting, target: SocketAddr) -> bool {
-        let key = (front.key, target);
+        let key = (front.groups.clone(), target);
         if let Some(v) = self.verdicts.lock().expect("lock").get(&key) {
             return *v;
         }
