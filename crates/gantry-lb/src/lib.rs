@@ -248,8 +248,15 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
     tokio::spawn(health::run(shared.clone(), stop.clone()));
     let mut bound: HashMap<SocketAddr, Bound> = HashMap::new();
     let mut hosts_written: Option<Vec<(std::net::Ipv4Addr, String)>> = None;
+    // A change of the groups alone re-works the verdicts over the configuration already read
+    // (a re-read then could land between the writes of one configuration change).
+    let mut unchanged: Option<View> = None;
     loop {
-        let view = match elb.data_plane_view().await {
+        let read = match unchanged.take() {
+            Some(v) => Ok(v),
+            None => elb.data_plane_view().await,
+        };
+        let view = match read {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "reading load balancer configuration");
@@ -263,7 +270,7 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         let names = dns_entries(&view);
         let guard = guards.borrow_and_update().clone();
         *shared.security.write().expect("not poisoned") = guard.clone();
-        let snapshot = Snapshot::from(view, &shared.traffic, &guard);
+        let snapshot = Snapshot::from(view.clone(), &shared.traffic, &guard);
         for pool in snapshot.groups.values() {
             shared.balancer.observe(pool);
         }
@@ -277,8 +284,10 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
                 }
             }
         }
-        if wait_for_change(store.as_ref(), revision, &mut guards, &mut stop).await {
-            break;
+        match wait_for_change(store.as_ref(), revision, &mut guards, &mut stop).await {
+            Change::Stop => break,
+            Change::Configuration => {}
+            Change::Groups => unchanged = Some(view),
         }
     }
     for (_, b) in bound.drain() {
@@ -387,15 +396,24 @@ fn reconcile(shared: &Arc<Shared>, workers: &workers::Workers, bound: &mut HashM
     }
 }
 
-/// Waits until the configuration or the security groups change after `revision` (a short
-/// pause gathers a burst of changes into one reload), 30 s pass (a safety re-read), or `stop`.
-/// True on stop.
+/// What `wait_for_change` saw.
+enum Change {
+    Stop,
+    /// The configuration changed (or a safety re-read is due).
+    Configuration,
+    /// Only the security groups changed.
+    Groups,
+}
+
+/// Waits until the configuration changes after `revision` (a short pause gathers a burst of
+/// changes into one reload), the security groups change, 30 s pass (a safety re-read), or
+/// `stop`.
 async fn wait_for_change(
     store: &dyn Store,
     revision: i64,
     guards: &mut tokio::sync::watch::Receiver<Arc<security::Guard>>,
     stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> bool {
+) -> Change {
     let watches = async {
         let elb = store.watch("/elbv2/", revision).await?;
         let certs = store.watch(gantry_control::acm::PREFIX, revision).await?;
@@ -406,17 +424,22 @@ async fn wait_for_change(
         Err(e) => {
             tracing::warn!(error = %e, "watching load balancer configuration");
             return tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => false,
-                _ = stop.changed() => true,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => Change::Configuration,
+                _ = stop.changed() => Change::Stop,
             };
         }
     };
     tokio::select! {
-        _ = async { tokio::select! { _ = watch.events.recv() => {}, _ = certs.events.recv() => {}, _ = guards.changed() => {} } } => {
+        _ = async { tokio::select! { _ = watch.events.recv() => {}, _ = certs.events.recv() => {} } } => {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            false
+            Change::Configuration
         }
-        _ = tokio::time::sleep(Duration::from_secs(30)) => false,
-        _ = stop.changed() => true,
+        r = guards.changed() => match r {
+            Ok(()) => Change::Groups,
+            // The groups' follower ends only at stop.
+            Err(_) => Change::Stop,
+        },
+        _ = tokio::time::sleep(Duration::from_secs(30)) => Change::Configuration,
+        _ = stop.changed() => Change::Stop,
     }
 }
