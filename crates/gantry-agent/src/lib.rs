@@ -190,6 +190,7 @@ impl Agent {
         wanted: &[(String, Vec<ports::Binding>)],
     ) -> Result<Vec<(String, Vec<ports::Binding>)>, String> {
         let mut out = Vec::new();
+        let mut opened: Vec<(String, u16)> = Vec::new();
         for (container, w) in wanted {
             let (bindings, handles) = match ports::publish(ip, w).await {
                 Ok(r) => r,
@@ -202,22 +203,16 @@ impl Agent {
             let mut published = self.published.lock().expect("lock");
             let entry = published.entry(task_id.to_string()).or_default();
             entry.relays.extend(handles);
-            entry.ports.extend(ports);
+            entry.ports.extend(ports.iter().cloned());
+            opened.extend(ports);
             out.push((container.clone(), bindings));
         }
         // Other tasks reach them at the node's addresses, as on an ECS instance.
-        let ports = self
-            .published
-            .lock()
-            .expect("lock")
-            .get(task_id)
-            .map(|p| p.ports.clone());
         let node = self.node.clone();
-        let opened =
-            tokio::task::spawn_blocking(move || node.network().published_ports(&ports.unwrap_or_default(), true))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+        let opened = tokio::task::spawn_blocking(move || node.network().published_ports(&opened, true))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         if let Err(e) = opened {
             self.unpublish_ports(task_id);
             return Err(format!("opening the published ports to tasks: {e}"));
