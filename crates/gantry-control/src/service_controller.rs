@@ -328,7 +328,11 @@ impl Control {
             .traffic_shift
             .clone()
             .filter(|s| shifts && s.deployment == primary_dep);
-        if shifts && shift.is_none() && older_live && rec.service.status == "ACTIVE" {
+        // Only a deployment that has not served yet shifts traffic to itself: blue made primary
+        // again by a rollback already has production (a shift to it would move its targets to
+        // the other group, leaving production with none until they pass their checks there).
+        let unproven = primary.as_ref().is_some_and(|p| p.rollout_state == "IN_PROGRESS");
+        if shifts && shift.is_none() && unproven && older_live && rec.service.status == "ACTIVE" {
             shift = Some(crate::traffic_shift::TrafficShift::start(&primary_dep, now));
         }
         let mut lb = if lbs.is_empty() && rec.lb_registered.is_empty() {
