@@ -16,12 +16,16 @@ encrypting) and with `Connection: close` (a full TLS handshake per request):
   nginx-tls, gantry-tls          https, kept alive
   nginx-tls-new, gantry-tls-new  https, a new connection (and handshake) per request
 Reported: requests/s and latency p50/p90/p99 (medians over rounds), and Gantry's ratios to
-nginx (and to pingora). wrk's own client runs on the same two cores: compare the ratios, not
+nginx (and to pingora). At 32 connections the two cores are saturated, and latency there is
+mostly queueing (the inverse of throughput); with --unloaded the plain HTTP paths are also
+loaded by one connection, one request at a time, where a proxy's latency is what it adds to a
+request: reported as each path's percentiles less the direct path's. wrk's own client runs on the same two cores: compare the ratios, not
 the numbers.
 
 Usage (root, after `cargo build --release --workspace`; installs nginx-light and wrk from
 Debian if missing, without starting Debian's own nginx):
     .venv/bin/python scripts/bench-lb.py [--rounds 5] [--seconds 5] [--connections 32] [--pingora] [--tls]
+        [--unloaded]
 """
 import argparse
 import os
@@ -186,6 +190,25 @@ def wrk(url, seconds, connections):
     return rps, lat
 
 
+def unloaded(paths, a):
+    """Each path at one connection (alternating order, a.rounds rounds): the latency a proxy
+    adds to one request, as its percentiles less the direct path's."""
+    results = {k: [] for k in paths}
+    for r in range(a.rounds):
+        for name in (list(paths) if r % 2 == 0 else reversed(list(paths))):
+            results[name].append(wrk(paths[name], a.seconds, 1)[1])
+    med = {n: {p: statistics.median(r[p] for r in rs) for p in ("50", "90", "99")} for n, rs in results.items()}
+    print(f"wrk -t1 -c1 -d{a.seconds}s (one request at a time), {a.rounds} rounds, medians over rounds")
+    for name, lat in med.items():
+        added = "" if name == "direct" else "   added p50 {:.3f} ms  p90 {:.3f} ms".format(
+            lat["50"] - med["direct"]["50"], lat["90"] - med["direct"]["90"])
+        print(f"{name:<14} p50 {lat['50']:7.3f} ms   p90 {lat['90']:7.3f} ms   p99 {lat['99']:7.3f} ms{added}")
+    for other in ("nginx", "pingora"):
+        if other in med and "gantry" in med:
+            ours, theirs = (med[n]["50"] - med["direct"]["50"] for n in ("gantry", other))
+            print(f"gantry/{other} added p50 (one at a time): {ours / theirs:.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -194,6 +217,8 @@ def main():
     ap.add_argument("--perf", help="also record a perf profile of gantry during one round into this file")
     ap.add_argument("--pingora", action="store_true", help="also measure a minimal pingora proxy")
     ap.add_argument("--tls", action="store_true", help="also measure HTTPS, kept alive and a handshake per request")
+    ap.add_argument("--unloaded", action="store_true",
+                    help="also measure the latency each proxy adds at one connection, one request at a time")
     a = ap.parse_args()
     assert os.geteuid() == 0, "run as root"
     install(a.pingora)  # pingora's zlib-ng builds with cmake
@@ -243,6 +268,8 @@ def main():
             (x_rps, x_lat), (y_rps, y_lat) = med[a_name], med[b_name]
             print(f"{a_name}/{b_name}: throughput {x_rps / y_rps:.2f}x, p50 {x_lat['50'] / y_lat['50']:.2f}x, "
                   f"p90 {x_lat['90'] / y_lat['90']:.2f}x, p99 {x_lat['99'] / y_lat['99']:.2f}x")
+        if a.unloaded:
+            unloaded({k: paths[k] for k in ("direct", "nginx", "gantry", "pingora") if k in paths}, a)
     finally:
         if g:
             g.cleanup()

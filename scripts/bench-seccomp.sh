@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What the seccomp profile's architectures cost a container start: `crun run` of /bin/true with
 # Gantry's default profile for x86_64 only, x86_64+i386 (what Gantry uses) and x86_64+i386+x32
-# (Docker's list), and with no seccomp at all, interleaved. Needs root and a built gantry.
+# (Docker's list), and with no seccomp at all, interleaved; and x86_64+i386 compiled beforehand
+# (`gantry debug seccomp --bpf`, handed to crun as run.oci.seccomp_bpf_data, as Gantry does).
+# Needs root and a built gantry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-40}
@@ -10,6 +12,7 @@ work=$(mktemp -d /var/tmp/gantry-bench-seccomp.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs/bin" && cp /bin/busybox "$work/rootfs/bin/" && ln -s busybox "$work/rootfs/bin/true"
 "$G" debug seccomp > "$work/profile.json"
+"$G" debug seccomp --bpf > "$work/profile.bpf64"
 python3 - "$work" "$RUNS" <<'PY'
 import json, os, statistics, subprocess, sys, time
 work, runs = sys.argv[1], int(sys.argv[2])
@@ -18,7 +21,9 @@ subprocess.run(["crun", "spec"], cwd=work, check=True)
 base = json.load(open(f"{work}/config.json"))
 base["process"].update(args=["/bin/true"], terminal=False)
 variants = {"none": None, "x86_64": ["SCMP_ARCH_X86_64"], "x86_64+i386 (gantry)": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
-            "x86_64+i386+x32 (docker)": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]}
+            "x86_64+i386+x32 (docker)": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "x86_64+i386 precompiled": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]}
+bpf = open(f"{work}/profile.bpf64").read().strip()
 times = {}
 for i, (name, archs) in enumerate(variants.items()):
     d = f"{work}/b{i}"
@@ -27,6 +32,8 @@ for i, (name, archs) in enumerate(variants.items()):
     cfg = json.loads(json.dumps(base))
     if archs:
         cfg["linux"]["seccomp"] = dict(profile, architectures=archs)
+    if name.endswith("precompiled"):
+        cfg["annotations"] = {"run.oci.seccomp_bpf_data": bpf}
     json.dump(cfg, open(f"{d}/config.json", "w"))
     times[name] = (d, [])
 for n in range(runs):

@@ -572,6 +572,10 @@ pub fn build_spec(
             "seccomp": seccomp(&caps),
         }
     });
+    // The profile compiled once here rather than by crun at every start (see seccomp_bpf).
+    if let Some(bpf) = crate::seccomp_bpf::annotation(&v["linux"]["seccomp"]) {
+        v["annotations"] = json!({ crate::seccomp_bpf::ANNOTATION: &*bpf });
+    }
     if let Some(maps) = id_maps {
         v["linux"]["uidMappings"] = maps.clone();
         v["linux"]["gidMappings"] = maps;

@@ -9,6 +9,7 @@ pub mod image;
 pub mod mntns;
 pub mod net;
 pub mod oci;
+pub mod seccomp_bpf;
 pub mod shim;
 mod sys;
 pub mod syscalls;

@@ -266,7 +266,11 @@ enum DebugCmd {
     /// Benchmark IAM policy evaluation (N attached policies) against SigV4 verification.
     BenchPolicy(bench_policy::BenchPolicyArgs),
     /// Print the seccomp profile a container with Docker's default capabilities gets.
-    Seccomp,
+    Seccomp {
+        /// Print the compiled program instead, in base64 (crun's `run.oci.seccomp_bpf_data`).
+        #[arg(long)]
+        bpf: bool,
+    },
 }
 
 impl NodeArgs {
@@ -387,9 +391,19 @@ fn main() {
         Cmd::Debug(DebugCmd::BenchPlacement(a)) => bench_placement::run(a),
         Cmd::Debug(DebugCmd::BenchRetention(a)) => bench_retention::run(a),
         Cmd::Debug(DebugCmd::BenchPolicy(a)) => bench_policy::run(a),
-        Cmd::Debug(DebugCmd::Seccomp) => {
+        Cmd::Debug(DebugCmd::Seccomp { bpf }) => {
             let caps = gantry_runtime::bundle::capability_set(&[], &[]);
-            println!("{}", gantry_runtime::bundle::seccomp(&caps));
+            let profile = gantry_runtime::bundle::seccomp(&caps);
+            match bpf {
+                false => println!("{profile}"),
+                true => match gantry_runtime::seccomp_bpf::annotation(&profile) {
+                    Some(b64) => println!("{b64}"),
+                    None => {
+                        eprintln!("gantry: the profile could not be compiled (is libseccomp.so.2 installed?)");
+                        std::process::exit(1);
+                    }
+                },
+            }
             Ok(0)
         }
     };

@@ -37,6 +37,28 @@ fn exit_codes_are_reported() {
 }
 
 #[test]
+fn the_seccomp_profile_goes_to_crun_compiled() {
+    let t = TestNode::new();
+    let task = t.start(&t.image, sh("sleep 300"), Duration::from_secs(2));
+    let ContainerState::Running(s) = t.node.container_state(&task, "main") else {
+        panic!("not running")
+    };
+    let config = t.node.container_dir(&task, "main").join("config.json");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(config).unwrap()).unwrap();
+    let profile = &config["linux"]["seccomp"];
+    let compiled = gantry_runtime::seccomp_bpf::annotation(profile).expect("libseccomp.so.2 is installed");
+    assert_eq!(
+        config["annotations"][gantry_runtime::seccomp_bpf::ANNOTATION].as_str(),
+        Some(&*compiled)
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.container_pid)).unwrap();
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    t.node.stop_container(&task, "main");
+    t.wait(&task, 10);
+    t.node.remove_task(&task).unwrap();
+}
+
+#[test]
 fn image_config_is_honoured_and_overridable() {
     let t = TestNode::new();
     let img = t.load(
