@@ -54,20 +54,9 @@ async fn setup() -> Setup {
     common::default_cluster_with_web(&c).await;
     let elb = Elb::new(c.store.clone(), clock.clone());
     for _ in 0..3 {
-        c.register_task_definition(
-            &scope(),
-            json!({"family": "bg", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"], "cpu": "256",
-                   "memory": "512", "containerDefinitions": [{"name": "app", "image": "busybox",
-                   "portMappings": [{"containerPort": 8080}]}]}),
-        )
-        .await
-        .unwrap();
+        common::register_web_on_8080(&c, "bg").await;
     }
-    let lb = elb
-        .create_load_balancer(&scope(), json!({"Name": "lb", "Subnets": ["subnet-1"]}), &common::vpc())
-        .await
-        .unwrap()["LoadBalancers"][0]["LoadBalancerArn"]
-        .clone();
+    let lb = common::load_balancer(&elb).await;
     let groups = [group(&elb, "a").await, group(&elb, "b").await];
     let both = json!([{"Type": "forward", "ForwardConfig": {"TargetGroups": [
         {"TargetGroupArn": groups[0], "Weight": 100}, {"TargetGroupArn": groups[1], "Weight": 0}]}}]);

@@ -134,19 +134,8 @@ async fn a_service_behind_a_load_balancer_registers_waits_for_health_drains_and_
     use gantry_control::elb::{Elb, TargetState};
     let (c, clock) = setup(0).await;
     let elb = Elb::new(c.store.clone(), clock.clone());
-    c.register_task_definition(
-        &scope(),
-        json!({"family": "lbweb", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"], "cpu": "256",
-               "memory": "512", "containerDefinitions": [{"name": "app", "image": "busybox",
-               "portMappings": [{"containerPort": 8080}]}]}),
-    )
-    .await
-    .unwrap();
-    let lb = elb
-        .create_load_balancer(&scope(), json!({"Name": "lb", "Subnets": ["subnet-1"]}), &common::vpc())
-        .await
-        .unwrap()["LoadBalancers"][0]["LoadBalancerArn"]
-        .clone();
+    common::register_web_on_8080(&c, "lbweb").await;
+    let lb = common::load_balancer(&elb).await;
     let tg = elb
         .create_target_group(
             &scope(),

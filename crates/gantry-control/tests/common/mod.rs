@@ -86,3 +86,27 @@ pub fn vpc() -> gantry_control::elb::Vpc {
         groups: vec![gantry_control::ec2::default_group_id(&scope())],
     }
 }
+
+/// A Fargate task definition `family` whose `app` container listens on 8080.
+pub async fn register_web_on_8080(c: &gantry_control::Control, family: &str) {
+    c.register_task_definition(
+        &scope(),
+        serde_json::json!({"family": family, "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
+               "cpu": "256", "memory": "512", "containerDefinitions": [{"name": "app", "image": "busybox",
+               "portMappings": [{"containerPort": 8080}]}]}),
+    )
+    .await
+    .unwrap();
+}
+
+/// An application load balancer named "lb" in `vpc()`: its ARN.
+pub async fn load_balancer(elb: &gantry_control::elb::Elb) -> serde_json::Value {
+    elb.create_load_balancer(
+        &scope(),
+        serde_json::json!({"Name": "lb", "Subnets": ["subnet-1"]}),
+        &vpc(),
+    )
+    .await
+    .unwrap()["LoadBalancers"][0]["LoadBalancerArn"]
+        .clone()
+}
