@@ -19,8 +19,8 @@ Reported: requests/s and latency p50/p90/p99 (medians over rounds), and Gantry's
 nginx (and to pingora). At 32 connections the two cores are saturated, and latency there is
 mostly queueing (the inverse of throughput); with --unloaded the plain HTTP paths are also
 loaded by one connection, one request at a time, where a proxy's latency is what it adds to a
-request: reported as each path's percentiles less the direct path's. wrk's own client runs on the same two cores: compare the ratios, not
-the numbers.
+request: reported as each path's percentiles less the direct path's. wrk's own client runs on
+the same two cores: compare the ratios, not the numbers.
 
 Usage (root, after `cargo build --release --workspace`; installs nginx-light and wrk from
 Debian if missing, without starting Debian's own nginx):

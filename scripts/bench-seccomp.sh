@@ -20,9 +20,9 @@ profile = json.load(open(f"{work}/profile.json"))
 subprocess.run(["crun", "spec"], cwd=work, check=True)
 base = json.load(open(f"{work}/config.json"))
 base["process"].update(args=["/bin/true"], terminal=False)
-variants = {"none": None, "x86_64": ["SCMP_ARCH_X86_64"], "x86_64+i386 (gantry)": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+variants = {"none": None, "x86_64": ["SCMP_ARCH_X86_64"], "x86_64+i386 (crun compiles)": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
             "x86_64+i386+x32 (docker)": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-            "x86_64+i386 precompiled": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]}
+            "x86_64+i386 precompiled (gantry)": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]}
 bpf = open(f"{work}/profile.bpf64").read().strip()
 times = {}
 for i, (name, archs) in enumerate(variants.items()):
@@ -32,7 +32,7 @@ for i, (name, archs) in enumerate(variants.items()):
     cfg = json.loads(json.dumps(base))
     if archs:
         cfg["linux"]["seccomp"] = dict(profile, architectures=archs)
-    if name.endswith("precompiled"):
+    if "precompiled" in name:
         cfg["annotations"] = {"run.oci.seccomp_bpf_data": bpf}
     json.dump(cfg, open(f"{d}/config.json", "w"))
     times[name] = (d, [])
@@ -45,5 +45,5 @@ for n in range(runs):
         t.append((time.perf_counter() - began) * 1000)
 for name, (_, t) in times.items():
     t.sort()
-    print(f"{name:28} n={len(t)} median {statistics.median(t):6.2f} ms  p90 {t[int(len(t) * 0.9)]:6.2f} ms")
+    print(f"{name:33} n={len(t)} median {statistics.median(t):6.2f} ms  p90 {t[int(len(t) * 0.9)]:6.2f} ms")
 PY
