@@ -196,18 +196,23 @@ async fn deploy(s: &Setup, revision: &str) {
     s.c.update_service(&scope(), req).await.unwrap();
 }
 
-/// Runs node, health checker and controller passes a second apart until `done` says so,
-/// checking each time that every production group with weight has a target taking requests.
+/// One node, health checker and controller pass, then the check: production forwards to at
+/// least one group, and every group it forwards to has a target taking requests.
+async fn pass_and_check(s: &Setup, what: &str, pass: usize) {
+    node_pass(&s.c).await;
+    health_pass(s).await;
+    s.c.reconcile_services().await;
+    let prod = production(s).await;
+    assert!(
+        !prod.is_empty() && prod.iter().all(|(_, n)| *n > 0),
+        "{what}, pass {pass}: production forwards to no group, or to one with no target taking requests: {prod:?}"
+    );
+}
+
+/// Passes a second apart until `done` says so.
 async fn run_until(s: &Setup, what: &str, done: impl Fn(&gantry_types::model::Service) -> bool) {
     for pass in 0..120 {
-        node_pass(&s.c).await;
-        health_pass(s).await;
-        s.c.reconcile_services().await;
-        let prod = production(s).await;
-        assert!(
-            prod.iter().all(|(_, n)| *n > 0),
-            "{what}, pass {pass}: production forwards to a group with no target taking requests: {prod:?}"
-        );
+        pass_and_check(s, what, pass).await;
         let (svc, _) =
             s.c.describe_services(&scope(), Some("default"), &["bg".to_string()], &[])
                 .await
@@ -238,20 +243,24 @@ fn rolled_back(n: usize) -> impl Fn(&gantry_types::model::Service) -> bool {
 }
 
 /// More passes, for whatever is still draining to go.
-async fn settle(s: &Setup) {
-    for _ in 0..8 {
+async fn settle(s: &Setup, what: &str) {
+    for pass in 0..8 {
         s.clock.advance(1_000);
-        node_pass(&s.c).await;
-        health_pass(s).await;
-        s.c.reconcile_services().await;
+        pass_and_check(s, what, pass).await;
     }
 }
 
 #[tokio::test]
 async fn production_always_has_targets_through_a_shift_and_rollbacks() {
     let s = setup().await;
-    // The first deployment (nothing to shift from), settled before production is checked.
-    settle(&s).await;
+    // The first deployment: production has nothing to forward to until its tasks run, so
+    // these passes are not checked.
+    for _ in 0..8 {
+        node_pass(&s.c).await;
+        health_pass(&s).await;
+        s.c.reconcile_services().await;
+        s.clock.advance(1_000);
+    }
     run_until(&s, "first deployment", |svc| completed_on(svc, "bg:1")).await;
     assert_eq!(production(&s).await, vec![(s.groups[0].clone(), 2)]);
 
@@ -263,15 +272,14 @@ async fn production_always_has_targets_through_a_shift_and_rollbacks() {
     // A broken release fails in the first group; the breaker rolls back and production stays.
     deploy(&s, "bg:2").await;
     run_until(&s, "rollback", rolled_back(1)).await;
-    settle(&s).await;
+    settle(&s, "after the rollback").await;
     assert_eq!(production(&s).await, vec![(s.groups[1].clone(), 2)]);
 
     // StopServiceDeployment while green's tasks run, registered and still being checked:
     // traffic stays on blue while green's tasks drain and go.
     deploy(&s, "bg:3").await;
-    for _ in 0..4 {
-        node_pass(&s.c).await;
-        s.c.reconcile_services().await;
+    for pass in 0..4 {
+        pass_and_check(&s, "green behind the test rule", pass).await;
         s.clock.advance(1_000);
     }
     let green = s.elb.group_state(&scope(), &s.groups[0]).await.unwrap();
@@ -289,7 +297,7 @@ async fn production_always_has_targets_through_a_shift_and_rollbacks() {
         .unwrap();
     s.c.stop_service_deployment(&scope(), arn, None).await.unwrap();
     run_until(&s, "stopped deployment", rolled_back(2)).await;
-    settle(&s).await;
+    settle(&s, "after the stopped deployment").await;
     assert_eq!(production(&s).await, vec![(s.groups[1].clone(), 2)]);
     let green = s.elb.group_state(&scope(), &s.groups[0]).await.unwrap();
     let serving = green.targets.iter().filter(|t| t.draining_until.is_none());
