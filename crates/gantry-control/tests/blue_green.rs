@@ -24,16 +24,7 @@ struct Setup {
 }
 
 async fn group(elb: &Elb, name: &str) -> String {
-    let arn = elb
-        .create_target_group(
-            &scope(),
-            json!({"Name": name, "Protocol": "HTTP", "Port": 8080, "TargetType": "ip"}),
-        )
-        .await
-        .unwrap()["TargetGroups"][0]["TargetGroupArn"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let arn = common::target_group(elb, name, 8080).await;
     elb.modify_target_group_attributes(
         &scope(),
         json!({"TargetGroupArn": arn, "Attributes": [{"Key": "deregistration_delay.timeout_seconds", "Value": "5"}]}),
@@ -56,7 +47,7 @@ async fn setup() -> Setup {
     for _ in 0..3 {
         common::register_web_on_8080(&c, "bg").await;
     }
-    let lb = common::load_balancer(&elb).await;
+    let lb = common::load_balancer(&elb, "lb").await;
     let groups = [group(&elb, "a").await, group(&elb, "b").await];
     let both = json!([{"Type": "forward", "ForwardConfig": {"TargetGroups": [
         {"TargetGroupArn": groups[0], "Weight": 100}, {"TargetGroupArn": groups[1], "Weight": 0}]}}]);

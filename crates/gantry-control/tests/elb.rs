@@ -15,25 +15,6 @@ fn setup() -> (Elb, Arc<FakeClock>) {
     (Elb::new(store, clock.clone()), clock)
 }
 
-async fn lb(elb: &Elb, name: &str) -> String {
-    let out = elb
-        .create_load_balancer(&scope(), json!({"Name": name, "Subnets": ["subnet-1"]}), &common::vpc())
-        .await
-        .unwrap();
-    out["LoadBalancers"][0]["LoadBalancerArn"].as_str().unwrap().to_string()
-}
-
-async fn tg(elb: &Elb, name: &str) -> String {
-    let out = elb
-        .create_target_group(
-            &scope(),
-            json!({"Name": name, "Protocol": "HTTP", "Port": 80, "TargetType": "ip"}),
-        )
-        .await
-        .unwrap();
-    out["TargetGroups"][0]["TargetGroupArn"].as_str().unwrap().to_string()
-}
-
 async fn listener(elb: &Elb, lb: &str, port: i64, tg: &str) -> Value {
     elb.create_listener(
         &scope(),
@@ -87,7 +68,10 @@ async fn a_load_balancer_is_placed_in_the_vpcs_subnets_and_groups_only() {
 #[tokio::test]
 async fn a_group_a_listener_forwards_to_names_its_load_balancer() {
     let (elb, _) = setup();
-    let (l, g) = (lb(&elb, "a").await, tg(&elb, "g").await);
+    let (l, g) = (
+        common::load_balancer(&elb, "a").await,
+        common::target_group(&elb, "g", 80).await,
+    );
     listener(&elb, &l, 80, &g).await;
     let out = elb
         .describe_target_groups(&scope(), json!({"TargetGroupArns": [g]}))
@@ -104,7 +88,10 @@ async fn a_group_a_listener_forwards_to_names_its_load_balancer() {
 #[tokio::test]
 async fn a_refused_listener_leaves_the_others_and_no_rules_behind() {
     let (elb, _) = setup();
-    let (l, g) = (lb(&elb, "a").await, tg(&elb, "g").await);
+    let (l, g) = (
+        common::load_balancer(&elb, "a").await,
+        common::target_group(&elb, "g", 80).await,
+    );
     let first = listener(&elb, &l, 80, &g).await;
     let dup = elb
         .create_listener(
@@ -134,7 +121,10 @@ async fn a_refused_listener_leaves_the_others_and_no_rules_behind() {
 #[tokio::test]
 async fn deregistered_targets_drain_for_the_delay_then_are_gone() {
     let (elb, clock) = setup();
-    let (l, g) = (lb(&elb, "a").await, tg(&elb, "g").await);
+    let (l, g) = (
+        common::load_balancer(&elb, "a").await,
+        common::target_group(&elb, "g", 80).await,
+    );
     listener(&elb, &l, 80, &g).await;
     elb.register_targets(&scope(), json!({"TargetGroupArn": g, "Targets": [{"Id": "10.0.0.1"}]}))
         .await
@@ -190,7 +180,10 @@ async fn deregistered_targets_drain_for_the_delay_then_are_gone() {
 #[tokio::test]
 async fn rule_priorities_swap_atomically_and_clash_is_refused() {
     let (elb, _) = setup();
-    let (l, g) = (lb(&elb, "a").await, tg(&elb, "g").await);
+    let (l, g) = (
+        common::load_balancer(&elb, "a").await,
+        common::target_group(&elb, "g", 80).await,
+    );
     let lis = listener(&elb, &l, 80, &g).await;
     let mut arns = vec![];
     for (p, path) in [(1, "/a"), (2, "/b")] {
@@ -252,7 +245,10 @@ async fn conditions_are_checked_and_normalised() {
 async fn a_target_registered_again_at_a_reused_address_starts_without_a_verdict() {
     use gantry_control::elb::TargetState;
     let (elb, _) = setup();
-    let (l, g) = (lb(&elb, "a").await, tg(&elb, "g").await);
+    let (l, g) = (
+        common::load_balancer(&elb, "a").await,
+        common::target_group(&elb, "g", 80).await,
+    );
     listener(&elb, &l, 80, &g).await;
     let reg = json!({"TargetGroupArn": g, "Targets": [{"Id": "10.0.0.1"}]});
     elb.register_targets(&scope(), reg.clone()).await.unwrap();

@@ -135,17 +135,8 @@ async fn a_service_behind_a_load_balancer_registers_waits_for_health_drains_and_
     let (c, clock) = setup(0).await;
     let elb = Elb::new(c.store.clone(), clock.clone());
     common::register_web_on_8080(&c, "lbweb").await;
-    let lb = common::load_balancer(&elb).await;
-    let tg = elb
-        .create_target_group(
-            &scope(),
-            json!({"Name": "tg", "Protocol": "HTTP", "Port": 8080, "TargetType": "ip"}),
-        )
-        .await
-        .unwrap()["TargetGroups"][0]["TargetGroupArn"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let lb = common::load_balancer(&elb, "lb").await;
+    let tg = common::target_group(&elb, "tg", 8080).await;
     let create = |lbs: serde_json::Value| {
         serde_json::from_value::<CreateServiceRequest>(json!({
             "cluster": "default", "serviceName": "websvc", "taskDefinition": "lbweb", "desiredCount": 2,

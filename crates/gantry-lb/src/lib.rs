@@ -248,8 +248,8 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
     tokio::spawn(health::run(shared.clone(), stop.clone()));
     let mut bound: HashMap<SocketAddr, Bound> = HashMap::new();
     let mut hosts_written: Option<Vec<(std::net::Ipv4Addr, String)>> = None;
-    // A change of the groups alone re-works the verdicts over the configuration already read
-    // (a re-read then could land between the writes of one configuration change).
+    // A change of the groups alone (every task start and stop changes their members) re-works
+    // the verdicts over the configuration already read: it has not changed.
     let mut unchanged: Option<View> = None;
     loop {
         let read = match unchanged.take() {

@@ -99,14 +99,27 @@ pub async fn register_web_on_8080(c: &gantry_control::Control, family: &str) {
     .unwrap();
 }
 
-/// An application load balancer named "lb" in `vpc()`: its ARN.
-pub async fn load_balancer(elb: &gantry_control::elb::Elb) -> serde_json::Value {
-    elb.create_load_balancer(
-        &scope(),
-        serde_json::json!({"Name": "lb", "Subnets": ["subnet-1"]}),
-        &vpc(),
-    )
-    .await
-    .unwrap()["LoadBalancers"][0]["LoadBalancerArn"]
-        .clone()
+/// An application load balancer `name` in `vpc()`: its ARN.
+pub async fn load_balancer(elb: &gantry_control::elb::Elb, name: &str) -> String {
+    let out = elb
+        .create_load_balancer(
+            &scope(),
+            serde_json::json!({"Name": name, "Subnets": ["subnet-1"]}),
+            &vpc(),
+        )
+        .await
+        .unwrap();
+    out["LoadBalancers"][0]["LoadBalancerArn"].as_str().unwrap().to_string()
+}
+
+/// An HTTP target group `name` of `ip` targets on `port`: its ARN.
+pub async fn target_group(elb: &gantry_control::elb::Elb, name: &str, port: i64) -> String {
+    let out = elb
+        .create_target_group(
+            &scope(),
+            serde_json::json!({"Name": name, "Protocol": "HTTP", "Port": port, "TargetType": "ip"}),
+        )
+        .await
+        .unwrap();
+    out["TargetGroups"][0]["TargetGroupArn"].as_str().unwrap().to_string()
 }
