@@ -3,6 +3,7 @@ each agent with its own data dir, run dir, bridge and subnet, joined with a toke
 mutual TLS. Placement over zones, a killed agent's tasks replaced elsewhere and its stale
 containers stopped on return, a killed leader's controllers taken over, and the protocol's
 refusals (no certificate, a wrong or foreign token, another node's name)."""
+import base64
 import datetime
 import json
 import os
@@ -36,11 +37,11 @@ class Server:
         self.store = store
         self.proc = None
 
-    def start(self, env):
+    def start(self, env, *extra):
         log = open(os.path.join(self.dir, "server.log"), "a")
         self.proc = subprocess.Popen([GANTRY, "--data-dir", f"{self.dir}/data", "server", "--store", self.store,
                                       "--listen", f"127.0.0.1:{self.port}", "--agent-listen", f"127.0.0.1:{self.agent_port}",
-                                      "--node-timeout", NODE_TIMEOUT, "--no-profile"],
+                                      "--node-timeout", NODE_TIMEOUT, "--no-profile", *extra],
                                      env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def log(self):
@@ -50,10 +51,13 @@ class Server:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
-    def stop(self):
+    def terminate(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=15)
+
+    def stop(self):
+        self.terminate()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -480,6 +484,13 @@ def test_the_agent_protocol_refuses_strangers(cluster):
         assert p.returncode != 0 and message in p.stderr, (name, p.stderr)
     assert "agent request refused" in s.log()
     shutil.rmtree(d, ignore_errors=True)
+    # A node's certificate does not fetch a server's copy of the logs.
+    identity = os.path.join(agents[0].dir, "data", "identity")
+    as_node = ssl.create_default_context(cafile=os.path.join(identity, "ca.pem"))
+    as_node.load_cert_chain(os.path.join(identity, "node.pem"), os.path.join(identity, "node-key.pem"))
+    status, body = _get(f"{s.agent_url}/v1/seed/logs", as_node)
+    assert status == 403 and "may not fetch" in body, (status, body)
+    assert _get(f"{s.agent_url}/v1/seed/logs", insecure)[0] == 401
 
     # A revoked node's certificate is refused by every server, and the node is then lost.
     store = ["--store", s.store]
@@ -615,3 +626,93 @@ def test_task_roles_reach_tasks_on_remote_nodes(cluster):
         logGroupName="/cluster/roles", logStreamNamePrefix="ecs-execute-command-")["events"]
         if e["message"] == "got-remote"]) == 2, 20)
     ecs.stop_task(cluster="default", task=task["taskArn"])
+
+
+def _etcd_keys(etcd, prefix):
+    """Every etcd key under prefix: {key: (value, mod_revision)} (through etcd's JSON gateway)."""
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
+                       "range_end": base64.b64encode(end.encode()).decode()})
+    r = json.load(urllib.request.urlopen(urllib.request.Request(f"http://{etcd}/v3/kv/range", data=body.encode()),
+                                         timeout=5))
+    return {base64.b64decode(kv["key"]).decode(): (base64.b64decode(kv.get("value", "")).decode(), int(kv["mod_revision"]))
+            for kv in r.get("kvs", [])}
+
+
+def test_a_server_away_past_the_feed_window_reseeds_its_copies(etcd):  # noqa: F811
+    """A server away longer than the feeds keep entries for it has gaps in its copies of the
+    logs and metrics. Back, it fetches whole copies from the other server (mutual TLS, with its
+    server certificate) and serves what was written while it was away, then follows on."""
+    g = Gantry.__new__(Gantry)  # only its credentials: no node, no image
+    g.env = dict(os.environ, GANTRY_ACCESS_KEY_ID=KEY, GANTRY_SECRET_ACCESS_KEY=SECRET, GANTRY_ACCOUNT_ID=ACCOUNT)
+    servers = [Server(f"etcd://{etcd}/reseed", n) for n in ("r1", "r2")]
+    first, away = servers
+
+    def client(server, service):
+        g.endpoint = server.endpoint
+        return g.client(service)
+
+    def messages(server):
+        try:
+            r = client(server, "logs").get_log_events(logGroupName="/reseed", logStreamName="s", startFromHead=True)
+        except botocore.exceptions.ClientError as e:
+            return str(e)
+        return [e["message"] for e in r["events"]]
+
+    def points(server):
+        try:
+            r = client(server, "cloudwatch").get_metric_statistics(
+                Namespace="Reseed", MetricName="m", StartTime=datetime.datetime.now() - datetime.timedelta(hours=1),
+                EndTime=datetime.datetime.now() + datetime.timedelta(minutes=5), Period=3600, Statistics=["SampleCount"])
+        except botocore.exceptions.ClientError as e:
+            return str(e)
+        return sum(p["SampleCount"] for p in r["Datapoints"])
+
+    def put(server, text):
+        now = int(time.time() * 1000)
+        client(server, "logs").put_log_events(logGroupName="/reseed", logStreamName="s",
+                                              logEvents=[{"timestamp": now, "message": text}])
+        client(server, "cloudwatch").put_metric_data(Namespace="Reseed", MetricData=[{"MetricName": "m", "Value": 1}])
+
+    try:
+        for s in servers:
+            s.start(g.env, "--log-feed-window", "1")
+        for s in servers:
+            wait_for("the server to listen", lambda: _listening(s.port), 30)
+        logs = client(first, "logs")
+        logs.create_log_group(logGroupName="/reseed")
+        logs.create_log_stream(logGroupName="/reseed", logStreamName="s")
+        put(first, "before")
+        wait_for("both copies to hold the first line", lambda: all(messages(s) == ["before"] for s in servers), 30)
+        away.terminate()
+
+        for i in range(3):
+            put(first, f"while-away-{i}")
+        # The leader trims what is older than the window whatever the absent copy applied:
+        # wait until what was written while it was away is gone from both feeds.
+        def newest(feed):
+            entries = _etcd_keys(etcd, f"/reseed/{feed}/feed/")
+            return max(rev for key, (_, rev) in entries.items() if not key.endswith("~trimmed"))
+        written = {feed: newest(feed) for feed in ("logs", "metrics")}
+
+        def trimmed(feed):
+            mark = _etcd_keys(etcd, f"/reseed/{feed}/feed/~trimmed")
+            return mark and int(next(iter(mark.values()))[0]) >= written[feed]
+        wait_for("both feeds trimmed past what was written", lambda: trimmed("logs") and trimmed("metrics"), 60)
+
+        away.start(g.env, "--log-feed-window", "1")
+        wait_for("the server to listen", lambda: _listening(away.port), 30)
+        want = ["before"] + [f"while-away-{i}" for i in range(3)]
+        wait_for("the returning server to serve every line", lambda: messages(away) == want, 60)
+        wait_for("and every datapoint", lambda: points(away) == 4, 60)
+        log = away.log()
+        # Both copies, the logs' and the metrics', had a gap and were re-seeded.
+        assert log.count("misses trimmed feed entries") == 2, log[-3000:]
+        assert log.count("re-seeded this server's copy") == 2, log[-3000:]
+        # Re-seeded, it follows the feeds on.
+        put(first, "after")
+        wait_for("the line written after", lambda: messages(away) == want + ["after"], 30)
+        wait_for("and its datapoint", lambda: points(away) == 5, 30)
+    finally:
+        for s in servers:
+            s.stop()

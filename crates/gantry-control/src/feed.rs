@@ -8,13 +8,15 @@
 //! The feed is short: the leader trims entries every copy has applied (each copy reports its
 //! position under `<prefix>replicas/`), and entries older than a window whatever the copies
 //! say, so a server that is away for long cannot hold etcd's size hostage. A copy that missed
-//! trimmed entries knows it (the trim mark is listed with the feed, in the same snapshot) and
-//! refuses reads until it is re-seeded from another server's copy.
+//! trimmed entries knows it (the trim mark is listed with the feed, in the same snapshot),
+//! refuses reads, and re-seeds itself: it fetches a whole copy from another server (a
+//! `Seeder`), puts it in place of its own, and follows the feed on from that copy's position.
 
 use gantry_store::{EventKind, KeyValue, Store, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +29,8 @@ const MAX_ENTRY_BYTES: usize = 1_200_000;
 const APPLY_WAIT: Duration = Duration::from_secs(10);
 /// How often a copy reports its position (trimming lags by about this much).
 const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// How long a copy with a gap waits before it tries to re-seed again.
+const RESEED_RETRY: Duration = Duration::from_secs(15);
 
 /// A server-local copy the feed keeps.
 pub trait FeedCopy: Send + Sync + 'static {
@@ -48,6 +52,29 @@ pub trait FeedCopy: Send + Sync + 'static {
     fn describe(e: &Self::Error) -> String;
     /// A write too big for one entry, in two halves applied in order (None: indivisible).
     fn split(w: &Self::Write) -> Option<(Self::Write, Self::Write)>;
+    /// Writes the whole copy, its position included, to `dest` (a new file) as of one moment.
+    fn snapshot(&self, dest: &Path) -> Result<(), Self::Error>;
+    /// Replaces the whole copy, its position included, with the snapshot in `src`.
+    fn restore(&self, src: &Path) -> Result<(), Self::Error>;
+    /// The copy's file (None: in memory); snapshots and seeds are written next to it.
+    fn file(&self) -> Option<&Path>;
+}
+
+/// Where a copy with a gap gets a whole copy from: another server's snapshot.
+#[async_trait::async_trait]
+pub trait Seeder: Send + Sync + 'static {
+    /// Writes another server's snapshot of its copy of `what` ("logs", "metrics") to `dest`,
+    /// a new file; returns which server gave it.
+    async fn fetch(&self, what: &str, dest: &Path) -> Result<String, String>;
+}
+
+/// A scratch file next to the copy's (or in the temporary directory for one in memory).
+fn scratch<C: FeedCopy>(local: &C, kind: &str) -> PathBuf {
+    let name = format!("{}.{kind}-{}", C::WHAT.1, crate::random_uuid());
+    match local.file().and_then(Path::parent) {
+        Some(dir) => dir.join(name),
+        None => std::env::temp_dir().join(name),
+    }
 }
 
 /// The key under the feed's prefix holding the highest revision trimmed. Sorted after every
@@ -73,6 +100,8 @@ struct Feed<C: FeedCopy> {
     waiting: Waiters<C::Error>,
     /// The trim mark, when it passed entries this copy never applied (0: no gap).
     gap: AtomicI64,
+    /// Where a copy with a gap is re-seeded from (None: by hand).
+    seeder: Option<Arc<dyn Seeder>>,
 }
 
 impl<C: FeedCopy> Replica<C> {
@@ -82,14 +111,21 @@ impl<C: FeedCopy> Replica<C> {
     }
 
     /// A cluster's server (`replica` names its copy, stable across restarts): writes go
-    /// through the feed, and `follow` must run for them to land.
-    pub fn replicated(local: Arc<C>, store: Arc<dyn Store>, replica: &str) -> Replica<C> {
+    /// through the feed, and `follow` must run for them to land. A gap is re-seeded from
+    /// `seeder`.
+    pub fn replicated(
+        local: Arc<C>,
+        store: Arc<dyn Store>,
+        replica: &str,
+        seeder: Option<Arc<dyn Seeder>>,
+    ) -> Replica<C> {
         let feed = Feed {
             store,
             local: local.clone(),
             replica: replica.to_string(),
             waiting: Mutex::new(HashMap::new()),
             gap: AtomicI64::new(0),
+            seeder,
         };
         Replica {
             local,
@@ -109,13 +145,36 @@ impl<C: FeedCopy> Replica<C> {
     /// The local copy to read from, unless it has a gap.
     pub fn read(&self) -> Result<&C, C::Error> {
         let (what, file) = C::WHAT;
-        match self.feed.as_ref().map(|f| f.gap.load(Ordering::Relaxed)) {
-            Some(mark) if mark > 0 => Err(C::backend(format!(
+        let Some(feed) = &self.feed else {
+            return Ok(&self.local);
+        };
+        let remedy = match feed.seeder {
+            Some(_) => "it is being re-seeded from another server's copy".to_string(),
+            None => format!("copy {file} from another server to re-seed it"),
+        };
+        match feed.gap.load(Ordering::Relaxed) {
+            0 => Ok(&self.local),
+            mark => Err(C::backend(format!(
                 "this server's copy of the {what} misses feed entries trimmed up to revision {mark} (the server was \
-                 away longer than the feed keeps them); copy {file} from another server to re-seed it"
+                 away longer than the feed keeps them); {remedy}"
             ))),
-            _ => Ok(&self.local),
         }
+    }
+
+    /// A snapshot of the whole local copy for another server to re-seed from, as an open
+    /// file already unlinked (it goes when closed). Refused while this copy has a gap.
+    pub async fn snapshot(&self) -> Result<std::fs::File, C::Error> {
+        self.read()?;
+        let local = self.local.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            let path = scratch(local.as_ref(), "snapshot");
+            let opened = local.snapshot(&path).and_then(|()| {
+                std::fs::File::open(&path).map_err(|e| C::backend(format!("opening the snapshot: {e}")))
+            });
+            let _ = std::fs::remove_file(&path);
+            opened
+        });
+        made.await.map_err(|e| C::backend(e.to_string()))?
     }
 
     /// The local copy, for the retention sweep each copy does on its own.
@@ -191,13 +250,24 @@ impl<C: FeedCopy> Feed<C> {
         let applied = self.local.applied_revision().map_err(copy_err::<C>)?;
         let mark = listed.iter().find(|kv| kv.key == mark_key).map(mark_of).unwrap_or(0);
         // Entries at or below the mark may be gone; above it all are listed.
-        if mark > applied && self.gap.swap(mark, Ordering::Relaxed) == 0 {
-            tracing::error!(
-                applied,
-                mark,
-                what = C::WHAT.0,
-                "this server's copy misses trimmed feed entries; its reads are refused until it is re-seeded"
-            );
+        if mark > applied {
+            if self.gap.swap(mark, Ordering::Relaxed) == 0 {
+                tracing::error!(
+                    applied,
+                    mark,
+                    what = C::WHAT.0,
+                    "this server's copy misses trimmed feed entries; its reads are refused until it is re-seeded"
+                );
+            }
+            if let Some(seeder) = &self.seeder {
+                match self.reseed(seeder.as_ref(), mark).await {
+                    // Listed again from the seed's position.
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, what = C::WHAT.0, "re-seeding this server's copy; trying again later")
+                    }
+                }
+            }
         }
         listed.sort_by_key(|kv| kv.mod_revision);
         for kv in listed.iter().filter(|kv| kv.key != mark_key) {
@@ -207,6 +277,10 @@ impl<C: FeedCopy> Feed<C> {
         self.report(listed_at).await?;
         let mut w = self.store.watch(&feed, listed_at).await?;
         let mut reported = Instant::now();
+        // A copy with a gap lists again now and then, to try re-seeding again.
+        let reseed = self.seeder.is_some() && self.gap.load(Ordering::Relaxed) > 0;
+        let retry = tokio::time::sleep(RESEED_RETRY);
+        tokio::pin!(retry);
         loop {
             let ev = tokio::select! {
                 ev = w.events.recv() => ev,
@@ -215,6 +289,7 @@ impl<C: FeedCopy> Feed<C> {
                     reported = Instant::now();
                     continue;
                 }
+                _ = &mut retry, if reseed => return Ok(()),
             };
             let Some(ev) = ev else { return Ok(()) };
             let ev = ev?;
@@ -228,6 +303,34 @@ impl<C: FeedCopy> Feed<C> {
                 reported = Instant::now();
             }
         }
+    }
+
+    /// Puts another server's whole copy in place of this one's. The seed must have applied
+    /// up to the trim mark (a server that was away too may have a gap of its own).
+    async fn reseed(&self, seeder: &dyn Seeder, mark: i64) -> Result<(), String> {
+        let what = C::WHAT.0;
+        let path = scratch(self.local.as_ref(), "seed");
+        let fetched = seeder.fetch(what, &path).await;
+        let local = self.local.clone();
+        let seed = path.clone();
+        let restored = match &fetched {
+            Ok(_) => tokio::task::spawn_blocking(move || local.restore(&seed).and_then(|()| local.applied_revision()))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| C::describe(&e))),
+            Err(e) => Err(e.clone()),
+        };
+        let _ = std::fs::remove_file(&path);
+        let from = fetched.unwrap_or_default();
+        let restored = restored?;
+        if restored < mark {
+            return Err(format!(
+                "the copy from {from} has applied up to revision {restored}, below the trim mark {mark}"
+            ));
+        }
+        self.gap.store(0, Ordering::Relaxed);
+        tracing::warn!(from = %from, revision = restored, what, "re-seeded this server's copy from another server's");
+        Ok(())
     }
 
     /// Applies one entry unless this copy has it, and hands the result to this server's
@@ -318,10 +421,11 @@ pub async fn trim<C: FeedCopy>(store: &dyn Store, oldest_kept: i64) -> Result<us
     Ok(gone.len())
 }
 
-/// Where a SQLite copy (logs.db, metrics.db) records the last feed revision it applied: a
-/// `replica` table its schema creates.
+/// Where a SQLite copy (logs.db, metrics.db) records the last feed revision it applied (a
+/// `replica` table its schema creates), and the whole copy's snapshots for re-seeding.
 pub mod position {
     use rusqlite::{params, Connection, OptionalExtension};
+    use std::path::Path;
 
     /// The table, for the copy's schema.
     pub const TABLE: &str = "CREATE TABLE IF NOT EXISTS replica (k TEXT PRIMARY KEY, v INTEGER);";
@@ -341,6 +445,19 @@ pub mod position {
             params![rev],
         )
         .map(|_| ())
+    }
+
+    /// Writes the database `c` reads, as of one moment, to `dest` (a new file). Given a
+    /// connection of its own to the file, the copy's writer goes on meanwhile (in WAL mode a
+    /// reader does not block it).
+    pub fn snapshot(c: &Connection, dest: &Path) -> rusqlite::Result<()> {
+        let dest = dest.to_str().ok_or(rusqlite::Error::InvalidPath(dest.to_path_buf()))?;
+        c.execute("VACUUM INTO ?1", [dest]).map(|_| ())
+    }
+
+    /// Replaces the whole database with the snapshot in `src`, in one transaction.
+    pub fn restore(c: &mut Connection, src: &Path) -> rusqlite::Result<()> {
+        c.restore("main", src, None::<fn(rusqlite::backup::Progress)>)
     }
 }
 

@@ -28,6 +28,15 @@ impl FeedCopy for LogStore {
     fn set_applied_revision(&self, rev: i64) -> Result<(), LogsError> {
         LogStore::set_applied_revision(self, rev)
     }
+    fn snapshot(&self, dest: &std::path::Path) -> Result<(), LogsError> {
+        LogStore::snapshot(self, dest)
+    }
+    fn restore(&self, src: &std::path::Path) -> Result<(), LogsError> {
+        LogStore::restore(self, src)
+    }
+    fn file(&self) -> Option<&std::path::Path> {
+        LogStore::file(self)
+    }
     fn backend(message: String) -> LogsError {
         LogsError::Backend(message)
     }

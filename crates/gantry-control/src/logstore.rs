@@ -120,6 +120,8 @@ impl LogWrite {
 
 pub struct LogStore {
     conn: Mutex<Connection>,
+    /// The database file (None: in memory).
+    file: Option<std::path::PathBuf>,
 }
 
 /// The (account, region) a log group lives in.
@@ -127,14 +129,14 @@ pub type Scope<'a> = (&'a str, &'a str);
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<LogStore, LogsError> {
-        Self::init(Connection::open(path).map_err(be)?)
+        Self::init(Connection::open(path).map_err(be)?, Some(path.to_path_buf()))
     }
 
     pub fn in_memory() -> Result<LogStore, LogsError> {
-        Self::init(Connection::open_in_memory().map_err(be)?)
+        Self::init(Connection::open_in_memory().map_err(be)?, None)
     }
 
-    fn init(conn: Connection) -> Result<LogStore, LogsError> {
+    fn init(conn: Connection, file: Option<std::path::PathBuf>) -> Result<LogStore, LogsError> {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;
              CREATE TABLE IF NOT EXISTS groups (acct TEXT, region TEXT, name TEXT, created INTEGER, retention INTEGER, PRIMARY KEY (acct, region, name));
@@ -145,7 +147,10 @@ impl LogStore {
         )
         .map_err(be)?;
         conn.execute_batch(crate::feed::position::TABLE).map_err(be)?;
-        Ok(LogStore { conn: Mutex::new(conn) })
+        Ok(LogStore {
+            conn: Mutex::new(conn),
+            file,
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -588,6 +593,24 @@ impl LogStore {
 
     pub fn set_applied_revision(&self, rev: i64) -> Result<(), LogsError> {
         crate::feed::position::advance(&self.conn(), rev).map_err(be)
+    }
+
+    /// Writes the whole copy to `dest` (see `feed::position::snapshot`).
+    pub fn snapshot(&self, dest: &Path) -> Result<(), LogsError> {
+        match &self.file {
+            Some(f) => crate::feed::position::snapshot(&Connection::open(f).map_err(be)?, dest),
+            None => crate::feed::position::snapshot(&self.conn(), dest),
+        }
+        .map_err(be)
+    }
+
+    /// Replaces the whole copy with a snapshot.
+    pub fn restore(&self, src: &Path) -> Result<(), LogsError> {
+        crate::feed::position::restore(&mut self.conn(), src).map_err(be)
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     /// Deletes events older than each group's retention. Returns how many went.

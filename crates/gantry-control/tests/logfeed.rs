@@ -1,10 +1,13 @@
 //! Replica logs: copies that follow one feed hold the same groups, streams and events with
 //! the same ids (so paging tokens work on any server); trimming keeps the feed short; a copy
-//! that missed trimmed entries refuses reads instead of answering from a partial copy.
+//! that missed trimmed entries refuses reads instead of answering from a partial copy, and
+//! re-seeds itself from another copy's snapshot.
 
+use gantry_control::feed::Seeder;
 use gantry_control::logfeed::{self, Logs};
 use gantry_control::logstore::{LogOp, LogStore, LogWrite, LogsError};
 use gantry_store::{SqliteStore, Store};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -12,10 +15,20 @@ use tokio::sync::watch;
 const S: (&str, &str) = ("123456789012", "us-east-1");
 
 fn copy(store: &Arc<dyn Store>, id: &str, stop: &watch::Receiver<bool>) -> Arc<Logs> {
+    seeded_copy(store, id, stop, None)
+}
+
+fn seeded_copy(
+    store: &Arc<dyn Store>,
+    id: &str,
+    stop: &watch::Receiver<bool>,
+    seeder: Option<Arc<dyn Seeder>>,
+) -> Arc<Logs> {
     let logs = Arc::new(Logs::replicated(
         Arc::new(LogStore::in_memory().unwrap()),
         store.clone(),
         id,
+        seeder,
     ));
     let (l, stop) = (logs.clone(), stop.clone());
     tokio::spawn(async move { l.follow(stop).await });
@@ -38,13 +51,13 @@ fn put(stream: &str, messages: &[&str]) -> LogOp {
 }
 
 fn events(l: &Logs) -> Vec<(i64, String)> {
-    l.read()
-        .unwrap()
-        .stream_events(S, "/app", "s", None, None, true, None, 100)
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.id, e.message))
-        .collect()
+    try_events(l).unwrap()
+}
+
+/// The stream's events, or why the copy cannot say.
+fn try_events(l: &Logs) -> Result<Vec<(i64, String)>, LogsError> {
+    let events = l.read()?.stream_events(S, "/app", "s", None, None, true, None, 100)?;
+    Ok(events.into_iter().map(|e| (e.id, e.message)).collect())
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -104,6 +117,30 @@ async fn copies_agree_and_a_copy_with_a_gap_refuses_reads() {
     // The others are whole and keep serving and applying.
     a.write(w("/app", put("s", &["four"]))).await.unwrap();
     until("b to apply the write after the trim", || events(&b).len() == 4).await;
+
+    // A copy with a gap gives no snapshot to re-seed from.
+    assert!(matches!(late.snapshot().await, Err(LogsError::Backend(m)) if m.contains("misses feed entries")));
+    // One that can fetch a whole copy re-seeds itself and follows the feed on from there.
+    let seeded = seeded_copy(&store, "seeded", &stop, Some(Arc::new(FromCopy(a.clone()))));
+    until("the seeded copy to serve the events", || try_events(&seeded).is_ok()).await;
+    assert_eq!(events(&seeded), events(&a), "the same events with the same ids");
+    a.write(w("/app", put("s", &["five"]))).await.unwrap();
+    until("the seeded copy to apply a later write", || events(&seeded).len() == 5).await;
+    assert_eq!(events(&seeded), events(&a));
+}
+
+/// Seeds from another copy in this process, as a server's seeder does over the network.
+struct FromCopy(Arc<Logs>);
+
+#[async_trait::async_trait]
+impl Seeder for FromCopy {
+    async fn fetch(&self, what: &str, dest: &Path) -> Result<String, String> {
+        assert_eq!(what, "logs");
+        let mut snapshot = self.0.snapshot().await.map_err(|e| e.to_string())?;
+        let mut out = std::fs::File::create(dest).map_err(|e| e.to_string())?;
+        std::io::copy(&mut snapshot, &mut out).map_err(|e| e.to_string())?;
+        Ok("copy a".into())
+    }
 }
 
 /// Whether `copies` copies have reported positions of at least `rev`.
@@ -153,4 +190,35 @@ async fn a_batch_too_big_for_one_entry_is_split_and_kept_in_order() {
     let want: Vec<String> = (0..40).map(|i| format!("{i:02}")).collect();
     assert_eq!(got, want, "in order");
     assert_eq!(events(&a), events(&b));
+}
+
+#[test]
+fn a_file_copy_snapshots_and_restores_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = LogStore::open(&dir.path().join("logs.db")).unwrap();
+    for op in [
+        LogOp::CreateGroup,
+        LogOp::CreateStream { stream: "s".into() },
+        put("s", &["one", "two"]),
+    ] {
+        source.apply(&w("/app", op), Some(16_384)).unwrap();
+    }
+    source.set_applied_revision(7).unwrap();
+    // A file copy is read through a connection of its own.
+    let snapshot = dir.path().join("snapshot");
+    source.snapshot(&snapshot).unwrap();
+    let target = LogStore::open(&dir.path().join("other.db")).unwrap();
+    target.apply(&w("/old", LogOp::CreateGroup), None).unwrap();
+    target.restore(&snapshot).unwrap();
+    assert_eq!(target.applied_revision().unwrap(), 7);
+    let messages = |l: &LogStore| {
+        let e = l.stream_events(S, "/app", "s", None, None, true, None, 10).unwrap();
+        e.into_iter().map(|e| (e.id, e.message)).collect::<Vec<_>>()
+    };
+    assert_eq!(messages(&target), messages(&source));
+    assert_eq!(
+        target.apply(&w("/old", LogOp::CreateStream { stream: "x".into() }), None),
+        Err(LogsError::NoGroup),
+        "what the copy held before is gone"
+    );
 }

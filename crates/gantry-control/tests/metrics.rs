@@ -489,6 +489,7 @@ async fn copies_follow_one_feed() {
             Arc::new(MetricStore::in_memory().unwrap()),
             store.clone(),
             id,
+            None,
         ));
         let (d, stop) = (data.clone(), stop.clone());
         tokio::spawn(async move { d.follow(stop).await });

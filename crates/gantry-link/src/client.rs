@@ -214,7 +214,7 @@ impl RemoteLink {
     }
 
     /// An HTTP client that trusts the cluster CA and presents the node's certificate.
-    fn client_for(id: &Identity) -> Result<reqwest::Client> {
+    pub(crate) fn client_for(id: &Identity) -> Result<reqwest::Client> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(pki::first_der(&id.ca_pem)?))?;
         let key = PrivateKeyDer::try_from(pem_key(&id.key_pem)?).map_err(|e| anyhow!("{e}"))?;

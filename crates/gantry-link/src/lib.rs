@@ -5,5 +5,6 @@ pub mod client;
 pub mod exec;
 pub mod pki;
 pub mod revocation;
+pub mod seed;
 pub mod server;
 mod wire;

@@ -102,7 +102,8 @@ impl Ca {
                 Err(_) => Ok(SanType::DnsName(n.as_str().try_into()?)),
             })
             .collect::<Result<_, rcgen::Error>>()?;
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // Client too: a server presents it to another when it fetches a copy to re-seed from.
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         p.not_before = now() - Duration::from_secs(3600);
         p.not_after = now() + Duration::from_secs(365 * 86400);
         let cert = p.signed_by(&key, &self.issuer()?)?;
@@ -152,6 +153,15 @@ pub fn node_of_cert(der: &[u8]) -> Option<String> {
     let org = subject.iter_organization().next()?.as_str().ok()?.to_string();
     let cn = subject.iter_common_name().next()?.as_str().ok()?.to_string();
     (org == NODE_ORG).then_some(cn)
+}
+
+/// Whether a verified client certificate is a server's (Organization gantry:servers).
+pub fn is_server_cert(der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let org = cert.subject().iter_organization().next().and_then(|o| o.as_str().ok());
+    org == Some(SERVER_ORG)
 }
 
 #[derive(Serialize, Deserialize)]

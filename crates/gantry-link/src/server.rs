@@ -40,6 +40,8 @@ pub struct LinkServer {
 #[derive(Clone)]
 struct Peer {
     node: Option<String>,
+    /// Whether the certificate is a server's (another server fetching a copy).
+    server: bool,
     fingerprint: Option<String>,
     addr: SocketAddr,
 }
@@ -129,6 +131,7 @@ impl LinkServer {
             .route("/v1/security", get(security_view))
             .route("/v1/exec-requests", get(exec_requests))
             .route("/v1/exec/{session}", post(exec_stream))
+            .route("/v1/seed/{copy}", get(seed))
             .layer(axum::middleware::from_fn_with_state(gate, admit))
             .with_state(Arc::new(self))
     }
@@ -173,6 +176,7 @@ impl LinkServer {
                 let fingerprint = cert.map(|c| pki::der_fingerprint(c));
                 let peer = Peer {
                     node,
+                    server: cert.is_some_and(|c| pki::is_server_cert(c)),
                     fingerprint,
                     addr,
                 };
@@ -202,6 +206,38 @@ pub fn pem_key(pem: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 type S = State<Arc<LinkServer>>;
+
+/// A whole copy of this server's logs or metrics, for another server re-seeding its own
+/// (`crate::seed`): only a server's certificate may ask.
+async fn seed(
+    State(s): S,
+    Extension(peer): Extension<Peer>,
+    axum::extract::Path(copy): axum::extract::Path<String>,
+) -> Result<Response, Refusal> {
+    match (&peer.node, peer.server) {
+        (_, true) => {}
+        (None, false) => {
+            return Err(refuse(
+                &peer,
+                StatusCode::UNAUTHORIZED,
+                "a server certificate is required".into(),
+            ))
+        }
+        (Some(n), false) => {
+            return Err(refuse(
+                &peer,
+                StatusCode::FORBIDDEN,
+                format!("node {n} may not fetch a server's copy"),
+            ))
+        }
+    }
+    let file = match copy.as_str() {
+        "logs" => s.logs.snapshot().await.map_err(internal)?,
+        "metrics" => s.metrics.data().snapshot().await.map_err(internal)?,
+        _ => return Err(refuse(&peer, StatusCode::NOT_FOUND, format!("no copy named {copy}"))),
+    };
+    Ok(Response::new(crate::seed::file_body(file)))
+}
 
 async fn join(
     State(s): S,

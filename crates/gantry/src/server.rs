@@ -7,11 +7,13 @@ use crate::dev::{credentials, open_store, write_profile};
 use crate::NodeArgs;
 use anyhow::{Context, Result};
 use gantry_control::controllers::{self, Settings};
+use gantry_control::feed::Seeder;
 use gantry_control::logfeed::Logs;
 use gantry_control::logstore::LogStore;
 use gantry_control::metrics::{MetricData, MetricStore, Metrics};
 use gantry_control::{Control, SystemClock};
 use gantry_link::pki::{self, Ca};
+use gantry_link::seed;
 use gantry_link::server::LinkServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,16 +39,17 @@ pub struct ServerArgs {
     /// address, localhost and 127.0.0.1 are always included.
     #[arg(long = "agent-san", value_delimiter = ',')]
     agent_san: Vec<String>,
-    /// The URL agents reach this server's agent listener by, for ECS Exec (an agent dials the
-    /// server holding the session's stream). Default: https:// and the first --agent-san, or
+    /// The URL agents and the other servers reach this server's agent listener by: for ECS
+    /// Exec (an agent dials the server holding the session's stream) and for re-seeding a
+    /// server's copy of the logs and metrics. Default: https:// and the first --agent-san, or
     /// the agent listen address, with its port.
     #[arg(long, env = "GANTRY_AGENT_ADVERTISE")]
     agent_advertise: Option<String>,
     /// Seconds without a heartbeat after which a node is lost.
     #[arg(long, env = "GANTRY_NODE_TIMEOUT", default_value_t = 15)]
     node_timeout: u64,
-    /// With etcd: how long, in seconds, the logs feed keeps entries for a server that is away
-    /// (a server away longer must be re-seeded with another's logs.db).
+    /// With etcd: how long, in seconds, the logs and metrics feeds keep entries for a server
+    /// that is away (one away longer re-seeds its copies from another server's).
     #[arg(long, env = "GANTRY_LOG_FEED_WINDOW", default_value_t = 3600)]
     log_feed_window: u64,
     /// Region the written AWS profile uses.
@@ -109,6 +112,21 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let opened = open_store(a.store.as_deref(), &args.data_dir).await?;
     let store = opened.store.clone();
+    let ca = Ca::load_or_create(store.as_ref()).await?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !a.agent_listen.ip().is_unspecified() {
+        names.push(a.agent_listen.ip().to_string());
+    }
+    names.extend(a.agent_san.iter().cloned());
+    let (chain, key) = ca.server_cert(&names)?;
+    let advertise = a.agent_advertise.clone().unwrap_or_else(|| {
+        let host = match a.agent_san.first() {
+            Some(san) => san.clone(),
+            None => a.agent_listen.ip().to_string(),
+        };
+        format!("https://{host}:{}", a.agent_listen.port())
+    });
+
     let local_logs = Arc::new(LogStore::open(&args.data_dir.join("logs.db"))?);
     // With etcd every server holds a copy of the logs, kept identical through the feed.
     let local_metrics = Arc::new(MetricStore::open(&args.data_dir.join("metrics.db"))?);
@@ -116,9 +134,19 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     let (logs, metric_data) = match &opened.etcd {
         Some(_) => {
             let replica = replica_id(&args.data_dir)?;
+            // A copy that misses trimmed entries fetches another server's, which finds this
+            // one by its announcement.
+            seed::announce(store.as_ref(), &replica, &advertise).await?;
+            let seeder: Arc<dyn Seeder> = Arc::new(seed::PeerSeeder::new(
+                store.clone(),
+                &replica,
+                &ca.cert_pem,
+                &chain,
+                &key,
+            )?);
             (
-                Logs::replicated(local_logs, store.clone(), &replica),
-                MetricData::replicated(local_metrics, store.clone(), &replica),
+                Logs::replicated(local_logs, store.clone(), &replica, Some(seeder.clone())),
+                MetricData::replicated(local_metrics, store.clone(), &replica, Some(seeder)),
             )
         }
         None => (Logs::local(local_logs), MetricData::local(local_metrics)),
@@ -128,14 +156,6 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
     let mut control = Control::new(store.clone(), Arc::new(SystemClock));
     control.prices = args.prices.prices()?;
     control.quotas = Arc::new(a.limits.quotas());
-    let ca = Ca::load_or_create(store.as_ref()).await?;
-
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    if !a.agent_listen.ip().is_unspecified() {
-        names.push(a.agent_listen.ip().to_string());
-    }
-    names.extend(a.agent_san.iter().cloned());
-    let (chain, key) = ca.server_cert(&names)?;
     let metrics = Metrics::new(metric_data.clone(), Arc::new(SystemClock));
     let secret_stores = args.secrets(store.clone(), opened.etcd.is_some())?;
     let stores = secret_stores
@@ -150,13 +170,6 @@ async fn serve(args: &NodeArgs, a: ServerArgs) -> Result<i32> {
         ca,
         exec: rendezvous.clone(),
     };
-    let advertise = a.agent_advertise.clone().unwrap_or_else(|| {
-        let host = match a.agent_san.first() {
-            Some(san) => san.clone(),
-            None => a.agent_listen.ip().to_string(),
-        };
-        format!("https://{host}:{}", a.agent_listen.port())
-    });
     let exec = gantry_link::exec::RemoteExec {
         control: control.clone(),
         rendezvous,

@@ -100,6 +100,15 @@ impl FeedCopy for MetricStore {
     fn set_applied_revision(&self, rev: i64) -> Result<(), MetricsError> {
         MetricStore::set_applied_revision(self, rev)
     }
+    fn snapshot(&self, dest: &std::path::Path) -> Result<(), MetricsError> {
+        MetricStore::snapshot(self, dest)
+    }
+    fn restore(&self, src: &std::path::Path) -> Result<(), MetricsError> {
+        MetricStore::restore(self, src)
+    }
+    fn file(&self) -> Option<&std::path::Path> {
+        MetricStore::file(self)
+    }
     fn backend(message: String) -> MetricsError {
         MetricsError::internal(message)
     }
@@ -137,6 +146,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(data: Arc<MetricData>, clock: Arc<dyn Clock>) -> Metrics {
         Metrics { data, clock }
+    }
+
+    /// This server's copy of the metric data.
+    pub fn data(&self) -> &MetricData {
+        &self.data
     }
 
     fn now_ms(&self) -> i64 {

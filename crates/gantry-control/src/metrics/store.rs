@@ -59,6 +59,8 @@ const DELETE_AFTER_MS: i64 = 455 * 86_400_000;
 
 pub struct MetricStore {
     conn: Mutex<Connection>,
+    /// The database file (None: in memory).
+    file: Option<std::path::PathBuf>,
 }
 
 fn be(e: rusqlite::Error) -> MetricsError {
@@ -71,14 +73,14 @@ fn dims_text(dims: &[(String, String)]) -> String {
 
 impl MetricStore {
     pub fn open(path: &Path) -> Result<MetricStore, MetricsError> {
-        Self::init(Connection::open(path).map_err(be)?)
+        Self::init(Connection::open(path).map_err(be)?, Some(path.to_path_buf()))
     }
 
     pub fn in_memory() -> Result<MetricStore, MetricsError> {
-        Self::init(Connection::open_in_memory().map_err(be)?)
+        Self::init(Connection::open_in_memory().map_err(be)?, None)
     }
 
-    fn init(conn: Connection) -> Result<MetricStore, MetricsError> {
+    fn init(conn: Connection, file: Option<std::path::PathBuf>) -> Result<MetricStore, MetricsError> {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
              CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, acct TEXT, region TEXT, namespace TEXT,
@@ -89,7 +91,10 @@ impl MetricStore {
         )
         .map_err(be)?;
         conn.execute_batch(crate::feed::position::TABLE).map_err(be)?;
-        Ok(MetricStore { conn: Mutex::new(conn) })
+        Ok(MetricStore {
+            conn: Mutex::new(conn),
+            file,
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -255,6 +260,24 @@ impl MetricStore {
 
     pub fn set_applied_revision(&self, rev: i64) -> Result<(), MetricsError> {
         crate::feed::position::advance(&self.conn(), rev).map_err(be)
+    }
+
+    /// Writes the whole copy to `dest` (see `feed::position::snapshot`).
+    pub fn snapshot(&self, dest: &Path) -> Result<(), MetricsError> {
+        match &self.file {
+            Some(f) => crate::feed::position::snapshot(&Connection::open(f).map_err(be)?, dest),
+            None => crate::feed::position::snapshot(&self.conn(), dest),
+        }
+        .map_err(be)
+    }
+
+    /// Replaces the whole copy with a snapshot.
+    pub fn restore(&self, src: &Path) -> Result<(), MetricsError> {
+        crate::feed::position::restore(&mut self.conn(), src).map_err(be)
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     /// Gives deleted pages back to the file system (the retention benchmark's measure).
