@@ -381,6 +381,50 @@ def test_a_network_load_balancer_forwards_tcp(gantry, elb, ecs):
     ecs.stop_task(cluster="default", task=arns[0])
 
 
+def test_a_network_load_balancer_sends_the_client_in_a_proxy_protocol_header(gantry, elb, ecs):
+    """With proxy_protocol_v2.enabled each connection reaches the target after a PROXY protocol
+    v2 header naming the client's address and port and the listener's, as NLB sends it (the
+    target here echoes what it receives); health checks pass with it on."""
+    import socket
+    import struct
+    from conftest import register, run
+    ecs.create_cluster(clusterName="default")
+    td = register(ecs, "lb-echo", [{"name": "echo", "command": ["sh", "-c", "trap 'exit 0' TERM; nc -ll -p 8080 -e cat & wait"]}])
+    arn = run(ecs, "default", td["taskDefinitionArn"])[0]["taskArn"]
+    ecs.get_waiter("tasks_running").wait(cluster="default", tasks=[arn], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    ip = ecs.describe_tasks(cluster="default", tasks=[arn])["tasks"][0]["containers"][0]["networkInterfaces"][0]["privateIpv4Address"]
+    tg = target_group(elb, "e2e-proxy", Protocol="TCP")
+    code, msg = code_of(elb.modify_target_group_attributes, TargetGroupArn=tg,
+                        Attributes=[{"Key": "proxy_protocol_v2.enabled", "Value": "yes"}])
+    assert code == "InvalidConfigurationRequest" and "'true' or 'false'" in msg, (code, msg)
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[{"Key": "proxy_protocol_v2.enabled", "Value": "true"}])
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ip}])
+    lb = elb.create_load_balancer(Name="e2e-nlb-proxy", Type="network", Subnets=subnets())["LoadBalancers"][0]
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TCP", Port=9001,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    wait_health(elb, tg, "healthy", 1)
+    try:
+        address = socket.gethostbyname(lb["DNSName"])
+        with socket.create_connection((address, 9001), timeout=5) as c:
+            c.sendall(b"hello\n")
+            got = b""
+            while not got.endswith(b"hello\n"):
+                chunk = c.recv(4096)
+                assert chunk, f"closed after {got!r}"
+                got += chunk
+            client = c.getsockname()
+        header, rest = got[:28], got[28:]
+        assert header[:12] == b"\r\n\r\n\x00\r\nQUIT\n" and header[12:16] == b"\x21\x11\x00\x0c", got
+        src, dst, sport, dport = struct.unpack("!4s4sHH", header[16:28])
+        assert (socket.inet_ntoa(src), sport) == client, (got, client)
+        assert (socket.inet_ntoa(dst), dport) == (address, 9001)
+        assert rest == b"hello\n"
+    finally:
+        elb.delete_load_balancer(LoadBalancerArn=lb["LoadBalancerArn"])
+        elb.delete_target_group(TargetGroupArn=tg)
+        ecs.stop_task(cluster="default", task=arn)
+
+
 def completed(svc):
     return [d["rolloutState"] for d in svc["deployments"]] == ["COMPLETED"] and svc["runningCount"] == 2
 

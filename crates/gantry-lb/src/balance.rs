@@ -60,6 +60,9 @@ pub struct Pool {
     /// Target addresses (traffic and health check ports) the security groups shut the load
     /// balancer out of.
     pub shut_out: std::collections::HashSet<SocketAddr>,
+    /// Whether each connection to a target starts with a PROXY protocol v2 header (network
+    /// load balancers' `proxy_protocol_v2.enabled`).
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,6 +99,7 @@ impl Pool {
             ("true", "source_ip") => Sticky::SourceIp,
             _ => Sticky::No,
         };
+        let proxy_protocol = view.attribute("proxy_protocol_v2.enabled") == "true";
         let slow_start = match view.attribute("slow_start.duration_seconds").parse::<u64>() {
             Ok(0) | Err(_) => None,
             Ok(s) => Some(Duration::from_secs(s)),
@@ -109,6 +113,7 @@ impl Pool {
             slow_start,
             front: None,
             shut_out,
+            proxy_protocol,
         }
     }
 }

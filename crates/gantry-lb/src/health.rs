@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,8 +86,17 @@ fn matcher_accepts(spec: &str, code: u16) -> bool {
 /// One check of one target.
 async fn check(g: &GroupView, addr: SocketAddr) -> Outcome {
     let timeout = Duration::from_secs(g.group.health_check_timeout_seconds as u64);
+    // A group whose targets expect the PROXY protocol header gets it on checks too (LOCAL).
+    let proxy_protocol = g.attribute("proxy_protocol_v2.enabled") == "true";
+    let connect = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        if proxy_protocol {
+            stream.write_all(&crate::proxy_protocol::local()).await?;
+        }
+        Ok::<_, std::io::Error>(stream)
+    };
     if g.group.health_check_protocol == "TCP" {
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        return match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(_)) => Outcome::Pass,
             Ok(Err(_)) => Outcome::Failed,
             Err(_) => Outcome::Timeout,
@@ -100,7 +110,7 @@ async fn check(g: &GroupView, addr: SocketAddr) -> Outcome {
         .and_then(|m| m.http_code.clone())
         .unwrap_or_else(|| "200".into());
     let attempt = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let stream = connect.await.ok()?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .ok()?;

@@ -12,6 +12,7 @@ mod health;
 pub mod hosts;
 mod http;
 mod matching;
+mod proxy_protocol;
 mod security;
 mod settings;
 mod tcp;

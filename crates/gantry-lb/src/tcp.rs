@@ -1,9 +1,12 @@
 //! A network load balancer listener: each TCP connection goes whole to one target of the
-//! listener's target group; a TLS listener decrypts it first (the target sees plain TCP).
+//! listener's target group; a TLS listener decrypts it first (the target sees plain TCP),
+//! and a group with proxy protocol v2 gets the client's address in a header first.
 
-use crate::Shared;
+use crate::{proxy_protocol, Shared};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -23,20 +26,25 @@ pub async fn serve(
             }
             let _ = client.set_nodelay(true);
             if !view.is_secure() {
-                return relay(&shared, &view, client, peer).await;
+                return relay(&shared, &view, client, peer, local).await;
             }
             let Some(acceptor) = view.tls.clone() else { return };
             if let Ok(Ok(tls)) = tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(client)).await {
-                relay(&shared, &view, tls, peer).await;
+                relay(&shared, &view, tls, peer, local).await;
             }
         });
     }
 }
 
-/// Copies one client connection to a target of the listener's group, both ways, until either
-/// side closes.
-async fn relay<S>(shared: &Shared, view: &crate::settings::Served, mut client: S, peer: Option<std::net::SocketAddr>)
-where
+/// Copies one client connection (from `peer` to the listener at `local`) to a target of the
+/// listener's group, both ways, until either side closes.
+async fn relay<S>(
+    shared: &Shared,
+    view: &crate::settings::Served,
+    mut client: S,
+    peer: Option<SocketAddr>,
+    local: SocketAddr,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let Some(action) = view.view.default_actions().first() else {
@@ -61,6 +69,12 @@ where
         return;
     };
     let _ = target.set_nodelay(true);
+    if group.proxy_protocol {
+        let Some(peer) = peer else { return };
+        if target.write_all(&proxy_protocol::proxied(peer, local)).await.is_err() {
+            return;
+        }
+    }
     let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
     drop(pick);
 }

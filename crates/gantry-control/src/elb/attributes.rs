@@ -126,11 +126,7 @@ pub fn tg_attribute_defaults(protocol: &str) -> Table {
                 "false",
                 DefaultOnly("client IP preservation is not offered"),
             ),
-            (
-                "proxy_protocol_v2.enabled",
-                "false",
-                DefaultOnly("proxy protocol v2 is not offered"),
-            ),
+            ("proxy_protocol_v2.enabled", "false", Bool),
         ]);
     } else {
         rows.extend([
