@@ -52,3 +52,72 @@ def test_a_task_definition_size_bounds_a_task(gantry):
     found, described = run_storage_task(gantry, "storage-21", ephemeralStorage={"sizeInGiB": 21})
     assert described["ephemeralStorage"] == {"sizeInGiB": 21}, described
     assert_bounded(found, 21)
+
+
+# The writer fills a volume; the reader takes it through volumesFrom, read-only.
+WRITER = r"""
+echo hello > /data/msg && echo "wrote $(cat /data/msg)"
+sleep 600
+"""
+READER = r"""
+while [ ! -s /data/msg ]; do sleep 0.1; done
+echo "read $(cat /data/msg)"
+echo "readonly $(touch /data/other 2>&1 | grep -o 'Read-only file system' | head -n 1)"
+echo "size $(df -k /data | tail -n 1 | awk '{print $2}')"
+dd if=/dev/zero of=/scratch/fill bs=1M count=64 2>/dev/null; sync
+echo "metrics $(wget -q -O- "$ECS_CONTAINER_METADATA_URI_V4/task" | tr -d '\n' | grep -o '"EphemeralStorageMetrics":{[^}]*}')"
+echo done
+sleep 600
+"""
+
+
+def test_containers_share_volumes_on_the_tasks_storage(gantry):
+    """Fargate's bind mounts: a volume of the task definition, mounted by one container and
+    taken by another through volumesFrom (read-only), holds what the first wrote; volumes live
+    on the task's ephemeral storage (its size, and what they hold counts as used)."""
+    ecs, logs = gantry.client("ecs"), gantry.client("logs")
+    group = "/storage/volumes"
+    containers = [
+        {"name": "writer", "command": ["sh", "-c", WRITER], "logConfiguration": awslogs(group),
+         "mountPoints": [{"sourceVolume": "shared", "containerPath": "/data"}]},
+        {"name": "reader", "command": ["sh", "-c", READER], "logConfiguration": awslogs(group),
+         "volumesFrom": [{"sourceContainer": "writer", "readOnly": True}],
+         "mountPoints": [{"sourceVolume": "scratch", "containerPath": "/scratch"}],
+         "dependsOn": [{"containerName": "writer", "condition": "START"}]},
+    ]
+    td = register(ecs, "storage-volumes", containers, volumes=[{"name": "shared"}, {"name": "scratch", "host": {}}])
+    described = ecs.describe_task_definition(taskDefinition=td["taskDefinitionArn"])["taskDefinition"]
+    assert described["volumes"] == [{"name": "shared"}, {"name": "scratch", "host": {}}], described["volumes"]
+    assert described["containerDefinitions"][1]["volumesFrom"] == [{"sourceContainer": "writer", "readOnly": True}]
+    task = ecs.run_task(cluster="default", taskDefinition=td["taskDefinitionArn"], launchType="FARGATE",
+                        networkConfiguration=NETWORK)["tasks"][0]
+    tid = task["taskArn"].rsplit("/", 1)[1]
+    try:
+        lines = wait_for("the reader's probes", lambda: log_lines(logs, group, f"ecs/reader/{tid}"), 90)
+        found = dict(line.split(" ", 1) for line in lines if " " in line)
+        assert found["read"] == "hello", found
+        assert found["readonly"] == "Read-only file system", found
+        assert 20 * 1024 * 1024 * 0.97 < int(found["size"]) <= 20 * 1024 * 1024, found
+        metrics = json.loads("{" + found["metrics"] + "}")["EphemeralStorageMetrics"]
+        assert metrics["Utilized"] >= 64, metrics
+        wait_for("the writer's line", lambda: log_lines(logs, group, f"ecs/writer/{tid}", until="wrote hello"), 30)
+    finally:
+        ecs.stop_task(cluster="default", task=task["taskArn"])
+
+
+def test_volumes_gantry_cannot_provide_are_refused(gantry):
+    import botocore.exceptions
+    import pytest
+    ecs = gantry.client("ecs")
+    app = {"name": "app", "command": ["true"], "mountPoints": [{"sourceVolume": "v", "containerPath": "/v"}]}
+    for volume, message in [({"name": "v", "host": {"sourcePath": "/etc"}}, "host.sourcePath is not supported"),
+                            ({"name": "v", "efsVolumeConfiguration": {"fileSystemId": "fs-1"}}, "EFS is not offered"),
+                            ({"name": "w"}, "not one of the task definition's volumes")]:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            register(ecs, "storage-bad-volume", [app], volumes=[volume])
+        assert e.value.response["Error"]["Code"] == "ClientException", e.value.response
+        assert message in e.value.response["Error"]["Message"], e.value.response
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        register(ecs, "storage-bad-volume", [dict(app, mountPoints=[{"sourceVolume": "v", "containerPath": "../etc"}])],
+                 volumes=[{"name": "v"}])
+    assert "must be an absolute path" in e.value.response["Error"]["Message"]

@@ -7,7 +7,7 @@ use crate::logship::Shipper;
 use crate::telemetry::TASK_START;
 use crate::{ports, Agent};
 use gantry_control::{TaskRecord, TaskSpecContainer};
-use gantry_runtime::bundle::{ContainerSpec, Limits, Rlimit};
+use gantry_runtime::bundle::{ContainerSpec, Limits, Rlimit, VolumeMount};
 use gantry_runtime::image::ImageRecord;
 use gantry_runtime::net::SandboxKind;
 use gantry_runtime::task::ContainerState;
@@ -459,7 +459,9 @@ async fn launch(
             }
         }
         let image = images[c.image.as_deref().unwrap_or_default()].clone();
-        let spec = container_spec(rec, c, &id, kind, &hostname, a.api.is_some());
+        let mut spec = container_spec(rec, c, &id, kind, &hostname, a.api.is_some());
+        spec.volumes =
+            volume_mounts(rec, c).map_err(|e| format!("CannotStartContainerError: container {name}: {e}"))?;
         let stop_timeout = Duration::from_secs(c.stop_timeout.unwrap_or(30) as u64);
         let node = a.node.clone();
         let (tid, dn) = (id.clone(), container_dir_name(&name));
@@ -896,7 +898,19 @@ fn container_spec(
                 hard: u.hard_limit.max(0) as u64,
             })
             .collect(),
+        volumes: vec![],
     }
+}
+
+/// The task's volumes the container mounts, its own and through volumesFrom.
+fn volume_mounts(rec: &TaskRecord, c: &TaskSpecContainer) -> std::result::Result<Vec<VolumeMount>, String> {
+    let mounts = gantry_types::volumes::mounts_of(&rec.containers, c.name())?;
+    let mounts = mounts.into_iter().map(|m| VolumeMount {
+        name: m.volume,
+        path: m.path,
+        read_only: m.read_only,
+    });
+    Ok(mounts.collect())
 }
 
 /// A container's cgroup limits: the task's CPU as the quota (if it has one), the container's

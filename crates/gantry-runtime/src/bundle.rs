@@ -328,7 +328,43 @@ pub struct ContainerSpec {
     pub rlimits: Vec<Rlimit>,
     /// The capabilities it holds (`capability_set`); None: Docker's default set.
     pub capabilities: Option<Vec<String>>,
+    /// The task's volumes it mounts (Fargate's bind mounts, on the task's ephemeral storage).
+    pub volumes: Vec<VolumeMount>,
 }
+
+/// One volume of the task mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// The volume's name (letters, digits, `-` and `_`: it names a directory).
+    pub name: String,
+    /// Where the container sees it (absolute).
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// Adds the volumes' bind mounts after the spec's own, each from `<dir>/volumes/<name>`,
+/// where the shim attaches the volume in its mount namespace.
+pub fn add_volumes(spec: Spec, dir: &Path, volumes: &[VolumeMount]) -> Result<Spec, BundleError> {
+    if volumes.is_empty() {
+        return Ok(spec);
+    }
+    let mut v = serde_json::to_value(&spec).map_err(|e| BundleError::Spec(e.to_string()))?;
+    let mounts = v["mounts"]
+        .as_array_mut()
+        .ok_or_else(|| BundleError::Spec("the spec has no mounts".into()))?;
+    for m in volumes {
+        let mut options = vec!["rbind", "rprivate", "nosuid", "nodev"];
+        if m.read_only {
+            options.push("ro");
+        }
+        let source = dir.join(VOLUMES_DIR).join(&m.name);
+        mounts.push(json!({"destination": m.path, "type": "bind", "source": source, "options": options}));
+    }
+    serde_json::from_value::<Spec>(v).map_err(|e| BundleError::Spec(e.to_string()))
+}
+
+/// In a container's directory: where the shim attaches the task's volumes it mounts.
+pub const VOLUMES_DIR: &str = "volumes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {

@@ -50,6 +50,10 @@ pub struct ShimSpec {
     pub storage: Option<PathBuf>,
     #[serde(default)]
     pub storage_dir: Option<PathBuf>,
+    /// The task's volumes the container mounts: each volume's name and directory on the
+    /// task's storage, cloned like `storage` and attached at `bundle::VOLUMES_DIR/<name>`.
+    #[serde(default)]
+    pub volumes: Vec<(String, PathBuf)>,
 }
 
 /// In the container's directory, inside the shim's mount namespace only: the container's

@@ -2,7 +2,7 @@
 //! by its own gantry-shim. Everything a task owns lives under `<data>/tasks/<task-id>/`, so
 //! recovery after a crash is a walk over that directory.
 
-use crate::bundle::{self, BundleError, ContainerSpec};
+use crate::bundle::{self, BundleError, ContainerSpec, VolumeMount};
 use crate::cgroup::{self, CgroupStats};
 use crate::ephemeral::{EphemeralError, EphemeralStore};
 use crate::image::{ImageError, ImageRecord, ImageStore, ImageStoreConfig};
@@ -61,6 +61,14 @@ fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> TaskError {
 }
 
 /// Names that become path components and runtime ids: short, lowercase, no separators.
+/// On a task's ephemeral storage, the directory of its volumes.
+const VOLUMES_ON_STORAGE: &str = ".volumes";
+
+/// A volume name as task definitions allow it; it names a directory.
+fn valid_volume_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 pub fn validate_name(what: &'static str, s: &str) -> Result<(), TaskError> {
     let ok = !s.is_empty()
         && s.len() <= 64
@@ -315,6 +323,7 @@ impl Node {
         let dir = self.container_dir(task, name);
         let id = Self::runtime_id(task, name);
         let storage = self.writable_layer(task, name, &dir)?;
+        let volumes = self.volumes(task, &dir, &spec.volumes)?;
         let img = self.images.config(image)?;
         let mut lowers = Vec::new();
         for (i, l) in image.layers.iter().enumerate() {
@@ -345,6 +354,7 @@ impl Node {
             &self.task_dir(task).join("etc"),
             &cgroup_path,
         )?;
+        let oci = bundle::add_volumes(oci, &dir, &spec.volumes)?;
         bundle::write_spec(&oci, &dir)?;
         let secret_lines = secret_env_lines(secret_env)?;
         if !secret_lines.is_empty() {
@@ -381,6 +391,7 @@ impl Node {
             secret_env: !secret_lines.is_empty(),
             storage: Some(storage),
             storage_dir: Some(self.ephemeral.root().to_path_buf()),
+            volumes,
         };
         shim::write_json_atomic(&dir.join(shim::SPEC_FILE), &shim_spec).map_err(io_ctx("writing shim.json"))?;
         let out = self.run_shim(&dir, &secret_lines)?;
@@ -426,6 +437,43 @@ impl Node {
             fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
         }
         Ok(on_storage)
+    }
+
+    /// The task's volumes a container mounts: each a directory on the task's ephemeral
+    /// storage (`.volumes/<name>`: no container name starts with a dot), made by the first
+    /// container that mounts it and shared by the others, with a mount point for it in the
+    /// container's directory. Returns each volume's name and directory on the storage.
+    fn volumes(&self, task: &str, dir: &Path, mounts: &[VolumeMount]) -> Result<Vec<(String, PathBuf)>, TaskError> {
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
+        for m in mounts {
+            if !valid_volume_name(&m.name) {
+                return Err(TaskError::Invalid {
+                    what: "volume name",
+                    value: m.name.clone(),
+                    reason: "must be 1-255 of [A-Za-z0-9_-]",
+                });
+            }
+            if out.iter().any(|(n, _)| n == &m.name) {
+                continue;
+            }
+            let id = self.ephemeral_id(task).ok_or_else(|| TaskError::Invalid {
+                what: "task",
+                value: task.into(),
+                reason: "has no ephemeral storage",
+            })?;
+            let on_storage = self.ephemeral.path(&id).join(VOLUMES_ON_STORAGE).join(&m.name);
+            let point = dir.join(bundle::VOLUMES_DIR).join(&m.name);
+            for d in [&on_storage, &point] {
+                fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
+            }
+            if let Some(base) = self.cfg.images.limits.id_base {
+                // The container's root (the range's base on the host) owns the volume.
+                crate::sys::lchown(&on_storage, base, base)
+                    .map_err(io_ctx(format!("chowning {}", on_storage.display())))?;
+            }
+            out.push((m.name.clone(), on_storage));
+        }
+        Ok(out)
     }
 
     /// Runs the shim for `dir`, handing it the secret environment (if any) on its stdin.

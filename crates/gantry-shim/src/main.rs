@@ -141,6 +141,11 @@ fn private_mount_ns(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
         Some(p) => Some(sys::clone_mount(&p.to_string_lossy()).map_err(|e| format!("cloning {}: {e}", p.display()))?),
         None => None,
     };
+    let mut volumes = Vec::new();
+    for (name, p) in &spec.volumes {
+        let tree = sys::clone_mount(&p.to_string_lossy()).map_err(|e| format!("cloning {}: {e}", p.display()))?;
+        volumes.push((name, tree));
+    }
     if let Some(t) = &template {
         sys::join_mount_ns(t).map_err(|e| format!("joining the template mount namespace: {e}"))?;
     }
@@ -160,6 +165,11 @@ fn private_mount_ns(dir: &Path, spec: &ShimSpec) -> Result<(), String> {
         let target = dir.join(shim::STORAGE_MOUNT);
         sys::attach_mount(tree, &target.to_string_lossy())
             .map_err(|e| format!("attaching the task's storage at {}: {e}", target.display()))?;
+    }
+    for (name, tree) in &volumes {
+        let target = dir.join(gantry_runtime::bundle::VOLUMES_DIR).join(name);
+        sys::attach_mount(tree, &target.to_string_lossy())
+            .map_err(|e| format!("attaching volume {name} at {}: {e}", target.display()))?;
     }
     Ok(())
 }

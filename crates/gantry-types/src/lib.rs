@@ -9,6 +9,7 @@ pub mod error;
 pub mod fargate;
 pub mod model;
 pub mod taskdef;
+pub mod volumes;
 
 pub use error::EcsError;
 

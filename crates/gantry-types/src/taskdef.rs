@@ -98,6 +98,12 @@ pub struct ContainerDefinition {
     /// A Secrets Manager secret holding the private registry's username and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_credentials: Option<RepositoryCredentials>,
+    /// Volumes of the task mounted into the container (`crate::volumes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_points: Option<Vec<crate::volumes::MountPoint>>,
+    /// Containers whose every mount this one takes too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes_from: Option<Vec<crate::volumes::VolumeFrom>>,
     /// Every other member, kept as sent so the definition round-trips. Validation refuses
     /// the ones Gantry cannot honour (`UNSUPPORTED_CONTAINER_FIELDS`).
     #[serde(flatten)]
@@ -280,8 +286,6 @@ pub const UNSUPPORTED_CONTAINER_FIELDS: &[(&str, &str)] = &[
     ("links", "container links are not supported"),
     ("restartPolicy", "container restart policies are not supported yet"),
     ("environmentFiles", "environment files from S3 are not supported"),
-    ("mountPoints", "volumes are not supported yet"),
-    ("volumesFrom", "volumes are not supported yet"),
     ("disableNetworking", "disableNetworking is not supported"),
     ("privileged", "privileged containers are not supported"),
     ("dnsServers", "custom DNS servers are not supported"),
@@ -301,7 +305,6 @@ pub const UNSUPPORTED_CONTAINER_FIELDS: &[(&str, &str)] = &[
 
 /// Task-level members likewise.
 pub const UNSUPPORTED_TASK_FIELDS: &[(&str, &str)] = &[
-    ("volumes", "volumes are not supported yet"),
     ("pidMode", "pidMode is not supported yet"),
     ("ipcMode", "ipcMode is not supported"),
     ("proxyConfiguration", "App Mesh proxy configuration is not supported"),
@@ -390,6 +393,8 @@ pub struct RegisterTaskDefinition {
     pub runtime_platform: Option<RuntimePlatform>,
     #[serde(default)]
     pub execution_role_arn: Option<String>,
+    #[serde(default)]
+    pub volumes: Option<Vec<crate::volumes::Volume>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -533,6 +538,7 @@ pub fn validate(req: &RegisterTaskDefinition) -> Result<ValidTaskDefinition, Ecs
     }
     validate_containers(&containers, network_mode, cpu, memory)?;
     validate_depends_on(&containers)?;
+    crate::volumes::validate(req.volumes.as_deref().unwrap_or_default(), &containers)?;
     // The node reads secrets and registry credentials as the execution role: there must be one.
     let no_role = req.execution_role_arn.as_deref().is_none_or(str::is_empty);
     let has_secrets = containers.iter().any(|c| c.secrets.iter().flatten().next().is_some());
@@ -1308,8 +1314,19 @@ mod tests {
             .to_string()
             .contains("linuxParameters.devices"));
         let mut v = base();
+        v["volumes"] = json!([{"name": "data", "efsVolumeConfiguration": {"fileSystemId": "fs-1"}}]);
+        assert!(validate_json(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("EFS is not offered"));
         v["volumes"] = json!([{"name": "data"}]);
-        assert!(validate_json(&v).unwrap_err().to_string().contains("volumes"));
+        v["containerDefinitions"][0]["mountPoints"] = json!([{"sourceVolume": "data", "containerPath": "/data"}]);
+        let ok = validate_json(&v).unwrap();
+        let back = serde_json::to_value(&ok.containers[0]).unwrap();
+        assert_eq!(
+            back["mountPoints"],
+            json!([{"sourceVolume": "data", "containerPath": "/data"}])
+        );
         // Empty lists are the same as absent (the console and CLI send them).
         let mut v = base();
         v["volumes"] = json!([]);
