@@ -60,8 +60,8 @@ fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> TaskError {
     move |source| TaskError::Io { context, source }
 }
 
-/// Names that become path components and runtime ids: short, lowercase, no separators.
-/// On a task's ephemeral storage, the directory of its volumes.
+/// On a task's ephemeral storage, the directory of its volumes (a container's directory
+/// there never starts with a dot: `validate_name`).
 const VOLUMES_ON_STORAGE: &str = ".volumes";
 
 /// A volume name as task definitions allow it; it names a directory.
@@ -69,6 +69,7 @@ fn valid_volume_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Names that become path components and runtime ids: short, lowercase, no separators.
 pub fn validate_name(what: &'static str, s: &str) -> Result<(), TaskError> {
     let ok = !s.is_empty()
         && s.len() <= 64
@@ -440,7 +441,7 @@ impl Node {
     }
 
     /// The task's volumes a container mounts: each a directory on the task's ephemeral
-    /// storage (`.volumes/<name>`: no container name starts with a dot), made by the first
+    /// storage (`.volumes/<name>`), made by the first
     /// container that mounts it and shared by the others, with a mount point for it in the
     /// container's directory. Returns each volume's name and directory on the storage.
     fn volumes(&self, task: &str, dir: &Path, mounts: &[VolumeMount]) -> Result<Vec<(String, PathBuf)>, TaskError> {
