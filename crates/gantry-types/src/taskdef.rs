@@ -312,7 +312,8 @@ pub const UNSUPPORTED_TASK_FIELDS: &[(&str, &str)] = &[
     ("trustedExecutionConfiguration", "trusted execution is not supported"),
 ];
 
-fn is_set(v: &serde_json::Value) -> bool {
+/// Whether a member counts as given: null, false, `[]` and `{}` are the same as absent.
+pub(crate) fn is_set(v: &serde_json::Value) -> bool {
     match v {
         serde_json::Value::Null | serde_json::Value::Bool(false) => false,
         serde_json::Value::Array(a) => !a.is_empty(),

@@ -6,7 +6,7 @@
 //! by name rather than run as something else.
 
 use crate::error::EcsError;
-use crate::taskdef::ContainerDefinition;
+use crate::taskdef::{is_set, ContainerDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
@@ -59,15 +59,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "Amazon EBS volumes configured at launch are not offered",
     ),
 ];
-
-fn is_set(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::Null | serde_json::Value::Bool(false) => false,
-        serde_json::Value::Array(a) => !a.is_empty(),
-        serde_json::Value::Object(o) => !o.is_empty(),
-        _ => true,
-    }
-}
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
