@@ -187,3 +187,30 @@ def test_capabilities_and_seccomp_follow_the_definition(ecs, logs):
     with pytest.raises(ClientError) as e:
         ec2_task(ecs, "caps-bad", [{"name": "a", "memory": 32, "linuxParameters": {"capabilities": {"add": ["GOD_MODE"]}}}])
     assert "GOD_MODE is not a valid kernel capability" in code(e)[1]
+
+
+def test_system_controls_set_namespaced_kernel_parameters(ecs, logs):
+    """systemControls set the container's own network and IPC namespaces' parameters (the
+    node's stay as they were); host mode cannot set network ones, and parameters that are not
+    namespaced are refused."""
+    from conftest import awslogs
+    probe = "cat /proc/sys/net/ipv4/tcp_keepalive_time /proc/sys/kernel/shmmni"
+    host_before = [open(p).read().strip() for p in ("/proc/sys/net/ipv4/tcp_keepalive_time", "/proc/sys/kernel/shmmni")]
+    ec2_task(ecs, "sysctls", [{"name": "probe", "memory": 32, "logConfiguration": awslogs("/e2e/sysctls"),
+                               "command": ["sh", "-c", probe],
+                               "systemControls": [{"namespace": "net.ipv4.tcp_keepalive_time", "value": "321"},
+                                                  {"namespace": "kernel.shmmni", "value": "1234"}]}])
+    arn = ecs.run_task(cluster="default", taskDefinition="sysctls")["tasks"][0]["taskArn"]
+    wait_stopped(ecs, "default", [arn])
+    tid = arn.rsplit("/", 1)[1]
+    out = [e["message"] for e in logs.get_log_events(logGroupName="/e2e/sysctls", logStreamName=f"ecs/probe/{tid}")["events"]]
+    assert out == ["321", "1234"], out
+    assert [open(p).read().strip() for p in ("/proc/sys/net/ipv4/tcp_keepalive_time", "/proc/sys/kernel/shmmni")] == host_before
+    with pytest.raises(ClientError) as e:
+        ec2_task(ecs, "sysctls-host", [{"name": "a", "memory": 32, "systemControls": [
+            {"namespace": "net.core.somaxconn", "value": "1024"}]}], networkMode="host")
+    assert code(e)[0] == "ClientException" and "network mode host" in code(e)[1]
+    with pytest.raises(ClientError) as e:
+        ec2_task(ecs, "sysctls-vm", [{"name": "a", "memory": 32, "systemControls": [
+            {"namespace": "vm.swappiness", "value": "1"}]}])
+    assert code(e)[0] == "ClientException" and "not a namespaced kernel parameter" in code(e)[1]

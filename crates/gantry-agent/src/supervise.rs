@@ -899,6 +899,12 @@ fn container_spec(
             })
             .collect(),
         volumes: vec![],
+        sysctls: c
+            .system_controls
+            .iter()
+            .flatten()
+            .filter_map(|s| Some((s.namespace.clone()?, s.value.clone()?)))
+            .collect(),
     }
 }
 

@@ -330,6 +330,8 @@ pub struct ContainerSpec {
     pub capabilities: Option<Vec<String>>,
     /// The task's volumes it mounts (Fargate's bind mounts, on the task's ephemeral storage).
     pub volumes: Vec<VolumeMount>,
+    /// Namespaced kernel parameters the runtime sets in the container's namespaces.
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// One volume of the task mounted into a container.
@@ -611,6 +613,10 @@ pub fn build_spec(
     // The profile compiled once here rather than by crun at every start (see seccomp_bpf).
     if let Some(bpf) = crate::seccomp_bpf::annotation(&v["linux"]["seccomp"]) {
         v["annotations"] = json!({ crate::seccomp_bpf::ANNOTATION: &*bpf });
+    }
+    if !spec.sysctls.is_empty() {
+        let sysctls: serde_json::Map<String, Value> = spec.sysctls.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        v["linux"]["sysctl"] = Value::Object(sysctls);
     }
     if let Some(maps) = id_maps {
         v["linux"]["uidMappings"] = maps.clone();

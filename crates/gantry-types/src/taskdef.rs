@@ -104,10 +104,70 @@ pub struct ContainerDefinition {
     /// Containers whose every mount this one takes too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes_from: Option<Vec<crate::volumes::VolumeFrom>>,
+    /// Namespaced kernel parameters set in the container (`docker run --sysctl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_controls: Option<Vec<SystemControl>>,
     /// Every other member, kept as sent so the definition round-trips. Validation refuses
     /// the ones Gantry cannot honour (`UNSUPPORTED_CONTAINER_FIELDS`).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemControl {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// Kernel parameters a container may set: those of its own IPC namespace, and of its network
+/// namespace unless it shares the node's (Docker's namespaced sysctls).
+fn check_system_controls(name: &str, c: &ContainerDefinition, mode: NetworkMode) -> Result<(), EcsError> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let mut seen = HashSet::new();
+    for s in c.system_controls.iter().flatten() {
+        let key = s.namespace.as_deref().unwrap_or("");
+        let value = s.value.as_deref().unwrap_or("");
+        let well_formed = !key.is_empty()
+            && key.len() <= 256
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !key.split('.').any(str::is_empty);
+        let net = key.starts_with("net.");
+        let namespaced = IPC.contains(&key) || key.starts_with("fs.mqueue.") || net;
+        if !well_formed || !namespaced {
+            return Err(EcsError::client(format!(
+                "Container {name}: systemControls: {key:?} is not a namespaced kernel parameter a container can set \
+                 (net.*, fs.mqueue.* and the kernel IPC ones)."
+            )));
+        }
+        if net && mode == NetworkMode::Host {
+            return Err(EcsError::client(format!(
+                "Container {name}: systemControls: {key} is not supported with network mode host (it would change the node's)."
+            )));
+        }
+        if value.is_empty() || value.len() > 4096 || value.contains(['\n', '\0']) {
+            return Err(EcsError::client(format!(
+                "Container {name}: systemControls: {key} needs a value on one line."
+            )));
+        }
+        if !seen.insert(key) {
+            return Err(EcsError::client(format!(
+                "Container {name}: systemControls: {key} is set more than once."
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Where a container's image pull credentials are: a secret whose value is
@@ -294,7 +354,6 @@ pub const UNSUPPORTED_CONTAINER_FIELDS: &[(&str, &str)] = &[
     ("dockerSecurityOptions", "dockerSecurityOptions is not supported"),
     ("interactive", "interactive containers are not supported"),
     ("pseudoTerminal", "pseudo terminals are not supported"),
-    ("systemControls", "systemControls is not supported"),
     (
         "resourceRequirements",
         "GPU and accelerator resource requirements are not supported",
@@ -720,6 +779,7 @@ fn validate_containers(
         }
         validate_secrets(name, c)?;
         validate_capabilities(name, c)?;
+        check_system_controls(name, c, mode)?;
     }
     if !containers.iter().any(ContainerDefinition::is_essential) {
         return Err(EcsError::client(
@@ -1042,6 +1102,54 @@ mod tests {
         let mut v = base();
         f(&mut v);
         td(v)
+    }
+
+    #[test]
+    fn only_namespaced_kernel_parameters_are_set() {
+        let sysctls = |list: serde_json::Value| {
+            with(|v| v["containerDefinitions"][0]["systemControls"] = list).map_err(|e| e.to_string())
+        };
+        let ok = sysctls(json!([{"namespace": "net.ipv4.tcp_keepalive_time", "value": "300"},
+                                {"namespace": "kernel.shmmni", "value": "8192"},
+                                {"namespace": "fs.mqueue.msg_max", "value": "20"}]))
+        .unwrap();
+        assert_eq!(ok.containers[0].system_controls.as_ref().unwrap().len(), 3);
+        for (bad, why) in [
+            (
+                json!([{"namespace": "vm.swappiness", "value": "1"}]),
+                "not a namespaced",
+            ),
+            (
+                json!([{"namespace": "kernel.hostname", "value": "x"}]),
+                "not a namespaced",
+            ),
+            (json!([{"namespace": "net..ipv4", "value": "1"}]), "not a namespaced"),
+            (
+                json!([{"namespace": "net/ipv4/ip_forward", "value": "1"}]),
+                "not a namespaced",
+            ),
+            (
+                json!([{"namespace": "net.core.somaxconn", "value": ""}]),
+                "needs a value",
+            ),
+            (
+                json!([{"namespace": "net.core.somaxconn", "value": "1\nnet.x=1"}]),
+                "needs a value",
+            ),
+            (
+                json!([{"namespace": "net.core.somaxconn", "value": "1"}, {"namespace": "net.core.somaxconn", "value": "2"}]),
+                "more than once",
+            ),
+        ] {
+            let e = sysctls(bad.clone()).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let host = with(|v| {
+            v["networkMode"] = json!("host");
+            v["requiresCompatibilities"] = json!(["EC2"]);
+            v["containerDefinitions"][0]["systemControls"] = json!([{"namespace": "net.core.somaxconn", "value": "1"}]);
+        });
+        assert!(host.unwrap_err().to_string().contains("network mode host"));
     }
 
     #[test]
