@@ -429,7 +429,8 @@ def _get(url, ctx):
 
 def test_every_agent_answers_cloud_map_names(cluster):
     """Each node's resolver (on its bridge's gateway) answers the account's Cloud Map names,
-    fed over the agent protocol, and relays other names to the node's (stub) resolvers."""
+    fed over the agent protocol, and relays other names to the node's (stub) resolvers; a
+    bridge-mode task is found by SRV and reached from another node."""
     from conftest import STUB_ADDRESS
     from test_service_discovery import resolve
     servers, agents, _ = cluster
@@ -446,6 +447,45 @@ def test_every_agent_answers_cloud_map_names(cluster):
     sd.deregister_instance(ServiceId=db["Id"], InstanceId="db-1")
     for gw in gateways:
         wait_for(f"{gw} to forget", lambda: resolve(gw, "db.clu.internal") == [], 10)
+    _a_bridge_task_is_reached_from_another_node(agents, servers[0], sd, ns, gateways)
+
+
+def _a_bridge_task_is_reached_from_another_node(agents, server, sd, ns, gateways):
+    """A bridge-mode task on node-2 is registered at node-2's gateway and host port; a task on
+    node-0 resolves it there and reaches it through node-0's bridge and the host, which holds
+    every node's firewall table: node-0's must let a port node-2 publishes through."""
+    from test_service_discovery import probe_output
+    ecs = ecs_of(agents[0], server)
+    wait_for_nodes(ecs, 3)
+    echo = sd.create_service(Name="echo", NamespaceId=ns, HealthCheckCustomConfig={},
+                             DnsConfig={"DnsRecords": [{"Type": "SRV", "TTL": 1}]})["Service"]
+    td = ecs.register_task_definition(family="clu-bridge", networkMode="bridge", containerDefinitions=[{
+        "name": "web", "image": IMAGE, "memory": 64, "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+        "portMappings": [{"containerPort": 8080, "hostPort": 0}]}])["taskDefinition"]["taskDefinitionArn"]
+    ecs.create_service(cluster="default", serviceName="echo", taskDefinition=td, launchType="EC2", desiredCount=1,
+                       placementConstraints=[{"type": "memberOf", "expression": "attribute:ecs.availability-zone == us-east-1c"}],
+                       serviceRegistries=[{"registryArn": echo["Arn"], "containerName": "web", "containerPort": 8080}])
+    instances = wait_for("a registered task", lambda: sd.list_instances(ServiceId=echo["Id"])["Instances"], 60)
+    port = instances[0]["Attributes"]["AWS_INSTANCE_PORT"]
+    assert instances[0]["Attributes"]["AWS_INSTANCE_IPV4"] == gateways[2], instances
+    subnet = next(s["SubnetId"] for s in ec2_of(agents[0]).describe_subnets()["Subnets"]
+                  if s["AvailabilityZone"] == "us-east-1a")
+    probe = register(ecs, "clu-probe", [{"name": "probe", "logConfiguration": awslogs("/cluster/sd"), "command": [
+        "sh", "-c", "while true; do set -- $(nslookup -type=srv echo.clu.internal | "
+        "sed -n 's/.*service = 1 1 \\([0-9]*\\) \\(.*\\)$/\\1 \\2/p'); "
+        "ip=$(nslookup $2 | sed -n 's/^Address: //p' | head -1); "
+        "echo \"GOT $ip:$1 $(timeout 3 wget -q -O - http://$ip:$1/ 2>&1 | head -1)\"; sleep 0.5; done"]}])
+    task = run(ecs, "default", probe["taskDefinitionArn"], network={"awsvpcConfiguration": {"subnets": [subnet]}})[0]
+    assert task["availabilityZone"] == "us-east-1a", task["availabilityZone"]
+    logs = agents[0].client("logs")
+    want = f"GOT {gateways[2]}:{port} hello from gantry httpd"
+    try:
+        wait_for("the probe on node-0 reaching node-2's task", lambda: want in probe_output(logs, "/cluster/sd", task["taskArn"]), 60)
+    except AssertionError:
+        print("PROBE", probe_output(logs, "/cluster/sd", task["taskArn"])[-5:])
+        raise
+    ecs.stop_task(cluster="default", task=task["taskArn"])
+    ecs.delete_service(cluster="default", service="echo", force=True)
 
 
 def test_the_agent_protocol_refuses_strangers(cluster):

@@ -10,6 +10,13 @@
 //!
 //! One nftables table per bridge (`gantry_<bridge>`), replaced atomically in one `nft -f`
 //! transaction, so several Gantry nodes on one host never touch each other's rules.
+//!
+//! Several nodes on one host (a cluster tried on one machine) share its ports: a port one
+//! node publishes is bound on every address of the host, and another node's tasks reach it
+//! there (at that node's gateway, as its SRV records say). A drop in any table is final, so
+//! each node's table marks, before any table filters, the packets bound for a port it
+//! publishes (one bit of the packet mark, `PUBLISHED_MARK`), and every node's table lets a
+//! marked packet through. The mark lives only on the packet; nothing routes by it.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -37,6 +44,10 @@ pub fn table_name(bridge: &str) -> Result<String, FirewallError> {
     Ok(format!("gantry_{}", bridge.replace('-', "_")))
 }
 
+/// The packet-mark bit meaning "bound for a port some Gantry node on this host publishes"
+/// (kube-proxy uses 0x4000 and 0x8000, Calico the top 16 bits, Cilium 0x0f00).
+pub const PUBLISHED_MARK: u32 = 0x0010_0000;
+
 /// The ruleset for one bridge; with `resolver`, DNS to that address (the node's resolver on
 /// the gateway) is let through.
 pub fn ruleset(bridge: &str, resolver: Option<std::net::Ipv4Addr>) -> Result<String, FirewallError> {
@@ -54,14 +65,19 @@ pub fn ruleset(bridge: &str, resolver: Option<std::net::Ipv4Addr>) -> Result<Str
          \tset published {{\n\
          \t\ttype inet_proto . inet_service\n\
          \t}}\n\
+         \tchain mark_published {{\n\
+         \t\ttype filter hook input priority filter - 10; policy accept;\n\
+         \t\tmeta l4proto . th dport @published meta mark set meta mark | {mark:#x}\n\
+         \t}}\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{bridge}\" ct state established,related accept\n\
          {dns}\
-         \t\tiifname \"{bridge}\" meta l4proto . th dport @published accept comment \"ports published on the node\"\n\
+         \t\tiifname \"{bridge}\" meta mark & {mark:#x} != 0 accept comment \"ports published on this host\"\n\
          \t\tiifname \"{bridge}\" counter drop comment \"tasks may not reach the node\"\n\
          \t}}\n\
-         }}\n"
+         }}\n",
+        mark = PUBLISHED_MARK
     ))
 }
 
@@ -288,7 +304,10 @@ mod tests {
         assert!(r.contains("table inet gantry_gantry0 {"));
         assert!(r.contains("iifname \"gantry0\" ct state established,related accept"));
         assert!(r.contains("set published {\n\t\ttype inet_proto . inet_service\n\t}"));
-        assert!(r.contains("iifname \"gantry0\" meta l4proto . th dport @published accept"));
+        assert!(r.contains(
+            "priority filter - 10; policy accept;\n\t\tmeta l4proto . th dport @published meta mark set meta mark | 0x100000\n"
+        ));
+        assert!(r.contains("iifname \"gantry0\" meta mark & 0x100000 != 0 accept"));
         assert!(r.starts_with("add table inet gantry_gantry0\ndelete table inet gantry_gantry0\n"));
         assert_eq!(table_name("ge1-x").unwrap(), "gantry_ge1_x");
         for bad in ["", "a b", "x\";flush ruleset;\"", "br/0"] {
