@@ -7,6 +7,9 @@ loaded with wrk, in alternating order, several rounds:
   direct   wrk -> backend
   nginx    wrk -> nginx reverse proxy (proxy_pass, upstream keepalive) -> backend
   gantry   wrk -> a Gantry application load balancer (gantry dev, release build) -> backend
+  bare     (with --bare) wrk -> hyper and hyper-util's pooled client alone, shaped as Gantry's
+           data plane (crates/gantry-lb/examples/bare-proxy.rs, built here in release): what
+           the foundation costs, so what Gantry adds beyond it is its own
   pingora  (with --pingora) wrk -> a minimal Cloudflare pingora proxy (bench/pingora-proxy,
            built here in release) -> backend: the foundation the issue asked to weigh against
            hyper, doing only what nginx does here (no rules, no health checks)
@@ -25,7 +28,7 @@ the same two cores: compare the ratios, not the numbers.
 Usage (root, after `cargo build --release --workspace`; installs nginx-light and wrk from
 Debian if missing, without starting Debian's own nginx):
     .venv/bin/python scripts/bench-lb.py [--rounds 5] [--seconds 5] [--connections 32] [--pingora] [--tls]
-        [--unloaded]
+        [--unloaded] [--bare]
 """
 import argparse
 import os
@@ -164,6 +167,16 @@ def start_pingora(port):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def start_bare(port):
+    """Builds (release) and starts the bare hyper proxy on 127.0.0.1:port."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "gantry-lb", "--example", "bare-proxy"],
+                   check=True, cwd=root)
+    binary = os.path.join(root, "target", "release", "examples", "bare-proxy")
+    return subprocess.Popen([binary, f"127.0.0.1:{port}", f"{BACKEND}:8080"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def wait_http(url):
     url = url.split()[-1]
     deadline = time.time() + 10
@@ -203,10 +216,10 @@ def unloaded(paths, a):
         added = "" if name == "direct" else "   added p50 {:.3f} ms  p90 {:.3f} ms".format(
             lat["50"] - med["direct"]["50"], lat["90"] - med["direct"]["90"])
         print(f"{name:<14} p50 {lat['50']:7.3f} ms   p90 {lat['90']:7.3f} ms   p99 {lat['99']:7.3f} ms{added}")
-    for other in ("nginx", "pingora"):
-        if other in med and "gantry" in med:
-            ours, theirs = (med[n]["50"] - med["direct"]["50"] for n in ("gantry", other))
-            print(f"gantry/{other} added p50 (one at a time): {ours / theirs:.2f}x")
+    for ours, other in (("gantry", "nginx"), ("bare", "nginx"), ("gantry", "bare"), ("gantry", "pingora")):
+        if ours in med and other in med:
+            x, y = (med[n]["50"] - med["direct"]["50"] for n in (ours, other))
+            print(f"{ours}/{other} added p50 (one at a time): {x / y:.2f}x")
 
 
 def main():
@@ -216,6 +229,7 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--perf", help="also record a perf profile of gantry during one round into this file")
     ap.add_argument("--pingora", action="store_true", help="also measure a minimal pingora proxy")
+    ap.add_argument("--bare", action="store_true", help="also measure hyper alone, shaped as Gantry's data plane")
     ap.add_argument("--tls", action="store_true", help="also measure HTTPS, kept alive and a handshake per request")
     ap.add_argument("--unloaded", action="store_true",
                     help="also measure the latency each proxy adds at one connection, one request at a time")
@@ -241,6 +255,10 @@ def main():
             pport = conftest.free_port()
             procs.append(start_pingora(pport))
             paths["pingora"] = f"http://127.0.0.1:{pport}/"
+        if a.bare:
+            bport = conftest.free_port()
+            procs.append(start_bare(bport))
+            paths["bare"] = f"http://127.0.0.1:{bport}/"
         for url in paths.values():
             wait_http(url)
         if a.perf:
@@ -260,7 +278,7 @@ def main():
             lat = {p: statistics.median(r[1][p] for r in rs) for p in ("50", "90", "99")}
             med[name] = (rps, lat)
             print(f"{name:<14} {rps:>9.0f} req/s   p50 {lat['50']:7.2f} ms   p90 {lat['90']:7.2f} ms   p99 {lat['99']:7.2f} ms")
-        pairs = [("gantry", "nginx"), ("pingora", "nginx"), ("gantry", "pingora"), ("gantry-tls", "nginx-tls"),
+        pairs = [("gantry", "nginx"), ("bare", "nginx"), ("gantry", "bare"), ("pingora", "nginx"), ("gantry", "pingora"), ("gantry-tls", "nginx-tls"),
                  ("gantry-tls-new", "nginx-tls-new")]
         for a_name, b_name in pairs:
             if a_name not in med or b_name not in med:
@@ -269,7 +287,7 @@ def main():
             print(f"{a_name}/{b_name}: throughput {x_rps / y_rps:.2f}x, p50 {x_lat['50'] / y_lat['50']:.2f}x, "
                   f"p90 {x_lat['90'] / y_lat['90']:.2f}x, p99 {x_lat['99'] / y_lat['99']:.2f}x")
         if a.unloaded:
-            unloaded({k: paths[k] for k in ("direct", "nginx", "gantry", "pingora") if k in paths}, a)
+            unloaded({k: paths[k] for k in ("direct", "nginx", "gantry", "bare", "pingora") if k in paths}, a)
     finally:
         if g:
             g.cleanup()

@@ -18,7 +18,7 @@ mod settings;
 mod tcp;
 mod tls;
 mod traffic;
-mod workers;
+pub mod workers;
 
 pub use matching::wildcard;
 
