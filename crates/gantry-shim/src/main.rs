@@ -317,10 +317,11 @@ fn supervise(dir: &Path, spec: &ShimSpec, secret_env: &[String], ready: &mut Fil
     ));
     let (out_r, out_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let loggers = [
-        spawn_logger(out_r, "stdout", log.clone()),
-        spawn_logger(err_r, "stderr", log),
-    ];
+    // Each logger says when its stream has ended, so the exit is recorded the moment both
+    // have (polling for that cost a task's end up to 5 ms).
+    let (logged, loggers_done) = std::sync::mpsc::channel::<()>();
+    spawn_logger(out_r, "stdout", log.clone(), logged.clone());
+    spawn_logger(err_r, "stderr", log, logged);
 
     let runtime = CliRuntime::new(spec.runtime, spec.runtime_root.clone(), dir.join("runtime.log"));
     let pid_file = dir.join("container.pid");
@@ -398,9 +399,12 @@ fn supervise(dir: &Path, spec: &ShimSpec, secret_env: &[String], ready: &mut Fil
     };
     // The pid namespace is gone with its init, so the pipes close; don't wait forever anyway.
     let deadline = Instant::now() + Duration::from_secs(2);
-    for l in loggers {
-        while !l.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+    for _ in 0..2 {
+        if loggers_done
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            break;
         }
     }
     let oom_killed = signal == Some(libc::SIGKILL) && cgroup::stats(&spec.cgroup_path).oom_kills.unwrap_or(0) > 0;
@@ -429,8 +433,8 @@ fn write_record(log: &Mutex<File>, stream: &str, partial: bool, content: &[u8]) 
     let _ = f.write_all(&rec);
 }
 
-/// Copies one stream into the log, a record per line.
-fn spawn_logger(fd: OwnedFd, stream: &'static str, log: Arc<Mutex<File>>) -> std::thread::JoinHandle<()> {
+/// Copies one stream into the log, a record per line; says on `done` when the stream ends.
+fn spawn_logger(fd: OwnedFd, stream: &'static str, log: Arc<Mutex<File>>, done: std::sync::mpsc::Sender<()>) {
     std::thread::spawn(move || {
         let mut r = File::from(fd);
         let mut buf = vec![0u8; 32 * 1024];
@@ -457,5 +461,6 @@ fn spawn_logger(fd: OwnedFd, stream: &'static str, log: Arc<Mutex<File>>) -> std
         if !pending.is_empty() {
             write_record(&log, stream, false, &pending);
         }
-    })
+        let _ = done.send(());
+    });
 }

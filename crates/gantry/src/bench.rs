@@ -100,6 +100,7 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     let mut crun_ms = Vec::new();
     let mut gantry_ms = Vec::new();
     let mut cleanup_ms = Vec::new();
+    let (mut create_ms, mut started_ms) = (Vec::new(), Vec::new());
     let result = (|| -> Result<()> {
         for i in 0..a.runs {
             // Baseline: crun run, wall time from spawn to exit.
@@ -121,7 +122,9 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
             let task = new_task_id();
             let t = Instant::now();
             node.create_task(&task, "bench")?;
+            create_ms.push(t.elapsed().as_secs_f64() * 1e3);
             node.start_container(&task, "main", &image, &spec, Duration::from_secs(10))?;
+            started_ms.push(t.elapsed().as_secs_f64() * 1e3);
             let state = node.wait_container(&task, "main", Some(Duration::from_secs(30)));
             gantry_ms.push(t.elapsed().as_secs_f64() * 1e3);
             match state {
@@ -142,6 +145,8 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     println!("task start to exit, {:?}, warm namespace pool of {}", command, a.pool);
     let (cm, cp) = summary(&format!("{} run (baseline)", cfg.runtime.binary()), crun_ms);
     let (gm, gp) = summary("gantry task (shim, netns, overlay)", gantry_ms);
+    summary("  task created, since the start", create_ms);
+    summary("  container started, since the start", started_ms);
     summary("gantry cleanup (not in the above)", cleanup_ms);
     println!(
         "ratio gantry/{}: median {:.2}x, p90 {:.2}x",
