@@ -51,6 +51,20 @@ pub fn task_ruleset(view: &SecurityView, groups: &[String]) -> String {
     task_allowances(&ingress, &egress)
 }
 
+/// The view with `ip` among the members of `groups`, as the server's view lists it once the
+/// task's address is recorded (sorted, once each). A starting task's first rules then already
+/// count it in its own groups (the default group lets its members in), and the view change
+/// its address brings finds them applied: one `nft` run per start, not two.
+fn with_member(mut view: SecurityView, groups: &[String], ip: Ipv4Addr) -> SecurityView {
+    for g in groups {
+        let ips = view.members.entry(g.clone()).or_default();
+        ips.push(ip);
+        ips.sort();
+        ips.dedup();
+    }
+    view
+}
+
 impl Agent {
     /// Keeps the view current and every task's rules in step with it.
     pub(crate) async fn follow_security_groups(self: Arc<Self>) {
@@ -103,7 +117,7 @@ impl Agent {
                 .await
                 .map_err(|e| format!("reading security groups: {e}"))?,
         };
-        let allowances = task_ruleset(&view, &groups);
+        let allowances = task_ruleset(&with_member(view, &groups, sb.ip), &groups);
         self.apply(&sb, id, allowances).await
     }
 
@@ -205,6 +219,27 @@ mod tests {
         assert!(db.contains("ip daddr { 0.0.0.0/0 } accept"));
         let web = task_ruleset(&view, &["sg-web".into()]);
         assert!(web.contains("ip saddr { 10.0.0.0/8 } tcp dport 80 accept"));
+        // A starting task counted in its own group (one that lets its members in, as the
+        // default group does) gets the rules the view will have once its address is recorded.
+        let own = vec![group(
+            "sg-own",
+            vec![rule("-1", (-1, -1), Peer::Group("sg-own".into()))],
+        )];
+        let g = ["sg-own".to_string()];
+        let other = ("sg-own".to_string(), ip("10.1.0.7"));
+        let before = SecurityView::from_members(own.clone(), [other.clone()].iter());
+        let after = SecurityView::from_members(own, [other, ("sg-own".to_string(), ip("10.1.0.4"))].iter());
+        let first = task_ruleset(&with_member(before, &g, ip("10.1.0.4")), &g);
+        assert!(
+            first.contains("allow_in ip saddr { 10.1.0.4, 10.1.0.7 } accept"),
+            "{first}"
+        );
+        assert_eq!(first, task_ruleset(&after, &g));
+        assert_eq!(
+            with_member(after.clone(), &g, ip("10.1.0.7")),
+            after,
+            "a member listed once"
+        );
         // No groups at all: the chains are emptied and nothing added.
         let none = task_ruleset(&view, &[]);
         assert!(!none.contains("add rule"), "{none}");

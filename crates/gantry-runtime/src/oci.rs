@@ -23,6 +23,16 @@ impl RuntimeKind {
         }
     }
 
+    /// Whether the runtime may still hold a record of container `id` under its state
+    /// directory `root`: crun and runc keep one directory per container there; runsc names
+    /// its files otherwise, so it always may.
+    pub fn may_hold(&self, root: &Path, id: &str) -> bool {
+        match self {
+            RuntimeKind::Crun | RuntimeKind::Runc => root.join(id).exists(),
+            RuntimeKind::Runsc => true,
+        }
+    }
+
     /// crun if installed, else runc.
     pub fn detect() -> Option<RuntimeKind> {
         [RuntimeKind::Crun, RuntimeKind::Runc]
@@ -313,6 +323,21 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_is_looked_for_where_the_runtime_keeps_it() {
+        let root = std::env::temp_dir().join(format!("gantry-oci-test-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("present")).unwrap();
+        assert!(RuntimeKind::Crun.may_hold(&root, "present"));
+        assert!(RuntimeKind::Runc.may_hold(&root, "present"));
+        assert!(!RuntimeKind::Crun.may_hold(&root, "absent"));
+        assert!(!RuntimeKind::Runc.may_hold(&root, "absent"));
+        assert!(
+            RuntimeKind::Runsc.may_hold(&root, "absent"),
+            "runsc's files are named otherwise"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn signals() {

@@ -609,9 +609,13 @@ impl Node {
                 let _ = sys::kill(s.shim_pid, libc::SIGKILL);
                 let _ = sys::kill(s.container_pid, libc::SIGKILL);
             }
-            // Idempotent: removes the runtime's record and cgroup if a dead shim left them.
+            // Idempotent: removes the runtime's record and cgroup if a dead shim left them. A
+            // shim deletes its container as it exits, so there is usually no record, and the
+            // runtime is not run for nothing (a crun run copies its own binary first: ~5 ms).
             let id = Self::runtime_id(task, name);
-            let _ = self.runtime(&cdir).delete(&id);
+            if self.cfg.runtime.may_hold(&self.cfg.run_dir.join("runtime"), &id) {
+                let _ = self.runtime(&cdir).delete(&id);
+            }
             cgroup::remove(&format!("{CGROUP_PARENT}/{id}"));
         }
         if let Some(sb) = self.sandbox(task) {
