@@ -48,7 +48,8 @@ def main():
                                           "stopTimeout": 2}])
         time.sleep(3)  # let the warm pool fill
         before = histogram_totals(g.endpoint)
-        lat = one_at_a_time(ecs, "bench", a.tasks)
+        stamped = []
+        lat = one_at_a_time(ecs, "bench", a.tasks, stamped)
         phases = (before, histogram_totals(g.endpoint))
         time.sleep(3)
         burst_s = burst(ecs, "bench", a.burst)
@@ -60,12 +61,14 @@ def main():
     crun = crun_baseline()
     print(f"RunTask -> RUNNING (client-observed, {a.tasks} tasks, one at a time)")
     med, p90 = summary("gantry RunTask -> RUNNING", lat)
+    smed, sp90 = summary("gantry RunTask sent -> its startedAt", stamped)
     print("where the one-at-a-time starts' time went (server and agent):")
     phase_means(*phases)
     if crun:
         cm, cp = crun
         print(f"{'crun run /bin/true (baseline)':<44} n=30   median {cm:8.1f} ms   p90 {cp:8.1f} ms")
         print(f"ratio gantry/crun: median {med / cm:.2f}x, p90 {p90 / cp:.2f}x")
+        print(f"ratio gantry (to startedAt)/crun: median {smed / cm:.2f}x, p90 {sp90 / cp:.2f}x")
     if shutil.which("podman"):
         import tempfile
         img = tempfile.mkdtemp()

@@ -67,14 +67,20 @@ def wait_running(ecs, arns, timeout=120, poll=0.005):
         time.sleep(poll)
 
 
-def one_at_a_time(ecs, family, n):
-    """Client-observed RunTask -> RUNNING of n tasks, one at a time, in ms."""
+def one_at_a_time(ecs, family, n, stamped=None):
+    """Client-observed RunTask -> RUNNING of n tasks, one at a time, in ms. With `stamped` (a
+    list), also the time from sending RunTask to the task's own startedAt (ECS's "moved from
+    PENDING to RUNNING"; one host, so one clock), which leaves out how often the client polls."""
     lat = []
     for _ in range(n):
+        sent = time.time()
         t0 = time.perf_counter()
         arn = conftest.run(ecs, "default", family)[0]["taskArn"]
         wait_running(ecs, [arn])
         lat.append((time.perf_counter() - t0) * 1000)
+        if stamped is not None:
+            task = ecs.describe_tasks(cluster="default", tasks=[arn])["tasks"][0]
+            stamped.append((task["startedAt"].timestamp() - sent) * 1000)
         ecs.stop_task(cluster="default", task=arn)
         time.sleep(0.1)  # let the namespace pool refill between samples
     if lat:

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Task starts of this build against another build of Gantry, interleaved in one run.
+
+This VM drifts: the same build measured twice a few minutes apart can differ by 20%, more
+than most changes to a start are worth. So both builds run at once (two `gantry dev`s, each
+with its own bridge, subnet and directories, both idle but for what is asked of them), and
+the measurements alternate: one task on one, then one on the other, round after round; then
+bursts, alternating which goes first. Drift then shifts both sides alike.
+
+Reported, each side: RunTask -> RUNNING as the client sees it (boto3, DescribeTasks every
+5 ms), RunTask sent -> the task's own startedAt (leaves the polling out), and bursts of
+RunTask calls of 10 until all are RUNNING; and this build's medians over the other's.
+
+Usage (root, after `cargo build --release --workspace` here and in the other checkout):
+    .venv/bin/python scripts/bench-start-ab.py --against OTHER/target/release/gantry [--tasks 40] [--burst 200]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchlib import burst, conftest, one_at_a_time, pct  # noqa: E402
+
+COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+
+
+def start(binary, instance):
+    """A `gantry dev` of `binary` with a warm pool of 16, the bench family registered."""
+    conftest.GANTRY = binary  # read when the instance loads its image and starts
+    g = conftest.Gantry(instance=instance)
+    g.env["GANTRY_WARM_POOL"] = "16"
+    g.env.update(conftest.UNLIMITED)
+    g.start()
+    conftest.register(g.client("ecs"), "bench", [{"name": "app", "command": COMMAND, "stopTimeout": 2}])
+    return g
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--against", required=True, help="the other build's gantry binary")
+    ap.add_argument("--tasks", type=int, default=40, help="one-at-a-time starts on each side")
+    ap.add_argument("--burst", type=int, default=200, help="tasks per burst (two bursts each side)")
+    a = ap.parse_args()
+    this = os.path.join(conftest.ROOT, "target", "release", "gantry")
+    sides = {"this": {"binary": this}, "other": {"binary": os.path.abspath(a.against)}}
+    for s in sides.values():
+        assert os.path.exists(s["binary"]), f"{s['binary']} not built"
+        s.update(client=[], stamped=[], bursts=[])
+    try:
+        for i, s in enumerate(sides.values()):
+            s["g"] = start(s["binary"], 11 + i)
+            s["ecs"] = s["g"].client("ecs")
+        time.sleep(3)  # let the warm pools fill
+        names = list(sides)
+        for r in range(a.tasks):
+            for name in (names if r % 2 == 0 else reversed(names)):
+                s = sides[name]
+                s["client"] += one_at_a_time(s["ecs"], "bench", 1, s["stamped"])
+        for order in (names, list(reversed(names))):
+            for name in order:
+                time.sleep(3)  # the pools refill after the last burst
+                s = sides[name]
+                s["bursts"].append(a.burst / burst(s["ecs"], "bench", a.burst))
+    finally:
+        for s in sides.values():
+            if "g" in s:
+                s["g"].cleanup()
+    print(f"interleaved, {a.tasks} one-at-a-time starts and 2 bursts of {a.burst} on each side")
+    for name, s in sides.items():
+        print(f"{name:<6} {s['binary']}")
+        print(f"  RunTask -> RUNNING (client)   median {statistics.median(s['client']):6.1f} ms   p90 {pct(s['client'], 0.9):6.1f} ms")
+        print(f"  RunTask sent -> startedAt     median {statistics.median(s['stamped']):6.1f} ms   p90 {pct(s['stamped'], 0.9):6.1f} ms")
+        print(f"  bursts                        {', '.join(f'{b:.1f}' for b in s['bursts'])} tasks/s")
+    t, o = sides["this"], sides["other"]
+    ratio = lambda k: statistics.median(t[k]) / statistics.median(o[k])  # noqa: E731
+    print(f"this/other: client median {ratio('client'):.2f}x, startedAt median {ratio('stamped'):.2f}x, "
+          f"burst rate {statistics.mean(t['bursts']) / statistics.mean(o['bursts']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
