@@ -12,7 +12,7 @@ Reported, each side: RunTask -> RUNNING as the client sees it (boto3, DescribeTa
 RunTask calls of 10 until all are RUNNING; and this build's medians over the other's.
 
 Usage (root, after `cargo build --release --workspace` here and in the other checkout):
-    .venv/bin/python scripts/bench-start-ab.py --against OTHER/target/release/gantry [--tasks 40] [--burst 200]
+    .venv/bin/python scripts/bench-start-ab.py --against OTHER/target/release/gantry [--tasks 40] [--burst 200] [--crun]
 """
 import argparse
 import os
@@ -21,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import burst, conftest, one_at_a_time, pct  # noqa: E402
+from benchlib import burst, conftest, crun_baseline, one_at_a_time, pct  # noqa: E402
 
 COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
 
@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--against", required=True, help="the other build's gantry binary")
     ap.add_argument("--tasks", type=int, default=40, help="one-at-a-time starts on each side")
     ap.add_argument("--burst", type=int, default=200, help="tasks per burst (two bursts each side)")
+    ap.add_argument("--crun", action="store_true", help="also `crun run` of the same image (scripts/bench.sh) after")
     a = ap.parse_args()
     this = os.path.join(conftest.ROOT, "target", "release", "gantry")
     sides = {"this": {"binary": this}, "other": {"binary": os.path.abspath(a.against)}}
@@ -75,6 +76,12 @@ def main():
         print(f"  bursts                        {', '.join(f'{b:.1f}' for b in s['bursts'])} tasks/s")
     t, o = sides["this"], sides["other"]
     ratio = lambda k: statistics.median(t[k]) / statistics.median(o[k])  # noqa: E731
+    crun = crun_baseline() if a.crun else None
+    if crun:
+        print(f"crun run /bin/true (baseline, after)  median {crun[0]:6.1f} ms   p90 {crun[1]:6.1f} ms")
+        for name, s in sides.items():
+            print(f"  {name}/crun: client median {statistics.median(s['client']) / crun[0]:.2f}x, "
+                  f"startedAt median {statistics.median(s['stamped']) / crun[0]:.2f}x")
     print(f"this/other: client median {ratio('client'):.2f}x, startedAt median {ratio('stamped'):.2f}x, "
           f"burst rate {statistics.mean(t['bursts']) / statistics.mean(o['bursts']):.2f}x")
 
