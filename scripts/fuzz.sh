@@ -9,8 +9,8 @@
 #   scripts/fuzz.sh --seconds 600 policy # one target, ten minutes
 #   scripts/fuzz.sh --runs 5000000 --jobs 2 unpack  # two processes of five million, one corpus
 #
-# A crash leaves its input in fuzz/artifacts/TARGET/ and fails the script: fix it and add the
-# input as a regression test next to the code it broke.
+# A crash, leak, timeout or out-of-memory leaves its input in fuzz/artifacts/TARGET/ and fails
+# the script: fix it and add the input as a regression test next to the code it broke.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 limit="-max_total_time=20"
@@ -25,8 +25,13 @@ while [ $# -gt 0 ]; do
 done
 targets="${*:-sigv4 decode policy unpack}"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-# How many inputs a target's crashes have left.
-inputs_left() { { find "artifacts/$1" -type f 2>/dev/null || true; } | wc -l; }
+# How many inputs a target's failures have left (crashes, leaks, timeouts, out-of-memory);
+# a slow-unit-* file is a report of an input that ran past 10 s, which a paused or busy
+# machine also produces, not a failure.
+inputs_left() {
+    { find "artifacts/$1" -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) \
+        2>/dev/null || true; } | wc -l
+}
 for t in $targets; do
     mkdir -p "corpus/$t"
     [ -d "seeds/$t" ] && cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true
