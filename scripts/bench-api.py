@@ -16,7 +16,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import burst, conftest, crun_baseline, histogram_totals, one_at_a_time, phase_means, summary  # noqa: E402
+from benchlib import (bench_gantry, burst, conftest, crun_baseline, histogram_totals, one_at_a_time, phase_means,  # noqa: E402
+                      register_bench, summary)
 
 
 def favordynmods_on():
@@ -36,16 +37,13 @@ def main():
     ap.add_argument("--cgroup-favordynmods", action="store_true")
     a = ap.parse_args()
     print(f"cgroup favordynmods on before this run: {favordynmods_on()}")
-    g = conftest.Gantry(instance=9)
-    g.env["GANTRY_WARM_POOL"] = "16"
-    g.env.update(conftest.UNLIMITED)
+    g = bench_gantry(instance=9)
     if a.cgroup_favordynmods:
         g.env["GANTRY_CGROUP_FAVORDYNMODS"] = "1"
     try:
         g.start()
         ecs = g.client("ecs")
-        conftest.register(ecs, "bench", [{"name": "app", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
-                                          "stopTimeout": 2}])
+        register_bench(ecs)
         time.sleep(3)  # let the warm pool fill
         before = histogram_totals(g.endpoint)
         stamped = []

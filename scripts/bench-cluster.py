@@ -16,12 +16,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import burst, conftest, crun_baseline, one_at_a_time, summary  # noqa: E402
+from benchlib import LOOP, burst, conftest, crun_baseline, one_at_a_time, summary  # noqa: E402
 import test_cluster  # noqa: E402  (its Server and Agent, with the release binary)
 import test_etcd  # noqa: E402
 
 WARM_POOL = "16"
-LOOP = "trap 'exit 0' TERM; while :; do sleep 1; done"
 
 
 def cluster_phase(a):

@@ -188,6 +188,9 @@ def wait_http(url):
 
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+# The ratios reported, each of paths measured in the same run.
+PAIRS = [("gantry", "nginx"), ("bare", "nginx"), ("gantry", "bare"), ("pingora", "nginx"), ("gantry", "pingora"),
+         ("gantry-tls", "nginx-tls"), ("gantry-tls-new", "nginx-tls-new")]
 
 
 def wrk(url, seconds, connections):
@@ -216,7 +219,7 @@ def unloaded(paths, a):
         added = "" if name == "direct" else "   added p50 {:.3f} ms  p90 {:.3f} ms".format(
             lat["50"] - med["direct"]["50"], lat["90"] - med["direct"]["90"])
         print(f"{name:<14} p50 {lat['50']:7.3f} ms   p90 {lat['90']:7.3f} ms   p99 {lat['99']:7.3f} ms{added}")
-    for ours, other in (("gantry", "nginx"), ("bare", "nginx"), ("gantry", "bare"), ("gantry", "pingora")):
+    for ours, other in PAIRS:
         if ours in med and other in med:
             x, y = (med[n]["50"] - med["direct"]["50"] for n in (ours, other))
             print(f"{ours}/{other} added p50 (one at a time): {x / y:.2f}x")
@@ -278,9 +281,7 @@ def main():
             lat = {p: statistics.median(r[1][p] for r in rs) for p in ("50", "90", "99")}
             med[name] = (rps, lat)
             print(f"{name:<14} {rps:>9.0f} req/s   p50 {lat['50']:7.2f} ms   p90 {lat['90']:7.2f} ms   p99 {lat['99']:7.2f} ms")
-        pairs = [("gantry", "nginx"), ("bare", "nginx"), ("gantry", "bare"), ("pingora", "nginx"), ("gantry", "pingora"), ("gantry-tls", "nginx-tls"),
-                 ("gantry-tls-new", "nginx-tls-new")]
-        for a_name, b_name in pairs:
+        for a_name, b_name in PAIRS:
             if a_name not in med or b_name not in med:
                 continue
             (x_rps, x_lat), (y_rps, y_lat) = med[a_name], med[b_name]

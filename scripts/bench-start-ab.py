@@ -21,20 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import burst, conftest, crun_baseline, one_at_a_time, pct  # noqa: E402
-
-COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
-
-
-def start(binary, instance):
-    """A `gantry dev` of `binary` with a warm pool of 16, the bench family registered."""
-    conftest.GANTRY = binary  # read when the instance loads its image and starts
-    g = conftest.Gantry(instance=instance)
-    g.env["GANTRY_WARM_POOL"] = "16"
-    g.env.update(conftest.UNLIMITED)
-    g.start()
-    conftest.register(g.client("ecs"), "bench", [{"name": "app", "command": COMMAND, "stopTimeout": 2}])
-    return g
+from benchlib import bench_gantry, burst, conftest, crun_baseline, one_at_a_time, pct, register_bench  # noqa: E402
 
 
 def main():
@@ -51,8 +38,11 @@ def main():
         s.update(client=[], stamped=[], bursts=[])
     try:
         for i, s in enumerate(sides.values()):
-            s["g"] = start(s["binary"], 11 + i)
+            conftest.GANTRY = s["binary"]  # read as the instance loads its image and starts
+            s["g"] = bench_gantry(instance=11 + i)
+            s["g"].start()
             s["ecs"] = s["g"].client("ecs")
+            register_bench(s["ecs"])
         time.sleep(3)  # let the warm pools fill
         names = list(sides)
         for r in range(a.tasks):

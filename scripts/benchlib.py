@@ -1,6 +1,6 @@
-"""What the API benchmarks share: percentiles and their summary line, waiting for tasks to
-run, the two launch patterns (one task at a time, a burst of RunTask calls of 10), and the
-`crun run` baseline from scripts/bench.sh."""
+"""What the API benchmarks share: the node they start and the task they run, percentiles and
+their summary line, waiting for tasks to run, the two launch patterns (one task at a time, a
+burst of RunTask calls of 10), and the `crun run` baseline from scripts/bench.sh."""
 import os
 import re
 import statistics
@@ -13,6 +13,22 @@ import conftest  # noqa: E402  (the e2e harness starts and cleans up gantry)
 
 # GANTRY_BINARY measures another build (an older commit's, built elsewhere) in the same way.
 conftest.GANTRY = os.environ.get("GANTRY_BINARY") or os.path.join(conftest.ROOT, "target", "release", "gantry")
+
+# The benchmarks' task: idles until asked to stop, then exits at once.
+LOOP = "trap 'exit 0' TERM; while :; do sleep 1; done"
+
+
+def bench_gantry(instance, pool=16):
+    """A `gantry dev` (not started yet) with a warm pool of `pool` and no account quotas."""
+    g = conftest.Gantry(instance=instance)
+    g.env["GANTRY_WARM_POOL"] = str(pool)
+    g.env.update(conftest.UNLIMITED)
+    return g
+
+
+def register_bench(ecs):
+    """The "bench" family: one container running LOOP."""
+    conftest.register(ecs, "bench", [{"name": "app", "command": ["sh", "-c", LOOP], "stopTimeout": 2}])
 
 
 def pct(v, p):
@@ -54,7 +70,8 @@ def phase_means(before, after):
 
 
 def wait_running(ecs, arns, timeout=120, poll=0.005):
-    pending = set(arns)
+    """Until every task is RUNNING; returns them as last described, by ARN."""
+    pending, running = set(arns), {}
     deadline = time.time() + timeout
     while pending:
         assert time.time() < deadline, f"{len(pending)} tasks never reached RUNNING"
@@ -62,9 +79,11 @@ def wait_running(ecs, arns, timeout=120, poll=0.005):
             for t in ecs.describe_tasks(cluster="default", tasks=chunk)["tasks"]:
                 if t["lastStatus"] == "RUNNING":
                     pending.discard(t["taskArn"])
+                    running[t["taskArn"]] = t
                 elif t["lastStatus"] == "STOPPED":
                     raise AssertionError(f"task stopped: {t.get('stoppedReason')}")
         time.sleep(poll)
+    return running
 
 
 def one_at_a_time(ecs, family, n, stamped=None):
@@ -76,10 +95,9 @@ def one_at_a_time(ecs, family, n, stamped=None):
         sent = time.time()
         t0 = time.perf_counter()
         arn = conftest.run(ecs, "default", family)[0]["taskArn"]
-        wait_running(ecs, [arn])
+        task = wait_running(ecs, [arn])[arn]
         lat.append((time.perf_counter() - t0) * 1000)
         if stamped is not None:
-            task = ecs.describe_tasks(cluster="default", tasks=[arn])["tasks"][0]
             stamped.append((task["startedAt"].timestamp() - sent) * 1000)
         ecs.stop_task(cluster="default", task=arn)
         time.sleep(0.1)  # let the namespace pool refill between samples
