@@ -202,6 +202,54 @@ pub fn age(path: &str) -> Option<std::time::Duration> {
         .min()
 }
 
+/// The `cgroup.procs` of the cgroup this process is in, in one hierarchy, from
+/// /proc/self/cgroup (v2: the `0::` line; v1: the pids hierarchy, which every v1 host has
+/// mounted when Gantry's containers have pid limits).
+pub fn own_procs_file(proc_self_cgroup: &str, version: CgroupVersion) -> Option<PathBuf> {
+    proc_self_cgroup.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let dir = match version {
+            CgroupVersion::V2 if controllers.is_empty() => Path::new(ROOT).to_path_buf(),
+            CgroupVersion::V1 if controllers.split(',').any(|c| c == "pids") => Path::new(ROOT).join("pids"),
+            _ => return None,
+        };
+        Some(dir.join(path.trim_start_matches('/')).join("cgroup.procs"))
+    })
+}
+
+/// Starts, in the background, the wait a move into a cgroup has to make, so that the runtime's
+/// move of a starting container does not make it. Without `favordynmods`, a move takes the
+/// kernel's thread-group lock for writing, whose first writer after an idle spell waits for
+/// an RCU grace period (7 ms here); writers within a grace period of an earlier one do not
+/// wait. The agent calls this as a start begins: a no-op move (this process into the cgroup
+/// it is in) pays the wait while the sandbox, bundle and shim are prepared, and the runtime's
+/// move a few milliseconds later finds the lock's fast path already off. Coalesced: a call
+/// while a move is under way does nothing. Failures only cost the head start (logged once).
+pub fn prime_attach() {
+    use std::sync::mpsc::{sync_channel, SyncSender};
+    use std::sync::{Mutex, OnceLock};
+    static PRIMER: OnceLock<Option<Mutex<SyncSender<()>>>> = OnceLock::new();
+    let primer = PRIMER.get_or_init(|| {
+        let file = own_procs_file(&fs::read_to_string("/proc/self/cgroup").ok()?, version())?;
+        let (tx, rx) = sync_channel::<()>(1);
+        let spawned = std::thread::Builder::new().name("cgroup-primer".into()).spawn(move || {
+            let mut warned = false;
+            while rx.recv().is_ok() {
+                if let Err(e) = fs::write(&file, "0") {
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(file = %file.display(), error = %e, "no head start for cgroup moves");
+                    }
+                }
+            }
+        });
+        spawned.ok().map(|_| Mutex::new(tx))
+    });
+    if let Some(tx) = primer {
+        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).try_send(());
+    }
+}
+
 /// Where the kernel's `favordynmods` is turned on, read from /proc/self/mountinfo: the
 /// cgroup2 mount (a v2 host's /sys/fs/cgroup, or the one a hybrid host keeps beside its v1
 /// hierarchies). None when it is on already. A v1 hierarchy cannot take the flag on a remount
@@ -257,6 +305,28 @@ pub fn favor_dynamic_modifications() -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_procs_file_picks_the_pids_hierarchy_on_v1_and_the_unified_one_on_v2() {
+        let v1 = "13:hugetlb:/\n9:pids:/system.slice/gantry.service\n4:cpu,cpuacct:/x\n0::/\n";
+        assert_eq!(
+            own_procs_file(v1, CgroupVersion::V1),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/pids/system.slice/gantry.service/cgroup.procs"
+            ))
+        );
+        assert_eq!(
+            own_procs_file("0::/user.slice/a\n", CgroupVersion::V2),
+            Some(PathBuf::from("/sys/fs/cgroup/user.slice/a/cgroup.procs"))
+        );
+        assert_eq!(
+            own_procs_file("0::/\n", CgroupVersion::V2),
+            Some(PathBuf::from("/sys/fs/cgroup/cgroup.procs"))
+        );
+        // A v1 host without a pids hierarchy, and garbage: no head start, no error.
+        assert_eq!(own_procs_file("4:cpu,cpuacct:/x\n", CgroupVersion::V1), None);
+        assert_eq!(own_procs_file("nonsense", CgroupVersion::V1), None);
+    }
 
     #[test]
     fn favordynmods_goes_on_the_cgroup2_mount_once() {

@@ -42,6 +42,55 @@ fn summary(name: &str, mut v: Vec<f64>) -> (f64, f64) {
     (m, p90)
 }
 
+/// One side's measurements, in milliseconds since the task's creation began.
+#[derive(Default)]
+struct Phases {
+    created: Vec<f64>,
+    started: Vec<f64>,
+    exited: Vec<f64>,
+    cleanup: Vec<f64>,
+}
+
+impl Phases {
+    /// Prints the side's summary; returns the median and p90 of start to exit.
+    fn report(self, name: &str) -> (f64, f64) {
+        let total = summary(name, self.exited);
+        summary("  task created, since the start", self.created);
+        summary("  container started, since the start", self.started);
+        summary("  cleanup (not in the above)", self.cleanup);
+        total
+    }
+}
+
+/// A Gantry task of the benchmark's command: sandbox from the warm pool, bundle, shim,
+/// container, exit observed, then removed.
+fn gantry_run(
+    node: &gantry_runtime::task::Node,
+    a: &BenchArgs,
+    image: &gantry_runtime::image::ImageRecord,
+    spec: &ContainerSpec,
+    out: &mut Phases,
+) -> Result<()> {
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    node.fill_pools(a.pool)?;
+    let task = new_task_id();
+    let t = Instant::now();
+    node.create_task(&task, "bench")?;
+    out.created.push(ms(t));
+    node.start_container(&task, "main", image, spec, Duration::from_secs(10))?;
+    out.started.push(ms(t));
+    let state = node.wait_container(&task, "main", Some(Duration::from_secs(30)));
+    out.exited.push(ms(t));
+    match state {
+        Some(ContainerState::Exited(e)) if e.exit_code == 0 => {}
+        other => anyhow::bail!("gantry run of {task} did not exit 0: {other:?}"),
+    }
+    let t = Instant::now();
+    node.remove_task(&task)?;
+    out.cleanup.push(ms(t));
+    Ok(())
+}
+
 pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     let cfg = args.node_config()?;
     let node = args.node()?;
@@ -98,9 +147,7 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     let runtime_root = cfg.run_dir.join("bench-runtime");
 
     let mut crun_ms = Vec::new();
-    let mut gantry_ms = Vec::new();
-    let mut cleanup_ms = Vec::new();
-    let (mut create_ms, mut started_ms) = (Vec::new(), Vec::new());
+    let (mut primed, mut unprimed) = (Phases::default(), Phases::default());
     let result = (|| -> Result<()> {
         for i in 0..a.runs {
             // Baseline: crun run, wall time from spawn to exit.
@@ -117,24 +164,14 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
             crun_ms.push(t.elapsed().as_secs_f64() * 1e3);
             anyhow::ensure!(st.success(), "baseline {} run failed: {st}", cfg.runtime.binary());
 
-            // Gantry: sandbox from the warm pool, bundle, shim, container, exit observed.
-            node.fill_pools(a.pool)?;
-            let task = new_task_id();
-            let t = Instant::now();
-            node.create_task(&task, "bench")?;
-            create_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            node.start_container(&task, "main", &image, &spec, Duration::from_secs(10))?;
-            started_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            let state = node.wait_container(&task, "main", Some(Duration::from_secs(30)));
-            gantry_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            match state {
-                Some(ContainerState::Exited(e)) if e.exit_code == 0 => {}
-                other => anyhow::bail!("gantry run {i} did not exit 0: {other:?}"),
+            // Gantry with and without the head start of cgroup moves, in alternating order.
+            for on in [i % 2 == 0, i % 2 == 1] {
+                node.set_prime_cgroup_moves(on);
+                let phases = if on { &mut primed } else { &mut unprimed };
+                gantry_run(&node, &a, &image, &spec, phases)?;
             }
-            let t = Instant::now();
-            node.remove_task(&task)?;
-            cleanup_ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        node.set_prime_cgroup_moves(true);
         Ok(())
     })();
     let _ = Command::new("umount").arg(base.join("rootfs")).status();
@@ -144,15 +181,18 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
     result?;
     println!("task start to exit, {:?}, warm namespace pool of {}", command, a.pool);
     let (cm, cp) = summary(&format!("{} run (baseline)", cfg.runtime.binary()), crun_ms);
-    let (gm, gp) = summary("gantry task (shim, netns, overlay)", gantry_ms);
-    summary("  task created, since the start", create_ms);
-    summary("  container started, since the start", started_ms);
-    summary("gantry cleanup (not in the above)", cleanup_ms);
+    let (gm, gp) = primed.report("gantry task (shim, netns, overlay)");
     println!(
         "ratio gantry/{}: median {:.2}x, p90 {:.2}x",
         cfg.runtime.binary(),
         gm / cm,
         gp / cp
+    );
+    let (um, up) = unprimed.report("gantry, no head start of cgroup moves");
+    println!(
+        "ratio without/with the head start: median {:.2}x, p90 {:.2}x",
+        um / gm,
+        up / gp
     );
     Ok(0)
 }
