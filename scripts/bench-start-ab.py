@@ -9,10 +9,11 @@ bursts, alternating which goes first. Drift then shifts both sides alike.
 
 Reported, each side: RunTask -> RUNNING as the client sees it (boto3, DescribeTasks every
 5 ms), RunTask sent -> the task's own startedAt (leaves the polling out), and bursts of
-RunTask calls of 10 until all are RUNNING; and this build's medians over the other's.
+RunTask calls of 10 until all are RUNNING (`--bursts`, two by default); and this build's
+medians over the other's.
 
 Usage (root, after `cargo build --release --workspace` here and in the other checkout):
-    .venv/bin/python scripts/bench-start-ab.py --against OTHER/target/release/gantry [--tasks 40] [--burst 200] [--crun]
+    .venv/bin/python scripts/bench-start-ab.py --against OTHER/target/release/gantry [--tasks 40] [--burst 200] [--bursts 2] [--crun]
 """
 import argparse
 import os
@@ -28,7 +29,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--against", required=True, help="the other build's gantry binary")
     ap.add_argument("--tasks", type=int, default=40, help="one-at-a-time starts on each side")
-    ap.add_argument("--burst", type=int, default=200, help="tasks per burst (two bursts each side)")
+    ap.add_argument("--burst", type=int, default=200, help="tasks per burst")
+    ap.add_argument("--bursts", type=int, default=2, help="bursts on each side (alternating which goes first)")
     ap.add_argument("--crun", action="store_true", help="also `crun run` of the same image (scripts/bench.sh) after")
     a = ap.parse_args()
     this = os.path.join(conftest.ROOT, "target", "release", "gantry")
@@ -49,8 +51,8 @@ def main():
             for name in (names if r % 2 == 0 else reversed(names)):
                 s = sides[name]
                 s["client"] += one_at_a_time(s["ecs"], "bench", 1, s["stamped"])
-        for order in (names, list(reversed(names))):
-            for name in order:
+        for b in range(a.bursts):
+            for name in (names if b % 2 == 0 else reversed(names)):
                 time.sleep(3)  # the pools refill after the last burst
                 s = sides[name]
                 s["bursts"].append(a.burst / burst(s["ecs"], "bench", a.burst))
@@ -58,7 +60,7 @@ def main():
         for s in sides.values():
             if "g" in s:
                 s["g"].cleanup()
-    print(f"interleaved, {a.tasks} one-at-a-time starts and 2 bursts of {a.burst} on each side")
+    print(f"interleaved, {a.tasks} one-at-a-time starts and {a.bursts} bursts of {a.burst} on each side")
     for name, s in sides.items():
         print(f"{name:<6} {s['binary']}")
         print(f"  RunTask -> RUNNING (client)   median {statistics.median(s['client']):6.1f} ms   p90 {pct(s['client'], 0.9):6.1f} ms")
