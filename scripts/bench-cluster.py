@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Cluster mode against `gantry dev`, same script, same machine: client-observed RunTask to
 RUNNING one task at a time through a `gantry server` (on a real etcd) and a remote agent over
-mutual TLS, through `gantry dev` on the same kind of etcd (the difference is the remote
-agent protocol), and through `gantry dev` on SQLite (the difference is etcd's replicated,
-fsynced writes); then a burst of tasks over three agents to all RUNNING. `crun run` of an
-equivalent bundle is the baseline (scripts/bench.sh).
+mutual TLS, through `gantry dev` on the same etcd (the difference is the remote agent
+protocol), and through `gantry dev` on SQLite (the difference is etcd's replicated, fsynced
+writes); then bursts of tasks over three agents to all RUNNING. `crun run` of an equivalent
+bundle is the baseline (scripts/bench.sh).
+
+The three run at once and their starts alternate, one task on each in turn (rotating which
+goes first), because this VM drifts by 20% within minutes: measured one after the other,
+the differences were the drift's. The two `gantry dev`s are idle during the bursts.
 
 Usage (root, after `cargo build --release --workspace`):
     .venv/bin/python scripts/bench-cluster.py [--tasks 50] [--burst 300] [--rounds 1]
@@ -16,20 +20,31 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import LOOP, burst, conftest, crun_baseline, one_at_a_time, summary  # noqa: E402
+from benchlib import bench_gantry, burst, conftest, crun_baseline, one_at_a_time, register_bench, summary  # noqa: E402
 import test_cluster  # noqa: E402  (its Server and Agent, with the release binary)
 import test_etcd  # noqa: E402
 
 WARM_POOL = "16"
 
 
-def cluster_phase(a):
-    etcd = test_etcd.Etcd()
+class Setup:
+    """One way of running tasks: its client, the network its tasks go in, and how to stop it."""
+
+    def __init__(self, name, ecs, network, cleanup):
+        self.name, self.ecs, self.network, self.cleanup, self.lat = name, ecs, network, cleanup, []
+
+
+def start_cluster(etcd):
+    """A server on `etcd` and three agents in three zones."""
     server = test_cluster.Server(f"etcd://{etcd.address}/bench", "bench")
-    agents = []
+    agents = [test_cluster.Agent(instance=20 + i) for i in range(3)]
+
+    def cleanup():
+        for ag in agents:
+            ag.cleanup()
+        server.stop()
+
     try:
-        etcd.start()
-        agents = [test_cluster.Agent(instance=20 + i) for i in range(3)]
         for ag in agents:
             ag.env["GANTRY_WARM_POOL"] = WARM_POOL
             ag.env.update(conftest.UNLIMITED)
@@ -45,41 +60,28 @@ def cluster_phase(a):
         ecs = test_cluster.ecs_of(agents[0], server)
         test_cluster.wait_for("three nodes", lambda: len(
             ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
-        conftest.register(ecs, "bench", [{"name": "app", "command": ["sh", "-c", LOOP], "stopTimeout": 2}])
-        # The helpers launch into conftest.NETWORK: here, the three agents' subnets.
-        conftest.NETWORK["awsvpcConfiguration"]["subnets"] = \
-            conftest.every_subnet(agents[0].client("ec2"))["awsvpcConfiguration"]["subnets"]
-        time.sleep(3)  # let the warm pools fill
-        lat = one_at_a_time(ecs, "bench", a.tasks)
-        time.sleep(3)
-        bursts = [burst(ecs, "bench", a.burst) for _ in range(a.rounds)]
-        return lat, bursts
-    finally:
-        conftest.NETWORK["awsvpcConfiguration"]["subnets"] = []  # the next gantry dev fills in its own
-        for ag in agents:
-            ag.cleanup()
-        server.stop()
-        etcd.remove()
+        register_bench(ecs)
+        network = conftest.every_subnet(agents[0].client("ec2"))
+        network["awsvpcConfiguration"]["assignPublicIp"] = "DISABLED"
+        return Setup("server + remote agent (etcd, mutual TLS)", ecs, network, cleanup)
+    except BaseException:
+        cleanup()
+        raise
 
 
-def dev_phase(a, on_etcd):
-    g = conftest.Gantry(instance=23)
-    g.env["GANTRY_WARM_POOL"] = WARM_POOL
-    g.env.update(conftest.UNLIMITED)
-    etcd = test_etcd.Etcd() if on_etcd else None
+def start_dev(instance, name, store=None):
+    """A `gantry dev` (on SQLite unless `store` names another)."""
+    g = bench_gantry(instance)
+    if store:
+        g.env["GANTRY_STORE"] = store
     try:
-        if etcd:
-            etcd.start()
-            g.env["GANTRY_STORE"] = f"etcd://{etcd.address}/bench-dev"
         g.start()
         ecs = g.client("ecs")
-        conftest.register(ecs, "bench", [{"name": "app", "command": ["sh", "-c", LOOP], "stopTimeout": 2}])
-        time.sleep(3)
-        return one_at_a_time(ecs, "bench", a.tasks)
-    finally:
+        register_bench(ecs)
+        return Setup(name, ecs, conftest.every_subnet(g.client("ec2")), g.cleanup)
+    except BaseException:
         g.cleanup()
-        if etcd:
-            etcd.remove()
+        raise
 
 
 def main():
@@ -88,11 +90,28 @@ def main():
     ap.add_argument("--burst", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=1)
     a = ap.parse_args()
-    remote, bursts = cluster_phase(a)
-    dev_etcd = dev_phase(a, on_etcd=True)
-    local = dev_phase(a, on_etcd=False)
+    etcd = test_etcd.Etcd()
+    setups = []
+    try:
+        etcd.start()
+        setups.append(start_cluster(etcd))
+        setups.append(start_dev(23, "gantry dev on etcd (one process)", f"etcd://{etcd.address}/bench-dev"))
+        setups.append(start_dev(24, "gantry dev (one process, SQLite)"))
+        time.sleep(3)  # let the warm pools fill
+        for r in range(a.tasks):
+            for s in setups[r % 3:] + setups[:r % 3]:
+                s.lat += one_at_a_time(s.ecs, "bench", 1, network=s.network)
+        bursts = []
+        for _ in range(a.rounds):
+            time.sleep(3)  # the pools refill
+            bursts.append(burst(setups[0].ecs, "bench", a.burst, setups[0].network))
+    finally:
+        for s in setups:
+            s.cleanup()
+        etcd.remove()
+    remote, dev_etcd, local = (s.lat for s in setups)
     crun = crun_baseline()
-    print(f"RunTask -> RUNNING (client-observed, {a.tasks} tasks, one at a time)")
+    print(f"RunTask -> RUNNING (client-observed, {a.tasks} tasks on each, one at a time, alternating)")
     rm, rp = summary("server + remote agent (etcd, mutual TLS)", remote, width=48)
     em, ep = summary("gantry dev on etcd (one process)", dev_etcd, width=48)
     dm, dp = summary("gantry dev (one process, SQLite)", local, width=48)

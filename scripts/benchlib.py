@@ -86,7 +86,7 @@ def wait_running(ecs, arns, timeout=120, poll=0.005):
     return running
 
 
-def one_at_a_time(ecs, family, n, stamped=None):
+def one_at_a_time(ecs, family, n, stamped=None, network=None):
     """Client-observed RunTask -> RUNNING of n tasks, one at a time, in ms. With `stamped` (a
     list), also the time from sending RunTask to the task's own startedAt (ECS's "moved from
     PENDING to RUNNING"; one host, so one clock), which leaves out how often the client polls."""
@@ -94,7 +94,7 @@ def one_at_a_time(ecs, family, n, stamped=None):
     for _ in range(n):
         sent = time.time()
         t0 = time.perf_counter()
-        arn = conftest.run(ecs, "default", family)[0]["taskArn"]
+        arn = conftest.run(ecs, "default", family, network)[0]["taskArn"]
         task = wait_running(ecs, [arn])[arn]
         lat.append((time.perf_counter() - t0) * 1000)
         if stamped is not None:
@@ -106,12 +106,12 @@ def one_at_a_time(ecs, family, n, stamped=None):
     return lat
 
 
-def burst(ecs, family, n):
+def burst(ecs, family, n, network=None):
     """Seconds for n tasks launched in RunTask calls of 10 to all be RUNNING (then stopped)."""
     t0 = time.perf_counter()
     arns = []
     for _ in range(n // 10):
-        arns += [t["taskArn"] for t in conftest.run(ecs, "default", family, count=10)]
+        arns += [t["taskArn"] for t in conftest.run(ecs, "default", family, network, count=10)]
     wait_running(ecs, arns, timeout=600)
     took = time.perf_counter() - t0
     for arn in arns:

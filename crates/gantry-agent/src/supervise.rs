@@ -223,21 +223,82 @@ async fn registry_credentials(
         .collect())
 }
 
+/// A record change made by the start's writer task.
+type Change = Box<dyn FnMut(&mut TaskRecord) -> bool + Send>;
+
+/// The start's PENDING and ACTIVATING writes, made in order by a task of their own while the
+/// task starts rather than before each step: each is a round trip to the server and, in a
+/// cluster, a replicated etcd write (5 ms and more here), and no step of the start needs
+/// them. A restarted agent goes by the task's directory, not by these statuses (`supervise`).
+/// Every later write of the start waits for them (`landed`), so writes stay in order.
+struct StartRecords {
+    activating: Option<tokio::sync::oneshot::Sender<Change>>,
+    writer: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl StartRecords {
+    /// Writes PENDING now, then ACTIVATING once `activating` hands over its change.
+    fn begin(a: &Arc<Agent>, key: &str) -> StartRecords {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Change>();
+        let (a, key) = (a.clone(), key.to_string());
+        let t = now();
+        let writer = tokio::spawn(async move {
+            update(&a, &key, |r| {
+                r.task.last_status = "PENDING".into();
+                r.task.pull_started_at.get_or_insert(t);
+                true
+            })
+            .await?;
+            // No change: the start failed before its sandbox; nothing more to write.
+            if let Ok(change) = rx.await {
+                update(&a, &key, change).await?;
+            }
+            Ok(())
+        });
+        StartRecords {
+            activating: Some(tx),
+            writer: Some(writer),
+        }
+    }
+
+    fn activating(&mut self, change: impl FnMut(&mut TaskRecord) -> bool + Send + 'static) {
+        if let Some(tx) = self.activating.take() {
+            let _ = tx.send(Box::new(change));
+        }
+    }
+
+    /// Waits until the writes handed over so far are made (at once if they are).
+    async fn landed(&mut self) -> Result<()> {
+        self.activating.take();
+        match self.writer.take() {
+            Some(w) => w.await.map_err(|e| format!("writing the task's status: {e}"))?,
+            None => Ok(()),
+        }
+    }
+}
+
 async fn launch(
     a: &Arc<Agent>,
     key: &str,
     rec: &TaskRecord,
     shippers: &mut HashMap<String, Shipper>,
 ) -> std::result::Result<(), String> {
-    let t = now();
-    let began_at = t;
+    let mut records = StartRecords::begin(a, key);
+    let started = start(a, key, rec, shippers, &mut records).await;
+    // Whatever happened, no write of the start is left in flight when the caller writes next.
+    let landed = records.landed().await;
+    started.and(landed)
+}
+
+async fn start(
+    a: &Arc<Agent>,
+    key: &str,
+    rec: &TaskRecord,
+    shippers: &mut HashMap<String, Shipper>,
+    records: &mut StartRecords,
+) -> std::result::Result<(), String> {
+    let began_at = now();
     let began = std::time::Instant::now();
-    update(a, key, |r| {
-        r.task.last_status = "PENDING".into();
-        r.task.pull_started_at.get_or_insert(t);
-        true
-    })
-    .await?;
     // Secrets first, as ECS reads them while provisioning: a task whose secrets cannot be
     // read pulls nothing. The values stay in memory (never in the record or a file).
     let secrets = task_secrets(a, key, rec).await?;
@@ -269,8 +330,7 @@ async fn launch(
             }
         }
     }
-    // Written with ACTIVATING below: each write is a round trip to the server and a
-    // replicated write in etcd, so the start writes PENDING, ACTIVATING and RUNNING only.
+    // Written with ACTIVATING below: the start writes PENDING, ACTIVATING and RUNNING only.
     let pulled_at = now();
     let pulled = std::time::Instant::now();
     TASK_START.observe(&["pull"], pulled.duration_since(began).as_secs_f64());
@@ -312,8 +372,10 @@ async fn launch(
     let t = now();
     let sandboxed_at = t;
     let ip = sandbox.ip.to_string();
-    let mac_seed = &id[..10];
-    update(a, key, |r| {
+    let mac_seed = id[..10].to_string();
+    let (activating_id, activating_host) = (id.clone(), hostname.clone());
+    records.activating(move |r| {
+        let (id, hostname) = (&activating_id, &activating_host);
         r.task.pull_stopped_at.get_or_insert(pulled_at);
         for c in &mut r.task.containers {
             c.image_digest = digests.get(&c.image).cloned();
@@ -357,8 +419,7 @@ async fn launch(
             }
         }
         true
-    })
-    .await?;
+    });
 
     let by_name: HashMap<&str, &TaskSpecContainer> = rec.containers.iter().map(|c| (c.name(), c)).collect();
     // Containers started and not yet recorded RUNNING: written before any wait on a
@@ -367,6 +428,7 @@ async fn launch(
     for name in start_order(&rec.containers) {
         let c = by_name[name.as_str()];
         if c.depends_on.iter().flatten().any(|d| d.condition != "START") {
+            records.landed().await?;
             record_running(a, key, &mut running).await?;
         }
         // dependsOn: wait for each dependency's condition.
@@ -488,6 +550,7 @@ async fn launch(
     }
     TASK_START.observe(&["containers"], sandboxed.elapsed().as_secs_f64());
     secured(securing).await?;
+    records.landed().await?;
     let t = now();
     update(a, key, |r| {
         mark_running(r, &running);
