@@ -131,7 +131,7 @@ impl Agent {
                             continue;
                         }
                         match serde_json::from_slice::<TaskRecord>(&e.kv.value) {
-                            Ok(rec) => self.consider(&e.kv.key, &rec),
+                            Ok(rec) => self.consider(&e.kv.key, &rec, Some(e.kv.mod_revision)),
                             Err(err) => tracing::warn!(key = %e.kv.key, error = %err, "unreadable task record"),
                         }
                     }
@@ -140,8 +140,9 @@ impl Agent {
         }
     }
 
-    /// A task record as it is now: its supervisor is woken, or started if it has none.
-    fn consider(self: &Arc<Self>, key: &str, rec: &TaskRecord) {
+    /// A task record as it is now: its supervisor is woken, or started if it has none. With
+    /// the record's revision (a watch event), a new supervisor starts from it: no read first.
+    fn consider(self: &Arc<Self>, key: &str, rec: &TaskRecord, rev: Option<i64>) {
         if rec.node != self.link.node() {
             return;
         }
@@ -157,8 +158,9 @@ impl Agent {
         supervised.insert(key.to_string(), notify.clone());
         let me = self.clone();
         let key = key.to_string();
+        let seed = rev.filter(|r| *r > 0).map(|r| (rec.clone(), r));
         tokio::spawn(async move {
-            if let Err(e) = supervise::supervise(&me, &key, &notify).await {
+            if let Err(e) = supervise::supervise(&me, &key, seed, &notify).await {
                 tracing::error!(task = %key, error = %e, "task supervision failed");
             }
             me.supervised.lock().expect("lock").remove(&key);
@@ -247,7 +249,7 @@ impl Agent {
         match self.link.list_assigned().await {
             Ok(tasks) => {
                 for (key, rec) in &tasks {
-                    self.consider(key, rec);
+                    self.consider(key, rec, None);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "listing this node's tasks"),

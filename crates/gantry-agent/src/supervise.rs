@@ -73,10 +73,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
 }
 
-pub async fn supervise(a: &Arc<Agent>, key: &str, changed: &Notify) -> Result<()> {
-    let Some((rec, _)) = get(a, key).await? else {
-        return Ok(());
+/// Supervises the task from `seed` (the record and its revision, as a watch event brought
+/// it) or from a fresh read. A seed that is stale by now is safe: the start's writes check the
+/// revision and read again on a conflict, and the change that made it stale wakes `changed`.
+pub async fn supervise(a: &Arc<Agent>, key: &str, seed: Option<(TaskRecord, i64)>, changed: &Notify) -> Result<()> {
+    let (rec, rev) = match seed {
+        Some(s) => s,
+        None => match get(a, key).await? {
+            Some(s) => s,
+            None => return Ok(()),
+        },
     };
+    // The first write starts from this record, as from one this agent wrote (`update`).
+    a.written
+        .lock()
+        .expect("lock")
+        .insert(key.to_string(), (rec.clone(), rev));
     let id = rec.id().to_string();
     let started_here = a.node.task_dir(&id).exists();
     let mut shippers: HashMap<String, Shipper> = HashMap::new();
