@@ -224,8 +224,8 @@ pub fn own_procs_file(proc_self_cgroup: &str, version: CgroupVersion) -> Option<
 /// an RCU grace period (7 ms here); writers within a grace period of an earlier one do not
 /// wait. The agent calls this as a start begins: a no-op move (this process into the cgroup
 /// it is in) pays the wait while the sandbox, bundle and shim are prepared, and the runtime's
-/// move a few milliseconds later finds the lock's fast path already off. Coalesced: a call
-/// while a move is under way does nothing. Failures only cost the head start (logged once).
+/// move a few milliseconds later finds the lock's fast path already off. Coalesced: calls
+/// while one move is already queued add none. Failures only cost the head start (logged once).
 pub fn prime_attach() {
     use std::sync::mpsc::{sync_channel, SyncSender};
     use std::sync::{Mutex, OnceLock};
