@@ -27,6 +27,13 @@ import test_etcd  # noqa: E402
 WARM_POOL = "16"
 
 
+def network_of(ec2):
+    """The awsvpcConfiguration of every subnet the setup's nodes have, no public IP."""
+    network = conftest.every_subnet(ec2)
+    network["awsvpcConfiguration"]["assignPublicIp"] = "DISABLED"
+    return network
+
+
 class Setup:
     """One way of running tasks: its client, the network its tasks go in, and how to stop it."""
 
@@ -61,9 +68,7 @@ def start_cluster(etcd):
         test_cluster.wait_for("three nodes", lambda: len(
             ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
         register_bench(ecs)
-        network = conftest.every_subnet(agents[0].client("ec2"))
-        network["awsvpcConfiguration"]["assignPublicIp"] = "DISABLED"
-        return Setup("server + remote agent (etcd, mutual TLS)", ecs, network, cleanup)
+        return Setup("server + remote agent (etcd, mutual TLS)", ecs, network_of(agents[0].client("ec2")), cleanup)
     except BaseException:
         cleanup()
         raise
@@ -78,7 +83,7 @@ def start_dev(instance, name, store=None):
         g.start()
         ecs = g.client("ecs")
         register_bench(ecs)
-        return Setup(name, ecs, conftest.every_subnet(g.client("ec2")), g.cleanup)
+        return Setup(name, ecs, network_of(g.client("ec2")), g.cleanup)
     except BaseException:
         g.cleanup()
         raise

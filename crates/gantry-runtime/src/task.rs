@@ -137,6 +137,13 @@ impl Node {
         self.prime_moves.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The head start of this start's cgroup moves (`cgroup::prime_attach`), unless turned off.
+    fn prime_cgroup_moves(&self) {
+        if self.prime_moves.load(std::sync::atomic::Ordering::Relaxed) {
+            crate::cgroup::prime_attach();
+        }
+    }
+
     /// The shims' template mount namespace, made on first need.
     pub fn mount_template(&self) -> Option<PathBuf> {
         self.mount_template
@@ -228,9 +235,7 @@ impl Node {
         storage_gib: u32,
     ) -> Result<Sandbox, TaskError> {
         validate_name("task id", task)?;
-        if self.prime_moves.load(std::sync::atomic::Ordering::Relaxed) {
-            crate::cgroup::prime_attach();
-        }
+        self.prime_cgroup_moves();
         let dir = self.task_dir(task);
         fs::create_dir(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
         let storage = self.ephemeral.acquire(storage_gib).and_then(|id| {
@@ -328,10 +333,8 @@ impl Node {
         secret_env: &[(String, String)],
     ) -> Result<ShimStarted, TaskError> {
         validate_name("container name", name)?;
-        if self.prime_moves.load(std::sync::atomic::Ordering::Relaxed) {
-            // Again for a container started later than its task (dependsOn).
-            crate::cgroup::prime_attach();
-        }
+        // Again for a container started later than its task (dependsOn).
+        self.prime_cgroup_moves();
         let sb = self.sandbox(task).ok_or_else(|| TaskError::Invalid {
             what: "task",
             value: task.into(),
