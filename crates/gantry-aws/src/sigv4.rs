@@ -112,9 +112,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+        // Two hex digits, read as bytes: slicing the str could split a multi-byte character,
+        // and from_str_radix would take a sign ("%+1").
+        if let (b'%', Some(&[h, l])) = (bytes[i], bytes.get(i + 1..i + 3)) {
+            if let (Some(h), Some(l)) = ((h as char).to_digit(16), (l as char).to_digit(16)) {
+                out.push((h * 16 + l) as u8);
                 i += 3;
                 continue;
             }
@@ -298,6 +300,17 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_decoding_takes_two_hex_digits_and_never_splits_a_character() {
+        assert_eq!(percent_decode("a%2Fb%2fc+d"), "a/b/c d");
+        // A multi-byte character right after '%' (a fuzzer's find: it used to panic).
+        assert_eq!(percent_decode("%\u{e9}x"), "%\u{e9}x");
+        assert_eq!(percent_decode("x%\u{e9}"), "x%\u{e9}");
+        assert_eq!(percent_decode("%a\u{e9}"), "%a\u{e9}");
+        // A sign is not a hex digit; a short escape at the end stays as it is.
+        assert_eq!(percent_decode("%+1%-1%4"), "% 1%-1%4");
+    }
 
     const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 

@@ -214,7 +214,8 @@ pub(crate) fn encode_token(s: &str) -> String {
 
 pub(crate) fn decode_token(t: &str) -> Result<String, EcsError> {
     let bad = || EcsError::invalid("Invalid nextToken.");
-    if t.len() % 2 != 0 {
+    // Hex is ASCII: anything else would also make the two-byte slices below split a character.
+    if t.len() % 2 != 0 || !t.is_ascii() {
         return Err(bad());
     }
     let bytes: Result<Vec<u8>, _> = (0..t.len())
@@ -230,5 +231,18 @@ pub(crate) fn page_size(max: Option<i64>, default: i64) -> Result<usize, EcsErro
         None => Ok(default as usize),
         Some(n) if (1..=100).contains(&n) => Ok(n as usize),
         Some(_) => Err(EcsError::invalid("maxResults must be between 1 and 100.")),
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::decode_token;
+
+    #[test]
+    fn a_token_that_is_not_hex_is_refused_not_a_panic() {
+        assert_eq!(decode_token("6869").unwrap(), "hi");
+        for bad in ["a\u{e9}b", "\u{e9}\u{e9}", "zz", "123"] {
+            assert!(decode_token(bad).is_err(), "{bad:?}");
+        }
     }
 }
