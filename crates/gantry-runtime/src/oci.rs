@@ -130,13 +130,11 @@ pub fn hybrid_cgroup2_mounts() -> Vec<PathBuf> {
 }
 
 impl CliRuntime {
-    pub fn new(kind: RuntimeKind, root: PathBuf, log: PathBuf) -> CliRuntime {
-        CliRuntime {
-            kind,
-            root,
-            log,
-            hide: hybrid_cgroup2_mounts(),
-        }
+    /// `hide`: `hybrid_cgroup2_mounts()`, read once by the caller (reading the mount table
+    /// costs a line per mount, and a node has a few per task), or nothing where they are
+    /// already hidden.
+    pub fn new(kind: RuntimeKind, root: PathBuf, log: PathBuf, hide: Vec<PathBuf>) -> CliRuntime {
+        CliRuntime { kind, root, log, hide }
     }
 
     fn cmd(&self) -> Command {

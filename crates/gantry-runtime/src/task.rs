@@ -103,6 +103,9 @@ pub struct Node {
     /// Whether a task's creation starts the wait of its containers' cgroup moves
     /// (`cgroup::prime_attach`); on, except where the benchmark measures what it saves.
     prime_moves: std::sync::atomic::AtomicBool,
+    /// The host's cgroup2 mounts the runtime must not see (`oci::hybrid_cgroup2_mounts`),
+    /// read once: the mount table grows by a few lines per task.
+    hide_from_runtime: Vec<PathBuf>,
 }
 
 /// A container as its shim reports it.
@@ -129,6 +132,7 @@ impl Node {
             ephemeral,
             mount_template: std::sync::OnceLock::new(),
             prime_moves: std::sync::atomic::AtomicBool::new(true),
+            hide_from_runtime: crate::oci::hybrid_cgroup2_mounts(),
         })
     }
 
@@ -217,6 +221,7 @@ impl Node {
             self.cfg.runtime,
             self.cfg.run_dir.join("runtime"),
             dir.join("runtime.log"),
+            self.hide_from_runtime.clone(),
         )
     }
 

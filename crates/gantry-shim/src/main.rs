@@ -107,18 +107,8 @@ fn redirect_stdio(dir: &Path) -> std::io::Result<()> {
 /// Hybrid hosts have a cgroup2 mount next to the v1 hierarchies, which crun refuses; detach
 /// every cgroup2 mount in our private namespace when /sys/fs/cgroup itself is not cgroup2.
 fn hide_hybrid_cgroup2() -> std::io::Result<()> {
-    if cgroup::version() == cgroup::CgroupVersion::V2 {
-        return Ok(());
-    }
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        if fields.get(sep + 1) == Some(&"cgroup2") {
-            sys::umount_detach(fields[4])?;
-        }
+    for mount in gantry_runtime::oci::hybrid_cgroup2_mounts() {
+        sys::umount_detach(&mount.to_string_lossy())?;
     }
     Ok(())
 }
@@ -323,7 +313,8 @@ fn supervise(dir: &Path, spec: &ShimSpec, secret_env: &[String], ready: &mut Fil
     spawn_logger(out_r, "stdout", log.clone(), logged.clone());
     spawn_logger(err_r, "stderr", log, logged);
 
-    let runtime = CliRuntime::new(spec.runtime, spec.runtime_root.clone(), dir.join("runtime.log"));
+    // Nothing to hide: `hide_hybrid_cgroup2` detached them from this namespace.
+    let runtime = CliRuntime::new(spec.runtime, spec.runtime_root.clone(), dir.join("runtime.log"), vec![]);
     let pid_file = dir.join("container.pid");
     let stdio = Stdio3 {
         stdin: Stdio::null(),

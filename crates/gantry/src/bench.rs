@@ -6,7 +6,7 @@ use crate::NodeArgs;
 use anyhow::Result;
 use gantry_runtime::bundle::{self, ContainerSpec};
 use gantry_runtime::task::{new_task_id, ContainerState};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,131 @@ fn summary(name: &str, mut v: Vec<f64>) -> (f64, f64) {
         v[0]
     );
     (m, p90)
+}
+
+/// The runtime's side of a benchmark: a bundle of the same layers as a read-only overlay and
+/// the same generated spec as Gantry's, in a warm network namespace, prepared once so that
+/// the runtime only runs.
+pub struct Baseline {
+    /// The bundle: config.json, the overlay's rootfs, upper and work dirs, /etc files.
+    pub dir: PathBuf,
+    /// config.json as written, for variants of it.
+    pub oci: serde_json::Value,
+    /// The image's layers, top first.
+    lowers: Vec<PathBuf>,
+    sandbox: gantry_runtime::net::Sandbox,
+    runtime: gantry_runtime::oci::RuntimeKind,
+    runtime_root: PathBuf,
+    hide: Vec<PathBuf>,
+}
+
+impl Baseline {
+    pub fn prepare(
+        cfg: &gantry_runtime::task::NodeConfig,
+        node: &gantry_runtime::task::Node,
+        image: &gantry_runtime::image::ImageRecord,
+        spec: &ContainerSpec,
+    ) -> Result<Baseline> {
+        let dir = cfg.data_dir.join("bench");
+        let _ = std::fs::remove_dir_all(&dir);
+        let img = node.images().config(image)?;
+        let mut lowers: Vec<PathBuf> = image.layers.iter().map(|l| node.images().layer_path(l)).collect();
+        lowers.reverse();
+        let sandbox = node.network().create()?;
+        gantry_runtime::net::Network::write_etc_files(&sandbox, "bench", &dir.join("etc"), false)?;
+        let mut oci = bundle::build_spec(
+            None,
+            &img,
+            spec,
+            &lowers,
+            &sandbox,
+            &dir.join("etc"),
+            "/gantry/bench-crun",
+        )?;
+        // A bare crun compiles the seccomp profile itself: the program Gantry compiled once is
+        // Gantry's own saving, not the baseline's.
+        oci.set_annotations(None);
+        bundle::write_spec(&oci, &dir)?;
+        let baseline = Baseline {
+            dir,
+            oci: serde_json::to_value(&oci)?,
+            lowers,
+            sandbox,
+            runtime: cfg.runtime,
+            runtime_root: cfg.run_dir.join("bench-runtime"),
+            hide: gantry_runtime::oci::hybrid_cgroup2_mounts(),
+        };
+        if let Err(e) = baseline.mount_rootfs(&baseline.dir) {
+            baseline.remove(node)?;
+            return Err(e);
+        }
+        Ok(baseline)
+    }
+
+    /// Mounts the image's layers at `<dir>/rootfs` as an overlay with its own upper and work
+    /// dirs in `dir` (a container's writes never reach the layers or another container).
+    pub fn mount_rootfs(&self, dir: &Path) -> Result<()> {
+        for d in ["rootfs", "upper", "work"] {
+            std::fs::create_dir_all(dir.join(d))?;
+        }
+        let lower_opt: Vec<String> = self.lowers.iter().map(|p| p.display().to_string()).collect();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower_opt.join(":"),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        let mnt = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(dir.join("rootfs"))
+            .status()?;
+        anyhow::ensure!(mnt.success(), "mounting a baseline rootfs failed");
+        Ok(())
+    }
+
+    /// The runtime's `run` of the bundle in `bundle` as container `id` (`--detach`: returns
+    /// once the container's process runs), as Gantry's shim runs it: in a private mount
+    /// namespace that hides a hybrid host's cgroup2 mount.
+    pub fn run(&self, bundle: &Path, id: &str, detach: bool) -> Result<Command> {
+        let mut c = Command::new(self.runtime.binary());
+        c.arg("--root").arg(&self.runtime_root).arg("run");
+        if detach {
+            c.arg("--detach");
+        }
+        c.arg("--bundle").arg(bundle).arg(id);
+        c.stdout(std::process::Stdio::null());
+        gantry_runtime::run_in_private_mount_ns(&mut c, &self.hide)?;
+        Ok(c)
+    }
+
+    /// The runtime's forced delete of container `id` (kills it first).
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let st = Command::new(self.runtime.binary())
+            .arg("--root")
+            .arg(&self.runtime_root)
+            .args(["delete", "--force", id])
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(st.success(), "{} delete {id} failed: {st}", self.runtime.binary());
+        Ok(())
+    }
+
+    /// Unmounts the rootfs and removes the bundle (and any bundle made in it) and its
+    /// namespace.
+    pub fn remove(self, node: &gantry_runtime::task::Node) -> Result<()> {
+        let _ = Command::new("umount").arg(self.dir.join("rootfs")).status();
+        let burst = self.dir.join("burst");
+        for e in std::fs::read_dir(&burst).into_iter().flatten().flatten() {
+            let _ = Command::new("umount").arg(e.path().join("rootfs")).status();
+        }
+        node.network().destroy(&self.sandbox)?;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+
+    pub fn runtime(&self) -> &'static str {
+        self.runtime.binary()
+    }
 }
 
 /// One side's measurements, in milliseconds since the task's creation began.
@@ -106,59 +231,14 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
         ..Default::default()
     };
 
-    // Baseline bundle: the same layers as a read-only overlay, the same generated spec.
-    let base = cfg.data_dir.join("bench");
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(base.join("rootfs"))?;
-    let img = node.images().config(&image)?;
-    let mut lowers: Vec<PathBuf> = image.layers.iter().map(|l| node.images().layer_path(l)).collect();
-    lowers.reverse();
-    let base_sb = node.network().create()?;
-    gantry_runtime::net::Network::write_etc_files(&base_sb, "bench", &base.join("etc"), false)?;
-    let mut oci = bundle::build_spec(
-        None,
-        &img,
-        &spec,
-        &lowers,
-        &base_sb,
-        &base.join("etc"),
-        "/gantry/bench-crun",
-    )?;
-    // A bare crun compiles the seccomp profile itself: the program Gantry compiled once is
-    // Gantry's own saving, not the baseline's.
-    oci.set_annotations(None);
-    bundle::write_spec(&oci, &base)?;
-    // The same layers as an overlay with its own upper dir, prepared once: crun only runs.
-    std::fs::create_dir_all(base.join("upper"))?;
-    std::fs::create_dir_all(base.join("work"))?;
-    let lower_opt: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower_opt.join(":"),
-        base.join("upper").display(),
-        base.join("work").display()
-    );
-    let mnt = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(base.join("rootfs"))
-        .status()?;
-    anyhow::ensure!(mnt.success(), "mounting the baseline rootfs failed");
-    let hide = gantry_runtime::oci::hybrid_cgroup2_mounts();
-    let runtime_root = cfg.run_dir.join("bench-runtime");
+    let baseline = Baseline::prepare(&cfg, &node, &image, &spec)?;
 
     let mut crun_ms = Vec::new();
     let (mut primed, mut unprimed) = (Phases::default(), Phases::default());
     let result = (|| -> Result<()> {
         for i in 0..a.runs {
             // Baseline: crun run, wall time from spawn to exit.
-            let mut c = Command::new(cfg.runtime.binary());
-            c.arg("--root")
-                .arg(&runtime_root)
-                .args(["run", "--bundle"])
-                .arg(&base)
-                .arg(format!("bench-crun-{i}"));
-            c.stdout(std::process::Stdio::null());
-            gantry_runtime::run_in_private_mount_ns(&mut c, &hide)?;
+            let mut c = baseline.run(&baseline.dir, &format!("bench-crun-{i}"), false)?;
             let t = Instant::now();
             let st = c.status()?;
             crun_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -174,10 +254,8 @@ pub fn run(args: &NodeArgs, a: BenchArgs) -> Result<i32> {
         node.set_prime_cgroup_moves(true);
         Ok(())
     })();
-    let _ = Command::new("umount").arg(base.join("rootfs")).status();
-    node.network().destroy(&base_sb)?;
+    baseline.remove(&node)?;
     node.drain_pools()?;
-    let _ = std::fs::remove_dir_all(&base);
     result?;
     println!("task start to exit, {:?}, warm namespace pool of {}", command, a.pool);
     let (cm, cp) = summary(&format!("{} run (baseline)", cfg.runtime.binary()), crun_ms);

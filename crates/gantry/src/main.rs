@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod api_limits;
 mod bench;
+mod bench_burst;
 mod bench_placement;
 mod bench_policy;
 mod bench_retention;
@@ -259,6 +260,9 @@ enum DebugCmd {
     },
     /// Benchmark task start to exit against `crun run` of an equivalent bundle.
     Bench(bench::BenchArgs),
+    /// Benchmark a burst of long-running tasks started a few at a time against the runtime's
+    /// own `run --detach` of prepared bundles.
+    BenchBurst(bench_burst::BenchBurstArgs),
     /// Benchmark the scheduler alone over a simulated cluster of many nodes.
     BenchPlacement(bench_placement::BenchPlacementArgs),
     /// Measure the disk a metric series costs over a month of CloudWatch retention.
@@ -388,6 +392,7 @@ fn main() {
             Ok(0)
         })(),
         Cmd::Debug(DebugCmd::Bench(a)) => bench::run(&cli.node, a),
+        Cmd::Debug(DebugCmd::BenchBurst(a)) => bench_burst::run(&cli.node, a),
         Cmd::Debug(DebugCmd::BenchPlacement(a)) => bench_placement::run(a),
         Cmd::Debug(DebugCmd::BenchRetention(a)) => bench_retention::run(a),
         Cmd::Debug(DebugCmd::BenchPolicy(a)) => bench_policy::run(a),
