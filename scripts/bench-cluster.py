@@ -4,7 +4,9 @@ RUNNING one task at a time through a `gantry server` (on a real etcd) and a remo
 mutual TLS, through `gantry dev` on the same etcd (the difference is the remote agent
 protocol), and through `gantry dev` on SQLite (the difference is etcd's replicated, fsynced
 writes); then bursts of tasks over three agents to all RUNNING. `crun run` of an equivalent
-bundle is the baseline (scripts/bench.sh).
+bundle is the baseline (scripts/bench.sh), and for the bursts `crun run --detach` of the same
+number of prepared bundles, three at a time (scripts/bench.sh burst): what the runtime alone
+reaches on this machine.
 
 The three run at once and their starts alternate, one task on each in turn (rotating which
 goes first), because this VM drifts by 20% within minutes: measured one after the other,
@@ -20,7 +22,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import bench_gantry, burst, conftest, crun_baseline, one_at_a_time, register_bench, summary  # noqa: E402
+from benchlib import (bench_gantry, burst, conftest, crun_baseline, crun_burst_baseline, one_at_a_time,  # noqa: E402
+                      register_bench, summary)
 import test_cluster  # noqa: E402  (its Server and Agent, with the release binary)
 import test_etcd  # noqa: E402
 
@@ -128,6 +131,11 @@ def main():
         print(f"ratio remote/crun: median {rm / cm:.2f}x; dev/crun: median {dm / cm:.2f}x")
     for took in bursts:
         print(f"burst: {a.burst} tasks over 3 agents to RUNNING in {took:.2f} s = {a.burst / took:.1f} tasks/s")
+    ceiling = crun_burst_baseline(a.burst, parallel=3)
+    if ceiling:
+        rate = a.burst / sorted(bursts)[len(bursts) // 2]
+        print(f"the same burst by crun run --detach alone, 3 at a time: {ceiling[0]:.1f} tasks/s "
+              f"(Gantry's node runtime alone: {ceiling[1]:.1f}); the cluster's median burst is {rate / ceiling[0]:.2f}x of crun's")
 
 
 if __name__ == "__main__":

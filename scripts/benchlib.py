@@ -1,6 +1,7 @@
 """What the API benchmarks share: the node they start and the task they run, percentiles and
 their summary line, waiting for tasks to run, the two launch patterns (one task at a time, a
-burst of RunTask calls of 10), and the `crun run` baseline from scripts/bench.sh."""
+burst of RunTask calls of 10), and the `crun run` baselines from scripts/bench.sh (one task's
+start, and a burst's ceiling on this machine)."""
 import os
 import re
 import statistics
@@ -131,3 +132,18 @@ def crun_baseline(runs=30):
         print("crun baseline failed:", out.stdout[-500:], out.stderr[-500:])
         return None
     return float(m.group(1)), float(m.group(2))
+
+
+def crun_burst_baseline(n, parallel=3):
+    """`crun run --detach` of n prepared bundles of the same long-running task, `parallel` at
+    a time (scripts/bench.sh burst): the runtime alone, the ceiling of any burst on this
+    machine. (crun tasks/s, Gantry's node runtime tasks/s) over two rounds each, or None
+    after printing why not."""
+    out = subprocess.run(["bash", os.path.join(conftest.ROOT, "scripts", "bench.sh"), "burst", "--tasks", str(n),
+                          "--parallel", str(parallel), "--rounds", "2"], capture_output=True, text=True)
+    c = re.search(r"crun run --detach\s+n=\d+\s+median\s+([\d.]+) tasks/s", out.stdout)
+    g = re.search(r"gantry node tasks\s+n=\d+\s+median\s+([\d.]+) tasks/s", out.stdout)
+    if not (c and g):
+        print("crun burst baseline failed:", out.stdout[-500:], out.stderr[-500:])
+        return None
+    return float(c.group(1)), float(g.group(1))

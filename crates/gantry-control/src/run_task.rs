@@ -273,7 +273,7 @@ impl Control {
             .map(|n| (n.spec.name.clone(), n.zone(&scope.region)))
             .collect();
         let now = self.now();
-        let mut tasks = Vec::new();
+        let mut records = Vec::new();
         let mut failures = Vec::new();
         for (placed, node) in placements {
             let instance = match placed {
@@ -294,16 +294,21 @@ impl Control {
                 .cloned()
                 .unwrap_or_else(|| format!("{}a", scope.region));
             let rec = template.instantiate(&id, instance, (&node, &zone), now);
-            let task = rec.task.clone();
-            self.store
-                .create(
-                    &Self::task_key(scope, &cluster.cluster_name, &id),
-                    &serde_json::to_vec(&rec).expect("serialises"),
-                )
-                .await
-                .map_err(store_err)?;
-            tasks.push(task);
+            records.push((Self::task_key(scope, &cluster.cluster_name, &id), rec));
         }
+        // All at once: etcd commits concurrent writes together (one fsync for the lot where one
+        // after the other costs one each, about 13 ms per task here).
+        let bodies: Vec<Vec<u8>> = records
+            .iter()
+            .map(|(_, rec)| serde_json::to_vec(rec).expect("serialises"))
+            .collect();
+        let creates = records
+            .iter()
+            .zip(&bodies)
+            .map(|((key, _), body)| self.store.create(key, body));
+        let created = futures_util::future::join_all(creates).await;
+        created.into_iter().try_for_each(|r| r.map(drop)).map_err(store_err)?;
+        let mut tasks: Vec<Task> = records.into_iter().map(|(_, rec)| rec.task).collect();
         if let Some(token) = &req.client_token {
             self.save_client_token(scope, token, &tasks).await?;
         }
