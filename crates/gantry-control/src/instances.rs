@@ -408,12 +408,13 @@ impl Control {
     }
 
     /// Places Fargate tasks on the nodes of the provider's pool: spread over zones, then over
-    /// nodes, counting the group's tasks. Fargate sizes are not reserved against a node's
+    /// nodes, counting the group's tasks in the cluster. Fargate sizes are not reserved against a node's
     /// registered resources (they are the task's own cgroup limits), so only a pool without
     /// a live node fails, with Fargate's capacity wording.
     pub(crate) async fn place_fargate(
         &self,
         scope: &Scope,
+        cluster: &str,
         group: &str,
         count: usize,
         provider: Option<&str>,
@@ -447,9 +448,10 @@ impl Control {
             }
             _ => {}
         }
-        // Spreading counts the group's live tasks on each node.
+        // Spreading counts the group's live tasks on each node: a group is the cluster's, so
+        // only the cluster's records are read.
         let mut on_node: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for (_, t, _) in self.all_tasks().await? {
+        for t in self.list_task_records(scope, cluster).await? {
             if t.task.last_status != "STOPPED" && t.task.group.as_deref() == Some(group) {
                 on_node.entry(t.node).or_default().push(group.to_string());
             }

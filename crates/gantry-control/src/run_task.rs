@@ -220,6 +220,7 @@ impl Control {
         let placements = if launch.launch_type == "FARGATE" {
             self.place_fargate(
                 scope,
+                &cluster.cluster_name,
                 &group,
                 count as usize,
                 launch.capacity_provider.as_deref(),

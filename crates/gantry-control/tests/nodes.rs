@@ -82,6 +82,40 @@ async fn agents_pass(c: &Control, dead: &[&str]) {
     }
 }
 
+/// Fargate tasks of `family:web` in `cluster`, on the given subnets: the nodes they went to.
+async fn run_web(c: &Control, cluster: &str, count: i64, network: serde_json::Value) -> Vec<String> {
+    let req: gantry_control::RunTaskRequest = serde_json::from_value(json!({
+        "cluster": cluster, "taskDefinition": "web", "count": count, "launchType": "FARGATE",
+        "networkConfiguration": network
+    }))
+    .unwrap();
+    let (tasks, failures) = c.run_task(&scope(), req).await.unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    let arns: Vec<String> = tasks.iter().map(|t| t.task_arn.clone()).collect();
+    let mut nodes: Vec<String> = c
+        .all_tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, r, _)| arns.contains(&r.task.task_arn))
+        .map(|(_, r, _)| r.node)
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[tokio::test]
+async fn a_groups_spread_counts_only_its_own_clusters_tasks() {
+    let (c, _clock) = setup(&[("n1", "us-east-1a"), ("n2", "us-east-1b"), ("n3", "us-east-1c")]).await;
+    c.create_cluster(&scope(), Some("other"), None, None).await.unwrap();
+    // The same group in another cluster, all on n1 (its subnet only).
+    let n1_only = json!({"awsvpcConfiguration": {"subnets": [gantry_control::ec2::subnet_id(&scope(), "n1")]}});
+    assert_eq!(run_web(&c, "other", 3, n1_only).await, ["n1", "n1", "n1"]);
+    // Counted, they would have kept this cluster's tasks off n1.
+    let network = common::every_subnet(&c).await;
+    assert_eq!(run_web(&c, "default", 3, network).await, ["n1", "n2", "n3"]);
+}
+
 #[tokio::test]
 async fn a_service_spreads_over_zones_and_a_lost_nodes_tasks_are_replaced_elsewhere() {
     let (c, clock) = setup(&[("n1", "us-east-1a"), ("n2", "us-east-1b"), ("n3", "us-east-1c")]).await;
