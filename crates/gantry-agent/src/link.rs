@@ -204,7 +204,9 @@ pub use gantry_control::ec2::SecurityView;
 /// groups of `node`'s tasks and the members their rules name.
 pub async fn security_view(control: &Control, node: &str, known: &str) -> LinkResult<SecurityView> {
     let deadline = tokio::time::Instant::now() + DNS_POLL;
-    gantry_control::ec2::follow(control.store.as_ref(), Some(node), known, deadline)
+    control
+        .security
+        .follow(Some(node), known, deadline)
         .await
         .map_err(LinkError::unavailable)
 }

@@ -106,6 +106,8 @@ pub struct Control {
     pub prices: cost::Prices,
     /// Service quotas: task launch rate, services per cluster, tasks per service.
     pub quotas: Arc<quotas::Quotas>,
+    /// Security groups and their members as nodes enforce them, over one watch of each.
+    pub security: ec2::SecuritySource,
 }
 
 pub(crate) fn prefix(scope: &Scope) -> String {
@@ -136,6 +138,7 @@ impl Control {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Control {
         Control {
             task_watches: fanout::TaskFanout::new(store.clone()),
+            security: ec2::SecuritySource::new(store.clone()),
             store,
             clock,
             prices: cost::Prices::default(),

@@ -218,11 +218,12 @@ struct Bound {
 
 /// Runs the data plane until `stop`.
 pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let Some(guard) = security::first(store.as_ref(), &mut stop).await else {
+    let source = Arc::new(gantry_control::ec2::SecuritySource::new(store.clone()));
+    let Some(guard) = security::first(&source, &mut stop).await else {
         return;
     };
     let (guard_tx, mut guards) = tokio::sync::watch::channel(Arc::new(guard));
-    tokio::spawn(security::keep(store.clone(), guard_tx, stop.clone()));
+    tokio::spawn(security::keep(source, guard_tx, stop.clone()));
     let shared = Arc::new(Shared {
         view: RwLock::new(Arc::new(Snapshot::default())),
         balancer: balance::Balancer::default(),

@@ -9,8 +9,7 @@
 //! which a task's namespace always lets in (the node checks and serves it); only the proxy
 //! knows which load balancer a connection is for.
 
-use gantry_control::ec2::{default_group_id, follow, Endpoint, SecurityView};
-use gantry_store::Store;
+use gantry_control::ec2::{default_group_id, Endpoint, SecuritySource, SecurityView};
 use gantry_types::arn::Scope;
 use gantry_types::elbv2::LoadBalancer;
 use std::collections::HashMap;
@@ -118,9 +117,12 @@ fn source_towards(ip: Ipv4Addr) -> Option<Ipv4Addr> {
 }
 
 /// The first view (retried until read, or None on `stop`).
-pub async fn first(store: &dyn Store, stop: &mut tokio::sync::watch::Receiver<bool>) -> Option<Guard> {
+pub async fn first(source: &SecuritySource, stop: &mut tokio::sync::watch::Receiver<bool>) -> Option<Guard> {
     loop {
-        match follow(store, None, "", tokio::time::Instant::now()).await {
+        match source
+            .follow(None, "", tokio::time::Instant::now() + Duration::from_secs(5))
+            .await
+        {
             Ok(v) => return Some(Guard::new(v)),
             Err(e) => tracing::warn!(error = %e, "reading security groups"),
         }
@@ -133,7 +135,7 @@ pub async fn first(store: &dyn Store, stop: &mut tokio::sync::watch::Receiver<bo
 
 /// Keeps `guard` on the current view until `stop`: a change lands within a watch's delay.
 pub async fn keep(
-    store: Arc<dyn Store>,
+    source: Arc<SecuritySource>,
     guard: tokio::sync::watch::Sender<Arc<Guard>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -141,7 +143,7 @@ pub async fn keep(
         let known = guard.borrow().view.digest();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         tokio::select! {
-            r = follow(store.as_ref(), None, &known, deadline) => match r {
+            r = source.follow(None, &known, deadline) => match r {
                 Ok(v) if v.digest() != known => {
                     let _ = guard.send(Arc::new(Guard::new(v)));
                 }

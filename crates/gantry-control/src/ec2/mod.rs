@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 mod view;
-pub use view::{follow, task_address, task_groups, task_membership, Endpoint, SecurityView};
+pub use view::{task_address, task_groups, task_membership, Endpoint, SecuritySource, SecurityView};
 
 pub const GROUPS_PREFIX: &str = "/ec2/sgs/";
 /// Most groups a task (an ENI) may be in, as in EC2.

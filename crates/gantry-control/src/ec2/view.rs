@@ -8,6 +8,7 @@ use gantry_store::{EventKind, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 /// What nodes enforce: every group, and each group's members' addresses.
@@ -63,77 +64,176 @@ impl Contribution {
     }
 }
 
-/// The view once it differs from the one whose digest is `known` (at once when that is empty;
-/// at `deadline`, the same view): one listing of groups and task records, then kept current
-/// from their watches, so a task record's write costs parsing that one record, not a listing.
-/// With `node`, the view that node needs (`SecurityView::for_tasks` of its tasks' groups), so
-/// changes elsewhere that do not touch it do not wake it.
-pub async fn follow(
-    store: &dyn Store,
-    node: Option<&str>,
-    known: &str,
-    deadline: Instant,
-) -> Result<SecurityView, StoreError> {
-    let (group_kvs, rev) = store.list(GROUPS_PREFIX).await?;
-    let mut groups: BTreeMap<String, SecurityGroup> = group_kvs
-        .iter()
-        .filter_map(|kv| Some((kv.key.clone(), serde_json::from_slice(&kv.value).ok()?)))
-        .collect();
-    let (task_kvs, _) = store.list(TASKS_PREFIX).await?;
-    let mut tasks: HashMap<String, Contribution> = task_kvs
-        .iter()
-        .filter_map(|kv| {
-            Some((
-                kv.key.clone(),
-                Contribution::of(&serde_json::from_slice(&kv.value).ok()?),
-            ))
-        })
-        .collect();
-    let view = |g: &BTreeMap<String, SecurityGroup>, t: &HashMap<String, Contribution>| {
-        let all = SecurityView::from_members(g.values().cloned().collect(), t.values().flat_map(|c| &c.members));
-        match node {
-            None => all,
-            Some(n) => all.for_tasks(t.values().filter(|c| c.node == n).flat_map(|c| &c.groups)),
-        }
-    };
-    let (Ok(mut group_watch), Ok(mut task_watch)) = (
-        store.watch(GROUPS_PREFIX, rev).await,
-        store.watch(TASKS_PREFIX, rev).await,
-    ) else {
-        // Compacted already: answer what was read; the caller asks again.
-        return Ok(view(&groups, &tasks));
-    };
-    loop {
-        let current = view(&groups, &tasks);
-        if current.digest() != known || Instant::now() >= deadline {
-            return Ok(current);
-        }
-        tokio::select! {
-            e = group_watch.events.recv() => match e {
-                Some(Ok(e)) if e.kind == EventKind::Put => {
-                    if let Ok(g) = serde_json::from_slice(&e.kv.value) {
-                        groups.insert(e.kv.key, g);
-                    }
-                }
-                Some(Ok(e)) => {
-                    groups.remove(&e.kv.key);
-                }
-                _ => return Ok(current),
-            },
-            e = task_watch.events.recv() => match e {
-                Some(Ok(e)) if e.kind == EventKind::Put => {
-                    if let Ok(rec) = serde_json::from_slice::<TaskRecord>(&e.kv.value) {
-                        tasks.insert(e.kv.key, Contribution::of(&rec));
-                    }
-                }
-                Some(Ok(e)) => {
-                    tasks.remove(&e.kv.key);
-                }
-                _ => return Ok(current),
-            },
-            _ = tokio::time::sleep_until(deadline) => {}
+/// Every security group and every task record's contribution, read once and then kept current
+/// from the store's watches by one task, for all of a process's followers (each node's poll on
+/// a server, a load balancer): a task record's write costs parsing that record once, where
+/// each follower used to list every task record on each change it saw.
+#[derive(Clone)]
+pub struct SecuritySource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    state: Mutex<Sources>,
+    /// Bumped on every change of `state`.
+    changed: tokio::sync::watch::Sender<u64>,
+    started: std::sync::OnceLock<()>,
+}
+
+#[derive(Default)]
+struct Sources {
+    groups: BTreeMap<String, SecurityGroup>,
+    tasks: HashMap<String, Contribution>,
+    /// Whether the listings have been read.
+    loaded: bool,
+    /// Why the last attempt to read or follow them failed.
+    error: Option<String>,
+}
+
+impl SecuritySource {
+    pub fn new(store: Arc<dyn Store>) -> SecuritySource {
+        SecuritySource {
+            inner: Arc::new(Inner {
+                store,
+                state: Mutex::new(Sources::default()),
+                changed: tokio::sync::watch::channel(0).0,
+                started: std::sync::OnceLock::new(),
+            }),
         }
     }
+
+    /// The view once it differs from the one whose digest is `known` (at once when that is
+    /// empty; at `deadline`, the same view). With `node`, the view that node needs
+    /// (`SecurityView::for_tasks` of its tasks' groups), so changes elsewhere that do not
+    /// touch it do not wake it. Fails only if the store could not be read by `deadline`.
+    pub async fn follow(&self, node: Option<&str>, known: &str, deadline: Instant) -> Result<SecurityView, StoreError> {
+        self.start();
+        let mut changes = self.inner.changed.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let (view, error) = self.view(node);
+            let due = Instant::now() >= deadline;
+            match view {
+                Some(v) if due || v.digest() != known => return Ok(v),
+                None if due => {
+                    let why = error.unwrap_or_else(|| "not read yet".into());
+                    return Err(StoreError::Backend(format!("reading security groups: {why}")));
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// The current view (None before the first reading) and the last error.
+    fn view(&self, node: Option<&str>) -> (Option<SecurityView>, Option<String>) {
+        let s = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !s.loaded {
+            return (None, s.error.clone());
+        }
+        let all = SecurityView::from_members(
+            s.groups.values().cloned().collect(),
+            s.tasks.values().flat_map(|c| &c.members),
+        );
+        let view = match node {
+            None => all,
+            Some(n) => all.for_tasks(s.tasks.values().filter(|c| c.node == n).flat_map(|c| &c.groups)),
+        };
+        (Some(view), s.error.clone())
+    }
+
+    fn start(&self) {
+        self.inner.started.get_or_init(|| {
+            tokio::spawn(maintain(Arc::downgrade(&self.inner)));
+        });
+    }
+}
+
+/// Reads and follows the groups and task records while the source exists; after a failure
+/// (a watch that ended or fell behind a compaction, a store that did not answer), reads
+/// them again a second later.
+async fn maintain(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(store) = inner.upgrade().map(|i| i.store.clone()) else {
+            return;
+        };
+        let error = match sync(store.as_ref(), &inner).await {
+            Ok(()) => return,
+            Err(e) => e.to_string(),
+        };
+        let Some(i) = inner.upgrade() else { return };
+        i.state.lock().unwrap_or_else(|p| p.into_inner()).error = Some(error);
+        i.changed.send_modify(|v| *v += 1);
+        drop(i);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// One listing of each, then their watches until one fails (Err) or the source is dropped.
+async fn sync(store: &dyn Store, inner: &std::sync::Weak<Inner>) -> Result<(), StoreError> {
+    let (group_kvs, group_rev) = store.list(GROUPS_PREFIX).await?;
+    let (task_kvs, task_rev) = store.list(TASKS_PREFIX).await?;
+    let mut group_watch = store.watch(GROUPS_PREFIX, group_rev).await?;
+    let mut task_watch = store.watch(TASKS_PREFIX, task_rev).await?;
+    let fresh = Sources {
+        groups: group_kvs
+            .iter()
+            .filter_map(|kv| Some((kv.key.clone(), serde_json::from_slice(&kv.value).ok()?)))
+            .collect(),
+        tasks: task_kvs
+            .iter()
+            .filter_map(|kv| {
+                Some((
+                    kv.key.clone(),
+                    Contribution::of(&serde_json::from_slice(&kv.value).ok()?),
+                ))
+            })
+            .collect(),
+        loaded: true,
+        error: None,
+    };
+    if !apply(inner, |s| *s = fresh) {
+        return Ok(());
+    }
+    loop {
+        let applied = tokio::select! {
+            e = group_watch.events.recv() => {
+                let e = e.ok_or_else(|| StoreError::Backend("the security groups' watch ended".into()))??;
+                apply(inner, |s| match e.kind {
+                    EventKind::Put => match serde_json::from_slice(&e.kv.value) {
+                        Ok(g) => drop(s.groups.insert(e.kv.key, g)),
+                        Err(_) => drop(s.groups.remove(&e.kv.key)),
+                    },
+                    EventKind::Delete => drop(s.groups.remove(&e.kv.key)),
+                })
+            }
+            e = task_watch.events.recv() => {
+                let e = e.ok_or_else(|| StoreError::Backend("the task records' watch ended".into()))??;
+                apply(inner, |s| match e.kind {
+                    EventKind::Put => match serde_json::from_slice::<TaskRecord>(&e.kv.value) {
+                        Ok(rec) => drop(s.tasks.insert(e.kv.key, Contribution::of(&rec))),
+                        Err(_) => drop(s.tasks.remove(&e.kv.key)),
+                    },
+                    EventKind::Delete => drop(s.tasks.remove(&e.kv.key)),
+                })
+            }
+        };
+        if !applied {
+            return Ok(());
+        }
+    }
+}
+
+/// Changes the source's state and tells its followers; false once the source is gone.
+fn apply(inner: &std::sync::Weak<Inner>, f: impl FnOnce(&mut Sources)) -> bool {
+    let Some(i) = inner.upgrade() else { return false };
+    f(&mut i.state.lock().unwrap_or_else(|p| p.into_inner()));
+    i.changed.send_modify(|v| *v += 1);
+    true
 }
 
 /// One end of a TCP connection, as a rule's peer is matched against it.
@@ -461,13 +561,15 @@ mod tests {
         )
         .await;
         // n1's task has no address yet; its group's rules are in n1's view all the same.
-        let n1 = follow(s, Some("n1"), "", Instant::now()).await.unwrap();
+        let source = SecuritySource::new(store.clone());
+        let soon = || Instant::now() + std::time::Duration::from_secs(5);
+        let n1 = source.follow(Some("n1"), "", soon()).await.unwrap();
         assert_eq!(n1.groups.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), ["sg-api"]);
         assert_eq!(
             n1.members,
             BTreeMap::from([("sg-web".to_string(), vec!["10.0.0.2".parse().unwrap()])])
         );
-        assert_eq!(follow(s, None, "", Instant::now()).await.unwrap().groups.len(), 3);
+        assert_eq!(source.follow(None, "", soon()).await.unwrap().groups.len(), 3);
         // Another batch task elsewhere does not wake n1: its poll ends at the deadline, unchanged.
         let later = |key: &'static str, t: TaskRecord| {
             let store = store.clone();
@@ -478,15 +580,77 @@ mod tests {
         };
         later("t4", task("n2", &["sg-batch"], Some("10.0.0.6")));
         let deadline = Instant::now() + std::time::Duration::from_millis(400);
-        let same = follow(s, Some("n1"), &n1.digest(), deadline).await.unwrap();
+        let same = source.follow(Some("n1"), &n1.digest(), deadline).await.unwrap();
         assert_eq!(same.digest(), n1.digest());
         assert!(Instant::now() >= deadline);
         // A web task does, at once.
         later("t5", task("n2", &["sg-web"], Some("10.0.0.5")));
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        let woke = follow(s, Some("n1"), &n1.digest(), deadline).await.unwrap();
+        let woke = source.follow(Some("n1"), &n1.digest(), deadline).await.unwrap();
         assert!(Instant::now() < deadline);
         assert_eq!(woke.members["sg-web"].len(), 2);
+        // A second source over the same store sees the same.
+        let other = SecuritySource::new(store.clone());
+        assert_eq!(other.follow(Some("n1"), "", soon()).await.unwrap(), woke);
+    }
+
+    /// A store whose watches end at once (as one that fell behind a compaction does).
+    struct EndingWatches(gantry_store::SqliteStore);
+
+    #[async_trait::async_trait]
+    impl Store for EndingWatches {
+        async fn get(&self, key: &str) -> gantry_store::Result<Option<gantry_store::KeyValue>> {
+            self.0.get(key).await
+        }
+        async fn list(&self, prefix: &str) -> gantry_store::Result<(Vec<gantry_store::KeyValue>, i64)> {
+            self.0.list(prefix).await
+        }
+        async fn create(&self, key: &str, value: &[u8]) -> gantry_store::Result<i64> {
+            self.0.create(key, value).await
+        }
+        async fn update(&self, key: &str, value: &[u8], expected: i64) -> gantry_store::Result<i64> {
+            self.0.update(key, value, expected).await
+        }
+        async fn delete(&self, key: &str, expected: Option<i64>) -> gantry_store::Result<i64> {
+            self.0.delete(key, expected).await
+        }
+        async fn watch(&self, _: &str, _: i64) -> gantry_store::Result<gantry_store::Watch> {
+            Ok(gantry_store::Watch {
+                events: tokio::sync::mpsc::channel(1).1,
+            })
+        }
+        async fn compact(&self, revision: i64) -> gantry_store::Result<()> {
+            self.0.compact(revision).await
+        }
+        async fn revision(&self) -> gantry_store::Result<i64> {
+            self.0.revision().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_ends_is_followed_by_a_new_reading() {
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(EndingWatches(gantry_store::SqliteStore::in_memory().unwrap()));
+        let web = group("sg-web", vec![], vec![]);
+        put(
+            store.as_ref(),
+            format!("{GROUPS_PREFIX}123456789012/us-east-1/sg-web"),
+            &web,
+        )
+        .await;
+        let source = SecuritySource::new(store.clone());
+        let soon = || Instant::now() + std::time::Duration::from_secs(5);
+        let before = source.follow(None, "", soon()).await.unwrap();
+        assert!(before.members.is_empty());
+        put(
+            store.as_ref(),
+            format!("{TASKS_PREFIX}t1"),
+            &task("n1", &["sg-web"], Some("10.0.0.9")),
+        )
+        .await;
+        // No watch delivers it: the source's next reading does, within its second's pause.
+        let after = source.follow(None, &before.digest(), soon()).await.unwrap();
+        assert_eq!(after.members["sg-web"], ["10.0.0.9".parse::<Ipv4Addr>().unwrap()]);
     }
 
     #[test]
