@@ -200,8 +200,8 @@ pub trait ControlLink: Send + Sync {
 
 pub use gantry_control::ec2::SecurityView;
 
-/// The server side of `security_view` (`gantry_control::ec2::follow`), for one poll: the
-/// groups of `node`'s tasks and the members their rules name.
+/// The server side of `security_view` (`gantry_control::ec2::SecuritySource::follow`), for
+/// one poll: the groups of `node`'s tasks and the members their rules name.
 pub async fn security_view(control: &Control, node: &str, known: &str) -> LinkResult<SecurityView> {
     let deadline = tokio::time::Instant::now() + DNS_POLL;
     control

@@ -408,9 +408,9 @@ impl Control {
     }
 
     /// Places Fargate tasks on the nodes of the provider's pool: spread over zones, then over
-    /// nodes, counting the group's tasks in the cluster. Fargate sizes are not reserved against a node's
-    /// registered resources (they are the task's own cgroup limits), so only a pool without
-    /// a live node fails, with Fargate's capacity wording.
+    /// nodes, counting the group's tasks in the cluster. Fargate sizes are not reserved
+    /// against a node's registered resources (they are the task's own cgroup limits), so only
+    /// a pool without a live node fails, with Fargate's capacity wording.
     pub(crate) async fn place_fargate(
         &self,
         scope: &Scope,

@@ -201,6 +201,8 @@ async fn sync(store: &dyn Store, inner: &std::sync::Weak<Inner>) -> Result<(), S
     }
     loop {
         let applied = tokio::select! {
+            // A source dropped while nothing changes does not keep its watches open.
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => inner.strong_count() > 0,
             e = group_watch.events.recv() => {
                 let e = e.ok_or_else(|| StoreError::Backend("the security groups' watch ended".into()))??;
                 apply(inner, |s| match e.kind {
