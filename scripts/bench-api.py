@@ -16,8 +16,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import (bench_gantry, burst, conftest, crun_baseline, crun_burst_baseline, histogram_totals,  # noqa: E402
-                      one_at_a_time, phase_means, register_bench, summary)
+from benchlib import (bench_gantry, burst, conftest, crun_baseline, histogram_totals,  # noqa: E402
+                      one_at_a_time, phase_means, register_bench, report_burst_ceiling, summary)
 
 
 def favordynmods_on():
@@ -86,10 +86,7 @@ def main():
     else:
         print("podman run: not installed on this machine (apt-get install podman for this baseline)")
     print(f"burst: {a.burst} tasks to RUNNING in {burst_s:.2f} s = {a.burst / burst_s:.1f} tasks/s")
-    ceiling = crun_burst_baseline(a.burst, parallel=3)
-    if ceiling:
-        print(f"the same burst by crun run --detach alone, 3 at a time: {ceiling[0]:.1f} tasks/s "
-              f"(Gantry's node runtime alone: {ceiling[1]:.1f}); the API's burst is {a.burst / burst_s / ceiling[0]:.2f}x of crun's")
+    report_burst_ceiling(a.burst, a.burst / burst_s, "the API's burst")
     print(f"cgroup favordynmods on after this run: {favordynmods_on()}")
 
 

@@ -17,13 +17,14 @@ Usage (root, after `cargo build --release --workspace`):
 """
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import (bench_gantry, burst, conftest, crun_baseline, crun_burst_baseline, one_at_a_time,  # noqa: E402
-                      register_bench, summary)
+from benchlib import (bench_gantry, burst, conftest, crun_baseline, one_at_a_time, register_bench,  # noqa: E402
+                      report_burst_ceiling, summary)
 import test_cluster  # noqa: E402  (its Server and Agent, with the release binary)
 import test_etcd  # noqa: E402
 
@@ -131,11 +132,8 @@ def main():
         print(f"ratio remote/crun: median {rm / cm:.2f}x; dev/crun: median {dm / cm:.2f}x")
     for took in bursts:
         print(f"burst: {a.burst} tasks over 3 agents to RUNNING in {took:.2f} s = {a.burst / took:.1f} tasks/s")
-    ceiling = crun_burst_baseline(a.burst, parallel=3)
-    if ceiling:
-        rate = a.burst / sorted(bursts)[len(bursts) // 2]
-        print(f"the same burst by crun run --detach alone, 3 at a time: {ceiling[0]:.1f} tasks/s "
-              f"(Gantry's node runtime alone: {ceiling[1]:.1f}); the cluster's median burst is {rate / ceiling[0]:.2f}x of crun's")
+    if bursts:
+        report_burst_ceiling(a.burst, a.burst / statistics.median(bursts), "the cluster's median burst")
 
 
 if __name__ == "__main__":

@@ -147,3 +147,12 @@ def crun_burst_baseline(n, parallel=3):
         print("crun burst baseline failed:", out.stdout[-500:], out.stderr[-500:])
         return None
     return float(c.group(1)), float(g.group(1))
+
+
+def report_burst_ceiling(n, rate, what):
+    """Prints the same burst of n by `crun run --detach` alone, three at a time
+    (`crun_burst_baseline`), and `what`'s burst `rate` (tasks/s) as a share of it."""
+    ceiling = crun_burst_baseline(n, parallel=3)
+    if ceiling:
+        print(f"the same burst by crun run --detach alone, 3 at a time: {ceiling[0]:.1f} tasks/s "
+              f"(Gantry's node runtime alone: {ceiling[1]:.1f}); {what} is {rate / ceiling[0]:.2f}x of crun's")

@@ -53,8 +53,8 @@ pub struct Baseline {
     /// The image's layers, top first.
     lowers: Vec<PathBuf>,
     sandbox: gantry_runtime::net::Sandbox,
-    runtime: gantry_runtime::oci::RuntimeKind,
-    runtime_root: PathBuf,
+    /// The runtime with the baseline's state directory (its `run` is built here, bare).
+    cli: gantry_runtime::oci::CliRuntime,
     hide: Vec<PathBuf>,
 }
 
@@ -85,14 +85,19 @@ impl Baseline {
         // Gantry's own saving, not the baseline's.
         oci.set_annotations(None);
         bundle::write_spec(&oci, &dir)?;
+        let hide = gantry_runtime::oci::hybrid_cgroup2_mounts();
         let baseline = Baseline {
             dir,
             oci: serde_json::to_value(&oci)?,
             lowers,
             sandbox,
-            runtime: cfg.runtime,
-            runtime_root: cfg.run_dir.join("bench-runtime"),
-            hide: gantry_runtime::oci::hybrid_cgroup2_mounts(),
+            cli: gantry_runtime::oci::CliRuntime::new(
+                cfg.runtime,
+                cfg.run_dir.join("bench-runtime"),
+                cfg.run_dir.join("bench-runtime.log"),
+                hide.clone(),
+            ),
+            hide,
         };
         if let Err(e) = baseline.mount_rootfs(&baseline.dir) {
             baseline.remove(node)?;
@@ -126,8 +131,8 @@ impl Baseline {
     /// once the container's process runs), as Gantry's shim runs it: in a private mount
     /// namespace that hides a hybrid host's cgroup2 mount.
     pub fn run(&self, bundle: &Path, id: &str, detach: bool) -> Result<Command> {
-        let mut c = Command::new(self.runtime.binary());
-        c.arg("--root").arg(&self.runtime_root).arg("run");
+        let mut c = Command::new(self.runtime());
+        c.arg("--root").arg(&self.cli.root).arg("run");
         if detach {
             c.arg("--detach");
         }
@@ -139,14 +144,8 @@ impl Baseline {
 
     /// The runtime's forced delete of container `id` (kills it first).
     pub fn delete(&self, id: &str) -> Result<()> {
-        let st = Command::new(self.runtime.binary())
-            .arg("--root")
-            .arg(&self.runtime_root)
-            .args(["delete", "--force", id])
-            .stderr(std::process::Stdio::null())
-            .status()?;
-        anyhow::ensure!(st.success(), "{} delete {id} failed: {st}", self.runtime.binary());
-        Ok(())
+        use gantry_runtime::oci::Runtime;
+        Ok(self.cli.delete(id)?)
     }
 
     /// Unmounts the rootfs and removes the bundle (and any bundle made in it) and its
@@ -163,7 +162,7 @@ impl Baseline {
     }
 
     pub fn runtime(&self) -> &'static str {
-        self.runtime.binary()
+        self.cli.kind.binary()
     }
 }
 
