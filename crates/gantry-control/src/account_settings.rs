@@ -164,11 +164,19 @@ impl Control {
     /// The value in effect for a principal: its own, else the root user's, else the default.
     pub async fn effective_setting(&self, scope: &Scope, principal: &str, name: &str) -> Result<Setting, EcsError> {
         let (_, default, _) = known(name)?;
-        if let Some(s) = self.explicit_setting(scope, principal, name).await? {
+        let root = root_arn(scope);
+        // The principal's own setting, else the account's: read at once (the same read for
+        // the root).
+        let (own, account) = tokio::join!(self.explicit_setting(scope, principal, name), async {
+            match principal == root {
+                true => Ok(None),
+                false => self.explicit_setting(scope, &root, name).await,
+            }
+        });
+        if let Some(s) = own? {
             return Ok(s);
         }
-        let root = root_arn(scope);
-        if let Some(s) = self.explicit_setting(scope, &root, name).await? {
+        if let Some(s) = account? {
             return Ok(Setting {
                 principal_arn: principal.to_string(),
                 ..s

@@ -417,16 +417,14 @@ impl Control {
         cluster: &str,
         group: &str,
         count: usize,
-        provider: Option<&str>,
-        subnets: Option<&[String]>,
+        (provider, subnets): (Option<&str>, Option<&[String]>),
+        nodes: &[crate::nodes::NodeRecord],
     ) -> Result<Vec<(Placement, String)>, EcsError> {
         let in_subnets = |n: &crate::nodes::NodeRecord| {
             subnets.is_none_or(|s| s.contains(&crate::ec2::subnet_id(scope, &n.spec.name)))
         };
-        let nodes: Vec<crate::nodes::NodeRecord> = self
-            .nodes()
-            .await?
-            .into_iter()
+        let nodes: Vec<&crate::nodes::NodeRecord> = nodes
+            .iter()
             .filter(|n| n.placeable(self.clock.now_ms()) && n.serves(provider) && in_subnets(n))
             .collect();
         match nodes.as_slice() {

@@ -132,8 +132,20 @@ const MAX_STARTED_BY: usize = 128;
 
 impl Control {
     pub async fn run_task(&self, scope: &Scope, req: RunTaskRequest) -> Result<(Vec<Task>, Vec<Failure>), EcsError> {
-        // ECS answers for the cluster before anything else.
-        let cluster = self.active_cluster(scope, req.cluster.as_deref()).await?;
+        // What every RunTask reads, read at once (on etcd each read is a round trip); ECS
+        // still answers for the cluster before anything else.
+        let (cluster, td, nodes, long_arns) = tokio::join!(
+            self.active_cluster(scope, req.cluster.as_deref()),
+            async {
+                match req.task_definition.as_deref() {
+                    Some(r) => Some(self.task_definition(scope, r).await),
+                    None => None,
+                }
+            },
+            self.nodes(),
+            self.long_arns(scope, "taskLongArnFormat"),
+        );
+        let cluster = cluster?;
         let count = match &req.on_instances {
             Some(on) if on.is_empty() || on.len() > 10 => {
                 return Err(EcsError::invalid(
@@ -151,11 +163,7 @@ impl Control {
                 return Err(EcsError::invalid("startedBy can be up to 128 characters."));
             }
         }
-        let td_ref = req
-            .task_definition
-            .as_deref()
-            .ok_or_else(|| EcsError::invalid("taskDefinition can not be blank."))?;
-        let (td, _, _) = self.task_definition(scope, td_ref).await?;
+        let (td, _, _) = td.ok_or_else(|| EcsError::invalid("taskDefinition can not be blank."))??;
         if td.status() != "ACTIVE" && !(req.allow_inactive && td.status() == "INACTIVE") {
             return Err(EcsError::client("TaskDefinition is inactive"));
         }
@@ -182,21 +190,17 @@ impl Control {
             &compatibilities(&td.definition),
         )?;
         let network_mode = NetworkMode::parse(td.definition["networkMode"].as_str())?;
-        // One read of the nodes for the subnets' check and the tasks' zones.
-        let nodes = self.nodes().await?;
+        // One read of the nodes for the subnets' check, placement and the tasks' zones.
+        let nodes = nodes?;
         let subnets = network_for(network_mode, req.network_configuration.as_ref())?;
         if let Some(s) = &subnets {
             validate_subnets(scope, s, &nodes)?;
         }
-        let security_groups = self
-            .security_groups_for(scope, network_mode, req.network_configuration.as_ref())
-            .await?;
         let def: Vec<ContainerDefinition> = serde_json::from_value(td.definition["containerDefinitions"].clone())
             .map_err(|e| EcsError::Server(format!("stored task definition is corrupt: {e}")))?;
         let overrides = parse_overrides(req.overrides.as_ref())?;
         let containers = apply_container_overrides(def, &overrides)?;
         let (cpu, memory, task_memory_limit) = task_size(&td.definition, &overrides, &containers, &launch)?;
-        let roles = self.task_roles(scope, &cluster, &td.definition, &overrides).await?;
         if let Some(e) = &overrides.ephemeral_storage {
             if !(21..=200).contains(&e.size_in_gi_b) {
                 return Err(EcsError::invalid(
@@ -216,36 +220,27 @@ impl Control {
         let (member_of, distinct_instance) =
             placement_constraints(&td.definition, req.placement_constraints.as_deref())?;
         validate_strategy(req.placement_strategy.as_deref())?;
-        // Fargate provisions capacity per task; EC2 and EXTERNAL tasks need room on an instance.
-        let placements = if launch.launch_type == "FARGATE" {
-            self.place_fargate(
-                scope,
-                &cluster.cluster_name,
-                &group,
-                count as usize,
-                launch.capacity_provider.as_deref(),
-                subnets.as_deref(),
-            )
-            .await?
-        } else {
-            let demand = Demand {
-                member_of: member_of
-                    .into_iter()
-                    .chain(subnets.as_deref().map(in_subnets))
-                    .collect(),
-                distinct_instance,
-                ..crate::instances::demand_for(cpu, memory, &containers, network_mode, &group)
-            };
-            self.place_tasks(
-                scope,
-                &cluster.cluster_name,
-                (&demand, count as usize),
-                req.on_instances.as_deref(),
-                &crate::placement::parse_strategy(req.placement_strategy.as_deref().unwrap_or_default()),
-                launch.capacity_provider.as_deref(),
-            )
-            .await?
+        let demand = Demand {
+            member_of: member_of
+                .into_iter()
+                .chain(subnets.as_deref().map(in_subnets))
+                .collect(),
+            distinct_instance,
+            ..crate::instances::demand_for(cpu, memory, &containers, network_mode, &group)
         };
+        // The reads that need the definition, at once.
+        let (security_groups, roles, placements) = tokio::join!(
+            self.security_groups_for(scope, network_mode, req.network_configuration.as_ref()),
+            self.task_roles(scope, &cluster, &td.definition, &overrides),
+            self.placements(
+                scope,
+                &req,
+                (&launch, &cluster.cluster_name),
+                (&demand, count as usize),
+                (subnets.as_deref(), &nodes),
+            ),
+        );
+        let (security_groups, roles, placements) = (security_groups?, roles?, placements?);
         let template = TaskTemplate {
             scope,
             cluster: &cluster,
@@ -265,7 +260,7 @@ impl Control {
                 .ephemeral_storage
                 .clone()
                 .or_else(|| serde_json::from_value(td.definition["ephemeralStorage"].clone()).ok()),
-            long_arns: self.long_arns(scope, "taskLongArnFormat").await?,
+            long_arns: long_arns?,
             roles,
             security_groups,
         };
@@ -321,6 +316,34 @@ impl Control {
 }
 
 impl Control {
+    /// Where each of RunTask's tasks goes: Fargate provisions capacity per task (spread over
+    /// the nodes of its pool); EC2 and EXTERNAL tasks need room on an instance.
+    async fn placements(
+        &self,
+        scope: &Scope,
+        req: &RunTaskRequest,
+        (launch, cluster): (&Launch, &str),
+        (demand, count): (&Demand, usize),
+        (subnets, nodes): (Option<&[String]>, &[crate::nodes::NodeRecord]),
+    ) -> Result<Vec<(Placement, String)>, EcsError> {
+        if launch.launch_type == "FARGATE" {
+            let pool = (launch.capacity_provider.as_deref(), subnets);
+            return self
+                .place_fargate(scope, cluster, &demand.group, count, pool, nodes)
+                .await;
+        }
+        let strategy = crate::placement::parse_strategy(req.placement_strategy.as_deref().unwrap_or_default());
+        self.place_tasks(
+            scope,
+            cluster,
+            (demand, count),
+            req.on_instances.as_deref(),
+            &strategy,
+            launch.capacity_provider.as_deref(),
+        )
+        .await
+    }
+
     /// The task's roles, RunTask's overrides over its definition's: each must be a role ECS
     /// tasks may assume (its trust policy allows ecs-tasks.amazonaws.com), as ECS checks
     /// before it starts anything.
@@ -383,13 +406,12 @@ impl Control {
             let default = ec2.group(scope, &crate::ec2::default_group_id(scope)).await;
             return Ok(vec![default.map_err(|e| EcsError::Server(e.message))?.id]);
         }
-        for g in &asked {
-            if let Err(e) = ec2.group(scope, g).await {
-                return Err(EcsError::invalid(format!(
-                    "Error retrieving security group information for [{g}]: {} (ErrorCode: {})",
-                    e.message, e.code
-                )));
-            }
+        let found = futures_util::future::join_all(asked.iter().map(|g| ec2.group(scope, g))).await;
+        if let Some((g, Err(e))) = asked.iter().zip(found).find(|(_, f)| f.is_err()) {
+            return Err(EcsError::invalid(format!(
+                "Error retrieving security group information for [{g}]: {} (ErrorCode: {})",
+                e.message, e.code
+            )));
         }
         Ok(asked)
     }

@@ -126,25 +126,25 @@ impl Control {
     ) -> Result<(TaskDefRecord, String, i64), EcsError> {
         let not_found = || EcsError::client("Unable to describe task definition.");
         let (family, rev) = task_definition_ref(reference).ok_or_else(not_found)?;
-        let rev = match rev {
-            Some(r) => r,
-            None => {
-                let all = self
-                    .list_json::<TaskDefRecord>(&format!("{}taskdefs/{family}/", prefix(scope)))
-                    .await?;
-                all.iter()
-                    .rev()
-                    .find(|(_, r, _)| r.status() == "ACTIVE")
-                    .and_then(|(_, r, _)| r.definition["revision"].as_i64())
-                    .ok_or_else(not_found)?
+        let rec = match rev {
+            Some(rev) => {
+                let key = Self::taskdef_key(scope, &family, rev);
+                self.get_json::<TaskDefRecord>(&key).await?.ok_or_else(not_found)?.0
             }
+            // The family's latest ACTIVE revision, from the one listing of the family.
+            None => self
+                .list_json::<TaskDefRecord>(&format!("{}taskdefs/{family}/", prefix(scope)))
+                .await?
+                .into_iter()
+                .rev()
+                .map(|(_, r, _)| r)
+                .find(|r| r.status() == "ACTIVE")
+                .ok_or_else(not_found)?,
         };
-        let key = Self::taskdef_key(scope, &family, rev);
-        let (rec, mod_rev) = self.get_json::<TaskDefRecord>(&key).await?.ok_or_else(not_found)?;
         if rec.status() == "DELETE_IN_PROGRESS" {
             return Err(not_found());
         }
-        let _ = mod_rev;
+        let rev = rec.definition["revision"].as_i64().ok_or_else(not_found)?;
         Ok((rec, family, rev))
     }
 

@@ -237,19 +237,28 @@ impl Control {
         ids: &[String],
         include: &[String],
     ) -> Result<(Vec<Task>, Vec<Failure>), EcsError> {
-        let cluster = self.active_cluster(scope, cluster).await?;
-        if ids.is_empty() || ids.len() > 100 {
+        // The cluster and its tasks read at once (one round trip to the store, not one per
+        // task); ECS still answers for the cluster first.
+        let valid = !ids.is_empty() && ids.len() <= 100;
+        let name = gantry_types::arn::cluster_name(cluster.unwrap_or("default"));
+        let reads = ids.iter().take(if valid { 100 } else { 0 }).map(|i| async move {
+            let key = Self::task_key(scope, name, task_id(i));
+            self.get_json::<TaskRecord>(&key).await
+        });
+        let (cluster, records) = tokio::join!(
+            self.active_cluster(scope, cluster),
+            futures_util::future::join_all(reads)
+        );
+        let cluster = cluster?;
+        if !valid {
             return Err(EcsError::invalid(
                 "Tasks cannot be empty and can have at most 100 items.",
             ));
         }
         let (mut found, mut failures) = (Vec::new(), Vec::new());
-        for i in ids {
+        for (i, record) in ids.iter().zip(records) {
             let id = task_id(i);
-            match self
-                .get_json::<TaskRecord>(&Self::task_key(scope, &cluster.cluster_name, id))
-                .await?
-            {
+            match record? {
                 Some((mut rec, _)) => {
                     if !include.iter().any(|x| x == "TAGS") {
                         rec.task.tags = None;

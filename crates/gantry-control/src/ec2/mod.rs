@@ -214,11 +214,11 @@ impl Ec2 {
 
     /// The VPC's default group, made on first use: all traffic from its own members in, all
     /// traffic out.
-    async fn ensure_default(&self, scope: &Scope) -> Result<(), Ec2Error> {
+    async fn default_group(&self, scope: &Scope) -> Result<SecurityGroup, Ec2Error> {
         let id = default_group_id(scope);
         let key = group_key(scope, &id);
-        if self.records.load::<SecurityGroup>(&key).await?.is_some() {
-            return Ok(());
+        if let Some((g, _)) = self.records.load::<SecurityGroup>(&key).await? {
+            return Ok(g);
         }
         let rule = |peer| Rule {
             id: format!("sgr-{}", random_hex(9)),
@@ -238,13 +238,17 @@ impl Ec2 {
             egress: vec![rule(Peer::Cidr("0.0.0.0/0".into()))],
             tags: vec![],
         };
-        self.records.create(&key, &g).await?;
-        Ok(())
+        if self.records.create(&key, &g).await? {
+            return Ok(g);
+        }
+        // Another first use made it meanwhile: that one stands.
+        let made = self.records.load::<SecurityGroup>(&key).await?;
+        made.map(|(g, _)| g).ok_or_else(|| Ec2Error::no_group(&id))
     }
 
     /// Every group of the scope, the default one included.
     pub async fn groups(&self, scope: &Scope) -> Result<Vec<SecurityGroup>, Ec2Error> {
-        self.ensure_default(scope).await?;
+        self.default_group(scope).await?;
         Ok(self
             .records
             .list(&format!("{GROUPS_PREFIX}{}/{}/", scope.account, scope.region))
@@ -259,7 +263,7 @@ impl Ec2 {
             ));
         }
         if id == default_group_id(scope) {
-            self.ensure_default(scope).await?;
+            return self.default_group(scope).await;
         }
         match self.records.load(&group_key(scope, id)).await? {
             Some((g, _)) => Ok(g),

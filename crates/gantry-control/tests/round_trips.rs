@@ -1,0 +1,124 @@
+//! How many store round trips one after another an API call waits for: on etcd each is a
+//! network round trip (and a write an fsync), so calls read what they can at once. Measured on
+//! tokio's paused clock over a store whose every operation takes ROUND_TRIP of it: the virtual
+//! time a call took, divided by ROUND_TRIP, is the length of its longest chain of store calls.
+
+use async_trait::async_trait;
+use gantry_control::Control;
+use gantry_store::{KeyValue, Result, SqliteStore, Store, Watch};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod common;
+
+use common::{scope, FakeClock};
+
+const ROUND_TRIP: Duration = Duration::from_millis(10);
+
+/// A store whose every call (but a watch's events) first waits ROUND_TRIP.
+struct Distant(SqliteStore);
+
+#[async_trait]
+impl Store for Distant {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        tokio::time::sleep(ROUND_TRIP).await;
+        self.0.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        tokio::time::sleep(ROUND_TRIP).await;
+        self.0.list(prefix).await
+    }
+    async fn create(&self, key: &str, value: &[u8]) -> Result<i64> {
+        tokio::time::sleep(ROUND_TRIP).await;
+        self.0.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: &[u8], expected: i64) -> Result<i64> {
+        tokio::time::sleep(ROUND_TRIP).await;
+        self.0.update(key, value, expected).await
+    }
+    async fn delete(&self, key: &str, expected: Option<i64>) -> Result<i64> {
+        tokio::time::sleep(ROUND_TRIP).await;
+        self.0.delete(key, expected).await
+    }
+    async fn watch(&self, prefix: &str, after: i64) -> Result<Watch> {
+        tokio::time::sleep(ROUND_TRIP).await;
+        self.0.watch(prefix, after).await
+    }
+    async fn compact(&self, revision: i64) -> Result<()> {
+        tokio::time::sleep(ROUND_TRIP).await;
+        self.0.compact(revision).await
+    }
+    async fn revision(&self) -> Result<i64> {
+        tokio::time::sleep(ROUND_TRIP).await;
+        self.0.revision().await
+    }
+}
+
+/// Round trips, one after another, that `call` waited for.
+async fn round_trips<T>(call: impl std::future::Future<Output = T>) -> (u128, T) {
+    let began = tokio::time::Instant::now();
+    let out = call.await;
+    (began.elapsed().as_millis() / ROUND_TRIP.as_millis(), out)
+}
+
+/// Three nodes in three zones, the default cluster and the `web` Fargate definition.
+async fn three_nodes() -> Control {
+    let c = Control::new(
+        Arc::new(Distant(SqliteStore::in_memory().unwrap())),
+        Arc::new(FakeClock::new()),
+    );
+    for (n, z) in [("n1", "us-east-1a"), ("n2", "us-east-1b"), ("n3", "us-east-1c")] {
+        c.register_node(gantry_control::nodes::NodeSpec {
+            name: n.into(),
+            zone: Some(z.into()),
+            capacity_provider: None,
+            cpu: 2048,
+            memory: 4096,
+            address: None,
+            subnet: Some("10.0.9.0/24".into()),
+        })
+        .await
+        .unwrap();
+    }
+    common::default_cluster_with_web(&c).await;
+    c
+}
+
+async fn run_web(c: &Control, count: i64, network: &serde_json::Value) -> Vec<String> {
+    let req: gantry_control::RunTaskRequest = serde_json::from_value(json!({
+        "taskDefinition": "web", "count": count, "launchType": "FARGATE", "networkConfiguration": network
+    }))
+    .unwrap();
+    let (tasks, failures) = c.run_task(&scope(), req).await.unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    tasks.into_iter().map(|t| t.task_arn).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_task_reads_at_once() {
+    let c = three_nodes().await;
+    let network = common::every_subnet(&c).await;
+    run_web(&c, 1, &network).await; // the VPC's default group exists from here on
+                                    // Reads of the cluster, definition, nodes and settings; of the security groups and the
+                                    // group's tasks (spread); the new tasks' records.
+    let (trips, arns) = round_trips(run_web(&c, 10, &network)).await;
+    assert_eq!(arns.len(), 10);
+    assert!(
+        trips <= 3,
+        "RunTask of 10 waited for {trips} round trips one after another"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn describe_tasks_reads_its_tasks_at_once() {
+    let c = three_nodes().await;
+    let arns = run_web(&c, 10, &common::every_subnet(&c).await).await;
+    let (trips, described) = round_trips(c.describe_tasks(&scope(), None, &arns, &[])).await;
+    let (tasks, failures) = described.unwrap();
+    assert_eq!((tasks.len(), failures.len()), (10, 0));
+    assert!(
+        trips <= 2,
+        "DescribeTasks of 10 waited for {trips} round trips one after another"
+    );
+}
