@@ -12,8 +12,12 @@ Reported, each side: RunTask -> RUNNING as the client sees it (boto3, DescribeTa
 RunTask calls of 10 until all are RUNNING (`--bursts`, two by default); and this build's
 medians over the other's.
 
+With --etcd both keep their state in one etcd (Debian's etcd-server, started here on loopback
+ports in a temporary directory), each under its own prefix, as a server does, instead of
+SQLite: a start's store reads and writes are then network round trips and fsynced writes.
+
 Usage (root, after `cargo build --release --workspace` here and in the other checkout):
-    .venv/bin/python scripts/bench-start-ab.py --against OTHER/target/release/gantry [--tasks 40] [--burst 200] [--bursts 2] [--crun]
+    .venv/bin/python scripts/bench-start-ab.py --against OTHER/target/release/gantry [--tasks 40] [--burst 200] [--bursts 2] [--crun] [--etcd]
 """
 import argparse
 import os
@@ -23,6 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from benchlib import bench_gantry, burst, conftest, crun_baseline, one_at_a_time, pct, register_bench  # noqa: E402
+import test_etcd  # noqa: E402  (one etcd member on loopback, with --etcd)
 
 
 def main():
@@ -32,16 +37,22 @@ def main():
     ap.add_argument("--burst", type=int, default=200, help="tasks per burst")
     ap.add_argument("--bursts", type=int, default=2, help="bursts on each side (alternating which goes first)")
     ap.add_argument("--crun", action="store_true", help="also `crun run` of the same image (scripts/bench.sh) after")
+    ap.add_argument("--etcd", action="store_true", help="both on one etcd, each under its own prefix")
     a = ap.parse_args()
     this = os.path.join(conftest.ROOT, "target", "release", "gantry")
     sides = {"this": {"binary": this}, "other": {"binary": os.path.abspath(a.against)}}
     for s in sides.values():
         assert os.path.exists(s["binary"]), f"{s['binary']} not built"
         s.update(client=[], stamped=[], bursts=[])
+    etcd = test_etcd.Etcd() if a.etcd else None
     try:
-        for i, s in enumerate(sides.values()):
+        if etcd:
+            etcd.start()
+        for i, (name, s) in enumerate(sides.items()):
             conftest.GANTRY = s["binary"]  # read as the instance loads its image and starts
             s["g"] = bench_gantry(instance=11 + i)
+            if etcd:
+                s["g"].env["GANTRY_STORE"] = f"etcd://{etcd.address}/ab-{name}"
             s["g"].start()
             s["ecs"] = s["g"].client("ecs")
             register_bench(s["ecs"])
@@ -60,7 +71,9 @@ def main():
         for s in sides.values():
             if "g" in s:
                 s["g"].cleanup()
-    print(f"interleaved, {a.tasks} one-at-a-time starts and {a.bursts} bursts of {a.burst} on each side")
+        if etcd:
+            etcd.remove()
+    print(f"interleaved{' on etcd' if etcd else ''}, {a.tasks} one-at-a-time starts and {a.bursts} bursts of {a.burst} on each side")
     for name, s in sides.items():
         print(f"{name:<6} {s['binary']}")
         print(f"  RunTask -> RUNNING (client)   median {statistics.median(s['client']):6.1f} ms   p90 {pct(s['client'], 0.9):6.1f} ms")
