@@ -150,7 +150,8 @@ def test_run_task_request_errors(ecs):
 
 def test_capacity_providers_and_account_settings(ecs):
     names = [c["name"] for c in ecs.describe_capacity_providers()["capacityProviders"]]
-    assert names == ["FARGATE", "FARGATE_SPOT"]
+    # Fargate's two come first; other modules on the same gantry may have made their own.
+    assert names[:2] == ["FARGATE", "FARGATE_SPOT"], names
     root = f"arn:aws:iam::{ACCOUNT}:root"
     s = ecs.put_account_setting(name="containerInsights", value="enabled")["setting"]
     assert (s["value"], s["principalArn"]) == ("enabled", root)
