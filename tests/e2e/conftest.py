@@ -125,9 +125,14 @@ class Gantry:
                         GANTRY_METRICS_INTERVAL="2")
         self.proc = None
         img = os.path.join(self.dir, "img")
-        subprocess.run([sys.executable, os.path.join(ROOT, "tests/fixtures/mkimage.py"), img], check=True,
-                       stdout=subprocess.DEVNULL)
-        self.cli("image", "load", os.path.join(img, "oci"))
+        try:
+            subprocess.run([sys.executable, os.path.join(ROOT, "tests/fixtures/mkimage.py"), img], check=True,
+                           stdout=subprocess.DEVNULL)
+            self.cli("image", "load", os.path.join(img, "oci"))
+        except BaseException:
+            # Not started, so no cleanup() will come: the directory goes now.
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     def cli(self, *args, check=True):
         return subprocess.run([GANTRY, *self.node_args, *args], check=check, capture_output=True, text=True, env=self.env)
