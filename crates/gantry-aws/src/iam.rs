@@ -178,6 +178,9 @@ async fn dispatch(api: &Api, scope: &Scope, op: &str, input: Value) -> Result<Va
                 None
             };
             iam.change_key(account, name.as_deref(), id, status).await?;
+            // Answered once this server checks requests against the change.
+            let keys = &api.control.signing_keys;
+            keys.settled(id, |k| k.map(|k| k.status.as_str()) == status).await;
             json!({})
         }
         "PutUserPolicy" => {

@@ -149,14 +149,13 @@ fn secret_key(k: &StoredKey) -> SecretKey {
 
 /// The stored key `akid`, None when there is none; an error when the store cannot say.
 pub async fn load_key(api: &Api, akid: &str) -> Result<Option<StoredKey>, ApiError> {
-    let kv = api.control.store.get(&key_path(akid)).await.map_err(|e| {
+    api.control.signing_keys.get(akid).await.map_err(|e| {
         ApiError::new(
             "ServiceUnavailableException",
             format!("The service is unavailable: {e}. Retry the request."),
             StatusCode::SERVICE_UNAVAILABLE,
         )
-    })?;
-    Ok(kv.and_then(|kv| serde_json::from_slice::<StoredKey>(&kv.value).ok()))
+    })
 }
 
 /// The Authorization header's credential scope, split: access key id, date, region,

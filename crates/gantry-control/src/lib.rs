@@ -108,6 +108,8 @@ pub struct Control {
     pub quotas: Arc<quotas::Quotas>,
     /// Security groups and their members as nodes enforce them, over one watch of each.
     pub security: ec2::SecuritySource,
+    /// The signing keys requests are checked against, over one watch.
+    pub signing_keys: iam::SigningKeys,
 }
 
 pub(crate) fn prefix(scope: &Scope) -> String {
@@ -139,6 +141,7 @@ impl Control {
         Control {
             task_watches: fanout::TaskFanout::new(store.clone()),
             security: ec2::SecuritySource::new(store.clone()),
+            signing_keys: iam::SigningKeys::new(store.clone()),
             store,
             clock,
             prices: cost::Prices::default(),

@@ -9,9 +9,11 @@ use crate::records::{RecordError, Records};
 pub mod chaining;
 pub mod groups;
 pub mod managed;
+pub mod signing_keys;
 pub mod tags;
 
 pub use managed::{ManagedPolicy, PolicyScope, PolicyVersion};
+pub use signing_keys::SigningKeys;
 
 use crate::{random_hex, Clock};
 use gantry_store::Store;
