@@ -193,32 +193,65 @@ PAIRS = [("gantry", "nginx"), ("bare", "nginx"), ("gantry", "bare"), ("pingora",
          ("gantry-tls", "nginx-tls"), ("gantry-tls-new", "nginx-tls-new")]
 
 
-def wrk(url, seconds, connections):
-    """wrk on `url` (prefixed "new " for a new connection per request)."""
+def cpu_seconds(pid, thread_prefix=None):
+    """CPU time (user + system) so far of process `pid` and its child processes' threads; with
+    thread_prefix, only its threads named so (Gantry's load balancer workers, not the rest of
+    `gantry dev`)."""
+    total, pids = 0, [pid]
+    try:
+        pids += [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        for tid in os.listdir(f"/proc/{p}/task"):
+            try:
+                comm = open(f"/proc/{p}/task/{tid}/comm").read().strip()
+                stat = open(f"/proc/{p}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if thread_prefix is None or comm.startswith(thread_prefix):
+                total += int(stat[11]) + int(stat[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url, seconds, connections, cpu=None):
+    """wrk on `url` (prefixed "new " for a new connection per request): requests/s, latency
+    percentiles, and with `cpu` (a function giving the proxy's CPU seconds so far) the proxy's
+    CPU microseconds per request."""
     new = url.startswith("new ")
     args = ["-H", "Connection: close", url.split()[-1]] if new else [url]
+    before = cpu() if cpu else 0.0
     out = sh("wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *args).stdout
+    used = cpu() - before if cpu else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    count = int(re.search(r"(\d+) requests in", out).group(1))
     lat = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         raise SystemExit(f"{url}: errors under load: {errors.group(0)}")
-    return rps, lat
+    return rps, lat, (used * 1e6 / count if used is not None and count else None)
 
 
-def unloaded(paths, a):
+def cpu_column(rs):
+    """The median CPU per request over rounds, as a column (blank for the direct path)."""
+    costs = [r[2] for r in rs if r[2] is not None]
+    return f"   CPU {statistics.median(costs):6.1f} us/req" if costs else ""
+
+
+def unloaded(paths, cpu, a):
     """Each path at one connection (alternating order, a.rounds rounds): the latency a proxy
     adds to one request, as its percentiles less the direct path's."""
     results = {k: [] for k in paths}
     for r in range(a.rounds):
         for name in (list(paths) if r % 2 == 0 else reversed(list(paths))):
-            results[name].append(wrk(paths[name], a.seconds, 1)[1])
-    med = {n: {p: statistics.median(r[p] for r in rs) for p in ("50", "90", "99")} for n, rs in results.items()}
+            results[name].append(wrk(paths[name], a.seconds, 1, cpu.get(name)))
+    med = {n: {p: statistics.median(r[1][p] for r in rs) for p in ("50", "90", "99")} for n, rs in results.items()}
     print(f"wrk -t1 -c1 -d{a.seconds}s (one request at a time), {a.rounds} rounds, medians over rounds")
     for name, lat in med.items():
         added = "" if name == "direct" else "   added p50 {:.3f} ms  p90 {:.3f} ms".format(
             lat["50"] - med["direct"]["50"], lat["90"] - med["direct"]["90"])
-        print(f"{name:<14} p50 {lat['50']:7.3f} ms   p90 {lat['90']:7.3f} ms   p99 {lat['99']:7.3f} ms{added}")
+        print(f"{name:<14} p50 {lat['50']:7.3f} ms   p90 {lat['90']:7.3f} ms   p99 {lat['99']:7.3f} ms{added}"
+              f"{cpu_column(results[name])}")
     for ours, other in PAIRS:
         if ours in med and other in med:
             x, y = (med[n]["50"] - med["direct"]["50"] for n in (ours, other))
@@ -246,6 +279,7 @@ def main():
         port, tport = conftest.free_port(), conftest.free_port()
         cert = make_certificate(d) if a.tls else None
         procs.append(start_nginx_proxy(d, port, (tport, *cert) if cert else None))
+        nginx = procs[-1].pid
         g = conftest.Gantry(instance=40)
         g.start()
         name = gantry_lb(g, cert)
@@ -257,13 +291,26 @@ def main():
         if a.pingora:
             pport = conftest.free_port()
             procs.append(start_pingora(pport))
+            pingora = procs[-1].pid
             paths["pingora"] = f"http://127.0.0.1:{pport}/"
         if a.bare:
             bport = conftest.free_port()
             procs.append(start_bare(bport))
+            bare = procs[-1].pid
             paths["bare"] = f"http://127.0.0.1:{bport}/"
         for url in paths.values():
             wait_http(url)
+        # Each proxy's CPU so far: nginx's master and workers, Gantry's load balancer threads.
+        cpu = {}
+        for path in paths:
+            if path.startswith("nginx"):
+                cpu[path] = lambda: cpu_seconds(nginx)
+            elif path.startswith("gantry"):
+                cpu[path] = lambda: cpu_seconds(g.proc.pid, "gantry-lb")
+        if a.bare:
+            cpu["bare"] = lambda: cpu_seconds(bare)
+        if a.pingora:
+            cpu["pingora"] = lambda: cpu_seconds(pingora)
         if a.perf:
             rec = subprocess.Popen(["perf", "record", "-g", "-o", a.perf, "-p", str(g.proc.pid), "--", "sleep",
                                     str(a.seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -273,14 +320,15 @@ def main():
         order = list(paths)
         for r in range(a.rounds):
             for name in (order if r % 2 == 0 else reversed(order)):
-                results[name].append(wrk(paths[name], a.seconds, a.connections))
+                results[name].append(wrk(paths[name], a.seconds, a.connections, cpu.get(name)))
         print(f"wrk -t1 -c{a.connections} -d{a.seconds}s, {a.rounds} rounds, medians over rounds")
         med = {}
         for name, rs in results.items():
             rps = statistics.median(r[0] for r in rs)
             lat = {p: statistics.median(r[1][p] for r in rs) for p in ("50", "90", "99")}
             med[name] = (rps, lat)
-            print(f"{name:<14} {rps:>9.0f} req/s   p50 {lat['50']:7.2f} ms   p90 {lat['90']:7.2f} ms   p99 {lat['99']:7.2f} ms")
+            print(f"{name:<14} {rps:>9.0f} req/s   p50 {lat['50']:7.2f} ms   p90 {lat['90']:7.2f} ms   p99 {lat['99']:7.2f} ms"
+                  f"{cpu_column(rs)}")
         for a_name, b_name in PAIRS:
             if a_name not in med or b_name not in med:
                 continue
@@ -288,7 +336,7 @@ def main():
             print(f"{a_name}/{b_name}: throughput {x_rps / y_rps:.2f}x, p50 {x_lat['50'] / y_lat['50']:.2f}x, "
                   f"p90 {x_lat['90'] / y_lat['90']:.2f}x, p99 {x_lat['99'] / y_lat['99']:.2f}x")
         if a.unloaded:
-            unloaded({k: paths[k] for k in ("direct", "nginx", "gantry", "bare", "pingora") if k in paths}, a)
+            unloaded({k: paths[k] for k in ("direct", "nginx", "gantry", "bare", "pingora") if k in paths}, cpu, a)
     finally:
         if g:
             g.cleanup()

@@ -18,8 +18,9 @@ pub struct Balancer {
     rotation: AtomicUsize,
 }
 
+/// A group's turn counter, requests in flight and slow start entries.
 #[derive(Default)]
-struct GroupCounters {
+pub struct GroupCounters {
     next: AtomicUsize,
     outstanding: Mutex<HashMap<SocketAddr, usize>>,
     /// When each eligible target became eligible (slow start counts from there).
@@ -49,6 +50,9 @@ pub struct Pool {
     pub view: GroupView,
     /// The target group's request counts.
     pub counters: std::sync::Arc<crate::traffic::Counters>,
+    /// Its balancing state (kept by the `Balancer` across reloads; held here so a request
+    /// needs no lookup).
+    balancing: Arc<GroupCounters>,
     pub addrs: Vec<SocketAddr>,
     pub least_outstanding: bool,
     /// How a client keeps its target.
@@ -77,7 +81,7 @@ pub enum Sticky {
 impl Pool {
     pub fn new(
         view: GroupView,
-        counters: std::sync::Arc<crate::traffic::Counters>,
+        (counters, balancing): (Arc<crate::traffic::Counters>, Arc<GroupCounters>),
         shut_out: std::collections::HashSet<SocketAddr>,
     ) -> Pool {
         let addrs = eligible(&view)
@@ -107,6 +111,7 @@ impl Pool {
         Pool {
             view,
             counters,
+            balancing,
             addrs,
             least_outstanding,
             sticky,
@@ -114,6 +119,26 @@ impl Pool {
             front: None,
             shut_out,
             proxy_protocol,
+        }
+    }
+}
+
+impl Pool {
+    /// Notes which targets of a group may take requests now, after a reload: ones new to the
+    /// set start their slow start now; ones that left it start again when they return. As in
+    /// ALB, targets joining a group that had none to take requests do not slow start (there
+    /// is nothing to shift load from).
+    pub fn note_eligible(&self) {
+        let Some(duration) = self.slow_start else { return };
+        let mut entered = self.balancing.entered.lock().expect("not poisoned");
+        entered.retain(|a, _| self.addrs.contains(a));
+        let now = Instant::now();
+        let start = match entered.is_empty() {
+            true => now.checked_sub(duration).unwrap_or(now),
+            false => now,
+        };
+        for a in &self.addrs {
+            entered.entry(*a).or_insert(start);
         }
     }
 }
@@ -173,10 +198,10 @@ impl Balancer {
                 counters: None,
             });
         }
-        let counters = self.counters(&g.view.group.target_group_arn);
+        let counters = &g.balancing;
         let start = counters.next.fetch_add(1, Ordering::Relaxed);
         if !g.least_outstanding {
-            let slot = match g.slow_start.and_then(|d| ramp_weights(&counters, addrs, d)) {
+            let slot = match g.slow_start.and_then(|d| ramp_weights(counters, addrs, d)) {
                 Some(weights) => weighted_index(&weights, unit(start)),
                 None => start % addrs.len(),
             };
@@ -195,30 +220,12 @@ impl Balancer {
         drop(outstanding);
         Some(Pick {
             addr,
-            counters: Some(counters),
+            counters: Some(counters.clone()),
         })
     }
 
-    /// Notes which targets of a group may take requests now, after a reload: ones new to the
-    /// set start their slow start now; ones that left it start again when they return. As in
-    /// ALB, targets joining a group that had none to take requests do not slow start (there
-    /// is nothing to shift load from).
-    pub fn observe(&self, g: &Pool) {
-        let Some(duration) = g.slow_start else { return };
-        let counters = self.counters(&g.view.group.target_group_arn);
-        let mut entered = counters.entered.lock().expect("not poisoned");
-        entered.retain(|a, _| g.addrs.contains(a));
-        let now = Instant::now();
-        let start = match entered.is_empty() {
-            true => now.checked_sub(duration).unwrap_or(now),
-            false => now,
-        };
-        for a in &g.addrs {
-            entered.entry(*a).or_insert(start);
-        }
-    }
-
-    fn counters(&self, arn: &str) -> Arc<GroupCounters> {
+    /// A group's balancing state: made on first use, the same across reloads.
+    pub fn counters(&self, arn: &str) -> Arc<GroupCounters> {
         let mut groups = self.groups.lock().expect("not poisoned");
         if let Some(c) = groups.get(arn) {
             return c.clone();

@@ -62,7 +62,7 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn from(view: View, traffic: &traffic::Traffic, guard: &security::Guard) -> Snapshot {
+    fn from(view: View, traffic: &traffic::Traffic, balancer: &balance::Balancer, guard: &security::Guard) -> Snapshot {
         let fronting = fronting(&view);
         Snapshot {
             listeners: view
@@ -80,7 +80,7 @@ impl Snapshot {
                 .groups
                 .into_iter()
                 .map(|(k, g)| {
-                    let counters = traffic.of(&k);
+                    let counters = (traffic.of(&k), balancer.counters(&k));
                     let front = fronting.get(&k);
                     let shut_out = front.map(|f| shut_out(&g, f, guard)).unwrap_or_default();
                     let mut pool = Pool::new(g, counters, shut_out);
@@ -272,9 +272,9 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         let names = dns_entries(&view);
         let guard = guards.borrow_and_update().clone();
         *shared.security.write().expect("not poisoned") = guard.clone();
-        let snapshot = Snapshot::from(view.clone(), &shared.traffic, &guard);
+        let snapshot = Snapshot::from(view.clone(), &shared.traffic, &shared.balancer, &guard);
         for pool in snapshot.groups.values() {
-            shared.balancer.observe(pool);
+            pool.note_eligible();
         }
         *shared.view.write().expect("not poisoned") = Arc::new(snapshot);
         reconcile(&shared, &workers, &mut bound);
