@@ -5,12 +5,12 @@
 use crate::balance::{cookie_target, cookie_token, Sticky};
 use crate::matching::{route, Facts};
 use crate::settings::{Served, Xff};
-use crate::Shared;
+use crate::{Shared, Snapshot};
 use bytes::Bytes;
 use gantry_types::elbv2::{Action, FixedResponseConfig, RedirectConfig};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, HOST, LOCATION};
+use hyper::header::{self, HeaderName, HeaderValue, HOST, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
@@ -110,10 +110,12 @@ where
 struct FromTarget;
 
 async fn handle(shared: &Shared, local: SocketAddr, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let Some(served) = shared.listener(local) else {
+    // One look at the configuration per request: the listener and its groups come from it.
+    let snap = shared.current();
+    let Some(served) = snap.listeners.get(&local) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
-    let resp = answer(shared, &served, local, peer, req).await;
+    let resp = answer(shared, &snap, served, local, peer, req).await;
     if resp.extensions().get::<FromTarget>().is_none() {
         served.counters.own(resp.status().as_u16());
     }
@@ -122,7 +124,8 @@ async fn handle(shared: &Shared, local: SocketAddr, peer: SocketAddr, req: Reque
 
 async fn answer(
     shared: &Shared,
-    served: &Arc<Served>,
+    snap: &Snapshot,
+    served: &Served,
     local: SocketAddr,
     peer: SocketAddr,
     req: Request<Incoming>,
@@ -149,7 +152,7 @@ async fn answer(
     match action.kind.as_str() {
         "fixed-response" => fixed(action.fixed_response_config.as_ref()),
         "redirect" => redirect(action.redirect_config.as_ref(), &host, local.port(), req.uri()),
-        "forward" => forward(shared, served, action, peer, host, req).await,
+        "forward" => forward(shared, snap, served, action, peer, host, req).await,
         _ => error_page(StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
@@ -293,22 +296,27 @@ fn httpdate(t: std::time::SystemTime) -> String {
     )
 }
 
-/// Headers that belong to one connection, never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that belong to one connection, never forwarded. Named, not spelled: a name given
+/// as a string is parsed again on every use.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
 fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
     let named: Vec<HeaderName> = h
-        .get_all("connection")
+        .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -317,8 +325,8 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
-        h.remove(*n);
+    for n in &HOP_BY_HOP {
+        h.remove(n);
     }
 }
 
@@ -333,21 +341,21 @@ fn forwarded_headers(served: &Served, h: &mut hyper::HeaderMap, peer: SocketAddr
     };
     match s.xff {
         Xff::Remove => {
-            h.remove("x-forwarded-for");
+            h.remove(X_FORWARDED_FOR);
         }
         Xff::Preserve => {}
         Xff::Append => {
-            let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(prev) => format!("{prev}, {client}"),
                 None => client,
             };
             if let Ok(v) = HeaderValue::from_str(&xff) {
-                h.insert("x-forwarded-for", v);
+                h.insert(X_FORWARDED_FOR, v);
             }
         }
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    h.insert("x-forwarded-port", HeaderValue::from(port));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    h.insert(X_FORWARDED_PORT, HeaderValue::from(port));
     if !s.preserve_host {
         // Without preservation, the Host header's port is the listener's.
         if let Some((name, p)) = host.rsplit_once(':') {
@@ -370,8 +378,25 @@ fn forwarded_headers(served: &Served, h: &mut hyper::HeaderMap, peer: SocketAddr
     }
 }
 
+/// The request's URI as sent to a target: its path and query (reused, not parsed again) at
+/// the target's address.
+fn target_uri(uri: &hyper::Uri, target: SocketAddr) -> Option<hyper::Uri> {
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+    parts.authority = Some(target.to_string().parse().ok()?);
+    let path = match uri.path_and_query() {
+        Some(p) if p.as_str().starts_with('/') => p.clone(),
+        // `OPTIONS *` and the like have no path a target could be asked for.
+        Some(_) => return None,
+        None => hyper::http::uri::PathAndQuery::from_static("/"),
+    };
+    parts.path_and_query = Some(path);
+    hyper::Uri::from_parts(parts).ok()
+}
+
 async fn forward(
     shared: &Shared,
+    snap: &Snapshot,
     served: &Served,
     action: &Action,
     peer: SocketAddr,
@@ -381,14 +406,14 @@ async fn forward(
     let Some((arn, group_cookie)) = choose_group(shared, action, req.headers()) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
-    let Some(group) = shared.group(arn) else {
+    let Some(group) = snap.groups.get(arn) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
     let sticky = match group.sticky {
-        Sticky::Cookie(_) => cookie(req.headers(), "AWSALB").and_then(|t| cookie_target(shared.cookie_key, &group, &t)),
+        Sticky::Cookie(_) => cookie(req.headers(), "AWSALB").and_then(|t| cookie_target(shared.cookie_key, group, &t)),
         _ => None,
     };
-    let Some(pick) = shared.balancer.choose_target(&group, sticky) else {
+    let Some(pick) = shared.balancer.choose_target(group, sticky) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
     served.counters.chosen();
@@ -406,8 +431,7 @@ async fn forward(
         _ => None,
     };
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let Ok(uri) = format!("http://{}{path}", pick.addr).parse() else {
+    let Some(uri) = target_uri(&parts.uri, pick.addr) else {
         return error_page(StatusCode::BAD_REQUEST);
     };
     parts.uri = uri;
@@ -483,6 +507,42 @@ mod tests {
         );
         assert_eq!(cookie(&h, "AWSALB").as_deref(), Some("t1"));
         assert_eq!(cookie(&h, "AWSALBTG").as_deref(), Some("g1"));
+    }
+
+    #[test]
+    fn target_uris_keep_the_path_and_query() {
+        let target: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        let at = |u: &str| target_uri(&u.parse().unwrap(), target).map(|u| u.to_string());
+        assert_eq!(at("/a/b?x=1&y").as_deref(), Some("http://10.0.0.7:8080/a/b?x=1&y"));
+        // Absolute form (a proxy request, or HTTP/2's :authority): the target's address wins.
+        assert_eq!(
+            at("http://shop.example/cart?id=9").as_deref(),
+            Some("http://10.0.0.7:8080/cart?id=9")
+        );
+        assert_eq!(at("http://shop.example").as_deref(), Some("http://10.0.0.7:8080/"));
+        assert_eq!(at("*"), None);
+        let v6: SocketAddr = "[fd00::5]:80".parse().unwrap();
+        assert_eq!(
+            target_uri(&"/".parse().unwrap(), v6).unwrap().to_string(),
+            "http://[fd00::5]:80/"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-kept", "2"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]

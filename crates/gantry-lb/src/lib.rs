@@ -56,7 +56,7 @@ pub struct Shared {
 }
 
 #[derive(Default)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     listeners: HashMap<SocketAddr, Arc<Served>>,
     groups: HashMap<String, Arc<Pool>>,
 }

@@ -59,8 +59,16 @@ impl Answer {
     }
 }
 
-/// Counts of one load balancer or target group since the last flush.
+/// Counts of one load balancer or target group since the last flush, a shard per worker
+/// thread: a request adds to its own thread's shard, so the worker threads never write the
+/// same cache line; a flush sums the shards.
 pub struct Counters {
+    shards: Box<[Shard]>,
+}
+
+/// One thread's counts (aligned to its own cache lines).
+#[repr(align(128))]
+struct Shard {
     requests: AtomicU64,
     /// Target answers by class: 2XX, 3XX, 4XX, 5XX.
     target: [AtomicU64; 4],
@@ -72,9 +80,9 @@ pub struct Counters {
     max_us: AtomicU64,
 }
 
-impl Default for Counters {
+impl Default for Shard {
     fn default() -> Self {
-        Counters {
+        Shard {
             requests: AtomicU64::new(0),
             target: Default::default(),
             elb: Default::default(),
@@ -86,46 +94,70 @@ impl Default for Counters {
     }
 }
 
+impl Default for Counters {
+    fn default() -> Self {
+        // One per worker, and one for every other thread.
+        let n = crate::workers::count() + 1;
+        Counters {
+            shards: (0..n).map(|_| Shard::default()).collect(),
+        }
+    }
+}
+
 impl Counters {
+    fn shard(&self) -> &Shard {
+        &self.shards[crate::workers::current().map_or(0, |i| i + 1) % self.shards.len()]
+    }
+
     /// A request the load balancer chose a target for.
     pub fn chosen(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.shard().requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A target's answer (`Answer::of`, worked out once for the load balancer's and the
     /// group's counters).
     pub fn answered(&self, a: Answer) {
-        if let Some(c) = (a.status / 100)
-            .checked_sub(2)
-            .and_then(|i| self.target.get(i as usize))
-        {
+        let s = self.shard();
+        if let Some(c) = (a.status / 100).checked_sub(2).and_then(|i| s.target.get(i as usize)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        self.buckets[a.bucket].fetch_add(1, Ordering::Relaxed);
+        s.buckets[a.bucket].fetch_add(1, Ordering::Relaxed);
         let us = a.micros;
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-        self.min_us.fetch_min(us, Ordering::Relaxed);
-        self.max_us.fetch_max(us, Ordering::Relaxed);
+        s.sum_us.fetch_add(us, Ordering::Relaxed);
+        s.min_us.fetch_min(us, Ordering::Relaxed);
+        s.max_us.fetch_max(us, Ordering::Relaxed);
     }
 
     /// An answer of the load balancer's own (an error page, a fixed response, a redirect).
     pub fn own(&self, status: u16) {
-        if let Some(c) = (status / 100).checked_sub(3).and_then(|i| self.elb.get(i as usize)) {
+        let s = self.shard();
+        if let Some(c) = (status / 100).checked_sub(3).and_then(|i| s.elb.get(i as usize)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// What was counted since the last take, resetting the counts.
     fn take(&self) -> Taken {
-        Taken {
-            requests: self.requests.swap(0, Ordering::Relaxed),
-            target: self.target.each_ref().map(|c| c.swap(0, Ordering::Relaxed)),
-            elb: self.elb.each_ref().map(|c| c.swap(0, Ordering::Relaxed)),
-            buckets: self.buckets.iter().map(|b| b.swap(0, Ordering::Relaxed)).collect(),
-            sum_us: self.sum_us.swap(0, Ordering::Relaxed),
-            min_us: self.min_us.swap(u64::MAX, Ordering::Relaxed),
-            max_us: self.max_us.swap(0, Ordering::Relaxed),
+        let mut t = Taken {
+            requests: 0,
+            target: [0; 4],
+            elb: [0; 3],
+            buckets: vec![0; bounds().len()],
+            sum_us: 0,
+            min_us: u64::MAX,
+            max_us: 0,
+        };
+        let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
+        for s in self.shards.iter() {
+            t.requests += take(&s.requests);
+            t.target.iter_mut().zip(&s.target).for_each(|(t, c)| *t += take(c));
+            t.elb.iter_mut().zip(&s.elb).for_each(|(t, c)| *t += take(c));
+            t.buckets.iter_mut().zip(&s.buckets).for_each(|(t, c)| *t += take(c));
+            t.sum_us += take(&s.sum_us);
+            t.min_us = t.min_us.min(s.min_us.swap(u64::MAX, Ordering::Relaxed));
+            t.max_us = t.max_us.max(take(&s.max_us));
         }
+        t
     }
 }
 
@@ -375,6 +407,29 @@ mod tests {
         assert_eq!(lb_dimension(LB), Some("app/web/abc"));
         assert_eq!(tg_dimension(TG), Some("targetgroup/web-tg/def"));
         assert_eq!(tg_dimension(LB), None);
+    }
+
+    #[test]
+    fn counts_from_every_thread_are_summed() {
+        let traffic = Traffic::default();
+        let c = traffic.of(LB);
+        c.answered(Answer::of(200, Duration::from_secs(60)));
+        let workers: Vec<_> = (0..crate::workers::count() + 2)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    crate::workers::WORKER.with(|w| w.set(Some(i)));
+                    c.chosen();
+                    c.answered(Answer::of(503, Duration::from_millis(1 + i as u64)));
+                })
+            })
+            .collect();
+        let n = workers.len() as u64;
+        workers.into_iter().for_each(|w| w.join().unwrap());
+        let taken = c.take();
+        assert_eq!((taken.requests, taken.target[0], taken.target[3]), (n, 1, n));
+        assert_eq!((taken.min_us, taken.max_us), (1_000, 60_000_000));
+        assert_eq!(taken.responses(), n + 1);
     }
 
     #[test]

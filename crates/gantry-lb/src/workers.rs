@@ -24,6 +24,21 @@ thread_local! {
     };
 }
 
+thread_local! {
+    /// Which worker this thread is (None: not a worker).
+    pub(crate) static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The calling thread's worker number, if it is a worker.
+pub fn current() -> Option<usize> {
+    WORKER.with(|w| w.get())
+}
+
+/// How many workers `Workers::start` makes: one per core.
+pub fn count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 /// The calling worker's client to targets.
 pub fn client() -> TargetClient {
     CLIENT.with(Clone::clone)
@@ -36,7 +51,7 @@ pub struct Workers {
 impl Workers {
     /// One worker per core. They end when this is dropped (their tasks with them).
     pub fn start() -> std::io::Result<Workers> {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = count();
         let mut jobs = vec![];
         for i in 0..n {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
@@ -44,6 +59,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("gantry-lb-{i}"))
                 .spawn(move || {
+                    WORKER.with(|w| w.set(Some(i)));
                     rt.block_on(async move {
                         while let Some(job) = rx.recv().await {
                             job();
