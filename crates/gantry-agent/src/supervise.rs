@@ -248,20 +248,35 @@ struct StartRecords {
     writer: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
+/// How long a start may take to reach ACTIVATING before PENDING is written on its own. From
+/// cached images it gets there in a few milliseconds, and then one write says both (PENDING's
+/// pullStartedAt included): a status that lasted less than a poll needs no write of its own,
+/// and on two cores the write's work in etcd and the server slows the start it reports.
+const PENDING_ALONE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl StartRecords {
-    /// Writes PENDING now, then ACTIVATING once `activating` hands over its change.
+    /// Writes PENDING, then ACTIVATING once `activating` hands over its change; both in one
+    /// write when the change comes within PENDING_ALONE_AFTER.
     fn begin(a: &Arc<Agent>, key: &str) -> StartRecords {
-        let (tx, rx) = tokio::sync::oneshot::channel::<Change>();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<Change>();
         let (a, key) = (a.clone(), key.to_string());
         let t = now();
+        let pending = move |r: &mut TaskRecord| {
+            r.task.last_status = "PENDING".into();
+            r.task.pull_started_at.get_or_insert(t);
+            true
+        };
         let writer = tokio::spawn(async move {
-            update(&a, &key, |r| {
-                r.task.last_status = "PENDING".into();
-                r.task.pull_started_at.get_or_insert(t);
-                true
-            })
-            .await?;
-            // No change: the start failed before its sandbox; nothing more to write.
+            // Err(_) from the channel: the start failed before its sandbox, nothing follows.
+            let early = match tokio::time::timeout(PENDING_ALONE_AFTER, &mut rx).await {
+                Ok(Ok(mut change)) => return update(&a, &key, |r| pending(r) | change(r)).await.map(drop),
+                Ok(Err(_)) => true,
+                Err(_) => false,
+            };
+            update(&a, &key, pending).await?;
+            if early {
+                return Ok(());
+            }
             if let Ok(change) = rx.await {
                 update(&a, &key, change).await?;
             }
