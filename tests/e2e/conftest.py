@@ -2,6 +2,7 @@
 data dir, bridge and subnet, driven by the real AWS CLI and boto3 from PyPI. Root required."""
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,6 +29,20 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def fixed_host_port():
+    """A free port below the kernel's ephemeral range (32768-60999 here), so no client
+    connection on this machine takes it between this check and the task's bind."""
+    for _ in range(100):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no free port in 20000-32000")
 
 
 def files_holding(root, needle):

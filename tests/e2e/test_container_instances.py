@@ -4,7 +4,7 @@ when an EC2 task does not fit."""
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import IMAGE, wait_stopped
+from conftest import IMAGE, fixed_host_port, wait_stopped
 
 LOOP = "trap 'exit 0' TERM; while :; do sleep 0.1; done"
 
@@ -37,16 +37,17 @@ def test_node_is_a_container_instance_with_resources_attributes_and_placement(ec
                     "remainingResources")["CPU"] != reg["CPU"]:
         assert time.time() < deadline, "other tests' tasks did not stop within 90 s"
         time.sleep(0.5)
+    port = fixed_host_port()
     ecs.register_task_definition(family="ci-web", containerDefinitions=[
         {"name": "a", "image": IMAGE, "memory": 64, "cpu": 128, "stopTimeout": 2, "command": ["sh", "-c", LOOP],
-         "portMappings": [{"containerPort": 80, "hostPort": 38201}]}])
+         "portMappings": [{"containerPort": 80, "hostPort": port}]}])
     r = ecs.run_task(cluster="ci", taskDefinition="ci-web")
     task = r["tasks"][0]
     assert r["failures"] == [] and task["containerInstanceArn"] == arns[0]
     ecs.get_waiter("tasks_running").wait(cluster="ci", tasks=[task["taskArn"]], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     ci = ecs.describe_container_instances(cluster="ci", containerInstances=arns)["containerInstances"][0]
     rem = resources(ci, "remainingResources")
-    assert (rem["CPU"], rem["MEMORY"]) == (reg["CPU"] - 128, reg["MEMORY"] - 64) and "38201" in rem["PORTS"]
+    assert (rem["CPU"], rem["MEMORY"]) == (reg["CPU"] - 128, reg["MEMORY"] - 64) and str(port) in rem["PORTS"]
     assert ci["runningTasksCount"] == 1
     assert ecs.list_tasks(cluster="ci", containerInstance=arns[0])["taskArns"] == [task["taskArn"]]
     # The same fixed host port cannot be placed twice; too much memory cannot be placed at all.

@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import IMAGE, NETWORK, wait_stopped
+from conftest import IMAGE, NETWORK, fixed_host_port, wait_stopped
 
 HTTPD = "trap 'exit 0' TERM; echo up; httpd -f -p {port} -h /www & wait"
 
@@ -73,11 +73,15 @@ def test_ec2_definitions_register_and_fargate_refuses_them(ecs):
 
 
 def test_bridge_mode_publishes_dynamic_and_fixed_host_ports(ecs):
+    fixed = fixed_host_port()
+    taken = fixed_host_port()
+    while taken == fixed:
+        taken = fixed_host_port()
     ec2_task(ecs, "bridge-web", [
         {"name": "dyn", "memory": 32, "command": ["sh", "-c", HTTPD.format(port=80)], "stopTimeout": 2,
          "portMappings": [{"containerPort": 80, "hostPort": 0}]},
         {"name": "fixed", "memory": 32, "command": ["sh", "-c", HTTPD.format(port=8080)], "stopTimeout": 2,
-         "portMappings": [{"containerPort": 8080, "hostPort": 38123, "protocol": "tcp"}]}])
+         "portMappings": [{"containerPort": 8080, "hostPort": fixed, "protocol": "tcp"}]}])
     r = ecs.run_task(cluster="default", taskDefinition="bridge-web")  # no launch type: EC2, as ECS
     assert r["failures"] == []
     t = running(ecs, r["tasks"][0]["taskArn"])
@@ -85,9 +89,9 @@ def test_bridge_mode_publishes_dynamic_and_fixed_host_ports(ecs):
     by = {c["name"]: c for c in t["containers"]}
     dyn = by["dyn"]["networkBindings"][0]
     assert dyn["containerPort"] == 80 and 32768 <= dyn["hostPort"] <= 60999 and dyn["protocol"] == "tcp"
-    assert by["fixed"]["networkBindings"] == [{"bindIP": "0.0.0.0", "containerPort": 8080, "hostPort": 38123, "protocol": "tcp"}]
+    assert by["fixed"]["networkBindings"] == [{"bindIP": "0.0.0.0", "containerPort": 8080, "hostPort": fixed, "protocol": "tcp"}]
     assert "hello from gantry httpd" in get(f"http://127.0.0.1:{dyn['hostPort']}/index.html")
-    assert "hello from gantry httpd" in get("http://127.0.0.1:38123/index.html")
+    assert "hello from gantry httpd" in get(f"http://127.0.0.1:{fixed}/index.html")
     # The fixed host port is taken while the task runs: a second copy is not placed.
     r = ecs.run_task(cluster="default", taskDefinition="bridge-web")
     assert r["tasks"] == [] and r["failures"][0]["reason"] == "RESOURCE:PORTS", r["failures"]
@@ -95,23 +99,24 @@ def test_bridge_mode_publishes_dynamic_and_fixed_host_ports(ecs):
     # A port something else on the node holds fails the start, with the reason.
     import socket
     with socket.socket() as held:
-        held.bind(("0.0.0.0", 38124))
+        held.bind(("0.0.0.0", taken))
         held.listen()
         ec2_task(ecs, "bridge-held", [{"name": "a", "memory": 16, "command": ["sleep", "30"],
-                                       "portMappings": [{"containerPort": 80, "hostPort": 38124}]}])
+                                       "portMappings": [{"containerPort": 80, "hostPort": taken}]}])
         arn = ecs.run_task(cluster="default", taskDefinition="bridge-held")["tasks"][0]["taskArn"]
         s = wait_stopped(ecs, "default", [arn])[0]
-    assert s["stopCode"] == "TaskFailedToStart" and "38124/tcp is not available" in s["stoppedReason"], s["stoppedReason"]
+    assert s["stopCode"] == "TaskFailedToStart" and f"{taken}/tcp is not available" in s["stoppedReason"], s["stoppedReason"]
     with pytest.raises(OSError):
-        urllib.request.urlopen("http://127.0.0.1:38123/index.html", timeout=2)
+        urllib.request.urlopen(f"http://127.0.0.1:{fixed}/index.html", timeout=2)
 
 
 def test_host_and_none_network_modes(ecs):
-    ec2_task(ecs, "hostnet", [{"name": "web", "memory": 32, "command": ["sh", "-c", HTTPD.format(port=38125)],
-                               "stopTimeout": 2, "portMappings": [{"containerPort": 38125}]}], networkMode="host")
+    port = fixed_host_port()
+    ec2_task(ecs, "hostnet", [{"name": "web", "memory": 32, "command": ["sh", "-c", HTTPD.format(port=port)],
+                               "stopTimeout": 2, "portMappings": [{"containerPort": port}]}], networkMode="host")
     t = running(ecs, ecs.run_task(cluster="default", taskDefinition="hostnet", launchType="EC2")["tasks"][0]["taskArn"])
-    assert t["containers"][0]["networkBindings"][0]["hostPort"] == 38125
-    assert "hello from gantry httpd" in get("http://127.0.0.1:38125/index.html")
+    assert t["containers"][0]["networkBindings"][0]["hostPort"] == port
+    assert "hello from gantry httpd" in get(f"http://127.0.0.1:{port}/index.html")
     stop(ecs, t["taskArn"])
     ec2_task(ecs, "nonet", [{"name": "app", "memory": 32, "command": ["sh", "-c", "ls /sys/class/net | tr '\\n' ' '"]}],
              networkMode="none")
