@@ -13,13 +13,16 @@ loaded with wrk, in alternating order, several rounds:
   pingora  (with --pingora) wrk -> a minimal Cloudflare pingora proxy (bench/pingora-proxy,
            built here in release) -> backend: the foundation the issue asked to weigh against
            hyper, doing only what nginx does here (no rules, no health checks)
+  other    (with --against BINARY) wrk -> the same load balancer on another build of Gantry
+           (its own `gantry dev`): an A/B of two builds in one run, as this VM drifts
 With --tls, the same proxies also serve HTTPS (an EC P-256 certificate made by openssl,
 imported through ACM for Gantry), loaded twice: over kept-alive connections (the cost of
 encrypting) and with `Connection: close` (a full TLS handshake per request):
   nginx-tls, gantry-tls          https, kept alive
   nginx-tls-new, gantry-tls-new  https, a new connection (and handshake) per request
-Reported: requests/s and latency p50/p90/p99 (medians over rounds), and Gantry's ratios to
-nginx (and to pingora). At 32 connections the two cores are saturated, and latency there is
+Reported: requests/s, latency p50/p90/p99 and each proxy's CPU time per request (medians over
+rounds; the CPU of nginx's master and workers, of Gantry's gantry-lb threads, of the bare
+proxy, read from /proc around each run), and Gantry's ratios to nginx (and the others). At 32 connections the two cores are saturated, and latency there is
 mostly queueing (the inverse of throughput); with --unloaded the plain HTTP paths are also
 loaded by one connection, one request at a time, where a proxy's latency is what it adds to a
 request: reported as each path's percentiles less the direct path's. wrk's own client runs on
@@ -28,7 +31,7 @@ the same two cores: compare the ratios, not the numbers.
 Usage (root, after `cargo build --release --workspace`; installs nginx-light and wrk from
 Debian if missing, without starting Debian's own nginx):
     .venv/bin/python scripts/bench-lb.py [--rounds 5] [--seconds 5] [--connections 32] [--pingora] [--tls]
-        [--unloaded] [--bare]
+        [--unloaded] [--bare] [--against OTHER/target/release/gantry]
 """
 import argparse
 import os
@@ -189,7 +192,7 @@ def wait_http(url):
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 # The ratios reported, each of paths measured in the same run.
-PAIRS = [("gantry", "nginx"), ("bare", "nginx"), ("gantry", "bare"), ("pingora", "nginx"), ("gantry", "pingora"),
+PAIRS = [("gantry", "nginx"), ("other", "nginx"), ("gantry", "other"), ("bare", "nginx"), ("gantry", "bare"), ("pingora", "nginx"), ("gantry", "pingora"),
          ("gantry-tls", "nginx-tls"), ("gantry-tls-new", "nginx-tls-new")]
 
 
@@ -267,13 +270,14 @@ def main():
     ap.add_argument("--pingora", action="store_true", help="also measure a minimal pingora proxy")
     ap.add_argument("--bare", action="store_true", help="also measure hyper alone, shaped as Gantry's data plane")
     ap.add_argument("--tls", action="store_true", help="also measure HTTPS, kept alive and a handshake per request")
+    ap.add_argument("--against", help="also measure another build's gantry binary (path 'other'), in the same rounds")
     ap.add_argument("--unloaded", action="store_true",
                     help="also measure the latency each proxy adds at one connection, one request at a time")
     a = ap.parse_args()
     assert os.geteuid() == 0, "run as root"
     install(a.pingora)  # pingora's zlib-ng builds with cmake
     d = tempfile.mkdtemp(prefix="gantry-bench-lb-")
-    procs, g = [], None
+    procs, g, other = [], None, None
     try:
         procs.append(start_backend(d))
         port, tport = conftest.free_port(), conftest.free_port()
@@ -283,11 +287,19 @@ def main():
         g = conftest.Gantry(instance=40)
         g.start()
         name = gantry_lb(g, cert)
+        if a.against:
+            this_binary, conftest.GANTRY = conftest.GANTRY, os.path.abspath(a.against)
+            other = conftest.Gantry(instance=42)  # reads conftest.GANTRY as it starts
+            other.start()
+            conftest.GANTRY = this_binary
+            other_name = gantry_lb(other)
         paths = {"direct": f"http://{BACKEND}:8080/", "nginx": f"http://127.0.0.1:{port}/",
                  "gantry": f"http://{name}/"}
         if a.tls:
             paths.update({"nginx-tls": f"https://127.0.0.1:{tport}/", "gantry-tls": f"https://{name}/",
                           "nginx-tls-new": f"new https://127.0.0.1:{tport}/", "gantry-tls-new": f"new https://{name}/"})
+        if other:
+            paths["other"] = f"http://{other_name}/"
         if a.pingora:
             pport = conftest.free_port()
             procs.append(start_pingora(pport))
@@ -307,6 +319,8 @@ def main():
                 cpu[path] = lambda: cpu_seconds(nginx)
             elif path.startswith("gantry"):
                 cpu[path] = lambda: cpu_seconds(g.proc.pid, "gantry-lb")
+        if other:
+            cpu["other"] = lambda: cpu_seconds(other.proc.pid, "gantry-lb")
         if a.bare:
             cpu["bare"] = lambda: cpu_seconds(bare)
         if a.pingora:
@@ -336,10 +350,11 @@ def main():
             print(f"{a_name}/{b_name}: throughput {x_rps / y_rps:.2f}x, p50 {x_lat['50'] / y_lat['50']:.2f}x, "
                   f"p90 {x_lat['90'] / y_lat['90']:.2f}x, p99 {x_lat['99'] / y_lat['99']:.2f}x")
         if a.unloaded:
-            unloaded({k: paths[k] for k in ("direct", "nginx", "gantry", "bare", "pingora") if k in paths}, cpu, a)
+            unloaded({k: paths[k] for k in ("direct", "nginx", "gantry", "other", "bare", "pingora") if k in paths}, cpu, a)
     finally:
-        if g:
-            g.cleanup()
+        for gantry in (g, other):
+            if gantry:
+                gantry.cleanup()
         for p in procs:
             p.send_signal(signal.SIGQUIT)
             try:
