@@ -121,9 +121,7 @@ impl Pool {
             proxy_protocol,
         }
     }
-}
 
-impl Pool {
     /// Notes which targets of a group may take requests now, after a reload: ones new to the
     /// set start their slow start now; ones that left it start again when they return. As in
     /// ALB, targets joining a group that had none to take requests do not slow start (there
