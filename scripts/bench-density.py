@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import conftest, wait_running  # noqa: E402
+from benchlib import conftest, cpu_seconds, wait_running  # noqa: E402
 
 NET = conftest.NETWORK  # filled in when the first gantry dev starts
 
@@ -35,12 +35,6 @@ def launch(ecs, family, n):
         arns += [t["taskArn"] for t in r["tasks"]]
     wait_running(ecs, arns, timeout=600, poll=0.02)
     return time.perf_counter() - t0, arns
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pss_kib(match):

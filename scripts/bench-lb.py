@@ -45,7 +45,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import conftest  # noqa: E402
+from benchlib import child_pids, conftest, cpu_seconds  # noqa: E402
 
 NS = f"gbench{os.getpid() % 10000}"
 NET = f"10.254.{os.getpid() % 250}"
@@ -196,27 +196,6 @@ PAIRS = [("gantry", "nginx"), ("other", "nginx"), ("gantry", "other"), ("bare", 
          ("gantry-tls", "nginx-tls"), ("gantry-tls-new", "nginx-tls-new")]
 
 
-def cpu_seconds(pid, thread_prefix=None):
-    """CPU time (user + system) so far of process `pid` and its child processes' threads; with
-    thread_prefix, only its threads named so (Gantry's load balancer workers, not the rest of
-    `gantry dev`)."""
-    total, pids = 0, [pid]
-    try:
-        pids += [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
-    except OSError:
-        pass
-    for p in pids:
-        for tid in os.listdir(f"/proc/{p}/task"):
-            try:
-                comm = open(f"/proc/{p}/task/{tid}/comm").read().strip()
-                stat = open(f"/proc/{p}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if thread_prefix is None or comm.startswith(thread_prefix):
-                total += int(stat[11]) + int(stat[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def wrk(url, seconds, connections, cpu=None):
     """wrk on `url` (prefixed "new " for a new connection per request): requests/s, latency
     percentiles, and with `cpu` (a function giving the proxy's CPU seconds so far) the proxy's
@@ -316,7 +295,7 @@ def main():
         cpu = {}
         for path in paths:
             if path.startswith("nginx"):
-                cpu[path] = lambda: cpu_seconds(nginx)
+                cpu[path] = lambda: sum(cpu_seconds(p) for p in [nginx, *child_pids(nginx)])
             elif path.startswith("gantry"):
                 cpu[path] = lambda: cpu_seconds(g.proc.pid, "gantry-lb")
         if other:

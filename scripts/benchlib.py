@@ -32,6 +32,32 @@ def register_bench(ecs):
     conftest.register(ecs, "bench", [{"name": "app", "command": ["sh", "-c", LOOP], "stopTimeout": 2}])
 
 
+def cpu_seconds(pid, thread_prefix=None):
+    """CPU time (user + system) so far of process `pid`; with thread_prefix, of its threads
+    named so only (Gantry's load balancer workers, not the rest of `gantry dev`)."""
+    def ticks(stat_path):
+        with open(stat_path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+    if thread_prefix is None:
+        return ticks(f"/proc/{pid}/stat") / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().startswith(thread_prefix):
+                    total += ticks(f"/proc/{pid}/task/{tid}/stat")
+        except OSError:
+            continue  # the thread ended
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid):
+    """The processes `pid` started (nginx's workers, for its master)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
 def pct(v, p):
     v = sorted(v)
     return v[min(len(v) - 1, round((len(v) - 1) * p))]
