@@ -134,7 +134,8 @@ impl Control {
     pub async fn run_task(&self, scope: &Scope, req: RunTaskRequest) -> Result<(Vec<Task>, Vec<Failure>), EcsError> {
         // What every RunTask reads, read at once (on etcd each read is a round trip); ECS
         // still answers for the cluster before anything else.
-        let (cluster, td, nodes, long_arns) = tokio::join!(
+        let token_key = |t: &str| format!("{}client-tokens/{t}", prefix(scope));
+        let (cluster, td, nodes, long_arns, earlier_run, groups) = tokio::join!(
             self.active_cluster(scope, req.cluster.as_deref()),
             async {
                 match req.task_definition.as_deref() {
@@ -144,6 +145,23 @@ impl Control {
             },
             self.nodes(),
             self.long_arns(scope, "taskLongArnFormat"),
+            // The tasks a retry with this clientToken started (a token of a valid length only).
+            async {
+                match req.client_token.as_deref().filter(|t| (1..=64).contains(&t.len())) {
+                    Some(t) => self.get_json::<Vec<String>>(&token_key(t)).await,
+                    None => Ok(None),
+                }
+            },
+            // An awsvpc configuration's security groups (the definition's mode is checked
+            // once known): a valid request with one has an awsvpc definition.
+            async {
+                match req.network_configuration.as_ref() {
+                    Some(c) if c.get("awsvpcConfiguration").is_some() => {
+                        Some(self.security_groups_for(scope, NetworkMode::Awsvpc, Some(c)).await)
+                    }
+                    _ => None,
+                }
+            },
         );
         let cluster = cluster?;
         let count = match &req.on_instances {
@@ -171,8 +189,7 @@ impl Control {
             if token.is_empty() || token.len() > 64 {
                 return Err(EcsError::invalid("clientToken must be 1 to 64 characters."));
             }
-            let tkey = format!("{}client-tokens/{token}", prefix(scope));
-            if let Some((arns, _)) = self.get_json::<Vec<String>>(&tkey).await? {
+            if let Some((arns, _)) = earlier_run? {
                 let (tasks, _) = self
                     .describe_tasks(scope, Some(&cluster.cluster_name), &arns, &[])
                     .await?;
@@ -230,7 +247,15 @@ impl Control {
         };
         // The reads that need the definition, at once.
         let (security_groups, roles, placements) = tokio::join!(
-            self.security_groups_for(scope, network_mode, req.network_configuration.as_ref()),
+            async {
+                match groups {
+                    Some(read) if network_mode == NetworkMode::Awsvpc => read,
+                    _ => {
+                        self.security_groups_for(scope, network_mode, req.network_configuration.as_ref())
+                            .await
+                    }
+                }
+            },
             self.task_roles(scope, &cluster, &td.definition, &overrides),
             self.placements(
                 scope,
@@ -292,8 +317,9 @@ impl Control {
             let rec = template.instantiate(&id, instance, (&node, &zone), now);
             records.push((Self::task_key(scope, &cluster.cluster_name, &id), rec));
         }
-        // All at once: etcd commits concurrent writes together (one fsync for the lot where one
-        // after the other costs one each, about 13 ms per task here).
+        // All at once, the clientToken's record too: etcd commits concurrent writes together
+        // (one fsync for the lot where one after the other costs one each, about 13 ms per
+        // task here).
         let bodies: Vec<Vec<u8>> = records
             .iter()
             .map(|(_, rec)| serde_json::to_vec(rec).expect("serialises"))
@@ -302,12 +328,16 @@ impl Control {
             .iter()
             .zip(&bodies)
             .map(|((key, _), body)| self.store.create(key, body));
-        let created = futures_util::future::join_all(creates).await;
+        let arns: Vec<&str> = records.iter().map(|(_, r)| r.task.task_arn.as_str()).collect();
+        let (created, token_saved) = tokio::join!(futures_util::future::join_all(creates), async {
+            match &req.client_token {
+                Some(token) => self.save_client_token(&token_key(token), &arns).await,
+                None => Ok(()),
+            }
+        });
         created.into_iter().try_for_each(|r| r.map(drop)).map_err(store_err)?;
+        token_saved?;
         let mut tasks: Vec<Task> = records.into_iter().map(|(_, rec)| rec.task).collect();
-        if let Some(token) = &req.client_token {
-            self.save_client_token(scope, token, &tasks).await?;
-        }
         for t in &mut tasks {
             t.tags = None;
         }
@@ -416,14 +446,12 @@ impl Control {
         Ok(asked)
     }
 
-    /// Remembers which tasks a clientToken started. The tasks exist already; a lost token
-    /// would let a retry start them twice, so a failure here is reported.
-    async fn save_client_token(&self, scope: &Scope, token: &str, tasks: &[Task]) -> Result<(), EcsError> {
-        let arns: Vec<&str> = tasks.iter().map(|t| t.task_arn.as_str()).collect();
-        let key = format!("{}client-tokens/{token}", prefix(scope));
+    /// Remembers which tasks a clientToken started (written with them). A lost token would
+    /// let a retry start them twice, so a failure here is reported.
+    async fn save_client_token(&self, key: &str, arns: &[&str]) -> Result<(), EcsError> {
         match self
             .store
-            .create(&key, &serde_json::to_vec(&arns).expect("serialises"))
+            .create(key, &serde_json::to_vec(arns).expect("serialises"))
             .await
         {
             Ok(_) => Ok(()),

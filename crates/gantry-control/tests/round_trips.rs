@@ -86,8 +86,14 @@ async fn three_nodes() -> Control {
 }
 
 async fn run_web(c: &Control, count: i64, network: &serde_json::Value) -> Vec<String> {
+    run_web_as(c, count, network, None).await
+}
+
+/// RunTask of `web`, with a clientToken if given (boto3 and the AWS CLI send one each time).
+async fn run_web_as(c: &Control, count: i64, network: &serde_json::Value, token: Option<&str>) -> Vec<String> {
     let req: gantry_control::RunTaskRequest = serde_json::from_value(json!({
-        "taskDefinition": "web", "count": count, "launchType": "FARGATE", "networkConfiguration": network
+        "taskDefinition": "web", "count": count, "launchType": "FARGATE", "networkConfiguration": network,
+        "clientToken": token
     }))
     .unwrap();
     let (tasks, failures) = c.run_task(&scope(), req).await.unwrap();
@@ -108,6 +114,21 @@ async fn run_task_reads_at_once() {
         trips <= 3,
         "RunTask of 10 waited for {trips} round trips one after another"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_task_reads_and_writes_its_client_token_with_the_rest() {
+    let c = three_nodes().await;
+    let network = common::every_subnet(&c).await;
+    run_web(&c, 1, &network).await;
+    // The token's earlier tasks and the security groups are read with the cluster, definition,
+    // nodes and settings; then the group's tasks (spread over three nodes); then the tasks'
+    // records are written with the token's (five round trips when each of those waited).
+    let (trips, arns) = round_trips(run_web_as(&c, 1, &network, Some("retry-1"))).await;
+    assert_eq!(arns.len(), 1);
+    assert!(trips <= 3, "RunTask waited for {trips} round trips one after another");
+    // A retry with the token answers with the same task, starting nothing.
+    assert_eq!(run_web_as(&c, 1, &network, Some("retry-1")).await, arns);
 }
 
 #[tokio::test(start_paused = true)]
