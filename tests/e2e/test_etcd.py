@@ -1,11 +1,13 @@
 """`gantry dev --store etcd://...`: the whole control plane on a real etcd (Debian's
 etcd-server, one member on loopback ports), surviving a kill -9 of gantry like the SQLite
 store does."""
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 import pytest
 
@@ -96,6 +98,46 @@ def test_gantry_dev_on_etcd_runs_services_and_survives_kill9(etcd):
         ecs.update_service(service="etcd-svc", desiredCount=0)
         ecs.delete_service(service="etcd-svc")
         ecs.get_waiter("services_inactive").wait(cluster="default", services=["etcd-svc"], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    finally:
+        g.cleanup()
+
+
+def store_reads(etcd):
+    """Reads (Range calls) etcd has answered so far, from its own /metrics."""
+    text = urllib.request.urlopen(f"http://{etcd}/metrics", timeout=10).read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(
+        r'^grpc_server_handled_total\{[^}]*grpc_method="Range"[^}]*\} (\S+)$', text, re.M))
+
+
+def reads_per_second(etcd, seconds=11):
+    before = store_reads(etcd)
+    time.sleep(seconds)
+    return (store_reads(etcd) - before) / seconds
+
+
+def test_idle_tasks_cost_no_store_reads(etcd):
+    """The issue's "an idle task costs no periodic store reads": the store's read rate with
+    30 idle tasks running is the rate with none, give or take the controllers' timing. (Each
+    task's supervisor read its record every 5 s and on every re-list, and each usage report
+    read every task's: 0.6 reads/s per task with the tests' 2 s report interval; one read per
+    task every 5 s alone would be 6/s here.)"""
+    g = Gantry(instance=2)
+    g.env["GANTRY_STORE"] = f"etcd://{etcd}/gantry-idle"
+    try:
+        g.start()
+        ecs = g.client("ecs")
+        register(ecs, "idle", [{"name": "app", "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+                                 "stopTimeout": 2}])
+        time.sleep(3)
+        without = reads_per_second(etcd)
+        arns = [t["taskArn"] for _ in range(3) for t in run(ecs, "default", "idle", count=10)]
+        ecs.get_waiter("tasks_running").wait(cluster="default", tasks=arns, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        time.sleep(4)  # a usage report has read each new task's record (once)
+        with_tasks = reads_per_second(etcd)
+        assert with_tasks - without < 3.5, f"{with_tasks:.1f} reads/s with 30 idle tasks, {without:.1f} with none"
+        for arn in arns:
+            ecs.stop_task(cluster="default", task=arn)
+        wait_stopped(ecs, "default", arns)
     finally:
         g.cleanup()
 

@@ -61,9 +61,11 @@ pub struct Agent {
     metadata: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// Port relays of bridge-mode tasks by task id.
     published: Mutex<std::collections::HashMap<String, Published>>,
-    /// Each supervised task's record as this agent last wrote it, with its revision: the next
-    /// write is tried against it without reading first (a conflict reads and retries).
-    written: Mutex<HashMap<String, (TaskRecord, i64)>>,
+    /// Each supervised task's newest record this agent knows, with its revision: as it last
+    /// wrote it, or as the watch (or a re-list) brought it since. The supervisor looks at it
+    /// instead of reading, and the next write is tried against it without reading first (a
+    /// conflict reads and retries): an idle task costs no store reads.
+    pub(crate) records: Mutex<HashMap<String, (TaskRecord, i64)>>,
     /// How often the running tasks' usage is sampled and reported.
     usage_every: std::time::Duration,
     /// The running tasks whose usage is sampled, by key (kept by their supervisors).
@@ -93,7 +95,7 @@ impl Agent {
             supervised: Mutex::new(HashMap::new()),
             metadata: Mutex::new(Default::default()),
             published: Mutex::new(Default::default()),
-            written: Mutex::new(HashMap::new()),
+            records: Mutex::new(HashMap::new()),
             usage_every,
             sampled: Mutex::new(HashMap::new()),
             api,
@@ -127,11 +129,12 @@ impl Agent {
                 wake::Woke::Resync => self.reconcile().await,
                 wake::Woke::Changed(events) => {
                     for e in events {
-                        if e.kind != gantry_store::EventKind::Put {
+                        if e.kind == gantry_store::EventKind::Delete {
+                            self.deleted(&e.kv.key);
                             continue;
                         }
                         match serde_json::from_slice::<TaskRecord>(&e.kv.value) {
-                            Ok(rec) => self.consider(&e.kv.key, &rec, Some(e.kv.mod_revision)),
+                            Ok(rec) => self.consider(&e.kv.key, &rec, e.kv.mod_revision, true),
                             Err(err) => tracing::warn!(key = %e.kv.key, error = %err, "unreadable task record"),
                         }
                     }
@@ -140,15 +143,18 @@ impl Agent {
         }
     }
 
-    /// A task record as it is now: its supervisor is woken, or started if it has none. With
-    /// the record's revision (a watch event), a new supervisor starts from it: no read first.
-    fn consider(self: &Arc<Self>, key: &str, rec: &TaskRecord, rev: Option<i64>) {
+    /// A task record at revision `rev`: its supervisor learns it and is woken (a re-list
+    /// wakes it only when the record is newer than the one it knows: `always` false), or
+    /// one is started from it if the task has none.
+    fn consider(self: &Arc<Self>, key: &str, rec: &TaskRecord, rev: i64, always: bool) {
         if rec.node != self.link.node() {
             return;
         }
         let mut supervised = self.supervised.lock().expect("lock");
         if let Some(n) = supervised.get(key) {
-            n.notify_one();
+            if self.learn(key, rec, rev) || always {
+                n.notify_one();
+            }
             return;
         }
         if rec.task.last_status == "STOPPED" {
@@ -158,15 +164,43 @@ impl Agent {
         supervised.insert(key.to_string(), notify.clone());
         let me = self.clone();
         let key = key.to_string();
-        let seed = rev.filter(|r| *r > 0).map(|r| (rec.clone(), r));
+        let seed = Some((rec.clone(), rev)).filter(|_| rev > 0);
         tokio::spawn(async move {
             if let Err(e) = supervise::supervise(&me, &key, seed, &notify).await {
                 tracing::error!(task = %key, error = %e, "task supervision failed");
             }
             me.supervised.lock().expect("lock").remove(&key);
-            me.written.lock().expect("lock").remove(&key);
+            me.records.lock().expect("lock").remove(&key);
             me.sampled.lock().expect("lock").remove(&key);
         });
+    }
+
+    /// Keeps `rec` as the newest record known of `key` unless one as new is known; whether it
+    /// was newer.
+    pub(crate) fn learn(&self, key: &str, rec: &TaskRecord, rev: i64) -> bool {
+        let mut records = self.records.lock().expect("lock");
+        if records.get(key).is_some_and(|(_, known)| *known >= rev) {
+            return false;
+        }
+        records.insert(key.to_string(), (rec.clone(), rev));
+        true
+    }
+
+    /// `learn`, for a task still supervised (a write after its supervisor ended is not kept).
+    pub(crate) fn learn_if_supervised(&self, key: &str, rec: &TaskRecord, rev: i64) {
+        // Held across the learning: a supervisor that ends removes its task here first.
+        let supervised = self.supervised.lock().expect("lock");
+        if supervised.contains_key(key) {
+            self.learn(key, rec, rev);
+        }
+    }
+
+    /// A task record was deleted: its supervisor, if any, reads it (finds it gone) and ends.
+    fn deleted(&self, key: &str) {
+        self.records.lock().expect("lock").remove(key);
+        if let Some(n) = self.supervised.lock().expect("lock").get(key) {
+            n.notify_one();
+        }
     }
 
     /// Starts the task's metadata endpoint (idempotent).
@@ -248,8 +282,8 @@ impl Agent {
     async fn reconcile(self: &Arc<Self>) {
         match self.link.list_assigned().await {
             Ok(tasks) => {
-                for (key, rec) in &tasks {
-                    self.consider(key, rec, None);
+                for (key, rec, rev) in &tasks {
+                    self.consider(key, rec, *rev, false);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "listing this node's tasks"),

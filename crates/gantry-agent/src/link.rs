@@ -163,8 +163,8 @@ pub trait ControlLink: Send + Sync {
     async fn register(&self, spec: &NodeSpec) -> LinkResult<NodeRecord>;
     /// Says the node is alive. Fails once the node has been declared lost (fenced).
     async fn heartbeat(&self) -> LinkResult<()>;
-    /// Every task record placed on this node, with its store key.
-    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord)>>;
+    /// Every task record placed on this node, with its store key and revision.
+    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord, i64)>>;
     /// Changes to this node's task records from now on (puts carry the new record). The
     /// watch ends when the link breaks; the agent re-lists and watches again.
     async fn watch_assigned(&self) -> LinkResult<Watch>;
@@ -417,7 +417,7 @@ impl ControlLink for LocalLink {
             .map_err(LinkError::from_control)
     }
 
-    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord)>> {
+    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord, i64)>> {
         assigned(&self.control, &self.node).await
     }
 
@@ -509,12 +509,7 @@ pub async fn publish_usage(control: &Control, metrics: &Metrics, node: &str, usa
             usage.len()
         )));
     }
-    let mut joined = Vec::with_capacity(usage.len());
-    for u in usage {
-        if let Some((rec, _)) = get_assigned(control, node, &u.key).await? {
-            joined.push((rec, u.clone()));
-        }
-    }
+    let joined = reported(control, node, usage).await?;
     // Container Insights utilisation for the clusters that turned it on (read once per report).
     let mut on = std::collections::BTreeSet::new();
     let clusters: std::collections::BTreeSet<_> = joined
@@ -534,15 +529,41 @@ pub async fn publish_usage(control: &Control, metrics: &Metrics, node: &str, usa
         .map_err(LinkError::unavailable)
 }
 
+/// Each reported task's record (tasks whose record is gone are left out): held since the
+/// node's last report, else read (all at once).
+async fn reported(control: &Control, node: &str, usage: &[TaskUsage]) -> LinkResult<Vec<(TaskRecord, TaskUsage)>> {
+    let mut held = control.reported_tasks.take(node);
+    let new: Vec<&str> = usage
+        .iter()
+        .map(|u| u.key.as_str())
+        .filter(|k| !held.contains_key(*k))
+        .collect();
+    let read = futures_util::future::join_all(new.iter().map(|k| get_assigned(control, node, k))).await;
+    for (key, r) in new.into_iter().zip(read) {
+        if let Some((rec, _)) = r? {
+            held.insert(key.to_string(), rec);
+        }
+    }
+    let mut kept = std::collections::HashMap::new();
+    let mut joined = Vec::with_capacity(usage.len());
+    for u in usage {
+        if let Some(rec) = held.remove(&u.key) {
+            joined.push((rec.clone(), u.clone()));
+            kept.insert(u.key.clone(), rec);
+        }
+    }
+    control.reported_tasks.keep(node, kept);
+    Ok(joined)
+}
+
 /// The node's task records.
-pub async fn assigned(control: &Control, node: &str) -> LinkResult<Vec<(String, TaskRecord)>> {
+pub async fn assigned(control: &Control, node: &str) -> LinkResult<Vec<(String, TaskRecord, i64)>> {
     Ok(control
         .all_tasks()
         .await
         .map_err(LinkError::from_control)?
         .into_iter()
         .filter(|(_, r, _)| r.node == node)
-        .map(|(k, r, _)| (k, r))
         .collect())
 }
 
@@ -562,18 +583,30 @@ pub async fn get_assigned(control: &Control, node: &str, key: &str) -> LinkResul
     }
     match control.store.get(key).await.map_err(LinkError::unavailable)? {
         None => Ok(None),
-        Some(kv) => {
-            let rec: TaskRecord = serde_json::from_slice(&kv.value).map_err(LinkError::unavailable)?;
-            if rec.node != node {
-                return Err(LinkError::Forbidden(format!("task {key} is not placed on node {node}")));
-            }
-            Ok(Some((rec, kv.mod_revision)))
-        }
+        Some(kv) => Ok(Some((owned(node, key, &kv.value)?, kv.mod_revision))),
+    }
+}
+
+/// A stored task record, if it is placed on `node`.
+fn owned(node: &str, key: &str, value: &[u8]) -> LinkResult<TaskRecord> {
+    let rec: TaskRecord = serde_json::from_slice(value).map_err(LinkError::unavailable)?;
+    if rec.node != node {
+        return Err(LinkError::Forbidden(format!("task {key} is not placed on node {node}")));
+    }
+    Ok(rec)
+}
+
+/// The record a node's write at `rev` replaces: held in memory when this process wrote or
+/// watched that revision last, else read.
+async fn replaced(control: &Control, node: &str, key: &str, rev: i64) -> LinkResult<Option<(TaskRecord, i64)>> {
+    match control.recent_tasks.at(key, rev) {
+        Some(value) if key.starts_with(TASKS_PREFIX) => Ok(Some((owned(node, key, &value)?, rev))),
+        _ => get_assigned(control, node, key).await,
     }
 }
 
 pub async fn put_assigned(control: &Control, node: &str, key: &str, rec: &TaskRecord, rev: i64) -> LinkResult<Written> {
-    let Some((current, current_rev)) = get_assigned(control, node, key).await? else {
+    let Some((current, current_rev)) = replaced(control, node, key, rev).await? else {
         return Ok(Written::Gone);
     };
     if current_rev != rev {
@@ -582,7 +615,10 @@ pub async fn put_assigned(control: &Control, node: &str, key: &str, rec: &TaskRe
     gantry_control::tasks::agent_may_write(&current, rec).map_err(LinkError::Forbidden)?;
     let data = serde_json::to_vec(rec).map_err(LinkError::unavailable)?;
     match control.store.update(key, &data, rev).await {
-        Ok(r) => Ok(Written::Ok(r)),
+        Ok(r) => {
+            control.recent_tasks.remember(key, r, &data);
+            Ok(Written::Ok(r))
+        }
         Err(gantry_store::StoreError::Conflict { .. }) => Ok(Written::Conflict),
         Err(gantry_store::StoreError::NotFound { .. }) => Ok(Written::Gone),
         Err(e) => Err(LinkError::unavailable(e)),
@@ -631,6 +667,86 @@ mod tests {
             .await
             .unwrap();
         rec
+    }
+
+    /// SQLite that counts reads of single keys.
+    struct Counted(gantry_store::SqliteStore, std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl gantry_store::Store for Counted {
+        async fn get(&self, key: &str) -> gantry_store::Result<Option<gantry_store::KeyValue>> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.get(key).await
+        }
+        async fn list(&self, prefix: &str) -> gantry_store::Result<(Vec<gantry_store::KeyValue>, i64)> {
+            self.0.list(prefix).await
+        }
+        async fn create(&self, key: &str, value: &[u8]) -> gantry_store::Result<i64> {
+            self.0.create(key, value).await
+        }
+        async fn update(&self, key: &str, value: &[u8], expected: i64) -> gantry_store::Result<i64> {
+            self.0.update(key, value, expected).await
+        }
+        async fn delete(&self, key: &str, expected: Option<i64>) -> gantry_store::Result<i64> {
+            self.0.delete(key, expected).await
+        }
+        async fn watch(&self, prefix: &str, after: i64) -> gantry_store::Result<gantry_store::Watch> {
+            self.0.watch(prefix, after).await
+        }
+        async fn compact(&self, revision: i64) -> gantry_store::Result<()> {
+            self.0.compact(revision).await
+        }
+        async fn revision(&self) -> gantry_store::Result<i64> {
+            self.0.revision().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nodes_write_after_its_own_needs_no_read_and_is_checked_the_same() {
+        let counted = Arc::new(Counted(
+            gantry_store::SqliteStore::in_memory().unwrap(),
+            Default::default(),
+        ));
+        let store: Arc<dyn gantry_store::Store> = counted.clone();
+        let control = Control::new(store, Arc::new(gantry_control::SystemClock));
+        let reads = || counted.1.load(std::sync::atomic::Ordering::SeqCst);
+        let rec = placed(&control, None).await;
+        let key = Control::key_of(&rec);
+        let rev = control.store.get(&key).await.unwrap().unwrap().mod_revision;
+        let mut next = rec.clone();
+        next.task.health_status = "HEALTHY".into();
+        // Not held: read first.
+        let before = reads();
+        let Written::Ok(rev2) = put_assigned(&control, "n1", &key, &next, rev).await.unwrap() else {
+            panic!("refused")
+        };
+        assert_eq!(reads(), before + 1);
+        // Its own write held: no read, and the same checks.
+        let before = reads();
+        let mut moved = next.clone();
+        moved.node = "n2".into();
+        assert!(matches!(
+            put_assigned(&control, "n1", &key, &moved, rev2).await,
+            Err(LinkError::Forbidden(_))
+        ));
+        assert!(
+            matches!(
+                put_assigned(&control, "n2", &key, &next, rev2).await,
+                Err(LinkError::Forbidden(_))
+            ),
+            "another node's write is refused"
+        );
+        next.task.last_status = "RUNNING".into();
+        assert!(matches!(
+            put_assigned(&control, "n1", &key, &next, rev2).await.unwrap(),
+            Written::Ok(_)
+        ));
+        assert_eq!(reads(), before, "the records held were used");
+        // A write from a revision since replaced conflicts, as before.
+        assert!(matches!(
+            put_assigned(&control, "n1", &key, &next, rev2).await.unwrap(),
+            Written::Conflict
+        ));
     }
 
     #[tokio::test]

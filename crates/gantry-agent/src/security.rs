@@ -147,11 +147,11 @@ impl Agent {
         Ok(())
     }
 
-    /// Every task this agent supervises: the records it wrote and those it samples (tasks it
+    /// Every task this agent supervises: the records it knows and those it samples (tasks it
     /// re-attached to after a restart may not have written yet).
     async fn enforce_all(&self) {
         let mut tasks: HashMap<String, TaskRecord> = HashMap::new();
-        for (key, (r, _)) in self.written.lock().expect("lock").iter() {
+        for (key, (r, _)) in self.records.lock().expect("lock").iter() {
             tasks.insert(key.clone(), r.clone());
         }
         for (key, r) in self.sampled.lock().expect("lock").iter() {

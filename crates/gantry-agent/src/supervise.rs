@@ -33,14 +33,14 @@ type Result<T> = std::result::Result<T, String>;
 /// Read-modify-write of the task record through the link, retried on conflict; bumps
 /// `version` when `f` changed something. A record the control plane has already STOPPED
 /// (its node was declared lost) is final: nothing is written, the agent only cleans up.
-/// The first try starts from the record as this agent last wrote it (no read: one round trip
+/// The first try starts from the newest record this agent knows (no read: one round trip
 /// to the server instead of two); the revision check catches any change since, and then the
 /// record is read. Deciding *not* to write is only ever done on a freshly read record.
 pub(crate) async fn update(a: &Agent, key: &str, mut f: impl FnMut(&mut TaskRecord) -> bool) -> Result<TaskRecord> {
-    let mut last_written = a.written.lock().expect("lock").remove(key);
+    let mut known = a.records.lock().expect("lock").get(key).cloned();
     loop {
-        let from_cache = last_written.is_some();
-        let (mut rec, rev) = match last_written.take() {
+        let from_cache = known.is_some();
+        let (mut rec, rev) = match known.take() {
             Some(w) => w,
             None => get(a, key).await?.ok_or_else(|| format!("task {key} vanished"))?,
         };
@@ -57,10 +57,7 @@ pub(crate) async fn update(a: &Agent, key: &str, mut f: impl FnMut(&mut TaskReco
         rec.task.version += 1;
         match a.link.put_task(key, &rec, rev).await? {
             Written::Ok(new_rev) => {
-                a.written
-                    .lock()
-                    .expect("lock")
-                    .insert(key.to_string(), (rec.clone(), new_rev));
+                a.learn_if_supervised(key, &rec, new_rev);
                 return Ok(rec);
             }
             Written::Conflict => continue,
@@ -84,11 +81,8 @@ pub async fn supervise(a: &Arc<Agent>, key: &str, seed: Option<(TaskRecord, i64)
             None => return Ok(()),
         },
     };
-    // The first write starts from this record, as from one this agent wrote (`update`).
-    a.written
-        .lock()
-        .expect("lock")
-        .insert(key.to_string(), (rec.clone(), rev));
+    // The first write starts from this record (`update`).
+    a.learn(key, &rec, rev);
     let id = rec.id().to_string();
     let started_here = a.node.task_dir(&id).exists();
     let mut shippers: HashMap<String, Shipper> = HashMap::new();
@@ -176,8 +170,22 @@ pub fn container_dir_name(name: &str) -> String {
     format!("{s}-{h:08x}")
 }
 
+/// The task's record as stored now (and so the newest this agent knows).
 async fn get(a: &Agent, key: &str) -> Result<Option<(TaskRecord, i64)>> {
-    Ok(a.link.get_task(key).await?)
+    let got = a.link.get_task(key).await?;
+    if let Some((rec, rev)) = &got {
+        a.learn_if_supervised(key, rec, *rev);
+    }
+    Ok(got)
+}
+
+/// The newest record of the task this agent knows, read only when it knows none.
+async fn known(a: &Agent, key: &str) -> Result<Option<(TaskRecord, i64)>> {
+    let held = a.records.lock().expect("lock").get(key).cloned();
+    match held {
+        Some(r) => Ok(Some(r)),
+        None => get(a, key).await,
+    }
 }
 
 /// The task's container secrets as (container, name, value), read through the link when it
@@ -668,7 +676,7 @@ async fn watch(
 ) -> Result<()> {
     let mut stop_sent = false;
     loop {
-        let Some((rec, _)) = get(a, key).await? else {
+        let Some((rec, _)) = known(a, key).await? else {
             return Ok(());
         };
         a.track_usage(key, &rec);
@@ -701,42 +709,18 @@ async fn watch(
                 }
             }
         }
-        // Record exits as they happen.
+        // Record exits as they happen (those the record does not show yet).
+        exits.retain(|(name, _)| {
+            rec.task
+                .containers
+                .iter()
+                .any(|x| &x.name == name && x.last_status != "STOPPED")
+        });
         let t = now();
         let stopping_for_essential = essential_exited.is_some() && rec.task.desired_status == "RUNNING";
-        update(a, key, |r| {
-            for (name, e) in &exits {
-                if let Some(ct) = r.task.containers.iter_mut().find(|x| &x.name == name) {
-                    if ct.last_status != "STOPPED" {
-                        ct.last_status = "STOPPED".into();
-                        match e {
-                            Some(e) => {
-                                ct.exit_code = Some(e.exit_code);
-                                if e.oom_killed {
-                                    ct.reason = Some(OOM_REASON.into());
-                                }
-                            }
-                            None => {
-                                ct.reason =
-                                    Some("The container's supervisor exited without recording an exit code".into())
-                            }
-                        }
-                    }
-                }
-            }
-            if stopping_for_essential {
-                r.task.desired_status = "STOPPED".into();
-                r.task.stopping_at.get_or_insert(t);
-                r.task
-                    .stop_code
-                    .get_or_insert_with(|| stop_code::ESSENTIAL_CONTAINER_EXITED.into());
-                r.task
-                    .stopped_reason
-                    .get_or_insert_with(|| "Essential container in task exited".into());
-            }
-            true
-        })
-        .await?;
+        if !exits.is_empty() || stopping_for_essential {
+            record_exits(a, key, &exits, stopping_for_essential, t).await?;
+        }
         let desired_stop = rec.task.desired_status == "STOPPED" || stopping_for_essential;
         if stopping_for_essential && !stop_sent {
             crate::telemetry::ESSENTIAL_EXITS.inc(&[]);
@@ -773,6 +757,49 @@ async fn watch(
         }
         wait_for_change(a, id, &rec, changed).await;
     }
+}
+
+/// Writes containers' exits, and the task's stop for an essential one's.
+async fn record_exits(
+    a: &Agent,
+    key: &str,
+    exits: &[(String, Option<gantry_runtime::shim::ContainerExit>)],
+    stopping_for_essential: bool,
+    t: f64,
+) -> Result<()> {
+    update(a, key, |r| {
+        for (name, e) in exits {
+            if let Some(ct) = r.task.containers.iter_mut().find(|x| &x.name == name) {
+                if ct.last_status != "STOPPED" {
+                    ct.last_status = "STOPPED".into();
+                    match e {
+                        Some(e) => {
+                            ct.exit_code = Some(e.exit_code);
+                            if e.oom_killed {
+                                ct.reason = Some(OOM_REASON.into());
+                            }
+                        }
+                        None => {
+                            ct.reason = Some("The container's supervisor exited without recording an exit code".into())
+                        }
+                    }
+                }
+            }
+        }
+        if stopping_for_essential {
+            r.task.desired_status = "STOPPED".into();
+            r.task.stopping_at.get_or_insert(t);
+            r.task
+                .stop_code
+                .get_or_insert_with(|| stop_code::ESSENTIAL_CONTAINER_EXITED.into());
+            r.task
+                .stopped_reason
+                .get_or_insert_with(|| "Essential container in task exited".into());
+        }
+        true
+    })
+    .await
+    .map(drop)
 }
 
 /// Registers a pidfd with the runtime's reactor, to await its readiness (the process's exit).

@@ -7,6 +7,7 @@
 //! misses nothing. A watcher that falls behind (its queue full) or a store watch that ends
 //! closes the affected watches; their agents watch and list again.
 
+use crate::recent_tasks::RecentTasks;
 use crate::tasks::TASKS_PREFIX;
 use gantry_store::{Event, EventKind, Store, Watch};
 use std::collections::HashMap;
@@ -45,13 +46,16 @@ struct State {
 pub struct TaskFanout {
     store: Arc<dyn Store>,
     state: Arc<Mutex<State>>,
+    /// Told every record the watch brings.
+    recent: RecentTasks,
 }
 
 impl TaskFanout {
-    pub fn new(store: Arc<dyn Store>) -> TaskFanout {
+    pub fn new(store: Arc<dyn Store>, recent: RecentTasks) -> TaskFanout {
         TaskFanout {
             store,
             state: Arc::new(Mutex::new(State::default())),
+            recent,
         }
     }
 
@@ -135,6 +139,10 @@ impl TaskFanout {
 
     /// Sends one event to the watchers of the node it concerns.
     fn route(&self, ev: Event) {
+        match ev.kind {
+            EventKind::Put => self.recent.remember(&ev.kv.key, ev.kv.mod_revision, &ev.kv.value),
+            EventKind::Delete => self.recent.forget(&ev.kv.key),
+        }
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let node = match ev.kind {
             EventKind::Put => match serde_json::from_slice::<Placed>(&ev.kv.value) {
@@ -177,7 +185,7 @@ mod tests {
     #[tokio::test]
     async fn each_node_hears_only_its_own_tasks() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-        let f = TaskFanout::new(store.clone());
+        let f = TaskFanout::new(store.clone(), RecentTasks::default());
         let (mut a, mut b) = (f.subscribe("a").await.unwrap(), f.subscribe("b").await.unwrap());
         let mut a2 = f.subscribe("a").await.unwrap();
         store.create("/tasks/x/1", &rec("a")).await.unwrap();

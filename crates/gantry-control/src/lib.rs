@@ -26,7 +26,9 @@ pub mod nodes;
 pub mod parameters;
 pub mod placement;
 pub mod quotas;
+pub mod recent_tasks;
 pub mod records;
+pub mod reported_tasks;
 pub mod run_task;
 pub mod secrets;
 pub mod service_controller;
@@ -102,6 +104,10 @@ pub struct Control {
     pub clock: Arc<dyn Clock>,
     /// The nodes' watches of their task records, over one store watch.
     pub task_watches: fanout::TaskFanout,
+    /// The task records written or watched most recently (nodes' writes are checked against them).
+    pub recent_tasks: recent_tasks::RecentTasks,
+    /// The records of the tasks each node reports the usage of.
+    pub reported_tasks: reported_tasks::ReportedTasks,
     /// What tasks cost, for metering and the cost gauges.
     pub prices: cost::Prices,
     /// Service quotas: task launch rate, services per cluster, tasks per service.
@@ -138,8 +144,11 @@ impl Control {
     }
 
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Control {
+        let recent_tasks = recent_tasks::RecentTasks::default();
         Control {
-            task_watches: fanout::TaskFanout::new(store.clone()),
+            task_watches: fanout::TaskFanout::new(store.clone(), recent_tasks.clone()),
+            recent_tasks,
+            reported_tasks: Default::default(),
             security: ec2::SecuritySource::new(store.clone()),
             signing_keys: iam::SigningKeys::new(store.clone()),
             store,

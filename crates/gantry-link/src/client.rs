@@ -377,7 +377,7 @@ impl ControlLink for RemoteLink {
         self.call_empty("/v1/heartbeat", &Epoch { epoch }).await
     }
 
-    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord)>> {
+    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord, i64)>> {
         let r = self
             .send(|s| self.client().get(format!("{s}/v1/tasks")).timeout(REQUEST_TIMEOUT))
             .await?;

@@ -336,7 +336,7 @@ async fn heartbeat(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<
 async fn list(
     State(s): S,
     Extension(peer): Extension<Peer>,
-) -> Result<Json<Vec<(String, gantry_control::TaskRecord)>>, Refusal> {
+) -> Result<Json<Vec<(String, gantry_control::TaskRecord, i64)>>, Refusal> {
     let me = node(&peer)?;
     Ok(Json(ops::assigned(&s.control, me).await.map_err(|e| op_err(&peer, e))?))
 }

@@ -141,8 +141,8 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
     };
     let tracked: std::collections::HashSet<String> = tracked
         .into_iter()
-        .filter(|(_, r)| r.task.last_status != "STOPPED")
-        .map(|(_, r)| r.id().to_string())
+        .filter(|(_, r, _)| r.task.last_status != "STOPPED")
+        .map(|(_, r, _)| r.id().to_string())
         .collect();
     node.sweep(|t| tracked.contains(t))?;
 
