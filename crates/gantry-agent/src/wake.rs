@@ -117,45 +117,9 @@ impl Wake {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gantry_store::{KeyValue, Result, SqliteStore, Store};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use gantry_store::instrumented::{Instrumented, Watches};
+    use gantry_store::{SqliteStore, Store};
     use std::sync::Arc;
-
-    /// A store whose watches end at once, counting how often it is asked for one.
-    struct EndingWatches {
-        inner: SqliteStore,
-        watches: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Store for EndingWatches {
-        async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-            self.inner.get(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-            self.inner.list(prefix).await
-        }
-        async fn create(&self, key: &str, value: &[u8]) -> Result<i64> {
-            self.inner.create(key, value).await
-        }
-        async fn update(&self, key: &str, value: &[u8], expected: i64) -> Result<i64> {
-            self.inner.update(key, value, expected).await
-        }
-        async fn delete(&self, key: &str, expected: Option<i64>) -> Result<i64> {
-            self.inner.delete(key, expected).await
-        }
-        async fn watch(&self, _: &str, _: i64) -> Result<Watch> {
-            self.watches.fetch_add(1, Ordering::SeqCst);
-            let (_, rx) = tokio::sync::mpsc::channel(1);
-            Ok(Watch { events: rx })
-        }
-        async fn compact(&self, revision: i64) -> Result<()> {
-            self.inner.compact(revision).await
-        }
-        async fn revision(&self) -> Result<i64> {
-            self.inner.revision().await
-        }
-    }
 
     /// Watches on a store's task records.
     struct Source<S>(Arc<S>);
@@ -170,10 +134,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_ending_watch_backs_off_instead_of_spinning() {
-        let store = Source(Arc::new(EndingWatches {
-            inner: SqliteStore::in_memory().unwrap(),
-            watches: AtomicUsize::new(0),
-        }));
+        let store = Source(Arc::new(Instrumented::new().with_watches(Watches::End)));
         let mut wake = Wake::new();
         let start = Instant::now();
         let mut wakes = 0;
@@ -183,7 +144,7 @@ mod tests {
         }
         // Resync once a second plus two wakes per re-watch (the re-list, the end); re-watches
         // double their delay.
-        let watches = store.0.watches.load(Ordering::SeqCst);
+        let watches = store.0.watches();
         assert!(wakes <= 60 + 2 * watches + 1, "{wakes} wakes in 60 s");
         assert!((4..=9).contains(&watches), "{watches} re-watches in 60 s");
     }

@@ -3,9 +3,8 @@
 //! tokio's paused clock over a store whose every operation takes ROUND_TRIP of it: the virtual
 //! time a call took, divided by ROUND_TRIP, is the length of its longest chain of store calls.
 
-use async_trait::async_trait;
 use gantry_control::Control;
-use gantry_store::{KeyValue, Result, SqliteStore, Store, Watch};
+use gantry_store::instrumented::Instrumented;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,45 +14,6 @@ mod common;
 use common::{scope, FakeClock};
 
 const ROUND_TRIP: Duration = Duration::from_millis(10);
-
-/// A store whose every call (but a watch's events) first waits ROUND_TRIP.
-struct Distant(SqliteStore);
-
-#[async_trait]
-impl Store for Distant {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        tokio::time::sleep(ROUND_TRIP).await;
-        self.0.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        tokio::time::sleep(ROUND_TRIP).await;
-        self.0.list(prefix).await
-    }
-    async fn create(&self, key: &str, value: &[u8]) -> Result<i64> {
-        tokio::time::sleep(ROUND_TRIP).await;
-        self.0.create(key, value).await
-    }
-    async fn update(&self, key: &str, value: &[u8], expected: i64) -> Result<i64> {
-        tokio::time::sleep(ROUND_TRIP).await;
-        self.0.update(key, value, expected).await
-    }
-    async fn delete(&self, key: &str, expected: Option<i64>) -> Result<i64> {
-        tokio::time::sleep(ROUND_TRIP).await;
-        self.0.delete(key, expected).await
-    }
-    async fn watch(&self, prefix: &str, after: i64) -> Result<Watch> {
-        tokio::time::sleep(ROUND_TRIP).await;
-        self.0.watch(prefix, after).await
-    }
-    async fn compact(&self, revision: i64) -> Result<()> {
-        tokio::time::sleep(ROUND_TRIP).await;
-        self.0.compact(revision).await
-    }
-    async fn revision(&self) -> Result<i64> {
-        tokio::time::sleep(ROUND_TRIP).await;
-        self.0.revision().await
-    }
-}
 
 /// Round trips, one after another, that `call` waited for.
 async fn round_trips<T>(call: impl std::future::Future<Output = T>) -> (u128, T) {
@@ -65,7 +25,7 @@ async fn round_trips<T>(call: impl std::future::Future<Output = T>) -> (u128, T)
 /// Three nodes in three zones, the default cluster and the `web` Fargate definition.
 async fn three_nodes() -> Control {
     let c = Control::new(
-        Arc::new(Distant(SqliteStore::in_memory().unwrap())),
+        Arc::new(Instrumented::new().with_round_trip(ROUND_TRIP)),
         Arc::new(FakeClock::new()),
     );
     for (n, z) in [("n1", "us-east-1a"), ("n2", "us-east-1b"), ("n3", "us-east-1c")] {

@@ -6,6 +6,7 @@
 pub mod conformance;
 pub mod election;
 mod etcd;
+pub mod instrumented;
 mod sqlite;
 
 pub use etcd::EtcdStore;

@@ -352,6 +352,7 @@ pub fn task_address(t: &TaskRecord) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gantry_store::instrumented::{Instrumented, Watches};
 
     fn scope() -> gantry_types::arn::Scope {
         gantry_types::arn::Scope {
@@ -596,43 +597,11 @@ mod tests {
         assert_eq!(other.follow(Some("n1"), "", soon()).await.unwrap(), woke);
     }
 
-    /// A store whose watches end at once (as one that fell behind a compaction does).
-    struct EndingWatches(gantry_store::SqliteStore);
-
-    #[async_trait::async_trait]
-    impl Store for EndingWatches {
-        async fn get(&self, key: &str) -> gantry_store::Result<Option<gantry_store::KeyValue>> {
-            self.0.get(key).await
-        }
-        async fn list(&self, prefix: &str) -> gantry_store::Result<(Vec<gantry_store::KeyValue>, i64)> {
-            self.0.list(prefix).await
-        }
-        async fn create(&self, key: &str, value: &[u8]) -> gantry_store::Result<i64> {
-            self.0.create(key, value).await
-        }
-        async fn update(&self, key: &str, value: &[u8], expected: i64) -> gantry_store::Result<i64> {
-            self.0.update(key, value, expected).await
-        }
-        async fn delete(&self, key: &str, expected: Option<i64>) -> gantry_store::Result<i64> {
-            self.0.delete(key, expected).await
-        }
-        async fn watch(&self, _: &str, _: i64) -> gantry_store::Result<gantry_store::Watch> {
-            Ok(gantry_store::Watch {
-                events: tokio::sync::mpsc::channel(1).1,
-            })
-        }
-        async fn compact(&self, revision: i64) -> gantry_store::Result<()> {
-            self.0.compact(revision).await
-        }
-        async fn revision(&self) -> gantry_store::Result<i64> {
-            self.0.revision().await
-        }
-    }
-
     #[tokio::test]
     async fn a_watch_that_ends_is_followed_by_a_new_reading() {
         let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(EndingWatches(gantry_store::SqliteStore::in_memory().unwrap()));
+            // Its watches end at once, as one that fell behind a compaction does.
+            std::sync::Arc::new(Instrumented::new().with_watches(Watches::End));
         let web = group("sg-web", vec![], vec![]);
         put(
             store.as_ref(),

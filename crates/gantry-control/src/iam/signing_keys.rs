@@ -188,48 +188,7 @@ fn apply(inner: &Weak<Inner>, f: impl FnOnce(&mut Cache)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use async_trait::async_trait;
-    use gantry_store::{KeyValue, SqliteStore, Watch};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// SQLite that counts reads of single keys, and whose watches can be made to fail.
-    struct Counted {
-        db: SqliteStore,
-        gets: AtomicUsize,
-        watch_fails: bool,
-    }
-
-    #[async_trait]
-    impl Store for Counted {
-        async fn get(&self, key: &str) -> gantry_store::Result<Option<KeyValue>> {
-            self.gets.fetch_add(1, Ordering::SeqCst);
-            self.db.get(key).await
-        }
-        async fn list(&self, prefix: &str) -> gantry_store::Result<(Vec<KeyValue>, i64)> {
-            self.db.list(prefix).await
-        }
-        async fn create(&self, key: &str, value: &[u8]) -> gantry_store::Result<i64> {
-            self.db.create(key, value).await
-        }
-        async fn update(&self, key: &str, value: &[u8], expected: i64) -> gantry_store::Result<i64> {
-            self.db.update(key, value, expected).await
-        }
-        async fn delete(&self, key: &str, expected: Option<i64>) -> gantry_store::Result<i64> {
-            self.db.delete(key, expected).await
-        }
-        async fn watch(&self, prefix: &str, after: i64) -> gantry_store::Result<Watch> {
-            if self.watch_fails {
-                return Err(StoreError::Backend("no watch today".into()));
-            }
-            self.db.watch(prefix, after).await
-        }
-        async fn compact(&self, revision: i64) -> gantry_store::Result<()> {
-            self.db.compact(revision).await
-        }
-        async fn revision(&self) -> gantry_store::Result<i64> {
-            self.db.revision().await
-        }
-    }
+    use gantry_store::instrumented::{Instrumented, Watches};
 
     fn key(status: &str) -> StoredKey {
         StoredKey {
@@ -243,12 +202,9 @@ mod tests {
         }
     }
 
-    async fn setup(watch_fails: bool) -> (Arc<Counted>, SigningKeys) {
-        let store = Arc::new(Counted {
-            db: SqliteStore::in_memory().unwrap(),
-            gets: AtomicUsize::new(0),
-            watch_fails,
-        });
+    async fn setup(watch_fails: bool) -> (Arc<Instrumented>, SigningKeys) {
+        let watches = if watch_fails { Watches::Fail } else { Watches::Follow };
+        let store = Arc::new(Instrumented::new().with_watches(watches));
         let v = serde_json::to_vec(&key("Active")).unwrap();
         store.create(&crate::iam::key_path("AKIAONE"), &v).await.unwrap();
         (store.clone(), SigningKeys::new(store))
@@ -270,14 +226,14 @@ mod tests {
         let (store, keys) = setup(false).await;
         // Once listed, no store reads for a key the cache holds.
         eventually(&keys, "AKIAONE", |_| keys.cached("AKIAONE").is_some()).await;
-        let before = store.gets.load(Ordering::SeqCst);
+        let before = store.gets();
         for _ in 0..10 {
             assert_eq!(keys.get("AKIAONE").await.unwrap().unwrap().status, "Active");
         }
-        assert_eq!(store.gets.load(Ordering::SeqCst), before);
+        assert_eq!(store.gets(), before);
         // A key the cache has not seen (unknown, or newer than the watch) is read from the store.
         assert!(keys.get("AKIANONE").await.unwrap().is_none());
-        assert_eq!(store.gets.load(Ordering::SeqCst), before + 1);
+        assert_eq!(store.gets(), before + 1);
     }
 
     #[tokio::test]
@@ -313,6 +269,6 @@ mod tests {
             .await
             .expect("settled at once");
         assert!(keys.get("AKIAONE").await.unwrap().is_none());
-        assert_eq!(store.gets.load(Ordering::SeqCst), 4);
+        assert_eq!(store.gets(), 4);
     }
 }
