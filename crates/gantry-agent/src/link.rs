@@ -556,15 +556,24 @@ async fn reported(control: &Control, node: &str, usage: &[TaskUsage]) -> LinkRes
     Ok(joined)
 }
 
-/// The node's task records.
+/// The node's task records. Task records are keyed by cluster, not node, so every one is
+/// listed; only the node's are decoded whole (the others' placement alone is read).
 pub async fn assigned(control: &Control, node: &str) -> LinkResult<Vec<(String, TaskRecord, i64)>> {
-    Ok(control
-        .all_tasks()
-        .await
-        .map_err(LinkError::from_control)?
-        .into_iter()
-        .filter(|(_, r, _)| r.node == node)
-        .collect())
+    #[derive(serde::Deserialize)]
+    struct Placed<'a> {
+        #[serde(borrow)]
+        node: std::borrow::Cow<'a, str>,
+    }
+    let (kvs, _) = control.store.list(TASKS_PREFIX).await.map_err(LinkError::unavailable)?;
+    let mut mine = vec![];
+    for kv in kvs {
+        let placed: Placed = serde_json::from_slice(&kv.value).map_err(LinkError::unavailable)?;
+        if placed.node == node {
+            let rec = serde_json::from_slice(&kv.value).map_err(LinkError::unavailable)?;
+            mine.push((kv.key, rec, kv.mod_revision));
+        }
+    }
+    Ok(mine)
 }
 
 /// A watch on the task records, passing on only the node's (deletes pass: the key alone
@@ -667,6 +676,28 @@ mod tests {
             .await
             .unwrap();
         rec
+    }
+
+    #[tokio::test]
+    async fn a_node_lists_only_its_own_tasks_with_their_revisions() {
+        let store: Arc<dyn gantry_store::Store> = Arc::new(gantry_store::SqliteStore::in_memory().unwrap());
+        let control = Control::new(store, Arc::new(gantry_control::SystemClock));
+        let rec = placed(&control, None).await;
+        let mut other = rec.clone();
+        other.node = "n2".into();
+        other.task.task_arn = format!("arn:aws:ecs:us-east-1:{ACCOUNT}:task/c/fedcba9876543210");
+        let other_key = Control::key_of(&other);
+        control
+            .store
+            .create(&other_key, &serde_json::to_vec(&other).unwrap())
+            .await
+            .unwrap();
+        let key = Control::key_of(&rec);
+        let rev = control.store.get(&key).await.unwrap().unwrap().mod_revision;
+        assert_eq!(assigned(&control, "n1").await.unwrap(), vec![(key, rec, rev)]);
+        let theirs = assigned(&control, "n2").await.unwrap();
+        assert_eq!(theirs.iter().map(|(k, _, _)| k).collect::<Vec<_>>(), [&other_key]);
+        assert!(assigned(&control, "n3").await.unwrap().is_empty());
     }
 
     #[tokio::test]
