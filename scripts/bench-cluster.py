@@ -4,9 +4,10 @@ RUNNING one task at a time through a `gantry server` (on a real etcd) and a remo
 mutual TLS, through `gantry dev` on the same etcd (the difference is the remote agent
 protocol), and through `gantry dev` on SQLite (the difference is etcd's replicated, fsynced
 writes); then bursts of tasks over three agents to all RUNNING. `crun run` of an equivalent
-bundle is the baseline (scripts/bench.sh), and for the bursts `crun run --detach` of the same
-number of prepared bundles, three at a time (scripts/bench.sh burst): what the runtime alone
-reaches on this machine.
+bundle is the baseline (scripts/bench.sh, before and after the Gantry samples, the ratios to
+the mean of the two), and for the bursts `crun run --detach` of the same number of prepared
+bundles, three at a time (scripts/bench.sh burst): what the runtime alone reaches on this
+machine.
 
 The three run at once and their starts alternate, one task on each in turn (rotating which
 goes first), because this VM drifts by 20% within minutes: measured one after the other,
@@ -99,6 +100,9 @@ def main():
     ap.add_argument("--burst", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=1)
     a = ap.parse_args()
+    # crun is measured before and after the Gantry samples, and the ratios are to the mean of
+    # the two: one measurement after alone moved the ratio by as much as the VM drifted.
+    crun_before = crun_baseline()
     etcd = test_etcd.Etcd()
     setups = []
     try:
@@ -119,17 +123,18 @@ def main():
             s.cleanup()
         etcd.remove()
     remote, dev_etcd, local = (s.lat for s in setups)
-    crun = crun_baseline()
+    crun_after = crun_baseline()
     print(f"RunTask -> RUNNING (client-observed, {a.tasks} tasks on each, one at a time, alternating)")
     rm, rp = summary("server + remote agent (etcd, mutual TLS)", remote, width=48)
     em, ep = summary("gantry dev on etcd (one process)", dev_etcd, width=48)
     dm, dp = summary("gantry dev (one process, SQLite)", local, width=48)
     print(f"remote agent protocol adds: median {rm - em:+.1f} ms, p90 {rp - ep:+.1f} ms (server+agent vs dev, both on etcd)")
     print(f"etcd adds: median {em - dm:+.1f} ms, p90 {ep - dp:+.1f} ms (dev on etcd vs dev on SQLite)")
-    if crun:
-        cm, cp = crun
-        print(f"{'crun run /bin/true (baseline)':<48} n=30   median {cm:8.1f} ms   p90 {cp:8.1f} ms")
-        print(f"ratio remote/crun: median {rm / cm:.2f}x; dev/crun: median {dm / cm:.2f}x")
+    if crun_before and crun_after:
+        for when, (m, p) in (("before", crun_before), ("after", crun_after)):
+            print(f"{'crun run /bin/true (baseline, ' + when + ')':<48} n=30   median {m:8.1f} ms   p90 {p:8.1f} ms")
+        cm = (crun_before[0] + crun_after[0]) / 2
+        print(f"ratio to crun's mean median ({cm:.1f} ms): remote {rm / cm:.2f}x; dev on SQLite {dm / cm:.2f}x")
     for took in bursts:
         print(f"burst: {a.burst} tasks over 3 agents to RUNNING in {took:.2f} s = {a.burst / took:.1f} tasks/s")
     if bursts:
