@@ -16,8 +16,12 @@ With --etcd both keep their state in one etcd (Debian's etcd-server, started her
 ports in a temporary directory), each under its own prefix, as a server does, instead of
 SQLite: a start's store reads and writes are then network round trips and fsynced writes.
 
+With --phases each side also prints where its one-at-a-time starts went, from its own
+/metrics: the means of RunTask's and DescribeTasks' time inside the server and of the agent's
+start phases (pull, sandbox, containers, start, total).
+
 Usage (root, after `cargo build --release --workspace` here and in the other checkout):
-    .venv/bin/python scripts/bench-start-ab.py --against OTHER/target/release/gantry [--tasks 40] [--burst 200] [--bursts 2] [--crun] [--etcd]
+    .venv/bin/python scripts/bench-start-ab.py --against OTHER/target/release/gantry [--tasks 40] [--burst 200] [--bursts 2] [--crun] [--etcd] [--phases]
 """
 import argparse
 import os
@@ -26,7 +30,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import bench_gantry, burst, conftest, crun_baseline, one_at_a_time, pct, register_bench  # noqa: E402
+from benchlib import (bench_gantry, burst, conftest, crun_baseline, histogram_totals, one_at_a_time, pct,  # noqa: E402
+                      phase_means, register_bench)
 import test_etcd  # noqa: E402  (one etcd member on loopback, with --etcd)
 
 
@@ -38,6 +43,8 @@ def main():
     ap.add_argument("--bursts", type=int, default=2, help="bursts on each side (alternating which goes first)")
     ap.add_argument("--crun", action="store_true", help="also `crun run` of the same image (scripts/bench.sh) after")
     ap.add_argument("--etcd", action="store_true", help="both on one etcd, each under its own prefix")
+    ap.add_argument("--phases", action="store_true",
+                    help="also where each side's one-at-a-time starts went, from its own histograms (means)")
     a = ap.parse_args()
     this = os.path.join(conftest.ROOT, "target", "release", "gantry")
     sides = {"this": {"binary": this}, "other": {"binary": os.path.abspath(a.against)}}
@@ -58,10 +65,16 @@ def main():
             register_bench(s["ecs"])
         time.sleep(3)  # let the warm pools fill
         names = list(sides)
+        endpoint = lambda s: f"http://127.0.0.1:{s['g'].port}"  # noqa: E731
+        for s in sides.values():
+            s["histograms"] = histogram_totals(endpoint(s)) if a.phases else None
         for r in range(a.tasks):
             for name in (names if r % 2 == 0 else reversed(names)):
                 s = sides[name]
                 s["client"] += one_at_a_time(s["ecs"], "bench", 1, s["stamped"])
+        if a.phases:
+            for s in sides.values():
+                s["histograms"] = (s["histograms"], histogram_totals(endpoint(s)))
         for b in range(a.bursts):
             for name in (names if b % 2 == 0 else reversed(names)):
                 time.sleep(3)  # the pools refill after the last burst
@@ -79,6 +92,8 @@ def main():
         print(f"  RunTask -> RUNNING (client)   median {statistics.median(s['client']):6.1f} ms   p90 {pct(s['client'], 0.9):6.1f} ms")
         print(f"  RunTask sent -> startedAt     median {statistics.median(s['stamped']):6.1f} ms   p90 {pct(s['stamped'], 0.9):6.1f} ms")
         print(f"  bursts                        {', '.join(f'{b:.1f}' for b in s['bursts'])} tasks/s")
+        if a.phases:
+            phase_means(*s["histograms"])
     t, o = sides["this"], sides["other"]
     ratio = lambda k: statistics.median(t[k]) / statistics.median(o[k])  # noqa: E731
     crun = crun_baseline() if a.crun else None
