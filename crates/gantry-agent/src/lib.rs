@@ -134,7 +134,7 @@ impl Agent {
                             continue;
                         }
                         match serde_json::from_slice::<TaskRecord>(&e.kv.value) {
-                            Ok(rec) => self.consider(&e.kv.key, &rec, e.kv.mod_revision, true),
+                            Ok(rec) => self.consider(&e.kv.key, rec, e.kv.mod_revision, true),
                             Err(err) => tracing::warn!(key = %e.kv.key, error = %err, "unreadable task record"),
                         }
                     }
@@ -146,7 +146,7 @@ impl Agent {
     /// A task record at revision `rev`: its supervisor learns it and is woken (a re-list
     /// wakes it only when the record is newer than the one it knows: `always` false), or
     /// one is started from it if the task has none.
-    fn consider(self: &Arc<Self>, key: &str, rec: &TaskRecord, rev: i64, always: bool) {
+    fn consider(self: &Arc<Self>, key: &str, rec: TaskRecord, rev: i64, always: bool) {
         if rec.node != self.link.node() {
             return;
         }
@@ -164,7 +164,7 @@ impl Agent {
         supervised.insert(key.to_string(), notify.clone());
         let me = self.clone();
         let key = key.to_string();
-        let seed = Some((rec.clone(), rev)).filter(|_| rev > 0);
+        let seed = Some((rec, rev)).filter(|_| rev > 0);
         tokio::spawn(async move {
             if let Err(e) = supervise::supervise(&me, &key, seed, &notify).await {
                 tracing::error!(task = %key, error = %e, "task supervision failed");
@@ -177,17 +177,17 @@ impl Agent {
 
     /// Keeps `rec` as the newest record known of `key` unless one as new is known; whether it
     /// was newer.
-    pub(crate) fn learn(&self, key: &str, rec: &TaskRecord, rev: i64) -> bool {
+    pub(crate) fn learn(&self, key: &str, rec: TaskRecord, rev: i64) -> bool {
         let mut records = self.records.lock().expect("lock");
         if records.get(key).is_some_and(|(_, known)| *known >= rev) {
             return false;
         }
-        records.insert(key.to_string(), (rec.clone(), rev));
+        records.insert(key.to_string(), (rec, rev));
         true
     }
 
     /// `learn`, for a task still supervised (a write after its supervisor ended is not kept).
-    pub(crate) fn learn_if_supervised(&self, key: &str, rec: &TaskRecord, rev: i64) {
+    pub(crate) fn learn_if_supervised(&self, key: &str, rec: TaskRecord, rev: i64) {
         // Held across the learning: a supervisor that ends removes its task here first.
         let supervised = self.supervised.lock().expect("lock");
         if supervised.contains_key(key) {
@@ -282,8 +282,8 @@ impl Agent {
     async fn reconcile(self: &Arc<Self>) {
         match self.link.list_assigned().await {
             Ok(tasks) => {
-                for (key, rec, rev) in &tasks {
-                    self.consider(key, rec, *rev, false);
+                for (key, rec, rev) in tasks {
+                    self.consider(&key, rec, rev, false);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "listing this node's tasks"),

@@ -556,24 +556,9 @@ async fn reported(control: &Control, node: &str, usage: &[TaskUsage]) -> LinkRes
     Ok(joined)
 }
 
-/// The node's task records. Task records are keyed by cluster, not node, so every one is
-/// listed; only the node's are decoded whole (the others' placement alone is read).
+/// The node's task records.
 pub async fn assigned(control: &Control, node: &str) -> LinkResult<Vec<(String, TaskRecord, i64)>> {
-    #[derive(serde::Deserialize)]
-    struct Placed<'a> {
-        #[serde(borrow)]
-        node: std::borrow::Cow<'a, str>,
-    }
-    let (kvs, _) = control.store.list(TASKS_PREFIX).await.map_err(LinkError::unavailable)?;
-    let mut mine = vec![];
-    for kv in kvs {
-        let placed: Placed = serde_json::from_slice(&kv.value).map_err(LinkError::unavailable)?;
-        if placed.node == node {
-            let rec = serde_json::from_slice(&kv.value).map_err(LinkError::unavailable)?;
-            mine.push((kv.key, rec, kv.mod_revision));
-        }
-    }
-    Ok(mine)
+    control.node_tasks(node).await.map_err(LinkError::from_control)
 }
 
 /// A watch on the task records, passing on only the node's (deletes pass: the key alone

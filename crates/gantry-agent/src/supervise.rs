@@ -57,7 +57,7 @@ pub(crate) async fn update(a: &Agent, key: &str, mut f: impl FnMut(&mut TaskReco
         rec.task.version += 1;
         match a.link.put_task(key, &rec, rev).await? {
             Written::Ok(new_rev) => {
-                a.learn_if_supervised(key, &rec, new_rev);
+                a.learn_if_supervised(key, rec.clone(), new_rev);
                 return Ok(rec);
             }
             Written::Conflict => continue,
@@ -82,7 +82,7 @@ pub async fn supervise(a: &Arc<Agent>, key: &str, seed: Option<(TaskRecord, i64)
         },
     };
     // The first write starts from this record (`update`).
-    a.learn(key, &rec, rev);
+    a.learn(key, rec.clone(), rev);
     let id = rec.id().to_string();
     let started_here = a.node.task_dir(&id).exists();
     let mut shippers: HashMap<String, Shipper> = HashMap::new();
@@ -174,7 +174,7 @@ pub fn container_dir_name(name: &str) -> String {
 async fn get(a: &Agent, key: &str) -> Result<Option<(TaskRecord, i64)>> {
     let got = a.link.get_task(key).await?;
     if let Some((rec, rev)) = &got {
-        a.learn_if_supervised(key, rec, *rev);
+        a.learn_if_supervised(key, rec.clone(), *rev);
     }
     Ok(got)
 }

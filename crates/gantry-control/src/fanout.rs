@@ -8,7 +8,7 @@
 //! closes the affected watches; their agents watch and list again.
 
 use crate::recent_tasks::RecentTasks;
-use crate::tasks::TASKS_PREFIX;
+use crate::tasks::{Placed, TASKS_PREFIX};
 use gantry_store::{Event, EventKind, Store, Watch};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,12 +25,6 @@ enum Pumped {
     Idle,
     /// The store's watch ended.
     Ended,
-}
-
-/// The one field routing needs (decoding the whole record for it would be waste).
-#[derive(serde::Deserialize)]
-struct Placed {
-    node: String,
 }
 
 #[derive(Default)]
@@ -147,8 +141,9 @@ impl TaskFanout {
         let node = match ev.kind {
             EventKind::Put => match serde_json::from_slice::<Placed>(&ev.kv.value) {
                 Ok(r) => {
-                    s.owners.insert(ev.kv.key.clone(), r.node.clone());
-                    Some(r.node)
+                    let node = r.node.into_owned();
+                    s.owners.insert(ev.kv.key.clone(), node.clone());
+                    Some(node)
                 }
                 Err(_) => None,
             },

@@ -138,6 +138,13 @@ impl ListTasks {
 /// Key prefix of every task record.
 pub const TASKS_PREFIX: &str = "/tasks/";
 
+/// The one field routing a task record to its node needs (decoding it whole would be waste).
+#[derive(Deserialize)]
+pub(crate) struct Placed<'a> {
+    #[serde(borrow)]
+    pub node: std::borrow::Cow<'a, str>,
+}
+
 impl Control {
     /// Tasks live under their own top-level prefix so the agent can list and watch them all.
     pub(crate) fn task_key(scope: &Scope, cluster: &str, id: &str) -> String {
@@ -173,6 +180,22 @@ impl Control {
     /// Every task record in the store with its key and revision (for the agent).
     pub async fn all_tasks(&self) -> Result<Vec<(String, TaskRecord, i64)>, EcsError> {
         self.list_json::<TaskRecord>(TASKS_PREFIX).await
+    }
+
+    /// The task records placed on `node`, with their keys and revisions. Records are keyed by
+    /// cluster, not node, so every one is listed; only the node's are decoded whole.
+    pub async fn node_tasks(&self, node: &str) -> Result<Vec<(String, TaskRecord, i64)>, EcsError> {
+        let (kvs, _) = self.store.list(TASKS_PREFIX).await.map_err(store_err)?;
+        let corrupt = |key: &str, e: serde_json::Error| EcsError::Server(format!("corrupt record {key}: {e}"));
+        let mut mine = vec![];
+        for kv in kvs {
+            let placed: Placed = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+            if placed.node == node {
+                let rec = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+                mine.push((kv.key, rec, kv.mod_revision));
+            }
+        }
+        Ok(mine)
     }
 
     /// Whether a task not yet stopped is in the security group `id` (DeleteSecurityGroup's
