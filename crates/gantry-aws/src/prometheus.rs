@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gantry_prom::{Metric, Sample, SECONDS};
+use gantry_types::arn::cluster_name;
 use std::collections::BTreeMap;
 
 static API_REQUESTS: Metric = Metric::counter(
@@ -39,10 +40,6 @@ fn sample(name: &'static str, help: &'static str, labels: Vec<(&'static str, Str
     }
 }
 
-fn cluster_name(arn: &str) -> String {
-    arn.rsplit('/').next().unwrap_or(arn).to_string()
-}
-
 /// The state-derived gauges, or why they could not be read.
 async fn state(api: &Api) -> Result<Vec<Sample>, String> {
     let c = &api.control;
@@ -51,7 +48,7 @@ async fn state(api: &Api) -> Result<Vec<Sample>, String> {
     // What running tasks cost per hour, per service.
     let mut hourly: BTreeMap<(String, String, String), f64> = BTreeMap::new();
     for (_, t, _) in &tasks {
-        let cluster = cluster_name(&t.cluster);
+        let cluster = cluster_name(&t.cluster).to_string();
         *by_status
             .entry((t.account.clone(), cluster.clone(), t.task.last_status.clone()))
             .or_default() += 1.0;
@@ -73,7 +70,7 @@ async fn state(api: &Api) -> Result<Vec<Sample>, String> {
     for (_, s, _) in services.iter().filter(|(_, s, _)| s.service.status == "ACTIVE") {
         let labels = vec![
             ("account", s.account.clone()),
-            ("cluster", cluster_name(&s.cluster)),
+            ("cluster", cluster_name(&s.cluster).to_string()),
             ("service", s.service.service_name.clone()),
         ];
         let (desired, running) = (s.service.desired_count as f64, s.service.running_count as f64);
@@ -84,7 +81,7 @@ async fn state(api: &Api) -> Result<Vec<Sample>, String> {
         };
         let group = format!("service:{}", s.service.service_name);
         let cost = hourly
-            .get(&(s.account.clone(), cluster_name(&s.cluster), group))
+            .get(&(s.account.clone(), cluster_name(&s.cluster).to_string(), group))
             .copied()
             .unwrap_or_default();
         rows.push((labels, desired, running, availability, cost));

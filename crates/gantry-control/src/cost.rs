@@ -11,7 +11,7 @@
 use crate::metrics::stats::Agg;
 use crate::metrics::store::{MetricKey, Published};
 use crate::TaskRecord;
-use gantry_types::arn::Scope;
+use gantry_types::arn::{cluster_name, Scope};
 use std::collections::BTreeMap;
 
 pub const NAMESPACE: &str = "Gantry/Cost";
@@ -85,10 +85,6 @@ impl Accrued {
         self.gb_seconds += o.gb_seconds;
         self.dollars += o.dollars;
     }
-}
-
-fn cluster_name(arn: &str) -> &str {
-    arn.rsplit('/').next().unwrap_or(arn)
 }
 
 /// The dimension sets a task's cost is counted under.

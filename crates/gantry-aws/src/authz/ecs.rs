@@ -12,14 +12,10 @@ fn arn(scope: &Scope, resource: &str) -> String {
     format!("arn:aws:ecs:{}:{}:{resource}", scope.region, scope.account)
 }
 
-/// A cluster's name from a name or an ARN (default: "default").
+/// A cluster's name from a name or an ARN (default: "default"), read as the handlers read it.
 fn cluster_name(input: &Value) -> String {
     let given = input.get("cluster").and_then(Value::as_str).unwrap_or("default");
-    given
-        .rsplit_once("cluster/")
-        .map(|(_, n)| n)
-        .unwrap_or(given)
-        .to_string()
+    gantry_types::arn::cluster_name(given).to_string()
 }
 
 /// A task's or service's ARN from an id, name or ARN, in its cluster (long ARN format).

@@ -10,7 +10,7 @@
 
 use super::dispatch;
 use crate::api::{Api, ApiError};
-use gantry_types::arn::Scope;
+use gantry_types::arn::{cluster_name, Scope};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -91,10 +91,6 @@ async fn all_services(api: &Api, scope: &Scope) -> Result<Vec<Value>, ApiError> 
         }
     }
     Ok(out)
-}
-
-fn cluster_name(arn: &str) -> &str {
-    arn.rsplit('/').next().unwrap_or(arn)
 }
 
 /// A service's SLO from its `gantry:slo` tag, as a fraction.

@@ -6,7 +6,7 @@
 use super::stats::Agg;
 use super::store::{MetricKey, Published};
 use crate::TaskRecord;
-use gantry_types::arn::Scope;
+use gantry_types::arn::{cluster_name, Scope};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -64,10 +64,6 @@ fn service_of(rec: &TaskRecord) -> Option<&str> {
     rec.task.group.as_deref()?.strip_prefix("service:")
 }
 
-fn cluster_name(rec: &TaskRecord) -> &str {
-    rec.cluster.rsplit('/').next().unwrap_or(&rec.cluster)
-}
-
 /// The datapoints a batch of usage makes, by account and region: each task's utilisation of
 /// what it reserved, as a value of its cluster's and its service's series.
 pub fn datapoints(usage: &[(TaskRecord, TaskUsage)]) -> Vec<(Scope, Published)> {
@@ -75,7 +71,7 @@ pub fn datapoints(usage: &[(TaskRecord, TaskUsage)]) -> Vec<(Scope, Published)> 
     for (rec, u) in usage {
         let cpu = 100.0 * u.cpu_units / rec.cpu_units.max(1) as f64;
         let memory = 100.0 * u.memory_mib / rec.memory_mib.max(1) as f64;
-        let cluster = ("ClusterName".to_string(), cluster_name(rec).to_string());
+        let cluster = ("ClusterName".to_string(), cluster_name(&rec.cluster).to_string());
         let mut dimension_sets = vec![vec![cluster.clone()]];
         if let Some(service) = service_of(rec) {
             dimension_sets.push(vec![cluster, ("ServiceName".into(), service.to_string())]);
@@ -127,7 +123,7 @@ pub fn insights_datapoints(
 ) -> Vec<(Scope, Published)> {
     let mut series: BTreeMap<(String, String, MetricKey), (i64, String, Agg)> = BTreeMap::new();
     for (rec, u) in usage.iter().filter(|(r, _)| enabled(r)) {
-        let cluster = ("ClusterName".to_string(), cluster_name(rec).to_string());
+        let cluster = ("ClusterName".to_string(), cluster_name(&rec.cluster).to_string());
         let mut dimension_sets = vec![vec![cluster.clone()]];
         if let Some(service) = service_of(rec) {
             dimension_sets.push(vec![cluster.clone(), ("ServiceName".into(), service.to_string())]);

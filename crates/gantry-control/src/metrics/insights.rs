@@ -8,14 +8,10 @@ use super::stats::Agg;
 use super::store::{MetricKey, Published};
 use crate::services::ServiceRecord;
 use crate::TaskRecord;
-use gantry_types::arn::Scope;
+use gantry_types::arn::{cluster_name, Scope};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub const NAMESPACE: &str = "ECS/ContainerInsights";
-
-fn cluster_name(arn: &str) -> &str {
-    arn.rsplit('/').next().unwrap_or(arn)
-}
 
 fn point(name: &str, dims: &[(String, String)], ts_ms: i64, unit: &str, v: f64) -> Published {
     Published {
