@@ -337,6 +337,18 @@ pub fn write_profile(creds: &DevCredentials, region: &str, endpoint: &str) -> Re
     Ok((cred_file, conf_file))
 }
 
+/// A TCP socket bound to `addr` but not yet accepting connections.
+fn bind_unlistened(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As TcpListener::bind does: a restart can rebind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
 pub fn run(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     args.start_tracing("gantry-dev");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -379,10 +391,10 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
         );
     }
 
-    let listener = tokio::net::TcpListener::bind(a.listen)
-        .await
-        .with_context(|| format!("binding {}", a.listen))?;
-    let addr = listener.local_addr()?;
+    // Bound now (the profile names the port), listening only once the API serves: a client
+    // that connects is then answered, and finds the profile already written.
+    let socket = bind_unlistened(a.listen).with_context(|| format!("binding {}", a.listen))?;
+    let addr = socket.local_addr()?;
     let endpoint = format!("http://{addr}");
     if !a.no_profile {
         let (c, f) = write_profile(&creds, &a.region, &endpoint)?;
@@ -462,7 +474,7 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     );
     println!("  try: aws --profile gantry ecs list-clusters");
     gantry_aws::front::serve(
-        listener,
+        socket.listen(1024)?,
         gantry_aws::router(api),
         a.limits.front(),
         crate::shutdown_signal("gantry dev"),
