@@ -280,9 +280,16 @@ impl Agent {
     }
 
     async fn reconcile(self: &Arc<Self>) {
-        match self.link.list_assigned().await {
-            Ok(tasks) => {
-                for (key, rec, rev) in tasks {
+        let known: HashMap<String, i64> = {
+            let records = self.records.lock().expect("lock");
+            records.iter().map(|(k, (_, rev))| (k.clone(), *rev)).collect()
+        };
+        match self.link.list_assigned(&known).await {
+            Ok(listed) => {
+                for key in listed.gone {
+                    self.deleted(&key);
+                }
+                for (key, rec, rev) in listed.changed {
                     self.consider(&key, rec, rev, false);
                 }
             }

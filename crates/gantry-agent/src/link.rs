@@ -12,6 +12,7 @@ use gantry_control::metrics::Metrics;
 use gantry_control::nodes::{NodeRecord, NodeSpec};
 use gantry_control::{Control, TaskRecord, TASKS_PREFIX};
 use gantry_store::{KeyValue, Watch};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -163,8 +164,9 @@ pub trait ControlLink: Send + Sync {
     async fn register(&self, spec: &NodeSpec) -> LinkResult<NodeRecord>;
     /// Says the node is alive. Fails once the node has been declared lost (fenced).
     async fn heartbeat(&self) -> LinkResult<()>;
-    /// Every task record placed on this node, with its store key and revision.
-    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord, i64)>>;
+    /// The task records placed on this node that are not among those `known` (key to
+    /// revision), with their store keys and revisions, and the known ones that are gone.
+    async fn list_assigned(&self, known: &HashMap<String, i64>) -> LinkResult<Assigned>;
     /// Changes to this node's task records from now on (puts carry the new record). The
     /// watch ends when the link breaks; the agent re-lists and watches again.
     async fn watch_assigned(&self) -> LinkResult<Watch>;
@@ -417,8 +419,8 @@ impl ControlLink for LocalLink {
             .map_err(LinkError::from_control)
     }
 
-    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord, i64)>> {
-        assigned(&self.control, &self.node).await
+    async fn list_assigned(&self, known: &HashMap<String, i64>) -> LinkResult<Assigned> {
+        assigned(&self.control, &self.node, known).await
     }
 
     async fn watch_assigned(&self) -> LinkResult<Watch> {
@@ -556,9 +558,52 @@ async fn reported(control: &Control, node: &str, usage: &[TaskUsage]) -> LinkRes
     Ok(joined)
 }
 
-/// The node's task records.
-pub async fn assigned(control: &Control, node: &str) -> LinkResult<Vec<(String, TaskRecord, i64)>> {
-    control.node_tasks(node).await.map_err(LinkError::from_control)
+/// A node's re-list: its task records other than the ones it knows (new, or at another
+/// revision), and the ones it knows that are gone. Records new to the node that are already
+/// STOPPED are left out: there is nothing to run or clean up for them.
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Assigned {
+    pub changed: Vec<(String, TaskRecord, i64)>,
+    pub gone: Vec<String>,
+}
+
+/// Changed records read one by one at most; more are read in one listing.
+const READ_ONE_BY_ONE: usize = 64;
+
+/// The server side of a node's re-list. The records' keys and revisions come from the task
+/// watch's index, so a re-list that finds nothing changed reads nothing from the store; the
+/// changed records come from the records held in memory, or the store. Without an index
+/// (nobody watches), or with many records changed, one listing.
+pub async fn assigned(control: &Control, node: &str, known: &HashMap<String, i64>) -> LinkResult<Assigned> {
+    let wanted = |key: &String, rev: i64, stopped: bool| match known.get(key) {
+        Some(k) => *k != rev,
+        None => !stopped,
+    };
+    let gone = |present: &dyn Fn(&String) -> bool| known.keys().filter(|k| !present(k)).cloned().collect();
+    if let Some(index) = control.task_watches.assigned(node).await {
+        let stale: Vec<_> = index
+            .iter()
+            .filter(|(k, (rev, stopped))| wanted(k, *rev, *stopped))
+            .collect();
+        if stale.len() <= READ_ONE_BY_ONE {
+            let mut changed = Vec::with_capacity(stale.len());
+            for (key, (rev, _)) in stale {
+                if let Some((rec, rev)) = replaced(control, node, key, *rev).await? {
+                    changed.push((key.clone(), rec, rev));
+                }
+            }
+            let gone = gone(&|k| index.contains_key(k));
+            return Ok(Assigned { changed, gone });
+        }
+    }
+    let all = control.node_tasks(node).await.map_err(LinkError::from_control)?;
+    let present: HashSet<&String> = all.iter().map(|(k, _, _)| k).collect();
+    let gone = gone(&|k| present.contains(k));
+    let changed = all
+        .into_iter()
+        .filter(|(k, r, rev)| wanted(k, *rev, r.task.last_status == "STOPPED"))
+        .collect();
+    Ok(Assigned { changed, gone })
 }
 
 /// A watch on the task records, passing on only the node's (deletes pass: the key alone
@@ -679,10 +724,56 @@ mod tests {
             .unwrap();
         let key = Control::key_of(&rec);
         let rev = control.store.get(&key).await.unwrap().unwrap().mod_revision;
-        assert_eq!(assigned(&control, "n1").await.unwrap(), vec![(key, rec, rev)]);
-        let theirs = assigned(&control, "n2").await.unwrap();
+        let none = HashMap::new();
+        let mine = assigned(&control, "n1", &none).await.unwrap();
+        assert_eq!(mine.changed, vec![(key, rec, rev)]);
+        let theirs = assigned(&control, "n2", &none).await.unwrap().changed;
         assert_eq!(theirs.iter().map(|(k, _, _)| k).collect::<Vec<_>>(), [&other_key]);
-        assert!(assigned(&control, "n3").await.unwrap().is_empty());
+        assert_eq!(assigned(&control, "n3", &none).await.unwrap(), Assigned::default());
+    }
+
+    /// With the task watch running (an agent watches), a re-list reads the index: nothing
+    /// from the store when nothing changed, only the changed records otherwise.
+    #[tokio::test]
+    async fn a_relist_reads_only_what_changed_since_the_revisions_the_node_knows() {
+        let counted = Arc::new(gantry_store::instrumented::Instrumented::new());
+        let store: Arc<dyn gantry_store::Store> = counted.clone();
+        let control = Control::new(store, Arc::new(gantry_control::SystemClock));
+        let reads = || (counted.gets(), counted.lists());
+        let rec = placed(&control, None).await;
+        let key = Control::key_of(&rec);
+        let rev = control.store.get(&key).await.unwrap().unwrap().mod_revision;
+        let mut watch = watch_assigned(&control, "n1").await.unwrap();
+
+        let before = reads();
+        let known = HashMap::from([(key.clone(), rev)]);
+        assert_eq!(assigned(&control, "n1", &known).await.unwrap(), Assigned::default());
+        assert_eq!(reads(), before, "an unchanged re-list reads nothing");
+
+        // Changed and watched: the new record, from memory.
+        let mut next = rec.clone();
+        next.task.last_status = "STOPPED".into();
+        let rev2 = control
+            .store
+            .update(&key, &serde_json::to_vec(&next).unwrap(), rev)
+            .await
+            .unwrap();
+        watch.events.recv().await.unwrap().unwrap();
+        let listed = assigned(&control, "n1", &known).await.unwrap();
+        assert_eq!(listed.changed, vec![(key.clone(), next, rev2)]);
+        assert_eq!(reads(), before);
+        // STOPPED and unknown to the node: left out.
+        assert_eq!(
+            assigned(&control, "n1", &HashMap::new()).await.unwrap(),
+            Assigned::default()
+        );
+
+        // Gone: named.
+        control.store.delete(&key, None).await.unwrap();
+        watch.events.recv().await.unwrap().unwrap();
+        let listed = assigned(&control, "n1", &known).await.unwrap();
+        assert_eq!((listed.changed.len(), listed.gone), (0, vec![key]));
+        assert_eq!(reads(), before);
     }
 
     #[tokio::test]

@@ -138,11 +138,26 @@ impl ListTasks {
 /// Key prefix of every task record.
 pub const TASKS_PREFIX: &str = "/tasks/";
 
-/// The one field routing a task record to its node needs (decoding it whole would be waste).
+/// The fields routing a task record to its node need (decoding it whole would be waste).
 #[derive(Deserialize)]
 pub(crate) struct Placed<'a> {
     #[serde(borrow)]
     pub node: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    task: PlacedTask<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PlacedTask<'a> {
+    #[serde(default, borrow)]
+    last_status: std::borrow::Cow<'a, str>,
+}
+
+impl Placed<'_> {
+    pub fn stopped(&self) -> bool {
+        self.task.last_status == "STOPPED"
+    }
 }
 
 impl Control {

@@ -7,7 +7,7 @@ use crate::wire::*;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use gantry_agent::link::{ControlLink, LinkError, LinkResult, LogTarget, Written};
+use gantry_agent::link::{Assigned, ControlLink, LinkError, LinkResult, LogTarget, Written};
 use gantry_control::nodes::{NodeRecord, NodeSpec};
 use gantry_control::TaskRecord;
 use gantry_store::Watch;
@@ -16,6 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -377,9 +378,12 @@ impl ControlLink for RemoteLink {
         self.call_empty("/v1/heartbeat", &Epoch { epoch }).await
     }
 
-    async fn list_assigned(&self) -> LinkResult<Vec<(String, TaskRecord, i64)>> {
+    async fn list_assigned(&self, known: &HashMap<String, i64>) -> LinkResult<Assigned> {
         let r = self
-            .send(|s| self.client().get(format!("{s}/v1/tasks")).timeout(REQUEST_TIMEOUT))
+            .send(|s| {
+                let url = format!("{s}/v1/tasks");
+                self.client().post(url).json(known).timeout(REQUEST_TIMEOUT)
+            })
             .await?;
         r.json().await.map_err(LinkError::unavailable)
     }

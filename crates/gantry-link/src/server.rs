@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -118,7 +119,7 @@ impl LinkServer {
             .route("/v1/renew", post(renew))
             .route("/v1/register", post(register))
             .route("/v1/heartbeat", post(heartbeat))
-            .route("/v1/tasks", get(list))
+            .route("/v1/tasks", get(list_all).post(list))
             .route("/v1/watch", get(watch))
             .route("/v1/task", get(get_task).put(put_task))
             .route("/v1/logs/stream", post(ensure_stream))
@@ -333,12 +334,23 @@ async fn heartbeat(State(s): S, Extension(peer): Extension<Peer>, Json(q): Json<
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A node's re-list, given the records it knows (key to revision).
 async fn list(
     State(s): S,
     Extension(peer): Extension<Peer>,
-) -> Result<Json<Vec<(String, gantry_control::TaskRecord, i64)>>, Refusal> {
+    Json(known): Json<HashMap<String, i64>>,
+) -> Result<Json<ops::Assigned>, Refusal> {
     let me = node(&peer)?;
-    Ok(Json(ops::assigned(&s.control, me).await.map_err(|e| op_err(&peer, e))?))
+    Ok(Json(
+        ops::assigned(&s.control, me, &known)
+            .await
+            .map_err(|e| op_err(&peer, e))?,
+    ))
+}
+
+/// A node's re-list knowing no record.
+async fn list_all(state: S, peer: Extension<Peer>) -> Result<Json<ops::Assigned>, Refusal> {
+    list(state, peer, Json(HashMap::new())).await
 }
 
 /// Watch events as JSON lines, and an empty line every few seconds so a dead connection is

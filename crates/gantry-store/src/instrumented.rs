@@ -1,7 +1,7 @@
 //! An in-memory SQLite store for the tests of what sits on a store: it counts the single-key
-//! reads and the watches asked of it, can make every call first wait a round trip (on tokio's
-//! clock, so a paused clock measures round trips one after another), and can make its
-//! watches end at once (as one cut off by a compaction does) or fail.
+//! reads, the listings and the watches asked of it, can make every call first wait a round
+//! trip (on tokio's clock, so a paused clock measures round trips one after another), and can
+//! make its watches end at once (as one cut off by a compaction does) or fail.
 
 use crate::{KeyValue, Result, SqliteStore, Store, StoreError, Watch};
 use async_trait::async_trait;
@@ -22,6 +22,7 @@ pub enum Watches {
 pub struct Instrumented {
     inner: SqliteStore,
     gets: AtomicUsize,
+    lists: AtomicUsize,
     watches_asked: AtomicUsize,
     round_trip: Option<Duration>,
     watches: Watches,
@@ -33,6 +34,7 @@ impl Instrumented {
         Instrumented {
             inner: SqliteStore::in_memory().expect("an in-memory SQLite opens"),
             gets: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
             watches_asked: AtomicUsize::new(0),
             round_trip: None,
             watches: Watches::Follow,
@@ -53,6 +55,11 @@ impl Instrumented {
     /// Single-key reads so far.
     pub fn gets(&self) -> usize {
         self.gets.load(Ordering::SeqCst)
+    }
+
+    /// Listings so far.
+    pub fn lists(&self) -> usize {
+        self.lists.load(Ordering::SeqCst)
     }
 
     /// Watches asked for so far.
@@ -82,6 +89,7 @@ impl Store for Instrumented {
     }
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
         self.trip().await;
+        self.lists.fetch_add(1, Ordering::SeqCst);
         self.inner.list(prefix).await
     }
     async fn create(&self, key: &str, value: &[u8]) -> Result<i64> {

@@ -131,19 +131,16 @@ async fn serve(args: &NodeArgs, a: AgentArgs) -> Result<i32> {
 
     // Startup sweep: keep what the servers still track as running here.
     let tracked = loop {
-        match link.list_assigned().await {
-            Ok(t) => break t,
+        match link.list_assigned(&Default::default()).await {
+            Ok(t) => break t.changed,
             Err(e) => {
                 eprintln!("gantry agent: reaching the servers: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     };
-    let tracked: std::collections::HashSet<String> = tracked
-        .into_iter()
-        .filter(|(_, r, _)| r.task.last_status != "STOPPED")
-        .map(|(_, r, _)| r.id().to_string())
-        .collect();
+    // (A listing knowing no record leaves the STOPPED ones out.)
+    let tracked: std::collections::HashSet<String> = tracked.into_iter().map(|(_, r, _)| r.id().to_string()).collect();
     node.sweep(|t| tracked.contains(t))?;
 
     let (cpu, memory) = crate::dev::node_capacity(a.cpu, a.memory);
