@@ -109,10 +109,17 @@ def store_reads(etcd):
         r'^grpc_server_handled_total\{[^}]*grpc_method="Range"[^}]*\} (\S+)$', text, re.M))
 
 
+def bytes_sent(etcd):
+    """Bytes etcd has sent its clients so far, from its own /metrics."""
+    text = urllib.request.urlopen(f"http://{etcd}/metrics", timeout=10).read().decode()
+    return float(re.search(r'^etcd_network_client_grpc_sent_bytes_total (\S+)$', text, re.M).group(1))
+
+
 def reads_per_second(etcd, seconds=11):
-    before = store_reads(etcd)
+    """Reads and bytes sent per second over `seconds`."""
+    before = store_reads(etcd), bytes_sent(etcd)
     time.sleep(seconds)
-    return (store_reads(etcd) - before) / seconds
+    return (store_reads(etcd) - before[0]) / seconds, (bytes_sent(etcd) - before[1]) / seconds
 
 
 def test_idle_tasks_cost_no_store_reads(etcd):
@@ -120,7 +127,8 @@ def test_idle_tasks_cost_no_store_reads(etcd):
     30 idle tasks running is the rate with none, give or take the controllers' timing. (Each
     task's supervisor read its record every 5 s and on every re-list, and each usage report
     read every task's: 0.6 reads/s per task with the tests' 2 s report interval; one read per
-    task every 5 s alone would be 6/s here.)"""
+    task every 5 s alone would be 6/s here.) Nor does it cost its record read again: what etcd
+    sends stays about the same."""
     g = Gantry(instance=2)
     g.env["GANTRY_STORE"] = f"etcd://{etcd}/gantry-idle"
     try:
@@ -134,7 +142,11 @@ def test_idle_tasks_cost_no_store_reads(etcd):
         ecs.get_waiter("tasks_running").wait(cluster="default", tasks=arns, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
         time.sleep(4)  # a usage report has read each new task's record (once)
         with_tasks = reads_per_second(etcd)
-        assert with_tasks - without < 3.5, f"{with_tasks:.1f} reads/s with 30 idle tasks, {without:.1f} with none"
+        assert with_tasks[0] - without[0] < 3.5, f"{with_tasks[0]:.1f} reads/s with 30 idle tasks, {without[0]:.1f} with none"
+        # Nor records read again: a re-list and the controllers' listings of every task read
+        # keys and revisions (about 50 B/s per idle task here; whole records were 1.2 KB/s).
+        per_task = (with_tasks[1] - without[1]) / 30
+        assert per_task < 300, f"{with_tasks[1]:.0f} B/s from etcd with 30 idle tasks, {without[1]:.0f} with none"
         for arn in arns:
             ecs.stop_task(cluster="default", task=arn)
         wait_stopped(ecs, "default", arns)

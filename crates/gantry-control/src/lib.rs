@@ -36,6 +36,7 @@ pub mod service_deployments;
 pub mod service_lb;
 pub mod service_registry;
 pub mod services;
+pub mod task_cache;
 pub mod task_sets;
 mod taskdefs;
 pub mod tasks;
@@ -108,6 +109,8 @@ pub struct Control {
     pub recent_tasks: recent_tasks::RecentTasks,
     /// The records of the tasks each node reports the usage of.
     pub reported_tasks: reported_tasks::ReportedTasks,
+    /// Every task record as last read, reused while its revision is unchanged.
+    pub task_cache: task_cache::TaskCache,
     /// What tasks cost, for metering and the cost gauges.
     pub prices: cost::Prices,
     /// Service quotas: task launch rate, services per cluster, tasks per service.
@@ -149,6 +152,7 @@ impl Control {
             task_watches: fanout::TaskFanout::new(store.clone(), recent_tasks.clone()),
             recent_tasks,
             reported_tasks: Default::default(),
+            task_cache: Default::default(),
             security: ec2::SecuritySource::new(store.clone()),
             signing_keys: iam::SigningKeys::new(store.clone()),
             store,

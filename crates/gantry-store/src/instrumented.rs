@@ -23,6 +23,7 @@ pub struct Instrumented {
     inner: SqliteStore,
     gets: AtomicUsize,
     lists: AtomicUsize,
+    key_listings: AtomicUsize,
     watches_asked: AtomicUsize,
     round_trip: Option<Duration>,
     watches: Watches,
@@ -35,6 +36,7 @@ impl Instrumented {
             inner: SqliteStore::in_memory().expect("an in-memory SQLite opens"),
             gets: AtomicUsize::new(0),
             lists: AtomicUsize::new(0),
+            key_listings: AtomicUsize::new(0),
             watches_asked: AtomicUsize::new(0),
             round_trip: None,
             watches: Watches::Follow,
@@ -60,6 +62,11 @@ impl Instrumented {
     /// Listings so far.
     pub fn lists(&self) -> usize {
         self.lists.load(Ordering::SeqCst)
+    }
+
+    /// Listings of keys without their values so far.
+    pub fn key_listings(&self) -> usize {
+        self.key_listings.load(Ordering::SeqCst)
     }
 
     /// Watches asked for so far.
@@ -91,6 +98,11 @@ impl Store for Instrumented {
         self.trip().await;
         self.lists.fetch_add(1, Ordering::SeqCst);
         self.inner.list(prefix).await
+    }
+    async fn list_keys(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        self.trip().await;
+        self.key_listings.fetch_add(1, Ordering::SeqCst);
+        self.inner.list_keys(prefix).await
     }
     async fn create(&self, key: &str, value: &[u8]) -> Result<i64> {
         self.trip().await;

@@ -45,6 +45,27 @@ fn row_kv(r: &rusqlite::Row) -> rusqlite::Result<KeyValue> {
 }
 
 impl SqliteStore {
+    /// The keys under `prefix` in one read transaction (the revision matches the rows), with
+    /// their values or without.
+    fn listing(&self, prefix: &str, values: bool) -> Result<(Vec<KeyValue>, i64)> {
+        let mut c = self.inner.conn();
+        let tx = c.transaction().map_err(backend)?;
+        let end = prefix_end(prefix).unwrap_or_else(|| "\u{7f}".repeat(8));
+        let kvs = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT key, CASE WHEN ?3 THEN value ELSE X'' END, create_rev, mod_rev, version FROM kv \
+                     WHERE key >= ?1 AND key < ?2 ORDER BY key",
+                )
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![prefix, end, values], row_kv).map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)?
+        };
+        let rev = Inner::revision(&tx)?;
+        tx.commit().map_err(backend)?;
+        Ok((kvs, rev))
+    }
+
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let conn = Connection::open(path).map_err(backend)?;
         Self::init(conn)
@@ -219,22 +240,11 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        let mut c = self.inner.conn();
-        // One read transaction: the revision matches the rows.
-        let tx = c.transaction().map_err(backend)?;
-        let end = prefix_end(prefix).unwrap_or_else(|| "\u{7f}".repeat(8));
-        let kvs = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key",
-                )
-                .map_err(backend)?;
-            let rows = stmt.query_map(params![prefix, end], row_kv).map_err(backend)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)?
-        };
-        let rev = Inner::revision(&tx)?;
-        tx.commit().map_err(backend)?;
-        Ok((kvs, rev))
+        self.listing(prefix, true)
+    }
+
+    async fn list_keys(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        self.listing(prefix, false)
     }
 
     async fn create(&self, key: &str, value: &[u8]) -> Result<i64> {
