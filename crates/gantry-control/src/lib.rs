@@ -27,6 +27,7 @@ pub mod parameters;
 pub mod placement;
 pub mod quotas;
 pub mod recent_tasks;
+pub mod record_cache;
 pub mod records;
 pub mod reported_tasks;
 pub mod run_task;
@@ -36,7 +37,6 @@ pub mod service_deployments;
 pub mod service_lb;
 pub mod service_registry;
 pub mod services;
-pub mod task_cache;
 pub mod task_sets;
 mod taskdefs;
 pub mod tasks;
@@ -109,8 +109,10 @@ pub struct Control {
     pub recent_tasks: recent_tasks::RecentTasks,
     /// The records of the tasks each node reports the usage of.
     pub reported_tasks: reported_tasks::ReportedTasks,
-    /// Every task record as last read, reused while its revision is unchanged.
-    pub task_cache: task_cache::TaskCache,
+    /// Every task and every service record as last read, reused while its revision is
+    /// unchanged.
+    pub task_cache: record_cache::RecordCache<TaskRecord>,
+    pub service_cache: record_cache::RecordCache<services::ServiceRecord>,
     /// What tasks cost, for metering and the cost gauges.
     pub prices: cost::Prices,
     /// Service quotas: task launch rate, services per cluster, tasks per service.
@@ -152,7 +154,8 @@ impl Control {
             task_watches: fanout::TaskFanout::new(store.clone(), recent_tasks.clone()),
             recent_tasks,
             reported_tasks: Default::default(),
-            task_cache: Default::default(),
+            task_cache: record_cache::RecordCache::new(TASKS_PREFIX),
+            service_cache: record_cache::RecordCache::new(services::SERVICES_PREFIX),
             security: ec2::SecuritySource::new(store.clone()),
             signing_keys: iam::SigningKeys::new(store.clone()),
             store,
@@ -186,14 +189,35 @@ impl Control {
     pub async fn update_json<T>(
         &self,
         key: &str,
+        f: impl FnMut(&mut T) -> Result<bool, EcsError>,
+    ) -> Result<Option<T>, EcsError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq,
+    {
+        self.update_json_from(key, None, f).await
+    }
+
+    /// `update_json` starting from `known` (the record and revision the caller listed) instead
+    /// of a read: nothing is read when `f` changes nothing or the write's compare-and-swap
+    /// finds `known` current. For a controller that passes again shortly: a change another
+    /// writer made since `known` is judged on its next pass, and a write still checks the
+    /// revision (a conflict reads the record and applies `f` again).
+    pub async fn update_json_from<T>(
+        &self,
+        key: &str,
+        mut known: Option<(T, i64)>,
         mut f: impl FnMut(&mut T) -> Result<bool, EcsError>,
     ) -> Result<Option<T>, EcsError>
     where
         T: serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq,
     {
         loop {
-            let Some((mut rec, rev)) = self.get_json::<T>(key).await? else {
-                return Ok(None);
+            let (mut rec, rev) = match known.take() {
+                Some(k) => k,
+                None => match self.get_json::<T>(key).await? {
+                    Some(k) => k,
+                    None => return Ok(None),
+                },
             };
             let before = rec.clone();
             if !f(&mut rec)? || rec == before {
@@ -206,6 +230,7 @@ impl Control {
             {
                 Ok(_) => return Ok(Some(rec)),
                 Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(store_err(e)),
             }
         }
@@ -263,5 +288,43 @@ mod token_tests {
         for bad in ["a\u{e9}b", "\u{e9}\u{e9}", "zz", "123"] {
             assert!(decode_token(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod update_tests {
+    use crate::{Control, SystemClock};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn an_update_from_a_listed_record_reads_only_on_a_conflict() {
+        let counted = Arc::new(gantry_store::instrumented::Instrumented::new());
+        let control = Control::new(counted.clone(), Arc::new(SystemClock));
+        let rev = control.store.create("/r", b"1").await.unwrap();
+        // Nothing to change: nothing read, nothing written.
+        let same = control
+            .update_json_from("/r", Some((1i64, rev)), |_: &mut i64| Ok(true))
+            .await;
+        assert_eq!((same.unwrap(), counted.gets()), (Some(1), 0));
+        // Current: written without a read.
+        let two = control.update_json_from("/r", Some((1i64, rev)), |n: &mut i64| {
+            *n = 2;
+            Ok(true)
+        });
+        assert_eq!((two.await.unwrap(), counted.gets()), (Some(2), 0));
+        // Stale: the compare-and-swap refuses it; read, and applied to what is stored.
+        let three = control.update_json_from("/r", Some((1i64, rev)), |n: &mut i64| {
+            *n += 1;
+            Ok(true)
+        });
+        assert_eq!((three.await.unwrap(), counted.gets()), (Some(3), 1));
+        assert_eq!(control.store.get("/r").await.unwrap().unwrap().value, b"3");
+        // Deleted meanwhile: none.
+        control.store.delete("/r", None).await.unwrap();
+        let gone = control.update_json_from("/r", Some((3i64, rev)), |n: &mut i64| {
+            *n = 4;
+            Ok(true)
+        });
+        assert_eq!(gone.await.unwrap(), None);
     }
 }

@@ -173,7 +173,7 @@ impl Control {
         // DRAINING instances, read once per cluster per pass (EC2 tasks only: Fargate tasks
         // have no instance to drain).
         let mut draining: HashMap<(String, String, String), HashSet<String>> = HashMap::new();
-        for (key, rec, _) in active {
+        for (key, rec, rev) in active {
             let group = rec.group();
             let mine: Vec<TaskRecord> = tasks
                 .iter()
@@ -199,7 +199,7 @@ impl Control {
             }
             let none = HashSet::new();
             let drained = draining.get(&cluster).unwrap_or(&none);
-            if let Err(e) = self.reconcile_service(&key, rec, mine, drained).await {
+            if let Err(e) = self.reconcile_service(&key, (rec, rev), mine, drained).await {
                 tracing::warn!(service = %key, error = %e, "reconciling service");
             }
         }
@@ -284,10 +284,11 @@ impl Control {
     async fn reconcile_service(
         &self,
         key: &str,
-        mut rec: ServiceRecord,
+        listed: (ServiceRecord, i64),
         tasks: Vec<TaskRecord>,
         draining: &HashSet<String>,
     ) -> Result<(), EcsError> {
+        let mut rec = listed.0.clone();
         let scope = rec.scope();
         let controller = rec.service.deployment_controller["type"]
             .as_str()
@@ -726,7 +727,8 @@ impl Control {
             .iter()
             .map(|d| (d.id.clone(), failures(&d.id, false).0))
             .collect();
-        self.update_service_record(key, |r| {
+        // From the record as listed: a steady service is neither written nor read again.
+        self.update_json_from(key, Some(listed), |r: &mut ServiceRecord| {
             let mut events_out = events.clone();
             // The pass decided from the record as it was read. If UpdateService made another
             // deployment primary meanwhile, its verdicts on the old primary (completed, failed,

@@ -946,8 +946,10 @@ impl Control {
             .collect())
     }
 
+    /// Every service record with its key and revision, in key order (records unchanged since
+    /// the last call are not read or decoded again).
     pub async fn all_services(&self) -> Result<Vec<(String, ServiceRecord, i64)>, EcsError> {
-        self.list_json::<ServiceRecord>(SERVICES_PREFIX).await
+        self.service_cache.all(self.store.as_ref(), None).await
     }
 
     pub async fn set_service_tags(

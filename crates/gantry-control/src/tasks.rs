@@ -195,7 +195,7 @@ impl Control {
     /// Every task record in the store with its key and revision, in key order (records
     /// unchanged since the last call are not read or decoded again).
     pub async fn all_tasks(&self) -> Result<Vec<(String, TaskRecord, i64)>, EcsError> {
-        self.task_cache.all(self.store.as_ref(), &self.recent_tasks).await
+        self.task_cache.all(self.store.as_ref(), Some(&self.recent_tasks)).await
     }
 
     /// The task records placed on `node`, with their keys and revisions. Records are keyed by

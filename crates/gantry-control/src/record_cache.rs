@@ -1,44 +1,64 @@
-//! Every task record, as the leader's controllers read them: the service controller four
-//! times a second while services exist, Container Insights, housekeeping and cost metering
-//! on their timers. Each reading lists the keys and revisions only; a record already decoded
-//! at that revision is reused, and only the others are read (from the records held in memory,
-//! else the store) and decoded. The listing is the store's own, so what a reader sees is as
-//! current as a full listing (its own writes included); an unchanged idle task costs its key
-//! and revision, not its record (about 7 KB) read and decoded again.
+//! Every task (or service) record, as the leader's controllers read them: the service
+//! controller four times a second while services exist, Container Insights, housekeeping and
+//! cost metering on their timers. Each reading lists the keys and revisions only; a record
+//! already decoded at that revision is reused, and only the others are read (from the records
+//! held in memory, else the store) and decoded. The listing is the store's own, so what a
+//! reader sees is as current as a full listing (its own writes included); an unchanged record
+//! costs its key and revision, not its value (a task's is about 7 KB, a service's more, with
+//! its events) read and decoded again.
 
 use crate::recent_tasks::RecentTasks;
-use crate::{store_err, TaskRecord, TASKS_PREFIX};
+use crate::store_err;
 use gantry_store::{KeyValue, Store};
 use gantry_types::EcsError;
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Records read one by one at most; with more to read, one listing reads them all.
 const READ_ONE_BY_ONE: usize = 64;
 
-type Held = HashMap<String, (i64, Arc<TaskRecord>)>;
+type Held<T> = HashMap<String, (i64, Arc<T>)>;
 
-#[derive(Clone, Default)]
-pub struct TaskCache {
-    held: Arc<Mutex<Held>>,
+pub struct RecordCache<T> {
+    prefix: &'static str,
+    held: Arc<Mutex<Held<T>>>,
 }
 
-impl TaskCache {
-    /// Every task record with its key and revision, in key order.
+impl<T> Clone for RecordCache<T> {
+    fn clone(&self) -> Self {
+        RecordCache {
+            prefix: self.prefix,
+            held: self.held.clone(),
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Clone> RecordCache<T> {
+    /// For the records under `prefix`.
+    pub fn new(prefix: &'static str) -> RecordCache<T> {
+        RecordCache {
+            prefix,
+            held: Default::default(),
+        }
+    }
+
+    /// Every record with its key and revision, in key order. `recent`: records held in
+    /// memory by key and revision, read before the store.
     pub async fn all(
         &self,
         store: &dyn Store,
-        recent: &RecentTasks,
-    ) -> Result<Vec<(String, TaskRecord, i64)>, EcsError> {
-        let (keys, _) = store.list_keys(TASKS_PREFIX).await.map_err(store_err)?;
+        recent: Option<&RecentTasks>,
+    ) -> Result<Vec<(String, T, i64)>, EcsError> {
+        let (keys, _) = store.list_keys(self.prefix).await.map_err(store_err)?;
         let mut fresh = self.reuse(&keys);
         let missing: Vec<&KeyValue> = keys.iter().filter(|k| !fresh.contains_key(&k.key)).collect();
         if missing.len() > READ_ONE_BY_ONE {
-            let (kvs, _) = store.list(TASKS_PREFIX).await.map_err(store_err)?;
+            let (kvs, _) = store.list(self.prefix).await.map_err(store_err)?;
             return self.decode_all(kvs);
         }
         for k in missing {
-            let value = match recent.at(&k.key, k.mod_revision) {
+            let value = match recent.and_then(|r| r.at(&k.key, k.mod_revision)) {
                 Some(v) => (k.mod_revision, v.to_vec()),
                 // Changed or deleted since the listing: what the store holds now.
                 None => match store.get(&k.key).await.map_err(store_err)? {
@@ -51,18 +71,14 @@ impl TaskCache {
         }
         let out = keys
             .iter()
-            .filter_map(|k| {
-                fresh
-                    .get(&k.key)
-                    .map(|(rev, rec)| (k.key.clone(), TaskRecord::clone(rec), *rev))
-            })
+            .filter_map(|k| fresh.get(&k.key).map(|(rev, rec)| (k.key.clone(), T::clone(rec), *rev)))
             .collect();
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(out)
     }
 
     /// The records held at the revisions listed.
-    fn reuse(&self, keys: &[KeyValue]) -> Held {
+    fn reuse(&self, keys: &[KeyValue]) -> Held<T> {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         keys.iter()
             .filter_map(|k| {
@@ -73,11 +89,11 @@ impl TaskCache {
     }
 
     /// A whole listing, decoded and held.
-    fn decode_all(&self, kvs: Vec<KeyValue>) -> Result<Vec<(String, TaskRecord, i64)>, EcsError> {
+    fn decode_all(&self, kvs: Vec<KeyValue>) -> Result<Vec<(String, T, i64)>, EcsError> {
         let mut fresh = Held::new();
         let mut out = Vec::with_capacity(kvs.len());
         for kv in kvs {
-            let rec: TaskRecord = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+            let rec: T = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
             fresh.insert(kv.key.clone(), (kv.mod_revision, Arc::new(rec.clone())));
             out.push((kv.key, rec, kv.mod_revision));
         }
@@ -93,6 +109,7 @@ fn corrupt(key: &str, e: serde_json::Error) -> EcsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{TaskRecord, TASKS_PREFIX};
     use gantry_store::instrumented::Instrumented;
 
     fn rec(id: &str, status: &str) -> Vec<u8> {
@@ -121,7 +138,7 @@ mod tests {
     #[tokio::test]
     async fn only_records_at_a_new_revision_are_read_again() {
         let store = Instrumented::new();
-        let (cache, recent) = (TaskCache::default(), RecentTasks::default());
+        let (cache, recent) = (RecordCache::<TaskRecord>::new(TASKS_PREFIX), RecentTasks::default());
         let key = |i: u32| format!("{TASKS_PREFIX}a/r/c/{i}");
         for i in 0..3 {
             store.create(&key(i), &rec(&i.to_string(), "RUNNING")).await.unwrap();
@@ -131,18 +148,18 @@ mod tests {
                 .map(|(k, r, _)| (k.clone(), r.task.last_status.clone()))
                 .collect::<Vec<_>>()
         };
-        let first = cache.all(&store, &recent).await.unwrap();
+        let first = cache.all(&store, Some(&recent)).await.unwrap();
         assert_eq!(first.len(), 3);
         let reads = (store.gets(), store.lists());
         // Nothing changed: keys only.
-        assert_eq!(cache.all(&store, &recent).await.unwrap(), first);
+        assert_eq!(cache.all(&store, Some(&recent)).await.unwrap(), first);
         assert_eq!((store.gets(), store.lists()), reads);
         // One changed, one deleted, one new: two records read.
         let rev = first[1].2;
         store.update(&key(1), &rec("1", "STOPPED"), rev).await.unwrap();
         store.delete(&key(0), None).await.unwrap();
         store.create(&key(3), &rec("3", "PENDING")).await.unwrap();
-        let now = cache.all(&store, &recent).await.unwrap();
+        let now = cache.all(&store, Some(&recent)).await.unwrap();
         assert_eq!(
             statuses(&now),
             [
@@ -157,7 +174,7 @@ mod tests {
         let changed = rec("3", "RUNNING");
         let rev3 = store.update(&key(3), &changed, rev3).await.unwrap();
         recent.remember(&key(3), rev3, &changed);
-        let now = cache.all(&store, &recent).await.unwrap();
+        let now = cache.all(&store, Some(&recent)).await.unwrap();
         assert_eq!(now[2].1.task.last_status, "RUNNING");
         assert_eq!((store.gets(), store.lists()), (reads.0 + 2, reads.1));
     }
@@ -165,16 +182,16 @@ mod tests {
     #[tokio::test]
     async fn many_new_records_are_read_in_one_listing_and_a_corrupt_one_is_an_error() {
         let store = Instrumented::new();
-        let cache = TaskCache::default();
+        let cache = RecordCache::<TaskRecord>::new(TASKS_PREFIX);
         for i in 0..(READ_ONE_BY_ONE as u32 + 1) {
             let k = format!("{TASKS_PREFIX}a/r/c/{i}");
             store.create(&k, &rec(&i.to_string(), "RUNNING")).await.unwrap();
         }
-        let all = cache.all(&store, &RecentTasks::default()).await.unwrap();
+        let all = cache.all(&store, None).await.unwrap();
         assert_eq!(all.len(), READ_ONE_BY_ONE + 1);
         assert_eq!((store.gets(), store.lists()), (0, 1));
         store.create(&format!("{TASKS_PREFIX}a/r/c/bad"), b"{").await.unwrap();
-        let e = cache.all(&store, &RecentTasks::default()).await.unwrap_err();
+        let e = cache.all(&store, None).await.unwrap_err();
         assert!(e.to_string().contains("corrupt record /tasks/a/r/c/bad"), "{e}");
     }
 }
