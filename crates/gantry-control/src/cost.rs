@@ -208,7 +208,6 @@ pub async fn meter(control: &crate::Control, metrics: &crate::metrics::Metrics) 
 mod tests {
     use super::*;
     use gantry_types::model::{Tag, Task};
-    use gantry_types::taskdef::NetworkMode;
 
     const T0: i64 = 1_767_225_600_000; // a whole hour
 
@@ -228,17 +227,10 @@ mod tests {
                 ..Default::default()
             },
             cluster: "arn:aws:ecs:us-east-1:000000000000:cluster/prod".into(),
-            node: "n1".into(),
-            containers: vec![],
             cpu_units: 1024,
             memory_mib: 2048,
             account: "000000000000".into(),
-            region: "us-east-1".into(),
-            protected_until: None,
-            network_mode: NetworkMode::Awsvpc,
-            task_memory_limit: true,
-            roles: Default::default(),
-            security_groups: vec![],
+            ..crate::tasks::test_record("")
         }
     }
 

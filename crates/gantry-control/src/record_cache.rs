@@ -113,25 +113,8 @@ mod tests {
     use gantry_store::instrumented::Instrumented;
 
     fn rec(id: &str, status: &str) -> Vec<u8> {
-        let r = TaskRecord {
-            task: gantry_types::model::Task {
-                task_arn: format!("arn:aws:ecs:us-east-1:123456789012:task/c/{id}"),
-                last_status: status.into(),
-                ..Default::default()
-            },
-            cluster: "c".into(),
-            node: "n1".into(),
-            containers: vec![],
-            cpu_units: 256,
-            memory_mib: 512,
-            account: "123456789012".into(),
-            region: "us-east-1".into(),
-            protected_until: None,
-            network_mode: gantry_types::taskdef::NetworkMode::Awsvpc,
-            task_memory_limit: true,
-            roles: Default::default(),
-            security_groups: vec![],
-        };
+        let mut r = crate::tasks::test_record(id);
+        r.task.last_status = status.into();
         serde_json::to_vec(&r).unwrap()
     }
 

@@ -538,31 +538,39 @@ pub fn agent_may_write(current: &TaskRecord, new: &TaskRecord) -> Result<(), Str
     Ok(())
 }
 
+/// A task record for tests: task `id` of cluster "c" on node "n1", 256 CPU units and 512 MiB,
+/// PENDING, awsvpc.
+#[cfg(test)]
+pub(crate) fn test_record(id: &str) -> TaskRecord {
+    TaskRecord {
+        task: Task {
+            task_arn: format!("arn:aws:ecs:us-east-1:123456789012:task/c/{id}"),
+            last_status: "PENDING".into(),
+            ..Default::default()
+        },
+        cluster: "c".into(),
+        node: "n1".into(),
+        containers: vec![],
+        cpu_units: 256,
+        memory_mib: 512,
+        account: "123456789012".into(),
+        region: "us-east-1".into(),
+        protected_until: None,
+        network_mode: NetworkMode::Awsvpc,
+        task_memory_limit: true,
+        roles: Default::default(),
+        security_groups: vec![],
+    }
+}
+
 #[cfg(test)]
 mod agent_write_tests {
     use super::*;
 
     fn rec() -> TaskRecord {
-        TaskRecord {
-            task: Task {
-                task_arn: "arn:aws:ecs:us-east-1:123456789012:task/c/abc".into(),
-                desired_status: "RUNNING".into(),
-                last_status: "PENDING".into(),
-                ..Default::default()
-            },
-            cluster: "c".into(),
-            node: "n1".into(),
-            containers: vec![],
-            cpu_units: 256,
-            memory_mib: 512,
-            account: "123456789012".into(),
-            region: "us-east-1".into(),
-            protected_until: None,
-            network_mode: NetworkMode::Awsvpc,
-            task_memory_limit: true,
-            roles: Default::default(),
-            security_groups: vec![],
-        }
+        let mut r = test_record("abc");
+        r.task.desired_status = "RUNNING".into();
+        r
     }
 
     #[test]

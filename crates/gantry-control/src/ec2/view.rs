@@ -502,24 +502,10 @@ mod tests {
 
     /// A PENDING awsvpc task on `node` in `groups`, with its ENI's address when given.
     fn task(node: &str, groups: &[&str], address: Option<&str>) -> TaskRecord {
-        let mut t = TaskRecord {
-            task: gantry_types::model::Task {
-                last_status: "PENDING".into(),
-                ..Default::default()
-            },
-            cluster: "c".into(),
-            node: node.into(),
-            containers: vec![],
-            cpu_units: 256,
-            memory_mib: 512,
-            account: "123456789012".into(),
-            region: "us-east-1".into(),
-            protected_until: None,
-            network_mode: gantry_types::taskdef::NetworkMode::Awsvpc,
-            task_memory_limit: true,
-            roles: Default::default(),
-            security_groups: groups.iter().map(|g| g.to_string()).collect(),
-        };
+        let mut t = crate::tasks::test_record("");
+        t.task.task_arn.clear();
+        t.node = node.into();
+        t.security_groups = groups.iter().map(|g| g.to_string()).collect();
         if let Some(a) = address {
             t.task.attachments = vec![gantry_types::model::Attachment {
                 id: "a".into(),

@@ -195,7 +195,6 @@ pub fn insights_datapoints(
 mod tests {
     use super::*;
     use gantry_types::model::Task;
-    use gantry_types::taskdef::NetworkMode;
 
     fn rec(id: &str, group: Option<&str>, account: &str) -> TaskRecord {
         TaskRecord {
@@ -205,17 +204,10 @@ mod tests {
                 ..Default::default()
             },
             cluster: format!("arn:aws:ecs:us-east-1:{account}:cluster/prod"),
-            node: "n1".into(),
-            containers: vec![],
             cpu_units: 512,
             memory_mib: 1024,
             account: account.into(),
-            region: "us-east-1".into(),
-            protected_until: None,
-            network_mode: NetworkMode::Awsvpc,
-            task_memory_limit: true,
-            roles: Default::default(),
-            security_groups: vec![],
+            ..crate::tasks::test_record("")
         }
     }
 
