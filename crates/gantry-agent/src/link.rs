@@ -567,9 +567,6 @@ pub struct Assigned {
     pub gone: Vec<String>,
 }
 
-/// Changed records read one by one at most; more are read in one listing.
-const READ_ONE_BY_ONE: usize = 64;
-
 /// The server side of a node's re-list. The records' keys and revisions come from the task
 /// watch's index, so a re-list that finds nothing changed reads nothing from the store; the
 /// changed records come from the records held in memory, or the store. Without an index
@@ -585,7 +582,7 @@ pub async fn assigned(control: &Control, node: &str, known: &HashMap<String, i64
             .iter()
             .filter(|(k, (rev, stopped))| wanted(k, *rev, *stopped))
             .collect();
-        if stale.len() <= READ_ONE_BY_ONE {
+        if stale.len() <= gantry_control::record_cache::READ_ONE_BY_ONE {
             let mut changed = Vec::with_capacity(stale.len());
             for (key, (rev, _)) in stale {
                 if let Some((rec, rev)) = replaced(control, node, key, *rev).await? {

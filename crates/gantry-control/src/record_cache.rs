@@ -15,8 +15,9 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Records read one by one at most; with more to read, one listing reads them all.
-const READ_ONE_BY_ONE: usize = 64;
+/// Records read one by one at most; with more to read, one listing reads them all (a
+/// node's re-list goes by the same bound).
+pub const READ_ONE_BY_ONE: usize = 64;
 
 type Held<T> = HashMap<String, (i64, Arc<T>)>;
 
