@@ -91,11 +91,28 @@ pub fn now_ms() -> i64 {
 /// Writes JSON atomically (temp file + fsync + rename): readers never see half a file, and
 /// a crash leaves either the old or the new content.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    write_json(path, value, true)
+}
+
+/// Writes JSON atomically (temp file + rename) without an fsync, for a file that describes
+/// kernel state: a sandbox, a shim's spec, a started container. A process crash loses
+/// nothing (the page cache holds the file); a crash that loses the page cache (power loss)
+/// also ends every namespace and process the file describes, and its readers take a missing
+/// or unreadable file as "gone" (`ContainerState::Lost`, no sandbox). Three fsyncs were on
+/// every task start's path, each waiting for the filesystem's journal (and so for the
+/// store's own fsyncs on the same disk).
+pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    write_json(path, value, false)
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let data = serde_json::to_vec(value).map_err(io::Error::other)?;
     let f = fs::File::create(&tmp)?;
     io::Write::write_all(&mut &f, &data)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     fs::rename(&tmp, path)
 }
 

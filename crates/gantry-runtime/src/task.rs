@@ -270,7 +270,7 @@ impl Node {
             }
         };
         let result = (|| {
-            shim::write_json_atomic(&dir.join("sandbox.json"), &sb).map_err(io_ctx("writing sandbox.json"))?;
+            shim::write_json_volatile(&dir.join("sandbox.json"), &sb).map_err(io_ctx("writing sandbox.json"))?;
             Network::write_etc_files(&sb, hostname, &dir.join("etc"), self.network.config().node_resolver)?;
             Ok(sb.clone())
         })();
@@ -418,7 +418,7 @@ impl Node {
             storage_dir: Some(self.ephemeral.root().to_path_buf()),
             volumes,
         };
-        shim::write_json_atomic(&dir.join(shim::SPEC_FILE), &shim_spec).map_err(io_ctx("writing shim.json"))?;
+        shim::write_json_volatile(&dir.join(shim::SPEC_FILE), &shim_spec).map_err(io_ctx("writing shim.json"))?;
         let out = self.run_shim(&dir, &secret_lines)?;
         if !out.status.success() {
             return Err(TaskError::Start {

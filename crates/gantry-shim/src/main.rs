@@ -345,7 +345,7 @@ fn supervise(dir: &Path, spec: &ShimSpec, secret_env: &[String], ready: &mut Fil
         container_pid,
         started_at_ms: shim::now_ms(),
     };
-    shim::write_json_atomic(&dir.join(shim::STARTED_FILE), &started)
+    shim::write_json_volatile(&dir.join(shim::STARTED_FILE), &started)
         .map_err(|e| fail(format!("writing started.json: {e}")))?;
     let _ = write!(ready, "ok {container_pid}");
     // Closing our end tells the starter we are up.
