@@ -207,6 +207,26 @@ pub fn run_in_private_mount_ns(cmd: &mut std::process::Command, hide: &[std::pat
     Ok(())
 }
 
+/// A close-on-exec memfd holding a copy of the file at `path`, sealed against any change
+/// (writes, growing, shrinking, further seals): a binary that can be executed through
+/// /proc/self/fd and never modified.
+pub fn sealed_memfd_copy(path: &Path, name: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    // SAFETY: memfd_create with a NUL-terminated name; the descriptor is owned below.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
+    let mut copy = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    io::copy(&mut std::fs::File::open(path)?, &mut copy)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on a descriptor this function owns.
+    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(copy.into())
+}
+
 /// Every interface's IPv4 addresses with their prefix lengths (getifaddrs).
 pub fn ipv4_addresses() -> io::Result<Vec<(String, std::net::Ipv4Addr, u8)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -509,5 +529,36 @@ mod tests {
         assert!(std::fs::metadata(&to).unwrap().blocks() * 512 < 1 << 20);
         // It never overwrites.
         assert!(super::copy_sparse(&from, &to).is_err());
+    }
+
+    #[test]
+    fn a_sealed_copy_runs_and_cannot_be_changed() {
+        use std::os::fd::AsRawFd;
+        let sh = crate::oci::find_in_path("sh").expect("sh on PATH");
+        let copy = super::sealed_memfd_copy(&sh, c"sh-copy").unwrap();
+        let fd = copy.as_raw_fd();
+        // SAFETY: fcntl on a descriptor the test owns.
+        let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+        let all = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        assert_eq!(seals, all, "crun takes only a fully sealed copy as its own");
+        let mut f = std::fs::File::from(copy.try_clone().unwrap());
+        assert!(
+            std::io::Write::write_all(&mut f, b"x").is_err(),
+            "a sealed copy was written"
+        );
+        assert!(f.set_len(1).is_err(), "a sealed copy was truncated");
+        assert_eq!(f.metadata().unwrap().len(), std::fs::metadata(&sh).unwrap().len());
+        // Close-on-exec, and still executable through /proc/self/fd: the shell run from it
+        // holds no descriptor of it.
+        let out = std::process::Command::new(format!("/proc/self/fd/{fd}"))
+            .args(["-c", "ls -l /proc/$$/fd/"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let held = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !held.contains("sh-copy"),
+            "the copy (fd {fd}) leaked into the child: {held}"
+        );
     }
 }
