@@ -60,7 +60,9 @@ def start_cluster(etcd):
         for ag in agents:
             ag.env["GANTRY_WARM_POOL"] = WARM_POOL
             ag.env.update(conftest.UNLIMITED)
-        server.start(agents[0].env)
+        # Gantry's default node timeout: the tests' 5 s (for their node-loss cases) can pass
+        # between two heartbeats on two cores saturated by a burst, and the burst then fails.
+        server.start(agents[0].env, node_timeout="15")
         test_cluster.wait_for("the server", lambda: test_cluster._listening(server.port), 30)
         token = subprocess.run([conftest.GANTRY, "--data-dir", f"{server.dir}/data", "server", "token", "create",
                                 "--store", server.store], check=True, capture_output=True, text=True,

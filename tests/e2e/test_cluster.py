@@ -37,11 +37,11 @@ class Server:
         self.store = store
         self.proc = None
 
-    def start(self, env, *extra):
+    def start(self, env, *extra, node_timeout=NODE_TIMEOUT):
         log = open(os.path.join(self.dir, "server.log"), "a")
         self.proc = subprocess.Popen([GANTRY, "--data-dir", f"{self.dir}/data", "server", "--store", self.store,
                                       "--listen", f"127.0.0.1:{self.port}", "--agent-listen", f"127.0.0.1:{self.agent_port}",
-                                      "--node-timeout", NODE_TIMEOUT, "--no-profile", *extra],
+                                      "--node-timeout", node_timeout, "--no-profile", *extra],
                                      env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def log(self):
