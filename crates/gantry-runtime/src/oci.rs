@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -57,21 +57,18 @@ impl std::str::FromStr for RuntimeKind {
 /// crun guards against CVE-2019-5736 (a container overwriting the runtime's binary through
 /// /proc/PID/exe) on every invocation: unless its binary is a sealed memfd, it makes a
 /// read-only copy of itself (a bind mount, else a memfd) and executes itself again from it,
-/// about 1.5 ms of each `crun run` here. Run from a sealed copy made once per process, it
-/// skips that, with the same protection: a sealed memfd cannot be written, and crun itself
-/// accepts one shared between invocations. None for other runtimes (runc 1.2 and runsc
-/// protect themselves otherwise) or when the copy cannot be made (then the runtime makes
-/// its own).
-fn sealed_copy(kind: RuntimeKind) -> Option<&'static std::os::fd::OwnedFd> {
-    static CRUN: std::sync::OnceLock<Option<std::os::fd::OwnedFd>> = std::sync::OnceLock::new();
+/// about 1.5 ms of each `crun run` here. Run from a sealed copy Gantry makes (0.2 ms: a
+/// copy from the page cache, no mount, no second exec), it skips that, with the same
+/// protection: a sealed memfd cannot be written. One copy per call, not one per process: a
+/// shim lives as long as its container, and a copy held by each would cost every task half
+/// a MiB. None for other runtimes (runc 1.2 and runsc protect themselves otherwise) or when
+/// the copy cannot be made (then the runtime makes its own).
+fn sealed_copy(kind: RuntimeKind) -> Option<OwnedFd> {
     if kind != RuntimeKind::Crun {
         return None;
     }
-    CRUN.get_or_init(|| {
-        let path = find_in_path(kind.binary())?;
-        crate::sys::sealed_memfd_copy(&path, c"crun").ok()
-    })
-    .as_ref()
+    let path = find_in_path(kind.binary())?;
+    crate::sys::sealed_memfd_copy(&path, c"crun").ok()
 }
 
 pub fn find_in_path(bin: &str) -> Option<PathBuf> {
@@ -158,17 +155,26 @@ impl CliRuntime {
         CliRuntime { kind, root, log, hide }
     }
 
+    /// The runtime's command line, the binary as installed.
     fn cmd(&self) -> Command {
-        let mut c = match sealed_copy(self.kind) {
-            Some(fd) => {
-                // The copy stays close-on-exec: the kernel opens the path before it closes
-                // the descriptor, so the runtime does not inherit it.
-                let mut c = Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-                std::os::unix::process::CommandExt::arg0(&mut c, self.kind.binary());
-                c
-            }
-            None => Command::new(self.kind.binary()),
+        self.cmd_of(Command::new(self.kind.binary()))
+    }
+
+    /// The runtime's command line run from a sealed copy of its binary when one can be made
+    /// (`sealed_copy`), for the calls on a task's path (run, kill, delete, health-check
+    /// execs). The copy must outlive the spawn, so it comes with the command; it is
+    /// close-on-exec (the kernel opens the path before it closes the descriptor), so the
+    /// runtime does not inherit it, and it is gone once the runtime exits.
+    fn sealed_cmd(&self) -> (Command, Option<OwnedFd>) {
+        let Some(copy) = sealed_copy(self.kind) else {
+            return (self.cmd(), None);
         };
+        let mut c = Command::new(format!("/proc/self/fd/{}", copy.as_raw_fd()));
+        std::os::unix::process::CommandExt::arg0(&mut c, self.kind.binary());
+        (self.cmd_of(c), Some(copy))
+    }
+
+    fn cmd_of(&self, mut c: Command) -> Command {
         c.arg("--root").arg(&self.root).arg("--log").arg(&self.log);
         if !self.hide.is_empty() {
             // Only fails on paths with NUL bytes, which mountinfo cannot contain.
@@ -222,7 +228,7 @@ impl CliRuntime {
 impl Runtime for CliRuntime {
     fn run_detached(&self, id: &str, bundle: &Path, pid_file: &Path, stdio: Stdio3) -> Result<(), RuntimeError> {
         let rt = self.kind.binary();
-        let mut c = self.cmd();
+        let (mut c, _copy) = self.sealed_cmd();
         c.arg("run")
             .arg("--detach")
             .arg("--bundle")
@@ -255,13 +261,13 @@ impl Runtime for CliRuntime {
     }
 
     fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
-        let mut c = self.cmd();
+        let (mut c, _copy) = self.sealed_cmd();
         c.arg("kill").arg(id).arg(signal.to_string()).stdout(Stdio::null());
         self.run("kill", id, c)
     }
 
     fn delete(&self, id: &str) -> Result<(), RuntimeError> {
-        let mut c = self.cmd();
+        let (mut c, _copy) = self.sealed_cmd();
         c.arg("delete").arg("--force").arg(id).stdout(Stdio::null());
         self.run("delete", id, c)
     }
@@ -278,7 +284,7 @@ impl Runtime for CliRuntime {
 
     fn exec(&self, id: &str, args: &[String], timeout: std::time::Duration) -> Result<Option<i32>, RuntimeError> {
         let rt = self.kind.binary();
-        let mut c = self.cmd();
+        let (mut c, _copy) = self.sealed_cmd();
         c.arg("exec")
             .arg(id)
             .args(args)
@@ -365,6 +371,35 @@ mod tests {
             "runsc's files are named otherwise"
         );
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn crun_runs_from_a_sealed_copy_that_it_does_not_inherit() {
+        assert!(
+            find_in_path("crun").is_some(),
+            "crun is not installed: run scripts/install-deps.sh"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let rt = CliRuntime::new(
+            RuntimeKind::Crun,
+            dir.path().join("root"),
+            dir.path().join("log"),
+            vec![],
+        );
+        let (mut c, copy) = rt.sealed_cmd();
+        let fd = copy.as_ref().expect("a sealed copy of crun").as_raw_fd();
+        assert_eq!(c.get_program().to_string_lossy(), format!("/proc/self/fd/{fd}"));
+        let out = c.arg("--version").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("crun version"));
+        // Other runtimes run as installed.
+        let runc = CliRuntime::new(
+            RuntimeKind::Runc,
+            dir.path().join("root"),
+            dir.path().join("log"),
+            vec![],
+        );
+        assert!(runc.sealed_cmd().1.is_none());
     }
 
     #[test]
