@@ -215,14 +215,8 @@ pub fn compile(profile: &Value) -> Result<Vec<u8>, String> {
 /// The context's program, through a memory file (libseccomp 2.5 exports to a descriptor).
 fn export(lib: &Lib, ctx: &Ctx) -> Result<Vec<u8>, String> {
     use std::io::{Read, Seek};
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: memfd_create with a NUL-terminated name; the descriptor is owned by the File.
-    let fd = unsafe { libc::memfd_create(c"seccomp-bpf".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd was just created and is not owned elsewhere.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    use std::os::fd::AsRawFd;
+    let mut file = crate::sys::memfd(c"seccomp-bpf", libc::MFD_CLOEXEC).map_err(|e| format!("memfd_create: {e}"))?;
     // SAFETY: a live context and an open descriptor.
     let rc = unsafe { (lib.export_bpf)(ctx.1, file.as_raw_fd()) };
     if rc < 0 {

@@ -95,12 +95,12 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()>
 }
 
 /// Writes JSON atomically (temp file + rename) without an fsync, for a file that describes
-/// kernel state: a sandbox, a shim's spec, a started container. A process crash loses
-/// nothing (the page cache holds the file); a crash that loses the page cache (power loss)
-/// also ends every namespace and process the file describes, and its readers take a missing
-/// or unreadable file as "gone" (`ContainerState::Lost`, no sandbox). Three fsyncs were on
-/// every task start's path, each waiting for the filesystem's journal (and so for the
-/// store's own fsyncs on the same disk).
+/// kernel state (a sandbox, a shim's spec, a started container, the node's address leases):
+/// a process crash loses nothing (the page cache holds the file), and a crash that loses the
+/// page cache (power loss) also ends every namespace and process it describes. The sandbox
+/// and container readers take a missing or unreadable file as gone (no sandbox,
+/// `ContainerState::Lost`). Three fsyncs were on every task start's path, each waiting for
+/// the filesystem's journal (and so for the store's own fsyncs on the same disk).
 pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     write_json(path, value, false)
 }

@@ -207,17 +207,22 @@ pub fn run_in_private_mount_ns(cmd: &mut std::process::Command, hide: &[std::pat
     Ok(())
 }
 
-/// A close-on-exec memfd holding a copy of the file at `path`, sealed against any change
-/// (writes, growing, shrinking, further seals): a binary that can be executed through
-/// /proc/self/fd and never modified.
-pub fn sealed_memfd_copy(path: &Path, name: &std::ffi::CStr) -> io::Result<OwnedFd> {
+/// A new memory file (memfd_create with `flags`).
+pub fn memfd(name: &std::ffi::CStr, flags: libc::c_uint) -> io::Result<std::fs::File> {
     // SAFETY: memfd_create with a NUL-terminated name; the descriptor is owned below.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
-    let mut copy = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// A close-on-exec memfd holding a copy of the file at `path`, sealed against any change
+/// (writes, growing, shrinking, further seals): a binary that can be executed through
+/// /proc/self/fd and never modified.
+pub fn sealed_memfd_copy(path: &Path, name: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    let mut copy = memfd(name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)?;
     io::copy(&mut std::fs::File::open(path)?, &mut copy)?;
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: fcntl on a descriptor this function owns.

@@ -5,7 +5,7 @@ use crate::sys;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -124,11 +124,7 @@ impl Ipam {
         // state. A crash that loses the page cache (power loss, reboot) also loses every
         // namespace, and the sweep then drops their leases; a process crash loses nothing.
         // An fsync per lease was a few ms on every task start and end.
-        let tmp = self.path.with_extension("tmp");
-        let mut t = File::create(&tmp).map_err(self.err())?;
-        t.write_all(&serde_json::to_vec(&file).expect("leases serialise"))
-            .map_err(self.err())?;
-        fs::rename(&tmp, &self.path).map_err(self.err())?;
+        crate::shim::write_json_volatile(&self.path, &file).map_err(self.err())?;
         Ok(out)
     }
 
