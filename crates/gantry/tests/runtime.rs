@@ -591,3 +591,31 @@ fn a_pooled_filesystem_whose_mount_is_gone_is_not_handed_out() {
     assert!(!store.path(&pooled).exists(), "the stale one is removed");
     store.remove(&got).unwrap();
 }
+
+/// A task's interfaces are IPv4 only, both ends of its veth: no IPv6 address (a link-local one
+/// would send duplicate-address and router solicitations that the bridge floods to every task).
+#[test]
+fn task_interfaces_have_no_ipv6_addresses() {
+    let t = TestNode::new();
+    let task = t.start(
+        &t.image,
+        sh("trap 'exit 0' TERM; cat /proc/net/if_inet6; echo listed; while :; do sleep 0.1; done"),
+        Duration::from_secs(2),
+    );
+    t.wait_for_output(&task, "listed");
+    let host_veth = t.node.sandbox(&task).unwrap().host_veth;
+    let host_addresses = std::fs::read_to_string("/proc/net/if_inet6").unwrap();
+    let inside = std::fs::read_to_string(t.node.log_path(&task, "main")).unwrap();
+    t.node.stop_container(&task, "main");
+    t.wait(&task, 10);
+    t.node.remove_task(&task).unwrap();
+    let inside: Vec<&str> = inside.lines().filter(|l| !l.ends_with(" listed")).collect();
+    assert!(
+        inside.iter().all(|l| l.ends_with(" lo")) && !inside.is_empty(),
+        "only loopback has IPv6 in the task: {inside:?}"
+    );
+    assert!(
+        !host_addresses.contains(&host_veth),
+        "the host end has an IPv6 address: {host_addresses}"
+    );
+}
