@@ -110,36 +110,17 @@ pub struct Network {
     ipam: Ipam,
 }
 
-/// Turns IPv6 off on interfaces created later in the calling thread's network namespace (its
-/// `default`, a plain store in the kernel: no lock). Tasks get IPv4 only; with IPv6 on, every
-/// new veth sends duplicate-address, router and multicast-listener packets that the bridge
-/// floods to every task, so each start cost more with every task already running.
-fn disable_ipv6_by_default() -> Result<(), NetworkError> {
-    let path = "/proc/sys/net/ipv6/conf/default/disable_ipv6";
-    match fs::write(path, "1") {
+/// Turns IPv6 off on an interface (or, with "default", on interfaces created later) of the
+/// calling thread's network namespace. Tasks get IPv4 only; with IPv6 on, every new veth
+/// sends duplicate-address, router and multicast-listener packets that the bridge floods to
+/// every task, so each start cost more with every task already running.
+fn disable_ipv6(interface: &str) -> Result<(), NetworkError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
+    match fs::write(&path, "1") {
         Ok(()) => Ok(()),
         // A kernel without IPv6 sends none of it.
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !ipv6_in_kernel() => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !Path::new("/proc/sys/net/ipv6").exists() => Ok(()),
         Err(e) => Err(io_ctx(format!("writing {path}"))(e)),
-    }
-}
-
-fn ipv6_in_kernel() -> bool {
-    Path::new("/proc/sys/net/ipv6").exists()
-}
-
-/// Brings the host end of a task's veth up without IPv6 addresses (see
-/// `set_up_without_ipv6_addresses`; the host's `default` is not Gantry's to change). On the
-/// host side that is all IPv6 would send: the end is a bridge port, so what it sends goes to
-/// its own task alone, never flooded.
-fn set_up_host_end(host: &mut Netlink, index: u32) -> Result<(), NetworkError> {
-    match host.set_up_without_ipv6_addresses(index) {
-        Err(NetlinkError::Io { source, .. })
-            if source.raw_os_error() == Some(libc::EAFNOSUPPORT) && !ipv6_in_kernel() =>
-        {
-            Ok(host.set_up(index)?)
-        }
-        r => Ok(r?),
     }
 }
 
@@ -269,7 +250,7 @@ impl Network {
         let (nsfd, inside) = std::thread::spawn(|| -> Result<(OwnedFd, Netlink), NetworkError> {
             sys::unshare(libc::CLONE_NEWNET).map_err(io_ctx("unshare(CLONE_NEWNET)"))?;
             // This thread's /proc/sys/net is the new namespace's: eth0 arrives without IPv6.
-            disable_ipv6_by_default()?;
+            disable_ipv6("default")?;
             let fd = File::open("/proc/thread-self/ns/net").map_err(io_ctx("opening the new netns"))?;
             Ok((fd.into(), Netlink::open()?))
         })
@@ -297,7 +278,8 @@ impl Network {
         }
         let hidx = netlink::link_index(&sb.host_veth)
             .ok_or_else(|| io_ctx(format!("veth {}", sb.host_veth))(io::Error::from(io::ErrorKind::NotFound)))?;
-        set_up_host_end(&mut host, hidx)?;
+        disable_ipv6(&sb.host_veth)?;
+        host.set_up(hidx)?;
         inside.set_up(1)?;
         inside.set_up(ETH0_INDEX)?;
         inside.add_ipv4(ETH0_INDEX, sb.ip, sb.prefix)?;

@@ -28,9 +28,6 @@ const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const RTA_GATEWAY: u16 = 5;
 const RTA_OIF: u16 = 4;
-const IFLA_AF_SPEC: u16 = 26;
-const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
-const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 const IFF_UP: u32 = 0x1;
 
@@ -233,22 +230,6 @@ impl Netlink {
         let mut m = Msg::new(RTM_NEWLINK, 0);
         m.ifinfo(index as i32, IFF_UP, IFF_UP);
         self.request("set link up", m)
-    }
-
-    /// Link up with IPv6 address generation off, applied before the link comes up: the link
-    /// gets no IPv6 address, so it sends no duplicate-address or router solicitations. Set
-    /// here rather than through the interface's `disable_ipv6` sysctl, whose handler only
-    /// try-locks the kernel's routing lock and restarts the write until it wins: during a
-    /// burst of starts each such write spun for a millisecond or more of CPU.
-    pub fn set_up_without_ipv6_addresses(&mut self, index: u32) -> Result<(), NetlinkError> {
-        let mut m = Msg::new(RTM_NEWLINK, 0);
-        m.ifinfo(index as i32, IFF_UP, IFF_UP);
-        m.begin(IFLA_AF_SPEC);
-        m.begin(libc::AF_INET6 as u16);
-        m.attr(IFLA_INET6_ADDR_GEN_MODE, &[IN6_ADDR_GEN_MODE_NONE]);
-        m.end();
-        m.end();
-        self.request("set link up without IPv6 addresses", m)
     }
 
     pub fn delete_link(&mut self, index: u32) -> Result<(), NetlinkError> {
