@@ -619,3 +619,30 @@ fn task_interfaces_have_no_ipv6_addresses() {
         "the host end has an IPv6 address: {host_addresses}"
     );
 }
+
+/// An unreadable lease file (what a power loss can leave: it is not fsynced) is refused while
+/// a sandbox of the node is mounted, whose address it would no longer know, and replaced by
+/// an empty table once none is.
+#[test]
+fn an_unreadable_lease_file_is_refused_while_a_sandbox_lives() {
+    let t = TestNode::new();
+    let ipam = t.node.network().ipam();
+    let task = gantry_runtime::task::new_task_id();
+    t.node.create_task(&task, "leases").unwrap();
+    let leases = t.cfg.network.state_dir.join("leases.json");
+    std::fs::write(&leases, b"{\"subnet\": \"10.").unwrap();
+    let refused = ipam.acquire("gn-another").unwrap_err().to_string();
+    let sandbox = t.node.sandbox(&task).unwrap();
+    assert!(
+        refused.contains("unreadable") && refused.contains(&sandbox.name),
+        "{refused}"
+    );
+    std::fs::write(&leases, b"{\"subnet\": \"10.").unwrap();
+    // The sandbox's namespace is unmounted before its lease is released: the release finds
+    // nothing mounted and starts the table afresh.
+    t.node.remove_task(&task).unwrap();
+    assert!(!sandbox.path.exists());
+    ipam.acquire("gn-another").unwrap();
+    assert_eq!(ipam.leases().unwrap().len(), 1);
+    assert!(t.cfg.network.state_dir.join("leases.json.unreadable").exists());
+}

@@ -23,6 +23,15 @@ pub enum IpamError {
     Exhausted { subnet: String, leased: usize },
     #[error("lease file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "lease file {path} is unreadable ({reason}) while the node's namespace {live} is mounted: \
+         its addresses cannot be told free; stop the node's tasks or rebuild the file by hand"
+    )]
+    Unreadable {
+        path: PathBuf,
+        reason: String,
+        live: String,
+    },
 }
 
 impl std::str::FromStr for Subnet {
@@ -80,13 +89,16 @@ struct LeaseFile {
 pub struct Ipam {
     path: PathBuf,
     subnet: Subnet,
+    /// Where the node's sandbox namespaces are mounted (`gn-*`): the leases' owners.
+    netns_dir: PathBuf,
 }
 
 impl Ipam {
-    pub fn new(path: &Path, subnet: Subnet) -> Ipam {
+    pub fn new(path: &Path, subnet: Subnet, netns_dir: &Path) -> Ipam {
         Ipam {
             path: path.to_path_buf(),
             subnet,
+            netns_dir: netns_dir.to_path_buf(),
         }
     }
 
@@ -106,10 +118,10 @@ impl Ipam {
         let lock = File::create(&lock_path).map_err(self.err())?;
         sys::flock_exclusive(&lock).map_err(self.err())?;
         let mut file: LeaseFile = match fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| IpamError::Io {
-                path: self.path.clone(),
-                source: io::Error::other(e),
-            })?,
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(file) => file,
+                Err(e) => self.unreadable(&e.to_string())?,
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => LeaseFile::default(),
             Err(e) => return Err(self.err()(e)),
         };
@@ -126,6 +138,31 @@ impl Ipam {
         // An fsync per lease was a few ms on every task start and end.
         crate::shim::write_json_volatile(&self.path, &file).map_err(self.err())?;
         Ok(out)
+    }
+
+    /// An unreadable table: the file is only ever replaced whole (rename), so only a power
+    /// loss before the page cache reached the disk (the file is not fsynced), or a damaged
+    /// disk, leaves one. A power loss also ends every namespace, and every lease with it: when
+    /// none of the node's namespaces is mounted the table starts empty (the old file kept
+    /// beside it); while one is, its address cannot be told free, and the node refuses.
+    fn unreadable(&self, reason: &str) -> Result<LeaseFile, IpamError> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(self.err())?;
+        if let Some(live) = mounted_namespace(&mountinfo, &self.netns_dir) {
+            return Err(IpamError::Unreadable {
+                path: self.path.clone(),
+                reason: reason.to_string(),
+                live,
+            });
+        }
+        let aside = self.path.with_extension("json.unreadable");
+        fs::rename(&self.path, &aside).map_err(self.err())?;
+        tracing::warn!(
+            "lease file {} was unreadable ({reason}) and no namespace of the node is mounted: starting \
+             with no leases; the old file is kept as {}",
+            self.path.display(),
+            aside.display()
+        );
+        Ok(LeaseFile::default())
     }
 
     pub fn acquire(&self, owner: &str) -> Result<Ipv4Addr, IpamError> {
@@ -167,14 +204,64 @@ impl Ipam {
     }
 }
 
+/// The first sandbox namespace (`gn-*`) mounted in `netns_dir`, from a mountinfo listing.
+fn mounted_namespace(mountinfo: &str, netns_dir: &Path) -> Option<String> {
+    let prefix = format!("{}/gn-", netns_dir.display());
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .find(|mount_point| mount_point.starts_with(&prefix))
+        .map(String::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn an_unreadable_table_starts_empty_when_no_namespace_is_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.json");
+        fs::write(&path, b"{\"subnet\": \"10.1.2.0/29\", \"lea").unwrap();
+        let ipam = Ipam::new(&path, "10.1.2.0/29".parse().unwrap(), &dir.path().join("netns"));
+        assert_eq!(ipam.acquire("a").unwrap(), Ipv4Addr::new(10, 1, 2, 2));
+        assert_eq!(ipam.leases().unwrap().len(), 1);
+        assert_eq!(
+            fs::read(dir.path().join("leases.json.unreadable")).unwrap(),
+            b"{\"subnet\": \"10.1.2.0/29\", \"lea",
+            "the old file is kept"
+        );
+    }
+
+    #[test]
+    fn a_mounted_namespace_is_found_in_mountinfo() {
+        let mountinfo = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+90 22 0:4 / /var/tmp/g/run/netns rw shared:40 - nsfs nsfs rw
+91 90 0:4 net:[4026532301] /var/tmp/g/run/netns/gn-0123abcd rw shared:41 - nsfs nsfs rw
+92 22 0:4 net:[4026532302] /var/tmp/other/run/netns/gn-ffff rw shared:42 - nsfs nsfs rw
+";
+        assert_eq!(
+            mounted_namespace(mountinfo, Path::new("/var/tmp/g/run/netns")).as_deref(),
+            Some("/var/tmp/g/run/netns/gn-0123abcd")
+        );
+        assert_eq!(mounted_namespace(mountinfo, Path::new("/var/tmp/h/run/netns")), None);
+        let bare = mountinfo.lines().take(2).collect::<Vec<_>>().join("\n");
+        assert_eq!(
+            mounted_namespace(&bare, Path::new("/var/tmp/g/run/netns")),
+            None,
+            "the directory's own mount is no namespace"
+        );
+    }
+
+    #[test]
     fn leases_are_unique_persisted_and_freed() {
         let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::new(&dir.path().join("leases.json"), "10.1.2.0/29".parse().unwrap());
+        let ipam = Ipam::new(
+            &dir.path().join("leases.json"),
+            "10.1.2.0/29".parse().unwrap(),
+            dir.path(),
+        );
         let a = ipam.acquire("a").unwrap();
         let b = ipam.acquire("b").unwrap();
         assert_ne!(a, b);
@@ -185,7 +272,11 @@ mod tests {
             ipam.acquire(o).unwrap();
         }
         assert!(matches!(ipam.acquire("f"), Err(IpamError::Exhausted { .. })));
-        let reopened = Ipam::new(&dir.path().join("leases.json"), "10.1.2.0/29".parse().unwrap());
+        let reopened = Ipam::new(
+            &dir.path().join("leases.json"),
+            "10.1.2.0/29".parse().unwrap(),
+            dir.path(),
+        );
         reopened.release("b").unwrap();
         assert_eq!(reopened.acquire("f").unwrap(), b);
         assert_eq!(reopened.retain(|o| o == "f").unwrap(), 4);

@@ -175,7 +175,7 @@ impl Network {
             }
         }
         firewall::isolate_node(&cfg.bridge, cfg.node_resolver.then(|| cfg.subnet.gateway()))?;
-        let ipam = Ipam::new(&cfg.state_dir.join("leases.json"), cfg.subnet);
+        let ipam = Ipam::new(&cfg.state_dir.join("leases.json"), cfg.subnet, &cfg.netns_dir);
         Ok(Network { cfg, ipam })
     }
 
