@@ -147,7 +147,9 @@ impl Ipam {
     /// beside it); while one is, its address cannot be told free, and the node refuses.
     fn unreadable(&self, reason: &str) -> Result<LeaseFile, IpamError> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(self.err())?;
-        if let Some(live) = mounted_namespace(&mountinfo, &self.netns_dir) {
+        // As the mount table spells it (a run dir under /var/run is under /run there).
+        let netns_dir = fs::canonicalize(&self.netns_dir).unwrap_or_else(|_| self.netns_dir.clone());
+        if let Some(live) = mounted_namespace(&mountinfo, &netns_dir) {
             return Err(IpamError::Unreadable {
                 path: self.path.clone(),
                 reason: reason.to_string(),
