@@ -1,5 +1,8 @@
 """ELBv2's API over the AWS Query protocol, with boto3 and awscli unchanged: load balancers,
 target groups, listeners, rules, targets, tags and attributes, with ELBv2's errors."""
+import re
+import time
+
 import botocore.exceptions
 import pytest
 import requests
@@ -332,6 +335,20 @@ def test_a_load_balancer_serves_tasks_by_its_dns_name(gantry, elb, ecs):
     env = requests.get(f"{base}/cgi-bin/env", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=5).text
     assert "HTTP_X_FORWARDED_FOR=203.0.113.9, 127.0.0.1" in env, env
     assert "HTTP_X_FORWARDED_PROTO=http" in env and "HTTP_X_FORWARDED_PORT=80" in env
+    env = requests.get(f"{base}/cgi-bin/env", timeout=5).text
+    assert "HTTP_X_FORWARDED_FOR=127.0.0.1\n" in env, env
+    # With the client's port: an existing connection picks the setting up with the configuration.
+    elb.modify_load_balancer_attributes(LoadBalancerArn=lb["LoadBalancerArn"], Attributes=[
+        {"Key": "routing.http.xff_client_port.enabled", "Value": "true"}])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        env = requests.get(f"{base}/cgi-bin/env", timeout=5).text
+        if re.search(r"^HTTP_X_FORWARDED_FOR=127\.0\.0\.1:\d+$", env, re.M):
+            break
+        time.sleep(0.1)
+    assert re.search(r"^HTTP_X_FORWARDED_FOR=127\.0\.0\.1:\d+$", env, re.M), env
+    elb.modify_load_balancer_attributes(LoadBalancerArn=lb["LoadBalancerArn"], Attributes=[
+        {"Key": "routing.http.xff_client_port.enabled", "Value": "false"}])
 
     # A stopped task fails its checks and gets no more requests.
     ecs.stop_task(cluster="default", task=blue_arns[0])

@@ -70,6 +70,25 @@ pub async fn serve(
     }
 }
 
+/// A client connection's address, and the X-Forwarded-For entries it adds (its address, or
+/// address and port), made once per connection rather than formatted per request.
+struct Client {
+    addr: SocketAddr,
+    xff_ip: HeaderValue,
+    xff_ip_port: HeaderValue,
+}
+
+impl Client {
+    fn new(addr: SocketAddr) -> Client {
+        let value = |s: String| HeaderValue::from_str(&s).expect("an address is a valid header value");
+        Client {
+            addr,
+            xff_ip: value(addr.ip().to_string()),
+            xff_ip_port: value(addr.to_string()),
+        }
+    }
+}
+
 /// HTTP/1.1 or HTTP/2 on one client connection, plain or decrypted.
 async fn serve_connection<S>(shared: Arc<Shared>, served: Arc<Served>, stream: S, local: SocketAddr, peer: SocketAddr)
 where
@@ -89,9 +108,10 @@ where
         builder = builder.http1_only();
     }
     let keep_alive = s.client_keep_alive;
+    let client = Arc::new(Client::new(peer));
     let svc = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&shared, local, peer, req).await) }
+        let (shared, client) = (shared.clone(), client.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(&shared, local, &client, req).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
@@ -105,21 +125,31 @@ where
     }
 }
 
-/// Marks a response that came from a target (the others are the load balancer's own).
-#[derive(Clone, Copy)]
-struct FromTarget;
+/// Who answered a request: a target, or the load balancer itself (counted as its own).
+enum Answer {
+    Target(Response<Body>),
+    Own(Response<Body>),
+}
 
-async fn handle(shared: &Shared, local: SocketAddr, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+impl From<Response<Body>> for Answer {
+    fn from(r: Response<Body>) -> Answer {
+        Answer::Own(r)
+    }
+}
+
+async fn handle(shared: &Shared, local: SocketAddr, client: &Client, req: Request<Incoming>) -> Response<Body> {
     // One look at the configuration per request: the listener and its groups come from it.
     let snap = shared.current();
     let Some(served) = snap.listeners.get(&local) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE);
     };
-    let resp = answer(shared, &snap, served, local, peer, req).await;
-    if resp.extensions().get::<FromTarget>().is_none() {
-        served.counters.own(resp.status().as_u16());
+    match answer(shared, &snap, served, local, client, req).await {
+        Answer::Target(resp) => resp,
+        Answer::Own(resp) => {
+            served.counters.own(resp.status().as_u16());
+            resp
+        }
     }
-    resp
 }
 
 async fn answer(
@@ -127,9 +157,9 @@ async fn answer(
     snap: &Snapshot,
     served: &Served,
     local: SocketAddr,
-    peer: SocketAddr,
+    client: &Client,
     req: Request<Incoming>,
-) -> Response<Body> {
+) -> Answer {
     let host = req
         .headers()
         .get(HOST)
@@ -143,17 +173,17 @@ async fn answer(
         method: req.method().as_str(),
         query: req.uri().query().unwrap_or(""),
         headers: req.headers(),
-        source: peer.ip(),
+        source: client.addr.ip(),
     };
     // Borrowed from the listener's configuration, which this request holds: no copy per request.
     let Some(action) = route(&served.view, &facts).first() else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE);
+        return error_page(StatusCode::SERVICE_UNAVAILABLE).into();
     };
     match action.kind.as_str() {
-        "fixed-response" => fixed(action.fixed_response_config.as_ref()),
-        "redirect" => redirect(action.redirect_config.as_ref(), &host, local.port(), req.uri()),
-        "forward" => forward(shared, snap, served, action, peer, host, req).await,
-        _ => error_page(StatusCode::INTERNAL_SERVER_ERROR),
+        "fixed-response" => fixed(action.fixed_response_config.as_ref()).into(),
+        "redirect" => redirect(action.redirect_config.as_ref(), &host, local.port(), req.uri()).into(),
+        "forward" => forward(shared, snap, served, action, client, host, req).await,
+        _ => error_page(StatusCode::INTERNAL_SERVER_ERROR).into(),
     }
 }
 
@@ -331,28 +361,30 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
 }
 
 /// X-Forwarded-* and the Host header as the load balancer's attributes say.
-fn forwarded_headers(served: &Served, h: &mut hyper::HeaderMap, peer: SocketAddr, host: &str, port: u16) {
+fn forwarded_headers(served: &Served, h: &mut hyper::HeaderMap, client: &Client, host: &str, port: u16) {
     let s = &served.settings;
     let proto = if served.is_secure() { "https" } else { "http" };
-    let client = if s.xff_client_port {
-        peer.to_string()
+    let entry = if s.xff_client_port {
+        &client.xff_ip_port
     } else {
-        peer.ip().to_string()
+        &client.xff_ip
     };
     match s.xff {
         Xff::Remove => {
             h.remove(X_FORWARDED_FOR);
         }
         Xff::Preserve => {}
-        Xff::Append => {
-            let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {client}"),
-                None => client,
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                h.insert(X_FORWARDED_FOR, v);
+        Xff::Append => match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => {
+                let entry = entry.to_str().expect("made from an address");
+                if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {entry}")) {
+                    h.insert(X_FORWARDED_FOR, v);
+                }
             }
-        }
+            None => {
+                h.insert(X_FORWARDED_FOR, entry.clone());
+            }
+        },
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     h.insert(X_FORWARDED_PORT, HeaderValue::from(port));
@@ -399,28 +431,28 @@ async fn forward(
     snap: &Snapshot,
     served: &Served,
     action: &Action,
-    peer: SocketAddr,
+    client: &Client,
     host: String,
     req: Request<Incoming>,
-) -> Response<Body> {
+) -> Answer {
     let Some((arn, group_cookie)) = choose_group(shared, action, req.headers()) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE);
+        return error_page(StatusCode::SERVICE_UNAVAILABLE).into();
     };
     let Some(group) = snap.groups.get(arn) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE);
+        return error_page(StatusCode::SERVICE_UNAVAILABLE).into();
     };
     let sticky = match group.sticky {
         Sticky::Cookie(_) => cookie(req.headers(), "AWSALB").and_then(|t| cookie_target(shared.cookie_key, group, &t)),
         _ => None,
     };
     let Some(pick) = shared.balancer.choose_target(group, sticky) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE);
+        return error_page(StatusCode::SERVICE_UNAVAILABLE).into();
     };
     served.counters.chosen();
     group.counters.chosen();
     if group.shut_out.contains(&pick.addr) {
         // The groups would drop the connection: ALB's answer once its connect times out.
-        return error_page(StatusCode::GATEWAY_TIMEOUT);
+        return error_page(StatusCode::GATEWAY_TIMEOUT).into();
     }
     let set_cookie = match group.sticky {
         Sticky::Cookie(ttl) => Some(stickiness_cookie(
@@ -432,7 +464,7 @@ async fn forward(
     };
     let (mut parts, body) = req.into_parts();
     let Some(uri) = target_uri(&parts.uri, pick.addr) else {
-        return error_page(StatusCode::BAD_REQUEST);
+        return error_page(StatusCode::BAD_REQUEST).into();
     };
     parts.uri = uri;
     parts.version = hyper::Version::HTTP_11;
@@ -445,26 +477,25 @@ async fn forward(
     forwarded_headers(
         served,
         &mut parts.headers,
-        peer,
+        client,
         &host,
         served.view.listener.port as u16,
     );
     let idle = served.settings.idle_timeout;
     let asked = std::time::Instant::now();
-    let sent = tokio::time::timeout(idle, crate::workers::client().request(Request::from_parts(parts, body))).await;
+    let sent = tokio::time::timeout(idle, crate::workers::request(Request::from_parts(parts, body))).await;
     let resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::warn!(target = %pick.addr, error = %e, "target failed");
-            return error_page(StatusCode::BAD_GATEWAY);
+            return error_page(StatusCode::BAD_GATEWAY).into();
         }
-        Err(_) => return error_page(StatusCode::GATEWAY_TIMEOUT),
+        Err(_) => return error_page(StatusCode::GATEWAY_TIMEOUT).into(),
     };
     let answer = crate::traffic::Answer::of(resp.status().as_u16(), asked.elapsed());
     served.counters.answered(answer);
     group.counters.answered(answer);
     let (mut parts, body) = resp.into_parts();
-    parts.extensions.insert(FromTarget);
     strip_hop_by_hop(&mut parts.headers);
     for c in [set_cookie, group_cookie].into_iter().flatten() {
         if let Ok(v) = HeaderValue::from_str(&c) {
@@ -476,7 +507,7 @@ async fn forward(
         let _held = &pick;
         f
     });
-    Response::from_parts(parts, body.boxed())
+    Answer::Target(Response::from_parts(parts, body.boxed()))
 }
 
 #[cfg(test)]

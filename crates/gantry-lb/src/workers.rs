@@ -39,9 +39,10 @@ pub fn count() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// The calling worker's client to targets.
-pub fn client() -> TargetClient {
-    CLIENT.with(Clone::clone)
+/// Sends `req` on the calling worker's pool of target connections (no clone of the client:
+/// the response future owns what it needs).
+pub fn request(req: hyper::Request<hyper::body::Incoming>) -> hyper_util::client::legacy::ResponseFuture {
+    CLIENT.with(|c| c.request(req))
 }
 
 pub struct Workers {
