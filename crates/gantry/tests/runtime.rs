@@ -53,9 +53,7 @@ fn the_seccomp_profile_goes_to_crun_compiled() {
     );
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.container_pid)).unwrap();
     assert!(status.contains("Seccomp:\t2"), "{status}");
-    t.node.stop_container(&task, "main");
-    t.wait(&task, 10);
-    t.node.remove_task(&task).unwrap();
+    t.stop_and_remove(&task);
 }
 
 #[test]
@@ -181,9 +179,7 @@ fn cpu_quota_is_in_the_cgroup() {
     );
     let task = t.start(&t.image, spec, Duration::from_secs(2));
     let stats = t.node.container_stats(&task, "main");
-    t.node.stop_container(&task, "main");
-    t.wait(&task, 10);
-    t.node.remove_task(&task).unwrap();
+    t.stop_and_remove(&task);
     assert_eq!(
         (stats.cpu_quota_us, stats.cpu_period_us),
         (Some(50_000), Some(100_000)),
@@ -209,9 +205,7 @@ fn a_task_reaches_another_tasks_http_server_by_ip() {
             "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://{ip}/index.html && exit 0; sleep 0.2; done; exit 1"
         )),
     );
-    t.node.stop_container(&server, "main");
-    t.wait(&server, 10);
-    t.node.remove_task(&server).unwrap();
+    t.stop_and_remove(&server);
     assert_eq!((e.exit_code, out.as_str()), (0, "hello from gantry httpd\n"), "{err}");
 }
 
@@ -263,9 +257,7 @@ fn tasks_cannot_reach_the_node() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    t.node.stop_container(&server, "main");
-    t.wait(&server, 10);
-    t.node.remove_task(&server).unwrap();
+    t.stop_and_remove(&server);
     assert!(got.contains("hello from gantry httpd"), "{got}");
 }
 
@@ -287,9 +279,7 @@ fn tasks_are_isolated_from_the_host_and_each_other() {
              cat /proc/1/cmdline | tr '\\0' ' '; echo; mount -t tmpfs none /mnt 2>&1 && echo MOUNT''OK; true"
         )),
     );
-    t.node.stop_container(&a, "main");
-    t.wait(&a, 10);
-    t.node.remove_task(&a).unwrap();
+    t.stop_and_remove(&a);
     std::fs::remove_file(&marker).unwrap();
     let lines: Vec<&str> = out.lines().collect();
     let nprocs: usize = lines[0].trim().parse().unwrap();
@@ -606,9 +596,7 @@ fn task_interfaces_have_no_ipv6_addresses() {
     let host_veth = t.node.sandbox(&task).unwrap().host_veth;
     let host_addresses = std::fs::read_to_string("/proc/net/if_inet6").unwrap();
     let inside = std::fs::read_to_string(t.node.log_path(&task, "main")).unwrap();
-    t.node.stop_container(&task, "main");
-    t.wait(&task, 10);
-    t.node.remove_task(&task).unwrap();
+    t.stop_and_remove(&task);
     let inside: Vec<&str> = inside.lines().filter(|l| !l.ends_with(" listed")).collect();
     assert!(
         inside.iter().all(|l| l.ends_with(" lo")) && !inside.is_empty(),

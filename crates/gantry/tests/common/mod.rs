@@ -174,6 +174,13 @@ impl TestNode {
         }
     }
 
+    /// Stops a task's main container, waits for it to exit and removes the task.
+    pub fn stop_and_remove(&self, task: &str) {
+        self.node.stop_container(task, "main");
+        self.wait(task, 10);
+        self.node.remove_task(task).unwrap();
+    }
+
     /// Runs a command to completion in a fresh task: (exit, stdout, stderr).
     pub fn run(
         &self,
