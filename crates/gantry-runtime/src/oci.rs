@@ -67,8 +67,10 @@ fn sealed_copy(kind: RuntimeKind) -> Option<OwnedFd> {
     if kind != RuntimeKind::Crun {
         return None;
     }
-    let path = find_in_path(kind.binary())?;
-    crate::sys::sealed_memfd_copy(&path, c"crun").ok()
+    // Looked up once: every run, kill, delete and health check would walk PATH again.
+    static CRUN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let path = CRUN.get_or_init(|| find_in_path(RuntimeKind::Crun.binary())).as_ref()?;
+    crate::sys::sealed_memfd_copy(path, c"crun").ok()
 }
 
 pub fn find_in_path(bin: &str) -> Option<PathBuf> {
