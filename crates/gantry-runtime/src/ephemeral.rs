@@ -71,6 +71,7 @@ impl EphemeralStore {
         for d in [&store.mounts, &store.images.join("pool")] {
             fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
         }
+        crate::task::spread_subdirectories(&store.mounts);
         if !crate::net::is_mount_point(&store.mounts) {
             sys::bind_mount(&store.mounts, &store.mounts).map_err(io_ctx("bind-mounting the ephemeral directory"))?;
         }

@@ -45,6 +45,50 @@ pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     check(unsafe { libc::lchown(p.as_ptr(), uid, gid) })
 }
 
+/// ext4's "top of a directory hierarchy" inode flag (`chattr +T`; not in the libc crate).
+const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+
+/// Marks `dir` as the top of unrelated directory trees (`chattr +T`): ext4's allocator then
+/// spreads the directories made in it over the filesystem's block groups instead of packing
+/// them next to `dir`. Ok(false) where the filesystem has no such flag (tmpfs, overlay, XFS).
+pub fn mark_top_directory(dir: &Path) -> io::Result<bool> {
+    let d = std::fs::File::open(dir)?;
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, valid for the call.
+    if let Err(e) = check(unsafe { libc::ioctl(d.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) }) {
+        return unsupported_flags(e);
+    }
+    if flags & FS_TOPDIR_FL != 0 {
+        return Ok(true);
+    }
+    flags |= FS_TOPDIR_FL;
+    // SAFETY: FS_IOC_SETFLAGS reads one int through the pointer, valid for the call.
+    match check(unsafe { libc::ioctl(d.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) }) {
+        Ok(()) => Ok(true),
+        Err(e) => unsupported_flags(e),
+    }
+}
+
+/// Ok(false) for the errors a filesystem without inode flags (or without this one) answers.
+fn unsupported_flags(e: io::Error) -> io::Result<bool> {
+    match e.raw_os_error() {
+        Some(libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether `dir` carries the flag `mark_top_directory` sets (false where flags are unsupported).
+#[cfg(test)]
+fn is_top_directory(dir: &Path) -> io::Result<bool> {
+    let d = std::fs::File::open(dir)?;
+    let mut flags: libc::c_int = 0;
+    // SAFETY: as in mark_top_directory.
+    match check(unsafe { libc::ioctl(d.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) }) {
+        Ok(()) => Ok(flags & FS_TOPDIR_FL != 0),
+        Err(e) => unsupported_flags(e),
+    }
+}
+
 /// Changes propagation of an existing mount (MS_SHARED, MS_SLAVE, MS_PRIVATE, with MS_REC).
 pub fn mount_propagation(target: &Path, flags: libc::c_ulong) -> io::Result<()> {
     let t = cstr(target)?;
@@ -534,6 +578,31 @@ mod tests {
         assert!(std::fs::metadata(&to).unwrap().blocks() * 512 < 1 << 20);
         // It never overwrites.
         assert!(super::copy_sparse(&from, &to).is_err());
+    }
+
+    #[test]
+    fn a_directory_is_marked_top_on_ext4_and_left_alone_where_there_is_no_such_flag() {
+        // /var/tmp is on disk on Debian (ext4 on the CI machine); /dev/shm is a tmpfs.
+        let disk = tempfile::tempdir_in("/var/tmp").unwrap();
+        let ext4 = statfs_type(disk.path()) == 0xEF53;
+        assert!(!super::is_top_directory(disk.path()).unwrap());
+        assert_eq!(super::mark_top_directory(disk.path()).unwrap(), ext4);
+        assert_eq!(super::is_top_directory(disk.path()).unwrap(), ext4);
+        // Marking twice is harmless.
+        assert_eq!(super::mark_top_directory(disk.path()).unwrap(), ext4);
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        assert!(!super::mark_top_directory(shm.path()).unwrap());
+        assert!(!super::is_top_directory(shm.path()).unwrap());
+        // A path that is not there is an error, not "unsupported".
+        assert!(super::mark_top_directory(&disk.path().join("absent")).is_err());
+    }
+
+    fn statfs_type(p: &std::path::Path) -> i64 {
+        let c = super::cstr(p).unwrap();
+        // SAFETY: statfs fills the struct it is given; the path is NUL-terminated.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+        st.f_type as i64
     }
 
     #[test]

@@ -608,6 +608,39 @@ fn task_interfaces_have_no_ipv6_addresses() {
     );
 }
 
+/// The directories holding one tree per task (the task directories, the runtime's state, the
+/// storage mount points) are marked as tops of directory trees on ext4 (`chattr +T`, read
+/// back here with `lsattr`), so that ext4 spreads the tasks' trees over its block groups.
+#[test]
+fn per_task_trees_are_spread_over_the_filesystem() {
+    let t = TestNode::new();
+    let fs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(t.dir.path())
+        .output()
+        .unwrap();
+    let fs = String::from_utf8_lossy(&fs.stdout).trim().to_string();
+    assert_eq!(
+        fs, "ext2/ext3",
+        "this test needs /var/tmp on ext4, as on the CI machine"
+    );
+    for d in [
+        t.cfg.data_dir.join("tasks"),
+        t.cfg.run_dir.join("runtime"),
+        t.cfg.data_dir.join("ephemeral"),
+    ] {
+        let out = std::process::Command::new("lsattr")
+            .arg("-d")
+            .arg(&d)
+            .output()
+            .expect("lsattr (e2fsprogs)");
+        assert!(out.status.success(), "lsattr -d {}: {:?}", d.display(), out);
+        let flags = String::from_utf8_lossy(&out.stdout);
+        let flags = flags.split_whitespace().next().unwrap_or_default();
+        assert!(flags.contains('T'), "{} is not marked: {flags}", d.display());
+    }
+}
+
 /// An unreadable lease file (what a power loss can leave: it is not fsynced) is refused while
 /// a sandbox of the node is mounted, whose address it would no longer know, and replaced by
 /// an empty table once none is.
