@@ -447,11 +447,13 @@ impl Control {
             _ => {}
         }
         // Spreading counts the group's live tasks on each node: a group is the cluster's, so
-        // only the cluster's records are read.
+        // only the cluster's records count. They come from the task cache: a RunTask then
+        // decodes only the records changed since the last reading, not every task the cluster
+        // holds (stopped ones are kept for hours).
         let mut on_node: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for t in self.list_task_records(scope, cluster).await? {
+        for t in self.cluster_tasks_shared(scope, cluster).await? {
             if t.task.last_status != "STOPPED" && t.task.group.as_deref() == Some(group) {
-                on_node.entry(t.node).or_default().push(group.to_string());
+                on_node.entry(t.node.clone()).or_default().push(group.to_string());
             }
         }
         let mut views: Vec<InstanceView> = nodes
@@ -888,4 +890,73 @@ pub struct ListAttributes {
 pub fn instance_cluster(arn: &str) -> Option<&str> {
     let rest = arn.split_once(":container-instance/")?.1;
     Some(cluster_name(rest.split('/').next()?))
+}
+
+#[cfg(test)]
+mod fargate_placement_tests {
+    use crate::nodes::{NodeRecord, NodeSpec};
+    use crate::placement::Placement;
+    use crate::tasks::{test_record, TASKS_PREFIX};
+    use crate::{Control, SystemClock};
+    use gantry_store::instrumented::Instrumented;
+    use gantry_store::Store;
+    use gantry_types::arn::Scope;
+    use std::sync::Arc;
+
+    fn node(name: &str, zone: &str) -> NodeRecord {
+        NodeRecord {
+            spec: NodeSpec {
+                name: name.into(),
+                zone: Some(zone.into()),
+                capacity_provider: None,
+                cpu: 2048,
+                memory: 4096,
+                address: None,
+                subnet: None,
+            },
+            epoch: 1,
+            heartbeat_ms: 0,
+            status: "ACTIVE".into(),
+            reclaimed_until_ms: None,
+        }
+    }
+
+    async fn put(store: &Instrumented, cluster: &str, id: &str, node: &str, status: &str) {
+        let mut r = test_record(id);
+        (r.cluster, r.node) = (cluster.into(), node.into());
+        r.task.group = Some("service:web".into());
+        r.task.last_status = status.into();
+        let key = format!("{TASKS_PREFIX}{}/{}/{cluster}/{id}", r.account, r.region);
+        store.create(&key, &serde_json::to_vec(&r).unwrap()).await.unwrap();
+    }
+
+    /// Spreading counts the group's live tasks of the cluster only, and a second placement
+    /// with nothing changed decodes nothing again: it reads keys and revisions, no record.
+    #[tokio::test]
+    async fn spreading_counts_the_clusters_live_tasks_from_the_task_cache() {
+        let store = Arc::new(Instrumented::new());
+        let control = Control::new(store.clone(), Arc::new(SystemClock));
+        let scope = Scope {
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+        };
+        put(&store, "c", "t1", "n1", "RUNNING").await;
+        put(&store, "c", "t2", "n1", "PENDING").await;
+        put(&store, "c", "t3", "n2", "STOPPED").await;
+        // Another cluster's tasks on n2 are not the group's.
+        put(&store, "d", "t4", "n2", "RUNNING").await;
+        put(&store, "d", "t5", "n2", "RUNNING").await;
+        let nodes = [node("n1", "us-east-1a"), node("n2", "us-east-1b")];
+        let place = || control.place_fargate(&scope, "c", "service:web", 2, (None, None), &nodes);
+        let on = |placed: Vec<(Placement, String)>| placed.into_iter().map(|(_, n)| n).collect::<Vec<_>>();
+        // n1 holds two of the group's live tasks, n2 none: both new ones go to n2.
+        assert_eq!(on(place().await.unwrap()), ["n2", "n2"]);
+        let reads = (store.gets(), store.lists());
+        assert_eq!(on(place().await.unwrap()), ["n2", "n2"]);
+        assert_eq!(
+            (store.gets(), store.lists()),
+            reads,
+            "unchanged records were read again"
+        );
+    }
 }

@@ -1,11 +1,12 @@
-//! Every task (or service) record, as the leader's controllers read them: the service
+//! Every task (or service) record, as the leader's controllers read them (the service
 //! controller four times a second while services exist, Container Insights, housekeeping and
-//! cost metering on their timers. Each reading lists the keys and revisions only; a record
-//! already decoded at that revision is reused, and only the others are read (from the records
-//! held in memory, else the store) and decoded. The listing is the store's own, so what a
-//! reader sees is as current as a full listing (its own writes included); an unchanged record
-//! costs its key and revision, not its value (a task's is about 7 KB, a service's more, with
-//! its events) read and decoded again.
+//! cost metering on their timers) and as placement counts a cluster's tasks. The first
+//! reading lists the records whole; each later one lists the keys and revisions only; a
+//! record already decoded at that revision is reused, and only the others are read (from the
+//! records held in memory, else the store, all in one round trip) and decoded. The listing is
+//! the store's own, so what a reader sees is as current as a full listing (its own writes
+//! included); an unchanged record costs its key and revision, not its value (a task's is
+//! about 7 KB, a service's more, with its events) read and decoded again.
 
 use crate::recent_tasks::RecentTasks;
 use crate::store_err;
@@ -51,6 +52,25 @@ impl<T: DeserializeOwned + Clone> RecordCache<T> {
         store: &dyn Store,
         recent: Option<&RecentTasks>,
     ) -> Result<Vec<(String, T, i64)>, EcsError> {
+        let shared = self.all_shared(store, recent).await?;
+        Ok(shared
+            .into_iter()
+            .map(|(k, rec, rev)| (k, T::clone(&rec), rev))
+            .collect())
+    }
+
+    /// As `all`, the records shared with the cache rather than copied: for a reader that
+    /// looks at a few fields of many records (placement counting a group's tasks).
+    pub async fn all_shared(
+        &self,
+        store: &dyn Store,
+        recent: Option<&RecentTasks>,
+    ) -> Result<Vec<(String, Arc<T>, i64)>, EcsError> {
+        if self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            // Nothing to reuse (the first reading): one listing, not keys then values.
+            let (kvs, _) = store.list(self.prefix).await.map_err(store_err)?;
+            return self.decode_all(kvs);
+        }
         let (keys, _) = store.list_keys(self.prefix).await.map_err(store_err)?;
         let mut fresh = self.reuse(&keys);
         let missing: Vec<&KeyValue> = keys.iter().filter(|k| !fresh.contains_key(&k.key)).collect();
@@ -58,21 +78,27 @@ impl<T: DeserializeOwned + Clone> RecordCache<T> {
             let (kvs, _) = store.list(self.prefix).await.map_err(store_err)?;
             return self.decode_all(kvs);
         }
+        // Those not held in memory are read at once: one round trip, not one each.
+        let mut values: Vec<(String, i64, Vec<u8>)> = Vec::new();
+        let mut to_read = Vec::new();
         for k in missing {
-            let value = match recent.and_then(|r| r.at(&k.key, k.mod_revision)) {
-                Some(v) => (k.mod_revision, v.to_vec()),
-                // Changed or deleted since the listing: what the store holds now.
-                None => match store.get(&k.key).await.map_err(store_err)? {
-                    Some(kv) => (kv.mod_revision, kv.value),
-                    None => continue,
-                },
-            };
-            let rec = serde_json::from_slice(&value.1).map_err(|e| corrupt(&k.key, e))?;
-            fresh.insert(k.key.clone(), (value.0, Arc::new(rec)));
+            match recent.and_then(|r| r.at(&k.key, k.mod_revision)) {
+                Some(v) => values.push((k.key.clone(), k.mod_revision, v.to_vec())),
+                None => to_read.push(k.key.as_str()),
+            }
+        }
+        // Changed or deleted since the listing: what the store holds now.
+        let read = futures_util::future::try_join_all(to_read.into_iter().map(|k| store.get(k)))
+            .await
+            .map_err(store_err)?;
+        values.extend(read.into_iter().flatten().map(|kv| (kv.key, kv.mod_revision, kv.value)));
+        for (key, rev, value) in values {
+            let rec = serde_json::from_slice(&value).map_err(|e| corrupt(&key, e))?;
+            fresh.insert(key, (rev, Arc::new(rec)));
         }
         let out = keys
             .iter()
-            .filter_map(|k| fresh.get(&k.key).map(|(rev, rec)| (k.key.clone(), T::clone(rec), *rev)))
+            .filter_map(|k| fresh.get(&k.key).map(|(rev, rec)| (k.key.clone(), rec.clone(), *rev)))
             .collect();
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(out)
@@ -90,12 +116,12 @@ impl<T: DeserializeOwned + Clone> RecordCache<T> {
     }
 
     /// A whole listing, decoded and held.
-    fn decode_all(&self, kvs: Vec<KeyValue>) -> Result<Vec<(String, T, i64)>, EcsError> {
+    fn decode_all(&self, kvs: Vec<KeyValue>) -> Result<Vec<(String, Arc<T>, i64)>, EcsError> {
         let mut fresh = Held::new();
         let mut out = Vec::with_capacity(kvs.len());
         for kv in kvs {
-            let rec: T = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
-            fresh.insert(kv.key.clone(), (kv.mod_revision, Arc::new(rec.clone())));
+            let rec: Arc<T> = Arc::new(serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?);
+            fresh.insert(kv.key.clone(), (kv.mod_revision, rec.clone()));
             out.push((kv.key, rec, kv.mod_revision));
         }
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
@@ -161,6 +187,29 @@ mod tests {
         let now = cache.all(&store, Some(&recent)).await.unwrap();
         assert_eq!(now[2].1.task.last_status, "RUNNING");
         assert_eq!((store.gets(), store.lists()), (reads.0 + 2, reads.1));
+    }
+
+    /// The changed records are read in one round trip, not one after another.
+    #[tokio::test(start_paused = true)]
+    async fn changed_records_are_read_at_once() {
+        let trip = std::time::Duration::from_millis(10);
+        let store = Instrumented::new().with_round_trip(trip);
+        let cache = RecordCache::<TaskRecord>::new(TASKS_PREFIX);
+        let key = |i: u32| format!("{TASKS_PREFIX}a/r/c/{i}");
+        for i in 0..5 {
+            store.create(&key(i), &rec(&i.to_string(), "PENDING")).await.unwrap();
+        }
+        let first = cache.all(&store, None).await.unwrap();
+        for (k, _, rev) in &first[..4] {
+            store.update(k, &rec("x", "RUNNING"), *rev).await.unwrap();
+        }
+        let began = tokio::time::Instant::now();
+        let now = cache.all(&store, None).await.unwrap();
+        assert_eq!(
+            now.iter().filter(|(_, r, _)| r.task.last_status == "RUNNING").count(),
+            4
+        );
+        assert_eq!(began.elapsed(), 2 * trip, "keys, then the four changed records at once");
     }
 
     #[tokio::test]

@@ -198,6 +198,25 @@ impl Control {
         self.task_cache.all(self.store.as_ref(), Some(&self.recent_tasks)).await
     }
 
+    /// The task records of one cluster, shared with the task cache (not copied), for readers
+    /// of a few fields: an unchanged record costs its key and revision, not a decode.
+    pub(crate) async fn cluster_tasks_shared(
+        &self,
+        scope: &Scope,
+        cluster: &str,
+    ) -> Result<Vec<std::sync::Arc<TaskRecord>>, EcsError> {
+        let prefix = format!("{TASKS_PREFIX}{}/{}/{cluster}/", scope.account, scope.region);
+        let all = self
+            .task_cache
+            .all_shared(self.store.as_ref(), Some(&self.recent_tasks))
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter(|(k, _, _)| k.starts_with(&prefix))
+            .map(|(_, r, _)| r)
+            .collect())
+    }
+
     /// The task records placed on `node`, with their keys and revisions. Records are keyed by
     /// cluster, not node, so every one is listed; only the node's are decoded whole.
     pub async fn node_tasks(&self, node: &str) -> Result<Vec<(String, TaskRecord, i64)>, EcsError> {
