@@ -53,20 +53,24 @@ const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
 /// them next to `dir`. Ok(false) where the filesystem has no such flag (tmpfs, overlay, XFS).
 pub fn mark_top_directory(dir: &Path) -> io::Result<bool> {
     let d = std::fs::File::open(dir)?;
-    let mut flags: libc::c_int = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, valid for the call.
-    if let Err(e) = check(unsafe { libc::ioctl(d.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) }) {
-        return unsupported_flags(e);
-    }
-    if flags & FS_TOPDIR_FL != 0 {
-        return Ok(true);
-    }
-    flags |= FS_TOPDIR_FL;
+    let flags = match inode_flags(&d) {
+        Ok(f) if f & FS_TOPDIR_FL != 0 => return Ok(true),
+        Ok(f) => f | FS_TOPDIR_FL,
+        Err(e) => return unsupported_flags(e),
+    };
     // SAFETY: FS_IOC_SETFLAGS reads one int through the pointer, valid for the call.
     match check(unsafe { libc::ioctl(d.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) }) {
         Ok(()) => Ok(true),
         Err(e) => unsupported_flags(e),
     }
+}
+
+/// An open file's inode flags (`lsattr`).
+fn inode_flags(f: &std::fs::File) -> io::Result<libc::c_int> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, valid for the call.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) })?;
+    Ok(flags)
 }
 
 /// Ok(false) for the errors a filesystem without inode flags (or without this one) answers.
@@ -80,11 +84,8 @@ fn unsupported_flags(e: io::Error) -> io::Result<bool> {
 /// Whether `dir` carries the flag `mark_top_directory` sets (false where flags are unsupported).
 #[cfg(test)]
 fn is_top_directory(dir: &Path) -> io::Result<bool> {
-    let d = std::fs::File::open(dir)?;
-    let mut flags: libc::c_int = 0;
-    // SAFETY: as in mark_top_directory.
-    match check(unsafe { libc::ioctl(d.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) }) {
-        Ok(()) => Ok(flags & FS_TOPDIR_FL != 0),
+    match inode_flags(&std::fs::File::open(dir)?) {
+        Ok(flags) => Ok(flags & FS_TOPDIR_FL != 0),
         Err(e) => unsupported_flags(e),
     }
 }
