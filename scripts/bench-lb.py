@@ -10,6 +10,9 @@ loaded with wrk, in alternating order, several rounds:
   bare     (with --bare) wrk -> hyper and hyper-util's pooled client alone, shaped as Gantry's
            data plane (crates/gantry-lb/examples/bare-proxy.rs, built here in release): what
            the foundation costs, so what Gantry adds beyond it is its own
+  bare+F   (with --bare-features "F;G;...") the bare proxy again with some of what the data
+           plane adds to each connection and request switched on (F: comma-separated, from
+           auto, hrt, ka, tmo: see bare-proxy.rs), one path per variant: what each costs
   pingora  (with --pingora) wrk -> a minimal Cloudflare pingora proxy (bench/pingora-proxy,
            built here in release) -> backend: the foundation the issue asked to weigh against
            hyper, doing only what nginx does here (no rules, no health checks)
@@ -31,7 +34,7 @@ the same two cores: compare the ratios, not the numbers.
 Usage (root, after `cargo build --release --workspace`; installs nginx-light and wrk from
 Debian if missing, without starting Debian's own nginx):
     .venv/bin/python scripts/bench-lb.py [--rounds 5] [--seconds 5] [--connections 32] [--pingora] [--tls]
-        [--unloaded] [--bare] [--against OTHER/target/release/gantry]
+        [--unloaded] [--bare] [--bare-features "hrt;auto,hrt,ka,tmo"] [--against OTHER/target/release/gantry]
 """
 import argparse
 import os
@@ -170,13 +173,13 @@ def start_pingora(port):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_bare(port):
-    """Builds (release) and starts the bare hyper proxy on 127.0.0.1:port."""
+def start_bare(port, features=""):
+    """Builds (release) and starts the bare hyper proxy on 127.0.0.1:port, with `features`."""
     root = os.path.join(os.path.dirname(__file__), "..")
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "gantry-lb", "--example", "bare-proxy"],
                    check=True, cwd=root)
     binary = os.path.join(root, "target", "release", "examples", "bare-proxy")
-    return subprocess.Popen([binary, f"127.0.0.1:{port}", f"{BACKEND}:8080"],
+    return subprocess.Popen([binary, f"127.0.0.1:{port}", f"{BACKEND}:8080", features],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -194,6 +197,12 @@ UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 # The ratios reported, each of paths measured in the same run.
 PAIRS = [("gantry", "nginx"), ("other", "nginx"), ("gantry", "other"), ("bare", "nginx"), ("gantry", "bare"), ("pingora", "nginx"), ("gantry", "pingora"),
          ("gantry-tls", "nginx-tls"), ("gantry-tls-new", "nginx-tls-new")]
+
+
+def pairs(paths):
+    """PAIRS among `paths`, and each bare proxy variant against the bare proxy."""
+    variants = [(k, "bare") for k in paths if k.startswith("bare+")]
+    return [(x, y) for x, y in PAIRS + variants if x in paths and y in paths]
 
 
 def wrk(url, seconds, connections, cpu=None):
@@ -232,12 +241,11 @@ def unloaded(paths, cpu, a):
     for name, lat in med.items():
         added = "" if name == "direct" else "   added p50 {:.3f} ms  p90 {:.3f} ms".format(
             lat["50"] - med["direct"]["50"], lat["90"] - med["direct"]["90"])
-        print(f"{name:<14} p50 {lat['50']:7.3f} ms   p90 {lat['90']:7.3f} ms   p99 {lat['99']:7.3f} ms{added}"
+        print(f"{name:<20} p50 {lat['50']:7.3f} ms   p90 {lat['90']:7.3f} ms   p99 {lat['99']:7.3f} ms{added}"
               f"{cpu_column(results[name])}")
-    for ours, other in PAIRS:
-        if ours in med and other in med:
-            x, y = (med[n]["50"] - med["direct"]["50"] for n in (ours, other))
-            print(f"{ours}/{other} added p50 (one at a time): {x / y:.2f}x")
+    for ours, other in pairs(med):
+        x, y = (med[n]["50"] - med["direct"]["50"] for n in (ours, other))
+        print(f"{ours}/{other} added p50 (one at a time): {x / y:.2f}x")
 
 
 def main():
@@ -248,6 +256,8 @@ def main():
     ap.add_argument("--perf", help="also record a perf profile of gantry during one round into this file")
     ap.add_argument("--pingora", action="store_true", help="also measure a minimal pingora proxy")
     ap.add_argument("--bare", action="store_true", help="also measure hyper alone, shaped as Gantry's data plane")
+    ap.add_argument("--bare-features", help="also measure the bare proxy with these features switched on: "
+                    "variants separated by ';', each a comma-separated list of auto, hrt, ka, tmo")
     ap.add_argument("--tls", action="store_true", help="also measure HTTPS, kept alive and a handshake per request")
     ap.add_argument("--against", help="also measure another build's gantry binary (path 'other'), in the same rounds")
     ap.add_argument("--unloaded", action="store_true",
@@ -284,11 +294,15 @@ def main():
             procs.append(start_pingora(pport))
             pingora = procs[-1].pid
             paths["pingora"] = f"http://127.0.0.1:{pport}/"
-        if a.bare:
+        bare_cpu = {}
+        variants = a.bare_features.split(";") if a.bare_features else []
+        # The plain bare proxy first: the variants are weighed against it.
+        for variant in ([""] if a.bare or variants else []) + [v for v in variants if v]:
             bport = conftest.free_port()
-            procs.append(start_bare(bport))
-            bare = procs[-1].pid
-            paths["bare"] = f"http://127.0.0.1:{bport}/"
+            procs.append(start_bare(bport, variant))
+            path = "bare+" + variant if variant else "bare"
+            paths[path] = f"http://127.0.0.1:{bport}/"
+            bare_cpu[path] = procs[-1].pid
         for url in paths.values():
             wait_http(url)
         # Each proxy's CPU so far: nginx's master and workers, Gantry's load balancer threads.
@@ -300,8 +314,8 @@ def main():
                 cpu[path] = lambda: cpu_seconds(g.proc.pid, "gantry-lb")
         if other:
             cpu["other"] = lambda: cpu_seconds(other.proc.pid, "gantry-lb")
-        if a.bare:
-            cpu["bare"] = lambda: cpu_seconds(bare)
+        for path, pid in bare_cpu.items():
+            cpu[path] = lambda pid=pid: cpu_seconds(pid)
         if a.pingora:
             cpu["pingora"] = lambda: cpu_seconds(pingora)
         if a.perf:
@@ -320,16 +334,15 @@ def main():
             rps = statistics.median(r[0] for r in rs)
             lat = {p: statistics.median(r[1][p] for r in rs) for p in ("50", "90", "99")}
             med[name] = (rps, lat)
-            print(f"{name:<14} {rps:>9.0f} req/s   p50 {lat['50']:7.2f} ms   p90 {lat['90']:7.2f} ms   p99 {lat['99']:7.2f} ms"
+            print(f"{name:<20} {rps:>9.0f} req/s   p50 {lat['50']:7.2f} ms   p90 {lat['90']:7.2f} ms   p99 {lat['99']:7.2f} ms"
                   f"{cpu_column(rs)}")
-        for a_name, b_name in PAIRS:
-            if a_name not in med or b_name not in med:
-                continue
+        for a_name, b_name in pairs(med):
             (x_rps, x_lat), (y_rps, y_lat) = med[a_name], med[b_name]
             print(f"{a_name}/{b_name}: throughput {x_rps / y_rps:.2f}x, p50 {x_lat['50'] / y_lat['50']:.2f}x, "
                   f"p90 {x_lat['90'] / y_lat['90']:.2f}x, p99 {x_lat['99'] / y_lat['99']:.2f}x")
         if a.unloaded:
-            unloaded({k: paths[k] for k in ("direct", "nginx", "gantry", "other", "bare", "pingora") if k in paths}, cpu, a)
+            plain = ("direct", "nginx", "gantry", "other", "bare", "pingora")
+            unloaded({k: v for k, v in paths.items() if k in plain or k.startswith("bare+")}, cpu, a)
     finally:
         for gantry in (g, other):
             if gantry:
