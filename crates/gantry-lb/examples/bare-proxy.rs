@@ -8,7 +8,7 @@
 //! together, what the data plane adds to each connection and request, to weigh each alone:
 //!   auto  hyper-util's auto builder with HTTP/2 on (h2c), as Gantry serves
 //!   hrt   hyper's header read timeout (a timer armed for every request head)
-//!   ka    the client keep-alive bound: the connection raced against a sleep (an hour)
+//!   ka    the client keep-alive bound: the connection raced against a sleep
 //!   tmo   the idle timeout around each request to the upstream (`tokio::time::timeout`)
 //!
 //! Usage: bare-proxy LISTEN UPSTREAM [FEATURES, comma-separated]
@@ -20,8 +20,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Gantry's default idle timeout (ALB's): the length of every timer the features arm.
+/// Gantry's default idle timeout (ALB's): the header read and request timeouts' length.
 const IDLE: Duration = Duration::from_secs(60);
+/// Gantry's default client keep-alive (ALB's).
+const KEEP_ALIVE: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Copy, Default)]
 struct Features {
@@ -34,7 +36,7 @@ struct Features {
 impl Features {
     fn parse(list: &str) -> Result<Features, String> {
         let mut f = Features::default();
-        for name in list.split(',').filter(|n| !n.is_empty() && *n != "none") {
+        for name in list.split(',').filter(|n| !n.is_empty()) {
             match name {
                 "auto" => f.auto = true,
                 "hrt" => f.header_read_timeout = true,
@@ -104,7 +106,7 @@ async fn drive(conn: impl std::future::Future, keep_alive: bool) {
     if keep_alive {
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = tokio::time::sleep(IDLE * 60) => {}
+            _ = tokio::time::sleep(KEEP_ALIVE) => {}
         }
     } else {
         conn.await;
