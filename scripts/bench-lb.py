@@ -11,8 +11,9 @@ loaded with wrk, in alternating order, several rounds:
            data plane (crates/gantry-lb/examples/bare-proxy.rs, built here in release): what
            the foundation costs, so what Gantry adds beyond it is its own
   bare+F   (with --bare-features "F;G;...") the bare proxy again with some of what the data
-           plane adds to each connection and request switched on (F: comma-separated, from
-           auto, hrt, ka, tmo: see bare-proxy.rs), one path per variant: what each costs
+           plane adds to each connection and request switched on, or another way of doing
+           its work (F: comma-separated, from auto, hrt, ka, tmo, fifo, lifo, flat: see
+           bare-proxy.rs), one path per variant: what each costs
   pingora  (with --pingora) wrk -> a minimal Cloudflare pingora proxy (bench/pingora-proxy,
            built here in release) -> backend: the foundation the issue asked to weigh against
            hyper, doing only what nginx does here (no rules, no health checks)
@@ -29,12 +30,15 @@ proxy, read from /proc around each run), and Gantry's ratios to nginx (and the o
 mostly queueing (the inverse of throughput); with --unloaded the plain HTTP paths are also
 loaded by one connection, one request at a time, where a proxy's latency is what it adds to a
 request: reported as each path's percentiles less the direct path's. wrk's own client runs on
-the same two cores: compare the ratios, not the numbers.
+the same two cores: compare the ratios, not the numbers. With --pin, one request at a time
+runs with every proxy on the last CPU and wrk on the first: where the scheduler happens to
+place a proxy against wrk and the backend moves its one-at-a-time latency by more than the
+proxies differ, so pinned runs are the steadier comparison.
 
 Usage (root, after `cargo build --release --workspace`; installs nginx-light and wrk from
 Debian if missing, without starting Debian's own nginx):
     .venv/bin/python scripts/bench-lb.py [--rounds 5] [--seconds 5] [--connections 32] [--pingora] [--tls]
-        [--unloaded] [--bare] [--bare-features "hrt;auto,hrt,ka,tmo"] [--against OTHER/target/release/gantry]
+        [--unloaded [--pin]] [--bare] [--bare-features "hrt;auto,hrt,ka,tmo"] [--against OTHER/target/release/gantry]
 """
 import argparse
 import os
@@ -206,14 +210,15 @@ def pairs(paths):
     return [(x, y) for x, y in PAIRS + variants if x in paths and y in paths]
 
 
-def wrk(url, seconds, connections, cpu=None):
+def wrk(url, seconds, connections, cpu=None, on_cpu=None):
     """wrk on `url` (prefixed "new " for a new connection per request): requests/s, latency
     percentiles, and with `cpu` (a function giving the proxy's CPU seconds so far) the proxy's
-    CPU microseconds per request."""
+    CPU microseconds per request. With `on_cpu`, wrk runs on that CPU only."""
     new = url.startswith("new ")
     args = ["-H", "Connection: close", url.split()[-1]] if new else [url]
+    pin = ["taskset", "-c", str(on_cpu)] if on_cpu is not None else []
     before = cpu() if cpu else 0.0
-    out = sh("wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *args).stdout
+    out = sh(*pin, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *args).stdout
     used = cpu() - before if cpu else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     count = int(re.search(r"(\d+) requests in", out).group(1))
@@ -230,15 +235,35 @@ def cpu_column(rs):
     return f"   CPU {statistics.median(costs):6.1f} us/req" if costs else ""
 
 
-def unloaded(paths, cpu, a):
+def set_cpus(pids, cpus):
+    """Every thread of each of `pids` allowed on `cpus` only."""
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except ProcessLookupError:
+                pass  # a thread that ended meanwhile
+
+
+def unloaded(paths, cpu, a, proxies):
     """Each path at one connection (alternating order, a.rounds rounds): the latency a proxy
-    adds to one request, as its percentiles less the direct path's."""
+    adds to one request, as its percentiles less the direct path's. With a.pin, every proxy
+    (`proxies`: their processes) runs on the last CPU and wrk on the first, so that where the
+    scheduler puts them does not differ between paths and rounds."""
     results = {k: [] for k in paths}
-    for r in range(a.rounds):
-        for name in (list(paths) if r % 2 == 0 else reversed(list(paths))):
-            results[name].append(wrk(paths[name], a.seconds, 1, cpu.get(name)))
+    last = os.cpu_count() - 1
+    if a.pin:
+        set_cpus(proxies, {last})
+    try:
+        for r in range(a.rounds):
+            for name in (list(paths) if r % 2 == 0 else reversed(list(paths))):
+                results[name].append(wrk(paths[name], a.seconds, 1, cpu.get(name), 0 if a.pin else None))
+    finally:
+        if a.pin:
+            set_cpus(proxies, set(range(last + 1)))
     med = {n: {p: statistics.median(r[1][p] for r in rs) for p in ("50", "90", "99")} for n, rs in results.items()}
-    print(f"wrk -t1 -c1 -d{a.seconds}s (one request at a time), {a.rounds} rounds, medians over rounds")
+    pinned = f", proxies on CPU {last} and wrk on CPU 0" if a.pin else ""
+    print(f"wrk -t1 -c1 -d{a.seconds}s (one request at a time{pinned}), {a.rounds} rounds, medians over rounds")
     for name, lat in med.items():
         added = "" if name == "direct" else "   added p50 {:.3f} ms  p90 {:.3f} ms".format(
             lat["50"] - med["direct"]["50"], lat["90"] - med["direct"]["90"])
@@ -258,11 +283,13 @@ def main():
     ap.add_argument("--pingora", action="store_true", help="also measure a minimal pingora proxy")
     ap.add_argument("--bare", action="store_true", help="also measure hyper alone, shaped as Gantry's data plane")
     ap.add_argument("--bare-features", help="also measure the bare proxy with these features switched on: "
-                    "variants separated by ';', each a comma-separated list of auto, hrt, ka, tmo")
+                    "variants separated by ';', each a comma-separated list of auto, hrt, ka, tmo, fifo, lifo, flat")
     ap.add_argument("--tls", action="store_true", help="also measure HTTPS, kept alive and a handshake per request")
     ap.add_argument("--against", help="also measure another build's gantry binary (path 'other'), in the same rounds")
     ap.add_argument("--unloaded", action="store_true",
                     help="also measure the latency each proxy adds at one connection, one request at a time")
+    ap.add_argument("--pin", action="store_true",
+                    help="with --unloaded: the proxies on the last CPU, wrk on the first, the same for every path")
     a = ap.parse_args()
     assert os.geteuid() == 0, "run as root"
     install(a.pingora)  # pingora's zlib-ng builds with cmake
@@ -343,7 +370,10 @@ def main():
                   f"p90 {x_lat['90'] / y_lat['90']:.2f}x, p99 {x_lat['99'] / y_lat['99']:.2f}x")
         if a.unloaded:
             plain = ("direct", "nginx", "gantry", "other", "bare", "pingora")
-            unloaded({k: v for k, v in paths.items() if k in plain or k.startswith("bare+")}, cpu, a)
+            proxies = [nginx, *child_pids(nginx), g.proc.pid, *bare_cpu.values()]
+            proxies += [other.proc.pid] if other else []
+            proxies += [pingora] if a.pingora else []
+            unloaded({k: v for k, v in paths.items() if k in plain or k.startswith("bare+")}, cpu, a, proxies)
     finally:
         for gantry in (g, other):
             if gantry:

@@ -10,6 +10,10 @@
 //!   hrt   hyper's header read timeout (a timer armed for every request head)
 //!   ka    the client keep-alive bound: the connection raced against a sleep
 //!   tmo   the idle timeout around each request to the upstream (`tokio::time::timeout`)
+//!   fifo  upstream connections from a per-thread idle list over hyper's connection API in
+//!         place of hyper-util's pool, the oldest idle one taken first
+//!   lifo  the same, the most recently returned one taken first (as hyper-util's pool does)
+//!   flat  hyper's writes copied into one buffer, not vectored (`writev(false)`), both ways
 //!
 //! Usage: bare-proxy LISTEN UPSTREAM [FEATURES, comma-separated]
 use http_body_util::BodyExt;
@@ -31,6 +35,16 @@ struct Features {
     header_read_timeout: bool,
     keep_alive: bool,
     request_timeout: bool,
+    /// Upstream connections from this thread's own idle list, and which end it takes from.
+    idle_list: Option<Take>,
+    /// hyper's writes flattened into one buffer rather than vectored, both ways.
+    flat: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Take {
+    Oldest,
+    Newest,
 }
 
 impl Features {
@@ -42,7 +56,14 @@ impl Features {
                 "hrt" => f.header_read_timeout = true,
                 "ka" => f.keep_alive = true,
                 "tmo" => f.request_timeout = true,
-                other => return Err(format!("unknown feature {other:?} (auto, hrt, ka, tmo)")),
+                "fifo" => f.idle_list = Some(Take::Oldest),
+                "lifo" => f.idle_list = Some(Take::Newest),
+                "flat" => f.flat = true,
+                other => {
+                    return Err(format!(
+                        "unknown feature {other:?} (auto, hrt, ka, tmo, fifo, lifo, flat)"
+                    ))
+                }
             }
         }
         Ok(f)
@@ -52,7 +73,9 @@ impl Features {
 async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, f: Features) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .http1_writev(!f.flat)
+        .build(connector);
     while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
         let client = client.clone();
@@ -61,13 +84,16 @@ async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, f: Featu
             async move {
                 let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
                 *req.uri_mut() = format!("http://{upstream}{path}").parse().expect("a valid URI");
+                if let Some(take) = f.idle_list {
+                    return idle_list::request(upstream, take, req).await;
+                }
                 let resp = if f.request_timeout {
                     let sent = tokio::time::timeout(IDLE, client.request(req)).await;
                     sent.map_err(|_| "upstream timed out")??
                 } else {
                     client.request(req).await?
                 };
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp.map(|b| b.boxed()))
+                Ok::<_, BoxError>(resp.map(|b| b.boxed()))
             }
         });
         tokio::spawn(serve_connection(TokioIo::new(stream), svc, f));
@@ -76,27 +102,139 @@ async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, f: Featu
 
 async fn serve_connection<S>(io: TokioIo<tokio::net::TcpStream>, svc: S, f: Features)
 where
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>>,
-        > + Clone
-        + Send
-        + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Reply> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<BoxError>,
 {
     if f.auto {
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder.http1().writev(!f.flat);
         if f.header_read_timeout {
             builder.http1().timer(TokioTimer::new()).header_read_timeout(IDLE);
         }
         drive(builder.serve_connection(io, svc), f.keep_alive).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.writev(!f.flat);
         if f.header_read_timeout {
             builder.timer(TokioTimer::new()).header_read_timeout(IDLE);
         }
         drive(builder.serve_connection(io, svc), f.keep_alive).await
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Reply = hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>>;
+
+/// Upstream connections kept by each thread in a list of its own (no lock, no checkout
+/// future), over hyper's connection API; each connection is driven by a task of its own.
+mod idle_list {
+    use super::{BoxError, Reply, Take};
+    use http_body_util::BodyExt;
+    use hyper::body::{Body, Frame, Incoming, SizeHint};
+    use hyper::client::conn::http1::SendRequest;
+    use hyper::Request;
+    use hyper_util::rt::TokioIo;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    thread_local! {
+        static IDLE: RefCell<VecDeque<SendRequest<Incoming>>> = const { RefCell::new(VecDeque::new()) };
+    }
+
+    fn checkout(take: Take) -> Option<SendRequest<Incoming>> {
+        IDLE.with_borrow_mut(|idle| {
+            idle.retain(|s| !s.is_closed());
+            let i = match take {
+                Take::Oldest => idle.iter().position(|s| s.is_ready())?,
+                Take::Newest => idle.iter().rposition(|s| s.is_ready())?,
+            };
+            idle.remove(i)
+        })
+    }
+
+    async fn connect(upstream: SocketAddr) -> Result<SendRequest<Incoming>, BoxError> {
+        let stream = tokio::net::TcpStream::connect(upstream).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    pub async fn request(upstream: SocketAddr, take: Take, mut req: Request<Incoming>) -> Result<Reply, BoxError> {
+        *req.uri_mut() = req.uri().path_and_query().map_or("/", |p| p.as_str()).parse()?;
+        loop {
+            let (mut sender, fresh) = match checkout(take) {
+                Some(s) => (s, false),
+                None => (connect(upstream).await?, true),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok(resp.map(|inner| {
+                        Returning {
+                            inner,
+                            sender: Some(sender),
+                        }
+                        .boxed()
+                    }))
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// A response body that gives its connection back once read whole.
+    struct Returning {
+        inner: Incoming,
+        sender: Option<SendRequest<Incoming>>,
+    }
+
+    impl Returning {
+        fn give_back(&mut self) {
+            if let Some(s) = self.sender.take() {
+                IDLE.with_borrow_mut(|idle| idle.push_back(s));
+            }
+        }
+    }
+
+    impl Drop for Returning {
+        /// An empty body may never be polled: its connection is kept all the same.
+        fn drop(&mut self) {
+            if self.inner.is_end_stream() {
+                self.give_back();
+            }
+        }
+    }
+
+    impl Body for Returning {
+        type Data = bytes::Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            let this = self.get_mut();
+            let frame = Pin::new(&mut this.inner).poll_frame(cx);
+            if let Poll::Ready(None) = frame {
+                this.give_back();
+            }
+            frame
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.inner.is_end_stream()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.inner.size_hint()
+        }
     }
 }
 
