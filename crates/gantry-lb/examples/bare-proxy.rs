@@ -41,7 +41,7 @@ struct Features {
     flat: bool,
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Take {
     Oldest,
     Newest,
@@ -82,11 +82,11 @@ async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, f: Featu
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let client = client.clone();
             async move {
-                let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                *req.uri_mut() = format!("http://{upstream}{path}").parse().expect("a valid URI");
                 if let Some(take) = f.idle_list {
                     return idle_list::request(upstream, take, req).await;
                 }
+                let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                *req.uri_mut() = format!("http://{upstream}{path}").parse().expect("a valid URI");
                 let resp = if f.request_timeout {
                     let sent = tokio::time::timeout(IDLE, client.request(req)).await;
                     sent.map_err(|_| "upstream timed out")??
@@ -128,6 +128,7 @@ type Reply = hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, 
 
 /// Upstream connections kept by each thread in a list of its own (no lock, no checkout
 /// future), over hyper's connection API; each connection is driven by a task of its own.
+/// Unbounded and never swept: a benchmark opens a few dozen to one upstream.
 mod idle_list {
     use super::{BoxError, Reply, Take};
     use http_body_util::BodyExt;
@@ -164,8 +165,9 @@ mod idle_list {
         Ok(sender)
     }
 
+    /// Sends `req` (as the client sent it: origin-form, its own Host) on an idle connection
+    /// or a new one; one an idle connection could not take is sent again on a new one.
     pub async fn request(upstream: SocketAddr, take: Take, mut req: Request<Incoming>) -> Result<Reply, BoxError> {
-        *req.uri_mut() = req.uri().path_and_query().map_or("/", |p| p.as_str()).parse()?;
         loop {
             let (mut sender, fresh) = match checkout(take) {
                 Some(s) => (s, false),
