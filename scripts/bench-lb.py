@@ -291,6 +291,8 @@ def main():
     ap.add_argument("--pin", action="store_true",
                     help="with --unloaded: the proxies on the last CPU, wrk on the first, the same for every path")
     a = ap.parse_args()
+    if a.pin and not a.unloaded:
+        ap.error("--pin pins the one-at-a-time runs: it needs --unloaded")
     assert os.geteuid() == 0, "run as root"
     install(a.pingora)  # pingora's zlib-ng builds with cmake
     d = tempfile.mkdtemp(prefix="gantry-bench-lb-")

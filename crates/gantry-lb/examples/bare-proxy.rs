@@ -82,18 +82,22 @@ async fn serve(listener: tokio::net::TcpListener, upstream: SocketAddr, f: Featu
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let client = client.clone();
             async move {
-                if let Some(take) = f.idle_list {
-                    return idle_list::request(upstream, take, req).await;
-                }
-                let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                *req.uri_mut() = format!("http://{upstream}{path}").parse().expect("a valid URI");
-                let resp = if f.request_timeout {
-                    let sent = tokio::time::timeout(IDLE, client.request(req)).await;
-                    sent.map_err(|_| "upstream timed out")??
-                } else {
-                    client.request(req).await?
+                // Every variant's upstream request goes through here, so tmo bounds each of them.
+                let send = async {
+                    if let Some(take) = f.idle_list {
+                        return idle_list::request(upstream, take, f.flat, req).await;
+                    }
+                    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    *req.uri_mut() = format!("http://{upstream}{path}").parse().expect("a valid URI");
+                    Ok::<_, BoxError>(client.request(req).await?.map(|b| b.boxed()))
                 };
-                Ok::<_, BoxError>(resp.map(|b| b.boxed()))
+                if f.request_timeout {
+                    tokio::time::timeout(IDLE, send)
+                        .await
+                        .map_err(|_| "upstream timed out")?
+                } else {
+                    send.await
+                }
             }
         });
         tokio::spawn(serve_connection(TokioIo::new(stream), svc, f));
@@ -157,21 +161,29 @@ mod idle_list {
         })
     }
 
-    async fn connect(upstream: SocketAddr) -> Result<SendRequest<Incoming>, BoxError> {
+    async fn connect(upstream: SocketAddr, flat: bool) -> Result<SendRequest<Incoming>, BoxError> {
         let stream = tokio::net::TcpStream::connect(upstream).await?;
         stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .writev(!flat)
+            .handshake(TokioIo::new(stream))
+            .await?;
         tokio::spawn(conn);
         Ok(sender)
     }
 
     /// Sends `req` (as the client sent it: origin-form, its own Host) on an idle connection
     /// or a new one; one an idle connection could not take is sent again on a new one.
-    pub async fn request(upstream: SocketAddr, take: Take, mut req: Request<Incoming>) -> Result<Reply, BoxError> {
+    pub async fn request(
+        upstream: SocketAddr,
+        take: Take,
+        flat: bool,
+        mut req: Request<Incoming>,
+    ) -> Result<Reply, BoxError> {
         loop {
             let (mut sender, fresh) = match checkout(take) {
                 Some(s) => (s, false),
-                None => (connect(upstream).await?, true),
+                None => (connect(upstream, flat).await?, true),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
