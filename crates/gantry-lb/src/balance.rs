@@ -3,7 +3,7 @@
 //! (ALB fails open), by round robin or least outstanding requests. With slow start, a target
 //! that has just become eligible gets a share growing linearly over the duration.
 
-use gantry_control::elb::GroupView;
+use gantry_control::elb::{GroupView, TargetState};
 use gantry_types::elbv2::{Action, RegisteredTarget};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -120,6 +120,16 @@ impl Pool {
             shut_out,
             proxy_protocol,
         }
+    }
+
+    /// The pool again with one target's verdict changed.
+    pub fn with_verdict(&self, target: &str, state: &TargetState) -> Pool {
+        let mut view = self.view.clone();
+        view.health.insert(target.to_string(), state.clone());
+        let counters = (self.counters.clone(), self.balancing.clone());
+        let mut pool = Pool::new(view, counters, self.shut_out.clone());
+        pool.front = self.front.clone();
+        pool
     }
 
     /// Notes which targets of a group may take requests now, after a reload: ones new to the

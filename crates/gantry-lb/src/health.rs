@@ -199,10 +199,15 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                 if tracker.state.is_none() {
                     tracker.state = g.health.get(&key.1).cloned();
                 }
+                let before = tracker.state.clone();
                 let changed = tracker.observe(&outcome, g.group.healthy_threshold_count as u32, g.group.unhealthy_threshold_count as u32);
                 if let Some(s) = changed {
+                    // Routed by first, reported after: nothing reads a verdict the proxy has not acted on.
+                    shared.adopt_verdict(&key.0, &key.1, &s);
                     if let Err(e) = shared.elb.record_health(&g.scope, &g.group.target_group_name, &key.1, &s).await {
                         tracing::warn!(error = %e, "recording target health");
+                        // The next check reaches the verdict again and records it then.
+                        tracker.state = before;
                     }
                 }
             }

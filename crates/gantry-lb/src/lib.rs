@@ -23,13 +23,13 @@ pub mod workers;
 pub use matching::wildcard;
 
 use balance::Pool;
-use gantry_control::elb::{forwarded_groups, Elb, View};
+use gantry_control::elb::{forwarded_groups, Elb, TargetState, View};
 use gantry_store::Store;
 use settings::Served;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub struct Options {
@@ -53,7 +53,15 @@ pub struct Shared {
     traffic: Arc<traffic::Traffic>,
     /// The security groups as last read (targets' verdicts are in the snapshot's pools).
     security: RwLock<Arc<security::Guard>>,
+    /// The health checker's verdicts, by group ARN then "id:port". The proxy routes by a
+    /// verdict as soon as it is reached, before the store (and so DescribeTargetHealth and the
+    /// deployment planner) hears of it: a target reported healthy is already taking requests,
+    /// one reported unhealthy already is not. Held while a snapshot is built and installed, so
+    /// a reload and a verdict never undo each other.
+    verdicts: Mutex<Verdicts>,
 }
+
+type Verdicts = HashMap<String, HashMap<String, TargetState>>;
 
 #[derive(Default)]
 pub(crate) struct Snapshot {
@@ -62,7 +70,22 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    fn from(view: View, traffic: &traffic::Traffic, balancer: &balance::Balancer, guard: &security::Guard) -> Snapshot {
+    /// The snapshot of a view read from the store, with the checker's own `verdicts` over the
+    /// store's (those on targets no longer registered are forgotten).
+    fn from(
+        mut view: View,
+        verdicts: &mut Verdicts,
+        traffic: &traffic::Traffic,
+        balancer: &balance::Balancer,
+        guard: &security::Guard,
+    ) -> Snapshot {
+        verdicts.retain(|arn, _| view.groups.contains_key(arn));
+        for (arn, own) in verdicts.iter_mut() {
+            let g = view.groups.get_mut(arn).expect("kept only groups in the view");
+            let registered: BTreeSet<String> = g.targets.iter().map(|t| format!("{}:{}", t.id, t.port)).collect();
+            own.retain(|key, _| registered.contains(key));
+            g.health.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         let fronting = fronting(&view);
         Snapshot {
             listeners: view
@@ -183,6 +206,23 @@ impl Shared {
         guard.client_admitted(&served.view.load_balancer, port, client.ip())
     }
 
+    /// Routes by a verdict the checker has just reached (it is recorded in the store after).
+    fn adopt_verdict(&self, group: &str, target: &str, state: &TargetState) {
+        let mut verdicts = self.verdicts.lock().expect("not poisoned");
+        let snap = self.current();
+        let Some(pool) = snap.groups.get(group) else { return };
+        verdicts
+            .entry(group.to_string())
+            .or_default()
+            .insert(target.to_string(), state.clone());
+        let pool = Arc::new(pool.with_verdict(target, state));
+        pool.note_eligible();
+        let mut groups = snap.groups.clone();
+        groups.insert(group.to_string(), pool);
+        let listeners = snap.listeners.clone();
+        *self.view.write().expect("not poisoned") = Arc::new(Snapshot { listeners, groups });
+    }
+
     fn listener(&self, local: SocketAddr) -> Option<Arc<Served>> {
         self.current().listeners.get(&local).cloned()
     }
@@ -231,6 +271,7 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         cookie_key: random_key(),
         traffic: Arc::new(traffic::Traffic::default()),
         security: RwLock::new(guards.borrow().clone()),
+        verdicts: Mutex::new(HashMap::new()),
     });
     let reader = shared.clone();
     tokio::spawn(traffic::flush(
@@ -272,11 +313,14 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         let names = dns_entries(&view);
         let guard = guards.borrow_and_update().clone();
         *shared.security.write().expect("not poisoned") = guard.clone();
-        let snapshot = Snapshot::from(view.clone(), &shared.traffic, &shared.balancer, &guard);
-        for pool in snapshot.groups.values() {
-            pool.note_eligible();
+        {
+            let mut verdicts = shared.verdicts.lock().expect("not poisoned");
+            let snapshot = Snapshot::from(view.clone(), &mut verdicts, &shared.traffic, &shared.balancer, &guard);
+            for pool in snapshot.groups.values() {
+                pool.note_eligible();
+            }
+            *shared.view.write().expect("not poisoned") = Arc::new(snapshot);
         }
-        *shared.view.write().expect("not poisoned") = Arc::new(snapshot);
         reconcile(&shared, &workers, &mut bound);
         if let Some(path) = &opts.hosts_file {
             if hosts_written.as_ref() != Some(&names) {
@@ -443,5 +487,113 @@ async fn wait_for_change(
         },
         _ = tokio::time::sleep(Duration::from_secs(30)) => Change::Configuration,
         _ = stop.changed() => Change::Stop,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_control::elb::GroupView;
+
+    fn group(targets: &[&str]) -> GroupView {
+        let group = serde_json::from_value(serde_json::json!({
+            "TargetGroupArn": "tg", "TargetGroupName": "tg", "HealthCheckProtocol": "HTTP",
+            "HealthCheckPort": "traffic-port", "HealthCheckEnabled": true,
+            "HealthCheckIntervalSeconds": 5, "HealthCheckTimeoutSeconds": 2,
+            "HealthyThresholdCount": 2, "UnhealthyThresholdCount": 2,
+            "TargetType": "ip", "IpAddressType": "ipv4"}))
+        .expect("a target group");
+        GroupView {
+            scope: gantry_types::arn::Scope {
+                account: "1".into(),
+                region: "r".into(),
+            },
+            group,
+            attributes: Default::default(),
+            targets: targets
+                .iter()
+                .map(|ip| gantry_types::elbv2::RegisteredTarget {
+                    id: ip.to_string(),
+                    port: 80,
+                    availability_zone: None,
+                    draining_until: None,
+                })
+                .collect(),
+            health: Default::default(),
+            instance_addresses: Default::default(),
+        }
+    }
+
+    fn verdict(s: &str) -> TargetState {
+        TargetState {
+            state: s.into(),
+            reason: None,
+            description: None,
+        }
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            view: RwLock::new(Arc::new(Snapshot::default())),
+            balancer: balance::Balancer::default(),
+            elb: Elb::new(
+                Arc::new(gantry_store::SqliteStore::in_memory().unwrap()),
+                Arc::new(gantry_control::SystemClock),
+            ),
+            cookie_key: 1,
+            traffic: Arc::new(traffic::Traffic::default()),
+            security: RwLock::new(Arc::new(security::Guard::default())),
+            verdicts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn reload(shared: &Shared, g: GroupView) {
+        let view = View {
+            listeners: vec![],
+            groups: [("tg".to_string(), g)].into(),
+            revision: 1,
+        };
+        let mut verdicts = shared.verdicts.lock().unwrap();
+        let snap = Snapshot::from(
+            view,
+            &mut verdicts,
+            &shared.traffic,
+            &shared.balancer,
+            &Default::default(),
+        );
+        *shared.view.write().unwrap() = Arc::new(snap);
+    }
+
+    fn routed(shared: &Shared) -> Vec<String> {
+        let addrs = shared
+            .group("tg")
+            .unwrap()
+            .addrs
+            .iter()
+            .map(|a| a.ip().to_string())
+            .collect();
+        addrs
+    }
+
+    #[test]
+    fn the_proxy_routes_by_a_verdict_before_the_store_has_it_and_a_reload_keeps_it() {
+        let shared = shared();
+        let mut g = group(&["10.0.0.1", "10.0.0.2"]);
+        g.health.insert("10.0.0.1:80".into(), verdict("healthy"));
+        reload(&shared, g.clone());
+        assert_eq!(routed(&shared), ["10.0.0.1"], "healthy targets only");
+        shared.adopt_verdict("tg", "10.0.0.2:80", &verdict("healthy"));
+        assert_eq!(routed(&shared), ["10.0.0.1", "10.0.0.2"], "at once, with no reload");
+        // A reload of a view read before the verdict reached the store does not undo it.
+        reload(&shared, g.clone());
+        assert_eq!(routed(&shared), ["10.0.0.1", "10.0.0.2"]);
+        shared.adopt_verdict("tg", "10.0.0.1:80", &verdict("unhealthy"));
+        assert_eq!(routed(&shared), ["10.0.0.2"]);
+        // Deregistered, then registered again: it starts from the store's word, not ours.
+        shared.adopt_verdict("tg", "10.0.0.1:80", &verdict("healthy"));
+        reload(&shared, group(&["10.0.0.1"]));
+        g.health.insert("10.0.0.2:80".into(), verdict("unhealthy"));
+        reload(&shared, g);
+        assert_eq!(routed(&shared), ["10.0.0.1"]);
     }
 }
