@@ -18,6 +18,7 @@ mod settings;
 mod tcp;
 mod tls;
 mod traffic;
+pub mod upstream;
 pub mod workers;
 
 pub use matching::wildcard;

@@ -1,28 +1,12 @@
 //! Listeners are served per core, as nginx's workers serve them: one thread per core, each
 //! with its own single-threaded runtime, its own socket on every listener address
-//! (SO_REUSEPORT, so the kernel spreads connections over them) and its own connection pool to
-//! the targets. A request then stays on the thread that accepted it: no hop between threads,
-//! no shared pool lock.
+//! (SO_REUSEPORT, so the kernel spreads connections over them) and its own idle connections to
+//! the targets (`upstream`). A request then stays on the thread that accepted it: no hop
+//! between threads, no shared pool lock.
 
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 
 pub type Job = Box<dyn FnOnce() + Send>;
-pub type TargetClient = Client<HttpConnector, hyper::body::Incoming>;
-
-thread_local! {
-    /// This worker's pool of connections to targets.
-    static CLIENT: TargetClient = {
-        let mut connector = HttpConnector::new();
-        // Requests and responses are small writes that must not wait for Nagle.
-        connector.set_nodelay(true);
-        // ALB's target connection timeout: a target that went away without a word (its
-        // address answers nothing) costs at most this, then a 502.
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-        Client::builder(TokioExecutor::new()).build(connector)
-    };
-}
 
 thread_local! {
     /// Which worker this thread is (None: not a worker).
@@ -37,12 +21,6 @@ pub fn current() -> Option<usize> {
 /// How many workers `Workers::start` makes: one per core.
 pub fn count() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-/// Sends `req` on the calling worker's pool of target connections (no clone of the client:
-/// the response future owns what it needs).
-pub fn request(req: hyper::Request<hyper::body::Incoming>) -> hyper_util::client::legacy::ResponseFuture {
-    CLIENT.with(|c| c.request(req))
 }
 
 pub struct Workers {
