@@ -160,11 +160,7 @@ pub fn eligible(g: &GroupView) -> Vec<&RegisteredTarget> {
     let healthy: Vec<&RegisteredTarget> = live
         .iter()
         .copied()
-        .filter(|t| {
-            g.health
-                .get(&format!("{}:{}", t.id, t.port))
-                .is_some_and(|s| s.state == "healthy")
-        })
+        .filter(|t| g.health.get(&t.health_key()).is_some_and(|s| s.state == "healthy"))
         .collect();
     if healthy.is_empty() {
         live

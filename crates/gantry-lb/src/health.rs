@@ -166,7 +166,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
             }
             let interval = Duration::from_secs(g.group.health_check_interval_seconds as u64);
             for t in g.targets.iter().filter(|t| t.draining_until.is_none()) {
-                let key = (g.group.target_group_arn.clone(), format!("{}:{}", t.id, t.port));
+                let key = (g.group.target_group_arn.clone(), t.health_key());
                 live.insert(key.clone());
                 let due = trackers
                     .get(&key)

@@ -83,7 +83,7 @@ impl Snapshot {
         verdicts.retain(|arn, _| view.groups.contains_key(arn));
         for (arn, own) in verdicts.iter_mut() {
             let g = view.groups.get_mut(arn).expect("kept only groups in the view");
-            let registered: BTreeSet<String> = g.targets.iter().map(|t| format!("{}:{}", t.id, t.port)).collect();
+            let registered: BTreeSet<String> = g.targets.iter().map(|t| t.health_key()).collect();
             own.retain(|key, _| registered.contains(key));
             g.health.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
@@ -207,6 +207,16 @@ impl Shared {
         guard.client_admitted(&served.view.load_balancer, port, client.ip())
     }
 
+    /// Serves a view read from the store from now on (with the checker's own verdicts).
+    fn install(&self, view: View, guard: &security::Guard) {
+        let mut verdicts = self.verdicts.lock().expect("not poisoned");
+        let snapshot = Snapshot::from(view, &mut verdicts, &self.traffic, &self.balancer, guard);
+        for pool in snapshot.groups.values() {
+            pool.note_eligible();
+        }
+        *self.view.write().expect("not poisoned") = Arc::new(snapshot);
+    }
+
     /// Routes by a verdict the checker has just reached (it is recorded in the store after).
     fn adopt_verdict(&self, group: &str, target: &str, state: &TargetState) {
         let mut verdicts = self.verdicts.lock().expect("not poisoned");
@@ -314,14 +324,7 @@ pub async fn run(elb: Elb, store: Arc<dyn Store>, opts: Options, mut stop: tokio
         let names = dns_entries(&view);
         let guard = guards.borrow_and_update().clone();
         *shared.security.write().expect("not poisoned") = guard.clone();
-        {
-            let mut verdicts = shared.verdicts.lock().expect("not poisoned");
-            let snapshot = Snapshot::from(view.clone(), &mut verdicts, &shared.traffic, &shared.balancer, &guard);
-            for pool in snapshot.groups.values() {
-                pool.note_eligible();
-            }
-            *shared.view.write().expect("not poisoned") = Arc::new(snapshot);
-        }
+        shared.install(view.clone(), &guard);
         reconcile(&shared, &workers, &mut bound);
         if let Some(path) = &opts.hosts_file {
             if hosts_written.as_ref() != Some(&names) {
@@ -554,15 +557,7 @@ mod tests {
             groups: [("tg".to_string(), g)].into(),
             revision: 1,
         };
-        let mut verdicts = shared.verdicts.lock().unwrap();
-        let snap = Snapshot::from(
-            view,
-            &mut verdicts,
-            &shared.traffic,
-            &shared.balancer,
-            &Default::default(),
-        );
-        *shared.view.write().unwrap() = Arc::new(snap);
+        shared.install(view, &Default::default());
     }
 
     fn routed(shared: &Shared) -> Vec<String> {

@@ -303,6 +303,13 @@ pub struct RegisteredTarget {
     pub draining_until: Option<f64>,
 }
 
+impl RegisteredTarget {
+    /// "id:port", what its health verdict is kept under.
+    pub fn health_key(&self) -> String {
+        format!("{}:{}", self.id, self.port)
+    }
+}
+
 /// What the store keeps for a load balancer or target group: the described resource, its
 /// tags and its attributes (only those set away from the defaults).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
