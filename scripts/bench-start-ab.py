@@ -20,6 +20,8 @@ With --phases each side also prints where its one-at-a-time starts went, from it
 /metrics: the means of RunTask's and DescribeTasks' time inside the server and of the agent's
 start phases (pull, sandbox, containers, start, total).
 
+"This build" is target/release/gantry, or GANTRY_BINARY's, as in the other benchmarks.
+
 Usage (root, after `cargo build --release --workspace` here and in the other checkout):
     .venv/bin/python scripts/bench-start-ab.py --against OTHER/target/release/gantry [--tasks 40] [--burst 200] [--bursts 2] [--crun] [--etcd] [--phases]
 """
@@ -46,7 +48,7 @@ def main():
     ap.add_argument("--phases", action="store_true",
                     help="also where each side's one-at-a-time starts went, from its own histograms (means)")
     a = ap.parse_args()
-    this = os.path.join(conftest.ROOT, "target", "release", "gantry")
+    this = conftest.GANTRY  # this checkout's release build, or GANTRY_BINARY's (benchlib)
     sides = {"this": {"binary": this}, "other": {"binary": os.path.abspath(a.against)}}
     for s in sides.values():
         assert os.path.exists(s["binary"]), f"{s['binary']} not built"
