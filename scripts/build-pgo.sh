@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A profile-guided release build of gantry and gantry-shim (README, "Profile-guided build").
+# A profile-guided release build of gantry and gantry-shim (README, "Load balancer": what it gains).
 #
 # 1. builds them instrumented (target/pgo/generate),
 # 2. trains them: the hot paths at volume, each driven by its benchmark (the load balancer:
@@ -9,9 +9,9 @@
 #    their end-to-end tests,
 # 3. merges the profiles and builds with them (target/pgo/use/release/{gantry,gantry-shim}).
 #
-# Root (the training runs real tasks), after scripts/install-deps.sh. About three times as
-# long as `cargo build --release`. Code the training does not run is laid out as cold, so
-# a path left out of step 2 gets slower: train what users run.
+# Root (the training runs real tasks), after scripts/install-deps.sh. About twice as long as
+# `cargo build --release` (here: 24 + 5 + 12 minutes). Code the training does not run is
+# laid out as cold, so a path left out of step 2 gets slower: train what users run.
 #
 # Usage: sudo scripts/build-pgo.sh [--skip-generate]   (--skip-generate reuses step 1's build)
 set -euo pipefail
