@@ -137,8 +137,25 @@ fn not_found(id: &str) -> Response {
         .into_response()
 }
 
+/// The task's record. Only the task's own containers call here, so its start is past
+/// ACTIVATING; a record that does not say so yet lags behind a quick start, whose statuses
+/// are written at once when it is RUNNING (`StartRecords`). Wait for that write, within a
+/// bound (the start writes what it reached 100 ms in at the latest), rather than answer
+/// without the task's network.
 async fn record(ctx: &Ctx) -> Option<TaskRecord> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline && lags(&ctx.agent, &ctx.key) {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     ctx.agent.link.get_task(&ctx.key).await.ok()?.map(|(rec, _)| rec)
+}
+
+/// Whether the newest record this agent holds for the task is from before ACTIVATING.
+fn lags(a: &Agent, key: &str) -> bool {
+    let records = a.records.lock().expect("lock");
+    records
+        .get(key)
+        .is_some_and(|(r, _)| matches!(r.task.last_status.as_str(), "PROVISIONING" | "PENDING"))
 }
 
 /// The ECS container name whose runtime id is `id`, if it belongs to this task.

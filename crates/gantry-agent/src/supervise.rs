@@ -246,70 +246,109 @@ async fn registry_credentials(
 /// A record change made by the start's writer task.
 type Change = Box<dyn FnMut(&mut TaskRecord) -> bool + Send>;
 
-/// The start's PENDING and ACTIVATING writes, made in order by a task of their own while the
-/// task starts rather than before each step: each is a round trip to the server and, in a
-/// cluster, a replicated etcd write (5 ms and more here), and no step of the start needs
-/// them. A restarted agent goes by the task's directory, not by these statuses (`supervise`).
-/// Every later write of the start waits for them (`landed`), so writes stay in order.
-struct StartRecords {
-    activating: Option<tokio::sync::oneshot::Sender<Change>>,
-    writer: Option<tokio::task::JoinHandle<Result<()>>>,
+/// What the start asks of its writer task.
+enum Ask {
+    /// Write this change after the ones before it.
+    Write(Change),
+    /// Hand back whatever is not written yet: the caller writes it with its own change.
+    HandBack,
 }
 
-/// How long a start may take to reach ACTIVATING before PENDING is written on its own. From
-/// cached images it gets there in a few milliseconds, and then one write says both (PENDING's
-/// pullStartedAt included): a status that lasted less than a poll needs no write of its own,
-/// and on two cores the write's work in etcd and the server slows the start it reports.
-const PENDING_ALONE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+/// The start's PENDING and ACTIVATING records, written by a task of their own while the task
+/// starts rather than before each step: each is a round trip to the server and, in a cluster,
+/// a replicated etcd write (5 ms and more here), and no step of the start needs them. A start
+/// that is done within WRITE_AFTER writes none of them: the RUNNING write carries them (their
+/// timestamps included), as a status that lasted less than a poll needs no write of its own,
+/// and on two cores each write's work in etcd and the server slows the start it reports. A
+/// restarted agent goes by the task's directory, not by these statuses (`supervise`).
+struct StartRecords {
+    asks: Option<tokio::sync::mpsc::UnboundedSender<Ask>>,
+    writer: Option<tokio::task::JoinHandle<Result<Vec<Change>>>>,
+}
+
+/// How long a start may go on before what it has reached so far is written. From cached
+/// images a task is RUNNING in about 20 ms here; a pull or a dependency wait takes longer,
+/// and then its PENDING and ACTIVATING show while it lasts.
+const WRITE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl StartRecords {
-    /// Writes PENDING, then ACTIVATING once `activating` hands over its change; both in one
-    /// write when the change comes within PENDING_ALONE_AFTER.
+    /// Queues PENDING, written through the agent's link as described above.
     fn begin(a: &Arc<Agent>, key: &str) -> StartRecords {
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<Change>();
-        let (a, key) = (a.clone(), key.to_string());
         let t = now();
-        let pending = move |r: &mut TaskRecord| {
+        let pending: Change = Box::new(move |r: &mut TaskRecord| {
             r.task.last_status = "PENDING".into();
             r.task.pull_started_at.get_or_insert(t);
             true
-        };
+        });
+        let (a, key) = (a.clone(), key.to_string());
+        StartRecords::with_writer(pending, move |mut changes: Vec<Change>| {
+            let (a, key) = (a.clone(), key.clone());
+            async move { update(&a, &key, |r| apply(&mut changes, r)).await.map(drop) }
+        })
+    }
+
+    /// Queues `first`; `write` writes what is queued at WRITE_AFTER, and each change handed
+    /// over later at once.
+    fn with_writer<F>(first: Change, mut write: impl FnMut(Vec<Change>) -> F + Send + 'static) -> StartRecords
+    where
+        F: std::future::Future<Output = Result<()>> + Send,
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Ask>();
         let writer = tokio::spawn(async move {
-            // Err(_) from the channel: the start failed before its sandbox, nothing follows.
-            let early = match tokio::time::timeout(PENDING_ALONE_AFTER, &mut rx).await {
-                Ok(Ok(mut change)) => return update(&a, &key, |r| pending(r) | change(r)).await.map(drop),
-                Ok(Err(_)) => true,
-                Err(_) => false,
-            };
-            update(&a, &key, pending).await?;
-            if early {
-                return Ok(());
+            let mut queued = vec![first];
+            let deadline = tokio::time::sleep(WRITE_AFTER);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    ask = rx.recv() => match ask {
+                        Some(Ask::Write(change)) => queued.push(change),
+                        // The start is done (or gone): the caller writes what is left.
+                        Some(Ask::HandBack) | None => return Ok(queued),
+                    },
+                    _ = &mut deadline, if !deadline.is_elapsed() => {}
+                }
+                if deadline.is_elapsed() && !queued.is_empty() {
+                    write(std::mem::take(&mut queued)).await?;
+                }
             }
-            if let Ok(change) = rx.await {
-                update(&a, &key, change).await?;
-            }
-            Ok(())
         });
         StartRecords {
-            activating: Some(tx),
+            asks: Some(tx),
             writer: Some(writer),
         }
     }
 
     fn activating(&mut self, change: impl FnMut(&mut TaskRecord) -> bool + Send + 'static) {
-        if let Some(tx) = self.activating.take() {
-            let _ = tx.send(Box::new(change));
+        if let Some(tx) = &self.asks {
+            let _ = tx.send(Ask::Write(Box::new(change)));
         }
     }
 
-    /// Waits until the writes handed over so far are made (at once if they are).
-    async fn landed(&mut self) -> Result<()> {
-        self.activating.take();
+    /// Stops the writer and returns the changes it has not written (none once it has
+    /// written them all); after this, the caller writes every change itself.
+    async fn hand_back(&mut self) -> Result<Vec<Change>> {
+        if let Some(tx) = self.asks.take() {
+            let _ = tx.send(Ask::HandBack);
+        }
         match self.writer.take() {
             Some(w) => w.await.map_err(|e| format!("writing the task's status: {e}"))?,
-            None => Ok(()),
+            None => Ok(Vec::new()),
         }
     }
+
+    /// Writes every change handed over so far (at once if they are written).
+    async fn landed(&mut self, a: &Agent, key: &str) -> Result<()> {
+        let mut left = self.hand_back().await?;
+        if !left.is_empty() {
+            update(a, key, |r| apply(&mut left, r)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies the changes in order; true when any of them changed the record.
+fn apply(changes: &mut [Change], r: &mut TaskRecord) -> bool {
+    changes.iter_mut().fold(false, |changed, c| c(r) | changed)
 }
 
 async fn launch(
@@ -321,7 +360,7 @@ async fn launch(
     let mut records = StartRecords::begin(a, key);
     let started = start(a, key, rec, shippers, &mut records).await;
     // Whatever happened, no write of the start is left in flight when the caller writes next.
-    let landed = records.landed().await;
+    let landed = records.landed(a, key).await;
     started.and(landed)
 }
 
@@ -463,7 +502,7 @@ async fn start(
     for name in start_order(&rec.containers) {
         let c = by_name[name.as_str()];
         if c.depends_on.iter().flatten().any(|d| d.condition != "START") {
-            records.landed().await?;
+            records.landed(a, key).await?;
             record_running(a, key, &mut running).await?;
         }
         // dependsOn: wait for each dependency's condition.
@@ -585,9 +624,11 @@ async fn start(
     }
     TASK_START.observe(&["containers"], sandboxed.elapsed().as_secs_f64());
     secured(securing).await?;
-    records.landed().await?;
+    // PENDING and ACTIVATING, when the start was quicker than WRITE_AFTER: one write says all.
+    let mut unwritten = records.hand_back().await?;
     let t = now();
     update(a, key, |r| {
+        apply(&mut unwritten, r);
         mark_running(r, &running);
         if r.task.last_status == "ACTIVATING" {
             r.task.last_status = "RUNNING".into();
@@ -1049,5 +1090,117 @@ fn container_limits(rec: &TaskRecord, c: &TaskSpecContainer) -> Limits {
             .map(|m| m as u64),
         memory_reservation_mib: c.memory_reservation.map(|m| m as u64),
         pids: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change setting lastStatus, and a writer that keeps what each write carried.
+    fn status(s: &'static str) -> Change {
+        Box::new(move |r: &mut TaskRecord| {
+            r.task.last_status = s.into();
+            true
+        })
+    }
+
+    fn blank() -> TaskRecord {
+        TaskRecord {
+            task: gantry_types::model::Task::default(),
+            cluster: "c".into(),
+            node: "n1".into(),
+            containers: vec![],
+            cpu_units: 256,
+            memory_mib: 512,
+            account: String::new(),
+            region: String::new(),
+            protected_until: None,
+            network_mode: NetworkMode::Awsvpc,
+            task_memory_limit: true,
+            roles: Default::default(),
+            security_groups: vec![],
+        }
+    }
+
+    type Writes = Arc<std::sync::Mutex<Vec<Vec<String>>>>;
+
+    fn recording() -> (
+        Writes,
+        impl FnMut(Vec<Change>) -> std::future::Ready<Result<()>> + Send + 'static,
+    ) {
+        let writes: Writes = Arc::default();
+        let w = writes.clone();
+        let write = move |mut changes: Vec<Change>| {
+            // Each change applied alone, to name what the write carried.
+            let names = changes
+                .iter_mut()
+                .map(|c| {
+                    let mut r = blank();
+                    c(&mut r);
+                    r.task.last_status
+                })
+                .collect();
+            w.lock().unwrap().push(names);
+            std::future::ready(Ok(()))
+        };
+        (writes, write)
+    }
+
+    fn names(changes: &mut [Change]) -> Vec<String> {
+        let mut r = blank();
+        changes
+            .iter_mut()
+            .map(|c| {
+                c(&mut r);
+                r.task.last_status.clone()
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_quicker_than_write_after_writes_nothing_before_running() {
+        let (writes, write) = recording();
+        let mut records = StartRecords::with_writer(status("PENDING"), write);
+        tokio::time::sleep(WRITE_AFTER / 2).await;
+        records.activating(|r: &mut TaskRecord| {
+            r.task.last_status = "ACTIVATING".into();
+            true
+        });
+        tokio::time::sleep(WRITE_AFTER / 4).await;
+        let mut left = records.hand_back().await.unwrap();
+        assert_eq!(
+            names(&mut left),
+            ["PENDING", "ACTIVATING"],
+            "handed to the RUNNING write"
+        );
+        assert!(writes.lock().unwrap().is_empty());
+        // Nothing is written after the hand-back, even past the deadline.
+        tokio::time::sleep(WRITE_AFTER * 2).await;
+        assert!(writes.lock().unwrap().is_empty());
+        assert!(records.hand_back().await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_shows_pending_at_write_after_and_each_status_after_it() {
+        let (writes, write) = recording();
+        let mut records = StartRecords::with_writer(status("PENDING"), write);
+        tokio::time::sleep(WRITE_AFTER + Duration::from_millis(1)).await;
+        assert_eq!(*writes.lock().unwrap(), [["PENDING"]]);
+        records.activating(|r: &mut TaskRecord| {
+            r.task.last_status = "ACTIVATING".into();
+            true
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(*writes.lock().unwrap(), [["PENDING"], ["ACTIVATING"]]);
+        assert!(records.hand_back().await.unwrap().is_empty(), "all written already");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_the_starts_error() {
+        let write = |_: Vec<Change>| std::future::ready(Err::<(), _>("the server refused".to_string()));
+        let mut records = StartRecords::with_writer(status("PENDING"), write);
+        tokio::time::sleep(WRITE_AFTER * 2).await;
+        assert_eq!(records.hand_back().await.err().as_deref(), Some("the server refused"));
     }
 }
