@@ -1097,7 +1097,7 @@ fn container_limits(rec: &TaskRecord, c: &TaskSpecContainer) -> Limits {
 mod tests {
     use super::*;
 
-    /// A change setting lastStatus, and a writer that keeps what each write carried.
+    /// A change setting lastStatus.
     fn status(s: &'static str) -> Change {
         Box::new(move |r: &mut TaskRecord| {
             r.task.last_status = s.into();
@@ -1125,6 +1125,7 @@ mod tests {
 
     type Writes = Arc<std::sync::Mutex<Vec<Vec<String>>>>;
 
+    /// A writer that keeps the statuses each write carried.
     fn recording() -> (
         Writes,
         impl FnMut(Vec<Change>) -> std::future::Ready<Result<()>> + Send + 'static,
