@@ -9,8 +9,9 @@ bursts, alternating which goes first. Drift then shifts both sides alike.
 
 Reported, each side: RunTask -> RUNNING as the client sees it (boto3, DescribeTasks every
 5 ms), RunTask sent -> the task's own startedAt (leaves the polling out), and bursts of
-RunTask calls of 10 until all are RUNNING (`--bursts`, two by default); and this build's
-medians over the other's.
+RunTask calls of 10 until all are RUNNING (`--bursts`, two by default), how many times the
+node wrote each task's record on its way to RUNNING (on etcd each is a replicated, fsynced
+write); and this build's medians over the other's.
 
 With --etcd both keep their state in one etcd (Debian's etcd-server, started here on loopback
 ports in a temporary directory), each under its own prefix, as a server does, instead of
@@ -52,7 +53,7 @@ def main():
     sides = {"this": {"binary": this}, "other": {"binary": os.path.abspath(a.against)}}
     for s in sides.values():
         assert os.path.exists(s["binary"]), f"{s['binary']} not built"
-        s.update(client=[], stamped=[], bursts=[])
+        s.update(client=[], stamped=[], writes=[], bursts=[])
     etcd = test_etcd.Etcd() if a.etcd else None
     try:
         if etcd:
@@ -73,7 +74,7 @@ def main():
         for r in range(a.tasks):
             for name in (names if r % 2 == 0 else reversed(names)):
                 s = sides[name]
-                s["client"] += one_at_a_time(s["ecs"], "bench", 1, s["stamped"])
+                s["client"] += one_at_a_time(s["ecs"], "bench", 1, s["stamped"], writes=s["writes"])
         if a.phases:
             for s in sides.values():
                 s["histograms"] = (s["histograms"], histogram_totals(endpoint(s)))
@@ -94,6 +95,8 @@ def main():
         print(f"  RunTask -> RUNNING (client)   median {statistics.median(s['client']):6.1f} ms   p90 {pct(s['client'], 0.9):6.1f} ms")
         print(f"  RunTask sent -> startedAt     median {statistics.median(s['stamped']):6.1f} ms   p90 {pct(s['stamped'], 0.9):6.1f} ms")
         print(f"  bursts                        {', '.join(f'{b:.1f}' for b in s['bursts'])} tasks/s")
+        print(f"  the node's record writes per start: median {statistics.median(s['writes']):g}, "
+              f"max {max(s['writes'])} (to RUNNING, after RunTask's)")
         if a.phases:
             phase_means(*s["histograms"])
     t, o = sides["this"], sides["other"]

@@ -113,19 +113,24 @@ def wait_running(ecs, arns, timeout=120, poll=0.005):
     return running
 
 
-def one_at_a_time(ecs, family, n, stamped=None, network=None):
+def one_at_a_time(ecs, family, n, stamped=None, network=None, writes=None):
     """Client-observed RunTask -> RUNNING of n tasks, one at a time, in ms. With `stamped` (a
     list), also the time from sending RunTask to the task's own startedAt (ECS's "moved from
-    PENDING to RUNNING"; one host, so one clock), which leaves out how often the client polls."""
+    PENDING to RUNNING"; one host, so one clock), which leaves out how often the client polls.
+    With `writes` (a list), also how many times the node wrote the task's record on its way to
+    RUNNING (its `version` then, less RunTask's: each write of the record bumps it)."""
     lat = []
     for _ in range(n):
         sent = time.time()
         t0 = time.perf_counter()
-        arn = conftest.run(ecs, "default", family, network)[0]["taskArn"]
+        created = conftest.run(ecs, "default", family, network)[0]
+        arn = created["taskArn"]
         task = wait_running(ecs, [arn])[arn]
         lat.append((time.perf_counter() - t0) * 1000)
         if stamped is not None:
             stamped.append((task["startedAt"].timestamp() - sent) * 1000)
+        if writes is not None:
+            writes.append(task["version"] - created["version"])
         ecs.stop_task(cluster="default", task=arn)
         time.sleep(0.1)  # let the namespace pool refill between samples
     if lat:
