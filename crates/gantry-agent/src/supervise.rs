@@ -1133,21 +1133,13 @@ mod tests {
         let writes: Writes = Arc::default();
         let w = writes.clone();
         let write = move |mut changes: Vec<Change>| {
-            // Each change applied alone, to name what the write carried.
-            let names = changes
-                .iter_mut()
-                .map(|c| {
-                    let mut r = blank();
-                    c(&mut r);
-                    r.task.last_status
-                })
-                .collect();
-            w.lock().unwrap().push(names);
+            w.lock().unwrap().push(names(&mut changes));
             std::future::ready(Ok(()))
         };
         (writes, write)
     }
 
+    /// The statuses the changes set, in order.
     fn names(changes: &mut [Change]) -> Vec<String> {
         let mut r = blank();
         changes
@@ -1164,10 +1156,7 @@ mod tests {
         let (writes, write) = recording();
         let mut records = StartRecords::with_writer(status("PENDING"), write);
         tokio::time::sleep(WRITE_AFTER / 2).await;
-        records.activating(|r: &mut TaskRecord| {
-            r.task.last_status = "ACTIVATING".into();
-            true
-        });
+        records.activating(status("ACTIVATING"));
         tokio::time::sleep(WRITE_AFTER / 4).await;
         let mut left = records.hand_back().await.unwrap();
         assert_eq!(
@@ -1188,10 +1177,7 @@ mod tests {
         let mut records = StartRecords::with_writer(status("PENDING"), write);
         tokio::time::sleep(WRITE_AFTER + Duration::from_millis(1)).await;
         assert_eq!(*writes.lock().unwrap(), [["PENDING"]]);
-        records.activating(|r: &mut TaskRecord| {
-            r.task.last_status = "ACTIVATING".into();
-            true
-        });
+        records.activating(status("ACTIVATING"));
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(*writes.lock().unwrap(), [["PENDING"], ["ACTIVATING"]]);
         assert!(records.hand_back().await.unwrap().is_empty(), "all written already");
