@@ -43,7 +43,8 @@ class Setup:
     """One way of running tasks: its client, the network its tasks go in, and how to stop it."""
 
     def __init__(self, name, ecs, network, cleanup):
-        self.name, self.ecs, self.network, self.cleanup, self.lat = name, ecs, network, cleanup, []
+        self.name, self.ecs, self.network, self.cleanup = name, ecs, network, cleanup
+        self.lat, self.stamped = [], []
 
 
 def start_cluster(etcd):
@@ -115,7 +116,7 @@ def main():
         time.sleep(3)  # let the warm pools fill
         for r in range(a.tasks):
             for s in setups[r % 3:] + setups[:r % 3]:
-                s.lat += one_at_a_time(s.ecs, "bench", 1, network=s.network)
+                s.lat += one_at_a_time(s.ecs, "bench", 1, stamped=s.stamped, network=s.network)
         bursts = []
         for _ in range(a.rounds):
             time.sleep(3)  # the pools refill
@@ -130,6 +131,9 @@ def main():
     rm, rp = summary("server + remote agent (etcd, mutual TLS)", remote, width=48)
     em, ep = summary("gantry dev on etcd (one process)", dev_etcd, width=48)
     dm, dp = summary("gantry dev (one process, SQLite)", local, width=48)
+    print("RunTask sent -> the task's startedAt (the rest is the RUNNING write and the client's polls)")
+    for s in setups:
+        summary(s.name, s.stamped, width=48)
     print(f"remote agent protocol adds: median {rm - em:+.1f} ms, p90 {rp - ep:+.1f} ms (server+agent vs dev, both on etcd)")
     print(f"etcd adds: median {em - dm:+.1f} ms, p90 {ep - dp:+.1f} ms (dev on etcd vs dev on SQLite)")
     if crun_before and crun_after:

@@ -109,7 +109,8 @@ def wait_running(ecs, arns, timeout=120, poll=0.005):
                     running[t["taskArn"]] = t
                 elif t["lastStatus"] == "STOPPED":
                     raise AssertionError(f"task stopped: {t.get('stoppedReason')}")
-        time.sleep(poll)
+        if pending:  # not after the poll that saw the last one RUNNING: that is the end
+            time.sleep(poll)
     return running
 
 
