@@ -24,8 +24,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import (bench_gantry, burst, conftest, crun_baseline, one_at_a_time, register_bench,  # noqa: E402
-                      report_burst_ceiling, summary)
+from benchlib import (CpuShares, bench_gantry, burst, conftest, crun_baseline, one_at_a_time,  # noqa: E402
+                      register_bench, report_burst_ceiling, summary)
 import test_cluster  # noqa: E402  (its Server and Agent, with the release binary)
 import test_etcd  # noqa: E402
 
@@ -45,6 +45,7 @@ class Setup:
     def __init__(self, name, ecs, network, cleanup):
         self.name, self.ecs, self.network, self.cleanup = name, ecs, network, cleanup
         self.lat, self.stamped = [], []
+        self.processes = {}  # the setup's own processes by part, for CpuShares
 
 
 def start_cluster(etcd):
@@ -76,7 +77,10 @@ def start_cluster(etcd):
         test_cluster.wait_for("three nodes", lambda: len(
             ecs.list_container_instances(cluster="default")["containerInstanceArns"]) == 3, 60)
         register_bench(ecs)
-        return Setup("server + remote agent (etcd, mutual TLS)", ecs, network_of(agents[0].client("ec2")), cleanup)
+        setup = Setup("server + remote agent (etcd, mutual TLS)", ecs, network_of(agents[0].client("ec2")), cleanup)
+        setup.processes = {"server": [server.proc.pid], "agents": [ag.proc.pid for ag in agents],
+                           "etcd": [etcd.proc.pid]}
+        return setup
     except BaseException:
         cleanup()
         raise
@@ -117,10 +121,11 @@ def main():
         for r in range(a.tasks):
             for s in setups[r % 3:] + setups[:r % 3]:
                 s.lat += one_at_a_time(s.ecs, "bench", 1, stamped=s.stamped, network=s.network)
-        bursts = []
+        bursts, shares = [], []
         for _ in range(a.rounds):
             time.sleep(3)  # the pools refill
-            bursts.append(burst(setups[0].ecs, "bench", a.burst, setups[0].network))
+            shares.append(CpuShares(setups[0].processes))
+            bursts.append(burst(setups[0].ecs, "bench", a.burst, setups[0].network, shares[-1]))
     finally:
         for s in setups:
             s.cleanup()
@@ -141,8 +146,9 @@ def main():
             print(f"{'crun run /bin/true (baseline, ' + when + ')':<48} n=30   median {m:8.1f} ms   p90 {p:8.1f} ms")
         cm = (crun_before[0] + crun_after[0]) / 2
         print(f"ratio to crun's mean median ({cm:.1f} ms): remote {rm / cm:.2f}x; dev on SQLite {dm / cm:.2f}x")
-    for took in bursts:
+    for took, cpu in zip(bursts, shares):
         print(f"burst: {a.burst} tasks over 3 agents to RUNNING in {took:.2f} s = {a.burst / took:.1f} tasks/s")
+        cpu.report(a.burst)
     if bursts:
         report_burst_ceiling(a.burst, a.burst / statistics.median(bursts), "the cluster's median burst")
 

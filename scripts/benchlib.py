@@ -139,14 +139,54 @@ def one_at_a_time(ecs, family, n, stamped=None, network=None, writes=None):
     return lat
 
 
-def burst(ecs, family, n, network=None):
-    """Seconds for n tasks launched in RunTask calls of 10 to all be RUNNING (then stopped)."""
+def machine_cpu_seconds():
+    """CPU time every core spent busy so far (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuShares:
+    """Where a burst's CPU went: named processes (their own threads, not their children), this
+    client, and the whole machine, between `begin` and `end`. What is left of the machine's is
+    the runtime's (crun, the shims, the tasks' processes) and the kernel's work for them."""
+
+    def __init__(self, procs):
+        self.procs = procs  # {name: [pid, ...]}
+
+    def _now(self):
+        mine = os.times()
+        return {"machine": machine_cpu_seconds(), "client (this script)": mine.user + mine.system,
+                **{k: sum(cpu_seconds(p) for p in pids) for k, pids in self.procs.items()}}
+
+    def begin(self):
+        self.start = self._now()
+
+    def end(self):
+        self.spent = {k: v - self.start[k] for k, v in self._now().items()}
+
+    def report(self, n):
+        """Prints the CPU each part spent per task of the burst, in ms."""
+        machine = self.spent["machine"]
+        parts = {k: v for k, v in self.spent.items() if k != "machine"}
+        parts["the rest: runtime, shims, tasks, kernel"] = machine - sum(parts.values())
+        print(f"  CPU per task: {machine / n * 1000:.1f} ms in all; " +
+              "; ".join(f"{k} {v / n * 1000:.1f}" for k, v in parts.items()))
+
+
+def burst(ecs, family, n, network=None, cpu=None):
+    """Seconds for n tasks launched in RunTask calls of 10 to all be RUNNING (then stopped).
+    `cpu` (CpuShares): measured from the first RunTask to all RUNNING."""
+    if cpu:
+        cpu.begin()
     t0 = time.perf_counter()
     arns = []
     for _ in range(n // 10):
         arns += [t["taskArn"] for t in conftest.run(ecs, "default", family, network, count=10)]
     wait_running(ecs, arns, timeout=600)
     took = time.perf_counter() - t0
+    if cpu:
+        cpu.end()
     for arn in arns:
         ecs.stop_task(cluster="default", task=arn)
     for chunk in [arns[i:i + 100] for i in range(0, len(arns), 100)]:
@@ -169,16 +209,17 @@ def crun_baseline(runs=30):
 def crun_burst_baseline(n, parallel=3):
     """`crun run --detach` of n prepared bundles of the same long-running task, `parallel` at
     a time (scripts/bench.sh burst): the runtime alone, the ceiling of any burst on this
-    machine. (crun tasks/s, Gantry's node runtime tasks/s) over two rounds each, or None
-    after printing why not."""
+    machine. (crun tasks/s, Gantry's node runtime tasks/s, crun's ms of CPU per task) over two
+    rounds each, or None after printing why not."""
     out = subprocess.run(["bash", os.path.join(conftest.ROOT, "scripts", "bench.sh"), "burst", "--tasks", str(n),
                           "--parallel", str(parallel), "--rounds", "2"], capture_output=True, text=True)
     c = re.search(r"crun run --detach\s+n=\d+\s+median\s+([\d.]+) tasks/s", out.stdout)
     g = re.search(r"gantry node tasks\s+n=\d+\s+median\s+([\d.]+) tasks/s", out.stdout)
-    if not (c and g):
+    cpu = re.search(r"crun\s+median\s+([\d.]+) ms of CPU per task", out.stdout)
+    if not (c and g and cpu):
         print("crun burst baseline failed:", out.stdout[-500:], out.stderr[-500:])
         return None
-    return float(c.group(1)), float(g.group(1))
+    return float(c.group(1)), float(g.group(1)), float(cpu.group(1))
 
 
 def report_burst_ceiling(n, rate, what):
@@ -187,4 +228,6 @@ def report_burst_ceiling(n, rate, what):
     ceiling = crun_burst_baseline(n, parallel=3)
     if ceiling:
         print(f"the same burst by crun run --detach alone, 3 at a time: {ceiling[0]:.1f} tasks/s "
-              f"(Gantry's node runtime alone: {ceiling[1]:.1f}); {what} is {rate / ceiling[0]:.2f}x of crun's")
+              f"(Gantry's node runtime alone: {ceiling[1]:.1f}); {what} is {rate / ceiling[0]:.2f}x of crun's; "
+              f"crun alone costs {ceiling[2]:.1f} ms of CPU per task, {os.cpu_count() * 1000 / ceiling[2]:.0f} "
+              f"tasks/s with all {os.cpu_count()} cores busy and nothing else running")

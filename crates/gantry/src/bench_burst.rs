@@ -75,12 +75,46 @@ fn runtime_bundles(baseline: &Baseline, n: usize) -> Result<Vec<std::path::PathB
         .collect()
 }
 
-fn runtime_burst(baseline: &Baseline, bundles: &[std::path::PathBuf], parallel: usize) -> Result<f64> {
+/// Busy CPU seconds of the whole machine so far: /proc/stat's first line, all but idle and
+/// iowait (in USER_HZ, 100 a second on Linux's ABI).
+fn machine_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    anyhow::ensure!(ticks.len() >= 5, "/proc/stat has no cpu line");
+    Ok((ticks.iter().sum::<u64>() - ticks[3] - ticks[4]) as f64 / 100.0)
+}
+
+/// A burst's seconds and the machine's busy CPU seconds meanwhile.
+struct Took {
+    secs: f64,
+    cpu: f64,
+}
+
+/// `f` (a burst returning its seconds) with the machine's CPU it took.
+fn with_cpu(f: impl FnOnce() -> Result<f64>) -> Result<Took> {
+    let before = machine_cpu_seconds()?;
+    let secs = f()?;
+    Ok(Took {
+        secs,
+        cpu: machine_cpu_seconds()? - before,
+    })
+}
+
+fn runtime_burst(baseline: &Baseline, bundles: &[std::path::PathBuf], parallel: usize) -> Result<Took> {
     let id = |i: usize| format!("bench-burst-{i}");
-    let took = burst(bundles.len(), parallel, |i| {
-        let st = baseline.run(&bundles[i], &id(i), true)?.status()?;
-        anyhow::ensure!(st.success(), "{} run --detach failed: {st}", baseline.runtime());
-        Ok(())
+    let took = with_cpu(|| {
+        burst(bundles.len(), parallel, |i| {
+            let st = baseline.run(&bundles[i], &id(i), true)?.status()?;
+            anyhow::ensure!(st.success(), "{} run --detach failed: {st}", baseline.runtime());
+            Ok(())
+        })
     });
     // Every container goes, whether or not the burst completed.
     let removed = burst(bundles.len(), parallel, |i| baseline.delete(&id(i)).or(Ok(())));
@@ -94,13 +128,15 @@ fn gantry_burst(
     a: &BenchBurstArgs,
     image: &gantry_runtime::image::ImageRecord,
     spec: &ContainerSpec,
-) -> Result<f64> {
+) -> Result<Took> {
     node.fill_pools(a.pool)?;
     let tasks: Vec<String> = (0..a.tasks).map(|_| new_task_id()).collect();
-    let took = burst(a.tasks, a.parallel, |i| {
-        node.create_task(&tasks[i], "bench")?;
-        node.start_container(&tasks[i], "main", image, spec, Duration::from_secs(2))?;
-        Ok(())
+    let took = with_cpu(|| {
+        burst(a.tasks, a.parallel, |i| {
+            node.create_task(&tasks[i], "bench")?;
+            node.start_container(&tasks[i], "main", image, spec, Duration::from_secs(2))?;
+            Ok(())
+        })
     });
     let removed = burst(a.tasks, a.parallel, |i| match node.task_dir(&tasks[i]).exists() {
         true => Ok(node.remove_task(&tasks[i])?),
@@ -129,6 +165,7 @@ pub fn run(args: &NodeArgs, a: BenchBurstArgs) -> Result<i32> {
     };
     let baseline = Baseline::prepare(&cfg, &node, &image, &spec)?;
     let (mut runtime_rates, mut gantry_rates) = (Vec::new(), Vec::new());
+    let (mut runtime_cpu, mut gantry_cpu) = (Vec::new(), Vec::new());
     let result = (|| -> Result<()> {
         let bundles = runtime_bundles(&baseline, a.tasks)?;
         for round in 0..a.rounds {
@@ -138,16 +175,19 @@ pub fn run(args: &NodeArgs, a: BenchBurstArgs) -> Result<i32> {
                     true => runtime_burst(&baseline, &bundles, a.parallel)?,
                     false => gantry_burst(&node, &a, &image, &spec)?,
                 };
-                let rate = a.tasks as f64 / took;
+                let rate = a.tasks as f64 / took.secs;
+                let cpu_ms = took.cpu / a.tasks as f64 * 1000.0;
                 let who = if runtime_side { baseline.runtime() } else { "gantry" };
                 println!(
-                    "round {round}: {who:<8} {} tasks in {took:.2} s = {rate:.1} tasks/s",
-                    a.tasks
+                    "round {round}: {who:<8} {} tasks in {:.2} s = {rate:.1} tasks/s, {cpu_ms:.1} ms of CPU per task",
+                    a.tasks, took.secs
                 );
-                match runtime_side {
-                    true => runtime_rates.push(rate),
-                    false => gantry_rates.push(rate),
-                }
+                let (rates, cpu) = match runtime_side {
+                    true => (&mut runtime_rates, &mut runtime_cpu),
+                    false => (&mut gantry_rates, &mut gantry_cpu),
+                };
+                rates.push(rate);
+                cpu.push(cpu_ms);
             }
         }
         Ok(())
@@ -160,12 +200,26 @@ pub fn run(args: &NodeArgs, a: BenchBurstArgs) -> Result<i32> {
     let rm = median_rate(&format!("{runtime} run --detach"), runtime_rates);
     let gm = median_rate("gantry node tasks", gantry_rates);
     println!("ratio gantry/{runtime}: median {:.2}x", gm / rm);
+    // What bounds a burst: the machine's cores over what each start costs them.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for (name, cpu) in [(runtime, runtime_cpu), ("gantry node tasks", gantry_cpu)] {
+        let m = median(cpu);
+        println!(
+            "{name:<34} median {m:>7.1} ms of CPU per task (the machine: all {cores} cores busy, this is {:.0} tasks/s)",
+            cores * 1000.0 / m
+        );
+    }
     Ok(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
 }
 
 fn median_rate(name: &str, mut rates: Vec<f64>) -> f64 {
     rates.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let m = (rates[(rates.len() - 1) / 2] + rates[rates.len() / 2]) / 2.0;
+    let m = median(rates.clone());
     println!(
         "{name:<34} n={:<3} median {m:>7.1} tasks/s   min {:>7.1} tasks/s",
         rates.len(),
