@@ -1,7 +1,7 @@
 //! Thin wrappers over the Linux system calls Gantry makes directly. All of the crate's `unsafe`
 //! lives here, so that every other module is safe Rust.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -531,9 +531,26 @@ impl Nftables {
 
     /// Runs an nft script as one transaction, in the calling thread's network namespace (the
     /// context's netlink socket is opened there). The error is what `nft` would print.
+    ///
+    /// libnftables (1.0) waits on that socket with select(), which aborts the process when the
+    /// socket's number is FD_SETSIZE (1024) or more, as it is on a node with a few hundred
+    /// tasks (each holds a few of this process's descriptors). So the script runs on a thread
+    /// of its own whose descriptor table is a private one holding only 0 to 2: the socket
+    /// gets a low number. A new thread is in its creator's network namespace.
     pub fn run(&self, script: &str) -> Result<(), String> {
         let script = CString::new(script).map_err(|_| "the script contains NUL".to_string())?;
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                only_standard_descriptors().map_err(|e| format!("a descriptor table for libnftables: {e}"))?;
+                self.run_here(&script)
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the libnftables thread panicked".into()))
+        })
+    }
+
+    fn run_here(&self, script: &CStr) -> Result<(), String> {
         // SAFETY: the context is made, used and freed here, by this thread alone; the script
         // and the error buffer are NUL-terminated, and the error is copied before the free.
         unsafe {
@@ -558,6 +575,23 @@ impl Nftables {
             }
         }
     }
+}
+
+/// Gives the calling thread a descriptor table of its own and closes everything in it but 0
+/// to 2. The process's table, which the other threads share, keeps every descriptor; so must
+/// the thread: it can never share the process's table again, so it is one made for this.
+pub fn only_standard_descriptors() -> io::Result<()> {
+    // SAFETY: unshare(CLONE_FILES) copies the table for this thread alone; close_range then
+    // closes descriptors in that copy only.
+    unsafe {
+        if libc::unshare(libc::CLONE_FILES) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

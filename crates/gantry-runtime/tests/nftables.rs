@@ -78,3 +78,37 @@ fn a_failing_script_says_what_nft_says_and_changes_nothing() {
         "{err:?}"
     );
 }
+
+#[test]
+fn the_library_runs_when_the_process_holds_more_than_fd_setsize_descriptors() {
+    // A node with a few hundred tasks holds over 1,024 descriptors; libnftables' select() on
+    // a socket numbered past that aborts the process (glibc: "bit out of range").
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: limit is a valid rlimit to fill, then to set.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(
+        limit.rlim_cur > 1300,
+        "RLIMIT_NOFILE's hard limit {} is too low for this test",
+        limit.rlim_cur
+    );
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let held: Vec<std::fs::File> = (0..1200).map(|_| null.try_clone().unwrap()).collect();
+    let (done, listed) = in_new_netns(|| nft(SCRIPT).map_err(|e| e.to_string()));
+    assert_eq!(done, Ok(()));
+    assert!(listed.contains("tcp dport 80 accept"), "{listed}");
+    use std::os::fd::AsRawFd;
+    let last = held.last().unwrap().as_raw_fd();
+    assert!(last >= 1024, "the test held descriptors up to {last} only");
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    assert!(
+        unsafe { libc::fcntl(last, libc::F_GETFD) } >= 0,
+        "the process's descriptors were closed"
+    );
+}
