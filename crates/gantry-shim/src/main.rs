@@ -15,11 +15,10 @@ use gantry_runtime::oci::{CliRuntime, Runtime, Stdio3};
 use gantry_runtime::shim::{self, ContainerExit, ShimSpec, ShimStarted};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Lines longer than this are split into partial (P) records.
@@ -298,20 +297,15 @@ fn supervise(dir: &Path, spec: &ShimSpec, secret_env: &[String], ready: &mut Fil
     let signals = sys::signal_set(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
     sys::block_signals(&signals).map_err(|e| format!("blocking signals: {e}"))?;
 
-    let log = Arc::new(Mutex::new(
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(shim::LOG_FILE))
-            .map_err(|e| format!("opening log: {e}"))?,
-    ));
+    let signal_fd = sys::signal_fd(&signals).map_err(|e| format!("signalfd: {e}"))?;
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(shim::LOG_FILE))
+        .map_err(|e| format!("opening log: {e}"))?;
     let (out_r, out_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
-    // Each logger says when its stream has ended, so the exit is recorded the moment both
-    // have (polling for that cost a task's end up to 5 ms).
-    let (logged, loggers_done) = std::sync::mpsc::channel::<()>();
-    spawn_logger(out_r, "stdout", log.clone(), logged.clone());
-    spawn_logger(err_r, "stderr", log, logged);
+    let mut streams = [Stream::new("stdout", out_r), Stream::new("stderr", err_r)];
 
     // Nothing to hide: `hide_hybrid_cgroup2` detached them from this namespace.
     let runtime = CliRuntime::new(spec.runtime, spec.runtime_root.clone(), dir.join("runtime.log"), vec![]);
@@ -354,50 +348,7 @@ fn supervise(dir: &Path, spec: &ShimSpec, secret_env: &[String], ready: &mut Fil
         File::open("/dev/null").map_err(|e| e.to_string())?,
     ));
 
-    let mut stop_deadline: Option<Instant> = None;
-    let mut killed_after_timeout = false;
-    let (code, signal) = loop {
-        let timeout = stop_deadline
-            .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)
-            .unwrap_or(1000);
-        match sys::wait_signal(&signals, timeout.max(1)) {
-            Some(libc::SIGTERM) | Some(libc::SIGINT) if stop_deadline.is_none() => {
-                let _ = sys::kill(container_pid, spec.stop_signal);
-                stop_deadline = Some(Instant::now() + Duration::from_secs(spec.stop_timeout_secs));
-            }
-            _ => {}
-        }
-        if let Some(d) = stop_deadline {
-            if Instant::now() >= d && !killed_after_timeout {
-                let _ = sys::kill(container_pid, libc::SIGKILL);
-                killed_after_timeout = true;
-            }
-        }
-        let mut result = None;
-        loop {
-            match sys::reap() {
-                sys::Reaped::None => break,
-                sys::Reaped::Exited { pid, code } if pid == container_pid => result = Some((code, None)),
-                sys::Reaped::Signaled { pid, signal } if pid == container_pid => {
-                    result = Some((128 + signal, Some(signal)))
-                }
-                _ => {}
-            }
-        }
-        if let Some(r) = result {
-            break r;
-        }
-    };
-    // The pid namespace is gone with its init, so the pipes close; don't wait forever anyway.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    for _ in 0..2 {
-        if loggers_done
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_err()
-        {
-            break;
-        }
-    }
+    let (code, signal, killed_after_timeout) = follow(spec, container_pid, &signal_fd, &mut streams, &mut log);
     let oom_killed = signal == Some(libc::SIGKILL) && cgroup::stats(&spec.cgroup_path).oom_kills.unwrap_or(0) > 0;
     let _ = runtime.delete(&spec.id);
     let exit = ContainerExit {
@@ -411,7 +362,152 @@ fn supervise(dir: &Path, spec: &ShimSpec, secret_env: &[String], ready: &mut Fil
     Ok(())
 }
 
-fn write_record(log: &Mutex<File>, stream: &str, partial: bool, content: &[u8]) {
+/// What the shim waits for, on one thread: its signals (a stop, a child's exit) and the
+/// container's output, logged as it comes. Returns the container's exit code, the signal that
+/// ended it if one did, and whether the stop timeout ran out (SIGKILL sent). Its exit is
+/// returned once both streams have ended (the pid namespace is gone with its init, so the
+/// pipes close), or 2 s after it at most.
+fn follow(
+    spec: &ShimSpec,
+    container_pid: i32,
+    signal_fd: &OwnedFd,
+    streams: &mut [Stream; 2],
+    log: &mut File,
+) -> (i32, Option<i32>, bool) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut stop_deadline: Option<Instant> = None;
+    let mut killed_after_timeout = false;
+    let mut exited: Option<((i32, Option<i32>), Instant)> = None;
+    loop {
+        let open = streams.iter().any(|s| s.fd.is_some());
+        let timeout = match exited {
+            Some((status, logs_until)) => {
+                let left = logs_until.saturating_duration_since(Instant::now());
+                if !open || left.is_zero() {
+                    streams.iter_mut().for_each(|s| s.flush(log));
+                    return (status.0, status.1, killed_after_timeout);
+                }
+                left
+            }
+            None => stop_deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now())),
+        };
+        // The signals, then the streams still open (`polled`: which).
+        let polled: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].fd.is_some()).collect();
+        let mut fds = vec![pollfd(signal_fd.as_raw_fd())];
+        fds.extend(
+            polled
+                .iter()
+                .filter_map(|&i| streams[i].fd.as_ref())
+                .map(|f| pollfd(f.as_raw_fd())),
+        );
+        let _ = sys::poll(&mut fds, timeout.as_millis().max(1) as u64);
+        for sig in sys::read_signals(signal_fd) {
+            if matches!(sig, libc::SIGTERM | libc::SIGINT) && stop_deadline.is_none() && exited.is_none() {
+                let _ = sys::kill(container_pid, spec.stop_signal);
+                stop_deadline = Some(Instant::now() + Duration::from_secs(spec.stop_timeout_secs));
+            }
+        }
+        if stop_deadline.is_some_and(|d| Instant::now() >= d) && !killed_after_timeout && exited.is_none() {
+            let _ = sys::kill(container_pid, libc::SIGKILL);
+            killed_after_timeout = true;
+        }
+        if exited.is_none() {
+            exited = reap_container(container_pid).map(|status| (status, Instant::now() + Duration::from_secs(2)));
+        }
+        for (p, i) in fds[1..].iter().zip(polled) {
+            if p.revents != 0 {
+                streams[i].read(log, &mut buf);
+            }
+        }
+    }
+}
+
+fn pollfd(fd: std::os::fd::RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Reaps every child that has exited (re-parented orphans too); the container's exit code
+/// and signal if it is one of them.
+fn reap_container(container_pid: i32) -> Option<(i32, Option<i32>)> {
+    let mut result = None;
+    loop {
+        match sys::reap() {
+            sys::Reaped::None => return result,
+            sys::Reaped::Exited { pid, code } if pid == container_pid => result = Some((code, None)),
+            sys::Reaped::Signaled { pid, signal } if pid == container_pid => {
+                result = Some((128 + signal, Some(signal)))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One of the container's output streams: its pipe until it ends, and the start of a line
+/// not ended yet.
+struct Stream {
+    name: &'static str,
+    fd: Option<File>,
+    pending: Vec<u8>,
+}
+
+impl Stream {
+    fn new(name: &'static str, fd: OwnedFd) -> Stream {
+        Stream {
+            name,
+            fd: Some(File::from(fd)),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Logs what one read of the pipe brings, a record per line (longer lines split into
+    /// partial records); at its end, the last unfinished line, and the pipe is closed.
+    fn read(&mut self, log: &mut File, buf: &mut [u8]) {
+        let Some(mut pipe) = self.fd.as_ref() else { return };
+        let n = match read_retrying(&mut pipe, buf) {
+            Ok(0) | Err(_) => {
+                self.flush(log);
+                self.fd = None;
+                return;
+            }
+            Ok(n) => n,
+        };
+        self.pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(i) = self.pending[start..].iter().position(|b| *b == b'\n') {
+            write_record(log, self.name, false, &self.pending[start..start + i]);
+            start += i + 1;
+        }
+        self.pending.drain(..start);
+        while self.pending.len() >= MAX_LINE {
+            write_record(log, self.name, true, &self.pending[..MAX_LINE]);
+            self.pending.drain(..MAX_LINE);
+        }
+    }
+
+    /// Logs the unfinished line, if any.
+    fn flush(&mut self, log: &mut File) {
+        if !self.pending.is_empty() {
+            write_record(log, self.name, false, &self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
+/// One read of a pipe that poll said is ready (so it does not block); EINTR is retried.
+fn read_retrying(pipe: &mut &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match pipe.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+fn write_record(log: &mut File, stream: &str, partial: bool, content: &[u8]) {
     let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     let mut rec = Vec::with_capacity(content.len() + 48);
     rec.extend_from_slice(ts.as_bytes());
@@ -420,38 +516,5 @@ fn write_record(log: &Mutex<File>, stream: &str, partial: bool, content: &[u8]) 
     rec.extend_from_slice(if partial { b" P " } else { b" F " });
     rec.extend_from_slice(content);
     rec.push(b'\n');
-    let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = f.write_all(&rec);
-}
-
-/// Copies one stream into the log, a record per line; says on `done` when the stream ends.
-fn spawn_logger(fd: OwnedFd, stream: &'static str, log: Arc<Mutex<File>>, done: std::sync::mpsc::Sender<()>) {
-    std::thread::spawn(move || {
-        let mut r = File::from(fd);
-        let mut buf = vec![0u8; 32 * 1024];
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            pending.extend_from_slice(&buf[..n]);
-            let mut start = 0;
-            while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
-                write_record(&log, stream, false, &pending[start..start + i]);
-                start += i + 1;
-            }
-            pending.drain(..start);
-            while pending.len() >= MAX_LINE {
-                write_record(&log, stream, true, &pending[..MAX_LINE]);
-                pending.drain(..MAX_LINE);
-            }
-        }
-        if !pending.is_empty() {
-            write_record(&log, stream, false, &pending);
-        }
-        let _ = done.send(());
-    });
+    let _ = log.write_all(&rec);
 }

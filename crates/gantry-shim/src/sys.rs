@@ -58,8 +58,8 @@ pub fn signal_set(signals: &[i32]) -> libc::sigset_t {
     set
 }
 
-/// Blocks the signals so that they queue for `wait_signal` (threads inherit the mask; children
-/// get it reset by std's spawn).
+/// Blocks the signals so that they queue for `signal_fd` (children get the mask reset by
+/// std's spawn).
 pub fn block_signals(set: &libc::sigset_t) -> io::Result<()> {
     // SAFETY: set is a valid sigset_t.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
@@ -70,15 +70,39 @@ pub fn block_signals(set: &libc::sigset_t) -> io::Result<()> {
     }
 }
 
-/// Waits for one of the blocked signals, up to `timeout_ms`. None on timeout.
-pub fn wait_signal(set: &libc::sigset_t, timeout_ms: u64) -> Option<i32> {
-    let ts = libc::timespec {
-        tv_sec: (timeout_ms / 1000) as libc::time_t,
-        tv_nsec: ((timeout_ms % 1000) * 1_000_000) as libc::c_long,
-    };
-    // SAFETY: set and ts are valid for the duration of the call; siginfo may be null.
-    let rc = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
-    (rc > 0).then_some(rc)
+/// A descriptor that reads the blocked signals in `set` as they come (non-blocking), so the
+/// shim waits for them and for its container's output in one `poll`.
+pub fn signal_fd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
+    // SAFETY: set is a valid sigset_t; -1 asks for a new descriptor.
+    let fd = check(unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: the kernel just gave us this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The signals queued on a `signal_fd`, oldest first (none if none is queued).
+pub fn read_signals(fd: &OwnedFd) -> Vec<i32> {
+    let mut signals = Vec::new();
+    loop {
+        // SAFETY: an all-zero signalfd_siginfo is valid; read fills at most its size.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: info is valid for writes of `size` bytes.
+        let n = unsafe { libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        if n != size as isize {
+            return signals; // EAGAIN: nothing more queued
+        }
+        signals.push(info.ssi_signo as i32);
+    }
+}
+
+/// Waits up to `timeout_ms` for any of `fds` to be ready (their `revents` say which).
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: u64) -> io::Result<()> {
+    let timeout = timeout_ms.min(i32::MAX as u64) as libc::c_int;
+    // SAFETY: fds is a valid, writable array of fds.len() pollfd structs.
+    match check(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) }) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        r => r.map(drop),
+    }
 }
 
 pub enum Reaped {

@@ -393,6 +393,30 @@ fn logs_keep_partial_and_binary_output() {
 }
 
 #[test]
+fn both_streams_are_logged_whole_when_written_at_once() {
+    // The shim reads both pipes on one thread: lines written to both at once, and an
+    // unfinished last line on each, all reach the log, each stream in its order.
+    let t = TestNode::new();
+    let script = "i=0; while [ $i -lt 2000 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done; \
+                  printf tail-out; printf tail-err >&2";
+    let (e, out, err) = t.run(&t.image, sh(script));
+    assert_eq!(e.exit_code, 0);
+    let expected = |s: &str| (0..2000).map(|i| format!("{s}{i}\n")).collect::<String>() + &format!("tail-{s}\n");
+    assert!(
+        out == expected("out"),
+        "stdout: {} bytes, ends {:?}",
+        out.len(),
+        &out[out.len().saturating_sub(40)..]
+    );
+    assert!(
+        err == expected("err"),
+        "stderr: {} bytes, ends {:?}",
+        err.len(),
+        &err[err.len().saturating_sub(40)..]
+    );
+}
+
+#[test]
 fn a_restarted_node_reattaches_to_running_containers() {
     let t = TestNode::new();
     let task = t.start(
