@@ -6,10 +6,13 @@ per idle task: what the host lost (MemAvailable before and after, so kernel obje
 namespaces, veths, cgroups and mounts count too), the shims' and the tasks' own processes'
 proportional share (PSS: a page shared by N processes counts 1/N to each; RSS would count the
 shim binary's shared pages once per shim). `--perf DIR` records a system-wide profile of both
-bursts (perf record -a -g) to compare where the time goes.
+bursts (perf record -a -g) to compare where the time goes. `--settle S` also prints the idle
+node's CPU every 10 s for S seconds after the idle tasks are RUNNING; `--open-group` puts the
+tasks in a security group admitting 0.0.0.0/0 rather than the default group (which admits
+its own members, so every task's rules list every member).
 
 Usage (root, after `cargo build --release --workspace`):
-    .venv/bin/python scripts/bench-density.py [--idle 1000] [--burst 200] [--perf DIR]
+    .venv/bin/python scripts/bench-density.py [--idle 1000] [--burst 200] [--perf DIR] [--settle 80] [--open-group]
 """
 import argparse
 import os
@@ -35,6 +38,14 @@ def launch(ecs, family, n):
         arns += [t["taskArn"] for t in r["tasks"]]
     wait_running(ecs, arns, timeout=600, poll=0.02)
     return time.perf_counter() - t0, arns
+
+
+def open_group(ec2):
+    """A security group admitting everything from 0.0.0.0/0 (no rule naming a group)."""
+    vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    sg = ec2.create_security_group(GroupName="open", Description="no self reference", VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    return sg
 
 
 def pss_kib(match):
@@ -79,6 +90,8 @@ def main():
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--burst", type=int, default=200)
     ap.add_argument("--perf", help="directory for perf profiles of the two bursts")
+    ap.add_argument("--settle", type=int, default=0, help="seconds of CPU samples (every 10 s) after the idle launch")
+    ap.add_argument("--open-group", action="store_true", help="tasks in a group admitting 0.0.0.0/0, not the default")
     a = ap.parse_args()
     g = conftest.Gantry(instance=9)
     # Room for the idle tasks' addresses.
@@ -90,6 +103,8 @@ def main():
         ecs = g.client("ecs")
         for fam, cmd in (("burst", ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]), ("idle", ["sleep", "86400"])):
             conftest.register(ecs, fam, [{"name": "app", "command": cmd, "stopTimeout": 2}])
+        if a.open_group:
+            NET["awsvpcConfiguration"]["securityGroups"] = [open_group(g.client("ec2"))]
         time.sleep(3)  # pool warm
         empty, arns = profiled(a.perf, "empty", lambda: launch(ecs, "burst", a.burst))
         for t in arns:
@@ -99,6 +114,11 @@ def main():
         t0 = time.perf_counter()
         launch(ecs, "idle", a.idle)
         print(f"{a.idle} idle tasks RUNNING in {time.perf_counter() - t0:.1f} s")
+        for i in range(a.settle // 10):
+            c0, w0 = cpu_seconds(g.proc.pid), time.perf_counter()
+            time.sleep(10)
+            print(f"  {10 * (i + 1)} s after: gantry dev CPU "
+                  f"{(cpu_seconds(g.proc.pid) - c0) / (time.perf_counter() - w0) * 100:.1f}% of one core", flush=True)
         time.sleep(5)
         c0, w0 = cpu_seconds(g.proc.pid), time.perf_counter()
         time.sleep(10)
