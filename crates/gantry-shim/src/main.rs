@@ -391,15 +391,9 @@ fn follow(
             }
             None => stop_deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now())),
         };
-        // The signals, then the streams still open (`polled`: which).
-        let polled: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].fd.is_some()).collect();
-        let mut fds = vec![pollfd(signal_fd.as_raw_fd())];
-        fds.extend(
-            polled
-                .iter()
-                .filter_map(|&i| streams[i].fd.as_ref())
-                .map(|f| pollfd(f.as_raw_fd())),
-        );
+        // The signals, then each stream (-1 once it ended: poll skips a negative descriptor).
+        let stream_fd = |s: &Stream| s.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+        let mut fds = [signal_fd.as_raw_fd(), stream_fd(&streams[0]), stream_fd(&streams[1])].map(pollfd);
         let _ = sys::poll(&mut fds, timeout.as_millis().max(1) as u64);
         for sig in sys::read_signals(signal_fd) {
             if matches!(sig, libc::SIGTERM | libc::SIGINT) && stop_deadline.is_none() && exited.is_none() {
@@ -414,9 +408,9 @@ fn follow(
         if exited.is_none() {
             exited = reap_container(container_pid).map(|status| (status, Instant::now() + Duration::from_secs(2)));
         }
-        for (p, i) in fds[1..].iter().zip(polled) {
+        for (p, stream) in fds[1..].iter().zip(streams.iter_mut()) {
             if p.revents != 0 {
-                streams[i].read(log, &mut buf);
+                stream.read(log, &mut buf);
             }
         }
     }
