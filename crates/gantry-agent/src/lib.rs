@@ -74,10 +74,8 @@ pub struct Agent {
     api: Option<std::net::SocketAddr>,
     /// The security groups and members, as last read.
     security: Mutex<Option<gantry_control::ec2::SecurityView>>,
-    /// The ruleset applied in each task's namespace, by task id.
-    enforced: Mutex<HashMap<String, String>>,
-    /// Held while a task's namespace rules are computed and applied, by task id.
-    securing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The tasks in the bridge's security group rules, and what those rules enforce.
+    enforcement: tokio::sync::Mutex<security::Enforcement>,
 }
 
 impl Agent {
@@ -100,8 +98,7 @@ impl Agent {
             sampled: Mutex::new(HashMap::new()),
             api,
             security: Mutex::new(None),
-            enforced: Mutex::new(HashMap::new()),
-            securing: Mutex::new(HashMap::new()),
+            enforcement: Default::default(),
         })
     }
 

@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use gantry_control::TaskRecord;
-pub use gantry_runtime::net::firewall::redirect_ruleset;
 use gantry_runtime::net::Network;
 use gantry_runtime::task::{ContainerState, Node};
 use serde_json::{json, Value};
@@ -100,7 +99,7 @@ pub fn serve(
     let listener = listen(&sb, PORT)?;
     let relay = api.map(|to| listen(&sb, API_PORT).map(|l| (l, to))).transpose()?;
     // 169.254.170.2:80 is forwarded here by the task's own nftables rules
-    // (`Agent::secure_namespace`, one transaction with its security groups).
+    // (`security::base_namespace_rules`, applied when the namespace is made).
     let ctx = Ctx {
         agent: a.clone(),
         key: key.to_string(),

@@ -1,72 +1,102 @@
-//! A task namespace's own nftables rules: 169.254.170.2:80 forwarded to the metadata and
-//! credentials endpoint, and for awsvpc tasks their security groups. A namespace gets its
-//! tables, fail-closed, when the warm pool makes it (`base_namespace_rules`); a task's
-//! allowances are added to them as its containers start, and replaced whenever a group's
-//! rules or members change (the view is long-polled over the link, so a change applies
-//! within the poll's round trip). See `gantry_runtime::net::firewall` for why a start only
-//! adds.
+//! Security groups on a node: the agent keeps its bridge's table (`gantry_runtime::net::
+//! firewall::security_changes`) in step with its tasks and the view of their groups. A task
+//! is admitted while its containers start (its address joins its groups' sets; the bridge
+//! drops its traffic until then), forgotten when it stops, and every change of a group's
+//! rules or members the view brings (long-polled over the link, so within the poll's round
+//! trip) is one transaction. Each task namespace keeps only its endpoint redirect.
 
 use crate::Agent;
 use gantry_control::ec2::{Peer, Rule, SecurityView};
 use gantry_control::TaskRecord;
-use gantry_runtime::net::firewall::{task_allowances, task_allows_all, task_filter_base, Allow, REPLACE_TASK_TABLES};
-use gantry_runtime::net::{Network, Sandbox, SandboxKind};
+use gantry_runtime::net::firewall::{redirect_ruleset, Allow, Enforced, GroupRules, Peers, REPLACE_TASK_TABLES};
+use gantry_runtime::net::{Network, SandboxKind};
 use gantry_types::taskdef::NetworkMode;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-/// The rules every new bridged namespace starts with: port 80 forwarded to the endpoint, and
-/// no security group's allowances yet, so nothing in or out but loopback and the node until
-/// the task's own allowances are added.
-pub fn base_namespace_rules(node: Ipv4Addr) -> String {
-    let endpoint = crate::metadata::redirect_ruleset(crate::metadata::ADDR, 80, crate::metadata::PORT);
-    endpoint + &task_filter_base(node)
+/// The rules every new bridged namespace starts with (applied in the warm pool, off a task's
+/// start): 169.254.170.2:80 forwarded to the metadata and credentials endpoint.
+pub fn base_namespace_rules() -> String {
+    redirect_ruleset(crate::metadata::ADDR, 80, crate::metadata::PORT)
 }
 
-/// The allowances of a task in `groups`, for its namespace, as the view says them.
-pub fn task_ruleset(view: &SecurityView, groups: &[String]) -> String {
-    let mine: Vec<_> = view.groups.iter().filter(|g| groups.contains(&g.id)).collect();
-    let allows = |rules: Vec<&Rule>| -> Vec<Allow> {
-        rules
-            .into_iter()
-            .map(|r| Allow {
-                protocol: r.protocol.clone(),
-                ports: (r.protocol != "-1").then_some((r.from_port, r.to_port)),
-                peers: match &r.peer {
-                    Peer::Cidr(c) => vec![c.clone()],
-                    Peer::Group(g) => view
-                        .members
-                        .get(g)
-                        .into_iter()
-                        .flatten()
-                        .map(|ip| ip.to_string())
-                        .collect(),
-                },
-            })
-            .collect()
-    };
-    let ingress = allows(mine.iter().flat_map(|g| &g.ingress).collect());
-    let egress = allows(mine.iter().flat_map(|g| &g.egress).collect());
-    task_allowances(&ingress, &egress)
+/// Where an older Gantry kept a task's security groups, in its namespace.
+const LEGACY_TABLE_DELETE: &str = "delete table inet gantry_sg\n";
+
+/// A task on this node as its bridge's rules see it: its address, and its groups (None: a
+/// bridged task outside awsvpc mode, which has none and is let in and out).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Member {
+    pub ip: Ipv4Addr,
+    pub groups: Option<Vec<String>>,
 }
 
-/// The view with `ip` among the members of `groups`, as the server's view lists it once the
-/// task's address is recorded (sorted, once each). A starting task's first rules then already
-/// count it in its own groups (the default group lets its members in), and the view change
-/// its address brings finds them applied: one `nft` run per start, not two.
-fn with_member(mut view: SecurityView, groups: &[String], ip: Ipv4Addr) -> SecurityView {
-    for g in groups {
-        let ips = view.members.entry(g.clone()).or_default();
-        ips.push(ip);
-        ips.sort();
-        ips.dedup();
+/// What the node enforces and for whom, changed under one lock so that what the table holds
+/// is always `applied`.
+#[derive(Default)]
+pub(crate) struct Enforcement {
+    tasks: HashMap<String, Member>,
+    applied: Enforced,
+}
+
+fn allows(rules: &[Rule]) -> Vec<Allow> {
+    rules
+        .iter()
+        .map(|r| Allow {
+            protocol: r.protocol.clone(),
+            ports: (r.protocol != "-1").then_some((r.from_port, r.to_port)),
+            peers: match &r.peer {
+                Peer::Cidr(c) => Peers::Cidr(c.clone()),
+                Peer::Group(g) => Peers::Group(g.clone()),
+            },
+        })
+        .collect()
+}
+
+/// What the bridge should enforce for `tasks` as the view has their groups: each group's
+/// rules and local members, and the members of every group those rules name, counting this
+/// node's tasks (a starting task's address is in its groups before the view lists it). A
+/// group the view lacks has no rules: its members are let nothing in or out.
+pub(crate) fn desired(view: &SecurityView, tasks: &HashMap<String, Member>) -> Enforced {
+    let mut e = Enforced::default();
+    for m in tasks.values() {
+        let Some(groups) = &m.groups else {
+            e.open.insert(m.ip);
+            continue;
+        };
+        for id in groups {
+            let g = e.groups.entry(id.clone()).or_insert_with(|| {
+                let found = view.groups.iter().find(|g| &g.id == id);
+                GroupRules {
+                    ingress: found.map(|g| allows(&g.ingress)).unwrap_or_default(),
+                    egress: found.map(|g| allows(&g.egress)).unwrap_or_default(),
+                    local: Default::default(),
+                }
+            });
+            g.local.insert(m.ip);
+        }
     }
-    view
+    let named: Vec<String> = e
+        .groups
+        .values()
+        .flat_map(|g| g.ingress.iter().chain(&g.egress))
+        .filter_map(|a| match &a.peers {
+            Peers::Group(g) => Some(g.clone()),
+            Peers::Cidr(_) => None,
+        })
+        .collect();
+    for id in named {
+        let mut ips: std::collections::BTreeSet<Ipv4Addr> =
+            view.members.get(&id).into_iter().flatten().copied().collect();
+        ips.extend(e.groups.get(&id).into_iter().flat_map(|g| g.local.iter().copied()));
+        e.named.insert(id, ips);
+    }
+    e
 }
 
 impl Agent {
-    /// Keeps the view current and every task's rules in step with it.
+    /// Keeps the view current and the bridge's rules in step with it.
     pub(crate) async fn follow_security_groups(self: Arc<Self>) {
         let mut known = String::new();
         loop {
@@ -74,7 +104,9 @@ impl Agent {
                 Ok(view) => {
                     known = view.digest();
                     *self.security.lock().expect("lock") = Some(view);
-                    self.enforce_all().await;
+                    if let Err(e) = self.enforce(|_| {}).await {
+                        tracing::warn!(error = %e, "security groups not applied; retrying at the next change");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reading security groups; retrying");
@@ -84,90 +116,99 @@ impl Agent {
         }
     }
 
-    /// Applies a task namespace's rules if they changed since last applied (host tasks have
-    /// no namespace of their own). Before its first view, or for a group its view lacks, the
-    /// agent reads one.
-    pub(crate) async fn secure_namespace(&self, rec: &TaskRecord) -> Result<(), String> {
+    /// Admits a task to its bridge's rules: its address joins its groups (or, outside awsvpc
+    /// mode, the tasks let in and out). Tasks without a namespace on the bridge have none.
+    /// Before its first view, or for a group its view lacks, the agent reads one.
+    pub(crate) async fn admit(&self, rec: &TaskRecord) -> Result<(), String> {
         let id = rec.id().to_string();
-        let Some(sb) = self.node.sandbox(&id).filter(|sb| sb.kind != SandboxKind::Host) else {
+        let Some(sb) = self.node.sandbox(&id).filter(|sb| sb.kind == SandboxKind::Bridged) else {
             return Ok(());
         };
-        // One apply at a time per task, each from the view as it is once it may apply: a start
-        // and a view change racing must not leave the older rules in place.
-        let lock = self
-            .securing
-            .lock()
-            .expect("lock")
-            .entry(id.clone())
-            .or_default()
-            .clone();
-        let _held = lock.lock().await;
-        if rec.network_mode != NetworkMode::Awsvpc {
-            return self.apply(&sb, id, task_allows_all()).await;
+        if self.node.network().config().namespace_rules.is_none() {
+            // A namespace made without the redirect gets it now.
+            let script = REPLACE_TASK_TABLES.to_string() + &base_namespace_rules();
+            let sb = sb.clone();
+            tokio::task::spawn_blocking(move || Network::nft_in(&sb, &script))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("applying the task's endpoint rules: {e}"))?;
         }
-        let groups = gantry_control::ec2::task_groups(rec);
+        let groups = (rec.network_mode == NetworkMode::Awsvpc).then(|| gantry_control::ec2::task_groups(rec));
         let view = self.security.lock().expect("lock").clone();
-        let view = match view {
-            Some(v) if groups.iter().all(|g| v.groups.iter().any(|x| &x.id == g)) => v,
+        let lacking = |v: &SecurityView| groups.iter().flatten().any(|g| !v.groups.iter().any(|x| &x.id == g));
+        if view.as_ref().is_none_or(lacking) {
             // Before the first view, or a group new to this node (the view has only its tasks'
             // groups): the view as the server has it now, which has this task's.
-            _ => self
+            let fresh = self
                 .link
                 .security_view("")
                 .await
-                .map_err(|e| format!("reading security groups: {e}"))?,
-        };
-        let allowances = task_ruleset(&with_member(view, &groups, sb.ip), &groups);
-        self.apply(&sb, id, allowances).await
-    }
-
-    /// Puts a task's allowances in its namespace's chains. A namespace without the base
-    /// tables (a node configured without them, or one made by an older Gantry) gets them
-    /// rebuilt whole with the allowances, in one transaction.
-    async fn apply(&self, sb: &Sandbox, id: String, allowances: String) -> Result<(), String> {
-        if self.enforced.lock().expect("lock").get(&id) == Some(&allowances) {
-            return Ok(());
+                .map_err(|e| format!("reading security groups: {e}"))?;
+            *self.security.lock().expect("lock") = Some(fresh);
         }
-        let whole = REPLACE_TASK_TABLES.to_string() + &base_namespace_rules(sb.gateway) + &allowances;
-        let has_base = self.node.network().config().namespace_rules.is_some();
-        let (sb, s) = (sb.clone(), allowances.clone());
-        tokio::task::spawn_blocking(move || {
-            if has_base {
-                match Network::nft_in(&sb, &s) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => tracing::info!(error = %e, "the namespace lacks its base tables; rebuilding them"),
-                }
-            }
-            Network::nft_in(&sb, &whole)
+        let member = Member { ip: sb.ip, groups };
+        self.enforce(|tasks| {
+            tasks.insert(id, member);
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("applying the task's network rules: {e}"))?;
-        self.enforced.lock().expect("lock").insert(id, allowances);
+        .map_err(|e| format!("applying the task's security groups: {e}"))
+    }
+
+    /// Re-admits a task this agent found running after a restart. An older Gantry kept the
+    /// task's security groups in its namespace (`inet gantry_sg`, which would go on dropping
+    /// what the bridge allows): that table goes. Absent, as it is for tasks this Gantry
+    /// started, the deletion fails without changing anything (and without a grace period).
+    pub(crate) async fn readmit(&self, rec: &TaskRecord) {
+        let id = rec.id().to_string();
+        if let Some(sb) = self.node.sandbox(&id).filter(|sb| sb.kind == SandboxKind::Bridged) {
+            let gone = tokio::task::spawn_blocking(move || Network::nft_in(&sb, LEGACY_TABLE_DELETE)).await;
+            if let Ok(Ok(())) = gone {
+                tracing::info!(task = %id, "an older Gantry's security group table removed from the task's namespace");
+            }
+        }
+        if let Err(e) = self.admit(rec).await {
+            tracing::warn!(task = %id, error = %e, "security groups not applied");
+        }
+    }
+
+    /// Applies `change` to the node's tasks and brings the bridge's rules in step with them
+    /// and the view, in one transaction. When it fails the tasks are left as they were.
+    async fn enforce(&self, change: impl FnOnce(&mut HashMap<String, Member>)) -> Result<(), String> {
+        let mut held = self.enforcement.lock().await;
+        let mut tasks = held.tasks.clone();
+        change(&mut tasks);
+        let view = self.security.lock().expect("lock").clone().unwrap_or_default();
+        let want = desired(&view, &tasks);
+        if want == held.applied {
+            held.tasks = tasks;
+            return Ok(());
+        }
+        let node = self.node.clone();
+        let from = held.applied.clone();
+        let (to, applied) = (
+            want.clone(),
+            tokio::task::spawn_blocking(move || node.network().security_groups(&from, &want)),
+        );
+        applied.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        held.tasks = tasks;
+        held.applied = to;
         Ok(())
     }
 
-    /// Every task this agent supervises: the records it knows and those it samples (tasks it
-    /// re-attached to after a restart may not have written yet).
-    async fn enforce_all(&self) {
-        let mut tasks: HashMap<String, TaskRecord> = HashMap::new();
-        for (key, (r, _)) in self.records.lock().expect("lock").iter() {
-            tasks.insert(key.clone(), r.clone());
+    /// Takes a stopping task out of the bridge's rules, before its namespace and address go:
+    /// an address given to a later task must not keep this one's groups.
+    pub(crate) async fn forget_rules(&self, task_id: &str) {
+        let id = task_id.to_string();
+        if let Err(e) = self
+            .enforce(|tasks| {
+                tasks.remove(&id);
+            })
+            .await
+        {
+            // The address leaves its sets at the next change that applies.
+            self.enforcement.lock().await.tasks.remove(task_id);
+            tracing::warn!(task = %task_id, error = %e, "removing the task from its security groups");
         }
-        for (key, r) in self.sampled.lock().expect("lock").iter() {
-            tasks.entry(key.clone()).or_insert_with(|| r.clone());
-        }
-        for rec in tasks.into_values().filter(|r| r.task.last_status != "STOPPED") {
-            if let Err(e) = self.secure_namespace(&rec).await {
-                tracing::warn!(task = %rec.id(), error = %e, "security groups not applied");
-            }
-        }
-    }
-
-    /// Forgets a task's applied rules (they went with its namespace).
-    pub(crate) fn forget_rules(&self, task_id: &str) {
-        self.enforced.lock().expect("lock").remove(task_id);
-        self.securing.lock().expect("lock").remove(task_id);
     }
 }
 
@@ -201,47 +242,58 @@ mod tests {
     }
 
     #[test]
-    fn a_task_gets_its_groups_rules_with_members_resolved() {
+    fn the_bridge_enforces_the_tasks_groups_with_their_members_counted() {
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let view = SecurityView {
             groups: vec![
-                group("sg-web", vec![rule("tcp", (80, 80), Peer::Cidr("10.0.0.0/8".into()))]),
-                group("sg-db", vec![rule("tcp", (5432, 5432), Peer::Group("sg-web".into()))]),
+                group("sg-0e", vec![rule("tcp", (80, 80), Peer::Cidr("10.0.0.0/8".into()))]),
+                group("sg-0d", vec![rule("tcp", (5432, 5432), Peer::Group("sg-0e".into()))]),
+                group("sg-0f", vec![rule("-1", (-1, -1), Peer::Group("sg-0f".into()))]),
             ],
-            members: [("sg-web".to_string(), vec![ip("10.1.0.5"), ip("10.1.0.6")])].into(),
+            members: [
+                ("sg-0e".to_string(), vec![ip("10.2.0.5")]),
+                ("sg-0f".to_string(), vec![ip("10.2.0.9")]),
+            ]
+            .into(),
         };
-        let db = task_ruleset(&view, &["sg-db".into()]);
-        assert!(
-            db.contains("ip saddr { 10.1.0.5, 10.1.0.6 } tcp dport 5432 accept"),
-            "{db}"
-        );
-        assert!(!db.contains("dport 80 "), "sg-web's own rules are not sg-db's");
-        assert!(db.contains("ip daddr { 0.0.0.0/0 } accept"));
-        let web = task_ruleset(&view, &["sg-web".into()]);
-        assert!(web.contains("ip saddr { 10.0.0.0/8 } tcp dport 80 accept"));
-        // A starting task counted in its own group (one that lets its members in, as the
-        // default group does) gets the rules the view will have once its address is recorded.
-        let own = vec![group(
-            "sg-own",
-            vec![rule("-1", (-1, -1), Peer::Group("sg-own".into()))],
-        )];
-        let g = ["sg-own".to_string()];
-        let other = ("sg-own".to_string(), ip("10.1.0.7"));
-        let before = SecurityView::from_members(own.clone(), [other.clone()].iter());
-        let after = SecurityView::from_members(own, [other, ("sg-own".to_string(), ip("10.1.0.4"))].iter());
-        let first = task_ruleset(&with_member(before, &g, ip("10.1.0.4")), &g);
-        assert!(
-            first.contains("allow_in ip saddr { 10.1.0.4, 10.1.0.7 } accept"),
-            "{first}"
-        );
-        assert_eq!(first, task_ruleset(&after, &g));
+        let member = |s: &str, groups: Option<&[&str]>| Member {
+            ip: ip(s),
+            groups: groups.map(|g| g.iter().map(|x| x.to_string()).collect()),
+        };
+        let tasks: HashMap<String, Member> = [
+            ("db".to_string(), member("10.1.0.4", Some(&["sg-0d"]))),
+            ("own".to_string(), member("10.1.0.6", Some(&["sg-0f"]))),
+            ("bridge".to_string(), member("10.1.0.7", None)),
+            ("lost".to_string(), member("10.1.0.8", Some(&["sg-0123"]))),
+        ]
+        .into();
+        let e = desired(&view, &tasks);
+        let db = &e.groups["sg-0d"];
         assert_eq!(
-            with_member(after.clone(), &g, ip("10.1.0.7")),
-            after,
-            "a member listed once"
+            db.ingress,
+            vec![Allow {
+                protocol: "tcp".into(),
+                ports: Some((5432, 5432)),
+                peers: Peers::Group("sg-0e".into())
+            }]
         );
-        // No groups at all: the chains are emptied and nothing added.
-        let none = task_ruleset(&view, &[]);
-        assert!(!none.contains("add rule"), "{none}");
+        assert_eq!(db.local, [ip("10.1.0.4")].into());
+        assert!(
+            !e.groups.contains_key("sg-0e"),
+            "no task here is in sg-0e; its members are named only"
+        );
+        assert_eq!(e.named["sg-0e"], [ip("10.2.0.5")].into());
+        // A starting task is among its own group's members before the view lists it (the
+        // default group admits its own members).
+        assert_eq!(e.named["sg-0f"], [ip("10.1.0.6"), ip("10.2.0.9")].into());
+        assert_eq!(e.open, [ip("10.1.0.7")].into(), "a bridge-mode task has no groups");
+        let lost = &e.groups["sg-0123"];
+        assert!(
+            lost.ingress.is_empty() && lost.egress.is_empty(),
+            "a group the view lacks lets nothing through"
+        );
+        assert_eq!(e.named.len(), 2);
+        // No tasks, nothing enforced.
+        assert_eq!(desired(&view, &HashMap::new()), Enforced::default());
     }
 }

@@ -126,6 +126,7 @@ pub async fn supervise(a: &Arc<Agent>, key: &str, seed: Option<(TaskRecord, i64)
         if rec.network_mode != NetworkMode::Host {
             a.start_metadata(key, &id);
         }
+        a.readmit(&rec).await;
         republish(a, &rec, &id).await;
         // Re-attach: resume shipping logs and health checks of containers still running.
         for c in &rec.containers {
@@ -425,13 +426,13 @@ async fn start(
     if kind != SandboxKind::Host {
         a.start_metadata(key, &id);
     }
-    // The task's security group allowances. A namespace made with the fail-closed base lets
-    // nothing in or out but the node until they hold, so an awsvpc task's are added while its
-    // containers start (an `nft` run, about 3 ms); otherwise they hold before anything of the
-    // task runs.
+    // The task's security groups. The bridge lets nothing of an awsvpc task in or out but
+    // the node until its address is admitted, so that happens while its containers start (one
+    // `nft` transaction on the node); a bridge-mode task, let in and out, is admitted before
+    // anything of it runs.
     let securing = {
         let (a, rec) = (a.clone(), rec.clone());
-        tokio::spawn(async move { a.secure_namespace(&rec).await })
+        tokio::spawn(async move { a.admit(&rec).await })
     };
     let fail_closed = kind == SandboxKind::Bridged
         && rec.network_mode == gantry_types::taskdef::NetworkMode::Awsvpc
@@ -894,7 +895,7 @@ async fn finish(a: &Arc<Agent>, key: &str, id: &str, shippers: HashMap<String, S
     .await?;
     a.stop_metadata(id);
     a.unpublish_ports(id);
-    a.forget_rules(id);
+    a.forget_rules(id).await;
     let node = a.node.clone();
     let tid = id.to_string();
     if let Err(e) = blocking(move || node.remove_task(&tid)).await {

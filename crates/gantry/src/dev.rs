@@ -366,8 +366,9 @@ async fn serve(args: &NodeArgs, a: DevArgs) -> Result<i32> {
     let mut node_config = args.node_config()?;
     node_config.network.node_resolver = true;
     let gateway = node_config.network.subnet.gateway();
-    // New namespaces start fail-closed; a task's own rules replace these as it starts.
-    node_config.network.namespace_rules = Some(gantry_agent::base_namespace_rules(gateway));
+    // New namespaces get the metadata endpoint's redirect in the warm pool, off a start.
+    node_config.network.namespace_rules = Some(gantry_agent::base_namespace_rules());
+    node_config.network.security_groups = true;
     let subnet = node_config.network.subnet.to_string();
     let node = Arc::new(gantry_runtime::task::Node::open(node_config)?);
     let mut control = Control::new(store.clone(), Arc::new(SystemClock));

@@ -328,6 +328,7 @@ impl NodeArgs {
                 state_dir: self.data_dir.join("network"),
                 node_resolver: false,
                 namespace_rules: None,
+                security_groups: false,
             },
         })
     }

@@ -209,6 +209,89 @@ fn a_task_reaches_another_tasks_http_server_by_ip() {
     assert_eq!((e.exit_code, out.as_str()), (0, "hello from gantry httpd\n"), "{err}");
 }
 
+/// The bridge's security group chains: a task reaches another's port only when a group of the
+/// receiver admits a group of the sender (the sender's address joining that group's member
+/// set, one element), and a task admitted to no group reaches nothing (fail-closed).
+#[test]
+fn the_bridge_lets_tasks_through_only_as_their_groups_allow() {
+    use gantry_runtime::net::firewall::{Allow, Enforced, GroupRules, Peers};
+    let t = TestNode::with_security_groups();
+    let server = t.start(
+        &t.image,
+        sh("trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"),
+        Duration::from_secs(2),
+    );
+    let ip = t.node.sandbox(&server).unwrap().ip;
+    let everywhere = || {
+        vec![Allow {
+            protocol: "-1".into(),
+            ports: None,
+            peers: Peers::Cidr("0.0.0.0/0".into()),
+        }]
+    };
+    let group = |ingress: Vec<Allow>, local: &[std::net::Ipv4Addr]| GroupRules {
+        ingress,
+        egress: everywhere(),
+        local: local.iter().copied().collect(),
+    };
+    let web = || {
+        vec![Allow {
+            protocol: "tcp".into(),
+            ports: Some((80, 80)),
+            peers: Peers::Group("sg-0b".into()),
+        }]
+    };
+    let mut applied = Enforced::default();
+    let mut apply = |to: Enforced| {
+        t.node
+            .network()
+            .security_groups(&applied, &to)
+            .expect("applying security groups");
+        applied = to;
+    };
+    apply(Enforced {
+        groups: [("sg-0a".to_string(), group(web(), &[ip]))].into(),
+        named: [("sg-0b".to_string(), Default::default())].into(),
+        open: Default::default(),
+    });
+    let fetch = format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do timeout 1 wget -qO- http://{ip}/index.html && exit 0; sleep 0.2; done; exit 1"
+    );
+    let friend = t.start(&t.image, sh(&fetch), Duration::from_secs(2));
+    let stranger = t.start(&t.image, sh(&fetch), Duration::from_secs(2));
+    let unadmitted = t.start(&t.image, sh(&fetch), Duration::from_secs(2));
+    let (f, s) = (
+        t.node.sandbox(&friend).unwrap().ip,
+        t.node.sandbox(&stranger).unwrap().ip,
+    );
+    apply(Enforced {
+        groups: [
+            ("sg-0a".to_string(), group(web(), &[ip])),
+            ("sg-0b".to_string(), group(vec![], &[f])),
+            ("sg-0c".to_string(), group(vec![], &[s])),
+        ]
+        .into(),
+        named: [("sg-0b".to_string(), [f].into())].into(),
+        open: Default::default(),
+    });
+    let outcome = |task: &str| {
+        let exit = t.wait(task, 60);
+        let (out, _) = t.logs(task);
+        t.node.remove_task(task).expect("remove task");
+        (exit.exit_code, out)
+    };
+    assert_eq!(
+        outcome(&friend),
+        (0, "hello from gantry httpd\n".to_string()),
+        "a member of the admitted group gets in"
+    );
+    assert_eq!(outcome(&stranger).0, 1, "a task in another group does not");
+    assert_eq!(outcome(&unadmitted).0, 1, "nor does a task admitted to no group");
+    // Everything out again: the table holds no group.
+    apply(Enforced::default());
+    t.stop_and_remove(&server);
+}
+
 /// Fargate tasks cannot reach their host: a server the node binds on 0.0.0.0 or on the
 /// bridge's own address is out of reach from a task, while the node can still reach tasks.
 #[test]

@@ -33,6 +33,9 @@ pub struct NetworkConfig {
     /// nftables rules every new bridged namespace starts with, applied when it is made (in
     /// the warm pool, off a task's start): the agent's fail-closed base.
     pub namespace_rules: Option<String>,
+    /// Whether the bridge filters its tasks' traffic by security group (an agent keeps the
+    /// groups: `firewall::security_changes`); without one, tasks reach each other freely.
+    pub security_groups: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,11 @@ pub enum NetworkError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Firewall(#[from] firewall::FirewallError),
+    #[error(
+        "the kernel's br_netfilter is not loaded (no /proc/sys/net/bridge), so security groups could not \
+         filter traffic between tasks: load it (modprobe br_netfilter) and start again"
+    )]
+    NoBridgeNetfilter,
     #[error("bridge {bridge} already has 1024 ports, the Linux limit: no more bridged tasks fit on this node")]
     BridgeFull { bridge: String },
     #[error("{context}: {source}")]
@@ -124,6 +132,24 @@ fn disable_ipv6(interface: &str) -> Result<(), NetworkError> {
     }
 }
 
+/// Turns br_netfilter on for the bridge, so the node's security group chains see traffic
+/// bridged between its tasks; loads the module first if the kernel has not (as Docker and
+/// Kubernetes nodes need it too).
+fn bridge_netfilter(bridge: &str) -> Result<(), NetworkError> {
+    if !Path::new("/proc/sys/net/bridge").exists() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !Path::new("/proc/sys/net/bridge").exists() {
+            return Err(NetworkError::NoBridgeNetfilter);
+        }
+    }
+    let idx = netlink::link_index(bridge)
+        .ok_or_else(|| io_ctx(format!("bridge {bridge}"))(io::Error::from(io::ErrorKind::NotFound)))?;
+    Ok(Netlink::open()?.bridge_calls_netfilter(idx)?)
+}
+
 /// True if `path` is itself a mount point (listed in our mountinfo).
 pub(crate) fn is_mount_point(path: &Path) -> bool {
     let p = path.to_string_lossy();
@@ -174,9 +200,49 @@ impl Network {
                 }
             }
         }
-        firewall::isolate_node(&cfg.bridge, cfg.node_resolver.then(|| cfg.subnet.gateway()))?;
+        if cfg.security_groups {
+            bridge_netfilter(&cfg.bridge)?;
+        }
+        firewall::isolate_node(
+            &cfg.bridge,
+            cfg.node_resolver.then(|| cfg.subnet.gateway()),
+            cfg.security_groups,
+        )?;
         let ipam = Ipam::new(&cfg.state_dir.join("leases.json"), cfg.subnet, &cfg.netns_dir);
-        Ok(Network { cfg, ipam })
+        let network = Network { cfg, ipam };
+        network.drain_stale_pool()?;
+        Ok(network)
+    }
+
+    /// Empties the warm pool when its namespaces were made with other rules than this node's
+    /// (by an older Gantry, or another configuration): a task must not start in one.
+    fn drain_stale_pool(&self) -> Result<(), NetworkError> {
+        let stamp = self.cfg.state_dir.join("pool-rules");
+        let rules = self.cfg.namespace_rules.clone().unwrap_or_default();
+        if fs::read_to_string(&stamp).ok().as_deref() == Some(rules.as_str()) {
+            return Ok(());
+        }
+        let drained = self.drain_pool()?;
+        if drained > 0 {
+            tracing::info!(drained, "warm pool namespaces made with other rules removed");
+        }
+        fs::create_dir_all(&self.cfg.state_dir).map_err(io_ctx("creating the network state directory"))?;
+        fs::write(&stamp, rules).map_err(io_ctx(format!("writing {}", stamp.display())))?;
+        Ok(())
+    }
+
+    /// Takes the bridge's security group rules from enforcing `from` to `to`, in one
+    /// transaction (`firewall::security_changes`). A bridge without security groups has
+    /// nothing to change.
+    pub fn security_groups(&self, from: &firewall::Enforced, to: &firewall::Enforced) -> Result<(), NetworkError> {
+        if !self.cfg.security_groups {
+            return Ok(());
+        }
+        let script = firewall::security_changes(&self.cfg.bridge, from, to)?;
+        if script.is_empty() {
+            return Ok(());
+        }
+        Ok(firewall::nft(&script)?)
     }
 
     pub fn config(&self) -> &NetworkConfig {

@@ -23,6 +23,7 @@ const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
+const IFLA_BR_NF_CALL_IPTABLES: u16 = 36;
 const VETH_INFO_PEER: u16 = 1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -194,6 +195,21 @@ impl Netlink {
         m.attr_str(IFLA_INFO_KIND, "bridge");
         m.end();
         self.request("create bridge", m)
+    }
+
+    /// Makes IPv4 traffic bridged between the bridge's ports pass the host's netfilter hooks
+    /// (br_netfilter), whatever the host-wide `net.bridge.bridge-nf-call-iptables` says: the
+    /// node's security group chains see task-to-task traffic there.
+    pub fn bridge_calls_netfilter(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let mut m = Msg::new(RTM_NEWLINK, 0);
+        m.ifinfo(index as i32, 0, 0);
+        m.begin(IFLA_LINKINFO);
+        m.attr_str(IFLA_INFO_KIND, "bridge");
+        m.begin(IFLA_INFO_DATA);
+        m.attr(IFLA_BR_NF_CALL_IPTABLES, &[1u8]);
+        m.end();
+        m.end();
+        self.request("turn on br_netfilter for the bridge", m)
     }
 
     /// Creates a veth pair: `host_name` here, attached to `master`, and its peer `peer_name`

@@ -81,6 +81,15 @@ impl TestNode {
     }
 
     pub fn with_runtime(runtime: RuntimeKind) -> TestNode {
+        Self::build(runtime, false)
+    }
+
+    /// A node whose bridge filters tasks' traffic by security group (`Network::security_groups`).
+    pub fn with_security_groups() -> TestNode {
+        Self::build(RuntimeKind::Crun, true)
+    }
+
+    fn build(runtime: RuntimeKind, security_groups: bool) -> TestNode {
         require_prerequisites();
         assert!(
             gantry_runtime::oci::find_in_path(runtime.binary()).is_some(),
@@ -110,6 +119,7 @@ impl TestNode {
                 state_dir: dir.path().join("data/network"),
                 node_resolver: false,
                 namespace_rules: None,
+                security_groups,
             },
         };
         let node = Node::open(cfg.clone()).expect("opening node");
