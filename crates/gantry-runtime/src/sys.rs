@@ -484,7 +484,8 @@ type NftRun = unsafe extern "C" fn(NftCtx, *const libc::c_char) -> libc::c_int;
 /// Debian's libnftables (libnftables1, the library the `nft` command is built on), loaded at
 /// run time. A script run through it costs about 0.25 ms of CPU where an `nft` process costs
 /// about 2.8 ms (mostly loading the program and its libraries): a task's start and end each
-/// run one or two, and a group's membership change one per task of the group.
+/// run one or two (its namespace's redirect when the warm pool makes it, and its admission
+/// to the bridge's security groups).
 pub struct Nftables {
     ctx_new: NftCtxNew,
     ctx_free: NftCtxFree,
@@ -492,8 +493,17 @@ pub struct Nftables {
     buffer_error: NftCtxFlag,
     error_buffer: NftCtxBuffer,
     run: NftRun,
-    /// The library keeps process-wide state (its xtables and gmp set-up): one script at a time.
-    lock: std::sync::Mutex<()>,
+    /// The thread that runs every script (`run`), one at a time: the library keeps
+    /// process-wide state (its xtables and gmp set-up).
+    worker: std::sync::Mutex<Option<std::sync::mpsc::Sender<NftJob>>>,
+}
+
+/// A script for the libnftables thread, the network namespace to run it in (a path that names
+/// it from any thread of the process), and where its outcome goes.
+struct NftJob {
+    script: CString,
+    netns: std::path::PathBuf,
+    reply: std::sync::mpsc::SyncSender<Result<(), String>>,
 }
 
 impl Nftables {
@@ -524,30 +534,81 @@ impl Nftables {
                 buffer_error: std::mem::transmute::<*mut libc::c_void, NftCtxFlag>(sym(c"nft_ctx_buffer_error")?),
                 error_buffer: std::mem::transmute::<*mut libc::c_void, NftCtxBuffer>(sym(c"nft_ctx_get_error_buffer")?),
                 run: std::mem::transmute::<*mut libc::c_void, NftRun>(sym(c"nft_run_cmd_from_buffer")?),
-                lock: std::sync::Mutex::new(()),
+                worker: std::sync::Mutex::new(None),
             })
         }
     }
 
-    /// Runs an nft script as one transaction, in the calling thread's network namespace (the
-    /// context's netlink socket is opened there). The error is what `nft` would print.
+    /// Runs an nft script as one transaction, in the calling thread's network namespace. The
+    /// error is what `nft` would print.
     ///
-    /// libnftables (1.0) waits on that socket with select(), which aborts the process when the
-    /// socket's number is FD_SETSIZE (1024) or more, as it is on a node with a few hundred
-    /// tasks (each holds a few of this process's descriptors). So the script runs on a thread
-    /// of its own whose descriptor table is a private one holding only 0 to 2: the socket
-    /// gets a low number. A new thread is in its creator's network namespace.
-    pub fn run(&self, script: &str) -> Result<(), String> {
+    /// libnftables (1.0) waits on its netlink socket with select(), which aborts the process
+    /// when the socket's number is FD_SETSIZE (1024) or more, as it is on a node with a few
+    /// hundred tasks (each holds a few of this process's descriptors). So scripts run on one
+    /// thread whose descriptor table is a private one holding only 0 to 2, made when the
+    /// thread starts: the socket gets a low number. It enters the caller's network namespace
+    /// for the script (the context's socket is opened there) and returns to the process's.
+    /// A thread made per script cost each script a copy of the process's descriptor table
+    /// and closing it again, a few thousand descriptors on a busy node.
+    pub fn run(&'static self, script: &str) -> Result<(), String> {
         let script = CString::new(script).map_err(|_| "the script contains NUL".to_string())?;
-        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                only_standard_descriptors().map_err(|e| format!("a descriptor table for libnftables: {e}"))?;
-                self.run_here(&script)
+        // SAFETY: gettid has no preconditions.
+        let netns = format!("/proc/self/task/{}/ns/net", unsafe { libc::gettid() }).into();
+        let (reply, outcome) = std::sync::mpsc::sync_channel(1);
+        let mut job = NftJob { script, netns, reply };
+        {
+            let mut worker = self.worker.lock().unwrap_or_else(|p| p.into_inner());
+            for _ in 0..2 {
+                let tx = match worker.as_ref() {
+                    Some(tx) => tx.clone(),
+                    None => worker.insert(self.spawn_worker()?).clone(),
+                };
+                match tx.send(job) {
+                    Ok(()) => break,
+                    // The thread ended (it could not return to the process's namespace): a new one.
+                    Err(std::sync::mpsc::SendError(j)) => (job, *worker) = (j, None),
+                }
+            }
+        }
+        // The caller waits here, so the namespace path keeps naming its thread.
+        outcome
+            .recv()
+            .unwrap_or_else(|_| Err("the libnftables thread ended".into()))
+    }
+
+    fn spawn_worker(&'static self) -> Result<std::sync::mpsc::Sender<NftJob>, String> {
+        let (tx, rx) = std::sync::mpsc::channel::<NftJob>();
+        std::thread::Builder::new()
+            .name("nftables".into())
+            .spawn(move || {
+                let home = only_standard_descriptors()
+                    .map_err(|e| format!("a descriptor table for libnftables: {e}"))
+                    .and_then(|()| enter_netns("/proc/self/ns/net".as_ref()));
+                for job in rx {
+                    let r = match &home {
+                        Ok(home) => self.run_in(home, &job.netns, &job.script),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let _ = job.reply.send(r);
+                }
             })
-            .join()
-            .unwrap_or_else(|_| Err("the libnftables thread panicked".into()))
-        })
+            .map_err(|e| format!("starting the libnftables thread: {e}"))?;
+        Ok(tx)
+    }
+
+    /// Runs the script in `netns`, entered from `home` (this thread's namespace) and left
+    /// again; a thread that cannot return ends rather than run later scripts elsewhere.
+    fn run_in(&self, home: &std::fs::File, netns: &std::path::Path, script: &CStr) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let id = |f: &std::fs::File| f.metadata().map(|m| (m.dev(), m.ino())).map_err(|e| e.to_string());
+        let ns = std::fs::File::open(netns).map_err(|e| format!("opening {}: {e}", netns.display()))?;
+        if id(&ns)? == id(home)? {
+            return self.run_here(script);
+        }
+        setns_fd(&ns)?;
+        let r = self.run_here(script);
+        setns_fd(home).expect("returning the libnftables thread to the process's network namespace");
+        r
     }
 
     fn run_here(&self, script: &CStr) -> Result<(), String> {
@@ -575,6 +636,18 @@ impl Nftables {
             }
         }
     }
+}
+
+fn setns_fd(ns: &std::fs::File) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    setns(ns.as_raw_fd(), libc::CLONE_NEWNET).map_err(|e| format!("entering a network namespace: {e}"))
+}
+
+/// Moves the calling thread into the network namespace at `path`; its handle.
+fn enter_netns(path: &std::path::Path) -> Result<std::fs::File, String> {
+    let ns = std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    setns_fd(&ns)?;
+    Ok(ns)
 }
 
 /// Gives the calling thread a descriptor table of its own and closes everything in it but 0

@@ -112,3 +112,23 @@ fn the_library_runs_when_the_process_holds_more_than_fd_setsize_descriptors() {
         "the process's descriptors were closed"
     );
 }
+
+#[test]
+fn the_library_thread_runs_each_script_in_its_callers_namespace_and_returns() {
+    let add = |t: &'static str| move || nft(&format!("add table inet {t}\n")).map_err(|e| e.to_string());
+    let (a, listed_a) = in_new_netns(add("gantry_ta"));
+    let (b, listed_b) = in_new_netns(add("gantry_tb"));
+    assert_eq!((a, b), (Ok(()), Ok(())));
+    assert!(
+        listed_a.contains("table inet gantry_ta") && !listed_a.contains("gantry_tb"),
+        "{listed_a}"
+    );
+    assert!(
+        listed_b.contains("table inet gantry_tb") && !listed_b.contains("gantry_ta"),
+        "{listed_b}"
+    );
+    for t in ["gantry_ta", "gantry_tb"] {
+        let host = Command::new("nft").args(["list", "table", "inet", t]).output().unwrap();
+        assert!(!host.status.success(), "{t} went to the host's namespace");
+    }
+}
