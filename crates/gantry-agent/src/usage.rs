@@ -90,7 +90,7 @@ fn read_task(node: &gantry_runtime::task::Node, rec: &TaskRecord) -> (u64, f64, 
     let (mut cpu, mut memory) = (0u64, 0u64);
     let (mut read, mut write) = (None::<u64>, None::<u64>);
     for c in &rec.containers {
-        let s = node.container_stats(id, &container_dir_name(c.name()));
+        let s = node.container_usage(id, &container_dir_name(c.name()));
         cpu += s.cpu_usage_ns.unwrap_or(0);
         memory += s.memory_bytes.unwrap_or(0);
         if let Some(r) = s.io_read_bytes {

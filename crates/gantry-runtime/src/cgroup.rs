@@ -164,6 +164,28 @@ pub fn stats(path: &str) -> CgroupStats {
     }
 }
 
+/// Just the usage counters the agent samples every interval (CPU time, memory, block I/O):
+/// four files where `stats` reads nine, for every container of the node each time.
+pub fn usage(path: &str) -> CgroupStats {
+    let rel = path.trim_start_matches('/');
+    let r = Path::new(ROOT);
+    match version() {
+        CgroupVersion::V1 => CgroupStats {
+            cpu_usage_ns: read_u64(r.join("cpuacct").join(rel).join("cpuacct.usage")),
+            memory_bytes: read_u64(r.join("memory").join(rel).join("memory.usage_in_bytes")),
+            ..io(r.join("blkio").join(rel).join("blkio.throttle.io_service_bytes"))
+        },
+        CgroupVersion::V2 => {
+            let d = r.join(rel);
+            CgroupStats {
+                cpu_usage_ns: keyed(d.join("cpu.stat"), "usage_usec").map(|u| u * 1000),
+                memory_bytes: read_u64(d.join("memory.current")),
+                ..io(d.join("io.stat"))
+            }
+        }
+    }
+}
+
 /// True if any hierarchy still has this cgroup.
 pub fn exists(path: &str) -> bool {
     dirs(path).iter().any(|d| d.is_dir())

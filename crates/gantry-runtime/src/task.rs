@@ -612,6 +612,11 @@ impl Node {
         cgroup::stats(&format!("{CGROUP_PARENT}/{}", Self::runtime_id(task, name)))
     }
 
+    /// `container_stats` with only the usage counters (`cgroup::usage`).
+    pub fn container_usage(&self, task: &str, name: &str) -> CgroupStats {
+        cgroup::usage(&format!("{CGROUP_PARENT}/{}", Self::runtime_id(task, name)))
+    }
+
     pub fn log_path(&self, task: &str, name: &str) -> PathBuf {
         self.container_dir(task, name).join(shim::LOG_FILE)
     }

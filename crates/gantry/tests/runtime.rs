@@ -179,7 +179,17 @@ fn cpu_quota_is_in_the_cgroup() {
     );
     let task = t.start(&t.image, spec, Duration::from_secs(2));
     let stats = t.node.container_stats(&task, "main");
+    let usage = t.node.container_usage(&task, "main");
     t.stop_and_remove(&task);
+    // What the agent samples every interval: the counters alone, read as `stats` reads them.
+    assert!(
+        usage.cpu_usage_ns.is_some() && usage.memory_bytes.unwrap_or(0) > 0,
+        "{usage:?}"
+    );
+    assert_eq!(
+        (usage.cpu_quota_us, usage.memory_limit_bytes, usage.pids_current),
+        (None, None, None)
+    );
     assert_eq!(
         (stats.cpu_quota_us, stats.cpu_period_us),
         (Some(50_000), Some(100_000)),

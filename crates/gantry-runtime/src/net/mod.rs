@@ -344,7 +344,7 @@ impl Network {
         }
         let hidx = netlink::link_index(&sb.host_veth)
             .ok_or_else(|| io_ctx(format!("veth {}", sb.host_veth))(io::Error::from(io::ErrorKind::NotFound)))?;
-        disable_ipv6(&sb.host_veth)?;
+        host.no_ipv6_addresses(hidx)?;
         host.set_up(hidx)?;
         inside.set_up(1)?;
         inside.set_up(ETH0_INDEX)?;
