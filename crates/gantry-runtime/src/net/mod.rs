@@ -118,20 +118,6 @@ pub struct Network {
     ipam: Ipam,
 }
 
-/// Turns IPv6 off on an interface (or, with "default", on interfaces created later) of the
-/// calling thread's network namespace. Tasks get IPv4 only; with IPv6 on, every new veth
-/// sends duplicate-address, router and multicast-listener packets that the bridge floods to
-/// every task, so each start cost more with every task already running.
-fn disable_ipv6(interface: &str) -> Result<(), NetworkError> {
-    let path = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
-    match fs::write(&path, "1") {
-        Ok(()) => Ok(()),
-        // A kernel without IPv6 sends none of it.
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !Path::new("/proc/sys/net/ipv6").exists() => Ok(()),
-        Err(e) => Err(io_ctx(format!("writing {path}"))(e)),
-    }
-}
-
 /// Turns br_netfilter on for the bridge, so the node's security group chains see traffic
 /// bridged between its tasks; loads the module first if the kernel has not (as Docker and
 /// Kubernetes nodes need it too).
@@ -315,8 +301,6 @@ impl Network {
         // socket keeps acting in that namespace after the thread is gone.
         let (nsfd, inside) = std::thread::spawn(|| -> Result<(OwnedFd, Netlink), NetworkError> {
             sys::unshare(libc::CLONE_NEWNET).map_err(io_ctx("unshare(CLONE_NEWNET)"))?;
-            // This thread's /proc/sys/net is the new namespace's: eth0 arrives without IPv6.
-            disable_ipv6("default")?;
             let fd = File::open("/proc/thread-self/ns/net").map_err(io_ctx("opening the new netns"))?;
             Ok((fd.into(), Netlink::open()?))
         })
@@ -347,6 +331,7 @@ impl Network {
         host.no_ipv6_addresses(hidx)?;
         host.set_up(hidx)?;
         inside.set_up(1)?;
+        inside.no_ipv6_addresses(ETH0_INDEX)?;
         inside.set_up(ETH0_INDEX)?;
         inside.add_ipv4(ETH0_INDEX, sb.ip, sb.prefix)?;
         inside.add_default_route(sb.gateway, ETH0_INDEX)?;

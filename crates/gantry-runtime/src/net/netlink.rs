@@ -215,10 +215,11 @@ impl Netlink {
         self.request("turn on br_netfilter for the bridge", m)
     }
 
-    /// Gives an interface (before it is up) no IPv6 addresses: with no link-local address it
-    /// sends no duplicate-address or router solicitations, which a bridge floods to every
-    /// port. One message, where writing /proc/sys/net/ipv6/conf/<if>/disable_ipv6 costs a
-    /// lookup among every interface's entries (thousands on a busy node).
+    /// Gives an interface (before it is up) no IPv6 addresses: tasks get IPv4 only, and with
+    /// a link-local address every new veth sent duplicate-address and router solicitations
+    /// that the bridge flooded to every task. One message, where writing
+    /// /proc/sys/net/ipv6/conf/<if>/disable_ipv6 costs a lookup among every namespace's and
+    /// interface's entries of that name (thousands on a busy node).
     pub fn no_ipv6_addresses(&mut self, index: u32) -> Result<(), NetlinkError> {
         let mut m = Msg::new(RTM_NEWLINK, 0);
         m.ifinfo(index as i32, 0, 0);
