@@ -30,6 +30,8 @@ const LEGACY_TABLE_DELETE: &str = "delete table inet gantry_sg\n";
 pub(crate) struct Member {
     pub ip: Ipv4Addr,
     pub groups: Option<Vec<String>>,
+    /// Stopped: its address leaves its sets at the next sweep.
+    pub leaving: bool,
 }
 
 /// What the node enforces and for whom, changed under one lock so that what the table holds
@@ -38,7 +40,16 @@ pub(crate) struct Member {
 pub(crate) struct Enforcement {
     tasks: HashMap<String, Member>,
     applied: Enforced,
+    sweep_pending: bool,
 }
+
+/// How long stopped tasks' addresses stay in their sets before they are swept out together.
+/// Removing anything in an nftables transaction makes the commit wait for an RCU grace period
+/// (about 10 ms here), during which no other transaction runs: one sweep for a batch of stops
+/// keeps that wait off the starts around them. An address is not handed out again meanwhile
+/// (the node leases addresses round robin), and a start that gets one anyway takes it out of
+/// the leaving task's sets first.
+const SWEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn allows(rules: &[Rule]) -> Vec<Allow> {
     rules
@@ -58,23 +69,34 @@ fn allows(rules: &[Rule]) -> Vec<Allow> {
 /// rules and local members, and the members of every group those rules name, counting this
 /// node's tasks (a starting task's address is in its groups before the view lists it). A
 /// group the view lacks has no rules: its members are let nothing in or out.
-pub(crate) fn desired(view: &SecurityView, tasks: &HashMap<String, Member>) -> Enforced {
+///
+/// Groups in `kept` (what the table holds) that the view still has stay, even with no local
+/// member left: deleting their chains and sets would cost a grace period (`SWEEP_AFTER`) and
+/// the group's next task on the node would make them again.
+pub(crate) fn desired(view: &SecurityView, tasks: &HashMap<String, Member>, kept: &Enforced) -> Enforced {
     let mut e = Enforced::default();
+    let rules = |id: &String| {
+        let found = view.groups.iter().find(|g| &g.id == id);
+        GroupRules {
+            ingress: found.map(|g| allows(&g.ingress)).unwrap_or_default(),
+            egress: found.map(|g| allows(&g.egress)).unwrap_or_default(),
+            local: Default::default(),
+        }
+    };
+    for id in kept.groups.keys().filter(|id| view.groups.iter().any(|g| &g.id == *id)) {
+        e.groups.insert(id.clone(), rules(id));
+    }
     for m in tasks.values() {
         let Some(groups) = &m.groups else {
             e.open.insert(m.ip);
             continue;
         };
         for id in groups {
-            let g = e.groups.entry(id.clone()).or_insert_with(|| {
-                let found = view.groups.iter().find(|g| &g.id == id);
-                GroupRules {
-                    ingress: found.map(|g| allows(&g.ingress)).unwrap_or_default(),
-                    egress: found.map(|g| allows(&g.egress)).unwrap_or_default(),
-                    local: Default::default(),
-                }
-            });
-            g.local.insert(m.ip);
+            e.groups
+                .entry(id.clone())
+                .or_insert_with(|| rules(id))
+                .local
+                .insert(m.ip);
         }
     }
     let named: Vec<String> = e
@@ -146,8 +168,14 @@ impl Agent {
                 .map_err(|e| format!("reading security groups: {e}"))?;
             *self.security.lock().expect("lock") = Some(fresh);
         }
-        let member = Member { ip: sb.ip, groups };
+        let member = Member {
+            ip: sb.ip,
+            groups,
+            leaving: false,
+        };
         self.enforce(|tasks| {
+            // A stopped task not yet swept out that had this address leaves its groups now.
+            tasks.retain(|_, m| !(m.leaving && m.ip == member.ip));
             tasks.insert(id, member);
         })
         .await
@@ -178,7 +206,7 @@ impl Agent {
         let mut tasks = held.tasks.clone();
         change(&mut tasks);
         let view = self.security.lock().expect("lock").clone().unwrap_or_default();
-        let want = desired(&view, &tasks);
+        let want = desired(&view, &tasks, &held.applied);
         if want == held.applied {
             held.tasks = tasks;
             return Ok(());
@@ -195,20 +223,35 @@ impl Agent {
         Ok(())
     }
 
-    /// Takes a stopping task out of the bridge's rules, before its namespace and address go:
-    /// an address given to a later task must not keep this one's groups.
-    pub(crate) async fn forget_rules(&self, task_id: &str) {
-        let id = task_id.to_string();
-        if let Err(e) = self
-            .enforce(|tasks| {
-                tasks.remove(&id);
-            })
-            .await
-        {
-            // The address leaves its sets at the next change that applies.
-            self.enforcement.lock().await.tasks.remove(task_id);
-            tracing::warn!(task = %task_id, error = %e, "removing the task from its security groups");
+    /// Takes a stopping task out of the bridge's rules: it is marked leaving, and a sweep
+    /// `SWEEP_AFTER` later removes it with every other task stopped meanwhile.
+    pub(crate) async fn forget_rules(self: &Arc<Self>, task_id: &str) {
+        let mut held = self.enforcement.lock().await;
+        let Some(m) = held.tasks.get_mut(task_id) else {
+            return;
+        };
+        m.leaving = true;
+        if std::mem::replace(&mut held.sweep_pending, true) {
+            return;
         }
+        let me = self.clone();
+        drop(held);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_AFTER).await;
+                let swept = me.enforce(|tasks| tasks.retain(|_, m| !m.leaving)).await;
+                if let Err(e) = swept {
+                    tracing::warn!(error = %e, "removing stopped tasks from their security groups; retrying");
+                    continue;
+                }
+                let mut held = me.enforcement.lock().await;
+                // Tasks that stopped during the sweep go in the next one.
+                if !held.tasks.values().any(|m| m.leaving) {
+                    held.sweep_pending = false;
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -259,6 +302,7 @@ mod tests {
         let member = |s: &str, groups: Option<&[&str]>| Member {
             ip: ip(s),
             groups: groups.map(|g| g.iter().map(|x| x.to_string()).collect()),
+            leaving: false,
         };
         let tasks: HashMap<String, Member> = [
             ("db".to_string(), member("10.1.0.4", Some(&["sg-0d"]))),
@@ -267,7 +311,7 @@ mod tests {
             ("lost".to_string(), member("10.1.0.8", Some(&["sg-0123"]))),
         ]
         .into();
-        let e = desired(&view, &tasks);
+        let e = desired(&view, &tasks, &Enforced::default());
         let db = &e.groups["sg-0d"];
         assert_eq!(
             db.ingress,
@@ -294,6 +338,19 @@ mod tests {
         );
         assert_eq!(e.named.len(), 2);
         // No tasks, nothing enforced.
-        assert_eq!(desired(&view, &HashMap::new()), Enforced::default());
+        assert_eq!(
+            desired(&view, &HashMap::new(), &Enforced::default()),
+            Enforced::default()
+        );
+        // The table's groups stay when their last task here goes (deleting costs a grace
+        // period), but not once the view no longer has them.
+        let after = desired(&view, &HashMap::new(), &e);
+        assert_eq!(after.groups.keys().collect::<Vec<_>>(), ["sg-0d", "sg-0f"]);
+        assert!(after.groups.values().all(|g| g.local.is_empty()));
+        assert_eq!(
+            after.named["sg-0f"],
+            [ip("10.2.0.9")].into(),
+            "the view's members stay named"
+        );
     }
 }

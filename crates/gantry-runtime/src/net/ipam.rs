@@ -91,6 +91,11 @@ pub struct Ipam {
     subnet: Subnet,
     /// Where the node's sandbox namespaces are mounted (`gn-*`): the leases' owners.
     netns_dir: PathBuf,
+    /// The address leased last: the next lease is the first free one after it (round robin,
+    /// as CNI's host-local does), so an address just released is not handed out again at
+    /// once while its task's rules may still name it (`security::forget_rules` removes a
+    /// stopped task from its groups' sets in batches, off the start path).
+    last: std::sync::Mutex<Option<Ipv4Addr>>,
 }
 
 impl Ipam {
@@ -99,6 +104,7 @@ impl Ipam {
             path: path.to_path_buf(),
             subnet,
             netns_dir: netns_dir.to_path_buf(),
+            last: std::sync::Mutex::new(None),
         }
     }
 
@@ -169,12 +175,16 @@ impl Ipam {
 
     pub fn acquire(&self, owner: &str) -> Result<Ipv4Addr, IpamError> {
         let subnet = self.subnet;
-        self.with_leases(|leases| {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let ip = self.with_leases(|leases| {
             if let Some((ip, _)) = leases.iter().find(|(_, o)| *o == owner) {
                 return Ok(*ip);
             }
+            let after = |h: &Ipv4Addr| last.is_some_and(|l| *h > l);
             let ip = subnet
                 .hosts()
+                .filter(after)
+                .chain(subnet.hosts().filter(|h| !after(h)))
                 .find(|h| !leases.contains_key(h))
                 .ok_or(IpamError::Exhausted {
                     subnet: subnet.to_string(),
@@ -182,7 +192,9 @@ impl Ipam {
                 })?;
             leases.insert(ip, owner.to_string());
             Ok(ip)
-        })
+        })?;
+        *last = Some(ip);
+        Ok(ip)
     }
 
     pub fn release(&self, owner: &str) -> Result<(), IpamError> {
@@ -283,6 +295,22 @@ mod tests {
         assert_eq!(reopened.acquire("f").unwrap(), b);
         assert_eq!(reopened.retain(|o| o == "f").unwrap(), 4);
         assert_eq!(reopened.leases().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_released_address_is_handed_out_again_only_after_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::new(
+            &dir.path().join("leases.json"),
+            "10.1.2.0/29".parse().unwrap(),
+            dir.path(),
+        );
+        let ip = |last: u8| Ipv4Addr::new(10, 1, 2, last);
+        assert_eq!((ipam.acquire("a").unwrap(), ipam.acquire("b").unwrap()), (ip(2), ip(3)));
+        ipam.release("a").unwrap();
+        assert_eq!(ipam.acquire("c").unwrap(), ip(4), "not the address just released");
+        assert_eq!((ipam.acquire("d").unwrap(), ipam.acquire("e").unwrap()), (ip(5), ip(6)));
+        assert_eq!(ipam.acquire("f").unwrap(), ip(2), "round the subnet, the free one");
     }
 
     #[test]
