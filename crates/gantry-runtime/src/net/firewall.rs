@@ -103,6 +103,20 @@ pub fn ruleset(bridge: &str, resolver: Option<Ipv4Addr>, security_groups: bool) 
 /// Bridged traffic reaches the forward hook through br_netfilter (`Network::new` turns it on
 /// for the bridge).
 fn security_base(bridge: &str) -> String {
+    // One forward-hook chain per side: the packet's interface on the bridge, its address in
+    // the task's sets, the dispatch to the task's groups' chains.
+    let side = |chain: &str, priority: u8, interface: &str, addr: &str, groups: &str, whose: &str| {
+        format!(
+            "\tchain {chain} {{\n\
+             \t\ttype filter hook forward priority filter - {priority}; policy accept;\n\
+             \t\t{interface} != \"{bridge}\" accept\n\
+             \t\tct state established,related accept\n\
+             \t\tip {addr} @open accept\n\
+             \t\tjump {groups}\n\
+             \t\tcounter drop comment \"no security group of the {whose}\"\n\
+             \t}}\n"
+        )
+    };
     format!(
         "\tset open {{\n\
          \t\ttype ipv4_addr\n\
@@ -111,22 +125,23 @@ fn security_base(bridge: &str) -> String {
          \t}}\n\
          \tchain egress_groups {{\n\
          \t}}\n\
-         \tchain tasks_out {{\n\
-         \t\ttype filter hook forward priority filter - 5; policy accept;\n\
-         \t\tiifname != \"{bridge}\" accept\n\
-         \t\tct state established,related accept\n\
-         \t\tip saddr @open accept\n\
-         \t\tjump egress_groups\n\
-         \t\tcounter drop comment \"no security group of the sender lets it out\"\n\
-         \t}}\n\
-         \tchain tasks_in {{\n\
-         \t\ttype filter hook forward priority filter - 4; policy accept;\n\
-         \t\toifname != \"{bridge}\" accept\n\
-         \t\tct state established,related accept\n\
-         \t\tip daddr @open accept\n\
-         \t\tjump ingress_groups\n\
-         \t\tcounter drop comment \"no security group of the receiver lets it in\"\n\
-         \t}}\n"
+         {}{}",
+        side(
+            "tasks_out",
+            5,
+            "iifname",
+            "saddr",
+            "egress_groups",
+            "sender lets it out"
+        ),
+        side(
+            "tasks_in",
+            4,
+            "oifname",
+            "daddr",
+            "ingress_groups",
+            "receiver lets it in"
+        )
     )
 }
 
