@@ -9,7 +9,8 @@ shim binary's shared pages once per shim). `--perf DIR` records a system-wide pr
 bursts (perf record -a -g) to compare where the time goes. `--settle S` also prints the idle
 node's CPU every 10 s for S seconds after the idle tasks are RUNNING; `--open-group` puts the
 tasks in a security group admitting 0.0.0.0/0 rather than the default group (which admits
-its own members, so every task's rules list every member).
+its own members, so each task joining is a member of every running task's group). Also
+printed: `gantry dev`'s own CPU per started task in each burst.
 
 Usage (root, after `cargo build --release --workspace`):
     .venv/bin/python scripts/bench-density.py [--idle 1000] [--burst 200] [--perf DIR] [--settle 80] [--open-group]
@@ -106,7 +107,9 @@ def main():
         if a.open_group:
             NET["awsvpcConfiguration"]["securityGroups"] = [open_group(g.client("ec2"))]
         time.sleep(3)  # pool warm
+        c0 = cpu_seconds(g.proc.pid)
         empty, arns = profiled(a.perf, "empty", lambda: launch(ecs, "burst", a.burst))
+        empty_cpu = (cpu_seconds(g.proc.pid) - c0) / a.burst * 1000
         for t in arns:
             ecs.stop_task(cluster="default", task=t)
         time.sleep(5)
@@ -126,10 +129,13 @@ def main():
         lost = available - mem_available_kib()
         shims = pss_kib(lambda c: c.startswith(b"gantry-shim") or b"/gantry-shim" in c.split(b"\0")[0])
         sleeps = pss_kib(lambda c: c.startswith(b"sleep\x0086400"))
+        c0 = cpu_seconds(g.proc.pid)
         busy, _ = profiled(a.perf, "busy", lambda: launch(ecs, "burst", a.burst))
+        busy_cpu = (cpu_seconds(g.proc.pid) - c0) / a.burst * 1000
         print(f"burst of {a.burst} on an empty node:       {a.burst / empty:6.1f} tasks/s")
         print(f"burst of {a.burst} with {a.idle} idle tasks: {a.burst / busy:6.1f} tasks/s")
         print(f"ratio busy/empty: {empty / busy:.2f}")
+        print(f"gantry dev's own CPU per started task: {empty_cpu:.1f} ms on the empty node, {busy_cpu:.1f} ms beside the idle tasks")
         print(f"gantry dev CPU with {a.idle} idle tasks: {idle_cpu:.1f}% of one core")
         per = lambda kib: kib / a.idle / 1024  # noqa: E731
         print(f"host memory per idle task (MemAvailable lost): {per(lost):.2f} MiB; of it the task's own process "
