@@ -72,7 +72,8 @@ fn allows(rules: &[Rule]) -> Vec<Allow> {
 ///
 /// Groups in `kept` (what the table holds) that the view still has stay, even with no local
 /// member left: deleting their chains and sets would cost a grace period (`SWEEP_AFTER`) and
-/// the group's next task on the node would make them again.
+/// the group's next task on the node would make them again. (A node's view lists only the
+/// groups of its tasks not stopped, so today that is until the view drops the group.)
 pub(crate) fn desired(view: &SecurityView, tasks: &HashMap<String, Member>, kept: &Enforced) -> Enforced {
     let mut e = Enforced::default();
     let rules = |id: &String| {
