@@ -558,16 +558,16 @@ impl Nftables {
         let mut job = NftJob { script, netns, reply };
         {
             let mut worker = self.worker.lock().unwrap_or_else(|p| p.into_inner());
-            for _ in 0..2 {
-                let tx = match worker.as_ref() {
-                    Some(tx) => tx.clone(),
-                    None => worker.insert(self.spawn_worker()?).clone(),
-                };
-                match tx.send(job) {
-                    Ok(()) => break,
-                    // The thread ended (it could not return to the process's namespace): a new one.
-                    Err(std::sync::mpsc::SendError(j)) => (job, *worker) = (j, None),
-                }
+            let tx = match worker.as_ref() {
+                Some(tx) => tx.clone(),
+                None => worker.insert(self.spawn_worker()?).clone(),
+            };
+            if let Err(std::sync::mpsc::SendError(j)) = tx.send(job) {
+                // The thread ended (it could not return to the process's namespace): a new one.
+                job = j;
+                let tx = worker.insert(self.spawn_worker()?).clone();
+                tx.send(job)
+                    .map_err(|_| "the libnftables thread ended at once".to_string())?;
             }
         }
         // The caller waits here, so the namespace path keeps naming its thread.
