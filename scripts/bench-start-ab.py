@@ -107,8 +107,9 @@ def main():
         for name, s in sides.items():
             print(f"  {name}/crun: client median {statistics.median(s['client']) / crun[0]:.2f}x, "
                   f"startedAt median {statistics.median(s['stamped']) / crun[0]:.2f}x")
-    print(f"this/other: client median {ratio('client'):.2f}x, startedAt median {ratio('stamped'):.2f}x, "
-          f"burst rate {statistics.mean(t['bursts']) / statistics.mean(o['bursts']):.2f}x")
+    bursts = (f", burst rate {statistics.mean(t['bursts']) / statistics.mean(o['bursts']):.2f}x"
+              if t["bursts"] and o["bursts"] else "")
+    print(f"this/other: client median {ratio('client'):.2f}x, startedAt median {ratio('stamped'):.2f}x{bursts}")
 
 
 if __name__ == "__main__":
