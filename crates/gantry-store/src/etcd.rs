@@ -212,7 +212,13 @@ impl Store for EtcdStore {
         tokio::spawn(async move {
             let mut last = after;
             loop {
-                let resp = match stream.message().await {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    // The watcher is gone: dropping the stream cancels the watch, which on a
+                    // quiet prefix would otherwise stay open on the server for good.
+                    _ = tx.closed() => return,
+                };
+                let resp = match message {
                     Ok(Some(r)) => r,
                     Ok(None) => return,
                     Err(e) => {

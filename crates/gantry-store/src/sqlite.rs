@@ -306,7 +306,13 @@ impl Store for SqliteStore {
                 }
             }
             loop {
-                match live.recv().await {
+                let received = tokio::select! {
+                    r = live.recv() => r,
+                    // The watcher is gone. Without this, a watch of a quiet prefix would live
+                    // (copying every event of the store) until its prefix next changed.
+                    _ = tx.closed() => return,
+                };
+                match received {
                     Ok(e) => {
                         if e.kv.mod_revision > last && e.kv.key.starts_with(&prefix) {
                             last = e.kv.mod_revision;
@@ -391,6 +397,31 @@ mod tests {
             s.create("/b", b"x").await.unwrap(),
             3,
             "revisions continue after reopen"
+        );
+    }
+
+    /// A watch dropped by its watcher ends even when its prefix never changes again (a load
+    /// balancer re-watches its quiet prefixes on every security group change: each such watch
+    /// used to stay, copying every later event of the store).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_dropped_watch_of_a_quiet_prefix_ends() {
+        let s = SqliteStore::in_memory().unwrap();
+        let followers = || s.inner.events.receiver_count();
+        let before = followers();
+        for _ in 0..20 {
+            drop(s.watch("/quiet/", 0).await.unwrap());
+        }
+        s.create("/busy/a", b"x").await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while followers() > before && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(followers(), before, "every dropped watch ended");
+        let mut kept = s.watch("/busy/", 0).await.unwrap();
+        assert_eq!(
+            kept.events.recv().await.unwrap().unwrap().kv.key,
+            "/busy/a",
+            "a kept watch follows"
         );
     }
 

@@ -202,3 +202,42 @@ async fn a_leader_learns_when_it_lost_the_role() {
         .expect("the leader notices within 10 s")
         .unwrap();
 }
+
+/// The member's count of open watchers, from its metrics.
+fn etcd_watchers(client: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(client).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {client}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .expect("etcd reports its watchers")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A watch dropped by its watcher is cancelled on the server even when its prefix never
+/// changes again: an open stream per dropped watch would pile up in etcd.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_watch_of_a_quiet_prefix_is_cancelled() {
+    let cluster = EtcdCluster::start(1);
+    let s = cluster.store("/dropped/").await;
+    let before = etcd_watchers(&cluster.clients[0]);
+    let mut kept = s.watch("/busy/", 0).await.unwrap();
+    for _ in 0..10 {
+        drop(s.watch("/quiet/", 0).await.unwrap());
+    }
+    s.create("/busy/a", b"x").await.unwrap();
+    assert_eq!(kept.events.recv().await.unwrap().unwrap().kv.key, "/busy/a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while etcd_watchers(&cluster.clients[0]) > before + 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        etcd_watchers(&cluster.clients[0]),
+        before + 1,
+        "only the kept watch is open"
+    );
+}
