@@ -47,6 +47,7 @@ impl SecurityView {
 /// What one task record contributes to views: its node, its groups while it is not stopped
 /// (a starting task's rules are needed before it has an address), and its (group, address)
 /// pairs once it has one.
+#[derive(PartialEq)]
 struct Contribution {
     node: String,
     groups: Vec<String>,
@@ -196,7 +197,10 @@ async fn sync(store: &dyn Store, inner: &std::sync::Weak<Inner>) -> Result<(), S
         loaded: true,
         error: None,
     };
-    if !apply(inner, |s| *s = fresh) {
+    if !apply(inner, |s| {
+        *s = fresh;
+        true
+    }) {
         return Ok(());
     }
     loop {
@@ -205,22 +209,34 @@ async fn sync(store: &dyn Store, inner: &std::sync::Weak<Inner>) -> Result<(), S
             _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => inner.strong_count() > 0,
             e = group_watch.events.recv() => {
                 let e = e.ok_or_else(|| StoreError::Backend("the security groups' watch ended".into()))??;
-                apply(inner, |s| match e.kind {
-                    EventKind::Put => match serde_json::from_slice(&e.kv.value) {
-                        Ok(g) => drop(s.groups.insert(e.kv.key, g)),
-                        Err(_) => drop(s.groups.remove(&e.kv.key)),
-                    },
-                    EventKind::Delete => drop(s.groups.remove(&e.kv.key)),
+                apply(inner, |s| {
+                    match e.kind {
+                        EventKind::Put => match serde_json::from_slice(&e.kv.value) {
+                            Ok(g) => drop(s.groups.insert(e.kv.key, g)),
+                            Err(_) => drop(s.groups.remove(&e.kv.key)),
+                        },
+                        EventKind::Delete => drop(s.groups.remove(&e.kv.key)),
+                    }
+                    true
                 })
             }
             e = task_watch.events.recv() => {
                 let e = e.ok_or_else(|| StoreError::Backend("the task records' watch ended".into()))??;
-                apply(inner, |s| match e.kind {
-                    EventKind::Put => match serde_json::from_slice::<TaskRecord>(&e.kv.value) {
-                        Ok(rec) => drop(s.tasks.insert(e.kv.key, Contribution::of(&rec))),
-                        Err(_) => drop(s.tasks.remove(&e.kv.key)),
-                    },
-                    EventKind::Delete => drop(s.tasks.remove(&e.kv.key)),
+                let now = match e.kind {
+                    EventKind::Put => serde_json::from_slice::<TaskRecord>(&e.kv.value).ok().map(|r| Contribution::of(&r)),
+                    EventKind::Delete => None,
+                };
+                apply(inner, |s| {
+                    // Most writes of a task's record (its status, its containers') change
+                    // nothing here: followers are told only of those that do.
+                    if s.tasks.get(&e.kv.key) == now.as_ref() {
+                        return false;
+                    }
+                    match now {
+                        Some(c) => drop(s.tasks.insert(e.kv.key, c)),
+                        None => drop(s.tasks.remove(&e.kv.key)),
+                    }
+                    true
                 })
             }
         };
@@ -230,11 +246,13 @@ async fn sync(store: &dyn Store, inner: &std::sync::Weak<Inner>) -> Result<(), S
     }
 }
 
-/// Changes the source's state and tells its followers; false once the source is gone.
-fn apply(inner: &std::sync::Weak<Inner>, f: impl FnOnce(&mut Sources)) -> bool {
+/// Changes the source's state and, when `f` says it changed, tells its followers; false once
+/// the source is gone.
+fn apply(inner: &std::sync::Weak<Inner>, f: impl FnOnce(&mut Sources) -> bool) -> bool {
     let Some(i) = inner.upgrade() else { return false };
-    f(&mut i.state.lock().unwrap_or_else(|p| p.into_inner()));
-    i.changed.send_modify(|v| *v += 1);
+    if f(&mut i.state.lock().unwrap_or_else(|p| p.into_inner())) {
+        i.changed.send_modify(|v| *v += 1);
+    }
     true
 }
 
@@ -581,6 +599,36 @@ mod tests {
         // A second source over the same store sees the same.
         let other = SecuritySource::new(store.clone());
         assert_eq!(other.follow(Some("n1"), "", soon()).await.unwrap(), woke);
+    }
+
+    #[tokio::test]
+    async fn only_writes_that_change_a_contribution_wake_followers() {
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(gantry_store::SqliteStore::in_memory().unwrap());
+        let key = format!("{TASKS_PREFIX}t1");
+        let mut t = task("n1", &["sg-web"], Some("10.0.0.2"));
+        put(store.as_ref(), key.clone(), &t).await;
+        let source = SecuritySource::new(store.clone());
+        let soon = || Instant::now() + std::time::Duration::from_secs(5);
+        let first = source.follow(None, "", soon()).await.unwrap();
+        let wakes = || *source.inner.changed.borrow();
+        let before = wakes();
+        let rewrite = |t: &TaskRecord| {
+            let (store, key, value) = (store.clone(), key.clone(), serde_json::to_vec(t).unwrap());
+            async move {
+                let rev = store.get(&key).await.unwrap().unwrap().mod_revision;
+                store.update(&key, &value, rev).await.unwrap();
+            }
+        };
+        // Its status changes: no follower needs to know.
+        t.task.last_status = "RUNNING".into();
+        rewrite(&t).await;
+        // Its address changes: they do (and the status write was seen before it).
+        t = task("n1", &["sg-web"], Some("10.0.0.3"));
+        t.task.last_status = "RUNNING".into();
+        rewrite(&t).await;
+        let after = source.follow(None, &first.digest(), soon()).await.unwrap();
+        assert_eq!(after.members["sg-web"], ["10.0.0.3".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(wakes(), before + 1, "one wake, for the address");
     }
 
     #[tokio::test]
