@@ -69,7 +69,7 @@ pub struct Agent {
     /// How often the running tasks' usage is sampled and reported.
     usage_every: std::time::Duration,
     /// The running tasks whose usage is sampled, by key (kept by their supervisors).
-    sampled: Mutex<HashMap<String, TaskRecord>>,
+    sampled: Mutex<HashMap<String, Arc<usage::Sampled>>>,
     /// The Gantry API, relayed into each task's namespace (None: tasks get no relay).
     api: Option<std::net::SocketAddr>,
     /// The security groups and members, as last read.

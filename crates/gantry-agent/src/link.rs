@@ -511,7 +511,7 @@ pub async fn publish_usage(control: &Control, metrics: &Metrics, node: &str, usa
             usage.len()
         )));
     }
-    let joined = reported(control, node, usage).await?;
+    let (joined, keys) = reported(control, node, usage).await?;
     // Container Insights utilisation for the clusters that turned it on (read once per report).
     let mut on = std::collections::BTreeSet::new();
     let clusters: std::collections::BTreeSet<_> = joined
@@ -525,15 +525,21 @@ pub async fn publish_usage(control: &Control, metrics: &Metrics, node: &str, usa
         }
     }
     let enabled = |r: &TaskRecord| on.contains(&(r.account.clone(), r.region.clone(), r.cluster.clone()));
-    metrics
-        .publish_usage(&joined, &enabled)
-        .await
-        .map_err(LinkError::unavailable)
+    let published = metrics.publish_usage(&joined, &enabled).await;
+    // The records are kept for the next report, taken back rather than copied.
+    let records = joined.into_iter().zip(keys).map(|((rec, _), key)| (key, rec));
+    control.reported_tasks.keep(node, records.collect());
+    published.map_err(LinkError::unavailable)
 }
 
 /// Each reported task's record (tasks whose record is gone are left out): held since the
-/// node's last report, else read (all at once).
-async fn reported(control: &Control, node: &str, usage: &[TaskUsage]) -> LinkResult<Vec<(TaskRecord, TaskUsage)>> {
+/// node's last report, else read (all at once); with each record's key, to hold it for the
+/// next report once published.
+async fn reported(
+    control: &Control,
+    node: &str,
+    usage: &[TaskUsage],
+) -> LinkResult<(Vec<(TaskRecord, TaskUsage)>, Vec<String>)> {
     let mut held = control.reported_tasks.take(node);
     let new: Vec<&str> = usage
         .iter()
@@ -546,16 +552,15 @@ async fn reported(control: &Control, node: &str, usage: &[TaskUsage]) -> LinkRes
             held.insert(key.to_string(), rec);
         }
     }
-    let mut kept = std::collections::HashMap::new();
     let mut joined = Vec::with_capacity(usage.len());
+    let mut keys = Vec::with_capacity(usage.len());
     for u in usage {
         if let Some(rec) = held.remove(&u.key) {
-            joined.push((rec.clone(), u.clone()));
-            kept.insert(u.key.clone(), rec);
+            joined.push((rec, u.clone()));
+            keys.push(u.key.clone());
         }
     }
-    control.reported_tasks.keep(node, kept);
-    Ok(joined)
+    Ok((joined, keys))
 }
 
 /// A node's re-list: its task records other than the ones it knows (new, or at another

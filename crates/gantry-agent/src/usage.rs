@@ -30,48 +30,69 @@ struct Sample {
     storage_bytes: Option<u64>,
 }
 
+/// What sampling needs of a running task: its id and its containers' directory names.
+#[derive(Debug)]
+pub(crate) struct Sampled {
+    id: String,
+    containers: Vec<String>,
+}
+
+/// Where a sampled task's counters are beside its cgroups, looked up on its first sampling
+/// (they stay for its life): its host veth and its ephemeral filesystem.
+struct Counters {
+    veth: Option<String>,
+    storage: Option<String>,
+}
+
 impl Agent {
     /// Keeps a supervised task in the sampled set while its record says RUNNING.
     pub(crate) fn track_usage(&self, key: &str, rec: &TaskRecord) {
         let mut sampled = self.sampled.lock().expect("lock");
-        if rec.task.last_status == "RUNNING" {
-            sampled.insert(key.to_string(), rec.clone());
-        } else {
+        if rec.task.last_status != "RUNNING" {
             sampled.remove(key);
+        } else if !sampled.contains_key(key) {
+            let s = Sampled {
+                id: rec.id().to_string(),
+                containers: rec.containers.iter().map(|c| container_dir_name(c.name())).collect(),
+            };
+            sampled.insert(key.to_string(), Arc::new(s));
         }
     }
 
     /// Samples and reports until the task is aborted (with the agent's run loop).
     pub(crate) async fn report_usage(self: Arc<Self>, every: Duration) {
         let mut last: HashMap<String, Reading> = HashMap::new();
+        let mut counters: HashMap<String, Counters> = HashMap::new();
         loop {
             tokio::time::sleep(every).await;
-            let running: Vec<(String, TaskRecord)> = self
+            let running: Vec<(String, Arc<Sampled>)> = self
                 .sampled
                 .lock()
                 .expect("lock")
                 .iter()
-                .map(|(k, r)| (k.clone(), r.clone()))
+                .map(|(k, s)| (k.clone(), s.clone()))
                 .collect();
             let node = self.node.clone();
-            let readings = tokio::task::spawn_blocking(move || {
-                running
+            let read = tokio::task::spawn_blocking(move || {
+                counters.retain(|k, _| running.iter().any(|(key, _)| key == k));
+                let readings = running
                     .into_iter()
-                    .map(|(key, r)| {
-                        let (cpu_ns, memory_mib, io) = read_task(&node, &r);
-                        let storage_bytes = node.task_storage(r.id()).map(|(_, used)| used);
-                        Sample {
-                            key,
-                            cpu_ns,
-                            memory_mib,
-                            io,
-                            storage_bytes,
-                        }
+                    .map(|(key, s)| {
+                        let at = counters.entry(key.clone()).or_insert_with(|| Counters {
+                            veth: node.task_veth(&s.id),
+                            storage: node.ephemeral_id(&s.id),
+                        });
+                        read_task(&node, &s, at, key)
                     })
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>();
+                (readings, counters)
             })
-            .await
-            .unwrap_or_default();
+            .await;
+            let Ok((readings, kept)) = read else {
+                counters = HashMap::new();
+                continue;
+            };
+            counters = kept;
             let now = chrono::Utc::now().timestamp_millis();
             let usage = next_usage(&mut last, readings, now);
             if usage.is_empty() {
@@ -84,13 +105,13 @@ impl Agent {
     }
 }
 
-/// A task's CPU time (ns), memory in use (MiB) and I/O counters, summed over its containers.
-fn read_task(node: &gantry_runtime::task::Node, rec: &TaskRecord) -> (u64, f64, [Option<u64>; 4]) {
-    let id = rec.id();
+/// A task's CPU time (ns), memory in use (MiB) and I/O counters, summed over its containers,
+/// and its ephemeral storage in use.
+fn read_task(node: &gantry_runtime::task::Node, task: &Sampled, at: &Counters, key: String) -> Sample {
     let (mut cpu, mut memory) = (0u64, 0u64);
     let (mut read, mut write) = (None::<u64>, None::<u64>);
-    for c in &rec.containers {
-        let s = node.container_usage(id, &container_dir_name(c.name()));
+    for dir in &task.containers {
+        let s = node.container_usage(&task.id, dir);
         cpu += s.cpu_usage_ns.unwrap_or(0);
         memory += s.memory_bytes.unwrap_or(0);
         if let Some(r) = s.io_read_bytes {
@@ -100,8 +121,22 @@ fn read_task(node: &gantry_runtime::task::Node, rec: &TaskRecord) -> (u64, f64, 
             *write.get_or_insert(0) += w;
         }
     }
-    let (rx, tx) = node.task_network_bytes(id).unzip();
-    (cpu, memory as f64 / (1024.0 * 1024.0), [rx, tx, read, write])
+    let (rx, tx) = at
+        .veth
+        .as_deref()
+        .and_then(gantry_runtime::task::Node::veth_bytes)
+        .unzip();
+    Sample {
+        key,
+        cpu_ns: cpu,
+        memory_mib: memory as f64 / (1024.0 * 1024.0),
+        io: [rx, tx, read, write],
+        storage_bytes: at
+            .storage
+            .as_deref()
+            .and_then(|id| node.storage_usage(id))
+            .map(|(_, used)| used),
+    }
 }
 
 /// Each counter's growth between two readings (None when unreadable either time, or when

@@ -194,7 +194,8 @@ impl Node {
 
     /// The id of the task's ephemeral storage filesystem (an id, never a path: it names
     /// what `remove` unmounts and deletes).
-    fn ephemeral_id(&self, task: &str) -> Option<String> {
+    /// The task's ephemeral filesystem's id (None: it has none, or not yet).
+    pub fn ephemeral_id(&self, task: &str) -> Option<String> {
         let id = fs::read_to_string(self.task_dir(task).join(EPHEMERAL_FILE)).ok()?;
         let id = id.trim();
         crate::ephemeral::is_id(id).then(|| id.to_string())
@@ -202,7 +203,12 @@ impl Node {
 
     /// The task's ephemeral storage: bytes in all and in use.
     pub fn task_storage(&self, task: &str) -> Option<(u64, u64)> {
-        self.ephemeral.usage(&self.ephemeral_id(task)?)
+        self.storage_usage(&self.ephemeral_id(task)?)
+    }
+
+    /// Ephemeral filesystem `id`'s bytes in all and in use (`ephemeral_id`).
+    pub fn storage_usage(&self, id: &str) -> Option<(u64, u64)> {
+        self.ephemeral.usage(id)
     }
 
     pub fn task_dir(&self, task: &str) -> PathBuf {
@@ -296,17 +302,19 @@ impl Node {
             .flatten()
     }
 
-    /// Bytes the task has received and sent over its own network interface, read from the
-    /// host end of its veth (what the host end receives, the task sent). None for tasks on
-    /// the host's network or without a sandbox.
-    pub fn task_network_bytes(&self, task: &str) -> Option<(u64, u64)> {
+    /// The host end of the task's veth, whose counters are the task's (`veth_bytes`). None
+    /// for tasks on the host's network or without a sandbox.
+    pub fn task_veth(&self, task: &str) -> Option<String> {
         let sb = self.sandbox(task)?;
         let named = !sb.host_veth.is_empty() && sb.host_veth.bytes().all(|b| b.is_ascii_alphanumeric());
-        if !named || sb.kind == crate::net::SandboxKind::Host {
-            return None;
-        }
-        let stat = |name: &str| -> Option<u64> {
-            let p = format!("/sys/class/net/{}/statistics/{name}", sb.host_veth);
+        (named && sb.kind != crate::net::SandboxKind::Host).then_some(sb.host_veth)
+    }
+
+    /// Bytes a task has received and sent over its own network interface, read from host veth
+    /// `name` (`task_veth`): what the host end receives, the task sent.
+    pub fn veth_bytes(name: &str) -> Option<(u64, u64)> {
+        let stat = |counter: &str| -> Option<u64> {
+            let p = format!("/sys/class/net/{name}/statistics/{counter}");
             fs::read_to_string(p).ok()?.trim().parse().ok()
         };
         Some((stat("tx_bytes")?, stat("rx_bytes")?))
