@@ -95,9 +95,10 @@ pub fn read_signals(fd: &OwnedFd) -> Vec<i32> {
     }
 }
 
-/// Waits up to `timeout_ms` for any of `fds` to be ready (their `revents` say which).
-pub fn poll(fds: &mut [libc::pollfd], timeout_ms: u64) -> io::Result<()> {
-    let timeout = timeout_ms.min(i32::MAX as u64) as libc::c_int;
+/// Waits until one of `fds` is ready (their `revents` say which), for at most `timeout_ms`
+/// (None: with no limit).
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: Option<u64>) -> io::Result<()> {
+    let timeout = timeout_ms.map_or(-1, |t| t.min(i32::MAX as u64) as libc::c_int);
     // SAFETY: fds is a valid, writable array of fds.len() pollfd structs.
     match check(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) }) {
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
