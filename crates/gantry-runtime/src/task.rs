@@ -126,6 +126,10 @@ impl Node {
         let images = ImageStore::open(cfg.images.clone())?;
         let network = Network::new(cfg.network.clone())?;
         let ephemeral = EphemeralStore::open(&cfg.data_dir)?;
+        if let Err(e) = cgroup::prepare_cpuset_parent(CGROUP_PARENT) {
+            // Only a cost: the runtime fills each container's cpuset itself.
+            tracing::warn!(error = %e, "cpuset children will not inherit their parent's CPUs");
+        }
         Ok(Node {
             cfg,
             images,

@@ -200,6 +200,31 @@ fn cpu_quota_is_in_the_cgroup() {
     assert!(stats.memory_bytes.unwrap_or(0) > 0);
 }
 
+/// On cgroup v1, a node makes its containers' cpusets inherit their parent's CPUs and memory
+/// nodes, so the runtime has none to write (each write checks every sibling).
+#[test]
+fn containers_inherit_their_cpuset_on_cgroup_v1() {
+    let cpuset = std::path::Path::new("/sys/fs/cgroup/cpuset");
+    if gantry_runtime::cgroup::version() == gantry_runtime::cgroup::CgroupVersion::V2 {
+        return; // no cpuset step on v2: nothing to check
+    }
+    let parent = cpuset.join("gantry");
+    std::fs::create_dir_all(&parent).unwrap();
+    // As a host that never ran this Gantry has it (other nodes opening meanwhile set it again).
+    std::fs::write(parent.join("cgroup.clone_children"), "0").unwrap();
+    let t = TestNode::new();
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap().trim().to_string();
+    assert_eq!(read(parent.join("cgroup.clone_children")), "1");
+    let task = t.start(&t.image, sh("sleep 30"), Duration::from_secs(2));
+    let child = parent.join(gantry_runtime::task::Node::runtime_id(&task, "main"));
+    let (cpus, mems) = (read(child.join("cpuset.cpus")), read(child.join("cpuset.mems")));
+    t.stop_and_remove(&task);
+    assert_eq!(
+        (cpus, mems),
+        (read(parent.join("cpuset.cpus")), read(parent.join("cpuset.mems")))
+    );
+}
+
 #[test]
 fn a_task_reaches_another_tasks_http_server_by_ip() {
     let t = TestNode::new();
