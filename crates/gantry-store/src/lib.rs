@@ -83,6 +83,7 @@ pub trait Store: Send + Sync {
     /// Deletes a key, if `expected` is given only at that mod_revision. Returns the new revision.
     async fn delete(&self, key: &str, expected: Option<i64>) -> Result<i64>;
     /// Events for keys under `prefix` with revision greater than `after`, then live ones.
+    /// Dropping the `Watch` ends it at once, however quiet its prefix.
     async fn watch(&self, prefix: &str, after: i64) -> Result<Watch>;
     /// Forgets history at or below `revision` (watches from before it fail with Compacted).
     async fn compact(&self, revision: i64) -> Result<()>;
