@@ -74,18 +74,21 @@ impl Agent {
                 .collect();
             let node = self.node.clone();
             let read = tokio::task::spawn_blocking(move || {
-                counters.retain(|k, _| running.iter().any(|(key, _)| key == k));
+                // Tasks no longer running are left behind with the old map.
+                let mut kept = HashMap::with_capacity(running.len());
                 let readings = running
                     .into_iter()
                     .map(|(key, s)| {
-                        let at = counters.entry(key.clone()).or_insert_with(|| Counters {
+                        let at = counters.remove(&key).unwrap_or_else(|| Counters {
                             veth: node.task_veth(&s.id),
                             storage: node.ephemeral_id(&s.id),
                         });
-                        read_task(&node, &s, at, key)
+                        let sample = read_task(&node, &s, &at, key.clone());
+                        kept.insert(key, at);
+                        sample
                     })
                     .collect::<Vec<_>>();
-                (readings, counters)
+                (readings, kept)
             })
             .await;
             let Ok((readings, kept)) = read else {

@@ -197,8 +197,7 @@ impl Node {
     }
 
     /// The id of the task's ephemeral storage filesystem (an id, never a path: it names
-    /// what `remove` unmounts and deletes).
-    /// The task's ephemeral filesystem's id (None: it has none, or not yet).
+    /// what `remove` unmounts and deletes). None: it has none, or not yet.
     pub fn ephemeral_id(&self, task: &str) -> Option<String> {
         let id = fs::read_to_string(self.task_dir(task).join(EPHEMERAL_FILE)).ok()?;
         let id = id.trim();

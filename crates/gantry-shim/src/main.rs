@@ -387,23 +387,17 @@ fn follow(
                     streams.iter_mut().for_each(|s| s.flush(log));
                     return (status.0, status.1, killed_after_timeout);
                 }
-                left
+                Some(left)
             }
-            // Nothing due: only a signal (a stop, the container's exit: SIGCHLD was blocked
-            // before it started, so none is missed) or its output wakes the shim. A timed wake
-            // of every shim on a node is a steady cost per task.
-            None => match stop_deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => Duration::MAX,
-            },
+            // Without a stop under way nothing is due: only a signal (a stop, the container's
+            // exit: SIGCHLD was blocked before it started, so none is missed) or its output
+            // wakes the shim. A timed wake of every shim on a node is a steady cost per task.
+            None => stop_deadline.map(|d| d.saturating_duration_since(Instant::now())),
         };
         // The signals, then each stream (-1 once it ended: poll skips a negative descriptor).
         let stream_fd = |s: &Stream| s.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
         let mut fds = [signal_fd.as_raw_fd(), stream_fd(&streams[0]), stream_fd(&streams[1])].map(pollfd);
-        let _ = sys::poll(
-            &mut fds,
-            (timeout != Duration::MAX).then(|| timeout.as_millis().max(1) as u64),
-        );
+        let _ = sys::poll(&mut fds, timeout.map(|t| t.as_millis().max(1) as u64));
         for sig in sys::read_signals(signal_fd) {
             if matches!(sig, libc::SIGTERM | libc::SIGINT) && stop_deadline.is_none() && exited.is_none() {
                 let _ = sys::kill(container_pid, spec.stop_signal);
