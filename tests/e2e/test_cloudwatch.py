@@ -245,7 +245,12 @@ def test_alarm_goes_to_alarm_and_back_with_history(cw):
     assert [h["HistorySummary"] for h in history][:2] == ["Alarm updated from ALARM to OK",
                                                           "Alarm updated from INSUFFICIENT_DATA to ALARM"]
     cw.set_alarm_state(AlarmName="e2e-high", StateValue="ALARM", StateReason="drill")
-    assert cw.describe_alarms(AlarmNames=["e2e-high"], StateValue="ALARM")["MetricAlarms"][0]["StateReason"] == "drill"
+    # The evaluator may move it back to OK at its next run (as CloudWatch's does): the history
+    # keeps the drill either way.
+    history = cw.describe_alarm_history(AlarmName="e2e-high", HistoryItemType="StateUpdate")["AlarmHistoryItems"]
+    drills = [json.loads(h["HistoryData"])["newState"] for h in history
+              if h["HistorySummary"] == "Alarm updated from OK to ALARM"]
+    assert drills and drills[0]["stateReason"] == "drill", history
     code, _ = code_of(cw.delete_alarms, AlarmNames=["e2e-high", "e2e-none"])
     assert code == "ResourceNotFound"
     cw.delete_alarms(AlarmNames=["e2e-high"])
